@@ -1,0 +1,36 @@
+// pybind11 bindings of fastattr._C. Every kernel takes raw addresses (tensor.data_ptr()) of
+// contiguous buffers plus sizes and a dtype name; the GIL is released while it runs.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+namespace py = pybind11;
+
+namespace fastattr {
+void sparsemax_forward(std::uintptr_t x, std::uintptr_t out, int64_t rows, int64_t cols,
+                       const std::string& dtype, int n_threads);
+void sparsemax_backward(std::uintptr_t p, std::uintptr_t g, std::uintptr_t out, int64_t rows,
+                        int64_t cols, const std::string& dtype, int n_threads);
+}  // namespace fastattr
+
+static bool has_openmp() {
+#ifdef FASTATTR_OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastattr CPU kernels (raw-pointer pybind11 bindings; no libtorch linkage)";
+  m.def("has_openmp", &has_openmp);
+  m.def("sparsemax_forward", &fastattr::sparsemax_forward, py::arg("x"), py::arg("out"),
+        py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("n_threads"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Row-wise sparsemax of a contiguous [rows, cols] buffer into out.");
+  m.def("sparsemax_backward", &fastattr::sparsemax_backward, py::arg("p"), py::arg("g"),
+        py::arg("out"), py::arg("rows"), py::arg("cols"), py::arg("dtype"),
+        py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "Row-wise sparsemax backward: out = (g - mean_S g) * 1_S with S = {p > 0}.");
+}

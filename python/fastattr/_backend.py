@@ -1,0 +1,126 @@
+"""Backend choice for every fastattr op, in one place.
+
+Backends: ``"reference"`` (pure torch, see :mod:`fastattr.reference`), ``"cpp"`` (the compiled
+``fastattr._C`` extension, CPU tensors), ``"triton"`` (CUDA tensors; CPU tensors only under
+``TRITON_INTERPRET=1``) and ``"auto"``: CUDA tensor -> triton, CPU tensor -> cpp when the
+extension is built, else the reference with a one-time warning.
+
+The default comes from the ``FASTATTR_BACKEND`` environment variable (``auto`` when unset);
+:func:`use_backend` overrides it for a block of code; every op also takes ``backend=`` per call.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib
+import os
+import warnings
+from typing import Iterator, Optional
+
+import torch
+
+BACKENDS = ("auto", "reference", "cpp", "triton")
+
+_current: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("fastattr_backend", default=None)
+
+
+def _check(name: str, argname: str = "backend") -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"{argname} must be one of {BACKENDS}, got {name!r}")
+    return name.lower()
+
+
+def get_backend() -> str:
+    """The backend in force: the innermost :func:`use_backend`, else ``FASTATTR_BACKEND``, else auto."""
+    name = _current.get()
+    if name is not None:
+        return name
+    return _check(os.environ.get("FASTATTR_BACKEND", "auto") or "auto", "FASTATTR_BACKEND")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Context manager forcing a backend: ``with fastattr.use_backend("reference"): ...``."""
+    token = _current.set(_check(name))
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def cpp_extension():
+    """The compiled ``fastattr._C`` module, or None when it was not built."""
+    try:
+        return importlib.import_module("fastattr._C")
+    except ImportError:
+        return None
+
+
+def cpp_available() -> bool:
+    return cpp_extension() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when triton imports (it is imported lazily; a CPU-only install never needs it)."""
+    try:
+        importlib.import_module("triton")
+    except Exception:
+        return False
+    return True
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available_backends(device: str | torch.device = "cpu") -> list[str]:
+    """Concrete backends that can run on tensors of ``device``."""
+    dev = torch.device(device)
+    out = ["reference"]
+    if dev.type == "cpu" and cpp_available():
+        out.append("cpp")
+    if triton_available() and (dev.type == "cuda" or triton_interpret()):
+        out.append("triton")
+    return out
+
+
+_warned_fallback = False
+
+
+def resolve(x: torch.Tensor, backend: Optional[str] = None) -> str:
+    """The concrete backend (reference / cpp / triton) that runs an op on tensor ``x``."""
+    global _warned_fallback
+    name = get_backend() if backend is None else _check(backend)
+    dev = x.device.type
+    if name == "auto":
+        if dev == "cuda" and triton_available():
+            return "triton"
+        if dev == "cpu" and cpp_available():
+            return "cpp"
+        if not _warned_fallback:
+            _warned_fallback = True
+            why = "triton is not installed" if dev == "cuda" else "the fastattr._C extension is not built"
+            warnings.warn(f"fastattr: {why}; using the pure-torch reference backend", RuntimeWarning, stacklevel=3)
+        return "reference"
+    if name == "cpp":
+        if dev != "cpu":
+            raise ValueError(f"backend 'cpp' runs on CPU tensors only, got a tensor on {x.device}")
+        if not cpp_available():
+            raise RuntimeError("backend 'cpp' requested but the fastattr._C extension is not built")
+    if name == "triton":
+        if not triton_available():
+            raise RuntimeError("backend 'triton' requested but triton is not installed")
+        if dev != "cuda" and not triton_interpret():
+            raise ValueError(
+                f"backend 'triton' needs a CUDA tensor (got {x.device}); "
+                "set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors"
+            )
+    return name
+
+
+def num_threads() -> int:
+    """Threads for the cpp kernels: torch's own count, so fastattr never oversubscribes."""
+    return max(1, torch.get_num_threads())

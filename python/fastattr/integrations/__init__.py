@@ -1,0 +1,1 @@
+"""Drop-in adapters with the signatures of the libraries people already use."""

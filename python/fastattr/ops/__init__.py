@@ -1,0 +1,6 @@
+"""Hot-path ops. Each module registers a ``torch.library.custom_op`` with a fake kernel and
+autograd, and dispatches to the cpp / triton / reference backend chosen by ``fastattr._backend``.
+"""
+from .sparsemax import sparsemax
+
+__all__ = ["sparsemax"]

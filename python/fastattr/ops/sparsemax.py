@@ -1,0 +1,141 @@
+"""The ``fastattr::sparsemax`` custom op: forward and backward on every backend.
+
+``sparsemax(z)_i = max(z_i - tau, 0)`` with ``sum_i max(z_i - tau, 0) = 1`` (Martins & Astudillo
+2016, "From Softmax to Sparsemax"); backward ``dz = (g - mean_{S} g) * 1_S``, ``S = {p > 0}``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .. import _backend
+from .. import reference
+
+
+def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *others: torch.Tensor) -> torch.Tensor:
+    """Moves ``dim`` last, views every tensor as contiguous ``[rows, n]``, runs ``kernel``, and
+    returns a contiguous result shaped like ``x``. fp16/bf16 go through float32."""
+    moved = [t.movedim(dim, -1) for t in (x, *others)]
+    shape = moved[0].shape
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    rows2d = [t.to(compute).contiguous().reshape(-1, shape[-1]) for t in moved]
+    out = kernel(*rows2d).reshape(shape).to(x.dtype)
+    return out.movedim(-1, dim).contiguous()
+
+
+def _cpp_forward(z: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(z)
+    _backend.cpp_extension().sparsemax_forward(
+        z.data_ptr(), out.data_ptr(), z.shape[0], z.shape[1], str(z.dtype).removeprefix("torch."),
+        _backend.num_threads())
+    return out
+
+
+def _cpp_backward(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(g)
+    _backend.cpp_extension().sparsemax_backward(
+        p.data_ptr(), g.data_ptr(), out.data_ptr(), p.shape[0], p.shape[1],
+        str(p.dtype).removeprefix("torch."), _backend.num_threads())
+    return out
+
+
+def _triton_module():
+    from ..triton import sparsemax as triton_sparsemax
+
+    return triton_sparsemax
+
+
+@torch.library.custom_op("fastattr::sparsemax", mutates_args=())
+def _sparsemax_op(x: torch.Tensor, dim: int, backend: Optional[str]) -> torch.Tensor:
+    if x.numel() == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    name = _backend.resolve(x, backend)
+    if name == "reference":
+        return reference.sparsemax(x, dim).contiguous()
+    if name == "cpp":
+        return _rowwise(x, dim, _cpp_forward)
+    return _rowwise(x, dim, _triton_module().sparsemax_forward)
+
+
+@_sparsemax_op.register_fake
+def _(x, dim, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("fastattr::sparsemax_backward", mutates_args=())
+def _sparsemax_backward_op(p: torch.Tensor, grad: torch.Tensor, dim: int, backend: Optional[str]) -> torch.Tensor:
+    if p.numel() == 0:
+        return torch.empty_like(grad, memory_format=torch.contiguous_format)
+    name = _backend.resolve(p, backend)
+    if name == "reference":
+        return reference.sparsemax_backward(p, grad, dim).contiguous()
+    if name == "cpp":
+        return _rowwise(grad, dim, lambda g, q: _cpp_backward(q, g), p)
+    return _rowwise(grad, dim, lambda g, q: _triton_module().sparsemax_backward(q, g), p)
+
+
+@_sparsemax_backward_op.register_fake
+def _(p, grad, dim, backend):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+
+def _setup_forward(ctx, inputs, output):
+    _, ctx.dim, ctx.backend = inputs
+    ctx.save_for_backward(output)
+
+
+def _forward_vjp(ctx, grad):
+    (p,) = ctx.saved_tensors
+    return _sparsemax_backward_op(p, grad, ctx.dim, ctx.backend), None, None
+
+
+def _setup_backward(ctx, inputs, output):
+    p, _, ctx.dim, ctx.backend = inputs
+    ctx.save_for_backward(p)
+
+
+def _backward_vjp(ctx, grad):
+    # The backward is linear in g with a symmetric Jacobian that is piecewise constant in p.
+    (p,) = ctx.saved_tensors
+    return None, _sparsemax_backward_op(p, grad, ctx.dim, ctx.backend), None, None
+
+
+_sparsemax_op.register_autograd(_forward_vjp, setup_context=_setup_forward)
+_sparsemax_backward_op.register_autograd(_backward_vjp, setup_context=_setup_backward)
+
+
+def sparsemax(x: torch.Tensor, dim: int = -1, *, backend: Optional[str] = None) -> torch.Tensor:
+    """Sparsemax along ``dim``: the Euclidean projection of ``x`` onto the probability simplex.
+
+    ``p_i = max(x_i - tau, 0)`` with tau chosen so that ``sum_i p_i = 1`` (Martins & Astudillo 2016,
+    "From Softmax to Sparsemax: A Sparse Model of Attention and Multi-Label Classification").
+    Differentiable: ``dL/dx = (g - mean_{i in S} g_i) * 1_S`` with support ``S = {p > 0}``.
+
+    Args:
+        x: floating tensor of any shape (float32/float64 natively; fp16/bf16 computed in fp32).
+        dim: the axis to normalise over.
+        backend: ``"auto" | "reference" | "cpp" | "triton"``; None uses :func:`fastattr.get_backend`.
+
+    Returns a new contiguous tensor shaped like ``x``. Kernel-level semantics (as softmax): ``-inf``
+    entries get 0; a slice containing NaN or ``+inf``, or one that is all ``-inf``, becomes NaN.
+
+    Example::
+
+        >>> fastattr.sparsemax(torch.tensor([1.0, 0.8, -1.0]))
+        tensor([0.6000, 0.4000, 0.0000])
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating point tensor, got dtype {x.dtype}")
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    ndim = max(x.dim(), 1)
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"dim {dim} is out of range for a tensor with {x.dim()} dimensions")
+    if backend is not None:
+        _backend._check(backend)
+    if x.dim() == 0:
+        return _sparsemax_op(x.reshape(1), 0, backend).reshape(())
+    return _sparsemax_op(x, dim % x.dim(), backend)

@@ -1,0 +1,7 @@
+"""Pure-torch references of every fastattr op: short, obviously right, float64-capable.
+
+They define what the fast backends compute; tests compare every backend against them.
+"""
+from .sparsemax import sparsemax, sparsemax_backward
+
+__all__ = ["sparsemax", "sparsemax_backward"]

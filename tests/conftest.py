@@ -1,0 +1,49 @@
+"""Shared fixtures: the (backend, device) pairs every op test runs on.
+
+reference and cpp run on CPU tensors; triton runs on CUDA tensors when a GPU is present and on
+CPU tensors through the interpreter when TRITON_INTERPRET=1 (how CI tests it).
+"""
+import pytest
+import torch
+
+from fastattr import _backend
+
+
+def backend_devices():
+    pairs = [("reference", "cpu")]
+    if _backend.cpp_available():
+        pairs.append(("cpp", "cpu"))
+    if _backend.triton_available() and _backend.triton_interpret():
+        pairs.append(("triton", "cpu"))
+    if torch.cuda.is_available():
+        pairs.append(("reference", "cuda"))
+        if _backend.triton_available() and not _backend.triton_interpret():
+            pairs.append(("triton", "cuda"))
+    return pairs
+
+
+BACKEND_DEVICES = backend_devices()
+FAST_BACKEND_DEVICES = [p for p in BACKEND_DEVICES if p[0] != "reference"]
+
+
+def pair_id(pair):
+    return f"{pair[0]}-{pair[1]}"
+
+
+@pytest.fixture(params=BACKEND_DEVICES, ids=pair_id)
+def backend_device(request):
+    return request.param
+
+
+@pytest.fixture(params=FAST_BACKEND_DEVICES or [pytest.param(None, marks=pytest.mark.skip(reason="no fast backend built"))], ids=lambda p: pair_id(p) if p else "none")
+def fast_backend_device(request):
+    return request.param
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| over finite entries (DESIGN.md numerics)."""
+    out, ref = out.double().cpu(), ref.double().cpu()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+TOL = {torch.float64: 1e-6, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
