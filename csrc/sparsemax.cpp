@@ -21,33 +21,54 @@ namespace {
 
 // `omp simd reduction` lets the compiler vectorize max / sum reductions without -ffast-math,
 // which would break the NaN semantics (the NaN / +inf check is its own exact reduction).
+// Per-thread scratch of the forward: the max of every block and the support candidates.
 template <typename T>
-FASTATTR_MULTIVERSION void forward_row(const T* z, T* p, int64_t n, std::vector<double>& cand) {
+struct Scratch {
+  std::vector<T> block_max;
+  std::vector<double> cand;
+};
+
+template <typename T>
+FASTATTR_MULTIVERSION void forward_row(const T* z, T* p, int64_t n, Scratch<T>& s) {
   constexpr T inf = std::numeric_limits<T>::infinity();
   constexpr T nan = std::numeric_limits<T>::quiet_NaN();
-  T m = -inf;  // NaN never wins `v > m`; a NaN is caught in the write pass instead
-#pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
+  constexpr int64_t B = 64 / sizeof(T);  // one cache line per block
+  const int64_t full = n / B;
+  s.block_max.resize(static_cast<size_t>(full + 1));
+  // Pass 1: the max of every block (NaN never wins `v > m`; it is caught in the write pass).
+  T m = -inf;
+  for (int64_t b = 0; b < full; ++b) {
+    T bm = -inf;
+#pragma omp simd reduction(max : bm)
+    for (int64_t j = 0; j < B; ++j) bm = z[b * B + j] > bm ? z[b * B + j] : bm;
+    s.block_max[b] = bm;
+    m = bm > m ? bm : m;
+  }
+  T tail_max = -inf;
+  for (int64_t j = full * B; j < n; ++j) tail_max = z[j] > tail_max ? z[j] : tail_max;
+  s.block_max[full] = tail_max;
+  m = tail_max > m ? tail_max : m;
   if (m == inf || m == -inf) {  // a +inf entry, or nothing but -inf / NaN
     for (int64_t i = 0; i < n; ++i) p[i] = nan;
     return;
   }
-  // Work relative to the max (exact for nearby values), so huge magnitudes keep their spacing.
-  // Candidates: z - max >= -1, the only entries that can be in the support.
-  constexpr int64_t B = 64 / sizeof(T);
+  // Pass 2: candidates z >= m - 1 (the bound rounded down in T, so none is lost at huge
+  // magnitudes), read only from blocks whose max reaches the bound. They are stored relative to
+  // the max (exact for nearby values), so huge magnitudes keep their spacing.
+  const double lo_d = static_cast<double>(m) - 1.0;
+  T lo = static_cast<T>(lo_d);
+  if (static_cast<double>(lo) > lo_d) lo = std::nextafter(lo, -inf);
+  std::vector<double>& cand = s.cand;
   cand.clear();
   double sum = 0.0;
-  for (int64_t i = 0; i < n; i += B) {
-    const int64_t stop = i + B < n ? i + B : n;
-    int any = 0;
-#pragma omp simd reduction(| : any)
-    for (int64_t j = i; j < stop; ++j) any |= (z[j] - m) >= T(-1);
-    if (!any) continue;
-    for (int64_t j = i; j < stop; ++j) {
-      const T v = z[j] - m;
-      if (v >= T(-1)) {
-        cand.push_back(static_cast<double>(v));
-        sum += static_cast<double>(v);
+  for (int64_t b = 0; b <= full; ++b) {
+    if (!(s.block_max[b] >= lo)) continue;
+    const int64_t stop = b < full ? (b + 1) * B : n;
+    for (int64_t j = b * B; j < stop; ++j) {
+      if (z[j] >= lo) {
+        const double v = static_cast<double>(z[j] - m);
+        cand.push_back(v);
+        sum += v;
       }
     }
   }
@@ -113,12 +134,11 @@ void sparsemax_forward(std::uintptr_t x, std::uintptr_t out, int64_t rows, int64
 #pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1) if (n_threads > 1 && rows > 1)
 #endif
     {
-      std::vector<double> cand;
-      cand.reserve(static_cast<size_t>(cols < 4096 ? cols : 4096));
+      Scratch<T> scratch;
 #ifdef FASTATTR_OPENMP
 #pragma omp for schedule(static)
 #endif
-      for (int64_t r = 0; r < rows; ++r) forward_row(z + r * cols, p + r * cols, cols, cand);
+      for (int64_t r = 0; r < rows; ++r) forward_row(z + r * cols, p + r * cols, cols, scratch);
     }
   });
 }

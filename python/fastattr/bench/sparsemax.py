@@ -1,0 +1,104 @@
+"""``fastattr bench sparsemax``: every backend vs ``entmax.sparsemax`` (and liger-kernel's
+sparsemax on GPU when installed), forward and forward+backward, ratios from the same run.
+
+On CUDA it also reports the memory-bandwidth floor: bytes that must move (forward: read x,
+write p; backward: read p and g, write dx) divided by the measured device-copy bandwidth, and the
+fraction of that floor each implementation reaches (floor time / measured time).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .. import _backend
+from ..ops.sparsemax import sparsemax
+from . import Table, machine_info, time_median
+
+
+def _peers(device: torch.device) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    peers: dict[str, Callable] = {}
+    try:
+        import entmax
+
+        peers["entmax.sparsemax"] = lambda x: entmax.sparsemax(x, dim=-1)
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        try:
+            from liger_kernel.transformers.functional import liger_sparsemax
+
+            peers["liger_kernel.sparsemax"] = lambda x: liger_sparsemax(x, dim=-1)
+        except Exception:
+            pass
+    return peers
+
+
+def _copy_bandwidth(x: torch.Tensor, repeat: int) -> float:
+    """Bytes per second of a device copy of ``x`` (one read + one write)."""
+    y = torch.empty_like(x)
+    t = time_median(lambda: y.copy_(x), x.device, repeat=repeat, min_time=0.2)
+    return 2 * x.numel() * x.element_size() / t
+
+
+def run(shape: tuple[int, int] = (4096, 1024), dtype: torch.dtype = torch.float32,
+        device: Optional[str] = None, repeat: int = 7, backends: Optional[list[str]] = None) -> Table:
+    """Times forward and forward+backward of each implementation on one ``[rows, n]`` input."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    grad = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    impls: dict[str, Callable] = {}
+    for name in backends or _backend.available_backends(device):
+        impls[f"fastattr[{name}]"] = lambda t, name=name: sparsemax(t, -1, backend=name)
+    impls.update(_peers(device))
+
+    fwd_t: dict[str, float] = {}
+    fb_t: dict[str, float] = {}
+    for name, fn in impls.items():
+        xr = x.detach().clone().requires_grad_()
+        slow = name.startswith("fastattr[reference") or name.startswith("entmax")
+        reps = max(3, repeat // 2) if slow and device.type == "cpu" else repeat
+        with torch.no_grad():
+            fwd_t[name] = time_median(lambda: fn(x), device, repeat=reps)
+        fb_t[name] = time_median(lambda: torch.autograd.grad(fn(xr), xr, grad), device, repeat=reps)
+
+    peer = "entmax.sparsemax" if "entmax.sparsemax" in impls else None
+    fast = next((n for n in ("fastattr[triton]", "fastattr[cpp]") if n in impls), None)
+    columns = ["implementation", "fwd ms", "fwd+bwd ms", "fwd speedup vs entmax", "fwd+bwd speedup vs entmax"]
+    bandwidth = None
+    if device.type == "cuda":
+        bandwidth = _copy_bandwidth(x, repeat)
+        columns += ["fwd % of bw floor", "fwd+bwd % of bw floor"]
+    table = Table(
+        name=f"sparsemax {list(shape)} {str(dtype).removeprefix('torch.')} on {device.type}",
+        columns=columns,
+        machine=machine_info(device),
+        params={"shape": list(shape), "dtype": str(dtype), "device": str(device), "repeat": repeat},
+    )
+    nbytes = x.numel() * x.element_size()
+    for name in impls:
+        row = [name, fwd_t[name] * 1e3, fb_t[name] * 1e3]
+        row += [fwd_t[peer] / fwd_t[name], fb_t[peer] / fb_t[name]] if peer else ["-", "-"]
+        if bandwidth:
+            row += [100 * 2 * nbytes / bandwidth / fwd_t[name], 100 * 5 * nbytes / bandwidth / fb_t[name]]
+        table.add(*row)
+    table.notes.append(f"medians of {repeat} runs (slow CPU peers: fewer); torch threads = {torch.get_num_threads()}")
+    if fast and peer:
+        table.notes.append(f"{fast} fwd+bwd is {fb_t[peer] / fb_t[fast]:.1f}x faster than {peer}")
+    if bandwidth:
+        table.notes.append(f"measured device copy bandwidth {bandwidth / 1e9:.0f} GB/s; floor = bytes moved / that")
+    if "fastattr[reference]" in impls and fast:
+        table.notes.append(
+            f"{fast} vs the sort-based threshold (fastattr[reference]): fwd "
+            f"{fwd_t['fastattr[reference]'] / fwd_t[fast]:.1f}x, fwd+bwd {fb_t['fastattr[reference]'] / fb_t[fast]:.1f}x")
+    return table
+
+
+def default_tables(device: Optional[str] = None, repeat: int = 7) -> list[Table]:
+    """The issue's configurations: CPU float32 [4096, 1024]; CUDA [16384, 4096] fp32 and bf16."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda":
+        return [run((16384, 4096), dt, device, repeat) for dt in (torch.float32, torch.bfloat16)]
+    return [run((4096, 1024), torch.float32, device, repeat)]
+
