@@ -3,9 +3,14 @@
 Fused kernels for the hot paths, each checked against a pure-torch reference, behind a thin,
 Captum-like API and drop-in adapters (``fastattr.integrations``).
 """
+from . import attribution, metrics
 from ._backend import available_backends, get_backend, use_backend
+from .attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
 from .ops import sparsemax
 
 __version__ = "0.1.0"
 
-__all__ = ["available_backends", "get_backend", "sparsemax", "use_backend", "__version__"]
+__all__ = [
+    "attribution", "available_backends", "get_backend", "input_x_gradient", "integrated_gradients",
+    "metrics", "saliency", "smoothgrad", "sparsemax", "use_backend", "__version__",
+]

@@ -1,4 +1,4 @@
-"""The ``fastattr`` command: ``fastattr bench [...]`` (and ``fastattr report``).
+"""The ``fastattr`` command: ``fastattr report`` (the main job) and ``fastattr bench``.
 
 Errors a person can act on print one line and exit non-zero; ``--debug`` shows the traceback.
 """
@@ -42,12 +42,51 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import ReportError, run_report, summary_table
+
+    split = lambda v: [p.strip() for p in v.split(",") if p.strip()] if v else None
+    target = args.target
+    if target not in (None, "pred", "label"):
+        try:
+            target = int(target)
+        except ValueError:
+            raise UserError(f"--target must be 'pred', 'label' or a class index, got {target!r}") from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = run_report(model=args.model, data=args.data, target=target, methods=split(args.methods),
+                            metrics=split(args.metrics), n=args.n, device=args.device, out=args.out,
+                            seed=args.seed, progress=not args.no_progress)
+    except ReportError as e:
+        raise UserError(str(e)) from e
+    print(summary_table(result))
+    print(f"\nreport written to {result.out / 'index.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastattr", description="Fast feature attribution and its evaluation.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    parser = argparse.ArgumentParser(prog="fastattr", description="Fast feature attribution and its evaluation.",
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    bench = sub.add_parser("bench", help="time fastattr against its references and peer libraries")
+    report = sub.add_parser("report", parents=[common], help="attribute, evaluate and write an HTML report (default: embedded digits CNN)")
+    report.add_argument("--model", default=None, help="'package.module:factory' returning the model (default: embedded digits CNN)")
+    report.add_argument("--data", default=None, help=".pt / .npy tensor file or a folder of images (default: digits test split)")
+    report.add_argument("--target", default=None, help="'pred' (default), 'label', or a class index")
+    report.add_argument("--methods", default=None, help="comma-separated attribution methods (default: all)")
+    report.add_argument("--metrics", default=None, help="comma-separated metrics (default: all)")
+    report.add_argument("--n", type=int, default=32, help="number of inputs (default 32)")
+    report.add_argument("--device", default="cpu", help="cpu or cuda")
+    report.add_argument("--out", default="report", help="output folder (default ./report)")
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    report.add_argument("--no-progress", action="store_true", help="no progress bars")
+    report.set_defaults(func=_report)
+
+    bench = sub.add_parser("bench", parents=[common], help="time fastattr against its references and peer libraries")
     bench.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all"])
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (median reported)")
@@ -63,7 +102,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"fastattr: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,11 @@
+"""Attribution methods: ``fn(model, inputs, target=None, *, ...)`` returning a tensor like ``inputs``."""
+from .gradient import QUADRATURE, input_x_gradient, integrated_gradients, quadrature, saliency, smoothgrad
+
+METHODS = {
+    "saliency": saliency,
+    "input_x_gradient": input_x_gradient,
+    "integrated_gradients": integrated_gradients,
+    "smoothgrad": smoothgrad,
+}
+
+__all__ = ["METHODS", "QUADRATURE", "input_x_gradient", "integrated_gradients", "quadrature", "saliency", "smoothgrad"]

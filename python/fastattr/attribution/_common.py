@@ -1,0 +1,124 @@
+"""Plumbing shared by the attribution methods: argument checks, target resolution, chunk sizing,
+and a guard that leaves the model exactly as it was found."""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Callable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+Target = Union[None, int, torch.Tensor]
+
+
+def check_inputs(inputs: torch.Tensor, name: str = "inputs") -> None:
+    """Gradient methods need a finite floating tensor with a batch axis."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(inputs).__name__}")
+    if not inputs.is_floating_point():
+        raise TypeError(
+            f"{name} has dtype {inputs.dtype}; gradient methods need floating inputs. For integer "
+            "token ids, attribute to the embedding layer instead (a layer method such as "
+            "layer_integrated_gradients)")
+    if inputs.dim() < 1 or inputs.shape[0] == 0:
+        raise ValueError(f"{name} must have a non-empty batch axis, got shape {tuple(inputs.shape)}")
+    if not torch.isfinite(inputs).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def check_model(model: nn.Module) -> None:
+    if not callable(model):
+        raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
+    if isinstance(model, nn.Module) and model.training:
+        warnings.warn("model is in training mode; fastattr uses it as given (call model.eval() for "
+                      "deterministic attributions)", UserWarning, stacklevel=3)
+
+
+def resolve_target(model: Callable, inputs: torch.Tensor, target: Target,
+                   logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-example target indices ``[B]``: an int, a ``[B]`` tensor, or None (the argmax of f(x))."""
+    batch = inputs.shape[0]
+    if logits is None:
+        with torch.no_grad():
+            logits = model(inputs)
+    if logits.dim() == 1:
+        logits = logits[:, None]
+    n_classes = logits.shape[-1]
+    if target is None:
+        return logits.argmax(-1)
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        t = torch.full((batch,), int(target), dtype=torch.long, device=inputs.device)
+    elif isinstance(target, torch.Tensor) and not target.is_floating_point() and target.dim() <= 1:
+        t = target.to(device=inputs.device, dtype=torch.long).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(batch)
+        if t.numel() != batch:
+            raise ValueError(f"target has {t.numel()} entries but inputs has batch size {batch}")
+    elif isinstance(target, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in target):
+        return resolve_target(model, inputs, torch.tensor(list(target)), logits)
+    else:
+        raise TypeError("target must be None, an int, or a 1-D integer tensor with one entry per example")
+    if (t < 0).any() or (t >= n_classes).any():
+        raise ValueError(f"target out of range: the model has {n_classes} outputs, got {t.tolist()}")
+    return t
+
+
+def select(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``f_t``: the target column of each row of the model output (a 1-D output is returned as is)."""
+    if output.dim() == 1:
+        return output
+    return output.gather(1, target[:, None]).squeeze(1)
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: Callable) -> Iterator[None]:
+    """Turns off ``requires_grad`` on the model's parameters, so no parameter gradient is ever
+    computed, and restores every flag on exit, even when an exception is raised."""
+    params = list(model.parameters()) if isinstance(model, nn.Module) else []
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes available for new tensors on ``device``."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def chunk_size(inputs: torch.Tensor, total: int, max_batch: Optional[int], memory_budget: Optional[int],
+               per_input_factor: float = 24.0) -> int:
+    """How many model inputs to run per forward/backward.
+
+    ``max_batch`` wins when given; else ``memory_budget`` bytes (default: a quarter of free memory)
+    divided by an estimate of the bytes one input costs through forward + backward
+    (``per_input_factor`` × the input's own size: activations of small CNNs are a few dozen
+    times the input). Capped at ``total`` and at 1024 inputs.
+    """
+    if max_batch is not None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+        return min(max_batch, total)
+    if memory_budget is None:
+        memory_budget = free_memory(inputs.device) // 4
+    elif memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    per_input = max(1, inputs[0].numel() * inputs.element_size()) * per_input_factor
+    return int(max(1, min(total, 1024, math.floor(memory_budget / per_input))))

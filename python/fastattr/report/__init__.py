@@ -1,0 +1,282 @@
+"""``fastattr report``: every available attribution method on N inputs, every applicable metric,
+written as a self-contained HTML page plus ``results.json`` / ``results.csv``.
+
+With no arguments it runs on the embedded default (:mod:`fastattr.zoo`: a CNN trained on the
+scikit-learn digits). ``model`` / ``data`` point it at a user's own model and tensors.
+"""
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..attribution import METHODS
+from ..metrics import METRICS
+
+
+class ReportError(Exception):
+    """A problem with what the user asked for (model path, data, names, output folder)."""
+
+
+CONTROL = "random"  # a uniformly random map: the floor any method should beat
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    methods: list[str]
+    metrics: list[str]
+    n: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_example: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+
+def load_model(spec: Optional[str]) -> torch.nn.Module:
+    """``None`` → the embedded digits CNN; ``"module:callable"`` → ``callable()`` from that module."""
+    if spec is None:
+        from ..zoo import load_digits_cnn
+
+        return load_digits_cnn()
+    if ":" not in spec:
+        raise ReportError(f"--model must look like 'package.module:factory', got {spec!r}")
+    module_name, attr = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        raise ReportError(f"cannot import model module {module_name!r}: {e}") from e
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ReportError(f"module {module_name!r} has no attribute {attr!r}")
+    model = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+    if not callable(model):
+        raise ReportError(f"{spec} did not give a callable model")
+    return model
+
+
+def _load_images(folder: Path) -> torch.Tensor:
+    import matplotlib.image as mpimg
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise ReportError(f"no .png/.jpg images in {folder}")
+    arrays = [torch.as_tensor(mpimg.imread(p)).float() for p in files]
+    if len({a.shape for a in arrays}) != 1:
+        raise ReportError(f"images in {folder} have different sizes")
+    x = torch.stack(arrays)
+    if x.max() > 1.5:
+        x = x / 255.0
+    return x.unsqueeze(1) if x.dim() == 3 else x[..., :3].permute(0, 3, 1, 2).contiguous()
+
+
+def load_data(spec: Optional[str], n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``None`` → the digits test split; a ``.pt`` / ``.npy`` file (a tensor, ``(x, y)`` or
+    ``{"x": ..., "y": ...}``); or a folder of images. Returns the first ``n`` inputs and labels."""
+    if spec is None:
+        from ..zoo import load_digits
+
+        return load_digits("test", n)
+    path = Path(spec)
+    if not path.exists():
+        raise ReportError(f"--data {spec}: no such file or folder")
+    y = None
+    if path.is_dir():
+        x = _load_images(path)
+    elif path.suffix == ".npy":
+        import numpy as np
+
+        x = torch.from_numpy(np.load(path))
+    elif path.suffix == ".pt":
+        obj = torch.load(path, weights_only=True)
+        if isinstance(obj, dict):
+            x, y = obj.get("x"), obj.get("y")
+        elif isinstance(obj, (tuple, list)):
+            x, y = obj[0], obj[1] if len(obj) > 1 else None
+        else:
+            x = obj
+        if not isinstance(x, torch.Tensor):
+            raise ReportError(f"--data {spec}: expected a tensor, (x, y) or {{'x': ..., 'y': ...}}")
+    else:
+        raise ReportError(f"--data must be a .pt or .npy file or a folder of images, got {spec}")
+    if not x.is_floating_point():
+        x = x.float()
+    return x[:n], (y[:n] if isinstance(y, torch.Tensor) else None)
+
+
+def _check_fits(model, x: torch.Tensor) -> int:
+    try:
+        with torch.no_grad():
+            out = model(x[:2])
+    except Exception as e:
+        raise ReportError(f"data of shape {tuple(x.shape)} does not fit the model: {e}") from e
+    if not isinstance(out, torch.Tensor) or out.dim() not in (1, 2) or out.shape[0] != min(2, x.shape[0]):
+        raise ReportError(f"the model must return [batch, classes] outputs, got {getattr(out, 'shape', type(out))}")
+    return 1 if out.dim() == 1 else out.shape[1]
+
+
+def _pick(names: Optional[Sequence[str]], available: dict, kind: str) -> list[str]:
+    if not names:
+        return list(available)
+    unknown = [m for m in names if m not in available]
+    if unknown:
+        raise ReportError(f"unknown {kind} {', '.join(unknown)}; choose from {', '.join(available)}")
+    return list(dict.fromkeys(names))
+
+
+def feature_map(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """The map that metrics and heat maps use: channels summed for images (``[B, H, W]``)."""
+    return attr.sum(1) if inputs.dim() == 4 else attr
+
+
+def _prepare_out(out: str | Path) -> Path:
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ReportError(f"cannot write to output folder {path}: {e.strerror or e}") from e
+    return path
+
+
+def _progress(iterable, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, leave=False)
+
+
+def run_report(model: Optional[str | Callable] = None, data: Optional[str | torch.Tensor] = None,
+               target: Optional[int | str] = None, methods: Optional[Sequence[str]] = None,
+               metrics: Optional[Sequence[str]] = None, n: int = 32, device: str = "cpu",
+               out: str | Path = "report", seed: int = 0, progress: bool = True) -> ReportResult:
+    """Computes the report and writes ``out/index.html``, figures, ``results.json`` and ``results.csv``.
+
+    Args:
+        model: None (embedded digits CNN), ``"module:factory"``, or a model object.
+        data: None (digits test split), a path (``.pt`` / ``.npy`` / image folder) or a tensor.
+        target: None or ``"pred"`` (the predicted class), ``"label"`` (needs labels), or a class index.
+        methods / metrics: names (default: all available; ``"random"`` is a control map).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ReportError(f"--n must be a positive integer, got {n!r}")
+    out_dir = _prepare_out(out)
+    method_names = _pick(methods, {**METHODS, CONTROL: None}, "method")
+    metric_names = _pick(metrics, METRICS, "metric")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ReportError(f"--device {device!r} is not a device") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ReportError("--device cuda requested but no CUDA device is available")
+    torch.manual_seed(seed)
+    net = model if (model is not None and not isinstance(model, str)) else load_model(model)
+    if isinstance(data, torch.Tensor):
+        x, labels = data[:n], None
+    else:
+        x, labels = load_data(data, n)
+    if isinstance(net, torch.nn.Module):
+        net = net.to(dev).eval()
+    x = x.to(dev)
+    n_classes = _check_fits(net, x)
+    with torch.no_grad():
+        pred = net(x).reshape(x.shape[0], -1).argmax(-1)
+    if target in (None, "pred"):
+        t = pred
+    elif target == "label":
+        if labels is None:
+            raise ReportError("--target label needs data with labels")
+        t = labels.to(dev).long()
+    else:
+        try:
+            t = torch.full_like(pred, int(target))
+        except (TypeError, ValueError):
+            raise ReportError(f"--target must be 'pred', 'label' or a class index, got {target!r}") from None
+        if not 0 <= int(target) < n_classes:
+            raise ReportError(f"--target {target} is out of range for a model with {n_classes} outputs")
+
+    result = ReportResult(out=out_dir, methods=method_names, metrics=metric_names, n=x.shape[0])
+    maps: dict[str, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(seed)
+    for name in _progress(method_names, "attribution", progress):
+        start = time.perf_counter()
+        if name == CONTROL:
+            attr = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(dev)
+        elif name == "smoothgrad":
+            attr = METHODS[name](net, x, t, generator=seed)
+        else:
+            attr = METHODS[name](net, x, t)
+        result.seconds[f"method:{name}"] = time.perf_counter() - start
+        maps[name] = feature_map(attr.detach(), x)
+
+    for metric in metric_names:
+        result.per_example[metric] = {}
+        result.curves[metric] = {}
+        result.summary[metric] = {}
+        for name in _progress(method_names, metric, progress):
+            start = time.perf_counter()
+            values, curves, fractions = METRICS[metric](net, x, maps[name], t, curves=True)
+            result.seconds[f"metric:{metric}:{name}"] = time.perf_counter() - start
+            result.per_example[metric][name] = values.cpu().tolist()
+            result.curves[metric][name] = curves.mean(0).cpu().tolist()
+            result.curves[metric]["_fractions"] = fractions.tolist()
+            result.summary[metric][name] = values.mean().item()
+
+    from .html import write_html
+
+    write_html(result, x.cpu(), {k: v.cpu() for k, v in maps.items()}, t.cpu(), pred.cpu())
+    _write_tables(result, t.cpu())
+    return result
+
+
+def _write_tables(result: ReportResult, target: torch.Tensor) -> None:
+    payload = {
+        "n": result.n,
+        "methods": result.methods,
+        "metrics": result.metrics,
+        "summary": result.summary,
+        "per_example": result.per_example,
+        "mean_curves": result.curves,
+        "seconds": result.seconds,
+        "target": target.tolist(),
+    }
+    (result.out / "results.json").write_text(json.dumps(payload, indent=2))
+    with open(result.out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["example", "target", "method", "metric", "value"])
+        for metric, by_method in result.per_example.items():
+            for method, values in by_method.items():
+                for i, v in enumerate(values):
+                    writer.writerow([i, int(target[i]), method, metric, f"{v:.6g}"])
+
+
+BETTER = {"deletion": "lower", "insertion": "higher"}
+
+
+def summary_table(result: ReportResult) -> str:
+    """The per-method means as a text table, the best value per column marked with *."""
+    cols = result.metrics
+    rows = []
+    for m in result.methods:
+        cells = [m]
+        for c in cols:
+            vals = result.summary[c]
+            best = (min if BETTER.get(c) == "lower" else max)(vals.values())
+            cells.append(f"{vals[m]:.4f}{'*' if vals[m] == best else ' '}")
+        cells.append(f"{result.seconds[f'method:{m}']:.2f}")
+        rows.append(cells)
+    header = ["method"] + [f"{c} ({BETTER.get(c, '')})" for c in cols] + ["attr s"]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])

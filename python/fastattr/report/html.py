@@ -1,0 +1,143 @@
+"""Figures (matplotlib) and the self-contained ``index.html`` of ``fastattr report``."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from . import ReportResult
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _display_image(x: torch.Tensor):
+    """An input as something imshow draws: grayscale ``[H, W]`` or RGB ``[H, W, 3]`` in [0, 1]."""
+    if x.dim() == 3 and x.shape[0] in (1, 3):
+        img = x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
+    elif x.dim() == 2:
+        img = x
+    else:
+        img = x.reshape(1, -1)
+    lo, hi = img.min(), img.max()
+    return ((img - lo) / (hi - lo + 1e-12)).numpy()
+
+
+def heatmap_grid(x: torch.Tensor, maps: dict[str, torch.Tensor], target: torch.Tensor, rows: int = 8) -> bytes:
+    """Rows: examples; columns: the input then each method's map (diverging colours, symmetric scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = min(rows, x.shape[0])
+    names = list(maps)
+    fig, axes = plt.subplots(rows, len(names) + 1, figsize=(1.6 * (len(names) + 1), 1.6 * rows), squeeze=False)
+    for r in range(rows):
+        axes[r, 0].imshow(_display_image(x[r]), cmap="gray")
+        axes[r, 0].set_ylabel(f"#{r} t={int(target[r])}", fontsize=8)
+        for c, name in enumerate(names, start=1):
+            m = maps[name][r]
+            m = m.reshape(m.shape[-2:]) if m.dim() >= 2 else m.reshape(1, -1)
+            v = float(m.abs().max()) or 1.0
+            axes[r, c].imshow(m.numpy(), cmap="RdBu_r", vmin=-v, vmax=v)
+    for c, name in enumerate(["input"] + names):
+        axes[0, c].set_title(name, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    png = _figure_png(fig)
+    plt.close(fig)
+    return png
+
+
+def curves_figure(result: "ReportResult") -> bytes:
+    """Mean insertion / deletion curves per method over the fraction of features changed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(result.curves)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        fractions = result.curves[metric]["_fractions"]
+        for name in result.methods:
+            auc = result.summary[metric][name]
+            ax.plot(fractions, result.curves[metric][name], label=f"{name} ({auc:.3f})")
+        ax.set_title(f"{metric} (area in legend)", fontsize=10)
+        ax.set_xlabel("fraction of features changed")
+        ax.set_ylabel("target probability")
+        ax.legend(fontsize=7)
+    png = _figure_png(fig)
+    plt.close(fig)
+    return png
+
+
+def _img_tag(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _metric_table(result: "ReportResult") -> str:
+    from . import BETTER
+
+    head = "".join(f"<th>{html.escape(m)} ({BETTER.get(m, '')} is better)</th>" for m in result.metrics)
+    rows = []
+    for name in result.methods:
+        cells = []
+        for metric in result.metrics:
+            values = result.summary[metric]
+            best = (min if BETTER.get(metric) == "lower" else max)(values.values())
+            v = values[name]
+            cls = ' class="best"' if v == best else ""
+            cells.append(f"<td{cls}>{v:.4f}</td>")
+        secs = result.seconds[f"method:{name}"]
+        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}<td>{secs:.3f}</td></tr>")
+    return (f'<table id="metrics"><tr><th>method</th>{head}<th>attribution time (s)</th></tr>'
+            + "".join(rows) + "</table>")
+
+
+def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Tensor], target: torch.Tensor,
+               pred: torch.Tensor) -> None:
+    """Writes ``heatmaps.png``, ``curves.png`` and ``index.html`` (images inlined) into ``result.out``."""
+    grid = heatmap_grid(x, maps, target)
+    curves = curves_figure(result) if result.curves else None
+    (result.out / "heatmaps.png").write_bytes(grid)
+    if curves:
+        (result.out / "curves.png").write_bytes(curves)
+    metric_secs = sum(v for k, v in result.seconds.items() if k.startswith("metric:"))
+    method_secs = sum(v for k, v in result.seconds.items() if k.startswith("method:"))
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>fastattr report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #bbb; padding: 4px 10px; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+td.best {{ font-weight: bold; background: #d9f2d9; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>fastattr report</h1>
+<p>{result.n} inputs; {len(result.methods)} attribution methods; metrics: {", ".join(result.metrics)}.
+Targets: the predicted class unless chosen otherwise ({int((pred == target).sum())} of {result.n} targets equal the prediction).
+<code>random</code> is a control map that any method should beat.</p>
+<h2>Metrics (mean over inputs; best per column in bold)</h2>
+{_metric_table(result)}
+<h2>Heat maps</h2>
+<p>Red: evidence for the target, blue: against (each map on its own symmetric scale).</p>
+<div id="heatmaps">{_img_tag(grid, "heat maps")}</div>
+<h2>Insertion / deletion curves</h2>
+<div id="curves">{_img_tag(curves, "curves") if curves else "<p>no curve metrics selected</p>"}</div>
+<h2>Timings</h2>
+<p>Attribution: {method_secs:.2f} s in all; metrics: {metric_secs:.2f} s in all (device: {html.escape(str(x.device))}).
+Per-example values are in <code>results.csv</code> and <code>results.json</code>.</p>
+</body></html>
+"""
+    (result.out / "index.html").write_text(page)

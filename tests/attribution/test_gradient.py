@@ -1,0 +1,161 @@
+"""Gradient attributions against closed forms on linear models, completeness, chunk-size
+independence, model-state restoration and bad input."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fastattr.attribution as A
+from tests.models import linear_model, mlp, rand, small_cnn
+
+
+def test_saliency_and_input_x_gradient_on_a_linear_model():
+    model = linear_model()
+    x = rand(5, 3, 4, seed=1)
+    w = model[1].weight.detach()
+    g = A.saliency(model, x, target=2, abs=False)
+    torch.testing.assert_close(g, w[2].reshape(3, 4).expand_as(x))
+    torch.testing.assert_close(A.saliency(model, x, target=2), g.abs())
+    torch.testing.assert_close(A.input_x_gradient(model, x, target=2), x * g)
+
+
+@pytest.mark.parametrize("method", A.QUADRATURE)
+def test_integrated_gradients_closed_form_on_a_linear_model(method):
+    model = linear_model()
+    x, base = rand(4, 3, 4, seed=2), rand(4, 3, 4, seed=3)
+    t = torch.tensor([0, 1, 2, 1])
+    _, weights = A.quadrature(method, 10)
+    attr = A.integrated_gradients(model, x, t, baselines=base, n_steps=10, method=method)
+    w = model[1].weight.detach()[t].reshape(4, 3, 4)
+    torch.testing.assert_close(attr, sum(weights) * (x - base) * w)
+
+
+def test_quadrature_rules_match_captum_conventions():
+    nodes, weights = np.polynomial.legendre.leggauss(7)
+    a, w = A.quadrature("gausslegendre", 7)
+    np.testing.assert_allclose(a, (nodes + 1) / 2)
+    np.testing.assert_allclose(w, weights / 2)
+    assert A.quadrature("riemann_left", 4) == ([0.0, 0.25, 0.5, 0.75], [0.25] * 4)
+    assert A.quadrature("riemann_right", 4)[0] == [0.25, 0.5, 0.75, 1.0]
+    np.testing.assert_allclose(A.quadrature("riemann_middle", 4)[0], [0.125, 0.375, 0.625, 0.875])
+    assert A.quadrature("riemann_trapezoid", 5)[1] == [0.1, 0.2, 0.2, 0.2, 0.1]
+
+
+def test_completeness_with_gauss_legendre():
+    torch.manual_seed(0)
+    smooth = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 4)).double().eval()
+    x = rand(6, 12, seed=4)
+    attr, delta = A.integrated_gradients(smooth, x, n_steps=64, return_convergence_delta=True)
+    with torch.no_grad():
+        t = smooth(x).argmax(1)
+        gap = smooth(x)[torch.arange(6), t] - smooth(torch.zeros_like(x))[torch.arange(6), t]
+    torch.testing.assert_close(attr.sum(1) - gap, delta)
+    assert (delta.abs() / gap.abs()).max() < 1e-6
+    # Piecewise-linear (ReLU) models converge more slowly, but they do converge.
+    deltas = [A.integrated_gradients(mlp(), x, n_steps=n, return_convergence_delta=True)[1].abs().max()
+              for n in (16, 256)]
+    assert deltas[1] < deltas[0] / 10
+
+
+@pytest.mark.parametrize("fn,kwargs", [
+    (A.integrated_gradients, dict(n_steps=20, baselines=0.1)),
+    (A.smoothgrad, dict(n_samples=9, generator=3)),
+    (A.smoothgrad, dict(n_samples=5, variant="vargrad")),
+    (A.saliency, dict()),
+])
+def test_result_does_not_depend_on_chunk_size(fn, kwargs):
+    model = small_cnn()
+    x = rand(5, 3, 8, 8, seed=5)
+    outs = [fn(model, x, 1, max_batch=mb, **kwargs) for mb in (1, 7, 4096)]
+    for out in outs[1:]:
+        assert ((out - outs[0]).norm() / outs[0].norm()).item() <= 1e-6
+    outs.append(fn(model, x, 1, memory_budget=200_000, **kwargs))
+    assert ((outs[-1] - outs[0]).norm() / outs[0].norm()).item() <= 1e-6
+
+
+def test_baselines_scalar_per_example_and_shared():
+    model = mlp()
+    x = rand(3, 12, seed=6)
+    per_example = rand(3, 12, seed=7)
+    shared = rand(12, seed=8)
+    a = A.integrated_gradients(model, x, 0, baselines=per_example)
+    b = A.integrated_gradients(model, x, 0, baselines=shared)
+    c = A.integrated_gradients(model, x, 0, baselines=0.5)
+    d = A.integrated_gradients(model, x, 0, baselines=torch.full((3, 12), 0.5, dtype=torch.float64))
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(c, d)
+    with pytest.raises(ValueError, match="baselines"):
+        A.integrated_gradients(model, x, 0, baselines=rand(2, 12))
+
+
+def test_smoothgrad_seeds_and_variants():
+    model = mlp()
+    x = rand(4, 12, seed=9)
+    s1 = A.smoothgrad(model, x, 1, n_samples=8, generator=11)
+    assert torch.equal(s1, A.smoothgrad(model, x, 1, n_samples=8, generator=torch.Generator().manual_seed(11)))
+    assert not torch.equal(s1, A.smoothgrad(model, x, 1, n_samples=8, generator=12))
+    assert (A.smoothgrad(model, x, 1, n_samples=8, variant="vargrad") >= -1e-12).all()
+    torch.testing.assert_close(A.smoothgrad(model, x, 1, n_samples=3, stdev=0.0), A.saliency(model, x, 1, abs=False))
+    sq = A.smoothgrad(model, x, 1, n_samples=8, variant="smoothgrad_sq", generator=11)
+    var = A.smoothgrad(model, x, 1, n_samples=8, variant="vargrad", generator=11)
+    torch.testing.assert_close(var, sq - s1 * s1)
+
+
+def test_model_state_restored_and_no_parameter_gradients():
+    model = mlp()
+    model[1].weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    x = rand(3, 12, seed=10)
+    before = x.clone()
+    A.integrated_gradients(model, x, n_steps=8)
+    A.smoothgrad(model, x, n_samples=3)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(x, before) and not model.training
+
+
+def test_state_restored_when_the_model_raises():
+    class Flaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 2).double()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("model failed")
+            return self.lin(x)
+
+    model = Flaky().eval()
+    with pytest.raises(RuntimeError, match="model failed"):
+        A.integrated_gradients(model, rand(2, 4), n_steps=4)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_training_mode_is_used_as_given_with_a_warning():
+    model = mlp().train()
+    with pytest.warns(UserWarning, match="training mode"):
+        A.saliency(model, rand(2, 12))
+    assert model.training
+
+
+def test_bad_input_errors():
+    model = mlp()
+    x = rand(2, 12)
+    with pytest.raises(TypeError, match="layer"):
+        A.saliency(model, torch.arange(24).reshape(2, 12))
+    with pytest.raises(ValueError, match="NaN"):
+        A.saliency(model, torch.full((2, 12), float("nan"), dtype=torch.float64))
+    with pytest.raises(ValueError, match="target out of range"):
+        A.saliency(model, x, target=4)
+    with pytest.raises(ValueError, match="target has 3 entries"):
+        A.saliency(model, x, target=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="n_steps"):
+        A.integrated_gradients(model, x, n_steps=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        A.integrated_gradients(model, x, method="simpson")
+    with pytest.raises(ValueError, match="max_batch"):
+        A.saliency(model, x, max_batch=0)
+    with pytest.raises(ValueError, match="variant"):
+        A.smoothgrad(model, x, variant="noise")

@@ -1,0 +1,24 @@
+"""Small real models built in the tests (seeded), shared by the test modules."""
+import torch
+from torch import nn
+
+
+def linear_model(d: int = 12, classes: int = 3, seed: int = 0, dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, classes)).to(dtype).eval()
+
+
+def mlp(d: int = 12, classes: int = 4, seed: int = 0, dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(),
+                         nn.Linear(16, classes)).to(dtype).eval()
+
+
+def small_cnn(seed: int = 0, dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(6 * 4 * 4, 5)).to(dtype).eval()
+
+
+def rand(*shape, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
