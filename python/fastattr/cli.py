@@ -60,6 +60,8 @@ def _report(args: argparse.Namespace) -> int:
                             seed=args.seed, progress=not args.no_progress)
     except ReportError as e:
         raise UserError(str(e)) from e
+    if result is None:  # a torchrun rank other than 0: rank 0 writes the report
+        return 0
     print(summary_table(result))
     print(f"\nreport written to {result.out / 'index.html'}")
     return 0
@@ -78,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--target", default=None, help="'pred' (default), 'label', or a class index")
     report.add_argument("--methods", default=None, help="comma-separated attribution methods (default: all)")
     report.add_argument("--metrics", default=None, help="comma-separated metrics (default: all)")
-    report.add_argument("--n", type=int, default=32, help="number of inputs (default 32)")
+    report.add_argument("--n", "--num-inputs", dest="n", type=int, default=32,
+                        help="number of inputs (default 32; under torchrun spell it --num-inputs)")
     report.add_argument("--device", default="cpu", help="cpu or cuda")
     report.add_argument("--out", default="report", help="output folder (default ./report)")
     report.add_argument("--seed", type=int, default=0)

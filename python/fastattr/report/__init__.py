@@ -157,11 +157,72 @@ def _progress(iterable, desc: str, enabled: bool):
     return tqdm(iterable, desc=desc, leave=False)
 
 
+class _Shards:
+    """torch.distributed context of a ``torchrun`` launch: this rank's slice of the inputs and a
+    gather of per-example results on rank 0. A plain run is one rank holding everything."""
+
+    def __init__(self, device: torch.device):
+        import os
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.active = self.world > 1
+        self.device = device
+        if self.active:
+            import torch.distributed as dist
+
+            if device.type == "cuda":
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        per = -(-n // self.world)
+        return min(n, self.rank * per), min(n, (self.rank + 1) * per)
+
+    def gather(self, obj):
+        """Rank 0 gets the list of every rank's ``obj`` in rank order; other ranks get None."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def close(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, seed: int) -> torch.Tensor:
+    """One method on a slice of inputs whose first global index is ``first``. Random draws are
+    seeded per global example, so a sharded run gives the same maps as a single process."""
+    if name == CONTROL:
+        return torch.cat([torch.rand((1,) + tuple(x.shape[1:]), dtype=x.dtype,
+                                     generator=torch.Generator().manual_seed(seed * 1_000_003 + first + i))
+                          for i in range(x.shape[0])]).to(x.device)
+    if name == "smoothgrad":
+        return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], generator=seed * 1_000_003 + first + i)
+                          for i in range(x.shape[0])])
+    return METHODS[name](net, x, t)
+
+
 def run_report(model: Optional[str | Callable] = None, data: Optional[str | torch.Tensor] = None,
                target: Optional[int | str] = None, methods: Optional[Sequence[str]] = None,
                metrics: Optional[Sequence[str]] = None, n: int = 32, device: str = "cpu",
-               out: str | Path = "report", seed: int = 0, progress: bool = True) -> ReportResult:
+               out: str | Path = "report", seed: int = 0, progress: bool = True) -> Optional[ReportResult]:
     """Computes the report and writes ``out/index.html``, figures, ``results.json`` and ``results.csv``.
+
+    Under ``torchrun --nproc-per-node N -m fastattr report ...`` the inputs are sharded across
+    ranks (gloo on CPU, nccl on CUDA), each rank attributes and evaluates its shard, and rank 0
+    gathers the per-example results and writes the same report as a single process (other ranks
+    return None).
 
     Args:
         model: None (embedded digits CNN), ``"module:factory"``, or a model object.
@@ -186,6 +247,8 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
         x, labels = data[:n], None
     else:
         x, labels = load_data(data, n)
+    shards = _Shards(dev)
+    dev = shards.device
     if isinstance(net, torch.nn.Module):
         net = net.to(dev).eval()
     x = x.to(dev)
@@ -206,36 +269,48 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
         if not 0 <= int(target) < n_classes:
             raise ReportError(f"--target {target} is out of range for a model with {n_classes} outputs")
 
-    result = ReportResult(out=out_dir, methods=method_names, metrics=metric_names, n=x.shape[0])
+    lo, hi = shards.bounds(x.shape[0])
+    xs, ts = x[lo:hi], t[lo:hi]
+    show = progress and shards.rank == 0
+    seconds: dict[str, float] = {}
     maps: dict[str, torch.Tensor] = {}
-    gen = torch.Generator().manual_seed(seed)
-    for name in _progress(method_names, "attribution", progress):
+    for name in _progress(method_names, "attribution", show):
         start = time.perf_counter()
-        if name == CONTROL:
-            attr = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(dev)
-        elif name == "smoothgrad":
-            attr = METHODS[name](net, x, t, generator=seed)
-        else:
-            attr = METHODS[name](net, x, t)
-        result.seconds[f"method:{name}"] = time.perf_counter() - start
-        maps[name] = feature_map(attr.detach(), x)
-
+        attr = _attribute(name, net, xs, ts, lo, seed) if hi > lo else xs.new_empty(xs.shape)
+        seconds[f"method:{name}"] = time.perf_counter() - start
+        maps[name] = feature_map(attr.detach(), xs).cpu()
+    values: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
+    curves: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
+    fractions: dict[str, list[float]] = {}
     for metric in metric_names:
-        result.per_example[metric] = {}
-        result.curves[metric] = {}
-        result.summary[metric] = {}
-        for name in _progress(method_names, metric, progress):
+        for name in _progress(method_names, metric, show):
             start = time.perf_counter()
-            values, curves, fractions = METRICS[metric](net, x, maps[name], t, curves=True)
-            result.seconds[f"metric:{metric}:{name}"] = time.perf_counter() - start
-            result.per_example[metric][name] = values.cpu().tolist()
-            result.curves[metric][name] = curves.mean(0).cpu().tolist()
-            result.curves[metric]["_fractions"] = fractions.tolist()
-            result.summary[metric][name] = values.mean().item()
+            if hi > lo:
+                v, c, f = METRICS[metric](net, xs, maps[name].to(dev), ts, curves=True)
+                values[metric][name], curves[metric][name], fractions[metric] = v.cpu(), c.cpu(), f.tolist()
+            seconds[f"metric:{metric}:{name}"] = time.perf_counter() - start
+
+    parts = shards.gather((maps, values, curves, fractions, seconds))
+    shards.close()
+    if parts is None:
+        return None
+    maps = {name: torch.cat([p[0][name] for p in parts]) for name in method_names}
+    result = ReportResult(out=out_dir, methods=method_names, metrics=metric_names, n=x.shape[0])
+    result.seconds = {k: max(p[4].get(k, 0.0) for p in parts) for k in parts[0][4]}
+    for metric in metric_names:
+        result.per_example[metric], result.curves[metric], result.summary[metric] = {}, {}, {}
+        result.curves[metric]["_fractions"] = next(p[3][metric] for p in parts if metric in p[3])
+        for name in method_names:
+            # A rank with an empty shard (more ranks than inputs) contributes nothing.
+            v = torch.cat([p[1][metric][name] for p in parts if name in p[1][metric]])
+            c = torch.cat([p[2][metric][name] for p in parts if name in p[2][metric]])
+            result.per_example[metric][name] = v.tolist()
+            result.curves[metric][name] = c.mean(0).tolist()
+            result.summary[metric][name] = v.mean().item()
 
     from .html import write_html
 
-    write_html(result, x.cpu(), {k: v.cpu() for k, v in maps.items()}, t.cpu(), pred.cpu())
+    write_html(result, x.cpu(), maps, t.cpu(), pred.cpu())
     _write_tables(result, t.cpu())
     return result
 

@@ -1,0 +1,33 @@
+"""torchrun shards fastattr report across ranks (gloo on CPU) and gives the single-process output."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+from fastattr.report import run_report  # noqa: E402
+
+
+def test_torchrun_two_cpu_processes_match_single_process(tmp_path):
+    single = tmp_path / "single"
+    run_report(n=5, out=single, progress=False)
+    sharded = tmp_path / "sharded"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "fastattr", "report", "--num-inputs", "5", "--out", str(sharded), "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("report written to") == 1  # only rank 0 writes and prints
+    a = json.loads((single / "results.json").read_text())
+    b = json.loads((sharded / "results.json").read_text())
+    assert a["target"] == b["target"] and a["methods"] == b["methods"]
+    for metric, by_method in a["per_example"].items():
+        for method, values in by_method.items():
+            assert len(b["per_example"][metric][method]) == 5
+            assert b["per_example"][metric][method] == pytest.approx(values, abs=1e-6), (metric, method)
+    assert (sharded / "index.html").exists()
