@@ -12,6 +12,12 @@ void sparsemax_forward(std::uintptr_t x, std::uintptr_t out, int64_t rows, int64
                        const std::string& dtype, int n_threads);
 void sparsemax_backward(std::uintptr_t p, std::uintptr_t g, std::uintptr_t out, int64_t rows,
                         int64_t cols, const std::string& dtype, int n_threads);
+void path_interpolate(std::uintptr_t x, std::uintptr_t base, std::uintptr_t alphas, std::uintptr_t out,
+                      int64_t steps, int64_t batch, int64_t d, bool shared_base, const std::string& dtype,
+                      int n_threads);
+void path_accumulate(std::uintptr_t acc, std::uintptr_t grads, std::uintptr_t weights, std::uintptr_t diff,
+                     std::uintptr_t out, int64_t steps, int64_t batch, int64_t d, const std::string& dtype,
+                     int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -33,4 +39,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out"), py::arg("rows"), py::arg("cols"), py::arg("dtype"),
         py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "Row-wise sparsemax backward: out = (g - mean_S g) * 1_S with S = {p > 0}.");
+  m.def("path_interpolate", &fastattr::path_interpolate, py::arg("x"), py::arg("base"), py::arg("alphas"),
+        py::arg("out"), py::arg("steps"), py::arg("batch"), py::arg("d"), py::arg("shared_base"),
+        py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "out[s, b] = base[b] + alphas[s] * (x[b] - base[b]) for [steps, batch, d] buffers.");
+  m.def("path_accumulate", &fastattr::path_accumulate, py::arg("acc"), py::arg("grads"), py::arg("weights"),
+        py::arg("diff"), py::arg("out"), py::arg("steps"), py::arg("batch"), py::arg("d"), py::arg("dtype"),
+        py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "out[b] = (acc[b] + sum_s w[s] * g[s, b]) * diff[b] (diff = 0 address: no multiply).");
 }

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
+from ..ops.path_ops import path_accumulate, path_interpolate
 from ._common import Target, check_inputs, check_model, chunk_size, frozen_parameters, resolve_target, select
 
 QUADRATURE = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -96,17 +97,24 @@ def input_x_gradient(model: Callable, inputs: torch.Tensor, target: Target = Non
 
 
 def _baselines(inputs: torch.Tensor, baselines) -> torch.Tensor:
+    """Baselines as ``[B, ...]`` (one per example) or ``[1, ...]`` (one shared by all)."""
     if baselines is None:
-        return torch.zeros_like(inputs)
+        return torch.zeros((1,) + tuple(inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device)
     if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
-        return torch.full_like(inputs, float(baselines))
+        return torch.full((1,) + tuple(inputs.shape[1:]), float(baselines), dtype=inputs.dtype, device=inputs.device)
     if not isinstance(baselines, torch.Tensor):
         raise TypeError(f"baselines must be None, a number or a tensor, got {type(baselines).__name__}")
+    b = baselines.to(device=inputs.device, dtype=inputs.dtype)
+    if b.dim() < inputs.dim():
+        b = b.reshape((1,) * (inputs.dim() - b.dim()) + tuple(b.shape))
     try:
-        b = torch.broadcast_to(baselines.to(device=inputs.device, dtype=inputs.dtype), inputs.shape)
+        shape = torch.broadcast_shapes(b.shape, inputs.shape)
     except RuntimeError:
+        shape = None
+    if shape != inputs.shape:
         raise ValueError(f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs of shape "
-                         f"{tuple(inputs.shape)} (give one per example, one for all, or a scalar)") from None
+                         f"{tuple(inputs.shape)} (give one per example, one for all, or a scalar)")
+    b = b.expand((b.shape[0],) + tuple(inputs.shape[1:])).contiguous()
     if not torch.isfinite(b).all():
         raise ValueError("baselines contain NaN or Inf")
     return b
@@ -120,10 +128,12 @@ def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target =
     """Integrated Gradients (Sundararajan et al. 2017).
 
     ``IG(x) = (x − x') ⊙ Σ_s w_s ∇f_t(x' + α_s (x − x'))`` with the quadrature ``method``
-    (:data:`QUADRATURE`, Gauss–Legendre by default; Captum's nodes and weights). The path is run in
-    chunks of whole steps, the weighted gradient sum is accumulated in float32 (float64 for float64
-    inputs), and the multiply by ``(x − x')`` comes last, so no more than one chunk of interpolated
-    inputs or gradients is ever alive. ``multiply_by_inputs=False`` returns the averaged gradient.
+    (:data:`QUADRATURE`, Gauss–Legendre by default; Captum's nodes and weights). The path runs in
+    chunks of whole steps: :func:`~fastattr.ops.path_interpolate` writes a chunk's inputs into one
+    model batch, :func:`~fastattr.ops.path_accumulate` adds ``Σ w_s g_s`` to a float32 (float64
+    for float64 inputs) sum and fuses the multiply by ``(x − x')`` into the last chunk, so no more
+    than one chunk of interpolated inputs or gradients is ever alive.
+    ``multiply_by_inputs=False`` returns the weighted gradient sum.
 
     Args:
         baselines: None (zeros), a number, or a tensor broadcastable to ``inputs`` (one per example
@@ -138,30 +148,32 @@ def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target =
     t = _prepare(model, inputs, target)
     alphas, weights = quadrature(method, n_steps)
     base = _baselines(inputs, baselines)
-    batch = inputs.shape[0]
-    chunk = chunk_size(inputs, len(alphas) * batch, max_batch, memory_budget)
+    batch, n = inputs.shape[0], len(alphas)
+    chunk = chunk_size(inputs, n * batch, max_batch, memory_budget)
     acc_dtype = _accum_dtype(inputs.dtype)
-    diff = inputs - base
-    acc = torch.zeros(inputs.shape, dtype=acc_dtype, device=inputs.device)
-    shape1 = (-1,) + (1,) * (inputs.dim() - 1)
+    alphas_t = torch.tensor(alphas, dtype=torch.float64, device=inputs.device)
+    weights_t = torch.tensor(weights, dtype=acc_dtype, device=inputs.device)
+    blocks = []
     with frozen_parameters(model):
         for e0 in range(0, batch, chunk):
             e1 = min(batch, e0 + chunk)
-            eb = e1 - e0
-            steps = max(1, chunk // eb)
-            for s0 in range(0, len(alphas), steps):
-                a = torch.tensor(alphas[s0:s0 + steps], dtype=inputs.dtype, device=inputs.device)
-                w = torch.tensor(weights[s0:s0 + steps], dtype=acc_dtype, device=inputs.device)
-                path = (base[e0:e1].unsqueeze(0) + a.view((-1, 1) + shape1[1:]) * diff[e0:e1].unsqueeze(0))
-                path = path.reshape((-1,) + tuple(inputs.shape[1:]))
-                grad, _ = target_gradients(model, path, t[e0:e1].repeat(len(a)))
-                grad = grad.reshape((len(a), eb) + tuple(inputs.shape[1:])).to(acc_dtype)
-                acc[e0:e1] += torch.tensordot(w, grad, dims=1)
-    attr = (acc * diff.to(acc_dtype) if multiply_by_inputs else acc).to(inputs.dtype)
+            x, b = inputs[e0:e1], base if base.shape[0] == 1 else base[e0:e1]
+            diff = x.to(acc_dtype) - b.to(acc_dtype)
+            steps = max(1, chunk // (e1 - e0))
+            acc = torch.zeros(x.shape, dtype=acc_dtype, device=inputs.device)
+            for s0 in range(0, n, steps):
+                s1 = min(n, s0 + steps)
+                path = path_interpolate(x, b, alphas_t[s0:s1])
+                grad, _ = target_gradients(model, path, t[e0:e1].repeat(s1 - s0))
+                last = s1 == n and multiply_by_inputs
+                acc = path_accumulate(acc, grad.view((s1 - s0,) + tuple(x.shape)), weights_t[s0:s1],
+                                      diff if last else None)
+            blocks.append(acc)
+    attr = torch.cat(blocks).to(inputs.dtype)
     if not return_convergence_delta:
         return attr
     with torch.no_grad():
-        gap = select(model(inputs), t) - select(model(base), t)
+        gap = select(model(inputs), t) - select(model(base.expand_as(inputs)), t)
     delta = attr.reshape(batch, -1).sum(1) - gap
     return attr, delta
 

@@ -1,6 +1,7 @@
 """Hot-path ops. Each module registers a ``torch.library.custom_op`` with a fake kernel and
 autograd, and dispatches to the cpp / triton / reference backend chosen by ``fastattr._backend``.
 """
+from .path_ops import path_accumulate, path_interpolate
 from .sparsemax import sparsemax
 
-__all__ = ["sparsemax"]
+__all__ = ["path_accumulate", "path_interpolate", "sparsemax"]

@@ -2,6 +2,7 @@
 
 They define what the fast backends compute; tests compare every backend against them.
 """
+from .path_ops import path_accumulate, path_interpolate
 from .sparsemax import sparsemax, sparsemax_backward
 
-__all__ = ["sparsemax", "sparsemax_backward"]
+__all__ = ["path_accumulate", "path_interpolate", "sparsemax", "sparsemax_backward"]
