@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-BENCHES: dict[str, str] = {"sparsemax": "fastattr.bench.sparsemax"}
+BENCHES: dict[str, str] = {"sparsemax": "fastattr.bench.sparsemax", "ig": "fastattr.bench.ig"}
 
 
 class UserError(Exception):

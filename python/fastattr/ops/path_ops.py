@@ -32,7 +32,7 @@ def _triton():
 def _interpolate_kernel(name: str, x2: torch.Tensor, b2: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     """``[B, D]`` x, ``[B or 1, D]`` baseline, ``[S]`` alphas (contiguous) → ``[S·B, D]``."""
     if name == "triton":
-        return _triton().path_interpolate(x2, b2, alphas.to(x2.dtype))
+        return _triton().path_interpolate(x2, b2, alphas.to(x2.dtype).contiguous())
     compute = torch.float32 if x2.dtype in _HALF else x2.dtype
     xc, bc, ac = x2.to(compute), b2.to(compute), alphas.to(compute).contiguous()
     out = torch.empty((ac.shape[0] * xc.shape[0], xc.shape[1]), dtype=compute, device=x2.device)

@@ -1,0 +1,139 @@
+"""``fastattr bench ig``: Integrated Gradients against the model-only floor and Captum.
+
+Time: a VGG-style CNN (3 conv+pool blocks, 2 linear) on 3×64×64, batch 8, 50 Gauss–Legendre
+steps. The floor is the model's own forward + input-gradient over the same 400 inputs at the same
+chunk size; Captum's ``IntegratedGradients`` runs with ``internal_batch_size`` set to that chunk.
+Memory: peak resident memory of one process running IG with default settings (fastattr) vs
+Captum without ``internal_batch_size``, at 50 / 200 / 1000 steps (each in a fresh process; CUDA:
+``max_memory_allocated``).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..attribution import integrated_gradients
+from . import Table, machine_info, time_median
+
+
+def vgg_style(seed: int = 0) -> nn.Module:
+    """3 × (conv 3×3 + ReLU + 2×2 max-pool) then 2 linear layers, for 3×64×64 inputs, 10 classes."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10),
+    ).eval()
+
+
+def _captum_ig(model):
+    try:
+        from captum.attr import IntegratedGradients
+    except ImportError:
+        return None
+    return IntegratedGradients(model)
+
+
+def run(batch: int = 8, n_steps: int = 50, chunk: int = 100, device: Optional[str] = None, repeat: int = 5) -> Table:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = vgg_style().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(device)
+    target = model(x).argmax(1)
+    steps_per_chunk = max(1, chunk // batch)
+    used_chunk = steps_per_chunk * batch
+    # The floor: forward + input-gradient over the same number of inputs in the same chunks.
+    n_chunks = -(-n_steps // steps_per_chunk)
+    sizes = [min(steps_per_chunk, n_steps - i * steps_per_chunk) * batch for i in range(n_chunks)]
+    floor_inputs = [torch.rand(s, 3, 64, 64, generator=torch.Generator().manual_seed(i)).to(device)
+                    for i, s in enumerate(sizes)]
+    floor_targets = [target.repeat(s // batch) for s in sizes]
+
+    def floor():
+        for inp, t in zip(floor_inputs, floor_targets):
+            inp = inp.requires_grad_(True)
+            out = model(inp).gather(1, t[:, None]).sum()
+            torch.autograd.grad(out, inp)
+
+    impls = {
+        "model-only floor": floor,
+        "fastattr.integrated_gradients": lambda: integrated_gradients(model, x, target, n_steps=n_steps, max_batch=chunk),
+    }
+    captum_ig = _captum_ig(model)
+    if captum_ig is not None:
+        impls["captum IntegratedGradients"] = lambda: captum_ig.attribute(
+            x, target=target, n_steps=n_steps, method="gausslegendre", internal_batch_size=chunk)
+    times = {name: time_median(fn, device, repeat=repeat, warmup=1) for name, fn in impls.items()}
+    table = Table(
+        name=f"integrated gradients, VGG-style CNN 3x64x64, batch {batch}, {n_steps} steps, chunk {used_chunk} inputs, {device.type}",
+        columns=["implementation", "ms", "time / floor", "speed-up vs captum"],
+        machine=machine_info(device),
+        params={"batch": batch, "n_steps": n_steps, "chunk": used_chunk, "device": str(device), "repeat": repeat},
+    )
+    base = times["model-only floor"]
+    cap = times.get("captum IntegratedGradients")
+    for name, t in times.items():
+        table.add(name, t * 1e3, t / base, cap / t if cap else "-")
+    table.notes.append(f"medians of {repeat} runs; torch threads = {torch.get_num_threads()}")
+    if cap is None:
+        table.notes.append("captum not installed: pip install captum for the peer column")
+    return table
+
+
+_MEMORY_SCRIPT = """
+import json, resource, sys, torch
+from fastattr.bench.ig import vgg_style
+which, n_steps, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+torch.set_num_threads(int(sys.argv[4]))
+model = vgg_style().to(device)
+x = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(device)
+t = model(x).argmax(1)
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+before = rss()
+if device == "cuda":
+    torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
+if which == "fastattr":
+    from fastattr import integrated_gradients
+    integrated_gradients(model, x, t, n_steps=n_steps)
+else:
+    from captum.attr import IntegratedGradients
+    IntegratedGradients(model).attribute(x, target=t, n_steps=n_steps)
+peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak_extra_bytes": peak - before}))
+"""
+
+
+def memory(steps=(50, 200, 1000), device: Optional[str] = None) -> Table:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    peers = ["fastattr"] + (["captum"] if _captum_ig(nn.Identity()) is not None else [])
+    kind = "max_memory_allocated" if device == "cuda" else "process peak RSS above the pre-call RSS"
+    table = Table(name=f"integrated gradients peak memory (MB), VGG-style CNN, batch 8, default settings, {device}",
+                  columns=["n_steps"] + [f"{p} MB" for p in peers] + (["captum / fastattr"] if len(peers) > 1 else []),
+                  machine=machine_info(device), params={"steps": list(steps), "measure": kind})
+    for n in steps:
+        row = [n]
+        for p in peers:
+            proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, p, str(n), device, str(torch.get_num_threads())],
+                                  capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                row.append(f"failed: {proc.stderr.strip().splitlines()[-1][:60]}")
+                continue
+            row.append(json.loads(proc.stdout.strip().splitlines()[-1])["peak_extra_bytes"] / 2**20)
+        if len(peers) > 1 and all(isinstance(v, float) for v in row[1:]):
+            row.append(row[2] / row[1])
+        table.add(*row)
+    table.notes.append(f"{kind}; fastattr chunks from free memory by default, Captum stacks all steps in one batch")
+    return table
+
+
+def default_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
+    return [run(device=device, repeat=repeat), memory(device=device)]
