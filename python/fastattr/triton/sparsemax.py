@@ -36,6 +36,16 @@ def _to_compute(x, IS_F64: tl.constexpr):
 
 
 @triton.jit
+def _div(a, b, IS_F64: tl.constexpr):
+    """Correctly rounded division (plain ``/`` on float32 is approximate on CUDA)."""
+    if IS_F64:
+        q = a / b
+    else:
+        q = tl.div_rn(a, b)
+    return q
+
+
+@triton.jit
 def _row_stats(v, tau):
     """Count and sum of the entries of each row of ``v`` above that row's ``tau``."""
     active = v > tau[:, None]
@@ -68,7 +78,7 @@ def _forward_onchip_kernel(x_ptr, out_ptr, R, N, IS_F64: tl.constexpr, ROWS: tl.
     cnt = c + 1
     while tl.max((c < cnt).to(tl.int32), axis=0) > 0:
         shrunk = c < cnt
-        tau = tl.where(shrunk, (s - 1.0) / tl.maximum(c, 1).to(s.dtype), tau)
+        tau = tl.where(shrunk, _div(s - 1.0, tl.maximum(c, 1).to(s.dtype), IS_F64), tau)
         cnt = tl.where(shrunk, c, cnt)
         c, s = _row_stats(v, tau)
 
@@ -113,7 +123,7 @@ def _forward_multipass_kernel(x_ptr, out_ptr, N, IS_F64: tl.constexpr, TILE: tl.
     c, s = _tiled_stats(row_x, N, m, bad, tau, IS_F64, TILE)
     cnt = c + 1
     while c < cnt:
-        tau = (s - 1.0) / c.to(s.dtype)
+        tau = _div(s - 1.0, c.to(s.dtype), IS_F64)
         cnt = c
         c, s = _tiled_stats(row_x, N, m, bad, tau, IS_F64, TILE)
 
@@ -137,7 +147,7 @@ def _backward_onchip_kernel(p_ptr, g_ptr, out_ptr, R, N, IS_F64: tl.constexpr, R
     g = _to_compute(tl.load(g_ptr + offs, mask=mask, other=0.0), IS_F64)
     g = tl.where(support, g, 0.0)
     count = tl.sum(support.to(tl.int32), axis=1)
-    mean = tl.sum(g, axis=1) / tl.maximum(count, 1).to(g.dtype)
+    mean = _div(tl.sum(g, axis=1), tl.maximum(count, 1).to(g.dtype), IS_F64)
     dz = tl.where(support, g - mean[:, None], 0.0)
     tl.store(out_ptr + offs, dz.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -155,7 +165,7 @@ def _backward_multipass_kernel(p_ptr, g_ptr, out_ptr, N, IS_F64: tl.constexpr, T
         g = _to_compute(tl.load(g_ptr + row + start + cols, mask=mask, other=0.0), IS_F64)
         c_acc += support.to(tl.int32)
         s_acc += tl.where(support, g, 0.0)
-    mean = tl.sum(s_acc, axis=0) / tl.maximum(tl.sum(c_acc, axis=0), 1).to(s_acc.dtype)
+    mean = _div(tl.sum(s_acc, axis=0), tl.maximum(tl.sum(c_acc, axis=0), 1).to(s_acc.dtype), IS_F64)
     for start in range(0, N, TILE):
         mask = start + cols < N
         support = tl.load(p_ptr + row + start + cols, mask=mask, other=0.0) > 0
@@ -188,15 +198,15 @@ def _launch(rows: int, n: int, dtype: torch.dtype, onchip, multipass, *tensors: 
 
 def _check(*tensors: torch.Tensor) -> None:
     for t in tensors:
-        if t.dim() != 2 or not t.is_contiguous():
-            raise ValueError(f"expected a contiguous 2-D tensor, got shape {tuple(t.shape)}")
-        if t.shape != tensors[0].shape or t.dtype != tensors[0].dtype:
-            raise ValueError("p and g must have the same shape and dtype")
+        if t.dim() != 2 or t.shape != tensors[0].shape or t.dtype != tensors[0].dtype:
+            raise ValueError("expected 2-D tensors of one shape and dtype, got "
+                             f"{[(tuple(u.shape), u.dtype) for u in tensors]}")
 
 
 def sparsemax_forward(x: torch.Tensor) -> torch.Tensor:
     """Sparsemax of each row of ``x`` (2-D contiguous ``[R, N]``); returns a new tensor like ``x``."""
     _check(x)
+    x = x.contiguous()
     out = torch.empty_like(x)
     if x.numel() > 0:
         _launch(x.shape[0], x.shape[1], x.dtype, _forward_onchip_kernel, _forward_multipass_kernel, x, out)
@@ -206,6 +216,7 @@ def sparsemax_forward(x: torch.Tensor) -> torch.Tensor:
 def sparsemax_backward(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Gradient wrt the input of sparsemax at output ``p`` for upstream grad ``g`` (both ``[R, N]``)."""
     _check(p, g)
+    p, g = p.contiguous(), g.contiguous()
     out = torch.empty_like(g)
     if g.numel() > 0:
         _launch(g.shape[0], g.shape[1], g.dtype, _backward_onchip_kernel, _backward_multipass_kernel, p, g, out)
