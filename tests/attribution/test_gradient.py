@@ -159,3 +159,52 @@ def test_bad_input_errors():
         A.saliency(model, x, max_batch=0)
     with pytest.raises(ValueError, match="variant"):
         A.smoothgrad(model, x, variant="noise")
+
+
+def test_gradient_shap_closed_form_on_a_linear_model():
+    model = linear_model()
+    x = rand(4, 3, 4, seed=20)
+    w = model[1].weight.detach()[1].reshape(3, 4)
+    one = rand(1, 3, 4, seed=21)
+    # One baseline: the gradient is constant, so α and the noise draws do not matter.
+    torch.testing.assert_close(A.gradient_shap(model, x, 1, baselines=one, n_samples=6, stdev=0.3), (x - one) * w)
+    refs = rand(5, 3, 4, seed=22)
+    eg = A.expected_gradients(model, x, 1, references=refs, n_samples=400, generator=1)
+    # Average over uniformly drawn references -> (x - mean r) ⊙ w up to the sampling error.
+    assert ((eg - (x - refs.mean(0)) * w).norm() / eg.norm()).item() < 0.1
+
+
+def test_gradient_shap_is_chunk_independent_and_seeded():
+    model = small_cnn()
+    x, refs = rand(3, 3, 8, 8, seed=23), rand(4, 3, 8, 8, seed=24)
+    outs = [A.gradient_shap(model, x, 2, baselines=refs, n_samples=7, stdev=0.1, generator=5, max_batch=mb)
+            for mb in (1, 5, 1000)]
+    for out in outs[1:]:
+        assert ((out - outs[0]).norm() / outs[0].norm()).item() <= 1e-6
+    other = A.gradient_shap(model, x, 2, baselines=refs, n_samples=7, stdev=0.1, generator=6)
+    assert not torch.allclose(other, outs[0])
+
+
+def test_expected_gradients_completeness_in_expectation():
+    torch.manual_seed(0)
+    smooth = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2)).double().eval()
+    x, refs = rand(2, 6, seed=25), rand(3, 6, seed=26)
+    eg = A.expected_gradients(smooth, x, 0, references=refs, n_samples=3000, generator=2)
+    with torch.no_grad():
+        gap = smooth(x)[:, 0] - smooth(refs)[:, 0].mean()
+    torch.testing.assert_close(eg.sum(1), gap, rtol=0.05, atol=0.02)
+
+
+def test_noise_tunnel_wraps_any_method():
+    model = mlp()
+    x = rand(3, 12, seed=27)
+    nt = A.noise_tunnel(A.saliency, model, x, 2, n_samples=6, generator=9, abs=False)
+    torch.testing.assert_close(nt, A.smoothgrad(model, x, 2, n_samples=6, generator=9))
+    torch.testing.assert_close(A.noise_tunnel(A.integrated_gradients, model, x, 2, n_samples=2, stdev=0.0, n_steps=8),
+                               A.integrated_gradients(model, x, 2, n_steps=8))
+    vg = A.noise_tunnel(A.input_x_gradient, model, x, 2, n_samples=5, variant="vargrad", generator=3)
+    assert (vg >= -1e-12).all() and vg.abs().sum() > 0
+    with pytest.raises(ValueError, match="variant"):
+        A.noise_tunnel(A.saliency, model, x, variant="mean")
+    with pytest.raises(ValueError, match="baselines must be a tensor"):
+        A.gradient_shap(model, x, baselines=rand(2, 5))

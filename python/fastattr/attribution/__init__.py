@@ -1,5 +1,6 @@
 """Attribution methods: ``fn(model, inputs, target=None, *, ...)`` returning a tensor like ``inputs``."""
-from .gradient import QUADRATURE, input_x_gradient, integrated_gradients, quadrature, saliency, smoothgrad
+from .gradient import (QUADRATURE, expected_gradients, gradient_shap, input_x_gradient, integrated_gradients,
+                       noise_tunnel, quadrature, saliency, smoothgrad)
 
 METHODS = {
     "saliency": saliency,
@@ -8,4 +9,5 @@ METHODS = {
     "smoothgrad": smoothgrad,
 }
 
-__all__ = ["METHODS", "QUADRATURE", "input_x_gradient", "integrated_gradients", "quadrature", "saliency", "smoothgrad"]
+__all__ = ["METHODS", "QUADRATURE", "expected_gradients", "gradient_shap", "input_x_gradient", "integrated_gradients",
+           "noise_tunnel", "quadrature", "saliency", "smoothgrad"]

@@ -241,3 +241,100 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
     else:
         out = total_sq / n_samples - mean * mean
     return out.to(inputs.dtype)
+
+
+def gradient_shap(model: Callable, inputs: torch.Tensor, target: Target = None, *, baselines: torch.Tensor,
+                  n_samples: int = 5, stdev: float = 0.0, generator=None, max_batch: Optional[int] = None,
+                  memory_budget: Optional[int] = None) -> torch.Tensor:
+    """GradientSHAP (Lundberg & Lee 2017; SPEC §2).
+
+    For j = 1..N and every example: a baseline ``b_j`` drawn uniformly from ``baselines``
+    (``[M, ...]``), ``α_j ~ U(0, 1)`` and noise ``ε_j ~ N(0, stdev²)``;
+    ``attr = mean_j (x − b_j) ⊙ ∇f_t(b_j + α_j (x + ε_j − b_j))``.
+    All draws come from ``generator`` (torch.Generator or int seed; default seed 0) on the CPU,
+    one sample at a time, so the result does not depend on the chunk size or the device.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    if stdev < 0:
+        raise ValueError(f"stdev must be >= 0, got {stdev}")
+    t = _prepare(model, inputs, target)
+    if not isinstance(baselines, torch.Tensor) or baselines.dim() != inputs.dim() \
+            or baselines.shape[1:] != inputs.shape[1:] or baselines.shape[0] < 1:
+        raise ValueError(f"baselines must be a tensor [M, {', '.join(map(str, inputs.shape[1:]))}] of reference "
+                         f"inputs, got {getattr(baselines, 'shape', type(baselines).__name__)}")
+    refs = baselines.to(device=inputs.device, dtype=inputs.dtype)
+    if not torch.isfinite(refs).all():
+        raise ValueError("baselines contain NaN or Inf")
+    gen = _generator(generator)
+    batch = inputs.shape[0]
+    draws = []
+    for _ in range(n_samples):
+        index = torch.randint(refs.shape[0], (batch,), generator=gen)
+        alpha = torch.rand(batch, generator=gen, dtype=torch.float64)
+        noise = torch.randn(inputs.shape, generator=gen, dtype=inputs.dtype) * stdev if stdev > 0 else None
+        draws.append((index.to(inputs.device), alpha.to(inputs.device, inputs.dtype), noise))
+    chunk = chunk_size(inputs, n_samples * batch, max_batch, memory_budget)
+    block = min(batch, chunk)
+    per = max(1, chunk // block)
+    acc_dtype = _accum_dtype(inputs.dtype)
+    total = torch.zeros(inputs.shape, dtype=acc_dtype, device=inputs.device)
+    shape1 = (-1,) + (1,) * (inputs.dim() - 1)
+    with frozen_parameters(model):
+        for j0 in range(0, n_samples, per):
+            part = draws[j0:j0 + per]
+            for e0 in range(0, batch, block):
+                e1 = min(batch, e0 + block)
+                x = inputs[e0:e1]
+                bases = [refs[idx[e0:e1]] for idx, _, _ in part]
+                noisy = [x if nz is None else x + nz[e0:e1].to(x.device) for _, _, nz in part]
+                points = torch.cat([b + a[e0:e1].view(shape1) * (xn - b)
+                                    for b, (_, a, _), xn in zip(bases, part, noisy)])
+                g, _ = target_gradients(model, points, t[e0:e1].repeat(len(part)))
+                g = g.reshape((len(part), e1 - e0) + tuple(inputs.shape[1:])).to(acc_dtype)
+                diffs = torch.stack([(x - b).to(acc_dtype) for b in bases])
+                total[e0:e1] += (g * diffs).sum(0)
+    return (total / n_samples).to(inputs.dtype)
+
+
+def expected_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *, references: torch.Tensor,
+                       n_samples: int = 50, generator=None, max_batch: Optional[int] = None,
+                       memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Expected Gradients (Erion et al. 2021): GradientSHAP with baselines drawn from a reference
+    data set ``references`` ``[M, ...]`` and no input noise:
+    ``attr = mean_j (x − r_j) ⊙ ∇f_t(r_j + α_j (x − r_j))``, ``r_j`` uniform over the references, ``α_j ~ U(0, 1)``."""
+    return gradient_shap(model, inputs, target, baselines=references, n_samples=n_samples, stdev=0.0,
+                         generator=generator, max_batch=max_batch, memory_budget=memory_budget)
+
+
+def noise_tunnel(method: Callable, model: Callable, inputs: torch.Tensor, target: Target = None, *,
+                 n_samples: int = 10, stdev: Optional[float] = None, stdev_spread: float = 0.15,
+                 variant: str = "smoothgrad", generator=None, **method_kwargs) -> torch.Tensor:
+    """Noise tunnel around any attribution method (Smilkov et al. 2017; Adebayo et al. 2018).
+
+    ``e_j = method(model, x + ε_j, t, **method_kwargs)``, ``ε_j ~ N(0, σ²)`` (σ as in :func:`smoothgrad`);
+    returns ``mean_j e_j`` (``"smoothgrad"``), ``mean_j e_j²`` (``"smoothgrad_sq"``) or their variance
+    (``"vargrad"``). ``integrated_gradients`` inside gives SmoothGrad-IG ("SIG" in the SEA-NN paper).
+    The target is resolved once on the clean inputs, so every noisy copy explains the same class.
+    """
+    if variant not in ("smoothgrad", "smoothgrad_sq", "vargrad"):
+        raise ValueError(f"variant must be 'smoothgrad', 'smoothgrad_sq' or 'vargrad', got {variant!r}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    if not callable(method):
+        raise TypeError(f"method must be an attribution function, got {type(method).__name__}")
+    t = _prepare(model, inputs, target)
+    gen = _generator(generator)
+    sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
+    total = total_sq = None
+    for _ in range(n_samples):
+        noise = torch.randn(inputs.shape, generator=gen, dtype=inputs.dtype).to(inputs.device)
+        e = method(model, inputs + sigma * noise, t, **method_kwargs)
+        e = e.to(_accum_dtype(e.dtype))
+        total = e.clone() if total is None else total + e
+        total_sq = e * e if total_sq is None else total_sq + e * e
+    mean = total / n_samples
+    out = {"smoothgrad": mean, "smoothgrad_sq": total_sq / n_samples}.get(variant)
+    if out is None:
+        out = total_sq / n_samples - mean * mean
+    return out.to(inputs.dtype)
