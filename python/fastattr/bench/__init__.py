@@ -48,6 +48,32 @@ def time_median(fn: Callable[[], object], device: torch.device | str = "cpu", *,
     return statistics.median(times)
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *,
+                     repeat: int = 7, warmup: int = 1) -> tuple[dict[str, float], dict[str, float]]:
+    """Round-robin timing: every round runs each function once, in turn.
+
+    Returns ``(median seconds per function, median per-round ratio to the first function)``.
+    Ratios from the same round share the machine's state, so they resist the drift of a shared
+    host far better than ratios of separately timed blocks.
+    """
+    device = torch.device(device)
+    names = list(fns)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(repeat):
+        for n in names:
+            _sync(device)
+            start = time.perf_counter()
+            fns[n]()
+            _sync(device)
+            times[n].append(time.perf_counter() - start)
+    medians = {n: statistics.median(v) for n, v in times.items()}
+    ratios = {n: statistics.median(a / b for a, b in zip(times[n], times[names[0]])) for n in names}
+    return medians, ratios
+
+
 def machine_info(device: torch.device | str = "cpu") -> dict:
     """What the figures were measured on: CPU / GPU, thread count, library versions."""
     device = torch.device(device)

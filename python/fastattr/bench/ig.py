@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..attribution import integrated_gradients
-from . import Table, machine_info, time_median
+from . import Table, machine_info, time_interleaved
 
 
 def vgg_style(seed: int = 0) -> nn.Module:
@@ -70,18 +70,19 @@ def run(batch: int = 8, n_steps: int = 50, chunk: int = 100, device: Optional[st
     if captum_ig is not None:
         impls["captum IntegratedGradients"] = lambda: captum_ig.attribute(
             x, target=target, n_steps=n_steps, method="gausslegendre", internal_batch_size=chunk)
-    times = {name: time_median(fn, device, repeat=repeat, warmup=1) for name, fn in impls.items()}
+    times, vs_floor = time_interleaved(impls, device, repeat=repeat)
     table = Table(
         name=f"integrated gradients, VGG-style CNN 3x64x64, batch {batch}, {n_steps} steps, chunk {used_chunk} inputs, {device.type}",
         columns=["implementation", "ms", "time / floor", "speed-up vs captum"],
         machine=machine_info(device),
         params={"batch": batch, "n_steps": n_steps, "chunk": used_chunk, "device": str(device), "repeat": repeat},
     )
-    base = times["model-only floor"]
-    cap = times.get("captum IntegratedGradients")
+    cap = "captum IntegratedGradients" in times
     for name, t in times.items():
-        table.add(name, t * 1e3, t / base, cap / t if cap else "-")
-    table.notes.append(f"medians of {repeat} runs; torch threads = {torch.get_num_threads()}")
+        table.add(name, t * 1e3, vs_floor[name],
+                  vs_floor["captum IntegratedGradients"] / vs_floor[name] if cap else "-")
+    table.notes.append(f"{repeat} interleaved rounds (floor, fastattr, captum in turn); ratios are medians of "
+                       f"per-round ratios; torch threads = {torch.get_num_threads()}")
     if cap is None:
         table.notes.append("captum not installed: pip install captum for the peer column")
     return table
