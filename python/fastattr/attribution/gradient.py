@@ -178,6 +178,29 @@ def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target =
     return attr, delta
 
 
+VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
+
+
+def _check_count(n_samples, name: str = "n_samples") -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {n_samples!r}")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def _reduce(total: torch.Tensor, total_sq: torch.Tensor, n: int, variant: str) -> torch.Tensor:
+    """mean (smoothgrad), mean of squares (smoothgrad_sq) or variance (vargrad) from running sums."""
+    mean = total / n
+    if variant == "smoothgrad":
+        return mean
+    if variant == "smoothgrad_sq":
+        return total_sq / n
+    return total_sq / n - mean * mean
+
+
 def _noise_sigma(inputs: torch.Tensor, stdev: Optional[float], stdev_spread: float) -> torch.Tensor:
     if stdev is not None:
         if stdev < 0:
@@ -205,10 +228,8 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
     ``stdev_spread · (max x − min x)`` per example. Noise is drawn on the CPU from ``generator``
     (a torch.Generator or an int seed; default seed 0), so results match on every device.
     """
-    if variant not in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-        raise ValueError(f"variant must be 'smoothgrad', 'smoothgrad_sq' or 'vargrad', got {variant!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    _check_variant(variant)
+    _check_count(n_samples)
     t = _prepare(model, inputs, target)
     gen = _generator(generator)
     sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
@@ -233,14 +254,7 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
                 g = g.reshape((k, e1 - e0) + tuple(inputs.shape[1:])).to(acc_dtype)
                 total[e0:e1] += g.sum(0)
                 total_sq[e0:e1] += (g * g).sum(0)
-    mean = total / n_samples
-    if variant == "smoothgrad":
-        out = mean
-    elif variant == "smoothgrad_sq":
-        out = total_sq / n_samples
-    else:
-        out = total_sq / n_samples - mean * mean
-    return out.to(inputs.dtype)
+    return _reduce(total, total_sq, n_samples, variant).to(inputs.dtype)
 
 
 def gradient_shap(model: Callable, inputs: torch.Tensor, target: Target = None, *, baselines: torch.Tensor,
@@ -254,8 +268,7 @@ def gradient_shap(model: Callable, inputs: torch.Tensor, target: Target = None, 
     All draws come from ``generator`` (torch.Generator or int seed; default seed 0) on the CPU,
     one sample at a time, so the result does not depend on the chunk size or the device.
     """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    _check_count(n_samples)
     if stdev < 0:
         raise ValueError(f"stdev must be >= 0, got {stdev}")
     t = _prepare(model, inputs, target)
@@ -317,10 +330,8 @@ def noise_tunnel(method: Callable, model: Callable, inputs: torch.Tensor, target
     (``"vargrad"``). ``integrated_gradients`` inside gives SmoothGrad-IG ("SIG" in the SEA-NN paper).
     The target is resolved once on the clean inputs, so every noisy copy explains the same class.
     """
-    if variant not in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-        raise ValueError(f"variant must be 'smoothgrad', 'smoothgrad_sq' or 'vargrad', got {variant!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    _check_variant(variant)
+    _check_count(n_samples)
     if not callable(method):
         raise TypeError(f"method must be an attribution function, got {type(method).__name__}")
     t = _prepare(model, inputs, target)
@@ -333,8 +344,4 @@ def noise_tunnel(method: Callable, model: Callable, inputs: torch.Tensor, target
         e = e.to(_accum_dtype(e.dtype))
         total = e.clone() if total is None else total + e
         total_sq = e * e if total_sq is None else total_sq + e * e
-    mean = total / n_samples
-    out = {"smoothgrad": mean, "smoothgrad_sq": total_sq / n_samples}.get(variant)
-    if out is None:
-        out = total_sq / n_samples - mean * mean
-    return out.to(inputs.dtype)
+    return _reduce(total, total_sq, n_samples, variant).to(inputs.dtype)
