@@ -18,6 +18,9 @@ void path_interpolate(std::uintptr_t x, std::uintptr_t base, std::uintptr_t alph
 void path_accumulate(std::uintptr_t acc, std::uintptr_t grads, std::uintptr_t weights, std::uintptr_t diff,
                      std::uintptr_t out, int64_t steps, int64_t batch, int64_t d, const std::string& dtype,
                      int n_threads);
+void perturb_by_rank(std::uintptr_t x, std::uintptr_t base, std::uintptr_t rank, std::uintptr_t counts,
+                     std::uintptr_t out, int64_t steps, int64_t batch, int64_t channels, int64_t features,
+                     bool insert, const std::string& dtype, int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -47,4 +50,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("diff"), py::arg("out"), py::arg("steps"), py::arg("batch"), py::arg("d"), py::arg("dtype"),
         py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "out[b] = (acc[b] + sum_s w[s] * g[s, b]) * diff[b] (diff = 0 address: no multiply).");
+  m.def("perturb_by_rank", &fastattr::perturb_by_rank, py::arg("x"), py::arg("base"), py::arg("rank"),
+        py::arg("counts"), py::arg("out"), py::arg("steps"), py::arg("batch"), py::arg("channels"),
+        py::arg("features"), py::arg("insert"), py::arg("dtype"), py::arg("n_threads"),
+        py::call_guard<py::gil_scoped_release>(),
+        "out[k*B+b, c, i] = ((rank[b, i] < counts[k]) == insert) ? x[b, c, i] : base[b, c, i].");
 }

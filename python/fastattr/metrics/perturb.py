@@ -1,8 +1,8 @@
 """The perturbation engine (SPEC §3.1): the model on many copies ``x̃ = m ⊙ x + (1 − m) ⊙ x'``.
 
-This first version covers ranking schedules (insertion / deletion): features are ranked by
+This version covers ranking schedules (insertion / deletion): features are ranked by
 attribution (stable sort, descending, ties broken by feature index), and step k keeps or
-removes the top ``n_k`` of them. A feature is one element of the attribution map; a map with
+removes the top ``n_k`` of them; the ``perturb_by_rank`` op writes each chunk of perturbed inputs. A feature is one element of the attribution map; a map with
 the channel axis reduced (``[B, H, W]`` for ``[B, C, H, W]`` inputs) makes one feature of all
 channels of a pixel. Chunks hold at most ``max_batch`` perturbed inputs; results do not depend
 on the chunk size.
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attribution._common import select
+from ..ops.perturb_by_rank import perturb_by_rank
 
 READERS = ("probability", "logit", "log_probability")
 
@@ -84,22 +85,21 @@ def ranked_curve(model: Callable, inputs: torch.Tensor, baseline: torch.Tensor, 
                  counts: torch.Tensor, target: torch.Tensor, *, keep_top: bool, reader: str,
                  chunk: int) -> torch.Tensor:
     """Scores ``[B, K]`` of the model on ``x̃_k``: the top ``counts[k]`` ranked features come from
-    ``inputs`` (``keep_top=True``, insertion) or from ``baseline`` (``keep_top=False``, deletion)."""
-    batch = inputs.shape[0]
-    per_element = rank.shape[1] == inputs[0].numel()
-    rank_map = rank.view(inputs.shape if per_element else (batch, 1) + tuple(inputs.shape[2:]))
-    n_points = counts.numel()
+    ``inputs`` (``keep_top=True``, insertion) or from ``baseline`` (``keep_top=False``, deletion).
+
+    Each chunk of (example block × steps) is written by :func:`fastattr.ops.perturb_by_rank` in
+    one pass straight into the model's input batch."""
+    batch, n_points = inputs.shape[0], counts.numel()
     out = torch.empty(batch, n_points, dtype=torch.float32, device=inputs.device)
-    pairs = [(b, k) for b in range(batch) for k in range(n_points)]
-    for start in range(0, len(pairs), chunk):
-        part = pairs[start:start + chunk]
-        bs = torch.tensor([p[0] for p in part], device=inputs.device)
-        ks = torch.tensor([p[1] for p in part], device=inputs.device)
-        thresholds = counts[ks].view((-1,) + (1,) * (inputs.dim() - 1))
-        top = rank_map[bs] < thresholds
-        keep = top if keep_top else ~top
-        perturbed = torch.where(keep, inputs[bs], baseline[bs])
-        out[bs, ks] = read_scores(model(perturbed), target[bs], reader).float()
+    block = min(batch, chunk)
+    per = max(1, chunk // block)
+    for e0 in range(0, batch, block):
+        e1 = min(batch, e0 + block)
+        for k0 in range(0, n_points, per):
+            k1 = min(n_points, k0 + per)
+            perturbed = perturb_by_rank(inputs[e0:e1], baseline[e0:e1], rank[e0:e1], counts[k0:k1], insert=keep_top)
+            scores = read_scores(model(perturbed), target[e0:e1].repeat(k1 - k0), reader)
+            out[e0:e1, k0:k1] = scores.float().view(k1 - k0, e1 - e0).T
     return out
 
 

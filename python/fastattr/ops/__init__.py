@@ -2,6 +2,7 @@
 autograd, and dispatches to the cpp / triton / reference backend chosen by ``fastattr._backend``.
 """
 from .path_ops import path_accumulate, path_interpolate
+from .perturb_by_rank import perturb_by_rank
 from .sparsemax import sparsemax
 
-__all__ = ["path_accumulate", "path_interpolate", "sparsemax"]
+__all__ = ["path_accumulate", "path_interpolate", "perturb_by_rank", "sparsemax"]

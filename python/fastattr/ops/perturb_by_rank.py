@@ -1,0 +1,108 @@
+"""The ``fastattr::perturb_by_rank`` custom op (SPEC §3.1): ranked insertion / deletion inputs.
+
+``out[k·B + b] = x_b`` on the features ranked in the top ``n_k`` and ``x'_b`` elsewhere
+(``insert=True``), or the reverse (deletion), written for a whole chunk of steps in one pass from
+``(x, x', rank map, counts)`` with no mask tensors. A feature is one element of the rank map: a map
+of ``prod(x.shape[2:])`` features is shared by all channels; a map of ``x[0].numel()`` features
+is per element.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _backend
+from ..reference.perturb_by_rank import perturb_by_rank as reference_perturb_by_rank
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _layout(x: torch.Tensor, rank: torch.Tensor) -> tuple[int, int, int]:
+    batch, features = x.shape[0], rank.shape[1]
+    return batch, x[0].numel() // max(features, 1), features
+
+
+@torch.library.custom_op("fastattr::perturb_by_rank", mutates_args=())
+def _perturb_by_rank_op(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor, counts: torch.Tensor,
+                        insert: bool, backend: Optional[str]) -> torch.Tensor:
+    batch, channels, features = _layout(x, rank)
+    out_shape = (counts.shape[0] * batch,) + tuple(x.shape[1:])
+    name = _backend.resolve(x, backend)
+    x3 = x.reshape(batch, channels, features)
+    b3 = baseline.reshape(batch, channels, features)
+    if name == "reference":
+        return reference_perturb_by_rank(x3, b3, rank, counts, insert).reshape(out_shape).contiguous()
+    r, c = rank.contiguous(), counts.contiguous()
+    if name == "triton":
+        from ..triton import perturb_by_rank as triton_perturb
+
+        return triton_perturb.perturb_by_rank(x3.contiguous(), b3.contiguous(), r, c, insert).reshape(out_shape)
+    compute = torch.float32 if x.dtype in _HALF else x.dtype
+    xc, bc = x3.to(compute).contiguous(), b3.to(compute).contiguous()
+    out = torch.empty((counts.shape[0] * batch, channels, features), dtype=compute, device=x.device)
+    if out.numel():
+        _backend.cpp_extension().perturb_by_rank(
+            xc.data_ptr(), bc.data_ptr(), r.data_ptr(), c.data_ptr(), out.data_ptr(), counts.shape[0], batch,
+            channels, features, insert, str(compute).removeprefix("torch."), _backend.num_threads())
+    return out.to(x.dtype).reshape(out_shape)
+
+
+@_perturb_by_rank_op.register_fake
+def _(x, baseline, rank, counts, insert, backend):
+    return x.new_empty((counts.shape[0] * x.shape[0],) + tuple(x.shape[1:]))
+
+
+def _setup(ctx, inputs, output):
+    x, baseline, rank, counts, ctx.insert, _ = inputs
+    ctx.shape = x.shape
+    ctx.save_for_backward(rank, counts)
+
+
+def _vjp(ctx, grad):
+    # Only the backward materialises the masks: grad_x = Σ_k g_k ⊙ m_k, grad_x' = Σ_k g_k ⊙ (1 − m_k).
+    rank, counts = ctx.saved_tensors
+    batch, channels, features = ctx.shape[0], grad[0].numel() // rank.shape[1], rank.shape[1]
+    g = grad.reshape(counts.shape[0], batch, channels, features)
+    top = rank.unsqueeze(0).unsqueeze(2) < counts.view(-1, 1, 1, 1)
+    keep = top if ctx.insert else ~top
+    grad_x = torch.where(keep, g, torch.zeros_like(g)).sum(0).reshape(ctx.shape)
+    grad_base = torch.where(keep, torch.zeros_like(g), g).sum(0).reshape(ctx.shape)
+    return grad_x, grad_base, None, None, None, None
+
+
+_perturb_by_rank_op.register_autograd(_vjp, setup_context=_setup)
+
+
+def perturb_by_rank(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor, counts: torch.Tensor, *,
+                    insert: bool, backend: Optional[str] = None) -> torch.Tensor:
+    """Ranked perturbations for a chunk of steps, step-major: ``[K·B, ...]``.
+
+    Args:
+        x: ``[B, ...]`` inputs; baseline: same shape (or broadcastable to it).
+        rank: ``[B, F]`` int64, the position of each feature in the ranking (0 = most important);
+            ``F = prod(x.shape[2:])`` (channel-shared features) or ``x[0].numel()`` (per element).
+        counts: ``[K]`` int64 numbers of top features to insert (``insert=True``) or delete.
+    Example::
+
+        >>> rank = fastattr.metrics.perturb.rank_features(attr.flatten(1))
+        >>> chunk = perturb_by_rank(x, torch.zeros_like(x), rank, torch.tensor([0, 8, 16]), insert=False)
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError("x must be a floating point tensor")
+    if x.dim() < 2:
+        raise ValueError(f"x must be [B, ...] with at least 2 dims, got shape {tuple(x.shape)}")
+    if not isinstance(baseline, torch.Tensor):
+        raise TypeError(f"baseline must be a tensor, got {type(baseline).__name__}")
+    try:
+        baseline = torch.broadcast_to(baseline.to(x.dtype), x.shape)
+    except RuntimeError:
+        raise ValueError(f"baseline of shape {tuple(baseline.shape)} does not broadcast to x {tuple(x.shape)}") from None
+    per_element, per_pixel = x[0].numel(), x[0, 0].numel()
+    if rank.dtype != torch.int64 or rank.dim() != 2 or rank.shape[0] != x.shape[0] \
+            or rank.shape[1] not in (per_element, per_pixel):
+        raise ValueError(f"rank must be an int64 [B, F] tensor with B = {x.shape[0]} and F = {per_pixel} "
+                         f"(channel-shared) or {per_element} (per element), got {rank.dtype} {tuple(rank.shape)}")
+    if counts.dtype != torch.int64 or counts.dim() != 1:
+        raise ValueError(f"counts must be a 1-D int64 tensor, got {counts.dtype} {tuple(counts.shape)}")
+    return _perturb_by_rank_op(x, baseline, rank, counts.to(x.device), bool(insert), backend)
