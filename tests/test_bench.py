@@ -27,3 +27,12 @@ def test_vgg_style_model_shape():
     from fastattr.bench.ig import vgg_style
 
     assert vgg_style()(torch.rand(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_metrics_bench_table_on_a_small_case():
+    from fastattr.bench import metrics
+
+    table = metrics.run(n_images=2, steps=4, repeat=1)
+    names = [r[0] for r in table.rows]
+    assert names[:3] == ["model-only floor", "fastattr insertion + deletion", "fastattr deletion"]
+    assert table.params["inputs"] == 2 * 2 * 5 and table.params["floor_batch"] in (8, 16, 24, 32, 40, 48, 64, 96, 128, 256, 512, 1024)

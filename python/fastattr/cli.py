@@ -11,7 +11,11 @@ from typing import Callable, Optional
 
 import torch
 
-BENCHES: dict[str, str] = {"sparsemax": "fastattr.bench.sparsemax", "ig": "fastattr.bench.ig"}
+BENCHES: dict[str, str] = {
+    "sparsemax": "fastattr.bench.sparsemax",
+    "ig": "fastattr.bench.ig",
+    "metrics": "fastattr.bench.metrics",
+}
 
 
 class UserError(Exception):
