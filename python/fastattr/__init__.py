@@ -6,11 +6,12 @@ Captum-like API and drop-in adapters (``fastattr.integrations``).
 from . import attribution, metrics
 from ._backend import available_backends, get_backend, use_backend
 from .attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
+from .metrics import evaluate
 from .ops import sparsemax
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "attribution", "available_backends", "get_backend", "input_x_gradient", "integrated_gradients",
+    "attribution", "available_backends", "evaluate", "get_backend", "input_x_gradient", "integrated_gradients",
     "metrics", "saliency", "smoothgrad", "sparsemax", "use_backend", "__version__",
 ]

@@ -1,0 +1,175 @@
+"""Random-subset faithfulness metrics (SPEC §3.2): faithfulness correlation (Bhatt et al. 2020),
+Sensitivity-N (Ancona et al. 2018; thesis ch. 6) and infidelity (Yeh et al. 2019).
+
+All three compare the attribution mass of a perturbation with the change of the target score it
+causes. The perturbed inputs do not depend on the attribution, so :func:`subset_deltas` runs the
+model once for a set of subsets and every method reuses the result (see :func:`fastattr.evaluate`).
+A feature is one element of the attribution map (a channel-reduced map makes one feature of all
+channels of a pixel).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
+from ..attribution.gradient import _generator
+from .perturb import check_attributions, make_baseline, read_scores
+
+
+@dataclass
+class SubsetPasses:
+    """Model passes shared by every attribution: subsets ``masks [B, K, F]`` (True = perturbed),
+    ``delta [B, K] = f_t(x) − f_t(x̃)``, and for each subset the per-feature perturbation size
+    ``weight [B, K, F]`` (``Σ_c (x − x̃)`` over the channels of a feature)."""
+
+    masks: torch.Tensor
+    delta: torch.Tensor
+    weight: torch.Tensor
+
+    def attribution_mass(self, feats: torch.Tensor, weighted: bool) -> torch.Tensor:
+        """``[B, K]``: ``Σ_{i∈S} a_i`` (``weighted=False``) or ``Iᵀa = Σ_i I_i a_i`` (``weighted=True``)."""
+        if weighted:
+            return torch.einsum("bkf,bf->bk", self.weight, feats.to(self.weight.dtype))
+        return torch.einsum("bkf,bf->bk", self.masks.to(feats.dtype), feats)
+
+
+def _feature_view(x: torch.Tensor, n_features: int) -> torch.Tensor:
+    """``x`` as ``[B, C, F]``: channels share features when the map is channel-reduced."""
+    return x.reshape(x.shape[0], -1, n_features)
+
+
+@torch.no_grad()
+def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n_features: int, *,
+                  subset_size: Union[int, Sequence[int]], n_subsets: int, baseline=0.0, noise: Optional[float] = None,
+                  score: str = "logit", generator=None, max_batch=None, memory_budget=None) -> SubsetPasses:
+    """Draws ``n_subsets`` random feature subsets per example (of ``subset_size`` features, or one
+    size per subset when a sequence is given) and runs the model on the perturbed inputs.
+
+    ``noise=None``: the subset is replaced by ``baseline`` (I = (x − x') ⊙ m). ``noise=σ``: Gaussian
+    perturbation of every element, ``x̃ = x − I`` with ``I ~ N(0, σ²)`` (the subsets are unused).
+    Draws come from ``generator`` on the CPU, so the passes are reproducible on every device.
+    """
+    gen = _generator(generator)
+    batch = inputs.shape[0]
+    sizes = [subset_size] * n_subsets if isinstance(subset_size, int) else list(subset_size)
+    if len(sizes) != n_subsets or any(not 1 <= s <= n_features for s in sizes):
+        raise ValueError(f"subset sizes must be in [1, {n_features}], got {sorted(set(sizes))[:5]}")
+    keys = torch.rand(batch, n_subsets, n_features, generator=gen)
+    ranks = keys.argsort(-1).argsort(-1)
+    masks = (ranks < torch.tensor(sizes).view(1, -1, 1)).to(inputs.device)
+    base = make_baseline(inputs, baseline)
+    x3, b3 = _feature_view(inputs, n_features), _feature_view(base, n_features)
+    noises = None
+    if noise is not None:
+        noises = (torch.randn((n_subsets,) + tuple(inputs.shape), generator=gen, dtype=inputs.dtype) * noise).to(inputs.device)
+    with torch.no_grad():
+        clean = read_scores(model(inputs), target, score).float()
+    chunk = chunk_size(inputs, batch * n_subsets, max_batch, memory_budget, per_input_factor=8.0)
+    delta = torch.empty(batch, n_subsets, device=inputs.device)
+    weight = torch.empty(batch, n_subsets, n_features, dtype=torch.float32 if inputs.dtype != torch.float64
+                         else torch.float64, device=inputs.device)
+    pairs = [(b, k) for b in range(batch) for k in range(n_subsets)]
+    for start in range(0, len(pairs), chunk):
+        bs = torch.tensor([p[0] for p in pairs[start:start + chunk]], device=inputs.device)
+        ks = torch.tensor([p[1] for p in pairs[start:start + chunk]], device=inputs.device)
+        if noises is None:
+            m = masks[bs, ks].unsqueeze(1)
+            perturbed = torch.where(m, b3[bs], x3[bs]).reshape((-1,) + tuple(inputs.shape[1:]))
+        else:
+            perturbed = inputs[bs] - noises[ks, bs]
+        out = read_scores(model(perturbed), target[bs], score).float()
+        delta[bs, ks] = clean[bs] - out
+        change = (inputs[bs] - perturbed).reshape(len(bs), -1, n_features).sum(1)
+        weight[bs, ks] = change.to(weight.dtype)
+    return SubsetPasses(masks=masks, delta=delta, weight=weight)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation along the last axis (NaN where either side is constant)."""
+    a, b = a.double(), b.double()
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+
+def _setup(model, inputs, attributions, target):
+    check_model(model)
+    check_inputs(inputs)
+    feats = check_attributions(inputs, attributions)
+    return feats, resolve_target(model, inputs, target)
+
+
+def _fraction_size(fraction: float, n_features: int, name: str) -> int:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"{name} must be a fraction in (0, 1], got {fraction}")
+    return max(1, round(fraction * n_features))
+
+
+def faithfulness_correlation(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
+                             subset_fraction: float = 0.2, n_subsets: int = 200, baseline=0.0, score: str = "logit",
+                             generator=None, max_batch=None, memory_budget=None, passes: Optional[SubsetPasses] = None):
+    """Faithfulness correlation (FCOR, Bhatt et al. 2020): per example, the Pearson correlation over
+    ``n_subsets`` random subsets S (``|S|`` = ``subset_fraction`` of the features) between
+    ``Σ_{i∈S} a_i`` and ``f_t(x) − f_t(x with S set to the baseline)``. Higher is better."""
+    feats, t = _setup(model, inputs, attributions, target)
+    if passes is None:
+        passes = subset_deltas(model, inputs, t, feats.shape[1], n_subsets=n_subsets, baseline=baseline, score=score,
+                               subset_size=_fraction_size(subset_fraction, feats.shape[1], "subset_fraction"),
+                               generator=generator, max_batch=max_batch, memory_budget=memory_budget)
+    return _pearson(passes.attribution_mass(feats, weighted=False), passes.delta).to(inputs.dtype)
+
+
+def sensitivity_n(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
+                  ns: Optional[Sequence[int]] = None, n_subsets: int = 200, baseline=0.0, score: str = "logit",
+                  generator=None, max_batch=None, memory_budget=None) -> torch.Tensor:
+    """Sensitivity-N (Ancona et al. 2018; thesis ch. 6): for each n, the Pearson correlation over
+    ``n_subsets`` random subsets of n features between ``f_t(x) − f_t(x̃)`` (subset set to the
+    baseline) and the attribution inside the subset. Returns ``[B, len(ns)]``; default ``ns``:
+    about 8 sizes log-spaced from 1 to half the features."""
+    feats, t = _setup(model, inputs, attributions, target)
+    n_features = feats.shape[1]
+    if ns is None:
+        ns = sorted({max(1, round(v)) for v in torch.logspace(0, torch.log10(torch.tensor(n_features / 2)), 8).tolist()})
+    if any(not 1 <= n <= n_features for n in ns):
+        raise ValueError(f"ns must lie in [1, {n_features}], got {list(ns)}")
+    gen = _generator(generator)
+    out = []
+    for n in ns:
+        p = subset_deltas(model, inputs, t, n_features, subset_size=n, n_subsets=n_subsets, baseline=baseline,
+                          score=score, generator=gen, max_batch=max_batch, memory_budget=memory_budget)
+        out.append(_pearson(p.attribution_mass(feats, weighted=False), p.delta))
+    return torch.stack(out, 1).to(inputs.dtype)
+
+
+def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
+               perturbation: str = "subset", subset_fraction: float = 0.2, noise_std: float = 0.1,
+               n_subsets: int = 200, baseline=0.0, normalize: bool = False, multiplied_by_inputs: bool = False,
+               score: str = "logit", generator=None, max_batch=None, memory_budget=None,
+               passes: Optional[SubsetPasses] = None) -> torch.Tensor:
+    """Infidelity (Yeh et al. 2019): ``E_I[(Iᵀa − (f_t(x) − f_t(x − I)))²]`` per example; lower is better.
+
+    ``perturbation="subset"``: ``I = (x − x') ⊙ m`` for random subsets of ``subset_fraction`` of the
+    features; ``"gaussian"``: ``I ~ N(0, noise_std²)`` on every element. ``normalize=True`` first
+    scales the attribution by the optimal ``β = E[(Iᵀa) Δ] / E[(Iᵀa)²]`` (Yeh's implementation).
+    ``multiplied_by_inputs=True`` is for attributions that already carry the ``(x − x')`` factor
+    (Integrated Gradients, input × gradient): the subset perturbation is then the mask itself,
+    ``Iᵀa = Σ_{i∈S} a_i`` (Captum's ``multiply_by_inputs`` convention), so it is not counted twice.
+    """
+    feats, t = _setup(model, inputs, attributions, target)
+    if perturbation not in ("subset", "gaussian"):
+        raise ValueError(f"perturbation must be 'subset' or 'gaussian', got {perturbation!r}")
+    if passes is None:
+        size = _fraction_size(subset_fraction, feats.shape[1], "subset_fraction")
+        passes = subset_deltas(model, inputs, t, feats.shape[1], subset_size=size, n_subsets=n_subsets,
+                               baseline=baseline, noise=noise_std if perturbation == "gaussian" else None,
+                               score=score, generator=generator, max_batch=max_batch, memory_budget=memory_budget)
+    weighted = not (multiplied_by_inputs and perturbation == "subset")
+    mass = passes.attribution_mass(feats, weighted=weighted).double()
+    delta = passes.delta.double()
+    if normalize:
+        beta = (mass * delta).mean(-1, keepdim=True) / (mass * mass).mean(-1, keepdim=True).clamp_min(1e-300)
+        mass = beta * mass
+    return ((mass - delta) ** 2).mean(-1).to(inputs.dtype)

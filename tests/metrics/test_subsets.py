@@ -1,0 +1,116 @@
+"""Random-subset metrics (FCOR, Sensitivity-N, infidelity) on closed forms, and evaluate()."""
+import pytest
+import torch
+
+import fastattr
+import fastattr.metrics as M
+from fastattr.metrics.evaluate import CountingModel
+from tests.metrics.test_faithfulness import Weighted
+from tests.models import rand, small_cnn
+
+W = [0.5, -1.0, 2.0, 0.25, 1.5, -0.75, 1.0, 3.0]
+
+
+def _linear_case():
+    model = Weighted(W)
+    x = rand(3, 8, seed=1)
+    return model, x, torch.tensor(W, dtype=torch.float64)
+
+
+def test_exact_attribution_of_a_linear_model_is_perfectly_faithful():
+    model, x, w = _linear_case()
+    exact = w * x  # f(x) − f(x with S zeroed) = Σ_{i∈S} w_i x_i exactly
+    fcor = M.faithfulness_correlation(model, x, exact, 0, n_subsets=50, generator=1)
+    torch.testing.assert_close(fcor, torch.ones(3, dtype=torch.float64))
+    sens = M.sensitivity_n(model, x, exact, 0, ns=[1, 2, 4], n_subsets=40, generator=2)
+    torch.testing.assert_close(sens, torch.ones(3, 3, dtype=torch.float64))
+    # Subset infidelity, I = (x − x') ⊙ m: the gradient w is exact; w ⊙ x is exact when declared
+    # as multiplied by the inputs (then I = m).
+    infd = M.infidelity(model, x, w.expand(3, 8), 0, n_subsets=30, generator=3)
+    torch.testing.assert_close(infd, torch.zeros(3, dtype=torch.float64), atol=1e-10, rtol=0)
+    infd_x = M.infidelity(model, x, exact, 0, n_subsets=30, generator=3, multiplied_by_inputs=True)
+    torch.testing.assert_close(infd_x, torch.zeros(3, dtype=torch.float64), atol=1e-10, rtol=0)
+    assert (M.infidelity(model, x, exact, 0, n_subsets=30, generator=3) > 1e-3).all()
+    # Gaussian perturbations: Iᵀa = Δ exactly when a is the gradient w.
+    gauss = M.infidelity(model, x, w.expand(3, 8), 0, perturbation="gaussian", noise_std=0.3, n_subsets=30)
+    torch.testing.assert_close(gauss, torch.zeros(3, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+def test_infidelity_by_hand_and_optimal_scaling():
+    model, x, w = _linear_case()
+    doubled = (2 * w).expand(3, 8)
+    passes = M.subset_deltas(model, x, torch.zeros(3, dtype=torch.long), 8, subset_size=3, n_subsets=25, generator=4)
+    mass = (passes.masks.double() * x.unsqueeze(1) * doubled.unsqueeze(1)).sum(-1)  # Iᵀa, I = x ⊙ m
+    expected = ((mass - passes.delta.double()) ** 2).mean(-1)
+    got = M.infidelity(model, x, doubled, 0, passes=passes)
+    torch.testing.assert_close(got, expected)
+    assert (got > 0).all()
+    normalised = M.infidelity(model, x, doubled, 0, passes=passes, normalize=True)
+    torch.testing.assert_close(normalised, torch.zeros(3, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+def test_random_attribution_scores_worse_than_the_exact_one():
+    model, x, w = _linear_case()
+    noise = rand(3, 8, seed=9)
+    assert (M.faithfulness_correlation(model, x, noise, 0, generator=5) < 0.99).all()
+    assert (M.infidelity(model, x, noise, 0, generator=5) > 1e-3).all()
+
+
+def test_subset_sizes_and_seeds():
+    model, x, _ = _linear_case()
+    p1 = M.subset_deltas(model, x, torch.zeros(3, dtype=torch.long), 8, subset_size=3, n_subsets=10, generator=7)
+    p2 = M.subset_deltas(model, x, torch.zeros(3, dtype=torch.long), 8, subset_size=3, n_subsets=10, generator=7)
+    assert (p1.masks.sum(-1) == 3).all() and torch.equal(p1.masks, p2.masks) and torch.equal(p1.delta, p2.delta)
+    with pytest.raises(ValueError, match="subset sizes"):
+        M.subset_deltas(model, x, torch.zeros(3, dtype=torch.long), 8, subset_size=9, n_subsets=2)
+    with pytest.raises(ValueError, match="subset_fraction"):
+        M.faithfulness_correlation(model, x, x, 0, subset_fraction=0.0)
+    with pytest.raises(ValueError, match="perturbation"):
+        M.infidelity(model, x, x, 0, perturbation="uniform")
+
+
+def test_evaluate_matches_the_metrics_and_shares_passes():
+    model = small_cnn()
+    x = rand(4, 3, 8, 8, seed=11)
+    y = torch.tensor([0, 1, 2, 3])
+    attrs = {"saliency": fastattr.saliency(model, x, y).sum(1), "ixg": fastattr.input_x_gradient(model, x, y).sum(1),
+             "random": rand(4, 8, 8, seed=12)}
+    ev = fastattr.evaluate(model, x, y, attributions=attrs, n_subsets=30, ns=[2, 8], generator=5)
+    for name, a in attrs.items():
+        torch.testing.assert_close(ev["deletion"][name], M.deletion(model, x, a, y))
+        torch.testing.assert_close(ev["insertion"][name], M.insertion(model, x, a, y))
+        torch.testing.assert_close(ev["faithfulness_correlation"][name],
+                                   M.faithfulness_correlation(model, x, a, y, n_subsets=30, generator=5))
+        torch.testing.assert_close(ev["infidelity"][name], M.infidelity(model, x, a, y, n_subsets=30, generator=5))
+    only_sens = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["sensitivity_n"], n_subsets=30,
+                                  ns=[2, 8], generator=5)
+    for name, a in attrs.items():
+        torch.testing.assert_close(only_sens["sensitivity_n"][name],
+                                   M.sensitivity_n(model, x, a, y, ns=[2, 8], n_subsets=30, generator=5))
+    # Method by method, the random-subset metrics would run their passes once per method.
+    separate = CountingModel(model)
+    for a in attrs.values():
+        M.faithfulness_correlation(separate, x, a, y, n_subsets=30, generator=5)
+        M.infidelity(separate, x, a, y, n_subsets=30, generator=5)
+        M.sensitivity_n(separate, x, a, y, ns=[2, 8], n_subsets=30, generator=5)
+    shared = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["faithfulness_correlation", "infidelity",
+                                                                          "sensitivity_n"], n_subsets=30, ns=[2, 8])
+    assert shared.forward_inputs * len(attrs) < separate.inputs
+    summary = ev.summary()
+    assert set(summary) == set(M.EVALUATE_METRICS) and set(summary["deletion"]) == set(attrs)
+    pd = pytest.importorskip("pandas")
+    table = ev.to_pandas()
+    assert isinstance(table, pd.DataFrame) and len(table) == 4 * 3 * 4 + 4 * 3 * 2
+
+
+def test_evaluate_bad_input():
+    model = small_cnn()
+    x = rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="non-empty dict"):
+        fastattr.evaluate(model, x, attributions={})
+    with pytest.raises(ValueError, match="unknown metric"):
+        fastattr.evaluate(model, x, attributions={"a": rand(2, 8, 8)}, metrics=["accuracy"])
+    with pytest.raises(ValueError, match="same shape"):
+        fastattr.evaluate(model, x, attributions={"a": rand(2, 8, 8), "b": rand(2, 3, 8, 8)})
+    with pytest.raises(ValueError, match="NaN"):
+        fastattr.evaluate(model, x, attributions={"a": torch.full((2, 8, 8), float("nan"))})
