@@ -18,11 +18,20 @@
 
 namespace fastattr {
 
-// Calls fn(row) for row in [0, rows), on up to n_threads OpenMP threads (static schedule).
+// Below this many elements of work a parallel region costs more than it saves (waking the team,
+// and on a busy machine waiting for descheduled threads), so the loop runs on the calling thread.
+constexpr int64_t kMinParallelWork = int64_t(1) << 15;
+
+inline bool worth_parallel(int64_t rows, int64_t work_per_row, int n_threads) {
+  return n_threads > 1 && rows > 1 && rows * work_per_row >= kMinParallelWork;
+}
+
+// Calls fn(row) for row in [0, rows), on up to n_threads OpenMP threads (static schedule) when the
+// total work (rows * work_per_row elements) is large enough to pay for it.
 template <typename Fn>
-inline void parallel_rows(int64_t rows, int n_threads, Fn&& fn) {
+inline void parallel_rows(int64_t rows, int64_t work_per_row, int n_threads, Fn&& fn) {
 #ifdef FASTATTR_OPENMP
-  if (n_threads > 1 && rows > 1) {
+  if (worth_parallel(rows, work_per_row, n_threads)) {
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t r = 0; r < rows; ++r) fn(r);
     return;

@@ -46,7 +46,7 @@ void path_interpolate(std::uintptr_t x, std::uintptr_t base, std::uintptr_t alph
     const T* bp = as_ptr<const T>(base);
     const T* ap = as_ptr<const T>(alphas);
     T* op = as_ptr<T>(out);
-    parallel_rows(steps * batch, n_threads, [&](int64_t r) {
+    parallel_rows(steps * batch, d, n_threads, [&](int64_t r) {
       const int64_t s = r / batch, b = r % batch;
       interpolate_row(xp + b * d, bp + (shared_base ? 0 : b * d), ap[s], op + r * d, d);
     });
@@ -63,7 +63,7 @@ void path_accumulate(std::uintptr_t acc, std::uintptr_t grads, std::uintptr_t we
     constexpr int64_t span = 16384;
     const int64_t spans = (d + span - 1) / span;
     const T* dp = diff ? as_ptr<const T>(diff) : nullptr;
-    parallel_rows(batch * spans, n_threads, [&](int64_t r) {
+    parallel_rows(batch * spans, (steps + 1) * (d < span ? d : span), n_threads, [&](int64_t r) {
       const int64_t b = r / spans, lo = (r % spans) * span;
       const int64_t len = d - lo < span ? d - lo : span;
       const int64_t off = b * d + lo;

@@ -33,7 +33,7 @@ void perturb_by_rank(std::uintptr_t x, std::uintptr_t base, std::uintptr_t rank,
     using T = decltype(tag);
     const int64_t per_example = channels * features;
     const int64_t* cnt = as_ptr<const int64_t>(counts);
-    parallel_rows(steps * batch, n_threads, [&](int64_t r) {
+    parallel_rows(steps * batch, per_example, n_threads, [&](int64_t r) {
       const int64_t k = r / batch, b = r % batch;
       perturb_row(as_ptr<const T>(x) + b * per_example, as_ptr<const T>(base) + b * per_example,
                   as_ptr<const int64_t>(rank) + b * features, cnt[k], insert, as_ptr<T>(out) + r * per_example,

@@ -131,7 +131,7 @@ void sparsemax_forward(std::uintptr_t x, std::uintptr_t out, int64_t rows, int64
     const T* z = as_ptr<const T>(x);
     T* p = as_ptr<T>(out);
 #ifdef FASTATTR_OPENMP
-#pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1) if (n_threads > 1 && rows > 1)
+#pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1) if (worth_parallel(rows, cols, n_threads))
 #endif
     {
       Scratch<T> scratch;
@@ -150,7 +150,7 @@ void sparsemax_backward(std::uintptr_t p, std::uintptr_t g, std::uintptr_t out, 
     const T* pp = as_ptr<const T>(p);
     const T* gg = as_ptr<const T>(g);
     T* dz = as_ptr<T>(out);
-    parallel_rows(rows, n_threads, [&](int64_t r) {
+    parallel_rows(rows, cols, n_threads, [&](int64_t r) {
       backward_row(pp + r * cols, gg + r * cols, dz + r * cols, cols);
     });
   });

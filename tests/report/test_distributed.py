@@ -29,5 +29,6 @@ def test_torchrun_two_cpu_processes_match_single_process(tmp_path):
     for metric, by_method in a["per_example"].items():
         for method, values in by_method.items():
             assert len(b["per_example"][metric][method]) == 5
-            assert b["per_example"][metric][method] == pytest.approx(values, abs=1e-6), (metric, method)
+            # float32 model run at other batch sizes: equal up to rounding
+            assert b["per_example"][metric][method] == pytest.approx(values, rel=1e-5, abs=1e-6), (metric, method)
     assert (sharded / "index.html").exists()

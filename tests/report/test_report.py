@@ -10,6 +10,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
 from fastattr.cli import main  # noqa: E402
+from fastattr.metrics import EVALUATE_METRICS  # noqa: E402
 from fastattr.report import run_report  # noqa: E402
 
 
@@ -19,19 +20,24 @@ def test_report_on_the_embedded_default(tmp_path):
     for name in ("index.html", "heatmaps.png", "curves.png", "results.json", "results.csv"):
         assert (out / name).stat().st_size > 0, name
     data = json.loads((out / "results.json").read_text())
-    assert set(data["summary"]) == {"deletion", "insertion"}
-    assert "random" in data["methods"] and "integrated_gradients" in data["methods"]
+    assert set(data["summary"]) == set(EVALUATE_METRICS)
+    assert {"random", "integrated_gradients", "grad_cam", "guided_backprop"} <= set(data["methods"])
+    lo_hi = {"deletion": (0, 1), "insertion": (0, 1), "faithfulness_correlation": (-1, 1),
+             "sensitivity_n": (-1, 1), "infidelity": (0, float("inf"))}
     for metric, by_method in data["per_example"].items():
+        lo, hi = lo_hi[metric]
         for values in by_method.values():
-            assert len(values) == 6 and all(0.0 <= v <= 1.0 for v in values)
+            assert len(values) == 6 and all(lo - 1e-9 <= v <= hi + 1e-9 for v in values), metric
     # A faithful method beats the random control on the trained model.
-    assert data["summary"]["deletion"]["integrated_gradients"] < data["summary"]["deletion"]["random"]
-    assert data["summary"]["insertion"]["integrated_gradients"] > data["summary"]["insertion"]["random"]
+    s = data["summary"]
+    assert s["deletion"]["integrated_gradients"] < s["deletion"]["random"]
+    assert s["insertion"]["integrated_gradients"] > s["insertion"]["random"]
+    assert s["faithfulness_correlation"]["integrated_gradients"] > s["faithfulness_correlation"]["random"] + 0.3
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and 'id="metrics"' in page and 'class="best"' in page
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert rows[0] == "example,target,method,metric,value"
-    assert len(rows) == 1 + 6 * len(result.methods) * 2
+    assert len(rows) == 1 + 6 * len(result.methods) * len(EVALUATE_METRICS)
 
 
 def test_cli_report_prints_summary(tmp_path, capsys):

@@ -1,4 +1,7 @@
 """Attribution methods: ``fn(model, inputs, target=None, *, ...)`` returning a tensor like ``inputs``."""
+from .cam import grad_cam, grad_cam_plus_plus, guided_backprop, guided_grad_cam
+from .layer import (PATHWAY_METHODS, layer_integrated_gradients, neuron_integrated_gradients, neuron_mct,
+                    pathway_gradient, select_pathway)
 from .gradient import (QUADRATURE, expected_gradients, gradient_shap, input_x_gradient, integrated_gradients,
                        noise_tunnel, quadrature, saliency, smoothgrad)
 
@@ -7,7 +10,13 @@ METHODS = {
     "input_x_gradient": input_x_gradient,
     "integrated_gradients": integrated_gradients,
     "smoothgrad": smoothgrad,
+    "guided_backprop": guided_backprop,
+    "pathway_gradient": pathway_gradient,
 }
+# Methods that explain through a conv layer; the report picks the model's last Conv2d.
+LAYER_METHODS = {"grad_cam": grad_cam, "grad_cam_plus_plus": grad_cam_plus_plus, "guided_grad_cam": guided_grad_cam}
 
-__all__ = ["METHODS", "QUADRATURE", "expected_gradients", "gradient_shap", "input_x_gradient", "integrated_gradients",
+__all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "expected_gradients", "grad_cam",
+           "grad_cam_plus_plus", "guided_backprop", "guided_grad_cam", "layer_integrated_gradients",
+           "neuron_integrated_gradients", "neuron_mct", "pathway_gradient", "select_pathway", "gradient_shap", "input_x_gradient", "integrated_gradients",
            "noise_tunnel", "quadrature", "saliency", "smoothgrad"]

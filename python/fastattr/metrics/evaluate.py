@@ -40,10 +40,13 @@ class CountingModel(torch.nn.Module):
 
 @dataclass
 class Evaluation:
-    """Per-example values ``values[metric][method]`` (``[B]``, Sensitivity-N ``[B, len(ns)]``),
-    plus the forward passes that produced them."""
+    """Per-example values ``values[metric][method]`` (``[B]``, Sensitivity-N ``[B, len(ns)]``), the
+    deletion / insertion curves ``curves[metric][method]`` (``[B, K]``) over ``fractions[metric]``,
+    and the forward passes that produced them."""
 
     values: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    curves: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    fractions: dict[str, torch.Tensor] = field(default_factory=dict)
     forward_calls: int = 0
     forward_inputs: int = 0
 
@@ -104,8 +107,11 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *, at
     ev = Evaluation()
     for metric, fn in (("deletion", deletion), ("insertion", insertion)):
         if metric in metrics:
-            ev.values[metric] = {name: fn(counted, inputs, attributions[name], t, baseline=baseline, step=step, **chunks)
-                                 for name in attributions}
+            ev.values[metric], ev.curves[metric] = {}, {}
+            for name in attributions:
+                auc, curve, fractions = fn(counted, inputs, attributions[name], t, baseline=baseline, step=step,
+                                           curves=True, **chunks)
+                ev.values[metric][name], ev.curves[metric][name], ev.fractions[metric] = auc, curve, fractions
     if "faithfulness_correlation" in metrics or "infidelity" in metrics:
         passes = subset_deltas(counted, inputs, t, n_features, n_subsets=n_subsets, baseline=baseline,
                                subset_size=_fraction_size(subset_fraction, n_features, "subset_fraction"),

@@ -16,8 +16,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..attribution import METHODS
-from ..metrics import METRICS
+from ..attribution import LAYER_METHODS, METHODS
+from ..metrics import EVALUATE_METRICS, evaluate
 
 
 class ReportError(Exception):
@@ -25,6 +25,7 @@ class ReportError(Exception):
 
 
 CONTROL = "random"  # a uniformly random map: the floor any method should beat
+MULTIPLIED_BY_INPUTS = {"input_x_gradient", "integrated_gradients"}  # maps that carry the (x − x') factor
 
 
 @dataclass
@@ -131,8 +132,9 @@ def _pick(names: Optional[Sequence[str]], available: dict, kind: str) -> list[st
 
 
 def feature_map(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """The map that metrics and heat maps use: channels summed for images (``[B, H, W]``)."""
-    return attr.sum(1) if inputs.dim() == 4 else attr
+    """The map that metrics and heat maps use: channels summed for images (``[B, H, W]``); maps that
+    are already per pixel (Grad-CAM) are kept."""
+    return attr.sum(1) if inputs.dim() == 4 and attr.shape == inputs.shape else attr
 
 
 def _prepare_out(out: str | Path) -> Path:
@@ -210,13 +212,19 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
     if name == "smoothgrad":
         return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], generator=seed * 1_000_003 + first + i)
                           for i in range(x.shape[0])])
+    if name in LAYER_METHODS:
+        convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)] if isinstance(net, torch.nn.Module) else []
+        if not convs:
+            raise ReportError(f"method {name} needs a model with a Conv2d layer")
+        return LAYER_METHODS[name](net, x, t, layer=convs[-1])
     return METHODS[name](net, x, t)
 
 
 def run_report(model: Optional[str | Callable] = None, data: Optional[str | torch.Tensor] = None,
                target: Optional[int | str] = None, methods: Optional[Sequence[str]] = None,
                metrics: Optional[Sequence[str]] = None, n: int = 32, device: str = "cpu",
-               out: str | Path = "report", seed: int = 0, progress: bool = True) -> Optional[ReportResult]:
+               out: str | Path = "report", seed: int = 0, progress: bool = True,
+               n_subsets: int = 100) -> Optional[ReportResult]:
     """Computes the report and writes ``out/index.html``, figures, ``results.json`` and ``results.csv``.
 
     Under ``torchrun --nproc-per-node N -m fastattr report ...`` the inputs are sharded across
@@ -233,8 +241,8 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ReportError(f"--n must be a positive integer, got {n!r}")
     out_dir = _prepare_out(out)
-    method_names = _pick(methods, {**METHODS, CONTROL: None}, "method")
-    metric_names = _pick(metrics, METRICS, "metric")
+    method_names = _pick(methods, {**METHODS, **LAYER_METHODS, CONTROL: None}, "method")
+    metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS), "metric")
     try:
         dev = torch.device(device)
     except RuntimeError as e:
@@ -282,13 +290,21 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     values: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
     curves: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
     fractions: dict[str, list[float]] = {}
-    for metric in metric_names:
-        for name in _progress(method_names, metric, show):
-            start = time.perf_counter()
-            if hi > lo:
-                v, c, f = METRICS[metric](net, xs, maps[name].to(dev), ts, curves=True)
-                values[metric][name], curves[metric][name], fractions[metric] = v.cpu(), c.cpu(), f.tolist()
-            seconds[f"metric:{metric}:{name}"] = time.perf_counter() - start
+    start = time.perf_counter()
+    # One evaluate() per example, seeded by its global index: every method shares that example's
+    # model passes, and a sharded run draws the same subsets as a single process.
+    for i in _progress(range(hi - lo), "evaluate", show):
+        ev = evaluate(net, xs[i:i + 1], ts[i:i + 1], attributions={m: maps[m][i:i + 1].to(dev) for m in method_names},
+                      metrics=metric_names, n_subsets=n_subsets, generator=seed * 1_000_003 + lo + i,
+                      multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in method_names})
+        for metric, by_method in ev.values.items():
+            for name, v in by_method.items():
+                values[metric][name] = torch.cat([values[metric].get(name, v[:0]).cpu(), v.cpu()])
+        for metric, by_method in ev.curves.items():
+            fractions[metric] = ev.fractions[metric].tolist()
+            for name, c in by_method.items():
+                curves[metric][name] = torch.cat([curves[metric].get(name, c[:0]).cpu(), c.cpu()])
+    seconds["metrics"] = time.perf_counter() - start
 
     parts = shards.gather((maps, values, curves, fractions, seconds))
     shards.close()
@@ -298,15 +314,19 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     result = ReportResult(out=out_dir, methods=method_names, metrics=metric_names, n=x.shape[0])
     result.seconds = {k: max(p[4].get(k, 0.0) for p in parts) for k in parts[0][4]}
     for metric in metric_names:
-        result.per_example[metric], result.curves[metric], result.summary[metric] = {}, {}, {}
-        result.curves[metric]["_fractions"] = next(p[3][metric] for p in parts if metric in p[3])
+        result.per_example[metric], result.summary[metric] = {}, {}
+        if any(metric in p[3] for p in parts):
+            result.curves[metric] = {"_fractions": next(p[3][metric] for p in parts if metric in p[3])}
         for name in method_names:
             # A rank with an empty shard (more ranks than inputs) contributes nothing.
-            v = torch.cat([p[1][metric][name] for p in parts if name in p[1][metric]])
-            c = torch.cat([p[2][metric][name] for p in parts if name in p[2][metric]])
+            v = torch.cat([p[1][metric][name] for p in parts if name in p[1][metric]]).double()
+            if v.dim() > 1:  # Sensitivity-N: one value per n; the report shows their mean
+                v = v.nanmean(1)
             result.per_example[metric][name] = v.tolist()
-            result.curves[metric][name] = c.mean(0).tolist()
-            result.summary[metric][name] = v.mean().item()
+            result.summary[metric][name] = v.nanmean().item()
+            if metric in result.curves:
+                c = torch.cat([p[2][metric][name] for p in parts if name in p[2][metric]])
+                result.curves[metric][name] = c.mean(0).tolist()
 
     from .html import write_html
 
@@ -336,7 +356,8 @@ def _write_tables(result: ReportResult, target: torch.Tensor) -> None:
                     writer.writerow([i, int(target[i]), method, metric, f"{v:.6g}"])
 
 
-BETTER = {"deletion": "lower", "insertion": "higher"}
+BETTER = {"deletion": "lower", "insertion": "higher", "infidelity": "lower", "faithfulness_correlation": "higher",
+          "sensitivity_n": "higher"}
 
 
 def summary_table(result: ReportResult) -> str:

@@ -112,7 +112,7 @@ def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Te
     (result.out / "heatmaps.png").write_bytes(grid)
     if curves:
         (result.out / "curves.png").write_bytes(curves)
-    metric_secs = sum(v for k, v in result.seconds.items() if k.startswith("metric:"))
+    metric_secs = result.seconds.get("metrics", 0.0)
     method_secs = sum(v for k, v in result.seconds.items() if k.startswith("method:"))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>fastattr report</title>
@@ -129,6 +129,11 @@ img {{ max-width: 100%; }}
 Targets: the predicted class unless chosen otherwise ({int((pred == target).sum())} of {result.n} targets equal the prediction).
 <code>random</code> is a control map that any method should beat.</p>
 <h2>Metrics (mean over inputs; best per column in bold)</h2>
+<p>Deletion / insertion: area under the target-probability curve as the top features are removed /
+restored. Faithfulness correlation and Sensitivity-N: correlation between the attribution mass of
+random feature subsets and the drop of the target logit when they are removed (Sensitivity-N: mean over
+subset sizes n). Infidelity: mean
+squared gap between the two (lower is better; maps that include the input factor use I = mask).</p>
 {_metric_table(result)}
 <h2>Heat maps</h2>
 <p>Red: evidence for the target, blue: against (each map on its own symmetric scale).</p>

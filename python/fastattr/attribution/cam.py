@@ -1,0 +1,275 @@
+"""Class activation maps and guided backpropagation: Grad-CAM, Grad-CAM++, Guided Backprop,
+Guided Grad-CAM (SPEC §2).
+
+All take ``(model, inputs, target=None, ...)``. The CAM methods read a conv ``layer``'s output
+``A`` ``[B, K, h, w]`` through a forward hook and differentiate the target score with respect to
+that captured activation only (``torch.autograd.grad``; parameters' ``requires_grad`` is switched
+off and restored). The model runs in chunks of at most ``max_batch`` inputs (or what
+``memory_budget`` bytes allow), so results do not depend on the chunk size, and every hook or
+flag set on the model is removed or restored on every exit path.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._common import Target, check_inputs, check_model, chunk_size, frozen_parameters, resolve_target, select
+
+Layer = Union[nn.Module, str]
+
+
+def _resolve_layer(model: Callable, layer: Layer) -> nn.Module:
+    """The module ``layer`` names (a dotted name for ``model.get_submodule``) or is, checked to be in ``model``."""
+    if isinstance(layer, str):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"layer given by name needs model to be an nn.Module, got {type(model).__name__}")
+        try:
+            return model.get_submodule(layer)
+        except AttributeError as e:
+            raise ValueError(f"layer {layer!r} is not a submodule of model ({e})") from None
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"layer must be an nn.Module inside model or its dotted name, got {type(layer).__name__}")
+    if isinstance(model, nn.Module) and not any(m is layer for m in model.modules()):
+        raise ValueError(f"layer {type(layer).__name__} is not a submodule of model")
+    return layer
+
+
+def _chunk_targets(target: Target, batch: int) -> Callable[[int, int], Target]:
+    """Slices a per-example target for chunk ``[e0, e1)``; ``resolve_target`` checks each slice."""
+    if isinstance(target, (list, tuple)):
+        target = torch.tensor(list(target))
+    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.dim() <= 1:
+        flat = target.reshape(-1)
+        if flat.numel() not in (1, batch):
+            raise ValueError(f"target has {flat.numel()} entries but inputs has batch size {batch}")
+        if flat.numel() == batch:
+            return lambda e0, e1: flat[e0:e1]
+    return lambda e0, e1: target
+
+
+def _check_flag(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _layer_gradients(model: Callable, layer: nn.Module, x: torch.Tensor,
+                     target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(A, ∂ Σ_i f_{t_i}/∂A, t)`` for one chunk, ``A`` the output of ``layer``.
+
+    The hook hands the rest of the network a clone of a detached leaf ``A``, so the backward pass
+    stops at the layer and in-place ops after it (``ReLU(inplace=True)``) leave ``A`` intact.
+    """
+    captured = []
+
+    def hook(module, args, output):
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            what = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(f"CAM methods need a conv layer whose output is [B, K, h, w]; layer "
+                             f"{type(module).__name__} returned {what}")
+        if captured:
+            raise ValueError(f"layer {type(module).__name__} ran more than once in one forward pass; "
+                             "pick a layer that is used once")
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf.clone()
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            if not captured:
+                raise ValueError(f"layer {type(layer).__name__} did not run in the model's forward pass")
+            t = resolve_target(model, x, target, logits=out.detach())
+            (grad,) = torch.autograd.grad(select(out, t).sum(), captured[0], allow_unused=True)
+    finally:
+        handle.remove()
+    if grad is None:
+        raise ValueError(f"the target score does not depend on layer {type(layer).__name__}")
+    return captured[0].detach(), grad, t
+
+
+def _cam_weights(acts: torch.Tensor, grads: torch.Tensor, plus_plus: bool) -> torch.Tensor:
+    """Channel weights ``[B, K, 1, 1]``: Grad-CAM's mean gradient or Grad-CAM++'s weighted positive gradient."""
+    if not plus_plus:
+        return grads.mean(dim=(2, 3), keepdim=True)
+    g2 = grads * grads
+    denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grads
+    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
+                        torch.zeros_like(denom))
+    return (alpha * grads.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+
+
+def _upsample(cam: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(cam[:, None], size=tuple(inputs.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+
+
+def _check_cam_args(model, inputs, layer, relu_attributions, upsample) -> nn.Module:
+    check_model(model)
+    check_inputs(inputs)
+    _check_flag(relu_attributions, "relu_attributions")
+    _check_flag(upsample, "upsample")
+    if upsample and inputs.dim() < 3:
+        raise ValueError(f"upsample=True needs inputs with two trailing spatial axes [B, ..., H, W], got shape "
+                         f"{tuple(inputs.shape)}; pass upsample=False for the layer-resolution map")
+    return _resolve_layer(model, layer)
+
+
+def _cam_chunk(model, layer, x, target, relu_attributions, upsample, plus_plus):
+    acts, grads, t = _layer_gradients(model, layer, x, target)
+    acc = torch.float64 if acts.dtype == torch.float64 else torch.float32
+    acts, grads = acts.to(acc), grads.to(acc)
+    cam = (_cam_weights(acts, grads, plus_plus) * acts).sum(1)
+    if relu_attributions:
+        cam = cam.clamp(min=0)
+    if upsample:
+        cam = _upsample(cam, x)
+    return cam.to(x.dtype), t
+
+
+def _cam(model, inputs, target, layer, relu_attributions, upsample, max_batch, memory_budget, plus_plus):
+    module = _check_cam_args(model, inputs, layer, relu_attributions, upsample)
+    batch = inputs.shape[0]
+    targets = _chunk_targets(target, batch)
+    chunk = chunk_size(inputs, batch, max_batch, memory_budget)
+    with frozen_parameters(model):
+        maps = [_cam_chunk(model, module, inputs[e0:e0 + chunk], targets(e0, e0 + chunk), relu_attributions,
+                           upsample, plus_plus)[0] for e0 in range(0, batch, chunk)]
+    return torch.cat(maps)
+
+
+def grad_cam(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
+             relu_attributions: bool = True, upsample: bool = True, max_batch: Optional[int] = None,
+             memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017): ``ReLU(Σ_k α_k A^k)``, ``α_k = mean_{ij} ∂f_t/∂A^k_{ij}``.
+
+    ``A`` ``[B, K, h, w]`` is the output of ``layer`` (an ``nn.Module`` inside ``model`` or its
+    dotted name, e.g. ``"features.28"``); the gradient is taken with respect to ``A`` only.
+    ``relu_attributions=False`` keeps negative evidence (Captum's ``LayerGradCam`` default).
+    The map is upsampled bilinearly (``align_corners=False``) to the input's last two axes.
+
+    Returns:
+        ``[B, H, W]`` for inputs ``[B, C, H, W]``; ``upsample=False``: the layer-resolution ``[B, h, w]``.
+
+    Example::
+
+        >>> cam = fastattr.grad_cam(model, x, target=y, layer="layer4")   # [B, H, W]
+    """
+    return _cam(model, inputs, target, layer, relu_attributions, upsample, max_batch, memory_budget, False)
+
+
+def grad_cam_plus_plus(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
+                       relu_attributions: bool = True, upsample: bool = True, max_batch: Optional[int] = None,
+                       memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al. 2018): ``ReLU(Σ_k w_k A^k)``, ``w_k = Σ_ij α^k_ij ReLU(g^k_ij)``,
+
+    ``α^k_ij = g² / (2 g² + Σ_ab A^k_ab g³)`` (0 where the denominator is 0), ``g = ∂f_t/∂A^k_ij``:
+    the paper's closed form for an exponential score, whose higher derivatives are powers of ``g``.
+    The paper's common factor ``exp(f_t)`` is dropped (as in the reference implementations), which
+    scales each example's map by a positive constant. Arguments, shapes and upsampling as :func:`grad_cam`.
+
+    Example::
+
+        >>> cam = fastattr.grad_cam_plus_plus(model, x, target=y, layer=model.layer4)   # [B, H, W]
+    """
+    return _cam(model, inputs, target, layer, relu_attributions, upsample, max_batch, memory_budget, True)
+
+
+def _guided_hook(module, grad_input, grad_output):
+    return tuple(None if g is None else g.clamp(min=0) for g in grad_input)
+
+
+@contextlib.contextmanager
+def _guided_relus(model: nn.Module) -> Iterator[None]:
+    """Every ``nn.ReLU`` in ``model`` passes only positive gradients back (and only where its input
+    was positive) while inside; in-place ReLUs run out of place. Hooks and flags restored on exit."""
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    inplace = [m.inplace for m in relus]
+    handles = []
+    try:
+        for m in relus:
+            m.inplace = False
+            handles.append(m.register_full_backward_hook(_guided_hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in zip(relus, inplace):
+            m.inplace = flag
+
+
+def _guided_chunk(model, x, target):
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        out = model(x)
+        t = resolve_target(model, x, target, logits=out.detach())
+        (grad,) = torch.autograd.grad(select(out, t).sum(), x)
+    return grad, t
+
+
+def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
+                    max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Guided Backpropagation (Springenberg et al. 2015): ``∂f_t/∂x`` with every ReLU's backward
+    replaced by ``grad_in = ReLU(grad_out) ⊙ 1[x_relu > 0]``.
+
+    Implemented with full backward hooks on every ``nn.ReLU`` module (removed on exit; in-place
+    ReLUs run out of place meanwhile). Functional ReLUs (``F.relu`` / ``torch.relu`` inside
+    ``forward``) are not seen and keep their plain gradient; in-place ops applied to a ReLU
+    module's output are not allowed by torch's full backward hooks.
+
+    Returns:
+        a tensor shaped like ``inputs``.
+
+    Example::
+
+        >>> g = fastattr.guided_backprop(model, x, target=y)   # shape of x
+    """
+    check_model(model)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"guided_backprop needs model to be an nn.Module (its ReLU modules are hooked), "
+                        f"got {type(model).__name__}")
+    check_inputs(inputs)
+    batch = inputs.shape[0]
+    targets = _chunk_targets(target, batch)
+    chunk = chunk_size(inputs, batch, max_batch, memory_budget)
+    with frozen_parameters(model), _guided_relus(model):
+        grads = [_guided_chunk(model, inputs[e0:e0 + chunk], targets(e0, e0 + chunk))[0]
+                 for e0 in range(0, batch, chunk)]
+    return torch.cat(grads)
+
+
+def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
+                    relu_attributions: bool = True, max_batch: Optional[int] = None,
+                    memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Guided Grad-CAM (Selvaraju et al. 2017): ``guided_backprop(x) ⊙ upsample(grad_cam(x))``.
+
+    The ``[B, H, W]`` map is broadcast over the channel axis, as in Captum's ``GuidedGradCam``
+    (which upsamples with ``interpolate_mode="nearest"`` by default; here bilinear, as
+    :func:`grad_cam`). Both factors use the same target, resolved once per chunk.
+
+    Returns:
+        a tensor shaped like ``inputs`` ``[B, C, H, W]``.
+
+    Example::
+
+        >>> ggc = fastattr.guided_grad_cam(model, x, target=y, layer="layer4")   # shape of x
+    """
+    module = _check_cam_args(model, inputs, layer, relu_attributions, True)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"guided_grad_cam needs model to be an nn.Module, got {type(model).__name__}")
+    batch = inputs.shape[0]
+    targets = _chunk_targets(target, batch)
+    chunk = chunk_size(inputs, batch, max_batch, memory_budget)
+    shape = (-1,) + (1,) * (inputs.dim() - 3) + tuple(inputs.shape[-2:])
+    blocks = []
+    with frozen_parameters(model):
+        for e0 in range(0, batch, chunk):
+            x = inputs[e0:e0 + chunk]
+            cam, t = _cam_chunk(model, module, x, targets(e0, e0 + chunk), relu_attributions, True, False)
+            with _guided_relus(model):
+                grad, _ = _guided_chunk(model, x, t)
+            blocks.append(grad * cam.view(shape))
+    return torch.cat(blocks)

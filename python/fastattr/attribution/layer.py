@@ -1,0 +1,510 @@
+"""Layer attributions: Layer Integrated Gradients, and the critical-pathway methods of Khakzar et al.
+(CVPR 2021; thesis ch. 5): NeuronMCT, NeuronIntGrad, pathway selection and Pathway Gradient.
+
+A *neuron* is one element of a hooked module's output (by default: every ``nn.ReLU`` module; a
+functional ``F.relu`` cannot be hooked). Per-neuron results are dicts keyed by module name; when a
+module runs k > 1 times in one forward (a ReLU shared inside a ResNet block), its later calls are
+keyed ``"name#1"``, ``"name#2"``, ... Every hook is removed and parameters' ``requires_grad``
+restored on every exit path; inputs are never modified.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ops.path_ops import path_accumulate, path_interpolate
+from ._common import Target, check_inputs, check_model, chunk_size, frozen_parameters, resolve_target, select
+from .gradient import _accum_dtype, _baselines, quadrature, target_gradients
+
+Layer = Union[str, nn.Module]
+PATHWAY_METHODS = ("mct", "intgrad")
+
+
+def _resolve_layer(model: Callable, layer: Layer) -> tuple[str, nn.Module]:
+    """``(name, module)`` for a module or a dotted module name of ``model``."""
+    if isinstance(layer, nn.Module):
+        if not isinstance(model, nn.Module):
+            return type(layer).__name__, layer
+        for name, module in model.named_modules():
+            if module is layer:
+                return name, module
+        raise ValueError(f"layer {type(layer).__name__} is not a submodule of the model")
+    if isinstance(layer, str):
+        if not isinstance(model, nn.Module):
+            raise TypeError("a layer given by name needs the model to be an nn.Module; pass the module itself")
+        try:
+            return layer, model.get_submodule(layer)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n]
+            raise ValueError(f"layer {layer!r} not found in the model; its modules are {names}") from None
+    raise TypeError(f"layer must be an nn.Module or a module name, got {type(layer).__name__}")
+
+
+def _neuron_modules(model: Callable, layers) -> dict[str, nn.Module]:
+    """The hooked modules: ``layers`` (names or modules), or every ``nn.ReLU`` of the model."""
+    if layers is None:
+        if not isinstance(model, nn.Module):
+            raise TypeError("layers=None (every nn.ReLU) needs the model to be an nn.Module; pass layers=[...]")
+        found = {name: m for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+        if not found:
+            raise ValueError("the model has no nn.ReLU module (functional F.relu cannot be hooked); pass layers=[...]")
+        return found
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    modules = dict(_resolve_layer(model, layer) for layer in layers)
+    if not modules:
+        raise ValueError("layers is empty")
+    return modules
+
+
+def _module_name(key: str) -> str:
+    """The module name of a neuron key (``"name#k"`` → ``"name"``)."""
+    name, sep, call = key.rpartition("#")
+    return name if sep and call.isdigit() else key
+
+
+class _Hooks:
+    """Forward hooks on named modules for the duration of a ``with`` block: ``fn(key, output)`` sees
+    every call's output and may return a replacement (None keeps it). Run the model through
+    ``hooks(model, x)`` so call counts restart at every forward."""
+
+    def __init__(self, modules: dict[str, nn.Module], fn: Callable):
+        self.modules, self.fn, self.calls, self.handles = modules, fn, {}, []
+
+    def __enter__(self) -> "_Hooks":
+        try:
+            for name, module in self.modules.items():
+                self.handles.append(module.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module, args, output):
+            call = self.calls.get(name, 0)
+            self.calls[name] = call + 1
+            key = name if call == 0 else f"{name}#{call}"
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"layer {key!r} returns {type(output).__name__}; layer and neuron attributions "
+                                "need a module whose output is one tensor")
+            return self.fn(key, output)
+        return hook
+
+    def __call__(self, model: Callable, x: torch.Tensor) -> torch.Tensor:
+        self.calls.clear()
+        return model(x)
+
+
+def _chunk_target(target: Target, batch: int, e0: int, e1: int) -> Target:
+    """The part of ``target`` that belongs to examples ``e0:e1`` (validated by resolve_target)."""
+    if isinstance(target, (list, tuple)):
+        target = torch.tensor(list(target))
+    if not isinstance(target, torch.Tensor) or target.numel() == 1:
+        return target
+    flat = target.reshape(-1)
+    if flat.numel() != batch:
+        raise ValueError(f"target has {flat.numel()} entries but inputs has batch size {batch}")
+    return flat[e0:e1]
+
+
+def _check_layer_inputs(inputs: torch.Tensor) -> None:
+    """Layer methods accept integer token ids as well as floating inputs."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if inputs.dim() < 1 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must have a non-empty batch axis, got shape {tuple(inputs.shape)}")
+    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+        raise ValueError("inputs contains NaN or Inf")
+
+
+def _repeat(x: torch.Tensor, times: int) -> torch.Tensor:
+    return x.repeat((times,) + (1,) * (x.dim() - 1))
+
+
+def _bytes_per_example(t: torch.Tensor) -> int:
+    return max(1, t[0].numel() * t.element_size())
+
+
+def _capture(model: Callable, x: torch.Tensor, name: str, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(x), layer(x))`` in one forward without gradients; the layer must run exactly once."""
+    seen = []
+    with torch.no_grad(), _Hooks({name: module}, lambda key, out: seen.append(out.detach().clone())) as hooks:
+        logits = hooks(model, x)
+    if len(seen) != 1:
+        raise ValueError(f"layer {name!r} ran {len(seen)} times in one forward; layer_integrated_gradients "
+                         "needs a layer that runs exactly once")
+    if seen[0].dim() < 1 or seen[0].shape[0] != x.shape[0]:
+        raise ValueError(f"layer {name!r} output has shape {tuple(seen[0].shape)}; its first axis must be the "
+                         f"batch axis ({x.shape[0]} examples)")
+    if not seen[0].is_floating_point():
+        raise TypeError(f"layer {name!r} output has dtype {seen[0].dtype}; it must be floating")
+    return logits, seen[0]
+
+
+def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
+                               baselines: Union[None, float, torch.Tensor] = None, n_steps: int = 50,
+                               method: str = "gausslegendre", multiply_by_inputs: bool = True,
+                               return_convergence_delta: bool = False, max_batch: Optional[int] = None,
+                               memory_budget: Optional[int] = None):
+    """Layer Integrated Gradients (Sundararajan et al. 2017; Captum's ``LayerIntegratedGradients``).
+
+    IG with respect to the output ``h = layer(·)`` of a module, the rest of the network fixed:
+    ``LIG(x) = (h(x) − h(x')) ⊙ Σ_s w_s ∂f_t/∂h |_{h = h(x') + α_s (h(x) − h(x'))}``.
+    A forward hook replaces the layer's output by the interpolated value for a chunk of steps at a
+    time (:func:`~fastattr.ops.path_interpolate`), and :func:`~fastattr.ops.path_accumulate` sums
+    the weighted gradients with the multiply by ``h(x) − h(x')`` fused into the last chunk.
+    Quadrature as in :func:`integrated_gradients`. Convergence delta:
+    ``Σ LIG − (f_t(x) − f_t(x'))`` per example.
+
+    Args:
+        layer: a submodule or its dotted name; it must run once per forward, return one floating
+            tensor, and keep the batch axis first (e.g. an ``nn.Embedding``, a ``batch_first`` model).
+        baselines: *inputs* to the model (e.g. pad-token ids): None (zeros of the input's dtype, so
+            token id 0 for integer inputs), a number, or a tensor broadcastable to ``inputs``.
+        inputs: ``[B, ...]`` floating inputs or integer token ids.
+    Returns:
+        a tensor shaped like the layer's output ``[B, ...]`` (and the delta ``[B]`` if asked).
+
+    Example::
+
+        >>> attr = fastattr.layer_integrated_gradients(model, ids, target=1, layer="embedding",
+        ...                                            baselines=torch.full_like(ids, pad_id))  # [B, T, E]
+    """
+    check_model(model)
+    _check_layer_inputs(inputs)
+    name, module = _resolve_layer(model, layer)
+    alphas, weights = quadrature(method, n_steps)
+    base = _baselines(inputs, baselines)
+    batch, n = inputs.shape[0], len(alphas)
+    with frozen_parameters(model):
+        logits_x, h_x = _capture(model, inputs, name, module)
+        t = resolve_target(model, inputs, target, logits_x)
+        logits_b, h_b = _capture(model, base, name, module)
+        if h_b.shape[1:] != h_x.shape[1:]:
+            raise ValueError(f"layer {name!r} output has shape {tuple(h_b.shape)} for the baselines but "
+                             f"{tuple(h_x.shape)} for the inputs")
+        sizer = h_x if _bytes_per_example(h_x) > _bytes_per_example(inputs) else inputs
+        chunk = chunk_size(sizer, n * batch, max_batch, memory_budget)
+        acc_dtype = _accum_dtype(h_x.dtype)
+        alphas_t = torch.tensor(alphas, dtype=torch.float64, device=h_x.device)
+        weights_t = torch.tensor(weights, dtype=acc_dtype, device=h_x.device)
+        path = {}
+
+        def replace(key, out):
+            if out.shape != path["leaf"].shape:
+                raise ValueError(f"layer {name!r} output has shape {tuple(out.shape)} on the path, expected "
+                                 f"{tuple(path['leaf'].shape)}")
+            return path["leaf"].clone()
+
+        blocks = []
+        with _Hooks({name: module}, replace) as hooks, torch.enable_grad():
+            for e0 in range(0, batch, chunk):
+                e1 = min(batch, e0 + chunk)
+                hx, hb = h_x[e0:e1], h_b if h_b.shape[0] == 1 else h_b[e0:e1]
+                diff = hx.to(acc_dtype) - hb.to(acc_dtype)
+                steps = max(1, chunk // (e1 - e0))
+                acc = torch.zeros(hx.shape, dtype=acc_dtype, device=hx.device)
+                for s0 in range(0, n, steps):
+                    s1 = min(n, s0 + steps)
+                    path["leaf"] = path_interpolate(hx, hb, alphas_t[s0:s1]).detach().requires_grad_(True)
+                    scores = select(hooks(model, _repeat(inputs[e0:e1], s1 - s0)), t[e0:e1].repeat(s1 - s0))
+                    (grad,) = torch.autograd.grad(scores.sum(), path["leaf"])
+                    last = s1 == n and multiply_by_inputs
+                    acc = path_accumulate(acc, grad.view((s1 - s0,) + tuple(hx.shape)), weights_t[s0:s1],
+                                          diff if last else None)
+                blocks.append(acc)
+                path.clear()
+    attr = torch.cat(blocks).to(h_x.dtype)
+    if not return_convergence_delta:
+        return attr
+    if logits_b.shape[0] == 1 and batch > 1:
+        logits_b = logits_b.expand((batch,) + tuple(logits_b.shape[1:]))
+    gap = select(logits_x, t) - select(logits_b, t)
+    delta = attr.reshape(batch, -1).sum(1) - gap.to(attr.dtype)
+    return attr, delta
+
+
+def neuron_mct(model: Callable, inputs: torch.Tensor, target: Target = None, *, layers=None,
+               max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """NeuronMCT, the marginal-contribution Taylor score of every neuron (Khakzar et al. 2021, Sec. 3.3).
+
+    ``c = |a ⊙ ∂f_t/∂a|`` at the output ``a`` of every hooked module (``layers=None``: every
+    ``nn.ReLU``), from one forward and one backward pass per chunk of examples. Dead neurons
+    (``a = 0``) get ``c = 0``.
+
+    Args:
+        inputs: ``[B, ...]`` floating inputs.
+        layers: None, or module names / modules whose outputs are the neurons.
+    Returns:
+        ``{key: c}`` with ``c`` shaped like that activation ``[B, ...]`` (keys: see the module doc).
+
+    Example::
+
+        >>> c = fastattr.attribution.neuron_mct(model, x, target=y)   # {"features.1": [B, 64, 32, 32], ...}
+    """
+    check_model(model)
+    check_inputs(inputs)
+    modules = _neuron_modules(model, layers)
+    batch = inputs.shape[0]
+    chunk = chunk_size(inputs, batch, max_batch, memory_budget)
+    taps: dict[str, torch.Tensor] = {}
+
+    def tap(key, out):
+        taps[key] = torch.ones_like(out).requires_grad_(True)
+        return out * taps[key]
+
+    blocks: dict[str, list] = {}
+    with frozen_parameters(model), _Hooks(modules, tap) as hooks, torch.enable_grad():
+        for e0 in range(0, batch, chunk):
+            e1 = min(batch, e0 + chunk)
+            taps.clear()
+            x = inputs[e0:e1]
+            logits = hooks(model, x)
+            t = resolve_target(model, x, _chunk_target(target, batch, e0, e1), logits.detach())
+            keys = list(taps)
+            grads = torch.autograd.grad(select(logits, t).sum(), [taps[k] for k in keys], allow_unused=True)
+            for key, g in zip(keys, grads):
+                blocks.setdefault(key, []).append(torch.zeros_like(taps[key]) if g is None else g.abs())
+            taps.clear()
+    return {key: torch.cat(parts).detach() for key, parts in blocks.items()}
+
+
+def neuron_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *, layers=None,
+                                n_steps: int = 50, method: str = "gausslegendre", max_batch: Optional[int] = None,
+                                memory_budget: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """NeuronIntGrad: layer-wise IG with a zero baseline at every hooked module (Khakzar et al. 2021, Eq. 4).
+
+    ``c = a ⊙ ∫₀¹ ∂f_t(αa)/∂(αa) dα`` per layer, scaling that layer's output ``a`` by α while every
+    other layer computes as usual; completeness per layer: ``Σ c = f_t(x) − f_t(a ← 0)`` (up to the
+    quadrature error: ``method`` and ``n_steps`` as in :func:`integrated_gradients`). Steps and
+    layers batch together: every model row is one (layer, step, example) triple, and a hook scales
+    only that row's chosen layer, so one forward/backward serves several layers' paths
+    (``max_batch`` / ``memory_budget`` bound the rows per forward). Dead neurons get ``c = 0``.
+
+    Returns:
+        ``{key: c}`` with ``c`` shaped like that activation ``[B, ...]`` (keys: see the module doc).
+
+    Example::
+
+        >>> c = fastattr.attribution.neuron_integrated_gradients(model, x, target=y, n_steps=50)
+    """
+    check_model(model)
+    check_inputs(inputs)
+    modules = _neuron_modules(model, layers)
+    alphas, weights = quadrature(method, n_steps)
+    batch, n = inputs.shape[0], len(alphas)
+    shapes: dict[str, tuple] = {}
+
+    def record(key, out):
+        shapes[key] = (tuple(out.shape[1:]), out.element_size())
+
+    with frozen_parameters(model), _Hooks(modules, record) as hooks, torch.no_grad():
+        probe = max(1, min(batch, chunk_size(inputs, batch, max_batch, memory_budget)))
+        logits = torch.cat([hooks(model, inputs[e0:e0 + probe]) for e0 in range(0, batch, probe)])
+    t = resolve_target(model, inputs, target, logits)
+    keys = list(shapes)
+    act_bytes = sum(math.prod(s) * size for s, size in shapes.values())
+    factor = max(24.0, 3.0 * act_bytes / (inputs[0].numel() * inputs.element_size()))
+    pairs = [(k, s) for k in range(len(keys)) for s in range(n)]
+    chunk = chunk_size(inputs, len(pairs) * batch, max_batch, memory_budget, per_input_factor=factor)
+    acc_dtype = _accum_dtype(inputs.dtype)
+    weights_t = torch.tensor(weights, dtype=acc_dtype, device=inputs.device)
+    alphas_t = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device)
+    state: dict = {}
+
+    def scale(key, out):
+        rows = state["scales"].get(key)
+        if rows is None:
+            return None
+        s = rows.to(out.dtype).view((-1,) + (1,) * (out.dim() - 1)).expand(out.shape).clone().requires_grad_(True)
+        state["taps"][key] = s
+        return out * s
+
+    block = min(batch, chunk)
+    blocks: dict[str, list] = {key: [] for key in keys}
+    with frozen_parameters(model), _Hooks(modules, scale) as hooks, torch.enable_grad():
+        for e0 in range(0, batch, block):
+            e1 = min(batch, e0 + block)
+            rows = e1 - e0
+            accs = {key: torch.zeros((rows,) + shapes[key][0], dtype=acc_dtype, device=inputs.device) for key in keys}
+            per = max(1, chunk // rows)
+            for p0 in range(0, len(pairs), per):
+                part = pairs[p0:p0 + per]
+                runs: dict[int, list[int]] = {}
+                for k, s in part:
+                    runs.setdefault(k, []).append(s)
+                scales, offset = {}, 0
+                for k, steps in runs.items():
+                    vec = torch.ones(len(part) * rows, dtype=inputs.dtype, device=inputs.device)
+                    vec[offset * rows:(offset + len(steps)) * rows] = alphas_t[steps].repeat_interleave(rows)
+                    scales[keys[k]] = vec
+                    offset += len(steps)
+                state.update(scales=scales, taps={})
+                out = hooks(model, _repeat(inputs[e0:e1], len(part)))
+                missing = [key for key in scales if key not in state["taps"]]
+                if missing:
+                    raise ValueError(f"layers {missing} did not run in the forward pass on the path")
+                taps = [state["taps"][keys[k]] for k in runs]
+                grads = torch.autograd.grad(select(out, t[e0:e1].repeat(len(part))).sum(), taps, allow_unused=True)
+                offset = 0
+                for (k, steps), g in zip(runs.items(), grads):
+                    key = keys[k]
+                    if g is not None:
+                        g = g[offset * rows:(offset + len(steps)) * rows].view((len(steps), rows) + shapes[key][0])
+                        accs[key] = path_accumulate(accs[key], g, weights_t[steps])
+                    offset += len(steps)
+                state.clear()
+            for key in keys:
+                blocks[key].append(accs[key])
+    return {key: torch.cat(parts).to(inputs.dtype) for key, parts in blocks.items()}
+
+
+def select_pathway(contributions: dict[str, torch.Tensor], keep: float = 0.1, *,
+                   activations: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """Critical-pathway selection (Khakzar et al. 2021, Sec. 3.3): per example, rank every neuron of
+    every layer together by ``c`` and keep those with ``c ≥ c_κ``, the ``⌈keep · N⌉``-th largest
+    contribution among the example's ``N`` neurons (ties at ``c_κ`` are all kept).
+
+    Dead neurons are never selected: with ``activations`` (a dict like ``contributions``), those with
+    ``a = 0``; without it, those with ``c = 0`` (NeuronMCT and NeuronIntGrad give every dead neuron
+    exactly 0, Remark 2). Scores are ranked as given (signed for NeuronIntGrad); pass ``c.abs()``
+    to rank by magnitude.
+
+    Args:
+        contributions: ``{key: c}`` with ``c`` of shape ``[B, ...]`` (e.g. from :func:`neuron_mct`).
+        keep: the fraction of neurons kept, in (0, 1] (0.1 = sparsity 90%).
+    Returns:
+        ``{key: boolean keep-mask shaped like c}``.
+
+    Example::
+
+        >>> masks = fastattr.attribution.select_pathway(fastattr.attribution.neuron_mct(model, x), keep=0.05)
+    """
+    if isinstance(keep, bool) or not isinstance(keep, (float, int, np.floating, np.integer)) or not 0 < keep <= 1:
+        raise ValueError(f"keep must be a fraction in (0, 1], got {keep!r}")
+    if not isinstance(contributions, dict) or not contributions:
+        raise ValueError("contributions must be a non-empty dict {layer: tensor [B, ...]}")
+    keys = list(contributions)
+    batch = None
+    for key in keys:
+        c = contributions[key]
+        if not isinstance(c, torch.Tensor) or not c.is_floating_point() or c.dim() < 1:
+            raise TypeError(f"contributions[{key!r}] must be a floating tensor [B, ...]")
+        if batch is None:
+            batch = c.shape[0]
+        if c.shape[0] != batch:
+            raise ValueError(f"contributions[{key!r}] has batch size {c.shape[0]}, expected {batch}")
+        if not torch.isfinite(c).all():
+            raise ValueError(f"contributions[{key!r}] contains NaN or Inf")
+    if activations is not None:
+        for key in keys:
+            a = activations.get(key) if isinstance(activations, dict) else None
+            if not isinstance(a, torch.Tensor) or a.shape != contributions[key].shape:
+                raise ValueError(f"activations[{key!r}] must be a tensor of shape {tuple(contributions[key].shape)}")
+    flat = torch.cat([contributions[k].reshape(batch, -1).to(torch.float64) for k in keys], 1)
+    alive = torch.cat([(activations[k] if activations is not None else contributions[k]).reshape(batch, -1) != 0
+                       for k in keys], 1)
+    kth = min(flat.shape[1], max(1, math.ceil(keep * flat.shape[1] - 1e-9)))
+    threshold = flat.topk(kth, dim=1).values[:, -1:]
+    chosen = (flat >= threshold) & alive
+    masks, start = {}, 0
+    for key in keys:
+        size = contributions[key][0].numel()
+        masks[key] = chosen[:, start:start + size].reshape(contributions[key].shape)
+        start += size
+    return masks
+
+
+class _MaskGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by a keep-mask."""
+
+    @staticmethod
+    def forward(ctx, x, mask):
+        ctx.save_for_backward(mask)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask.to(grad.dtype), None
+
+
+def pathway_gradient(model: Callable, inputs: torch.Tensor, target: Target = None, *,
+                     masks: Optional[dict[str, torch.Tensor]] = None, keep: float = 0.1, method: str = "mct",
+                     layers=None, n_steps: int = 50, max_batch: Optional[int] = None,
+                     memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Pathway Gradient (Khakzar et al. 2021, Sec. 4.2): the input gradient of the network in which
+    every neuron off the critical pathway is a constant equal to its original value.
+
+    **Convention (SPEC §2: the thesis text, not its code):** the forward pass is unchanged; the
+    backward pass multiplies the gradient by the keep-mask at every hooked output, so
+    ``PG(x) = ∂f_t/∂x`` through pathway neurons only.
+
+    Args:
+        masks: ``{key: bool [B, ...] or [...]}`` keep-masks (as from :func:`select_pathway`); hooked
+            outputs without a mask pass their gradient unchanged. None: select them with
+            ``method`` (``"mct"``: :func:`neuron_mct`, ``"intgrad"``:
+            :func:`neuron_integrated_gradients` with ``n_steps``) and ``keep``.
+        layers: the neuron layers when ``masks`` is None (default: every ``nn.ReLU``).
+    Returns:
+        ``[B, ...]``, shaped like ``inputs``.
+
+    Example::
+
+        >>> a = fastattr.attribution.pathway_gradient(model, x, target=y, keep=0.1, method="intgrad")
+    """
+    check_model(model)
+    check_inputs(inputs)
+    if method not in PATHWAY_METHODS:
+        raise ValueError(f"method must be one of {PATHWAY_METHODS}, got {method!r}")
+    t = resolve_target(model, inputs, target)
+    batch = inputs.shape[0]
+    if masks is None:
+        kw = dict(layers=layers, max_batch=max_batch, memory_budget=memory_budget)
+        contributions = (neuron_mct(model, inputs, t, **kw) if method == "mct"
+                         else neuron_integrated_gradients(model, inputs, t, n_steps=n_steps, **kw))
+        masks = select_pathway(contributions, keep)
+    if not isinstance(masks, dict) or not masks:
+        raise ValueError("masks must be a non-empty dict {layer: bool tensor}")
+    for key, m in masks.items():
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            raise TypeError(f"masks[{key!r}] must be a bool tensor")
+    modules = dict(_resolve_layer(model, name) for name in dict.fromkeys(_module_name(k) for k in masks))
+    chunk = chunk_size(inputs, batch, max_batch, memory_budget)
+    rows: dict = {}
+
+    def gate(key, out):
+        m = masks.get(key)
+        if m is None:
+            return None
+        if m.dim() == out.dim() and m.shape[0] == batch:
+            m = m[rows["e0"]:rows["e1"]]
+        if m.dim() == out.dim() - 1:
+            m = m.unsqueeze(0)
+        if m.dim() != out.dim() or m.shape[1:] != out.shape[1:] or m.shape[0] not in (1, out.shape[0]):
+            raise ValueError(f"masks[{key!r}] has shape {tuple(masks[key].shape)}; expected "
+                             f"[{batch}, {', '.join(map(str, out.shape[1:]))}] or without the batch axis")
+        rows["seen"].add(key)
+        return _MaskGrad.apply(out, m.to(out.device))
+
+    grads = []
+    with frozen_parameters(model), _Hooks(modules, gate) as hooks:
+        for e0 in range(0, batch, chunk):
+            e1 = min(batch, e0 + chunk)
+            rows.update(e0=e0, e1=e1, seen=set())
+            g, _ = target_gradients(lambda x: hooks(model, x), inputs[e0:e1], t[e0:e1])
+            unseen = set(masks) - rows["seen"]
+            if unseen:
+                raise ValueError(f"masks has keys {sorted(unseen)} that match no layer output of the forward pass")
+            grads.append(g)
+    return torch.cat(grads)
