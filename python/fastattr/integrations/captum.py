@@ -1,0 +1,333 @@
+"""Drop-in replacements for Captum's gradient attributions.
+
+Change ``from captum.attr import X`` to ``from fastattr.integrations.captum import X`` for X in
+``Saliency``, ``InputXGradient``, ``IntegratedGradients`` and ``NoiseTunnel``: the same
+constructors, ``attribute`` arguments and return types (a tensor in gives a tensor out, a tuple in
+gives a tuple out; ``(attributions, delta)`` with ``return_convergence_delta=True``) and the same
+values (Integrated Gradients uses Captum's quadrature nodes and weights), computed by fastattr's
+chunked paths.
+
+What differs from Captum:
+
+- Noise. ``NoiseTunnel`` draws its noise (and ``draw_baseline_from_distrib``'s baselines) from
+  fastattr's own seeded generator, not from the global torch RNG, so a call is reproducible (seed 0
+  by default) and agrees with Captum in distribution, not draw for draw. Pass ``generator=`` (a
+  ``torch.Generator`` or an int seed) as an extra keyword to ``NoiseTunnel.attribute`` to choose
+  the stream.
+- One input tensor. ``inputs`` is a tensor or a tuple of one tensor; models that take several
+  input tensors (a tuple of two or more) raise ``NotImplementedError``.
+- Targets select one scalar per example: an int, a list of ints or a 1-D tensor (2-D outputs), or
+  a tuple / list of tuples indexing every non-batch dimension of the output. ``target=None`` on a
+  model with several outputs per example explains the arg-max class (Captum requires one output).
+- ``internal_batch_size`` bounds the inputs per forward pass, as in Captum (fastattr's
+  ``max_batch``); when it is None, fastattr sizes the chunks from free memory.
+- Only wrappers from this module can go inside ``NoiseTunnel``.
+
+As in Captum, every tensor in ``additional_forward_args`` with a batch axis is taken to hold one
+row per example and is repeated along with the inputs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attribution._common import chunk_size, resolve_target
+from ..attribution.gradient import VARIANTS, _generator
+from ..attribution.gradient import input_x_gradient as _input_x_gradient
+from ..attribution.gradient import integrated_gradients as _integrated_gradients
+from ..attribution.gradient import saliency as _saliency
+from ..attribution.gradient import smoothgrad as _smoothgrad
+
+__all__ = ["InputXGradient", "IntegratedGradients", "NoiseTunnel", "Saliency"]
+
+
+def _single_input(inputs) -> Tuple[torch.Tensor, bool]:
+    """The one input tensor, and whether it came as a tuple."""
+    if isinstance(inputs, tuple):
+        if len(inputs) != 1:
+            raise NotImplementedError(
+                f"fastattr.integrations.captum attributes one input tensor; got a tuple of {len(inputs)}. "
+                "Models with several input tensors are not supported yet: pass the others through "
+                "additional_forward_args (not attributed) or use captum.attr for this model")
+        return inputs[0], True
+    return inputs, False
+
+
+def _output(attr: torch.Tensor, is_tuple: bool):
+    return (attr,) if is_tuple else attr
+
+
+def _as_args(additional_forward_args) -> Optional[tuple]:
+    if additional_forward_args is None or isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def _has_batch_tensor(args: Optional[tuple]) -> bool:
+    return args is not None and any(isinstance(a, torch.Tensor) and a.dim() > 0 for a in args)
+
+
+class _Bound(nn.Module):
+    """``forward_func(z, *additional_forward_args)``, optionally with the output flattened to ``[N, -1]``.
+
+    fastattr stacks copies of the batch along dim 0 (steps or samples, each a whole batch of
+    ``rows`` examples in order), so every tensor argument with a batch axis is tiled to match.
+    """
+
+    def __init__(self, forward_func: Callable, args: Optional[tuple], rows: int, flatten: bool):
+        super().__init__()
+        self.forward_func = forward_func
+        self.args = args or ()
+        self.rows = rows
+        self.flatten = flatten
+        self.training = bool(getattr(forward_func, "training", False))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        copies, rest = divmod(z.shape[0], self.rows)
+        if rest or copies == 0:
+            raise RuntimeError(f"internal error: a chunk of {z.shape[0]} inputs is not whole batches of {self.rows}")
+        args = tuple(a.repeat((copies,) + (1,) * (a.dim() - 1)) if isinstance(a, torch.Tensor) and a.dim() > 0
+                     else a for a in self.args)
+        out = self.forward_func(z, *args)
+        return out.reshape(z.shape[0], -1) if self.flatten else out
+
+
+def _flat_target(output_shape: tuple, target) -> torch.Tensor:
+    """Row-major indices into the flattened output for a tuple or a list of tuples of indices."""
+    dims = output_shape[1:]
+    rows = [target] * output_shape[0] if isinstance(target, tuple) else list(target)
+    flat = []
+    for index in rows:
+        if len(index) != len(dims) or not all(isinstance(i, (int, np.integer)) for i in index):
+            raise NotImplementedError(
+                f"target {index!r} must index every non-batch dimension of the output (shape "
+                f"{tuple(output_shape)}) with an int; targets that select several outputs per example "
+                "are not supported")
+        if any(not -d <= i < d for i, d in zip(index, dims)):
+            raise ValueError(f"target {index!r} is out of range for an output of shape {tuple(output_shape)}")
+        flat.append(int(np.ravel_multi_index(tuple(int(i) % d for i, d in zip(index, dims)), dims)))
+    return torch.tensor(flat, dtype=torch.long)
+
+
+def _bind(forward_func: Callable, x: torch.Tensor, target, additional_forward_args, max_batch: Optional[int],
+          total: int):
+    """The model, target and ``max_batch`` to hand to fastattr for Captum-style arguments.
+
+    ``total`` is the number of model inputs the method runs (e.g. ``n_steps * batch``).
+    """
+    args = _as_args(additional_forward_args)
+    if isinstance(target, torch.Tensor) and target.numel() == 1:
+        target = int(target.item())
+    flatten = isinstance(target, tuple) or (isinstance(target, list) and len(target) > 0
+                                            and isinstance(target[0], tuple))
+    if args is None and not flatten:
+        return forward_func, target, max_batch
+    model = _Bound(forward_func, args, x.shape[0], flatten=False)
+    if flatten:
+        with torch.no_grad():
+            target = _flat_target(tuple(model(x).shape), target)
+        model.flatten = True
+    if _has_batch_tensor(args):
+        # Chunks must hold whole batches for the tiling in _Bound (Captum never splits a batch either).
+        limit = max_batch if max_batch is not None else chunk_size(x, total, None, None)
+        max_batch = max(limit, x.shape[0])
+    return model, target, max_batch
+
+
+class _Attribution:
+    """What Captum's ``Attribution`` offers: ``forward_func``, ``has_convergence_delta``, ``multiplies_by_inputs``."""
+
+    def __init__(self, forward_func: Callable):
+        self.forward_func = forward_func
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+
+class Saliency(_Attribution):
+    """Saliency, as ``captum.attr.Saliency``: the input gradient of the target (absolute value by default)."""
+
+    def attribute(self, inputs, target=None, abs: bool = True, additional_forward_args: Any = None):
+        x, is_tuple = _single_input(inputs)
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
+        return _output(_saliency(model, x, t, abs=abs, max_batch=max_batch), is_tuple)
+
+
+class InputXGradient(_Attribution):
+    """Input × Gradient, as ``captum.attr.InputXGradient``."""
+
+    def attribute(self, inputs, target=None, additional_forward_args: Any = None):
+        x, is_tuple = _single_input(inputs)
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
+        return _output(_input_x_gradient(model, x, t, max_batch=max_batch), is_tuple)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
+
+class IntegratedGradients(_Attribution):
+    """Integrated Gradients, as ``captum.attr.IntegratedGradients`` (see
+    :func:`fastattr.integrated_gradients`); ``multiply_by_inputs=False`` gives the weighted gradient sum."""
+
+    def __init__(self, forward_func: Callable, multiply_by_inputs: bool = True):
+        super().__init__(forward_func)
+        self._multiply_by_inputs = multiply_by_inputs
+
+    def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
+                  n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
+                  return_convergence_delta: bool = False):
+        """Returns attributions shaped like ``inputs``, and with ``return_convergence_delta=True``
+        also the per-example delta ``Σ attr − (f_t(x) − f_t(x'))``."""
+        x, is_tuple = _single_input(inputs)
+        if isinstance(baselines, tuple):
+            if len(baselines) != 1:
+                raise ValueError(f"one input tensor takes one baseline, got a tuple of {len(baselines)}")
+            baselines = baselines[0]
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, internal_batch_size,
+                                    n_steps * x.shape[0])
+        out = _integrated_gradients(model, x, t, baselines=baselines, n_steps=n_steps, method=method,
+                                    multiply_by_inputs=self._multiply_by_inputs,
+                                    return_convergence_delta=return_convergence_delta, max_batch=max_batch)
+        if return_convergence_delta:
+            return _output(out[0], is_tuple), out[1]
+        return _output(out, is_tuple)
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+
+def _repeat_target(target, k: int):
+    """Captum's target expansion for ``k`` noisy copies of each example (example-major)."""
+    if isinstance(target, list):
+        return [t for t in target for _ in range(k)]
+    if isinstance(target, torch.Tensor) and target.numel() > 1:
+        return target.repeat_interleave(k, dim=0)
+    return target
+
+
+def _repeat_args(additional_forward_args, k: int):
+    args = _as_args(additional_forward_args)
+    if args is None:
+        return None
+    return tuple(a.repeat_interleave(k, dim=0) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+
+
+class NoiseTunnel(_Attribution):
+    """SmoothGrad / SmoothGrad² / VarGrad around a method of this module, as ``captum.attr.NoiseTunnel``.
+
+    ``nt_type="smoothgrad"`` averages the method over ``nt_samples`` copies ``x + ε``,
+    ``ε ~ N(0, stdevs²)``; ``"smoothgrad_sq"`` averages the squares; ``"vargrad"`` returns the
+    variance. Saliency runs on :func:`fastattr.smoothgrad`; other methods (IntegratedGradients:
+    SmoothGrad-IG) run on ``nt_samples_batch_size`` noisy copies of the batch at a time.
+    """
+
+    def __init__(self, attribution_method: _Attribution):
+        if not isinstance(attribution_method, _Attribution) or isinstance(attribution_method, NoiseTunnel):
+            raise TypeError("NoiseTunnel wraps Saliency, InputXGradient or IntegratedGradients from "
+                            f"fastattr.integrations.captum, got {type(attribution_method).__name__}")
+        super().__init__(attribution_method.forward_func)
+        self.attribution_method = attribution_method
+        self.is_delta_supported = attribution_method.has_convergence_delta()
+
+    def has_convergence_delta(self) -> bool:
+        return self.is_delta_supported
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self.attribution_method.multiplies_by_inputs
+
+    def attribute(self, inputs, nt_type: str = "smoothgrad", nt_samples: int = 5,
+                  nt_samples_batch_size: Optional[int] = None, stdevs: Union[float, Tuple[float, ...]] = 1.0,
+                  draw_baseline_from_distrib: bool = False, **kwargs):
+        """Returns attributions shaped like ``inputs``; with ``return_convergence_delta=True`` (methods
+        that have one) also the deltas of all ``batch × nt_samples`` noisy copies, in Captum's order.
+
+        Extra keyword: ``generator`` (torch.Generator or int seed; default seed 0) for the noise.
+        """
+        generator = _generator(kwargs.pop("generator", None))
+        if nt_type not in VARIANTS:
+            raise ValueError(f"nt_type must be one of {VARIANTS}, got {nt_type!r}")
+        for name, value in (("nt_samples", nt_samples), ("nt_samples_batch_size", nt_samples_batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        x, is_tuple = _single_input(inputs)
+        stdev = self._stdev(stdevs)
+        k = nt_samples if nt_samples_batch_size is None else min(nt_samples, nt_samples_batch_size)
+        method = self.attribution_method
+        fused = isinstance(method, Saliency) and set(kwargs) <= {"target", "abs", "additional_forward_args"} \
+            and (not kwargs.get("abs", True) or nt_type == "smoothgrad_sq")
+        if fused:
+            model, t, max_batch = _bind(method.forward_func, x, kwargs.get("target"),
+                                        kwargs.get("additional_forward_args"), k * x.shape[0],
+                                        nt_samples * x.shape[0])
+            attr = _smoothgrad(model, x, t, n_samples=nt_samples, stdev=stdev, variant=nt_type,
+                               generator=generator, max_batch=max_batch)
+            return _output(attr, is_tuple)
+        return self._noise_loop(x, is_tuple, nt_type, nt_samples, k, stdev, draw_baseline_from_distrib,
+                                generator, kwargs)
+
+    @staticmethod
+    def _stdev(stdevs) -> float:
+        if isinstance(stdevs, tuple):
+            if len(stdevs) != 1:
+                raise ValueError(f"one input tensor takes one stdev, got a tuple of {len(stdevs)}")
+            stdevs = stdevs[0]
+        if isinstance(stdevs, bool) or not isinstance(stdevs, (int, float)) or stdevs < 0:
+            raise ValueError(f"stdevs must be a number >= 0, got {stdevs!r}")
+        return float(stdevs)
+
+    def _noise_loop(self, x, is_tuple, nt_type, nt_samples, k, stdev, draw_baseline_from_distrib, generator,
+                    kwargs):
+        batch, shape = x.shape[0], tuple(x.shape[1:])
+        want_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta", False))
+        baselines = kwargs.get("baselines")
+        if isinstance(baselines, tuple) and len(baselines) == 1:
+            baselines = baselines[0]
+        sigma = torch.tensor(stdev, dtype=x.dtype, device=x.device)
+        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+        total_sq = torch.zeros_like(total)
+        deltas = []
+        if kwargs.get("target") is None:
+            # Explain the class of the clean input in every noisy copy, as fastattr.smoothgrad does.
+            model, _, _ = _bind(self.forward_func, x, None, kwargs.get("additional_forward_args"), None, batch)
+            kwargs = dict(kwargs, target=resolve_target(model, x, None))
+        for j0 in range(0, nt_samples, k):
+            kk = min(k, nt_samples - j0)
+            # One full-batch draw per sample, in order: the same noise as fastattr.smoothgrad.
+            noise = torch.stack([torch.randn(x.shape, generator=generator, dtype=x.dtype) for _ in range(kk)], 1)
+            noisy = x.repeat_interleave(kk, dim=0) + sigma * noise.to(x.device).reshape((batch * kk,) + shape)
+            part = dict(kwargs)
+            if "target" in part:
+                part["target"] = _repeat_target(part["target"], kk)
+            if "additional_forward_args" in part:
+                part["additional_forward_args"] = _repeat_args(part["additional_forward_args"], kk)
+            if isinstance(baselines, torch.Tensor):
+                if draw_baseline_from_distrib:
+                    rows = torch.randint(baselines.shape[0], (batch * kk,), generator=generator)
+                    part["baselines"] = baselines[rows.to(baselines.device)]
+                elif baselines.shape[0] == batch and batch > 1:
+                    part["baselines"] = baselines.repeat_interleave(kk, dim=0)
+            out = self.attribution_method.attribute(noisy, **part)
+            if want_delta:
+                out, delta = out
+                deltas.append(delta)
+            e = out.reshape((batch, kk) + shape).to(acc_dtype)
+            total += e.sum(1)
+            total_sq += (e * e).sum(1)
+        mean, mean_sq = total / nt_samples, total_sq / nt_samples
+        attr = {"smoothgrad": mean, "smoothgrad_sq": mean_sq, "vargrad": mean_sq - mean * mean}[nt_type]
+        attr = _output(attr.to(x.dtype), is_tuple)
+        return (attr, torch.cat(deltas)) if want_delta else attr
