@@ -21,6 +21,8 @@ void path_accumulate(std::uintptr_t acc, std::uintptr_t grads, std::uintptr_t we
 void perturb_by_rank(std::uintptr_t x, std::uintptr_t base, std::uintptr_t rank, std::uintptr_t counts,
                      std::uintptr_t out, int64_t steps, int64_t batch, int64_t channels, int64_t features,
                      bool insert, const std::string& dtype, int n_threads);
+void cd_bias_split(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t out, int64_t n_ref, int64_t k,
+                   int64_t channels, int64_t positions, bool relu, const std::string& dtype, int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -55,4 +57,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("features"), py::arg("insert"), py::arg("dtype"), py::arg("n_threads"),
         py::call_guard<py::gil_scoped_release>(),
         "out[k*B+b, c, i] = ((rank[b, i] < counts[k]) == insert) ? x[b, c, i] : base[b, c, i].");
+  m.def("cd_bias_split", &fastattr::cd_bias_split, py::arg("y"), py::arg("bias"), py::arg("out"),
+        py::arg("n_ref"), py::arg("k"), py::arg("channels"), py::arg("positions"), py::arg("relu"),
+        py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "CD beta-only bias split of stacked [n_ref*(1+k), channels, positions] rows into out.");
 }

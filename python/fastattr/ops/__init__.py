@@ -1,8 +1,9 @@
 """Hot-path ops. Each module registers a ``torch.library.custom_op`` with a fake kernel and
 autograd, and dispatches to the cpp / triton / reference backend chosen by ``fastattr._backend``.
 """
+from .cd import cd_bias_split
 from .path_ops import path_accumulate, path_interpolate
 from .perturb_by_rank import perturb_by_rank
 from .sparsemax import sparsemax
 
-__all__ = ["path_accumulate", "path_interpolate", "perturb_by_rank", "sparsemax"]
+__all__ = ["cd_bias_split", "path_accumulate", "path_interpolate", "perturb_by_rank", "sparsemax"]

@@ -2,8 +2,9 @@
 
 They define what the fast backends compute; tests compare every backend against them.
 """
+from .cd import cd_bias_split
 from .path_ops import path_accumulate, path_interpolate
 from .perturb_by_rank import perturb_by_rank
 from .sparsemax import sparsemax, sparsemax_backward
 
-__all__ = ["path_accumulate", "path_interpolate", "perturb_by_rank", "sparsemax", "sparsemax_backward"]
+__all__ = ["cd_bias_split", "path_accumulate", "path_interpolate", "perturb_by_rank", "sparsemax", "sparsemax_backward"]
