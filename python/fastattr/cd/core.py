@@ -1,0 +1,353 @@
+"""Contextual decomposition of a model's logits for K feature masks at once (SPEC §4.1–4.2).
+
+The model is traced once with ``torch.fx``; the walk applies the rule of every module (see
+:mod:`fastattr.cd.rules`) and handles the functional ops models use between modules (residual
+additions, flatten / view / reshape, functional ReLU / pooling). Masks are folded into the batch
+axis, so K masks cost one batched pass per layer instead of K passes.
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attribution._common import Target, chunk_size, resolve_target
+from . import rules
+from .rules import Ctx
+
+__all__ = ["contextual_decomposition", "decompose"]
+
+
+class _Tracer(fx.Tracer):
+    """Modules with a CD rule stay single steps (except Sequential, which is walked into)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, nn.Sequential):
+            return False
+        return rules.rule_for(m) is not None or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """The model's graph for CD; a clear error when torch.fx cannot trace it."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module for contextual decomposition, got {type(model).__name__}")
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as err:  # data-dependent control flow, unsupported Python, ...
+        raise TypeError(
+            f"contextual decomposition could not trace {type(model).__name__} with torch.fx ({err}). "
+            "Register a rule for the module that cannot be traced with fastattr.cd.register_rule") from err
+    return fx.GraphModule(model, graph)
+
+
+def _is_relu(node: fx.Node, modules: dict) -> bool:
+    if node.op == "call_module":
+        return type(modules[node.target]) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in (F.relu, torch.relu)
+    return node.op == "call_method" and node.target == "relu"
+
+
+# Functions / methods that are linear and act row by row: applied to the whole stack unchanged.
+_STRUCTURAL_FUNCS = {operator.getitem, operator.add, operator.iadd, operator.sub, operator.isub, operator.neg,
+                     torch.flatten, torch.reshape, torch.cat, torch.squeeze, torch.unsqueeze, torch.transpose,
+                     torch.permute, torch.add, torch.sub, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+                     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, getattr}
+_STRUCTURAL_METHODS = {"view", "reshape", "flatten", "size", "dim", "permute", "transpose", "contiguous", "squeeze",
+                       "unsqueeze", "__getitem__", "add", "sub", "view_as", "reshape_as", "float", "double", "to",
+                       "mean", "sum"}
+_DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
+_FUNCTION_RULES = {F.relu: rules.relu_rule, torch.relu: rules.relu_rule,
+                   torch.tanh: rules._shapley_two(torch.tanh), torch.sigmoid: rules._shapley_two(torch.sigmoid),
+                   F.sigmoid: rules._shapley_two(torch.sigmoid), F.tanh: rules._shapley_two(torch.tanh)}
+_METHOD_RULES = {"relu": rules.relu_rule, "tanh": rules._shapley_two(torch.tanh),
+                 "sigmoid": rules._shapley_two(torch.sigmoid)}
+_MAXPOOL_FUNCS = {F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d}
+
+
+_ADDS = (operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, "add", "sub")
+
+
+def _check_linear_use(node: fx.Node, decomposed: dict) -> None:
+    """Sums of decomposed tensors are linear; adding a constant is an affine map with no split here."""
+    if node.target in _ADDS:
+        operands = list(node.args[:2])
+        if not all(isinstance(a, fx.Node) and decomposed.get(a) for a in operands):
+            raise TypeError(f"contextual decomposition cannot split '{node.format_node()}': it adds a constant to "
+                            "a decomposed tensor (wrap it in a module and register a rule for it)")
+    if node.target is torch.cat and node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0) == 0:
+        raise TypeError("contextual decomposition cannot concatenate along the batch axis (dim 0)")
+
+
+def _walk(gm: fx.GraphModule, ctx: Ctx, start: Tensor, output_bias: str,
+          embedding: Optional[fx.Node]) -> Tensor:
+    """Run the graph on the stacked input ``start`` applying CD rules; return the stacked output."""
+    modules = dict(gm.named_modules())
+    nodes = list(gm.graph.nodes)
+    users = {n: list(n.users) for n in nodes}
+    last_linear = None
+    if output_bias == "drop":
+        linears = [n for n in nodes if n.op == "call_module" and isinstance(modules[n.target], nn.Linear)]
+        last_linear = linears[-1] if linears else None
+    env: dict = {}
+    fused: set = set()
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise TypeError(f"contextual decomposition needs a model with one input, got {len(placeholders)}")
+    decomposed: dict = {}  # node -> its value is a stacked decomposition (not a constant / a size)
+    for node in nodes:
+        decomposed[node] = node.op == "placeholder" or (
+            node.op != "get_attr" and not (node.op == "call_method" and node.target in ("size", "dim")) and
+            any(decomposed.get(n) for n in node.all_input_nodes))
+        if node.op == "placeholder" or node is embedding:
+            env[node] = start
+            continue
+        if node.op == "output":
+            out = fx.node.map_arg(node.args[0], lambda n: env[n])
+            if not isinstance(out, Tensor):
+                raise TypeError("contextual decomposition needs a model returning one tensor of logits")
+            return out
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        if node in fused:
+            env[node] = args[0]
+            continue
+        fuse = len(users[node]) == 1 and _is_relu(users[node][0], modules)
+        if node.op == "get_attr":
+            env[node] = getattr(gm, node.target)
+        elif node.op == "call_module":
+            module = modules[node.target]
+            rule = rules.rule_for(module)
+            if rule is None:
+                raise rules.unsupported(module, node.target)
+            if node is last_linear:
+                y = F.linear(args[0], module.weight)
+                env[node] = rules.relu_rule(ctx, None, y) if fuse else y
+                fused.update(users[node] if fuse else ())
+            elif fuse and rule in rules.FUSES_RELU:
+                env[node] = (rule(ctx, module, args[0], relu=True))
+                fused.add(users[node][0])
+            else:
+                env[node] = (rule(ctx, module, *args, **kwargs))
+        elif node.op == "call_function" and node.target in _FUNCTION_RULES:
+            env[node] = (_FUNCTION_RULES[node.target](ctx, None, args[0]))
+        elif node.op == "call_method" and node.target in _METHOD_RULES:
+            env[node] = (_METHOD_RULES[node.target](ctx, None, args[0]))
+        elif node.op == "call_function" and node.target in _MAXPOOL_FUNCS:
+            pool = _MAXPOOL_FUNCS[node.target](*args[1:], **kwargs)
+            env[node] = (rules._maxpool(ctx, pool, args[0]))
+        elif node.op == "call_function" and node.target in _DROPOUT_FUNCS:
+            env[node] = args[0]
+        elif (node.op == "call_function" and node.target in _STRUCTURAL_FUNCS) or \
+                (node.op == "call_method" and node.target in _STRUCTURAL_METHODS):
+            _check_linear_use(node, decomposed)
+            fn = getattr(args[0], node.target) if node.op == "call_method" else node.target
+            call_args = args[1:] if node.op == "call_method" else args
+            env[node] = (fn(*call_args, **kwargs))
+        else:
+            raise TypeError(f"contextual decomposition has no rule for '{node.format_node()}'; wrap it in a module "
+                            "and register a rule with fastattr.cd.register_rule")
+    raise AssertionError("graph without output")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """CD is defined for eval-mode layers: a model in training mode is evaluated in eval mode
+    (BatchNorm running statistics, no dropout) with a warning, and its flags are restored."""
+    flags = [(m, m.training) for m in model.modules()]
+    if model.training:
+        import warnings
+
+        warnings.warn("model is in training mode; contextual decomposition evaluates it in eval mode "
+                      "(BatchNorm running statistics, dropout off) and restores the mode afterwards",
+                      UserWarning, stacklevel=4)
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _has_lstm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.LSTM) for m in model.modules())
+
+
+def _check_masks(inputs: Tensor, masks: Tensor) -> Tensor:
+    """``[K, ...]`` (broadcast over the batch) or ``[B, K, *inputs.shape[1:]]`` → ``[B, K, *inputs.shape[1:]]``."""
+    if not isinstance(masks, Tensor):
+        raise TypeError(f"masks must be a tensor, got {type(masks).__name__}")
+    per_example = tuple(inputs.shape[1:])
+    batch = inputs.shape[0]
+    if masks.dim() == inputs.dim() + 1:
+        if masks.shape[0] not in (1, batch):
+            raise ValueError(f"masks of shape {tuple(masks.shape)} read as [B, K, ...] but inputs has batch {batch}")
+        lead = masks.shape[:2]
+        rest = masks.shape[2:]
+    elif 1 <= masks.dim() <= inputs.dim():
+        lead = (1, masks.shape[0])
+        rest = masks.shape[1:]
+    else:
+        raise ValueError(f"masks must be [K, ...] or [B, K, *inputs.shape[1:]]; got {tuple(masks.shape)} "
+                         f"for inputs {tuple(inputs.shape)}")
+    try:
+        shape = torch.broadcast_shapes(tuple(rest), per_example)
+    except RuntimeError:
+        shape = None
+    if shape != per_example:
+        raise ValueError(f"masks of shape {tuple(masks.shape)} do not broadcast to inputs' per-example shape "
+                         f"{per_example}")
+    if lead[1] == 0:
+        raise ValueError("masks is empty (K = 0)")
+    m = masks.to(torch.float64) if not masks.is_floating_point() else masks
+    if not torch.isfinite(m).all():
+        raise ValueError("masks contains NaN or Inf")
+    if (m < 0).any() or (m > 1).any():
+        raise ValueError("masks must have values in [0, 1] (1 = relevant); fractional values split a feature "
+                         "between the relevant and irrelevant parts")
+    pad = (1,) * (len(per_example) - len(rest))
+    return masks.reshape(tuple(lead) + pad + tuple(rest)).expand((batch, lead[1]) + per_example)
+
+
+def _start(ctx: Ctx, inputs: Tensor, masks: Optional[Tensor], relevant: Optional[Tensor],
+           embed: Optional[nn.Embedding]) -> Tensor:
+    """The stacked input: pair ``[β₀ ; γ₀]``, beta ``[x ; β₀]`` with ``β₀ = M ⊙ x`` (or ``relevant``)."""
+    batch, k = inputs.shape[0], (masks if masks is not None else relevant).shape[1]
+    x = embed(inputs) if embed is not None else inputs
+    xr = x.repeat_interleave(k, 0)
+    if relevant is not None:
+        beta = relevant.reshape((batch * k,) + tuple(x.shape[1:])).to(x.dtype)
+    else:
+        m = masks.reshape((batch * k,) + tuple(masks.shape[2:])).to(x.dtype)
+        beta = xr * (m[..., None] if embed is not None else m)
+    if ctx.mode == "beta":
+        return torch.cat([x, beta])
+    return torch.cat([beta, xr - beta])
+
+
+def decompose(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None, *,
+              relevant: Optional[Tensor] = None, mode: str = "beta", output_bias: str = "auto",
+              backend: Optional[str] = None, gm: Optional[fx.GraphModule] = None) -> "tuple[Tensor, Tensor]":
+    """One pass of CD with autograd left on (CDEP differentiates it): ``(beta, gamma)`` of
+    shape ``[B, K, *out]``. ``masks`` are already ``[B, K, ...]`` (see :func:`contextual_decomposition`)."""
+    gm = trace(model) if gm is None else gm
+    embed_node, embed = _leading_embedding(gm)
+    batch = inputs.shape[0]
+    k = (masks if masks is not None else relevant).shape[1]
+    if output_bias == "auto":
+        output_bias = "drop" if _has_lstm(model) else "split"
+    if mode == "pair":
+        ctx = Ctx("pair", batch * k, 1, backend)
+    else:
+        ctx = Ctx("beta", batch, k, backend)
+    out = _walk(gm, ctx, _start(ctx, inputs, masks, relevant, embed), output_bias, embed_node)
+    first, second = ctx.parts(out)
+    tail = tuple(out.shape[1:])
+    if mode == "pair":
+        return first.reshape((batch, k) + tail), second.reshape((batch, k) + tail)
+    beta = second.reshape((batch, k) + tail)
+    return beta, first[:, None] - beta
+
+
+def _leading_embedding(gm: fx.GraphModule) -> "tuple[Optional[fx.Node], Optional[nn.Embedding]]":
+    """An Embedding applied straight to the input: the walk starts after it and masks select tokens."""
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    modules = dict(gm.named_modules())
+    for user in placeholder.users:
+        if user.op == "call_module" and isinstance(modules[user.target], nn.Embedding):
+            if len(placeholder.users) != 1:
+                raise TypeError("contextual decomposition needs the token ids to be used only by the embedding")
+            return user, modules[user.target]
+    return None, None
+
+
+def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None,
+                             target: Target = None, *, relevant: Optional[Tensor] = None, mode: str = "beta",
+                             output_bias: str = "auto", max_batch: Optional[int] = None,
+                             memory_budget: Optional[int] = None, backend: Optional[str] = None,
+                             progress: bool = False) -> "tuple[Tensor, Tensor]":
+    """Contextual decomposition (Murdoch et al. 2018; Singh et al. 2019) of the logits for K masks.
+
+    For a mask M, ``β₀ = M ⊙ x`` and ``γ₀ = (1 − M) ⊙ x`` are pushed through the network with the
+    rules of :mod:`fastattr.cd.rules` so that ``β + γ`` equals the ordinary activation at every
+    layer; the final β is the contribution of the masked features to each logit.
+
+    Args:
+        model: an ``nn.Module`` traceable by ``torch.fx`` whose modules have CD rules (Linear, Conv,
+            ReLU, LeakyReLU, Tanh, Sigmoid, max / average pooling, BatchNorm, Dropout, Flatten,
+            ResNet blocks, a batch-first LSTM after an Embedding, ...; see :func:`register_rule`).
+        inputs: ``[B, ...]`` floating inputs, or ``[B, T]`` token ids for a model starting with
+            an ``nn.Embedding`` (masks then select token positions).
+        masks: ``[K, ...]`` broadcast over the batch, or ``[B, K, *inputs.shape[1:]]`` (size-1 dims
+            broadcast, e.g. ``[K, 1, H, W]`` for channel-shared image masks). Values in [0, 1]:
+            binary masks select features; fractional values split a feature between β and γ.
+        target: None for all classes (``[B, K, C]``), or an int / ``[B]`` tensor (``[B, K]``).
+        relevant: instead of masks, the relevant part ``β₀ [B, K, *inputs.shape[1:]]`` itself
+            (γ₀ = x − β₀), e.g. a frequency band for TRIM.
+        mode: ``"beta"`` (default, SPEC §4.2: one reference pass, only β propagated, the fused
+            ``cd_bias_split`` op) or ``"pair"`` (β and γ both propagated: the reference).
+        output_bias: ``"split"`` (the last Linear's bias split like any other), ``"drop"`` (not
+            added: ``β + γ = logits − b_out``, Murdoch et al.'s LSTM convention), ``"auto"``
+            (drop for models with an LSTM, split otherwise).
+        max_batch / memory_budget: rows per pass (masks are chunked; results do not change).
+
+    Returns:
+        ``(beta, gamma)``, each ``[B, K, C]`` (or ``[B, K]`` with a target); ``beta + gamma`` equals
+        the logits (minus the output bias when dropped).
+
+    Models in training mode are evaluated in eval mode with a warning. Example::
+
+        masks = torch.zeros(4, 1, 8, 8); masks[0, :, :4, :4] = 1; ...
+        beta, gamma = fastattr.cd.contextual_decomposition(model, x, masks, target=y)
+    """
+    if mode not in ("beta", "pair"):
+        raise ValueError(f"mode must be 'beta' or 'pair', got {mode!r}")
+    if output_bias not in ("auto", "split", "drop"):
+        raise ValueError(f"output_bias must be 'auto', 'split' or 'drop', got {output_bias!r}")
+    if not isinstance(inputs, Tensor) or inputs.dim() < 1 or inputs.shape[0] == 0:
+        raise ValueError("inputs must be a tensor with a non-empty batch axis")
+    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+        raise ValueError("inputs contains NaN or Inf")
+    if (masks is None) == (relevant is None):
+        raise ValueError("give exactly one of masks and relevant")
+    if relevant is not None:
+        if relevant.dim() != inputs.dim() + 1 or relevant.shape[0] != inputs.shape[0] or \
+                tuple(relevant.shape[2:]) != tuple(inputs.shape[1:]):
+            raise ValueError(f"relevant must be [B, K, *inputs.shape[1:]], got {tuple(relevant.shape)} for inputs "
+                             f"{tuple(inputs.shape)}")
+        if relevant.shape[1] == 0:
+            raise ValueError("relevant is empty (K = 0)")
+    else:
+        masks = _check_masks(inputs, masks)
+    gm = trace(model)
+    with eval_mode(model), torch.no_grad():
+        if target is not None:
+            target = resolve_target(model, inputs, target)
+        k = (masks if masks is not None else relevant).shape[1]
+        batch = inputs.shape[0]
+        rows_per_mask = batch if mode == "beta" else 2 * batch
+        sizing = inputs if inputs.is_floating_point() else inputs.float()
+        chunk = max(1, chunk_size(sizing, rows_per_mask * k, max_batch, memory_budget) // rows_per_mask)
+        betas, gammas = [], []
+        starts = range(0, k, chunk)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="contextual decomposition")
+        for s in starts:
+            sl = slice(s, s + chunk)
+            b, g = decompose(model, inputs, masks[:, sl] if masks is not None else None,
+                             relevant=relevant[:, sl] if relevant is not None else None, mode=mode,
+                             output_bias=output_bias, backend=backend, gm=gm)
+            betas.append(b)
+            gammas.append(g)
+        beta, gamma = torch.cat(betas, 1), torch.cat(gammas, 1)
+    if target is not None:
+        idx = target[:, None, None].expand(-1, beta.shape[1], 1)
+        return beta.gather(2, idx).squeeze(2), gamma.gather(2, idx).squeeze(2)
+    return beta, gamma
