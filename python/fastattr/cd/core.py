@@ -2,7 +2,8 @@
 
 The model is traced once with ``torch.fx``; the walk applies the rule of every module (see
 :mod:`fastattr.cd.rules`) and handles the functional ops models use between modules (residual
-additions, flatten / view / reshape, functional ReLU / pooling). Masks are folded into the batch
+additions, flatten / view / reshape, functional ReLU / pooling); a final softmax / log-softmax is
+skipped, since CD explains the logits. Masks are folded into the batch
 axis, so K masks cost one batched pass per layer instead of K passes.
 """
 from __future__ import annotations
@@ -67,6 +68,7 @@ _FUNCTION_RULES = {F.relu: rules.relu_rule, torch.relu: rules.relu_rule,
                    F.sigmoid: rules._shapley_two(torch.sigmoid), F.tanh: rules._shapley_two(torch.tanh)}
 _METHOD_RULES = {"relu": rules.relu_rule, "tanh": rules._shapley_two(torch.tanh),
                  "sigmoid": rules._shapley_two(torch.sigmoid)}
+_NORMALISERS = {F.log_softmax, F.softmax, torch.log_softmax, torch.softmax, "log_softmax", "softmax"}
 _MAXPOOL_FUNCS = {F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d}
 
 
@@ -118,6 +120,10 @@ def _walk(gm: fx.GraphModule, ctx: Ctx, start: Tensor, output_bias: str,
             env[node] = args[0]
             continue
         fuse = len(users[node]) == 1 and _is_relu(users[node][0], modules)
+        if node.op in ("call_function", "call_method") and node.target in _NORMALISERS and \
+                [u.op for u in users[node]] == ["output"]:
+            env[node] = args[0]  # CD explains the logits: a final (log-)softmax is skipped
+            continue
         if node.op == "get_attr":
             env[node] = getattr(gm, node.target)
         elif node.op == "call_module":
