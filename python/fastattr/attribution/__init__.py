@@ -2,6 +2,7 @@
 from .cam import grad_cam, grad_cam_plus_plus, guided_backprop, guided_grad_cam
 from .layer import (PATHWAY_METHODS, layer_integrated_gradients, neuron_integrated_gradients, neuron_mct,
                     pathway_gradient, select_pathway)
+from .perturbation import feature_ablation, occlusion, rise, rise_masks
 from .gradient import (QUADRATURE, expected_gradients, gradient_shap, input_x_gradient, integrated_gradients,
                        noise_tunnel, quadrature, saliency, smoothgrad)
 
@@ -12,11 +13,15 @@ METHODS = {
     "smoothgrad": smoothgrad,
     "guided_backprop": guided_backprop,
     "pathway_gradient": pathway_gradient,
+    "occlusion": occlusion,
+    "feature_ablation": feature_ablation,
+    "rise": rise,
 }
 # Methods that explain through a conv layer; the report picks the model's last Conv2d.
 LAYER_METHODS = {"grad_cam": grad_cam, "grad_cam_plus_plus": grad_cam_plus_plus, "guided_grad_cam": guided_grad_cam}
 
-__all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "expected_gradients", "grad_cam",
-           "grad_cam_plus_plus", "guided_backprop", "guided_grad_cam", "layer_integrated_gradients",
-           "neuron_integrated_gradients", "neuron_mct", "pathway_gradient", "select_pathway", "gradient_shap", "input_x_gradient", "integrated_gradients",
-           "noise_tunnel", "quadrature", "saliency", "smoothgrad"]
+__all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "expected_gradients", "feature_ablation",
+           "grad_cam", "grad_cam_plus_plus", "guided_backprop", "guided_grad_cam", "layer_integrated_gradients",
+           "neuron_integrated_gradients", "neuron_mct", "occlusion", "pathway_gradient", "select_pathway",
+           "gradient_shap", "input_x_gradient", "integrated_gradients", "noise_tunnel", "quadrature", "rise",
+           "rise_masks", "saliency", "smoothgrad"]

@@ -1,0 +1,257 @@
+"""fastattr's Occlusion and FeatureAblation are drop-ins for captum.attr's: the same values (relative error
+≤ 1e-5 in float64; Captum's Occlusion rounds its result to float32, so ~1e-8 in practice), shapes and
+return types, on a CNN with BatchNorm and max-pooling and an MLP (real 8×8 digits) and a residual
+block (seeded Gaussians), over window / stride / baseline / feature-mask settings, targets, several
+input tensors and additional forward arguments."""
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+captum = pytest.importorskip("captum")
+from captum import attr as cattr  # noqa: E402
+
+from fastattr.integrations import _captum_perturbation as fa  # noqa: E402
+from tests.conftest import rel_err  # noqa: E402
+
+TOL = 1e-5
+
+
+def digits(n: int = 6) -> torch.Tensor:
+    """Real 8×8 handwritten digits (bundled with scikit-learn), scaled to [0, 1], as ``[n, 1, 8, 8]``."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    return torch.tensor(datasets.load_digits().images[:n], dtype=torch.float64)[:, None] / 16
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.1, 0.1)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), bn, nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(4, 8, 3, padding=1), nn.Softplus(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(32, 10)).double().eval()
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Softplus(),
+                         nn.Linear(32, 10)).double().eval()
+
+
+class Residual(nn.Module):
+    """``head(tanh(x + fc2(relu(fc1(x)))))``: a block with a skip connection."""
+
+    def __init__(self, d: int = 16, classes: int = 5):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(d, 32), nn.Linear(32, d), nn.Linear(d, classes)
+
+    def forward(self, x):
+        return self.head(torch.tanh(x + self.fc2(torch.relu(self.fc1(x)))))
+
+
+class TwoInputs(nn.Module):
+    """An image and a vector, and a per-example scale passed as an additional forward argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 3, 3, padding=1), nn.Linear(3 * 16 + 5, 4)
+
+    def forward(self, image, vector, scale):
+        feats = nn.functional.max_pool2d(torch.relu(self.conv(image)), 2).flatten(1)
+        return self.fc(torch.cat([feats, vector * scale], 1))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=None)
+def case(name: str):
+    """(model, inputs, targets)."""
+    if name == "residual":
+        torch.manual_seed(2)
+        x = torch.randn(6, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        return Residual().double().eval(), x, torch.tensor([0, 1, 2, 3, 4, 0])
+    x = digits()
+    return (cnn() if name == "cnn" else mlp()), x, torch.tensor([0, 1, 2, 3, 4, 5])
+
+
+def close(ours, ref, x):
+    """Same values, shape and container; dtype of the inputs (Captum's Occlusion gives float32)."""
+    assert type(ours) is type(ref)
+    if isinstance(ours, tuple):
+        assert len(ours) == len(ref)
+        for u, v, xi in zip(ours, ref, x):
+            close(u, v, xi)
+        return
+    assert ours.shape == ref.shape and ours.dtype == x.dtype
+    assert ref.abs().sum() > 0
+    assert rel_err(ours, ref) <= TOL, rel_err(ours, ref)
+
+
+IMAGE_OCCLUSION = [((1, 2, 2), None, None), ((1, 3, 3), (1, 2, 2), 0.5), ((1, 4, 4), 4, "plane"),
+                   ((1, 3, 5), (1, 1, 3), "per_example"), ((1, 8, 8), 1, None)]
+VECTOR_OCCLUSION = [((3,), 2, None), ((4,), (3,), 0.2), ((16,), 1, "plane"), ((1,), None, "per_example")]
+
+
+def baseline(kind, x):
+    if kind == "plane":
+        return torch.linspace(-0.5, 0.5, x[0].numel(), dtype=x.dtype).reshape((1,) + tuple(x.shape[1:]))
+    if kind == "per_example":
+        return torch.rand(x.shape, generator=torch.Generator().manual_seed(9), dtype=x.dtype)
+    return kind
+
+
+@pytest.mark.parametrize("name,setting", [(n, s) for n in ("cnn", "mlp") for s in IMAGE_OCCLUSION]
+                         + [("residual", s) for s in VECTOR_OCCLUSION])
+@pytest.mark.parametrize("per_eval", [1, 5])
+def test_occlusion_matches_captum(name, setting, per_eval):
+    model, x, y = case(name)
+    window, strides, kind = setting
+    base = baseline(kind, x)
+    ref = cattr.Occlusion(model).attribute(x, sliding_window_shapes=window, strides=strides, baselines=base,
+                                           target=y, perturbations_per_eval=per_eval)
+    ours = fa.Occlusion(model).attribute(x, sliding_window_shapes=window, strides=strides, baselines=base,
+                                         target=y, perturbations_per_eval=per_eval)
+    close(ours, ref, x)
+
+
+def segments(kind, x):
+    if kind == "patches" and x.dim() == 4:
+        return (torch.arange(16).reshape(4, 4).repeat_interleave(2, 0).repeat_interleave(2, 1))[None, None]
+    if kind == "patches":
+        return torch.arange(16).reshape(1, 16) // 4
+    g = torch.Generator().manual_seed(11)
+    return torch.randint(0, 7, (x.shape[0],) + tuple(x.shape[1:]), generator=g)
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp", "residual"])
+@pytest.mark.parametrize("mask_kind,base_kind", [(None, None), ("patches", 0.3),
+                                                 ("per_example", "per_example"), ("patches", "plane")])
+def test_feature_ablation_matches_captum(name, mask_kind, base_kind):
+    model, x, y = case(name)
+    mask = None if mask_kind is None else segments(mask_kind, x)
+    base = baseline(base_kind, x)
+    for per_eval in (1, 4):
+        ref = cattr.FeatureAblation(model).attribute(x, baselines=base, target=y, feature_mask=mask,
+                                                     perturbations_per_eval=per_eval)
+        ours = fa.FeatureAblation(model).attribute(x, baselines=base, target=y, feature_mask=mask,
+                                                   perturbations_per_eval=per_eval)
+        assert ours.dtype == ref.dtype
+        close(ours, ref, x)
+
+
+@pytest.mark.parametrize("target", [3, [1, 0, 2, 3, 4, 4], torch.tensor([4, 3, 2, 1, 0, 0]), torch.tensor(2)])
+def test_target_forms(target):
+    model, x, _ = case("residual")
+    for cls, kwargs in ((cattr.Occlusion, dict(sliding_window_shapes=(2,))), (cattr.FeatureAblation, {})):
+        ref = cls(model).attribute(x, target=target, **kwargs)
+        ours = getattr(fa, cls.__name__)(model).attribute(x, target=target, **kwargs)
+        close(ours, ref, x)
+
+
+def test_target_none_explains_the_predicted_class():
+    model, x, _ = case("cnn")
+    pred = model(x).argmax(1)
+    ref = cattr.Occlusion(model).attribute(x, sliding_window_shapes=(1, 2, 2), target=pred)
+    close(fa.Occlusion(model).attribute(x, sliding_window_shapes=(1, 2, 2)), ref, x)
+
+
+def test_tuple_target_on_a_model_with_a_3d_output():
+    torch.manual_seed(5)
+    lin = nn.Linear(16, 6).double()
+
+    def grid_model(z):
+        return lin(z).reshape(z.shape[0], 2, 3)
+
+    _, x, _ = case("residual")
+    ref = cattr.FeatureAblation(grid_model).attribute(x, target=(1, 2), baselines=0.1)
+    close(fa.FeatureAblation(grid_model).attribute(x, target=(1, 2), baselines=0.1), ref, x)
+    targets = [(0, 1), (1, 0), (1, 2), (0, 0), (0, 2), (1, 1)]
+    ref = cattr.Occlusion(grid_model).attribute(x, sliding_window_shapes=(3,), target=targets)
+    close(fa.Occlusion(grid_model).attribute(x, sliding_window_shapes=(3,), target=targets), ref, x)
+
+
+def test_a_tuple_of_one_input_gives_a_tuple():
+    model, x, y = case("cnn")
+    ref = cattr.Occlusion(model).attribute((x,), sliding_window_shapes=((1, 3, 3),), strides=(2,), target=y,
+                                           baselines=(0.2,))
+    ours = fa.Occlusion(model).attribute((x,), sliding_window_shapes=((1, 3, 3),), strides=(2,), target=y,
+                                         baselines=(0.2,))
+    close(ours, ref, (x,))
+    mask = (segments("patches", x),)
+    ref = cattr.FeatureAblation(model).attribute((x,), target=y, feature_mask=mask)
+    close(fa.FeatureAblation(model).attribute((x,), target=y, feature_mask=mask), ref, (x,))
+
+
+def two_inputs():
+    torch.manual_seed(6)
+    model = TwoInputs().double().eval()
+    image = digits()
+    vector = torch.randn(6, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    scale = torch.rand(6, 1, generator=torch.Generator().manual_seed(8), dtype=torch.float64) + 0.5
+    return model, (image, vector), scale, torch.tensor([0, 1, 2, 3, 0, 1])
+
+
+@pytest.mark.parametrize("per_eval", [1, 3])
+def test_several_inputs_and_additional_forward_args(per_eval):
+    model, xs, scale, y = two_inputs()
+    kwargs = dict(sliding_window_shapes=((1, 2, 3), (2,)), strides=((1, 1, 2), 1), target=y,
+                  baselines=(0.1, torch.full((1, 5), -0.2, dtype=torch.float64)),
+                  additional_forward_args=(scale,), perturbations_per_eval=per_eval)
+    close(fa.Occlusion(model).attribute(xs, **kwargs), cattr.Occlusion(model).attribute(xs, **kwargs), xs)
+    # Segment ids 0 and 1 appear in both tensors: each is ablated in both at once.
+    masks = (segments("patches", xs[0]) % 6, torch.tensor([[0, 1, 6, 6, 7]]))
+    for mask in (masks, None):
+        kwargs = dict(target=y, feature_mask=mask, additional_forward_args=scale,
+                      perturbations_per_eval=per_eval)
+        ref = cattr.FeatureAblation(model).attribute(xs, **kwargs)
+        close(fa.FeatureAblation(model).attribute(xs, **kwargs), ref, xs)
+
+
+def test_captum_flags_and_inputs_left_untouched():
+    model, x, y = case("cnn")
+    copy = x.clone()
+    for cls in (fa.Occlusion, fa.FeatureAblation):
+        method = cls(model)
+        assert method.multiplies_by_inputs and not method.has_convergence_delta()
+        assert method.forward_func is model
+    fa.Occlusion(model).attribute(x, sliding_window_shapes=(1, 2, 2), target=y)
+    assert torch.equal(x, copy) and not model.training
+
+
+def test_bad_arguments():
+    model, x, y = case("cnn")
+    with pytest.raises(TypeError, match="inputs must be a tensor or a tuple of tensors"):
+        fa.Occlusion(model).attribute(x.tolist(), sliding_window_shapes=(1, 2, 2))
+    with pytest.raises(ValueError, match="perturbations_per_eval must be an int >= 1"):
+        fa.FeatureAblation(model).attribute(x, target=y, perturbations_per_eval=0)
+    with pytest.raises(ValueError, match=r"sliding_window_shapes\[1\] = 9"):
+        fa.Occlusion(model).attribute(x, sliding_window_shapes=(1, 9, 2), target=y)
+    with pytest.raises(ValueError, match=r"strides\[2\] = 3 is larger than the window"):
+        fa.Occlusion(model).attribute(x, sliding_window_shapes=(1, 2, 2), strides=(1, 1, 3), target=y)
+    with pytest.raises(ValueError, match="one input tensor takes one feature_mask"):
+        fa.FeatureAblation(model).attribute(x, target=y, feature_mask=(segments("patches", x),) * 2)
+    two, xs, scale, y2 = two_inputs()
+    with pytest.raises(ValueError, match="feature_mask must be a tuple with one entry per input tensor"):
+        fa.FeatureAblation(two).attribute(xs, target=y2, feature_mask=segments("patches", xs[0]),
+                                          additional_forward_args=scale)
+    with pytest.raises(ValueError, match="sliding_window_shapes must be a tuple with one entry per input"):
+        fa.Occlusion(two).attribute(xs, sliding_window_shapes=(1, 2, 2), target=y2,
+                                    additional_forward_args=scale)
+    with pytest.raises(ValueError, match="batch size"):
+        fa.FeatureAblation(two).attribute((xs[0], xs[1][:3]), target=y2, additional_forward_args=scale)
+    with pytest.raises(TypeError, match="one dtype and device"):
+        fa.FeatureAblation(two).attribute((xs[0], xs[1].float()), target=y2, additional_forward_args=scale)
+    wrong = (segments("patches", xs[0]), torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"feature_mask\[1\]"):
+        fa.FeatureAblation(two).attribute(xs, target=y2, feature_mask=wrong, additional_forward_args=scale)
