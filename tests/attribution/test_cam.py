@@ -74,6 +74,49 @@ def test_upsampling_shapes_and_values():
     assert grad_cam(gap_cnn(), rand(2, 3, 12, 10, seed=2), layer="conv").shape == (2, 12, 10)
 
 
+def test_interpolate_modes():
+    model = pool_cnn()
+    small = grad_cam(model, X, T, layer="conv", upsample=False)
+    for mode in ("nearest", "bicubic", "area"):
+        corners = False if mode == "bicubic" else None
+        want = F.interpolate(small[:, None], size=(8, 8), mode=mode, align_corners=corners)[:, 0]
+        torch.testing.assert_close(grad_cam(model, X, T, layer="conv", interpolate_mode=mode), want)
+        torch.testing.assert_close(guided_grad_cam(model, X, T, layer="conv", interpolate_mode=mode),
+                                   guided_backprop(model, X, T) * want[:, None])
+    assert not torch.allclose(grad_cam(model, X, T, layer="conv", interpolate_mode="nearest"),
+                              grad_cam(model, X, T, layer="conv"))
+    with pytest.raises(ValueError, match="interpolate_mode"):
+        grad_cam(model, X, T, layer="conv", interpolate_mode="linear")
+
+
+def test_attribute_to_layer_input():
+    """The CAM of a layer's input is the CAM of the previous layer's output."""
+    model = pool_cnn()
+    for fn in (grad_cam, grad_cam_plus_plus, guided_grad_cam):
+        torch.testing.assert_close(fn(model, X, T, layer="conv", attribute_to_layer_input=True),
+                                   fn(model, X, T, layer="pool1"))
+    a, g = layer_and_grad(model, 3, X, T)
+    expected = (g.mean((2, 3), keepdim=True) * a).sum(1)
+    torch.testing.assert_close(grad_cam(model, X, T, layer=model.conv, attribute_to_layer_input=True,
+                                        upsample=False, relu_attributions=False), expected)
+    with pytest.raises(TypeError, match="attribute_to_layer_input"):
+        grad_cam(model, X, T, layer="conv", attribute_to_layer_input="yes")
+    assert no_hooks(model)
+
+
+def test_layers_without_two_spatial_axes_need_upsample_false():
+    """``[B, K]`` layers: α is the gradient itself (Captum's convention), so the map is Σ_k g_k A_k."""
+    model = pool_cnn()
+    a, g = layer_and_grad(model, 7, X, T)
+    torch.testing.assert_close(grad_cam(model, X, T, layer="flat", upsample=False, relu_attributions=False),
+                               (g * a).sum(1))
+    alpha = torch.where(g != 0, 1 / (2 + a * g), torch.zeros_like(g))  # g² / (2 g² + A g³): no spatial sum
+    out = grad_cam_plus_plus(model, X, T, layer="flat", upsample=False, relu_attributions=False)
+    torch.testing.assert_close(out, (alpha * g.clamp(min=0) * a).sum(1))
+    with pytest.raises(ValueError, match=r"\[B, K, h, w\]"):
+        grad_cam(model, X, T, layer="flat")
+
+
 def test_grad_cam_plus_plus_closed_form_on_a_gap_model():
     model = gap_cnn()
     a = model[:4](X).detach()

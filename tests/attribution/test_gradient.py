@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import fastattr.attribution as A
+from tests.conftest import rel_err
 from tests.models import linear_model, mlp, rand, small_cnn
 
 
@@ -208,3 +209,121 @@ def test_noise_tunnel_wraps_any_method():
         A.noise_tunnel(A.saliency, model, x, variant="mean")
     with pytest.raises(ValueError, match="baselines must be a tensor"):
         A.gradient_shap(model, x, baselines=rand(2, 5))
+
+
+def smooth_mlp(seed: int = 0, dtype=torch.float32) -> nn.Module:
+    """Three linear layers with tanh / softplus: no gates that rounding could flip."""
+    torch.manual_seed(seed)
+    layers = [nn.Linear(24, 32), nn.Tanh(), nn.Linear(32, 32), nn.Softplus(), nn.Linear(32, 5)]
+    return nn.Sequential(*layers).to(dtype).eval()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_integrated_gradients_bf16_autocast_close_to_fp32(seed):
+    """bf16 keeps 8 significant bits (unit roundoff u = 2^-8 ≈ 3.9e-3). The forward and backward
+    passes round the operands of 3 + 3 matmuls (accumulation stays fp32), each adding ~u relative
+    error, so the gradients — and their fp32 path sum — are within ~6u ≈ 2.3e-2 (observed ~5e-3).
+    ReLU / max-pool networks can differ more: rounding may flip a gate and reroute a gradient."""
+    model = smooth_mlp(seed)
+    x = rand(6, 24, seed=seed + 10, dtype=torch.float32)
+    seen = []
+    handle = model[2].register_forward_hook(lambda m, i, o: seen.append((o.shape[0] > 6, o.dtype)))
+    try:
+        fp32 = A.integrated_gradients(model, x, 1, n_steps=32, max_batch=64)
+        assert set(seen) == {(True, torch.float32), (False, torch.float32)}
+        seen.clear()
+        bf16, delta = A.integrated_gradients(model, x, 1, n_steps=32, max_batch=64, autocast=torch.bfloat16,
+                                             return_convergence_delta=True)
+        # Path chunks (> 6 rows) run in bf16; the target check and the delta's f(x), f(x') in fp32.
+        assert set(seen) == {(True, torch.bfloat16), (False, torch.float32)}
+    finally:
+        handle.remove()
+    assert bf16.dtype == torch.float32 and bf16.shape == x.shape
+    assert 0 < rel_err(bf16, fp32) <= 6 * 2 ** -8
+    # The delta's f(x) − f(x') runs in fp32: it matches the fp32 delta up to the bf16 attribution error.
+    _, delta32 = A.integrated_gradients(model, x, 1, n_steps=32, return_convergence_delta=True)
+    assert ((delta - delta32).abs() <= 6 * 2 ** -8 * fp32.abs().sum(1)).all()
+    # Chunking still does not matter.
+    chunked = A.integrated_gradients(model, x, 1, n_steps=32, max_batch=7, autocast=torch.bfloat16)
+    assert rel_err(chunked, bf16) < 1e-6
+
+
+def test_autocast_leaves_float64_alone_and_rejects_other_dtypes():
+    model = mlp()
+    x = rand(3, 12, seed=30)
+    torch.testing.assert_close(A.integrated_gradients(model, x, 1, n_steps=8, autocast=torch.bfloat16),
+                               A.integrated_gradients(model, x, 1, n_steps=8), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="autocast"):
+        A.integrated_gradients(model, x, 1, autocast=torch.float64)
+    with pytest.raises(ValueError, match="autocast"):
+        A.integrated_gradients(model, x, 1, autocast="bf16")
+
+
+def test_smoothgrad_abs():
+    model = small_cnn()
+    x = rand(4, 3, 8, 8, seed=31)
+    g = torch.Generator().manual_seed(4)
+    noisy = [x + 0.3 * torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(6)]
+    grads = torch.stack([A.saliency(model, z, 2, abs=False) for z in noisy])
+    expected = {"smoothgrad": grads.abs().mean(0), "smoothgrad_sq": (grads ** 2).mean(0),
+                "vargrad": (grads ** 2).mean(0) - grads.abs().mean(0) ** 2}
+    for variant, want in expected.items():
+        for mb in ((3, 1000) if variant == "vargrad" else (1000,)):
+            out = A.smoothgrad(model, x, 2, n_samples=6, stdev=0.3, variant=variant, abs=True, generator=4,
+                               max_batch=mb)
+            assert rel_err(out, want) <= 1e-12
+    signed = A.smoothgrad(model, x, 2, n_samples=6, stdev=0.3, generator=4)
+    assert rel_err(signed, grads.mean(0)) <= 1e-12 and rel_err(signed, expected["smoothgrad"]) > 0.1
+    torch.testing.assert_close(A.smoothgrad(model, x, 2, n_samples=3, stdev=0.0, abs=True),
+                               A.saliency(model, x, 2))
+    with pytest.raises(TypeError, match="abs"):
+        A.smoothgrad(model, x, 2, abs="yes")
+
+
+def test_gradient_shap_options():
+    model = small_cnn()
+    x, refs = rand(3, 3, 8, 8, seed=32), rand(4, 3, 8, 8, seed=33)
+    kw = dict(baselines=refs, n_samples=5, stdev=0.2, generator=8)
+    grads = A.gradient_shap(model, x, 2, multiply_by_inputs=False, **kw)
+    clean, d_clean = A.gradient_shap(model, x, 2, return_convergence_delta=True, **kw)
+    noisy, d_noisy = A.gradient_shap(model, x, 2, noisy_difference=True, return_convergence_delta=True, **kw)
+    # Replay the documented stream: per sample an index and α per example, then the noise.
+    g = torch.Generator().manual_seed(8)
+    terms_clean, terms_noisy, gs, gaps_clean, gaps_noisy = [], [], [], [], []
+    for _ in range(5):
+        b = refs[torch.randint(4, (3,), generator=g)]
+        a = torch.rand(3, generator=g, dtype=torch.float64).view(-1, 1, 1, 1)
+        xn = x + 0.2 * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        grad = A.saliency(model, b + a * (xn - b), 2, abs=False)
+        gs.append(grad)
+        terms_clean.append((x - b) * grad)
+        terms_noisy.append((xn - b) * grad)
+        with torch.no_grad():
+            gaps_clean.append(model(x)[:, 2] - model(b)[:, 2])
+            gaps_noisy.append(model(xn)[:, 2] - model(b)[:, 2])
+    assert rel_err(grads, torch.stack(gs).mean(0)) <= 1e-12
+    assert rel_err(clean, torch.stack(terms_clean).mean(0)) <= 1e-12
+    assert rel_err(noisy, torch.stack(terms_noisy).mean(0)) <= 1e-12 and rel_err(noisy, clean) > 1e-3
+    sums = lambda terms: torch.stack([t.reshape(3, -1).sum(1) for t in terms], 1)  # noqa: E731
+    torch.testing.assert_close(d_clean, sums(terms_clean) - torch.stack(gaps_clean, 1))
+    torch.testing.assert_close(d_noisy, sums(terms_noisy) - torch.stack(gaps_noisy, 1))
+    assert d_clean.shape == (3, 5)
+    with pytest.raises(ValueError, match="stdev"):
+        A.gradient_shap(model, x, baselines=refs, stdev=-0.1)
+
+
+def test_saved_activation_bytes_scale_with_rows_and_skip_parameters():
+    from fastattr.attribution._common import measured_input_factor, saved_activation_bytes
+
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(100, 1000), nn.Tanh(), nn.Linear(1000, 3)).double().eval()
+    wide[2].weight.requires_grad_(False)
+    flags = [p.requires_grad for p in wide.parameters()]
+    x = rand(4, 100, seed=40)
+    one, four = saved_activation_bytes(wide, x[:1]), saved_activation_bytes(wide, x)
+    assert four == 4 * one > 0
+    param_bytes = sum(p.numel() * p.element_size() for p in wide.parameters())
+    assert one < param_bytes / 20  # activations only: ~10 kB per row against 800 kB of weights
+    assert [p.requires_grad for p in wide.parameters()] == flags
+    assert all(p.grad is None for p in wide.parameters())
+    assert measured_input_factor(wide, x) == max(24.0, 2.0 * one / (100 * 8))

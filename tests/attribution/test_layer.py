@@ -55,7 +55,8 @@ def relu_mlp(seed=0, d=10, classes=4):
 
 
 def hook_count(model):
-    return sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
 
 
 def zeroed(model, layer, x):
@@ -131,6 +132,38 @@ def test_layer_ig_matches_captum(kind):
             ids, baselines=base, target=t, n_steps=50, method=method, return_convergence_delta=True)
         assert rel_err(ours, theirs) < 1e-5
         torch.testing.assert_close(delta, their_delta, atol=1e-8, rtol=1e-5)
+
+
+def test_layer_ig_at_an_identity_first_layer_is_integrated_gradients():
+    """Both run the same path loop; through an identity layer they are the same integral."""
+    torch.manual_seed(6)
+    body = relu_mlp(seed=6)
+    model = nn.Sequential(nn.Identity(), *body).eval()
+    x, base = rand(5, 10, seed=12), rand(1, 10, seed=13)
+    for kw in (dict(method="riemann_middle"), dict(multiply_by_inputs=False), dict(max_batch=7)):
+        lig = layer_integrated_gradients(model, x, 2, layer="0", baselines=base, n_steps=9, **kw)
+        torch.testing.assert_close(lig, A.integrated_gradients(body, x, 2, baselines=base, n_steps=9, **kw))
+
+
+def test_layer_ig_to_the_layer_input():
+    """``attribute_to_layer_input``: IG w.r.t. what the layer receives, i.e. the previous layer's output."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4)).double().eval()
+    x = rand(6, 12, seed=14)
+    into, d_into = layer_integrated_gradients(model, x, 1, layer="2", attribute_to_layer_input=True,
+                                              n_steps=20, baselines=0.3, return_convergence_delta=True)
+    out_of, d_out = layer_integrated_gradients(model, x, 1, layer="1", n_steps=20, baselines=0.3,
+                                               return_convergence_delta=True)
+    assert into.shape == (6, 16)
+    torch.testing.assert_close(into, out_of)
+    torch.testing.assert_close(d_into, d_out)
+    assert rel_err(into, layer_integrated_gradients(model, x, 1, layer="2", n_steps=20, baselines=0.3)) > 0.01
+    model_ids, ids = text_model("lstm"), token_ids()
+    with pytest.raises(TypeError, match="floating"):
+        layer_integrated_gradients(model_ids, ids, layer="embedding", attribute_to_layer_input=True)
+    with pytest.raises(TypeError, match="attribute_to_layer_input"):
+        layer_integrated_gradients(model, x, layer="2", attribute_to_layer_input=1)
+    assert hook_count(model) == 0 and hook_count(model_ids) == 0
 
 
 def test_layer_ig_restores_the_model_and_rejects_bad_layers():

@@ -129,3 +129,32 @@ def chunk_size(inputs: torch.Tensor, total: int, max_batch: Optional[int], memor
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     per_input = max(1, inputs[0].numel() * inputs.element_size()) * per_input_factor
     return int(max(1, min(total, 1024, math.floor(memory_budget / per_input))))
+
+
+def saved_activation_bytes(model: Callable, x: torch.Tensor, autocast: Optional[torch.dtype] = None) -> int:
+    """Bytes of the tensors autograd saves for the input gradient in one forward of ``x`` (the
+    model's parameters and tensors saved twice counted once), under ``torch.autocast`` at
+    ``autocast`` when given. Measures what a chunk of deep-model inputs really holds, where
+    :func:`chunk_size`'s fixed ``per_input_factor`` guesses."""
+    params = {p.data_ptr() for p in model.parameters()} if isinstance(model, nn.Module) else set()
+    seen: dict = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in params:
+            seen[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+
+    ctx = contextlib.nullcontext() if autocast is None else torch.autocast(x.device.type, dtype=autocast)
+    with frozen_parameters(model), torch.enable_grad(), ctx, \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x.detach().requires_grad_(True))
+    return sum(seen.values())
+
+
+def measured_input_factor(model: Callable, inputs: torch.Tensor, autocast: Optional[torch.dtype] = None,
+                          rows: int = 2) -> float:
+    """:func:`chunk_size`'s ``per_input_factor`` from a probe forward of ``rows`` inputs: twice the
+    saved activation bytes per input byte (room for the backward's transients), at least 24."""
+    probe = inputs[:rows]
+    saved = saved_activation_bytes(model, probe, autocast)
+    return max(24.0, 2.0 * saved / max(1, probe.numel() * probe.element_size()))

@@ -56,28 +56,39 @@ def _check_flag(value, name: str) -> None:
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
-def _layer_gradients(model: Callable, layer: nn.Module, x: torch.Tensor,
-                     target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(A, ∂ Σ_i f_{t_i}/∂A, t)`` for one chunk, ``A`` the output of ``layer``.
+def _layer_gradients(model: Callable, layer: nn.Module, x: torch.Tensor, target: Target,
+                     layer_input: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(A, ∂ Σ_i f_{t_i}/∂A, t)`` for one chunk, ``A`` the output of ``layer`` ``[B, K, ...]`` (its
+    input, through a forward pre-hook, when ``layer_input``).
 
     The hook hands the rest of the network a clone of a detached leaf ``A``, so the backward pass
     stops at the layer and in-place ops after it (``ReLU(inplace=True)``) leave ``A`` intact.
     """
     captured = []
+    what = "input" if layer_input else "output"
 
-    def hook(module, args, output):
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            what = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ValueError(f"CAM methods need a conv layer whose output is [B, K, h, w]; layer "
-                             f"{type(module).__name__} returned {what}")
+    def capture(module, value):
+        if not isinstance(value, torch.Tensor) or value.dim() < 2:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"CAM methods need a layer whose {what} is one tensor [B, K, ...] (a conv "
+                             f"layer's [B, K, h, w]); layer {type(module).__name__} has {what} {shape}")
         if captured:
             raise ValueError(f"layer {type(module).__name__} ran more than once in one forward pass; "
                              "pick a layer that is used once")
-        leaf = output.detach().requires_grad_(True)
+        leaf = value.detach().requires_grad_(True)
         captured.append(leaf)
         return leaf.clone()
 
-    handle = layer.register_forward_hook(hook)
+    def pre_hook(module, args):
+        if len(args) != 1:
+            raise ValueError(f"layer {type(module).__name__} takes {len(args)} positional inputs; "
+                             "attributing to a layer's input needs a module called with one tensor")
+        return (capture(module, args[0]),)
+
+    if layer_input:
+        handle = layer.register_forward_pre_hook(pre_hook)
+    else:
+        handle = layer.register_forward_hook(lambda module, args, output: capture(module, output))
     try:
         with torch.enable_grad():
             out = model(x)
@@ -92,64 +103,94 @@ def _layer_gradients(model: Callable, layer: nn.Module, x: torch.Tensor,
     return captured[0].detach(), grad, t
 
 
+def _spatial_sum(t: torch.Tensor) -> torch.Tensor:
+    """Σ over the axes after the channel axis (keepdim); a ``[B, K]`` tensor is its own sum."""
+    return t.sum(dim=tuple(range(2, t.dim())), keepdim=True) if t.dim() > 2 else t
+
+
 def _cam_weights(acts: torch.Tensor, grads: torch.Tensor, plus_plus: bool) -> torch.Tensor:
-    """Channel weights ``[B, K, 1, 1]``: Grad-CAM's mean gradient or Grad-CAM++'s weighted positive gradient."""
+    """Channel weights ``[B, K, 1, ...]``: Grad-CAM's mean gradient (for a ``[B, K]`` layer, the
+    gradient itself, as Captum) or Grad-CAM++'s weighted positive gradient."""
     if not plus_plus:
-        return grads.mean(dim=(2, 3), keepdim=True)
+        return grads.mean(dim=tuple(range(2, grads.dim())), keepdim=True) if grads.dim() > 2 else grads
     g2 = grads * grads
-    denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grads
+    denom = 2 * g2 + _spatial_sum(acts) * g2 * grads
     alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
                         torch.zeros_like(denom))
-    return (alpha * grads.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+    return _spatial_sum(alpha * grads.clamp(min=0))
 
 
-def _upsample(cam: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(cam[:, None], size=tuple(inputs.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+INTERPOLATE_MODES = ("bilinear", "nearest", "nearest-exact", "bicubic", "area")
 
 
-def _check_cam_args(model, inputs, layer, relu_attributions, upsample) -> nn.Module:
+def _upsample(cam: torch.Tensor, inputs: torch.Tensor, mode: str) -> torch.Tensor:
+    """``[B, h, w]`` → ``[B, H, W]`` (the inputs' last two axes) with ``F.interpolate``'s ``mode``."""
+    corners = False if mode in ("bilinear", "bicubic") else None
+    return F.interpolate(cam[:, None], size=tuple(inputs.shape[-2:]), mode=mode, align_corners=corners)[:, 0]
+
+
+def _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpolate_mode="bilinear",
+                    attribute_to_layer_input=False) -> nn.Module:
     check_model(model)
     check_inputs(inputs)
     _check_flag(relu_attributions, "relu_attributions")
     _check_flag(upsample, "upsample")
+    _check_flag(attribute_to_layer_input, "attribute_to_layer_input")
     if upsample and inputs.dim() < 3:
         raise ValueError(f"upsample=True needs inputs with two trailing spatial axes [B, ..., H, W], got shape "
                          f"{tuple(inputs.shape)}; pass upsample=False for the layer-resolution map")
+    if interpolate_mode not in INTERPOLATE_MODES:
+        raise ValueError(f"interpolate_mode must be one of {INTERPOLATE_MODES}, got {interpolate_mode!r}")
     return _resolve_layer(model, layer)
 
 
-def _cam_chunk(model, layer, x, target, relu_attributions, upsample, plus_plus):
-    acts, grads, t = _layer_gradients(model, layer, x, target)
+def _cam_chunk(model, layer, x, target, relu_attributions, upsample, plus_plus, interpolate_mode="bilinear",
+               layer_input=False, channel_sum=True):
+    """One chunk's map: ``Σ_k w_k A^k`` ``[B, ...]`` (``channel_sum=False``: the terms ``[B, K, ...]``)."""
+    acts, grads, t = _layer_gradients(model, layer, x, target, layer_input)
+    if upsample and acts.dim() != 4:
+        raise ValueError(f"upsample=True needs a conv layer whose {'input' if layer_input else 'output'} is "
+                         f"[B, K, h, w]; layer {type(layer).__name__} gives {tuple(acts.shape)} (pass "
+                         "upsample=False for the layer-resolution map)")
     acc = torch.float64 if acts.dtype == torch.float64 else torch.float32
     acts, grads = acts.to(acc), grads.to(acc)
-    cam = (_cam_weights(acts, grads, plus_plus) * acts).sum(1)
+    cam = _cam_weights(acts, grads, plus_plus) * acts
+    if channel_sum:
+        cam = cam.sum(1)
     if relu_attributions:
         cam = cam.clamp(min=0)
     if upsample:
-        cam = _upsample(cam, x)
+        cam = _upsample(cam, x, interpolate_mode)
     return cam.to(x.dtype), t
 
 
-def _cam(model, inputs, target, layer, relu_attributions, upsample, max_batch, memory_budget, plus_plus):
-    module = _check_cam_args(model, inputs, layer, relu_attributions, upsample)
+def _cam(model, inputs, target, layer, *, relu_attributions, upsample, max_batch, memory_budget, plus_plus,
+         interpolate_mode="bilinear", attribute_to_layer_input=False, channel_sum=True):
+    module = _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpolate_mode,
+                             attribute_to_layer_input)
     batch = inputs.shape[0]
     targets = _chunk_targets(target, batch)
     chunk = chunk_size(inputs, batch, max_batch, memory_budget)
     with frozen_parameters(model):
         maps = [_cam_chunk(model, module, inputs[e0:e0 + chunk], targets(e0, e0 + chunk), relu_attributions,
-                           upsample, plus_plus)[0] for e0 in range(0, batch, chunk)]
+                           upsample, plus_plus, interpolate_mode, attribute_to_layer_input, channel_sum)[0]
+                for e0 in range(0, batch, chunk)]
     return torch.cat(maps)
 
 
 def grad_cam(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
-             relu_attributions: bool = True, upsample: bool = True, max_batch: Optional[int] = None,
+             relu_attributions: bool = True, upsample: bool = True, interpolate_mode: str = "bilinear",
+             attribute_to_layer_input: bool = False, max_batch: Optional[int] = None,
              memory_budget: Optional[int] = None) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): ``ReLU(Σ_k α_k A^k)``, ``α_k = mean_{ij} ∂f_t/∂A^k_{ij}``.
 
     ``A`` ``[B, K, h, w]`` is the output of ``layer`` (an ``nn.Module`` inside ``model`` or its
-    dotted name, e.g. ``"features.28"``); the gradient is taken with respect to ``A`` only.
-    ``relu_attributions=False`` keeps negative evidence (Captum's ``LayerGradCam`` default).
-    The map is upsampled bilinearly (``align_corners=False``) to the input's last two axes.
+    dotted name, e.g. ``"features.28"``), or its input with ``attribute_to_layer_input=True``; the
+    gradient is taken with respect to ``A`` only. ``relu_attributions=False`` keeps negative
+    evidence (Captum's ``LayerGradCam`` default). The map is upsampled to the input's last two
+    axes with ``F.interpolate``'s ``interpolate_mode`` (``"bilinear"``: ``align_corners=False``).
+    With ``upsample=False`` any ``[B, K, ...]`` layer works (the mean runs over the axes after
+    ``K``; for ``[B, K]``, ``α = ∂f_t/∂A`` as in Captum).
 
     Returns:
         ``[B, H, W]`` for inputs ``[B, C, H, W]``; ``upsample=False``: the layer-resolution ``[B, h, w]``.
@@ -158,12 +199,15 @@ def grad_cam(model: Callable, inputs: torch.Tensor, target: Target = None, *, la
 
         >>> cam = fastattr.grad_cam(model, x, target=y, layer="layer4")   # [B, H, W]
     """
-    return _cam(model, inputs, target, layer, relu_attributions, upsample, max_batch, memory_budget, False)
+    return _cam(model, inputs, target, layer, relu_attributions=relu_attributions, upsample=upsample,
+                max_batch=max_batch, memory_budget=memory_budget, plus_plus=False,
+                interpolate_mode=interpolate_mode, attribute_to_layer_input=attribute_to_layer_input)
 
 
 def grad_cam_plus_plus(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
-                       relu_attributions: bool = True, upsample: bool = True, max_batch: Optional[int] = None,
-                       memory_budget: Optional[int] = None) -> torch.Tensor:
+                       relu_attributions: bool = True, upsample: bool = True,
+                       interpolate_mode: str = "bilinear", attribute_to_layer_input: bool = False,
+                       max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018): ``ReLU(Σ_k w_k A^k)``, ``w_k = Σ_ij α^k_ij ReLU(g^k_ij)``,
 
     ``α^k_ij = g² / (2 g² + Σ_ab A^k_ab g³)`` (0 where the denominator is 0), ``g = ∂f_t/∂A^k_ij``:
@@ -175,7 +219,9 @@ def grad_cam_plus_plus(model: Callable, inputs: torch.Tensor, target: Target = N
 
         >>> cam = fastattr.grad_cam_plus_plus(model, x, target=y, layer=model.layer4)   # [B, H, W]
     """
-    return _cam(model, inputs, target, layer, relu_attributions, upsample, max_batch, memory_budget, True)
+    return _cam(model, inputs, target, layer, relu_attributions=relu_attributions, upsample=upsample,
+                max_batch=max_batch, memory_budget=memory_budget, plus_plus=True,
+                interpolate_mode=interpolate_mode, attribute_to_layer_input=attribute_to_layer_input)
 
 
 def _guided_hook(module, grad_input, grad_output):
@@ -242,13 +288,15 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target = Non
 
 
 def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
-                    relu_attributions: bool = True, max_batch: Optional[int] = None,
+                    relu_attributions: bool = True, interpolate_mode: str = "bilinear",
+                    attribute_to_layer_input: bool = False, max_batch: Optional[int] = None,
                     memory_budget: Optional[int] = None) -> torch.Tensor:
     """Guided Grad-CAM (Selvaraju et al. 2017): ``guided_backprop(x) ⊙ upsample(grad_cam(x))``.
 
     The ``[B, H, W]`` map is broadcast over the channel axis, as in Captum's ``GuidedGradCam``
-    (which upsamples with ``interpolate_mode="nearest"`` by default; here bilinear, as
+    (which upsamples with ``interpolate_mode="nearest"`` by default; here ``"bilinear"``, as
     :func:`grad_cam`). Both factors use the same target, resolved once per chunk.
+    ``attribute_to_layer_input`` as in :func:`grad_cam`.
 
     Returns:
         a tensor shaped like ``inputs`` ``[B, C, H, W]``.
@@ -257,7 +305,8 @@ def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target = Non
 
         >>> ggc = fastattr.guided_grad_cam(model, x, target=y, layer="layer4")   # shape of x
     """
-    module = _check_cam_args(model, inputs, layer, relu_attributions, True)
+    module = _check_cam_args(model, inputs, layer, relu_attributions, True, interpolate_mode,
+                             attribute_to_layer_input)
     if not isinstance(model, nn.Module):
         raise TypeError(f"guided_grad_cam needs model to be an nn.Module, got {type(model).__name__}")
     batch = inputs.shape[0]
@@ -268,7 +317,8 @@ def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target = Non
     with frozen_parameters(model):
         for e0 in range(0, batch, chunk):
             x = inputs[e0:e0 + chunk]
-            cam, t = _cam_chunk(model, module, x, targets(e0, e0 + chunk), relu_attributions, True, False)
+            cam, t = _cam_chunk(model, module, x, targets(e0, e0 + chunk), relu_attributions, True, False,
+                                interpolate_mode, attribute_to_layer_input)
             with _guided_relus(model):
                 grad, _ = _guided_chunk(model, x, t)
             blocks.append(grad * cam.view(shape))

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..ops.path_ops import path_accumulate, path_interpolate
+from ..ops.path_ops import path_accumulate
 from ._common import Target, check_inputs, check_model, chunk_size, frozen_parameters, resolve_target, select
-from .gradient import _accum_dtype, _baselines, quadrature, target_gradients
+from .gradient import _accum_dtype, _baselines, path_integral, quadrature, target_gradients
 
 Layer = Union[str, nn.Module]
 PATHWAY_METHODS = ("mct", "intgrad")
@@ -69,16 +69,20 @@ def _module_name(key: str) -> str:
 
 class _Hooks:
     """Forward hooks on named modules for the duration of a ``with`` block: ``fn(key, output)`` sees
-    every call's output and may return a replacement (None keeps it). Run the model through
+    every call's output and may return a replacement (None keeps it); with ``inputs=True``,
+    forward pre-hooks do the same with each call's (single tensor) input. Run the model through
     ``hooks(model, x)`` so call counts restart at every forward."""
 
-    def __init__(self, modules: dict[str, nn.Module], fn: Callable):
-        self.modules, self.fn, self.calls, self.handles = modules, fn, {}, []
+    def __init__(self, modules: dict[str, nn.Module], fn: Callable, inputs: bool = False):
+        self.modules, self.fn, self.calls, self.handles, self.inputs = modules, fn, {}, [], inputs
 
     def __enter__(self) -> "_Hooks":
         try:
             for name, module in self.modules.items():
-                self.handles.append(module.register_forward_hook(self._hook(name)))
+                if self.inputs:
+                    self.handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+                else:
+                    self.handles.append(module.register_forward_hook(self._hook(name)))
         except BaseException:
             self.__exit__()
             raise
@@ -89,15 +93,28 @@ class _Hooks:
             handle.remove()
         self.handles.clear()
 
+    def _key(self, name: str) -> str:
+        call = self.calls.get(name, 0)
+        self.calls[name] = call + 1
+        return name if call == 0 else f"{name}#{call}"
+
     def _hook(self, name: str) -> Callable:
         def hook(module, args, output):
-            call = self.calls.get(name, 0)
-            self.calls[name] = call + 1
-            key = name if call == 0 else f"{name}#{call}"
+            key = self._key(name)
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {key!r} returns {type(output).__name__}; layer and neuron attributions "
                                 "need a module whose output is one tensor")
             return self.fn(key, output)
+        return hook
+
+    def _pre_hook(self, name: str) -> Callable:
+        def hook(module, args):
+            key = self._key(name)
+            if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+                raise TypeError(f"layer {key!r} takes {len(args)} positional inputs; attributing to a "
+                                "layer's input needs a module called with one tensor")
+            out = self.fn(key, args[0])
+            return None if out is None else (out,)
         return hook
 
     def __call__(self, model: Callable, x: torch.Tensor) -> torch.Tensor:
@@ -135,35 +152,40 @@ def _bytes_per_example(t: torch.Tensor) -> int:
     return max(1, t[0].numel() * t.element_size())
 
 
-def _capture(model: Callable, x: torch.Tensor, name: str, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(f(x), layer(x))`` in one forward without gradients; the layer must run exactly once."""
+def _capture(model: Callable, x: torch.Tensor, name: str, module: nn.Module,
+             layer_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(x), h(x))`` in one forward without gradients, ``h`` the layer's output (its input when
+    ``layer_input``); the layer must run exactly once."""
     seen = []
-    with torch.no_grad(), _Hooks({name: module}, lambda key, out: seen.append(out.detach().clone())) as hooks:
+    record = lambda key, out: seen.append(out.detach().clone())  # noqa: E731
+    with torch.no_grad(), _Hooks({name: module}, record, inputs=layer_input) as hooks:
         logits = hooks(model, x)
     if len(seen) != 1:
         raise ValueError(f"layer {name!r} ran {len(seen)} times in one forward; layer_integrated_gradients "
                          "needs a layer that runs exactly once")
+    what = "input" if layer_input else "output"
     if seen[0].dim() < 1 or seen[0].shape[0] != x.shape[0]:
-        raise ValueError(f"layer {name!r} output has shape {tuple(seen[0].shape)}; its first axis must be the "
-                         f"batch axis ({x.shape[0]} examples)")
+        raise ValueError(f"layer {name!r} {what} has shape {tuple(seen[0].shape)}; its first axis must be "
+                         f"the batch axis ({x.shape[0]} examples)")
     if not seen[0].is_floating_point():
-        raise TypeError(f"layer {name!r} output has dtype {seen[0].dtype}; it must be floating")
+        raise TypeError(f"layer {name!r} {what} has dtype {seen[0].dtype}; it must be floating")
     return logits, seen[0]
 
 
 def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
                                baselines: Union[None, float, torch.Tensor] = None, n_steps: int = 50,
                                method: str = "gausslegendre", multiply_by_inputs: bool = True,
-                               return_convergence_delta: bool = False, max_batch: Optional[int] = None,
-                               memory_budget: Optional[int] = None):
+                               return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
+                               max_batch: Optional[int] = None, memory_budget: Optional[int] = None):
     """Layer Integrated Gradients (Sundararajan et al. 2017; Captum's ``LayerIntegratedGradients``).
 
     IG with respect to the output ``h = layer(·)`` of a module, the rest of the network fixed:
     ``LIG(x) = (h(x) − h(x')) ⊙ Σ_s w_s ∂f_t/∂h |_{h = h(x') + α_s (h(x) − h(x'))}``.
     A forward hook replaces the layer's output by the interpolated value for a chunk of steps at a
-    time (:func:`~fastattr.ops.path_interpolate`), and :func:`~fastattr.ops.path_accumulate` sums
-    the weighted gradients with the multiply by ``h(x) − h(x')`` fused into the last chunk.
-    Quadrature as in :func:`integrated_gradients`. Convergence delta:
+    time; the chunked loop is :func:`~fastattr.attribution.gradient.path_integral`, the same as
+    :func:`integrated_gradients` (:func:`~fastattr.ops.path_interpolate`, then
+    :func:`~fastattr.ops.path_accumulate` with the multiply by ``h(x) − h(x')`` fused into the last
+    chunk). Quadrature as in :func:`integrated_gradients`. Convergence delta:
     ``Σ LIG − (f_t(x) − f_t(x'))`` per example.
 
     Args:
@@ -172,8 +194,10 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
         baselines: *inputs* to the model (e.g. pad-token ids): None (zeros of the input's dtype, so
             token id 0 for integer inputs), a number, or a tensor broadcastable to ``inputs``.
         inputs: ``[B, ...]`` floating inputs or integer token ids.
+        attribute_to_layer_input: ``h`` is the layer's input (a forward pre-hook replaces it; the
+            layer must be called with one floating tensor) instead of its output.
     Returns:
-        a tensor shaped like the layer's output ``[B, ...]`` (and the delta ``[B]`` if asked).
+        a tensor shaped like ``h`` ``[B, ...]`` (and the delta ``[B]`` if asked).
 
     Example::
 
@@ -182,49 +206,41 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
     """
     check_model(model)
     _check_layer_inputs(inputs)
+    if not isinstance(attribute_to_layer_input, bool):
+        raise TypeError("attribute_to_layer_input must be a bool, got "
+                        f"{type(attribute_to_layer_input).__name__}")
     name, module = _resolve_layer(model, layer)
     alphas, weights = quadrature(method, n_steps)
     base = _baselines(inputs, baselines)
-    batch, n = inputs.shape[0], len(alphas)
+    batch = inputs.shape[0]
+    what = "input" if attribute_to_layer_input else "output"
     with frozen_parameters(model):
-        logits_x, h_x = _capture(model, inputs, name, module)
+        logits_x, h_x = _capture(model, inputs, name, module, attribute_to_layer_input)
         t = resolve_target(model, inputs, target, logits_x)
-        logits_b, h_b = _capture(model, base, name, module)
+        logits_b, h_b = _capture(model, base, name, module, attribute_to_layer_input)
         if h_b.shape[1:] != h_x.shape[1:]:
-            raise ValueError(f"layer {name!r} output has shape {tuple(h_b.shape)} for the baselines but "
+            raise ValueError(f"layer {name!r} {what} has shape {tuple(h_b.shape)} for the baselines but "
                              f"{tuple(h_x.shape)} for the inputs")
         sizer = h_x if _bytes_per_example(h_x) > _bytes_per_example(inputs) else inputs
-        chunk = chunk_size(sizer, n * batch, max_batch, memory_budget)
-        acc_dtype = _accum_dtype(h_x.dtype)
-        alphas_t = torch.tensor(alphas, dtype=torch.float64, device=h_x.device)
-        weights_t = torch.tensor(weights, dtype=acc_dtype, device=h_x.device)
+        chunk = chunk_size(sizer, len(alphas) * batch, max_batch, memory_budget)
         path = {}
 
         def replace(key, out):
             if out.shape != path["leaf"].shape:
-                raise ValueError(f"layer {name!r} output has shape {tuple(out.shape)} on the path, expected "
+                raise ValueError(f"layer {name!r} {what} has shape {tuple(out.shape)} on the path, expected "
                                  f"{tuple(path['leaf'].shape)}")
             return path["leaf"].clone()
 
-        blocks = []
-        with _Hooks({name: module}, replace) as hooks, torch.enable_grad():
-            for e0 in range(0, batch, chunk):
-                e1 = min(batch, e0 + chunk)
-                hx, hb = h_x[e0:e1], h_b if h_b.shape[0] == 1 else h_b[e0:e1]
-                diff = hx.to(acc_dtype) - hb.to(acc_dtype)
-                steps = max(1, chunk // (e1 - e0))
-                acc = torch.zeros(hx.shape, dtype=acc_dtype, device=hx.device)
-                for s0 in range(0, n, steps):
-                    s1 = min(n, s0 + steps)
-                    path["leaf"] = path_interpolate(hx, hb, alphas_t[s0:s1]).detach().requires_grad_(True)
-                    scores = select(hooks(model, _repeat(inputs[e0:e1], s1 - s0)), t[e0:e1].repeat(s1 - s0))
-                    (grad,) = torch.autograd.grad(scores.sum(), path["leaf"])
-                    last = s1 == n and multiply_by_inputs
-                    acc = path_accumulate(acc, grad.view((s1 - s0,) + tuple(hx.shape)), weights_t[s0:s1],
-                                          diff if last else None)
-                blocks.append(acc)
-                path.clear()
-    attr = torch.cat(blocks).to(h_x.dtype)
+        def grad_fn(points: torch.Tensor, e0: int, e1: int) -> torch.Tensor:
+            steps = points.shape[0] // (e1 - e0)
+            path["leaf"] = points.detach().requires_grad_(True)
+            scores = select(hooks(model, _repeat(inputs[e0:e1], steps)), t[e0:e1].repeat(steps))
+            (grad,) = torch.autograd.grad(scores.sum(), path["leaf"])
+            path.clear()
+            return grad
+
+        with _Hooks({name: module}, replace, inputs=attribute_to_layer_input) as hooks, torch.enable_grad():
+            attr = path_integral(grad_fn, h_x, h_b, alphas, weights, chunk, multiply_by_inputs).to(h_x.dtype)
     if not return_convergence_delta:
         return attr
     if logits_b.shape[0] == 1 and batch > 1:

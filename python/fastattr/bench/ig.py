@@ -6,18 +6,23 @@ chunk size; Captum's ``IntegratedGradients`` runs with ``internal_batch_size`` s
 Memory: peak resident memory of one process running IG with default settings (fastattr) vs
 Captum without ``internal_batch_size``, at 50 / 200 / 1000 steps (each in a fresh process; CUDA:
 ``max_memory_allocated``).
+CUDA only: ResNet-50 (random weights, eval mode) on 224², batch 16, 64 steps: fastattr vs Captum
+time at fastattr's default chunk, fastattr's bf16 autocast vs fp32, both with and without
+Captum's ``internal_batch_size``, with the peak ``max_memory_allocated`` of every call.
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from ..attribution import integrated_gradients
+from ..attribution._common import chunk_size, measured_input_factor
+from ..zoo.resnet import resnet50
 from . import Table, machine_info, time_interleaved
 
 
@@ -83,7 +88,7 @@ def run(batch: int = 8, n_steps: int = 50, chunk: int = 100, device: Optional[st
                   vs_floor["captum IntegratedGradients"] / vs_floor[name] if cap else "-")
     table.notes.append(f"{repeat} interleaved rounds (floor, fastattr, captum in turn); ratios are medians of "
                        f"per-round ratios; torch threads = {torch.get_num_threads()}")
-    if cap is None:
+    if not cap:
         table.notes.append("captum not installed: pip install captum for the peer column")
     return table
 
@@ -136,5 +141,109 @@ def memory(steps=(50, 200, 1000), device: Optional[str] = None) -> Table:
     return table
 
 
+def _peak_mb(fn: Callable[[], object], device: torch.device):
+    """Peak ``max_memory_allocated`` above the pre-call level in MB for one call of ``fn`` (CUDA),
+    ``"OOM"`` when it runs out of memory, ``"-"`` off CUDA."""
+    if device.type != "cuda":
+        fn()
+        return "-"
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    try:
+        fn()
+        torch.cuda.synchronize(device)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return "OOM"
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def resnet_case(batch: int = 16, n_steps: int = 64, size: int = 224, device: str = "cuda", repeat: int = 5,
+                arch: Callable[..., nn.Module] = resnet50) -> Table:
+    """IG on a ResNet (random weights, eval mode): fastattr fp32 / bf16 autocast vs Captum vs the floor.
+
+    The chunk is what a default fastattr call picks on this device (free memory and the model's
+    measured activations); fastattr runs with ``max_batch`` and Captum with ``internal_batch_size``
+    set to it, and both also run with their defaults (Captum: all steps in one batch). Calls that
+    run out of memory are reported as OOM and left out of the timing.
+    """
+    device = torch.device(device)
+    model = arch().to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # the floor and Captum compute no parameter gradients either
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    total = n_steps * batch
+    factor = measured_input_factor(model, x) if device.type == "cuda" else 24.0
+    chunk = chunk_size(x, total, None, None, per_input_factor=factor)
+    used = max(1, chunk // batch) * batch
+    sizes = [min(used, total - i) for i in range(0, total, used)]
+    floor_inputs = [torch.rand(s, 3, size, size, generator=torch.Generator().manual_seed(i)).to(device)
+                    for i, s in enumerate(sizes)]
+
+    def floor():
+        for inp in floor_inputs:
+            inp = inp.requires_grad_(True)
+            out = model(inp).gather(1, target.repeat(inp.shape[0] // batch)[:, None]).sum()
+            torch.autograd.grad(out, inp)
+
+    kw = dict(n_steps=n_steps)
+    impls = {
+        "model-only floor": floor,
+        "fastattr IG fp32": lambda: integrated_gradients(model, x, target, max_batch=chunk, **kw),
+        "fastattr IG bf16 autocast": lambda: integrated_gradients(model, x, target, max_batch=chunk,
+                                                                  autocast=torch.bfloat16, **kw),
+        "fastattr IG fp32, default settings": lambda: integrated_gradients(model, x, target, **kw),
+    }
+    captum_ig = _captum_ig(model)
+    if captum_ig is not None:
+        impls["captum IG, internal_batch_size = chunk"] = lambda: captum_ig.attribute(
+            x, target=target, internal_batch_size=chunk, **kw)
+        impls["captum IG, default (one batch)"] = lambda: captum_ig.attribute(x, target=target, **kw)
+    peaks = {name: _peak_mb(fn, device) for name, fn in impls.items()}
+    timed = {name: fn for name, fn in impls.items() if peaks[name] != "OOM"}
+    times, vs_floor = time_interleaved(timed, device, repeat=repeat)
+    peer = "captum IG, internal_batch_size = chunk"
+    table = Table(
+        name=f"integrated gradients, {arch.__name__} {size}x{size}, batch {batch}, {n_steps} steps, "
+             f"chunk {used} inputs, {device.type}",
+        columns=["implementation", "ms", "time / floor", "speed-up vs captum (same chunk)", "peak MB"],
+        machine=machine_info(device),
+        params={"arch": arch.__name__, "batch": batch, "n_steps": n_steps, "size": size, "chunk": used,
+                "device": str(device), "repeat": repeat},
+    )
+    for name in impls:
+        if name not in times:
+            table.add(name, "OOM", "-", "-", peaks[name])
+            continue
+        speed = vs_floor[peer] / vs_floor[name] if peer in times else "-"
+        table.add(name, times[name] * 1e3, vs_floor[name], speed, peaks[name])
+    fp32 = integrated_gradients(model, x, target, max_batch=chunk, **kw)
+    bf16 = integrated_gradients(model, x, target, max_batch=chunk, autocast=torch.bfloat16, **kw)
+    err = ((bf16 - fp32).norm() / fp32.norm()).item()
+    pair = ("fastattr IG bf16 autocast", "fastattr IG fp32")
+    ratio = f"{vs_floor[pair[0]] / vs_floor[pair[1]]:.3g}" if all(n in times for n in pair) else "-"
+    table.notes.append(f"bf16 autocast / fp32 time: {ratio}; relative difference of the attributions: "
+                       f"{err:.3g}")
+    table.notes.append(f"{repeat} interleaved rounds; ratios are medians of per-round ratios; peak MB = "
+                       "max_memory_allocated above the pre-call level (CUDA); cudnn TF32 as torch's default "
+                       f"({torch.backends.cudnn.allow_tf32}) for every row")
+    if captum_ig is None:
+        table.notes.append("captum not installed: pip install captum for the peer rows")
+    return table
+
+
+def gpu_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
+    """The ResNet-50 case (224², batch 16, 64 steps) when CUDA is there; otherwise a printed note."""
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
+        print("note: ResNet-50 IG benchmark skipped (needs a CUDA device; "
+              f"{'CUDA not available' if not torch.cuda.is_available() else 'device is ' + str(device)})")
+        return []
+    return [resnet_case(device=device or "cuda", repeat=repeat)]
+
+
 def default_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
-    return [run(device=device, repeat=repeat), memory(device=device)]
+    return [run(device=device, repeat=repeat), memory(device=device)] + gpu_tables(device, repeat)

@@ -1,11 +1,12 @@
 """Drop-in replacements for Captum's gradient attributions.
 
 Change ``from captum.attr import X`` to ``from fastattr.integrations.captum import X`` for X in
-``Saliency``, ``InputXGradient``, ``IntegratedGradients`` and ``NoiseTunnel``: the same
+``Saliency``, ``InputXGradient``, ``IntegratedGradients``, ``NoiseTunnel``, ``GradientShap``,
+``LayerIntegratedGradients``, ``LayerGradCam``, ``GuidedBackprop`` and ``GuidedGradCam``: the same
 constructors, ``attribute`` arguments and return types (a tensor in gives a tensor out, a tuple in
-gives a tuple out; ``(attributions, delta)`` with ``return_convergence_delta=True``) and the same
-values (Integrated Gradients uses Captum's quadrature nodes and weights), computed by fastattr's
-chunked paths.
+gives a tuple out; layer methods return one tensor shaped like the layer; ``(attributions, delta)``
+with ``return_convergence_delta=True``) and the same values (Integrated Gradients uses Captum's
+quadrature nodes and weights), computed by fastattr's chunked paths.
 
 What differs from Captum:
 
@@ -13,35 +14,55 @@ What differs from Captum:
   fastattr's own seeded generator, not from the global torch RNG, so a call is reproducible (seed 0
   by default) and agrees with Captum in distribution, not draw for draw. Pass ``generator=`` (a
   ``torch.Generator`` or an int seed) as an extra keyword to ``NoiseTunnel.attribute`` to choose
-  the stream.
+  the stream. ``GradientShap.attribute`` takes the same extra keyword, and also
+  ``generator="global"``: draw from the global NumPy and torch RNGs in Captum's order (baseline
+  indices, noise, then the α's), so that after the same ``np.random.seed`` / ``torch.manual_seed``
+  the result equals Captum's draw for draw.
 - One input tensor. ``inputs`` is a tensor or a tuple of one tensor; models that take several
   input tensors (a tuple of two or more) raise ``NotImplementedError``.
+- One layer with one tensor. Layer methods take one ``nn.Module`` whose output (or, with
+  ``attribute_to_layer_input=True``, whose single input) is one tensor with the batch axis first;
+  lists of layers, ``device_ids`` (DataParallel) and ``grad_kwargs`` raise ``NotImplementedError``.
 - Targets select one scalar per example: an int, a list of ints or a 1-D tensor (2-D outputs), or
   a tuple / list of tuples indexing every non-batch dimension of the output. ``target=None`` on a
   model with several outputs per example explains the arg-max class (Captum requires one output).
 - ``internal_batch_size`` bounds the inputs per forward pass, as in Captum (fastattr's
-  ``max_batch``); when it is None, fastattr sizes the chunks from free memory.
+  ``max_batch``); when it is None, fastattr sizes the chunks from free memory. The other methods
+  (Captum runs them in one batch) are chunked from free memory as well.
+- ``GuidedGradCam`` raises when the Grad-CAM map cannot be interpolated to the input (Captum warns
+  and returns an empty tensor).
 - Only wrappers from this module can go inside ``NoiseTunnel``.
+- ``IntegratedGradients(forward_func, multiply_by_inputs=True, *, autocast=None)``: the extra
+  keyword-only ``autocast`` (``torch.bfloat16`` / ``torch.float16``) runs the path's forward passes
+  in mixed precision (see :func:`fastattr.integrated_gradients`).
 
 As in Captum, every tensor in ``additional_forward_args`` with a batch axis is taken to hold one
 row per example and is repeated along with the inputs.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..attribution._common import chunk_size, resolve_target
-from ..attribution.gradient import VARIANTS, _generator
+from ..attribution.cam import _cam
+from ..attribution.cam import guided_backprop as _guided_backprop
+from ..attribution.cam import guided_grad_cam as _guided_grad_cam
+from ..attribution.gradient import (VARIANTS, _baselines, _generator, _prepare, _references, _shap_draws,
+                                    _shap_from_draws)
 from ..attribution.gradient import input_x_gradient as _input_x_gradient
 from ..attribution.gradient import integrated_gradients as _integrated_gradients
 from ..attribution.gradient import saliency as _saliency
 from ..attribution.gradient import smoothgrad as _smoothgrad
+from ..attribution.layer import layer_integrated_gradients as _layer_integrated_gradients
 
-__all__ = ["InputXGradient", "IntegratedGradients", "NoiseTunnel", "Saliency"]
+__all__ = ["GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient", "IntegratedGradients",
+           "LayerGradCam", "LayerIntegratedGradients", "NoiseTunnel", "Saliency"]
 
 
 def _single_input(inputs) -> Tuple[torch.Tensor, bool]:
@@ -58,6 +79,23 @@ def _single_input(inputs) -> Tuple[torch.Tensor, bool]:
 
 def _output(attr: torch.Tensor, is_tuple: bool):
     return (attr,) if is_tuple else attr
+
+
+def _single_baseline(baselines):
+    """A tuple of one baseline → that baseline; other tuples are refused."""
+    if isinstance(baselines, tuple):
+        if len(baselines) != 1:
+            raise ValueError(f"one input tensor takes one baseline, got a tuple of {len(baselines)}")
+        return baselines[0]
+    return baselines
+
+
+def _unsupported(**arguments) -> None:
+    """``NotImplementedError`` naming each Captum argument given a value fastattr does not support."""
+    for name, value in arguments.items():
+        if value is not None:
+            raise NotImplementedError(f"{name}={value!r} is not supported by fastattr.integrations.captum; "
+                                      f"leave it None or use captum.attr for this call")
 
 
 def _as_args(additional_forward_args) -> Optional[tuple]:
@@ -86,11 +124,14 @@ class _Bound(nn.Module):
         self.training = bool(getattr(forward_func, "training", False))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        copies, rest = divmod(z.shape[0], self.rows)
-        if rest or copies == 0:
-            raise RuntimeError(f"internal error: a chunk of {z.shape[0]} inputs is not whole batches of {self.rows}")
-        args = tuple(a.repeat((copies,) + (1,) * (a.dim() - 1)) if isinstance(a, torch.Tensor) and a.dim() > 0
-                     else a for a in self.args)
+        args = self.args
+        if _has_batch_tensor(args):
+            copies, rest = divmod(z.shape[0], self.rows)
+            if rest or copies == 0:
+                raise RuntimeError(f"internal error: a chunk of {z.shape[0]} inputs is not whole batches of "
+                                   f"{self.rows}")
+            args = tuple(a.repeat((copies,) + (1,) * (a.dim() - 1))
+                         if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
         out = self.forward_func(z, *args)
         return out.reshape(z.shape[0], -1) if self.flatten else out
 
@@ -134,7 +175,8 @@ def _bind(forward_func: Callable, x: torch.Tensor, target, additional_forward_ar
         # Chunks must hold whole batches for the tiling in _Bound (Captum never splits a batch either).
         limit = max_batch if max_batch is not None else chunk_size(x, total, None, None)
         max_batch = max(limit, x.shape[0])
-    return model, target, max_batch
+    # A plain function stays a function, so layer lookups do not search the wrapper's (empty) modules.
+    return (model if isinstance(forward_func, nn.Module) else model.forward), target, max_batch
 
 
 class _Attribution:
@@ -175,11 +217,17 @@ class InputXGradient(_Attribution):
 
 class IntegratedGradients(_Attribution):
     """Integrated Gradients, as ``captum.attr.IntegratedGradients`` (see
-    :func:`fastattr.integrated_gradients`); ``multiply_by_inputs=False`` gives the weighted gradient sum."""
+    :func:`fastattr.integrated_gradients`); ``multiply_by_inputs=False`` gives the weighted gradient sum.
 
-    def __init__(self, forward_func: Callable, multiply_by_inputs: bool = True):
+    Extra keyword-only constructor argument (not in Captum): ``autocast`` (None, ``torch.bfloat16``
+    or ``torch.float16``) runs the path's forward passes under ``torch.autocast``; gradients are still
+    accumulated in float32 and the attributions have the inputs' dtype."""
+
+    def __init__(self, forward_func: Callable, multiply_by_inputs: bool = True, *,
+                 autocast: Optional[torch.dtype] = None):
         super().__init__(forward_func)
         self._multiply_by_inputs = multiply_by_inputs
+        self.autocast = autocast
 
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
@@ -187,15 +235,13 @@ class IntegratedGradients(_Attribution):
         """Returns attributions shaped like ``inputs``, and with ``return_convergence_delta=True``
         also the per-example delta ``Σ attr − (f_t(x) − f_t(x'))``."""
         x, is_tuple = _single_input(inputs)
-        if isinstance(baselines, tuple):
-            if len(baselines) != 1:
-                raise ValueError(f"one input tensor takes one baseline, got a tuple of {len(baselines)}")
-            baselines = baselines[0]
+        baselines = _single_baseline(baselines)
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, internal_batch_size,
                                     n_steps * x.shape[0])
         out = _integrated_gradients(model, x, t, baselines=baselines, n_steps=n_steps, method=method,
                                     multiply_by_inputs=self._multiply_by_inputs,
-                                    return_convergence_delta=return_convergence_delta, max_batch=max_batch)
+                                    return_convergence_delta=return_convergence_delta, autocast=self.autocast,
+                                    max_batch=max_batch)
         if return_convergence_delta:
             return _output(out[0], is_tuple), out[1]
         return _output(out, is_tuple)
@@ -229,14 +275,15 @@ class NoiseTunnel(_Attribution):
 
     ``nt_type="smoothgrad"`` averages the method over ``nt_samples`` copies ``x + ε``,
     ``ε ~ N(0, stdevs²)``; ``"smoothgrad_sq"`` averages the squares; ``"vargrad"`` returns the
-    variance. Saliency runs on :func:`fastattr.smoothgrad`; other methods (IntegratedGradients:
-    SmoothGrad-IG) run on ``nt_samples_batch_size`` noisy copies of the batch at a time.
+    variance. Saliency (with or without ``abs``) runs on :func:`fastattr.smoothgrad`; other methods
+    (IntegratedGradients: SmoothGrad-IG) run on ``nt_samples_batch_size`` noisy copies of the batch
+    at a time. Layer methods give layer-shaped results, as in Captum.
     """
 
     def __init__(self, attribution_method: _Attribution):
         if not isinstance(attribution_method, _Attribution) or isinstance(attribution_method, NoiseTunnel):
-            raise TypeError("NoiseTunnel wraps Saliency, InputXGradient or IntegratedGradients from "
-                            f"fastattr.integrations.captum, got {type(attribution_method).__name__}")
+            raise TypeError("NoiseTunnel wraps an attribution method from fastattr.integrations.captum "
+                            f"(other than NoiseTunnel), got {type(attribution_method).__name__}")
         super().__init__(attribution_method.forward_func)
         self.attribution_method = attribution_method
         self.is_delta_supported = attribution_method.has_convergence_delta()
@@ -266,14 +313,12 @@ class NoiseTunnel(_Attribution):
         stdev = self._stdev(stdevs)
         k = nt_samples if nt_samples_batch_size is None else min(nt_samples, nt_samples_batch_size)
         method = self.attribution_method
-        fused = isinstance(method, Saliency) and set(kwargs) <= {"target", "abs", "additional_forward_args"} \
-            and (not kwargs.get("abs", True) or nt_type == "smoothgrad_sq")
-        if fused:
+        if isinstance(method, Saliency) and set(kwargs) <= {"target", "abs", "additional_forward_args"}:
             model, t, max_batch = _bind(method.forward_func, x, kwargs.get("target"),
                                         kwargs.get("additional_forward_args"), k * x.shape[0],
                                         nt_samples * x.shape[0])
             attr = _smoothgrad(model, x, t, n_samples=nt_samples, stdev=stdev, variant=nt_type,
-                               generator=generator, max_batch=max_batch)
+                               abs=kwargs.get("abs", True), generator=generator, max_batch=max_batch)
             return _output(attr, is_tuple)
         return self._noise_loop(x, is_tuple, nt_type, nt_samples, k, stdev, draw_baseline_from_distrib,
                                 generator, kwargs)
@@ -296,9 +341,7 @@ class NoiseTunnel(_Attribution):
         if isinstance(baselines, tuple) and len(baselines) == 1:
             baselines = baselines[0]
         sigma = torch.tensor(stdev, dtype=x.dtype, device=x.device)
-        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
-        total_sq = torch.zeros_like(total)
+        total = total_sq = None
         deltas = []
         if kwargs.get("target") is None:
             # Explain the class of the clean input in every noisy copy, as fastattr.smoothgrad does.
@@ -320,14 +363,214 @@ class NoiseTunnel(_Attribution):
                     part["baselines"] = baselines[rows.to(baselines.device)]
                 elif baselines.shape[0] == batch and batch > 1:
                     part["baselines"] = baselines.repeat_interleave(kk, dim=0)
-            out = self.attribution_method.attribute(noisy, **part)
+            out = self.attribution_method.attribute((noisy,) if is_tuple else noisy, **part)
             if want_delta:
                 out, delta = out
                 deltas.append(delta)
-            e = out.reshape((batch, kk) + shape).to(acc_dtype)
-            total += e.sum(1)
-            total_sq += (e * e).sum(1)
+            out_tuple = isinstance(out, tuple)
+            out = out[0] if out_tuple else out
+            acc_dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
+            e = out.reshape((batch, kk) + tuple(out.shape[1:])).to(acc_dtype)
+            total = e.sum(1) if total is None else total + e.sum(1)
+            total_sq = (e * e).sum(1) if total_sq is None else total_sq + (e * e).sum(1)
         mean, mean_sq = total / nt_samples, total_sq / nt_samples
         attr = {"smoothgrad": mean, "smoothgrad_sq": mean_sq, "vargrad": mean_sq - mean * mean}[nt_type]
-        attr = _output(attr.to(x.dtype), is_tuple)
+        attr = _output(attr.to(out.dtype), out_tuple)
         return (attr, torch.cat(deltas)) if want_delta else attr
+
+
+def _check_bool(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+class GradientShap(_Attribution):
+    """GradientSHAP, as ``captum.attr.GradientShap`` (see :func:`fastattr.attribution.gradient_shap`).
+
+    For each example and each of ``n_samples`` draws: a baseline ``b`` uniform from ``baselines``
+    ``[M, ...]``, noise ``ε ~ N(0, stdevs²)`` and ``α ~ U(0, 1)``; the attribution is the mean of
+    ``(x + ε − b) ⊙ ∇f_t(b + α (x + ε − b))`` (the bare gradient with ``multiply_by_inputs=False``).
+    The deltas (``return_convergence_delta=True``) are ``Σ attr_j − (f_t(x + ε_j) − f_t(b_j))`` for
+    every example and draw, example-major (``[B · n_samples]``), as Captum orders them.
+    """
+
+    def __init__(self, forward_func: Callable, multiply_by_inputs: bool = True):
+        super().__init__(forward_func)
+        self._multiply_by_inputs = multiply_by_inputs
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+    def attribute(self, inputs, baselines, n_samples: int = 5, stdevs: Union[float, Tuple[float, ...]] = 0.0,
+                  target=None, additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
+                  generator=None):
+        """Returns attributions shaped like ``inputs`` (and the deltas if asked).
+
+        Extra keyword: ``generator`` — a ``torch.Generator`` or int seed (default seed 0) for
+        fastattr's stream, or ``"global"`` for Captum's draws from the global NumPy / torch RNGs.
+        """
+        x, is_tuple = _single_input(inputs)
+        if callable(baselines) and not isinstance(baselines, torch.Tensor):
+            takes_inputs = len(inspect.signature(baselines).parameters) > 0
+            baselines = baselines(inputs) if takes_inputs else baselines()
+        baselines = _single_baseline(baselines)
+        stdev = NoiseTunnel._stdev(stdevs)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+        _check_bool(return_convergence_delta, "return_convergence_delta")
+        batch = x.shape[0]
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None,
+                                    n_samples * batch)
+        t = _prepare(model, x, t)
+        refs = _references(x, baselines)
+        if isinstance(generator, str):
+            if generator != "global":
+                raise ValueError(f"generator must be a torch.Generator, an int seed or 'global', "
+                                 f"got {generator!r}")
+            index, alpha, noise = self._global_draws(x, n_samples, refs.shape[0], stdev)
+        else:
+            index, alpha, noise = _shap_draws(_generator(generator), n_samples, refs.shape[0], x, stdev)
+        out = _shap_from_draws(model, x, t, refs, index, alpha, noise,
+                               multiply_by_inputs=self._multiply_by_inputs, noisy_difference=True,
+                               return_convergence_delta=return_convergence_delta, max_batch=max_batch,
+                               memory_budget=None)
+        if return_convergence_delta:
+            return _output(out[0], is_tuple), out[1].reshape(-1)
+        return _output(out, is_tuple)
+
+    @staticmethod
+    def _global_draws(x: torch.Tensor, n_samples: int, n_refs: int, stdev: float):
+        """Captum's draws, in Captum's order and calls: ``np.random.choice`` baseline indices, then
+        ``torch.normal`` noise (drawn even when ``stdev = 0``), then ``np.random.uniform`` α's; each
+        example-major ``[B · N]``, returned as ``[N, B]`` / ``[N, B, ...]``."""
+        batch, shape = x.shape[0], tuple(x.shape[1:])
+        index = torch.as_tensor(np.random.choice(n_refs, n_samples * batch), dtype=torch.long)
+        noise = torch.normal(0.0, torch.full((batch * n_samples,) + shape, stdev, device=x.device))
+        alpha = torch.tensor(np.random.uniform(0.0, 1.0, batch * n_samples), dtype=x.dtype)
+        noise = noise.view((batch, n_samples) + shape).transpose(0, 1) if stdev > 0 else None
+        return index.view(batch, n_samples).T, alpha.view(batch, n_samples).T, noise
+
+
+class _LayerAttribution(_Attribution):
+    """What Captum's ``LayerAttribution`` offers: ``layer``, ``device_ids`` and ``interpolate``."""
+
+    def __init__(self, forward_func: Callable, layer: nn.Module, device_ids=None):
+        super().__init__(forward_func)
+        if isinstance(layer, (list, tuple)):
+            raise NotImplementedError("fastattr.integrations.captum attributes to one layer; got a list of "
+                                      f"{len(layer)} (call once per layer, or use captum.attr)")
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
+        _unsupported(device_ids=device_ids)
+        if isinstance(forward_func, nn.DataParallel):
+            raise NotImplementedError("DataParallel models are not supported; pass the wrapped module")
+        self.layer = layer
+        self.device_ids = device_ids
+
+    @staticmethod
+    def interpolate(layer_attribution: torch.Tensor, interpolate_dims, interpolate_mode: str = "nearest"):
+        """``F.interpolate(layer_attribution, interpolate_dims, mode=interpolate_mode)``, as Captum's."""
+        return F.interpolate(layer_attribution, interpolate_dims, mode=interpolate_mode)
+
+
+class LayerIntegratedGradients(_LayerAttribution):
+    """Layer Integrated Gradients, as ``captum.attr.LayerIntegratedGradients`` (see
+    :func:`fastattr.attribution.layer_integrated_gradients`): IG with respect to ``layer``'s output
+    (or input), e.g. an ``nn.Embedding`` for token ids. Returns a tensor shaped like that tensor."""
+
+    def __init__(self, forward_func: Callable, layer: nn.Module, device_ids=None,
+                 multiply_by_inputs: bool = True):
+        super().__init__(forward_func, layer, device_ids)
+        self._multiply_by_inputs = multiply_by_inputs
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+    def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
+                  n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
+                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
+                  grad_kwargs: Optional[dict] = None):
+        """Returns the layer attributions ``[B, ...]``, and with ``return_convergence_delta=True`` also
+        the per-example delta ``Σ attr − (f_t(x) − f_t(x'))``."""
+        _unsupported(grad_kwargs=grad_kwargs)
+        x, _ = _single_input(inputs)
+        baselines = _single_baseline(baselines)
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, internal_batch_size,
+                                    n_steps * x.shape[0])
+        # One baseline row per example, so extra forward arguments tile the same way on every pass.
+        base = _baselines(x, baselines).expand_as(x)
+        return _layer_integrated_gradients(model, x, t, layer=self.layer, baselines=base, n_steps=n_steps,
+                                           method=method, multiply_by_inputs=self._multiply_by_inputs,
+                                           return_convergence_delta=return_convergence_delta,
+                                           attribute_to_layer_input=attribute_to_layer_input,
+                                           max_batch=max_batch)
+
+
+class LayerGradCam(_LayerAttribution):
+    """Grad-CAM at a layer, as ``captum.attr.LayerGradCam`` (see :func:`fastattr.grad_cam`): the
+    layer-resolution map ``Σ_k α_k A^k`` as ``[B, 1, ...]`` (``attr_dim_summation=False``: the
+    terms ``α_k A^k`` ``[B, K, ...]``), not upsampled; ``relu_attributions=False`` by default."""
+
+    def __init__(self, forward_func: Callable, layer: nn.Module, device_ids=None):
+        super().__init__(forward_func, layer, device_ids)
+
+    def attribute(self, inputs, target=None, additional_forward_args: Any = None,
+                  attribute_to_layer_input: bool = False, relu_attributions: bool = False,
+                  attr_dim_summation: bool = True, grad_kwargs: Optional[dict] = None):
+        _unsupported(grad_kwargs=grad_kwargs)
+        _check_bool(attr_dim_summation, "attr_dim_summation")
+        x, _ = _single_input(inputs)
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
+        cam = _cam(model, x, t, self.layer, relu_attributions=relu_attributions, upsample=False,
+                   max_batch=max_batch, memory_budget=None, plus_plus=False,
+                   attribute_to_layer_input=attribute_to_layer_input, channel_sum=attr_dim_summation)
+        return cam.unsqueeze(1) if attr_dim_summation else cam
+
+
+def _module_model(model, name: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} needs model to be an nn.Module (its nn.ReLU modules are hooked), "
+                        f"got {type(model).__name__}")
+    return model
+
+
+class GuidedBackprop(_Attribution):
+    """Guided Backpropagation, as ``captum.attr.GuidedBackprop`` (see :func:`fastattr.guided_backprop`):
+    the input gradient with every ``nn.ReLU`` module passing back only positive gradients."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(_module_model(model, "GuidedBackprop"))
+        self.model = model
+
+    def attribute(self, inputs, target=None, additional_forward_args: Any = None):
+        x, is_tuple = _single_input(inputs)
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
+        return _output(_guided_backprop(model, x, t, max_batch=max_batch), is_tuple)
+
+
+class GuidedGradCam(_Attribution):
+    """Guided Grad-CAM, as ``captum.attr.GuidedGradCam`` (see :func:`fastattr.guided_grad_cam`):
+    guided backprop times the ReLU'd Grad-CAM map of ``layer``, upsampled to the input with
+    ``interpolate_mode`` (``"nearest"`` by default, as in Captum)."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module, device_ids=None):
+        super().__init__(_module_model(model, "GuidedGradCam"))
+        self.grad_cam = LayerGradCam(model, layer, device_ids)
+        self.guided_backprop = GuidedBackprop(model)
+
+    def attribute(self, inputs, target=None, additional_forward_args: Any = None,
+                  interpolate_mode: str = "nearest", attribute_to_layer_input: bool = False):
+        x, is_tuple = _single_input(inputs)
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
+        out = _guided_grad_cam(model, x, t, layer=self.grad_cam.layer, relu_attributions=True,
+                               interpolate_mode=interpolate_mode,
+                               attribute_to_layer_input=attribute_to_layer_input, max_batch=max_batch)
+        return _output(out, is_tuple)
