@@ -15,6 +15,8 @@ BENCHES: dict[str, str] = {
     "sparsemax": "fastattr.bench.sparsemax",
     "ig": "fastattr.bench.ig",
     "metrics": "fastattr.bench.metrics",
+    "cd": "fastattr.bench.cd",
+    "cdep": "fastattr.bench.cdep",
 }
 
 

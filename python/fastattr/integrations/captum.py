@@ -61,8 +61,8 @@ from ..attribution.gradient import saliency as _saliency
 from ..attribution.gradient import smoothgrad as _smoothgrad
 from ..attribution.layer import layer_integrated_gradients as _layer_integrated_gradients
 
-__all__ = ["GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient", "IntegratedGradients",
-           "LayerGradCam", "LayerIntegratedGradients", "NoiseTunnel", "Saliency"]
+__all__ = ["FeatureAblation", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
+           "IntegratedGradients", "LayerGradCam", "LayerIntegratedGradients", "NoiseTunnel", "Occlusion", "Saliency"]
 
 
 def _single_input(inputs) -> Tuple[torch.Tensor, bool]:
@@ -574,3 +574,7 @@ class GuidedGradCam(_Attribution):
                                interpolate_mode=interpolate_mode,
                                attribute_to_layer_input=attribute_to_layer_input, max_batch=max_batch)
         return _output(out, is_tuple)
+
+
+# The perturbation drop-ins live in their own module (they reuse this module's helpers).
+from ._captum_perturbation import FeatureAblation, Occlusion  # noqa: E402
