@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cd import agglomerate_2d, contextual_decomposition
+from ..cd.blocks import block_masks
 from ..zoo import load_digits
 from ..zoo.resnet import resnet18
 from . import Table, machine_info, time_interleaved
@@ -36,21 +37,11 @@ def _acd():
     return acd
 
 
-def block_masks(size: int, block: int) -> torch.Tensor:
-    """``[(size/block)², 1, size, size]`` masks, one per ``block × block`` tile, row-major."""
-    n = size // block
-    masks = torch.zeros(n * n, 1, size, size)
-    for i in range(n * n):
-        r, c = divmod(i, n)
-        masks[i, :, r * block:(r + 1) * block, c * block:(c + 1) * block] = 1
-    return masks
-
-
 def run_blocks(device: Optional[str] = None, repeat: int = 7) -> Table:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = vgg_style().to(device)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
-    masks = block_masks(64, 8).to(device)
+    masks = block_masks(64, 64, 8).to(device)
     batch = x.expand(64, -1, -1, -1).contiguous()
     acd = _acd()
     np_masks = [m[0].cpu().numpy() for m in masks]
@@ -130,7 +121,7 @@ def run_resnet(repeat: int = 5, n_masks: int = 1024, acd_masks: int = 32) -> Tab
     device = torch.device("cuda")
     model = resnet18().to(device).eval()
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
-    masks = block_masks(224, 7).to(device)[:n_masks]
+    masks = block_masks(224, 224, 7).to(device)[:n_masks]
     batch = x.expand(len(masks), -1, -1, -1).contiguous()
     acd = _acd()
 

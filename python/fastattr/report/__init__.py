@@ -16,7 +16,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .._backend import use_backend
 from ..attribution import LAYER_METHODS, METHODS
+from ..cd import CD_METHODS
 from ..metrics import EVALUATE_METRICS, evaluate
 
 
@@ -212,12 +214,40 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
     if name == "smoothgrad":
         return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], generator=seed * 1_000_003 + first + i)
                           for i in range(x.shape[0])])
+    if name in CD_METHODS:
+        return CD_METHODS[name](net, x, t)
     if name in LAYER_METHODS:
         convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)] if isinstance(net, torch.nn.Module) else []
         if not convs:
             raise ReportError(f"method {name} needs a model with a Conv2d layer")
         return LAYER_METHODS[name](net, x, t, layer=convs[-1])
     return METHODS[name](net, x, t)
+
+
+TIMED_INPUTS = 8  # inputs on which every method and evaluate() are re-timed on both backends
+
+
+def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[str], metric_names: list[str],
+                     seed: int, n_subsets: int, show: bool) -> dict[str, float]:
+    """Seconds of each method and of ``evaluate`` on the same inputs, with fastattr's default backend
+    (cpp on CPU, triton on CUDA) and with the pure-torch reference backend of every op:
+    ``{"backend:<name>:<fastattr|reference>": s}``."""
+    out: dict[str, float] = {}
+    maps = {}
+    for backend, label in (("auto", "fastattr"), ("reference", "reference")):
+        with use_backend(backend):
+            for name in _progress([m for m in method_names if m != CONTROL], f"timing ({label} backend)", show):
+                start = time.perf_counter()
+                attr = _attribute(name, net, x, t, 0, seed)
+                out[f"backend:{name}:{label}"] = time.perf_counter() - start
+                maps[name] = feature_map(attr.detach(), x)
+            if CONTROL in method_names:
+                maps[CONTROL] = feature_map(_attribute(CONTROL, net, x, t, 0, seed), x)
+            start = time.perf_counter()
+            evaluate(net, x, t, attributions=maps, metrics=metric_names, n_subsets=n_subsets, generator=seed,
+                     multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in maps})
+            out[f"backend:evaluate:{label}"] = time.perf_counter() - start
+    return out
 
 
 def run_report(model: Optional[str | Callable] = None, data: Optional[str | torch.Tensor] = None,
@@ -241,7 +271,7 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ReportError(f"--n must be a positive integer, got {n!r}")
     out_dir = _prepare_out(out)
-    method_names = _pick(methods, {**METHODS, **LAYER_METHODS, CONTROL: None}, "method")
+    method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, CONTROL: None}, "method")
     metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS), "metric")
     try:
         dev = torch.device(device)
@@ -305,6 +335,9 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
             for name, c in by_method.items():
                 curves[metric][name] = torch.cat([curves[metric].get(name, c[:0]).cpu(), c.cpu()])
     seconds["metrics"] = time.perf_counter() - start
+    if shards.rank == 0 and hi > lo:
+        seconds.update(_backend_timings(net, xs[:TIMED_INPUTS], ts[:TIMED_INPUTS], method_names, metric_names,
+                                        seed, n_subsets, show))
 
     parts = shards.gather((maps, values, curves, fractions, seconds))
     shards.close()

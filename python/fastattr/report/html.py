@@ -104,6 +104,20 @@ def _metric_table(result: "ReportResult") -> str:
             + "".join(rows) + "</table>")
 
 
+def _backend_table(result: "ReportResult") -> str:
+    """fastattr's default backend vs the reference backend, per method and for evaluate()."""
+    names = [k.split(":")[1] for k in result.seconds if k.startswith("backend:") and k.endswith(":fastattr")]
+    if not names:
+        return "<p>(backend timings not measured)</p>"
+    rows = []
+    for name in names:
+        fast, ref = result.seconds[f"backend:{name}:fastattr"], result.seconds[f"backend:{name}:reference"]
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{fast:.3f}</td><td>{ref:.3f}</td>"
+                    f"<td>{ref / max(fast, 1e-9):.2f}x</td></tr>")
+    return ('<table id="backends"><tr><th>method / metric pass</th><th>fastattr backend (s)</th>'
+            '<th>reference backend (s)</th><th>speed-up</th></tr>' + "".join(rows) + "</table>")
+
+
 def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Tensor], target: torch.Tensor,
                pred: torch.Tensor) -> None:
     """Writes ``heatmaps.png``, ``curves.png`` and ``index.html`` (images inlined) into ``result.out``."""
@@ -143,6 +157,10 @@ squared gap between the two (lower is better; maps that include the input factor
 <h2>Timings</h2>
 <p>Attribution: {method_secs:.2f} s in all; metrics: {metric_secs:.2f} s in all (device: {html.escape(str(x.device))}).
 Per-example values are in <code>results.csv</code> and <code>results.json</code>.</p>
+<p>The same methods and metric passes on the first {min(result.n, 8)} inputs with fastattr's kernels (cpp on
+CPU, Triton on CUDA) and with the pure-torch reference of every op (one run each; methods without a
+fastattr op run the same code on both):</p>
+{_backend_table(result)}
 </body></html>
 """
     (result.out / "index.html").write_text(page)
