@@ -19,6 +19,6 @@ def test_color_digits_data_and_a_short_cdep_run():
     assert x.shape[1:] == (3, 8, 8)
     colour = x.amax((2, 3)) / x.amax((1, 2, 3))[:, None]
     torch.testing.assert_close(colour, bench_cdep.COLOURS[9 - y] / bench_cdep.COLOURS[9 - y].amax(1, keepdim=True))
-    table = bench_cdep.run(seeds=(0,), epochs=1, lam=1.0, form="l1")
-    assert [r[0] for r in table.rows] == ["vanilla", "cdep"]
+    table = bench_cdep.run(seeds=(0,), epochs=1, lams=(1.0,), form="l1")
+    assert [r[0] for r in table.rows] == ["vanilla", "cdep λ=1"]
     assert all(0.0 <= float(r[2]) <= 1.0 for r in table.rows)

@@ -39,7 +39,8 @@ def test_exact_attribution_of_a_linear_model_is_perfectly_faithful():
 def test_infidelity_by_hand_and_optimal_scaling():
     model, x, w = _linear_case()
     doubled = (2 * w).expand(3, 8)
-    passes = M.subset_deltas(model, x, torch.zeros(3, dtype=torch.long), 8, subset_size=3, n_subsets=25, generator=4)
+    t = torch.zeros(3, dtype=torch.long)
+    passes = M.subset_deltas(model, x, t, 8, subset_size=3, n_subsets=25, generator=4)
     mass = (passes.masks.double() * x.unsqueeze(1) * doubled.unsqueeze(1)).sum(-1)  # Iᵀa, I = x ⊙ m
     expected = ((mass - passes.delta.double()) ** 2).mean(-1)
     got = M.infidelity(model, x, doubled, 0, passes=passes)
@@ -58,9 +59,17 @@ def test_random_attribution_scores_worse_than_the_exact_one():
 
 def test_subset_sizes_and_seeds():
     model, x, _ = _linear_case()
-    p1 = M.subset_deltas(model, x, torch.zeros(3, dtype=torch.long), 8, subset_size=3, n_subsets=10, generator=7)
-    p2 = M.subset_deltas(model, x, torch.zeros(3, dtype=torch.long), 8, subset_size=3, n_subsets=10, generator=7)
-    assert (p1.masks.sum(-1) == 3).all() and torch.equal(p1.masks, p2.masks) and torch.equal(p1.delta, p2.delta)
+    t = torch.zeros(3, dtype=torch.long)
+    p1 = M.subset_deltas(model, x, t, 8, subset_size=3, n_subsets=10, generator=7)
+    p2 = M.subset_deltas(model, x, t, 8, subset_size=3, n_subsets=10, generator=7)
+    assert (p1.masks.sum(-1) == 3).all()
+    assert torch.equal(p1.masks, p2.masks) and torch.equal(p1.delta, p2.delta)
+    bern = M.subset_deltas(model, x, t, 8, p=0.5, n_subsets=40, generator=7)
+    expected = (bern.masks.double() * x.unsqueeze(1) * torch.tensor(W, dtype=torch.float64)).sum(-1)
+    # f is linear, so Δ = Σ_{i∈S} w_i x_i
+    torch.testing.assert_close(bern.delta.double(), expected, rtol=1e-5, atol=1e-5)
+    explicit = M.subset_deltas(model, x, t, 8, masks=p1.masks[0])  # [K, F]: shared by every example
+    torch.testing.assert_close(explicit.delta[0], p1.delta[0])
     with pytest.raises(ValueError, match="subset sizes"):
         M.subset_deltas(model, x, torch.zeros(3, dtype=torch.long), 8, subset_size=9, n_subsets=2)
     with pytest.raises(ValueError, match="subset_fraction"):
@@ -73,15 +82,16 @@ def test_evaluate_matches_the_metrics_and_shares_passes():
     model = small_cnn()
     x = rand(4, 3, 8, 8, seed=11)
     y = torch.tensor([0, 1, 2, 3])
-    attrs = {"saliency": fastattr.saliency(model, x, y).sum(1), "ixg": fastattr.input_x_gradient(model, x, y).sum(1),
-             "random": rand(4, 8, 8, seed=12)}
+    attrs = {"saliency": fastattr.saliency(model, x, y).sum(1),
+             "ixg": fastattr.input_x_gradient(model, x, y).sum(1), "random": rand(4, 8, 8, seed=12)}
     ev = fastattr.evaluate(model, x, y, attributions=attrs, n_subsets=30, ns=[2, 8], generator=5)
     for name, a in attrs.items():
         torch.testing.assert_close(ev["deletion"][name], M.deletion(model, x, a, y))
         torch.testing.assert_close(ev["insertion"][name], M.insertion(model, x, a, y))
         torch.testing.assert_close(ev["faithfulness_correlation"][name],
                                    M.faithfulness_correlation(model, x, a, y, n_subsets=30, generator=5))
-        torch.testing.assert_close(ev["infidelity"][name], M.infidelity(model, x, a, y, n_subsets=30, generator=5))
+        torch.testing.assert_close(ev["infidelity"][name],
+                                   M.infidelity(model, x, a, y, n_subsets=30, generator=5))
     only_sens = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["sensitivity_n"], n_subsets=30,
                                   ns=[2, 8], generator=5)
     for name, a in attrs.items():
@@ -93,14 +103,15 @@ def test_evaluate_matches_the_metrics_and_shares_passes():
         M.faithfulness_correlation(separate, x, a, y, n_subsets=30, generator=5)
         M.infidelity(separate, x, a, y, n_subsets=30, generator=5)
         M.sensitivity_n(separate, x, a, y, ns=[2, 8], n_subsets=30, generator=5)
-    shared = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["faithfulness_correlation", "infidelity",
-                                                                          "sensitivity_n"], n_subsets=30, ns=[2, 8])
+    shared = fastattr.evaluate(model, x, y, attributions=attrs, n_subsets=30, ns=[2, 8],
+                               metrics=["faithfulness_correlation", "infidelity", "sensitivity_n"])
     assert shared.forward_inputs * len(attrs) < separate.inputs
     summary = ev.summary()
     assert set(summary) == set(M.EVALUATE_METRICS) and set(summary["deletion"]) == set(attrs)
     pd = pytest.importorskip("pandas")
     table = ev.to_pandas()
-    assert isinstance(table, pd.DataFrame) and len(table) == 4 * 3 * 4 + 4 * 3 * 2
+    # one row per example, method and metric; Sensitivity-N one per n as well
+    assert isinstance(table, pd.DataFrame) and len(table) == 4 * 3 * (len(M.EVALUATE_METRICS) - 1) + 4 * 3 * 2
 
 
 def test_evaluate_bad_input():

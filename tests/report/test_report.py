@@ -23,7 +23,9 @@ def test_report_on_the_embedded_default(tmp_path):
     assert set(data["summary"]) == set(EVALUATE_METRICS)
     assert {"random", "integrated_gradients", "grad_cam", "guided_backprop"} <= set(data["methods"])
     lo_hi = {"deletion": (0, 1), "insertion": (0, 1), "faithfulness_correlation": (-1, 1),
-             "sensitivity_n": (-1, 1), "infidelity": (0, float("inf"))}
+             "sensitivity_n": (-1, 1), "infidelity": (0, float("inf")), "mdrs": (1, 64), "aupc": (0, 64),
+             "morf": (-1, 1), "lerf": (-1, 1), "deletion_error": (0, float("inf")),
+             "insertion_error": (0, float("inf"))}
     for metric, by_method in data["per_example"].items():
         lo, hi = lo_hi[metric]
         for values in by_method.values():

@@ -1,10 +1,23 @@
-"""Faithfulness metrics: ``fn(model, inputs, attributions, target=None, *, ...)`` → per-example values;
-:func:`evaluate` runs many methods × metrics with shared model passes."""
-from .evaluate import EVALUATE_METRICS, Evaluation, evaluate
-from .faithfulness import deletion, insertion
+"""Faithfulness and localisation metrics: ``fn(model, inputs, attributions, target=None, *, ...)`` →
+per-example values (``curves=True`` adds the curves where one exists); :func:`evaluate` runs many
+methods × metrics with shared model passes. :data:`METRICS` holds those that need nothing beyond
+``(model, inputs, attributions, target)``; the grouped metrics need ``groups=`` and the localisation
+metrics ``boxes=`` or ``masks=``."""
+from .evaluate import BETTER, EVALUATE_METRICS, Evaluation, evaluate
+from .faithfulness import aupc, deletion, insertion, lerf, mdrs, morf
+from .grouped import grouped_deletion, grouped_insertion
+from .localisation import ehr, iou, pointing_game
+from .robustness import avg_sensitivity, max_sensitivity
+from .sop import deletion_error, grouped_deletion_error, grouped_insertion_error, insertion_error
 from .subsets import faithfulness_correlation, infidelity, sensitivity_n, subset_deltas
 
-METRICS = {"deletion": deletion, "insertion": insertion}
+METRICS = {"deletion": deletion, "insertion": insertion, "mdrs": mdrs, "aupc": aupc, "morf": morf,
+           "lerf": lerf, "deletion_error": deletion_error, "insertion_error": insertion_error,
+           "faithfulness_correlation": faithfulness_correlation, "sensitivity_n": sensitivity_n,
+           "infidelity": infidelity}
 
-__all__ = ["EVALUATE_METRICS", "METRICS", "Evaluation", "deletion", "evaluate", "faithfulness_correlation",
-           "infidelity", "insertion", "sensitivity_n", "subset_deltas"]
+__all__ = ["BETTER", "EVALUATE_METRICS", "METRICS", "Evaluation", "aupc", "avg_sensitivity", "deletion",
+           "deletion_error", "ehr", "evaluate", "faithfulness_correlation", "grouped_deletion",
+           "grouped_deletion_error", "grouped_insertion", "grouped_insertion_error", "infidelity",
+           "insertion", "insertion_error", "iou", "lerf", "max_sensitivity", "mdrs", "morf", "pointing_game",
+           "sensitivity_n", "subset_deltas"]

@@ -1,10 +1,13 @@
 """``fastattr.evaluate``: many attribution methods × many metrics with shared model passes (SPEC §3.3).
 
-One clean forward resolves the targets. The random-subset metrics draw their subsets once and run
-the model on them once: faithfulness correlation and subset infidelity share the same perturbed
-inputs (same subset fraction and baseline), Sensitivity-N shares one set per n, and only the
-attribution mass ``Σ_{i∈S} a_i`` / ``Iᵀa`` is computed per method. Deletion and insertion depend on
-each method's ranking, so they run per method. The wrapped model counts every forward call.
+One clean forward resolves the targets. Per method, one deletion-ranked pass serves deletion,
+MDRS, AUPC and MoRF (the union of their step counts; MDRS and AUPC need every segment, which is
+the deletion curve itself when the step is one segment), and one insertion-ranked pass serves
+insertion and LeRF (LeRF removes the tail of the same ranking). The random-subset metrics draw their
+subsets once and run the model on them once for all methods: faithfulness correlation and subset
+infidelity share the same perturbed inputs (same subset fraction and baseline), Sensitivity-N shares
+one set per n, the SOP deletion / insertion errors one set of subsets each; only the attribution
+mass is computed per method. The wrapped model counts every forward call.
 """
 from __future__ import annotations
 
@@ -15,34 +18,27 @@ import torch
 
 from ..attribution._common import Target, check_inputs, check_model, resolve_target
 from ..attribution.gradient import _generator
-from .faithfulness import deletion, insertion
-from .perturb import check_attributions
-from .subsets import _fraction_size, _pearson, infidelity, subset_deltas
+from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
+                           scores_from_logits)
+from .perturb import CountingModel, check_attributions, feature_space, make_baseline, step_counts
+from .sop import additive_mass, choose_subsets, subset_changes
+from .subsets import _fraction_size, _pearson, default_ns, infidelity, subset_deltas
 
-EVALUATE_METRICS = ("deletion", "insertion", "infidelity", "faithfulness_correlation", "sensitivity_n")
+EVALUATE_METRICS = ("deletion", "insertion", "infidelity", "faithfulness_correlation", "sensitivity_n",
+                    "mdrs", "aupc", "morf", "lerf", "deletion_error", "insertion_error")
+BETTER = {"deletion": "lower", "insertion": "higher", "infidelity": "lower",
+          "faithfulness_correlation": "higher", "sensitivity_n": "higher", "mdrs": "lower", "aupc": "lower",
+          "morf": "higher", "lerf": "lower", "deletion_error": "lower", "insertion_error": "lower"}
 
-
-class CountingModel(torch.nn.Module):
-    """Wraps a model and counts forward calls and the inputs they carried."""
-
-    def __init__(self, model: Callable):
-        super().__init__()
-        self.model = model
-        self.calls = 0
-        self.inputs = 0
-        self.training = bool(getattr(model, "training", False))  # mirrors the wrapped model's mode
-
-    def forward(self, x):
-        self.calls += 1
-        self.inputs += x.shape[0]
-        return self.model(x)
+__all__ = ["BETTER", "EVALUATE_METRICS", "CountingModel", "Evaluation", "evaluate"]
 
 
 @dataclass
 class Evaluation:
     """Per-example values ``values[metric][method]`` (``[B]``, Sensitivity-N ``[B, len(ns)]``), the
-    deletion / insertion curves ``curves[metric][method]`` (``[B, K]``) over ``fractions[metric]``,
-    and the forward passes that produced them."""
+    curves ``curves[metric][method]`` (``[B, K]``: deletion / insertion scores, AUPC scores after
+    each segment, MoRF / LeRF drops) over ``fractions[metric]`` (fraction of features or segments
+    changed; for MoRF / LeRF the removed fractions), and the forward passes that produced them."""
 
     values: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     curves: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -72,16 +68,79 @@ class Evaluation:
         return pd.DataFrame(rows)
 
 
-def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *, attributions: dict[str, torch.Tensor],
-             metrics: Sequence[str] = EVALUATE_METRICS, subset_fraction: float = 0.2, n_subsets: int = 200,
-             ns: Optional[Sequence[int]] = None, baseline=0.0, step=None, generator=0,
-             multiplied_by_inputs: bool | dict[str, bool] = False,
-             max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> Evaluation:
-    """Evaluates every attribution in ``attributions`` ({name: map}) with every metric in ``metrics``.
+def _fresh(generator) -> torch.Generator:
+    """A generator in the state a metric called on its own would start from."""
+    if isinstance(generator, torch.Generator):
+        copy = torch.Generator(device=generator.device)
+        copy.set_state(generator.get_state())
+        return copy
+    return _generator(generator)
 
-    Same values as calling each metric on its own with the same ``generator`` seed; fewer model
-    passes. ``multiplied_by_inputs`` (one bool, or one per method) is passed to :func:`infidelity`. Returns an :class:`Evaluation` (``ev["deletion"]["ig"]`` is a ``[B]`` tensor;
-    ``ev.summary()``, ``ev.to_pandas()``, ``ev.forward_calls``, ``ev.forward_inputs``).
+
+def _put(ev: Evaluation, metric: str, name: str, value, curve=None, fractions=None) -> None:
+    ev.values.setdefault(metric, {})[name] = value
+    if curve is not None:
+        ev.curves.setdefault(metric, {})[name] = curve
+        ev.fractions[metric] = fractions
+
+
+def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, step, fractions, chunks, compile):
+    """Deletion-ranked (deletion, MDRS, AUPC, MoRF) and insertion-ranked (insertion, LeRF) metrics of one
+    method, one model pass per direction over the union of the step counts."""
+    g = feats.n
+    segments = list(range(1, g + 1))
+    removed = check_fractions(fractions, g) if {"morf", "lerf"} & set(metrics) else []
+    for keep_top, wanted in ((False, ("deletion", "mdrs", "aupc", "morf")), (True, ("insertion", "lerf"))):
+        wanted = [m for m in wanted if m in metrics]
+        if not wanted:
+            continue
+        removal = {"morf", "lerf"} & set(wanted)
+        parts = {"curve": step_counts(g, step).tolist() if {"deletion", "insertion"} & set(wanted) else [],
+                 "segments": segments if {"mdrs", "aupc"} & set(wanted) else [],
+                 "clean": [g if keep_top else 0] if removal else [],
+                 "removed": [g - n if keep_top else n for n in removed] if removal else []}
+        union = sorted(set().union(*parts.values()))
+        reader = "logits" if "mdrs" in wanted else "probability"
+        out = ranked_scores(counted, inputs, feats, t, torch.tensor(union), keep_top=keep_top, baseline=base,
+                            reader=reader, compile=compile, **chunks)
+        probs = scores_from_logits(out, t, "probability") if reader == "logits" else out
+        at = lambda key: probs[:, columns(union, parts[key])]  # noqa: E731
+        for metric in wanted:
+            if metric in ("deletion", "insertion"):
+                x = torch.tensor(parts["curve"], dtype=torch.float32) / g
+                curve = at("curve")
+                _put(ev, metric, name, torch.trapezoid(curve, x.to(curve), dim=-1), curve, x)
+            elif metric == "mdrs":
+                _put(ev, metric, name, mdrs_from_logits(out[:, columns(union, segments)], t))
+            elif metric == "aupc":
+                curve = at("segments")
+                _put(ev, metric, name, curve.sum(1), curve, torch.tensor(segments, dtype=torch.float32) / g)
+            else:
+                drops = at("clean") - at("removed")
+                _put(ev, metric, name, drops.mean(1), drops, torch.tensor([float(p) for p in fractions]))
+
+
+def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
+             attributions: dict[str, torch.Tensor], metrics: Sequence[str] = EVALUATE_METRICS,
+             subset_fraction: float = 0.2, n_subsets: int = 200, ns: Optional[Sequence[int]] = None,
+             baseline=0.0, step=None, generator=0, multiplied_by_inputs: bool | dict[str, bool] = False,
+             fractions: Sequence[float] = MORF_FRACTIONS, max_exhaustive: int = 12,
+             granularity: Optional[str] = None, segments: Optional[torch.Tensor] = None, patch_size=None,
+             segment_score: str = "sum", compile: bool | dict = False, max_batch: Optional[int] = None,
+             memory_budget: Optional[int] = None) -> Evaluation:
+    """Evaluates every attribution in ``attributions`` ({name: map}) with every metric in ``metrics``
+    (any of :data:`EVALUATE_METRICS`; :data:`BETTER` says which direction is better).
+
+    Same values as calling each metric on its own with the same ``generator`` seed (each family of
+    random metrics starts from its own copy of the generator); fewer model passes.
+    ``multiplied_by_inputs`` (one bool, or one per method) is passed to :func:`infidelity`;
+    ``fractions`` to MoRF / LeRF; ``max_exhaustive`` and ``n_subsets`` to the SOP errors;
+    ``granularity`` / ``segments`` / ``patch_size`` / ``segment_score`` define the features of the
+    ranked metrics (deletion, insertion, MDRS, AUPC, MoRF, LeRF) and of the SOP errors (the
+    random-subset metrics use the map's own features); ``compile`` runs the model through
+    ``torch.compile`` on fixed-shape chunks. Returns an :class:`Evaluation` (``ev["deletion"]["ig"]``
+    is a ``[B]`` tensor; ``ev.summary()``, ``ev.to_pandas()``, ``ev.forward_calls``,
+    ``ev.forward_inputs``).
 
     Example::
 
@@ -100,22 +159,23 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *, at
     if len(n_features) != 1:
         raise ValueError("all attributions must have the same shape (all per element or all channel-reduced)")
     n_features = n_features.pop()
+    space = dict(granularity=granularity, segments=segments, patch_size=patch_size,
+                 segment_score=segment_score)
+    spaces = {name: feature_space(inputs, a, **space) for name, a in attributions.items()} \
+        if set(metrics) - {"infidelity", "faithfulness_correlation", "sensitivity_n"} else {}
     counted = CountingModel(model)
     t = resolve_target(counted, inputs, target)
-    gen = _generator(generator)
     chunks = dict(max_batch=max_batch, memory_budget=memory_budget)
     ev = Evaluation()
-    for metric, fn in (("deletion", deletion), ("insertion", insertion)):
-        if metric in metrics:
-            ev.values[metric], ev.curves[metric] = {}, {}
-            for name in attributions:
-                auc, curve, fractions = fn(counted, inputs, attributions[name], t, baseline=baseline, step=step,
-                                           curves=True, **chunks)
-                ev.values[metric][name], ev.curves[metric][name], ev.fractions[metric] = auc, curve, fractions
+    if {"deletion", "insertion", "mdrs", "aupc", "morf", "lerf"} & set(metrics):
+        base = make_baseline(inputs, baseline, generator=_fresh(generator))
+        for name in attributions:
+            _ranked(ev, counted, inputs, t, spaces[name], name, metrics, base=base, step=step,
+                    fractions=fractions, chunks=chunks, compile=compile)
     if "faithfulness_correlation" in metrics or "infidelity" in metrics:
         passes = subset_deltas(counted, inputs, t, n_features, n_subsets=n_subsets, baseline=baseline,
                                subset_size=_fraction_size(subset_fraction, n_features, "subset_fraction"),
-                               generator=gen, **chunks)
+                               generator=_fresh(generator), compile=compile, **chunks)
         if "faithfulness_correlation" in metrics:
             ev.values["faithfulness_correlation"] = {
                 name: _pearson(passes.attribution_mass(f, weighted=False), passes.delta).to(inputs.dtype)
@@ -124,15 +184,26 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *, at
             mult = multiplied_by_inputs if isinstance(multiplied_by_inputs, dict) else {}
             ev.values["infidelity"] = {
                 name: infidelity(counted, inputs, attributions[name], t, passes=passes,
-                                 multiplied_by_inputs=mult.get(name, False) if mult else bool(multiplied_by_inputs))
+                                 multiplied_by_inputs=mult.get(name, False) if mult
+                                 else bool(multiplied_by_inputs))
                 for name in attributions}
     if "sensitivity_n" in metrics:
-        if ns is None:
-            ns = sorted({max(1, round(v)) for v in torch.logspace(0, torch.log10(torch.tensor(n_features / 2)), 8).tolist()})
-        per_n = [subset_deltas(counted, inputs, t, n_features, subset_size=n, n_subsets=n_subsets, baseline=baseline,
-                               generator=gen, **chunks) for n in ns]
+        ns = default_ns(n_features) if ns is None else ns
+        gen = _fresh(generator)
+        per_n = [subset_deltas(counted, inputs, t, n_features, subset_size=n, n_subsets=n_subsets,
+                               baseline=baseline, generator=gen, compile=compile, **chunks) for n in ns]
         ev.values["sensitivity_n"] = {
-            name: torch.stack([_pearson(p.attribution_mass(f, weighted=False), p.delta) for p in per_n], 1).to(inputs.dtype)
+            name: torch.stack([_pearson(p.attribution_mass(f, weighted=False), p.delta) for p in per_n],
+                              1).to(inputs.dtype)
             for name, f in feats.items()}
+    for metric, insert in (("deletion_error", False), ("insertion_error", True)):
+        if metric in metrics:
+            first = next(iter(spaces.values()))
+            s = choose_subsets(inputs.shape[0], first.n, n_subsets=n_subsets, max_exhaustive=max_exhaustive,
+                               generator=_fresh(generator))
+            change = subset_changes(counted, inputs, t, first, s, insert=insert, compile=compile, **chunks,
+                                    baseline=make_baseline(inputs, baseline, generator=_fresh(generator)))
+            ev.values[metric] = {name: (change - additive_mass(s, f.scores.double())).abs().sum(-1)
+                                 for name, f in spaces.items()}
     ev.forward_calls, ev.forward_inputs = counted.calls, counted.inputs
     return ev

@@ -16,7 +16,8 @@ import torch
 
 from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
 from ..attribution.gradient import _generator
-from .perturb import check_attributions, make_baseline, read_scores
+from .perturb import (ChunkRunner, check_attributions, fraction_count, make_baseline, masked_scores,
+                      random_subsets, read_scores)
 
 
 @dataclass
@@ -36,55 +37,67 @@ class SubsetPasses:
         return torch.einsum("bkf,bf->bk", self.masks.to(feats.dtype), feats)
 
 
-def _feature_view(x: torch.Tensor, n_features: int) -> torch.Tensor:
-    """``x`` as ``[B, C, F]``: channels share features when the map is channel-reduced."""
-    return x.reshape(x.shape[0], -1, n_features)
+def check_masks(masks: torch.Tensor, batch: int, n_features: int, name: str = "masks") -> torch.Tensor:
+    """Explicit subsets: bool ``[B, K, F]`` or ``[K, F]`` (shared by every example) → ``[B or 1, K, F]``."""
+    if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor [B, K, F] or [K, F] (True = perturbed)")
+    if masks.dim() == 2:
+        masks = masks.unsqueeze(0)
+    if masks.dim() != 3 or masks.shape[0] not in (1, batch) or masks.shape[2] != n_features \
+            or not masks.shape[1]:
+        raise ValueError(f"{name} must have shape [{batch}, K, {n_features}] or [K, {n_features}] with "
+                         f"K >= 1, got {tuple(masks.shape)}")
+    return masks
 
 
 @torch.no_grad()
 def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n_features: int, *,
-                  subset_size: Union[int, Sequence[int]], n_subsets: int, baseline=0.0, noise: Optional[float] = None,
-                  score: str = "logit", generator=None, max_batch=None, memory_budget=None) -> SubsetPasses:
-    """Draws ``n_subsets`` random feature subsets per example (of ``subset_size`` features, or one
-    size per subset when a sequence is given) and runs the model on the perturbed inputs.
+                  subset_size: Union[int, Sequence[int], None] = None, n_subsets: Optional[int] = None,
+                  baseline=0.0, noise: Optional[float] = None, score: str = "logit", generator=None,
+                  max_batch=None, memory_budget=None, p: Optional[float] = None,
+                  masks: Optional[torch.Tensor] = None, compile: Union[bool, dict] = False) -> SubsetPasses:
+    """Runs the model on perturbed inputs for a set of feature subsets, shared by every attribution.
 
-    ``noise=None``: the subset is replaced by ``baseline`` (I = (x − x') ⊙ m). ``noise=σ``: Gaussian
-    perturbation of every element, ``x̃ = x − I`` with ``I ~ N(0, σ²)`` (the subsets are unused).
-    Draws come from ``generator`` on the CPU, so the passes are reproducible on every device.
+    Subsets: ``n_subsets`` random ones per example of ``subset_size`` features (one size per subset
+    when a sequence is given), or Bernoulli(``p``) subsets, or explicit bool ``masks`` ``[B, K, F]``
+    / ``[K, F]``. ``noise=None``: the subset is replaced by ``baseline`` (I = (x − x') ⊙ m).
+    ``noise=σ``: Gaussian perturbation of every element, ``x̃ = x − I`` with ``I ~ N(0, σ²)`` (the
+    subsets are unused). Draws come from ``generator`` on the CPU, so the passes are reproducible
+    on every device.
     """
     gen = _generator(generator)
     batch = inputs.shape[0]
-    sizes = [subset_size] * n_subsets if isinstance(subset_size, int) else list(subset_size)
-    if len(sizes) != n_subsets or any(not 1 <= s <= n_features for s in sizes):
-        raise ValueError(f"subset sizes must be in [1, {n_features}], got {sorted(set(sizes))[:5]}")
-    keys = torch.rand(batch, n_subsets, n_features, generator=gen)
-    ranks = keys.argsort(-1).argsort(-1)
-    masks = (ranks < torch.tensor(sizes).view(1, -1, 1)).to(inputs.device)
+    if masks is not None:
+        masks = check_masks(masks, batch, n_features).to(inputs.device)
+        n_subsets = masks.shape[1]
+    else:
+        if n_subsets is None or (subset_size is None and p is None):
+            raise ValueError("give n_subsets with subset_size or p, or explicit masks")
+        masks = random_subsets(batch, n_subsets, n_features, size=subset_size, p=p, generator=gen)
+        masks = masks.to(inputs.device)
     base = make_baseline(inputs, baseline)
-    x3, b3 = _feature_view(inputs, n_features), _feature_view(base, n_features)
-    noises = None
-    if noise is not None:
-        noises = (torch.randn((n_subsets,) + tuple(inputs.shape), generator=gen, dtype=inputs.dtype) * noise).to(inputs.device)
     with torch.no_grad():
         clean = read_scores(model(inputs), target, score).float()
     chunk = chunk_size(inputs, batch * n_subsets, max_batch, memory_budget, per_input_factor=8.0)
+    wdtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    if noise is None:
+        out = masked_scores(model, inputs, base, masks, target, reader=score, chunk=chunk, compile=compile)
+        change = (inputs - base).reshape(batch, -1, n_features).sum(1).to(wdtype)
+        weight = torch.where(masks, change.unsqueeze(1), torch.zeros((), dtype=wdtype, device=inputs.device))
+        return SubsetPasses(masks=masks.expand(batch, -1, -1), delta=clean.unsqueeze(1) - out, weight=weight)
+    noises = torch.randn((n_subsets,) + tuple(inputs.shape), generator=gen, dtype=inputs.dtype) * noise
+    noises = noises.to(inputs.device)
+    runner = ChunkRunner(model, min(chunk, batch * n_subsets), compile)
     delta = torch.empty(batch, n_subsets, device=inputs.device)
-    weight = torch.empty(batch, n_subsets, n_features, dtype=torch.float32 if inputs.dtype != torch.float64
-                         else torch.float64, device=inputs.device)
-    pairs = [(b, k) for b in range(batch) for k in range(n_subsets)]
+    weight = torch.empty(batch, n_subsets, n_features, dtype=wdtype, device=inputs.device)
+    pairs = torch.arange(batch * n_subsets, device=inputs.device)
     for start in range(0, len(pairs), chunk):
-        bs = torch.tensor([p[0] for p in pairs[start:start + chunk]], device=inputs.device)
-        ks = torch.tensor([p[1] for p in pairs[start:start + chunk]], device=inputs.device)
-        if noises is None:
-            m = masks[bs, ks].unsqueeze(1)
-            perturbed = torch.where(m, b3[bs], x3[bs]).reshape((-1,) + tuple(inputs.shape[1:]))
-        else:
-            perturbed = inputs[bs] - noises[ks, bs]
-        out = read_scores(model(perturbed), target[bs], score).float()
+        bs, ks = pairs[start:start + chunk] // n_subsets, pairs[start:start + chunk] % n_subsets
+        perturbed = inputs[bs] - noises[ks, bs]
+        out = read_scores(runner(perturbed), target[bs], score).float()
         delta[bs, ks] = clean[bs] - out
-        change = (inputs[bs] - perturbed).reshape(len(bs), -1, n_features).sum(1)
-        weight[bs, ks] = change.to(weight.dtype)
-    return SubsetPasses(masks=masks, delta=delta, weight=weight)
+        weight[bs, ks] = (inputs[bs] - perturbed).reshape(len(bs), -1, n_features).sum(1).to(wdtype)
+    return SubsetPasses(masks=masks.expand(batch, -1, -1), delta=delta, weight=weight)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -102,53 +115,71 @@ def _setup(model, inputs, attributions, target):
     return feats, resolve_target(model, inputs, target)
 
 
-def _fraction_size(fraction: float, n_features: int, name: str) -> int:
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"{name} must be a fraction in (0, 1], got {fraction}")
-    return max(1, round(fraction * n_features))
+_fraction_size = fraction_count
 
 
-def faithfulness_correlation(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
-                             subset_fraction: float = 0.2, n_subsets: int = 200, baseline=0.0, score: str = "logit",
-                             generator=None, max_batch=None, memory_budget=None, passes: Optional[SubsetPasses] = None):
+def default_ns(n_features: int) -> list[int]:
+    """About 8 subset sizes log-spaced from 1 to half the features (Sensitivity-N's default grid)."""
+    grid = torch.logspace(0, torch.log10(torch.tensor(n_features / 2)), 8).tolist()
+    return sorted({max(1, round(v)) for v in grid})
+
+
+def faithfulness_correlation(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
+                             target: Target = None, *, subset_fraction: float = 0.2, n_subsets: int = 200,
+                             baseline=0.0, score: str = "logit", generator=None, max_batch=None,
+                             memory_budget=None, passes: Optional[SubsetPasses] = None,
+                             compile: Union[bool, dict] = False):
     """Faithfulness correlation (FCOR, Bhatt et al. 2020): per example, the Pearson correlation over
     ``n_subsets`` random subsets S (``|S|`` = ``subset_fraction`` of the features) between
-    ``Σ_{i∈S} a_i`` and ``f_t(x) − f_t(x with S set to the baseline)``. Higher is better."""
+    ``Σ_{i∈S} a_i`` and ``f_t(x) − f_t(x with S set to the baseline)``. Higher is better.
+
+    Example::
+
+        >>> fastattr.metrics.faithfulness_correlation(model, x, attr, y, generator=0)
+    """
     feats, t = _setup(model, inputs, attributions, target)
     if passes is None:
-        passes = subset_deltas(model, inputs, t, feats.shape[1], n_subsets=n_subsets, baseline=baseline, score=score,
+        passes = subset_deltas(model, inputs, t, feats.shape[1], n_subsets=n_subsets, baseline=baseline,
                                subset_size=_fraction_size(subset_fraction, feats.shape[1], "subset_fraction"),
-                               generator=generator, max_batch=max_batch, memory_budget=memory_budget)
+                               score=score, generator=generator, max_batch=max_batch,
+                               memory_budget=memory_budget, compile=compile)
     return _pearson(passes.attribution_mass(feats, weighted=False), passes.delta).to(inputs.dtype)
 
 
 def sensitivity_n(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
-                  ns: Optional[Sequence[int]] = None, n_subsets: int = 200, baseline=0.0, score: str = "logit",
-                  generator=None, max_batch=None, memory_budget=None) -> torch.Tensor:
+                  ns: Optional[Sequence[int]] = None, n_subsets: int = 200, baseline=0.0,
+                  score: str = "logit", generator=None, max_batch=None, memory_budget=None,
+                  compile: Union[bool, dict] = False) -> torch.Tensor:
     """Sensitivity-N (Ancona et al. 2018; thesis ch. 6): for each n, the Pearson correlation over
     ``n_subsets`` random subsets of n features between ``f_t(x) − f_t(x̃)`` (subset set to the
     baseline) and the attribution inside the subset. Returns ``[B, len(ns)]``; default ``ns``:
-    about 8 sizes log-spaced from 1 to half the features."""
+    about 8 sizes log-spaced from 1 to half the features.
+
+    Example::
+
+        >>> fastattr.metrics.sensitivity_n(model, x, attr, y, ns=[1, 8, 32])
+    """
     feats, t = _setup(model, inputs, attributions, target)
     n_features = feats.shape[1]
-    if ns is None:
-        ns = sorted({max(1, round(v)) for v in torch.logspace(0, torch.log10(torch.tensor(n_features / 2)), 8).tolist()})
+    ns = default_ns(n_features) if ns is None else ns
     if any(not 1 <= n <= n_features for n in ns):
         raise ValueError(f"ns must lie in [1, {n_features}], got {list(ns)}")
     gen = _generator(generator)
     out = []
     for n in ns:
         p = subset_deltas(model, inputs, t, n_features, subset_size=n, n_subsets=n_subsets, baseline=baseline,
-                          score=score, generator=gen, max_batch=max_batch, memory_budget=memory_budget)
+                          score=score, generator=gen, max_batch=max_batch, memory_budget=memory_budget,
+                          compile=compile)
         out.append(_pearson(p.attribution_mass(feats, weighted=False), p.delta))
     return torch.stack(out, 1).to(inputs.dtype)
 
 
 def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
                perturbation: str = "subset", subset_fraction: float = 0.2, noise_std: float = 0.1,
-               n_subsets: int = 200, baseline=0.0, normalize: bool = False, multiplied_by_inputs: bool = False,
-               score: str = "logit", generator=None, max_batch=None, memory_budget=None,
-               passes: Optional[SubsetPasses] = None) -> torch.Tensor:
+               n_subsets: int = 200, baseline=0.0, normalize: bool = False,
+               multiplied_by_inputs: bool = False, score: str = "logit", generator=None, max_batch=None,
+               memory_budget=None, passes: Optional[SubsetPasses] = None,
+               compile: Union[bool, dict] = False) -> torch.Tensor:
     """Infidelity (Yeh et al. 2019): ``E_I[(Iᵀa − (f_t(x) − f_t(x − I)))²]`` per example; lower is better.
 
     ``perturbation="subset"``: ``I = (x − x') ⊙ m`` for random subsets of ``subset_fraction`` of the
@@ -157,6 +188,10 @@ def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor
     ``multiplied_by_inputs=True`` is for attributions that already carry the ``(x − x')`` factor
     (Integrated Gradients, input × gradient): the subset perturbation is then the mask itself,
     ``Iᵀa = Σ_{i∈S} a_i`` (Captum's ``multiply_by_inputs`` convention), so it is not counted twice.
+
+    Example::
+
+        >>> fastattr.metrics.infidelity(model, x, attr, y, perturbation="gaussian", noise_std=0.1)
     """
     feats, t = _setup(model, inputs, attributions, target)
     if perturbation not in ("subset", "gaussian"):
@@ -165,7 +200,8 @@ def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor
         size = _fraction_size(subset_fraction, feats.shape[1], "subset_fraction")
         passes = subset_deltas(model, inputs, t, feats.shape[1], subset_size=size, n_subsets=n_subsets,
                                baseline=baseline, noise=noise_std if perturbation == "gaussian" else None,
-                               score=score, generator=generator, max_batch=max_batch, memory_budget=memory_budget)
+                               score=score, generator=generator, max_batch=max_batch,
+                               memory_budget=memory_budget, compile=compile)
     weighted = not (multiplied_by_inputs and perturbation == "subset")
     mass = passes.attribution_mass(feats, weighted=weighted).double()
     delta = passes.delta.double()

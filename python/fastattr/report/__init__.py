@@ -19,6 +19,7 @@ import torch
 from .._backend import use_backend
 from ..attribution import LAYER_METHODS, METHODS
 from ..cd import CD_METHODS
+from ..metrics import BETTER
 from ..metrics import EVALUATE_METRICS, evaluate
 
 
@@ -389,8 +390,6 @@ def _write_tables(result: ReportResult, target: torch.Tensor) -> None:
                     writer.writerow([i, int(target[i]), method, metric, f"{v:.6g}"])
 
 
-BETTER = {"deletion": "lower", "insertion": "higher", "infidelity": "lower", "faithfulness_correlation": "higher",
-          "sensitivity_n": "higher"}
 
 
 def summary_table(result: ReportResult) -> str:

@@ -1,0 +1,180 @@
+"""Robustness of explanations (SPEC §3.2): average and max sensitivity (Yeh et al. 2019, "On the
+(In)fidelity and Sensitivity of Explanations"; Bhatt et al. 2020, "Evaluating and Aggregating
+Feature-based Model Explanations").
+
+For an explanation function ``e`` and noise ``ε ~ U[−r, r]^d``, the sensitivity of one sample is
+``||e(x) − e(x + ε)||`` (divided by ``||e(x)||`` with ``normalise=True``); average sensitivity is its
+mean over m samples and max sensitivity its maximum (a Monte-Carlo estimate of the max over the
+ball). Lower is better. The samples are folded into the batch: one call of ``e`` explains k whole
+perturbed copies of the batch (``k·B`` inputs, sample-major), so ``e`` runs ``⌈m / k⌉`` times.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Union
+
+import torch
+
+from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
+from ..attribution.gradient import _check_count, _generator
+
+Explain = Union[str, Callable]
+# distance(e(x) [B, ...], e(x + ε) [k, B, ...], x + ε [k·B, ...]) -> [k, B]
+Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _explainer(explain: Explain, explain_kwargs: Optional[dict]) -> Callable:
+    """``fn(model, inputs, target)`` from an attribution function or a name in ``attribution.METHODS``."""
+    if isinstance(explain, str):
+        from ..attribution import METHODS
+
+        if explain not in METHODS:
+            raise ValueError(f"unknown explain method {explain!r}; choose from {', '.join(sorted(METHODS))} "
+                             "or pass a function fn(model, inputs, target)")
+        explain = METHODS[explain]
+    if not callable(explain):
+        raise TypeError(f"explain must be an attribution function or a method name, "
+                        f"got {type(explain).__name__}")
+    kwargs = dict(explain_kwargs or {})
+    return lambda model, x, t: explain(model, x, t, **kwargs)
+
+
+def uniform_noise(generator: torch.Generator, like: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """One draw of ``U[low, high]`` shaped like ``like``, on the CPU from ``generator`` (the stream of
+    :func:`sensitivity_samples`: one full-batch draw per sample, in sample order)."""
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    return low + (high - low) * torch.rand(like.shape, generator=generator, dtype=dtype)
+
+
+def sensitivity_samples(model: Callable, inputs: torch.Tensor, explain: Callable, target: torch.Tensor, *,
+                        explained: torch.Tensor, low: float, high: float, n_samples: int,
+                        generator: torch.Generator, chunk: int, distance: Distance) -> torch.Tensor:
+    """``[B, n_samples]``: ``distance(e(x), e(x + ε_j))`` for ``ε_j ~ U[low, high]`` (every element).
+
+    ``explain(model, z, t)`` gets ``k = max(1, chunk // B)`` perturbed copies of the whole batch at
+    once (``z`` is ``[k·B, ...]``, sample-major, ``t`` the targets repeated). Noise is drawn per
+    sample from ``generator`` (:func:`uniform_noise`), so results do not depend on ``chunk``.
+    """
+    batch = inputs.shape[0]
+    per = max(1, chunk // batch)
+    reps = (1,) * (inputs.dim() - 1)
+    out = torch.empty(batch, n_samples, dtype=torch.float64, device=inputs.device)
+    for j0 in range(0, n_samples, per):
+        k = min(per, n_samples - j0)
+        noise = torch.cat([uniform_noise(generator, inputs, low, high).to(inputs.device) for _ in range(k)])
+        perturbed = inputs.repeat(k, *reps) + noise
+        e = explain(model, perturbed, target.repeat(k))
+        if not isinstance(e, torch.Tensor) or tuple(e.shape) != (k * batch,) + tuple(explained.shape[1:]):
+            got = getattr(e, "shape", type(e).__name__)
+            raise ValueError(f"explain returned {got} for {k * batch} inputs; expected one explanation "
+                             f"shaped like e(x) {tuple(explained.shape[1:])} per input")
+        e = e.detach().reshape((k,) + tuple(explained.shape))
+        out[:, j0:j0 + k] = distance(explained, e, perturbed).to(out).T
+    return out
+
+
+def _preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
+    if preprocess is None:
+        return lambda a: a
+    if preprocess == "abs_max":
+        def abs_max(a):
+            m = a.abs().reshape(a.shape[0], -1).amax(1).view((-1,) + (1,) * (a.dim() - 1))
+            safe = torch.where(m > 0, m, torch.ones_like(m))
+            return torch.where(m > 0, a.abs() / safe, torch.zeros_like(a))
+        return abs_max
+    if callable(preprocess):
+        return preprocess
+    raise ValueError(f"preprocess must be None, 'abs_max' or a function, got {preprocess!r}")
+
+
+def _norm_order(norm) -> float:
+    if norm == "fro":
+        return 2.0
+    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm > 0:
+        raise ValueError(f"norm must be a positive number, math.inf or 'fro', got {norm!r}")
+    return float(norm)
+
+
+def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, normalise, preprocess,
+                 attributions, explain_kwargs, generator, max_batch, memory_budget, reduce):
+    check_model(model)
+    check_inputs(inputs)
+    _check_count(n_samples)
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius < math.inf:
+        raise ValueError(f"radius must be a positive finite number, got {radius!r}")
+    p = _norm_order(norm)
+    fn = _explainer(explain, explain_kwargs)
+    prep = _preprocessor(preprocess)
+    t = resolve_target(model, inputs, target)
+    if attributions is None:
+        attributions = fn(model, inputs, t)
+    elif not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
+        raise ValueError(f"attributions must be e(x), a tensor with {inputs.shape[0]} rows, got "
+                         f"{getattr(attributions, 'shape', type(attributions).__name__)}")
+    if not torch.isfinite(attributions).all():
+        raise ValueError("attributions (e(x)) contain NaN or Inf")
+    acc = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    e_x = prep(attributions.detach()).to(acc)
+    scale = torch.linalg.vector_norm(e_x.reshape(e_x.shape[0], -1), ord=p, dim=1) if normalise else None
+
+    def distance(ex, e, perturbed):
+        pe = prep(e.reshape((-1,) + tuple(e.shape[2:]))).to(acc)
+        diff = pe - ex.repeat(e.shape[0], *(1,) * (ex.dim() - 1))
+        d = torch.linalg.vector_norm(diff.reshape(e.shape[0], e.shape[1], -1), ord=p, dim=2)
+        return d / scale if normalise else d
+
+    chunk = chunk_size(inputs, n_samples * inputs.shape[0], max_batch, memory_budget)
+    samples = sensitivity_samples(model, inputs, fn, t, explained=e_x, low=-float(radius), high=float(radius),
+                                  n_samples=n_samples, generator=_generator(generator), chunk=chunk,
+                                  distance=distance)
+    return reduce(samples).to(inputs.dtype)
+
+
+def avg_sensitivity(model: Callable, inputs: torch.Tensor, explain: Explain, target: Target = None, *,
+                    radius: float = 0.1, n_samples: int = 200, norm: Union[float, str] = 2,
+                    normalise: bool = False, preprocess=None, attributions: Optional[torch.Tensor] = None,
+                    explain_kwargs: Optional[dict] = None, generator=0, max_batch: Optional[int] = None,
+                    memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Average sensitivity (Yeh et al. 2019; Bhatt et al. 2020) per example, lower is better:
+    ``(1/m) Σ_j ||e(x) − e(x + ε_j)||_p``, ``ε_j ~ U[−r, r]^d`` (``r = radius``, ``m = n_samples``).
+
+    Args:
+        explain: an attribution function ``fn(model, inputs, target, **explain_kwargs)`` returning one
+            explanation per input (e.g. ``fastattr.saliency``), or a name in
+            ``fastattr.attribution.METHODS``. The targets are resolved once on the clean inputs.
+        norm: the vector norm of the flattened difference (``2`` = ``"fro"``, ``1``, ``math.inf``…).
+        normalise: divide by ``||e(x)||_p`` (NaN / Inf where ``e(x) = 0``).
+        preprocess: applied to every explanation before comparing: ``"abs_max"`` (``|a| / max|a|`` per
+            example, the AGG paper's preprocessing) or a per-example function of an ``[N, ...]`` batch.
+        attributions: a precomputed ``e(x)`` (default: ``explain`` on the clean inputs).
+        generator: torch.Generator or int seed; noise is drawn on the CPU, one full batch per sample.
+        max_batch / memory_budget: perturbed inputs per call of ``explain`` (at least one copy of the
+            batch); the result does not depend on them.
+
+    Returns ``[B]``. Example::
+
+        >>> s = fastattr.metrics.avg_sensitivity(model, x, fastattr.saliency, y, radius=0.05)
+    """
+    return _sensitivity(model, inputs, explain, target, radius=radius, n_samples=n_samples, norm=norm,
+                        normalise=normalise, preprocess=preprocess, attributions=attributions,
+                        explain_kwargs=explain_kwargs, generator=generator, max_batch=max_batch,
+                        memory_budget=memory_budget, reduce=lambda s: s.mean(1))
+
+
+def max_sensitivity(model: Callable, inputs: torch.Tensor, explain: Explain, target: Target = None, *,
+                    radius: float = 0.1, n_samples: int = 200, norm: Union[float, str] = 2,
+                    normalise: bool = False, preprocess=None, attributions: Optional[torch.Tensor] = None,
+                    explain_kwargs: Optional[dict] = None, generator=0, max_batch: Optional[int] = None,
+                    memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Max sensitivity (Yeh et al. 2019, Def. 3.1) per example, lower is better:
+    ``max_j ||e(x) − e(x + ε_j)||_p`` over ``n_samples`` draws ``ε_j ~ U[−r, r]^d``, a Monte-Carlo
+    estimate of ``max_{||ε||_∞ ≤ r}``. Arguments as :func:`avg_sensitivity` (same seed, same samples).
+
+    Example::
+
+        >>> s = fastattr.metrics.max_sensitivity(model, x, "integrated_gradients", y, n_samples=50)
+    """
+    return _sensitivity(model, inputs, explain, target, radius=radius, n_samples=n_samples, norm=norm,
+                        normalise=normalise, preprocess=preprocess, attributions=attributions,
+                        explain_kwargs=explain_kwargs, generator=generator, max_batch=max_batch,
+                        memory_budget=memory_budget, reduce=lambda s: s.amax(1))

@@ -1,0 +1,236 @@
+"""Insertion and deletion error of additive and grouped attributions (SOP Sec. 2 and App. A,
+Def. 1, 2, 4, 5; SPEC §3.2).
+
+For a subset S of features, with ``x_{−S}`` = x with S set to the baseline (0) and ``x_S`` = the
+baseline with S taken from x:
+
+- ``DelErr(a, S) = |f(x) − f(x_{−S}) − Σ_{i∈S} a_i|``, ``InsErr(a, S) = |f(x_S) − f(0) − Σ_{i∈S} a_i|``;
+- grouped (attribution ``{(S_i, c_i)}``): the attribution term becomes ``Σ_{i : S ⊆ S_i} c_i``
+  (``rule="subset"``, Def. 4–5 as printed) or ``Σ_{i : S_i ⊆ S} c_i`` (``rule="contains"``: a
+  group counts when all of it is in S — the reading the proof of Corollary 1 uses for insertion,
+  and the one under which singleton groups give Def. 1–2 back).
+
+Totals are summed over a set of subsets: every non-empty subset when ``d ≤ max_exhaustive``
+(the paper's total error), else ``n_subsets`` random non-empty Bernoulli(``p``) subsets, or the
+explicit ``subsets``. ``f`` is the target logit by default. The model passes do not depend on the
+attribution, so :func:`fastattr.evaluate` shares them across methods.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+
+from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
+from .perturb import (Baseline, Features, all_subsets, check_scalar_reader, feature_layout, feature_space,
+                      group_masks, group_scores, make_baseline, masked_scores, random_subsets)
+from .subsets import check_masks
+
+GROUP_RULES = ("subset", "contains")
+REDUCTIONS = ("sum", "mean")
+
+
+def choose_subsets(batch: int, n_features: int, *, subsets=None, n_subsets: int = 256,
+                   max_exhaustive: int = 12, p: float = 0.5, generator=None) -> torch.Tensor:
+    """The subsets to test, bool ``[B or 1, K, d]``: explicit ``subsets`` (``[B, K, d]`` / ``[K, d]``),
+    all ``2^d − 1`` non-empty subsets when ``d ≤ max_exhaustive``, else ``n_subsets`` non-empty
+    Bernoulli(``p``) subsets per example drawn from ``generator``."""
+    if subsets is not None:
+        return check_masks(subsets, batch, n_features, "subsets")
+    if n_features <= max_exhaustive:
+        return all_subsets(n_features).unsqueeze(0)
+    if isinstance(n_subsets, bool) or not isinstance(n_subsets, int) or n_subsets < 1:
+        raise ValueError(f"n_subsets must be a positive int, got {n_subsets!r}")
+    return random_subsets(batch, n_subsets, n_features, p=p, generator=generator, nonempty=True)
+
+
+@torch.no_grad()
+def subset_changes(model: Callable, inputs: torch.Tensor, target: torch.Tensor, feats: Features,
+                   subsets: torch.Tensor, *, insert: bool, baseline: Baseline = 0.0, score: str = "logit",
+                   generator=None, max_batch=None, memory_budget=None, compile=False) -> torch.Tensor:
+    """``[B, K]``: ``f(x) − f(x_{−S})`` (deletion) or ``f(x_S) − f(x')`` (insertion) for each subset,
+    from one masked pass whose first mask is the reference (nothing / everything replaced)."""
+    batch = inputs.shape[0]
+    subsets = subsets.to(inputs.device)
+    ref = torch.full((subsets.shape[0], 1, subsets.shape[2]), insert, dtype=torch.bool, device=inputs.device)
+    masks = torch.cat([ref, ~subsets if insert else subsets], 1)
+    chunk = chunk_size(inputs, batch * masks.shape[1], max_batch, memory_budget, per_input_factor=8.0)
+    out = masked_scores(model, inputs, make_baseline(inputs, baseline, generator=generator), masks, target,
+                        reader=score, chunk=chunk, features=feats, compile=compile, precise=True).double()
+    return out[:, 1:] - out[:, :1] if insert else out[:, :1] - out[:, 1:]
+
+
+def additive_mass(subsets: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``[B, K]``: ``Σ_{i∈S} a_i`` for subsets ``[B or 1, K, d]`` (one example at a time, to bound memory)."""
+    subsets = subsets.to(scores.device)
+    return torch.stack([subsets[b if subsets.shape[0] > 1 else 0].to(scores.dtype) @ scores[b]
+                        for b in range(scores.shape[0])])
+
+
+def grouped_mass(unit_subsets: torch.Tensor, masks: torch.Tensor, c: torch.Tensor, rule: str) -> torch.Tensor:
+    """``[B, K]``: ``Σ_{i : S ⊆ S_i} c_i`` (``rule="subset"``) or ``Σ_{i : S_i ⊆ S} c_i`` (``"contains"``)
+    for unit masks of the subsets ``[B or 1, K, U]`` and of the groups ``[B or 1, G, U]``."""
+    out = []
+    for b in range(c.shape[0]):
+        s = unit_subsets[b if unit_subsets.shape[0] > 1 else 0].to(c.device, torch.float32)
+        g = masks[b if masks.shape[0] > 1 else 0].to(torch.float32)
+        outside = s @ (1 - g).T if rule == "subset" else (1 - s) @ g.T  # [K, G] units breaking the relation
+        out.append((outside == 0).to(c.dtype) @ c[b])
+    return torch.stack(out)
+
+
+def _reduce(errors: torch.Tensor, reduction: str) -> torch.Tensor:
+    return errors.sum(-1) if reduction == "sum" else errors.mean(-1)
+
+
+def _check(reduction: str, rule: Optional[str] = None) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if rule is not None and rule not in GROUP_RULES:
+        raise ValueError(f"rule must be one of {GROUP_RULES}, got {rule!r}")
+
+
+def _additive_error(model, inputs, attributions, target, *, insert, subsets, n_subsets, max_exhaustive, p,
+                    baseline, score, reduction, granularity, segments, patch_size, segment_score, generator,
+                    max_batch, memory_budget, compile):
+    check_model(model)
+    check_inputs(inputs)
+    check_scalar_reader(score)
+    _check(reduction)
+    feats = feature_space(inputs, attributions, granularity=granularity, segments=segments,
+                          patch_size=patch_size, segment_score=segment_score)
+    t = resolve_target(model, inputs, target)
+    s = choose_subsets(inputs.shape[0], feats.n, subsets=subsets, n_subsets=n_subsets,
+                       max_exhaustive=max_exhaustive, p=p, generator=generator)
+    change = subset_changes(model, inputs, t, feats, s, insert=insert, baseline=baseline, score=score,
+                            generator=generator, max_batch=max_batch, memory_budget=memory_budget,
+                            compile=compile)
+    return _reduce((change - additive_mass(s, feats.scores.double())).abs(), reduction)
+
+
+def deletion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
+                   target: Target = None, *, subsets: Optional[torch.Tensor] = None, n_subsets: int = 256,
+                   max_exhaustive: int = 12, p: float = 0.5, baseline: Baseline = 0.0, score: str = "logit",
+                   reduction: str = "sum", granularity: Optional[str] = None,
+                   segments: Optional[torch.Tensor] = None, patch_size=None, segment_score: str = "sum",
+                   generator=None, max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
+                   compile: Union[bool, dict] = False) -> torch.Tensor:
+    """Total deletion error of an additive attribution (SOP Def. 1; lower is better), float64 ``[B]``:
+    ``Σ_S |f_t(x) − f_t(x_{−S}) − Σ_{i∈S} a_i|`` over every non-empty subset of the d features when
+    ``d ≤ max_exhaustive``, else over ``n_subsets`` random non-empty Bernoulli(``p``) subsets (or the
+    explicit bool ``subsets`` ``[B, K, d]`` / ``[K, d]``). ``reduction="mean"`` averages instead.
+    Features as in :func:`fastattr.metrics.deletion` (pixels, elements, ``segments``,
+    ``patch_size``); ``score`` defaults to the target logit, where ``a_i = θ_i x_i`` of a linear
+    model ``θᵀx`` has zero error.
+
+    Example::
+
+        >>> fastattr.metrics.deletion_error(model, x, attr, y, patch_size=8)
+    """
+    return _additive_error(model, inputs, attributions, target, insert=False, subsets=subsets,
+                           n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
+                           score=score, reduction=reduction, granularity=granularity, segments=segments,
+                           patch_size=patch_size, segment_score=segment_score, generator=generator,
+                           max_batch=max_batch, memory_budget=memory_budget, compile=compile)
+
+
+def insertion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
+                    target: Target = None, *, subsets: Optional[torch.Tensor] = None, n_subsets: int = 256,
+                    max_exhaustive: int = 12, p: float = 0.5, baseline: Baseline = 0.0, score: str = "logit",
+                    reduction: str = "sum", granularity: Optional[str] = None,
+                    segments: Optional[torch.Tensor] = None, patch_size=None, segment_score: str = "sum",
+                    generator=None, max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
+                    compile: Union[bool, dict] = False) -> torch.Tensor:
+    """Total insertion error of an additive attribution (SOP Def. 2; lower is better), float64 ``[B]``:
+    ``Σ_S |f_t(x_S) − f_t(x') − Σ_{i∈S} a_i|`` with ``x_S`` = the baseline (0) with S taken from x;
+    subsets and arguments as :func:`deletion_error`.
+
+    Example::
+
+        >>> fastattr.metrics.insertion_error(model, x, attr, y)
+    """
+    return _additive_error(model, inputs, attributions, target, insert=True, subsets=subsets,
+                           n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
+                           score=score, reduction=reduction, granularity=granularity, segments=segments,
+                           patch_size=patch_size, segment_score=segment_score, generator=generator,
+                           max_batch=max_batch, memory_budget=memory_budget, compile=compile)
+
+
+def _grouped_error(model, inputs, attributions, target, *, insert, groups, rule, subsets, n_subsets,
+                   max_exhaustive, p, baseline, score, reduction, granularity, segments, patch_size,
+                   segment_score, generator, max_batch, memory_budget, compile):
+    check_model(model)
+    check_inputs(inputs)
+    check_scalar_reader(score)
+    _check(reduction, rule)
+    masks, unit = group_masks(inputs, groups, granularity=granularity)
+    c = group_scores(inputs, attributions, masks, unit, segment_score).double()
+    subset_unit, ids = feature_layout(inputs, granularity=unit, segments=segments, patch_size=patch_size,
+                                      default=unit)
+    n_units = masks.shape[2]
+    n_features = n_units if ids is None else int(ids.max()) + 1
+    feats = Features(torch.zeros(inputs.shape[0], n_features), ids, n_units, subset_unit)
+    t = resolve_target(model, inputs, target)
+    s = choose_subsets(inputs.shape[0], n_features, subsets=subsets, n_subsets=n_subsets,
+                       max_exhaustive=max_exhaustive, p=p, generator=generator)
+    change = subset_changes(model, inputs, t, feats, s, insert=insert, baseline=baseline, score=score,
+                            generator=generator, max_batch=max_batch, memory_budget=memory_budget,
+                            compile=compile)
+    mass = grouped_mass(feats.unit_masks(s.to(inputs.device)), masks, c, rule)
+    return _reduce((change - mass).abs(), reduction)
+
+
+def grouped_deletion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
+                           target: Target = None, *, groups: torch.Tensor, rule: str = "subset",
+                           subsets: Optional[torch.Tensor] = None,
+                           n_subsets: int = 256, max_exhaustive: int = 12, p: float = 0.5,
+                           baseline: Baseline = 0.0, score: str = "logit", reduction: str = "sum",
+                           granularity: Optional[str] = None, segments: Optional[torch.Tensor] = None,
+                           patch_size=None, segment_score: str = "sum", generator=None,
+                           max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
+                           compile: Union[bool, dict] = False) -> torch.Tensor:
+    """Total grouped deletion error (SOP Def. 4; lower is better), float64 ``[B]``:
+    ``Σ_S |f_t(x) − f_t(x_{−S}) − Σ_{i : S ⊆ S_i} c_i|`` (``rule="subset"``, as printed) or with
+    ``Σ_{i : S_i ⊆ S} c_i`` (``rule="contains"``).
+
+    ``attributions``: group scores ``c [B, G]`` or a map reduced over each group; ``groups``: masks
+    ``[B, G, *map]`` / ``[G, *map]`` (may overlap) or segment ids, as in
+    :func:`fastattr.metrics.grouped_deletion`. Subsets S range over the units of the groups (or
+    over ``segments`` / ``patch_size``); which subsets and the other arguments as
+    :func:`deletion_error`.
+
+    Example::
+
+        >>> fastattr.metrics.grouped_deletion_error(model, x, c, y, groups=masks)
+    """
+    return _grouped_error(model, inputs, attributions, target, insert=False, groups=groups, rule=rule,
+                          subsets=subsets, n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p,
+                          baseline=baseline, score=score, reduction=reduction, granularity=granularity,
+                          segments=segments, patch_size=patch_size, segment_score=segment_score,
+                          generator=generator, max_batch=max_batch, memory_budget=memory_budget,
+                          compile=compile)
+
+
+def grouped_insertion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
+                            target: Target = None, *, groups: torch.Tensor, rule: str = "subset",
+                            subsets: Optional[torch.Tensor] = None,
+                            n_subsets: int = 256, max_exhaustive: int = 12, p: float = 0.5,
+                            baseline: Baseline = 0.0, score: str = "logit", reduction: str = "sum",
+                            granularity: Optional[str] = None, segments: Optional[torch.Tensor] = None,
+                            patch_size=None, segment_score: str = "sum", generator=None,
+                            max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
+                            compile: Union[bool, dict] = False) -> torch.Tensor:
+    """Total grouped insertion error (SOP Def. 5; lower is better), float64 ``[B]``:
+    ``Σ_S |f_t(x_S) − f_t(x') − Σ_{i : S ⊆ S_i} c_i|`` (``rule="subset"``) or with
+    ``Σ_{i : S_i ⊆ S} c_i`` (``rule="contains"``); arguments as :func:`grouped_deletion_error`.
+
+    Example::
+
+        >>> fastattr.metrics.grouped_insertion_error(model, x, c, y, groups=masks, rule="contains")
+    """
+    return _grouped_error(model, inputs, attributions, target, insert=True, groups=groups, rule=rule,
+                          subsets=subsets, n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p,
+                          baseline=baseline, score=score, reduction=reduction, granularity=granularity,
+                          segments=segments, patch_size=patch_size, segment_score=segment_score,
+                          generator=generator, max_batch=max_batch, memory_budget=memory_budget,
+                          compile=compile)

@@ -1,0 +1,94 @@
+"""evaluate() with the ranked-removal and SOP-error metrics: the same values as each metric on its own,
+shared passes counted exactly, compile, and bad input."""
+import pytest
+import torch
+
+import fastattr
+import fastattr.metrics as M
+from fastattr.metrics.evaluate import CountingModel
+from tests.models import rand, small_cnn
+
+
+def _case():
+    model = small_cnn()
+    x = rand(2, 3, 8, 8, seed=81)
+    y = torch.tensor([1, 4])
+    attrs = {"saliency": fastattr.saliency(model, x, y).sum(1), "random": rand(2, 8, 8, seed=82),
+             "flat": torch.zeros(2, 8, 8, dtype=torch.float64)}
+    return model, x, y, attrs
+
+
+def test_evaluate_matches_each_metric():
+    model, x, y, attrs = _case()
+    metrics = ["deletion", "insertion", "mdrs", "aupc", "morf", "lerf", "deletion_error", "insertion_error",
+               "sensitivity_n", "faithfulness_correlation"]
+    kw = dict(patch_size=2, baseline="uniform", generator=6)
+    ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=metrics, step=3, fractions=[0.2, 0.5],
+                           n_subsets=20, ns=[2, 8], max_exhaustive=3, **kw)
+    for name, a in attrs.items():
+        auc, curve, frac = M.deletion(model, x, a, y, step=3, curves=True, **kw)
+        torch.testing.assert_close(ev["deletion"][name], auc)
+        torch.testing.assert_close(ev.curves["deletion"][name], curve)
+        torch.testing.assert_close(ev.fractions["deletion"], frac)
+        torch.testing.assert_close(ev["insertion"][name], M.insertion(model, x, a, y, step=3, **kw))
+        torch.testing.assert_close(ev["mdrs"][name], M.mdrs(model, x, a, y, **kw))
+        value, curve, _ = M.aupc(model, x, a, y, curves=True, **kw)
+        torch.testing.assert_close(ev["aupc"][name], value)
+        torch.testing.assert_close(ev.curves["aupc"][name], curve)
+        for metric, fn in (("morf", M.morf), ("lerf", M.lerf)):
+            value, drops, _ = fn(model, x, a, y, fractions=[0.2, 0.5], curves=True, **kw)
+            torch.testing.assert_close(ev[metric][name], value)
+            torch.testing.assert_close(ev.curves[metric][name], drops)
+        for metric, fn in (("deletion_error", M.deletion_error), ("insertion_error", M.insertion_error)):
+            expected = fn(model, x, a, y, n_subsets=20, max_exhaustive=3, **kw)
+            torch.testing.assert_close(ev[metric][name], expected)
+        # each family of random metrics starts from its own copy of the generator
+        torch.testing.assert_close(ev["sensitivity_n"][name],
+                                   M.sensitivity_n(model, x, a, y, ns=[2, 8], n_subsets=20, generator=6,
+                                                   baseline="uniform"), equal_nan=True)  # NaN: the flat map
+    assert set(ev.values) == set(metrics) and set(M.BETTER) == set(M.EVALUATE_METRICS)
+
+
+def test_mdrs_and_aupc_share_the_deletion_pass():
+    model, x, y, attrs = _case()
+    ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["deletion", "mdrs", "aupc"], step=1,
+                           patch_size=2)
+    # one clean forward, then per method one deletion pass over 0..16 segments
+    assert ev.forward_inputs == 2 + len(attrs) * 2 * 17
+    separate = CountingModel(model)
+    for a in attrs.values():
+        M.deletion(separate, x, a, y, step=1, patch_size=2)
+        M.mdrs(separate, x, a, y, patch_size=2)
+        M.aupc(separate, x, a, y, patch_size=2)
+    assert separate.inputs > 2 * ev.forward_inputs
+    # MoRF's removal counts join the deletion pass: {0, 4, 8, 12, 16} ∪ {0, 4, 8, 10}
+    ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["deletion", "morf"], step=4,
+                           fractions=[0.25, 0.5, 0.6], patch_size=2)
+    assert ev.forward_inputs == 2 + len(attrs) * 2 * 6
+    # the SOP errors share their subsets across methods: 15 subsets + 1 reference, once
+    ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["deletion_error"], patch_size=4)
+    assert ev.forward_inputs == 2 + 2 * 16
+
+
+def test_evaluate_compiled_runs_fixed_chunks():
+    model, x, y, attrs = _case()
+    kw = dict(attributions=attrs, metrics=["deletion", "mdrs", "lerf"], patch_size=2, max_batch=5)
+    plain = fastattr.evaluate(model, x, y, **kw)
+    ev = fastattr.evaluate(model, x, y, compile={"backend": "eager"}, **kw)
+    for metric in ("deletion", "mdrs", "lerf"):
+        for name in attrs:
+            torch.testing.assert_close(ev[metric][name], plain[metric][name])
+    # after the clean forward (2 inputs) every call carries one padded chunk of 4 (2 examples x 2 steps)
+    assert ev.forward_inputs - 2 == 4 * (ev.forward_calls - 1)
+    assert ev.forward_inputs > plain.forward_inputs
+
+
+def test_evaluate_bad_input():
+    model, x, y, attrs = _case()
+    with pytest.raises(ValueError, match="segments of shape"):
+        fastattr.evaluate(model, x, y, attributions=attrs, metrics=["mdrs"],
+                          segments=torch.zeros(7, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="fractions"):
+        fastattr.evaluate(model, x, y, attributions=attrs, metrics=["lerf"], fractions=[1.2])
+    with pytest.raises(ValueError, match="larger than the number of features"):
+        fastattr.evaluate(model, x, y, attributions=attrs, metrics=["insertion"], patch_size=4, step=5)
