@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from typing import Callable, Iterator, Optional
+import warnings
+from typing import Iterator, Optional
 
 import torch
 import torch.fx as fx
@@ -167,8 +168,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     (BatchNorm running statistics, no dropout) with a warning, and its flags are restored."""
     flags = [(m, m.training) for m in model.modules()]
     if model.training:
-        import warnings
-
         warnings.warn("model is in training mode; contextual decomposition evaluates it in eval mode "
                       "(BatchNorm running statistics, dropout off) and restores the mode afterwards",
                       UserWarning, stacklevel=4)

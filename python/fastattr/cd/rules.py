@@ -177,7 +177,8 @@ def _sequential(ctx: Ctx, module: nn.Sequential, x: Tensor) -> Tensor:
 
 
 def _three(fn, a: Tensor, b: Tensor, c: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
-    """Three-way split of ``σ(a + b + c)`` (bias c first): ``contrib(a) = ½[σ(a+c) − σ(c) + σ(a+b+c) − σ(b+c)]``."""
+    """Three-way split of ``σ(a + b + c)`` (bias c first):
+    ``contrib(a) = ½[σ(a+c) − σ(c) + σ(a+b+c) − σ(b+c)]``, likewise for b; c gets ``σ(c)``."""
     full, fc = fn(a + b + c), fn(c)
     ca = 0.5 * (fn(a + c) - fc + full - fn(b + c))
     cb = 0.5 * (fn(b + c) - fc + full - fn(a + c))
