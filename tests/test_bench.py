@@ -23,6 +23,35 @@ def test_ig_bench_table_on_a_small_case():
     assert isinstance(table, Table) and "chunk 4 inputs" in table.name
 
 
+def test_ig_resnet_case_runs_on_a_small_cpu_setting():
+    """The ResNet-50 GPU case's code path, on CPU with a ResNet-18, one 32×32 input and 2 steps."""
+    from fastattr.bench import ig
+    from fastattr.zoo.resnet import resnet18
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: one thread avoids contention on a shared machine
+    try:
+        table = ig.resnet_case(batch=1, n_steps=2, size=32, device="cpu", repeat=1, arch=resnet18)
+    finally:
+        torch.set_num_threads(threads)
+    names = [r[0] for r in table.rows]
+    assert names[:4] == ["model-only floor", "fastattr IG fp32", "fastattr IG bf16 autocast",
+                         "fastattr IG fp32, default settings"]
+    assert all(isinstance(r[1], float) and r[1] > 0 for r in table.rows) and table.rows[0][2] == 1.0
+    assert all(r[4] == "-" for r in table.rows)  # peak memory is measured on CUDA only
+    assert table.params["arch"] == "resnet18" and "bf16 autocast / fp32 time" in table.notes[0]
+
+
+def test_ig_gpu_tables_skip_with_a_note_without_cuda(capsys):
+    from fastattr.bench import ig
+
+    if torch.cuda.is_available():
+        assert ig.gpu_tables(device="cpu") == []
+    else:
+        assert ig.gpu_tables() == []
+    assert "ResNet-50 IG benchmark skipped" in capsys.readouterr().out
+
+
 def test_vgg_style_model_shape():
     from fastattr.bench.ig import vgg_style
 
@@ -35,4 +64,39 @@ def test_metrics_bench_table_on_a_small_case():
     table = metrics.run(n_images=2, steps=4, repeat=1)
     names = [r[0] for r in table.rows]
     assert names[:3] == ["model-only floor", "fastattr insertion + deletion", "fastattr deletion"]
-    assert table.params["inputs"] == 2 * 2 * 5 and table.params["floor_batch"] in (8, 16, 24, 32, 40, 48, 64, 96, 128, 256, 512, 1024)
+    assert table.params["inputs"] == 2 * 2 * 5
+    assert table.params["floor_batch"] in (8, 16, 24, 32, 40, 48, 64, 96, 128, 256, 512, 1024)
+    rows = {r[0]: r for r in table.rows}
+    if "quantus PixelFlipping (deletion)" in rows:
+        drop_in = rows["fastattr PixelFlipping drop-in (quantus's steps)"]
+        assert drop_in[1] > 0 and drop_in[3] > 0 and rows["quantus PixelFlipping (deletion)"][3] == 1.0
+        assert any("12 steps against fastattr's 4" in n for n in table.notes)
+    else:
+        assert any("quantus not installed" in n for n in table.notes)
+
+
+def test_evaluate_bench_counts_forward_passes():
+    from fastattr.bench import metrics
+    from fastattr.metrics import evaluate
+    from fastattr.metrics.evaluate import CountingModel
+
+    kw = dict(n_images=2, step=2048, n_subsets=3, ns=(64,), patch=32, repeat=1,
+              methods=("saliency", "input_x_gradient"))
+    table = metrics.run_evaluate(**kw)
+    rows = {r[0]: r for r in table.rows}
+    assert table.params["methods"] == ["saliency", "input_x_gradient"] and table.params["repeat"] == 1
+    # The fastattr row's count is the one evaluate() itself reports for the same call.
+    model = metrics.vgg_style()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    y = model(x).argmax(1)
+    attrs = {n: metrics.METHODS[n](model, x, y) for n in kw["methods"]}
+    ev = evaluate(CountingModel(model), x, y, attributions=attrs, metrics=metrics.EVALUATE_METRICS,
+                  n_subsets=3, ns=[64], step=2048, subset_fraction=round(0.2 * 3 * 64 * 64) / (3 * 64 * 64),
+                  generator=0)
+    assert rows["fastattr.evaluate"][2:4] == [ev.forward_calls, ev.forward_inputs]
+    if "quantus, method by method" in rows:
+        quantus_row = rows["quantus, method by method"]
+        assert quantus_row[3] > 0 and quantus_row[4] == 1.0
+        assert rows["fastattr.integrations.quantus (quantus's definitions)"][3] > 0
+    else:
+        assert any("quantus not installed" in n for n in table.notes)

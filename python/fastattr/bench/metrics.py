@@ -1,20 +1,33 @@
-"""``fastattr bench metrics``: insertion + deletion against the model-only floor and Quantus.
+"""``fastattr bench metrics``: faithfulness metrics against the model-only floor and Quantus.
 
-A VGG-style CNN on 3×64×64, 8 images, saliency maps, 64 steps each for insertion and deletion
-(64 pixels per step, 65 curve points). The floor is the model's plain forward over the same number
-of inputs at its best batch size; Quantus ``PixelFlipping`` (deletion with the same step) is the
-peer. Everything is timed round-robin; ratios are medians of per-round ratios.
+Table 1: a VGG-style CNN on 3×64×64, 8 images, saliency maps, 64 steps each for insertion and
+deletion (64 pixels per step, 65 curve points). The floor is the model's plain forward over the same
+number of inputs at its best batch size; Quantus ``PixelFlipping`` is the peer. Quantus counts its
+step in elements and needs it to divide H·W, so ``features_in_step=64`` makes it run 192 steps; the
+last row runs the same 192 steps through ``fastattr.integrations.quantus.PixelFlipping``.
+
+Table 2: ``fastattr.evaluate`` with 5 attribution methods × {insertion, deletion, infidelity,
+faithfulness correlation, Sensitivity-N} on the same CNN and images, against Quantus computing the
+same metrics method by method, and against fastattr's Quantus drop-in doing what Quantus does. Model
+calls are counted (Quantus's by wrapping the model's forward).
+
+Everything is timed round-robin; ratios are medians of per-round ratios.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
-from ..attribution import saliency
-from ..metrics import deletion, insertion
+from ..attribution import METHODS, saliency
+from ..metrics import deletion, evaluate, insertion
+from ..metrics.evaluate import CountingModel
 from . import Table, machine_info, time_interleaved
 from .ig import vgg_style
+
+EVALUATE_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop")
+EVALUATE_METRICS = ("deletion", "insertion", "infidelity", "faithfulness_correlation", "sensitivity_n")
 
 
 def _quantus_deletion(model, x, y, attr, step):
@@ -57,27 +70,166 @@ def run(n_images: int = 8, steps: int = 64, device: Optional[str] = None, repeat
         "fastattr deletion": lambda: deletion(model, x, attr, y, step=step),
     }
     quantus_fn = _quantus_deletion(model, x, y, attr, step)
+    drop_in_name = "fastattr PixelFlipping drop-in (quantus's steps)"
     if quantus_fn is not None:
+        from ..integrations.quantus import PixelFlipping
+
         impls["quantus PixelFlipping (deletion)"] = quantus_fn
+        drop_in = PixelFlipping(features_in_step=step, perturb_baseline="black", normalise=False)
+        x_np, y_np, a_np = x.cpu().numpy(), y.cpu().numpy(), attr.unsqueeze(1).cpu().numpy()
+        impls[drop_in_name] = lambda: drop_in(
+            model, x_np, y_np, a_np, device=str(x.device))
     times, vs_floor = time_interleaved(impls, device, repeat=repeat)
     table = Table(
-        name=f"insertion + deletion, VGG-style CNN 3x64x64, {n_images} images, {steps} steps each, {device.type}",
+        name=f"insertion + deletion, VGG-style CNN 3x64x64, {n_images} images, {steps} steps each, "
+             f"{device.type}",
         columns=["implementation", "ms", "time / floor", "speed-up vs quantus (deletion)"],
         machine=machine_info(device),
-        params={"n_images": n_images, "steps": steps, "inputs": n_inputs, "floor_batch": best_bs, "repeat": repeat},
+        params={"n_images": n_images, "steps": steps, "inputs": n_inputs, "floor_batch": best_bs,
+                "repeat": repeat},
     )
     q = "quantus PixelFlipping (deletion)"
     for name, t in times.items():
         speedup = "-"
-        if q in times and name in ("fastattr deletion", q):
+        if q in times and name in ("fastattr deletion", q, drop_in_name):
             speedup = vs_floor[q] / vs_floor[name]
         table.add(name, t * 1e3, vs_floor[name], speedup)
-    table.notes.append(f"floor: plain forward over the same {n_inputs} inputs at its best batch size ({best_bs}); "
-                       f"{repeat} interleaved rounds; torch threads = {torch.get_num_threads()}")
-    if q not in times:
+    table.notes.append(f"floor: plain forward over the same {n_inputs} inputs at its best batch size "
+                       f"({best_bs}); {repeat} interleaved rounds; torch threads = {torch.get_num_threads()}")
+    if q in times:
+        n_quantus = -(-x[0].numel() // step)
+        table.notes.append(f"quantus counts features_in_step={step} in elements (H·W must be divisible by "
+                           f"it): {n_quantus} steps against fastattr's {steps}; the drop-in row runs "
+                           "quantus's definition")
+    else:
         table.notes.append("quantus not installed: pip install quantus for the peer row")
     return table
 
 
+def _restore_from(x_flat: np.ndarray):
+    """A Quantus ``perturb_func`` that puts ``x``'s values back at the indices: PixelFlipping started
+    from the baseline image then traces the insertion curve (Quantus 0.6 has no insertion metric)."""
+
+    def restore(arr, indices, **kwargs):
+        out = arr.copy()
+        rows = np.arange(arr.shape[0])[:, None]
+        out[rows, indices] = x_flat[rows, indices]
+        return out
+
+    return restore
+
+
+def _quantus_suite(quantus, model, x, y, attrs, *, step, n_subsets, subset_size, patch, device):
+    """Quantus, method by method: deletion (PixelFlipping), insertion (PixelFlipping from the baseline,
+    restoring x), Infidelity (one patch size, one sample: its default baseline is fixed), faithfulness
+    correlation and Sensitivity-N, every one with the 0 baseline and no normalisation."""
+    common = dict(perturb_baseline=0.0, normalise=False, disable_warnings=True)
+    x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
+    start = np.zeros_like(x_np)
+    metrics = [
+        (quantus.PixelFlipping(features_in_step=step, **common), x_np, True),
+        (quantus.PixelFlipping(features_in_step=step, perturb_func=_restore_from(x_np.reshape(len(x_np), -1)),
+                               **common), start, True),
+        (quantus.Infidelity(perturb_patch_sizes=[patch], n_perturb_samples=1, **common), x_np, False),
+        (quantus.FaithfulnessCorrelation(nr_runs=n_subsets, subset_size=subset_size, return_aggregate=False,
+                                         **common), x_np, False),
+        (quantus.SensitivityN(features_in_step=step, return_aggregate=False, **common), x_np, True),
+    ]
+
+    def run(counted):
+        np.random.seed(0)
+        return {name: [m(model=counted, x_batch=xb, y_batch=y_np, a_batch=a.cpu().numpy(), softmax=sm,
+                         device=device) for m, xb, sm in metrics] for name, a in attrs.items()}
+
+    return run
+
+
+def _drop_in_suite(model, x, y, attrs, *, step, n_subsets, subset_size, patch, device):
+    """Quantus's definitions through fastattr's drop-in (insertion: fastattr.metrics.insertion)."""
+    from ..integrations import quantus as fq
+
+    common = dict(perturb_baseline=0.0, normalise=False)
+    metrics = [fq.PixelFlipping(features_in_step=step, **common),
+               fq.Infidelity(perturb_patch_sizes=[patch], n_perturb_samples=1, **common),
+               fq.FaithfulnessCorrelation(nr_runs=n_subsets, subset_size=subset_size, return_aggregate=False,
+                                          **common),
+               fq.SensitivityN(features_in_step=step, return_aggregate=False, **common)]
+    x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
+
+    def run(counted):
+        return {name: [m(counted, x_np, y_np, a.cpu().numpy(), device=device) for m in metrics]
+                + [insertion(counted, x, a, y, step=step)] for name, a in attrs.items()}
+
+    return run
+
+
+def run_evaluate(n_images: int = 8, step: int = 128, n_subsets: int = 128, ns=(64, 512, 4096), patch: int = 8,
+                 device: Optional[str] = None, repeat: int = 3, methods=EVALUATE_METHODS) -> Table:
+    """``fastattr.evaluate`` (5 methods × 5 metrics, shared passes) against Quantus method by method.
+
+    Per-element attribution maps (the methods' own output, as Quantus ranks elements), ``step``
+    elements per deletion / insertion step for both libraries, ``n_subsets`` random subsets of 20%
+    of the elements for faithfulness correlation (and fastattr's subset infidelity, which reuses
+    them), ``ns`` subset sizes for fastattr's Sensitivity-N; Quantus's Infidelity with ``patch``-sized
+    patches, Quantus's Sensitivity-N with ``step`` elements per step."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = vgg_style().to(device)
+    x = torch.rand(n_images, 3, 64, 64, generator=torch.Generator().manual_seed(2)).to(device)
+    y = model(x).argmax(1)
+    attrs = {name: METHODS[name](model, x, y).detach() for name in methods}
+    n_el = x[0].numel()
+    subset_size = round(0.2 * n_el)
+    ns = [n for n in ns if n <= n_el]
+    settings = dict(step=step, n_subsets=n_subsets, subset_size=subset_size, patch=patch, device=str(device))
+    counted, impls = {}, {}
+
+    def add(name, run):
+        def timed():
+            counted[name] = CountingModel(model)  # a fresh count per run; the last run's is reported
+            run(counted[name])
+        impls[name] = timed
+
+    add("fastattr.evaluate", lambda m: evaluate(
+        m, x, y, attributions=attrs, metrics=EVALUATE_METRICS, n_subsets=n_subsets, ns=ns, step=step,
+        subset_fraction=subset_size / n_el, generator=0))
+    q = "quantus, method by method"
+    try:
+        import quantus
+    except ImportError:
+        quantus = None
+    if quantus is not None:
+        add(q, _quantus_suite(quantus, model, x, y, attrs, **settings))
+        add("fastattr.integrations.quantus (quantus's definitions)",
+            _drop_in_suite(model, x, y, attrs, **settings))
+    rounds = min(repeat, 3)
+    times, ratios = time_interleaved(impls, device, repeat=rounds, warmup=0)
+    table = Table(
+        name=f"evaluate: {len(attrs)} methods x {len(EVALUATE_METRICS)} metrics, VGG-style CNN 3x64x64, "
+             f"{n_images} images, {device.type}",
+        columns=["implementation", "ms", "forward calls", "forward inputs", "speed-up vs quantus"],
+        machine=machine_info(device),
+        params={"n_images": n_images, "methods": list(attrs), "metrics": list(EVALUATE_METRICS), "step": step,
+                "n_subsets": n_subsets, "subset_size": subset_size, "ns": ns,
+                "quantus_infidelity_patch": patch, "repeat": rounds},
+    )
+    for name, t in times.items():
+        speedup = ratios[q] / ratios[name] if q in ratios else "-"
+        table.add(name, t * 1e3, counted[name].calls, counted[name].inputs, speedup)
+    table.notes.append(f"{rounds} interleaved rounds (no warm-up round; each is long); torch threads = "
+                       f"{torch.get_num_threads()}")
+    if q in times:
+        table.notes += [
+            "same definitions in both: deletion, insertion (quantus: PixelFlipping from the 0 image "
+            "restoring x, as quantus 0.6 has no insertion), faithfulness correlation (same subset size and "
+            "count)",
+            "different definitions: infidelity (fastattr: random 20% subsets, reusing the correlation's "
+            f"passes; quantus: cumulative {patch}x{patch} patches in raster order), Sensitivity-N (fastattr: "
+            f"random subsets of sizes {ns}; quantus: ranked deletion, correlation across the batch); the "
+            "drop-in row runs quantus's definitions (its insertion: fastattr.metrics.insertion)"]
+    else:
+        table.notes.append("quantus not installed: pip install quantus for the peer rows")
+    return table
+
+
 def default_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
-    return [run(device=device, repeat=repeat)]
+    return [run(device=device, repeat=repeat), run_evaluate(device=device, repeat=repeat)]

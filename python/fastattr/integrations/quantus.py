@@ -1,0 +1,661 @@
+"""Drop-in replacements for Quantus 0.6 metrics, computed on fastattr's perturbation engine.
+
+Change ``quantus.X`` to ``fastattr.integrations.quantus.X`` for X in ``PixelFlipping``,
+``RegionPerturbation``, ``FaithfulnessCorrelation``, ``SensitivityN``, ``Infidelity``,
+``AvgSensitivity`` and ``MaxSensitivity``: the same constructor keywords, the same
+``metric(model, x_batch, y_batch, a_batch=None, s_batch=None, channel_first=None, explain_func=None,
+explain_func_kwargs=None, model_predict_kwargs=None, softmax=..., device=None, batch_size=64)``
+(numpy in; Quantus-shaped scores out: one entry per example, ``[aggregate]`` with
+``return_aggregate=True``) and Quantus's own definitions, which are not always the papers' (the
+paper versions are in :mod:`fastattr.metrics`):
+
+- ``PixelFlipping``: elements ranked by attribution (the map broadcast over channels), the top
+  ``k·features_in_step`` set to the baseline, k = 1..⌈d/step⌉; the curve of ``f_y`` (no unperturbed
+  point); ``return_auc_per_sample``: its trapezoid area with unit spacing.
+- ``RegionPerturbation``: ``patch_size`` patches of the (centrally padded) image ranked by attribution
+  sum (``order`` morf / lerf / random); the curve of ``f_y(x) − f_y(x̃_k)`` after removing the first k
+  of ``regions_evaluation`` patches.
+- ``FaithfulnessCorrelation``: per example, the Pearson correlation over ``nr_runs`` random subsets
+  of ``subset_size`` elements between ``Σ_S a`` and ``f_y(x) − f_y(x_S→baseline)``.
+- ``SensitivityN``: cumulative deletion of ``features_in_step`` elements per step in attribution
+  order, for the first ``⌊n_max_percentage·H·W / features_in_step⌋`` steps; for each step the
+  correlation *across the examples* between ``f_y(x) − f_y(x̃_k)`` and the attribution removed at
+  that step (one score per step; their mean with the default ``return_aggregate=True``).
+- ``Infidelity``: per patch size, patches set to the baseline cumulatively in raster order; the
+  mean squared difference between ``f_y(x) − f_y(x̃_k)`` and ``Σ a ⊙ (x − x̃_k)``, averaged over
+  patch sizes and ``n_perturb_samples``.
+- ``AvgSensitivity`` / ``MaxSensitivity``: ``||e(x) − e(x + ε)|| / ||e(x)||`` (with the default
+  ``similarity_func``, ``norm_numerator``, ``norm_denominator``) for ``ε ~ U[−lower_bound,
+  lower_bound]`` (``U[lower_bound, upper_bound]`` with an upper bound), mean or max over
+  ``nr_samples``; ``explain_func`` runs on many perturbed copies of the batch at once.
+
+What differs from Quantus:
+
+- Randomness comes from a seeded ``torch.Generator`` (extra ``__call__`` keyword ``generator``, a
+  generator or an int seed, default 0), not ``np.random``: the subsets of FaithfulnessCorrelation,
+  the ``"uniform"`` baseline (drawn once per call, or once per sample for Infidelity, where Quantus
+  draws anew at every step), the ``"random"`` region order and the sensitivity noise. Same
+  distributions, other draws; a call is reproducible.
+- ``perturb_baseline="mean"`` is the mean of the clean input; Quantus recomputes it at every step
+  from the partly perturbed (and, in RegionPerturbation, edge-padded) array. ``"black"`` /
+  ``"white"`` (the input's min / max), numbers and arrays broadcastable to the input agree.
+- Ties in the attribution are broken by feature index (stable sort); Quantus uses numpy's unstable
+  quicksort, so the order of equal attributions can differ.
+- Inputs are cast to the model's parameter dtype (Quantus always uses float32), and the model runs
+  in chunks sized by fastattr (extra keywords ``max_batch`` / ``memory_budget``); ``batch_size`` only
+  groups the calls of ``explain_func`` (and the normalisation of their output) as in Quantus.
+- SensitivityN correlates over all examples; Quantus keeps only the first ``batch_size`` of them.
+- Infidelity works for any image size (padding as RegionPerturbation); Quantus 0.6 fails unless
+  every patch size divides the height and the width.
+- Custom ``perturb_func`` (other than Quantus's defaults) raise ``NotImplementedError``; models must
+  be ``torch.nn.Module``; ``display_progressbar`` and ``default_plot_func`` are accepted and ignored.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attribution._common import chunk_size
+from ..attribution.gradient import _generator
+from ..metrics.perturb import rank_features, ranked_curve, read_scores
+from ..metrics.robustness import sensitivity_samples
+from ..metrics.subsets import _pearson, subset_deltas
+
+__all__ = ["AvgSensitivity", "FaithfulnessCorrelation", "Infidelity", "MaxSensitivity", "PixelFlipping",
+           "RegionPerturbation", "SensitivityN", "normalise_by_max"]
+
+_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy 2.4 removed np.trapz
+_BASELINE_FUNCS = ("batch_baseline_replacement_by_indices", "baseline_replacement_by_indices")
+_NOISE_FUNCS = ("batch_uniform_noise", "uniform_noise")
+
+
+def normalise_by_max(a: np.ndarray, normalise_axes: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Quantus's default normalisation: ``a / max|a|`` over ``normalise_axes`` (default: every axis, so
+    the whole batch shares one scale); an all-zero array is returned as is."""
+    if np.all(a == 0.0):
+        return a
+    axes = tuple(range(a.ndim)) if normalise_axes is None else tuple(normalise_axes)
+    return a / np.max(np.abs(a), axis=axes, keepdims=True)
+
+
+def _channel_first(x: np.ndarray, channel_first: Optional[bool]) -> np.ndarray:
+    """Quantus's layout rule: 2-D inputs have no channel axis; otherwise the smaller of the
+    candidate axes is the channel axis unless ``channel_first`` says."""
+    if x.ndim == 2:
+        return x
+    if x.ndim not in (3, 4):
+        raise ValueError(f"x_batch must be [B, F], [B, C, L] or [B, C, H, W] (or channel-last), "
+                         f"got {x.shape}")
+    if channel_first is None:
+        if x.ndim == 3 and x.shape[-2] != x.shape[-1]:
+            channel_first = x.shape[-2] < x.shape[-1]
+        elif x.ndim == 4 and x.shape[-1] < min(x.shape[-2], x.shape[-3]):
+            channel_first = False
+        elif x.ndim == 4 and x.shape[-3] < min(x.shape[-1], x.shape[-2]):
+            channel_first = True
+        else:
+            raise ValueError(f"cannot infer the channel axis of x_batch {x.shape}; pass channel_first")
+    return x if channel_first else np.moveaxis(x, -1, 1)
+
+
+def _expand_channel(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Attributions as ``[B, C or 1, ...]`` for channel-first ``x`` (a missing channel axis is added)."""
+    if a.shape[:1] != x.shape[:1]:
+        raise ValueError(f"a_batch has {a.shape[0] if a.ndim else 0} examples but x_batch has {x.shape[0]}")
+    if x.ndim > 2 and a.ndim == x.ndim - 1 and a.shape[1:] == x.shape[2:]:
+        a = a[:, None]
+    reduced = x.ndim > 2 and a.ndim == x.ndim and a.shape[1] == 1 and a.shape[2:] == x.shape[2:]
+    if a.shape != x.shape and not reduced:
+        raise ValueError(f"a_batch of shape {a.shape} must match x_batch {x.shape} or its channel-reduced "
+                         f"map {(x.shape[0], 1) + x.shape[2:]}")
+    return a
+
+
+def _to_numpy(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _predictor(model, softmax: bool, model_predict_kwargs: Optional[dict]):
+    """The model as Quantus runs it, and the score to read: a model whose last module is ``nn.Softmax``
+    is read as is with ``softmax=True`` and without that module with ``softmax=False``; any other
+    model gets a softmax on top with ``softmax=True``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (the fastattr drop-in runs PyTorch models), "
+                        f"got {type(model).__name__}")
+    if model.training:
+        raise ValueError("model is in training mode; call model.eval() first (Quantus requires it too)")
+    names = [name for name, _ in model.named_modules()]
+    ends_in_softmax = len(names) > 1 and isinstance(model.get_submodule(names[-1]), nn.Softmax)
+    net = model
+    if ends_in_softmax and not softmax:
+        net = copy.deepcopy(model)
+        parent, _, leaf = names[-1].rpartition(".")
+        setattr(net.get_submodule(parent), leaf, nn.Identity())
+    if model_predict_kwargs:
+        net = functools.partial(net, **model_predict_kwargs)
+    return net, ("probability" if softmax and not ends_in_softmax else "logit")
+
+
+def _check_positive(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _padding(dim: int, patch: int) -> tuple[int, int]:
+    rest = dim % patch
+    total = 0 if rest == 0 else patch - rest
+    return total // 2, total - total // 2
+
+
+def _patch_ids(shape: Sequence[int], patch: int, device) -> tuple[torch.Tensor, int]:
+    """Raster index of the ``patch × patch`` block (of the centrally padded grid) of every pixel."""
+    _check_positive(patch, "patch_size")
+    h, w = (1, shape[-1]) if len(shape) == 3 else shape[-2:]
+    (top, _), (left, _) = _padding(h, patch), _padding(w, patch)
+    n_cols = -(-w // patch)
+    rows = (torch.arange(h) + top) // patch
+    cols = (torch.arange(w) + left) // patch
+    return (rows[:, None] * n_cols + cols[None, :]).reshape(-1).to(device), -(-h // patch) * n_cols
+
+
+@dataclass
+class _Context:
+    model: nn.Module
+    net: Callable
+    reader: str
+    output: torch.Tensor
+    clean: torch.Tensor
+    generator: torch.Generator
+    max_batch: Optional[int]
+    memory_budget: Optional[int]
+    batch_size: int
+
+    def curve(self, x, baseline, rank, counts, y) -> torch.Tensor:
+        """``f_y`` on x with every feature of rank < ``counts[k]`` set to the baseline: ``[B, K]``."""
+        if counts.numel() == 0:
+            return torch.empty(x.shape[0], 0, dtype=torch.float64, device=x.device)
+        chunk = chunk_size(x, x.shape[0] * counts.numel(), self.max_batch, self.memory_budget,
+                           per_input_factor=8.0)
+        return ranked_curve(self.net, x, baseline.contiguous(), rank.contiguous(), counts.to(x.device), y,
+                            keep_top=False, reader=self.reader, chunk=chunk).double()
+
+
+class _Metric:
+    """Quantus's ``Metric`` conventions: attribution preprocessing, the call, aggregation."""
+
+    name = "metric"
+    _softmax = False
+
+    def _setup(self, *, abs, normalise, normalise_func, normalise_func_kwargs, return_aggregate,
+               aggregate_func, disable_warnings, display_progressbar, kwargs, perturb_func=None,
+               allowed=_BASELINE_FUNCS, perturb_baseline="black", perturb_func_kwargs=None) -> None:
+        if kwargs:
+            raise ValueError(f"unexpected keyword arguments for {type(self).__name__}: {sorted(kwargs)}")
+        if perturb_func is not None and getattr(perturb_func, "__name__", None) not in allowed:
+            raise NotImplementedError(f"{type(self).__name__} runs Quantus's default perturbation "
+                                      f"({allowed[0]}) only; use quantus for a custom perturb_func")
+        normalise_func = normalise_func or normalise_by_max
+        if normalise_func_kwargs:
+            normalise_func = functools.partial(normalise_func, **normalise_func_kwargs)
+        self.abs, self.normalise, self.normalise_func = abs, normalise, normalise_func
+        self.return_aggregate, self.aggregate_func = return_aggregate, aggregate_func or np.mean
+        self.disable_warnings, self.display_progressbar = disable_warnings, display_progressbar
+        self.perturb_baseline = perturb_baseline
+        self.perturb_func_kwargs = dict(perturb_func_kwargs or {})
+        self.evaluation_scores: Any = []
+        self.all_evaluation_scores: list = []
+
+    @property
+    def get_params(self) -> Dict[str, Any]:
+        skip = ("evaluation_scores", "all_evaluation_scores")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+    def _process(self, a, x: np.ndarray) -> np.ndarray:
+        """Quantus's attribution preprocessing: add the channel axis, ``normalise_func``, then ``abs``."""
+        a = _expand_channel(np.array(_to_numpy(a), copy=True), x)
+        if self.normalise:
+            a = self.normalise_func(a)
+        return np.abs(a) if self.abs else a
+
+    def _explain(self, model, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        func, kwargs = self._explain_func
+        return self._process(func(model=model, inputs=x, targets=y, **kwargs), x)
+
+    def __call__(self, model, x_batch, y_batch, a_batch=None, s_batch=None,
+                 channel_first: Optional[bool] = None, explain_func: Optional[Callable] = None,
+                 explain_func_kwargs: Optional[dict] = None,
+                 model_predict_kwargs: Optional[dict] = None, softmax: Optional[bool] = None,
+                 device: Optional[str] = None, batch_size: int = 64, custom_batch: Any = None, *,
+                 generator=0, max_batch: Optional[int] = None, memory_budget: Optional[int] = None, **kwargs):
+        """Scores of ``a_batch`` (or of ``explain_func``'s attributions) for ``model`` on ``x_batch``
+        with labels ``y_batch``. ``softmax=None`` uses the metric's Quantus default. ``generator``
+        (torch.Generator or int seed) drives every random draw; ``max_batch`` / ``memory_budget``
+        bound the inputs per model call."""
+        if kwargs:
+            raise ValueError(f"unexpected keyword arguments: {sorted(kwargs)}")
+        _check_positive(batch_size, "batch_size")
+        x_np = _channel_first(_to_numpy(x_batch), channel_first)
+        y_np = _to_numpy(y_batch).reshape(-1)
+        if y_np.shape[0] != x_np.shape[0] or not np.issubdtype(y_np.dtype, np.integer):
+            raise ValueError(f"y_batch must hold one integer label per example ({x_np.shape[0]}), got "
+                             f"{y_np.dtype} of shape {y_np.shape}")
+        softmax = self._softmax if softmax is None else bool(softmax)
+        net, reader = _predictor(model, softmax, model_predict_kwargs)
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        dtype = param.dtype if param is not None else torch.float32
+        if device is not None:
+            dev = torch.device(device)
+        else:
+            dev = param.device if param is not None else torch.device("cpu")
+        x = torch.as_tensor(np.ascontiguousarray(x_np), dtype=dtype, device=dev).clone()
+        if not torch.isfinite(x).all():
+            raise ValueError("x_batch contains NaN or Inf")
+        y = torch.as_tensor(y_np, dtype=torch.long, device=dev)
+        with torch.no_grad():
+            output = net(x)
+        if (y < 0).any() or (y >= output.shape[-1]).any():
+            raise ValueError(f"y_batch out of range: the model has {output.shape[-1]} outputs, "
+                             f"got {y_np.tolist()}")
+        kw = dict(explain_func_kwargs or {})
+        if device is not None:
+            kw.setdefault("device", device)
+        self._explain_func = (explain_func, kw)
+        if a_batch is not None:
+            a_np = self._process(a_batch, x_np)
+        elif explain_func is None:
+            raise ValueError(f"{type(self).__name__} needs a_batch or explain_func")
+        else:
+            a_np = np.concatenate([self._explain(model, x_np[i:i + batch_size], y_np[i:i + batch_size])
+                                   for i in range(0, x_np.shape[0], batch_size)])
+        a = torch.as_tensor(np.ascontiguousarray(a_np), dtype=dtype, device=dev)
+        if not torch.isfinite(a).all():
+            raise ValueError("attributions contain NaN or Inf")
+        ctx = _Context(model=model, net=net, reader=reader, output=output,
+                       clean=read_scores(output, y, reader).double(), generator=_generator(generator),
+                       max_batch=max_batch, memory_budget=memory_budget, batch_size=int(batch_size))
+        scores = self._evaluate(ctx, x, y, a)
+        self.evaluation_scores = [self.aggregate_func(scores)] if self.return_aggregate else scores
+        self.all_evaluation_scores.extend(self.evaluation_scores)
+        return self.evaluation_scores
+
+    def _evaluate(self, ctx: _Context, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor):
+        raise NotImplementedError
+
+    def _baseline(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``perturb_baseline`` as a tensor shaped like ``x``."""
+        value = self.perturb_baseline
+        dims = tuple(range(1, x.dim()))
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            return torch.full_like(x, float(value))
+        if isinstance(value, str):
+            key = value.lower()
+            if key in ("black", "white", "mean"):
+                stat = {"black": x.amin, "white": x.amax, "mean": x.mean}[key](dims, keepdim=True)
+                return stat.expand_as(x)
+            if key == "uniform":
+                low = float(self.perturb_func_kwargs.get("uniform_low", 0.0))
+                high = float(self.perturb_func_kwargs.get("uniform_high", 1.0))
+                u = torch.rand(x.shape, generator=generator, dtype=x.dtype)
+                return (low + (high - low) * u).to(x.device)
+        elif isinstance(value, (np.ndarray, torch.Tensor)):
+            t = torch.as_tensor(_to_numpy(value), dtype=x.dtype, device=x.device)
+            try:
+                return torch.broadcast_to(t, x.shape)
+            except RuntimeError:
+                raise ValueError(f"perturb_baseline of shape {tuple(t.shape)} does not broadcast to the "
+                                 f"inputs {tuple(x.shape)}") from None
+        raise ValueError("perturb_baseline must be 'black', 'white', 'mean', 'uniform', a number or an "
+                         f"array, got {value!r}")
+
+    def _check_step(self, x: torch.Tensor, step: int) -> None:
+        _check_positive(step, "features_in_step")
+        spatial = math.prod(x.shape[2:]) if x.dim() > 2 else x.shape[1]
+        if spatial % step:
+            raise ValueError(f"features_in_step ({step}) must divide the input size ({spatial})")
+
+    @staticmethod
+    def _ranked(x: torch.Tensor, a: torch.Tensor, step: int) -> tuple[torch.Tensor, int, int]:
+        """Features to rank ``[B, d]``, the step in those features, and the channels per feature: a
+        channel-reduced map stays per pixel when the step covers whole pixels (same order as
+        ranking its broadcast elements), else it is broadcast to every element as Quantus does."""
+        channels = x.shape[1] if x.dim() > 2 and a.shape[1] == 1 else 1
+        if channels > 1 and step % channels == 0:
+            return a[:, 0].reshape(a.shape[0], -1), step // channels, channels
+        return a.expand_as(x).reshape(a.shape[0], -1), step, 1
+
+
+def _steps(n: int, step: int) -> torch.Tensor:
+    """Features removed after each of the ⌈n / step⌉ steps."""
+    return torch.arange(step, n + step, step).clamp_max(n)
+
+
+class PixelFlipping(_Metric):
+    """Pixel-Flipping (Bach et al. 2015), as ``quantus.PixelFlipping`` (module docstring)."""
+
+    name = "Pixel-Flipping"
+    _softmax = True
+
+    def __init__(self, features_in_step: int = 1, abs: bool = False, normalise: bool = True,
+                 normalise_func: Optional[Callable] = None, normalise_func_kwargs: Optional[dict] = None,
+                 perturb_func: Optional[Callable] = None, perturb_baseline: Any = "black",
+                 perturb_func_kwargs: Optional[dict] = None, return_aggregate: bool = False,
+                 aggregate_func: Optional[Callable] = None, return_auc_per_sample: bool = False,
+                 default_plot_func: Optional[Callable] = None, disable_warnings: bool = False,
+                 display_progressbar: bool = False, **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
+                    perturb_baseline=perturb_baseline, perturb_func_kwargs=perturb_func_kwargs)
+        self.features_in_step = features_in_step
+        self.return_auc_per_sample = return_auc_per_sample
+
+    @property
+    def get_auc_score(self) -> float:
+        """Mean trapezoid area (unit spacing) of the curves of the last call."""
+        return float(np.mean([_trapezoid(np.asarray(c)) for c in self.evaluation_scores]))
+
+    def _evaluate(self, ctx, x, y, a):
+        self._check_step(x, self.features_in_step)
+        feats, step, _ = self._ranked(x, a, self.features_in_step)
+        base = self._baseline(x, ctx.generator)
+        curve = ctx.curve(x, base, rank_features(feats), _steps(feats.shape[1], step), y)
+        if self.return_auc_per_sample:
+            return torch.trapezoid(curve, dx=1.0, dim=1).tolist()
+        return curve.tolist()
+
+
+class RegionPerturbation(_Metric):
+    """Region perturbation (Samek et al. 2016), as ``quantus.RegionPerturbation`` (module docstring)."""
+
+    name = "Region-Perturbation"
+    _softmax = True
+
+    def __init__(self, patch_size: int = 8, order: str = "morf", regions_evaluation: int = 100,
+                 abs: bool = False, normalise: bool = True, normalise_func: Optional[Callable] = None,
+                 normalise_func_kwargs: Optional[dict] = None, perturb_func: Optional[Callable] = None,
+                 perturb_baseline: Any = "black", perturb_func_kwargs: Optional[dict] = None,
+                 return_aggregate: bool = False, aggregate_func: Optional[Callable] = None,
+                 default_plot_func: Optional[Callable] = None, disable_warnings: bool = False,
+                 display_progressbar: bool = False, **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
+                    perturb_baseline=perturb_baseline, perturb_func_kwargs=perturb_func_kwargs)
+        if order.lower() not in ("morf", "lerf", "random"):
+            raise ValueError(f"order must be 'morf', 'lerf' or 'random', got {order!r}")
+        _check_positive(regions_evaluation, "regions_evaluation")
+        self.patch_size, self.order, self.regions_evaluation = patch_size, order.lower(), regions_evaluation
+
+    get_auc_score = PixelFlipping.get_auc_score
+
+    def _evaluate(self, ctx, x, y, a):
+        if x.dim() not in (3, 4):
+            raise ValueError(f"RegionPerturbation needs inputs [B, C, H, W] or [B, C, L], "
+                             f"got {tuple(x.shape)}")
+        batch = x.shape[0]
+        ids, n_patches = _patch_ids(x.shape, self.patch_size, x.device)
+        sums = torch.zeros(batch, n_patches, dtype=torch.float64, device=x.device)
+        sums.index_add_(1, ids, a.expand_as(x).sum(1).reshape(batch, -1).double())
+        if self.order == "random":
+            perms = [torch.randperm(n_patches, generator=ctx.generator) for _ in range(batch)]
+            order = torch.stack(perms).to(x.device)
+        else:
+            order = torch.sort(sums, dim=1, descending=self.order == "morf", stable=True).indices
+        steps = torch.arange(n_patches, device=x.device).expand_as(order)
+        position = torch.empty_like(order).scatter_(1, order, steps)
+        counts = torch.arange(1, min(self.regions_evaluation, n_patches) + 1)
+        curve = ctx.curve(x, self._baseline(x, ctx.generator), position[:, ids], counts, y)
+        return list((ctx.clean[:, None] - curve).cpu().numpy())
+
+
+class FaithfulnessCorrelation(_Metric):
+    """Faithfulness correlation (Bhatt et al. 2020), as ``quantus.FaithfulnessCorrelation``; the
+    model passes come from :func:`fastattr.metrics.subset_deltas`."""
+
+    name = "Faithfulness Correlation"
+
+    def __init__(self, similarity_func: Optional[Callable] = None, nr_runs: int = 100, subset_size: int = 224,
+                 abs: bool = False, normalise: bool = True, normalise_func: Optional[Callable] = None,
+                 normalise_func_kwargs: Optional[dict] = None, perturb_func: Optional[Callable] = None,
+                 perturb_baseline: Any = "black", perturb_func_kwargs: Optional[dict] = None,
+                 return_aggregate: bool = True, aggregate_func: Optional[Callable] = None,
+                 default_plot_func: Optional[Callable] = None, disable_warnings: bool = False,
+                 display_progressbar: bool = False, **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
+                    perturb_baseline=perturb_baseline, perturb_func_kwargs=perturb_func_kwargs)
+        self.similarity_func, self.nr_runs, self.subset_size = similarity_func, nr_runs, subset_size
+
+    def _evaluate(self, ctx, x, y, a):
+        spatial = math.prod(x.shape[2:]) if x.dim() > 2 else x.shape[1]
+        if self.subset_size >= spatial:
+            raise ValueError(f"subset_size ({self.subset_size}) must be smaller than the input size "
+                             f"({spatial})")
+        feats = a.expand_as(x).reshape(x.shape[0], -1)
+        passes = subset_deltas(ctx.net, x, y, feats.shape[1], subset_size=self.subset_size,
+                               n_subsets=self.nr_runs, baseline=self._baseline(x, ctx.generator),
+                               score=ctx.reader, generator=ctx.generator, max_batch=ctx.max_batch,
+                               memory_budget=ctx.memory_budget)
+        mass = passes.attribution_mass(feats, weighted=False)
+        if self.similarity_func is None:
+            return _pearson(mass, passes.delta).tolist()
+        sim = self.similarity_func(a=_to_numpy(mass), b=_to_numpy(passes.delta), batched=True)
+        return list(np.asarray(sim))
+
+
+class SensitivityN(_Metric):
+    """Quantus's Sensitivity-N (module docstring; the paper's random-subset version is
+    :func:`fastattr.metrics.sensitivity_n`)."""
+
+    name = "Sensitivity-N"
+    _softmax = True
+
+    def __init__(self, similarity_func: Optional[Callable] = None, n_max_percentage: float = 0.8,
+                 features_in_step: int = 1, abs: bool = False, normalise: bool = True,
+                 normalise_func: Optional[Callable] = None, normalise_func_kwargs: Optional[dict] = None,
+                 perturb_func: Optional[Callable] = None, perturb_baseline: Any = "black",
+                 perturb_func_kwargs: Optional[dict] = None, return_aggregate: bool = True,
+                 aggregate_func: Optional[Callable] = None, default_plot_func: Optional[Callable] = None,
+                 disable_warnings: bool = False, display_progressbar: bool = False, **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
+                    perturb_baseline=perturb_baseline, perturb_func_kwargs=perturb_func_kwargs)
+        self.similarity_func, self.n_max_percentage = similarity_func, n_max_percentage
+        self.features_in_step = features_in_step
+
+    def _evaluate(self, ctx, x, y, a):
+        self._check_step(x, self.features_in_step)
+        feats, step, channels = self._ranked(x, a, self.features_in_step)
+        spatial = math.prod(x.shape[2:]) if x.dim() > 2 else x.shape[1]
+        n_steps = int(self.n_max_percentage * spatial // self.features_in_step)
+        counts = _steps(feats.shape[1], step)[:max(n_steps, 0)]
+        base = self._baseline(x, ctx.generator)
+        deltas = ctx.clean[:, None] - ctx.curve(x, base, rank_features(feats), counts, y)
+        ordered = torch.sort(feats.double(), dim=1, descending=True, stable=True).values
+        cum = torch.cat([ordered.new_zeros(ordered.shape[0], 1), ordered.cumsum(1)], 1)
+        before = torch.cat([counts.new_zeros(1), counts[:-1]])
+        removed = (cum[:, counts.to(x.device)] - cum[:, before.to(x.device)]) * channels
+        if self.similarity_func is None:
+            return _pearson(deltas.T, removed.T).cpu().numpy()
+        return np.asarray(self.similarity_func(a=_to_numpy(deltas.T), b=_to_numpy(removed.T), batched=True))
+
+
+class Infidelity(_Metric):
+    """Quantus's infidelity (Yeh et al. 2019, with Quantus's cumulative patch perturbations; the
+    paper's random version is :func:`fastattr.metrics.infidelity`)."""
+
+    name = "Infidelity"
+
+    def __init__(self, loss_func: Union[str, Callable] = "mse",
+                 perturb_patch_sizes: Optional[List[int]] = None, n_perturb_samples: int = 10,
+                 abs: bool = False, normalise: bool = False,
+                 normalise_func: Optional[Callable] = None, normalise_func_kwargs: Optional[dict] = None,
+                 perturb_func: Optional[Callable] = None, perturb_baseline: Any = "black",
+                 perturb_func_kwargs: Optional[dict] = None, return_aggregate: bool = False,
+                 aggregate_func: Optional[Callable] = None, default_plot_func: Optional[Callable] = None,
+                 disable_warnings: bool = False, display_progressbar: bool = False, **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
+                    perturb_baseline=perturb_baseline, perturb_func_kwargs=perturb_func_kwargs)
+        if isinstance(loss_func, str) and loss_func != "mse":
+            raise ValueError(f"loss_func must be 'mse' or a function, got {loss_func!r}")
+        _check_positive(n_perturb_samples, "n_perturb_samples")
+        self.loss_func = loss_func
+        self.perturb_patch_sizes = list(perturb_patch_sizes) if perturb_patch_sizes is not None else [4]
+        if not self.perturb_patch_sizes:
+            raise ValueError("perturb_patch_sizes must not be empty")
+        self.n_perturb_samples = n_perturb_samples
+
+    def _loss(self, deltas: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+        if self.loss_func == "mse":
+            return ((deltas - sums) ** 2).mean(1)
+        out = self.loss_func(a=_to_numpy(deltas), b=_to_numpy(sums), batched=True)
+        return torch.as_tensor(np.asarray(out), dtype=torch.float64, device=deltas.device)
+
+    def _evaluate(self, ctx, x, y, a):
+        if x.dim() != 4:
+            raise ValueError(f"Infidelity needs image inputs [B, C, H, W], got {tuple(x.shape)}")
+        batch = x.shape[0]
+        base_name = self.perturb_baseline.lower() if isinstance(self.perturb_baseline, str) else None
+        random_baseline = base_name == "uniform"
+        samples = []
+        for _ in range(self.n_perturb_samples):
+            if samples and not random_baseline:  # a fixed baseline makes every sample the same
+                samples.append(samples[-1])
+                continue
+            base = self._baseline(x, ctx.generator)
+            inside = (a.expand_as(x) * (x - base)).sum(1).reshape(batch, -1).double()
+            losses = []
+            for patch in self.perturb_patch_sizes:
+                ids, n_patches = _patch_ids(x.shape, patch, x.device)
+                deltas = ctx.clean[:, None] - ctx.curve(x, base, ids.expand(batch, -1),
+                                                        torch.arange(1, n_patches + 1), y)
+                sums = torch.zeros(batch, n_patches, dtype=torch.float64, device=x.device)
+                sums.index_add_(1, ids, inside)
+                losses.append(self._loss(deltas, sums.cumsum(1)))
+            samples.append(torch.stack(losses, 1).mean(1))
+        return list(torch.stack(samples, 1).mean(1).cpu().numpy())
+
+
+class _Sensitivity(_Metric):
+    """Shared by AvgSensitivity / MaxSensitivity (Yeh et al. 2019): Quantus's sensitivity with the
+    perturbed explanations batched through :func:`fastattr.metrics.robustness.sensitivity_samples`."""
+
+    _reduce: Callable
+
+    def __init__(self, similarity_func: Optional[Callable] = None, norm_numerator: Optional[Callable] = None,
+                 norm_denominator: Optional[Callable] = None, nr_samples: int = 200, abs: bool = False,
+                 normalise: bool = False, normalise_func: Optional[Callable] = None,
+                 normalise_func_kwargs: Optional[dict] = None, perturb_func: Optional[Callable] = None,
+                 lower_bound: float = 0.2, upper_bound: Optional[float] = None,
+                 perturb_func_kwargs: Optional[dict] = None, return_aggregate: bool = False,
+                 aggregate_func: Optional[Callable] = None, default_plot_func: Optional[Callable] = None,
+                 disable_warnings: bool = False, display_progressbar: bool = False,
+                 return_nan_when_prediction_changes: bool = False, **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
+                    allowed=_NOISE_FUNCS, perturb_func_kwargs=perturb_func_kwargs)
+        _check_positive(nr_samples, "nr_samples")
+        self.similarity_func = similarity_func
+        self.norm_numerator, self.norm_denominator = norm_numerator, norm_denominator
+        self.nr_samples, self.lower_bound, self.upper_bound = nr_samples, lower_bound, upper_bound
+        self.return_nan_when_prediction_changes = return_nan_when_prediction_changes
+
+    def _bounds(self) -> tuple[float, float]:
+        low = float(self.perturb_func_kwargs.get("lower_bound", self.lower_bound))
+        high = self.perturb_func_kwargs.get("upper_bound", self.upper_bound)
+        if high is None:
+            return -low, low
+        if not float(high) > low:
+            raise ValueError(f"upper_bound ({high}) must be larger than lower_bound ({low})")
+        return low, float(high)
+
+    def _distance(self, ctx: _Context, rows: slice) -> Callable:
+        default = (self.similarity_func, self.norm_numerator, self.norm_denominator) == (None, None, None)
+        labels = ctx.output[rows].argmax(-1)
+
+        def distance(ex, e, perturbed):
+            k, n = e.shape[0], e.shape[1]
+            if default:
+                num = torch.linalg.vector_norm((ex.unsqueeze(0) - e).reshape(k, n, -1).double(), dim=2)
+                vals = num / torch.linalg.vector_norm(ex.reshape(n, -1).double(), dim=1)
+            else:
+                sim = self.similarity_func or (lambda a, b: a - b)
+                num_f = self.norm_numerator or (lambda a: np.linalg.norm(a, axis=-1))
+                den_f = self.norm_denominator or (lambda a: np.linalg.norm(a, axis=-1))
+                a0 = _to_numpy(ex.reshape(n, -1))
+                rows_ = [num_f(a=sim(a=a0, b=_to_numpy(e[j].reshape(n, -1)))) / den_f(a=a0) for j in range(k)]
+                vals = torch.as_tensor(np.stack(rows_), dtype=torch.float64, device=ex.device)
+            if self.return_nan_when_prediction_changes:
+                with torch.no_grad():
+                    changed = ctx.net(perturbed).argmax(-1).view(k, n) != labels
+                vals = vals.masked_fill(changed, math.nan)
+            return vals
+
+        return distance
+
+    def _explainer(self, model, block: int) -> Callable:
+        """``explain(model, z, t)`` for ``k`` copies of a block: ``explain_func`` once on all of them,
+        then Quantus's preprocessing per copy (its normalisation sees one batch, as in Quantus)."""
+
+        def explain(_, z, t):
+            func, kwargs = self._explain_func
+            z_np = _to_numpy(z)
+            out = _to_numpy(func(model=model, inputs=z_np, targets=_to_numpy(t), **kwargs))
+            parts = [self._process(out[i:i + block], z_np[i:i + block]) for i in range(0, z.shape[0], block)]
+            return torch.as_tensor(np.concatenate(parts), dtype=z.dtype, device=z.device)
+
+        return explain
+
+    def _evaluate(self, ctx, x, y, a):
+        if self._explain_func[0] is None:
+            raise ValueError(f"{type(self).__name__} needs explain_func to explain the perturbed inputs")
+        low, high = self._bounds()
+        out = []
+        for i in range(0, x.shape[0], ctx.batch_size):
+            rows = slice(i, i + ctx.batch_size)
+            xb = x[rows]
+            chunk = chunk_size(xb, self.nr_samples * xb.shape[0], ctx.max_batch, ctx.memory_budget)
+            explain = self._explainer(ctx.model, xb.shape[0])
+            samples = sensitivity_samples(ctx.model, xb, explain, y[rows], explained=a[rows], low=low,
+                                          high=high, n_samples=self.nr_samples, generator=ctx.generator,
+                                          chunk=chunk, distance=self._distance(ctx, rows))
+            out.append(self._reduce(samples.cpu().numpy()))
+        return list(np.concatenate(out))
+
+
+class AvgSensitivity(_Sensitivity):
+    """Average sensitivity (Yeh et al. 2019), as ``quantus.AvgSensitivity`` (module docstring)."""
+
+    name = "Avg-Sensitivity"
+
+    def _reduce(self, samples: np.ndarray) -> np.ndarray:
+        return (np.mean if self.return_nan_when_prediction_changes else np.nanmean)(samples, axis=1)
+
+
+class MaxSensitivity(_Sensitivity):
+    """Max sensitivity (Yeh et al. 2019), as ``quantus.MaxSensitivity`` (module docstring)."""
+
+    name = "Max-Sensitivity"
+
+    def _reduce(self, samples: np.ndarray) -> np.ndarray:
+        return (np.max if self.return_nan_when_prediction_changes else np.nanmax)(samples, axis=1)
