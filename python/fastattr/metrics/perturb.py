@@ -550,8 +550,11 @@ def random_subsets(batch: int, n_subsets: int, n_features: int, *,
         if len(sizes) != n_subsets or any(not 1 <= s <= n_features for s in sizes):
             raise ValueError(f"subset sizes must be in [1, {n_features}], got {sorted(set(sizes))[:5]}")
         keys = torch.rand(batch, n_subsets, n_features, generator=gen)
-        ranks = keys.argsort(-1).argsort(-1)
-        return ranks < torch.tensor(sizes).view(1, -1, 1)
+        # Feature j is in when its key ranks among the `size` smallest: one argsort, then scatter
+        # "position < size" back to the features (the same sets as ranking the ranks, at half the cost).
+        order = keys.argsort(-1)
+        inside = torch.arange(n_features).view(1, 1, -1) < torch.tensor(sizes).view(1, -1, 1)
+        return torch.empty_like(order, dtype=torch.bool).scatter_(-1, order, inside.expand_as(order))
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
         raise ValueError(f"p must be a probability in (0, 1], got {p!r}")
     masks = torch.rand(batch, n_subsets, n_features, generator=gen) < p
