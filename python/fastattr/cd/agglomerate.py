@@ -15,7 +15,6 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor, nn
 
 from ..attribution._common import Target, resolve_target
@@ -87,6 +86,8 @@ class _Scorer:
 
 def _agglomerate(scorer: _Scorer, grid: tuple, structure: np.ndarray, percentile: float, n_iters: int,
                  sweep: int, target: int) -> Hierarchy:
+    from scipy import ndimage  # optional dependency (ships with scikit-learn); imported on use
+
     n_units = int(np.prod(grid))
     singles = np.eye(n_units, dtype=bool).reshape((n_units,) + grid)
     unit_scores = scorer(singles).reshape(grid)
