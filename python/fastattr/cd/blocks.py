@@ -30,8 +30,9 @@ def block_masks(height: int, width: int, block: int) -> Tensor:
 
 def cd_blocks(model: nn.Module, inputs: Tensor, target: Target = None, *, block: Optional[int] = None,
               max_batch: Optional[int] = None, backend: Optional[str] = None) -> Tensor:
-    """Attribution map ``[B, C, H, W]`` from CD scores of ``block × block`` tiles (default: a quarter of
-    the shorter side, so 4×4 tiles). Example: ``a = cd_blocks(model, x, y, block=2)``."""
+    """Attribution map ``[B, C, H, W]`` from CD scores of ``block × block``-pixel tiles (default side: a
+    quarter of the image's shorter side, e.g. 2-pixel tiles, 16 of them, on 8×8 digits).
+    Example: ``a = cd_blocks(model, x, y, block=2)``."""
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
         raise ValueError(f"inputs must be floating images [B, C, H, W], got "
                          f"{tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
