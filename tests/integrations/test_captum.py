@@ -23,61 +23,12 @@ from captum import attr as cattr  # noqa: E402
 
 from fastattr.integrations import captum as fa  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
+from tests.integrations.models import Residual, cnn, digits, mlp, residual  # noqa: E402,F401
 
 TOL = 1e-5
 METHODS = ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
 
 
-def digits(n: int = 6, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real 8×8 handwritten digits (bundled with scikit-learn), scaled to [0, 1], as ``[n, 1, 8, 8]``."""
-    datasets = pytest.importorskip("sklearn.datasets")
-    data = datasets.load_digits()
-    x = torch.tensor(data.images[offset:offset + n], dtype=torch.float64)[:, None] / 16
-    return x, torch.tensor(data.target[offset:offset + n])
-
-
-def cnn() -> nn.Module:
-    torch.manual_seed(0)
-    bn = nn.BatchNorm2d(4)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-0.2, 0.2)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.1, 0.1)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), bn, nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(4, 8, 3, padding=1), nn.Softplus(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(32, 10)).double().eval()
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Softplus(),
-                         nn.Linear(32, 10)).double().eval()
-
-
-class Residual(nn.Module):
-    """``head(x + fc2(relu(fc1(x))))``: a block with a skip connection."""
-
-    def __init__(self, d: int = 16, classes: int = 5):
-        super().__init__()
-        self.fc1, self.fc2, self.head = nn.Linear(d, 32), nn.Linear(32, d), nn.Linear(d, classes)
-
-    def forward(self, x):
-        return self.head(torch.tanh(x + self.fc2(torch.relu(self.fc1(x)))))
-
-
-def residual() -> nn.Module:
-    torch.manual_seed(2)
-    return Residual().double().eval()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: one intra-op thread is fastest, and avoids thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=None)

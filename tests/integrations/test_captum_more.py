@@ -25,14 +25,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks:UserWarni
 MODELS = ["cnn", "mlp", "residual"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def refs_for(x, m=7, seed=0):
     return torch.rand((m,) + tuple(x.shape[1:]), generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
 

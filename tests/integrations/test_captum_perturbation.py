@@ -14,44 +14,9 @@ from captum import attr as cattr  # noqa: E402
 
 from fastattr.integrations import _captum_perturbation as fa  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
+from tests.integrations.models import Residual, cnn, digits, mlp  # noqa: E402
 
 TOL = 1e-5
-
-
-def digits(n: int = 6) -> torch.Tensor:
-    """Real 8×8 handwritten digits (bundled with scikit-learn), scaled to [0, 1], as ``[n, 1, 8, 8]``."""
-    datasets = pytest.importorskip("sklearn.datasets")
-    return torch.tensor(datasets.load_digits().images[:n], dtype=torch.float64)[:, None] / 16
-
-
-def cnn() -> nn.Module:
-    torch.manual_seed(0)
-    bn = nn.BatchNorm2d(4)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-0.2, 0.2)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.1, 0.1)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), bn, nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(4, 8, 3, padding=1), nn.Softplus(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(32, 10)).double().eval()
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Softplus(),
-                         nn.Linear(32, 10)).double().eval()
-
-
-class Residual(nn.Module):
-    """``head(tanh(x + fc2(relu(fc1(x)))))``: a block with a skip connection."""
-
-    def __init__(self, d: int = 16, classes: int = 5):
-        super().__init__()
-        self.fc1, self.fc2, self.head = nn.Linear(d, 32), nn.Linear(32, d), nn.Linear(d, classes)
-
-    def forward(self, x):
-        return self.head(torch.tanh(x + self.fc2(torch.relu(self.fc1(x)))))
 
 
 class TwoInputs(nn.Module):
@@ -66,14 +31,6 @@ class TwoInputs(nn.Module):
         return self.fc(torch.cat([feats, vector * scale], 1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.lru_cache(maxsize=None)
 def case(name: str):
     """(model, inputs, targets)."""
@@ -81,7 +38,7 @@ def case(name: str):
         torch.manual_seed(2)
         x = torch.randn(6, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
         return Residual().double().eval(), x, torch.tensor([0, 1, 2, 3, 4, 0])
-    x = digits()
+    x = digits()[0]
     return (cnn() if name == "cnn" else mlp()), x, torch.tensor([0, 1, 2, 3, 4, 5])
 
 
@@ -196,7 +153,7 @@ def test_a_tuple_of_one_input_gives_a_tuple():
 def two_inputs():
     torch.manual_seed(6)
     model = TwoInputs().double().eval()
-    image = digits()
+    image = digits()[0]
     vector = torch.randn(6, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     scale = torch.rand(6, 1, generator=torch.Generator().manual_seed(8), dtype=torch.float64) + 0.5
     return model, (image, vector), scale, torch.tensor([0, 1, 2, 3, 0, 1])
