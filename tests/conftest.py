@@ -35,7 +35,11 @@ def backend_device(request):
     return request.param
 
 
-@pytest.fixture(params=FAST_BACKEND_DEVICES or [pytest.param(None, marks=pytest.mark.skip(reason="no fast backend built"))], ids=lambda p: pair_id(p) if p else "none")
+_NO_FAST = pytest.param(None, marks=pytest.mark.skipif(not FAST_BACKEND_DEVICES,
+                                                       reason="needs the fastattr._C extension or Triton"))
+
+
+@pytest.fixture(params=FAST_BACKEND_DEVICES or [_NO_FAST], ids=lambda p: pair_id(p) if p else "none")
 def fast_backend_device(request):
     return request.param
 

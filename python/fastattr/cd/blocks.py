@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attribution._common import Target, resolve_target
+from ..metrics.perturb import patch_segments
 from .core import contextual_decomposition
 
 __all__ = ["block_masks", "cd_blocks"]
@@ -22,10 +23,8 @@ def block_masks(height: int, width: int, block: int) -> Tensor:
     """``[K, 1, H, W]`` binary masks, one per tile (row-major; edge tiles are cropped)."""
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be a positive int, got {block!r}")
-    rows, cols = -(-height // block), -(-width // block)
-    tile = torch.arange(rows * cols).reshape(rows, cols)
-    tile = tile.repeat_interleave(block, 0).repeat_interleave(block, 1)[:height, :width]
-    return (tile[None] == torch.arange(rows * cols)[:, None, None]).float()[:, None]
+    tile = patch_segments((height, width), block)
+    return (tile[None] == torch.arange(int(tile.max()) + 1)[:, None, None]).float()[:, None]
 
 
 def cd_blocks(model: nn.Module, inputs: Tensor, target: Target = None, *, block: Optional[int] = None,

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .core import _check_masks, decompose, trace
+from .core import _check_masks, decompose
 
 __all__ = ["cdep_penalty"]
 
@@ -45,7 +45,7 @@ def cdep_penalty(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = Non
         masks = _check_masks(inputs, masks)
     elif relevant.dim() != inputs.dim() + 1 or tuple(relevant.shape[2:]) != tuple(inputs.shape[1:]):
         raise ValueError(f"relevant must be [B, K, *inputs.shape[1:]], got {tuple(relevant.shape)}")
-    beta, gamma = decompose(model, inputs, masks, relevant=relevant, backend=backend, gm=trace(model))
+    beta, gamma = decompose(model, inputs, masks, relevant=relevant, backend=backend)
     if form == "softmax":
         return torch.softmax(torch.stack([beta, gamma], -1), -1)[..., 0].mean()
     target = torch.zeros_like(beta) if explanation is None else explanation.to(beta.dtype).expand_as(beta)

@@ -126,9 +126,7 @@ class FeatureAblation(_Attribution):
     every group of ``feature_mask`` (every element when None) is set to the baseline in turn, and each
     of its elements gets ``f_t(x) − f_t(x̃)``."""
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
+    _multiply_by_inputs = True
 
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
                   feature_mask=None, perturbations_per_eval: int = 1, show_progress: bool = False):

@@ -180,17 +180,25 @@ def _bind(forward_func: Callable, x: torch.Tensor, target, additional_forward_ar
 
 
 class _Attribution:
-    """What Captum's ``Attribution`` offers: ``forward_func``, ``has_convergence_delta``, ``multiplies_by_inputs``."""
+    """What Captum's ``Attribution`` offers: ``forward_func``, ``has_convergence_delta``, ``multiplies_by_inputs``.
 
-    def __init__(self, forward_func: Callable):
+    Subclasses set ``_has_delta`` (class) and ``_multiply_by_inputs`` (class default, or the
+    constructor's ``multiply_by_inputs`` for the methods where Captum makes it a choice)."""
+
+    _has_delta = False
+    _multiply_by_inputs = False
+
+    def __init__(self, forward_func: Callable, multiply_by_inputs: Optional[bool] = None):
         self.forward_func = forward_func
+        if multiply_by_inputs is not None:
+            self._multiply_by_inputs = multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
-        return False
+        return self._has_delta
 
     @property
     def multiplies_by_inputs(self) -> bool:
-        return False
+        return self._multiply_by_inputs
 
 
 class Saliency(_Attribution):
@@ -205,14 +213,12 @@ class Saliency(_Attribution):
 class InputXGradient(_Attribution):
     """Input × Gradient, as ``captum.attr.InputXGradient``."""
 
+    _multiply_by_inputs = True
+
     def attribute(self, inputs, target=None, additional_forward_args: Any = None):
         x, is_tuple = _single_input(inputs)
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
         return _output(_input_x_gradient(model, x, t, max_batch=max_batch), is_tuple)
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
 
 
 class IntegratedGradients(_Attribution):
@@ -223,10 +229,11 @@ class IntegratedGradients(_Attribution):
     or ``torch.float16``) runs the path's forward passes under ``torch.autocast``; gradients are still
     accumulated in float32 and the attributions have the inputs' dtype."""
 
+    _has_delta = True
+
     def __init__(self, forward_func: Callable, multiply_by_inputs: bool = True, *,
                  autocast: Optional[torch.dtype] = None):
-        super().__init__(forward_func)
-        self._multiply_by_inputs = multiply_by_inputs
+        super().__init__(forward_func, multiply_by_inputs)
         self.autocast = autocast
 
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
@@ -245,13 +252,6 @@ class IntegratedGradients(_Attribution):
         if return_convergence_delta:
             return _output(out[0], is_tuple), out[1]
         return _output(out, is_tuple)
-
-    def has_convergence_delta(self) -> bool:
-        return True
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
 
 def _repeat_target(target, k: int):
@@ -394,16 +394,10 @@ class GradientShap(_Attribution):
     every example and draw, example-major (``[B · n_samples]``), as Captum orders them.
     """
 
+    _has_delta = True
+
     def __init__(self, forward_func: Callable, multiply_by_inputs: bool = True):
-        super().__init__(forward_func)
-        self._multiply_by_inputs = multiply_by_inputs
-
-    def has_convergence_delta(self) -> bool:
-        return True
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+        super().__init__(forward_func, multiply_by_inputs)
 
     def attribute(self, inputs, baselines, n_samples: int = 5, stdevs: Union[float, Tuple[float, ...]] = 0.0,
                   target=None, additional_forward_args: Any = None, return_convergence_delta: bool = False, *,
@@ -458,8 +452,9 @@ class GradientShap(_Attribution):
 class _LayerAttribution(_Attribution):
     """What Captum's ``LayerAttribution`` offers: ``layer``, ``device_ids`` and ``interpolate``."""
 
-    def __init__(self, forward_func: Callable, layer: nn.Module, device_ids=None):
-        super().__init__(forward_func)
+    def __init__(self, forward_func: Callable, layer: nn.Module, device_ids=None,
+                 multiply_by_inputs: Optional[bool] = None):
+        super().__init__(forward_func, multiply_by_inputs)
         if isinstance(layer, (list, tuple)):
             raise NotImplementedError("fastattr.integrations.captum attributes to one layer; got a list of "
                                       f"{len(layer)} (call once per layer, or use captum.attr)")
@@ -482,17 +477,11 @@ class LayerIntegratedGradients(_LayerAttribution):
     :func:`fastattr.attribution.layer_integrated_gradients`): IG with respect to ``layer``'s output
     (or input), e.g. an ``nn.Embedding`` for token ids. Returns a tensor shaped like that tensor."""
 
+    _has_delta = True
+
     def __init__(self, forward_func: Callable, layer: nn.Module, device_ids=None,
                  multiply_by_inputs: bool = True):
-        super().__init__(forward_func, layer, device_ids)
-        self._multiply_by_inputs = multiply_by_inputs
-
-    def has_convergence_delta(self) -> bool:
-        return True
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
+        super().__init__(forward_func, layer, device_ids, multiply_by_inputs)
 
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
                   n_steps: int = 50, method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
