@@ -94,9 +94,40 @@ def test_evaluate_bench_counts_forward_passes():
                   n_subsets=3, ns=[64], step=2048, subset_fraction=round(0.2 * 3 * 64 * 64) / (3 * 64 * 64),
                   generator=0)
     assert rows["fastattr.evaluate"][2:4] == [ev.forward_calls, ev.forward_inputs]
+    assert rows["model-only floor (fastattr's inputs)"][2:4] == ["-", ev.forward_inputs]
     if "quantus, method by method" in rows:
         quantus_row = rows["quantus, method by method"]
         assert quantus_row[3] > 0 and quantus_row[4] == 1.0
         assert rows["fastattr.integrations.quantus (quantus's definitions)"][3] > 0
     else:
         assert any("quantus not installed" in n for n in table.notes)
+
+
+def test_metrics_resnet_insertion_runs_on_a_small_cpu_setting():
+    """The ResNet-50 GPU case's code path, on CPU with a ResNet-18, one 32×32 input and 4 steps."""
+    from fastattr.bench import metrics
+    from fastattr.zoo.resnet import resnet18
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        table = metrics.resnet_insertion(n_images=1, steps=4, size=32, device="cpu", repeat=1, arch=resnet18)
+    finally:
+        torch.set_num_threads(threads)
+    rows = {r[0]: r for r in table.rows}
+    assert list(rows)[:2] == ["model-only floor", "fastattr insertion"]
+    assert rows["model-only floor"][4] == 1.0 and table.params["inputs"] == 5
+    assert all(r[1] > 0 and r[3] > 0 for r in table.rows)
+    q = "quantus PixelFlipping from the 0 image (insertion)"
+    if q in rows:
+        assert rows[q][5] == 1.0 and rows[q][2] == 3 * 4  # quantus's step counts elements
+        assert rows["fastattr insertion"][2] == 5 + 1  # the curve and the forward that checks the target
+    with pytest.raises(ValueError, match="steps"):
+        metrics.resnet_insertion(n_images=1, steps=5, size=32, device="cpu", repeat=1, arch=resnet18)
+
+
+def test_metrics_gpu_tables_skip_with_a_note_without_cuda(capsys):
+    from fastattr.bench import metrics
+
+    assert metrics.gpu_tables(device="cpu") == []
+    assert "ResNet-50 insertion benchmark skipped" in capsys.readouterr().out

@@ -53,18 +53,19 @@ def test_mdrs_and_aupc_share_the_deletion_pass():
     model, x, y, attrs = _case()
     ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["deletion", "mdrs", "aupc"], step=1,
                            patch_size=2)
-    # one clean forward, then per method one deletion pass over 0..16 segments
-    assert ev.forward_inputs == 2 + len(attrs) * 2 * 17
+    # one forward of x and one of the baseline (the curves' two ends, 0 and 16 segments removed, for
+    # every method), then per method one deletion pass over 1..15 segments
+    assert ev.forward_inputs == 2 + 2 + len(attrs) * 2 * 15
     separate = CountingModel(model)
     for a in attrs.values():
         M.deletion(separate, x, a, y, step=1, patch_size=2)
         M.mdrs(separate, x, a, y, patch_size=2)
         M.aupc(separate, x, a, y, patch_size=2)
     assert separate.inputs > 2 * ev.forward_inputs
-    # MoRF's removal counts join the deletion pass: {0, 4, 8, 12, 16} ∪ {0, 4, 8, 10}
+    # MoRF's removal counts join the deletion pass: {0, 4, 8, 12, 16} ∪ {0, 4, 8, 10}, ends shared
     ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["deletion", "morf"], step=4,
                            fractions=[0.25, 0.5, 0.6], patch_size=2)
-    assert ev.forward_inputs == 2 + len(attrs) * 2 * 6
+    assert ev.forward_inputs == 2 + 2 + len(attrs) * 2 * 4
     # the SOP errors share their subsets across methods: 15 subsets + 1 reference, once
     ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["deletion_error"], patch_size=4)
     assert ev.forward_inputs == 2 + 2 * 16
@@ -78,8 +79,9 @@ def test_evaluate_compiled_runs_fixed_chunks():
     for metric in ("deletion", "mdrs", "lerf"):
         for name in attrs:
             torch.testing.assert_close(ev[metric][name], plain[metric][name])
-    # after the clean forward (2 inputs) every call carries one padded chunk of 4 (2 examples x 2 steps)
-    assert ev.forward_inputs - 2 == 4 * (ev.forward_calls - 1)
+    # after the forwards of x and of the baseline (2 inputs each) every call carries one padded chunk
+    # of 4 (2 examples x 2 steps)
+    assert ev.forward_inputs - 4 == 4 * (ev.forward_calls - 2)
     assert ev.forward_inputs > plain.forward_inputs
 
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from fastattr.metrics.perturb import (all_subsets, feature_space, group_masks, group_scores, group_unit_rank,
-                                      masked_scores, random_subsets, read_scores)
+from fastattr.metrics.perturb import (_smallest_keys, all_subsets, feature_space, group_masks, group_scores,
+                                      group_unit_rank, masked_scores, random_subsets, read_scores)
 from tests.metrics import slow
 from tests.models import mlp, rand, small_cnn
 
@@ -24,6 +24,23 @@ def test_bernoulli_subsets_are_seeded_and_have_the_right_rate():
             random_subsets(1, 2, 3, p=bad)
     with pytest.raises(ValueError, match="exactly one"):
         random_subsets(1, 2, 3, size=1, p=0.5)
+
+
+@pytest.mark.parametrize("levels", [3, 50, None])
+def test_fixed_size_subsets_are_the_smallest_keys_with_ties_in_index_order(levels):
+    gen = torch.Generator().manual_seed(levels or 0)
+    keys = torch.rand(3, 40, 30, generator=gen)
+    if levels:  # few distinct keys: ties at the threshold in most rows
+        keys = (keys * levels).floor()
+    sizes = torch.randint(1, 31, (40,), generator=gen)
+    masks = _smallest_keys(keys, sizes)
+    order = keys.sort(dim=-1, stable=True).indices
+    ref = torch.zeros_like(masks)
+    for b in range(3):
+        for k in range(40):
+            ref[b, k, order[b, k, :sizes[k]]] = True
+    assert torch.equal(masks, ref)
+    assert torch.equal(masks.sum(-1), sizes.expand(3, -1))
 
 
 def test_all_subsets():

@@ -105,6 +105,8 @@ def test_evaluate_matches_the_metrics_and_shares_passes():
         M.sensitivity_n(separate, x, a, y, ns=[2, 8], n_subsets=30, generator=5)
     shared = fastattr.evaluate(model, x, y, attributions=attrs, n_subsets=30, ns=[2, 8],
                                metrics=["faithfulness_correlation", "infidelity", "sensitivity_n"])
+    # one clean forward, then 30 subsets per example for FCOR and infidelity together, 30 per n
+    assert shared.forward_inputs == 4 + 4 * 30 + 4 * 30 * 2
     assert shared.forward_inputs * len(attrs) < separate.inputs
     summary = ev.summary()
     assert set(summary) == set(M.EVALUATE_METRICS) and set(summary["deletion"]) == set(attrs)

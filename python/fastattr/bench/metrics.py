@@ -9,13 +9,17 @@ last row runs the same 192 steps through ``fastattr.integrations.quantus.PixelFl
 Table 2: ``fastattr.evaluate`` with 5 attribution methods × {insertion, deletion, infidelity,
 faithfulness correlation, Sensitivity-N} on the same CNN and images, against Quantus computing the
 same metrics method by method, and against fastattr's Quantus drop-in doing what Quantus does. Model
-calls are counted (Quantus's by wrapping the model's forward).
+calls are counted (Quantus's by wrapping the model's forward); the floor row is a plain forward over
+as many inputs as ``evaluate`` runs.
+
+Table 3 (CUDA only): insertion on ResNet-50, 16 images of 224², 224 steps: images/s as a fraction of
+the model's own forward throughput at its best batch size, and the ratio to Quantus.
 
 Everything is timed round-robin; ratios are medians of per-round ratios.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +28,7 @@ from ..attribution import METHODS, saliency
 from ..metrics import deletion, evaluate, insertion
 from ..metrics.evaluate import CountingModel
 from . import Table, machine_info, time_interleaved
+from ..zoo.resnet import resnet50
 from .ig import vgg_style
 
 EVALUATE_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop")
@@ -45,6 +50,37 @@ def _quantus_deletion(model, x, y, attr, step):
                                                   device=str(x.device), softmax=True)), axis=1)
 
 
+FLOOR_BATCHES = (8, 16, 24, 32, 40, 48, 64, 96, 128, 256, 512, 1024)
+
+
+def forward_floor(model: Callable, shape: tuple, n_inputs: int, device: torch.device, *,
+                  sizes: Sequence[int] = FLOOR_BATCHES, search_inputs: Optional[int] = None,
+                  repeat: int = 5) -> tuple[Callable[[], None], int]:
+    """The model-only floor: a plain forward over ``n_inputs`` inputs of ``shape`` in batches of the
+    size (among ``sizes``) that runs fastest, searched round-robin over ``search_inputs`` inputs (all
+    of them by default). Sizes that run out of memory are left out. Returns ``(run, best size)``."""
+    sizes = [bs for bs in sizes if bs <= n_inputs] or [n_inputs]
+    pool = torch.rand((max(sizes),) + tuple(shape), generator=torch.Generator().manual_seed(3)).to(device)
+
+    def forward_all(bs, n=n_inputs):
+        with torch.no_grad():
+            for i in range(0, n, bs):
+                model(pool[:min(bs, n - i)])
+
+    usable = []
+    for bs in sizes:
+        try:
+            forward_all(bs, bs)
+            usable.append(bs)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+    n_search = min(n_inputs, search_inputs or n_inputs)
+    search, _ = time_interleaved({bs: (lambda bs=bs: forward_all(bs, n_search)) for bs in usable}, device,
+                                 repeat=repeat)
+    best = min(search, key=search.get)
+    return (lambda: forward_all(best)), best
+
+
 def run(n_images: int = 8, steps: int = 64, device: Optional[str] = None, repeat: int = 5) -> Table:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = vgg_style().to(device)
@@ -53,18 +89,9 @@ def run(n_images: int = 8, steps: int = 64, device: Optional[str] = None, repeat
     attr = saliency(model, x, y).sum(1)
     step = (64 * 64) // steps
     n_inputs = 2 * n_images * (steps + 1)
-    pool = torch.rand(n_inputs, 3, 64, 64, generator=torch.Generator().manual_seed(3)).to(device)
-
-    def forward_all(bs):
-        with torch.no_grad():
-            for i in range(0, n_inputs, bs):
-                model(pool[i:i + bs])
-
-    sizes = (8, 16, 24, 32, 40, 48, 64, 96, 128, 256, 512, 1024)
-    search, _ = time_interleaved({bs: (lambda bs=bs: forward_all(bs)) for bs in sizes}, device, repeat=5)
-    best_bs = min(search, key=search.get)
+    floor, best_bs = forward_floor(model, (3, 64, 64), n_inputs, device)
     impls = {
-        "model-only floor": lambda: forward_all(best_bs),
+        "model-only floor": floor,
         "fastattr insertion + deletion": lambda: (insertion(model, x, attr, y, step=step),
                                                   deletion(model, x, attr, y, step=step)),
         "fastattr deletion": lambda: deletion(model, x, attr, y, step=step),
@@ -189,9 +216,14 @@ def run_evaluate(n_images: int = 8, step: int = 128, n_subsets: int = 128, ns=(6
             run(counted[name])
         impls[name] = timed
 
-    add("fastattr.evaluate", lambda m: evaluate(
+    run_fastattr = lambda m: evaluate(  # noqa: E731
         m, x, y, attributions=attrs, metrics=EVALUATE_METRICS, n_subsets=n_subsets, ns=ns, step=step,
-        subset_fraction=subset_size / n_el, generator=0))
+        subset_fraction=subset_size / n_el, generator=0)
+    n_fastattr = run_fastattr(CountingModel(model)).forward_inputs
+    floor, best_bs = forward_floor(model, tuple(x.shape[1:]), n_fastattr, device, sizes=(8, 16, 32, 64),
+                                   search_inputs=1024, repeat=3)
+    impls["model-only floor (fastattr's inputs)"] = floor
+    add("fastattr.evaluate", run_fastattr)
     q = "quantus, method by method"
     try:
         import quantus
@@ -214,9 +246,12 @@ def run_evaluate(n_images: int = 8, step: int = 128, n_subsets: int = 128, ns=(6
     )
     for name, t in times.items():
         speedup = ratios[q] / ratios[name] if q in ratios else "-"
-        table.add(name, t * 1e3, counted[name].calls, counted[name].inputs, speedup)
+        calls, inputs = (counted[name].calls, counted[name].inputs) if name in counted else ("-", n_fastattr)
+        table.add(name, t * 1e3, calls, inputs, speedup)
     table.notes.append(f"{rounds} interleaved rounds (no warm-up round; each is long); torch threads = "
-                       f"{torch.get_num_threads()}")
+                       f"{torch.get_num_threads()}; floor: plain forward over fastattr's {n_fastattr} inputs "
+                       f"at the best of batch sizes 8-64 ({best_bs}), its quantus column the largest speed-up "
+                       "possible at fastattr's forward count")
     if q in times:
         table.notes += [
             "same definitions in both: deletion, insertion (quantus: PixelFlipping from the 0 image "
@@ -231,5 +266,82 @@ def run_evaluate(n_images: int = 8, step: int = 128, n_subsets: int = 128, ns=(6
     return table
 
 
+def resnet_insertion(n_images: int = 16, steps: int = 224, size: int = 224, device: str = "cuda",
+                     repeat: int = 5, arch: Callable[..., torch.nn.Module] = resnet50) -> Table:
+    """Insertion on a ResNet (random weights, eval mode): images/s against the model's own forward
+    throughput at its best batch size, and against Quantus.
+
+    Saliency summed over the channels ranks the pixels; ``steps`` steps of ``size²/steps`` pixels
+    (224 steps of one row's worth for 224², Petsiuk et al.'s protocol) from the 0 image. Quantus 0.6
+    has no insertion metric: ``PixelFlipping`` started from the 0 image, putting x back in the same
+    order, traces the curve (as in :func:`run_evaluate`); it counts its step in elements, so it runs
+    3× the steps, and the comparison is in model inputs per second."""
+    device = torch.device(device)
+    model = arch().to(device).eval()
+    x = torch.rand(n_images, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    attr = saliency(model, x, y).detach().sum(1)
+    if (size * size) % steps:
+        raise ValueError(f"steps ({steps}) must divide the {size * size} pixels of an input")
+    step = size * size // steps
+    floor, best_bs = forward_floor(model, tuple(x.shape[1:]), n_images * (steps + 1), device,
+                                   sizes=(16, 32, 64, 128, 256, 512), repeat=3)
+    runs = {"fastattr insertion": lambda m: insertion(m, x, attr, y, step=step)}
+    try:
+        import quantus
+    except ImportError:
+        quantus = None
+    q = "quantus PixelFlipping from the 0 image (insertion)"
+    if quantus is not None:
+        x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
+        metric = quantus.PixelFlipping(features_in_step=step, perturb_baseline=0.0, normalise=False,
+                                       perturb_func=_restore_from(x_np.reshape(n_images, -1)),
+                                       disable_warnings=True)
+        start, a_np = np.zeros_like(x_np), attr.unsqueeze(1).cpu().numpy()
+        runs[q] = lambda m: metric(model=m, x_batch=start, y_batch=y_np, a_batch=a_np, softmax=True,
+                                   device=str(device))
+    inputs = {"model-only floor": n_images * (steps + 1)}
+    for name, fn in runs.items():  # one counted call each: the model inputs behind the rates
+        counted = CountingModel(model)
+        fn(counted)
+        inputs[name] = counted.inputs
+    impls = {"model-only floor": floor, **{name: (lambda fn=fn: fn(model)) for name, fn in runs.items()}}
+    times, vs_floor = time_interleaved(impls, device, repeat=repeat)
+    # throughput relative to the floor, from per-round time ratios
+    relative = {name: inputs[name] / inputs["model-only floor"] / vs_floor[name] for name in times}
+    table = Table(
+        name=f"insertion, {arch.__name__} {size}x{size}, {n_images} images, {steps} steps, {device.type}",
+        columns=["implementation", "ms", "model inputs", "images/s", "fraction of forward throughput",
+                 "throughput vs quantus"],
+        machine=machine_info(device),
+        params={"arch": arch.__name__, "n_images": n_images, "steps": steps, "size": size,
+                "inputs": n_images * (steps + 1), "floor_batch": best_bs, "device": str(device),
+                "repeat": repeat},
+    )
+    for name, t in times.items():
+        vs_quantus = relative[name] / relative[q] if q in times else "-"
+        table.add(name, t * 1e3, inputs[name], inputs[name] / t, relative[name], vs_quantus)
+    table.notes.append(f"images/s = model inputs per second (counted by wrapping the model); floor: plain "
+                       f"forward at its best batch size ({best_bs}); {repeat} interleaved rounds, ratios from "
+                       "the medians of per-round time ratios")
+    if quantus is None:
+        table.notes.append("quantus not installed: pip install quantus for the peer row")
+    else:
+        table.notes.append(f"quantus counts features_in_step={step} in elements: "
+                           f"{x[0].numel() // step} steps against fastattr's {steps}")
+    return table
+
+
+def gpu_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
+    """The ResNet-50 insertion case (224², 16 images, 224 steps) when CUDA is there; otherwise a note."""
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
+        print("note: ResNet-50 insertion benchmark skipped (needs a CUDA device; "
+              f"{'CUDA not available' if not torch.cuda.is_available() else 'device is ' + str(device)})")
+        return []
+    return [resnet_insertion(device=device or "cuda", repeat=repeat)]
+
+
 def default_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
-    return [run(device=device, repeat=repeat), run_evaluate(device=device, repeat=repeat)]
+    return [run(device=device, repeat=repeat), run_evaluate(device=device, repeat=repeat)] + \
+        gpu_tables(device, repeat)

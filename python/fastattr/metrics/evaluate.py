@@ -20,9 +20,9 @@ from ..attribution._common import Target, check_inputs, check_model, resolve_tar
 from ..attribution.gradient import _generator
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
-from .perturb import CountingModel, check_attributions, feature_space, make_baseline, step_counts
+from .perturb import CountingModel, check_attributions, feature_space, make_baseline, read_scores, step_counts
 from .sop import additive_mass, choose_subsets, subset_changes
-from .subsets import _fraction_size, _pearson, default_ns, infidelity, subset_deltas
+from .subsets import _fraction_size, _pearson, default_ns, infidelity_from, subset_deltas
 
 EVALUATE_METRICS = ("deletion", "insertion", "infidelity", "faithfulness_correlation", "sensitivity_n",
                     "mdrs", "aupc", "morf", "lerf", "deletion_error", "insertion_error")
@@ -84,9 +84,11 @@ def _put(ev: Evaluation, metric: str, name: str, value, curve=None, fractions=No
         ev.fractions[metric] = fractions
 
 
-def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, step, fractions, chunks, compile):
+def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, ends, step, fractions, chunks, compile):
     """Deletion-ranked (deletion, MDRS, AUPC, MoRF) and insertion-ranked (insertion, LeRF) metrics of one
-    method, one model pass per direction over the union of the step counts."""
+    method, one model pass per direction over the union of the step counts. The two ends of every
+    curve, x itself and the baseline, do not depend on the ranking: their logits ``ends`` (x, baseline)
+    are computed once for all methods."""
     g = feats.n
     segments = list(range(1, g + 1))
     removed = check_fractions(fractions, g) if {"morf", "lerf"} & set(metrics) else []
@@ -101,8 +103,20 @@ def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, step, fractio
                  "removed": [g - n if keep_top else n for n in removed] if removal else []}
         union = sorted(set().union(*parts.values()))
         reader = "logits" if "mdrs" in wanted else "probability"
-        out = ranked_scores(counted, inputs, feats, t, torch.tensor(union), keep_top=keep_top, baseline=base,
-                            reader=reader, compile=compile, **chunks)
+        inner = [c for c in union if 0 < c < g]
+        inner_out = ranked_scores(counted, inputs, feats, t, torch.tensor(inner), keep_top=keep_top,
+                                  baseline=base, reader=reader, compile=compile, **chunks) if inner else None
+        first, last = (ends[1], ends[0]) if keep_top else ends  # 0 and g features changed
+        out = []
+        for c in union:
+            if 0 < c < g:
+                out.append(inner_out[:, inner.index(c)])
+            else:
+                end = read_scores(first if c == 0 else last, t, reader)
+                out.append(end.to(inner_out.dtype if inner_out is not None else
+                                  torch.promote_types(torch.float32, end.dtype) if reader == "logits"
+                                  else torch.float32))
+        out = torch.stack(out, 1)
         probs = scores_from_logits(out, t, "probability") if reader == "logits" else out
         at = lambda key: probs[:, columns(union, parts[key])]  # noqa: E731
         for metric in wanted:
@@ -133,7 +147,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
 
     Same values as calling each metric on its own with the same ``generator`` seed (each family of
     random metrics starts from its own copy of the generator); fewer model passes.
-    ``multiplied_by_inputs`` (one bool, or one per method) is passed to :func:`infidelity`;
+    ``multiplied_by_inputs`` (one bool, or one per method) means what it means in :func:`infidelity`;
     ``fractions`` to MoRF / LeRF; ``max_exhaustive`` and ``n_subsets`` to the SOP errors;
     ``granularity`` / ``segments`` / ``patch_size`` / ``segment_score`` define the features of the
     ranked metrics (deletion, insertion, MDRS, AUPC, MoRF, LeRF) and of the SOP errors (the
@@ -164,18 +178,22 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     spaces = {name: feature_space(inputs, a, **space) for name, a in attributions.items()} \
         if set(metrics) - {"infidelity", "faithfulness_correlation", "sensitivity_n"} else {}
     counted = CountingModel(model)
-    t = resolve_target(counted, inputs, target)
+    with torch.no_grad():
+        clean = counted(inputs)
+    t = resolve_target(counted, inputs, target, logits=clean)
     chunks = dict(max_batch=max_batch, memory_budget=memory_budget)
     ev = Evaluation()
     if {"deletion", "insertion", "mdrs", "aupc", "morf", "lerf"} & set(metrics):
         base = make_baseline(inputs, baseline, generator=_fresh(generator))
+        with torch.no_grad():
+            ends = (clean, counted(base))
         for name in attributions:
-            _ranked(ev, counted, inputs, t, spaces[name], name, metrics, base=base, step=step,
+            _ranked(ev, counted, inputs, t, spaces[name], name, metrics, base=base, ends=ends, step=step,
                     fractions=fractions, chunks=chunks, compile=compile)
     if "faithfulness_correlation" in metrics or "infidelity" in metrics:
         passes = subset_deltas(counted, inputs, t, n_features, n_subsets=n_subsets, baseline=baseline,
                                subset_size=_fraction_size(subset_fraction, n_features, "subset_fraction"),
-                               generator=_fresh(generator), compile=compile, **chunks)
+                               generator=_fresh(generator), compile=compile, logits=clean, **chunks)
         if "faithfulness_correlation" in metrics:
             ev.values["faithfulness_correlation"] = {
                 name: _pearson(passes.attribution_mass(f, weighted=False), passes.delta).to(inputs.dtype)
@@ -183,15 +201,16 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         if "infidelity" in metrics:
             mult = multiplied_by_inputs if isinstance(multiplied_by_inputs, dict) else {}
             ev.values["infidelity"] = {
-                name: infidelity(counted, inputs, attributions[name], t, passes=passes,
-                                 multiplied_by_inputs=mult.get(name, False) if mult
-                                 else bool(multiplied_by_inputs))
-                for name in attributions}
+                name: infidelity_from(passes, f, weighted=not (mult.get(name, False) if mult
+                                                               else bool(multiplied_by_inputs)),
+                                      normalize=False).to(inputs.dtype)
+                for name, f in feats.items()}
     if "sensitivity_n" in metrics:
         ns = default_ns(n_features) if ns is None else ns
         gen = _fresh(generator)
         per_n = [subset_deltas(counted, inputs, t, n_features, subset_size=n, n_subsets=n_subsets,
-                               baseline=baseline, generator=gen, compile=compile, **chunks) for n in ns]
+                               baseline=baseline, generator=gen, compile=compile, logits=clean, **chunks)
+                  for n in ns]
         ev.values["sensitivity_n"] = {
             name: torch.stack([_pearson(p.attribution_mass(f, weighted=False), p.delta) for p in per_n],
                               1).to(inputs.dtype)

@@ -536,6 +536,27 @@ def group_unit_rank(masks: torch.Tensor, group_rank: torch.Tensor) -> torch.Tens
 
 # ---- random and exhaustive subsets ----------------------------------------------------------------
 
+def _smallest_keys(keys: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, K, F]``: feature j of subset k is in when ``keys[b, k, j]`` is among the
+    ``sizes[k]`` smallest of its row, ties taken in index order (a stable ascending sort).
+
+    The threshold of each row is the largest of its ``size`` smallest keys (an unsorted ``topk``, a
+    partial selection, 2–5× cheaper than a sort); the rare rows with a tie at the threshold are redone
+    with a stable sort, so every subset has exactly its size."""
+    masks = torch.empty(keys.shape, dtype=torch.bool)
+    for size in sizes.unique().tolist():
+        cols = (sizes == size).nonzero().squeeze(1)
+        part = keys if len(cols) == keys.shape[1] else keys[:, cols]
+        threshold = part.topk(size, -1, largest=False, sorted=False).values.amax(-1, keepdim=True)
+        masks[:, cols] = part <= threshold
+    wrong = (masks.view(torch.uint8).sum(-1, dtype=torch.int32) != sizes).nonzero()
+    for b, k in wrong.tolist():
+        order = keys[b, k].sort(stable=True).indices
+        masks[b, k] = False
+        masks[b, k, order[:int(sizes[k])]] = True
+    return masks
+
+
 def random_subsets(batch: int, n_subsets: int, n_features: int, *,
                    size: Union[int, Sequence[int], None] = None, p: Optional[float] = None, generator=None,
                    nonempty: bool = False) -> torch.Tensor:
@@ -550,11 +571,7 @@ def random_subsets(batch: int, n_subsets: int, n_features: int, *,
         if len(sizes) != n_subsets or any(not 1 <= s <= n_features for s in sizes):
             raise ValueError(f"subset sizes must be in [1, {n_features}], got {sorted(set(sizes))[:5]}")
         keys = torch.rand(batch, n_subsets, n_features, generator=gen)
-        # Feature j is in when its key ranks among the `size` smallest: one argsort, then scatter
-        # "position < size" back to the features (the same sets as ranking the ranks, at half the cost).
-        order = keys.argsort(-1)
-        inside = torch.arange(n_features).view(1, 1, -1) < torch.tensor(sizes).view(1, -1, 1)
-        return torch.empty_like(order, dtype=torch.bool).scatter_(-1, order, inside.expand_as(order))
+        return _smallest_keys(keys, torch.tensor(sizes))
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
         raise ValueError(f"p must be a probability in (0, 1], got {p!r}")
     masks = torch.rand(batch, n_subsets, n_features, generator=gen) < p

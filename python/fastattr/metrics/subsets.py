@@ -9,7 +9,7 @@ channels of a pixel).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -23,18 +23,28 @@ from .perturb import (ChunkRunner, check_attributions, fraction_count, make_base
 @dataclass
 class SubsetPasses:
     """Model passes shared by every attribution: subsets ``masks [B, K, F]`` (True = perturbed),
-    ``delta [B, K] = f_t(x) − f_t(x̃)``, and for each subset the per-feature perturbation size
-    ``weight [B, K, F]`` (``Σ_c (x − x̃)`` over the channels of a feature)."""
+    ``delta [B, K] = f_t(x) − f_t(x̃)``, and the perturbation size per feature (``Σ_c (x − x̃)``
+    over the channels of a feature): ``change [B, F]`` on the subset (subset-to-baseline passes),
+    or ``weight [B, K, F]`` for every feature (Gaussian passes)."""
 
     masks: torch.Tensor
     delta: torch.Tensor
-    weight: torch.Tensor
+    change: Optional[torch.Tensor] = None
+    weight: Optional[torch.Tensor] = None
+    _as_float: dict = field(default_factory=dict, repr=False)
 
     def attribution_mass(self, feats: torch.Tensor, weighted: bool) -> torch.Tensor:
-        """``[B, K]``: ``Σ_{i∈S} a_i`` (``weighted=False``) or ``Iᵀa = Σ_i I_i a_i`` (``weighted=True``)."""
-        if weighted:
+        """``[B, K]``: ``Σ_{i∈S} a_i`` (``weighted=False``) or ``Iᵀa = Σ_i I_i a_i`` (``weighted=True``;
+        on subset passes ``Σ_{i∈S} (x − x')_i a_i``). One batched product with the masks, converted to
+        the attribution's dtype once and reused by every method."""
+        if weighted and self.weight is not None:
             return torch.einsum("bkf,bf->bk", self.weight, feats.to(self.weight.dtype))
-        return torch.einsum("bkf,bf->bk", self.masks.to(feats.dtype), feats)
+        if weighted:
+            feats = feats.to(self.change.dtype) * self.change
+        masks = self._as_float.get(feats.dtype)
+        if masks is None:
+            masks = self._as_float[feats.dtype] = self.masks.to(feats.dtype)
+        return torch.bmm(masks, feats.unsqueeze(-1)).squeeze(-1)
 
 
 def check_masks(masks: torch.Tensor, batch: int, n_features: int, name: str = "masks") -> torch.Tensor:
@@ -55,7 +65,8 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
                   subset_size: Union[int, Sequence[int], None] = None, n_subsets: Optional[int] = None,
                   baseline=0.0, noise: Optional[float] = None, score: str = "logit", generator=None,
                   max_batch=None, memory_budget=None, p: Optional[float] = None,
-                  masks: Optional[torch.Tensor] = None, compile: Union[bool, dict] = False) -> SubsetPasses:
+                  masks: Optional[torch.Tensor] = None, compile: Union[bool, dict] = False,
+                  logits: Optional[torch.Tensor] = None) -> SubsetPasses:
     """Runs the model on perturbed inputs for a set of feature subsets, shared by every attribution.
 
     Subsets: ``n_subsets`` random ones per example of ``subset_size`` features (one size per subset
@@ -63,7 +74,7 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     / ``[K, F]``. ``noise=None``: the subset is replaced by ``baseline`` (I = (x − x') ⊙ m).
     ``noise=σ``: Gaussian perturbation of every element, ``x̃ = x − I`` with ``I ~ N(0, σ²)`` (the
     subsets are unused). Draws come from ``generator`` on the CPU, so the passes are reproducible
-    on every device.
+    on every device. ``logits``: the model's output on ``inputs`` when the caller already has it.
     """
     gen = _generator(generator)
     batch = inputs.shape[0]
@@ -76,15 +87,16 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
         masks = random_subsets(batch, n_subsets, n_features, size=subset_size, p=p, generator=gen)
         masks = masks.to(inputs.device)
     base = make_baseline(inputs, baseline)
-    with torch.no_grad():
-        clean = read_scores(model(inputs), target, score).float()
+    if logits is None:
+        with torch.no_grad():
+            logits = model(inputs)
+    clean = read_scores(logits, target, score).float()
     chunk = chunk_size(inputs, batch * n_subsets, max_batch, memory_budget, per_input_factor=8.0)
     wdtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
     if noise is None:
         out = masked_scores(model, inputs, base, masks, target, reader=score, chunk=chunk, compile=compile)
         change = (inputs - base).reshape(batch, -1, n_features).sum(1).to(wdtype)
-        weight = torch.where(masks, change.unsqueeze(1), torch.zeros((), dtype=wdtype, device=inputs.device))
-        return SubsetPasses(masks=masks.expand(batch, -1, -1), delta=clean.unsqueeze(1) - out, weight=weight)
+        return SubsetPasses(masks=masks.expand(batch, -1, -1), delta=clean.unsqueeze(1) - out, change=change)
     noises = torch.randn((n_subsets,) + tuple(inputs.shape), generator=gen, dtype=inputs.dtype) * noise
     noises = noises.to(inputs.device)
     runner = ChunkRunner(model, min(chunk, batch * n_subsets), compile)
@@ -203,9 +215,16 @@ def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor
                                score=score, generator=generator, max_batch=max_batch,
                                memory_budget=memory_budget, compile=compile)
     weighted = not (multiplied_by_inputs and perturbation == "subset")
+    return infidelity_from(passes, feats, weighted=weighted, normalize=normalize).to(inputs.dtype)
+
+
+def infidelity_from(passes: SubsetPasses, feats: torch.Tensor, *, weighted: bool, normalize: bool
+                    ) -> torch.Tensor:
+    """``mean_k (Iᵀa − Δ)²`` over the passes (float64 ``[B]``), ``Iᵀa`` optionally rescaled by the
+    optimal ``β``; the part of :func:`infidelity` that depends on the attribution."""
     mass = passes.attribution_mass(feats, weighted=weighted).double()
     delta = passes.delta.double()
     if normalize:
         beta = (mass * delta).mean(-1, keepdim=True) / (mass * mass).mean(-1, keepdim=True).clamp_min(1e-300)
         mass = beta * mass
-    return ((mass - delta) ** 2).mean(-1).to(inputs.dtype)
+    return ((mass - delta) ** 2).mean(-1)
