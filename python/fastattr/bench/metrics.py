@@ -56,16 +56,19 @@ FLOOR_BATCHES = (8, 16, 24, 32, 40, 48, 64, 96, 128, 256, 512, 1024)
 def forward_floor(model: Callable, shape: tuple, n_inputs: int, device: torch.device, *,
                   sizes: Sequence[int] = FLOOR_BATCHES, search_inputs: Optional[int] = None,
                   repeat: int = 5) -> tuple[Callable[[], None], int]:
-    """The model-only floor: a plain forward over ``n_inputs`` inputs of ``shape`` in batches of the
-    size (among ``sizes``) that runs fastest, searched round-robin over ``search_inputs`` inputs (all
-    of them by default). Sizes that run out of memory are left out. Returns ``(run, best size)``."""
+    """The model-only floor: a plain forward over ``n_inputs`` distinct inputs of ``shape`` (a pool of at
+    most 4096, reused cyclically) in batches of the size (among ``sizes``) that runs fastest, searched
+    round-robin over ``search_inputs`` inputs (all of them by default). Sizes that run out of memory
+    are left out. Returns ``(run, best size)``."""
     sizes = [bs for bs in sizes if bs <= n_inputs] or [n_inputs]
-    pool = torch.rand((max(sizes),) + tuple(shape), generator=torch.Generator().manual_seed(3)).to(device)
+    n_pool = min(n_inputs, max(4096, max(sizes)))
+    pool = torch.rand((n_pool,) + tuple(shape), generator=torch.Generator().manual_seed(3)).to(device)
 
     def forward_all(bs, n=n_inputs):
         with torch.no_grad():
             for i in range(0, n, bs):
-                model(pool[:min(bs, n - i)])
+                start = i % (n_pool - bs + 1)
+                model(pool[start:start + min(bs, n - i)])
 
     usable = []
     for bs in sizes:

@@ -106,17 +106,12 @@ def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, ends, step, f
         inner = [c for c in union if 0 < c < g]
         inner_out = ranked_scores(counted, inputs, feats, t, torch.tensor(inner), keep_top=keep_top,
                                   baseline=base, reader=reader, compile=compile, **chunks) if inner else None
-        first, last = (ends[1], ends[0]) if keep_top else ends  # 0 and g features changed
-        out = []
-        for c in union:
-            if 0 < c < g:
-                out.append(inner_out[:, inner.index(c)])
-            else:
-                end = read_scores(first if c == 0 else last, t, reader)
-                out.append(end.to(inner_out.dtype if inner_out is not None else
-                                  torch.promote_types(torch.float32, end.dtype) if reader == "logits"
-                                  else torch.float32))
-        out = torch.stack(out, 1)
+        # 0 features changed is x for deletion and the baseline for insertion; g features the other one
+        at_0, at_g = (read_scores(e, t, reader) for e in ((ends[1], ends[0]) if keep_top else ends))
+        dtype = torch.promote_types(torch.float32, at_0.dtype) if reader == "logits" else torch.float32
+        inner_cols = iter(range(len(inner)))
+        out = torch.stack([at_0.to(dtype) if c == 0 else at_g.to(dtype) if c == g
+                           else inner_out[:, next(inner_cols)] for c in union], 1)
         probs = scores_from_logits(out, t, "probability") if reader == "logits" else out
         at = lambda key: probs[:, columns(union, parts[key])]  # noqa: E731
         for metric in wanted:
