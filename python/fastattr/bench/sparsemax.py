@@ -7,6 +7,8 @@ fraction of that floor each implementation reaches (floor time / measured time).
 """
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Callable, Optional
 
 import torch
@@ -41,9 +43,27 @@ def _copy_bandwidth(x: torch.Tensor, repeat: int) -> float:
     return 2 * x.numel() * x.element_size() / t
 
 
+def _round_robin(calls: dict[str, Callable[[], object]], device: torch.device, rounds: int, block_s: float
+                 ) -> dict[str, list[float]]:
+    """Per implementation, one time per round: the median call of a block of calls lasting at least
+    ``block_s`` seconds. Every round runs every implementation's block in turn, so ratios taken within
+    a round share the host's state, and the block median ignores calls hit by a descheduled thread."""
+    loops = {}
+    for name, fn in calls.items():
+        fn()  # warm-up
+        loops[name] = max(1, math.ceil(block_s / max(time_median(fn, device, repeat=1, warmup=0), 1e-9)))
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            out[name].append(time_median(fn, device, repeat=loops[name], warmup=0))
+    return out
+
+
 def run(shape: tuple[int, int] = (4096, 1024), dtype: torch.dtype = torch.float32,
-        device: Optional[str] = None, repeat: int = 7, backends: Optional[list[str]] = None) -> Table:
-    """Times forward and forward+backward of each implementation on one ``[rows, n]`` input."""
+        device: Optional[str] = None, repeat: int = 7, backends: Optional[list[str]] = None,
+        block_s: float = 0.2) -> Table:
+    """Times forward and forward+backward of each implementation on one ``[rows, n]`` input, round-robin
+    (see :func:`_round_robin`)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
@@ -53,17 +73,17 @@ def run(shape: tuple[int, int] = (4096, 1024), dtype: torch.dtype = torch.float3
         impls[f"fastattr[{name}]"] = lambda t, name=name: sparsemax(t, -1, backend=name)
     impls.update(_peers(device))
 
-    fwd_t: dict[str, float] = {}
-    fb_t: dict[str, float] = {}
-    for name, fn in impls.items():
-        xr = x.detach().clone().requires_grad_()
-        slow = name.startswith("fastattr[reference") or name.startswith("entmax")
-        reps = max(3, repeat // 2) if slow and device.type == "cpu" else repeat
-        min_time = 0.0 if slow else 0.5  # fast calls: more samples, steadier medians on noisy hosts
-        with torch.no_grad():
-            fwd_t[name] = time_median(lambda: fn(x), device, repeat=reps, min_time=min_time)
-        fb_t[name] = time_median(lambda: torch.autograd.grad(fn(xr), xr, grad), device, repeat=reps,
-                                 min_time=min_time)
+    xr = x.detach().clone().requires_grad_()
+    modes = {"fwd": lambda fn: fn(x), "fwd+bwd": lambda fn: torch.autograd.grad(fn(xr), xr, grad)}
+    blocks: dict[str, dict[str, list[float]]] = {}
+    for mode, call in modes.items():
+        with torch.set_grad_enabled(mode != "fwd"):
+            calls = {name: (lambda fn=fn: call(fn)) for name, fn in impls.items()}
+            blocks[mode] = _round_robin(calls, device, repeat, block_s)
+    fwd_t, fb_t = ({name: statistics.median(v) for name, v in blocks[m].items()} for m in modes)
+
+    def speedup(mode, ref, name):
+        return statistics.median(a / b for a, b in zip(blocks[mode][ref], blocks[mode][name]))
 
     peer = "entmax.sparsemax" if "entmax.sparsemax" in impls else None
     fast = next((n for n in ("fastattr[triton]", "fastattr[cpp]") if n in impls), None)
@@ -81,20 +101,22 @@ def run(shape: tuple[int, int] = (4096, 1024), dtype: torch.dtype = torch.float3
     nbytes = x.numel() * x.element_size()
     for name in impls:
         row = [name, fwd_t[name] * 1e3, fb_t[name] * 1e3]
-        row += [fwd_t[peer] / fwd_t[name], fb_t[peer] / fb_t[name]] if peer else ["-", "-"]
+        row += [speedup("fwd", peer, name), speedup("fwd+bwd", peer, name)] if peer else ["-", "-"]
         if bandwidth:
             row += [100 * 2 * nbytes / bandwidth / fwd_t[name], 100 * 5 * nbytes / bandwidth / fb_t[name]]
         table.add(*row)
-    table.notes.append(f"medians of >= {repeat} runs (fast ones: >= 0.5 s of runs; slow CPU ones: fewer); "
-                       f"torch threads = {torch.get_num_threads()}")
+    table.notes.append(f"{repeat} round-robin rounds; in each, every implementation runs a block of calls "
+                       f"lasting >= {block_s} s and contributes its median call; times are medians over the "
+                       f"rounds, speed-ups medians of per-round ratios; torch threads = {torch.get_num_threads()}")
     if fast and peer:
-        table.notes.append(f"{fast} fwd+bwd is {fb_t[peer] / fb_t[fast]:.1f}x faster than {peer}")
+        table.notes.append(f"{fast} fwd+bwd is {speedup('fwd+bwd', peer, fast):.1f}x faster than {peer}")
     if bandwidth:
         table.notes.append(f"measured device copy bandwidth {bandwidth / 1e9:.0f} GB/s; floor = bytes moved / that")
     if "fastattr[reference]" in impls and fast:
         table.notes.append(
             f"{fast} vs the sort-based threshold (fastattr[reference]): fwd "
-            f"{fwd_t['fastattr[reference]'] / fwd_t[fast]:.1f}x, fwd+bwd {fb_t['fastattr[reference]'] / fb_t[fast]:.1f}x")
+            f"{speedup('fwd', 'fastattr[reference]', fast):.1f}x, fwd+bwd "
+            f"{speedup('fwd+bwd', 'fastattr[reference]', fast):.1f}x")
     return table
 
 
