@@ -43,6 +43,12 @@ def test_fixed_size_subsets_are_the_smallest_keys_with_ties_in_index_order(level
     assert torch.equal(masks.sum(-1), sizes.expand(3, -1))
 
 
+def test_fixed_size_subsets_draw_one_example_at_a_time_like_one_call():
+    drawn = random_subsets(3, 7, 50, size=list(range(1, 8)), generator=9)
+    keys = torch.rand(3, 7, 50, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(drawn, _smallest_keys(keys, torch.arange(1, 8)))
+
+
 def test_all_subsets():
     s = all_subsets(5)
     assert s.shape == (31, 5) and s.any(1).all()

@@ -570,8 +570,12 @@ def random_subsets(batch: int, n_subsets: int, n_features: int, *,
         sizes = [size] * n_subsets if isinstance(size, int) else list(size)
         if len(sizes) != n_subsets or any(not 1 <= s <= n_features for s in sizes):
             raise ValueError(f"subset sizes must be in [1, {n_features}], got {sorted(set(sizes))[:5]}")
-        keys = torch.rand(batch, n_subsets, n_features, generator=gen)
-        return _smallest_keys(keys, torch.tensor(sizes))
+        # one example's keys at a time (the same draws as one [B, K, F] call): memory O(K·F) for the keys
+        sizes = torch.tensor(sizes)
+        masks = torch.empty(batch, n_subsets, n_features, dtype=torch.bool)
+        for b in range(batch):
+            masks[b] = _smallest_keys(torch.rand(1, n_subsets, n_features, generator=gen), sizes)[0]
+        return masks
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
         raise ValueError(f"p must be a probability in (0, 1], got {p!r}")
     masks = torch.rand(batch, n_subsets, n_features, generator=gen) < p
