@@ -121,7 +121,7 @@ def test_metrics_resnet_insertion_runs_on_a_small_cpu_setting():
     q = "quantus PixelFlipping from the 0 image (insertion)"
     if q in rows:
         assert rows[q][5] == 1.0 and rows[q][2] == 3 * 4  # quantus's step counts elements
-        assert rows["fastattr insertion"][2] == 5 + 1  # the curve and the forward that checks the target
+        assert rows["fastattr insertion"][2] == 5  # the target check doubles as the curve's last point
     with pytest.raises(ValueError, match="steps"):
         metrics.resnet_insertion(n_images=1, steps=5, size=32, device="cpu", repeat=1, arch=resnet18)
 

@@ -332,13 +332,13 @@ def test_readers_and_uniform_baseline():
 def test_compile_uses_fixed_chunk_shapes_and_matches_eager():
     model = small_cnn()
     x, attr = rand(3, 3, 8, 8, seed=33), rand(3, 8, 8, seed=34)
-    eager = M.deletion(model, x, attr, 1, patch_size=2, step=1, max_batch=7)
+    eager = M.deletion(model, x, attr, 1, patch_size=2, step=1, max_batch=9)
     counted = CountingModel(model)
-    compiled = M.deletion(counted, x, attr, 1, patch_size=2, step=1, max_batch=7,
+    compiled = M.deletion(counted, x, attr, 1, patch_size=2, step=1, max_batch=9,
                           compile={"backend": "eager"})
     torch.testing.assert_close(compiled, eager)
-    # one clean forward (target check), then 3 examples x 17 steps in chunks of 3 examples x 2 steps:
-    # 9 calls of 6 inputs, the last one padded
-    assert counted.calls == 1 + 9 and counted.inputs == 3 + 9 * 6
+    # one clean forward (target check, and the curve's first point), then 3 examples x 16 steps in
+    # chunks of 3 examples x 3 steps: 6 calls of 9 inputs, the last one padded
+    assert counted.calls == 1 + 6 and counted.inputs == 3 + 6 * 9
     with pytest.raises(TypeError, match="compile"):
         M.deletion(model, x, attr, compile="yes")

@@ -20,7 +20,7 @@ from ..attribution._common import Target, check_inputs, check_model, resolve_tar
 from ..attribution.gradient import _generator
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
-from .perturb import CountingModel, check_attributions, feature_space, make_baseline, read_scores, step_counts
+from .perturb import CountingModel, check_attributions, feature_space, make_baseline, step_counts
 from .sop import additive_mass, choose_subsets, subset_changes
 from .subsets import _fraction_size, _pearson, default_ns, infidelity_from, subset_deltas
 
@@ -103,15 +103,10 @@ def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, ends, step, f
                  "removed": [g - n if keep_top else n for n in removed] if removal else []}
         union = sorted(set().union(*parts.values()))
         reader = "logits" if "mdrs" in wanted else "probability"
-        inner = [c for c in union if 0 < c < g]
-        inner_out = ranked_scores(counted, inputs, feats, t, torch.tensor(inner), keep_top=keep_top,
-                                  baseline=base, reader=reader, compile=compile, **chunks) if inner else None
         # 0 features changed is x for deletion and the baseline for insertion; g features the other one
-        at_0, at_g = (read_scores(e, t, reader) for e in ((ends[1], ends[0]) if keep_top else ends))
-        dtype = torch.promote_types(torch.float32, at_0.dtype) if reader == "logits" else torch.float32
-        inner_cols = iter(range(len(inner)))
-        out = torch.stack([at_0.to(dtype) if c == 0 else at_g.to(dtype) if c == g
-                           else inner_out[:, next(inner_cols)] for c in union], 1)
+        x_end, base_end = (g, 0) if keep_top else (0, g)
+        out = ranked_scores(counted, inputs, feats, t, torch.tensor(union), keep_top=keep_top, baseline=base,
+                            reader=reader, compile=compile, known={x_end: ends[0], base_end: ends[1]}, **chunks)
         probs = scores_from_logits(out, t, "probability") if reader == "logits" else out
         at = lambda key: probs[:, columns(union, parts[key])]  # noqa: E731
         for metric in wanted:

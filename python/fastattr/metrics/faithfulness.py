@@ -28,25 +28,43 @@ def _area(curve: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
 
 
 def ranked_setup(model, inputs, attributions, target, *, granularity=None, segments=None, patch_size=None,
-                 segment_score="sum") -> tuple[Features, torch.Tensor]:
-    """Checks the arguments; the features of the map and the resolved targets ``[B]``."""
+                 segment_score="sum") -> tuple[Features, torch.Tensor, torch.Tensor]:
+    """Checks the arguments; the features of the map, the resolved targets ``[B]``, and the model's
+    output on ``inputs`` (the forward that checked the targets, reused as the curves' x end)."""
     check_model(model)
     check_inputs(inputs)
     feats = feature_space(inputs, attributions, granularity=granularity, segments=segments,
                           patch_size=patch_size, segment_score=segment_score)
-    return feats, resolve_target(model, inputs, target)
+    with torch.no_grad():
+        clean = model(inputs)
+    return feats, resolve_target(model, inputs, target, logits=clean), clean
 
 
 def ranked_scores(model: Callable, inputs: torch.Tensor, feats: Features, target: torch.Tensor,
                   counts: torch.Tensor, *, keep_top: bool, baseline: torch.Tensor, reader: str,
-                  max_batch=None, memory_budget=None, compile=False) -> torch.Tensor:
+                  max_batch=None, memory_budget=None, compile=False,
+                  known: Optional[dict[int, torch.Tensor]] = None) -> torch.Tensor:
     """Scores ``[B, K]`` (``[B, K, C]`` for ``"logits"``) after keeping (``keep_top``) or removing the
-    top ``counts[k]`` features of ``feats``, highest score first."""
-    total = inputs.shape[0] * counts.numel()
-    chunk = chunk_size(inputs, total, max_batch, memory_budget, per_input_factor=8.0)
-    rank = feats.unit_rank(rank_features(feats.scores))
-    return ranked_curve(model, inputs, baseline, rank, counts.to(inputs.device), target, keep_top=keep_top,
-                        reader=reader, chunk=chunk, compile=compile)
+    top ``counts[k]`` features of ``feats``, highest score first.
+
+    ``known``: model outputs already computed for some counts (the ends 0 and d, which are x or the
+    baseline whatever the ranking); those counts are read from them instead of run again."""
+    known = known or {}
+    todo = [int(c) for c in counts if int(c) not in known]
+    out = None
+    if todo:
+        total = inputs.shape[0] * len(todo)
+        chunk = chunk_size(inputs, total, max_batch, memory_budget, per_input_factor=8.0)
+        rank = feats.unit_rank(rank_features(feats.scores))
+        out = ranked_curve(model, inputs, baseline, rank, torch.tensor(todo, device=inputs.device), target,
+                           keep_top=keep_top, reader=reader, chunk=chunk, compile=compile)
+        if len(todo) == counts.numel():
+            return out
+    cols = {c: i for i, c in enumerate(todo)}
+    read = {c: read_scores(logits, target, reader) for c, logits in known.items()}
+    dtype = out.dtype if out is not None else \
+        torch.promote_types(torch.float32, next(iter(read.values())).dtype) if reader == "logits" else torch.float32
+    return torch.stack([read[int(c)].to(dtype) if int(c) in read else out[:, cols[int(c)]] for c in counts], 1)
 
 
 def scores_from_logits(logits: torch.Tensor, target: torch.Tensor, reader: str) -> torch.Tensor:
@@ -88,11 +106,12 @@ def _space(granularity, segments, patch_size, segment_score):
 def _ranked_metric(model, inputs, attributions, target, *, keep_top, baseline, step, score, curves,
                    max_batch, memory_budget, space, generator, compile):
     check_scalar_reader(score)
-    feats, t = ranked_setup(model, inputs, attributions, target, **space)
+    feats, t, clean = ranked_setup(model, inputs, attributions, target, **space)
     counts = step_counts(feats.n, step)
     curve = ranked_scores(model, inputs, feats, t, counts, keep_top=keep_top, reader=score, compile=compile,
                           baseline=make_baseline(inputs, baseline, generator=generator),
-                          max_batch=max_batch, memory_budget=memory_budget)
+                          max_batch=max_batch, memory_budget=memory_budget,
+                          known={feats.n if keep_top else 0: clean})
     fractions = counts.to(torch.float32) / feats.n
     auc = _area(curve, fractions.to(curve.device))
     return (auc, curve, fractions) if curves else auc
@@ -148,7 +167,7 @@ def insertion(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
 def _removal(model, inputs, attributions, target, *, most, fractions, baseline, score, curves, max_batch,
              memory_budget, space, generator, compile):
     check_scalar_reader(score)
-    feats, t = ranked_setup(model, inputs, attributions, target, **space)
+    feats, t, logits = ranked_setup(model, inputs, attributions, target, **space)
     n = check_fractions(fractions, feats.n)
     # MoRF removes the top n (deletion counts n); LeRF removes the last n of the same ranking, i.e.
     # keeps the top d − n (insertion counts d − n). The clean score is count 0 / count d.
@@ -157,7 +176,7 @@ def _removal(model, inputs, attributions, target, *, most, fractions, baseline, 
     union = sorted({clean, *at})
     curve = ranked_scores(model, inputs, feats, t, torch.tensor(union), keep_top=not most, reader=score,
                           baseline=make_baseline(inputs, baseline, generator=generator), compile=compile,
-                          max_batch=max_batch, memory_budget=memory_budget)
+                          max_batch=max_batch, memory_budget=memory_budget, known={clean: logits})
     drops = curve[:, columns(union, [clean])] - curve[:, columns(union, at)]
     value = drops.mean(1)
     return (value, drops, torch.tensor([float(p) for p in fractions])) if curves else value
@@ -204,7 +223,7 @@ def lerf(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, targ
 
 def _segment_pass(model, inputs, attributions, target, *, reader, baseline, max_batch, memory_budget, space,
                   generator, compile):
-    feats, t = ranked_setup(model, inputs, attributions, target, **space)
+    feats, t, _ = ranked_setup(model, inputs, attributions, target, **space)
     counts = torch.arange(1, feats.n + 1)
     out = ranked_scores(model, inputs, feats, t, counts, keep_top=False, reader=reader, compile=compile,
                         baseline=make_baseline(inputs, baseline, generator=generator),
