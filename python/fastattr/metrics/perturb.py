@@ -543,7 +543,7 @@ def _smallest_keys(keys: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     The threshold of each row is the largest of its ``size`` smallest keys (an unsorted ``topk``, a
     partial selection, 2–5× cheaper than a sort); the rare rows with a tie at the threshold are redone
     with a stable sort, so every subset has exactly its size."""
-    masks = torch.empty(keys.shape, dtype=torch.bool)
+    masks = torch.empty(keys.shape, dtype=torch.bool, device=keys.device)
     for size in sizes.unique().tolist():
         cols = (sizes == size).nonzero().squeeze(1)
         part = keys if len(cols) == keys.shape[1] else keys[:, cols]
@@ -559,10 +559,11 @@ def _smallest_keys(keys: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
 
 def random_subsets(batch: int, n_subsets: int, n_features: int, *,
                    size: Union[int, Sequence[int], None] = None, p: Optional[float] = None, generator=None,
-                   nonempty: bool = False) -> torch.Tensor:
-    """Random feature subsets, bool ``[B, K, F]`` on the CPU, drawn from ``generator``: exactly
-    ``size`` features each (one size per subset when a sequence is given), or each feature in with
-    probability ``p`` (Bernoulli; ``nonempty=True`` redraws empty subsets)."""
+                   nonempty: bool = False, device=None) -> torch.Tensor:
+    """Random feature subsets, bool ``[B, K, F]``, drawn on the CPU from ``generator`` (the same subsets
+    on every device): exactly ``size`` features each (one size per subset when a sequence is given),
+    or each feature in with probability ``p`` (Bernoulli; ``nonempty=True`` redraws empty subsets).
+    Fixed-size subsets are selected on ``device`` (default: the CPU), where the result is returned."""
     if (size is None) == (p is None):
         raise ValueError("give exactly one of size (fixed-size subsets) and p (Bernoulli subsets)")
     gen = _generator(generator)
@@ -571,10 +572,11 @@ def random_subsets(batch: int, n_subsets: int, n_features: int, *,
         if len(sizes) != n_subsets or any(not 1 <= s <= n_features for s in sizes):
             raise ValueError(f"subset sizes must be in [1, {n_features}], got {sorted(set(sizes))[:5]}")
         # one example's keys at a time (the same draws as one [B, K, F] call): memory O(K·F) for the keys
-        sizes = torch.tensor(sizes)
-        masks = torch.empty(batch, n_subsets, n_features, dtype=torch.bool)
+        sizes = torch.tensor(sizes, device=device)
+        masks = torch.empty(batch, n_subsets, n_features, dtype=torch.bool, device=device)
         for b in range(batch):
-            masks[b] = _smallest_keys(torch.rand(1, n_subsets, n_features, generator=gen), sizes)[0]
+            keys = torch.rand(1, n_subsets, n_features, generator=gen).to(device)
+            masks[b] = _smallest_keys(keys, sizes)[0]
         return masks
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
         raise ValueError(f"p must be a probability in (0, 1], got {p!r}")

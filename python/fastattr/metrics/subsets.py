@@ -84,7 +84,8 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     else:
         if n_subsets is None or (subset_size is None and p is None):
             raise ValueError("give n_subsets with subset_size or p, or explicit masks")
-        masks = random_subsets(batch, n_subsets, n_features, size=subset_size, p=p, generator=gen)
+        masks = random_subsets(batch, n_subsets, n_features, size=subset_size, p=p, generator=gen,
+                               device=inputs.device)
         masks = masks.to(inputs.device)
     base = make_baseline(inputs, baseline)
     if logits is None:
