@@ -74,6 +74,16 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device 
     return medians, ratios
 
 
+def cuda_or_note(device: Optional[str], what: str) -> Optional[str]:
+    """The device for a CUDA-only benchmark: ``device`` (default ``"cuda"``), or None after printing
+    why ``what`` is skipped (no CUDA, or another device asked for)."""
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
+        why = "CUDA not available" if not torch.cuda.is_available() else f"device is {device}"
+        print(f"note: {what} skipped (needs a CUDA device; {why})")
+        return None
+    return device or "cuda"
+
+
 def machine_info(device: torch.device | str = "cpu") -> dict:
     """What the figures were measured on: CPU / GPU, thread count, library versions."""
     device = torch.device(device)

@@ -26,7 +26,7 @@ from ..cd import agglomerate_2d, contextual_decomposition
 from ..cd.blocks import block_masks
 from ..zoo import load_digits
 from ..zoo.resnet import resnet18
-from . import Table, machine_info, time_interleaved
+from . import Table, cuda_or_note, machine_info, time_interleaved
 from .ig import vgg_style
 
 
@@ -165,6 +165,6 @@ def run_resnet(repeat: int = 5, n_masks: int = 1024, acd_masks: int = 32) -> Tab
 
 def default_tables(device: Optional[str] = None, repeat: int = 7) -> list:
     tables = [run_blocks(device, repeat), run_acd(max(1, repeat // 2))]
-    if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
+    if cuda_or_note(device, "ResNet-18 CD benchmark (1024 masks vs acd)") is not None:
         tables.append(run_resnet(repeat))
     return tables

@@ -23,7 +23,7 @@ from torch import nn
 from ..attribution import integrated_gradients
 from ..attribution._common import chunk_size, measured_input_factor
 from ..zoo.resnet import resnet50
-from . import Table, machine_info, time_interleaved
+from . import Table, cuda_or_note, machine_info, time_interleaved
 
 
 def vgg_style(seed: int = 0) -> nn.Module:
@@ -238,11 +238,8 @@ def resnet_case(batch: int = 16, n_steps: int = 64, size: int = 224, device: str
 
 def gpu_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
     """The ResNet-50 case (224², batch 16, 64 steps) when CUDA is there; otherwise a printed note."""
-    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
-        print("note: ResNet-50 IG benchmark skipped (needs a CUDA device; "
-              f"{'CUDA not available' if not torch.cuda.is_available() else 'device is ' + str(device)})")
-        return []
-    return [resnet_case(device=device or "cuda", repeat=repeat)]
+    device = cuda_or_note(device, "ResNet-50 IG benchmark")
+    return [] if device is None else [resnet_case(device=device, repeat=repeat)]
 
 
 def default_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:

@@ -27,7 +27,7 @@ import torch
 from ..attribution import METHODS, saliency
 from ..metrics import deletion, evaluate, insertion
 from ..metrics.evaluate import CountingModel
-from . import Table, machine_info, time_interleaved
+from . import Table, cuda_or_note, machine_info, time_interleaved
 from ..zoo.resnet import resnet50
 from .ig import vgg_style
 
@@ -338,11 +338,8 @@ def resnet_insertion(n_images: int = 16, steps: int = 224, size: int = 224, devi
 
 def gpu_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
     """The ResNet-50 insertion case (224², 16 images, 224 steps) when CUDA is there; otherwise a note."""
-    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
-        print("note: ResNet-50 insertion benchmark skipped (needs a CUDA device; "
-              f"{'CUDA not available' if not torch.cuda.is_available() else 'device is ' + str(device)})")
-        return []
-    return [resnet_insertion(device=device or "cuda", repeat=repeat)]
+    device = cuda_or_note(device, "ResNet-50 insertion benchmark")
+    return [] if device is None else [resnet_insertion(device=device, repeat=repeat)]
 
 
 def default_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
