@@ -105,6 +105,10 @@ def test_evaluate_matches_the_metrics_and_shares_passes():
         M.sensitivity_n(separate, x, a, y, ns=[2, 8], n_subsets=30, generator=5)
     shared = fastattr.evaluate(model, x, y, attributions=attrs, n_subsets=30, ns=[2, 8],
                                metrics=["faithfulness_correlation", "infidelity", "sensitivity_n"])
+    # on its own, one metric runs one clean forward (the target check) and its subsets
+    alone = CountingModel(model)
+    M.faithfulness_correlation(alone, x, attrs["saliency"], y, n_subsets=30, generator=5)
+    assert alone.inputs == 4 + 4 * 30
     # one clean forward, then 30 subsets per example for FCOR and infidelity together, 30 per n
     assert shared.forward_inputs == 4 + 4 * 30 + 4 * 30 * 2
     assert shared.forward_inputs * len(attrs) < separate.inputs

@@ -122,10 +122,14 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _setup(model, inputs, attributions, target):
+    """Checks the arguments; the attribution's features, the targets, and the model's output on
+    ``inputs`` (the forward that checked the targets, reused by the passes)."""
     check_model(model)
     check_inputs(inputs)
     feats = check_attributions(inputs, attributions)
-    return feats, resolve_target(model, inputs, target)
+    with torch.no_grad():
+        clean = model(inputs)
+    return feats, resolve_target(model, inputs, target, logits=clean), clean
 
 
 _fraction_size = fraction_count
@@ -150,12 +154,12 @@ def faithfulness_correlation(model: Callable, inputs: torch.Tensor, attributions
 
         >>> fastattr.metrics.faithfulness_correlation(model, x, attr, y, generator=0)
     """
-    feats, t = _setup(model, inputs, attributions, target)
+    feats, t, clean = _setup(model, inputs, attributions, target)
     if passes is None:
         passes = subset_deltas(model, inputs, t, feats.shape[1], n_subsets=n_subsets, baseline=baseline,
                                subset_size=_fraction_size(subset_fraction, feats.shape[1], "subset_fraction"),
                                score=score, generator=generator, max_batch=max_batch,
-                               memory_budget=memory_budget, compile=compile)
+                               memory_budget=memory_budget, compile=compile, logits=clean)
     return _pearson(passes.attribution_mass(feats, weighted=False), passes.delta).to(inputs.dtype)
 
 
@@ -172,7 +176,7 @@ def sensitivity_n(model: Callable, inputs: torch.Tensor, attributions: torch.Ten
 
         >>> fastattr.metrics.sensitivity_n(model, x, attr, y, ns=[1, 8, 32])
     """
-    feats, t = _setup(model, inputs, attributions, target)
+    feats, t, clean = _setup(model, inputs, attributions, target)
     n_features = feats.shape[1]
     ns = default_ns(n_features) if ns is None else ns
     if any(not 1 <= n <= n_features for n in ns):
@@ -182,7 +186,7 @@ def sensitivity_n(model: Callable, inputs: torch.Tensor, attributions: torch.Ten
     for n in ns:
         p = subset_deltas(model, inputs, t, n_features, subset_size=n, n_subsets=n_subsets, baseline=baseline,
                           score=score, generator=gen, max_batch=max_batch, memory_budget=memory_budget,
-                          compile=compile)
+                          compile=compile, logits=clean)
         out.append(_pearson(p.attribution_mass(feats, weighted=False), p.delta))
     return torch.stack(out, 1).to(inputs.dtype)
 
@@ -206,7 +210,7 @@ def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor
 
         >>> fastattr.metrics.infidelity(model, x, attr, y, perturbation="gaussian", noise_std=0.1)
     """
-    feats, t = _setup(model, inputs, attributions, target)
+    feats, t, clean = _setup(model, inputs, attributions, target)
     if perturbation not in ("subset", "gaussian"):
         raise ValueError(f"perturbation must be 'subset' or 'gaussian', got {perturbation!r}")
     if passes is None:
@@ -214,7 +218,7 @@ def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor
         passes = subset_deltas(model, inputs, t, feats.shape[1], subset_size=size, n_subsets=n_subsets,
                                baseline=baseline, noise=noise_std if perturbation == "gaussian" else None,
                                score=score, generator=generator, max_batch=max_batch,
-                               memory_budget=memory_budget, compile=compile)
+                               memory_budget=memory_budget, compile=compile, logits=clean)
     weighted = not (multiplied_by_inputs and perturbation == "subset")
     return infidelity_from(passes, feats, weighted=weighted, normalize=normalize).to(inputs.dtype)
 
