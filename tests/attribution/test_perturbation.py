@@ -9,16 +9,13 @@ from torch import nn
 
 import fastattr.attribution as A
 from fastattr.metrics.perturb import patch_segments
-from tests.models import linear_model, mlp, rand, small_cnn
+from tests.models import batchnorm_with_statistics, linear_model, mlp, rand, small_cnn
 
 
 def bn_cnn() -> nn.Module:
     """Conv → BatchNorm (non-trivial running statistics) → ReLU → max-pool → linear, on [B, 3, 8, 8]."""
     torch.manual_seed(4)
-    bn = nn.BatchNorm2d(6)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-0.2, 0.2)
-        bn.running_var.uniform_(0.5, 2.0)
+    bn = batchnorm_with_statistics(6)
     return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), bn, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                          nn.Linear(6 * 4 * 4, 5)).double().eval()
 

@@ -3,6 +3,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.models import batchnorm_with_statistics
+
 
 def digits(n: int = 6, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Real 8×8 handwritten digits (bundled with scikit-learn), scaled to [0, 1], as ``[n, 1, 8, 8]``."""
@@ -14,12 +16,7 @@ def digits(n: int = 6, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def cnn() -> nn.Module:
     torch.manual_seed(0)
-    bn = nn.BatchNorm2d(4)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-0.2, 0.2)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.1, 0.1)
+    bn = batchnorm_with_statistics(4, affine=True)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), bn, nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(4, 8, 3, padding=1), nn.Softplus(), nn.MaxPool2d(2), nn.Flatten(),
                          nn.Linear(32, 10)).double().eval()
