@@ -212,3 +212,15 @@ def test_bad_arguments():
     wrong = (segments("patches", xs[0]), torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"feature_mask\[1\]"):
         fa.FeatureAblation(two).attribute(xs, target=y2, feature_mask=wrong, additional_forward_args=scale)
+
+
+@pytest.mark.parametrize("module", ["fastattr.integrations._captum_perturbation", "fastattr.integrations.captum"])
+def test_imports_on_its_own(module):
+    """Either Captum drop-in module imports first in a fresh interpreter (no import cycle)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module} as m; print(m.Occlusion.__name__)"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Occlusion"

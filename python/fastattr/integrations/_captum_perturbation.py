@@ -36,7 +36,7 @@ from ..attribution._common import chunk_size
 from ..attribution.perturbation import _baseline, _broadcast_mask, _occlude, _Windows
 from ..attribution.perturbation import feature_ablation as _feature_ablation
 from ..attribution.perturbation import occlusion as _occlusion
-from .captum import _Attribution, _bind, _output, _single_baseline
+from ._captum_common import _Attribution, _bind, _output, _single_baseline
 
 __all__ = ["FeatureAblation", "Occlusion"]
 

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attribution._common import chunk_size, resolve_target
+from ..attribution._common import resolve_target
 from ..attribution.cam import _cam
 from ..attribution.cam import guided_backprop as _guided_backprop
 from ..attribution.cam import guided_grad_cam as _guided_grad_cam
@@ -60,145 +60,12 @@ from ..attribution.gradient import integrated_gradients as _integrated_gradients
 from ..attribution.gradient import saliency as _saliency
 from ..attribution.gradient import smoothgrad as _smoothgrad
 from ..attribution.layer import layer_integrated_gradients as _layer_integrated_gradients
+from ._captum_common import (_as_args, _Attribution, _bind, _output, _single_baseline, _single_input,
+                             _unsupported)
+from ._captum_perturbation import FeatureAblation, Occlusion
 
 __all__ = ["FeatureAblation", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
            "IntegratedGradients", "LayerGradCam", "LayerIntegratedGradients", "NoiseTunnel", "Occlusion", "Saliency"]
-
-
-def _single_input(inputs) -> Tuple[torch.Tensor, bool]:
-    """The one input tensor, and whether it came as a tuple."""
-    if isinstance(inputs, tuple):
-        if len(inputs) != 1:
-            raise NotImplementedError(
-                f"fastattr.integrations.captum attributes one input tensor; got a tuple of {len(inputs)}. "
-                "Models with several input tensors are not supported yet: pass the others through "
-                "additional_forward_args (not attributed) or use captum.attr for this model")
-        return inputs[0], True
-    return inputs, False
-
-
-def _output(attr: torch.Tensor, is_tuple: bool):
-    return (attr,) if is_tuple else attr
-
-
-def _single_baseline(baselines):
-    """A tuple of one baseline → that baseline; other tuples are refused."""
-    if isinstance(baselines, tuple):
-        if len(baselines) != 1:
-            raise ValueError(f"one input tensor takes one baseline, got a tuple of {len(baselines)}")
-        return baselines[0]
-    return baselines
-
-
-def _unsupported(**arguments) -> None:
-    """``NotImplementedError`` naming each Captum argument given a value fastattr does not support."""
-    for name, value in arguments.items():
-        if value is not None:
-            raise NotImplementedError(f"{name}={value!r} is not supported by fastattr.integrations.captum; "
-                                      f"leave it None or use captum.attr for this call")
-
-
-def _as_args(additional_forward_args) -> Optional[tuple]:
-    if additional_forward_args is None or isinstance(additional_forward_args, tuple):
-        return additional_forward_args
-    return (additional_forward_args,)
-
-
-def _has_batch_tensor(args: Optional[tuple]) -> bool:
-    return args is not None and any(isinstance(a, torch.Tensor) and a.dim() > 0 for a in args)
-
-
-class _Bound(nn.Module):
-    """``forward_func(z, *additional_forward_args)``, optionally with the output flattened to ``[N, -1]``.
-
-    fastattr stacks copies of the batch along dim 0 (steps or samples, each a whole batch of
-    ``rows`` examples in order), so every tensor argument with a batch axis is tiled to match.
-    """
-
-    def __init__(self, forward_func: Callable, args: Optional[tuple], rows: int, flatten: bool):
-        super().__init__()
-        self.forward_func = forward_func
-        self.args = args or ()
-        self.rows = rows
-        self.flatten = flatten
-        self.training = bool(getattr(forward_func, "training", False))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        args = self.args
-        if _has_batch_tensor(args):
-            copies, rest = divmod(z.shape[0], self.rows)
-            if rest or copies == 0:
-                raise RuntimeError(f"internal error: a chunk of {z.shape[0]} inputs is not whole batches of "
-                                   f"{self.rows}")
-            args = tuple(a.repeat((copies,) + (1,) * (a.dim() - 1))
-                         if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
-        out = self.forward_func(z, *args)
-        return out.reshape(z.shape[0], -1) if self.flatten else out
-
-
-def _flat_target(output_shape: tuple, target) -> torch.Tensor:
-    """Row-major indices into the flattened output for a tuple or a list of tuples of indices."""
-    dims = output_shape[1:]
-    rows = [target] * output_shape[0] if isinstance(target, tuple) else list(target)
-    flat = []
-    for index in rows:
-        if len(index) != len(dims) or not all(isinstance(i, (int, np.integer)) for i in index):
-            raise NotImplementedError(
-                f"target {index!r} must index every non-batch dimension of the output (shape "
-                f"{tuple(output_shape)}) with an int; targets that select several outputs per example "
-                "are not supported")
-        if any(not -d <= i < d for i, d in zip(index, dims)):
-            raise ValueError(f"target {index!r} is out of range for an output of shape {tuple(output_shape)}")
-        flat.append(int(np.ravel_multi_index(tuple(int(i) % d for i, d in zip(index, dims)), dims)))
-    return torch.tensor(flat, dtype=torch.long)
-
-
-def _bind(forward_func: Callable, x: torch.Tensor, target, additional_forward_args, max_batch: Optional[int],
-          total: int):
-    """The model, target and ``max_batch`` to hand to fastattr for Captum-style arguments.
-
-    ``total`` is the number of model inputs the method runs (e.g. ``n_steps * batch``).
-    """
-    args = _as_args(additional_forward_args)
-    if isinstance(target, torch.Tensor) and target.numel() == 1:
-        target = int(target.item())
-    flatten = isinstance(target, tuple) or (isinstance(target, list) and len(target) > 0
-                                            and isinstance(target[0], tuple))
-    if args is None and not flatten:
-        return forward_func, target, max_batch
-    model = _Bound(forward_func, args, x.shape[0], flatten=False)
-    if flatten:
-        with torch.no_grad():
-            target = _flat_target(tuple(model(x).shape), target)
-        model.flatten = True
-    if _has_batch_tensor(args):
-        # Chunks must hold whole batches for the tiling in _Bound (Captum never splits a batch either).
-        limit = max_batch if max_batch is not None else chunk_size(x, total, None, None)
-        max_batch = max(limit, x.shape[0])
-    # A plain function stays a function, so layer lookups do not search the wrapper's (empty) modules.
-    return (model if isinstance(forward_func, nn.Module) else model.forward), target, max_batch
-
-
-class _Attribution:
-    """What Captum's ``Attribution`` offers: ``forward_func``, ``has_convergence_delta``, ``multiplies_by_inputs``.
-
-    Subclasses set ``_has_delta`` (class) and ``_multiply_by_inputs`` (class default, or the
-    constructor's ``multiply_by_inputs`` for the methods where Captum makes it a choice)."""
-
-    _has_delta = False
-    _multiply_by_inputs = False
-
-    def __init__(self, forward_func: Callable, multiply_by_inputs: Optional[bool] = None):
-        self.forward_func = forward_func
-        if multiply_by_inputs is not None:
-            self._multiply_by_inputs = multiply_by_inputs
-
-    def has_convergence_delta(self) -> bool:
-        return self._has_delta
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
 
 class Saliency(_Attribution):
@@ -564,6 +431,3 @@ class GuidedGradCam(_Attribution):
                                attribute_to_layer_input=attribute_to_layer_input, max_batch=max_batch)
         return _output(out, is_tuple)
 
-
-# The perturbation drop-ins live in their own module (they reuse this module's helpers).
-from ._captum_perturbation import FeatureAblation, Occlusion  # noqa: E402
