@@ -1,11 +1,13 @@
 """Deletion / insertion on hand-computed cases, tie order, channel-shared features,
 chunk-size independence and bad input."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import fastattr.metrics as M
-from fastattr.metrics.perturb import CountingModel, make_baseline, patch_segments, rank_features
+from fastattr.metrics.perturb import (Blur, CountingModel, Uniform, make_baseline, patch_segments,
+                                      rank_features)
 from tests.metrics import slow
 from tests.models import rand, small_cnn
 
@@ -314,19 +316,42 @@ def test_readers_and_uniform_baseline():
     lo, hi = x.flatten(1).amin(1), x.flatten(1).amax(1)
     assert (noise.flatten(1).amin(1) >= lo).all() and (noise.flatten(1).amax(1) <= hi).all()
     assert noise.std() > 0.3
-    fixed = make_baseline(x, "uniform", noise_range=(2.0, 3.0), generator=1)
+    fixed = make_baseline(x, Uniform(2.0, 3.0), generator=1)
     assert fixed.min() >= 2.0 and fixed.max() < 3.0
     ins = M.insertion(model, x, attr, baseline="uniform", generator=4)
     torch.testing.assert_close(ins, M.insertion(model, x, attr, baseline=make_baseline(x, "uniform",
                                                                                        generator=4)))
     torch.testing.assert_close(make_baseline(x, lambda v: v.flip(0)), x.flip(0))
     # the default kernel is 2·⌊3σ⌋ + 1 = 7 wide
-    torch.testing.assert_close(make_baseline(x, "blur", blur_kernel=7), make_baseline(x, "blur"))
-    assert not torch.allclose(make_baseline(x, "blur", blur_kernel=3), make_baseline(x, "blur"))
-    with pytest.raises(ValueError, match="noise_range"):
-        make_baseline(x, "uniform", noise_range=(1.0, 0.0))
-    with pytest.raises(ValueError, match="blur_kernel"):
-        make_baseline(x, "blur", blur_kernel=4)
+    torch.testing.assert_close(make_baseline(x, Blur(kernel=7)), make_baseline(x, "blur"))
+    assert not torch.allclose(make_baseline(x, Blur(kernel=3)), make_baseline(x, "blur"))
+    with pytest.raises(ValueError, match="low < high"):
+        Uniform(1.0, 0.0)
+    with pytest.raises(ValueError, match="kernel"):
+        Blur(kernel=4)
+    with pytest.raises(ValueError, match="sigma"):
+        Blur(sigma=0.0)
+
+
+def test_blur_matches_scipy_gaussian_filter_and_reaches_every_metric():
+    """``Blur(σ)`` is scipy's ``gaussian_filter`` over H and W with edges replicated (mode "nearest",
+    truncated at ⌊3σ⌋); every metric's ``baseline=`` takes it, as it takes the blurred tensor."""
+    from scipy import ndimage
+
+    x = rand(2, 3, 12, 12, seed=35)
+    for sigma in (0.7, 2.0):
+        expected = ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="nearest",
+                                           truncate=max(1, int(3 * sigma)) / sigma)
+        torch.testing.assert_close(make_baseline(x, Blur(sigma)), torch.from_numpy(expected),
+                                   rtol=1e-12, atol=1e-12)
+    model, x, attr = small_cnn(), x[..., 2:10, 2:10], rand(2, 8, 8, seed=36)
+    blurred = make_baseline(x, Blur(2.0, kernel=5))
+    for metric in (M.deletion, M.insertion, M.faithfulness_correlation):
+        kw = {"generator": 0} if metric is M.faithfulness_correlation else {"step": 16}
+        torch.testing.assert_close(metric(model, x, attr, 1, baseline=Blur(2.0, kernel=5), **kw),
+                                   metric(model, x, attr, 1, baseline=blurred, **kw))
+        assert not torch.allclose(metric(model, x, attr, 1, baseline=Blur(2.0, kernel=5), **kw),
+                                  metric(model, x, attr, 1, baseline="blur", **kw))
 
 
 def test_compile_uses_fixed_chunk_shapes_and_matches_eager():
@@ -342,3 +367,12 @@ def test_compile_uses_fixed_chunk_shapes_and_matches_eager():
     assert counted.calls == 1 + 6 and counted.inputs == 3 + 6 * 9
     with pytest.raises(TypeError, match="compile"):
         M.deletion(model, x, attr, compile="yes")
+
+
+def test_numpy_integers_count_as_ints():
+    """A step or subset size read off a numpy array works like the same Python int."""
+    model, x, attr = small_cnn(), rand(2, 3, 8, 8, seed=37), rand(2, 8, 8, seed=38)
+    torch.testing.assert_close(M.deletion(model, x, attr, 1, step=np.int64(4)),
+                               M.deletion(model, x, attr, 1, step=4))
+    torch.testing.assert_close(M.sensitivity_n(model, x, attr, 1, ns=np.array([2, 8]), n_subsets=6),
+                               M.sensitivity_n(model, x, attr, 1, ns=[2, 8], n_subsets=6))

@@ -156,3 +156,41 @@ def test_flat_inputs_use_elements():
     direct = masked_scores(model, x, torch.zeros_like(x), seg.unit_masks(masks), t, reader="logit", chunk=5)
     torch.testing.assert_close(out, direct)
     assert seg.unit_masks(masks)[0, 4].tolist() == [True] * 4 + [False] * 4 + [True] * 4  # subset {0, 2}
+
+
+class _Sizes(torch.nn.Module):
+    """Records the batch size of every forward call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.model(x)
+
+
+def test_every_forward_respects_max_batch():
+    """max_batch bounds every model call, the clean forward on x (and on the baseline) included."""
+    import fastattr
+    import fastattr.metrics as M
+
+    x, a = rand(5, 3, 8, 8, seed=95), rand(5, 8, 8, seed=96)
+    groups = torch.arange(64).view(8, 8) // 16
+    calls = {
+        "deletion": lambda m, **kw: M.deletion(m, x, a, step=16, **kw),
+        "morf": lambda m, **kw: M.morf(m, x, a, **kw),
+        "grouped_deletion": lambda m, **kw: M.grouped_deletion(m, x, a, groups=groups, **kw),
+        "faithfulness_correlation": lambda m, **kw: M.faithfulness_correlation(m, x, a, n_subsets=4, **kw),
+        "sensitivity_n": lambda m, **kw: M.sensitivity_n(m, x, a, ns=[3], n_subsets=4, **kw),
+        "deletion_error": lambda m, **kw: M.deletion_error(m, x, a, patch_size=4, **kw),
+        "grouped_deletion_error": lambda m, **kw: M.grouped_deletion_error(m, x, a, groups=groups, **kw),
+        "max_sensitivity": lambda m, **kw: M.max_sensitivity(m, x, "saliency", n_samples=3, **kw),
+        "evaluate": lambda m, **kw: fastattr.evaluate(m, x, attributions={"a": a}, step=1, n_subsets=4,
+                                                      ns=[3], patch_size=4, **kw),
+    }
+    for name, call in calls.items():
+        model = _Sizes(small_cnn()).eval()
+        call(model, max_batch=2)
+        assert max(model.sizes) <= 2, (name, model.sizes)
+        assert sum(1 for s in model.sizes if s == 2) > 1, name

@@ -5,6 +5,7 @@ import torch
 import fastattr
 import fastattr.metrics as M
 from fastattr.metrics.evaluate import CountingModel
+from fastattr.metrics.perturb import make_baseline
 from tests.metrics.test_faithfulness import Weighted
 from tests.models import rand, small_cnn
 
@@ -131,3 +132,37 @@ def test_evaluate_bad_input():
         fastattr.evaluate(model, x, attributions={"a": rand(2, 8, 8), "b": rand(2, 3, 8, 8)})
     with pytest.raises(ValueError, match="NaN"):
         fastattr.evaluate(model, x, attributions={"a": torch.full((2, 8, 8), float("nan"))})
+
+
+def test_uniform_baseline_comes_from_the_metrics_generator():
+    """``baseline="uniform"`` draws its noise from the metric's generator (first, then the subsets), in
+    the random-subset metrics as in the ranked ones; evaluate() does the same from its own copy."""
+    model = small_cnn()
+    x, a = rand(2, 3, 8, 8, seed=91), rand(2, 3, 8, 8, seed=92)
+    kw = dict(n_subsets=12)
+
+    def replay(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return make_baseline(x, "uniform", generator=gen), gen
+
+    for seed in (5, 9):
+        noise, gen = replay(seed)
+        torch.testing.assert_close(
+            M.faithfulness_correlation(model, x, a, 1, baseline="uniform", generator=seed, **kw),
+            M.faithfulness_correlation(model, x, a, 1, baseline=noise, generator=gen, **kw))
+        noise, gen = replay(seed)
+        torch.testing.assert_close(M.infidelity(model, x, a, 1, baseline="uniform", generator=seed, **kw),
+                                   M.infidelity(model, x, a, 1, baseline=noise, generator=gen, **kw))
+        noise, gen = replay(seed)
+        torch.testing.assert_close(
+            M.sensitivity_n(model, x, a, 1, ns=[4, 40], baseline="uniform", generator=seed, **kw),
+            M.sensitivity_n(model, x, a, 1, ns=[4, 40], baseline=noise, generator=gen, **kw))
+    five = M.faithfulness_correlation(model, x, a, 1, baseline="uniform", generator=5, **kw)
+    noise, _ = replay(0)
+    other_noise = M.faithfulness_correlation(model, x, a, 1, baseline=noise, generator=5, **kw)
+    assert not torch.allclose(five, other_noise)
+    ev = fastattr.evaluate(model, x, 1, attributions={"a": a}, baseline="uniform", generator=5, ns=[4, 40],
+                           metrics=["faithfulness_correlation", "infidelity", "sensitivity_n"], **kw)
+    torch.testing.assert_close(ev["faithfulness_correlation"]["a"], five)
+    sens = M.sensitivity_n(model, x, a, 1, ns=[4, 40], baseline="uniform", generator=5, **kw)
+    torch.testing.assert_close(ev["sensitivity_n"]["a"], sens)

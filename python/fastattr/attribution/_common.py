@@ -37,13 +37,26 @@ def check_model(model: nn.Module) -> None:
                       "deterministic attributions)", UserWarning, stacklevel=3)
 
 
+@torch.no_grad()
+def forward_chunks(model: Callable, inputs: torch.Tensor, max_batch: Optional[int] = None,
+                   memory_budget: Optional[int] = None) -> torch.Tensor:
+    """``model(inputs)`` without gradients, in chunks of :func:`chunk_size` inputs (a forward-only pass
+    holds about 8× an input's size per input)."""
+    chunk = chunk_size(inputs, inputs.shape[0], max_batch, memory_budget, per_input_factor=8.0)
+    if chunk >= inputs.shape[0]:
+        return model(inputs)
+    return torch.cat([model(inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
+
+
 def resolve_target(model: Callable, inputs: torch.Tensor, target: Target,
-                   logits: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-example target indices ``[B]``: an int, a ``[B]`` tensor, or None (the argmax of f(x))."""
+                   logits: Optional[torch.Tensor] = None, *, max_batch: Optional[int] = None,
+                   memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Per-example target indices ``[B]``: an int, a ``[B]`` tensor, or None (the argmax of f(x)).
+    Without ``logits``, one forward of ``inputs`` (chunked under ``max_batch`` / ``memory_budget``)
+    checks the range."""
     batch = inputs.shape[0]
     if logits is None:
-        with torch.no_grad():
-            logits = model(inputs)
+        logits = forward_chunks(model, inputs, max_batch, memory_budget)
     if logits.dim() == 1:
         logits = logits[:, None]
     n_classes = logits.shape[-1]

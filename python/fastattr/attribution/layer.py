@@ -483,7 +483,7 @@ def pathway_gradient(model: Callable, inputs: torch.Tensor, target: Target = Non
     check_inputs(inputs)
     if method not in PATHWAY_METHODS:
         raise ValueError(f"method must be one of {PATHWAY_METHODS}, got {method!r}")
-    t = resolve_target(model, inputs, target)
+    t = resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
     batch = inputs.shape[0]
     if masks is None:
         kw = dict(layers=layers, max_batch=max_batch, memory_budget=memory_budget)

@@ -7,6 +7,7 @@ from .evaluate import BETTER, EVALUATE_METRICS, Evaluation, evaluate
 from .faithfulness import aupc, deletion, insertion, lerf, mdrs, morf
 from .grouped import grouped_deletion, grouped_insertion
 from .localisation import ehr, iou, pointing_game
+from .perturb import Blur, Uniform
 from .robustness import avg_sensitivity, max_sensitivity
 from .sop import deletion_error, grouped_deletion_error, grouped_insertion_error, insertion_error
 from .subsets import faithfulness_correlation, infidelity, sensitivity_n, subset_deltas
@@ -16,8 +17,9 @@ METRICS = {"deletion": deletion, "insertion": insertion, "mdrs": mdrs, "aupc": a
            "faithfulness_correlation": faithfulness_correlation, "sensitivity_n": sensitivity_n,
            "infidelity": infidelity}
 
-__all__ = ["BETTER", "EVALUATE_METRICS", "METRICS", "Evaluation", "aupc", "avg_sensitivity", "deletion",
-           "deletion_error", "ehr", "evaluate", "faithfulness_correlation", "grouped_deletion",
-           "grouped_deletion_error", "grouped_insertion", "grouped_insertion_error", "infidelity",
-           "insertion", "insertion_error", "iou", "lerf", "max_sensitivity", "mdrs", "morf", "pointing_game",
+__all__ = ["BETTER", "Blur", "EVALUATE_METRICS", "Evaluation", "METRICS", "Uniform", "aupc",
+           "avg_sensitivity", "deletion", "deletion_error", "ehr", "evaluate",
+           "faithfulness_correlation", "grouped_deletion", "grouped_deletion_error",
+           "grouped_insertion", "grouped_insertion_error", "infidelity", "insertion",
+           "insertion_error", "iou", "lerf", "max_sensitivity", "mdrs", "morf", "pointing_game",
            "sensitivity_n", "subset_deltas"]

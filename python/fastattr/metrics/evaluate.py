@@ -16,13 +16,15 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, resolve_target
+from ..attribution._common import Target, check_inputs, check_model, forward_chunks
 from ..attribution.gradient import _generator
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
-from .perturb import CountingModel, check_attributions, feature_space, make_baseline, step_counts
+from .perturb import (CountingModel, check_attributions, feature_space, make_baseline,
+                      resolve_clean, step_counts)
 from .sop import additive_mass, choose_subsets, subset_changes
-from .subsets import _fraction_size, _pearson, default_ns, infidelity_from, subset_deltas
+from .subsets import (_fraction_size, _pearson, infidelity_from, sensitivity_from, sensitivity_passes,
+                      subset_deltas)
 
 EVALUATE_METRICS = ("deletion", "insertion", "infidelity", "faithfulness_correlation", "sensitivity_n",
                     "mdrs", "aupc", "morf", "lerf", "deletion_error", "insertion_error")
@@ -168,15 +170,12 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     spaces = {name: feature_space(inputs, a, **space) for name, a in attributions.items()} \
         if set(metrics) - {"infidelity", "faithfulness_correlation", "sensitivity_n"} else {}
     counted = CountingModel(model)
-    with torch.no_grad():
-        clean = counted(inputs)
-    t = resolve_target(counted, inputs, target, logits=clean)
     chunks = dict(max_batch=max_batch, memory_budget=memory_budget)
+    t, clean = resolve_clean(counted, inputs, target, **chunks)
     ev = Evaluation()
     if {"deletion", "insertion", "mdrs", "aupc", "morf", "lerf"} & set(metrics):
         base = make_baseline(inputs, baseline, generator=_fresh(generator))
-        with torch.no_grad():
-            ends = (clean, counted(base))
+        ends = (clean, forward_chunks(counted, base, **chunks))
         for name in attributions:
             _ranked(ev, counted, inputs, t, spaces[name], name, metrics, base=base, ends=ends, step=step,
                     fractions=fractions, chunks=chunks, compile=compile)
@@ -196,15 +195,10 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                                       normalize=False).to(inputs.dtype)
                 for name, f in feats.items()}
     if "sensitivity_n" in metrics:
-        ns = default_ns(n_features) if ns is None else ns
-        gen = _fresh(generator)
-        per_n = [subset_deltas(counted, inputs, t, n_features, subset_size=n, n_subsets=n_subsets,
-                               baseline=baseline, generator=gen, compile=compile, logits=clean, **chunks)
-                  for n in ns]
-        ev.values["sensitivity_n"] = {
-            name: torch.stack([_pearson(p.attribution_mass(f, weighted=False), p.delta) for p in per_n],
-                              1).to(inputs.dtype)
-            for name, f in feats.items()}
+        per_n = sensitivity_passes(counted, inputs, t, n_features, ns, n_subsets=n_subsets, baseline=baseline,
+                                   generator=_fresh(generator), compile=compile, logits=clean, **chunks)
+        ev.values["sensitivity_n"] = {name: sensitivity_from(per_n, f).to(inputs.dtype)
+                                      for name, f in feats.items()}
     for metric, insert in (("deletion_error", False), ("insertion_error", True)):
         if metric in metrics:
             first = next(iter(spaces.values()))

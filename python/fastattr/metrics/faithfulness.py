@@ -16,9 +16,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
+from ..attribution._common import Target, check_inputs, check_model, chunk_size
 from .perturb import (Baseline, Features, check_scalar_reader, feature_space, fraction_count, make_baseline,
-                      rank_features, ranked_curve, read_scores, step_counts)
+                      rank_features, ranked_curve, read_scores, resolve_clean, step_counts)
 
 MORF_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -28,16 +28,16 @@ def _area(curve: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
 
 
 def ranked_setup(model, inputs, attributions, target, *, granularity=None, segments=None, patch_size=None,
-                 segment_score="sum") -> tuple[Features, torch.Tensor, torch.Tensor]:
+                 segment_score="sum", max_batch=None, memory_budget=None
+                 ) -> tuple[Features, torch.Tensor, torch.Tensor]:
     """Checks the arguments; the features of the map, the resolved targets ``[B]``, and the model's
     output on ``inputs`` (the forward that checked the targets, reused as the curves' x end)."""
     check_model(model)
     check_inputs(inputs)
     feats = feature_space(inputs, attributions, granularity=granularity, segments=segments,
                           patch_size=patch_size, segment_score=segment_score)
-    with torch.no_grad():
-        clean = model(inputs)
-    return feats, resolve_target(model, inputs, target, logits=clean), clean
+    t, clean = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
+    return feats, t, clean
 
 
 def ranked_scores(model: Callable, inputs: torch.Tensor, feats: Features, target: torch.Tensor,
@@ -106,7 +106,8 @@ def _space(granularity, segments, patch_size, segment_score):
 def _ranked_metric(model, inputs, attributions, target, *, keep_top, baseline, step, score, curves,
                    max_batch, memory_budget, space, generator, compile):
     check_scalar_reader(score)
-    feats, t, clean = ranked_setup(model, inputs, attributions, target, **space)
+    feats, t, clean = ranked_setup(model, inputs, attributions, target, **space, max_batch=max_batch,
+                                   memory_budget=memory_budget)
     counts = step_counts(feats.n, step)
     curve = ranked_scores(model, inputs, feats, t, counts, keep_top=keep_top, reader=score, compile=compile,
                           baseline=make_baseline(inputs, baseline, generator=generator),
@@ -167,7 +168,8 @@ def insertion(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
 def _removal(model, inputs, attributions, target, *, most, fractions, baseline, score, curves, max_batch,
              memory_budget, space, generator, compile):
     check_scalar_reader(score)
-    feats, t, logits = ranked_setup(model, inputs, attributions, target, **space)
+    feats, t, logits = ranked_setup(model, inputs, attributions, target, **space, max_batch=max_batch,
+                                   memory_budget=memory_budget)
     n = check_fractions(fractions, feats.n)
     # MoRF removes the top n (deletion counts n); LeRF removes the last n of the same ranking, i.e.
     # keeps the top d − n (insertion counts d − n). The clean score is count 0 / count d.
@@ -223,7 +225,8 @@ def lerf(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, targ
 
 def _segment_pass(model, inputs, attributions, target, *, reader, baseline, max_batch, memory_budget, space,
                   generator, compile):
-    feats, t, _ = ranked_setup(model, inputs, attributions, target, **space)
+    feats, t, _ = ranked_setup(model, inputs, attributions, target, **space, max_batch=max_batch,
+                                   memory_budget=memory_budget)
     counts = torch.arange(1, feats.n + 1)
     out = ranked_scores(model, inputs, feats, t, counts, keep_top=False, reader=reader, compile=compile,
                         baseline=make_baseline(inputs, baseline, generator=generator),

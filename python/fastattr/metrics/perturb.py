@@ -22,20 +22,21 @@ model through ``torch.compile`` on chunks of one fixed shape (the last chunk is 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
-from ..attribution._common import select
+from ..attribution._common import forward_chunks, resolve_target, select
 from ..attribution.gradient import _generator
 from ..ops.perturb_by_rank import perturb_by_rank
 
 READERS = ("probability", "logit", "log_probability", "regression")  # one score per input; plus "logits"
 GRANULARITIES = ("pixel", "element")
 SEGMENT_SCORES = ("sum", "mean")
-Baseline = Union[float, str, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+Baseline = Union[float, str, "Blur", "Uniform", torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
 def check_attributions(inputs: torch.Tensor, attributions: torch.Tensor) -> torch.Tensor:
@@ -60,55 +61,78 @@ def rank_features(scores: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def _gaussian_blur(inputs: torch.Tensor, sigma: float, kernel: Optional[int]) -> torch.Tensor:
-    if inputs.dim() != 4:
-        raise ValueError("baseline='blur' needs image inputs [B, C, H, W]")
-    if not sigma > 0:
-        raise ValueError(f"blur_sigma must be > 0, got {sigma}")
-    if kernel is None:
-        radius = max(1, int(3 * sigma))
-    elif isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"blur_kernel must be an odd int >= 1, got {kernel!r}")
-    else:
-        radius = kernel // 2
-    t = torch.arange(-radius, radius + 1, dtype=inputs.dtype, device=inputs.device)
-    k1 = torch.exp(-0.5 * (t / sigma) ** 2)
-    k1 = k1 / k1.sum()
-    c = inputs.shape[1]
-    padded = F.pad(inputs, (radius,) * 4, mode="replicate")
-    out = F.conv2d(padded, k1.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(out, k1.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+@dataclass(frozen=True)
+class Blur:
+    """Baseline: ``x`` blurred by a separable Gaussian of standard deviation ``sigma`` over an odd
+    ``kernel`` (default ``2·max(1, ⌊3σ⌋) + 1``), edges replicated (Fong & Vedaldi 2017's blurred
+    image; ``baseline="blur"`` is ``Blur()``)."""
+
+    sigma: float = 1.0
+    kernel: Optional[int] = None
+
+    def __post_init__(self):
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not self.sigma > 0:
+            raise ValueError(f"Blur sigma must be a number > 0, got {self.sigma!r}")
+        k = self.kernel
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0):
+            raise ValueError(f"Blur kernel must be an odd int >= 1, got {k!r}")
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.dim() != 4:
+            raise ValueError("a blurred baseline needs image inputs [B, C, H, W]")
+        radius = max(1, int(3 * self.sigma)) if self.kernel is None else self.kernel // 2
+        t = torch.arange(-radius, radius + 1, dtype=inputs.dtype, device=inputs.device)
+        k1 = torch.exp(-0.5 * (t / self.sigma) ** 2)
+        k1 = k1 / k1.sum()
+        c = inputs.shape[1]
+        padded = F.pad(inputs, (radius,) * 4, mode="replicate")
+        out = F.conv2d(padded, k1.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(out, k1.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def _uniform_noise(inputs: torch.Tensor, noise_range, generator) -> torch.Tensor:
-    batch = inputs.shape[0]
-    view = (batch,) + (1,) * (inputs.dim() - 1)
-    if noise_range is None:
-        lo = inputs.reshape(batch, -1).amin(1).view(view)
-        hi = inputs.reshape(batch, -1).amax(1).view(view)
-    else:
-        if not (isinstance(noise_range, (tuple, list)) and len(noise_range) == 2
-                and float(noise_range[0]) < float(noise_range[1])):
-            raise ValueError(f"noise_range must be a pair (low, high) with low < high, got {noise_range!r}")
-        lo, hi = float(noise_range[0]), float(noise_range[1])
-    u = torch.rand(inputs.shape, generator=_generator(generator), dtype=inputs.dtype).to(inputs.device)
-    return lo + (hi - lo) * u
+@dataclass(frozen=True)
+class Uniform:
+    """Baseline: noise ``U[low, high)`` drawn from the metric's ``generator``; without a range, each
+    example's own min and max (``baseline="uniform"`` is ``Uniform()``)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+
+    def __post_init__(self):
+        given = (self.low is not None, self.high is not None)
+        if given[0] != given[1] or (all(given) and not float(self.low) < float(self.high)):
+            raise ValueError(f"Uniform needs both low and high with low < high (or neither), "
+                             f"got low={self.low!r}, high={self.high!r}")
+
+    def draw(self, inputs: torch.Tensor, generator) -> torch.Tensor:
+        batch = inputs.shape[0]
+        view = (batch,) + (1,) * (inputs.dim() - 1)
+        if self.low is None:
+            lo = inputs.reshape(batch, -1).amin(1).view(view)
+            hi = inputs.reshape(batch, -1).amax(1).view(view)
+        else:
+            lo, hi = float(self.low), float(self.high)
+        u = torch.rand(inputs.shape, generator=_generator(generator), dtype=inputs.dtype).to(inputs.device)
+        return lo + (hi - lo) * u
 
 
-def make_baseline(inputs: torch.Tensor, baseline: Baseline, blur_sigma: float = 1.0, *,
-                  blur_kernel: Optional[int] = None, noise_range=None, generator=None) -> torch.Tensor:
+def make_baseline(inputs: torch.Tensor, baseline: Baseline, *, generator=None) -> torch.Tensor:
     """The replacement values ``x'`` for ``inputs`` (SPEC §3.1).
 
     ``baseline``: a number (constant; 0 = "black"), ``"mean"`` (per-example, per-channel mean),
-    ``"blur"`` (Gaussian blur of x with ``blur_sigma``; ``blur_kernel`` odd size, default
-    ``2·max(1, ⌊3σ⌋) + 1``), ``"uniform"`` (noise ``U[low, high)`` drawn from ``generator``;
-    ``noise_range=(low, high)``, default each example's own min and max), a tensor broadcastable to
-    ``inputs``, or a callable ``x -> x'``.
+    :class:`Blur` (``Blur(sigma, kernel)``; ``"blur"`` = ``Blur()``), :class:`Uniform` (noise drawn
+    from ``generator``; ``Uniform(low, high)``, ``"uniform"`` = each example's own range), a tensor
+    broadcastable to ``inputs``, or a callable ``x -> x'``.
     """
     if isinstance(baseline, bool):
-        raise TypeError("baseline must be a number, a string, a tensor or a callable, got a bool")
+        raise TypeError("baseline must be a number, a string, Blur, Uniform, a tensor or a callable, "
+                        "got a bool")
     if isinstance(baseline, (int, float)):
         return torch.full_like(inputs, float(baseline))
+    if isinstance(baseline, str) and baseline in ("blur", "uniform"):
+        baseline = Blur() if baseline == "blur" else Uniform()
+    if isinstance(baseline, Uniform):
+        return baseline.draw(inputs, generator)
     if callable(baseline) and not isinstance(baseline, torch.Tensor):
         baseline = baseline(inputs)
         if not isinstance(baseline, torch.Tensor):
@@ -124,12 +148,8 @@ def make_baseline(inputs: torch.Tensor, baseline: Baseline, blur_sigma: float = 
         if not dims:
             return inputs.mean(1, keepdim=True).expand_as(inputs)
         return inputs.mean(dims, keepdim=True).expand_as(inputs)
-    if baseline == "blur":
-        return _gaussian_blur(inputs, blur_sigma, blur_kernel)
-    if baseline == "uniform":
-        return _uniform_noise(inputs, noise_range, generator)
-    raise ValueError("baseline must be a number, 'mean', 'blur', 'uniform', a tensor or a callable, "
-                     f"got {baseline!r}")
+    raise ValueError("baseline must be a number, 'mean', 'blur', 'uniform', Blur(...), Uniform(...), "
+                     f"a tensor or a callable, got {baseline!r}")
 
 
 def check_scalar_reader(score: str) -> str:
@@ -217,6 +237,14 @@ def _store(out: Optional[torch.Tensor], lead: tuple, scores: torch.Tensor, preci
     return torch.empty(lead + tuple(scores.shape[1:]), dtype=dtype, device=scores.device)
 
 
+def resolve_clean(model: Callable, inputs: torch.Tensor, target, *, max_batch: Optional[int] = None,
+                  memory_budget: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(targets [B], f(x))``: one chunked forward on ``inputs`` resolves the targets, and its output
+    is kept for the metric's passes that need ``f(x)``."""
+    clean = forward_chunks(model, inputs, max_batch, memory_budget)
+    return resolve_target(model, inputs, target, logits=clean), clean
+
+
 @torch.no_grad()
 def ranked_curve(model: Callable, inputs: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor,
                  counts: torch.Tensor, target: torch.Tensor, *, keep_top: bool, reader: str,
@@ -288,7 +316,8 @@ def step_counts(n_features: int, step: Union[int, float, None]) -> torch.Tensor:
         size = max(1, -(-n_features // 64))
     elif isinstance(step, bool):
         raise TypeError("step must be an int, a float fraction or None")
-    elif isinstance(step, int):
+    elif isinstance(step, numbers.Integral):
+        step = int(step)
         if step < 1:
             raise ValueError(f"step must be >= 1 feature, got {step}")
         if step > n_features:

@@ -15,17 +15,22 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
+from ..attribution._common import Target, check_inputs, check_model, chunk_size
 from ..attribution.gradient import _check_count, _generator
+from .perturb import resolve_clean
 
 Explain = Union[str, Callable]
 # distance(e(x) [B, ...], e(x + ε) [k, B, ...], x + ε [k·B, ...]) -> [k, B]
 Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _explainer(explain: Explain, explain_kwargs: Optional[dict]) -> Callable:
-    """``fn(model, inputs, target)`` from an attribution function or a name in ``attribution.METHODS``."""
+def _explainer(explain: Explain, explain_kwargs: Optional[dict], chunks: Optional[dict] = None) -> Callable:
+    """``fn(model, inputs, target)`` from an attribution function or a name in ``attribution.METHODS``;
+    a named method also gets the metric's ``max_batch`` / ``memory_budget`` (``chunks``) unless
+    ``explain_kwargs`` sets them."""
+    kwargs = dict(explain_kwargs or {})
     if isinstance(explain, str):
+        kwargs = {**{k: v for k, v in (chunks or {}).items() if v is not None}, **kwargs}
         from ..attribution import METHODS
 
         if explain not in METHODS:
@@ -35,7 +40,6 @@ def _explainer(explain: Explain, explain_kwargs: Optional[dict]) -> Callable:
     if not callable(explain):
         raise TypeError(f"explain must be an attribution function or a method name, "
                         f"got {type(explain).__name__}")
-    kwargs = dict(explain_kwargs or {})
     return lambda model, x, t: explain(model, x, t, **kwargs)
 
 
@@ -103,9 +107,9 @@ def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, nor
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius < math.inf:
         raise ValueError(f"radius must be a positive finite number, got {radius!r}")
     p = _norm_order(norm)
-    fn = _explainer(explain, explain_kwargs)
+    fn = _explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
     prep = _preprocessor(preprocess)
-    t = resolve_target(model, inputs, target)
+    t, _ = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
     if attributions is None:
         attributions = fn(model, inputs, t)
     elif not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:

@@ -21,9 +21,9 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
+from ..attribution._common import Target, check_inputs, check_model, chunk_size
 from .perturb import (Baseline, Features, all_subsets, check_scalar_reader, feature_layout, feature_space,
-                      group_masks, group_scores, make_baseline, masked_scores, random_subsets)
+                      group_masks, group_scores, make_baseline, masked_scores, random_subsets, resolve_clean)
 from .subsets import check_masks
 
 GROUP_RULES = ("subset", "contains")
@@ -99,7 +99,7 @@ def _additive_error(model, inputs, attributions, target, *, insert, subsets, n_s
     _check(reduction)
     feats = feature_space(inputs, attributions, granularity=granularity, segments=segments,
                           patch_size=patch_size, segment_score=segment_score)
-    t = resolve_target(model, inputs, target)
+    t, _ = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
     s = choose_subsets(inputs.shape[0], feats.n, subsets=subsets, n_subsets=n_subsets,
                        max_exhaustive=max_exhaustive, p=p, generator=generator)
     change = subset_changes(model, inputs, t, feats, s, insert=insert, baseline=baseline, score=score,
@@ -170,7 +170,7 @@ def _grouped_error(model, inputs, attributions, target, *, insert, groups, rule,
     n_units = masks.shape[2]
     n_features = n_units if ids is None else int(ids.max()) + 1
     feats = Features(torch.zeros(inputs.shape[0], n_features), ids, n_units, subset_unit)
-    t = resolve_target(model, inputs, target)
+    t, _ = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
     s = choose_subsets(inputs.shape[0], n_features, subsets=subsets, n_subsets=n_subsets,
                        max_exhaustive=max_exhaustive, p=p, generator=generator)
     change = subset_changes(model, inputs, t, feats, s, insert=insert, baseline=baseline, score=score,

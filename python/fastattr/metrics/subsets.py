@@ -9,15 +9,16 @@ channels of a pixel).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
+from ..attribution._common import Target, check_inputs, check_model, chunk_size, forward_chunks
 from ..attribution.gradient import _generator
-from .perturb import (ChunkRunner, check_attributions, fraction_count, make_baseline, masked_scores,
-                      random_subsets, read_scores)
+from .perturb import (ChunkRunner, check_attributions, fraction_count, make_baseline,
+                      masked_scores, random_subsets, read_scores, resolve_clean)
 
 
 @dataclass
@@ -74,10 +75,12 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     / ``[K, F]``. ``noise=None``: the subset is replaced by ``baseline`` (I = (x − x') ⊙ m).
     ``noise=σ``: Gaussian perturbation of every element, ``x̃ = x − I`` with ``I ~ N(0, σ²)`` (the
     subsets are unused). Draws come from ``generator`` on the CPU, so the passes are reproducible
-    on every device. ``logits``: the model's output on ``inputs`` when the caller already has it.
+    on every device: a random baseline (``"uniform"``) first, then the subsets or the noise.
+    ``logits``: the model's output on ``inputs`` when the caller already has it.
     """
     gen = _generator(generator)
     batch = inputs.shape[0]
+    base = make_baseline(inputs, baseline, generator=gen)
     if masks is not None:
         masks = check_masks(masks, batch, n_features).to(inputs.device)
         n_subsets = masks.shape[1]
@@ -87,10 +90,8 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
         masks = random_subsets(batch, n_subsets, n_features, size=subset_size, p=p, generator=gen,
                                device=inputs.device)
         masks = masks.to(inputs.device)
-    base = make_baseline(inputs, baseline)
     if logits is None:
-        with torch.no_grad():
-            logits = model(inputs)
+        logits = forward_chunks(model, inputs, max_batch, memory_budget)
     clean = read_scores(logits, target, score).float()
     chunk = chunk_size(inputs, batch * n_subsets, max_batch, memory_budget, per_input_factor=8.0)
     wdtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
@@ -121,15 +122,13 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
 
 
-def _setup(model, inputs, attributions, target):
+def _setup(model, inputs, attributions, target, max_batch, memory_budget):
     """Checks the arguments; the attribution's features, the targets, and the model's output on
     ``inputs`` (the forward that checked the targets, reused by the passes)."""
     check_model(model)
     check_inputs(inputs)
     feats = check_attributions(inputs, attributions)
-    with torch.no_grad():
-        clean = model(inputs)
-    return feats, resolve_target(model, inputs, target, logits=clean), clean
+    return (feats,) + resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
 
 
 _fraction_size = fraction_count
@@ -154,7 +153,7 @@ def faithfulness_correlation(model: Callable, inputs: torch.Tensor, attributions
 
         >>> fastattr.metrics.faithfulness_correlation(model, x, attr, y, generator=0)
     """
-    feats, t, clean = _setup(model, inputs, attributions, target)
+    feats, t, clean = _setup(model, inputs, attributions, target, max_batch, memory_budget)
     if passes is None:
         passes = subset_deltas(model, inputs, t, feats.shape[1], n_subsets=n_subsets, baseline=baseline,
                                subset_size=_fraction_size(subset_fraction, feats.shape[1], "subset_fraction"),
@@ -176,19 +175,36 @@ def sensitivity_n(model: Callable, inputs: torch.Tensor, attributions: torch.Ten
 
         >>> fastattr.metrics.sensitivity_n(model, x, attr, y, ns=[1, 8, 32])
     """
-    feats, t, clean = _setup(model, inputs, attributions, target)
-    n_features = feats.shape[1]
+    feats, t, clean = _setup(model, inputs, attributions, target, max_batch, memory_budget)
+    passes = sensitivity_passes(model, inputs, t, feats.shape[1], ns, n_subsets=n_subsets, baseline=baseline,
+                                score=score, generator=generator, max_batch=max_batch,
+                                memory_budget=memory_budget, compile=compile, logits=clean)
+    return sensitivity_from(passes, feats).to(inputs.dtype)
+
+
+def sensitivity_passes(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n_features: int,
+                       ns: Optional[Sequence[int]], *, n_subsets: int, baseline=0.0, score: str = "logit",
+                       generator=None, max_batch=None, memory_budget=None, compile: Union[bool, dict] = False,
+                       logits: Optional[torch.Tensor] = None) -> list[SubsetPasses]:
+    """Sensitivity-N's passes, one :class:`SubsetPasses` per n of ``ns`` (default :func:`default_ns`),
+    shared by every attribution: one baseline drawn first, then the subsets of each n in turn, all
+    from ``generator``."""
     ns = default_ns(n_features) if ns is None else ns
-    if any(not 1 <= n <= n_features for n in ns):
-        raise ValueError(f"ns must lie in [1, {n_features}], got {list(ns)}")
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= n_features
+           for n in ns):
+        raise ValueError(f"ns must be ints in [1, {n_features}], got {list(ns)}")
+    ns = [int(n) for n in ns]
     gen = _generator(generator)
-    out = []
-    for n in ns:
-        p = subset_deltas(model, inputs, t, n_features, subset_size=n, n_subsets=n_subsets, baseline=baseline,
-                          score=score, generator=gen, max_batch=max_batch, memory_budget=memory_budget,
-                          compile=compile, logits=clean)
-        out.append(_pearson(p.attribution_mass(feats, weighted=False), p.delta))
-    return torch.stack(out, 1).to(inputs.dtype)
+    base = make_baseline(inputs, baseline, generator=gen)
+    return [subset_deltas(model, inputs, target, n_features, subset_size=n, n_subsets=n_subsets,
+                          baseline=base, score=score, generator=gen, max_batch=max_batch,
+                          memory_budget=memory_budget, compile=compile, logits=logits) for n in ns]
+
+
+def sensitivity_from(passes: list[SubsetPasses], feats: torch.Tensor) -> torch.Tensor:
+    """``[B, len(ns)]`` float64: per n, the Pearson correlation of ``Σ_{i∈S} a_i`` with the output
+    change; the part of :func:`sensitivity_n` that depends on the attribution."""
+    return torch.stack([_pearson(p.attribution_mass(feats, weighted=False), p.delta) for p in passes], 1)
 
 
 def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
@@ -210,7 +226,7 @@ def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor
 
         >>> fastattr.metrics.infidelity(model, x, attr, y, perturbation="gaussian", noise_std=0.1)
     """
-    feats, t, clean = _setup(model, inputs, attributions, target)
+    feats, t, clean = _setup(model, inputs, attributions, target, max_batch, memory_budget)
     if perturbation not in ("subset", "gaussian"):
         raise ValueError(f"perturbation must be 'subset' or 'gaussian', got {perturbation!r}")
     if passes is None:
