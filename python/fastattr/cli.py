@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "metrics": "fastattr.bench.metrics",
     "cd": "fastattr.bench.cd",
     "cdep": "fastattr.bench.cdep",
+    "perturb": "fastattr.bench.perturb",
 }
 
 
