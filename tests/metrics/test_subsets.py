@@ -166,3 +166,27 @@ def test_uniform_baseline_comes_from_the_metrics_generator():
     torch.testing.assert_close(ev["faithfulness_correlation"]["a"], five)
     sens = M.sensitivity_n(model, x, a, 1, ns=[4, 40], baseline="uniform", generator=5, **kw)
     torch.testing.assert_close(ev["sensitivity_n"]["a"], sens)
+
+
+def test_all_equal_attributions_warn_that_the_correlation_is_undefined():
+    model = small_cnn()
+    x = rand(2, 3, 8, 8, seed=93)
+    a = torch.stack([torch.full((8, 8), 0.7, dtype=torch.float64), rand(8, 8, seed=94)])
+    with pytest.warns(RuntimeWarning, match=r"faithfulness_correlation: .* examples \[0\]"):
+        fcor = M.faithfulness_correlation(model, x, a, 1, n_subsets=10)
+    assert fcor[0].isnan() and fcor[1].isfinite()
+    with pytest.warns(RuntimeWarning, match=r"sensitivity_n: .* examples \[0\]"):
+        sens = M.sensitivity_n(model, x, a, 1, ns=[3, 30], n_subsets=10)
+    assert sens[0].isnan().all() and sens[1].isfinite().all()
+
+
+def test_gaussian_passes_have_no_subsets():
+    model = small_cnn()
+    x, a = rand(2, 3, 8, 8, seed=97), rand(2, 3, 8, 8, seed=98)
+    passes = M.subset_deltas(model, x, torch.tensor([0, 1]), x[0].numel(), n_subsets=5, noise=0.1)
+    assert passes.masks is None and passes.weight.shape == (2, 5, x[0].numel())
+    with pytest.raises(ValueError, match="weighted mass"):
+        passes.attribution_mass(a.flatten(1), weighted=False)
+    with pytest.raises(ValueError, match="not both"):
+        M.subset_deltas(model, x, torch.tensor([0, 1]), x[0].numel(), noise=0.1,
+                        masks=torch.ones(5, x[0].numel(), dtype=torch.bool))

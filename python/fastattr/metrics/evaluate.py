@@ -23,7 +23,7 @@ from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_l
 from .perturb import (CountingModel, check_attributions, feature_space, make_baseline,
                       resolve_clean, step_counts)
 from .sop import additive_mass, choose_subsets, subset_changes
-from .subsets import (_fraction_size, _pearson, infidelity_from, sensitivity_from, sensitivity_passes,
+from .subsets import (_fraction_size, correlation, infidelity_from, sensitivity_from, sensitivity_passes,
                       subset_deltas)
 
 EVALUATE_METRICS = ("deletion", "insertion", "infidelity", "faithfulness_correlation", "sensitivity_n",
@@ -185,7 +185,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                                generator=_fresh(generator), compile=compile, logits=clean, **chunks)
         if "faithfulness_correlation" in metrics:
             ev.values["faithfulness_correlation"] = {
-                name: _pearson(passes.attribution_mass(f, weighted=False), passes.delta).to(inputs.dtype)
+                name: correlation(passes, f, f"faithfulness_correlation[{name}]").to(inputs.dtype)
                 for name, f in feats.items()}
         if "infidelity" in metrics:
             mult = multiplied_by_inputs if isinstance(multiplied_by_inputs, dict) else {}
@@ -197,7 +197,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     if "sensitivity_n" in metrics:
         per_n = sensitivity_passes(counted, inputs, t, n_features, ns, n_subsets=n_subsets, baseline=baseline,
                                    generator=_fresh(generator), compile=compile, logits=clean, **chunks)
-        ev.values["sensitivity_n"] = {name: sensitivity_from(per_n, f).to(inputs.dtype)
+        ev.values["sensitivity_n"] = {name: sensitivity_from(per_n, f, f"sensitivity_n[{name}]").to(inputs.dtype)
                                       for name, f in feats.items()}
     for metric, insert in (("deletion_error", False), ("insertion_error", True)):
         if metric in metrics:

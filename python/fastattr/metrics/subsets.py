@@ -10,6 +10,7 @@ channels of a pixel).
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
@@ -23,12 +24,12 @@ from .perturb import (ChunkRunner, check_attributions, fraction_count, make_base
 
 @dataclass
 class SubsetPasses:
-    """Model passes shared by every attribution: subsets ``masks [B, K, F]`` (True = perturbed),
-    ``delta [B, K] = f_t(x) − f_t(x̃)``, and the perturbation size per feature (``Σ_c (x − x̃)``
-    over the channels of a feature): ``change [B, F]`` on the subset (subset-to-baseline passes),
-    or ``weight [B, K, F]`` for every feature (Gaussian passes)."""
+    """Model passes shared by every attribution: ``delta [B, K] = f_t(x) − f_t(x̃)`` (float64 for
+    float64 models), and the perturbation size per feature (``Σ_c (x − x̃)`` over the channels of a
+    feature): on subset-to-baseline passes the subsets ``masks [B, K, F]`` (True = perturbed) and
+    ``change [B, F]``; on Gaussian passes ``weight [B, K, F]`` for every feature (no subsets)."""
 
-    masks: torch.Tensor
+    masks: Optional[torch.Tensor]
     delta: torch.Tensor
     change: Optional[torch.Tensor] = None
     weight: Optional[torch.Tensor] = None
@@ -40,6 +41,8 @@ class SubsetPasses:
         the attribution's dtype once and reused by every method."""
         if weighted and self.weight is not None:
             return torch.einsum("bkf,bf->bk", self.weight, feats.to(self.weight.dtype))
+        if self.masks is None:
+            raise ValueError("Gaussian passes perturb every feature: only the weighted mass Iᵀa exists")
         if weighted:
             feats = feats.to(self.change.dtype) * self.change
         masks = self._as_float.get(feats.dtype)
@@ -73,15 +76,21 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     Subsets: ``n_subsets`` random ones per example of ``subset_size`` features (one size per subset
     when a sequence is given), or Bernoulli(``p``) subsets, or explicit bool ``masks`` ``[B, K, F]``
     / ``[K, F]``. ``noise=None``: the subset is replaced by ``baseline`` (I = (x − x') ⊙ m).
-    ``noise=σ``: Gaussian perturbation of every element, ``x̃ = x − I`` with ``I ~ N(0, σ²)`` (the
-    subsets are unused). Draws come from ``generator`` on the CPU, so the passes are reproducible
-    on every device: a random baseline (``"uniform"``) first, then the subsets or the noise.
+    ``noise=σ``: ``n_subsets`` Gaussian perturbations of every element, ``x̃ = x − I`` with
+    ``I ~ N(0, σ²)`` (no subsets are drawn). Draws come from ``generator`` on the CPU, so the passes
+    are reproducible on every device: a random baseline (``"uniform"``) first, then the subsets or
+    the noise.
     ``logits``: the model's output on ``inputs`` when the caller already has it.
     """
     gen = _generator(generator)
     batch = inputs.shape[0]
     base = make_baseline(inputs, baseline, generator=gen)
-    if masks is not None:
+    if noise is not None:
+        if masks is not None:
+            raise ValueError("give masks (subsets set to the baseline) or noise (Gaussian), not both")
+        if n_subsets is None:
+            raise ValueError("give n_subsets, the number of Gaussian perturbations")
+    elif masks is not None:
         masks = check_masks(masks, batch, n_features).to(inputs.device)
         n_subsets = masks.shape[1]
     else:
@@ -92,26 +101,27 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
         masks = masks.to(inputs.device)
     if logits is None:
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
-    clean = read_scores(logits, target, score).float()
-    chunk = chunk_size(inputs, batch * n_subsets, max_batch, memory_budget, per_input_factor=8.0)
     wdtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    clean = read_scores(logits, target, score).to(wdtype)
+    chunk = chunk_size(inputs, batch * n_subsets, max_batch, memory_budget, per_input_factor=8.0)
     if noise is None:
-        out = masked_scores(model, inputs, base, masks, target, reader=score, chunk=chunk, compile=compile)
+        out = masked_scores(model, inputs, base, masks, target, reader=score, chunk=chunk, compile=compile,
+                            precise=True).to(wdtype)
         change = (inputs - base).reshape(batch, -1, n_features).sum(1).to(wdtype)
         return SubsetPasses(masks=masks.expand(batch, -1, -1), delta=clean.unsqueeze(1) - out, change=change)
     noises = torch.randn((n_subsets,) + tuple(inputs.shape), generator=gen, dtype=inputs.dtype) * noise
     noises = noises.to(inputs.device)
     runner = ChunkRunner(model, min(chunk, batch * n_subsets), compile)
-    delta = torch.empty(batch, n_subsets, device=inputs.device)
+    delta = torch.empty(batch, n_subsets, dtype=wdtype, device=inputs.device)
     weight = torch.empty(batch, n_subsets, n_features, dtype=wdtype, device=inputs.device)
     pairs = torch.arange(batch * n_subsets, device=inputs.device)
     for start in range(0, len(pairs), chunk):
         bs, ks = pairs[start:start + chunk] // n_subsets, pairs[start:start + chunk] % n_subsets
         perturbed = inputs[bs] - noises[ks, bs]
-        out = read_scores(runner(perturbed), target[bs], score).float()
+        out = read_scores(runner(perturbed), target[bs], score).to(wdtype)
         delta[bs, ks] = clean[bs] - out
         weight[bs, ks] = (inputs[bs] - perturbed).reshape(len(bs), -1, n_features).sum(1).to(wdtype)
-    return SubsetPasses(masks=masks.expand(batch, -1, -1), delta=delta, weight=weight)
+    return SubsetPasses(masks=None, delta=delta, weight=weight)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,6 +130,19 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a = a - a.mean(-1, keepdim=True)
     b = b - b.mean(-1, keepdim=True)
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+
+def correlation(passes: SubsetPasses, feats: torch.Tensor, metric: str) -> torch.Tensor:
+    """``[B]`` float64: Pearson correlation over the subsets of ``Σ_{i∈S} a_i`` with ``delta``. Where the
+    attribution mass is the same for every subset (e.g. all-equal attributions and subsets of one size)
+    the correlation is undefined: NaN, with a warning naming the examples."""
+    mass = passes.attribution_mass(feats, weighted=False)
+    flat = (mass == mass[:, :1]).all(1)
+    if flat.any():
+        warnings.warn(f"{metric}: the attributions give the same mass Σ_{{i∈S}} a_i on every subset for "
+                      f"examples {flat.nonzero().flatten().tolist()} (all-equal attributions?); their "
+                      "correlation is undefined and returned as NaN", RuntimeWarning, stacklevel=3)
+    return _pearson(mass, passes.delta)
 
 
 def _setup(model, inputs, attributions, target, max_batch, memory_budget):
@@ -159,7 +182,7 @@ def faithfulness_correlation(model: Callable, inputs: torch.Tensor, attributions
                                subset_size=_fraction_size(subset_fraction, feats.shape[1], "subset_fraction"),
                                score=score, generator=generator, max_batch=max_batch,
                                memory_budget=memory_budget, compile=compile, logits=clean)
-    return _pearson(passes.attribution_mass(feats, weighted=False), passes.delta).to(inputs.dtype)
+    return correlation(passes, feats, "faithfulness_correlation").to(inputs.dtype)
 
 
 def sensitivity_n(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
@@ -201,10 +224,11 @@ def sensitivity_passes(model: Callable, inputs: torch.Tensor, target: torch.Tens
                           memory_budget=memory_budget, compile=compile, logits=logits) for n in ns]
 
 
-def sensitivity_from(passes: list[SubsetPasses], feats: torch.Tensor) -> torch.Tensor:
+def sensitivity_from(passes: list[SubsetPasses], feats: torch.Tensor, label: str = "sensitivity_n"
+                     ) -> torch.Tensor:
     """``[B, len(ns)]`` float64: per n, the Pearson correlation of ``Σ_{i∈S} a_i`` with the output
     change; the part of :func:`sensitivity_n` that depends on the attribution."""
-    return torch.stack([_pearson(p.attribution_mass(feats, weighted=False), p.delta) for p in passes], 1)
+    return torch.stack([correlation(p, feats, label) for p in passes], 1)
 
 
 def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
