@@ -197,8 +197,8 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     if "sensitivity_n" in metrics:
         per_n = sensitivity_passes(counted, inputs, t, n_features, ns, n_subsets=n_subsets, baseline=baseline,
                                    generator=_fresh(generator), compile=compile, logits=clean, **chunks)
-        ev.values["sensitivity_n"] = {name: sensitivity_from(per_n, f, f"sensitivity_n[{name}]").to(inputs.dtype)
-                                      for name, f in feats.items()}
+        ev.values["sensitivity_n"] = {name: sensitivity_from(per_n, f, f"sensitivity_n[{name}]")
+                                      .to(inputs.dtype) for name, f in feats.items()}
     for metric, insert in (("deletion_error", False), ("insertion_error", True)):
         if metric in metrics:
             first = next(iter(spaces.values()))
