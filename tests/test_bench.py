@@ -58,6 +58,14 @@ def test_vgg_style_model_shape():
     assert vgg_style()(torch.rand(2, 3, 64, 64)).shape == (2, 10)
 
 
+try:
+    import quantus as _quantus
+
+    _QUANTUS_STEP_CHECK = _quantus.helpers.asserts.assert_features_in_step
+except ImportError:
+    _QUANTUS_STEP_CHECK = None
+
+
 def test_metrics_bench_table_on_a_small_case():
     from fastattr.bench import metrics
 
@@ -67,10 +75,15 @@ def test_metrics_bench_table_on_a_small_case():
     assert table.params["inputs"] == 2 * 2 * 5
     assert table.params["floor_batch"] in (8, 16, 24, 32, 40, 48, 64, 96, 128, 256, 512, 1024)
     rows = {r[0]: r for r in table.rows}
-    if "quantus PixelFlipping (deletion)" in rows:
-        drop_in = rows["fastattr PixelFlipping drop-in (quantus's steps)"]
-        assert drop_in[1] > 0 and drop_in[3] > 0 and rows["quantus PixelFlipping (deletion)"][3] == 1.0
-        assert any("12 steps against fastattr's 4" in n for n in table.notes)
+    if metrics.QUANTUS_ELEMENT_STEPS in rows:
+        # run() has checked that quantus's pixel-step curve is fastattr's deletion curve
+        assert rows[metrics.QUANTUS_PIXEL_STEPS][3] == 1.0 and rows[metrics.QUANTUS_ELEMENT_STEPS][4] == 1.0
+        assert rows["fastattr deletion"][3] > 0 and rows["fastattr deletion"][4] > 0
+        assert rows[metrics.DROP_IN][1] > 0 and rows[metrics.DROP_IN][4] > 0
+        assert any("12 steps of 1024 elements" in n and "4 steps of 1024 pixels" in n for n in table.notes)
+        import quantus
+
+        assert quantus.helpers.asserts.assert_features_in_step is _QUANTUS_STEP_CHECK  # restored
     else:
         assert any("quantus not installed" in n for n in table.notes)
 
