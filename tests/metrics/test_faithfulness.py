@@ -376,3 +376,16 @@ def test_numpy_integers_count_as_ints():
                                M.deletion(model, x, attr, 1, step=4))
     torch.testing.assert_close(M.sensitivity_n(model, x, attr, 1, ns=np.array([2, 8]), n_subsets=6),
                                M.sensitivity_n(model, x, attr, 1, ns=[2, 8], n_subsets=6))
+
+
+def test_keepdim_channel_reduced_maps_are_pixel_maps():
+    """A ``[B, 1, H, W]`` map (Captum's keepdim form) of 3-channel inputs means what ``[B, H, W]`` means."""
+    model, x, attr = small_cnn(), rand(2, 3, 8, 8, seed=39), rand(2, 8, 8, seed=40)
+    keep = attr.unsqueeze(1)
+    groups = torch.arange(64).view(8, 8) // 8
+    for metric, kw in ((M.deletion, {"step": 8}), (M.insertion, {"patch_size": 2}),
+                       (M.faithfulness_correlation, {"n_subsets": 6}), (M.grouped_deletion, {"groups": groups}),
+                       (M.deletion_error, {"patch_size": 4})):
+        torch.testing.assert_close(metric(model, x, keep, 1, **kw), metric(model, x, attr, 1, **kw))
+    with pytest.raises(ValueError, match=r"or \(2, 1, 8, 8\)"):
+        M.deletion(model, x, attr.unsqueeze(1).expand(2, 2, 8, 8), 1)

@@ -39,15 +39,25 @@ SEGMENT_SCORES = ("sum", "mean")
 Baseline = Union[float, str, "Blur", "Uniform", torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
+def map_shapes(inputs: torch.Tensor) -> list[tuple]:
+    """The attribution map shapes ``inputs`` takes: its own shape (per element) and, with a channel axis,
+    the channel-reduced ``[B, H, W]`` and keepdim ``[B, 1, H, W]`` shapes (per pixel)."""
+    ishape = tuple(inputs.shape)
+    if inputs.dim() < 3:
+        return [ishape]
+    return [ishape, ishape[:1] + ishape[2:], ishape[:1] + (1,) + ishape[2:]]
+
+
 def check_attributions(inputs: torch.Tensor, attributions: torch.Tensor) -> torch.Tensor:
-    """Validates an attribution map against ``inputs``; returns it as ``[B, d]`` features."""
+    """Validates an attribution map against ``inputs``; returns it as ``[B, d]`` features. A map of the
+    input's shape has one feature per element; a channel-reduced one, ``[B, H, W]`` or ``[B, 1, H, W]``
+    (Captum's keepdim form), one per pixel."""
     if not isinstance(attributions, torch.Tensor):
         raise TypeError(f"attributions must be a torch.Tensor, got {type(attributions).__name__}")
-    shape, ishape = tuple(attributions.shape), tuple(inputs.shape)
-    channel_reduced = inputs.dim() >= 3 and shape == ishape[:1] + ishape[2:]
-    if shape != ishape and not channel_reduced:
-        raise ValueError(f"attributions of shape {shape} match neither inputs {ishape} nor the "
-                         f"channel-reduced map {ishape[:1] + ishape[2:]}")
+    shape, allowed = tuple(attributions.shape), map_shapes(inputs)
+    if shape not in allowed:
+        raise ValueError(f"attributions of shape {shape} match neither inputs {allowed[0]} nor the "
+                         f"channel-reduced map {' or '.join(map(str, allowed[1:])) or '(no channel axis)'}")
     if not torch.isfinite(attributions).all():
         raise ValueError("attributions contain NaN or Inf")
     return attributions.reshape(shape[0], -1)
@@ -538,14 +548,14 @@ def group_scores(inputs: torch.Tensor, attributions: torch.Tensor, masks: torch.
     if segment_score not in SEGMENT_SCORES:
         raise ValueError(f"segment_score must be one of {SEGMENT_SCORES}, got {segment_score!r}")
     batch, n_groups = inputs.shape[0], masks.shape[1]
-    shape, ishape = tuple(attributions.shape), tuple(inputs.shape)
+    shape = tuple(attributions.shape)
     if shape == (batch, n_groups):
         if not torch.isfinite(attributions).all():
             raise ValueError("attributions contain NaN or Inf")
         return attributions
-    if shape != ishape and shape != ishape[:1] + ishape[2:]:
+    if shape not in map_shapes(inputs):
         raise ValueError(f"attributions of shape {shape} are neither group scores [{batch}, {n_groups}] nor "
-                         f"a map of shape {ishape} or {ishape[:1] + ishape[2:]}")
+                         f"a map of shape {' or '.join(map(str, map_shapes(inputs)))}")
     flat = unit_map(inputs, attributions, unit)
     m = masks.to(flat.dtype).expand(batch, -1, -1)
     scores = torch.einsum("bgu,bu->bg", m, flat)
