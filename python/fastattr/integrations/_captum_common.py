@@ -28,13 +28,14 @@ def _output(attr: torch.Tensor, is_tuple: bool):
     return (attr,) if is_tuple else attr
 
 
-def _single_baseline(baselines):
-    """A tuple of one baseline → that baseline; other tuples are refused."""
-    if isinstance(baselines, tuple):
-        if len(baselines) != 1:
-            raise ValueError(f"one input tensor takes one baseline, got a tuple of {len(baselines)}")
-        return baselines[0]
-    return baselines
+def _single_of(value, name: str = "baseline"):
+    """A per-input argument (``baselines``, ``feature_mask``) given as a tuple of one → that one; other
+    tuples are refused."""
+    if isinstance(value, tuple):
+        if len(value) != 1:
+            raise ValueError(f"one input tensor takes one {name}, got a tuple of {len(value)}")
+        return value[0]
+    return value
 
 
 def _unsupported(**arguments) -> None:

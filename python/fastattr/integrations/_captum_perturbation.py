@@ -36,7 +36,7 @@ from ..attribution._common import chunk_size
 from ..attribution.perturbation import _baseline, _broadcast_mask, _occlude, _Windows
 from ..attribution.perturbation import feature_ablation as _feature_ablation
 from ..attribution.perturbation import occlusion as _occlusion
-from ._captum_common import _Attribution, _bind, _output, _single_baseline
+from ._captum_common import _Attribution, _bind, _output, _single_of
 
 __all__ = ["FeatureAblation", "Occlusion"]
 
@@ -96,17 +96,8 @@ def _packed_baselines(xs: tuple[torch.Tensor, ...], baselines) -> torch.Tensor:
     return torch.cat([_baseline(x, b).reshape(x.shape[0], -1) for x, b in zip(xs, baselines)], 1)
 
 
-def _single_mask(feature_mask):
-    """A tuple of one mask → that mask (one input tensor takes one mask)."""
-    if isinstance(feature_mask, tuple):
-        if len(feature_mask) != 1:
-            raise ValueError(f"one input tensor takes one feature_mask, got a tuple of {len(feature_mask)}")
-        return feature_mask[0]
-    return feature_mask
-
-
 def _single_base(baselines):
-    base = _single_baseline(baselines)
+    base = _single_of(baselines)
     return 0.0 if base is None else base
 
 
@@ -137,8 +128,8 @@ class FeatureAblation(_Attribution):
             x = xs[0]
             model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args,
                                         _max_batch(x, perturbations_per_eval), x.shape[0] * x[0].numel())
-            attr = _feature_ablation(model, x, t, baselines=_single_base(baselines),
-                                     feature_mask=_single_mask(feature_mask), max_batch=max_batch)
+            attr = _feature_ablation(model, x, t, baselines=_single_base(baselines), max_batch=max_batch,
+                                     feature_mask=_single_of(feature_mask, "feature_mask"))
             return _output(attr, is_tuple)
         z, packed = _pack(xs, self.forward_func)
         mask = None

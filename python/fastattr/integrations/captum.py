@@ -60,7 +60,7 @@ from ..attribution.gradient import integrated_gradients as _integrated_gradients
 from ..attribution.gradient import saliency as _saliency
 from ..attribution.gradient import smoothgrad as _smoothgrad
 from ..attribution.layer import layer_integrated_gradients as _layer_integrated_gradients
-from ._captum_common import (_as_args, _Attribution, _bind, _output, _single_baseline, _single_input,
+from ._captum_common import (_as_args, _Attribution, _bind, _output, _single_of, _single_input,
                              _unsupported)
 from ._captum_perturbation import FeatureAblation, Occlusion
 
@@ -109,7 +109,7 @@ class IntegratedGradients(_Attribution):
         """Returns attributions shaped like ``inputs``, and with ``return_convergence_delta=True``
         also the per-example delta ``Σ attr − (f_t(x) − f_t(x'))``."""
         x, is_tuple = _single_input(inputs)
-        baselines = _single_baseline(baselines)
+        baselines = _single_of(baselines)
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, internal_batch_size,
                                     n_steps * x.shape[0])
         out = _integrated_gradients(model, x, t, baselines=baselines, n_steps=n_steps, method=method,
@@ -278,7 +278,7 @@ class GradientShap(_Attribution):
         if callable(baselines) and not isinstance(baselines, torch.Tensor):
             takes_inputs = len(inspect.signature(baselines).parameters) > 0
             baselines = baselines(inputs) if takes_inputs else baselines()
-        baselines = _single_baseline(baselines)
+        baselines = _single_of(baselines)
         stdev = NoiseTunnel._stdev(stdevs)
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
@@ -358,7 +358,7 @@ class LayerIntegratedGradients(_LayerAttribution):
         the per-example delta ``Σ attr − (f_t(x) − f_t(x'))``."""
         _unsupported(grad_kwargs=grad_kwargs)
         x, _ = _single_input(inputs)
-        baselines = _single_baseline(baselines)
+        baselines = _single_of(baselines)
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, internal_batch_size,
                                     n_steps * x.shape[0])
         # One baseline row per example, so extra forward arguments tile the same way on every pass.
