@@ -286,3 +286,28 @@ def test_bad_inputs_targets_and_models():
         A.rise(lambda z: z.flatten(1), rand(2, 1, 2, 2, 2, 2, seed=22), n_masks=4)
     with pytest.raises(ValueError, match="model must return"):
         A.feature_ablation(lambda z: model(z).sum(), x)
+
+
+def test_random_and_blurred_baselines():
+    """``Uniform`` / ``Blur`` specs work as baselines; RISE draws a random baseline from its own
+    generator after the masks, so the seed decides both."""
+    from fastattr.metrics import Blur, Uniform
+    from fastattr.metrics.perturb import make_baseline
+
+    model = small_cnn()
+    x = rand(2, 3, 8, 8, seed=103)
+    blurred = make_baseline(x, Blur(1.5))
+    torch.testing.assert_close(A.feature_ablation(model, x, 1, baselines=Blur(1.5)),
+                               A.feature_ablation(model, x, 1, baselines=blurred))
+    noise = make_baseline(x, Uniform(-1.0, 1.0), generator=0)
+    torch.testing.assert_close(A.occlusion(model, x, 1, baselines=Uniform(-1.0, 1.0)),
+                               A.occlusion(model, x, 1, baselines=noise))
+    gen = torch.Generator().manual_seed(7)
+    masks = A.rise_masks(x.shape, 20, generator=gen)  # the masks' draws, then the baseline's
+    replayed = A.rise(model, x, 1, n_masks=20, generator=7,
+                             baselines=make_baseline(x, "uniform", generator=gen))
+    assert masks.shape == (20, 8, 8)
+    seeded = A.rise(model, x, 1, n_masks=20, generator=7, baselines="uniform")
+    torch.testing.assert_close(seeded, replayed)
+    other = make_baseline(x, "uniform")  # the same seed, but not after the masks
+    assert not torch.allclose(A.rise(model, x, 1, n_masks=20, generator=7, baselines=other), replayed)

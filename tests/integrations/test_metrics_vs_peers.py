@@ -61,10 +61,11 @@ class Replay:
 
 
 def gaussian_draws(inputs, n_subsets, noise, seed):
-    """The ``I ~ N(0, σ²)`` draws ``[K, B, ...]`` of ``infidelity(perturbation="gaussian")`` (no subsets
-    are drawn before them)."""
+    """The ``I ~ N(0, σ²)`` draws ``[K, B, ...]`` of ``infidelity(perturbation="gaussian")``: one draw
+    shaped like the inputs per perturbation, in order (nothing is drawn before them)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn((n_subsets,) + tuple(inputs.shape), generator=gen, dtype=inputs.dtype) * noise
+    return torch.stack([torch.randn(inputs.shape, generator=gen, dtype=inputs.dtype)
+                        for _ in range(n_subsets)]) * noise
 
 
 def subset_draws(inputs, n_features, n_subsets, seed, subset_fraction=0.2):

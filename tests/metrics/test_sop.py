@@ -173,3 +173,22 @@ def test_bad_input():
         M.deletion_error(model, x, attr, max_exhaustive=2, p=0.0)
     with pytest.raises(ValueError, match="n_subsets must be a positive int"):
         M.deletion_error(model, x, attr, max_exhaustive=2, n_subsets=0)
+
+
+def test_sop_errors_draw_a_random_baseline_first_then_the_subsets_from_one_generator():
+    """One generator: the uniform baseline first, then the sampled subsets; evaluate() starts from its
+    own copy of the same state, so a torch.Generator gives the standalone values too."""
+    import fastattr
+    from fastattr.metrics.perturb import make_baseline
+
+    model = small_cnn()
+    x, a = rand(2, 3, 8, 8, seed=101), rand(2, 8, 8, seed=102)
+    kw = dict(patch_size=2, n_subsets=9, max_exhaustive=3)  # 16 patches: sampled subsets
+    gen = torch.Generator().manual_seed(5)
+    noise = make_baseline(x, "uniform", generator=gen)
+    replayed = M.deletion_error(model, x, a, 1, baseline=noise, generator=gen, **kw)
+    seeded = M.deletion_error(model, x, a, 1, baseline="uniform", generator=5, **kw)
+    torch.testing.assert_close(seeded, replayed)
+    ev = fastattr.evaluate(model, x, 1, attributions={"a": a}, metrics=["deletion_error"], baseline="uniform",
+                           generator=torch.Generator().manual_seed(5), **kw)
+    torch.testing.assert_close(ev["deletion_error"]["a"], replayed)

@@ -190,3 +190,16 @@ def test_gaussian_passes_have_no_subsets():
     with pytest.raises(ValueError, match="not both"):
         M.subset_deltas(model, x, torch.tensor([0, 1]), x[0].numel(), noise=0.1,
                         masks=torch.ones(5, x[0].numel(), dtype=torch.bool))
+
+
+def test_gaussian_infidelity_draws_per_chunk_the_same_noise():
+    """The noise is drawn one perturbation at a time, so any chunk size (within one example block or
+    spanning several perturbations) gives the same values; the unused baseline draws nothing."""
+    model = small_cnn()
+    x, a = rand(4, 3, 8, 8, seed=99), rand(4, 8, 8, seed=100)
+    kw = dict(perturbation="gaussian", noise_std=0.2, n_subsets=7, generator=3)
+    ref = M.infidelity(model, x, a, 1, **kw)
+    for max_batch in (3, 4, 9, 28):
+        torch.testing.assert_close(M.infidelity(model, x, a, 1, max_batch=max_batch, **kw), ref)
+    torch.testing.assert_close(M.infidelity(model, x, a, 1, baseline="uniform", **kw), ref)
+    assert not torch.allclose(M.infidelity(model, x, a, 1, **{**kw, "generator": 4}), ref)

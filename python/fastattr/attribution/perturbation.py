@@ -15,21 +15,22 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..metrics.perturb import check_scalar_reader, make_baseline, read_scores
-from ._common import Target, check_inputs, check_model, chunk_size, resolve_target
+from ..metrics.perturb import Blur, Uniform, check_scalar_reader, make_baseline, read_scores
+from ._common import Target, check_inputs, check_model, chunk_size, forward_chunks, resolve_target
 from .gradient import _accum_dtype, _generator
 
-Baselines = Union[float, str, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+Baselines = Union[float, str, Blur, Uniform, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
-def _baseline(inputs: torch.Tensor, baselines: Baselines) -> torch.Tensor:
-    """``baselines`` as a tensor shaped like ``inputs`` (a broadcast view where possible)."""
-    if isinstance(baselines, bool) or not (isinstance(baselines, (int, float, str, torch.Tensor))
+def _baseline(inputs: torch.Tensor, baselines: Baselines, generator=None) -> torch.Tensor:
+    """``baselines`` as a tensor shaped like ``inputs`` (a broadcast view where possible); random
+    ones (``"uniform"``, :class:`Uniform`) drawn from ``generator``."""
+    if isinstance(baselines, bool) or not (isinstance(baselines, (int, float, str, torch.Tensor, Uniform))
                                            or callable(baselines)):
-        raise TypeError("baselines must be a number, 'mean', 'blur', 'uniform', a tensor broadcastable to "
-                        f"inputs or a callable x -> x', got {type(baselines).__name__}")
+        raise TypeError("baselines must be a number, 'mean', 'blur', 'uniform', Blur, Uniform, a tensor "
+                        f"broadcastable to inputs or a callable x -> x', got {type(baselines).__name__}")
     try:
-        base = make_baseline(inputs, baselines)
+        base = make_baseline(inputs, baselines, generator=generator)
     except ValueError as e:
         raise ValueError(f"baselines: {e}") from None
     if not torch.isfinite(base).all():
@@ -47,16 +48,14 @@ def _run(model: Callable, batch: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_budget):
+def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_budget, generator=None):
     """Checks, baseline, chunk size, and one clean pass: ``(target, clean scores, baseline, chunk)``."""
     check_model(model)
     check_inputs(inputs)
     check_scalar_reader(score)
-    base = _baseline(inputs, baselines)
-    batch = inputs.shape[0]
-    chunk = chunk_size(inputs, max(1, n_copies) * batch, max_batch, memory_budget)
-    with torch.no_grad():
-        logits = torch.cat([_run(model, inputs[i:i + chunk]) for i in range(0, batch, chunk)])
+    base = _baseline(inputs, baselines, generator)
+    chunk = chunk_size(inputs, max(1, n_copies) * inputs.shape[0], max_batch, memory_budget)
+    logits = forward_chunks(lambda batch: _run(model, batch), inputs, chunk)
     t = resolve_target(model, inputs, target, logits)
     return t, read_scores(logits, t, score), base, chunk
 
@@ -210,9 +209,9 @@ def occlusion(model: Callable, inputs: torch.Tensor, target: Target = None, *,
             then half the window; ``(1,)`` for ``[B, D]`` inputs.
         strides: int or one int per dimension (default 1). A stride larger than the window
             along a dimension the window does not span is an error (elements would be skipped).
-        baselines: the replacement values: a number, ``"mean"``, ``"blur"``, ``"uniform"``, a tensor
-            broadcastable to ``inputs`` or a callable ``x -> x'``
-            (:func:`fastattr.metrics.perturb.make_baseline`).
+        baselines: the replacement values: a number, ``"mean"``, ``"blur"`` / ``Blur(σ, kernel)``,
+            ``"uniform"`` / ``Uniform(low, high)`` (noise drawn with seed 0), a tensor broadcastable to
+            ``inputs`` or a callable ``x -> x'`` (:func:`fastattr.metrics.perturb.make_baseline`).
         score: ``"logit"`` (the model's output, as Captum), ``"probability"``, ``"log_probability"``
             or ``"regression"``.
 
@@ -280,9 +279,9 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
         feature_mask: integer segment ids broadcastable to ``inputs`` (e.g. ``[1, 1, H, W]``: one
             map shared by all examples and channels, or ``[B, ...]``: one per example); elements with
             the same id form one group. None: every element is its own group.
-        baselines: the replacement values: a number, ``"mean"``, ``"blur"``, ``"uniform"``, a tensor
-            broadcastable to ``inputs`` or a callable ``x -> x'``
-            (:func:`fastattr.metrics.perturb.make_baseline`).
+        baselines: the replacement values: a number, ``"mean"``, ``"blur"`` / ``Blur(σ, kernel)``,
+            ``"uniform"`` / ``Uniform(low, high)`` (noise drawn with seed 0), a tensor broadcastable to
+            ``inputs`` or a callable ``x -> x'`` (:func:`fastattr.metrics.perturb.make_baseline`).
         score: ``"logit"`` (the model's output, as Captum), ``"probability"``, ``"log_probability"``
             or ``"regression"``.
 
@@ -381,7 +380,8 @@ def rise(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_mask
         n_masks: N (the paper uses 4000 for ImageNet).
         mask_size: cells per spatial axis, an int or one per axis. None: ``min(7, max(2, n // 2))``
             (the paper's 7 for large images, 4 for 8×8).
-        baselines: the values where masks are off (as in :func:`occlusion`).
+        baselines: the values where masks are off (as in :func:`occlusion`; a random one is drawn from
+            ``generator`` after the masks).
         score: ``"probability"`` (the paper), ``"logit"``, ``"log_probability"`` or ``"regression"``.
         generator: torch.Generator or int seed (default seed 0); draws are made on the CPU, so the
             masks are the same on every device and for every chunk size (see :func:`rise_masks`).
@@ -396,14 +396,16 @@ def rise(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_mask
     check_inputs(inputs)
     spatial = _spatial(tuple(inputs.shape))
     grid = _rise_grid(spatial, mask_size, p)
-    draws = _RiseMasks(spatial, n_masks, grid, p, generator)
+    gen = _generator(generator)
+    draws = _RiseMasks(spatial, n_masks, grid, p, gen)
     repeat = inputs[0].numel() // math.prod(spatial)
 
     def masks(i0: int, i1: int) -> torch.Tensor:
         off = 1 - draws.build(i0, i1, inputs.dtype, inputs.device).reshape(i1 - i0, 1, 1, -1)
         return off.expand(-1, -1, repeat, -1).reshape(i1 - i0, 1, -1)
 
-    t, _, base, chunk = _setup(model, inputs, target, baselines, score, n_masks, max_batch, memory_budget)
+    t, _, base, chunk = _setup(model, inputs, target, baselines, score, n_masks, max_batch, memory_budget,
+                               generator=gen)
     scores = _perturbed_scores(model, inputs, base, t, n_masks, masks, chunk, score)
     acc = scores.dtype
     saliency = torch.zeros(inputs.shape[0], math.prod(spatial), dtype=acc, device=inputs.device)

@@ -22,7 +22,7 @@ from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_l
                            scores_from_logits)
 from .perturb import (CountingModel, check_attributions, feature_space, make_baseline,
                       resolve_clean, step_counts)
-from .sop import additive_mass, choose_subsets, subset_changes
+from .sop import additive_mass, error_passes
 from .subsets import (_fraction_size, correlation, infidelity_from, sensitivity_from, sensitivity_passes,
                       subset_deltas)
 
@@ -202,10 +202,9 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     for metric, insert in (("deletion_error", False), ("insertion_error", True)):
         if metric in metrics:
             first = next(iter(spaces.values()))
-            s = choose_subsets(inputs.shape[0], first.n, n_subsets=n_subsets, max_exhaustive=max_exhaustive,
-                               generator=_fresh(generator))
-            change = subset_changes(counted, inputs, t, first, s, insert=insert, compile=compile, **chunks,
-                                    baseline=make_baseline(inputs, baseline, generator=_fresh(generator)))
+            s, change = error_passes(counted, inputs, t, first, first.n, insert=insert, n_subsets=n_subsets,
+                                     max_exhaustive=max_exhaustive, baseline=baseline,
+                                     generator=_fresh(generator), compile=compile, **chunks)
             ev.values[metric] = {name: (change - additive_mass(s, f.scores.double())).abs().sum(-1)
                                  for name, f in spaces.items()}
     ev.forward_calls, ev.forward_inputs = counted.calls, counted.inputs

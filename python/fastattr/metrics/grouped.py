@@ -13,9 +13,9 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size
+from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
 from .perturb import (Baseline, check_scalar_reader, group_masks, group_scores, group_unit_rank,
-                      make_baseline, rank_features, ranked_curve, resolve_clean)
+                      make_baseline, rank_features, ranked_curve)
 
 
 def _grouped(model, inputs, attributions, target, *, insert, groups, baseline, score, curves, granularity,
@@ -25,7 +25,7 @@ def _grouped(model, inputs, attributions, target, *, insert, groups, baseline, s
     check_scalar_reader(score)
     masks, unit = group_masks(inputs, groups, granularity=granularity)
     c = group_scores(inputs, attributions, masks, unit, segment_score)
-    t, _ = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
+    t = resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
     n_groups, batch = masks.shape[1], inputs.shape[0]
     rank = group_unit_rank(masks, rank_features(c))
     counts = torch.arange(n_groups + 1)

@@ -15,9 +15,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size
+from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
 from ..attribution.gradient import _check_count, _generator
-from .perturb import resolve_clean
 
 Explain = Union[str, Callable]
 # distance(e(x) [B, ...], e(x + ε) [k, B, ...], x + ε [k·B, ...]) -> [k, B]
@@ -109,7 +108,7 @@ def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, nor
     p = _norm_order(norm)
     fn = _explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
     prep = _preprocessor(preprocess)
-    t, _ = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
+    t = resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
     if attributions is None:
         attributions = fn(model, inputs, t)
     elif not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
@@ -153,7 +152,8 @@ def avg_sensitivity(model: Callable, inputs: torch.Tensor, explain: Explain, tar
         attributions: a precomputed ``e(x)`` (default: ``explain`` on the clean inputs).
         generator: torch.Generator or int seed; noise is drawn on the CPU, one full batch per sample.
         max_batch / memory_budget: perturbed inputs per call of ``explain`` (at least one copy of the
-            batch); the result does not depend on them.
+            batch); the result does not depend on them. A method given by name also chunks its own
+            model calls under them; give a function its limits through ``explain_kwargs``.
 
     Returns ``[B]``. Example::
 

@@ -77,14 +77,14 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     when a sequence is given), or Bernoulli(``p``) subsets, or explicit bool ``masks`` ``[B, K, F]``
     / ``[K, F]``. ``noise=None``: the subset is replaced by ``baseline`` (I = (x − x') ⊙ m).
     ``noise=σ``: ``n_subsets`` Gaussian perturbations of every element, ``x̃ = x − I`` with
-    ``I ~ N(0, σ²)`` (no subsets are drawn). Draws come from ``generator`` on the CPU, so the passes
-    are reproducible on every device: a random baseline (``"uniform"``) first, then the subsets or
-    the noise.
+    ``I ~ N(0, σ²)``, one draw shaped like ``inputs`` per perturbation, in order (no subsets and no
+    baseline are drawn; the noise is drawn chunk by chunk, so it never exists all at once). Draws come
+    from ``generator`` on the CPU, so the passes are reproducible on every device: a random baseline
+    (``"uniform"``) first, then the subsets.
     ``logits``: the model's output on ``inputs`` when the caller already has it.
     """
     gen = _generator(generator)
     batch = inputs.shape[0]
-    base = make_baseline(inputs, baseline, generator=gen)
     if noise is not None:
         if masks is not None:
             raise ValueError("give masks (subsets set to the baseline) or noise (Gaussian), not both")
@@ -96,6 +96,9 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     else:
         if n_subsets is None or (subset_size is None and p is None):
             raise ValueError("give n_subsets with subset_size or p, or explicit masks")
+    if noise is None:
+        base = make_baseline(inputs, baseline, generator=gen)
+    if noise is None and masks is None:
         masks = random_subsets(batch, n_subsets, n_features, size=subset_size, p=p, generator=gen,
                                device=inputs.device)
         masks = masks.to(inputs.device)
@@ -107,20 +110,25 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     if noise is None:
         out = masked_scores(model, inputs, base, masks, target, reader=score, chunk=chunk, compile=compile,
                             precise=True).to(wdtype)
-        change = (inputs - base).reshape(batch, -1, n_features).sum(1).to(wdtype)
+        change = (inputs - base).to(wdtype).reshape(batch, -1, n_features).sum(1)
         return SubsetPasses(masks=masks.expand(batch, -1, -1), delta=clean.unsqueeze(1) - out, change=change)
-    noises = torch.randn((n_subsets,) + tuple(inputs.shape), generator=gen, dtype=inputs.dtype) * noise
-    noises = noises.to(inputs.device)
-    runner = ChunkRunner(model, min(chunk, batch * n_subsets), compile)
+    per, block = max(1, chunk // batch), min(batch, chunk)  # perturbations per chunk, examples per chunk
+    runner = ChunkRunner(model, per * block, compile)
     delta = torch.empty(batch, n_subsets, dtype=wdtype, device=inputs.device)
     weight = torch.empty(batch, n_subsets, n_features, dtype=wdtype, device=inputs.device)
-    pairs = torch.arange(batch * n_subsets, device=inputs.device)
-    for start in range(0, len(pairs), chunk):
-        bs, ks = pairs[start:start + chunk] // n_subsets, pairs[start:start + chunk] % n_subsets
-        perturbed = inputs[bs] - noises[ks, bs]
-        out = read_scores(runner(perturbed), target[bs], score).to(wdtype)
-        delta[bs, ks] = clean[bs] - out
-        weight[bs, ks] = (inputs[bs] - perturbed).reshape(len(bs), -1, n_features).sum(1).to(wdtype)
+    rest = (1,) * (inputs.dim() - 1)
+    for k0 in range(0, n_subsets, per):
+        k = min(per, n_subsets - k0)
+        draws = torch.stack([torch.randn(inputs.shape, generator=gen, dtype=inputs.dtype) for _ in range(k)])
+        draws = (draws * noise).to(inputs.device)
+        for b0 in range(0, batch, block):
+            b1 = min(batch, b0 + block)
+            x = inputs[b0:b1].repeat(k, *rest)  # perturbation-major: row j·n + i is example b0 + i
+            perturbed = x - draws[:, b0:b1].reshape(x.shape)
+            out = read_scores(runner(perturbed), target[b0:b1].repeat(k), score).to(wdtype)
+            delta[b0:b1, k0:k0 + k] = (clean[b0:b1] - out.view(k, b1 - b0)).T
+            size = (x - perturbed).to(wdtype).reshape(k, b1 - b0, -1, n_features).sum(2)
+            weight[b0:b1, k0:k0 + k] = size.transpose(0, 1)
     return SubsetPasses(masks=None, delta=delta, weight=weight)
 
 
