@@ -95,3 +95,36 @@ def test_evaluate_bad_input():
         fastattr.evaluate(model, x, y, attributions=attrs, metrics=["lerf"], fractions=[1.2])
     with pytest.raises(ValueError, match="larger than the number of features"):
         fastattr.evaluate(model, x, y, attributions=attrs, metrics=["insertion"], patch_size=4, step=5)
+
+
+def test_evaluate_reader_and_gaussian_infidelity_match_each_metric():
+    """``score=`` reaches every metric; Gaussian infidelity (with rescaling) runs one set of noisy passes
+    for all methods and equals :func:`infidelity` on its own."""
+    model, x, y, attrs = _case()
+    attrs = {k: v for k, v in attrs.items() if k != "flat"}
+    kw = dict(n_subsets=12, generator=3)
+    ev = fastattr.evaluate(model, x, y, attributions=attrs, score="log_probability", step=4, ns=[4, 20],
+                           metrics=["deletion", "mdrs", "faithfulness_correlation", "sensitivity_n",
+                                    "deletion_error"], patch_size=2, **kw)
+    for name, a in attrs.items():
+        torch.testing.assert_close(ev["deletion"][name], M.deletion(model, x, a, y, step=4, patch_size=2,
+                                                                    score="log_probability"))
+        torch.testing.assert_close(ev["mdrs"][name], M.mdrs(model, x, a, y, patch_size=2))
+        torch.testing.assert_close(ev["faithfulness_correlation"][name], M.faithfulness_correlation(
+            model, x, a, y, score="log_probability", **kw))
+        torch.testing.assert_close(ev["sensitivity_n"][name], M.sensitivity_n(
+            model, x, a, y, ns=[4, 20], score="log_probability", **kw))
+        torch.testing.assert_close(ev["deletion_error"][name], M.deletion_error(
+            model, x, a, y, patch_size=2, score="log_probability", n_subsets=12, generator=3))
+    assert not torch.allclose(ev["deletion"]["saliency"], M.deletion(model, x, attrs["saliency"], y, step=4,
+                                                                     patch_size=2))
+    ev = fastattr.evaluate(model, x, y, attributions=attrs, infidelity="gaussian", noise_std=0.2,
+                           metrics=["infidelity", "faithfulness_correlation"], normalize=True, **kw)
+    for name, a in attrs.items():
+        torch.testing.assert_close(ev["infidelity"][name], M.infidelity(
+            model, x, a, y, perturbation="gaussian", noise_std=0.2, normalize=True, **kw))
+    assert ev.forward_inputs == 2 + 2 * 12 + 2 * 12  # clean; the subset passes; the Gaussian passes
+    with pytest.raises(ValueError, match="infidelity must be"):
+        fastattr.evaluate(model, x, y, attributions=attrs, infidelity="blur")
+    with pytest.raises(ValueError, match="score must be"):
+        fastattr.evaluate(model, x, y, attributions=attrs, score="softmax")

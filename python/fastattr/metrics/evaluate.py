@@ -20,7 +20,7 @@ from ..attribution._common import Target, check_inputs, check_model, forward_chu
 from ..attribution.gradient import _generator
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
-from .perturb import (CountingModel, check_attributions, feature_space, make_baseline,
+from .perturb import (CountingModel, check_attributions, check_scalar_reader, feature_space, make_baseline,
                       resolve_clean, step_counts)
 from .sop import additive_mass, error_passes
 from .subsets import (_fraction_size, correlation, infidelity_from, sensitivity_from, sensitivity_passes,
@@ -86,7 +86,8 @@ def _put(ev: Evaluation, metric: str, name: str, value, curve=None, fractions=No
         ev.fractions[metric] = fractions
 
 
-def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, ends, step, fractions, chunks, compile):
+def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, ends, step, fractions, score, chunks,
+            compile):
     """Deletion-ranked (deletion, MDRS, AUPC, MoRF) and insertion-ranked (insertion, LeRF) metrics of one
     method, one model pass per direction over the union of the step counts. The two ends of every
     curve, x itself and the baseline, do not depend on the ranking: their logits ``ends`` (x, baseline)
@@ -104,12 +105,12 @@ def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, ends, step, f
                  "clean": [g if keep_top else 0] if removal else [],
                  "removed": [g - n if keep_top else n for n in removed] if removal else []}
         union = sorted(set().union(*parts.values()))
-        reader = "logits" if "mdrs" in wanted else "probability"
+        reader = "logits" if "mdrs" in wanted else score
         # 0 features changed is x for deletion and the baseline for insertion; g features the other one
         x_end, base_end = (g, 0) if keep_top else (0, g)
         out = ranked_scores(counted, inputs, feats, t, torch.tensor(union), keep_top=keep_top, baseline=base,
                             reader=reader, compile=compile, known={x_end: ends[0], base_end: ends[1]}, **chunks)
-        probs = scores_from_logits(out, t, "probability") if reader == "logits" else out
+        probs = scores_from_logits(out, t, score) if reader == "logits" else out
         at = lambda key: probs[:, columns(union, parts[key])]  # noqa: E731
         for metric in wanted:
             if metric in ("deletion", "insertion"):
@@ -132,8 +133,9 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
              baseline=0.0, step=None, generator=0, multiplied_by_inputs: bool | dict[str, bool] = False,
              fractions: Sequence[float] = MORF_FRACTIONS, max_exhaustive: int = 12,
              granularity: Optional[str] = None, segments: Optional[torch.Tensor] = None, patch_size=None,
-             segment_score: str = "sum", compile: bool | dict = False, max_batch: Optional[int] = None,
-             memory_budget: Optional[int] = None) -> Evaluation:
+             segment_score: str = "sum", score: Optional[str] = None, infidelity: str = "subset",
+             noise_std: float = 0.1, normalize: bool = False, compile: bool | dict = False,
+             max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> Evaluation:
     """Evaluates every attribution in ``attributions`` ({name: map}) with every metric in ``metrics``
     (any of :data:`EVALUATE_METRICS`; :data:`BETTER` says which direction is better).
 
@@ -143,8 +145,12 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     ``fractions`` to MoRF / LeRF; ``max_exhaustive`` and ``n_subsets`` to the SOP errors;
     ``granularity`` / ``segments`` / ``patch_size`` / ``segment_score`` define the features of the
     ranked metrics (deletion, insertion, MDRS, AUPC, MoRF, LeRF) and of the SOP errors (the
-    random-subset metrics use the map's own features); ``compile`` runs the model through
-    ``torch.compile`` on fixed-shape chunks. Returns an :class:`Evaluation` (``ev["deletion"]["ig"]``
+    random-subset metrics use the map's own features); ``score`` is the reader of every metric (None:
+    each metric's own default, the probability for the ranked metrics and the logit for the others);
+    ``infidelity`` (``"subset"`` or ``"gaussian"``), ``noise_std`` and ``normalize`` mean what they
+    mean in :func:`infidelity` (subset infidelity shares the correlation's passes, Gaussian infidelity
+    runs its own, shared by every method); ``compile`` runs the model through ``torch.compile`` on
+    fixed-shape chunks. Returns an :class:`Evaluation` (``ev["deletion"]["ig"]``
     is a ``[B]`` tensor; ``ev.summary()``, ``ev.to_pandas()``, ``ev.forward_calls``,
     ``ev.forward_inputs``).
 
@@ -157,6 +163,10 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     check_inputs(inputs)
     if not isinstance(attributions, dict) or not attributions:
         raise ValueError("attributions must be a non-empty dict {method name: attribution map}")
+    if score is not None:
+        check_scalar_reader(score)
+    if infidelity not in ("subset", "gaussian"):
+        raise ValueError(f"infidelity must be 'subset' or 'gaussian', got {infidelity!r}")
     unknown = [m for m in metrics if m not in EVALUATE_METRICS]
     if unknown:
         raise ValueError(f"unknown metric {', '.join(unknown)}; choose from {', '.join(EVALUATE_METRICS)}")
@@ -178,32 +188,37 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         ends = (clean, forward_chunks(counted, base, **chunks))
         for name in attributions:
             _ranked(ev, counted, inputs, t, spaces[name], name, metrics, base=base, ends=ends, step=step,
-                    fractions=fractions, chunks=chunks, compile=compile)
-    if "faithfulness_correlation" in metrics or "infidelity" in metrics:
-        passes = subset_deltas(counted, inputs, t, n_features, n_subsets=n_subsets, baseline=baseline,
-                               subset_size=_fraction_size(subset_fraction, n_features, "subset_fraction"),
-                               generator=_fresh(generator), compile=compile, logits=clean, **chunks)
+                    fractions=fractions, score=score or "probability", chunks=chunks, compile=compile)
+    subset_kw = dict(n_subsets=n_subsets, baseline=baseline, score=score or "logit", compile=compile,
+                     logits=clean, **chunks)
+    size = _fraction_size(subset_fraction, n_features, "subset_fraction")
+    gaussian = infidelity == "gaussian" and "infidelity" in metrics
+    if "faithfulness_correlation" in metrics or ("infidelity" in metrics and not gaussian):
+        passes = subset_deltas(counted, inputs, t, n_features, subset_size=size, generator=_fresh(generator),
+                               **subset_kw)
         if "faithfulness_correlation" in metrics:
             ev.values["faithfulness_correlation"] = {
                 name: correlation(passes, f, f"faithfulness_correlation[{name}]").to(inputs.dtype)
                 for name, f in feats.items()}
-        if "infidelity" in metrics:
-            mult = multiplied_by_inputs if isinstance(multiplied_by_inputs, dict) else {}
-            ev.values["infidelity"] = {
-                name: infidelity_from(passes, f, weighted=not (mult.get(name, False) if mult
-                                                               else bool(multiplied_by_inputs)),
-                                      normalize=False).to(inputs.dtype)
-                for name, f in feats.items()}
+    if "infidelity" in metrics:
+        if gaussian:
+            passes = subset_deltas(counted, inputs, t, n_features, noise=noise_std,
+                                   generator=_fresh(generator), **subset_kw)
+        mult = multiplied_by_inputs if isinstance(multiplied_by_inputs, dict) else {}
+        ev.values["infidelity"] = {
+            name: infidelity_from(passes, f, normalize=normalize, weighted=gaussian or not (
+                mult.get(name, False) if mult else bool(multiplied_by_inputs))).to(inputs.dtype)
+            for name, f in feats.items()}
     if "sensitivity_n" in metrics:
-        per_n = sensitivity_passes(counted, inputs, t, n_features, ns, n_subsets=n_subsets, baseline=baseline,
-                                   generator=_fresh(generator), compile=compile, logits=clean, **chunks)
+        per_n = sensitivity_passes(counted, inputs, t, n_features, ns, generator=_fresh(generator),
+                                   **subset_kw)
         ev.values["sensitivity_n"] = {name: sensitivity_from(per_n, f, f"sensitivity_n[{name}]")
                                       .to(inputs.dtype) for name, f in feats.items()}
     for metric, insert in (("deletion_error", False), ("insertion_error", True)):
         if metric in metrics:
             first = next(iter(spaces.values()))
             s, change = error_passes(counted, inputs, t, first, first.n, insert=insert, n_subsets=n_subsets,
-                                     max_exhaustive=max_exhaustive, baseline=baseline,
+                                     max_exhaustive=max_exhaustive, baseline=baseline, score=score or "logit",
                                      generator=_fresh(generator), compile=compile, **chunks)
             ev.values[metric] = {name: (change - additive_mass(s, f.scores.double())).abs().sum(-1)
                                  for name, f in spaces.items()}
