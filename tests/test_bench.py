@@ -144,3 +144,13 @@ def test_metrics_gpu_tables_skip_with_a_note_without_cuda(capsys):
 
     assert metrics.gpu_tables(device="cpu") == []
     assert "ResNet-50 insertion benchmark skipped" in capsys.readouterr().out
+
+
+def test_out_of_memory_errors_are_recognised():
+    from fastattr.bench import is_out_of_memory
+
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert is_out_of_memory(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x3 and 4x5)"))
+    assert not is_out_of_memory(ValueError("out of memory"))

@@ -64,8 +64,11 @@ def test_random_compositions(seed):
     assert _rel(beta, beta_p) < 1e-10
 
 
-def test_float32_invariant_and_backends(backend_device):
+def test_float32_invariant_and_backends(backend_device, monkeypatch):
     backend, device = backend_device
+    # float32 means float32 here: cuDNN convolutions default to TF32 (10-bit mantissa) on the GPU
+    # (matmuls already default to full float32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     model = image_model("basic_block").float().to(device)
     x, masks = _images().float().to(device), _masks(7, (1, 8, 8)).float().to(device)
     beta, gamma = contextual_decomposition(model, x, masks, backend=backend)

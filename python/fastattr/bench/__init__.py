@@ -74,6 +74,17 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device 
     return medians, ratios
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` means the device ran out of memory: torch's ``OutOfMemoryError``, or the
+    plain ``RuntimeError`` cuDNN / cuBLAS raise when an allocation fails inside them."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        key in text for key in ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED",
+                                "CUDNN_STATUS_INTERNAL_ERROR", "CUDNN_STATUS_EXECUTION_FAILED"))
+
+
 def cuda_or_note(device: Optional[str], what: str) -> Optional[str]:
     """The device for a CUDA-only benchmark: ``device`` (default ``"cuda"``), or None after printing
     why ``what`` is skipped (no CUDA, or another device asked for)."""

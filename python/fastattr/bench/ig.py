@@ -23,7 +23,7 @@ from torch import nn
 from ..attribution import integrated_gradients
 from ..attribution._common import chunk_size, measured_input_factor
 from ..zoo.resnet import resnet50
-from . import Table, cuda_or_note, machine_info, time_interleaved
+from . import Table, cuda_or_note, is_out_of_memory, machine_info, time_interleaved
 
 
 def vgg_style(seed: int = 0) -> nn.Module:
@@ -131,7 +131,8 @@ def memory(steps=(50, 200, 1000), device: Optional[str] = None) -> Table:
             proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, p, str(n), device, str(torch.get_num_threads())],
                                   capture_output=True, text=True, timeout=1800)
             if proc.returncode != 0:
-                row.append(f"failed: {proc.stderr.strip().splitlines()[-1][:60]}")
+                last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+                row.append(f"failed: {last[:60]}")
                 continue
             row.append(json.loads(proc.stdout.strip().splitlines()[-1])["peak_extra_bytes"] / 2**20)
         if len(peers) > 1 and all(isinstance(v, float) for v in row[1:]):
@@ -154,7 +155,9 @@ def _peak_mb(fn: Callable[[], object], device: torch.device):
     try:
         fn()
         torch.cuda.synchronize(device)
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
+        if not is_out_of_memory(error):
+            raise
         torch.cuda.empty_cache()
         return "OOM"
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20

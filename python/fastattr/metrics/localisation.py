@@ -40,7 +40,7 @@ def _map_and_region(inputs, attributions, boxes, masks) -> tuple[torch.Tensor, t
     else:
         if len(shape) != 2:
             raise ValueError(f"boxes need 2-D maps [B, H, W]; got maps of shape {list(shape)} (use masks)")
-        b = torch.as_tensor(boxes, dtype=torch.float64)
+        b = torch.as_tensor(boxes).to(device="cpu", dtype=torch.float64)
         if b.dim() == 1:
             b = b.unsqueeze(0).expand(batch, -1)
         height, width = shape

@@ -38,10 +38,12 @@ def _accumulate_kernel(acc_ptr, g_ptr, w_ptr, diff_ptr, out_ptr, steps, n, HAS_D
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     total = tl.load(acc_ptr + offs, mask=mask, other=0.0)
+    g_row = g_ptr + offs  # advanced one row of n per step: pointer arithmetic, no 32-bit s·n product
     for s in range(0, steps):
         w = tl.load(w_ptr + s)
-        g = tl.load(g_ptr + s * n + offs, mask=mask, other=0.0)
+        g = tl.load(g_row, mask=mask, other=0.0)
         total += w * g.to(total.dtype)
+        g_row += n
     if HAS_DIFF:
         total = total * tl.load(diff_ptr + offs, mask=mask, other=0.0).to(total.dtype)
     tl.store(out_ptr + offs, total, mask=mask)
