@@ -103,7 +103,15 @@ def _walk(gm: fx.GraphModule, ctx: Ctx, start: Tensor, output_bias: str,
     if len(placeholders) != 1:
         raise TypeError(f"contextual decomposition needs a model with one input, got {len(placeholders)}")
     decomposed: dict = {}  # node -> its value is a stacked decomposition (not a constant / a size)
+    last_user = {inp: node for node in nodes for inp in node.all_input_nodes}
+    frees: dict = {}  # node -> the inputs whose value is dropped once it has run
+    for inp, node in last_user.items():
+        frees.setdefault(node, []).append(inp)
+    previous = None
     for node in nodes:
+        for inp in frees.get(previous, ()):
+            env.pop(inp, None)  # a chunk keeps only the live activations, not every layer's
+        previous = node
         decomposed[node] = node.op == "placeholder" or (
             node.op != "get_attr" and not (node.op == "call_method" and node.target in ("size", "dim")) and
             any(decomposed.get(n) for n in node.all_input_nodes))
