@@ -164,6 +164,17 @@ def saved_activation_bytes(model: Callable, x: torch.Tensor, autocast: Optional[
     return sum(seen.values())
 
 
+def gradient_chunk(model: Callable, inputs: torch.Tensor, total: int, max_batch: Optional[int],
+                   memory_budget: Optional[int], autocast: Optional[torch.dtype] = None) -> int:
+    """:func:`chunk_size` for forward + input-gradient passes. On CUDA with neither limit given, the
+    per-input factor comes from the model's measured activations (:func:`measured_input_factor`): a
+    GPU's free memory would otherwise admit chunks far larger than a deep model's backward fits."""
+    factor = 24.0
+    if inputs.is_cuda and max_batch is None and memory_budget is None:
+        factor = measured_input_factor(model, inputs, autocast)
+    return chunk_size(inputs, total, max_batch, memory_budget, per_input_factor=factor)
+
+
 def measured_input_factor(model: Callable, inputs: torch.Tensor, autocast: Optional[torch.dtype] = None,
                           rows: int = 2) -> float:
     """:func:`chunk_size`'s ``per_input_factor`` from a probe forward of ``rows`` inputs: twice the

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..ops.path_ops import path_accumulate, path_interpolate
-from ._common import (Target, check_inputs, check_model, chunk_size, frozen_parameters, measured_input_factor,
-                      resolve_target, select)
+from ._common import (Target, check_inputs, check_model, frozen_parameters, gradient_chunk, resolve_target,
+                      select)
 
 QUADRATURE = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -106,7 +106,8 @@ def saliency(model: Callable, inputs: torch.Tensor, target: Target = None, *, ab
     """
     t = _prepare(model, inputs, target, max_batch, memory_budget)
     with frozen_parameters(model):
-        g = _batched_gradients(model, inputs, t, chunk_size(inputs, inputs.shape[0], max_batch, memory_budget))
+        g = _batched_gradients(model, inputs, t, gradient_chunk(model, inputs, inputs.shape[0], max_batch,
+                                                                memory_budget))
     return g.abs() if abs else g
 
 
@@ -211,11 +212,7 @@ def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target =
     alphas, weights = quadrature(method, n_steps)
     base = _baselines(inputs, baselines)
     batch = inputs.shape[0]
-    factor = 24.0
-    if inputs.is_cuda and max_batch is None and memory_budget is None:
-        # A GPU's free memory fits huge default chunks: size them from the model's measured activations.
-        factor = measured_input_factor(model, inputs, autocast)
-    chunk = chunk_size(inputs, len(alphas) * batch, max_batch, memory_budget, per_input_factor=factor)
+    chunk = gradient_chunk(model, inputs, len(alphas) * batch, max_batch, memory_budget, autocast)
 
     def grad_fn(points: torch.Tensor, e0: int, e1: int) -> torch.Tensor:
         return target_gradients(model, points, t[e0:e1].repeat(points.shape[0] // (e1 - e0)), autocast)[0]
@@ -293,7 +290,7 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
     gen = _generator(generator)
     sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
     batch = inputs.shape[0]
-    chunk = chunk_size(inputs, n_samples * batch, max_batch, memory_budget)
+    chunk = gradient_chunk(model, inputs, n_samples * batch, max_batch, memory_budget)
     acc_dtype = _accum_dtype(inputs.dtype)
     total = torch.zeros(inputs.shape, dtype=acc_dtype, device=inputs.device)
     total_sq = torch.zeros_like(total)
@@ -349,7 +346,7 @@ def _shap_from_draws(model: Callable, inputs: torch.Tensor, t: torch.Tensor, ref
     """GradientSHAP from given draws: ``index``/``alpha`` ``[N, B]``, ``noise`` ``[N, B, ...]`` or None."""
     n_samples, batch = index.shape
     shape = tuple(inputs.shape[1:])
-    chunk = chunk_size(inputs, n_samples * batch, max_batch, memory_budget)
+    chunk = gradient_chunk(model, inputs, n_samples * batch, max_batch, memory_budget)
     block = min(batch, chunk)
     per = max(1, chunk // block)
     acc_dtype = _accum_dtype(inputs.dtype)
