@@ -311,3 +311,26 @@ def test_random_and_blurred_baselines():
     torch.testing.assert_close(seeded, replayed)
     other = make_baseline(x, "uniform")  # the same seed, but not after the masks
     assert not torch.allclose(A.rise(model, x, 1, n_masks=20, generator=7, baselines=other), replayed)
+
+
+def test_compiled_perturbation_methods_run_fixed_chunks_and_match_eager():
+    from fastattr.metrics.perturb import CountingModel
+
+    model = small_cnn()
+    x = rand(3, 3, 8, 8, seed=104)
+    patches = patch_segments((8, 8), 4)  # 4 groups
+    window = dict(sliding_window_shapes=(3, 4, 4), strides=(1, 2, 2))
+    cases = {"occlusion": lambda m, **kw: A.occlusion(m, x, 1, **window, **kw),
+             "feature_ablation": lambda m, **kw: A.feature_ablation(m, x, 1, feature_mask=patches, **kw),
+             "rise": lambda m, **kw: A.rise(m, x, 1, n_masks=10, generator=2, **kw)}
+    for name, call in cases.items():
+        eager = call(model, max_batch=7)
+        counted = CountingModel(model)
+        compiled = call(counted, max_batch=7, compile={"backend": "eager"})
+        torch.testing.assert_close(compiled, eager, msg=name)
+        sizes = set()
+        counted.count = lambda z, sizes=sizes: sizes.add(z.shape[0])
+        call(counted, max_batch=7, compile={"backend": "eager"})
+        assert len(sizes - {3}) == 1, (name, sizes)  # the clean forward of 3, then one padded chunk shape
+    with pytest.raises(TypeError, match="compile"):
+        A.rise(model, x, 1, n_masks=4, compile="yes")

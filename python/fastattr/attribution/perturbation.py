@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..metrics.perturb import Blur, Uniform, check_scalar_reader, make_baseline, read_scores
+from ..metrics.perturb import Blur, ChunkRunner, Uniform, check_scalar_reader, make_baseline, read_scores
 from ._common import Target, check_inputs, check_model, chunk_size, forward_chunks, resolve_target
 from .gradient import _accum_dtype, _generator
 
@@ -48,6 +48,7 @@ def _run(model: Callable, batch: torch.Tensor) -> torch.Tensor:
     return out
 
 
+
 def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_budget, generator=None):
     """Checks, baseline, chunk size, and one clean pass: ``(target, clean scores, baseline, chunk)``."""
     check_model(model)
@@ -63,19 +64,22 @@ def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_
 @torch.no_grad()
 def _perturbed_scores(model: Callable, inputs: torch.Tensor, base: torch.Tensor, target: torch.Tensor,
                       n_masks: int, masks: Callable[[int, int], torch.Tensor], chunk: int,
-                      score: str) -> torch.Tensor:
+                      score: str, compile: Union[bool, dict] = False) -> torch.Tensor:
     """Scores ``[B, n]``: ``s[b, j] = score_t(x̃)`` for ``x̃ = x_b + m_j ⊙ (x'_b − x_b)``.
 
     ``masks(j0, j1)`` builds masks ``j0..j1-1``, flattened ``[k, 1 or B, D]`` (``D`` elements per
     input): how much of each element is replaced by the baseline, as bool (True = replaced, as in
     :func:`fastattr.metrics.perturb.masked_scores`) or as a float weight in [0, 1]. Masks are built
-    one block of copies at a time, so masks for the whole run never exist at once.
+    one block of copies at a time, so masks for the whole run never exist at once. ``compile`` runs
+    the model through ``torch.compile`` on chunks of one fixed shape (the engine's
+    :class:`~fastattr.metrics.perturb.ChunkRunner`).
     """
     batch = inputs.shape[0]
     flat_x, flat_b = inputs.reshape(batch, -1), base.reshape(batch, -1)
     out = torch.empty(batch, n_masks, dtype=_accum_dtype(inputs.dtype), device=inputs.device)
     block = min(batch, chunk)
-    per = max(1, chunk // block)
+    per = max(1, min(n_masks, chunk // block))
+    runner = ChunkRunner(model, per * block, compile)
     for j0 in range(0, n_masks, per):
         j1 = min(n_masks, j0 + per)
         m = masks(j0, j1)
@@ -87,7 +91,7 @@ def _perturbed_scores(model: Callable, inputs: torch.Tensor, base: torch.Tensor,
             else:
                 copies = torch.lerp(flat_x[e0:e1], flat_b[e0:e1], me)
             copies = copies.reshape(((j1 - j0) * (e1 - e0),) + tuple(inputs.shape[1:]))
-            s = read_scores(_run(model, copies), target[e0:e1].repeat(j1 - j0), score)
+            s = read_scores(_run(runner, copies), target[e0:e1].repeat(j1 - j0), score)
             out[e0:e1, j0:j1] = s.to(out.dtype).view(j1 - j0, e1 - e0).T
     return out
 
@@ -168,7 +172,7 @@ def _default_window(inputs: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, .
 
 def _occlude(model: Callable, inputs: torch.Tensor, target: Target, parts: Callable[[torch.device], list],
              baselines: Baselines, score: str, max_batch: Optional[int],
-             memory_budget: Optional[int]) -> torch.Tensor:
+             memory_budget: Optional[int], compile: Union[bool, dict] = False) -> torch.Tensor:
     """Occlusion over window sets ``parts`` that tile the flattened input in order; ``[B, D]``."""
     windows = parts(inputs.device)
     starts = [w.offset for w in windows]
@@ -185,7 +189,7 @@ def _occlude(model: Callable, inputs: torch.Tensor, target: Target, parts: Calla
         return m
 
     t, clean, base, chunk = _setup(model, inputs, target, baselines, score, total, max_batch, memory_budget)
-    scores = _perturbed_scores(model, inputs, base, t, total, masks, chunk, score)
+    scores = _perturbed_scores(model, inputs, base, t, total, masks, chunk, score, compile)
     delta = clean.to(scores.dtype)[:, None] - scores
     return torch.cat([w.spread(delta[:, f:f + w.count]) for w, f in zip(windows, firsts)], 1)
 
@@ -194,7 +198,7 @@ def occlusion(model: Callable, inputs: torch.Tensor, target: Target = None, *,
               sliding_window_shapes: Optional[Sequence[int]] = None,
               strides: Union[None, int, Sequence[int]] = None, baselines: Baselines = 0.0,
               score: str = "logit", max_batch: Optional[int] = None,
-              memory_budget: Optional[int] = None) -> torch.Tensor:
+              memory_budget: Optional[int] = None, compile: Union[bool, dict] = False) -> torch.Tensor:
     """Occlusion (Zeiler & Fergus 2014), with Captum's windows and averaging.
 
     A window of shape ``sliding_window_shapes`` (one entry per non-batch dimension) slides over
@@ -214,6 +218,8 @@ def occlusion(model: Callable, inputs: torch.Tensor, target: Target = None, *,
             ``inputs`` or a callable ``x -> x'`` (:func:`fastattr.metrics.perturb.make_baseline`).
         score: ``"logit"`` (the model's output, as Captum), ``"probability"``, ``"log_probability"``
             or ``"regression"``.
+        compile: True (or a dict of ``torch.compile`` options) runs the model through
+            ``torch.compile`` on perturbed chunks of one fixed shape (the last one padded).
 
     Returns ``[B, ...]`` like ``inputs``.
 
@@ -231,7 +237,7 @@ def occlusion(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     def parts(device):
         return [_Windows(shape, sliding_window_shapes, strides, device)]
 
-    attr = _occlude(model, inputs, target, parts, baselines, score, max_batch, memory_budget)
+    attr = _occlude(model, inputs, target, parts, baselines, score, max_batch, memory_budget, compile)
     return attr.reshape(inputs.shape).to(inputs.dtype)
 
 
@@ -271,7 +277,7 @@ def _segment_ids(inputs: torch.Tensor, feature_mask: Optional[torch.Tensor]) -> 
 def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                      baselines: Baselines = 0.0, feature_mask: Optional[torch.Tensor] = None,
                      score: str = "logit", max_batch: Optional[int] = None,
-                     memory_budget: Optional[int] = None) -> torch.Tensor:
+                     memory_budget: Optional[int] = None, compile: Union[bool, dict] = False) -> torch.Tensor:
     """Feature ablation, with Captum's semantics: ``attr_i = f_t(x) − f_t(x̃_{g(i)})``, where ``x̃_g``
     is ``x`` with every element of group g set to the baseline and ``g(i)`` is the group of element i.
 
@@ -284,6 +290,8 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
             ``inputs`` or a callable ``x -> x'`` (:func:`fastattr.metrics.perturb.make_baseline`).
         score: ``"logit"`` (the model's output, as Captum), ``"probability"``, ``"log_probability"``
             or ``"regression"``.
+        compile: True (or a dict of ``torch.compile`` options) runs the model through
+            ``torch.compile`` on perturbed chunks of one fixed shape (the last one padded).
 
     Returns ``[B, ...]`` like ``inputs``: each element carries its group's value.
 
@@ -301,7 +309,7 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
 
     t, clean, base, chunk = _setup(model, inputs, target, baselines, score, n_groups, max_batch,
                                    memory_budget)
-    scores = _perturbed_scores(model, inputs, base, t, n_groups, masks, chunk, score)
+    scores = _perturbed_scores(model, inputs, base, t, n_groups, masks, chunk, score, compile)
     delta = clean.to(scores.dtype)[:, None] - scores
     attr = delta.gather(1, ids.expand(inputs.shape[0], -1))
     return attr.reshape(inputs.shape).to(inputs.dtype)
@@ -367,7 +375,7 @@ def rise_masks(shape: Sequence[int], n_masks: int = 1000, *, mask_size=None, p: 
 def rise(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_masks: int = 1000,
          mask_size=None, p: float = 0.5, baselines: Baselines = 0.0, score: str = "probability",
          generator=None, max_batch: Optional[int] = None,
-         memory_budget: Optional[int] = None) -> torch.Tensor:
+         memory_budget: Optional[int] = None, compile: Union[bool, dict] = False) -> torch.Tensor:
     """RISE (Petsiuk, Das & Saenko 2018): ``S = Σ_i f_t(x̃_i) M_i / (N · p)`` over N random smooth
     masks ``M_i``, with ``x̃_i = M_i ⊙ x + (1 − M_i) ⊙ x'``.
 
@@ -385,6 +393,8 @@ def rise(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_mask
         score: ``"probability"`` (the paper), ``"logit"``, ``"log_probability"`` or ``"regression"``.
         generator: torch.Generator or int seed (default seed 0); draws are made on the CPU, so the
             masks are the same on every device and for every chunk size (see :func:`rise_masks`).
+        compile: True (or a dict of ``torch.compile`` options) runs the model through
+            ``torch.compile`` on perturbed chunks of one fixed shape (the last one padded).
 
     Returns ``[B, ...]`` like ``inputs`` (the same map on every channel). Inputs are ``[B, L]``,
     ``[B, C, L]``, ``[B, C, H, W]`` or ``[B, C, D, H, W]``.
@@ -406,7 +416,7 @@ def rise(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_mask
 
     t, _, base, chunk = _setup(model, inputs, target, baselines, score, n_masks, max_batch, memory_budget,
                                generator=gen)
-    scores = _perturbed_scores(model, inputs, base, t, n_masks, masks, chunk, score)
+    scores = _perturbed_scores(model, inputs, base, t, n_masks, masks, chunk, score, compile)
     acc = scores.dtype
     saliency = torch.zeros(inputs.shape[0], math.prod(spatial), dtype=acc, device=inputs.device)
     for i0 in range(0, n_masks, 256):  # fixed blocks: the sum does not depend on the chunk size
