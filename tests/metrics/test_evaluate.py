@@ -128,3 +128,16 @@ def test_evaluate_reader_and_gaussian_infidelity_match_each_metric():
         fastattr.evaluate(model, x, y, attributions=attrs, infidelity="blur")
     with pytest.raises(ValueError, match="score must be"):
         fastattr.evaluate(model, x, y, attributions=attrs, score="softmax")
+
+
+def test_evaluate_progress_bar_counts_the_model_inputs(capsys):
+    pytest.importorskip("tqdm")
+    model, x, y, attrs = _case()
+    ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["deletion", "faithfulness_correlation"],
+                           step=16, n_subsets=5, progress=True)
+    err = capsys.readouterr().err
+    assert "evaluate" in err and f"{ev.forward_inputs} inputs" in err
+    quiet = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["deletion"], step=16)
+    assert quiet.forward_inputs > 0 and "evaluate" not in capsys.readouterr().err
+    with pytest.raises(TypeError, match="progress"):
+        fastattr.evaluate(model, x, y, attributions=attrs, progress="yes")

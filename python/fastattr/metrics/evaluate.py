@@ -127,6 +127,19 @@ def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, ends, step, f
                 _put(ev, metric, name, drops.mean(1), drops, torch.tensor([float(p) for p in fractions]))
 
 
+def _bar(progress: bool):
+    """A tqdm bar counting model inputs, or None."""
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+    return tqdm(desc="evaluate", unit=" inputs")
+
+
 def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
              attributions: dict[str, torch.Tensor], metrics: Sequence[str] = EVALUATE_METRICS,
              subset_fraction: float = 0.2, n_subsets: int = 200, ns: Optional[Sequence[int]] = None,
@@ -135,7 +148,8 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
              granularity: Optional[str] = None, segments: Optional[torch.Tensor] = None, patch_size=None,
              segment_score: str = "sum", score: Optional[str] = None, infidelity: str = "subset",
              noise_std: float = 0.1, normalize: bool = False, compile: bool | dict = False,
-             max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> Evaluation:
+             max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
+             progress: bool = False) -> Evaluation:
     """Evaluates every attribution in ``attributions`` ({name: map}) with every metric in ``metrics``
     (any of :data:`EVALUATE_METRICS`; :data:`BETTER` says which direction is better).
 
@@ -150,9 +164,9 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     ``infidelity`` (``"subset"`` or ``"gaussian"``), ``noise_std`` and ``normalize`` mean what they
     mean in :func:`infidelity` (subset infidelity shares the correlation's passes, Gaussian infidelity
     runs its own, shared by every method); ``compile`` runs the model through ``torch.compile`` on
-    fixed-shape chunks. Returns an :class:`Evaluation` (``ev["deletion"]["ig"]``
-    is a ``[B]`` tensor; ``ev.summary()``, ``ev.to_pandas()``, ``ev.forward_calls``,
-    ``ev.forward_inputs``).
+    fixed-shape chunks; ``progress=True`` shows a tqdm bar of the model inputs run (tqdm needed).
+    Returns an :class:`Evaluation` (``ev["deletion"]["ig"]`` is a ``[B]`` tensor; ``ev.summary()``,
+    ``ev.to_pandas()``, ``ev.forward_calls``, ``ev.forward_inputs``).
 
     Example::
 
@@ -179,7 +193,8 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                  segment_score=segment_score)
     spaces = {name: feature_space(inputs, a, **space) for name, a in attributions.items()} \
         if set(metrics) - {"infidelity", "faithfulness_correlation", "sensitivity_n"} else {}
-    counted = CountingModel(model)
+    bar = _bar(progress)
+    counted = CountingModel(model, on_call=None if bar is None else bar.update)
     chunks = dict(max_batch=max_batch, memory_budget=memory_budget)
     t, clean = resolve_clean(counted, inputs, target, **chunks)
     ev = Evaluation()
@@ -223,4 +238,6 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
             ev.values[metric] = {name: (change - additive_mass(s, f.scores.double())).abs().sum(-1)
                                  for name, f in spaces.items()}
     ev.forward_calls, ev.forward_inputs = counted.calls, counted.inputs
+    if bar is not None:
+        bar.close()
     return ev

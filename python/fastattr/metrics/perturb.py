@@ -186,18 +186,22 @@ def read_scores(output: torch.Tensor, target: torch.Tensor, reader: str) -> torc
 
 
 class CountingModel(torch.nn.Module):
-    """Wraps a model and counts forward calls and the inputs they carried (padding included)."""
+    """Wraps a model and counts forward calls and the inputs they carried (padding included);
+    ``on_call(n)``, when given, hears of every call's ``n`` inputs (e.g. to advance a progress bar)."""
 
-    def __init__(self, model: Callable):
+    def __init__(self, model: Callable, on_call: Optional[Callable[[int], object]] = None):
         super().__init__()
         self.model = model
         self.calls = 0
         self.inputs = 0
+        self.on_call = on_call
         self.training = bool(getattr(model, "training", False))  # mirrors the wrapped model's mode
 
     def count(self, x: torch.Tensor) -> None:
         self.calls += 1
         self.inputs += x.shape[0]
+        if self.on_call is not None:
+            self.on_call(x.shape[0])
 
     def forward(self, x):
         self.count(x)
