@@ -48,7 +48,6 @@ def _run(model: Callable, batch: torch.Tensor) -> torch.Tensor:
     return out
 
 
-
 def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_budget, generator=None):
     """Checks, baseline, chunk size, and one clean pass: ``(target, clean scores, baseline, chunk)``."""
     check_model(model)

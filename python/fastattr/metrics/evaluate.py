@@ -232,7 +232,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     for metric, insert in (("deletion_error", False), ("insertion_error", True)):
         if metric in metrics:
             first = next(iter(spaces.values()))
-            s, change = error_passes(counted, inputs, t, first, first.n, insert=insert, n_subsets=n_subsets,
+            s, change = error_passes(counted, inputs, t, first, insert=insert, n_subsets=n_subsets,
                                      max_exhaustive=max_exhaustive, baseline=baseline, score=score or "logit",
                                      generator=_fresh(generator), compile=compile, **chunks)
             ev.values[metric] = {name: (change - additive_mass(s, f.scores.double())).abs().sum(-1)

@@ -169,7 +169,7 @@ def _removal(model, inputs, attributions, target, *, most, fractions, baseline, 
              memory_budget, space, generator, compile):
     check_scalar_reader(score)
     feats, t, logits = ranked_setup(model, inputs, attributions, target, **space, max_batch=max_batch,
-                                   memory_budget=memory_budget)
+                                    memory_budget=memory_budget)
     n = check_fractions(fractions, feats.n)
     # MoRF removes the top n (deletion counts n); LeRF removes the last n of the same ranking, i.e.
     # keeps the top d − n (insertion counts d − n). The clean score is count 0 / count d.
@@ -226,7 +226,7 @@ def lerf(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, targ
 def _segment_pass(model, inputs, attributions, target, *, reader, baseline, max_batch, memory_budget, space,
                   generator, compile):
     feats, t, _ = ranked_setup(model, inputs, attributions, target, **space, max_batch=max_batch,
-                                   memory_budget=memory_budget)
+                               memory_budget=memory_budget)
     counts = torch.arange(1, feats.n + 1)
     out = ranked_scores(model, inputs, feats, t, counts, keep_top=False, reader=reader, compile=compile,
                         baseline=make_baseline(inputs, baseline, generator=generator),

@@ -606,7 +606,7 @@ def random_subsets(batch: int, n_subsets: int, n_features: int, *,
     """Random feature subsets, bool ``[B, K, F]``, drawn on the CPU from ``generator`` (the same subsets
     on every device): exactly ``size`` features each (one size per subset when a sequence is given),
     or each feature in with probability ``p`` (Bernoulli; ``nonempty=True`` redraws empty subsets).
-    Fixed-size subsets are selected on ``device`` (default: the CPU), where the result is returned."""
+    Fixed-size subsets are selected on ``device`` (default: the CPU); every result is returned there."""
     if (size is None) == (p is None):
         raise ValueError("give exactly one of size (fixed-size subsets) and p (Bernoulli subsets)")
     gen = _generator(generator)
@@ -627,7 +627,7 @@ def random_subsets(batch: int, n_subsets: int, n_features: int, *,
     for _ in range(10_000):
         empty = ~masks.any(-1)
         if not nonempty or not empty.any():
-            return masks
+            return masks.to(device)
         masks[empty] = torch.rand(int(empty.sum()), n_features, generator=gen) < p
     raise ValueError(f"p={p} is too small to draw non-empty subsets of {n_features} features")
 

@@ -61,8 +61,8 @@ def subset_changes(model: Callable, inputs: torch.Tensor, target: torch.Tensor, 
     return out[:, 1:] - out[:, :1] if insert else out[:, :1] - out[:, 1:]
 
 
-def error_passes(model: Callable, inputs: torch.Tensor, target: torch.Tensor, feats: Features,
-                 n_features: int, *, insert: bool, subsets=None, n_subsets: int = 200,
+def error_passes(model: Callable, inputs: torch.Tensor, target: torch.Tensor, feats: Features, *,
+                 insert: bool, subsets=None, n_subsets: int = 200,
                  max_exhaustive: int = 12, p: float = 0.5, baseline: Baseline = 0.0, score: str = "logit",
                  generator=None, max_batch=None, memory_budget=None, compile=False
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +70,7 @@ def error_passes(model: Callable, inputs: torch.Tensor, target: torch.Tensor, fe
     baseline first, then the subsets. Returns ``(subsets [B or 1, K, d], changes [B, K])``."""
     gen = _generator(generator)
     base = make_baseline(inputs, baseline, generator=gen)
-    s = choose_subsets(inputs.shape[0], n_features, subsets=subsets, n_subsets=n_subsets,
+    s = choose_subsets(inputs.shape[0], feats.n, subsets=subsets, n_subsets=n_subsets,
                        max_exhaustive=max_exhaustive, p=p, generator=gen)
     change = subset_changes(model, inputs, target, feats, s, insert=insert, baseline=base, score=score,
                             max_batch=max_batch, memory_budget=memory_budget, compile=compile)
@@ -117,7 +117,7 @@ def _additive_error(model, inputs, attributions, target, *, insert, subsets, n_s
     feats = feature_space(inputs, attributions, granularity=granularity, segments=segments,
                           patch_size=patch_size, segment_score=segment_score)
     t = resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
-    s, change = error_passes(model, inputs, t, feats, feats.n, insert=insert, subsets=subsets,
+    s, change = error_passes(model, inputs, t, feats, insert=insert, subsets=subsets,
                              n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
                              score=score, generator=generator, max_batch=max_batch,
                              memory_budget=memory_budget, compile=compile)
@@ -187,7 +187,7 @@ def _grouped_error(model, inputs, attributions, target, *, insert, groups, rule,
     n_features = n_units if ids is None else int(ids.max()) + 1
     feats = Features(torch.zeros(inputs.shape[0], n_features), ids, n_units, subset_unit)
     t = resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
-    s, change = error_passes(model, inputs, t, feats, n_features, insert=insert, subsets=subsets,
+    s, change = error_passes(model, inputs, t, feats, insert=insert, subsets=subsets,
                              n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
                              score=score, generator=generator, max_batch=max_batch,
                              memory_budget=memory_budget, compile=compile)

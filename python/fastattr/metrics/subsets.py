@@ -93,15 +93,13 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     elif masks is not None:
         masks = check_masks(masks, batch, n_features).to(inputs.device)
         n_subsets = masks.shape[1]
+        base = make_baseline(inputs, baseline, generator=gen)
     else:
         if n_subsets is None or (subset_size is None and p is None):
             raise ValueError("give n_subsets with subset_size or p, or explicit masks")
-    if noise is None:
-        base = make_baseline(inputs, baseline, generator=gen)
-    if noise is None and masks is None:
+        base = make_baseline(inputs, baseline, generator=gen)  # drawn before the subsets
         masks = random_subsets(batch, n_subsets, n_features, size=subset_size, p=p, generator=gen,
                                device=inputs.device)
-        masks = masks.to(inputs.device)
     if logits is None:
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
     wdtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
