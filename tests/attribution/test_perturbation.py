@@ -279,7 +279,7 @@ def test_bad_inputs_targets_and_models():
     with pytest.raises(ValueError, match="NaN"):
         A.occlusion(model, x.clone().fill_(float("nan")), sliding_window_shapes=(3, 2, 2))
     with pytest.raises(TypeError, match="floating"):
-        A.feature_ablation(model, torch.ones(2, 3, 8, 8, dtype=torch.long))
+        A.rise(model, torch.ones(2, 3, 8, 8, dtype=torch.long), n_masks=4)
     with pytest.raises(ValueError, match="target out of range"):
         A.rise(model, x, 5, n_masks=4)
     with pytest.raises(ValueError, match="rise needs inputs"):
@@ -334,3 +334,24 @@ def test_compiled_perturbation_methods_run_fixed_chunks_and_match_eager():
         assert len(sizes - {3}) == 1, (name, sizes)  # the clean forward of 3, then one padded chunk shape
     with pytest.raises(TypeError, match="compile"):
         A.rise(model, x, 1, n_masks=4, compile="yes")
+
+
+def test_integer_token_ids_with_a_padding_baseline():
+    """Token ids ``[B, T]``: feature ablation replaces a token by the padding id, and each token's value
+    is the drop of the target logit, the same as ablating the token's embedding by hand."""
+    torch.manual_seed(15)
+    emb, fc = torch.nn.Embedding(12, 4), torch.nn.Linear(4, 3)
+    model = lambda ids: fc(emb(ids).mean(1))  # noqa: E731
+    ids = torch.randint(1, 12, (3, 5), generator=torch.Generator().manual_seed(16))
+    pad = torch.tensor([0, 0, 0, 0, 11])
+    attr = A.feature_ablation(model, ids, 2, baselines=pad)
+    with torch.no_grad():
+        clean = model(ids)[:, 2]
+        for t in range(5):
+            ablated = ids.clone()
+            ablated[:, t] = pad[t]
+            assert torch.allclose(attr[:, t], clean - model(ablated)[:, 2], atol=1e-6)
+    assert attr.dtype == torch.float32 and attr.abs().sum() > 0
+    assert torch.equal(A.occlusion(model, ids, 2, sliding_window_shapes=(1,), baselines=pad), attr)
+    with pytest.raises(ValueError, match="whole number"):
+        A.occlusion(model, ids, 2, sliding_window_shapes=(1,), baselines="mean")

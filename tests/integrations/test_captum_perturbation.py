@@ -224,3 +224,110 @@ def test_imports_on_its_own(module):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Occlusion"
+
+
+class Shifted(nn.Module):
+    """An MLP on 16 features whose call takes a shared logit shift ``[C]``, a shared temperature ``[1]``
+    and a dict holding a per-example gate ``[B, 16]``: Captum passes them as they are at its default of
+    one perturbation per pass, and so must fastattr while it batches many."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 5))
+
+    def forward(self, z, shift, temperature, extra):
+        return self.net(z * extra["gate"]) / temperature.sum() + shift
+
+
+def shifted_case():
+    torch.manual_seed(11)
+    model = Shifted().double().eval()
+    _, x, y = case("residual")
+    gen = torch.Generator().manual_seed(12)
+    args = (torch.randn(5, generator=gen, dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64),
+            {"gate": torch.rand(6, 16, generator=gen, dtype=torch.float64) + 0.5})
+    return model, x, y, args
+
+
+def test_shared_and_nested_additional_forward_args():
+    model, x, y, args = shifted_case()
+    copies = [a.clone() for a in args[:2]] + [args[2]["gate"].clone()]
+    ref = cattr.Occlusion(model).attribute(x, sliding_window_shapes=(3,), target=y, additional_forward_args=args)
+    close(fa.Occlusion(model).attribute(x, sliding_window_shapes=(3,), target=y, additional_forward_args=args),
+          ref, x)
+    mask = torch.arange(16).div(4, rounding_mode="floor")[None]
+    ref = cattr.FeatureAblation(model).attribute(x, target=y, feature_mask=mask, additional_forward_args=args)
+    close(fa.FeatureAblation(model).attribute(x, target=y, feature_mask=mask, additional_forward_args=args),
+          ref, x)
+    assert all(torch.equal(a, c) for a, c in zip(args[:2] + (args[2]["gate"],), copies))
+
+
+def test_shared_additional_forward_args_in_gradient_drop_ins():
+    """Captum's IG and NoiseTunnel repeat every tensor argument, so a shared shift breaks them; fastattr
+    passes it as it is, tiles the per-example gate, and gives what the model with the arguments bound
+    in gives, one example at a time."""
+    from fastattr.integrations import captum as fc
+
+    model, x, y, args = shifted_case()
+
+    def one_by_one(method, **kwargs):
+        rows = []
+        for b in range(x.shape[0]):
+            one = (args[0], args[1], {"gate": args[2]["gate"][b:b + 1]})
+            bound = lambda z, one=one: model(z, *one)  # noqa: E731
+            rows.append(method(bound).attribute(x[b:b + 1], target=y[b:b + 1], **kwargs))
+        return torch.cat(rows)
+
+    ours = fc.IntegratedGradients(model).attribute(x, target=y, additional_forward_args=args, n_steps=16)
+    assert rel_err(ours, one_by_one(fc.IntegratedGradients, n_steps=16)) <= TOL
+    ref = cattr.Saliency(model).attribute(x, target=y, additional_forward_args=args)
+    close(fc.Saliency(model).attribute(x, target=y, additional_forward_args=args), ref, x)
+    ours = fc.NoiseTunnel(fc.Saliency(model)).attribute(x, additional_forward_args=args, nt_type="smoothgrad",
+                                                        nt_samples=4, stdevs=0.0, target=y)
+    assert rel_err(ours, ref) <= TOL
+
+
+class Tokens(nn.Module):
+    """Token ids ``[B, T]`` → embedding → mean over tokens → 3 logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(20, 6), nn.Linear(6, 3)
+
+    def forward(self, ids):
+        return self.fc(torch.tanh(self.emb(ids)).mean(1))
+
+
+def test_integer_token_ids():
+    torch.manual_seed(13)
+    model = Tokens().eval()
+    ids = torch.randint(1, 20, (4, 7), generator=torch.Generator().manual_seed(14))
+    y, copy = torch.tensor([0, 1, 2, 0]), ids.clone()
+    ref = cattr.FeatureAblation(model).attribute(ids, baselines=0, target=y)
+    ours = fa.FeatureAblation(model).attribute(ids, baselines=0, target=y)
+    assert ours.dtype == torch.float32 and ours.shape == ids.shape and ref.abs().sum() > 0
+    assert rel_err(ours, ref.float()) <= TOL
+    groups = torch.tensor([[0, 0, 1, 1, 2, 2, 2]])
+    ref = cattr.FeatureAblation(model).attribute(ids, baselines=0, target=y, feature_mask=groups)
+    assert rel_err(fa.FeatureAblation(model).attribute(ids, baselines=0, target=y, feature_mask=groups),
+                   ref.float()) <= TOL
+    ref = cattr.Occlusion(model).attribute(ids, sliding_window_shapes=(3,), baselines=0, target=y)
+    ours = fa.Occlusion(model).attribute(ids, sliding_window_shapes=(3,), baselines=0, target=y)
+    assert ours.dtype == torch.float32 and rel_err(ours, ref) <= TOL
+    assert torch.equal(ids, copy)
+    with pytest.raises(ValueError, match="whole number"):
+        fa.FeatureAblation(model).attribute(ids, baselines=0.5, target=y)
+
+
+def test_negative_target_counts_from_the_end():
+    model, x, _ = case("cnn")
+    ref = cattr.FeatureAblation(model).attribute(x, target=-1, feature_mask=segments("patches", x))
+    close(fa.FeatureAblation(model).attribute(x, target=-1, feature_mask=segments("patches", x)), ref, x)
+
+
+def test_empty_batch_and_missing_window():
+    model, x, y = case("cnn")
+    with pytest.raises(ValueError, match="non-empty batch axis"):
+        fa.FeatureAblation(model).attribute(x[:0])
+    with pytest.raises(TypeError, match="sliding_window_shapes must be a tuple"):
+        fa.Occlusion(model).attribute(x, sliding_window_shapes=None, target=y)

@@ -14,19 +14,26 @@ from torch import nn
 Target = Union[None, int, torch.Tensor]
 
 
-def check_inputs(inputs: torch.Tensor, name: str = "inputs") -> None:
-    """Gradient methods need a finite floating tensor with a batch axis."""
+def check_inputs(inputs: torch.Tensor, name: str = "inputs", integer: bool = False) -> None:
+    """Gradient methods need a finite floating tensor with a batch axis; ``integer=True`` also takes
+    integer tensors (token ids, for the perturbation methods)."""
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(inputs).__name__}")
-    if not inputs.is_floating_point():
+    ids = integer and is_integer(inputs)
+    if not ids and not inputs.is_floating_point():
         raise TypeError(
-            f"{name} has dtype {inputs.dtype}; gradient methods need floating inputs. For integer "
-            "token ids, attribute to the embedding layer instead (a layer method such as "
-            "layer_integrated_gradients)")
+            f"{name} has dtype {inputs.dtype}; this method needs floating inputs. For integer token "
+            "ids, attribute to the embedding layer (a layer method such as layer_integrated_gradients) "
+            "or use occlusion / feature_ablation, which take integer inputs")
     if inputs.dim() < 1 or inputs.shape[0] == 0:
         raise ValueError(f"{name} must have a non-empty batch axis, got shape {tuple(inputs.shape)}")
-    if not torch.isfinite(inputs).all():
+    if not ids and not torch.isfinite(inputs).all():
         raise ValueError(f"{name} contains NaN or Inf")
+
+
+def is_integer(t: torch.Tensor) -> bool:
+    """An integer tensor (not bool, floating or complex)."""
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
 def check_model(model: nn.Module) -> None:
@@ -51,9 +58,10 @@ def forward_chunks(model: Callable, inputs: torch.Tensor, max_batch: Optional[in
 def resolve_target(model: Callable, inputs: torch.Tensor, target: Target,
                    logits: Optional[torch.Tensor] = None, *, max_batch: Optional[int] = None,
                    memory_budget: Optional[int] = None) -> torch.Tensor:
-    """Per-example target indices ``[B]``: an int, a ``[B]`` tensor, or None (the argmax of f(x)).
-    Without ``logits``, one forward of ``inputs`` (chunked under ``max_batch`` / ``memory_budget``)
-    checks the range."""
+    """Per-example target indices ``[B]`` in ``0..C-1``: an int, a ``[B]`` tensor, or None (the argmax of
+    f(x)); negative indices count from the end, as in Python (``-1``: the last output). Without
+    ``logits``, one forward of ``inputs`` (chunked under ``max_batch`` / ``memory_budget``) checks the
+    range."""
     batch = inputs.shape[0]
     if logits is None:
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
@@ -74,9 +82,9 @@ def resolve_target(model: Callable, inputs: torch.Tensor, target: Target,
         return resolve_target(model, inputs, torch.tensor(list(target)), logits)
     else:
         raise TypeError("target must be None, an int, or a 1-D integer tensor with one entry per example")
-    if (t < 0).any() or (t >= n_classes).any():
+    if (t < -n_classes).any() or (t >= n_classes).any():
         raise ValueError(f"target out of range: the model has {n_classes} outputs, got {t.tolist()}")
-    return t
+    return t % n_classes
 
 
 def select(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

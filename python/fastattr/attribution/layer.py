@@ -134,16 +134,6 @@ def _chunk_target(target: Target, batch: int, e0: int, e1: int) -> Target:
     return flat[e0:e1]
 
 
-def _check_layer_inputs(inputs: torch.Tensor) -> None:
-    """Layer methods accept integer token ids as well as floating inputs."""
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if inputs.dim() < 1 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs must have a non-empty batch axis, got shape {tuple(inputs.shape)}")
-    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
-        raise ValueError("inputs contains NaN or Inf")
-
-
 def _repeat(x: torch.Tensor, times: int) -> torch.Tensor:
     return x.repeat((times,) + (1,) * (x.dim() - 1))
 
@@ -205,7 +195,7 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
         ...                                            baselines=torch.full_like(ids, pad_id))  # [B, T, E]
     """
     check_model(model)
-    _check_layer_inputs(inputs)
+    check_inputs(inputs, integer=True)
     if not isinstance(attribute_to_layer_input, bool):
         raise TypeError("attribute_to_layer_input must be a bool, got "
                         f"{type(attribute_to_layer_input).__name__}")

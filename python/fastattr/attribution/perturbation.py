@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics.perturb import Blur, ChunkRunner, Uniform, check_scalar_reader, make_baseline, read_scores
-from ._common import Target, check_inputs, check_model, chunk_size, forward_chunks, resolve_target
+from ._common import (Target, check_inputs, check_model, chunk_size, forward_chunks, is_integer,
+                      resolve_target)
 from .gradient import _accum_dtype, _generator
 
 Baselines = Union[float, str, Blur, Uniform, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
@@ -24,11 +25,14 @@ Baselines = Union[float, str, Blur, Uniform, torch.Tensor, Callable[[torch.Tenso
 
 def _baseline(inputs: torch.Tensor, baselines: Baselines, generator=None) -> torch.Tensor:
     """``baselines`` as a tensor shaped like ``inputs`` (a broadcast view where possible); random
-    ones (``"uniform"``, :class:`Uniform`) drawn from ``generator``."""
+    ones (``"uniform"``, :class:`Uniform`) drawn from ``generator``. Integer inputs (token ids) take
+    a whole number or a tensor of whole numbers (e.g. the padding id)."""
     if isinstance(baselines, bool) or not (isinstance(baselines, (int, float, str, torch.Tensor, Uniform))
                                            or callable(baselines)):
         raise TypeError("baselines must be a number, 'mean', 'blur', 'uniform', Blur, Uniform, a tensor "
                         f"broadcastable to inputs or a callable x -> x', got {type(baselines).__name__}")
+    if is_integer(inputs):
+        return _integer_baseline(inputs, baselines)
     try:
         base = make_baseline(inputs, baselines, generator=generator)
     except ValueError as e:
@@ -36,6 +40,24 @@ def _baseline(inputs: torch.Tensor, baselines: Baselines, generator=None) -> tor
     if not torch.isfinite(base).all():
         raise ValueError("baselines contain NaN or Inf")
     return base
+
+
+def _integer_baseline(inputs: torch.Tensor, baselines) -> torch.Tensor:
+    value = torch.as_tensor(baselines) if isinstance(baselines, (int, float)) else baselines
+    if not isinstance(value, torch.Tensor) or value.is_complex() or value.dtype == torch.bool \
+            or not torch.equal(value, value.round() if value.is_floating_point() else value):
+        raise ValueError(f"baselines for integer inputs (token ids) must be a whole number or a tensor of "
+                         f"whole numbers, got {baselines!r}")
+    try:
+        return torch.broadcast_to(value.to(inputs), inputs.shape)
+    except RuntimeError:
+        raise ValueError(f"baselines of shape {tuple(value.shape)} do not broadcast to inputs "
+                         f"{tuple(inputs.shape)}") from None
+
+
+def _like_inputs(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Attributions shaped like ``inputs``, in their dtype (the scores' dtype for integer inputs)."""
+    return attr.reshape(inputs.shape).to(inputs.dtype if inputs.is_floating_point() else attr.dtype)
 
 
 def _run(model: Callable, batch: torch.Tensor) -> torch.Tensor:
@@ -51,7 +73,7 @@ def _run(model: Callable, batch: torch.Tensor) -> torch.Tensor:
 def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_budget, generator=None):
     """Checks, baseline, chunk size, and one clean pass: ``(target, clean scores, baseline, chunk)``."""
     check_model(model)
-    check_inputs(inputs)
+    check_inputs(inputs, integer=True)
     check_scalar_reader(score)
     base = _baseline(inputs, baselines, generator)
     chunk = chunk_size(inputs, max(1, n_copies) * inputs.shape[0], max_batch, memory_budget)
@@ -95,15 +117,14 @@ def _perturbed_scores(model: Callable, inputs: torch.Tensor, base: torch.Tensor,
     return out
 
 
-def _int_tuple(value, n: int, name: str) -> tuple[int, ...]:
+def _int_tuple(value, n: int, name: str, per: str = "non-batch dimension of the inputs") -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,) * n
     if not isinstance(value, (tuple, list)) or any(isinstance(v, bool) or not isinstance(v, int)
                                                    for v in value):
         raise TypeError(f"{name} must be an int or a tuple of ints, got {value!r}")
     if len(value) != n:
-        raise ValueError(f"{name} must have one entry per non-batch dimension of the inputs ({n}), got "
-                         f"{tuple(value)}")
+        raise ValueError(f"{name} must have one entry per {per} ({n}), got {tuple(value)}")
     return tuple(value)
 
 
@@ -220,13 +241,14 @@ def occlusion(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         compile: True (or a dict of ``torch.compile`` options) runs the model through
             ``torch.compile`` on perturbed chunks of one fixed shape (the last one padded).
 
-    Returns ``[B, ...]`` like ``inputs``.
+    Returns ``[B, ...]`` like ``inputs``. Integer inputs (token ids) work too, with a whole-number
+    baseline such as the padding id; their attributions come back in the scores' floating dtype.
 
     Example::
 
         >>> a = fastattr.occlusion(model, x, target=y, sliding_window_shapes=(3, 8, 8), strides=4)
     """
-    check_inputs(inputs)
+    check_inputs(inputs, integer=True)
     if sliding_window_shapes is None:
         sliding_window_shapes, derived = _default_window(inputs)
         strides = derived if strides is None else strides
@@ -237,7 +259,7 @@ def occlusion(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         return [_Windows(shape, sliding_window_shapes, strides, device)]
 
     attr = _occlude(model, inputs, target, parts, baselines, score, max_batch, memory_budget, compile)
-    return attr.reshape(inputs.shape).to(inputs.dtype)
+    return _like_inputs(attr, inputs)
 
 
 def _broadcast_mask(inputs: torch.Tensor, feature_mask, name: str = "feature_mask") -> torch.Tensor:
@@ -292,7 +314,9 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
         compile: True (or a dict of ``torch.compile`` options) runs the model through
             ``torch.compile`` on perturbed chunks of one fixed shape (the last one padded).
 
-    Returns ``[B, ...]`` like ``inputs``: each element carries its group's value.
+    Returns ``[B, ...]`` like ``inputs``: each element carries its group's value. Integer inputs
+    (token ids) work too, with a whole-number baseline such as the padding id; their attributions
+    come back in the scores' floating dtype.
 
     Example::
 
@@ -300,7 +324,7 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
         >>> patches = patch_segments((32, 32), 8)          # 16 patches of 8×8, ids [32, 32]
         >>> a = fastattr.feature_ablation(model, x, target=y, feature_mask=patches)   # x: [B, 3, 32, 32]
     """
-    check_inputs(inputs)
+    check_inputs(inputs, integer=True)
     ids, n_groups = _segment_ids(inputs, feature_mask)
 
     def masks(g0: int, g1: int) -> torch.Tensor:
@@ -311,7 +335,7 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
     scores = _perturbed_scores(model, inputs, base, t, n_groups, masks, chunk, score, compile)
     delta = clean.to(scores.dtype)[:, None] - scores
     attr = delta.gather(1, ids.expand(inputs.shape[0], -1))
-    return attr.reshape(inputs.shape).to(inputs.dtype)
+    return _like_inputs(attr, inputs)
 
 
 def _spatial(inputs_shape: tuple) -> tuple[int, ...]:
@@ -327,7 +351,7 @@ def _rise_grid(spatial: tuple, mask_size, p: float) -> tuple[int, ...]:
         raise ValueError(f"p must be a number in (0, 1), got {p!r}")
     if mask_size is None:
         return tuple(min(7, max(2, n // 2)) for n in spatial)
-    grid = _int_tuple(mask_size, len(spatial), "mask_size")
+    grid = _int_tuple(mask_size, len(spatial), "mask_size", "spatial axis")
     if any(s < 1 for s in grid):
         raise ValueError(f"mask_size must be >= 1 along every axis, got {grid}")
     return grid

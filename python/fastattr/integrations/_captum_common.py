@@ -52,15 +52,42 @@ def _as_args(additional_forward_args) -> Optional[tuple]:
     return (additional_forward_args,)
 
 
-def _has_batch_tensor(args: Optional[tuple]) -> bool:
-    return args is not None and any(isinstance(a, torch.Tensor) and a.dim() > 0 for a in args)
+def _per_example(arg, rows: int) -> bool:
+    """Whether ``arg`` holds one row per example: a tensor whose first dimension is the batch size."""
+    return isinstance(arg, torch.Tensor) and arg.dim() > 0 and arg.shape[0] == rows
+
+
+def _has_batch_tensor(args, rows: int) -> bool:
+    """Whether ``args`` (tuples, lists and dicts searched) hold a per-example tensor."""
+    if isinstance(args, (tuple, list)):
+        return any(_has_batch_tensor(a, rows) for a in args)
+    if isinstance(args, dict):
+        return any(_has_batch_tensor(a, rows) for a in args.values())
+    return _per_example(args, rows)
+
+
+def _tiled(args, copies: int, rows: int, interleave: bool = False):
+    """``args`` with every per-example tensor repeated ``copies`` times along dim 0 (whole batches one
+    after another, or each row ``copies`` times in place with ``interleave``; tuples, lists and dicts
+    rebuilt around them); every other value, shared tensors included, passed as it is."""
+    if isinstance(args, (tuple, list)):
+        return type(args)(_tiled(a, copies, rows, interleave) for a in args)
+    if isinstance(args, dict):
+        return {k: _tiled(a, copies, rows, interleave) for k, a in args.items()}
+    if not _per_example(args, rows):
+        return args
+    if interleave:
+        return args.repeat_interleave(copies, dim=0)
+    return args.repeat((copies,) + (1,) * (args.dim() - 1))
 
 
 class _Bound(nn.Module):
     """``forward_func(z, *additional_forward_args)``, optionally with the output flattened to ``[N, -1]``.
 
     fastattr stacks copies of the batch along dim 0 (steps or samples, each a whole batch of
-    ``rows`` examples in order), so every tensor argument with a batch axis is tiled to match.
+    ``rows`` examples in order), so every tensor argument whose first dimension is the batch size
+    (also inside tuples, lists and dicts) is tiled to match; other tensors are shared by every row
+    and passed as they are.
     """
 
     def __init__(self, forward_func: Callable, args: Optional[tuple], rows: int, flatten: bool):
@@ -73,13 +100,12 @@ class _Bound(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         args = self.args
-        if _has_batch_tensor(args):
+        if _has_batch_tensor(args, self.rows):
             copies, rest = divmod(z.shape[0], self.rows)
             if rest or copies == 0:
                 raise RuntimeError(f"internal error: a chunk of {z.shape[0]} inputs is not whole batches of "
                                    f"{self.rows}")
-            args = tuple(a.repeat((copies,) + (1,) * (a.dim() - 1))
-                         if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+            args = _tiled(args, copies, self.rows)
         out = self.forward_func(z, *args)
         return out.reshape(z.shape[0], -1) if self.flatten else out
 
@@ -119,7 +145,7 @@ def _bind(forward_func: Callable, x: torch.Tensor, target, additional_forward_ar
         with torch.no_grad():
             target = _flat_target(tuple(model(x).shape), target)
         model.flatten = True
-    if _has_batch_tensor(args):
+    if _has_batch_tensor(args, x.shape[0]):
         # Chunks must hold whole batches for the tiling in _Bound (Captum never splits a batch either).
         limit = max_batch if max_batch is not None else chunk_size(x, total, None, None)
         max_batch = max(limit, x.shape[0])

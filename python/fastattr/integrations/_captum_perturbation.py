@@ -13,7 +13,11 @@ What differs from Captum:
   (at most a quarter of free memory; on CPU a cache-sized working set), so Captum's default of one
   perturbation per pass does not make a call slow. Values do not depend on it.
 - Precision. Attributions come back in the inputs' dtype (Captum's ``Occlusion`` always returns
-  float32, also for float64 models).
+  float32, also for float64 models); for integer inputs (token ids, with a whole-number baseline
+  such as the padding id), in the scores' floating dtype.
+- Stricter checks. Float ``feature_mask`` values, NaN / Inf in the inputs or the baselines, and a
+  ``feature_mask`` or ``baselines`` tuple without one entry per input tensor are errors (Captum
+  casts, propagates or ignores them).
 - ``show_progress`` is accepted and shows nothing.
 - Targets select one scalar per example (as in :mod:`fastattr.integrations.captum`): an int, a list of
   ints or a 1-D tensor, or a tuple / list of tuples indexing every non-batch dimension of the output;
@@ -22,8 +26,10 @@ What differs from Captum:
 - Several input tensors (a tuple) must share one dtype and device; they are packed into one tensor
   and unpacked before every call of ``forward_func``.
 
-As in Captum, every tensor in ``additional_forward_args`` with a batch axis is taken to hold one row
-per example and is repeated along with the inputs.
+A tensor in ``additional_forward_args`` (also inside a tuple, list or dict) whose first dimension is
+the batch size is taken to hold one row per example and is repeated along with the inputs; any other
+value, a shared tensor included, is passed to every call as it is, as Captum does at its default of
+one perturbation per pass.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ import torch
 from torch import nn
 
 from ..attribution._common import chunk_size
-from ..attribution.perturbation import _baseline, _broadcast_mask, _occlude, _Windows
+from ..attribution.perturbation import _baseline, _broadcast_mask, _like_inputs, _occlude, _Windows
 from ..attribution.perturbation import feature_ablation as _feature_ablation
 from ..attribution.perturbation import occlusion as _occlusion
 from ._captum_common import _Attribution, _bind, _output, _single_of
@@ -44,12 +50,16 @@ __all__ = ["FeatureAblation", "Occlusion"]
 def _inputs(inputs) -> tuple[tuple[torch.Tensor, ...], bool]:
     """The input tensors, and whether they came as a tuple."""
     if isinstance(inputs, torch.Tensor):
-        return (inputs,), False
-    if not isinstance(inputs, tuple):
+        inputs, is_tuple = (inputs,), False
+    elif not isinstance(inputs, tuple):
         raise TypeError(f"inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}")
+    else:
+        is_tuple = True
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
         raise TypeError("inputs must be a tensor or a non-empty tuple of tensors")
     first = inputs[0]
+    if first.dim() < 1 or first.shape[0] == 0:
+        raise ValueError(f"inputs must have a non-empty batch axis, got shape {tuple(first.shape)}")
     for i, x in enumerate(inputs[1:], 1):
         if x.dim() < 1 or x.shape[0] != first.shape[0]:
             raise ValueError(f"inputs[{i}] has shape {tuple(x.shape)}; every input needs the batch size "
@@ -57,7 +67,7 @@ def _inputs(inputs) -> tuple[tuple[torch.Tensor, ...], bool]:
         if x.dtype != first.dtype or x.device != first.device:
             raise TypeError(f"inputs[{i}] is {x.dtype} on {x.device} but inputs[0] is {first.dtype} on "
                             f"{first.device}; fastattr needs one dtype and device for all input tensors")
-    return inputs, True
+    return inputs, is_tuple
 
 
 class _Packed(nn.Module):
@@ -85,7 +95,8 @@ def _pack(xs: tuple[torch.Tensor, ...], forward_func: Callable) -> tuple[torch.T
 
 def _per_input(value, n: int, name: str) -> tuple:
     if not isinstance(value, tuple) or len(value) != n:
-        raise ValueError(f"{name} must be a tuple with one entry per input tensor ({n}), got {value!r}")
+        got = f"a tuple of {len(value)}" if isinstance(value, tuple) else type(value).__name__
+        raise ValueError(f"{name} must be a tuple with one entry per input tensor ({n}), got {got}")
     return value
 
 
@@ -147,6 +158,9 @@ class FeatureAblation(_Attribution):
 
 def _window_args(xs: tuple[torch.Tensor, ...], sliding_window_shapes, strides) -> tuple[tuple, tuple]:
     """Captum's per-input windows and strides: ``(window_i, stride_i)`` for every input tensor."""
+    if not isinstance(sliding_window_shapes, tuple):
+        raise TypeError("sliding_window_shapes must be a tuple of ints (a tuple of such tuples for several "
+                        f"inputs), got {sliding_window_shapes!r}")
     if len(xs) == 1:
         if isinstance(sliding_window_shapes, tuple) and sliding_window_shapes \
                 and isinstance(sliding_window_shapes[0], tuple):
@@ -193,4 +207,4 @@ class Occlusion(FeatureAblation):
         model, t, max_batch = _bind(packed, z, target, additional_forward_args,
                                     _max_batch(z, perturbations_per_eval), z.shape[0] * z.shape[1])
         attr = _occlude(model, z, t, parts, _packed_baselines(xs, baselines), "logit", max_batch, None)
-        return packed.unpack(attr.to(z.dtype))
+        return packed.unpack(_like_inputs(attr, z))

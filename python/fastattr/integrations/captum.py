@@ -36,8 +36,10 @@ What differs from Captum:
   keyword-only ``autocast`` (``torch.bfloat16`` / ``torch.float16``) runs the path's forward passes
   in mixed precision (see :func:`fastattr.integrated_gradients`).
 
-As in Captum, every tensor in ``additional_forward_args`` with a batch axis is taken to hold one
-row per example and is repeated along with the inputs.
+A tensor in ``additional_forward_args`` (also inside a tuple, list or dict) whose first dimension is
+the batch size is taken to hold one row per example and is repeated along with the inputs; any other
+value, a shared tensor included, is passed to every call as it is (Captum repeats every tensor when
+it batches several perturbations, and none when it runs one at a time).
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ from ..attribution.gradient import integrated_gradients as _integrated_gradients
 from ..attribution.gradient import saliency as _saliency
 from ..attribution.gradient import smoothgrad as _smoothgrad
 from ..attribution.layer import layer_integrated_gradients as _layer_integrated_gradients
-from ._captum_common import (_as_args, _Attribution, _bind, _output, _single_of, _single_input,
+from ._captum_common import (_as_args, _Attribution, _bind, _output, _single_of, _single_input, _tiled,
                              _unsupported)
 from ._captum_perturbation import FeatureAblation, Occlusion
 
@@ -130,11 +132,9 @@ def _repeat_target(target, k: int):
     return target
 
 
-def _repeat_args(additional_forward_args, k: int):
+def _repeat_args(additional_forward_args, k: int, batch: int):
     args = _as_args(additional_forward_args)
-    if args is None:
-        return None
-    return tuple(a.repeat_interleave(k, dim=0) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+    return None if args is None else _tiled(args, k, batch, interleave=True)
 
 
 class NoiseTunnel(_Attribution):
@@ -223,7 +223,7 @@ class NoiseTunnel(_Attribution):
             if "target" in part:
                 part["target"] = _repeat_target(part["target"], kk)
             if "additional_forward_args" in part:
-                part["additional_forward_args"] = _repeat_args(part["additional_forward_args"], kk)
+                part["additional_forward_args"] = _repeat_args(part["additional_forward_args"], kk, batch)
             if isinstance(baselines, torch.Tensor):
                 if draw_baseline_from_distrib:
                     rows = torch.randint(baselines.shape[0], (batch * kk,), generator=generator)
