@@ -10,6 +10,8 @@ Known differences (documented in the module): ties in the attribution (stable or
 numpy's quicksort in Quantus) — the maps here are continuous, and a channel-reduced map is only
 broadcast-ranked with steps of whole pixels; ``"mean"`` / ``"uniform"`` baselines — not compared.
 """
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -274,3 +276,98 @@ def test_bad_input():
         fq.PixelFlipping()(lambda z: z, x, y, pixel)
     with pytest.raises(ValueError, match="training mode"):
         fq.PixelFlipping()(cnn().train(), x, y, pixel)
+
+
+def record_uniform(monkeypatch):
+    """Record every block of "uniform" baseline values the drop-in draws (``[B, calls]`` each)."""
+    drawn = []
+    original = fq._Metric._uniform_values
+
+    def spy(self, x, n_calls, generator):
+        values = original(self, x, n_calls, generator)
+        drawn.append(values.cpu().numpy())
+        return values
+
+    monkeypatch.setattr(fq._Metric, "_uniform_values", spy)
+    return drawn
+
+
+def replay_uniform(monkeypatch, drawn, tail: bool = False):
+    """Make Quantus's one ``np.random.uniform(size=B)`` per batched replacement return the drop-in's
+    values, one column per call in call order; ``tail``: then the mid-range for calls the drop-in skips
+    (Quantus's SensitivityN perturbs past the steps it scores)."""
+    columns = [block[:, k] for block in drawn for k in range(block.shape[1])]
+    columns = itertools.chain(columns, itertools.repeat(np.full(drawn[0].shape[0], 0.45, np.float32))) \
+        if tail else iter(columns)
+    monkeypatch.setattr(np.random, "uniform", lambda low=0.0, high=1.0, size=None: next(columns))
+
+
+@pytest.mark.parametrize("name", ["PixelFlipping", "RegionPerturbation", "SensitivityN", "Infidelity",
+                                  "FaithfulnessCorrelation"])
+def test_uniform_baseline_is_one_value_per_example_and_call(monkeypatch, name):
+    """Quantus's batched replacement fills every feature one call replaces (a step, a region, a patch, a
+    subset) with one U[low, high) value per example; the drop-in draws the same way, so on Quantus's
+    draws replayed the scores agree, and every perturbed input holds one value per call so far."""
+    x, y, pixel, _ = data(n=4, seed=6, hw=(6, 8) if name in ("PixelFlipping", "SensitivityN") else (8, 8))
+    kw = {"PixelFlipping": dict(features_in_step=12), "RegionPerturbation": dict(patch_size=4),
+          "SensitivityN": dict(features_in_step=6, n_max_percentage=0.8, return_aggregate=False),
+          "Infidelity": dict(perturb_patch_sizes=[2, 4], n_perturb_samples=2),
+          "FaithfulnessCorrelation": dict(nr_runs=20, subset_size=40, return_aggregate=False)}[name]
+    kw = dict(kw, perturb_baseline="uniform", perturb_func_kwargs={"uniform_low": 0.2, "uniform_high": 0.7},
+              disable_warnings=True)
+    seen = []
+
+    class Recording(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = cnn()
+
+        def forward(self, z):
+            seen.append(z.detach().clone())
+            return self.net(z)
+
+    drawn = record_uniform(monkeypatch)
+    ours = getattr(fq, name)(**kw)(Recording().eval(), x, y, pixel, generator=3)
+    values = np.concatenate([d.reshape(-1) for d in drawn])
+    assert drawn and values.min() >= 0.2 and values.max() < 0.7
+    clean = torch.as_tensor(x)
+    calls = 1 if name == "FaithfulnessCorrelation" else max(block.shape[1] for block in drawn)
+    n_changed = []
+    for row in torch.cat(seen):
+        source = clean[(row == clean).flatten(1).sum(1).argmax()]
+        n_changed.append(row[row != source].unique().numel())
+    assert max(n_changed) == calls if name != "RegionPerturbation" else 1 < max(n_changed) <= calls
+    if name == "FaithfulnessCorrelation":
+        gen = torch.Generator().manual_seed(3)
+        torch.rand(4, 20, generator=gen)  # the drop-in draws the fill values first, then the subsets
+        masks = subset_deltas(cnn(), clean, torch.as_tensor(y), clean[0].numel(), subset_size=40, n_subsets=20,
+                              generator=gen).masks.numpy()
+        replay_subsets(monkeypatch, masks)
+    replay_uniform(monkeypatch, drawn, tail=name == "SensitivityN")
+    theirs = getattr(quantus, name)(**kw)(model=cnn(), x_batch=x, y_batch=y, a_batch=pixel)
+    close(ours, theirs)
+
+
+def test_perturb_baseline_in_perturb_func_kwargs_wins():
+    """As in Quantus's ``make_perturb_func``, ``perturb_func_kwargs["perturb_baseline"]`` overrides the
+    ``perturb_baseline`` keyword."""
+    x, y, _, element = data(seed=7)
+    for cls, kw in ((fq.PixelFlipping, dict(features_in_step=16)), (fq.Infidelity, dict(n_perturb_samples=1))):
+        given = cls(perturb_func_kwargs={"perturb_baseline": "white"}, **kw)(cnn(), x, y, element)
+        white = cls(perturb_baseline="white", **kw)(cnn(), x, y, element)
+        black = cls(**kw)(cnn(), x, y, element)
+        close(given, white)
+        assert not np.allclose(np.asarray(given, dtype=np.float64), np.asarray(black, dtype=np.float64))
+        theirs = getattr(quantus, cls.__name__)(perturb_func_kwargs={"perturb_baseline": "white"},
+                                                disable_warnings=True, **kw)
+        close(given, theirs(model=cnn(), x_batch=x, y_batch=y, a_batch=element))
+
+
+def test_softmax_none_reads_the_logits_as_in_quantus():
+    x, y, _, element = data(seed=8)
+    metric = fq.PixelFlipping(features_in_step=16)
+    logits = metric(cnn(), x, y, element, softmax=False)
+    close(metric(cnn(), x, y, element, softmax=None), logits)
+    assert not np.allclose(metric(cnn(), x, y, element), logits)  # PixelFlipping's default: probabilities
+    theirs = quantus.PixelFlipping(features_in_step=16, disable_warnings=True)
+    close(logits, theirs(model=cnn(), x_batch=x, y_batch=y, a_batch=element, softmax=None))

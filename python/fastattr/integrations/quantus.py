@@ -33,12 +33,16 @@ What differs from Quantus:
 
 - Randomness comes from a seeded ``torch.Generator`` (extra ``__call__`` keyword ``generator``, a
   generator or an int seed, default 0), not ``np.random``: the subsets of FaithfulnessCorrelation,
-  the ``"uniform"`` baseline (drawn once per call, or once per sample for Infidelity, where Quantus
-  draws anew at every step), the ``"random"`` region order and the sensitivity noise. Same
-  distributions, other draws; a call is reproducible.
+  the ``"uniform"`` baseline, the ``"random"`` region order and the sensitivity noise. Same
+  distributions, other draws; a call is reproducible. As in Quantus's batched replacement, a
+  ``"uniform"`` baseline is one ``U[uniform_low, uniform_high)`` value per example and per
+  replacement (step, region, patch or subset), shared by every feature that replacement sets.
 - ``perturb_baseline="mean"`` is the mean of the clean input; Quantus recomputes it at every step
-  from the partly perturbed (and, in RegionPerturbation, edge-padded) array. ``"black"`` /
-  ``"white"`` (the input's min / max), numbers and arrays broadcastable to the input agree.
+  from the partly perturbed (and, in RegionPerturbation, edge-padded) array (FaithfulnessCorrelation
+  agrees: it perturbs the clean input every time). ``"black"`` / ``"white"`` (the input's min / max),
+  numbers and 0-d arrays agree; a ``perturb_baseline`` key in ``perturb_func_kwargs`` wins, as in
+  Quantus. Other arrays are broadcast to the input (Quantus takes only arrays shaped like the
+  indices of one step).
 - Ties in the attribution are broken by feature index (stable sort); Quantus uses numpy's unstable
   quicksort, so the order of equal attributions can differ.
 - Inputs are cast to the model's parameter dtype (Quantus always uses float32), and the model runs
@@ -47,6 +51,11 @@ What differs from Quantus:
 - SensitivityN correlates over all examples; Quantus keeps only the first ``batch_size`` of them.
 - Infidelity works for any image size (padding as RegionPerturbation); Quantus 0.6 fails unless
   every patch size divides the height and the width.
+- ``softmax=False`` (or None, as in Quantus) reads the logits; a ``nn.Softmax`` that ends the model,
+  also inside a nested ``Sequential``, is skipped (Quantus only replaces a top-level one).
+- AvgSensitivity / MaxSensitivity call ``explain_func`` on many perturbed copies of the batch at
+  once; an ``explain_func`` whose output for one example depends on the rest of its batch (e.g. one
+  normalisation over the batch) gives other values unless ``max_batch=len(x_batch)``.
 - Custom ``perturb_func`` (other than Quantus's defaults) raise ``NotImplementedError``; models must
   be ``torch.nn.Module``; ``display_progressbar`` and ``default_plot_func`` are accepted and ignored.
 """
@@ -74,6 +83,7 @@ __all__ = ["AvgSensitivity", "FaithfulnessCorrelation", "Infidelity", "MaxSensit
 _trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy 2.4 removed np.trapz
 _BASELINE_FUNCS = ("batch_baseline_replacement_by_indices", "baseline_replacement_by_indices")
 _NOISE_FUNCS = ("batch_uniform_noise", "uniform_noise")
+_DEFAULT = object()  # softmax not given: the metric's Quantus default
 
 
 def normalise_by_max(a: np.ndarray, normalise_axes: Optional[Sequence[int]] = None) -> np.ndarray:
@@ -209,8 +219,9 @@ class _Metric:
         self.abs, self.normalise, self.normalise_func = abs, normalise, normalise_func
         self.return_aggregate, self.aggregate_func = return_aggregate, aggregate_func or np.mean
         self.disable_warnings, self.display_progressbar = disable_warnings, display_progressbar
-        self.perturb_baseline = perturb_baseline
         self.perturb_func_kwargs = dict(perturb_func_kwargs or {})
+        # as in Quantus's make_perturb_func, a perturb_baseline in perturb_func_kwargs wins
+        self.perturb_baseline = self.perturb_func_kwargs.pop("perturb_baseline", perturb_baseline)
         self.evaluation_scores: Any = []
         self.all_evaluation_scores: list = []
 
@@ -233,11 +244,12 @@ class _Metric:
     def __call__(self, model, x_batch, y_batch, a_batch=None, s_batch=None,
                  channel_first: Optional[bool] = None, explain_func: Optional[Callable] = None,
                  explain_func_kwargs: Optional[dict] = None,
-                 model_predict_kwargs: Optional[dict] = None, softmax: Optional[bool] = None,
+                 model_predict_kwargs: Optional[dict] = None, softmax: Any = _DEFAULT,
                  device: Optional[str] = None, batch_size: int = 64, custom_batch: Any = None, *,
                  generator=0, max_batch: Optional[int] = None, memory_budget: Optional[int] = None, **kwargs):
         """Scores of ``a_batch`` (or of ``explain_func``'s attributions) for ``model`` on ``x_batch``
-        with labels ``y_batch``. ``softmax=None`` uses the metric's Quantus default. ``generator``
+        with labels ``y_batch``. ``softmax`` defaults to the metric's Quantus default; None reads the
+        logits, as in Quantus. ``generator``
         (torch.Generator or int seed) drives every random draw; ``max_batch`` / ``memory_budget``
         bound the inputs per model call."""
         if kwargs:
@@ -248,7 +260,7 @@ class _Metric:
         if y_np.shape[0] != x_np.shape[0] or not np.issubdtype(y_np.dtype, np.integer):
             raise ValueError(f"y_batch must hold one integer label per example ({x_np.shape[0]}), got "
                              f"{y_np.dtype} of shape {y_np.shape}")
-        softmax = self._softmax if softmax is None else bool(softmax)
+        softmax = self._softmax if softmax is _DEFAULT else bool(softmax)
         net, reader = _predictor(model, softmax, model_predict_kwargs)
         param = next((p for p in model.parameters() if p.is_floating_point()), None)
         dtype = param.dtype if param is not None else torch.float32
@@ -301,11 +313,6 @@ class _Metric:
             if key in ("black", "white", "mean"):
                 stat = {"black": x.amin, "white": x.amax, "mean": x.mean}[key](dims, keepdim=True)
                 return stat.expand_as(x)
-            if key == "uniform":
-                low = float(self.perturb_func_kwargs.get("uniform_low", 0.0))
-                high = float(self.perturb_func_kwargs.get("uniform_high", 1.0))
-                u = torch.rand(x.shape, generator=generator, dtype=x.dtype)
-                return (low + (high - low) * u).to(x.device)
         elif isinstance(value, (np.ndarray, torch.Tensor)):
             t = torch.as_tensor(_to_numpy(value), dtype=x.dtype, device=x.device)
             try:
@@ -315,6 +322,29 @@ class _Metric:
                                  f"inputs {tuple(x.shape)}") from None
         raise ValueError("perturb_baseline must be 'black', 'white', 'mean', 'uniform', a number or an "
                          f"array, got {value!r}")
+
+    def _uniform(self) -> bool:
+        return isinstance(self.perturb_baseline, str) and self.perturb_baseline.lower() == "uniform"
+
+    def _uniform_values(self, x: torch.Tensor, n_calls: int, generator: torch.Generator) -> torch.Tensor:
+        """``[B, n_calls]`` draws of ``U[uniform_low, uniform_high)`` (default ``U[0, 1)``)."""
+        low = float(self.perturb_func_kwargs.get("uniform_low", 0.0))
+        high = float(self.perturb_func_kwargs.get("uniform_high", 1.0))
+        u = torch.rand(x.shape[0], n_calls, generator=generator, dtype=x.dtype)
+        return (low + (high - low) * u).to(x.device)
+
+    def _replacement(self, x: torch.Tensor, generator: torch.Generator, call: torch.Tensor,
+                     n_calls: int) -> torch.Tensor:
+        """The baseline of a cumulative perturbation, shaped like ``x``. Quantus's batched replacement
+        draws ``"uniform"`` as one value per example and call, shared by the features that call
+        replaces; ``call`` ``[B, U]`` gives the call (step, region, patch) that replaces each unit (a
+        pixel, shared by the channels, or an element when U counts every element)."""
+        if not self._uniform():
+            return self._baseline(x, generator)
+        values = self._uniform_values(x, n_calls, generator).gather(1, call.clamp_max(n_calls - 1))
+        if values.shape[1] == x[0].numel():
+            return values.view_as(x)
+        return values.view((x.shape[0], 1) + tuple(x.shape[2:])).expand_as(x)
 
     def _check_step(self, x: torch.Tensor, step: int) -> None:
         _check_positive(step, "features_in_step")
@@ -367,8 +397,9 @@ class PixelFlipping(_Metric):
     def _evaluate(self, ctx, x, y, a):
         self._check_step(x, self.features_in_step)
         feats, step, _ = self._ranked(x, a, self.features_in_step)
-        base = self._baseline(x, ctx.generator)
-        curve = ctx.curve(x, base, rank_features(feats), _steps(feats.shape[1], step), y)
+        rank, counts = rank_features(feats), _steps(feats.shape[1], step)
+        base = self._replacement(x, ctx.generator, rank // step, counts.numel())
+        curve = ctx.curve(x, base, rank, counts, y)
         if self.return_auc_per_sample:
             return torch.trapezoid(curve, dx=1.0, dim=1).tolist()
         return curve.tolist()
@@ -415,7 +446,8 @@ class RegionPerturbation(_Metric):
         steps = torch.arange(n_patches, device=x.device).expand_as(order)
         position = torch.empty_like(order).scatter_(1, order, steps)
         counts = torch.arange(1, min(self.regions_evaluation, n_patches) + 1)
-        curve = ctx.curve(x, self._baseline(x, ctx.generator), position[:, ids], counts, y)
+        base = self._replacement(x, ctx.generator, position[:, ids], n_patches)
+        curve = ctx.curve(x, base, position[:, ids], counts, y)
         return list((ctx.clean[:, None] - curve).cpu().numpy())
 
 
@@ -445,10 +477,13 @@ class FaithfulnessCorrelation(_Metric):
             raise ValueError(f"subset_size ({self.subset_size}) must be smaller than the input size "
                              f"({spatial})")
         feats = a.expand_as(x).reshape(x.shape[0], -1)
+        uniform = self._uniform()  # one value per example and run, as Quantus draws it
+        fill = self._uniform_values(x, self.nr_runs, ctx.generator) if uniform else None
+        base = 0.0 if uniform else self._baseline(x, ctx.generator)
         passes = subset_deltas(ctx.net, x, y, feats.shape[1], subset_size=self.subset_size,
-                               n_subsets=self.nr_runs, baseline=self._baseline(x, ctx.generator),
+                               n_subsets=self.nr_runs, baseline=base,
                                score=ctx.reader, generator=ctx.generator, max_batch=ctx.max_batch,
-                               memory_budget=ctx.memory_budget)
+                               memory_budget=ctx.memory_budget, fill=fill)
         mass = passes.attribution_mass(feats, weighted=False)
         if self.similarity_func is None:
             return _pearson(mass, passes.delta).tolist()
@@ -484,8 +519,9 @@ class SensitivityN(_Metric):
         spatial = math.prod(x.shape[2:]) if x.dim() > 2 else x.shape[1]
         n_steps = int(self.n_max_percentage * spatial // self.features_in_step)
         counts = _steps(feats.shape[1], step)[:max(n_steps, 0)]
-        base = self._baseline(x, ctx.generator)
-        deltas = ctx.clean[:, None] - ctx.curve(x, base, rank_features(feats), counts, y)
+        rank = rank_features(feats)
+        base = self._replacement(x, ctx.generator, rank // step, max(counts.numel(), 1))
+        deltas = ctx.clean[:, None] - ctx.curve(x, base, rank, counts, y)
         ordered = torch.sort(feats.double(), dim=1, descending=True, stable=True).values
         cum = torch.cat([ordered.new_zeros(ordered.shape[0], 1), ordered.cumsum(1)], 1)
         before = torch.cat([counts.new_zeros(1), counts[:-1]])
@@ -533,18 +569,16 @@ class Infidelity(_Metric):
         if x.dim() != 4:
             raise ValueError(f"Infidelity needs image inputs [B, C, H, W], got {tuple(x.shape)}")
         batch = x.shape[0]
-        base_name = self.perturb_baseline.lower() if isinstance(self.perturb_baseline, str) else None
-        random_baseline = base_name == "uniform"
         samples = []
         for _ in range(self.n_perturb_samples):
-            if samples and not random_baseline:  # a fixed baseline makes every sample the same
+            if samples and not self._uniform():  # a fixed baseline makes every sample the same
                 samples.append(samples[-1])
                 continue
-            base = self._baseline(x, ctx.generator)
-            inside = (a.expand_as(x) * (x - base)).sum(1).reshape(batch, -1).double()
             losses = []
             for patch in self.perturb_patch_sizes:
                 ids, n_patches = _patch_ids(x.shape, patch, x.device)
+                base = self._replacement(x, ctx.generator, ids.expand(batch, -1), n_patches)
+                inside = (a.expand_as(x) * (x - base)).sum(1).reshape(batch, -1).double()
                 deltas = ctx.clean[:, None] - ctx.curve(x, base, ids.expand(batch, -1),
                                                         torch.arange(1, n_patches + 1), y)
                 sums = torch.zeros(batch, n_patches, dtype=torch.float64, device=x.device)

@@ -290,7 +290,8 @@ def ranked_curve(model: Callable, inputs: torch.Tensor, baseline: torch.Tensor, 
 @torch.no_grad()
 def masked_scores(model: Callable, inputs: torch.Tensor, baseline: torch.Tensor, masks: torch.Tensor,
                   target: torch.Tensor, *, reader: str, chunk: int, features: Optional["Features"] = None,
-                  compile: Union[bool, dict] = False, precise: bool = False) -> torch.Tensor:
+                  compile: Union[bool, dict] = False, precise: bool = False,
+                  fill: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Scores ``[B, K]`` (``[B, K, C]`` for ``"logits"``) of the model on explicit masks:
     ``x̃_{b,k} = x'_b`` on the features where ``masks[b, k]`` is True and ``x_b`` elsewhere.
 
@@ -314,7 +315,8 @@ def masked_scores(model: Callable, inputs: torch.Tensor, baseline: torch.Tensor,
         m = masks[bs if masks.shape[0] > 1 else torch.zeros_like(bs), ks]
         if features is not None and features.index is not None:
             m = m.gather(1, features.index[bs])
-        perturbed = torch.where(m.unsqueeze(1), b3[bs], x3[bs]).reshape((-1,) + tuple(inputs.shape[1:]))
+        base = b3[bs] if fill is None else fill[bs, ks].to(inputs).view(-1, 1, 1)
+        perturbed = torch.where(m.unsqueeze(1), base, x3[bs]).reshape((-1,) + tuple(inputs.shape[1:]))
         scores = read_scores(runner(perturbed), target[bs], reader)
         out = _store(out, (batch, n_masks), scores, precise)
         out[bs, ks] = scores.to(out.dtype)

@@ -27,7 +27,8 @@ class SubsetPasses:
     """Model passes shared by every attribution: ``delta [B, K] = f_t(x) − f_t(x̃)`` (float64 for
     float64 models), and the perturbation size per feature (``Σ_c (x − x̃)`` over the channels of a
     feature): on subset-to-baseline passes the subsets ``masks [B, K, F]`` (True = perturbed) and
-    ``change [B, F]``; on Gaussian passes ``weight [B, K, F]`` for every feature (no subsets)."""
+    ``change [B, F]`` (None when every subset had its own fill value); on Gaussian passes
+    ``weight [B, K, F]`` for every feature (no subsets)."""
 
     masks: Optional[torch.Tensor]
     delta: torch.Tensor
@@ -44,6 +45,9 @@ class SubsetPasses:
         if self.masks is None:
             raise ValueError("Gaussian passes perturb every feature: only the weighted mass Iᵀa exists")
         if weighted:
+            if self.change is None:
+                raise ValueError("subsets filled with their own values have no single perturbation size "
+                                 "(x − x'): only the unweighted mass exists")
             feats = feats.to(self.change.dtype) * self.change
         masks = self._as_float.get(feats.dtype)
         if masks is None:
@@ -70,7 +74,7 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
                   baseline=0.0, noise: Optional[float] = None, score: str = "logit", generator=None,
                   max_batch=None, memory_budget=None, p: Optional[float] = None,
                   masks: Optional[torch.Tensor] = None, compile: Union[bool, dict] = False,
-                  logits: Optional[torch.Tensor] = None) -> SubsetPasses:
+                  logits: Optional[torch.Tensor] = None, fill: Optional[torch.Tensor] = None) -> SubsetPasses:
     """Runs the model on perturbed inputs for a set of feature subsets, shared by every attribution.
 
     Subsets: ``n_subsets`` random ones per example of ``subset_size`` features (one size per subset
@@ -81,7 +85,8 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     baseline are drawn; the noise is drawn chunk by chunk, so it never exists all at once). Draws come
     from ``generator`` on the CPU, so the passes are reproducible on every device: a random baseline
     (``"uniform"``) first, then the subsets.
-    ``logits``: the model's output on ``inputs`` when the caller already has it.
+    ``logits``: the model's output on ``inputs`` when the caller already has it. ``fill`` ``[B, K]``:
+    subset k of example b is set to the one value ``fill[b, k]`` instead of the baseline.
     """
     gen = _generator(generator)
     batch = inputs.shape[0]
@@ -100,6 +105,9 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
         base = make_baseline(inputs, baseline, generator=gen)  # drawn before the subsets
         masks = random_subsets(batch, n_subsets, n_features, size=subset_size, p=p, generator=gen,
                                device=inputs.device)
+    if fill is not None and (noise is not None or tuple(fill.shape) != (batch, n_subsets)):
+        raise ValueError(f"fill must hold one value per example and subset, shape ({batch}, {n_subsets}), "
+                         "and goes with subsets, not noise")
     if logits is None:
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
     wdtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
@@ -107,8 +115,9 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     chunk = chunk_size(inputs, batch * n_subsets, max_batch, memory_budget, per_input_factor=8.0)
     if noise is None:
         out = masked_scores(model, inputs, base, masks, target, reader=score, chunk=chunk, compile=compile,
-                            precise=True).to(wdtype)
-        change = (inputs - base).to(wdtype).reshape(batch, -1, n_features).sum(1)
+                            precise=True, fill=fill).to(wdtype)
+        change = None if fill is not None else \
+            (inputs - base).to(wdtype).reshape(batch, -1, n_features).sum(1)
         return SubsetPasses(masks=masks.expand(batch, -1, -1), delta=clean.unsqueeze(1) - out, change=change)
     per, block = max(1, chunk // batch), min(batch, chunk)  # perturbations per chunk, examples per chunk
     runner = ChunkRunner(model, per * block, compile)
