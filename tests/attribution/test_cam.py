@@ -85,8 +85,11 @@ def test_interpolate_modes():
                                    guided_backprop(model, X, T) * want[:, None])
     assert not torch.allclose(grad_cam(model, X, T, layer="conv", interpolate_mode="nearest"),
                               grad_cam(model, X, T, layer="conv"))
+    for linear in ("linear", "trilinear"):  # every linear mode is linear along the map's own axes
+        torch.testing.assert_close(grad_cam(model, X, T, layer="conv", interpolate_mode=linear),
+                                   grad_cam(model, X, T, layer="conv"))
     with pytest.raises(ValueError, match="interpolate_mode"):
-        grad_cam(model, X, T, layer="conv", interpolate_mode="linear")
+        grad_cam(model, X, T, layer="conv", interpolate_mode="spline")
 
 
 def test_attribute_to_layer_input():
@@ -113,7 +116,7 @@ def test_layers_without_two_spatial_axes_need_upsample_false():
     alpha = torch.where(g != 0, 1 / (2 + a * g), torch.zeros_like(g))  # g² / (2 g² + A g³): no spatial sum
     out = grad_cam_plus_plus(model, X, T, layer="flat", upsample=False, relu_attributions=False)
     torch.testing.assert_close(out, (alpha * g.clamp(min=0) * a).sum(1))
-    with pytest.raises(ValueError, match=r"\[B, K, h, w\]"):
+    with pytest.raises(ValueError, match=r"\[B, K, \.\.\.\] with 1 to 3 spatial axes"):
         grad_cam(model, X, T, layer="flat")
 
 
@@ -189,7 +192,7 @@ def test_bad_arguments():
         grad_cam(model, X, layer=nn.Conv2d(6, 8, 3))
     with pytest.raises(TypeError, match="layer must be"):
         grad_cam(model, X, layer=3)
-    with pytest.raises(ValueError, match=r"\[B, K, h, w\]"):
+    with pytest.raises(ValueError, match=r"\[B, K, \.\.\.\] with 1 to 3 spatial axes"):
         grad_cam(model, X, layer="fc")
     with pytest.raises(ValueError, match="target out of range"):
         grad_cam(model, X, 7, layer="conv")

@@ -301,3 +301,67 @@ def test_unsupported_captum_arguments_raise():
     with pytest.raises(TypeError, match="floating"):
         fa.LayerIntegratedGradients(text, text.embedding).attribute(token_ids(), target=0,
                                                                     attribute_to_layer_input=True)
+
+
+# ---------------------------------------------------------------- 1-D and 3-D convolutions, API extras
+
+def conv_model(dims: int) -> nn.Module:
+    """A small Conv1d / Conv3d classifier in float64."""
+    conv, pool = {1: (nn.Conv1d, nn.AdaptiveAvgPool1d), 3: (nn.Conv3d, nn.AdaptiveAvgPool3d)}[dims]
+    torch.manual_seed(dims)
+    return nn.Sequential(conv(2, 4, 3, padding=1), nn.ReLU(), conv(4, 5, 3, stride=2), nn.ReLU(), pool(1),
+                         nn.Flatten(), nn.Linear(5, 3)).double().eval()
+
+
+@pytest.mark.parametrize("dims,shape", [(1, (4, 2, 16)), (3, (3, 2, 6, 6, 6))])
+def test_grad_cam_on_1d_and_3d_convolutions_matches_captum(dims, shape):
+    model = conv_model(dims)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(dims), dtype=torch.float64)
+    y = torch.arange(shape[0]) % 3
+    for mode in ("nearest", ("linear", "trilinear")[dims == 3]):
+        ref = cattr.GuidedGradCam(model, model[2]).attribute(x, y, interpolate_mode=mode)
+        ours = fa.GuidedGradCam(model, model[2]).attribute(x, y, interpolate_mode=mode)
+        assert ref.abs().sum() > 0
+        close(ours, ref)
+        cam = cattr.LayerGradCam(model, model[2]).attribute(x, y)
+        close(fa.LayerGradCam(model, model[2]).attribute(x, y), cam)
+        close(fa.LayerGradCam.interpolate(cam, shape[2:], mode), cattr.LayerGradCam.interpolate(cam, shape[2:], mode))
+
+
+def test_noise_tunnel_draws_fresh_gradient_shap_samples_per_batch():
+    """NoiseTunnel(GradientShap) passes its generator on: every block of noisy copies draws new α's,
+    baselines and noise (VarGrad over them is not 0), and a different seed gives other draws."""
+    model, x, y = case("cnn")
+    method = fa.NoiseTunnel(fa.GradientShap(model))
+    kw = dict(baselines=refs_for(x, 4), nt_type="vargrad", nt_samples=4, nt_samples_batch_size=1, stdevs=0.0,
+              target=y)
+    first = method.attribute(x, generator=5, **kw)
+    assert first.abs().sum() > 0
+    assert torch.equal(first, method.attribute(x, generator=5, **kw))
+    assert not torch.equal(first, method.attribute(x, generator=6, **kw))
+
+
+def test_numpy_counts_delta_and_name_like_captum():
+    model, x, y = case("cnn")
+    refs = refs_for(x, 1)
+    ours = fa.IntegratedGradients(model).attribute(x, refs, y, n_steps=np.int64(6), internal_batch_size=np.int64(9))
+    close(ours, cattr.IntegratedGradients(model).attribute(x, refs, y, n_steps=6, internal_batch_size=9))
+    ig = cattr.IntegratedGradients(model)
+    close(fa.IntegratedGradients(model).compute_convergence_delta(ours, refs, x, target=y),
+          ig.compute_convergence_delta(ours, refs, x, target=y))
+    smooth = fa.NoiseTunnel(fa.Saliency(model)).attribute(x, nt_samples=np.int64(3), target=y, stdevs=0.0)
+    close(smooth, cattr.Saliency(model).attribute(x, y))
+    for cls in ("IntegratedGradients", "NoiseTunnel", "LayerGradCam", "GuidedGradCam"):
+        assert getattr(fa, cls).get_name() == getattr(cattr, cls).get_name()
+    with pytest.raises(ValueError, match="internal_batch_size must be an int >= 1"):
+        fa.IntegratedGradients(model).attribute(x, refs, y, internal_batch_size=0)
+
+
+def test_attributions_carry_no_graph_of_the_inputs():
+    model, x, y = case("cnn")
+    x = x.clone().requires_grad_(True)
+    refs = refs_for(x.detach(), 3)
+    outs = [fa.InputXGradient(model).attribute(x, y), fa.GradientShap(model).attribute(x, refs, target=y),
+            *fa.IntegratedGradients(model).attribute(x, refs[:1], y, n_steps=4, return_convergence_delta=True),
+            fa.NoiseTunnel(fa.IntegratedGradients(model)).attribute(x, nt_samples=2, target=y, n_steps=4)]
+    assert all(not o.requires_grad for o in outs) and x.grad is None

@@ -120,13 +120,22 @@ def _cam_weights(acts: torch.Tensor, grads: torch.Tensor, plus_plus: bool) -> to
     return _spatial_sum(alpha * grads.clamp(min=0))
 
 
-INTERPOLATE_MODES = ("bilinear", "nearest", "nearest-exact", "bicubic", "area")
+INTERPOLATE_MODES = ("bilinear", "nearest", "nearest-exact", "bicubic", "area", "linear", "trilinear")
+_LINEAR = ("linear", "bilinear", "trilinear")
 
 
 def _upsample(cam: torch.Tensor, inputs: torch.Tensor, mode: str) -> torch.Tensor:
-    """``[B, h, w]`` → ``[B, H, W]`` (the inputs' last two axes) with ``F.interpolate``'s ``mode``."""
-    corners = False if mode in ("bilinear", "bicubic") else None
-    return F.interpolate(cam[:, None], size=tuple(inputs.shape[-2:]), mode=mode, align_corners=corners)[:, 0]
+    """``[B, *s]`` (1 to 3 spatial axes) → ``[B, *S]``, ``S`` the inputs' last ``len(s)`` axes, with
+    ``F.interpolate``'s ``mode``; the linear modes (``"linear"``, ``"bilinear"``, ``"trilinear"``) all
+    mean linear along every axis (``align_corners=False``)."""
+    axes = cam.dim() - 1
+    size = tuple(inputs.shape[-axes:])
+    if mode in _LINEAR:
+        mode = _LINEAR[axes - 1]
+    elif mode == "bicubic" and axes != 2:
+        raise ValueError(f"interpolate_mode='bicubic' needs a map with 2 spatial axes, got {axes}")
+    corners = False if mode in _LINEAR or mode == "bicubic" else None
+    return F.interpolate(cam[:, None], size=size, mode=mode, align_corners=corners)[:, 0]
 
 
 def _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpolate_mode="bilinear",
@@ -136,9 +145,6 @@ def _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpola
     _check_flag(relu_attributions, "relu_attributions")
     _check_flag(upsample, "upsample")
     _check_flag(attribute_to_layer_input, "attribute_to_layer_input")
-    if upsample and inputs.dim() < 3:
-        raise ValueError(f"upsample=True needs inputs with two trailing spatial axes [B, ..., H, W], got shape "
-                         f"{tuple(inputs.shape)}; pass upsample=False for the layer-resolution map")
     if interpolate_mode not in INTERPOLATE_MODES:
         raise ValueError(f"interpolate_mode must be one of {INTERPOLATE_MODES}, got {interpolate_mode!r}")
     return _resolve_layer(model, layer)
@@ -148,10 +154,10 @@ def _cam_chunk(model, layer, x, target, relu_attributions, upsample, plus_plus, 
                layer_input=False, channel_sum=True):
     """One chunk's map: ``Σ_k w_k A^k`` ``[B, ...]`` (``channel_sum=False``: the terms ``[B, K, ...]``)."""
     acts, grads, t = _layer_gradients(model, layer, x, target, layer_input)
-    if upsample and acts.dim() != 4:
-        raise ValueError(f"upsample=True needs a conv layer whose {'input' if layer_input else 'output'} is "
-                         f"[B, K, h, w]; layer {type(layer).__name__} gives {tuple(acts.shape)} (pass "
-                         "upsample=False for the layer-resolution map)")
+    if upsample and not 1 <= acts.dim() - 2 <= min(3, x.dim() - 1):
+        raise ValueError(f"upsample needs a conv layer whose {'input' if layer_input else 'output'} is "
+                         f"[B, K, ...] with 1 to 3 spatial axes, no more than the inputs' "
+                         f"{tuple(x.shape[1:])}; layer {type(layer).__name__} gives {tuple(acts.shape)}")
     acc = torch.float64 if acts.dtype == torch.float64 else torch.float32
     acts, grads = acts.to(acc), grads.to(acc)
     cam = _cam_weights(acts, grads, plus_plus) * acts
@@ -187,13 +193,15 @@ def grad_cam(model: Callable, inputs: torch.Tensor, target: Target = None, *, la
     ``A`` ``[B, K, h, w]`` is the output of ``layer`` (an ``nn.Module`` inside ``model`` or its
     dotted name, e.g. ``"features.28"``), or its input with ``attribute_to_layer_input=True``; the
     gradient is taken with respect to ``A`` only. ``relu_attributions=False`` keeps negative
-    evidence (Captum's ``LayerGradCam`` default). The map is upsampled to the input's last two
-    axes with ``F.interpolate``'s ``interpolate_mode`` (``"bilinear"``: ``align_corners=False``).
+    evidence (Captum's ``LayerGradCam`` default). The map is upsampled to as many of the input's
+    last axes as it has spatial axes (1 to 3: ``Conv1d`` to ``Conv3d`` layers) with
+    ``F.interpolate``'s ``interpolate_mode`` (the linear modes: ``align_corners=False``).
     With ``upsample=False`` any ``[B, K, ...]`` layer works (the mean runs over the axes after
     ``K``; for ``[B, K]``, ``α = ∂f_t/∂A`` as in Captum).
 
     Returns:
-        ``[B, H, W]`` for inputs ``[B, C, H, W]``; ``upsample=False``: the layer-resolution ``[B, h, w]``.
+        ``[B, H, W]`` for inputs ``[B, C, H, W]`` (``[B, L]`` for ``[B, C, L]``, ``[B, D, H, W]`` for
+        ``[B, C, D, H, W]``); ``upsample=False``: the layer-resolution ``[B, h, w]``.
 
     Example::
 
@@ -299,7 +307,7 @@ def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target = Non
     ``attribute_to_layer_input`` as in :func:`grad_cam`.
 
     Returns:
-        a tensor shaped like ``inputs`` ``[B, C, H, W]``.
+        a tensor shaped like ``inputs`` (``[B, C, L]``, ``[B, C, H, W]`` or ``[B, C, D, H, W]``).
 
     Example::
 
@@ -312,7 +320,6 @@ def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target = Non
     batch = inputs.shape[0]
     targets = _chunk_targets(target, batch)
     chunk = chunk_size(inputs, batch, max_batch, memory_budget)
-    shape = (-1,) + (1,) * (inputs.dim() - 3) + tuple(inputs.shape[-2:])
     blocks = []
     with frozen_parameters(model):
         for e0 in range(0, batch, chunk):
@@ -321,5 +328,6 @@ def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target = Non
                                 interpolate_mode, attribute_to_layer_input)
             with _guided_relus(model):
                 grad, _ = _guided_chunk(model, x, t)
-            blocks.append(grad * cam.view(shape))
+            lead = (cam.shape[0],) + (1,) * (x.dim() - cam.dim())  # broadcast over the channels
+            blocks.append(grad * cam.view(lead + tuple(cam.shape[1:])))
     return torch.cat(blocks)

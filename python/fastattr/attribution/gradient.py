@@ -91,9 +91,12 @@ def _batched_gradients(model, x, target, chunk):
 
 
 def _prepare(model, inputs, target, max_batch=None, memory_budget=None):
+    """Checks; the resolved targets, and the inputs detached (attributions never carry the caller's
+    autograd graph)."""
     check_model(model)
     check_inputs(inputs)
-    return resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
+    return resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget), \
+        inputs.detach()
 
 
 def saliency(model: Callable, inputs: torch.Tensor, target: Target = None, *, abs: bool = True,
@@ -104,7 +107,7 @@ def saliency(model: Callable, inputs: torch.Tensor, target: Target = None, *, ab
 
         >>> a = fastattr.saliency(model, x, target=3)   # shape of x
     """
-    t = _prepare(model, inputs, target, max_batch, memory_budget)
+    t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)
     with frozen_parameters(model):
         g = _batched_gradients(model, inputs, t, gradient_chunk(model, inputs, inputs.shape[0], max_batch,
                                                                 memory_budget))
@@ -114,7 +117,8 @@ def saliency(model: Callable, inputs: torch.Tensor, target: Target = None, *, ab
 def input_x_gradient(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                      max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
     """Input × Gradient (Shrikumar et al. 2016): ``x ⊙ ∂f_t/∂x``."""
-    return inputs * saliency(model, inputs, target, abs=False, max_batch=max_batch, memory_budget=memory_budget)
+    grad = saliency(model, inputs, target, abs=False, max_batch=max_batch, memory_budget=memory_budget)
+    return inputs.detach() * grad
 
 
 def _baselines(inputs: torch.Tensor, baselines) -> torch.Tensor:
@@ -207,7 +211,7 @@ def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target =
         >>> attr, delta = fastattr.integrated_gradients(model, x, target=y, n_steps=64,
         ...                                             return_convergence_delta=True)
     """
-    t = _prepare(model, inputs, target, max_batch, memory_budget)
+    t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)
     _check_autocast(autocast)
     alphas, weights = quadrature(method, n_steps)
     base = _baselines(inputs, baselines)
@@ -286,7 +290,7 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
         raise TypeError(f"abs must be a bool, got {type(abs).__name__}")
     _check_variant(variant)
     _check_count(n_samples)
-    t = _prepare(model, inputs, target, max_batch, memory_budget)
+    t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)
     gen = _generator(generator)
     sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
     batch = inputs.shape[0]
@@ -403,7 +407,7 @@ def gradient_shap(model: Callable, inputs: torch.Tensor, target: Target = None, 
     _check_count(n_samples)
     if isinstance(stdev, bool) or not isinstance(stdev, (int, float)) or stdev < 0:
         raise ValueError(f"stdev must be a number >= 0, got {stdev!r}")
-    t = _prepare(model, inputs, target, max_batch, memory_budget)
+    t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)
     refs = _references(inputs, baselines)
     index, alpha, noise = _shap_draws(_generator(generator), n_samples, refs.shape[0], inputs, float(stdev))
     return _shap_from_draws(model, inputs, t, refs, index, alpha, noise,
@@ -436,7 +440,8 @@ def noise_tunnel(method: Callable, model: Callable, inputs: torch.Tensor, target
     _check_count(n_samples)
     if not callable(method):
         raise TypeError(f"method must be an attribution function, got {type(method).__name__}")
-    t = _prepare(model, inputs, target, method_kwargs.get("max_batch"), method_kwargs.get("memory_budget"))
+    t, inputs = _prepare(model, inputs, target, method_kwargs.get("max_batch"),
+                         method_kwargs.get("memory_budget"))
     gen = _generator(generator)
     sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
     total = total_sq = None

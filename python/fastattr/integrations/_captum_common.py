@@ -3,13 +3,14 @@ module): Captum-style inputs, baselines, targets and ``additional_forward_args``
 fastattr's functions take."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+import re
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..attribution._common import chunk_size
+from ..attribution._common import chunk_size, resolve_target, select
 
 
 def _single_input(inputs) -> Tuple[torch.Tensor, bool]:
@@ -44,6 +45,15 @@ def _unsupported(**arguments) -> None:
         if value is not None:
             raise NotImplementedError(f"{name}={value!r} is not supported by fastattr.integrations.captum; "
                                       f"leave it None or use captum.attr for this call")
+
+
+def _count(value, name: str, optional: bool = False) -> Optional[int]:
+    """A Captum count argument (an int >= 1, numpy ints included; None when ``optional``) as an int."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
 
 
 def _as_args(additional_forward_args) -> Optional[tuple]:
@@ -169,6 +179,26 @@ class _Attribution:
 
     def has_convergence_delta(self) -> bool:
         return self._has_delta
+
+    @classmethod
+    def get_name(cls) -> str:
+        """The class name in words (``"IntegratedGradients"`` → ``"Integrated Gradients"``), as Captum's."""
+        return re.sub(r"(?<=.)([A-Z])", r" \1", cls.__name__)
+
+    def compute_convergence_delta(self, attributions, start_point, end_point, target=None,
+                                  additional_forward_args: Any = None) -> torch.Tensor:
+        """Per example, ``Σ attributions − (f_t(end_point) − f_t(start_point))`` (Sundararajan et al.
+        2017's completeness gap), as Captum's; ``start_point`` may broadcast to ``end_point``."""
+        if not self._has_delta:
+            raise NotImplementedError(f"{type(self).__name__} has no convergence delta")
+        end, _ = _single_input(end_point)
+        start = torch.broadcast_to(_single_of(start_point, "start_point"), end.shape)
+        attr, _ = _single_input(attributions)
+        model, t, _ = _bind(self.forward_func, end, target, additional_forward_args, None, end.shape[0])
+        with torch.no_grad():
+            t = resolve_target(model, end, t)
+            gap = select(model(end), t) - select(model(start), t)
+        return attr.reshape(attr.shape[0], -1).sum(1).to(gap.dtype) - gap
 
     @property
     def multiplies_by_inputs(self) -> bool:

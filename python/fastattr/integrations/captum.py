@@ -62,8 +62,8 @@ from ..attribution.gradient import integrated_gradients as _integrated_gradients
 from ..attribution.gradient import saliency as _saliency
 from ..attribution.gradient import smoothgrad as _smoothgrad
 from ..attribution.layer import layer_integrated_gradients as _layer_integrated_gradients
-from ._captum_common import (_as_args, _Attribution, _bind, _output, _single_of, _single_input, _tiled,
-                             _unsupported)
+from ._captum_common import (_as_args, _Attribution, _bind, _count, _output, _single_of, _single_input,
+                             _tiled, _unsupported)
 from ._captum_perturbation import FeatureAblation, Occlusion
 
 __all__ = ["FeatureAblation", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
@@ -112,7 +112,8 @@ class IntegratedGradients(_Attribution):
         also the per-example delta ``Σ attr − (f_t(x) − f_t(x'))``."""
         x, is_tuple = _single_input(inputs)
         baselines = _single_of(baselines)
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, internal_batch_size,
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args,
+                                    _count(internal_batch_size, "internal_batch_size", optional=True),
                                     n_steps * x.shape[0])
         out = _integrated_gradients(model, x, t, baselines=baselines, n_steps=n_steps, method=method,
                                     multiply_by_inputs=self._multiply_by_inputs,
@@ -173,9 +174,8 @@ class NoiseTunnel(_Attribution):
         generator = _generator(kwargs.pop("generator", None))
         if nt_type not in VARIANTS:
             raise ValueError(f"nt_type must be one of {VARIANTS}, got {nt_type!r}")
-        for name, value in (("nt_samples", nt_samples), ("nt_samples_batch_size", nt_samples_batch_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        nt_samples = _count(nt_samples, "nt_samples")
+        nt_samples_batch_size = _count(nt_samples_batch_size, "nt_samples_batch_size", optional=True)
         x, is_tuple = _single_input(inputs)
         stdev = self._stdev(stdevs)
         k = nt_samples if nt_samples_batch_size is None else min(nt_samples, nt_samples_batch_size)
@@ -202,12 +202,14 @@ class NoiseTunnel(_Attribution):
 
     def _noise_loop(self, x, is_tuple, nt_type, nt_samples, k, stdev, draw_baseline_from_distrib, generator,
                     kwargs):
+        x = x.detach()
         batch, shape = x.shape[0], tuple(x.shape[1:])
         want_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta", False))
         baselines = kwargs.get("baselines")
         if isinstance(baselines, tuple) and len(baselines) == 1:
             baselines = baselines[0]
         sigma = torch.tensor(stdev, dtype=x.dtype, device=x.device)
+        method = self.attribution_method
         total = total_sq = None
         deltas = []
         if kwargs.get("target") is None:
@@ -224,13 +226,15 @@ class NoiseTunnel(_Attribution):
                 part["target"] = _repeat_target(part["target"], kk)
             if "additional_forward_args" in part:
                 part["additional_forward_args"] = _repeat_args(part["additional_forward_args"], kk, batch)
+            if isinstance(method, GradientShap):
+                part.setdefault("generator", generator)  # one stream: the noise, then each call's draws
             if isinstance(baselines, torch.Tensor):
                 if draw_baseline_from_distrib:
                     rows = torch.randint(baselines.shape[0], (batch * kk,), generator=generator)
                     part["baselines"] = baselines[rows.to(baselines.device)]
                 elif baselines.shape[0] == batch and batch > 1:
                     part["baselines"] = baselines.repeat_interleave(kk, dim=0)
-            out = self.attribution_method.attribute((noisy,) if is_tuple else noisy, **part)
+            out = method.attribute((noisy,) if is_tuple else noisy, **part)
             if want_delta:
                 out, delta = out
                 deltas.append(delta)
@@ -280,13 +284,12 @@ class GradientShap(_Attribution):
             baselines = baselines(inputs) if takes_inputs else baselines()
         baselines = _single_of(baselines)
         stdev = NoiseTunnel._stdev(stdevs)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+        n_samples = _count(n_samples, "n_samples")
         _check_bool(return_convergence_delta, "return_convergence_delta")
         batch = x.shape[0]
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None,
                                     n_samples * batch)
-        t = _prepare(model, x, t)
+        t, x = _prepare(model, x, t)
         refs = _references(x, baselines)
         if isinstance(generator, str):
             if generator != "global":
@@ -359,7 +362,8 @@ class LayerIntegratedGradients(_LayerAttribution):
         _unsupported(grad_kwargs=grad_kwargs)
         x, _ = _single_input(inputs)
         baselines = _single_of(baselines)
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, internal_batch_size,
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args,
+                                    _count(internal_batch_size, "internal_batch_size", optional=True),
                                     n_steps * x.shape[0])
         # One baseline row per example, so extra forward arguments tile the same way on every pass.
         base = _baselines(x, baselines).expand_as(x)
