@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 

@@ -238,7 +238,7 @@ def test_model_in_training_mode_warns():
     (dict(sliding_window_shapes=(3, 2, 2), strides=(1, 1)), ValueError, "strides must have one entry"),
     (dict(sliding_window_shapes=(3, 2, 2), score="margin"), ValueError, "score must be one of"),
     (dict(sliding_window_shapes=(3, 2, 2), baselines=torch.zeros(2, 3, 8, 8)), ValueError, "baselines"),
-    (dict(sliding_window_shapes=(3, 2, 2), baselines=float("nan")), ValueError, "baselines contain NaN"),
+    (dict(sliding_window_shapes=(3, 2, 2), baselines=float("nan")), ValueError, "baseline contains NaN"),
     (dict(sliding_window_shapes=(3, 2, 2), baselines=[0.0]), TypeError, "baselines must be"),
     (dict(sliding_window_shapes=(3, 2, 2), max_batch=0), ValueError, "max_batch"),
 ])

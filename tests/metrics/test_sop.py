@@ -171,7 +171,7 @@ def test_bad_input():
         M.grouped_insertion_error(model, x, attr, groups=torch.ones(3, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="p must be a probability"):
         M.deletion_error(model, x, attr, max_exhaustive=2, p=0.0)
-    with pytest.raises(ValueError, match="n_subsets must be a positive int"):
+    with pytest.raises(ValueError, match="n_subsets must be an int >= 1"):
         M.deletion_error(model, x, attr, max_exhaustive=2, n_subsets=0)
 
 

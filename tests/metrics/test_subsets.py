@@ -203,3 +203,46 @@ def test_gaussian_infidelity_draws_per_chunk_the_same_noise():
         torch.testing.assert_close(M.infidelity(model, x, a, 1, max_batch=max_batch, **kw), ref)
     torch.testing.assert_close(M.infidelity(model, x, a, 1, baseline="uniform", **kw), ref)
     assert not torch.allclose(M.infidelity(model, x, a, 1, **{**kw, "generator": 4}), ref)
+
+
+def test_constant_mass_gives_nan_whatever_the_rounding():
+    """A constant attribution mass has no correlation: NaN, even where centring it leaves rounding noise
+    (0.7 × 12 features in float64 is not exactly 12 · 0.7 for every subset order of summation)."""
+    model = small_cnn()
+    x = rand(3, 3, 8, 8, seed=95)
+    a = torch.full((3, 8, 8), 0.7, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="undefined"):
+        fcor = M.faithfulness_correlation(model, x, a, 1)
+    assert fcor.isnan().all()
+    centred = torch.tensor([[0.7 * 3] * 4], dtype=torch.float64)
+    from fastattr.metrics.subsets import _pearson
+    assert _pearson(centred + torch.tensor([[0.0, 4e-16, -4e-16, 0.0]]), rand(1, 4, seed=96)).isfinite().all()
+    assert _pearson(centred, rand(1, 4, seed=96)).isnan().all()
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda m, x, a: M.faithfulness_correlation(m, x, a, 1, n_subsets=0), ValueError, "n_subsets must be an int >= 2"),
+    (lambda m, x, a: M.faithfulness_correlation(m, x, a, 1, n_subsets=1), ValueError, "n_subsets must be an int >= 2"),
+    (lambda m, x, a: M.infidelity(m, x, a, 1, n_subsets=2.5), ValueError, "n_subsets must be an int >= 1"),
+    (lambda m, x, a: M.infidelity(m, x, a, 1, perturbation="gaussian", n_subsets=0), ValueError, "n_subsets"),
+    (lambda m, x, a: M.infidelity(m, x, a, 1, perturbation="gaussian", noise_std=-1), ValueError,
+     "noise_std must be a number > 0"),
+    (lambda m, x, a: M.sensitivity_n(m, x, a, 1, ns=[]), ValueError, "ns must be a non-empty sequence"),
+    (lambda m, x, a: M.sensitivity_n(m, x, a, 1, ns=5), ValueError, "ns must be a non-empty sequence"),
+    (lambda m, x, a: M.deletion(m, x, a, 1, baseline=float("nan")), ValueError, "baseline contains NaN"),
+    (lambda m, x, a: M.deletion(m, x, a, 1, curves="yes"), TypeError, "curves must be a bool"),
+    (lambda m, x, a: M.deletion(m, x, a, 1, memory_budget="1GB"), ValueError, "memory_budget must be"),
+    (lambda m, x, a: M.deletion_error(m, x, a, 1, max_exhaustive=100), ValueError, "max_exhaustive=100"),
+    (lambda m, x, a: fastattr.evaluate(m, x, 1, attributions={"a": a}, metrics="deletion"), TypeError,
+     "metrics must be a non-empty list"),
+    (lambda m, x, a: fastattr.evaluate(m, x, 1, attributions={"a": a}, metrics=[]), TypeError,
+     "metrics must be a non-empty list"),
+    (lambda m, x, a: fastattr.evaluate(m, x, 1, attributions={"a": a}, n_subsets=1), ValueError,
+     "n_subsets must be an int >= 2"),
+])
+def test_bad_counts_and_arguments_are_named(call, error, match):
+    model, x, a = small_cnn(), rand(2, 3, 8, 8, seed=97), rand(2, 8, 8, seed=98)
+    copies = x.clone(), a.clone()
+    with pytest.raises(error, match=match):
+        call(model, x, a)
+    assert torch.equal(x, copies[0]) and torch.equal(a, copies[1])

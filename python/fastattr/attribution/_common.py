@@ -31,6 +31,23 @@ def check_inputs(inputs: torch.Tensor, name: str = "inputs", integer: bool = Fal
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+def check_flag(value, name: str) -> bool:
+    """A bool argument (numpy bools too), or a ``TypeError`` naming it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def check_count(value, name: str, *, minimum: int = 1, optional: bool = False) -> Optional[int]:
+    """A count argument: an int >= ``minimum`` (numpy ints too; None when ``optional``), as an int, or a
+    ``ValueError`` naming it."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def is_integer(t: torch.Tensor) -> bool:
     """An integer tensor (not bool, floating or complex)."""
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
@@ -146,7 +163,8 @@ def chunk_size(inputs: torch.Tensor, total: int, max_batch: Optional[int], memor
         memory_budget = free_memory(inputs.device) // 4
         if inputs.device.type == "cpu":
             memory_budget = min(memory_budget, CPU_WORKING_SET)
-    elif memory_budget <= 0:
+    elif isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float, np.number)) \
+            or not memory_budget > 0:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     per_input = max(1, inputs[0].numel() * inputs.element_size()) * per_input_factor
     return int(max(1, min(total, 1024, math.floor(memory_budget / per_input))))

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import Target, check_inputs, check_model, chunk_size, frozen_parameters, resolve_target, select
+from ._common import (Target, check_flag, check_inputs, check_model, chunk_size, frozen_parameters,
+                      resolve_target, select)
 
 Layer = Union[nn.Module, str]
 
@@ -49,11 +50,6 @@ def _chunk_targets(target: Target, batch: int) -> Callable[[int, int], Target]:
         if flat.numel() == batch:
             return lambda e0, e1: flat[e0:e1]
     return lambda e0, e1: target
-
-
-def _check_flag(value, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
 def _layer_gradients(model: Callable, layer: nn.Module, x: torch.Tensor, target: Target,
@@ -142,9 +138,9 @@ def _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpola
                     attribute_to_layer_input=False) -> nn.Module:
     check_model(model)
     check_inputs(inputs)
-    _check_flag(relu_attributions, "relu_attributions")
-    _check_flag(upsample, "upsample")
-    _check_flag(attribute_to_layer_input, "attribute_to_layer_input")
+    check_flag(relu_attributions, "relu_attributions")
+    check_flag(upsample, "upsample")
+    check_flag(attribute_to_layer_input, "attribute_to_layer_input")
     if interpolate_mode not in INTERPOLATE_MODES:
         raise ValueError(f"interpolate_mode must be one of {INTERPOLATE_MODES}, got {interpolate_mode!r}")
     return _resolve_layer(model, layer)

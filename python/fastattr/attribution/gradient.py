@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..ops.path_ops import path_accumulate, path_interpolate
-from ._common import (Target, check_inputs, check_model, frozen_parameters, gradient_chunk, resolve_target,
-                      select)
+from ._common import (Target, check_count, check_inputs, check_model, frozen_parameters, gradient_chunk,
+                      resolve_target, select)
 
 QUADRATURE = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -235,11 +235,6 @@ def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target =
 VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
-def _check_count(n_samples, name: str = "n_samples") -> None:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {n_samples!r}")
-
-
 def _check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -289,7 +284,7 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
     if not isinstance(abs, bool):
         raise TypeError(f"abs must be a bool, got {type(abs).__name__}")
     _check_variant(variant)
-    _check_count(n_samples)
+    n_samples = check_count(n_samples, "n_samples")
     t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)
     gen = _generator(generator)
     sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
@@ -404,7 +399,7 @@ def gradient_shap(model: Callable, inputs: torch.Tensor, target: Target = None, 
 
         >>> attr = fastattr.attribution.gradient_shap(model, x, target=y, baselines=refs, n_samples=20)
     """
-    _check_count(n_samples)
+    n_samples = check_count(n_samples, "n_samples")
     if isinstance(stdev, bool) or not isinstance(stdev, (int, float)) or stdev < 0:
         raise ValueError(f"stdev must be a number >= 0, got {stdev!r}")
     t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)
@@ -437,7 +432,7 @@ def noise_tunnel(method: Callable, model: Callable, inputs: torch.Tensor, target
     The target is resolved once on the clean inputs, so every noisy copy explains the same class.
     """
     _check_variant(variant)
-    _check_count(n_samples)
+    n_samples = check_count(n_samples, "n_samples")
     if not callable(method):
         raise TypeError(f"method must be an attribution function, got {type(method).__name__}")
     t, inputs = _prepare(model, inputs, target, method_kwargs.get("max_batch"),

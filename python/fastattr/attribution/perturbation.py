@@ -34,12 +34,9 @@ def _baseline(inputs: torch.Tensor, baselines: Baselines, generator=None) -> tor
     if is_integer(inputs):
         return _integer_baseline(inputs, baselines)
     try:
-        base = make_baseline(inputs, baselines, generator=generator)
+        return make_baseline(inputs, baselines, generator=generator)
     except ValueError as e:
         raise ValueError(f"baselines: {e}") from None
-    if not torch.isfinite(base).all():
-        raise ValueError("baselines contain NaN or Inf")
-    return base
 
 
 def _integer_baseline(inputs: torch.Tensor, baselines) -> torch.Tensor:

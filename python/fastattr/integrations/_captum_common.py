@@ -47,15 +47,6 @@ def _unsupported(**arguments) -> None:
                                       f"leave it None or use captum.attr for this call")
 
 
-def _count(value, name: str, optional: bool = False) -> Optional[int]:
-    """A Captum count argument (an int >= 1, numpy ints included; None when ``optional``) as an int."""
-    if value is None and optional:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
-
-
 def _as_args(additional_forward_args) -> Optional[tuple]:
     if additional_forward_args is None or isinstance(additional_forward_args, tuple):
         return additional_forward_args

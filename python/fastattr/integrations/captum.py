@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attribution._common import resolve_target
+from ..attribution._common import check_count, check_flag, resolve_target
 from ..attribution.cam import _cam
 from ..attribution.cam import guided_backprop as _guided_backprop
 from ..attribution.cam import guided_grad_cam as _guided_grad_cam
@@ -62,8 +62,8 @@ from ..attribution.gradient import integrated_gradients as _integrated_gradients
 from ..attribution.gradient import saliency as _saliency
 from ..attribution.gradient import smoothgrad as _smoothgrad
 from ..attribution.layer import layer_integrated_gradients as _layer_integrated_gradients
-from ._captum_common import (_as_args, _Attribution, _bind, _count, _output, _single_of, _single_input,
-                             _tiled, _unsupported)
+from ._captum_common import (_as_args, _Attribution, _bind, _output, _single_of, _single_input, _tiled,
+                             _unsupported)
 from ._captum_perturbation import FeatureAblation, Occlusion
 
 __all__ = ["FeatureAblation", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
@@ -113,7 +113,7 @@ class IntegratedGradients(_Attribution):
         x, is_tuple = _single_input(inputs)
         baselines = _single_of(baselines)
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args,
-                                    _count(internal_batch_size, "internal_batch_size", optional=True),
+                                    check_count(internal_batch_size, "internal_batch_size", optional=True),
                                     n_steps * x.shape[0])
         out = _integrated_gradients(model, x, t, baselines=baselines, n_steps=n_steps, method=method,
                                     multiply_by_inputs=self._multiply_by_inputs,
@@ -174,8 +174,8 @@ class NoiseTunnel(_Attribution):
         generator = _generator(kwargs.pop("generator", None))
         if nt_type not in VARIANTS:
             raise ValueError(f"nt_type must be one of {VARIANTS}, got {nt_type!r}")
-        nt_samples = _count(nt_samples, "nt_samples")
-        nt_samples_batch_size = _count(nt_samples_batch_size, "nt_samples_batch_size", optional=True)
+        nt_samples = check_count(nt_samples, "nt_samples")
+        nt_samples_batch_size = check_count(nt_samples_batch_size, "nt_samples_batch_size", optional=True)
         x, is_tuple = _single_input(inputs)
         stdev = self._stdev(stdevs)
         k = nt_samples if nt_samples_batch_size is None else min(nt_samples, nt_samples_batch_size)
@@ -250,11 +250,6 @@ class NoiseTunnel(_Attribution):
         return (attr, torch.cat(deltas)) if want_delta else attr
 
 
-def _check_bool(value, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
 class GradientShap(_Attribution):
     """GradientSHAP, as ``captum.attr.GradientShap`` (see :func:`fastattr.attribution.gradient_shap`).
 
@@ -284,8 +279,8 @@ class GradientShap(_Attribution):
             baselines = baselines(inputs) if takes_inputs else baselines()
         baselines = _single_of(baselines)
         stdev = NoiseTunnel._stdev(stdevs)
-        n_samples = _count(n_samples, "n_samples")
-        _check_bool(return_convergence_delta, "return_convergence_delta")
+        n_samples = check_count(n_samples, "n_samples")
+        check_flag(return_convergence_delta, "return_convergence_delta")
         batch = x.shape[0]
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None,
                                     n_samples * batch)
@@ -363,7 +358,7 @@ class LayerIntegratedGradients(_LayerAttribution):
         x, _ = _single_input(inputs)
         baselines = _single_of(baselines)
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args,
-                                    _count(internal_batch_size, "internal_batch_size", optional=True),
+                                    check_count(internal_batch_size, "internal_batch_size", optional=True),
                                     n_steps * x.shape[0])
         # One baseline row per example, so extra forward arguments tile the same way on every pass.
         base = _baselines(x, baselines).expand_as(x)
@@ -386,7 +381,7 @@ class LayerGradCam(_LayerAttribution):
                   attribute_to_layer_input: bool = False, relu_attributions: bool = False,
                   attr_dim_summation: bool = True, grad_kwargs: Optional[dict] = None):
         _unsupported(grad_kwargs=grad_kwargs)
-        _check_bool(attr_dim_summation, "attr_dim_summation")
+        check_flag(attr_dim_summation, "attr_dim_summation")
         x, _ = _single_input(inputs)
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
         cam = _cam(model, x, t, self.layer, relu_attributions=relu_attributions, upsample=False,

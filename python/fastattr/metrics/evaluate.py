@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, forward_chunks
+from ..attribution._common import Target, check_count, check_inputs, check_model, forward_chunks
 from ..attribution.gradient import _generator
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
@@ -181,6 +181,8 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         check_scalar_reader(score)
     if infidelity not in ("subset", "gaussian"):
         raise ValueError(f"infidelity must be 'subset' or 'gaussian', got {infidelity!r}")
+    if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics) or not len(metrics):
+        raise TypeError(f"metrics must be a non-empty list of metric names, got {metrics!r}")
     unknown = [m for m in metrics if m not in EVALUATE_METRICS]
     if unknown:
         raise ValueError(f"unknown metric {', '.join(unknown)}; choose from {', '.join(EVALUATE_METRICS)}")
@@ -207,6 +209,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     subset_kw = dict(n_subsets=n_subsets, baseline=baseline, score=score or "logit", compile=compile,
                      logits=clean, **chunks)
     size = _fraction_size(subset_fraction, n_features, "subset_fraction")
+    check_count(n_subsets, "n_subsets", minimum=2 if {"faithfulness_correlation", "sensitivity_n"} & set(metrics) else 1)
     gaussian = infidelity == "gaussian" and "infidelity" in metrics
     if "faithfulness_correlation" in metrics or ("infidelity" in metrics and not gaussian):
         passes = subset_deltas(counted, inputs, t, n_features, subset_size=size, generator=_fresh(generator),

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size
+from ..attribution._common import Target, check_flag, check_inputs, check_model, chunk_size
 from .perturb import (Baseline, Features, check_scalar_reader, feature_space, fraction_count, make_baseline,
                       rank_features, ranked_curve, read_scores, resolve_clean, step_counts)
 
@@ -106,6 +106,7 @@ def _space(granularity, segments, patch_size, segment_score):
 def _ranked_metric(model, inputs, attributions, target, *, keep_top, baseline, step, score, curves,
                    max_batch, memory_budget, space, generator, compile):
     check_scalar_reader(score)
+    check_flag(curves, "curves")
     feats, t, clean = ranked_setup(model, inputs, attributions, target, **space, max_batch=max_batch,
                                    memory_budget=memory_budget)
     counts = step_counts(feats.n, step)
@@ -168,6 +169,7 @@ def insertion(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
 def _removal(model, inputs, attributions, target, *, most, fractions, baseline, score, curves, max_batch,
              memory_budget, space, generator, compile):
     check_scalar_reader(score)
+    check_flag(curves, "curves")
     feats, t, logits = ranked_setup(model, inputs, attributions, target, **space, max_batch=max_batch,
                                     memory_budget=memory_budget)
     n = check_fractions(fractions, feats.n)

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
+from ..attribution._common import Target, check_flag, check_inputs, check_model, chunk_size, resolve_target
 from .perturb import (Baseline, check_scalar_reader, group_masks, group_scores, group_unit_rank,
                       make_baseline, rank_features, ranked_curve)
 
@@ -23,6 +23,7 @@ def _grouped(model, inputs, attributions, target, *, insert, groups, baseline, s
     check_model(model)
     check_inputs(inputs)
     check_scalar_reader(score)
+    check_flag(curves, "curves")
     masks, unit = group_masks(inputs, groups, granularity=granularity)
     c = group_scores(inputs, attributions, masks, unit, segment_score)
     t = resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)

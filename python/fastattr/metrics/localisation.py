@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..attribution._common import Target, check_inputs
+from ..attribution._common import Target, check_flag, check_inputs
 from .perturb import fraction_count, rank_features, unit_map
 
 NORMALIZATIONS = ("max", "minmax", None)
@@ -148,7 +148,9 @@ def ehr(model, inputs: torch.Tensor, attributions: torch.Tensor, target: Target 
         >>> fastattr.metrics.ehr(None, x, attr, boxes=bbox)
     """
     amap, region = _map_and_region(inputs, attributions, boxes, masks)
-    if not 0.0 <= base_threshold < 1.0:
+    check_flag(curves, "curves")
+    if isinstance(base_threshold, bool) or not isinstance(base_threshold, (int, float)) \
+            or not 0.0 <= base_threshold < 1.0:
         raise ValueError(f"base_threshold must be in [0, 1), got {base_threshold!r}")
     if isinstance(n_quantiles, bool) or not isinstance(n_quantiles, int) or n_quantiles < 2:
         raise ValueError(f"n_quantiles must be an int >= 2, got {n_quantiles!r}")

@@ -127,13 +127,20 @@ class Uniform:
 
 
 def make_baseline(inputs: torch.Tensor, baseline: Baseline, *, generator=None) -> torch.Tensor:
-    """The replacement values ``x'`` for ``inputs`` (SPEC §3.1).
+    """The replacement values ``x'`` for ``inputs`` (SPEC §3.1), checked finite.
 
     ``baseline``: a number (constant; 0 = "black"), ``"mean"`` (per-example, per-channel mean),
     :class:`Blur` (``Blur(sigma, kernel)``; ``"blur"`` = ``Blur()``), :class:`Uniform` (noise drawn
     from ``generator``; ``Uniform(low, high)``, ``"uniform"`` = each example's own range), a tensor
     broadcastable to ``inputs``, or a callable ``x -> x'``.
     """
+    out = _baseline_values(inputs, baseline, generator)
+    if not torch.isfinite(out).all():
+        raise ValueError("baseline contains NaN or Inf")
+    return out
+
+
+def _baseline_values(inputs: torch.Tensor, baseline: Baseline, generator) -> torch.Tensor:
     if isinstance(baseline, bool):
         raise TypeError("baseline must be a number, a string, Blur, Uniform, a tensor or a callable, "
                         "got a bool")

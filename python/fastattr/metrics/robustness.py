@@ -15,8 +15,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
-from ..attribution.gradient import _check_count, _generator
+from ..attribution._common import Target, check_count, check_inputs, check_model, chunk_size, resolve_target
+from ..attribution.gradient import _generator
 
 Explain = Union[str, Callable]
 # distance(e(x) [B, ...], e(x + ε) [k, B, ...], x + ε [k·B, ...]) -> [k, B]
@@ -102,7 +102,7 @@ def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, nor
                  attributions, explain_kwargs, generator, max_batch, memory_budget, reduce):
     check_model(model)
     check_inputs(inputs)
-    _check_count(n_samples)
+    n_samples = check_count(n_samples, "n_samples")
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius < math.inf:
         raise ValueError(f"radius must be a positive finite number, got {radius!r}")
     p = _norm_order(norm)

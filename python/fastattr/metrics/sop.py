@@ -21,7 +21,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size, resolve_target
+from ..attribution._common import Target, check_count, check_inputs, check_model, chunk_size, resolve_target
 from ..attribution.gradient import _generator
 from .perturb import (Baseline, Features, all_subsets, check_scalar_reader, feature_layout, feature_space,
                       group_masks, group_scores, make_baseline, masked_scores, random_subsets)
@@ -31,17 +31,19 @@ GROUP_RULES = ("subset", "contains")
 REDUCTIONS = ("sum", "mean")
 
 
-def choose_subsets(batch: int, n_features: int, *, subsets=None, n_subsets: int = 256,
+def choose_subsets(batch: int, n_features: int, *, subsets=None, n_subsets: int = 200,
                    max_exhaustive: int = 12, p: float = 0.5, generator=None) -> torch.Tensor:
     """The subsets to test, bool ``[B or 1, K, d]``: explicit ``subsets`` (``[B, K, d]`` / ``[K, d]``),
     all ``2^d − 1`` non-empty subsets when ``d ≤ max_exhaustive``, else ``n_subsets`` non-empty
     Bernoulli(``p``) subsets per example drawn from ``generator``."""
     if subsets is not None:
         return check_masks(subsets, batch, n_features, "subsets")
-    if n_features <= max_exhaustive:
+    if n_features <= check_count(max_exhaustive, "max_exhaustive", minimum=0):
+        if n_features > 24:
+            raise ValueError(f"max_exhaustive={max_exhaustive} asks for all 2^{n_features} − 1 subsets of "
+                             f"{n_features} features; exhaustive totals take at most 24 features")
         return all_subsets(n_features).unsqueeze(0)
-    if isinstance(n_subsets, bool) or not isinstance(n_subsets, int) or n_subsets < 1:
-        raise ValueError(f"n_subsets must be a positive int, got {n_subsets!r}")
+    n_subsets = check_count(n_subsets, "n_subsets")
     return random_subsets(batch, n_subsets, n_features, p=p, generator=generator, nonempty=True)
 
 
@@ -125,7 +127,7 @@ def _additive_error(model, inputs, attributions, target, *, insert, subsets, n_s
 
 
 def deletion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
-                   target: Target = None, *, subsets: Optional[torch.Tensor] = None, n_subsets: int = 256,
+                   target: Target = None, *, subsets: Optional[torch.Tensor] = None, n_subsets: int = 200,
                    max_exhaustive: int = 12, p: float = 0.5, baseline: Baseline = 0.0, score: str = "logit",
                    reduction: str = "sum", granularity: Optional[str] = None,
                    segments: Optional[torch.Tensor] = None, patch_size=None, segment_score: str = "sum",
@@ -151,7 +153,7 @@ def deletion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Te
 
 
 def insertion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
-                    target: Target = None, *, subsets: Optional[torch.Tensor] = None, n_subsets: int = 256,
+                    target: Target = None, *, subsets: Optional[torch.Tensor] = None, n_subsets: int = 200,
                     max_exhaustive: int = 12, p: float = 0.5, baseline: Baseline = 0.0, score: str = "logit",
                     reduction: str = "sum", granularity: Optional[str] = None,
                     segments: Optional[torch.Tensor] = None, patch_size=None, segment_score: str = "sum",
@@ -198,7 +200,7 @@ def _grouped_error(model, inputs, attributions, target, *, insert, groups, rule,
 def grouped_deletion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
                            target: Target = None, *, groups: torch.Tensor, rule: str = "subset",
                            subsets: Optional[torch.Tensor] = None,
-                           n_subsets: int = 256, max_exhaustive: int = 12, p: float = 0.5,
+                           n_subsets: int = 200, max_exhaustive: int = 12, p: float = 0.5,
                            baseline: Baseline = 0.0, score: str = "logit", reduction: str = "sum",
                            granularity: Optional[str] = None, segments: Optional[torch.Tensor] = None,
                            patch_size=None, segment_score: str = "sum", generator=None,
@@ -229,7 +231,7 @@ def grouped_deletion_error(model: Callable, inputs: torch.Tensor, attributions: 
 def grouped_insertion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
                             target: Target = None, *, groups: torch.Tensor, rule: str = "subset",
                             subsets: Optional[torch.Tensor] = None,
-                            n_subsets: int = 256, max_exhaustive: int = 12, p: float = 0.5,
+                            n_subsets: int = 200, max_exhaustive: int = 12, p: float = 0.5,
                             baseline: Baseline = 0.0, score: str = "logit", reduction: str = "sum",
                             granularity: Optional[str] = None, segments: Optional[torch.Tensor] = None,
                             patch_size=None, segment_score: str = "sum", generator=None,

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..attribution._common import Target, check_inputs, check_model, chunk_size, forward_chunks
+from ..attribution._common import Target, check_count, check_inputs, check_model, chunk_size, forward_chunks
 from ..attribution.gradient import _generator
 from .perturb import (ChunkRunner, check_attributions, fraction_count, make_baseline,
                       masked_scores, random_subsets, read_scores, resolve_clean)
@@ -90,18 +90,20 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     """
     gen = _generator(generator)
     batch = inputs.shape[0]
+    if masks is None:
+        n_subsets = check_count(n_subsets, "n_subsets")
     if noise is not None:
         if masks is not None:
             raise ValueError("give masks (subsets set to the baseline) or noise (Gaussian), not both")
-        if n_subsets is None:
-            raise ValueError("give n_subsets, the number of Gaussian perturbations")
+        if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not noise > 0:
+            raise ValueError(f"noise_std must be a number > 0, got {noise!r}")
     elif masks is not None:
         masks = check_masks(masks, batch, n_features).to(inputs.device)
         n_subsets = masks.shape[1]
         base = make_baseline(inputs, baseline, generator=gen)
     else:
-        if n_subsets is None or (subset_size is None and p is None):
-            raise ValueError("give n_subsets with subset_size or p, or explicit masks")
+        if subset_size is None and p is None:
+            raise ValueError("give subset_size or p (random subsets), or explicit masks")
         base = make_baseline(inputs, baseline, generator=gen)  # drawn before the subsets
         masks = random_subsets(batch, n_subsets, n_features, size=subset_size, p=p, generator=gen,
                                device=inputs.device)
@@ -140,11 +142,13 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation along the last axis (NaN where either side is constant)."""
+    """Pearson correlation along the last axis (NaN where either side is constant: tested exactly, as
+    the centred values of a constant need not round to 0)."""
     a, b = a.double(), b.double()
+    constant = (a == a[..., :1]).all(-1) | (b == b[..., :1]).all(-1)
     a = a - a.mean(-1, keepdim=True)
     b = b - b.mean(-1, keepdim=True)
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    return ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).masked_fill(constant, float("nan"))
 
 
 def correlation(passes: SubsetPasses, feats: torch.Tensor, metric: str) -> torch.Tensor:
@@ -193,6 +197,7 @@ def faithfulness_correlation(model: Callable, inputs: torch.Tensor, attributions
     """
     feats, t, clean = _setup(model, inputs, attributions, target, max_batch, memory_budget)
     if passes is None:
+        n_subsets = check_count(n_subsets, "n_subsets", minimum=2)  # a correlation needs two points
         passes = subset_deltas(model, inputs, t, feats.shape[1], n_subsets=n_subsets, baseline=baseline,
                                subset_size=_fraction_size(subset_fraction, feats.shape[1], "subset_fraction"),
                                score=score, generator=generator, max_batch=max_batch,
@@ -214,6 +219,7 @@ def sensitivity_n(model: Callable, inputs: torch.Tensor, attributions: torch.Ten
         >>> fastattr.metrics.sensitivity_n(model, x, attr, y, ns=[1, 8, 32])
     """
     feats, t, clean = _setup(model, inputs, attributions, target, max_batch, memory_budget)
+    n_subsets = check_count(n_subsets, "n_subsets", minimum=2)  # a correlation needs two points
     passes = sensitivity_passes(model, inputs, t, feats.shape[1], ns, n_subsets=n_subsets, baseline=baseline,
                                 score=score, generator=generator, max_batch=max_batch,
                                 memory_budget=memory_budget, compile=compile, logits=clean)
@@ -228,9 +234,10 @@ def sensitivity_passes(model: Callable, inputs: torch.Tensor, target: torch.Tens
     shared by every attribution: one baseline drawn first, then the subsets of each n in turn, all
     from ``generator``."""
     ns = default_ns(n_features) if ns is None else ns
-    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= n_features
-           for n in ns):
-        raise ValueError(f"ns must be ints in [1, {n_features}], got {list(ns)}")
+    if isinstance(ns, (str, numbers.Number, torch.Tensor)) or not hasattr(ns, "__len__") or not len(ns) \
+            or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= n_features
+                   for n in ns):
+        raise ValueError(f"ns must be a non-empty sequence of ints in [1, {n_features}], got {ns!r}")
     ns = [int(n) for n in ns]
     gen = _generator(generator)
     base = make_baseline(inputs, baseline, generator=gen)
