@@ -33,7 +33,8 @@ def test_evaluate_matches_each_metric():
         torch.testing.assert_close(ev.fractions["deletion"], frac)
         torch.testing.assert_close(ev["insertion"][name], M.insertion(model, x, a, y, step=3, **kw))
         torch.testing.assert_close(ev["mdrs"][name], M.mdrs(model, x, a, y, **kw))
-        value, curve, _ = M.aupc(model, x, a, y, curves=True, **kw)
+        value, curve, removed = M.aupc(model, x, a, y, curves=True, **kw)
+        torch.testing.assert_close(ev.fractions["aupc"], removed)
         torch.testing.assert_close(ev["aupc"][name], value)
         torch.testing.assert_close(ev.curves["aupc"][name], curve)
         for metric, fn in (("morf", M.morf), ("lerf", M.lerf)):
@@ -141,3 +142,12 @@ def test_evaluate_progress_bar_counts_the_model_inputs(capsys):
     assert quiet.forward_inputs > 0 and "evaluate" not in capsys.readouterr().err
     with pytest.raises(TypeError, match="progress"):
         fastattr.evaluate(model, x, y, attributions=attrs, progress="yes")
+
+
+def test_to_pandas_keeps_the_n_index_for_one_n():
+    pd = pytest.importorskip("pandas")
+    model, x = small_cnn(), rand(2, 3, 8, 8, seed=44)
+    ev = fastattr.evaluate(model, x, 1, attributions={"a": rand(2, 8, 8, seed=45)}, metrics=["sensitivity_n"],
+                           ns=[6], n_subsets=8)
+    table = ev.to_pandas()
+    assert isinstance(table, pd.DataFrame) and table["n_index"].tolist() == [0, 0]

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import fastattr
 import fastattr.metrics as M
 from fastattr.metrics.perturb import (Blur, CountingModel, Uniform, make_baseline, patch_segments,
                                       rank_features)
@@ -265,11 +266,11 @@ def test_mdrs_and_aupc_by_hand():
                          [1.0, 2.0, 4.0, 3.0],   # s: 5, 3, 2, 0 (a tie keeps class 0): never flips -> 4
                          [2.0, 4.0, 1.0, 3.0]], dtype=torch.float64)  # s: 0 (tie), -2: flips at 2
     assert M.mdrs(model, x, attr).tolist() == [1.0, 4.0, 2.0]
-    value, curve, counts = M.aupc(model, x, attr, curves=True)
+    value, curve, removed = M.aupc(model, x, attr, curves=True)
     s = torch.tensor([[-1.0, -2.0, 2.0, 0.0], [5.0, 3.0, 2.0, 0.0], [0.0, -2.0, -4.0, 0.0]], dtype=F64)
     torch.testing.assert_close(curve.double(), torch.sigmoid(s), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(value.double(), torch.sigmoid(s).sum(1), rtol=1e-6, atol=1e-6)
-    assert counts.tolist() == [1, 2, 3, 4]
+    assert removed.tolist() == [0.25, 0.5, 0.75, 1.0]
 
 
 def test_mdrs_and_aupc_match_a_slow_loop():
@@ -389,3 +390,39 @@ def test_keepdim_channel_reduced_maps_are_pixel_maps():
         torch.testing.assert_close(metric(model, x, keep, 1, **kw), metric(model, x, attr, 1, **kw))
     with pytest.raises(ValueError, match=r"or \(2, 1, 8, 8\)"):
         M.deletion(model, x, attr.unsqueeze(1).expand(2, 2, 8, 8), 1)
+
+
+def test_mdrs_counts_until_the_prediction_flips_whatever_the_target():
+    """MDRS is defined on the prediction (SEA-NN Eq. 3): a target that is not the predicted class ranks
+    by its own map but still counts until argmax f changes from argmax f(x)."""
+    model = Weighted([2.0, 1.0, -4.0, 2.0])
+    x = torch.ones(3, 4, dtype=torch.float64)  # predicted class 0
+    attr = torch.tensor([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 4.0, 3.0], [2.0, 4.0, 1.0, 3.0]], dtype=F64)
+    assert M.mdrs(model, x, attr, target=1).tolist() == M.mdrs(model, x, attr).tolist() == [1.0, 4.0, 2.0]
+    ev = fastattr.evaluate(model, x, torch.tensor([1, 1, 0]), attributions={"a": attr}, metrics=["mdrs"])
+    assert ev["mdrs"]["a"].tolist() == [1.0, 4.0, 2.0]
+
+
+def test_a_single_output_model_is_read_as_is():
+    """``[N, 1]`` and ``[N]`` outputs give the same curves under every scalar reader: a softmax over one
+    class would be 1 for every input."""
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=F64)
+    column = lambda z: (z.reshape(z.shape[0], -1) * w).sum(1, keepdim=True)  # noqa: E731
+    flat = lambda z: column(z)[:, 0]  # noqa: E731
+    x, attr = rand(3, 4, seed=31), rand(3, 4, seed=32)
+    for score in ("probability", "log_probability", "logit", "regression"):
+        _, curve, _ = M.deletion(column, x, attr, score=score, step=1, curves=True)
+        _, want, _ = M.deletion(flat, x, attr, score=score, step=1, curves=True)
+        torch.testing.assert_close(curve, want)
+        assert curve.std() > 0
+
+
+def test_fraction_steps_round_halves_up():
+    """``step=0.25`` of 6 features is 1.5 → 2 per step; MoRF at p = 0.5 of 5 features removes 3 (2.5 → 3)."""
+    model = Weighted([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    x, attr = torch.ones(2, 6, dtype=F64), rand(2, 6, seed=33)
+    assert (M.deletion(model, x, attr, step=0.25, curves=True)[2] * 6).round().tolist() == [0, 2, 4, 6]
+    five = Weighted([1.0, 2.0, 3.0, 4.0, 5.0])
+    a5 = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]], dtype=F64)
+    drop = M.morf(five, torch.ones(1, 5, dtype=F64), a5, fractions=[0.5], score="logit")
+    assert drop.tolist() == [pytest.approx(1.0 + 2.0 + 3.0)]

@@ -194,3 +194,25 @@ def test_every_forward_respects_max_batch():
         call(model, max_batch=2)
         assert max(model.sizes) <= 2, (name, model.sizes)
         assert sum(1 for s in model.sizes if s == 2) > 1, name
+
+
+def test_shared_element_segments_are_not_taken_for_pixel_segments_when_batch_equals_channels():
+    """Segments ``[C, H, W]`` with an element map mean one element segmentation for every example, also
+    when B = C makes them look like per-example pixel segments ``[B, H, W]``."""
+    x, a = rand(3, 3, 4, 4, seed=41), rand(3, 3, 4, 4, seed=42)
+    seg = torch.stack([(torch.arange(16).reshape(4, 4) // 4 + c) % 4 for c in range(3)])  # ids 0..3 each
+    implicit = feature_space(x, a, segments=seg)
+    explicit = feature_space(x, a, segments=seg, granularity="element")
+    assert implicit.unit == explicit.unit == "element"
+    torch.testing.assert_close(implicit.scores, explicit.scores)
+    pixel = feature_space(x, a.sum(1), segments=seg)  # a pixel map keeps the per-example reading
+    assert pixel.unit == "pixel" and pixel.scores.shape[0] == 3
+
+
+def test_integer_group_masks_get_a_hint():
+    x = rand(2, 3, 4, 4, seed=43)
+    masks = torch.zeros(5, 4, 4, dtype=torch.uint8)
+    masks[:, :2] = 1
+    with pytest.raises(ValueError, match="give 0/1 group masks as bool"):
+        group_masks(x, masks)
+    assert group_masks(x, masks.bool())[0].shape == (1, 5, 16)

@@ -66,7 +66,7 @@ class Evaluation:
                 for i in range(flat.shape[0]):
                     for j in range(flat.shape[1]):
                         rows.append({"method": method, "metric": metric, "example": i,
-                                     "n_index": j if flat.shape[1] > 1 else None, "value": flat[i, j].item()})
+                                     "n_index": j if v.dim() > 1 else None, "value": flat[i, j].item()})
         return pd.DataFrame(rows)
 
 
@@ -118,7 +118,7 @@ def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, ends, step, f
                 curve = at("curve")
                 _put(ev, metric, name, torch.trapezoid(curve, x.to(curve), dim=-1), curve, x)
             elif metric == "mdrs":
-                _put(ev, metric, name, mdrs_from_logits(out[:, columns(union, segments)], t))
+                _put(ev, metric, name, mdrs_from_logits(out[:, columns(union, segments)], ends[0]))
             elif metric == "aupc":
                 curve = at("segments")
                 _put(ev, metric, name, curve.sum(1), curve, torch.tensor(segments, dtype=torch.float32) / g)

@@ -87,13 +87,13 @@ def check_fractions(fractions, n_features: int, name: str = "fractions") -> list
     return [fraction_count(p, n_features, name) for p in fractions]
 
 
-def mdrs_from_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def mdrs_from_logits(logits: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """MDRS from the logits ``[B, G, C]`` after removing 1..G segments: the first k whose argmax
-    differs from ``target``; G when none does."""
-    if logits.shape[-1] < 2:
+    differs from the prediction on x (``clean``: the logits ``[B, C]`` of x); G when none does."""
+    if logits.shape[-1] < 2 or clean.dim() != 2:
         raise ValueError("mdrs needs a classifier with at least 2 outputs (it counts until the argmax "
                          "changes)")
-    flipped = logits.argmax(-1) != target.unsqueeze(1)
+    flipped = logits.argmax(-1) != clean.argmax(-1).unsqueeze(1)
     first = flipped.float().argmax(1) + 1
     return torch.where(flipped.any(1), first, logits.shape[1]).float()
 
@@ -227,13 +227,13 @@ def lerf(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, targ
 
 def _segment_pass(model, inputs, attributions, target, *, reader, baseline, max_batch, memory_budget, space,
                   generator, compile):
-    feats, t, _ = ranked_setup(model, inputs, attributions, target, **space, max_batch=max_batch,
-                               memory_budget=memory_budget)
+    feats, t, clean = ranked_setup(model, inputs, attributions, target, **space, max_batch=max_batch,
+                                   memory_budget=memory_budget)
     counts = torch.arange(1, feats.n + 1)
     out = ranked_scores(model, inputs, feats, t, counts, keep_top=False, reader=reader, compile=compile,
                         baseline=make_baseline(inputs, baseline, generator=generator),
                         max_batch=max_batch, memory_budget=memory_budget)
-    return out, t, counts
+    return out, t, counts, clean
 
 
 def mdrs(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
@@ -244,7 +244,8 @@ def mdrs(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, targ
 
     Segments are set to ``baseline`` (0) one at a time in decreasing attribution order (segment
     score = ``segment_score`` of the map inside it); MDRS is the smallest k with
-    ``argmax f(x̃_k) ≠ t``, ``t`` = the predicted class by default. **Convention:** counted in
+    ``argmax f(x̃_k) ≠ argmax f(x)``: the prediction flips, whatever class ``target`` names (the
+    attribution may explain another class; SEA-NN Eq. 3, SPEC §3.2). **Convention:** counted in
     segments (features when no ``segments`` / ``patch_size`` is given); k = G, the number of
     segments, when the prediction never flips. Returns float ``[B]``.
 
@@ -252,11 +253,11 @@ def mdrs(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, targ
 
         >>> fastattr.metrics.mdrs(model, x, attr, patch_size=4)
     """
-    logits, t, _ = _segment_pass(model, inputs, attributions, target, reader="logits", baseline=baseline,
-                                 max_batch=max_batch, memory_budget=memory_budget, generator=generator,
-                                 space=_space(granularity, segments, patch_size, segment_score),
-                                 compile=compile)
-    return mdrs_from_logits(logits, t)
+    logits, _, _, clean = _segment_pass(model, inputs, attributions, target, reader="logits",
+                                        baseline=baseline, max_batch=max_batch, memory_budget=memory_budget,
+                                        generator=generator, compile=compile,
+                                        space=_space(granularity, segments, patch_size, segment_score))
+    return mdrs_from_logits(logits, clean)
 
 
 def aupc(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
@@ -269,15 +270,17 @@ def aupc(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, targ
     ``AUPC = Σ_{k=1}^{G} softmax(f(x̃_k))_t`` with ``x̃_k`` = x after setting the top k segments to
     ``baseline`` (0), one segment per step — unnormalised, unit step, the clean score not included.
     ``t`` = the predicted class by default. With ``curves=True`` returns
-    ``(aupc [B], curve [B, G], segments removed [G])``. Other arguments as :func:`mdrs`.
+    ``(aupc [B], curve [B, G], fraction of segments removed [G])`` (k / G, as in
+    :func:`fastattr.evaluate`). Other arguments as :func:`mdrs`.
 
     Example::
 
         >>> fastattr.metrics.aupc(model, x, attr, segments=slic_ids)
     """
-    curve, _, counts = _segment_pass(model, inputs, attributions, target, reader=check_scalar_reader(score),
-                                     baseline=baseline, max_batch=max_batch, memory_budget=memory_budget,
-                                     space=_space(granularity, segments, patch_size, segment_score),
-                                     generator=generator, compile=compile)
+    check_flag(curves, "curves")
+    curve, _, counts, _ = _segment_pass(model, inputs, attributions, target, reader=check_scalar_reader(score),
+                                        baseline=baseline, max_batch=max_batch, memory_budget=memory_budget,
+                                        space=_space(granularity, segments, patch_size, segment_score),
+                                        generator=generator, compile=compile)
     value = curve.sum(1)
-    return (value, curve, counts) if curves else value
+    return (value, curve, counts.float() / counts.numel()) if curves else value

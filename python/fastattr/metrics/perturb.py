@@ -179,13 +179,14 @@ def check_scalar_reader(score: str) -> str:
 def read_scores(output: torch.Tensor, target: torch.Tensor, reader: str) -> torch.Tensor:
     """The score read off the model output (SPEC §3.1): ``"logit"`` ``f_t``, ``"probability"``
     ``softmax(f)_t``, ``"log_probability"`` ``log_softmax(f)_t``, ``"regression"`` the raw output
-    (of a ``[N]`` or ``[N, k]`` model, column t), ``"logits"`` the whole output ``[N, C]``. A 1-D
-    output is returned as is by every reader but ``"logits"``."""
+    (of a ``[N]`` or ``[N, k]`` model, column t), ``"logits"`` the whole output ``[N, C]``. A model
+    with one output (``[N]`` or ``[N, 1]``) is read as is by every reader but ``"logits"``: a softmax
+    over one class would be 1 whatever the input (end such a model in a sigmoid for a probability)."""
     if reader not in READERS and reader != "logits":
         raise ValueError(f"score must be one of {READERS + ('logits',)}, got {reader!r}")
     if reader == "logits":
         return output.reshape(output.shape[0], -1)
-    if reader in ("logit", "regression") or output.dim() == 1:
+    if reader in ("logit", "regression") or output.dim() == 1 or output.shape[-1] == 1:
         return select(output, target)
     if reader == "probability":
         return select(output.softmax(-1), target)
@@ -349,7 +350,7 @@ def step_counts(n_features: int, step: Union[int, float, None]) -> torch.Tensor:
     elif isinstance(step, float):
         if not 0.0 < step <= 1.0:
             raise ValueError(f"step as a fraction must be in (0, 1], got {step}")
-        size = max(1, round(step * n_features))
+        size = fraction_count(step, n_features, "step")
     else:
         raise TypeError(f"step must be an int, a float fraction or None, got {type(step).__name__}")
     counts = list(range(0, n_features, size)) + [n_features]
@@ -357,10 +358,11 @@ def step_counts(n_features: int, step: Union[int, float, None]) -> torch.Tensor:
 
 
 def fraction_count(fraction: float, n_features: int, name: str) -> int:
-    """``max(1, round(fraction · n))`` features for a fraction in (0, 1]; a clear error naming ``name``."""
+    """``max(1, ⌊fraction · n + ½⌋)`` features (halves round up) for a fraction in (0, 1]; a clear error
+    naming ``name``."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
         raise ValueError(f"{name} must be a fraction in (0, 1], got {fraction!r}")
-    return max(1, round(fraction * n_features))
+    return max(1, math.floor(fraction * n_features + 0.5))
 
 
 # ---- features: units, segments, patches, groups ------------------------------------------------
@@ -408,15 +410,18 @@ def _units(inputs: torch.Tensor, granularity: Optional[str]) -> list[str]:
 
 
 def _segment_ids(inputs: torch.Tensor, segments: torch.Tensor, granularity: Optional[str],
-                 name: str = "segments") -> tuple[torch.Tensor, str]:
-    """Integer segment ids of map shape (per example or shared) as ``[B, U]`` ids 0..G−1 and the unit."""
+                 name: str = "segments", prefer: Optional[str] = None) -> tuple[torch.Tensor, str]:
+    """Integer segment ids of map shape (per example or shared) as ``[B, U]`` ids 0..G−1 and the unit.
+    Without ``granularity``, the shapes of ``prefer``'s units are tried first (the map's own unit: a
+    shared ``[C, H, W]`` element segmentation is not mistaken for per-example pixel segments when
+    B = C)."""
     if not isinstance(segments, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer ids, got {type(segments).__name__}")
     if segments.is_floating_point() or segments.is_complex() or segments.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer segment ids, got dtype {segments.dtype}")
     batch = inputs.shape[0]
     expected = []
-    for unit in _units(inputs, granularity):
+    for unit in sorted(_units(inputs, granularity), key=lambda u: u != prefer):
         shape = unit_shape(inputs, unit)
         expected += [(batch,) + shape, shape]
         if tuple(segments.shape) in ((batch,) + shape, shape):
@@ -476,7 +481,7 @@ def feature_layout(inputs: torch.Tensor, *, granularity: Optional[str] = None, s
     if segments is not None and patch_size is not None:
         raise ValueError("give segments or patch_size, not both")
     if segments is not None:
-        ids, unit = _segment_ids(inputs, segments, granularity)
+        ids, unit = _segment_ids(inputs, segments, granularity, prefer=default)
         return unit, ids
     if patch_size is not None:
         if _units(inputs, granularity or "pixel") != ["pixel"]:
@@ -516,13 +521,17 @@ def group_masks(inputs: torch.Tensor, groups: torch.Tensor, *, granularity: Opti
     """Feature groups as bool masks ``[B or 1, G, U]`` over units, and the unit kind.
 
     ``groups``: integer segment ids of map shape (disjoint groups, see :func:`feature_space`), or
-    binary masks (bool or 0/1) with a group axis — ``[B, G, *map]`` per example or ``[G, *map]``
-    shared — that may overlap. Every group must hold at least one unit."""
+    binary masks (bool, or float 0/1) with a group axis — ``[B, G, *map]`` per example or
+    ``[G, *map]`` shared — that may overlap. Integer tensors are always read as segment ids: pass
+    0/1 masks from numpy or OpenCV as bool. Every group must hold at least one unit."""
     if not isinstance(groups, torch.Tensor):
         raise TypeError(f"groups must be a torch.Tensor, got {type(groups).__name__}")
     batch = inputs.shape[0]
     if not (groups.is_floating_point() or groups.dtype == torch.bool):
-        ids, unit = _segment_ids(inputs, groups, granularity, name="groups")
+        try:
+            ids, unit = _segment_ids(inputs, groups, granularity, name="groups")
+        except ValueError as e:
+            raise ValueError(f"{e} (integer groups are segment ids; give 0/1 group masks as bool)") from None
         n_groups = int(ids.max()) + 1
         masks = ids.unsqueeze(1) == torch.arange(n_groups, device=ids.device).view(1, -1, 1)
         return masks, unit
