@@ -68,8 +68,11 @@ def test_mdrs_and_aupc_share_the_deletion_pass():
     ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["deletion", "morf"], step=4,
                            fractions=[0.25, 0.5, 0.6], patch_size=2)
     assert ev.forward_inputs == 2 + 2 + len(attrs) * 2 * 4
-    # the SOP errors share their subsets across methods: 15 subsets + 1 reference, once
+    # the SOP errors share their subsets across methods: 15 subsets once, f(x) from the clean forward;
+    # insertion adds its reference f(x')
     ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["deletion_error"], patch_size=4)
+    assert ev.forward_inputs == 2 + 2 * 15
+    ev = fastattr.evaluate(model, x, y, attributions=attrs, metrics=["insertion_error"], patch_size=4)
     assert ev.forward_inputs == 2 + 2 * 16
 
 

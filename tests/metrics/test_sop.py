@@ -192,3 +192,16 @@ def test_sop_errors_draw_a_random_baseline_first_then_the_subsets_from_one_gener
     ev = fastattr.evaluate(model, x, 1, attributions={"a": a}, metrics=["deletion_error"], baseline="uniform",
                            generator=torch.Generator().manual_seed(5), **kw)
     torch.testing.assert_close(ev["deletion_error"]["a"], replayed)
+
+
+def test_deletion_error_reads_f_x_off_the_clean_forward():
+    """The clean forward that checks the targets gives f(x): deletion runs only the 2^d − 1 subsets;
+    insertion adds one reference input per example, the baseline."""
+    from fastattr.metrics.perturb import CountingModel
+
+    x, a = rand(2, 3, 8, 8, seed=51), rand(2, 8, 8, seed=52)
+    for fn, extra in ((M.deletion_error, 0), (M.insertion_error, 1)):
+        counted = CountingModel(small_cnn())
+        value = fn(counted, x, a, 1, patch_size=4)
+        assert counted.inputs == 2 + 2 * (15 + extra) and value.isfinite().all()
+        torch.testing.assert_close(value, fn(small_cnn(), x, a, 1, patch_size=4, max_batch=5))

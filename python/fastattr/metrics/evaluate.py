@@ -237,7 +237,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
             first = next(iter(spaces.values()))
             s, change = error_passes(counted, inputs, t, first, insert=insert, n_subsets=n_subsets,
                                      max_exhaustive=max_exhaustive, baseline=baseline, score=score or "logit",
-                                     generator=_fresh(generator), compile=compile, **chunks)
+                                     generator=_fresh(generator), compile=compile, clean=clean, **chunks)
             ev.values[metric] = {name: (change - additive_mass(s, f.scores.double())).abs().sum(-1)
                                  for name, f in spaces.items()}
     ev.forward_calls, ev.forward_inputs = counted.calls, counted.inputs
