@@ -249,9 +249,8 @@ class _Metric:
                  generator=0, max_batch: Optional[int] = None, memory_budget: Optional[int] = None, **kwargs):
         """Scores of ``a_batch`` (or of ``explain_func``'s attributions) for ``model`` on ``x_batch``
         with labels ``y_batch``. ``softmax`` defaults to the metric's Quantus default; None reads the
-        logits, as in Quantus. ``generator``
-        (torch.Generator or int seed) drives every random draw; ``max_batch`` / ``memory_budget``
-        bound the inputs per model call."""
+        logits, as in Quantus. ``generator`` (torch.Generator or int seed) drives every random draw;
+        ``max_batch`` / ``memory_budget`` bound the inputs per model call."""
         if kwargs:
             raise ValueError(f"unexpected keyword arguments: {sorted(kwargs)}")
         _check_positive(batch_size, "batch_size")
