@@ -24,13 +24,40 @@ class UserError(Exception):
     """An error caused by the command line or the user's files: shown as one line."""
 
 
+def _threads(n: Optional[int]) -> None:
+    if n is not None:
+        if n < 1:
+            raise UserError(f"--threads must be a positive integer, got {n}")
+        torch.set_num_threads(n)
+
+
 def _bench(args: argparse.Namespace) -> int:
     import importlib
+    from pathlib import Path
 
     from .bench import write_results
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _threads(args.threads)
+    if args.repeat < 1:
+        raise UserError(f"--repeat must be a positive integer, got {args.repeat}")
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+            if device.type not in ("cpu", "cuda"):
+                raise UserError(f"--device must be cpu or cuda (cuda:N), got {args.device!r}")
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise UserError("--device cuda requested but no CUDA device is available")
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as e:
+            raise UserError(f"--device {args.device!r} is not a usable device: {str(e).splitlines()[0]}") from e
+    if args.out:  # checked before hours of timing, not after
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            probe = Path(args.out) / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write results to {args.out}: {e.strerror or e}") from e
     names = list(BENCHES) if args.which == "all" else [args.which]
     tables = []
     for name in names:
@@ -58,8 +85,7 @@ def _report(args: argparse.Namespace) -> int:
             target = int(target)
         except ValueError:
             raise UserError(f"--target must be 'pred', 'label' or a class index, got {target!r}") from None
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _threads(args.threads)
     try:
         result = run_report(model=args.model, data=args.data, target=target, methods=split(args.methods),
                             metrics=split(args.metrics), n=args.n, device=args.device, out=args.out,
@@ -115,6 +141,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         print(f"fastattr: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # not foreseen: still one line, with the way to the traceback
+        if getattr(args, "debug", False):
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        print(f"fastattr: error: {type(e).__name__}: {first} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

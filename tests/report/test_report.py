@@ -116,3 +116,78 @@ def test_bench_table_and_record(tmp_path):
     record = json.loads(path.read_text())
     assert record["machine"]["torch_threads"] == torch.get_num_threads()
     assert record["tables"][0]["params"]["shape"] == [64, 256]
+
+
+def _save(path, obj):
+    torch.save(obj, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("make,args,message", [
+    (lambda p: (p / "bad.pt").write_bytes(b"not a tensor file") and str(p / "bad.pt"), [], "cannot read --data"),
+    (lambda p: _save(p / "none.pt", torch.rand(0, 1, 8, 8)), [], "--data holds no inputs"),
+    (lambda p: _save(p / "nan.pt", torch.full((3, 1, 8, 8), float("nan"))), [], "--data contains NaN"),
+    (lambda p: _save(p / "lab.pt", (torch.rand(3, 1, 8, 8), torch.tensor([1, 22, 3]))), ["--target", "label"],
+     "labels must be in 0..9"),
+    (lambda p: _save(p / "few.pt", (torch.rand(3, 1, 8, 8), torch.tensor([1]))), ["--target", "label"],
+     "1 labels for 3 inputs"),
+    (lambda p: _save(p / "hot.pt", (torch.rand(3, 1, 8, 8), torch.eye(10)[:3])), ["--target", "label"],
+     "one integer class index per input"),
+    (lambda p: None, ["--device", "meta"], "--device must be cpu or cuda"),
+    (lambda p: None, ["--threads", "-1"], "--threads must be a positive integer"),
+    (lambda p: None, ["--seed", str(2 ** 40)], "--seed must be an integer in [0, 2^32)"),
+    (lambda p: None, ["--methods", ","], "no method named"),
+])
+def test_cli_data_and_option_errors_are_one_line(tmp_path, capsys, make, args, message):
+    data = make(tmp_path)
+    code = main(["report", "--n", "3", "--out", str(tmp_path / "o"), "--no-progress", *args,
+                 *(["--data", data] if data else [])])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--repeat", "0"], "--repeat must be a positive integer"),
+    (["--threads", "0"], "--threads must be a positive integer"),
+    (["--device", "foo"], "is not a usable device"),
+])
+def test_bench_option_errors_come_before_any_timing(capsys, args, message):
+    assert main(["bench", "sparsemax", *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
+def test_bench_output_folder_is_checked_first(tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("")
+    assert main(["bench", "sparsemax", "--out", str(tmp_path / "file.txt" / "x")]) == 2
+    captured = capsys.readouterr()
+    assert "cannot write results" in captured.err and captured.out == ""
+
+
+def test_defaults_skip_methods_that_do_not_apply_and_nan_is_json_null(tmp_path):
+    """An MLP on flat inputs: the CAM and CD methods are left out of the default list (and said so);
+    a constant model's correlations are NaN, written as null, and the best mark skips them."""
+    torch.manual_seed(3)
+    mlp = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).train()
+    x = torch.rand(3, 12, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    result = run_report(model=mlp, data=x, n=3, out=tmp_path / "r", progress=False,
+                        metrics=["deletion", "faithfulness_correlation"])
+    assert {"grad_cam", "guided_grad_cam", "cd_blocks"} <= set(result.skipped)
+    assert "saliency" in result.methods and "grad_cam" not in result.methods
+    assert mlp.training and next(mlp.parameters()).dtype == torch.float32  # left as it was found
+    const = torch.nn.Sequential(torch.nn.Linear(12, 3))
+    torch.nn.init.zeros_(const[0].weight)
+    result = run_report(model=const, data=x, n=3, out=tmp_path / "c", progress=False,
+                        methods=["saliency", "random"], metrics=["faithfulness_correlation", "deletion"])
+    text = (tmp_path / "c" / "results.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in results.json"))
+    assert data["summary"]["faithfulness_correlation"]["saliency"] is None
+    assert data["device"] == "cpu" and data["torch_threads"] == torch.get_num_threads()
+
+
+def test_best_mark_ignores_nan():
+    from fastattr.report import best_value
+
+    assert best_value("faithfulness_correlation", {"a": float("nan"), "b": 0.2, "c": 0.6}) == 0.6
+    assert best_value("deletion", {"a": float("nan"), "b": 0.2, "c": 0.6}) == 0.2
+    assert best_value("deletion", {"a": float("nan")}) is None

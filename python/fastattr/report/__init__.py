@@ -6,8 +6,10 @@ scikit-learn digits). ``model`` / ``data`` point it at a user's own model and te
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
+import math
 import json
 import time
 from dataclasses import dataclass, field
@@ -37,6 +39,8 @@ class ReportResult:
     methods: list[str]
     metrics: list[str]
     n: int
+    device: str = "cpu"
+    skipped: dict[str, str] = field(default_factory=dict)  # default methods left out: method -> why
     seconds: dict[str, float] = field(default_factory=dict)
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
     per_example: dict[str, dict[str, list[float]]] = field(default_factory=dict)
@@ -59,7 +63,11 @@ def load_model(spec: Optional[str]) -> torch.nn.Module:
     factory = getattr(module, attr, None)
     if factory is None:
         raise ReportError(f"module {module_name!r} has no attribute {attr!r}")
-    model = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+    try:
+        model = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+    except Exception as e:
+        raise ReportError(f"{spec}() failed ({type(e).__name__}: {e}); --model names a function that takes no "
+                          "arguments and returns the model") from e
     if not callable(model):
         raise ReportError(f"{spec} did not give a callable model")
     return model
@@ -93,25 +101,61 @@ def load_data(spec: Optional[str], n: int) -> tuple[torch.Tensor, Optional[torch
     y = None
     if path.is_dir():
         x = _load_images(path)
-    elif path.suffix == ".npy":
+    elif path.suffix.lower() == ".npy":
         import numpy as np
 
-        x = torch.from_numpy(np.load(path))
-    elif path.suffix == ".pt":
-        obj = torch.load(path, weights_only=True)
+        try:
+            x = torch.from_numpy(np.load(path))
+        except Exception as e:
+            raise ReportError(f"cannot read --data {spec}: {e}") from e
+    elif path.suffix.lower() in (".pt", ".pth"):
+        try:
+            obj = torch.load(path, weights_only=True)
+        except Exception as e:
+            raise ReportError(f"cannot read --data {spec} (a tensor file saved with torch.save): "
+                              f"{str(e).splitlines()[0]}") from e
+        x = y = None
         if isinstance(obj, dict):
             x, y = obj.get("x"), obj.get("y")
-        elif isinstance(obj, (tuple, list)):
+        elif isinstance(obj, (tuple, list)) and obj:
             x, y = obj[0], obj[1] if len(obj) > 1 else None
         else:
             x = obj
         if not isinstance(x, torch.Tensor):
             raise ReportError(f"--data {spec}: expected a tensor, (x, y) or {{'x': ..., 'y': ...}}")
+        if y is not None and not isinstance(y, torch.Tensor):
+            y = torch.as_tensor(y)
     else:
         raise ReportError(f"--data must be a .pt or .npy file or a folder of images, got {spec}")
-    if not x.is_floating_point():
-        x = x.float()
     return x[:n], (y[:n] if isinstance(y, torch.Tensor) else None)
+
+
+def _check_data(x: torch.Tensor, model) -> torch.Tensor:
+    """Inputs as the model's floating dtype (integer images and float64 / float16 arrays cast), checked
+    non-empty and finite."""
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ReportError(f"--data holds no inputs [N, ...] (shape {tuple(x.shape)})")
+    params = [p for p in model.parameters() if p.is_floating_point()] if isinstance(model, torch.nn.Module) else []
+    x = x.to(params[0].dtype if params else torch.float32)
+    if not torch.isfinite(x).all():
+        raise ReportError("--data contains NaN or Inf")
+    return x
+
+
+def _check_labels(labels: torch.Tensor, n: int, n_classes: int) -> torch.Tensor:
+    """Labels as ``[n]`` class indices (a ``[n, 1]`` column squeezed), checked against the model."""
+    if labels.dim() == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.dim() != 1 or labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise ReportError(f"--target label needs one integer class index per input, got labels of shape "
+                          f"{tuple(labels.shape)} and dtype {labels.dtype}")
+    if labels.shape[0] < n:
+        raise ReportError(f"--target label: {labels.shape[0]} labels for {n} inputs")
+    labels = labels[:n].long()
+    if ((labels < 0) | (labels >= n_classes)).any():
+        raise ReportError(f"--target label: labels must be in 0..{n_classes - 1} for a model with {n_classes} "
+                          f"outputs, got {sorted(set(labels.tolist()))[:8]}")
+    return labels
 
 
 def _check_fits(model, x: torch.Tensor) -> int:
@@ -126,8 +170,10 @@ def _check_fits(model, x: torch.Tensor) -> int:
 
 
 def _pick(names: Optional[Sequence[str]], available: dict, kind: str) -> list[str]:
-    if not names:
+    if names is None:
         return list(available)
+    if not names:
+        raise ReportError(f"no {kind} named; leave the option out for all of them")
     unknown = [m for m in names if m not in available]
     if unknown:
         raise ReportError(f"unknown {kind} {', '.join(unknown)}; choose from {', '.join(available)}")
@@ -215,14 +261,31 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
     if name == "smoothgrad":
         return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], generator=seed * 1_000_003 + first + i)
                           for i in range(x.shape[0])])
+    if name == "rise":  # one set of masks for every example: the same on every rank
+        return METHODS[name](net, x, t, generator=seed)
     if name in CD_METHODS:
         return CD_METHODS[name](net, x, t)
     if name in LAYER_METHODS:
-        convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)] if isinstance(net, torch.nn.Module) else []
-        if not convs:
-            raise ReportError(f"method {name} needs a model with a Conv2d layer")
-        return LAYER_METHODS[name](net, x, t, layer=convs[-1])
+        return LAYER_METHODS[name](net, x, t, layer=_convs(net)[-1])
     return METHODS[name](net, x, t)
+
+
+def _convs(net) -> list:
+    return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)] if isinstance(net, torch.nn.Module) else []
+
+
+def _unavailable(name: str, net, x: torch.Tensor) -> Optional[str]:
+    """Why ``name`` cannot run on this model and data, or None."""
+    if name in LAYER_METHODS and not _convs(net):
+        return "needs a model with a Conv2d layer"
+    if name in CD_METHODS and x.dim() != 4:
+        return "needs image inputs [N, C, H, W]"
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 TIMED_INPUTS = 8  # inputs on which every method and evaluate() are re-timed on both backends
@@ -238,15 +301,19 @@ def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[s
     for backend, label in (("auto", "fastattr"), ("reference", "reference")):
         with use_backend(backend):
             for name in _progress([m for m in method_names if m != CONTROL], f"timing ({label} backend)", show):
+                _sync(x.device)
                 start = time.perf_counter()
                 attr = _attribute(name, net, x, t, 0, seed)
+                _sync(x.device)
                 out[f"backend:{name}:{label}"] = time.perf_counter() - start
                 maps[name] = feature_map(attr.detach(), x)
             if CONTROL in method_names:
                 maps[CONTROL] = feature_map(_attribute(CONTROL, net, x, t, 0, seed), x)
+            _sync(x.device)
             start = time.perf_counter()
             evaluate(net, x, t, attributions=maps, metrics=metric_names, n_subsets=n_subsets, generator=seed,
                      multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in maps})
+            _sync(x.device)
             out[f"backend:evaluate:{label}"] = time.perf_counter() - start
     return out
 
@@ -271,15 +338,21 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ReportError(f"--n must be a positive integer, got {n!r}")
-    out_dir = _prepare_out(out)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise ReportError(f"--seed must be an integer in [0, 2^32), got {seed!r}")
+    chosen = methods is not None
     method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, CONTROL: None}, "method")
     metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS), "metric")
     try:
         dev = torch.device(device)
-    except RuntimeError as e:
-        raise ReportError(f"--device {device!r} is not a device") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReportError("--device cuda requested but no CUDA device is available")
+        if dev.type not in ("cpu", "cuda"):
+            raise ReportError(f"--device must be cpu or cuda (cuda:N), got {device!r}")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ReportError("--device cuda requested but no CUDA device is available")
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise ReportError(f"--device {device!r} is not a usable device: {str(e).splitlines()[0]}") from e
+    out_dir = _prepare_out(out)
     torch.manual_seed(seed)
     net = model if (model is not None and not isinstance(model, str)) else load_model(model)
     if isinstance(data, torch.Tensor):
@@ -288,18 +361,47 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
         x, labels = load_data(data, n)
     shards = _Shards(dev)
     dev = shards.device
-    if isinstance(net, torch.nn.Module):
-        net = net.to(dev).eval()
-    x = x.to(dev)
+    with _borrowed(net, dev):
+        return _run(net, _check_data(x, net).to(dev), labels, target, method_names, metric_names, chosen, out_dir,
+                    seed, progress, n_subsets, shards, dev)
+
+
+@contextlib.contextmanager
+def _borrowed(net, device: torch.device):
+    """The model in eval mode on ``device`` for the report, then back in its mode and on its device."""
+    if not isinstance(net, torch.nn.Module):
+        yield
+        return
+    training = [(m, m.training) for m in net.modules()]
+    first = next(iter(net.parameters()), None)
+    home = first.device if first is not None else None
+    net.to(device).eval()
+    try:
+        yield
+    finally:
+        for m, mode in training:
+            m.training = mode
+        if home is not None:
+            net.to(home)
+
+
+def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, seed, progress, n_subsets, shards,
+         dev) -> Optional[ReportResult]:
     n_classes = _check_fits(net, x)
     with torch.no_grad():
         pred = net(x).reshape(x.shape[0], -1).argmax(-1)
+    skipped = {} if chosen else {m: why for m in method_names if (why := _unavailable(m, net, x))}
+    method_names = [m for m in method_names if m not in skipped]
+    for name in method_names:
+        why = _unavailable(name, net, x)
+        if why:
+            raise ReportError(f"method {name} {why}")
     if target in (None, "pred"):
         t = pred
     elif target == "label":
         if labels is None:
             raise ReportError("--target label needs data with labels")
-        t = labels.to(dev).long()
+        t = _check_labels(labels, x.shape[0], n_classes).to(dev)
     else:
         try:
             t = torch.full_like(pred, int(target))
@@ -313,9 +415,18 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     show = progress and shards.rank == 0
     seconds: dict[str, float] = {}
     maps: dict[str, torch.Tensor] = {}
-    for name in _progress(method_names, "attribution", show):
+    for name in _progress(list(method_names), "attribution", show):
+        _sync(dev)
         start = time.perf_counter()
-        attr = _attribute(name, net, xs, ts, lo, seed) if hi > lo else xs.new_empty(xs.shape)
+        try:
+            attr = _attribute(name, net, xs, ts, lo, seed) if hi > lo else xs.new_empty(xs.shape)
+        except (ValueError, TypeError, NotImplementedError) as e:
+            if chosen:
+                raise ReportError(f"method {name} cannot run on this model and data: {e}") from e
+            skipped[name] = str(e).splitlines()[0]  # the default list keeps what applies
+            method_names.remove(name)
+            continue
+        _sync(dev)
         seconds[f"method:{name}"] = time.perf_counter() - start
         maps[name] = feature_map(attr.detach(), xs).cpu()
     values: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
@@ -335,6 +446,7 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
             fractions[metric] = ev.fractions[metric].tolist()
             for name, c in by_method.items():
                 curves[metric][name] = torch.cat([curves[metric].get(name, c[:0]).cpu(), c.cpu()])
+    _sync(dev)
     seconds["metrics"] = time.perf_counter() - start
     if shards.rank == 0 and hi > lo:
         seconds.update(_backend_timings(net, xs[:TIMED_INPUTS], ts[:TIMED_INPUTS], method_names, metric_names,
@@ -345,7 +457,8 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     if parts is None:
         return None
     maps = {name: torch.cat([p[0][name] for p in parts]) for name in method_names}
-    result = ReportResult(out=out_dir, methods=method_names, metrics=metric_names, n=x.shape[0])
+    result = ReportResult(out=out_dir, methods=method_names, metrics=metric_names, n=x.shape[0], device=str(dev),
+                          skipped=skipped)
     result.seconds = {k: max(p[4].get(k, 0.0) for p in parts) for k in parts[0][4]}
     for metric in metric_names:
         result.per_example[metric], result.summary[metric] = {}, {}
@@ -369,18 +482,32 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     return result
 
 
+def _json_safe(obj):
+    """NaN / Inf as null (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _write_tables(result: ReportResult, target: torch.Tensor) -> None:
     payload = {
         "n": result.n,
         "methods": result.methods,
+        "skipped_methods": result.skipped,
         "metrics": result.metrics,
         "summary": result.summary,
         "per_example": result.per_example,
         "mean_curves": result.curves,
         "seconds": result.seconds,
+        "device": result.device,
+        "torch_threads": torch.get_num_threads(),
         "target": target.tolist(),
     }
-    (result.out / "results.json").write_text(json.dumps(payload, indent=2))
+    (result.out / "results.json").write_text(json.dumps(_json_safe(payload), indent=2, allow_nan=False))
     with open(result.out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["example", "target", "method", "metric", "value"])
@@ -392,6 +519,12 @@ def _write_tables(result: ReportResult, target: torch.Tensor) -> None:
 
 
 
+def best_value(metric: str, values: dict[str, float]) -> Optional[float]:
+    """The best of a metric's per-method means (NaN ignored; None when all are NaN)."""
+    finite = [v for v in values.values() if not math.isnan(v)]
+    return (min if BETTER.get(metric) == "lower" else max)(finite) if finite else None
+
+
 def summary_table(result: ReportResult) -> str:
     """The per-method means as a text table, the best value per column marked with *."""
     cols = result.metrics
@@ -400,11 +533,12 @@ def summary_table(result: ReportResult) -> str:
         cells = [m]
         for c in cols:
             vals = result.summary[c]
-            best = (min if BETTER.get(c) == "lower" else max)(vals.values())
-            cells.append(f"{vals[m]:.4f}{'*' if vals[m] == best else ' '}")
+            cells.append(f"{vals[m]:.4f}{'*' if vals[m] == best_value(c, vals) else ' '}")
         cells.append(f"{result.seconds[f'method:{m}']:.2f}")
         rows.append(cells)
     header = ["method"] + [f"{c} ({BETTER.get(c, '')})" for c in cols] + ["attr s"]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths))
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+    lines = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    lines += [f"skipped {m}: {why}" for m, why in result.skipped.items()]
+    return "\n".join(lines)

@@ -86,7 +86,7 @@ def _img_tag(png: bytes, alt: str) -> str:
 
 
 def _metric_table(result: "ReportResult") -> str:
-    from . import BETTER
+    from . import BETTER, best_value
 
     head = "".join(f"<th>{html.escape(m)} ({BETTER.get(m, '')} is better)</th>" for m in result.metrics)
     rows = []
@@ -94,14 +94,18 @@ def _metric_table(result: "ReportResult") -> str:
         cells = []
         for metric in result.metrics:
             values = result.summary[metric]
-            best = (min if BETTER.get(metric) == "lower" else max)(values.values())
             v = values[name]
-            cls = ' class="best"' if v == best else ""
+            cls = ' class="best"' if v == best_value(metric, values) else ""
             cells.append(f"<td{cls}>{v:.4f}</td>")
         secs = result.seconds[f"method:{name}"]
         rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}<td>{secs:.3f}</td></tr>")
     return (f'<table id="metrics"><tr><th>method</th>{head}<th>attribution time (s)</th></tr>'
             + "".join(rows) + "</table>")
+
+
+def _skipped(result: "ReportResult") -> str:
+    return "".join(f" Left out: <code>{html.escape(m)}</code> ({html.escape(why)})."
+                   for m, why in result.skipped.items())
 
 
 def _backend_table(result: "ReportResult") -> str:
@@ -126,6 +130,8 @@ def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Te
     (result.out / "heatmaps.png").write_bytes(grid)
     if curves:
         (result.out / "curves.png").write_bytes(curves)
+    else:
+        (result.out / "curves.png").unlink(missing_ok=True)  # a previous run's figure would mislead
     metric_secs = result.seconds.get("metrics", 0.0)
     method_secs = sum(v for k, v in result.seconds.items() if k.startswith("method:"))
     page = f"""<!doctype html>
@@ -141,7 +147,7 @@ img {{ max-width: 100%; }}
 <h1>fastattr report</h1>
 <p>{result.n} inputs; {len(result.methods)} attribution methods; metrics: {", ".join(result.metrics)}.
 Targets: the predicted class unless chosen otherwise ({int((pred == target).sum())} of {result.n} targets equal the prediction).
-<code>random</code> is a control map that any method should beat.</p>
+<code>random</code> is a control map that any method should beat.{_skipped(result)}</p>
 <h2>Metrics (mean over inputs; best per column in bold)</h2>
 <p>Deletion / insertion: area under the target-probability curve as the top features are removed /
 restored. Faithfulness correlation and Sensitivity-N: correlation between the attribution mass of
@@ -155,7 +161,8 @@ squared gap between the two (lower is better; maps that include the input factor
 <h2>Insertion / deletion curves</h2>
 <div id="curves">{_img_tag(curves, "curves") if curves else "<p>no curve metrics selected</p>"}</div>
 <h2>Timings</h2>
-<p>Attribution: {method_secs:.2f} s in all; metrics: {metric_secs:.2f} s in all (device: {html.escape(str(x.device))}).
+<p>Attribution: {method_secs:.2f} s in all; metrics: {metric_secs:.2f} s in all (device: {html.escape(result.device)},
+{torch.get_num_threads()} CPU threads).
 Per-example values are in <code>results.csv</code> and <code>results.json</code>.</p>
 <p>The same methods and metric passes on the first {min(result.n, 8)} inputs with fastattr's kernels (cpp on
 CPU, Triton on CUDA) and with the pure-torch reference of every op (one run each; methods without a
