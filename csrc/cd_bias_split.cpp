@@ -5,7 +5,8 @@
 // (row n_ref + b * k + j belongs to reference row b), each [channels, positions]:
 //   out[b]        = z_b + bias                                        (the ordinary activation)
 //   out[b, k]     = u + bias * (|u| + eps) / (|u| + |z_b - u| + 2 eps) (eps = 1e-20: 0/0 splits 50/50)
-// then ReLU on every row when relu is set. Rows are independent and split over OpenMP threads.
+// then ReLU on every row when relu is set (NaN propagates, as torch's clamp_min). Rows are independent
+// and split over OpenMP threads.
 #include <cmath>
 
 #include "common.h"
@@ -23,7 +24,7 @@ FASTATTR_MULTIVERSION void ref_row(const T* z, const T* bias, T* out, int64_t ch
 #pragma omp simd
     for (int64_t p = 0; p < positions; ++p) {
       const T v = zc[p] + b;
-      oc[p] = relu ? (v > T(0) ? v : T(0)) : v;
+      oc[p] = relu ? (v < T(0) ? T(0) : v) : v;  // NaN propagates
     }
   }
 }
@@ -42,7 +43,7 @@ FASTATTR_MULTIVERSION void split_row(const T* u, const T* z, const T* bias, T* o
       const T pu = std::abs(uc[p]) + eps;
       const T pg = std::abs(zc[p] - uc[p]) + eps;
       const T v = uc[p] + b * pu / (pu + pg);
-      oc[p] = relu ? (v > T(0) ? v : T(0)) : v;
+      oc[p] = relu ? (v < T(0) ? T(0) : v) : v;  // NaN propagates
     }
   }
 }

@@ -87,8 +87,42 @@ def test_bad_input():
     with pytest.raises(ValueError, match="one example"):
         agg.agglomerate_2d(model, x)
     with pytest.raises(ValueError, match="percentile"):
-        agg.agglomerate_2d(model, x[0], percentile=100)
+        agg.agglomerate_2d(model, x[0], percentile=101)
     with pytest.raises(ValueError, match="sweep"):
         agg.agglomerate_2d(model, x[0], sweep=0)
     with pytest.raises(ValueError, match="n_iters"):
         agg.agglomerate_2d(model, x[0], n_iters=0)
+
+
+def test_input_mask_is_cropped_when_sweep_does_not_divide_the_size():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(3 * 3 * 3, 4)).double().eval()
+    x = torch.rand(1, 7, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    h = agg.agglomerate_2d(model, x, sweep=2, percentile=70, n_iters=3)
+    assert h.unit_scores.shape == (4, 4) and h.spatial == (7, 7)
+    for level in (0, len(h.levels) - 1):
+        for g, score in h.levels[level]["scores"].items():
+            mask = h.input_mask(level, g)
+            assert mask.shape == (7, 7)
+            direct = contextual_decomposition(model, x[None], torch.from_numpy(mask).double()[None, None],
+                                              target=h.target)[0]
+            assert abs(direct.item() - score) <= 1e-10 * max(1.0, abs(score))
+    v = torch.randn(9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lin = nn.Sequential(nn.Linear(9, 2, bias=False)).double().eval()
+    h1 = agg.agglomerate_1d(lin, v, target=0, sweep=2, percentile=60, n_iters=2)
+    assert h1.input_mask(0, 1).shape == (9,) and h1.to_dict()["spatial"] == [9]
+
+
+def test_percentile_100_and_numpy_counts():
+    """percentile 100 (allowed by acd) selects the best unit(s) only; numpy ints work as counts."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 2, bias=False)).double().eval()
+    x = torch.randn(10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    h = agg.agglomerate_1d(model, x, target=0, percentile=100, n_iters=np.int64(1), sweep=np.int64(1))
+    contrib = (model[0].weight[0] * x).detach().numpy()
+    assert np.array_equal(np.nonzero(h.levels[0]["labels"])[0], [np.argmax(contrib)])
+    with pytest.raises(ValueError, match="percentile"):
+        agg.agglomerate_1d(model, x, percentile="99")
+    with pytest.raises(ValueError, match="percentile"):
+        agg.agglomerate_1d(model, x, percentile=100.5)

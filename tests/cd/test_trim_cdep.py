@@ -57,12 +57,12 @@ def test_cdep_penalty_values_and_gradients():
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     masks = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3)) > 0.5).double()
     beta, gamma = contextual_decomposition(model, x, masks)
-    soft = cdep_penalty(model, x, masks)
+    soft = cdep_penalty(model, x, masks, reduction="mean")
     torch.testing.assert_close(soft, torch.sigmoid(beta - gamma).mean())      # softmax([β, γ])[0] = σ(β − γ)
-    l1 = cdep_penalty(model, x, masks, form="l1")
+    l1 = cdep_penalty(model, x, masks, form="l1", reduction="mean")
     torch.testing.assert_close(l1, beta.abs().sum(-1).mean())
     expl = torch.ones(4, dtype=torch.float64)
-    torch.testing.assert_close(cdep_penalty(model, x, masks, form="l1", explanation=expl),
+    torch.testing.assert_close(cdep_penalty(model, x, masks, form="l1", explanation=expl, reduction="mean"),
                                (beta - 1).abs().sum(-1).mean())
     soft.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -89,3 +89,86 @@ def test_training_steps_lower_the_penalty():
         opt.step()
     assert cdep_penalty(model, x, relevant=relevant, form="l1").item() < 0.5 * first
     assert (model(x).argmax(1) == y).float().mean() > 0.25
+
+
+def test_cdep_reduction_sums_over_blobs_by_default():
+    """SPEC §4.5: λ Σ_blobs penalty — each blob's penalty (mean over examples and classes for the
+    softmax form, over examples of ‖β − expl‖₁ for l1) summed over the K blobs; "mean" divides by K."""
+    model = image_model("maxpool")
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    masks = (torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(3)) > 0.5).double()
+    beta, gamma = contextual_decomposition(model, x, masks)
+    soft = torch.sigmoid(beta - gamma).mean((0, 2))
+    torch.testing.assert_close(cdep_penalty(model, x, masks), soft.sum())
+    torch.testing.assert_close(cdep_penalty(model, x, masks, reduction="mean"), soft.mean())
+    l1 = beta.abs().sum(2).mean(0)
+    torch.testing.assert_close(cdep_penalty(model, x, masks, form="l1", reduction="sum"), l1.sum())
+    torch.testing.assert_close(cdep_penalty(model, x, masks, form="l1", reduction="mean"), l1.mean())
+    with pytest.raises(ValueError, match="reduction"):
+        cdep_penalty(model, x, masks, reduction="max")
+
+
+def test_cdep_bad_input():
+    model = image_model("relu")
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    relevant = x[:, None] * 0.5
+    with pytest.raises(ValueError, match="relevant"):
+        cdep_penalty(model, x, relevant=relevant[:1])                          # wrong batch
+    with pytest.raises(ValueError, match="relevant"):
+        cdep_penalty(model, x, relevant=relevant[:, :0])                       # K = 0
+    with pytest.raises(ValueError, match="masks"):
+        cdep_penalty(model, x, torch.ones(0, 1, 8, 8))
+    bad = relevant.clone()
+    bad[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="relevant"):
+        cdep_penalty(model, x, relevant=bad)
+    nan_x = x.clone()
+    nan_x[1, 2, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="inputs"):
+        cdep_penalty(model, nan_x, relevant=relevant)
+    with pytest.raises(ValueError, match="explanation"):
+        cdep_penalty(model, x, relevant=relevant, form="l1", explanation=torch.ones(3))
+    good = cdep_penalty(model, x, relevant=relevant, form="l1", explanation=torch.ones(2, 1, 4))
+    assert torch.isfinite(good)
+
+
+def test_cdep_on_a_model_in_training_mode_with_a_training_only_output():
+    """decompose traces the eval-mode forward: a model returning (logits, aux) in training works, its
+    BatchNorm / dropout use the eval rules, and its mode is left as it was."""
+
+    class AuxNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                      nn.Flatten())
+            self.head, self.aux = nn.Linear(4 * 8 * 8, 3), nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, v):
+            h = self.body(v)
+            return (self.head(h), self.aux(h)) if self.training else self.head(h)
+
+    torch.manual_seed(0)
+    model = AuxNet().double()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    masks = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2)) > 0.5).double()
+    expected = cdep_penalty(model.eval(), x, masks).item()
+    model.train()
+    penalty = cdep_penalty(model, x, masks)
+    assert model.training and model.body[1].training
+    assert abs(penalty.item() - expected) < 1e-12
+    penalty.backward()
+    assert model.body[0].weight.grad.abs().sum() > 0
+
+
+def test_bench_trains_with_the_mean_reduction(monkeypatch):
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("reduction"))
+        return cdep_penalty(*args, **kwargs)
+
+    monkeypatch.setattr(colour_bench, "cdep_penalty", recording)
+    monkeypatch.setattr(colour_bench, "color_digits", lambda split, invert: (
+        torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(32) % 10))
+    colour_bench.train(0, 1.0, epochs=1, batch_size=16)
+    assert calls == ["mean", "mean"]

@@ -117,6 +117,50 @@ def test_cd_text_matches_acd():
                                    rtol=1e-10, atol=1e-12)
 
 
+def test_cd_scores_carry_autograd_like_acds():
+    """A CDEP-style penalty on the drop-in's scores backpropagates to the same parameter gradients
+    as on acd's."""
+    model = _cnn(True)
+    im = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    mask = np.zeros((16, 16), np.float32)
+    mask[:8] = 1
+    grads = []
+    for fn in (acd.cd, fa_acd.cd):
+        rel, irrel = fn(im, model, mask=mask, device="cpu")
+        model.zero_grad()
+        torch.softmax(torch.stack([rel, irrel], -1), -1)[..., 0].mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert grads[1][0].abs().sum() > 0
+    for theirs, ours in zip(*grads):
+        assert _rel(ours, theirs) < 1e-4
+
+
+def test_cd_matches_acd_with_adaptive_max_pooling():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d((5, 3)),
+                          nn.Flatten(), nn.Linear(6 * 5 * 3, 4)).eval()
+    im = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(5))
+    mask = (np.random.default_rng(1).random((12, 12)) > 0.5).astype(np.float32)
+    rel, irrel = acd.cd(im, model, mask=mask, device="cpu")
+    ours_rel, ours_irrel = fa_acd.cd(im, model, mask=mask, device="cpu")
+    assert _rel(ours_rel, rel.detach()) < 1e-5 and _rel(ours_irrel, irrel.detach()) < 1e-5
+
+
+def test_cd_text_phrase_with_padding_tokens_matches_acd():
+    """A zero-embedding (padding) token inside start..stop is in the phrase, as in acd."""
+    torch.manual_seed(0)
+    model = SeqFirstLSTM().double().eval()
+    with torch.no_grad():
+        model.embed.weight[0] = 0.0
+    batch = types.SimpleNamespace(text=torch.tensor([[5], [0], [7], [0], [9], [3]]))
+    for start, stop in [(1, 1), (0, 3), (3, 3), (1, 3)]:
+        scores, irrel = acd.cd_text(batch, model, start, stop, return_irrel_scores=True)
+        ours, ours_irrel = fa_acd.cd_text(batch, model, start, stop, return_irrel_scores=True)
+        assert np.abs(ours).max() > 1e-5
+        np.testing.assert_allclose(ours, np.asarray(scores, dtype=np.float64), rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(ours_irrel, np.asarray(irrel, dtype=np.float64), rtol=1e-6, atol=1e-12)
+
+
 def test_bad_input():
     model = _cnn(False)
     im = torch.rand(1, 1, 16, 16)

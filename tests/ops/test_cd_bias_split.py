@@ -49,6 +49,21 @@ def test_formula_by_hand(backend_device):
     torch.testing.assert_close(cd_bias_split(y, bias, 1, True, backend=backend), expected.clamp_min(0))
 
 
+def test_nan_propagates_through_the_fused_relu(backend_device):
+    """NaN in → NaN out with relu=True on every backend (as the reference's clamp_min), on reference
+    rows and on β rows (a NaN in z reaches its β rows through |z − u|)."""
+    backend, device = backend_device
+    for dtype in (torch.float32, torch.float64):
+        y, bias = _case(1, 2, 3, (4,), dtype, device, 11)
+        y[0, 1, 2] = float("nan")
+        y[2, 0, 1] = float("nan")
+        for relu in (False, True):
+            out = cd_bias_split(y, bias, 1, relu, backend=backend)
+            expected_nan = reference(y.cpu(), bias.cpu(), 1, relu).isnan()
+            assert expected_nan.sum() == 4
+            assert torch.equal(out.isnan().cpu(), expected_nan)
+
+
 def test_split_sums_with_gamma_to_the_activation(backend_device):
     """β' from u and γ' from z − u (the same rule applied to γ) add up to z + b."""
     backend, device = backend_device

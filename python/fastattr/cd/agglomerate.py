@@ -10,8 +10,9 @@ Every CD evaluation of one iteration — all groups, all candidate unions — is
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ class Hierarchy:
     ``unit_scores``: CD score of every single unit (grid shaped). ``levels``: one entry per step,
     each ``{"labels": int array on the unit grid (0 = not in a group, i = group i),
     "scores": {group id: CD score}}``; the last level holds a single group. ``sweep``: unit size in
-    input positions; ``target``: the explained class.
+    input positions; ``target``: the explained class; ``spatial``: the input's spatial shape (edge
+    units are cropped to it when ``sweep`` does not divide it; None: not cropped).
     """
 
     unit_scores: np.ndarray
@@ -38,18 +40,21 @@ class Hierarchy:
     sweep: int = 1
     target: int = 0
     n_growth: int = 0
+    spatial: Optional[Tuple[int, ...]] = None
 
     def to_dict(self) -> dict:
         return {"unit_scores": self.unit_scores.tolist(), "sweep": self.sweep, "target": self.target,
-                "n_growth": self.n_growth,
+                "n_growth": self.n_growth, "spatial": None if self.spatial is None else list(self.spatial),
                 "levels": [{"labels": lv["labels"].tolist(), "scores": {int(k): float(v) for k, v in
                                                                        lv["scores"].items()}} for lv in self.levels]}
 
     def input_mask(self, level: int, group: int) -> np.ndarray:
-        """Boolean mask over input positions of one group of one level."""
+        """Boolean mask over input positions (``spatial``) of one group of one level."""
         grid = self.levels[level]["labels"] == group
         for axis in range(grid.ndim):
             grid = np.repeat(grid, self.sweep, axis=axis)
+        if self.spatial is not None:
+            grid = grid[tuple(slice(0, s) for s in self.spatial)]
         return grid
 
 
@@ -85,7 +90,7 @@ class _Scorer:
 
 
 def _agglomerate(scorer: _Scorer, grid: tuple, structure: np.ndarray, percentile: float, n_iters: int,
-                 sweep: int, target: int) -> Hierarchy:
+                 sweep: int, target: int, spatial: tuple) -> Hierarchy:
     from scipy import ndimage  # optional dependency (ships with scikit-learn); imported on use
 
     n_units = int(np.prod(grid))
@@ -93,7 +98,7 @@ def _agglomerate(scorer: _Scorer, grid: tuple, structure: np.ndarray, percentile
     unit_scores = scorer(singles).reshape(grid)
     scores = unit_scores.copy()
     selected = np.zeros(grid, dtype=bool)
-    hierarchy = Hierarchy(unit_scores=unit_scores, sweep=sweep, target=target)
+    hierarchy = Hierarchy(unit_scores=unit_scores, sweep=sweep, target=target, spatial=tuple(spatial))
     labels = np.zeros(grid, dtype=np.int64)
     for _ in range(n_iters):
         if selected.all():
@@ -152,13 +157,15 @@ def _single(inputs: Tensor, per_example_dims: int) -> Tensor:
                      f"batch of 1), got shape {tuple(inputs.shape)}")
 
 
-def _check(percentile: float, n_iters: int, sweep: int) -> None:
-    if not 0 <= percentile < 100:
-        raise ValueError(f"percentile must be in [0, 100), got {percentile}")
-    if isinstance(n_iters, bool) or not isinstance(n_iters, int) or n_iters < 1:
+def _check(percentile: float, n_iters: int, sweep: int) -> "tuple[float, int, int]":
+    """Checked ``(percentile, n_iters, sweep)`` as Python numbers (numpy scalars accepted)."""
+    if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real) or not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}")
+    if isinstance(n_iters, bool) or not isinstance(n_iters, numbers.Integral) or n_iters < 1:
         raise ValueError(f"n_iters must be a positive int, got {n_iters!r}")
-    if isinstance(sweep, bool) or not isinstance(sweep, int) or sweep < 1:
+    if isinstance(sweep, bool) or not isinstance(sweep, numbers.Integral) or sweep < 1:
         raise ValueError(f"sweep must be a positive int, got {sweep!r}")
+    return float(percentile), int(n_iters), int(sweep)
 
 
 def agglomerate_2d(model: nn.Module, inputs: Tensor, target: Target = None, *, sweep: int = 1,
@@ -168,13 +175,13 @@ def agglomerate_2d(model: nn.Module, inputs: Tensor, target: Target = None, *, s
     across channels, 8-connected groups. Returns a :class:`Hierarchy`.
 
     Example: ``h = agglomerate_2d(model, x[0], sweep=2); plot_hierarchy(h, x[0])``."""
-    _check(percentile, n_iters, sweep)
+    percentile, n_iters, sweep = _check(percentile, n_iters, sweep)
     x = _single(inputs, 3)
     t = int(resolve_target(model, x, target)[0])
     spatial = tuple(x.shape[2:])
     grid = tuple(-(-s // sweep) for s in spatial)
     scorer = _Scorer(model, x, t, sweep, spatial, True, max_batch, backend)
-    return _agglomerate(scorer, grid, np.ones((3, 3), dtype=bool), percentile, n_iters, sweep, t)
+    return _agglomerate(scorer, grid, np.ones((3, 3), dtype=bool), percentile, n_iters, sweep, t, spatial)
 
 
 def agglomerate_1d(model: nn.Module, inputs: Tensor, target: Target = None, *, sweep: int = 1,
@@ -183,13 +190,13 @@ def agglomerate_1d(model: nn.Module, inputs: Tensor, target: Target = None, *, s
     """ACD on one sequence: ``[T]``, ``[1, T]`` or ``[1, C, T]`` (token ids for a model starting with an
     Embedding, or features); units are ``sweep`` consecutive positions, groups are runs of
     adjacent units. Returns a :class:`Hierarchy`."""
-    _check(percentile, n_iters, sweep)
+    percentile, n_iters, sweep = _check(percentile, n_iters, sweep)
     x = _single(inputs, 1) if inputs.dim() == 1 else _single(inputs, inputs.dim() - 1)
     t = int(resolve_target(model, x, target)[0])
     spatial = (x.shape[-1],)
     grid = (-(-spatial[0] // sweep),)
     scorer = _Scorer(model, x, t, sweep, spatial, x.dim() == 3, max_batch, backend)
-    return _agglomerate(scorer, grid, np.ones(3, dtype=bool), percentile, n_iters, sweep, t)
+    return _agglomerate(scorer, grid, np.ones(3, dtype=bool), percentile, n_iters, sweep, t, spatial)
 
 
 def plot_hierarchy(hierarchy: Hierarchy, image: Optional[Tensor] = None, levels: Optional[List[int]] = None,

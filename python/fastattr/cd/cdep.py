@@ -1,15 +1,17 @@
 """CDEP: contextual decomposition explanation penalization (Rieger et al. 2020, Sec. 3.1; SPEC §4.5).
 
-``loss = CE(f(x), y) + λ · penalty(β, γ)`` where β, γ are the CD of the logits for a feature group
-the model should not rely on (a spurious patch, the colour of an image, ...). Two penalties:
+``loss = CE(f(x), y) + λ Σ_blobs penalty(β, γ)`` where β, γ are the CD of the logits for a feature
+group (blob) the model should not rely on (a spurious patch, the colour of an image, ...). Two
+penalties per blob (mask / relevant part k):
 
-- ``"softmax"`` (default, the released code): ``mean over examples, masks and classes of
+- ``"softmax"`` (default, the released code): ``mean over examples and classes of
   softmax([β_c, γ_c])[0]`` — the share of each logit attributed to the group;
-- ``"l1"`` (the paper): ``mean ‖β − expl‖₁`` against a target explanation (default 0).
+- ``"l1"`` (the paper): ``mean over examples of ‖β − expl‖₁`` against a target explanation (default 0).
 
-Both are differentiable w.r.t. the parameters (β goes through the ``cd_bias_split`` op's
-autograd). Layer rules are the eval-mode ones (BatchNorm running statistics, no dropout)
-whatever the model's mode, so the penalty can be added inside a training loop.
+``reduction="sum"`` (default, SPEC §4.5 and the released code) adds the K per-blob penalties;
+``"mean"`` averages them (``sum / K``). Both are differentiable w.r.t. the parameters (β goes through
+the ``cd_bias_split`` op's autograd). Layer rules are the eval-mode ones (BatchNorm running
+statistics, no dropout) whatever the model's mode, so the penalty can be added inside a training loop.
 """
 from __future__ import annotations
 
@@ -18,19 +20,25 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .core import _check_masks, decompose
+from .core import _check_parts, decompose
 
 __all__ = ["cdep_penalty"]
 
 FORMS = ("softmax", "l1")
+REDUCTIONS = ("sum", "mean")
 
 
 def cdep_penalty(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None, *,
-                 relevant: Optional[Tensor] = None, form: str = "softmax", explanation: Optional[Tensor] = None,
+                 relevant: Optional[Tensor] = None, form: str = "softmax",
+                 explanation: Optional[Tensor] = None, reduction: str = "sum",
                  backend: Optional[str] = None) -> Tensor:
     """The CDEP penalty (a scalar with autograd) of the feature groups ``masks`` (``[K, ...]`` or
     ``[B, K, ...]`` as in :func:`contextual_decomposition`) or of given relevant parts
     ``relevant [B, K, *inputs.shape[1:]]``.
+
+    ``form``: ``"softmax"`` or ``"l1"`` (see the module docstring); ``explanation``: the l1 form's
+    target, broadcastable to β ``[B, K, C]`` (e.g. ``[C]``); ``reduction``: ``"sum"`` over the K blobs
+    (SPEC §4.5's ``Σ_blobs``) or ``"mean"`` over them.
 
     Example (a training step)::
 
@@ -39,14 +47,27 @@ def cdep_penalty(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = Non
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    if (masks is None) == (relevant is None):
-        raise ValueError("give exactly one of masks and relevant")
-    if masks is not None:
-        masks = _check_masks(inputs, masks)
-    elif relevant.dim() != inputs.dim() + 1 or tuple(relevant.shape[2:]) != tuple(inputs.shape[1:]):
-        raise ValueError(f"relevant must be [B, K, *inputs.shape[1:]], got {tuple(relevant.shape)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if explanation is not None and not isinstance(explanation, Tensor):
+        raise TypeError(f"explanation must be a tensor, got {type(explanation).__name__}")
+    masks = _check_parts(inputs, masks, relevant)
     beta, gamma = decompose(model, inputs, masks, relevant=relevant, backend=backend)
     if form == "softmax":
-        return torch.softmax(torch.stack([beta, gamma], -1), -1)[..., 0].mean()
-    target = torch.zeros_like(beta) if explanation is None else explanation.to(beta.dtype).expand_as(beta)
-    return (beta - target).abs().sum(-1).mean()
+        share = torch.softmax(torch.stack([beta, gamma], -1), -1)[..., 0]
+        per_blob = share.reshape(share.shape[0], share.shape[1], -1).mean(2).mean(0)
+    else:
+        if explanation is None:
+            target = torch.zeros_like(beta)
+        else:
+            try:
+                shape = torch.broadcast_shapes(tuple(explanation.shape), tuple(beta.shape))
+            except RuntimeError:
+                shape = None
+            if shape != tuple(beta.shape):
+                raise ValueError(f"explanation of shape {tuple(explanation.shape)} does not broadcast to the "
+                                 f"CD scores' shape {tuple(beta.shape)} ([B, K, C])")
+            target = explanation.to(beta.dtype).expand_as(beta)
+        dist = (beta - target).abs()
+        per_blob = dist.reshape(dist.shape[0], dist.shape[1], -1).sum(2).mean(0)
+    return per_blob.sum() if reduction == "sum" else per_blob.mean()

@@ -2,9 +2,10 @@
 
 The model is traced once with ``torch.fx``; the walk applies the rule of every module (see
 :mod:`fastattr.cd.rules`) and handles the functional ops models use between modules (residual
-additions, flatten / view / reshape, functional ReLU / pooling); a final softmax / log-softmax is
-skipped, since CD explains the logits. Masks are folded into the batch
-axis, so K masks cost one batched pass per layer instead of K passes.
+additions, flatten / view / reshape, functional ReLU / pooling); a final softmax / log-softmax
+(function, method or ``nn.Softmax`` / ``nn.LogSoftmax`` module) is skipped, since CD explains the
+logits. Masks are folded into the batch axis, so K masks cost one batched pass per layer instead of
+K passes. The model is traced and evaluated in eval mode (its modes are restored afterwards).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _backend
 from ..attribution._common import Target, chunk_size, resolve_target
 from . import rules
 from .rules import Ctx
@@ -34,12 +36,26 @@ class _Tracer(fx.Tracer):
         return rules.rule_for(m) is not None or super().is_leaf_module(m, qualname)
 
 
+@contextlib.contextmanager
+def _modes_restored(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block; every submodule's training flag is restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
-    """The model's graph for CD; a clear error when torch.fx cannot trace it."""
+    """The model's graph for CD, traced in eval mode (the forward CD decomposes; the model's modes are
+    restored); a clear error when torch.fx cannot trace it."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module for contextual decomposition, got {type(model).__name__}")
     try:
-        graph = _Tracer().trace(model)
+        with _modes_restored(model):
+            graph = _Tracer().trace(model)
     except Exception as err:  # data-dependent control flow, unsupported Python, ...
         raise TypeError(
             f"contextual decomposition could not trace {type(model).__name__} with torch.fx ({err}). "
@@ -48,8 +64,10 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 
 def _is_relu(node: fx.Node, modules: dict) -> bool:
+    """A ReLU the bias split may fuse: not a ReLU module whose rule the user replaced."""
     if node.op == "call_module":
-        return type(modules[node.target]) is nn.ReLU
+        module = modules[node.target]
+        return type(module) is nn.ReLU and rules.rule_for(module) is rules.relu_rule
     if node.op == "call_function":
         return node.target in (F.relu, torch.relu)
     return node.op == "call_method" and node.target == "relu"
@@ -70,7 +88,10 @@ _FUNCTION_RULES = {F.relu: rules.relu_rule, torch.relu: rules.relu_rule,
 _METHOD_RULES = {"relu": rules.relu_rule, "tanh": rules._shapley_two(torch.tanh),
                  "sigmoid": rules._shapley_two(torch.sigmoid)}
 _NORMALISERS = {F.log_softmax, F.softmax, torch.log_softmax, torch.softmax, "log_softmax", "softmax"}
-_MAXPOOL_FUNCS = {F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d}
+_NORMALISER_MODULES = (nn.Softmax, nn.LogSoftmax)
+_MAXPOOL_FUNCS = {F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d,
+                  F.adaptive_max_pool1d: nn.AdaptiveMaxPool1d, F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d,
+                  F.adaptive_max_pool3d: nn.AdaptiveMaxPool3d}
 
 
 _ADDS = (operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, "add", "sub")
@@ -129,8 +150,9 @@ def _walk(gm: fx.GraphModule, ctx: Ctx, start: Tensor, output_bias: str,
             env[node] = args[0]
             continue
         fuse = len(users[node]) == 1 and _is_relu(users[node][0], modules)
-        if node.op in ("call_function", "call_method") and node.target in _NORMALISERS and \
-                [u.op for u in users[node]] == ["output"]:
+        normaliser = (node.op in ("call_function", "call_method") and node.target in _NORMALISERS) or \
+            (node.op == "call_module" and type(modules[node.target]) in _NORMALISER_MODULES)
+        if normaliser and [u.op for u in users[node]] == ["output"]:
             env[node] = args[0]  # CD explains the logits: a final (log-)softmax is skipped
             continue
         if node.op == "get_attr":
@@ -155,7 +177,7 @@ def _walk(gm: fx.GraphModule, ctx: Ctx, start: Tensor, output_bias: str,
             env[node] = (_METHOD_RULES[node.target](ctx, None, args[0]))
         elif node.op == "call_function" and node.target in _MAXPOOL_FUNCS:
             pool = _MAXPOOL_FUNCS[node.target](*args[1:], **kwargs)
-            env[node] = (rules._maxpool(ctx, pool, args[0]))
+            env[node] = (rules.rule_for(pool)(ctx, pool, args[0]))
         elif node.op == "call_function" and node.target in _DROPOUT_FUNCS:
             env[node] = args[0]
         elif (node.op == "call_function" and node.target in _STRUCTURAL_FUNCS) or \
@@ -174,17 +196,12 @@ def _walk(gm: fx.GraphModule, ctx: Ctx, start: Tensor, output_bias: str,
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """CD is defined for eval-mode layers: a model in training mode is evaluated in eval mode
     (BatchNorm running statistics, no dropout) with a warning, and its flags are restored."""
-    flags = [(m, m.training) for m in model.modules()]
     if model.training:
         warnings.warn("model is in training mode; contextual decomposition evaluates it in eval mode "
                       "(BatchNorm running statistics, dropout off) and restores the mode afterwards",
                       UserWarning, stacklevel=4)
-    try:
-        model.eval()
+    with _modes_restored(model):
         yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _has_lstm(model: nn.Module) -> bool:
@@ -197,6 +214,11 @@ def _check_masks(inputs: Tensor, masks: Tensor) -> Tensor:
         raise TypeError(f"masks must be a tensor, got {type(masks).__name__}")
     per_example = tuple(inputs.shape[1:])
     batch = inputs.shape[0]
+    need = inputs.dim() - 1 if inputs.dim() > 2 else inputs.dim()  # K and the spatial / feature dims
+    if masks.dim() < need:
+        raise ValueError(f"masks of shape {tuple(masks.shape)} has no mask axis K for inputs "
+                         f"{tuple(inputs.shape)}: masks needs at least {need} dims ([K, ...]); for a single "
+                         "mask pass masks[None]")
     if masks.dim() == inputs.dim() + 1:
         if masks.shape[0] not in (1, batch):
             raise ValueError(f"masks of shape {tuple(masks.shape)} read as [B, K, ...] but inputs has batch {batch}")
@@ -227,6 +249,38 @@ def _check_masks(inputs: Tensor, masks: Tensor) -> Tensor:
     return masks.reshape(tuple(lead) + pad + tuple(rest)).expand((batch, lead[1]) + per_example)
 
 
+def _check_parts(inputs: Tensor, masks: Optional[Tensor], relevant: Optional[Tensor]) -> Optional[Tensor]:
+    """Check ``inputs`` and exactly one of ``masks`` / ``relevant``; return the masks as ``[B, K, ...]``."""
+    if not isinstance(inputs, Tensor) or inputs.dim() < 1 or inputs.shape[0] == 0:
+        raise ValueError("inputs must be a tensor with a non-empty batch axis")
+    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+        raise ValueError("inputs contains NaN or Inf")
+    if (masks is None) == (relevant is None):
+        raise ValueError("give exactly one of masks and relevant")
+    if masks is not None:
+        return _check_masks(inputs, masks)
+    if not isinstance(relevant, Tensor):
+        raise TypeError(f"relevant must be a tensor, got {type(relevant).__name__}")
+    if relevant.dim() != inputs.dim() + 1 or relevant.shape[0] != inputs.shape[0] or \
+            tuple(relevant.shape[2:]) != tuple(inputs.shape[1:]):
+        raise ValueError(f"relevant must be [B, K, *inputs.shape[1:]], got {tuple(relevant.shape)} for "
+                         f"inputs {tuple(inputs.shape)}")
+    if relevant.shape[1] == 0:
+        raise ValueError("relevant is empty (K = 0)")
+    if relevant.is_floating_point() and not torch.isfinite(relevant).all():
+        raise ValueError("relevant contains NaN or Inf")
+    return None
+
+
+def _phrase(masks: Optional[Tensor]) -> Optional[Tensor]:
+    """``[B·K, T]``: the steps a mask selects (nonzero anywhere at that position of the first
+    per-example axis), the LSTM rule's phrase; None without masks or a time axis."""
+    if masks is None or masks.dim() < 3:
+        return None
+    rows, steps = masks.shape[0] * masks.shape[1], masks.shape[2]
+    return (masks.reshape(rows, steps, -1) != 0).any(-1)
+
+
 def _start(ctx: Ctx, inputs: Tensor, masks: Optional[Tensor], relevant: Optional[Tensor],
            embed: Optional[nn.Embedding]) -> Tensor:
     """The stacked input: pair ``[β₀ ; γ₀]``, beta ``[x ; β₀]`` with ``β₀ = M ⊙ x`` (or ``relevant``)."""
@@ -247,17 +301,21 @@ def decompose(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None, 
               relevant: Optional[Tensor] = None, mode: str = "beta", output_bias: str = "auto",
               backend: Optional[str] = None, gm: Optional[fx.GraphModule] = None) -> "tuple[Tensor, Tensor]":
     """One pass of CD with autograd left on (CDEP differentiates it): ``(beta, gamma)`` of
-    shape ``[B, K, *out]``. ``masks`` are already ``[B, K, ...]`` (see :func:`contextual_decomposition`)."""
+    shape ``[B, K, *out]``. ``masks`` are already ``[B, K, ...]`` (see :func:`contextual_decomposition`).
+    The layer rules are the eval-mode ones whatever the model's mode (the graph is traced in eval mode)."""
+    if backend is not None:
+        _backend._check(backend)
     gm = trace(model) if gm is None else gm
     embed_node, embed = _leading_embedding(gm)
     batch = inputs.shape[0]
     k = (masks if masks is not None else relevant).shape[1]
     if output_bias == "auto":
         output_bias = "drop" if _has_lstm(model) else "split"
+    phrase = _phrase(masks)
     if mode == "pair":
-        ctx = Ctx("pair", batch * k, 1, backend)
+        ctx = Ctx("pair", batch * k, 1, backend, phrase)
     else:
-        ctx = Ctx("beta", batch, k, backend)
+        ctx = Ctx("beta", batch, k, backend, phrase)
     out = _walk(gm, ctx, _start(ctx, inputs, masks, relevant, embed), output_bias, embed_node)
     first, second = ctx.parts(out)
     tail = tuple(out.shape[1:])
@@ -292,14 +350,18 @@ def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[T
 
     Args:
         model: an ``nn.Module`` traceable by ``torch.fx`` whose modules have CD rules (Linear, Conv,
-            ReLU, LeakyReLU, Tanh, Sigmoid, max / average pooling, BatchNorm, Dropout, Flatten,
-            ResNet blocks, a batch-first LSTM after an Embedding, ...; see :func:`register_rule`).
+            ReLU, LeakyReLU, Tanh, Sigmoid, max / adaptive max / average pooling, BatchNorm, Dropout,
+            Flatten, ResNet blocks, a batch-first LSTM after an Embedding, ...; see :func:`register_rule`).
+            A final ``nn.Softmax`` / ``nn.LogSoftmax`` (module or function) is skipped.
         inputs: ``[B, ...]`` floating inputs, or ``[B, T]`` token ids for a model starting with
             an ``nn.Embedding`` (masks then select token positions).
         masks: ``[K, ...]`` broadcast over the batch, or ``[B, K, *inputs.shape[1:]]`` (size-1 dims
-            broadcast, e.g. ``[K, 1, H, W]`` for channel-shared image masks). Values in [0, 1]:
-            binary masks select features; fractional values split a feature between β and γ.
-        target: None for all classes (``[B, K, C]``), or an int / ``[B]`` tensor (``[B, K]``).
+            broadcast, e.g. ``[K, 1, H, W]`` or ``[K, H, W]`` for channel-shared image masks; at least
+            ``inputs.dim() − 1`` dims, so one ``[H, W]`` mask is passed as ``mask[None]``). Values in
+            [0, 1]: binary masks select features; fractional values split a feature between β and γ.
+            For an LSTM, the steps in the phrase are those the mask selects (nonzero).
+        target: None for all classes (``[B, K, C]``), or an int / ``[B]`` tensor (``[B, K]``). A model
+            with a 1-D output ``[B]`` has one output: ``[B, K]`` either way (target 0 or −1).
         relevant: instead of masks, the relevant part ``β₀ [B, K, *inputs.shape[1:]]`` itself
             (γ₀ = x − β₀), e.g. a frequency band for TRIM.
         mode: ``"beta"`` (default, SPEC §4.2: one reference pass, only β propagated, the fused
@@ -310,8 +372,8 @@ def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[T
         max_batch / memory_budget: rows per pass (masks are chunked; results do not change).
 
     Returns:
-        ``(beta, gamma)``, each ``[B, K, C]`` (or ``[B, K]`` with a target); ``beta + gamma`` equals
-        the logits (minus the output bias when dropped).
+        ``(beta, gamma)``, each ``[B, K, C]`` (or ``[B, K]`` with a target or a 1-D output);
+        ``beta + gamma`` equals the logits (minus the output bias when dropped).
 
     Models in training mode are evaluated in eval mode with a warning. Example::
 
@@ -322,23 +384,9 @@ def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[T
         raise ValueError(f"mode must be 'beta' or 'pair', got {mode!r}")
     if output_bias not in ("auto", "split", "drop"):
         raise ValueError(f"output_bias must be 'auto', 'split' or 'drop', got {output_bias!r}")
-    if not isinstance(inputs, Tensor) or inputs.dim() < 1 or inputs.shape[0] == 0:
-        raise ValueError("inputs must be a tensor with a non-empty batch axis")
-    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
-        raise ValueError("inputs contains NaN or Inf")
-    if (masks is None) == (relevant is None):
-        raise ValueError("give exactly one of masks and relevant")
-    if relevant is not None:
-        if relevant.dim() != inputs.dim() + 1 or relevant.shape[0] != inputs.shape[0] or \
-                tuple(relevant.shape[2:]) != tuple(inputs.shape[1:]):
-            raise ValueError(f"relevant must be [B, K, *inputs.shape[1:]], got {tuple(relevant.shape)} for inputs "
-                             f"{tuple(inputs.shape)}")
-        if relevant.shape[1] == 0:
-            raise ValueError("relevant is empty (K = 0)")
-    else:
-        masks = _check_masks(inputs, masks)
-    gm = trace(model)
+    masks = _check_parts(inputs, masks, relevant)
     with eval_mode(model), torch.no_grad():
+        gm = trace(model)
         if target is not None:
             target = resolve_target(model, inputs, target)
         k = (masks if masks is not None else relevant).shape[1]
@@ -360,7 +408,7 @@ def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[T
             betas.append(b)
             gammas.append(g)
         beta, gamma = torch.cat(betas, 1), torch.cat(gammas, 1)
-    if target is not None:
+    if target is not None and beta.dim() > 2:  # a 1-D output [B] is one output (target 0 or -1)
         idx = target[:, None, None].expand(-1, beta.shape[1], 1)
         return beta.gather(2, idx).squeeze(2), gamma.gather(2, idx).squeeze(2)
     return beta, gamma

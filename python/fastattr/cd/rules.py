@@ -13,7 +13,8 @@ users add rules for their own modules with :func:`register_rule` in the plain pa
 ``rule(module, beta, gamma) -> (beta, gamma)``.
 
 Bias split: ``β' = u_β + b (|u_β|+ε)/(|u_β|+|u_γ|+2ε)``, ε = 1e-20, so 0/0 splits the bias 50/50
-(acd's linear rule; acd's BatchNorm rule gives all of the shift to γ in that case instead).
+(acd's linear rule; acd's BatchNorm rule gives all of the shift to γ in that case instead); computed
+in float32 for float16 / bfloat16 tensors (where ε would underflow), in both modes.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Ctx:
     n_ref: int            # pair: N (rows of β); beta: B (rows of a)
     k: int                # pair: 1; beta: masks per example
     backend: Optional[str] = None
+    phrase: Optional[Tensor] = None  # [rows of β, T] bool: the steps the masks select (the LSTM rule)
 
     @property
     def rows(self) -> int:
@@ -64,10 +66,11 @@ def split_bias(ctx: Ctx, y: Tensor, bias: Optional[Tensor], relu: bool = False) 
         return relu_rule(ctx, None, y) if relu else y
     if ctx.mode == "beta":
         return cd_bias_split(y, bias, ctx.n_ref, relu, backend=ctx.backend)
-    ub, ug = ctx.parts(y)
-    b = bias.reshape((1, -1) + (1,) * (y.dim() - 2))
+    compute = torch.float32 if y.dtype in (torch.float16, torch.bfloat16) else y.dtype
+    ub, ug = ctx.parts(y.to(compute))
+    b = bias.to(compute).reshape((1, -1) + (1,) * (y.dim() - 2))
     pb, pg = ub.abs() + EPS, ug.abs() + EPS
-    beta, gamma = ub + b * pb / (pb + pg), ug + b * pg / (pb + pg)
+    beta, gamma = (ub + b * pb / (pb + pg)).to(y.dtype), (ug + b * pg / (pb + pg)).to(y.dtype)
     if relu:
         return relu_rule(ctx, None, torch.cat([beta, gamma]))
     return torch.cat([beta, gamma])
@@ -136,10 +139,15 @@ def _gather_pool(x: Tensor, idx: Tensor) -> Tensor:
 
 
 def _maxpool(ctx: Ctx, module: nn.Module, x: Tensor) -> Tensor:
-    """Max-pool: the argmax positions of the pool of ``β + γ`` (= a); gather both parts there."""
-    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[x.dim() - 2]
-    kw = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-              dilation=module.dilation, ceil_mode=module.ceil_mode, return_indices=True)
+    """Max-pool (fixed or adaptive windows): the argmax positions of the pool of ``β + γ`` (= a);
+    gather both parts there."""
+    if isinstance(module, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
+        pool = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}[x.dim() - 2]
+        kw = dict(output_size=module.output_size, return_indices=True)
+    else:
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[x.dim() - 2]
+        kw = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
+                  dilation=module.dilation, ceil_mode=module.ceil_mode, return_indices=True)
     first, second = ctx.parts(x)
     if ctx.mode == "beta":
         a_out, idx = pool(first, **kw)
@@ -185,13 +193,16 @@ def _three(fn, a: Tensor, b: Tensor, c: Tensor) -> "tuple[Tensor, Tensor, Tensor
     return ca, cb, fc.expand_as(ca)
 
 
-def lstm_pair(module: nn.LSTM, beta: Tensor, gamma: Tensor) -> "tuple[Tensor, Tensor, Tensor, Tensor, Tensor]":
+def lstm_pair(module: nn.LSTM, beta: Tensor, gamma: Tensor,
+              phrase: Optional[Tensor] = None) -> "tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]":
     """CD through a one-layer unidirectional LSTM (Murdoch et al. 2018, as acd's ``cd_text``).
 
     ``beta, gamma [N, T, E]`` (batch first). Gate pre-activations split into the part from
     ``(β_h, β_x)``, from ``(γ_h, γ_x)``, and the bias; σ / tanh gates by the three-way rule; the
-    product of the two bias parts of ``i·g`` goes to β at the steps in the phrase (``|β_x|₁ > |γ_x|₁``),
-    to γ elsewhere; the output gate is not decomposed; ``h = o·tanh(c)`` by the two-term rule.
+    product of the two bias parts of ``i·g`` goes to β at the steps in the phrase, to γ elsewhere;
+    the output gate is not decomposed; ``h = o·tanh(c)`` by the two-term rule. ``phrase [N, T]``
+    (bool): the steps in the phrase (acd: ``start <= t <= stop``); without it (relevant parts given
+    instead of masks) a step is in the phrase where ``|β_x|₁ > |γ_x|₁``.
     Returns ``(out_β, out_γ, h_β, h_γ, c_β, c_γ)`` with ``out [N, T, H]`` and ``h, c [N, H]``.
     """
     w_ii, w_if, w_ig, w_io = module.weight_ih_l0.chunk(4, 0)
@@ -207,7 +218,7 @@ def lstm_pair(module: nn.LSTM, beta: Tensor, gamma: Tensor) -> "tuple[Tensor, Te
     outs_b, outs_g = [], []
     for t in range(steps):
         xb, xg = beta[:, t], gamma[:, t]
-        in_phrase = (xb.abs().sum(1) > xg.abs().sum(1))[:, None]
+        in_phrase = (phrase[:, t] if phrase is not None else xb.abs().sum(1) > xg.abs().sum(1))[:, None]
         rel = [F.linear(h_b, wh) + F.linear(xb, wx) for wh, wx in ((w_hi, w_ii), (w_hf, w_if), (w_hg, w_ig))]
         irr = [F.linear(h_g, wh) + F.linear(xg, wx) for wh, wx in ((w_hi, w_ii), (w_hf, w_if), (w_hg, w_ig))]
         ri, ii, bi = _three(torch.sigmoid, rel[0], irr[0], b_i)
@@ -233,13 +244,16 @@ def _lstm(ctx: Ctx, module: nn.LSTM, x: Tensor):
                          f"without projections; got {module!r}. For acd-style sequence-first models use "
                          "fastattr.integrations.acd.cd_text")
     first, second = ctx.parts(x)
+    phrase = ctx.phrase
+    if phrase is not None and tuple(phrase.shape) != tuple(second.shape[:2]):
+        phrase = None  # the masks' first per-example axis is not this LSTM's time axis
     if ctx.mode == "beta":
         a_out, (a_h, a_c) = module(first)
         beta = second
         gamma = ctx.expand_ref(first) - beta
-        ob, _, hb, _, cb, _ = lstm_pair(module, beta, gamma)
+        ob, _, hb, _, cb, _ = lstm_pair(module, beta, gamma, phrase)
         return torch.cat([a_out, ob]), (torch.cat([a_h, hb[None]], 1), torch.cat([a_c, cb[None]], 1))
-    ob, og, hb, hg, cb, cg = lstm_pair(module, first, second)
+    ob, og, hb, hg, cb, cg = lstm_pair(module, first, second, phrase)
     return torch.cat([ob, og]), (torch.cat([hb, hg])[None], torch.cat([cb, cg])[None])
 
 
@@ -262,6 +276,7 @@ _RULES: Dict[type, Callable] = {
     nn.ReLU: relu_rule, nn.LeakyReLU: _leaky,
     nn.Tanh: _shapley_two(torch.tanh), nn.Sigmoid: _shapley_two(torch.sigmoid),
     nn.MaxPool1d: _maxpool, nn.MaxPool2d: _maxpool, nn.MaxPool3d: _maxpool,
+    nn.AdaptiveMaxPool1d: _maxpool, nn.AdaptiveMaxPool2d: _maxpool, nn.AdaptiveMaxPool3d: _maxpool,
     nn.AvgPool1d: _independent, nn.AvgPool2d: _independent, nn.AvgPool3d: _independent,
     nn.AdaptiveAvgPool1d: _independent, nn.AdaptiveAvgPool2d: _independent, nn.AdaptiveAvgPool3d: _independent,
     nn.Flatten: _independent, nn.Unflatten: _independent, nn.Identity: _independent,

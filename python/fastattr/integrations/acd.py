@@ -7,7 +7,7 @@ same arguments, same return types, same numbers (float32 round-off aside). Diffe
   registration order and needs ``model_type`` for models whose forward calls functional ops;
   fastattr accepts ``model_type`` and needs no special case);
 - the model is neither moved nor left in eval mode (acd calls ``model.eval().to(device)``): it
-  must already be on ``device``;
+  must already be on ``device``; it is evaluated in eval mode and its mode restored;
 - 0/0 in a BatchNorm shift split goes 50/50 like every other bias (acd gives it all to γ).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..cd import contextual_decomposition
+from ..cd.core import _check_parts, decompose, eval_mode
 from ..cd.rules import lstm_pair
 
 __all__ = ["cd", "cd_text"]
@@ -35,7 +35,9 @@ def cd(im_torch: Tensor, model: nn.Module, mask=None, model_type: Optional[str] 
        transform: Optional[Callable[[Tensor], Tensor]] = None) -> "tuple[Tensor, Tensor]":
     """acd's ``cd``: class-wise CD scores ``(relevant, irrelevant)``, each ``[B, C]``, of the pixels
     where ``mask`` is 1 (``mask`` shaped like ``im_torch`` or ``H × W``), or of ``transform(im_torch)``
-    as the relevant part when no mask is given. ``relevant + irrelevant`` = the logits."""
+    as the relevant part when no mask is given. ``relevant + irrelevant`` = the logits. Like acd's,
+    the scores carry autograd (β-only CD through the ``cd_bias_split`` op, as CDEP uses), so a
+    penalty on them can be backpropagated to the model's parameters."""
     dev = _device(device)
     if not isinstance(im_torch, Tensor):
         raise TypeError(f"im_torch must be a torch.Tensor, got {type(im_torch).__name__}")
@@ -51,8 +53,10 @@ def cd(im_torch: Tensor, model: nn.Module, mask=None, model_type: Optional[str] 
             relevant = relevant.reshape(1, 1, relevant.shape[0], relevant.shape[1])
     else:
         raise ValueError("cd needs mask or transform")
-    relevant = relevant.expand_as(x)
-    beta, gamma = contextual_decomposition(model, x, relevant=relevant[:, None].to(x.dtype), output_bias="split")
+    relevant = relevant.expand_as(x)[:, None].to(x.dtype)
+    _check_parts(x, None, relevant)
+    with eval_mode(model):
+        beta, gamma = decompose(model, x, relevant=relevant, output_bias="split")
     return beta[:, 0], gamma[:, 0]
 
 
@@ -71,7 +75,9 @@ def cd_text(batch, model: nn.Module, start: int, stop: int, return_irrel_scores:
         vectors = model.embed(text)[:, 0].to(model.lstm.weight_ih_l0.dtype)
         mask = torch.zeros(steps, 1, dtype=vectors.dtype, device=vectors.device)
         mask[start:stop + 1] = 1
-        _, _, h_beta, h_gamma, _, _ = lstm_pair(model.lstm, (vectors * mask)[None], (vectors * (1 - mask))[None])
+        phrase = mask[None, :, 0] != 0  # acd: the tokens start..stop, whatever their embedding
+        parts = (vectors * mask)[None], (vectors * (1 - mask))[None]
+        _, _, h_beta, h_gamma, _, _ = lstm_pair(model.lstm, *parts, phrase)
         weight = model.hidden_to_label.weight
         scores = (h_beta @ weight.T)[0].cpu().numpy()
         irrel = (h_gamma @ weight.T)[0].cpu().numpy()

@@ -2,7 +2,7 @@
 
 One program per block of elements of the stacked ``[n_ref·(1+K), C·P]`` buffer: reference rows get
 ``z + b``, β rows ``u + b (|u|+ε)/(|u|+|z−u|+2ε)`` with ``z`` read from their reference row; optional
-ReLU; computed in fp32 (fp64 for fp64 inputs).
+ReLU (NaN propagates); computed in fp32 (fp64 for fp64 inputs).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _bias_split_kernel(y_ptr, bias_ptr, out_ptr, n_ref, k, channels, positions, 
     pg = tl.abs(z - y) + 1e-20
     out = tl.where(is_ref, y + b, y + b * pu / (pu + pg))
     if RELU:
-        out = tl.maximum(out, 0.0)
+        out = tl.where(out < 0, 0.0, out)  # NaN propagates (tl.maximum would give 0)
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
