@@ -33,31 +33,20 @@ def _threads(n: Optional[int]) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     import importlib
-    from pathlib import Path
 
     from .bench import write_results
+    from .report import ReportError, usable_device, writable_folder
 
     _threads(args.threads)
     if args.repeat < 1:
         raise UserError(f"--repeat must be a positive integer, got {args.repeat}")
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-            if device.type not in ("cpu", "cuda"):
-                raise UserError(f"--device must be cpu or cuda (cuda:N), got {args.device!r}")
-            if device.type == "cuda" and not torch.cuda.is_available():
-                raise UserError("--device cuda requested but no CUDA device is available")
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as e:
-            raise UserError(f"--device {args.device!r} is not a usable device: {str(e).splitlines()[0]}") from e
-    if args.out:  # checked before hours of timing, not after
-        try:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            probe = Path(args.out) / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise UserError(f"cannot write results to {args.out}: {e.strerror or e}") from e
+    try:
+        if args.device is not None:
+            usable_device(args.device)
+        if args.out:  # checked before hours of timing, not after
+            writable_folder(args.out)
+    except ReportError as e:
+        raise UserError(str(e)) from e
     names = list(BENCHES) if args.which == "all" else [args.which]
     tables = []
     for name in names:

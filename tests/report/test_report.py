@@ -161,7 +161,7 @@ def test_bench_output_folder_is_checked_first(tmp_path, capsys):
     (tmp_path / "file.txt").write_text("")
     assert main(["bench", "sparsemax", "--out", str(tmp_path / "file.txt" / "x")]) == 2
     captured = capsys.readouterr()
-    assert "cannot write results" in captured.err and captured.out == ""
+    assert "cannot write to output folder" in captured.err and captured.out == ""
 
 
 def test_defaults_skip_methods_that_do_not_apply_and_nan_is_json_null(tmp_path):

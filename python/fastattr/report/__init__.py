@@ -186,7 +186,8 @@ def feature_map(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return attr.sum(1) if inputs.dim() == 4 and attr.shape == inputs.shape else attr
 
 
-def _prepare_out(out: str | Path) -> Path:
+def writable_folder(out: str | Path) -> Path:
+    """``out`` created if needed and checked writable (before any long computation), or a ReportError."""
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -196,6 +197,20 @@ def _prepare_out(out: str | Path) -> Path:
     except OSError as e:
         raise ReportError(f"cannot write to output folder {path}: {e.strerror or e}") from e
     return path
+
+
+def usable_device(spec: str) -> torch.device:
+    """``--device``: cpu or cuda[:N], checked usable here, or a ReportError."""
+    try:
+        dev = torch.device(spec)
+        if dev.type not in ("cpu", "cuda"):
+            raise ReportError(f"--device must be cpu or cuda (cuda:N), got {spec!r}")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ReportError("--device cuda requested but no CUDA device is available")
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise ReportError(f"--device {spec!r} is not a usable device: {str(e).splitlines()[0]}") from e
+    return dev
 
 
 def _progress(iterable, desc: str, enabled: bool):
@@ -343,16 +358,8 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     chosen = methods is not None
     method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, CONTROL: None}, "method")
     metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS), "metric")
-    try:
-        dev = torch.device(device)
-        if dev.type not in ("cpu", "cuda"):
-            raise ReportError(f"--device must be cpu or cuda (cuda:N), got {device!r}")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ReportError("--device cuda requested but no CUDA device is available")
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError) as e:
-        raise ReportError(f"--device {device!r} is not a usable device: {str(e).splitlines()[0]}") from e
-    out_dir = _prepare_out(out)
+    dev = usable_device(device)
+    out_dir = writable_folder(out)
     torch.manual_seed(seed)
     net = model if (model is not None and not isinstance(model, str)) else load_model(model)
     if isinstance(data, torch.Tensor):
