@@ -413,3 +413,22 @@ def test_lstm_phrase_is_the_masked_tokens_even_with_a_zero_embedding():
         assert beta[0, 0].abs().max() > 1e-4                       # only the padding token: not 0
         torch.testing.assert_close(beta, near, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(beta + gamma, (model(ids) - model.fc.bias)[:, None].expand_as(beta))
+
+
+@pytest.mark.parametrize("mode", ["beta", "pair"])
+def test_max_batch_bounds_every_pass_reference_rows_included(mode):
+    """A pass holds at most ``max_batch`` rows (β-only: the examples' reference rows plus their masks;
+    pair: β and γ rows), splitting the examples when one mask for all of them does not fit; the result
+    does not depend on it."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 5)).double()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    masks = (torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(6)) > 0.5).double()
+    rows = []
+    model[2].register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    whole, _ = contextual_decomposition(model, x, masks, mode=mode)
+    for limit in (2, 3, 5, 8, 12):
+        rows.clear()
+        beta, _ = contextual_decomposition(model, x, masks, mode=mode, max_batch=limit)
+        assert rows and max(rows) <= limit, (limit, rows)
+        torch.testing.assert_close(beta, whole, rtol=1e-12, atol=1e-12)

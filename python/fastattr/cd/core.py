@@ -204,6 +204,21 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         yield
 
 
+def _cd_chunks(inputs: Tensor, k: int, mode: str, max_batch: Optional[int],
+               memory_budget: Optional[int]) -> "tuple[int, int]":
+    """``(examples, masks)`` per pass, so that a pass's rows — ``e + e·k`` in β-only mode (the reference
+    rows and β), ``2·e·k`` in pair mode — stay within the row budget of :func:`chunk_size` (at least
+    one example and one mask: 2 rows). Whole batches are kept together while the budget allows."""
+    batch = inputs.shape[0]
+    sizing = inputs if inputs.is_floating_point() else inputs.float()
+    limit = chunk_size(sizing, batch * (k + 1 if mode == "beta" else 2 * k), max_batch, memory_budget)
+    if mode == "beta":
+        examples = batch if limit >= 2 * batch else max(1, limit // 2)
+        return examples, max(1, min(k, limit // examples - 1))
+    examples = batch if limit >= 2 * batch else max(1, limit // 2)
+    return examples, max(1, min(k, limit // (2 * examples)))
+
+
 def _has_lstm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.LSTM) for m in model.modules())
 
@@ -369,7 +384,9 @@ def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[T
         output_bias: ``"split"`` (the last Linear's bias split like any other), ``"drop"`` (not
             added: ``β + γ = logits − b_out``, Murdoch et al.'s LSTM convention), ``"auto"``
             (drop for models with an LSTM, split otherwise).
-        max_batch / memory_budget: rows per pass (masks are chunked; results do not change).
+        max_batch / memory_budget: rows per pass, the reference rows of β-only mode included (masks
+            are chunked, and examples too when one mask for every example does not fit; at least 2
+            rows: one example's reference and one mask); results do not change.
 
     Returns:
         ``(beta, gamma)``, each ``[B, K, C]`` (or ``[B, K]`` with a target or a 1-D output);
@@ -388,26 +405,24 @@ def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[T
     with eval_mode(model), torch.no_grad():
         gm = trace(model)
         if target is not None:
-            target = resolve_target(model, inputs, target)
-        k = (masks if masks is not None else relevant).shape[1]
-        batch = inputs.shape[0]
-        rows_per_mask = batch if mode == "beta" else 2 * batch
-        sizing = inputs if inputs.is_floating_point() else inputs.float()
-        chunk = max(1, chunk_size(sizing, rows_per_mask * k, max_batch, memory_budget) // rows_per_mask)
-        betas, gammas = [], []
-        starts = range(0, k, chunk)
+            target = resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
+        parts = masks if masks is not None else relevant
+        examples, per = _cd_chunks(inputs, parts.shape[1], mode, max_batch, memory_budget)
+        blocks = [(e0, s) for e0 in range(0, inputs.shape[0], examples) for s in range(0, parts.shape[1], per)]
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="contextual decomposition")
-        for s in starts:
-            sl = slice(s, s + chunk)
-            b, g = decompose(model, inputs, masks[:, sl] if masks is not None else None,
-                             relevant=relevant[:, sl] if relevant is not None else None, mode=mode,
+            blocks = tqdm(blocks, desc="contextual decomposition")
+        rows: dict[int, tuple[list, list]] = {}
+        for e0, s in blocks:
+            ex, sl = slice(e0, e0 + examples), slice(s, s + per)
+            b, g = decompose(model, inputs[ex], masks[ex, sl] if masks is not None else None,
+                             relevant=relevant[ex, sl] if relevant is not None else None, mode=mode,
                              output_bias=output_bias, backend=backend, gm=gm)
-            betas.append(b)
-            gammas.append(g)
-        beta, gamma = torch.cat(betas, 1), torch.cat(gammas, 1)
+            rows.setdefault(e0, ([], []))[0].append(b)
+            rows[e0][1].append(g)
+        beta = torch.cat([torch.cat(bs, 1) for bs, _ in rows.values()])
+        gamma = torch.cat([torch.cat(gs, 1) for _, gs in rows.values()])
     if target is not None and beta.dim() > 2:  # a 1-D output [B] is one output (target 0 or -1)
         idx = target[:, None, None].expand(-1, beta.shape[1], 1)
         return beta.gather(2, idx).squeeze(2), gamma.gather(2, idx).squeeze(2)
