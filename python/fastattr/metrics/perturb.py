@@ -305,8 +305,9 @@ def masked_scores(model: Callable, inputs: torch.Tensor, baseline: torch.Tensor,
 
     ``masks``: bool ``[B, K, F]`` or ``[1, K, F]`` (shared by every example) over ``F`` features —
     the units (pixels or elements), or the features of ``features`` (segments are mapped to their
-    units). Pairs (example, mask) run example-major in chunks of ``chunk``. Scores are kept in float32,
-    or in the model's dtype with ``precise=True``."""
+    units). ``fill`` ``[B, K]``: mask k of example b sets its features to the one value ``fill[b, k]``
+    instead of the baseline (Quantus's "uniform" replacement). Pairs (example, mask) run example-major
+    in chunks of ``chunk``. Scores are kept in float32, or in the model's dtype with ``precise=True``."""
     batch, n_masks = inputs.shape[0], masks.shape[1]
     n_units = masks.shape[2] if features is None else features.n_units
     if inputs[0].numel() % n_units:
