@@ -191,3 +191,13 @@ def test_best_mark_ignores_nan():
     assert best_value("faithfulness_correlation", {"a": float("nan"), "b": 0.2, "c": 0.6}) == 0.6
     assert best_value("deletion", {"a": float("nan"), "b": 0.2, "c": 0.6}) == 0.2
     assert best_value("deletion", {"a": float("nan")}) is None
+
+
+def test_seed_reaches_rise_and_no_stale_curves(tmp_path):
+    """``--seed`` draws RISE's masks; a re-run without curve metrics removes the earlier curves.png."""
+    runs = [run_report(n=2, out=tmp_path / "r", progress=False, methods=["rise"], metrics=["deletion"], seed=s)
+            for s in (1, 2)]
+    assert (tmp_path / "r" / "curves.png").exists()
+    assert runs[0].per_example["deletion"]["rise"] != runs[1].per_example["deletion"]["rise"]
+    run_report(n=2, out=tmp_path / "r", progress=False, methods=["saliency"], metrics=["infidelity"])
+    assert not (tmp_path / "r" / "curves.png").exists()
