@@ -112,6 +112,19 @@ def select(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
+def eval_modes(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block; every submodule's training flag is restored after, even
+    when an exception is raised."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
 def frozen_parameters(model: Callable) -> Iterator[None]:
     """Turns off ``requires_grad`` on the model's parameters, so no parameter gradient is ever
     computed, and restores every flag on exit, even when an exception is raised."""

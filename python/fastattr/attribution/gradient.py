@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..ops.path_ops import path_accumulate, path_interpolate
-from ._common import (Target, check_count, check_inputs, check_model, frozen_parameters, gradient_chunk,
+from ._common import (Target, check_count, check_flag, check_inputs, check_model, frozen_parameters, gradient_chunk,
                       resolve_target, select)
 
 QUADRATURE = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -27,9 +27,7 @@ def quadrature(method: str, n_steps: int) -> tuple[list[float], list[float]]:
     linspace(1/(2n), 1−1/(2n)); riemann_trapezoid: α = linspace(0, 1, n), w = 1/n with the end
     weights halved; gausslegendre: α = (ξ+1)/2, w = ω/2 for the n-point Gauss–Legendre rule.
     """
-    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-        raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
-    n = int(n_steps)
+    n = check_count(n_steps, "n_steps")
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
         return list(0.5 * (nodes + 1)), list(0.5 * weights)
@@ -281,8 +279,7 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
     the CPU from ``generator`` (a torch.Generator or an int seed; default seed 0), so results match
     on every device.
     """
-    if not isinstance(abs, bool):
-        raise TypeError(f"abs must be a bool, got {type(abs).__name__}")
+    check_flag(abs, "abs")
     _check_variant(variant)
     n_samples = check_count(n_samples, "n_samples")
     t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)

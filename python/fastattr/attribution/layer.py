@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..ops.path_ops import path_accumulate
-from ._common import Target, check_inputs, check_model, chunk_size, frozen_parameters, resolve_target, select
+from ._common import (Target, check_flag, check_inputs, check_model, chunk_size, frozen_parameters,
+                      resolve_target, select)
 from .gradient import _accum_dtype, _baselines, path_integral, quadrature, target_gradients
 
 Layer = Union[str, nn.Module]
@@ -196,9 +197,7 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
     """
     check_model(model)
     check_inputs(inputs, integer=True)
-    if not isinstance(attribute_to_layer_input, bool):
-        raise TypeError("attribute_to_layer_input must be a bool, got "
-                        f"{type(attribute_to_layer_input).__name__}")
+    check_flag(attribute_to_layer_input, "attribute_to_layer_input")
     name, module = _resolve_layer(model, layer)
     alphas, weights = quadrature(method, n_steps)
     base = _baselines(inputs, baselines)

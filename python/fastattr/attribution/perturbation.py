@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics.perturb import Blur, ChunkRunner, Uniform, check_scalar_reader, make_baseline, read_scores
-from ._common import (Target, check_inputs, check_model, chunk_size, forward_chunks, is_integer,
+from ._common import (Target, check_count, check_inputs, check_model, chunk_size, forward_chunks, is_integer,
                       resolve_target)
 from .gradient import _accum_dtype, _generator
 
@@ -359,8 +359,7 @@ class _RiseMasks:
     up front, upsampled on demand, so any mask can be rebuilt in any chunk."""
 
     def __init__(self, spatial: tuple, n_masks: int, grid: tuple, p: float, generator):
-        if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 1:
-            raise ValueError(f"n_masks must be an int >= 1, got {n_masks!r}")
+        n_masks = check_count(n_masks, "n_masks")
         gen = _generator(generator)
         self.spatial, self.grid = spatial, grid
         self.cell = tuple(-(-n // s) for n, s in zip(spatial, grid))

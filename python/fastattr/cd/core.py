@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _backend
-from ..attribution._common import Target, chunk_size, resolve_target
+from ..attribution._common import Target, chunk_size, eval_modes, resolve_target
 from . import rules
 from .rules import Ctx
 
@@ -36,25 +36,13 @@ class _Tracer(fx.Tracer):
         return rules.rule_for(m) is not None or super().is_leaf_module(m, qualname)
 
 
-@contextlib.contextmanager
-def _modes_restored(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode for the block; every submodule's training flag is restored after."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 def trace(model: nn.Module) -> fx.GraphModule:
     """The model's graph for CD, traced in eval mode (the forward CD decomposes; the model's modes are
     restored); a clear error when torch.fx cannot trace it."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module for contextual decomposition, got {type(model).__name__}")
     try:
-        with _modes_restored(model):
+        with eval_modes(model):
             graph = _Tracer().trace(model)
     except Exception as err:  # data-dependent control flow, unsupported Python, ...
         raise TypeError(
@@ -200,7 +188,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         warnings.warn("model is in training mode; contextual decomposition evaluates it in eval mode "
                       "(BatchNorm running statistics, dropout off) and restores the mode afterwards",
                       UserWarning, stacklevel=4)
-    with _modes_restored(model):
+    with eval_modes(model):
         yield
 
 

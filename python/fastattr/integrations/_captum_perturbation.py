@@ -38,7 +38,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..attribution._common import chunk_size
+from ..attribution._common import check_count, chunk_size
 from ..attribution.perturbation import _baseline, _broadcast_mask, _like_inputs, _occlude, _Windows
 from ..attribution.perturbation import feature_ablation as _feature_ablation
 from ..attribution.perturbation import occlusion as _occlusion
@@ -112,12 +112,6 @@ def _single_base(baselines):
     return 0.0 if base is None else base
 
 
-def _check_per_eval(perturbations_per_eval) -> None:
-    if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int) \
-            or perturbations_per_eval < 1:
-        raise ValueError(f"perturbations_per_eval must be an int >= 1, got {perturbations_per_eval!r}")
-
-
 def _max_batch(x: torch.Tensor, perturbations_per_eval: int) -> int:
     total = x.shape[0] * max(1, x[0].numel())
     return max(perturbations_per_eval * x.shape[0], chunk_size(x, total, None, None))
@@ -133,7 +127,7 @@ class FeatureAblation(_Attribution):
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
                   feature_mask=None, perturbations_per_eval: int = 1, show_progress: bool = False):
         """Returns attributions shaped like ``inputs`` (a tuple for a tuple)."""
-        _check_per_eval(perturbations_per_eval)
+        perturbations_per_eval = check_count(perturbations_per_eval, "perturbations_per_eval")
         xs, is_tuple = _inputs(inputs)
         if len(xs) == 1:
             x = xs[0]
@@ -162,8 +156,7 @@ def _window_args(xs: tuple[torch.Tensor, ...], sliding_window_shapes, strides) -
         raise TypeError("sliding_window_shapes must be a tuple of ints (a tuple of such tuples for several "
                         f"inputs), got {sliding_window_shapes!r}")
     if len(xs) == 1:
-        if isinstance(sliding_window_shapes, tuple) and sliding_window_shapes \
-                and isinstance(sliding_window_shapes[0], tuple):
+        if sliding_window_shapes and isinstance(sliding_window_shapes[0], tuple):
             if len(sliding_window_shapes) != 1:
                 raise ValueError("sliding_window_shapes must hold one window for the one input tensor, got "
                                  f"{sliding_window_shapes!r}")
@@ -186,7 +179,7 @@ class Occlusion(FeatureAblation):
                   additional_forward_args: Any = None, perturbations_per_eval: int = 1,
                   show_progress: bool = False):
         """Returns attributions shaped like ``inputs`` (a tuple for a tuple)."""
-        _check_per_eval(perturbations_per_eval)
+        perturbations_per_eval = check_count(perturbations_per_eval, "perturbations_per_eval")
         xs, is_tuple = _inputs(inputs)
         windows, strides = _window_args(xs, sliding_window_shapes, strides)
         if len(xs) == 1:

@@ -205,9 +205,7 @@ class NoiseTunnel(_Attribution):
         x = x.detach()
         batch, shape = x.shape[0], tuple(x.shape[1:])
         want_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta", False))
-        baselines = kwargs.get("baselines")
-        if isinstance(baselines, tuple) and len(baselines) == 1:
-            baselines = baselines[0]
+        baselines = _single_of(kwargs.get("baselines"))
         sigma = torch.tensor(stdev, dtype=x.dtype, device=x.device)
         method = self.attribution_method
         total = total_sq = None

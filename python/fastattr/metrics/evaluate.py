@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..attribution._common import Target, check_count, check_inputs, check_model, forward_chunks
+from ..attribution._common import Target, check_count, check_flag, check_inputs, check_model, forward_chunks
 from ..attribution.gradient import _generator
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
@@ -129,9 +129,7 @@ def _ranked(ev, counted, inputs, t, feats, name, metrics, *, base, ends, step, f
 
 def _bar(progress: bool):
     """A tqdm bar counting model inputs, or None."""
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
-    if not progress:
+    if not check_flag(progress, "progress"):
         return None
     try:
         from tqdm.auto import tqdm
@@ -200,6 +198,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     chunks = dict(max_batch=max_batch, memory_budget=memory_budget)
     t, clean = resolve_clean(counted, inputs, target, **chunks)
     ev = Evaluation()
+    ends = None  # the model's outputs on x and on the baseline, when the ranked metrics run
     if {"deletion", "insertion", "mdrs", "aupc", "morf", "lerf"} & set(metrics):
         base = make_baseline(inputs, baseline, generator=_fresh(generator))
         ends = (clean, forward_chunks(counted, base, **chunks))
@@ -209,7 +208,8 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     subset_kw = dict(n_subsets=n_subsets, baseline=baseline, score=score or "logit", compile=compile,
                      logits=clean, **chunks)
     size = _fraction_size(subset_fraction, n_features, "subset_fraction")
-    check_count(n_subsets, "n_subsets", minimum=2 if {"faithfulness_correlation", "sensitivity_n"} & set(metrics) else 1)
+    correlated = {"faithfulness_correlation", "sensitivity_n"} & set(metrics)
+    check_count(n_subsets, "n_subsets", minimum=2 if correlated else 1)  # a correlation needs two points
     gaussian = infidelity == "gaussian" and "infidelity" in metrics
     if "faithfulness_correlation" in metrics or ("infidelity" in metrics and not gaussian):
         passes = subset_deltas(counted, inputs, t, n_features, subset_size=size, generator=_fresh(generator),
@@ -232,12 +232,14 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                                    **subset_kw)
         ev.values["sensitivity_n"] = {name: sensitivity_from(per_n, f, f"sensitivity_n[{name}]")
                                       .to(inputs.dtype) for name, f in feats.items()}
+    references = (clean, ends[1] if ends else None)  # f(x) for deletion, f(x') for insertion, when run
     for metric, insert in (("deletion_error", False), ("insertion_error", True)):
         if metric in metrics:
             first = next(iter(spaces.values()))
             s, change = error_passes(counted, inputs, t, first, insert=insert, n_subsets=n_subsets,
                                      max_exhaustive=max_exhaustive, baseline=baseline, score=score or "logit",
-                                     generator=_fresh(generator), compile=compile, clean=clean, **chunks)
+                                     generator=_fresh(generator), compile=compile,
+                                     reference=references[insert], **chunks)
             ev.values[metric] = {name: (change - additive_mass(s, f.scores.double())).abs().sum(-1)
                                  for name, f in spaces.items()}
     ev.forward_calls, ev.forward_inputs = counted.calls, counted.inputs

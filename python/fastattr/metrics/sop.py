@@ -52,23 +52,23 @@ def choose_subsets(batch: int, n_features: int, *, subsets=None, n_subsets: int 
 def subset_changes(model: Callable, inputs: torch.Tensor, target: torch.Tensor, feats: Features,
                    subsets: torch.Tensor, *, insert: bool, baseline: torch.Tensor, score: str = "logit",
                    max_batch=None, memory_budget=None, compile=False,
-                   clean: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   reference: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``[B, K]``: ``f(x) − f(x_{−S})`` (deletion) or ``f(x_S) − f(x')`` (insertion) for each subset,
-    from one masked pass whose first mask is the reference (everything replaced, for insertion;
-    for deletion nothing, unless ``clean``, the model's output on x, already gives ``f(x)``)."""
+    from one masked pass whose first mask is the reference input (x for deletion, the baseline for
+    insertion), unless ``reference``, the model's output on that input, is already known."""
     batch = inputs.shape[0]
     subsets = subsets.to(inputs.device)
     masks = ~subsets if insert else subsets
-    known = clean is not None and not insert
-    if not known:
+    if reference is None:
         ref = torch.full((subsets.shape[0], 1, subsets.shape[2]), insert, dtype=torch.bool,
                          device=inputs.device)
         masks = torch.cat([ref, masks], 1)
     chunk = chunk_size(inputs, batch * masks.shape[1], max_batch, memory_budget, per_input_factor=8.0)
     out = masked_scores(model, inputs, baseline, masks, target, reader=score, chunk=chunk, features=feats,
                         compile=compile, precise=True).double()
-    if known:
-        return read_scores(clean, target, score).double().unsqueeze(1) - out
+    if reference is not None:
+        ref = read_scores(reference, target, score).double().unsqueeze(1)
+        return out - ref if insert else ref - out
     return out[:, 1:] - out[:, :1] if insert else out[:, :1] - out[:, 1:]
 
 
@@ -76,17 +76,26 @@ def error_passes(model: Callable, inputs: torch.Tensor, target: torch.Tensor, fe
                  insert: bool, subsets=None, n_subsets: int = 200,
                  max_exhaustive: int = 12, p: float = 0.5, baseline: Baseline = 0.0, score: str = "logit",
                  generator=None, max_batch=None, memory_budget=None, compile=False,
-                 clean: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 reference: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The subsets and :func:`subset_changes` of the SOP errors, drawn from one ``generator``: a random
-    baseline first, then the subsets; ``clean``: the model's output on x, when known. Returns
-    ``(subsets [B or 1, K, d], changes [B, K])``."""
+    baseline first, then the subsets; ``reference``: the model's output on x (deletion) or on the
+    baseline (insertion), when known. Returns ``(subsets [B or 1, K, d], changes [B, K])``."""
     gen = _generator(generator)
     base = make_baseline(inputs, baseline, generator=gen)
     s = choose_subsets(inputs.shape[0], feats.n, subsets=subsets, n_subsets=n_subsets,
                        max_exhaustive=max_exhaustive, p=p, generator=gen)
     change = subset_changes(model, inputs, target, feats, s, insert=insert, baseline=base, score=score,
-                            max_batch=max_batch, memory_budget=memory_budget, compile=compile, clean=clean)
+                            max_batch=max_batch, memory_budget=memory_budget, compile=compile,
+                            reference=reference)
     return s, change
+
+
+def _standalone_passes(model, inputs, target, feats, *, insert, max_batch, memory_budget, **kw):
+    """:func:`error_passes` after one chunked forward of x, which resolves the targets and gives the
+    deletion reference ``f(x)``."""
+    t, clean = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
+    return error_passes(model, inputs, t, feats, insert=insert, max_batch=max_batch,
+                        memory_budget=memory_budget, reference=None if insert else clean, **kw)
 
 
 def additive_mass(subsets: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -128,11 +137,10 @@ def _additive_error(model, inputs, attributions, target, *, insert, subsets, n_s
     _check(reduction)
     feats = feature_space(inputs, attributions, granularity=granularity, segments=segments,
                           patch_size=patch_size, segment_score=segment_score)
-    t, clean = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
-    s, change = error_passes(model, inputs, t, feats, insert=insert, subsets=subsets,
-                             n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
-                             score=score, generator=generator, max_batch=max_batch,
-                             memory_budget=memory_budget, compile=compile, clean=clean)
+    s, change = _standalone_passes(model, inputs, target, feats, insert=insert, subsets=subsets,
+                                   n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
+                                   score=score, generator=generator, max_batch=max_batch,
+                                   memory_budget=memory_budget, compile=compile)
     return _reduce((change - additive_mass(s, feats.scores.double())).abs(), reduction)
 
 
@@ -198,11 +206,10 @@ def _grouped_error(model, inputs, attributions, target, *, insert, groups, rule,
     n_units = masks.shape[2]
     n_features = n_units if ids is None else int(ids.max()) + 1
     feats = Features(torch.zeros(inputs.shape[0], n_features), ids, n_units, subset_unit)
-    t, clean = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
-    s, change = error_passes(model, inputs, t, feats, insert=insert, subsets=subsets,
-                             n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
-                             score=score, generator=generator, max_batch=max_batch,
-                             memory_budget=memory_budget, compile=compile, clean=clean)
+    s, change = _standalone_passes(model, inputs, target, feats, insert=insert, subsets=subsets,
+                                   n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
+                                   score=score, generator=generator, max_batch=max_batch,
+                                   memory_budget=memory_budget, compile=compile)
     mass = grouped_mass(feats.unit_masks(s.to(inputs.device)), masks, c, rule)
     return _reduce((change - mass).abs(), reduction)
 

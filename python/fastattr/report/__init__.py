@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .._backend import use_backend
+from ..attribution._common import eval_modes
 from ..attribution import LAYER_METHODS, METHODS
 from ..cd import CD_METHODS
 from ..metrics import BETTER
@@ -379,15 +380,13 @@ def _borrowed(net, device: torch.device):
     if not isinstance(net, torch.nn.Module):
         yield
         return
-    training = [(m, m.training) for m in net.modules()]
     first = next(iter(net.parameters()), None)
     home = first.device if first is not None else None
-    net.to(device).eval()
+    net.to(device)
     try:
-        yield
+        with eval_modes(net):
+            yield
     finally:
-        for m, mode in training:
-            m.training = mode
         if home is not None:
             net.to(home)
 
