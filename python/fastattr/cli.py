@@ -48,18 +48,19 @@ def _bench(args: argparse.Namespace) -> int:
     except ReportError as e:
         raise UserError(str(e)) from e
     names = list(BENCHES) if args.which == "all" else [args.which]
-    tables = []
+    tables, path = [], None
     for name in names:
         module = importlib.import_module(BENCHES[name])
         for table in module.default_tables(device=args.device, repeat=args.repeat):
             print(table.render(), flush=True)
             print()
             tables.append(table)
-    if args.out:
-        try:
-            path = write_results(tables, args.out, tables[0].params.get("device", "cpu"), tag=args.which)
-        except OSError as e:
-            raise UserError(f"cannot write results to {args.out}: {e.strerror or e}") from e
+            if args.out:  # rewritten after every table, so a run cut short keeps what it measured
+                try:
+                    path = write_results(tables, args.out, tables[0].params.get("device", "cpu"), tag=args.which)
+                except OSError as e:
+                    raise UserError(f"cannot write results to {args.out}: {e.strerror or e}") from e
+    if path is not None:
         print(f"results written to {path}")
     return 0
 
