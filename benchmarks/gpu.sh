@@ -16,7 +16,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     > /tmp/install.log 2>&1 || { tail -20 /tmp/install.log; exit 1; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-if ! pip install --no-build-isolation --no-deps -q -e . >> /tmp/install.log 2>&1; then
+if ! python3 -m pip install --no-build-isolation --no-deps -q -e . >> /tmp/install.log 2>&1; then
   tail -20 /tmp/install.log
   exit 1
 fi
@@ -25,14 +25,15 @@ steps=" ${*:-bench} "
 steps=${steps// bench / metrics ig cd cdep sparsemax perturb }
 for step in $steps; do
   case "$step" in
+    install) continue ;;
     test)
       workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
-      timeout 220 python3 -m pytest tests -q -p no:cacheprovider $workers -rfE > "$out/pytest.log" 2>&1
+      timeout 420 python3 -m pytest tests -q --durations=15 -p no:cacheprovider $workers -rfE > "$out/pytest.log" 2>&1
       echo "pytest: exit $?"
       tail -25 "$out/pytest.log"
       continue ;;
-    metrics) limit=300 ;; ig) limit=130 ;; cd) limit=90 ;; sparsemax) limit=60 ;; perturb) limit=50 ;; cdep) limit=60 ;;
-    *) echo "usage: bash benchmarks/gpu.sh [test|bench|metrics|ig|cd|cdep|sparsemax|perturb]..." >&2; exit 2 ;;
+    metrics) limit=300 ;; ig) limit=300 ;; cd) limit=90 ;; sparsemax) limit=60 ;; perturb) limit=50 ;; cdep) limit=60 ;;
+    *) echo "usage: bash benchmarks/gpu.sh [install|test|bench|metrics|ig|cd|cdep|sparsemax|perturb]..." >&2; exit 2 ;;
   esac
   echo "== fastattr bench $step" >> "$out/bench.log"
   timeout "$limit" fastattr bench "$step" --repeat 3 --out "$out" >> "$out/bench.log" 2>&1

@@ -327,3 +327,18 @@ def test_saved_activation_bytes_scale_with_rows_and_skip_parameters():
     assert [p.requires_grad for p in wide.parameters()] == flags
     assert all(p.grad is None for p in wide.parameters())
     assert measured_input_factor(wide, x) == max(24.0, 2.0 * one / (100 * 8))
+
+
+def test_cuda_free_memory_counts_the_allocators_cached_blocks(monkeypatch):
+    """After one large call torch's caching allocator keeps its blocks reserved, and the driver
+    reports them as taken; the default chunk must still see them as free (else it shrinks to 1)."""
+    from fastattr.attribution import _common
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 70 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
+    assert _common.free_memory(torch.device("cuda")) == 69 * gib
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    assert _common.free_memory(torch.device("cuda")) == 1 * gib

@@ -140,10 +140,13 @@ def frozen_parameters(model: Callable) -> Iterator[None]:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes available for new tensors on ``device``."""
+    """Bytes available for new tensors on ``device``. On CUDA: the driver's free memory plus what
+    torch's caching allocator holds reserved but unused (``mem_get_info`` counts those blocks as
+    taken, so after one large call it would report almost nothing free)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(0, cached))
     try:
         with open("/proc/meminfo") as f:
             for line in f:
