@@ -154,3 +154,23 @@ def test_out_of_memory_errors_are_recognised():
     assert is_out_of_memory(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x3 and 4x5)"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_bench_out_keeps_the_tables_measured_before_a_failure(tmp_path, monkeypatch):
+    """The JSON record is rewritten after every table, so a bench cut short (a time limit, an
+    error in a later table) still leaves the tables it finished."""
+    import json
+
+    from fastattr import cli
+    from fastattr.bench import sparsemax
+
+    def tables(device=None, repeat=1):
+        yield sparsemax.run((16, 32), device="cpu", repeat=1, backends=["reference"], block_s=0.0)
+        raise RuntimeError("the second table failed")
+
+    monkeypatch.setattr(sparsemax, "default_tables", tables)
+    with pytest.raises(RuntimeError, match="second table"):
+        cli._bench(cli.build_parser().parse_args(["bench", "sparsemax", "--repeat", "1", "--out", str(tmp_path)]))
+    (record,) = tmp_path.glob("*.json")
+    names = [t["name"] for t in json.loads(record.read_text())["tables"]]
+    assert names == ["sparsemax [16, 32] float32 on cpu"]
