@@ -121,6 +121,12 @@ def resolve(x: torch.Tensor, backend: Optional[str] = None) -> str:
     return name
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a kernel computes in for ``dtype`` data (DESIGN numerics): float32 for fp16 / bf16,
+    the dtype itself otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def num_threads() -> int:
     """Threads for the cpp kernels: torch's own count, so fastattr never oversubscribes."""
     return max(1, torch.get_num_threads())

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._backend import compute_dtype
 from ..ops import cd_bias_split
 from ..reference.cd import EPS
 from ..zoo.resnet import BasicBlock, Bottleneck
@@ -66,7 +67,7 @@ def split_bias(ctx: Ctx, y: Tensor, bias: Optional[Tensor], relu: bool = False) 
         return relu_rule(ctx, None, y) if relu else y
     if ctx.mode == "beta":
         return cd_bias_split(y, bias, ctx.n_ref, relu, backend=ctx.backend)
-    compute = torch.float32 if y.dtype in (torch.float16, torch.bfloat16) else y.dtype
+    compute = compute_dtype(y.dtype)
     ub, ug = ctx.parts(y.to(compute))
     b = bias.to(compute).reshape((1, -1) + (1,) * (y.dim() - 2))
     pb, pg = ub.abs() + EPS, ug.abs() + EPS

@@ -16,8 +16,6 @@ import torch
 from .. import _backend
 from ..reference import cd as reference_cd
 
-_HALF = (torch.float16, torch.bfloat16)
-
 
 def _check(y: torch.Tensor, bias: torch.Tensor, n_ref: int) -> int:
     if y.dim() < 2:
@@ -44,7 +42,7 @@ def _cd_bias_split_op(y: torch.Tensor, bias: torch.Tensor, n_ref: int, relu: boo
         y2 = y.reshape(y.shape[0], -1).contiguous()
         out = triton_cd.cd_bias_split(y2, bias.to(y.dtype).contiguous(), n_ref, k, channels, positions, relu)
         return out.reshape(y.shape)
-    compute = torch.float32 if y.dtype in _HALF else y.dtype
+    compute = _backend.compute_dtype(y.dtype)
     y2 = y.to(compute).reshape(y.shape[0], -1).contiguous()
     b = bias.to(compute).contiguous()
     out = torch.empty_like(y2)
@@ -69,7 +67,7 @@ def _vjp(ctx, grad):
     with ``p = |u|+ε``, ``q = |z−u|+ε``, ``s = p+q``; reference rows: ``∂(z+b)`` = identity."""
     y, bias, out = ctx.saved_tensors
     n_ref = ctx.n_ref
-    compute = torch.float32 if y.dtype in _HALF else y.dtype
+    compute = _backend.compute_dtype(y.dtype)
     g = grad.to(compute)
     if ctx.relu:
         g = g * (out > 0)

@@ -16,8 +16,6 @@ from .. import _backend
 
 from ..reference import path_ops as reference_path_ops
 
-_HALF = (torch.float16, torch.bfloat16)
-
 
 def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
@@ -33,7 +31,7 @@ def _interpolate_kernel(name: str, x2: torch.Tensor, b2: torch.Tensor, alphas: t
     """``[B, D]`` x, ``[B or 1, D]`` baseline, ``[S]`` alphas (contiguous) → ``[S·B, D]``."""
     if name == "triton":
         return _triton().path_interpolate(x2, b2, alphas.to(x2.dtype).contiguous())
-    compute = torch.float32 if x2.dtype in _HALF else x2.dtype
+    compute = _backend.compute_dtype(x2.dtype)
     xc, bc, ac = x2.to(compute), b2.to(compute), alphas.to(compute).contiguous()
     out = torch.empty((ac.shape[0] * xc.shape[0], xc.shape[1]), dtype=compute, device=x2.device)
     if out.numel():

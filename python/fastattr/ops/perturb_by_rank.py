@@ -15,8 +15,6 @@ import torch
 from .. import _backend
 from ..reference.perturb_by_rank import perturb_by_rank as reference_perturb_by_rank
 
-_HALF = (torch.float16, torch.bfloat16)
-
 
 def _layout(x: torch.Tensor, rank: torch.Tensor) -> tuple[int, int, int]:
     batch, features = x.shape[0], rank.shape[1]
@@ -38,7 +36,7 @@ def _perturb_by_rank_op(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Ten
         from ..triton import perturb_by_rank as triton_perturb
 
         return triton_perturb.perturb_by_rank(x3.contiguous(), b3.contiguous(), r, c, insert).reshape(out_shape)
-    compute = torch.float32 if x.dtype in _HALF else x.dtype
+    compute = _backend.compute_dtype(x.dtype)
     xc, bc = x3.to(compute).contiguous(), b3.to(compute).contiguous()
     out = torch.empty((counts.shape[0] * batch, channels, features), dtype=compute, device=x.device)
     if out.numel():

@@ -13,9 +13,6 @@ from .. import _backend
 from .. import reference
 
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
 def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *others: torch.Tensor,
              half_native: bool = False) -> torch.Tensor:
     """Moves ``dim`` last, views every tensor as contiguous ``[rows, n]``, runs ``kernel``, and
@@ -24,7 +21,7 @@ def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *ot
     half the bytes and skips two casting passes)."""
     moved = [t.movedim(dim, -1) for t in (x, *others)]
     shape = moved[0].shape
-    compute = torch.float32 if x.dtype in _HALF and not half_native else x.dtype
+    compute = x.dtype if half_native else _backend.compute_dtype(x.dtype)
     rows2d = [t.to(compute).contiguous().reshape(-1, shape[-1]) for t in moved]
     out = kernel(*rows2d).reshape(shape).to(x.dtype)
     return out.movedim(-1, dim).contiguous()

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import torch
 
+from .._backend import compute_dtype
+
 EPS = 1e-20
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def cd_bias_split(y: torch.Tensor, bias: torch.Tensor, n_ref: int, relu: bool) -> torch.Tensor:
-    compute = torch.float32 if y.dtype in _HALF else y.dtype
+    compute = compute_dtype(y.dtype)
     yc = y.to(compute)
     b = bias.to(compute).reshape((1, -1) + (1,) * (y.dim() - 2))
     ref, u = yc[:n_ref], yc[n_ref:]

@@ -13,10 +13,12 @@ from typing import Optional
 
 import torch
 
+from .._backend import compute_dtype
+
 
 def path_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     steps = alphas.shape[0]
-    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    compute = compute_dtype(x.dtype)
     xc, bc = x.to(compute), baseline.to(compute)
     a = alphas.to(compute).view((steps,) + (1,) * x.dim())
     out = bc.unsqueeze(0) + a * (xc - bc).unsqueeze(0)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import torch
 
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+from .._backend import compute_dtype
 
 
 def sparsemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Sparsemax of ``x`` along ``dim`` by sorting (the specification of the fast kernels)."""
     if x.numel() == 0:
         return torch.empty_like(x)
-    z = x.to(_compute_dtype(x.dtype)).movedim(dim, -1)
+    z = x.to(compute_dtype(x.dtype)).movedim(dim, -1)
     bad = torch.isnan(z).any(-1, keepdim=True) | torch.isposinf(z).any(-1, keepdim=True)
     bad |= torch.isneginf(z).all(-1, keepdim=True)
     z = z.masked_fill(bad, 0.0)
@@ -39,7 +37,7 @@ def sparsemax_backward(p: torch.Tensor, grad: torch.Tensor, dim: int = -1) -> to
     """Vector-Jacobian product of sparsemax at output ``p``: ``(g - mean_S g) * 1_S``."""
     if p.numel() == 0:
         return torch.empty_like(grad)
-    dtype = _compute_dtype(grad.dtype)
+    dtype = compute_dtype(grad.dtype)
     support = (p > 0).to(dtype)
     g = grad.to(dtype) * support
     mean = g.sum(dim, keepdim=True) / support.sum(dim, keepdim=True).clamp_min(1)
