@@ -25,7 +25,7 @@ BACKENDS = ("auto", "reference", "cpp", "triton")
 _current: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("fastattr_backend", default=None)
 
 
-def _check(name: str, argname: str = "backend") -> str:
+def check_backend(name: str, argname: str = "backend") -> str:
     if not isinstance(name, str) or name.lower() not in BACKENDS:
         raise ValueError(f"{argname} must be one of {BACKENDS}, got {name!r}")
     return name.lower()
@@ -36,13 +36,13 @@ def get_backend() -> str:
     name = _current.get()
     if name is not None:
         return name
-    return _check(os.environ.get("FASTATTR_BACKEND", "auto") or "auto", "FASTATTR_BACKEND")
+    return check_backend(os.environ.get("FASTATTR_BACKEND", "auto") or "auto", "FASTATTR_BACKEND")
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[str]:
     """Context manager forcing a backend: ``with fastattr.use_backend("reference"): ...``."""
-    token = _current.set(_check(name))
+    token = _current.set(check_backend(name))
     try:
         yield _current.get()
     finally:
@@ -93,7 +93,7 @@ _warned_fallback = False
 def resolve(x: torch.Tensor, backend: Optional[str] = None) -> str:
     """The concrete backend (reference / cpp / triton) that runs an op on tensor ``x``."""
     global _warned_fallback
-    name = get_backend() if backend is None else _check(backend)
+    name = get_backend() if backend is None else check_backend(backend)
     dev = x.device.type
     if name == "auto":
         if dev == "cuda" and triton_available():
@@ -119,12 +119,6 @@ def resolve(x: torch.Tensor, backend: Optional[str] = None) -> str:
                 "set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors"
             )
     return name
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a kernel computes in for ``dtype`` data (DESIGN numerics): float32 for fp16 / bf16,
-    the dtype itself otherwise."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def num_threads() -> int:

@@ -313,7 +313,7 @@ def test_gradient_shap_options():
 
 
 def test_saved_activation_bytes_scale_with_rows_and_skip_parameters():
-    from fastattr.attribution._common import measured_input_factor, saved_activation_bytes
+    from fastattr.core import measured_input_factor, saved_activation_bytes
 
     torch.manual_seed(0)
     wide = nn.Sequential(nn.Linear(100, 1000), nn.Tanh(), nn.Linear(1000, 3)).double().eval()
@@ -332,13 +332,13 @@ def test_saved_activation_bytes_scale_with_rows_and_skip_parameters():
 def test_cuda_free_memory_counts_the_allocators_cached_blocks(monkeypatch):
     """After one large call torch's caching allocator keeps its blocks reserved, and the driver
     reports them as taken; the default chunk must still see them as free (else it shrinks to 1)."""
-    from fastattr.attribution import _common
+    from fastattr.core import chunks
 
     gib = 1 << 30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * gib, 80 * gib))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 70 * gib)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
-    assert _common.free_memory(torch.device("cuda")) == 69 * gib
+    assert chunks.free_memory(torch.device("cuda")) == 69 * gib
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
-    assert _common.free_memory(torch.device("cuda")) == 1 * gib
+    assert chunks.free_memory(torch.device("cuda")) == 1 * gib

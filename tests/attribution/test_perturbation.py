@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fastattr.attribution as A
-from fastattr.metrics.perturb import patch_segments
+from fastattr.core import patch_segments
 from tests.models import batchnorm_with_statistics, linear_model, mlp, rand, small_cnn
 
 
@@ -292,7 +292,7 @@ def test_random_and_blurred_baselines():
     """``Uniform`` / ``Blur`` specs work as baselines; RISE draws a random baseline from its own
     generator after the masks, so the seed decides both."""
     from fastattr.metrics import Blur, Uniform
-    from fastattr.metrics.perturb import make_baseline
+    from fastattr.core import make_baseline
 
     model = small_cnn()
     x = rand(2, 3, 8, 8, seed=103)
@@ -314,7 +314,7 @@ def test_random_and_blurred_baselines():
 
 
 def test_compiled_perturbation_methods_run_fixed_chunks_and_match_eager():
-    from fastattr.metrics.perturb import CountingModel
+    from fastattr.core import CountingModel
 
     model = small_cnn()
     x = rand(3, 3, 8, 8, seed=104)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import fastattr
 from fastattr.cd import contextual_decomposition, register_rule
 from fastattr.cd import rules as cd_rules
 
@@ -74,7 +75,8 @@ def test_float32_invariant_and_backends(backend_device, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     model = image_model("basic_block").float().to(device)
     x, masks = _images().float().to(device), _masks(7, (1, 8, 8)).float().to(device)
-    beta, gamma = contextual_decomposition(model, x, masks, backend=backend)
+    with fastattr.use_backend(backend):
+        beta, gamma = contextual_decomposition(model, x, masks)
     beta_p, gamma_p = contextual_decomposition(model, x, masks, mode="pair")
     assert _rel(beta_p + gamma_p, model(x)[:, None].expand_as(beta_p)) < 1e-5
     assert _rel(beta, beta_p) < 1e-5
@@ -392,8 +394,61 @@ def test_unknown_backend_is_refused_on_a_bias_free_model():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False)).double().eval()
     x = torch.randn(2, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(ValueError, match="backend"), pytest.warns(DeprecationWarning, match="use_backend"):
         contextual_decomposition(model, x, _masks(2, (6,)), backend="bogus")
+
+
+def test_deprecated_backend_keyword_runs_under_use_backend(monkeypatch):
+    """``backend=`` (before CD took its backend from use_backend) still works, with a warning, and
+    reaches the op exactly as ``use_backend`` does."""
+    seen = []
+    real = cd_rules.cd_bias_split
+    monkeypatch.setattr(cd_rules, "cd_bias_split",
+                        lambda *a, **k: seen.append(fastattr.get_backend()) or real(*a, **k))
+    model, x, masks = image_model("relu"), _images(), _masks(3, (1, 8, 8))
+    with pytest.warns(DeprecationWarning, match="use_backend"):
+        old, _ = contextual_decomposition(model, x, masks, backend="reference")
+    assert seen and set(seen) == {"reference"}
+    seen.clear()
+    with fastattr.use_backend("reference"):
+        new, _ = contextual_decomposition(model, x, masks)
+    assert seen and set(seen) == {"reference"}
+    torch.testing.assert_close(old, new)
+
+
+class BasicBlock(nn.Module):
+    """A user's own copy of torchvision's BasicBlock (not the zoo's class): recognised by structure."""
+
+    def __init__(self, planes, extra=False):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(planes, planes, 3, padding=1, bias=False), nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU()
+        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False), nn.BatchNorm2d(planes)
+        self.downsample = None
+        if extra:
+            self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        if hasattr(self, "gate"):
+            out = out * self.gate(out)
+        return self.relu(out + x)
+
+
+def test_resnet_blocks_are_recognised_by_structure_not_by_class():
+    torch.manual_seed(0)
+    block = BasicBlock(3).double()
+    for bn in (block.bn1, block.bn2):  # non-trivial running statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    assert cd_rules.rule_for(block) is not None
+    model = nn.Sequential(block, nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).double().eval()
+    x, masks = _images(), _masks(5, (1, 8, 8))
+    beta, gamma = contextual_decomposition(model, x, masks)
+    beta_p, gamma_p = contextual_decomposition(model, x, masks, mode="pair")
+    assert _rel(beta_p + gamma_p, model(x)[:, None].expand_as(beta_p)) < 1e-10
+    assert _rel(beta, beta_p) < 1e-10
+    assert cd_rules.rule_for(BasicBlock(3, extra=True)) is None  # same names, another forward: traced instead
 
 
 def test_lstm_phrase_is_the_masked_tokens_even_with_a_zero_embedding():

@@ -29,7 +29,7 @@ captum_metrics = pytest.importorskip("captum.metrics")
 quantus = pytest.importorskip("quantus")
 
 import fastattr  # noqa: E402
-from fastattr.metrics.perturb import fraction_count, random_subsets  # noqa: E402
+from fastattr.core import fraction_count, random_subsets  # noqa: E402
 from tests.integrations.models import cnn, digits, mlp  # noqa: E402
 from tests.models import rand, small_cnn  # noqa: E402
 

@@ -7,8 +7,7 @@ from torch import nn
 
 import fastattr
 import fastattr.metrics as M
-from fastattr.metrics.perturb import (Blur, CountingModel, Uniform, make_baseline, patch_segments,
-                                      rank_features)
+from fastattr.core import Blur, CountingModel, Uniform, make_baseline, patch_segments, rank_features
 from tests.metrics import slow
 from tests.models import rand, small_cnn
 

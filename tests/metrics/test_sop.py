@@ -179,7 +179,7 @@ def test_sop_errors_draw_a_random_baseline_first_then_the_subsets_from_one_gener
     """One generator: the uniform baseline first, then the sampled subsets; evaluate() starts from its
     own copy of the same state, so a torch.Generator gives the standalone values too."""
     import fastattr
-    from fastattr.metrics.perturb import make_baseline
+    from fastattr.core import make_baseline
 
     model = small_cnn()
     x, a = rand(2, 3, 8, 8, seed=101), rand(2, 8, 8, seed=102)
@@ -197,7 +197,7 @@ def test_sop_errors_draw_a_random_baseline_first_then_the_subsets_from_one_gener
 def test_deletion_error_reads_f_x_off_the_clean_forward():
     """The clean forward that checks the targets gives f(x): deletion runs only the 2^d − 1 subsets;
     insertion adds one reference input per example, the baseline."""
-    from fastattr.metrics.perturb import CountingModel
+    from fastattr.core import CountingModel
 
     x, a = rand(2, 3, 8, 8, seed=51), rand(2, 8, 8, seed=52)
     for fn, extra in ((M.deletion_error, 0), (M.insertion_error, 1)):

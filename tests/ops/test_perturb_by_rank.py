@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastattr.metrics.perturb import rank_features
+from fastattr.core import rank_features
 from fastattr.ops import perturb_by_rank
 from fastattr.reference.perturb_by_rank import perturb_by_rank as reference
 

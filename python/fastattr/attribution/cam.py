@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import (Target, check_flag, check_inputs, check_model, chunk_size, frozen_parameters,
-                      resolve_target, select)
+from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_model, chunk_size, frozen_parameters,
+                    resolve_target, select)
+from ..numerics import accum_dtype
 
 Layer = Union[nn.Module, str]
 
@@ -154,7 +155,7 @@ def _cam_chunk(model, layer, x, target, relu_attributions, upsample, plus_plus, 
         raise ValueError(f"upsample needs a conv layer whose {'input' if layer_input else 'output'} is "
                          f"[B, K, ...] with 1 to 3 spatial axes, no more than the inputs' "
                          f"{tuple(x.shape[1:])}; layer {type(layer).__name__} gives {tuple(acts.shape)}")
-    acc = torch.float64 if acts.dtype == torch.float64 else torch.float32
+    acc = accum_dtype(acts.dtype)
     acts, grads = acts.to(acc), grads.to(acc)
     cam = _cam_weights(acts, grads, plus_plus) * acts
     if channel_sum:
@@ -166,7 +167,7 @@ def _cam_chunk(model, layer, x, target, relu_attributions, upsample, plus_plus, 
     return cam.to(x.dtype), t
 
 
-def _cam(model, inputs, target, layer, *, relu_attributions, upsample, max_batch, memory_budget, plus_plus,
+def cam_maps(model, inputs, target, layer, *, relu_attributions, upsample, max_batch, memory_budget, plus_plus,
          interpolate_mode="bilinear", attribute_to_layer_input=False, channel_sum=True):
     module = _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpolate_mode,
                              attribute_to_layer_input)
@@ -174,9 +175,9 @@ def _cam(model, inputs, target, layer, *, relu_attributions, upsample, max_batch
     targets = _chunk_targets(target, batch)
     chunk = chunk_size(inputs, batch, max_batch, memory_budget)
     with frozen_parameters(model):
-        maps = [_cam_chunk(model, module, inputs[e0:e0 + chunk], targets(e0, e0 + chunk), relu_attributions,
+        maps = [_cam_chunk(model, module, inputs[e0:e1], targets(e0, e1), relu_attributions,
                            upsample, plus_plus, interpolate_mode, attribute_to_layer_input, channel_sum)[0]
-                for e0 in range(0, batch, chunk)]
+                for e0, e1, _, _ in ChunkGrid(batch, 1, chunk)]
     return torch.cat(maps)
 
 
@@ -203,7 +204,7 @@ def grad_cam(model: Callable, inputs: torch.Tensor, target: Target = None, *, la
 
         >>> cam = fastattr.grad_cam(model, x, target=y, layer="layer4")   # [B, H, W]
     """
-    return _cam(model, inputs, target, layer, relu_attributions=relu_attributions, upsample=upsample,
+    return cam_maps(model, inputs, target, layer, relu_attributions=relu_attributions, upsample=upsample,
                 max_batch=max_batch, memory_budget=memory_budget, plus_plus=False,
                 interpolate_mode=interpolate_mode, attribute_to_layer_input=attribute_to_layer_input)
 
@@ -223,7 +224,7 @@ def grad_cam_plus_plus(model: Callable, inputs: torch.Tensor, target: Target = N
 
         >>> cam = fastattr.grad_cam_plus_plus(model, x, target=y, layer=model.layer4)   # [B, H, W]
     """
-    return _cam(model, inputs, target, layer, relu_attributions=relu_attributions, upsample=upsample,
+    return cam_maps(model, inputs, target, layer, relu_attributions=relu_attributions, upsample=upsample,
                 max_batch=max_batch, memory_budget=memory_budget, plus_plus=True,
                 interpolate_mode=interpolate_mode, attribute_to_layer_input=attribute_to_layer_input)
 
@@ -286,8 +287,7 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target = Non
     targets = _chunk_targets(target, batch)
     chunk = chunk_size(inputs, batch, max_batch, memory_budget)
     with frozen_parameters(model), _guided_relus(model):
-        grads = [_guided_chunk(model, inputs[e0:e0 + chunk], targets(e0, e0 + chunk))[0]
-                 for e0 in range(0, batch, chunk)]
+        grads = [_guided_chunk(model, inputs[e0:e1], targets(e0, e1))[0] for e0, e1, _, _ in ChunkGrid(batch, 1, chunk)]
     return torch.cat(grads)
 
 
@@ -318,9 +318,9 @@ def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target = Non
     chunk = chunk_size(inputs, batch, max_batch, memory_budget)
     blocks = []
     with frozen_parameters(model):
-        for e0 in range(0, batch, chunk):
-            x = inputs[e0:e0 + chunk]
-            cam, t = _cam_chunk(model, module, x, targets(e0, e0 + chunk), relu_attributions, True, False,
+        for e0, e1, _, _ in ChunkGrid(batch, 1, chunk):
+            x = inputs[e0:e1]
+            cam, t = _cam_chunk(model, module, x, targets(e0, e1), relu_attributions, True, False,
                                 interpolate_mode, attribute_to_layer_input)
             with _guided_relus(model):
                 grad, _ = _guided_chunk(model, x, t)

@@ -13,9 +13,10 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
+from ..core import (ChunkGrid, Target, check_count, check_flag, check_inputs, check_model, frozen_parameters,
+                    gradient_chunk, make_generator, path_baselines, reference_inputs, resolve_target, select)
+from ..numerics import accum_dtype
 from ..ops.path_ops import path_accumulate, path_interpolate
-from ._common import (Target, check_count, check_flag, check_inputs, check_model, frozen_parameters, gradient_chunk,
-                      resolve_target, select)
 
 QUADRATURE = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -52,10 +53,6 @@ def quadrature(method: str, n_steps: int) -> tuple[list[float], list[float]]:
     return alphas.tolist(), weights
 
 
-def _accum_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -84,11 +81,11 @@ def target_gradients(model: Callable, x: torch.Tensor, target: torch.Tensor,
 
 
 def _batched_gradients(model, x, target, chunk):
-    grads = [target_gradients(model, x[i:i + chunk], target[i:i + chunk])[0] for i in range(0, x.shape[0], chunk)]
+    grads = [target_gradients(model, x[e0:e1], target[e0:e1])[0] for e0, e1, _, _ in ChunkGrid(x.shape[0], 1, chunk)]
     return torch.cat(grads)
 
 
-def _prepare(model, inputs, target, max_batch=None, memory_budget=None):
+def prepare(model, inputs, target, max_batch=None, memory_budget=None):
     """Checks; the resolved targets, and the inputs detached (attributions never carry the caller's
     autograd graph)."""
     check_model(model)
@@ -105,7 +102,7 @@ def saliency(model: Callable, inputs: torch.Tensor, target: Target = None, *, ab
 
         >>> a = fastattr.saliency(model, x, target=3)   # shape of x
     """
-    t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)
+    t, inputs = prepare(model, inputs, target, max_batch, memory_budget)
     with frozen_parameters(model):
         g = _batched_gradients(model, inputs, t, gradient_chunk(model, inputs, inputs.shape[0], max_batch,
                                                                 memory_budget))
@@ -119,61 +116,30 @@ def input_x_gradient(model: Callable, inputs: torch.Tensor, target: Target = Non
     return inputs.detach() * grad
 
 
-def _baselines(inputs: torch.Tensor, baselines) -> torch.Tensor:
-    """Baselines as ``[B, ...]`` (one per example) or ``[1, ...]`` (one shared by all)."""
-    if baselines is None:
-        return torch.zeros((1,) + tuple(inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device)
-    if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
-        return torch.full((1,) + tuple(inputs.shape[1:]), float(baselines), dtype=inputs.dtype, device=inputs.device)
-    if not isinstance(baselines, torch.Tensor):
-        raise TypeError(f"baselines must be None, a number or a tensor, got {type(baselines).__name__}")
-    b = baselines.to(device=inputs.device, dtype=inputs.dtype)
-    if b.dim() < inputs.dim():
-        b = b.reshape((1,) * (inputs.dim() - b.dim()) + tuple(b.shape))
-    try:
-        shape = torch.broadcast_shapes(b.shape, inputs.shape)
-    except RuntimeError:
-        shape = None
-    if shape != inputs.shape:
-        raise ValueError(f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs of shape "
-                         f"{tuple(inputs.shape)} (give one per example, one for all, or a scalar)")
-    b = b.expand((b.shape[0],) + tuple(inputs.shape[1:])).contiguous()
-    if not torch.isfinite(b).all():
-        raise ValueError("baselines contain NaN or Inf")
-    return b
-
-
 def path_integral(grad_fn: Callable[[torch.Tensor, int, int], torch.Tensor], x: torch.Tensor,
                   base: torch.Tensor, alphas: list[float], weights: list[float], chunk: int,
                   multiply: bool) -> torch.Tensor:
     """The chunked IG loop shared by :func:`integrated_gradients` and Layer IG (SPEC §2, fused path
     accumulation): ``Σ_s w_s g(x' + α_s (x − x'))`` per example, times ``x − x'`` when ``multiply``.
 
-    Examples run in blocks of at most ``chunk`` rows; each model batch holds ``chunk // rows`` whole
-    steps of a block, written by :func:`~fastattr.ops.path_interpolate` (step-major).
+    Chunks of :class:`~fastattr.core.ChunkGrid` (blocks of examples × whole steps, at most ``chunk``
+    rows) are written by :func:`~fastattr.ops.path_interpolate` (step-major).
     ``grad_fn(points, e0, e1)`` returns the gradient at those points for examples ``e0:e1``, and
     :func:`~fastattr.ops.path_accumulate` adds ``Σ w_s g_s`` to a float32 sum (float64 for float64
     ``x``), fusing the multiply by ``x − x'`` into the last chunk. ``base`` is ``[B, ...]`` or
     ``[1, ...]``. Returns ``[B, ...]`` in the accumulation dtype.
     """
     batch, n = x.shape[0], len(alphas)
-    acc_dtype = _accum_dtype(x.dtype)
+    acc_dtype = accum_dtype(x.dtype)
     alphas_t = torch.tensor(alphas, dtype=torch.float64, device=x.device)
     weights_t = torch.tensor(weights, dtype=acc_dtype, device=x.device)
-    blocks = []
-    for e0 in range(0, batch, chunk):
-        e1 = min(batch, e0 + chunk)
+    acc = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+    for e0, e1, s0, s1 in ChunkGrid(batch, n, chunk):
         xs, bs = x[e0:e1], base if base.shape[0] == 1 else base[e0:e1]
-        diff = xs.to(acc_dtype) - bs.to(acc_dtype) if multiply else None
-        steps = max(1, chunk // (e1 - e0))
-        acc = torch.zeros(xs.shape, dtype=acc_dtype, device=x.device)
-        for s0 in range(0, n, steps):
-            s1 = min(n, s0 + steps)
-            grad = grad_fn(path_interpolate(xs, bs, alphas_t[s0:s1]), e0, e1)
-            acc = path_accumulate(acc, grad.view((s1 - s0,) + tuple(xs.shape)), weights_t[s0:s1],
-                                  diff if s1 == n else None)
-        blocks.append(acc)
-    return torch.cat(blocks)
+        diff = xs.to(acc_dtype) - bs.to(acc_dtype) if multiply and s1 == n else None
+        grad = grad_fn(path_interpolate(xs, bs, alphas_t[s0:s1]), e0, e1)
+        acc[e0:e1] = path_accumulate(acc[e0:e1], grad.view((s1 - s0,) + tuple(xs.shape)), weights_t[s0:s1], diff)
+    return acc
 
 
 def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *,
@@ -209,10 +175,10 @@ def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target =
         >>> attr, delta = fastattr.integrated_gradients(model, x, target=y, n_steps=64,
         ...                                             return_convergence_delta=True)
     """
-    t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)
+    t, inputs = prepare(model, inputs, target, max_batch, memory_budget)
     _check_autocast(autocast)
     alphas, weights = quadrature(method, n_steps)
-    base = _baselines(inputs, baselines)
+    base = path_baselines(inputs, baselines)
     batch = inputs.shape[0]
     chunk = gradient_chunk(model, inputs, len(alphas) * batch, max_batch, memory_budget, autocast)
 
@@ -257,14 +223,6 @@ def _noise_sigma(inputs: torch.Tensor, stdev: Optional[float], stdev_spread: flo
     return stdev_spread * (flat.amax(1) - flat.amin(1))
 
 
-def _generator(generator) -> torch.Generator:
-    if isinstance(generator, torch.Generator):
-        return generator
-    if generator is None or (isinstance(generator, int) and not isinstance(generator, bool)):
-        return torch.Generator().manual_seed(0 if generator is None else generator)
-    raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
-
-
 def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_samples: int = 50,
                stdev: Optional[float] = None, stdev_spread: float = 0.15, variant: str = "smoothgrad",
                abs: bool = False, generator=None, max_batch: Optional[int] = None,
@@ -282,46 +240,29 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
     check_flag(abs, "abs")
     _check_variant(variant)
     n_samples = check_count(n_samples, "n_samples")
-    t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)
-    gen = _generator(generator)
+    t, inputs = prepare(model, inputs, target, max_batch, memory_budget)
+    gen = make_generator(generator)
     sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
     batch = inputs.shape[0]
     chunk = gradient_chunk(model, inputs, n_samples * batch, max_batch, memory_budget)
-    acc_dtype = _accum_dtype(inputs.dtype)
+    acc_dtype = accum_dtype(inputs.dtype)
     total = torch.zeros(inputs.shape, dtype=acc_dtype, device=inputs.device)
     total_sq = torch.zeros_like(total)
-    block = min(batch, chunk)
-    per = max(1, chunk // block)
     with frozen_parameters(model):
-        for j0 in range(0, n_samples, per):
-            k = min(per, n_samples - j0)
-            # One full-batch draw per sample: the noise stream does not depend on the chunk size.
-            noise = [torch.randn(inputs.shape, generator=gen, dtype=inputs.dtype).to(inputs.device)
-                     for _ in range(k)]
-            for e0 in range(0, batch, block):
-                e1 = min(batch, e0 + block)
-                x, s = inputs[e0:e1], sigma[e0:e1]
-                noisy = torch.cat([x + s * nz[e0:e1] for nz in noise])
-                g, _ = target_gradients(model, noisy, t[e0:e1].repeat(k))
-                g = g.reshape((k, e1 - e0) + tuple(inputs.shape[1:])).to(acc_dtype)
-                total[e0:e1] += (g.abs() if abs else g).sum(0)
-                total_sq[e0:e1] += (g * g).sum(0)
+        for e0, e1, j0, j1 in ChunkGrid(batch, n_samples, chunk):
+            k = j1 - j0
+            if e0 == 0:  # one full-batch draw per sample: the noise stream does not depend on the chunk size
+                noise = torch.stack([torch.randn(inputs.shape, generator=gen, dtype=inputs.dtype)
+                                     for _ in range(k)]).to(inputs.device)
+            noisy = (inputs[e0:e1] + sigma[e0:e1] * noise[:, e0:e1]).reshape((-1,) + tuple(inputs.shape[1:]))
+            g, _ = target_gradients(model, noisy, t[e0:e1].repeat(k))
+            g = g.reshape((k, e1 - e0) + tuple(inputs.shape[1:])).to(acc_dtype)
+            total[e0:e1] += (g.abs() if abs else g).sum(0)
+            total_sq[e0:e1] += (g * g).sum(0)
     return _reduce(total, total_sq, n_samples, variant).to(inputs.dtype)
 
 
-def _references(inputs: torch.Tensor, baselines, name: str = "baselines") -> torch.Tensor:
-    """A checked ``[M, ...]`` set of reference inputs on ``inputs``' device and dtype."""
-    if not isinstance(baselines, torch.Tensor) or baselines.dim() != inputs.dim() \
-            or baselines.shape[1:] != inputs.shape[1:] or baselines.shape[0] < 1:
-        raise ValueError(f"{name} must be a tensor [M, {', '.join(map(str, inputs.shape[1:]))}] of reference "
-                         f"inputs, got {getattr(baselines, 'shape', type(baselines).__name__)}")
-    refs = baselines.to(device=inputs.device, dtype=inputs.dtype)
-    if not torch.isfinite(refs).all():
-        raise ValueError(f"{name} contain NaN or Inf")
-    return refs
-
-
-def _shap_draws(gen: torch.Generator, n_samples: int, n_refs: int, inputs: torch.Tensor, stdev: float):
+def shap_draws(gen: torch.Generator, n_samples: int, n_refs: int, inputs: torch.Tensor, stdev: float):
     """fastattr's GradientSHAP stream, one sample at a time: a reference index per example, α ~ U(0, 1)
     per example, and (``stdev > 0``) Gaussian noise like ``inputs``; returns ``[N, B]``, ``[N, B]``,
     ``[N, B, ...]``."""
@@ -335,39 +276,34 @@ def _shap_draws(gen: torch.Generator, n_samples: int, n_refs: int, inputs: torch
     return torch.stack(index), torch.stack(alpha), torch.stack(noise) if noise else None
 
 
-def _shap_from_draws(model: Callable, inputs: torch.Tensor, t: torch.Tensor, refs: torch.Tensor,
-                     index: torch.Tensor, alpha: torch.Tensor, noise: Optional[torch.Tensor], *,
-                     multiply_by_inputs: bool, noisy_difference: bool, return_convergence_delta: bool,
-                     max_batch: Optional[int], memory_budget: Optional[int]):
+def shap_from_draws(model: Callable, inputs: torch.Tensor, t: torch.Tensor, refs: torch.Tensor,
+                    index: torch.Tensor, alpha: torch.Tensor, noise: Optional[torch.Tensor], *,
+                    multiply_by_inputs: bool, noisy_difference: bool, return_convergence_delta: bool,
+                    max_batch: Optional[int], memory_budget: Optional[int]):
     """GradientSHAP from given draws: ``index``/``alpha`` ``[N, B]``, ``noise`` ``[N, B, ...]`` or None."""
     n_samples, batch = index.shape
     shape = tuple(inputs.shape[1:])
     chunk = gradient_chunk(model, inputs, n_samples * batch, max_batch, memory_budget)
-    block = min(batch, chunk)
-    per = max(1, chunk // block)
-    acc_dtype = _accum_dtype(inputs.dtype)
+    acc_dtype = accum_dtype(inputs.dtype)
     total = torch.zeros(inputs.shape, dtype=acc_dtype, device=inputs.device)
     deltas = torch.zeros((n_samples, batch), dtype=inputs.dtype, device=inputs.device)
     with frozen_parameters(model):
-        for j0 in range(0, n_samples, per):
-            j1 = min(n_samples, j0 + per)
-            for e0 in range(0, batch, block):
-                e1 = min(batch, e0 + block)
-                rows = (j1 - j0) * (e1 - e0)
-                # Rows are sample-major: (sample j0, examples e0:e1), (sample j0 + 1, ...), ...
-                x = inputs[e0:e1].repeat((j1 - j0,) + (1,) * len(shape))
-                b = refs[index[j0:j1, e0:e1].reshape(-1).to(refs.device)]
-                noisy = x if noise is None else x + noise[j0:j1, e0:e1].reshape((rows,) + shape).to(x.device)
-                a = alpha[j0:j1, e0:e1].reshape((rows,) + (1,) * len(shape)).to(x.device, x.dtype)
-                tt = t[e0:e1].repeat(j1 - j0)
-                g, _ = target_gradients(model, b + a * (noisy - b), tt)
-                end = noisy if noisy_difference else x
-                part = g.to(acc_dtype) * (end - b).to(acc_dtype) if multiply_by_inputs else g.to(acc_dtype)
-                total[e0:e1] += part.view((j1 - j0, e1 - e0) + shape).sum(0)
-                if return_convergence_delta:
-                    with torch.no_grad():
-                        gap = select(model(end), tt) - select(model(b), tt)
-                    deltas[j0:j1, e0:e1] = (part.reshape(rows, -1).sum(1) - gap).view(j1 - j0, e1 - e0)
+        for e0, e1, j0, j1 in ChunkGrid(batch, n_samples, chunk):
+            rows = (j1 - j0) * (e1 - e0)
+            # Rows are sample-major: (sample j0, examples e0:e1), (sample j0 + 1, ...), ...
+            x = inputs[e0:e1].repeat((j1 - j0,) + (1,) * len(shape))
+            b = refs[index[j0:j1, e0:e1].reshape(-1).to(refs.device)]
+            noisy = x if noise is None else x + noise[j0:j1, e0:e1].reshape((rows,) + shape).to(x.device)
+            a = alpha[j0:j1, e0:e1].reshape((rows,) + (1,) * len(shape)).to(x.device, x.dtype)
+            tt = t[e0:e1].repeat(j1 - j0)
+            g, _ = target_gradients(model, b + a * (noisy - b), tt)
+            end = noisy if noisy_difference else x
+            part = g.to(acc_dtype) * (end - b).to(acc_dtype) if multiply_by_inputs else g.to(acc_dtype)
+            total[e0:e1] += part.view((j1 - j0, e1 - e0) + shape).sum(0)
+            if return_convergence_delta:
+                with torch.no_grad():
+                    gap = select(model(end), tt) - select(model(b), tt)
+                deltas[j0:j1, e0:e1] = (part.reshape(rows, -1).sum(1) - gap).view(j1 - j0, e1 - e0)
     attr = (total / n_samples).to(inputs.dtype)
     return (attr, deltas.T.contiguous()) if return_convergence_delta else attr
 
@@ -399,10 +335,10 @@ def gradient_shap(model: Callable, inputs: torch.Tensor, target: Target = None, 
     n_samples = check_count(n_samples, "n_samples")
     if isinstance(stdev, bool) or not isinstance(stdev, (int, float)) or stdev < 0:
         raise ValueError(f"stdev must be a number >= 0, got {stdev!r}")
-    t, inputs = _prepare(model, inputs, target, max_batch, memory_budget)
-    refs = _references(inputs, baselines)
-    index, alpha, noise = _shap_draws(_generator(generator), n_samples, refs.shape[0], inputs, float(stdev))
-    return _shap_from_draws(model, inputs, t, refs, index, alpha, noise,
+    t, inputs = prepare(model, inputs, target, max_batch, memory_budget)
+    refs = reference_inputs(inputs, baselines)
+    index, alpha, noise = shap_draws(make_generator(generator), n_samples, refs.shape[0], inputs, float(stdev))
+    return shap_from_draws(model, inputs, t, refs, index, alpha, noise,
                             multiply_by_inputs=multiply_by_inputs, noisy_difference=noisy_difference,
                             return_convergence_delta=return_convergence_delta, max_batch=max_batch,
                             memory_budget=memory_budget)
@@ -432,15 +368,15 @@ def noise_tunnel(method: Callable, model: Callable, inputs: torch.Tensor, target
     n_samples = check_count(n_samples, "n_samples")
     if not callable(method):
         raise TypeError(f"method must be an attribution function, got {type(method).__name__}")
-    t, inputs = _prepare(model, inputs, target, method_kwargs.get("max_batch"),
+    t, inputs = prepare(model, inputs, target, method_kwargs.get("max_batch"),
                          method_kwargs.get("memory_budget"))
-    gen = _generator(generator)
+    gen = make_generator(generator)
     sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
     total = total_sq = None
     for _ in range(n_samples):
         noise = torch.randn(inputs.shape, generator=gen, dtype=inputs.dtype).to(inputs.device)
         e = method(model, inputs + sigma * noise, t, **method_kwargs)
-        e = e.to(_accum_dtype(e.dtype))
+        e = e.to(accum_dtype(e.dtype))
         total = e.clone() if total is None else total + e
         total_sq = e * e if total_sq is None else total_sq + e * e
     return _reduce(total, total_sq, n_samples, variant).to(inputs.dtype)

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_model, chunk_size, frozen_parameters,
+                    path_baselines, resolve_target, select)
+from ..numerics import accum_dtype
 from ..ops.path_ops import path_accumulate
-from ._common import (Target, check_flag, check_inputs, check_model, chunk_size, frozen_parameters,
-                      resolve_target, select)
-from .gradient import _accum_dtype, _baselines, path_integral, quadrature, target_gradients
+from .gradient import path_integral, quadrature, target_gradients
 
 Layer = Union[str, nn.Module]
 PATHWAY_METHODS = ("mct", "intgrad")
@@ -200,7 +201,7 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
     check_flag(attribute_to_layer_input, "attribute_to_layer_input")
     name, module = _resolve_layer(model, layer)
     alphas, weights = quadrature(method, n_steps)
-    base = _baselines(inputs, baselines)
+    base = path_baselines(inputs, baselines)
     batch = inputs.shape[0]
     what = "input" if attribute_to_layer_input else "output"
     with frozen_parameters(model):
@@ -270,8 +271,7 @@ def neuron_mct(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
 
     blocks: dict[str, list] = {}
     with frozen_parameters(model), _Hooks(modules, tap) as hooks, torch.enable_grad():
-        for e0 in range(0, batch, chunk):
-            e1 = min(batch, e0 + chunk)
+        for e0, e1, _, _ in ChunkGrid(batch, 1, chunk):
             taps.clear()
             x = inputs[e0:e1]
             logits = hooks(model, x)
@@ -315,14 +315,14 @@ def neuron_integrated_gradients(model: Callable, inputs: torch.Tensor, target: T
 
     with frozen_parameters(model), _Hooks(modules, record) as hooks, torch.no_grad():
         probe = max(1, min(batch, chunk_size(inputs, batch, max_batch, memory_budget)))
-        logits = torch.cat([hooks(model, inputs[e0:e0 + probe]) for e0 in range(0, batch, probe)])
+        logits = torch.cat([hooks(model, inputs[e0:e1]) for e0, e1, _, _ in ChunkGrid(batch, 1, probe)])
     t = resolve_target(model, inputs, target, logits)
     keys = list(shapes)
     act_bytes = sum(math.prod(s) * size for s, size in shapes.values())
     factor = max(24.0, 3.0 * act_bytes / (inputs[0].numel() * inputs.element_size()))
     pairs = [(k, s) for k in range(len(keys)) for s in range(n)]
     chunk = chunk_size(inputs, len(pairs) * batch, max_batch, memory_budget, per_input_factor=factor)
-    acc_dtype = _accum_dtype(inputs.dtype)
+    acc_dtype = accum_dtype(inputs.dtype)
     weights_t = torch.tensor(weights, dtype=acc_dtype, device=inputs.device)
     alphas_t = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device)
     state: dict = {}
@@ -335,43 +335,36 @@ def neuron_integrated_gradients(model: Callable, inputs: torch.Tensor, target: T
         state["taps"][key] = s
         return out * s
 
-    block = min(batch, chunk)
-    blocks: dict[str, list] = {key: [] for key in keys}
+    accs = {key: torch.zeros((batch,) + shapes[key][0], dtype=acc_dtype, device=inputs.device) for key in keys}
     with frozen_parameters(model), _Hooks(modules, scale) as hooks, torch.enable_grad():
-        for e0 in range(0, batch, block):
-            e1 = min(batch, e0 + block)
+        for e0, e1, p0, p1 in ChunkGrid(batch, len(pairs), chunk):
             rows = e1 - e0
-            accs = {key: torch.zeros((rows,) + shapes[key][0], dtype=acc_dtype, device=inputs.device) for key in keys}
-            per = max(1, chunk // rows)
-            for p0 in range(0, len(pairs), per):
-                part = pairs[p0:p0 + per]
-                runs: dict[int, list[int]] = {}
-                for k, s in part:
-                    runs.setdefault(k, []).append(s)
-                scales, offset = {}, 0
-                for k, steps in runs.items():
-                    vec = torch.ones(len(part) * rows, dtype=inputs.dtype, device=inputs.device)
-                    vec[offset * rows:(offset + len(steps)) * rows] = alphas_t[steps].repeat_interleave(rows)
-                    scales[keys[k]] = vec
-                    offset += len(steps)
-                state.update(scales=scales, taps={})
-                out = hooks(model, _repeat(inputs[e0:e1], len(part)))
-                missing = [key for key in scales if key not in state["taps"]]
-                if missing:
-                    raise ValueError(f"layers {missing} did not run in the forward pass on the path")
-                taps = [state["taps"][keys[k]] for k in runs]
-                grads = torch.autograd.grad(select(out, t[e0:e1].repeat(len(part))).sum(), taps, allow_unused=True)
-                offset = 0
-                for (k, steps), g in zip(runs.items(), grads):
-                    key = keys[k]
-                    if g is not None:
-                        g = g[offset * rows:(offset + len(steps)) * rows].view((len(steps), rows) + shapes[key][0])
-                        accs[key] = path_accumulate(accs[key], g, weights_t[steps])
-                    offset += len(steps)
-                state.clear()
-            for key in keys:
-                blocks[key].append(accs[key])
-    return {key: torch.cat(parts).to(inputs.dtype) for key, parts in blocks.items()}
+            part = pairs[p0:p1]
+            runs: dict[int, list[int]] = {}
+            for k, s in part:
+                runs.setdefault(k, []).append(s)
+            scales, offset = {}, 0
+            for k, steps in runs.items():
+                vec = torch.ones(len(part) * rows, dtype=inputs.dtype, device=inputs.device)
+                vec[offset * rows:(offset + len(steps)) * rows] = alphas_t[steps].repeat_interleave(rows)
+                scales[keys[k]] = vec
+                offset += len(steps)
+            state.update(scales=scales, taps={})
+            out = hooks(model, _repeat(inputs[e0:e1], len(part)))
+            missing = [key for key in scales if key not in state["taps"]]
+            if missing:
+                raise ValueError(f"layers {missing} did not run in the forward pass on the path")
+            taps = [state["taps"][keys[k]] for k in runs]
+            grads = torch.autograd.grad(select(out, t[e0:e1].repeat(len(part))).sum(), taps, allow_unused=True)
+            offset = 0
+            for (k, steps), g in zip(runs.items(), grads):
+                key = keys[k]
+                if g is not None:
+                    g = g[offset * rows:(offset + len(steps)) * rows].view((len(steps), rows) + shapes[key][0])
+                    accs[key][e0:e1] = path_accumulate(accs[key][e0:e1], g, weights_t[steps])
+                offset += len(steps)
+            state.clear()
+    return {key: acc.to(inputs.dtype) for key, acc in accs.items()}
 
 
 def select_pathway(contributions: dict[str, torch.Tensor], keep: float = 0.1, *,
@@ -504,8 +497,7 @@ def pathway_gradient(model: Callable, inputs: torch.Tensor, target: Target = Non
 
     grads = []
     with frozen_parameters(model), _Hooks(modules, gate) as hooks:
-        for e0 in range(0, batch, chunk):
-            e1 = min(batch, e0 + chunk)
+        for e0, e1, _, _ in ChunkGrid(batch, 1, chunk):
             rows.update(e0=e0, e1=e1, seen=set())
             g, _ = target_gradients(lambda x: hooks(model, x), inputs[e0:e1], t[e0:e1])
             unseen = set(masks) - rows["seen"]

@@ -15,15 +15,14 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..metrics.perturb import Blur, ChunkRunner, Uniform, check_scalar_reader, make_baseline, read_scores
-from ._common import (Target, check_count, check_inputs, check_model, chunk_size, forward_chunks, is_integer,
-                      resolve_target)
-from .gradient import _accum_dtype, _generator
+from ..core import (Blur, MaskBuilder, Target, Uniform, check_count, check_inputs, check_model, check_output,
+                    check_scalar_reader, chunk_size, forward_chunks, integer_baseline, is_integer, make_baseline,
+                    make_generator, perturbed_scores, read_scores, resolve_target)
 
 Baselines = Union[float, str, Blur, Uniform, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
-def _baseline(inputs: torch.Tensor, baselines: Baselines, generator=None) -> torch.Tensor:
+def resolve_baselines(inputs: torch.Tensor, baselines: Baselines, generator=None) -> torch.Tensor:
     """``baselines`` as a tensor shaped like ``inputs`` (a broadcast view where possible); random
     ones (``"uniform"``, :class:`Uniform`) drawn from ``generator``. Integer inputs (token ids) take
     a whole number or a tensor of whole numbers (e.g. the padding id)."""
@@ -32,39 +31,16 @@ def _baseline(inputs: torch.Tensor, baselines: Baselines, generator=None) -> tor
         raise TypeError("baselines must be a number, 'mean', 'blur', 'uniform', Blur, Uniform, a tensor "
                         f"broadcastable to inputs or a callable x -> x', got {type(baselines).__name__}")
     if is_integer(inputs):
-        return _integer_baseline(inputs, baselines)
+        return integer_baseline(inputs, baselines)
     try:
         return make_baseline(inputs, baselines, generator=generator)
     except ValueError as e:
         raise ValueError(f"baselines: {e}") from None
 
 
-def _integer_baseline(inputs: torch.Tensor, baselines) -> torch.Tensor:
-    value = torch.as_tensor(baselines) if isinstance(baselines, (int, float)) else baselines
-    if not isinstance(value, torch.Tensor) or value.is_complex() or value.dtype == torch.bool \
-            or not torch.equal(value, value.round() if value.is_floating_point() else value):
-        raise ValueError(f"baselines for integer inputs (token ids) must be a whole number or a tensor of "
-                         f"whole numbers, got {baselines!r}")
-    try:
-        return torch.broadcast_to(value.to(inputs), inputs.shape)
-    except RuntimeError:
-        raise ValueError(f"baselines of shape {tuple(value.shape)} do not broadcast to inputs "
-                         f"{tuple(inputs.shape)}") from None
-
-
-def _like_inputs(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+def like_inputs(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """Attributions shaped like ``inputs``, in their dtype (the scores' dtype for integer inputs)."""
     return attr.reshape(inputs.shape).to(inputs.dtype if inputs.is_floating_point() else attr.dtype)
-
-
-def _run(model: Callable, batch: torch.Tensor) -> torch.Tensor:
-    """The model's output on ``batch``, checked to hold one score or one row of scores per input."""
-    out = model(batch)
-    if not isinstance(out, torch.Tensor) or out.dim() not in (1, 2) or out.shape[0] != batch.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model must return [N] or [N, outputs] for N inputs; got {shape} for "
-                         f"N = {batch.shape[0]}")
-    return out
 
 
 def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_budget, generator=None):
@@ -72,46 +48,21 @@ def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_
     check_model(model)
     check_inputs(inputs, integer=True)
     check_scalar_reader(score)
-    base = _baseline(inputs, baselines, generator)
+    base = resolve_baselines(inputs, baselines, generator)
     chunk = chunk_size(inputs, max(1, n_copies) * inputs.shape[0], max_batch, memory_budget)
-    logits = forward_chunks(lambda batch: _run(model, batch), inputs, chunk)
+    logits = forward_chunks(lambda batch: check_output(model(batch), batch.shape[0]), inputs, chunk)
     t = resolve_target(model, inputs, target, logits)
     return t, read_scores(logits, t, score), base, chunk
 
 
-@torch.no_grad()
 def _perturbed_scores(model: Callable, inputs: torch.Tensor, base: torch.Tensor, target: torch.Tensor,
                       n_masks: int, masks: Callable[[int, int], torch.Tensor], chunk: int,
                       score: str, compile: Union[bool, dict] = False) -> torch.Tensor:
-    """Scores ``[B, n]``: ``s[b, j] = score_t(x̃)`` for ``x̃ = x_b + m_j ⊙ (x'_b − x_b)``.
-
-    ``masks(j0, j1)`` builds masks ``j0..j1-1``, flattened ``[k, 1 or B, D]`` (``D`` elements per
-    input): how much of each element is replaced by the baseline, as bool (True = replaced, as in
-    :func:`fastattr.metrics.perturb.masked_scores`) or as a float weight in [0, 1]. Masks are built
-    one block of copies at a time, so masks for the whole run never exist at once. ``compile`` runs
-    the model through ``torch.compile`` on chunks of one fixed shape (the engine's
-    :class:`~fastattr.metrics.perturb.ChunkRunner`).
-    """
-    batch = inputs.shape[0]
-    flat_x, flat_b = inputs.reshape(batch, -1), base.reshape(batch, -1)
-    out = torch.empty(batch, n_masks, dtype=_accum_dtype(inputs.dtype), device=inputs.device)
-    block = min(batch, chunk)
-    per = max(1, min(n_masks, chunk // block))
-    runner = ChunkRunner(model, per * block, compile)
-    for j0 in range(0, n_masks, per):
-        j1 = min(n_masks, j0 + per)
-        m = masks(j0, j1)
-        for e0 in range(0, batch, block):
-            e1 = min(batch, e0 + block)
-            me = m if m.shape[1] == 1 else m[:, e0:e1]
-            if me.dtype == torch.bool:
-                copies = torch.where(me, flat_b[e0:e1], flat_x[e0:e1])
-            else:
-                copies = torch.lerp(flat_x[e0:e1], flat_b[e0:e1], me)
-            copies = copies.reshape(((j1 - j0) * (e1 - e0),) + tuple(inputs.shape[1:]))
-            s = read_scores(_run(runner, copies), target[e0:e1].repeat(j1 - j0), score)
-            out[e0:e1, j0:j1] = s.to(out.dtype).view(j1 - j0, e1 - e0).T
-    return out
+    """Scores ``[B, n]``: ``s[b, j] = score_t(x̃)`` for ``x̃ = x_b + m_j ⊙ (x'_b − x_b)``, through the
+    engine (:func:`fastattr.core.perturbed_scores`) with masks ``masks(j0, j1)`` built one block at
+    a time (:class:`~fastattr.core.MaskBuilder`), in the accumulation dtype."""
+    return perturbed_scores(model, inputs, base, MaskBuilder(n_masks, masks), target, reader=score, chunk=chunk,
+                            compile=compile, precise=True)
 
 
 def _int_tuple(value, n: int, name: str, per: str = "non-batch dimension of the inputs") -> tuple[int, ...]:
@@ -125,7 +76,7 @@ def _int_tuple(value, n: int, name: str, per: str = "non-batch dimension of the 
     return tuple(value)
 
 
-class _Windows:
+class Windows:
     """Captum's sliding windows over a tensor of shape ``shape`` (no batch axis), at ``offset`` in the
     flattened input: along dimension d, windows start at ``0, s_d, 2 s_d, …`` for
     ``ceil((n_d − w_d) / s_d) + 1`` positions (the last may be cut off at the edge).
@@ -187,7 +138,7 @@ def _default_window(inputs: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, .
     return window, (1,) + tuple(max(1, w // 2) for w in window[1:])
 
 
-def _occlude(model: Callable, inputs: torch.Tensor, target: Target, parts: Callable[[torch.device], list],
+def occlude(model: Callable, inputs: torch.Tensor, target: Target, parts: Callable[[torch.device], list],
              baselines: Baselines, score: str, max_batch: Optional[int],
              memory_budget: Optional[int], compile: Union[bool, dict] = False) -> torch.Tensor:
     """Occlusion over window sets ``parts`` that tile the flattened input in order; ``[B, D]``."""
@@ -232,7 +183,7 @@ def occlusion(model: Callable, inputs: torch.Tensor, target: Target = None, *,
             along a dimension the window does not span is an error (elements would be skipped).
         baselines: the replacement values: a number, ``"mean"``, ``"blur"`` / ``Blur(σ, kernel)``,
             ``"uniform"`` / ``Uniform(low, high)`` (noise drawn with seed 0), a tensor broadcastable to
-            ``inputs`` or a callable ``x -> x'`` (:func:`fastattr.metrics.perturb.make_baseline`).
+            ``inputs`` or a callable ``x -> x'`` (:func:`fastattr.core.make_baseline`).
         score: ``"logit"`` (the model's output, as Captum), ``"probability"``, ``"log_probability"``
             or ``"regression"``.
         compile: True (or a dict of ``torch.compile`` options) runs the model through
@@ -253,13 +204,13 @@ def occlusion(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     shape = tuple(inputs.shape[1:])
 
     def parts(device):
-        return [_Windows(shape, sliding_window_shapes, strides, device)]
+        return [Windows(shape, sliding_window_shapes, strides, device)]
 
-    attr = _occlude(model, inputs, target, parts, baselines, score, max_batch, memory_budget, compile)
-    return _like_inputs(attr, inputs)
+    attr = occlude(model, inputs, target, parts, baselines, score, max_batch, memory_budget, compile)
+    return like_inputs(attr, inputs)
 
 
-def _broadcast_mask(inputs: torch.Tensor, feature_mask, name: str = "feature_mask") -> torch.Tensor:
+def broadcast_mask(inputs: torch.Tensor, feature_mask, name: str = "feature_mask") -> torch.Tensor:
     """A segment-id mask checked against ``inputs`` and expanded to ``[1 or B, *inputs.shape[1:]]``."""
     if not isinstance(feature_mask, torch.Tensor):
         raise TypeError(f"{name} must be a tensor of integer segment ids, got {type(feature_mask).__name__}")
@@ -286,7 +237,7 @@ def _segment_ids(inputs: torch.Tensor, feature_mask: Optional[torch.Tensor]) -> 
     size = inputs[0].numel()
     if feature_mask is None:
         return torch.arange(size, device=inputs.device)[None], size
-    mask = _broadcast_mask(inputs, feature_mask)
+    mask = broadcast_mask(inputs, feature_mask)
     _, ids = torch.unique(mask, return_inverse=True)
     ids = ids.reshape(mask.shape[0], size)
     return ids, int(ids.max()) + 1
@@ -305,7 +256,7 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
             the same id form one group. None: every element is its own group.
         baselines: the replacement values: a number, ``"mean"``, ``"blur"`` / ``Blur(σ, kernel)``,
             ``"uniform"`` / ``Uniform(low, high)`` (noise drawn with seed 0), a tensor broadcastable to
-            ``inputs`` or a callable ``x -> x'`` (:func:`fastattr.metrics.perturb.make_baseline`).
+            ``inputs`` or a callable ``x -> x'`` (:func:`fastattr.core.make_baseline`).
         score: ``"logit"`` (the model's output, as Captum), ``"probability"``, ``"log_probability"``
             or ``"regression"``.
         compile: True (or a dict of ``torch.compile`` options) runs the model through
@@ -317,7 +268,7 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
 
     Example::
 
-        >>> from fastattr.metrics.perturb import patch_segments
+        >>> from fastattr.core import patch_segments
         >>> patches = patch_segments((32, 32), 8)          # 16 patches of 8×8, ids [32, 32]
         >>> a = fastattr.feature_ablation(model, x, target=y, feature_mask=patches)   # x: [B, 3, 32, 32]
     """
@@ -332,7 +283,7 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
     scores = _perturbed_scores(model, inputs, base, t, n_groups, masks, chunk, score, compile)
     delta = clean.to(scores.dtype)[:, None] - scores
     attr = delta.gather(1, ids.expand(inputs.shape[0], -1))
-    return _like_inputs(attr, inputs)
+    return like_inputs(attr, inputs)
 
 
 def _spatial(inputs_shape: tuple) -> tuple[int, ...]:
@@ -360,7 +311,7 @@ class _RiseMasks:
 
     def __init__(self, spatial: tuple, n_masks: int, grid: tuple, p: float, generator):
         n_masks = check_count(n_masks, "n_masks")
-        gen = _generator(generator)
+        gen = make_generator(generator)
         self.spatial, self.grid = spatial, grid
         self.cell = tuple(-(-n // s) for n, s in zip(spatial, grid))
         self.cells = torch.rand((n_masks,) + grid, generator=gen) < p
@@ -425,7 +376,7 @@ def rise(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_mask
     check_inputs(inputs)
     spatial = _spatial(tuple(inputs.shape))
     grid = _rise_grid(spatial, mask_size, p)
-    gen = _generator(generator)
+    gen = make_generator(generator)
     draws = _RiseMasks(spatial, n_masks, grid, p, gen)
     repeat = inputs[0].numel() // math.prod(spatial)
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..attribution import integrated_gradients
-from ..attribution._common import chunk_size, measured_input_factor
+from ..core import chunk_size, measured_input_factor
 from ..zoo.resnet import resnet50
 from . import Table, cuda_or_note, is_out_of_memory, machine_info, time_interleaved
 

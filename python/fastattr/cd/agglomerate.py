@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..attribution._common import Target, resolve_target
-from .core import contextual_decomposition
+from ..core import Target, resolve_target
+from .core import accepts_backend, contextual_decomposition
 
 __all__ = ["Hierarchy", "agglomerate_1d", "agglomerate_2d", "plot_hierarchy"]
 
@@ -70,10 +70,10 @@ def _unit_masks(groups: np.ndarray, sweep: int, spatial: tuple) -> Tensor:
 class _Scorer:
     """CD score of the target class for batches of unit-grid masks (one CD call per batch)."""
 
-    def __init__(self, model, x, target, sweep, spatial, channel_axis, max_batch, backend):
+    def __init__(self, model, x, target, sweep, spatial, channel_axis, max_batch):
         self.model, self.x, self.target = model, x, target
         self.sweep, self.spatial, self.channel_axis = sweep, spatial, channel_axis
-        self.max_batch, self.backend = max_batch, backend
+        self.max_batch = max_batch
         self.evaluations = 0
 
     def __call__(self, groups: np.ndarray) -> np.ndarray:
@@ -83,8 +83,7 @@ class _Scorer:
         if self.channel_axis:
             masks = masks[:, None]
         masks = masks.to(device=self.x.device, dtype=self.x.dtype if self.x.is_floating_point() else torch.float32)
-        beta, _ = contextual_decomposition(self.model, self.x, masks, target=self.target, max_batch=self.max_batch,
-                                           backend=self.backend)
+        beta, _ = contextual_decomposition(self.model, self.x, masks, target=self.target, max_batch=self.max_batch)
         self.evaluations += len(groups)
         return beta[0].double().cpu().numpy()
 
@@ -168,9 +167,9 @@ def _check(percentile: float, n_iters: int, sweep: int) -> "tuple[float, int, in
     return float(percentile), int(n_iters), int(sweep)
 
 
+@accepts_backend
 def agglomerate_2d(model: nn.Module, inputs: Tensor, target: Target = None, *, sweep: int = 1,
-                   percentile: float = 99.0, n_iters: int = 5, max_batch: Optional[int] = None,
-                   backend: Optional[str] = None) -> Hierarchy:
+                   percentile: float = 99.0, n_iters: int = 5, max_batch: Optional[int] = None) -> Hierarchy:
     """ACD on one image ``[C, H, W]`` (or ``[1, C, H, W]``): units are ``sweep × sweep`` blocks shared
     across channels, 8-connected groups. Returns a :class:`Hierarchy`.
 
@@ -180,13 +179,13 @@ def agglomerate_2d(model: nn.Module, inputs: Tensor, target: Target = None, *, s
     t = int(resolve_target(model, x, target)[0])
     spatial = tuple(x.shape[2:])
     grid = tuple(-(-s // sweep) for s in spatial)
-    scorer = _Scorer(model, x, t, sweep, spatial, True, max_batch, backend)
+    scorer = _Scorer(model, x, t, sweep, spatial, True, max_batch)
     return _agglomerate(scorer, grid, np.ones((3, 3), dtype=bool), percentile, n_iters, sweep, t, spatial)
 
 
+@accepts_backend
 def agglomerate_1d(model: nn.Module, inputs: Tensor, target: Target = None, *, sweep: int = 1,
-                   percentile: float = 99.5, n_iters: int = 5, max_batch: Optional[int] = None,
-                   backend: Optional[str] = None) -> Hierarchy:
+                   percentile: float = 99.5, n_iters: int = 5, max_batch: Optional[int] = None) -> Hierarchy:
     """ACD on one sequence: ``[T]``, ``[1, T]`` or ``[1, C, T]`` (token ids for a model starting with an
     Embedding, or features); units are ``sweep`` consecutive positions, groups are runs of
     adjacent units. Returns a :class:`Hierarchy`."""
@@ -195,7 +194,7 @@ def agglomerate_1d(model: nn.Module, inputs: Tensor, target: Target = None, *, s
     t = int(resolve_target(model, x, target)[0])
     spatial = (x.shape[-1],)
     grid = (-(-spatial[0] // sweep),)
-    scorer = _Scorer(model, x, t, sweep, spatial, x.dim() == 3, max_batch, backend)
+    scorer = _Scorer(model, x, t, sweep, spatial, x.dim() == 3, max_batch)
     return _agglomerate(scorer, grid, np.ones(3, dtype=bool), percentile, n_iters, sweep, t, spatial)
 
 

@@ -12,9 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..attribution._common import Target, resolve_target
-from ..metrics.perturb import patch_segments
-from .core import contextual_decomposition
+from ..core import Target, patch_segments, resolve_target
+from .core import accepts_backend, contextual_decomposition
 
 __all__ = ["block_masks", "cd_blocks"]
 
@@ -27,8 +26,9 @@ def block_masks(height: int, width: int, block: int) -> Tensor:
     return (tile[None] == torch.arange(int(tile.max()) + 1)[:, None, None]).float()[:, None]
 
 
+@accepts_backend
 def cd_blocks(model: nn.Module, inputs: Tensor, target: Target = None, *, block: Optional[int] = None,
-              max_batch: Optional[int] = None, backend: Optional[str] = None) -> Tensor:
+              max_batch: Optional[int] = None) -> Tensor:
     """Attribution map ``[B, C, H, W]`` from CD scores of ``block × block``-pixel tiles (default side: a
     quarter of the image's shorter side, e.g. 2-pixel tiles, 16 of them, on 8×8 digits).
     Example: ``a = cd_blocks(model, x, y, block=2)``."""
@@ -39,7 +39,7 @@ def cd_blocks(model: nn.Module, inputs: Tensor, target: Target = None, *, block:
     block = max(1, min(height, width) // 4) if block is None else block
     masks = block_masks(height, width, block).to(device=inputs.device, dtype=inputs.dtype)
     t = resolve_target(model, inputs, target)
-    beta, _ = contextual_decomposition(model, inputs, masks, target=t, max_batch=max_batch, backend=backend)
+    beta, _ = contextual_decomposition(model, inputs, masks, target=t, max_batch=max_batch)
     sizes = masks.sum((1, 2, 3)) * inputs.shape[1]
     per_element = beta / sizes
     return torch.einsum("bk,khw->bhw", per_element, masks[:, 0])[:, None].expand_as(inputs).contiguous()

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .core import _check_parts, decompose
+from .core import accepts_backend, check_parts, decompose
 
 __all__ = ["cdep_penalty"]
 
@@ -28,10 +28,10 @@ FORMS = ("softmax", "l1")
 REDUCTIONS = ("sum", "mean")
 
 
+@accepts_backend
 def cdep_penalty(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None, *,
                  relevant: Optional[Tensor] = None, form: str = "softmax",
-                 explanation: Optional[Tensor] = None, reduction: str = "sum",
-                 backend: Optional[str] = None) -> Tensor:
+                 explanation: Optional[Tensor] = None, reduction: str = "sum") -> Tensor:
     """The CDEP penalty (a scalar with autograd) of the feature groups ``masks`` (``[K, ...]`` or
     ``[B, K, ...]`` as in :func:`contextual_decomposition`) or of given relevant parts
     ``relevant [B, K, *inputs.shape[1:]]``.
@@ -51,8 +51,8 @@ def cdep_penalty(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = Non
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if explanation is not None and not isinstance(explanation, Tensor):
         raise TypeError(f"explanation must be a tensor, got {type(explanation).__name__}")
-    masks = _check_parts(inputs, masks, relevant)
-    beta, gamma = decompose(model, inputs, masks, relevant=relevant, backend=backend)
+    masks = check_parts(inputs, masks, relevant)
+    beta, gamma = decompose(model, inputs, masks, relevant=relevant)
     if form == "softmax":
         share = torch.softmax(torch.stack([beta, gamma], -1), -1)[..., 0]
         per_blob = share.reshape(share.shape[0], share.shape[1], -1).mean(2).mean(0)

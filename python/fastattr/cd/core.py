@@ -10,21 +10,37 @@ K passes. The model is traced and evaluated in eval mode (its modes are restored
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 import warnings
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import _backend
-from ..attribution._common import Target, chunk_size, eval_modes, resolve_target
+from .._backend import use_backend
+from ..core import Target, chunk_size, eval_modes, resolve_target
 from . import rules
 from .rules import Ctx
 
 __all__ = ["contextual_decomposition", "decompose"]
+
+
+def accepts_backend(fn: Callable) -> Callable:
+    """Keeps the deprecated ``backend=`` keyword of the CD functions working: the call runs under
+    ``fastattr.use_backend(backend)`` (how every family picks its backend) with a ``DeprecationWarning``."""
+    @functools.wraps(fn)
+    def call(*args, backend: Optional[str] = None, **kwargs):
+        if backend is None:
+            return fn(*args, **kwargs)
+        warnings.warn(f"fastattr.cd.{fn.__name__}(backend=...) is deprecated; use "
+                      f"`with fastattr.use_backend({backend!r}): ...`", DeprecationWarning, stacklevel=2)
+        with use_backend(backend):
+            return fn(*args, **kwargs)
+
+    return call
 
 
 class _Tracer(fx.Tracer):
@@ -252,7 +268,7 @@ def _check_masks(inputs: Tensor, masks: Tensor) -> Tensor:
     return masks.reshape(tuple(lead) + pad + tuple(rest)).expand((batch, lead[1]) + per_example)
 
 
-def _check_parts(inputs: Tensor, masks: Optional[Tensor], relevant: Optional[Tensor]) -> Optional[Tensor]:
+def check_parts(inputs: Tensor, masks: Optional[Tensor], relevant: Optional[Tensor]) -> Optional[Tensor]:
     """Check ``inputs`` and exactly one of ``masks`` / ``relevant``; return the masks as ``[B, K, ...]``."""
     if not isinstance(inputs, Tensor) or inputs.dim() < 1 or inputs.shape[0] == 0:
         raise ValueError("inputs must be a tensor with a non-empty batch axis")
@@ -300,14 +316,13 @@ def _start(ctx: Ctx, inputs: Tensor, masks: Optional[Tensor], relevant: Optional
     return torch.cat([beta, xr - beta])
 
 
+@accepts_backend
 def decompose(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None, *,
               relevant: Optional[Tensor] = None, mode: str = "beta", output_bias: str = "auto",
-              backend: Optional[str] = None, gm: Optional[fx.GraphModule] = None) -> "tuple[Tensor, Tensor]":
+              gm: Optional[fx.GraphModule] = None) -> "tuple[Tensor, Tensor]":
     """One pass of CD with autograd left on (CDEP differentiates it): ``(beta, gamma)`` of
     shape ``[B, K, *out]``. ``masks`` are already ``[B, K, ...]`` (see :func:`contextual_decomposition`).
     The layer rules are the eval-mode ones whatever the model's mode (the graph is traced in eval mode)."""
-    if backend is not None:
-        _backend._check(backend)
     gm = trace(model) if gm is None else gm
     embed_node, embed = _leading_embedding(gm)
     batch = inputs.shape[0]
@@ -316,9 +331,9 @@ def decompose(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None, 
         output_bias = "drop" if _has_lstm(model) else "split"
     phrase = _phrase(masks)
     if mode == "pair":
-        ctx = Ctx("pair", batch * k, 1, backend, phrase)
+        ctx = Ctx("pair", batch * k, 1, phrase)
     else:
-        ctx = Ctx("beta", batch, k, backend, phrase)
+        ctx = Ctx("beta", batch, k, phrase)
     out = _walk(gm, ctx, _start(ctx, inputs, masks, relevant, embed), output_bias, embed_node)
     first, second = ctx.parts(out)
     tail = tuple(out.shape[1:])
@@ -340,11 +355,11 @@ def _leading_embedding(gm: fx.GraphModule) -> "tuple[Optional[fx.Node], Optional
     return None, None
 
 
+@accepts_backend
 def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None,
                              target: Target = None, *, relevant: Optional[Tensor] = None, mode: str = "beta",
                              output_bias: str = "auto", max_batch: Optional[int] = None,
-                             memory_budget: Optional[int] = None, backend: Optional[str] = None,
-                             progress: bool = False) -> "tuple[Tensor, Tensor]":
+                             memory_budget: Optional[int] = None, progress: bool = False) -> "tuple[Tensor, Tensor]":
     """Contextual decomposition (Murdoch et al. 2018; Singh et al. 2019) of the logits for K masks.
 
     For a mask M, ``β₀ = M ⊙ x`` and ``γ₀ = (1 − M) ⊙ x`` are pushed through the network with the
@@ -389,7 +404,7 @@ def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[T
         raise ValueError(f"mode must be 'beta' or 'pair', got {mode!r}")
     if output_bias not in ("auto", "split", "drop"):
         raise ValueError(f"output_bias must be 'auto', 'split' or 'drop', got {output_bias!r}")
-    masks = _check_parts(inputs, masks, relevant)
+    masks = check_parts(inputs, masks, relevant)
     with eval_mode(model), torch.no_grad():
         gm = trace(model)
         if target is not None:
@@ -406,7 +421,7 @@ def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[T
             ex, sl = slice(e0, e0 + examples), slice(s, s + per)
             b, g = decompose(model, inputs[ex], masks[ex, sl] if masks is not None else None,
                              relevant=relevant[ex, sl] if relevant is not None else None, mode=mode,
-                             output_bias=output_bias, backend=backend, gm=gm)
+                             output_bias=output_bias, gm=gm)
             rows.setdefault(e0, ([], []))[0].append(b)
             rows[e0][1].append(g)
         beta = torch.cat([torch.cat(bs, 1) for bs, _ in rows.values()])

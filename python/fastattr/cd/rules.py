@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._backend import compute_dtype
+from ..numerics import compute_dtype
 from ..ops import cd_bias_split
 from ..reference.cd import EPS
-from ..zoo.resnet import BasicBlock, Bottleneck
 
 __all__ = ["register_rule", "registered_rules", "PairRule"]
 
@@ -42,7 +41,6 @@ class Ctx:
     mode: str             # "pair" | "beta"
     n_ref: int            # pair: N (rows of β); beta: B (rows of a)
     k: int                # pair: 1; beta: masks per example
-    backend: Optional[str] = None
     phrase: Optional[Tensor] = None  # [rows of β, T] bool: the steps the masks select (the LSTM rule)
 
     @property
@@ -66,7 +64,7 @@ def split_bias(ctx: Ctx, y: Tensor, bias: Optional[Tensor], relu: bool = False) 
     if bias is None:
         return relu_rule(ctx, None, y) if relu else y
     if ctx.mode == "beta":
-        return cd_bias_split(y, bias, ctx.n_ref, relu, backend=ctx.backend)
+        return cd_bias_split(y, bias, ctx.n_ref, relu)
     compute = compute_dtype(y.dtype)
     ub, ug = ctx.parts(y.to(compute))
     b = bias.to(compute).reshape((1, -1) + (1,) * (y.dim() - 2))
@@ -285,19 +283,9 @@ _RULES: Dict[type, Callable] = {
     nn.AlphaDropout: _dropout,
     nn.LSTM: _lstm,
     nn.Sequential: _sequential,
-    BasicBlock: _block, Bottleneck: _block,
 }
 # Rules that accept relu=True (a following ReLU fused into the bias split).
 FUSES_RELU = (_linear, _conv, _batchnorm)
-
-try:  # torchvision's blocks have the same structure as fastattr.zoo.resnet's
-    from torchvision.models.resnet import BasicBlock as _TvBasic, Bottleneck as _TvBottleneck
-
-    _RULES[_TvBasic] = _block
-    _RULES[_TvBottleneck] = _block
-except Exception:  # torchvision is optional
-    pass
-
 
 def register_rule(module_type: type, rule: PairRule) -> None:
     """Teach CD a module type: ``rule(module, beta, gamma) -> (beta', gamma')``, both ``[N, ...]``,
@@ -315,11 +303,29 @@ def registered_rules() -> Dict[type, Callable]:
     return dict(_RULES)
 
 
+_BLOCK_PARTS = {"conv1": nn.Conv2d, "bn1": nn.BatchNorm2d, "conv2": nn.Conv2d, "bn2": nn.BatchNorm2d}
+_BLOCK_EXTRA = {"conv3": nn.Conv2d, "bn3": nn.BatchNorm2d, "relu": nn.ReLU, "downsample": nn.Module}
+
+
+def _is_resnet_block(module: nn.Module) -> bool:
+    """A torchvision-style BasicBlock / Bottleneck, recognised by structure (any class: torchvision's,
+    the zoo's, a user's copy): children exactly conv1/bn1/conv2/bn2, optionally conv3/bn3, a ReLU and a
+    ``downsample`` attribute (None or a module), with the class named ``BasicBlock`` or ``Bottleneck``
+    (so a module with the same children but another forward is not taken for one)."""
+    if type(module).__name__ not in ("BasicBlock", "Bottleneck") or not hasattr(module, "downsample"):
+        return False
+    children = dict(module.named_children())
+    expected = {**_BLOCK_PARTS, **_BLOCK_EXTRA}
+    return all(isinstance(children.get(name), kind) for name, kind in _BLOCK_PARTS.items()) \
+        and all(name in expected and isinstance(child, expected[name]) for name, child in children.items()) \
+        and (("conv3" in children) == ("bn3" in children))
+
+
 def rule_for(module: nn.Module) -> Optional[Callable]:
     for cls in type(module).__mro__:
         if cls in _RULES:
             return _RULES[cls]
-    return None
+    return _block if _is_resnet_block(module) else None
 
 
 def propagate_module(ctx: Ctx, module: nn.Module, x: Tensor, relu: bool = False):

@@ -15,8 +15,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..attribution._common import Target
-from .core import contextual_decomposition
+from ..core import Target
+from .core import accepts_backend, contextual_decomposition
 
 __all__ = ["frequency_bands", "band_components", "trim"]
 
@@ -72,9 +72,9 @@ def band_components(inputs: Tensor, bands: Tensor, transform: str = "fft") -> Te
     return dh.T @ (coeff * m.to(inputs.dtype)) @ dw
 
 
+@accepts_backend
 def trim(model: nn.Module, inputs: Tensor, target: Target = None, *, transform: str = "fft", n_bands: int = 8,
-         bands: Optional[Tensor] = None, max_batch: Optional[int] = None,
-         backend: Optional[str] = None) -> Tensor:
+         bands: Optional[Tensor] = None, max_batch: Optional[int] = None) -> Tensor:
     """TRIM scores of frequency bands: CD of ``β₀ = T⁻¹(M_k ⊙ T(x))`` for each band ``k``.
 
     Args:
@@ -92,6 +92,5 @@ def trim(model: nn.Module, inputs: Tensor, target: Target = None, *, transform: 
         bands = frequency_bands(inputs.shape[-2], inputs.shape[-1], n_bands, transform)
     bands = bands.to(inputs.device)
     relevant = band_components(inputs, bands, transform)
-    beta, _ = contextual_decomposition(model, inputs, relevant=relevant, target=target, max_batch=max_batch,
-                                       backend=backend)
+    beta, _ = contextual_decomposition(model, inputs, relevant=relevant, target=target, max_batch=max_batch)
     return beta

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution._common import chunk_size, resolve_target, select
+from ..core import chunk_size, resolve_target, select
 
 
 def _single_input(inputs) -> Tuple[torch.Tensor, bool]:

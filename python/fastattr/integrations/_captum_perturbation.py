@@ -38,8 +38,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..attribution._common import check_count, chunk_size
-from ..attribution.perturbation import _baseline, _broadcast_mask, _like_inputs, _occlude, _Windows
+from ..core import check_count, chunk_size
+from ..attribution.perturbation import Windows, broadcast_mask, like_inputs, occlude, resolve_baselines
 from ..attribution.perturbation import feature_ablation as _feature_ablation
 from ..attribution.perturbation import occlusion as _occlusion
 from ._captum_common import _Attribution, _bind, _output, _single_of
@@ -104,7 +104,7 @@ def _packed_baselines(xs: tuple[torch.Tensor, ...], baselines) -> torch.Tensor:
     if baselines is None:
         baselines = (0.0,) * len(xs)
     baselines = _per_input(baselines, len(xs), "baselines")
-    return torch.cat([_baseline(x, b).reshape(x.shape[0], -1) for x, b in zip(xs, baselines)], 1)
+    return torch.cat([resolve_baselines(x, b).reshape(x.shape[0], -1) for x, b in zip(xs, baselines)], 1)
 
 
 def _single_base(baselines):
@@ -139,7 +139,7 @@ class FeatureAblation(_Attribution):
         z, packed = _pack(xs, self.forward_func)
         mask = None
         if feature_mask is not None:
-            masks = [_broadcast_mask(x, m, f"feature_mask[{i}]")
+            masks = [broadcast_mask(x, m, f"feature_mask[{i}]")
                      for i, (x, m) in enumerate(zip(xs, _per_input(feature_mask, len(xs), "feature_mask")))]
             rows = max(m.shape[0] for m in masks)
             mask = torch.cat([m.expand((rows,) + tuple(m.shape[1:])).reshape(rows, -1) for m in masks], 1)
@@ -193,11 +193,11 @@ class Occlusion(FeatureAblation):
         offsets = [sum(packed.sizes[:i]) for i in range(len(xs))]
 
         def parts(device):
-            return [_Windows(tuple(x.shape[1:]), w, s, device, offset=o, name=f"sliding_window_shapes[{i}]",
+            return [Windows(tuple(x.shape[1:]), w, s, device, offset=o, name=f"sliding_window_shapes[{i}]",
                              strides_name=f"strides[{i}]")
                     for i, (x, w, s, o) in enumerate(zip(xs, windows, strides, offsets))]
 
         model, t, max_batch = _bind(packed, z, target, additional_forward_args,
                                     _max_batch(z, perturbations_per_eval), z.shape[0] * z.shape[1])
-        attr = _occlude(model, z, t, parts, _packed_baselines(xs, baselines), "logit", max_batch, None)
-        return packed.unpack(_like_inputs(attr, z))
+        attr = occlude(model, z, t, parts, _packed_baselines(xs, baselines), "logit", max_batch, None)
+        return packed.unpack(like_inputs(attr, z))

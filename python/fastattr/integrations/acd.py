@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..cd.core import _check_parts, decompose, eval_mode
+from ..cd.core import check_parts, decompose, eval_mode
 from ..cd.rules import lstm_pair
 
 __all__ = ["cd", "cd_text"]
@@ -54,7 +54,7 @@ def cd(im_torch: Tensor, model: nn.Module, mask=None, model_type: Optional[str] 
     else:
         raise ValueError("cd needs mask or transform")
     relevant = relevant.expand_as(x)[:, None].to(x.dtype)
-    _check_parts(x, None, relevant)
+    check_parts(x, None, relevant)
     with eval_mode(model):
         beta, gamma = decompose(model, x, relevant=relevant, output_bias="split")
     return beta[:, 0], gamma[:, 0]

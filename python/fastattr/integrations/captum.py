@@ -51,12 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attribution._common import check_count, check_flag, resolve_target
-from ..attribution.cam import _cam
+from ..core import check_count, check_flag, make_generator, path_baselines, reference_inputs, resolve_target
+from ..attribution.cam import cam_maps
 from ..attribution.cam import guided_backprop as _guided_backprop
 from ..attribution.cam import guided_grad_cam as _guided_grad_cam
-from ..attribution.gradient import (VARIANTS, _baselines, _generator, _prepare, _references, _shap_draws,
-                                    _shap_from_draws)
+from ..numerics import accum_dtype
+from ..attribution.gradient import VARIANTS, prepare, shap_draws, shap_from_draws
 from ..attribution.gradient import input_x_gradient as _input_x_gradient
 from ..attribution.gradient import integrated_gradients as _integrated_gradients
 from ..attribution.gradient import saliency as _saliency
@@ -171,7 +171,7 @@ class NoiseTunnel(_Attribution):
 
         Extra keyword: ``generator`` (torch.Generator or int seed; default seed 0) for the noise.
         """
-        generator = _generator(kwargs.pop("generator", None))
+        generator = make_generator(kwargs.pop("generator", None))
         if nt_type not in VARIANTS:
             raise ValueError(f"nt_type must be one of {VARIANTS}, got {nt_type!r}")
         nt_samples = check_count(nt_samples, "nt_samples")
@@ -238,7 +238,7 @@ class NoiseTunnel(_Attribution):
                 deltas.append(delta)
             out_tuple = isinstance(out, tuple)
             out = out[0] if out_tuple else out
-            acc_dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
+            acc_dtype = accum_dtype(out.dtype)
             e = out.reshape((batch, kk) + tuple(out.shape[1:])).to(acc_dtype)
             total = e.sum(1) if total is None else total + e.sum(1)
             total_sq = (e * e).sum(1) if total_sq is None else total_sq + (e * e).sum(1)
@@ -282,16 +282,16 @@ class GradientShap(_Attribution):
         batch = x.shape[0]
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None,
                                     n_samples * batch)
-        t, x = _prepare(model, x, t)
-        refs = _references(x, baselines)
+        t, x = prepare(model, x, t)
+        refs = reference_inputs(x, baselines)
         if isinstance(generator, str):
             if generator != "global":
                 raise ValueError(f"generator must be a torch.Generator, an int seed or 'global', "
                                  f"got {generator!r}")
             index, alpha, noise = self._global_draws(x, n_samples, refs.shape[0], stdev)
         else:
-            index, alpha, noise = _shap_draws(_generator(generator), n_samples, refs.shape[0], x, stdev)
-        out = _shap_from_draws(model, x, t, refs, index, alpha, noise,
+            index, alpha, noise = shap_draws(make_generator(generator), n_samples, refs.shape[0], x, stdev)
+        out = shap_from_draws(model, x, t, refs, index, alpha, noise,
                                multiply_by_inputs=self._multiply_by_inputs, noisy_difference=True,
                                return_convergence_delta=return_convergence_delta, max_batch=max_batch,
                                memory_budget=None)
@@ -359,7 +359,7 @@ class LayerIntegratedGradients(_LayerAttribution):
                                     check_count(internal_batch_size, "internal_batch_size", optional=True),
                                     n_steps * x.shape[0])
         # One baseline row per example, so extra forward arguments tile the same way on every pass.
-        base = _baselines(x, baselines).expand_as(x)
+        base = path_baselines(x, baselines).expand_as(x)
         return _layer_integrated_gradients(model, x, t, layer=self.layer, baselines=base, n_steps=n_steps,
                                            method=method, multiply_by_inputs=self._multiply_by_inputs,
                                            return_convergence_delta=return_convergence_delta,
@@ -382,7 +382,7 @@ class LayerGradCam(_LayerAttribution):
         check_flag(attr_dim_summation, "attr_dim_summation")
         x, _ = _single_input(inputs)
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
-        cam = _cam(model, x, t, self.layer, relu_attributions=relu_attributions, upsample=False,
+        cam = cam_maps(model, x, t, self.layer, relu_attributions=relu_attributions, upsample=False,
                    max_batch=max_batch, memory_budget=None, plus_plus=False,
                    attribute_to_layer_input=attribute_to_layer_input, channel_sum=attr_dim_summation)
         return cam.unsqueeze(1) if attr_dim_summation else cam

@@ -71,11 +71,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution._common import chunk_size
-from ..attribution.gradient import _generator
-from ..metrics.perturb import rank_features, ranked_curve, read_scores
+from ..core import RankSchedule, chunk_size, make_generator, perturbed_scores, rank_features, read_scores
 from ..metrics.robustness import sensitivity_samples
-from ..metrics.subsets import _pearson, subset_deltas
+from ..metrics.subsets import pearson, subset_deltas
 
 __all__ = ["AvgSensitivity", "FaithfulnessCorrelation", "Infidelity", "MaxSensitivity", "PixelFlipping",
            "RegionPerturbation", "SensitivityN", "normalise_by_max"]
@@ -195,8 +193,8 @@ class _Context:
             return torch.empty(x.shape[0], 0, dtype=torch.float64, device=x.device)
         chunk = chunk_size(x, x.shape[0] * counts.numel(), self.max_batch, self.memory_budget,
                            per_input_factor=8.0)
-        return ranked_curve(self.net, x, baseline.contiguous(), rank.contiguous(), counts.to(x.device), y,
-                            keep_top=False, reader=self.reader, chunk=chunk).double()
+        steps = RankSchedule(rank.contiguous(), counts.to(x.device), keep_top=False)
+        return perturbed_scores(self.net, x, baseline.contiguous(), steps, y, reader=self.reader, chunk=chunk).double()
 
 
 class _Metric:
@@ -291,7 +289,7 @@ class _Metric:
         if not torch.isfinite(a).all():
             raise ValueError("attributions contain NaN or Inf")
         ctx = _Context(model=model, net=net, reader=reader, output=output,
-                       clean=read_scores(output, y, reader).double(), generator=_generator(generator),
+                       clean=read_scores(output, y, reader).double(), generator=make_generator(generator),
                        max_batch=max_batch, memory_budget=memory_budget, batch_size=int(batch_size))
         scores = self._evaluate(ctx, x, y, a)
         self.evaluation_scores = [self.aggregate_func(scores)] if self.return_aggregate else scores
@@ -485,7 +483,7 @@ class FaithfulnessCorrelation(_Metric):
                                memory_budget=ctx.memory_budget, fill=fill)
         mass = passes.attribution_mass(feats, weighted=False)
         if self.similarity_func is None:
-            return _pearson(mass, passes.delta).tolist()
+            return pearson(mass, passes.delta).tolist()
         sim = self.similarity_func(a=_to_numpy(mass), b=_to_numpy(passes.delta), batched=True)
         return list(np.asarray(sim))
 
@@ -526,7 +524,7 @@ class SensitivityN(_Metric):
         before = torch.cat([counts.new_zeros(1), counts[:-1]])
         removed = (cum[:, counts.to(x.device)] - cum[:, before.to(x.device)]) * channels
         if self.similarity_func is None:
-            return _pearson(deltas.T, removed.T).cpu().numpy()
+            return pearson(deltas.T, removed.T).cpu().numpy()
         return np.asarray(self.similarity_func(a=_to_numpy(deltas.T), b=_to_numpy(removed.T), batched=True))
 
 

@@ -7,7 +7,7 @@ from .evaluate import BETTER, EVALUATE_METRICS, Evaluation, evaluate
 from .faithfulness import aupc, deletion, insertion, lerf, mdrs, morf
 from .grouped import grouped_deletion, grouped_insertion
 from .localisation import ehr, iou, pointing_game
-from .perturb import Blur, Uniform
+from ..core import Blur, Uniform
 from .robustness import avg_sensitivity, max_sensitivity
 from .sop import deletion_error, grouped_deletion_error, grouped_insertion_error, insertion_error
 from .subsets import faithfulness_correlation, infidelity, sensitivity_n, subset_deltas

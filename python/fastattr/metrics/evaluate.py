@@ -16,14 +16,13 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..attribution._common import Target, check_count, check_flag, check_inputs, check_model, forward_chunks
-from ..attribution.gradient import _generator
+from ..core import (CountingModel, Target, check_attributions, check_count, check_flag, check_inputs, check_model,
+                    check_scalar_reader, feature_space, forward_chunks, fraction_count, make_baseline, make_generator,
+                    resolve_clean, step_counts)
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
-from .perturb import (CountingModel, check_attributions, check_scalar_reader, feature_space, make_baseline,
-                      resolve_clean, step_counts)
 from .sop import additive_mass, error_passes
-from .subsets import (_fraction_size, correlation, infidelity_from, sensitivity_from, sensitivity_passes,
+from .subsets import (correlation, infidelity_from, sensitivity_from, sensitivity_passes,
                       subset_deltas)
 
 EVALUATE_METRICS = ("deletion", "insertion", "infidelity", "faithfulness_correlation", "sensitivity_n",
@@ -76,7 +75,7 @@ def _fresh(generator) -> torch.Generator:
         copy = torch.Generator(device=generator.device)
         copy.set_state(generator.get_state())
         return copy
-    return _generator(generator)
+    return make_generator(generator)
 
 
 def _put(ev: Evaluation, metric: str, name: str, value, curve=None, fractions=None) -> None:
@@ -207,7 +206,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                     fractions=fractions, score=score or "probability", chunks=chunks, compile=compile)
     subset_kw = dict(n_subsets=n_subsets, baseline=baseline, score=score or "logit", compile=compile,
                      logits=clean, **chunks)
-    size = _fraction_size(subset_fraction, n_features, "subset_fraction")
+    size = fraction_count(subset_fraction, n_features, "subset_fraction")
     correlated = {"faithfulness_correlation", "sensitivity_n"} & set(metrics)
     check_count(n_subsets, "n_subsets", minimum=2 if correlated else 1)  # a correlation needs two points
     gaussian = infidelity == "gaussian" and "infidelity" in metrics

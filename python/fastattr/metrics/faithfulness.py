@@ -16,9 +16,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..attribution._common import Target, check_flag, check_inputs, check_model, chunk_size
-from .perturb import (Baseline, Features, check_scalar_reader, feature_space, fraction_count, make_baseline,
-                      rank_features, ranked_curve, read_scores, resolve_clean, step_counts)
+from ..core import (Baseline, Features, RankSchedule, Target, check_flag, check_inputs, check_model,
+                    check_scalar_reader, chunk_size, feature_space, fraction_count, make_baseline, perturbed_scores,
+                    rank_features, read_scores, resolve_clean, step_counts)
 
 MORF_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -56,8 +56,8 @@ def ranked_scores(model: Callable, inputs: torch.Tensor, feats: Features, target
         total = inputs.shape[0] * len(todo)
         chunk = chunk_size(inputs, total, max_batch, memory_budget, per_input_factor=8.0)
         rank = feats.unit_rank(rank_features(feats.scores))
-        out = ranked_curve(model, inputs, baseline, rank, torch.tensor(todo, device=inputs.device), target,
-                           keep_top=keep_top, reader=reader, chunk=chunk, compile=compile)
+        steps = RankSchedule(rank, torch.tensor(todo, device=inputs.device), keep_top)
+        out = perturbed_scores(model, inputs, baseline, steps, target, reader=reader, chunk=chunk, compile=compile)
         if len(todo) == counts.numel():
             return out
     cols = {c: i for i, c in enumerate(todo)}

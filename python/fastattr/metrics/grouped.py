@@ -13,9 +13,9 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..attribution._common import Target, check_flag, check_inputs, check_model, chunk_size, resolve_target
-from .perturb import (Baseline, check_scalar_reader, group_masks, group_scores, group_unit_rank,
-                      make_baseline, rank_features, ranked_curve)
+from ..core import (Baseline, RankSchedule, Target, check_flag, check_inputs, check_model, check_scalar_reader,
+                    chunk_size, group_masks, group_scores, group_unit_rank, make_baseline, perturbed_scores,
+                    rank_features, resolve_target)
 
 
 def _grouped(model, inputs, attributions, target, *, insert, groups, baseline, score, curves, granularity,
@@ -31,9 +31,9 @@ def _grouped(model, inputs, attributions, target, *, insert, groups, baseline, s
     rank = group_unit_rank(masks, rank_features(c))
     counts = torch.arange(n_groups + 1)
     chunk = chunk_size(inputs, batch * counts.numel(), max_batch, memory_budget, per_input_factor=8.0)
-    curve = ranked_curve(model, inputs, make_baseline(inputs, baseline, generator=generator), rank,
-                         counts.to(inputs.device), t, keep_top=insert, reader=score, chunk=chunk,
-                         compile=compile)
+    curve = perturbed_scores(model, inputs, make_baseline(inputs, baseline, generator=generator),
+                             RankSchedule(rank, counts.to(inputs.device), insert), t, reader=score, chunk=chunk,
+                             compile=compile)
     # fraction changed after k groups = #{units of rank < k} / U
     ones = torch.ones_like(rank, dtype=torch.float64)
     per_step = torch.zeros(batch, n_groups + 1, dtype=torch.float64, device=rank.device)

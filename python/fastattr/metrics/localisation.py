@@ -13,8 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..attribution._common import Target, check_flag, check_inputs
-from .perturb import fraction_count, rank_features, unit_map
+from ..core import Target, check_flag, check_inputs, fraction_count, rank_features, unit_map
 
 NORMALIZATIONS = ("max", "minmax", None)
 

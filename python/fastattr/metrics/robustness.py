@@ -15,8 +15,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..attribution._common import Target, check_count, check_inputs, check_model, chunk_size, resolve_target
-from ..attribution.gradient import _generator
+from ..core import Target, check_count, check_inputs, check_model, chunk_size, make_generator, resolve_target
 
 Explain = Union[str, Callable]
 # distance(e(x) [B, ...], e(x + ε) [k, B, ...], x + ε [k·B, ...]) -> [k, B]
@@ -128,7 +127,7 @@ def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, nor
 
     chunk = chunk_size(inputs, n_samples * inputs.shape[0], max_batch, memory_budget)
     samples = sensitivity_samples(model, inputs, fn, t, explained=e_x, low=-float(radius), high=float(radius),
-                                  n_samples=n_samples, generator=_generator(generator), chunk=chunk,
+                                  n_samples=n_samples, generator=make_generator(generator), chunk=chunk,
                                   distance=distance)
     return reduce(samples).to(inputs.dtype)
 

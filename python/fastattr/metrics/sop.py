@@ -21,11 +21,9 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..attribution._common import Target, check_count, check_inputs, check_model, chunk_size
-from ..attribution.gradient import _generator
-from .perturb import (Baseline, Features, all_subsets, check_scalar_reader, feature_layout, feature_space,
-                      group_masks, group_scores, make_baseline, masked_scores, random_subsets, read_scores,
-                      resolve_clean)
+from ..core import (Baseline, Features, MaskSet, Target, all_subsets, check_count, check_inputs, check_model,
+                    check_scalar_reader, chunk_size, feature_layout, feature_space, group_masks, group_scores,
+                    make_baseline, make_generator, perturbed_scores, random_subsets, read_scores, resolve_clean)
 from .subsets import check_masks
 
 GROUP_RULES = ("subset", "contains")
@@ -64,8 +62,8 @@ def subset_changes(model: Callable, inputs: torch.Tensor, target: torch.Tensor, 
                          device=inputs.device)
         masks = torch.cat([ref, masks], 1)
     chunk = chunk_size(inputs, batch * masks.shape[1], max_batch, memory_budget, per_input_factor=8.0)
-    out = masked_scores(model, inputs, baseline, masks, target, reader=score, chunk=chunk, features=feats,
-                        compile=compile, precise=True).double()
+    out = perturbed_scores(model, inputs, baseline, MaskSet(inputs, masks, feats), target, reader=score, chunk=chunk,
+                           compile=compile, precise=True).double()
     if reference is not None:
         ref = read_scores(reference, target, score).double().unsqueeze(1)
         return out - ref if insert else ref - out
@@ -80,7 +78,7 @@ def error_passes(model: Callable, inputs: torch.Tensor, target: torch.Tensor, fe
     """The subsets and :func:`subset_changes` of the SOP errors, drawn from one ``generator``: a random
     baseline first, then the subsets; ``reference``: the model's output on x (deletion) or on the
     baseline (insertion), when known. Returns ``(subsets [B or 1, K, d], changes [B, K])``."""
-    gen = _generator(generator)
+    gen = make_generator(generator)
     base = make_baseline(inputs, baseline, generator=gen)
     s = choose_subsets(inputs.shape[0], feats.n, subsets=subsets, n_subsets=n_subsets,
                        max_exhaustive=max_exhaustive, p=p, generator=gen)

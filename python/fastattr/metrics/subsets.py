@@ -16,10 +16,10 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..attribution._common import Target, check_count, check_inputs, check_model, chunk_size, forward_chunks
-from ..attribution.gradient import _generator
-from .perturb import (ChunkRunner, check_attributions, fraction_count, make_baseline,
-                      masked_scores, random_subsets, read_scores, resolve_clean)
+from ..core import (GaussianNoise, MaskSet, Target, check_attributions, check_count, check_inputs, check_model,
+                    chunk_size, forward_chunks, fraction_count, make_baseline, make_generator, perturbed_scores,
+                    random_subsets, read_scores, resolve_clean)
+from ..numerics import accum_dtype
 
 
 @dataclass
@@ -88,7 +88,7 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     ``logits``: the model's output on ``inputs`` when the caller already has it. ``fill`` ``[B, K]``:
     subset k of example b is set to the one value ``fill[b, k]`` instead of the baseline.
     """
-    gen = _generator(generator)
+    gen = make_generator(generator)
     batch = inputs.shape[0]
     if masks is None:
         n_subsets = check_count(n_subsets, "n_subsets")
@@ -112,36 +112,23 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
                          "and goes with subsets, not noise")
     if logits is None:
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
-    wdtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    wdtype = accum_dtype(inputs.dtype)
     clean = read_scores(logits, target, score).to(wdtype)
     chunk = chunk_size(inputs, batch * n_subsets, max_batch, memory_budget, per_input_factor=8.0)
     if noise is None:
-        out = masked_scores(model, inputs, base, masks, target, reader=score, chunk=chunk, compile=compile,
-                            precise=True, fill=fill).to(wdtype)
+        out = perturbed_scores(model, inputs, base, MaskSet(inputs, masks, fill=fill), target, reader=score,
+                               chunk=chunk, compile=compile, precise=True).to(wdtype)
         change = None if fill is not None else \
             (inputs - base).to(wdtype).reshape(batch, -1, n_features).sum(1)
         return SubsetPasses(masks=masks.expand(batch, -1, -1), delta=clean.unsqueeze(1) - out, change=change)
-    per, block = max(1, chunk // batch), min(batch, chunk)  # perturbations per chunk, examples per chunk
-    runner = ChunkRunner(model, per * block, compile)
-    delta = torch.empty(batch, n_subsets, dtype=wdtype, device=inputs.device)
-    weight = torch.empty(batch, n_subsets, n_features, dtype=wdtype, device=inputs.device)
-    rest = (1,) * (inputs.dim() - 1)
-    for k0 in range(0, n_subsets, per):
-        k = min(per, n_subsets - k0)
-        draws = torch.stack([torch.randn(inputs.shape, generator=gen, dtype=inputs.dtype) for _ in range(k)])
-        draws = (draws * noise).to(inputs.device)
-        for b0 in range(0, batch, block):
-            b1 = min(batch, b0 + block)
-            x = inputs[b0:b1].repeat(k, *rest)  # perturbation-major: row j·n + i is example b0 + i
-            perturbed = x - draws[:, b0:b1].reshape(x.shape)
-            out = read_scores(runner(perturbed), target[b0:b1].repeat(k), score).to(wdtype)
-            delta[b0:b1, k0:k0 + k] = (clean[b0:b1] - out.view(k, b1 - b0)).T
-            size = (x - perturbed).to(wdtype).reshape(k, b1 - b0, -1, n_features).sum(2)
-            weight[b0:b1, k0:k0 + k] = size.transpose(0, 1)
+    source = GaussianNoise(inputs, n_subsets, noise, gen, n_features, wdtype)
+    out = perturbed_scores(model, inputs, None, source, target, reader=score, chunk=chunk, compile=compile,
+                           precise=True).to(wdtype)
+    delta, weight = clean.unsqueeze(1) - out, source.weight
     return SubsetPasses(masks=None, delta=delta, weight=weight)
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation along the last axis (NaN where either side is constant: tested exactly, as
     the centred values of a constant need not round to 0)."""
     a, b = a.double(), b.double()
@@ -161,7 +148,7 @@ def correlation(passes: SubsetPasses, feats: torch.Tensor, metric: str) -> torch
         warnings.warn(f"{metric}: the attributions give the same mass Σ_{{i∈S}} a_i on every subset for "
                       f"examples {flat.nonzero().flatten().tolist()} (all-equal attributions?); their "
                       "correlation is undefined and returned as NaN", RuntimeWarning, stacklevel=3)
-    return _pearson(mass, passes.delta)
+    return pearson(mass, passes.delta)
 
 
 def _setup(model, inputs, attributions, target, max_batch, memory_budget):
@@ -171,9 +158,6 @@ def _setup(model, inputs, attributions, target, max_batch, memory_budget):
     check_inputs(inputs)
     feats = check_attributions(inputs, attributions)
     return (feats,) + resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
-
-
-_fraction_size = fraction_count
 
 
 def default_ns(n_features: int) -> list[int]:
@@ -199,7 +183,7 @@ def faithfulness_correlation(model: Callable, inputs: torch.Tensor, attributions
     if passes is None:
         n_subsets = check_count(n_subsets, "n_subsets", minimum=2)  # a correlation needs two points
         passes = subset_deltas(model, inputs, t, feats.shape[1], n_subsets=n_subsets, baseline=baseline,
-                               subset_size=_fraction_size(subset_fraction, feats.shape[1], "subset_fraction"),
+                               subset_size=fraction_count(subset_fraction, feats.shape[1], "subset_fraction"),
                                score=score, generator=generator, max_batch=max_batch,
                                memory_budget=memory_budget, compile=compile, logits=clean)
     return correlation(passes, feats, "faithfulness_correlation").to(inputs.dtype)
@@ -239,7 +223,7 @@ def sensitivity_passes(model: Callable, inputs: torch.Tensor, target: torch.Tens
                    for n in ns):
         raise ValueError(f"ns must be a non-empty sequence of ints in [1, {n_features}], got {ns!r}")
     ns = [int(n) for n in ns]
-    gen = _generator(generator)
+    gen = make_generator(generator)
     base = make_baseline(inputs, baseline, generator=gen)
     return [subset_deltas(model, inputs, target, n_features, subset_size=n, n_subsets=n_subsets,
                           baseline=base, score=score, generator=gen, max_batch=max_batch,
@@ -276,7 +260,7 @@ def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor
     if perturbation not in ("subset", "gaussian"):
         raise ValueError(f"perturbation must be 'subset' or 'gaussian', got {perturbation!r}")
     if passes is None:
-        size = _fraction_size(subset_fraction, feats.shape[1], "subset_fraction")
+        size = fraction_count(subset_fraction, feats.shape[1], "subset_fraction")
         passes = subset_deltas(model, inputs, t, feats.shape[1], subset_size=size, n_subsets=n_subsets,
                                baseline=baseline, noise=noise_std if perturbation == "gaussian" else None,
                                score=score, generator=generator, max_batch=max_batch,

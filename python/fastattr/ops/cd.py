@@ -13,11 +13,14 @@ from typing import Optional
 
 import torch
 
-from .. import _backend
+from ..numerics import compute_dtype
 from ..reference import cd as reference_cd
+from .utils import check_tensor, resolve, rows, run_cpp, triton_kernels
 
 
 def _check(y: torch.Tensor, bias: torch.Tensor, n_ref: int) -> int:
+    check_tensor(y, "y", floating=True)
+    check_tensor(bias, "bias", floating=True)
     if y.dim() < 2:
         raise ValueError(f"y must be [rows, channels, ...], got shape {tuple(y.shape)}")
     if n_ref < 1 or y.shape[0] % n_ref or y.shape[0] < n_ref:
@@ -31,29 +34,26 @@ def _check(y: torch.Tensor, bias: torch.Tensor, n_ref: int) -> int:
 def _cd_bias_split_op(y: torch.Tensor, bias: torch.Tensor, n_ref: int, relu: bool,
                       backend: Optional[str]) -> torch.Tensor:
     k = _check(y, bias, n_ref)
-    name = _backend.resolve(y, backend)
+    name = resolve(y, backend)
     if name == "reference" or k == 0 or y.numel() == 0:
         return reference_cd.cd_bias_split(y, bias, n_ref, relu).contiguous()
     channels = y.shape[1]
     positions = y[0, 0].numel()
     if name == "triton":
-        from ..triton import cd as triton_cd
-
-        y2 = y.reshape(y.shape[0], -1).contiguous()
-        out = triton_cd.cd_bias_split(y2, bias.to(y.dtype).contiguous(), n_ref, k, channels, positions, relu)
+        out = triton_kernels("cd").cd_bias_split(rows(y, y.dtype), bias.to(y.dtype).contiguous(), n_ref, k,
+                                                 channels, positions, relu)
         return out.reshape(y.shape)
-    compute = _backend.compute_dtype(y.dtype)
-    y2 = y.to(compute).reshape(y.shape[0], -1).contiguous()
-    b = bias.to(compute).contiguous()
+    y2 = rows(y)
+    b = bias.to(y2.dtype).contiguous()
     out = torch.empty_like(y2)
-    _backend.cpp_extension().cd_bias_split(
-        y2.data_ptr(), b.data_ptr(), out.data_ptr(), n_ref, k, channels, positions, relu,
-        str(compute).removeprefix("torch."), _backend.num_threads())
+    run_cpp("cd_bias_split", y2.data_ptr(), b.data_ptr(), out.data_ptr(), n_ref, k, channels, positions, relu,
+            dtype=y2.dtype)
     return out.reshape(y.shape).to(y.dtype)
 
 
 @_cd_bias_split_op.register_fake
 def _(y, bias, n_ref, relu, backend):
+    _check(y, bias, n_ref)
     return torch.empty_like(y, memory_format=torch.contiguous_format)
 
 
@@ -67,7 +67,7 @@ def _vjp(ctx, grad):
     with ``p = |u|+ε``, ``q = |z−u|+ε``, ``s = p+q``; reference rows: ``∂(z+b)`` = identity."""
     y, bias, out = ctx.saved_tensors
     n_ref = ctx.n_ref
-    compute = _backend.compute_dtype(y.dtype)
+    compute = compute_dtype(y.dtype)
     g = grad.to(compute)
     if ctx.relu:
         g = g * (out > 0)

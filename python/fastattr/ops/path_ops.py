@@ -12,50 +12,67 @@ from typing import Optional
 
 import torch
 
-from .. import _backend
-
+from ..numerics import accum_dtype, compute_dtype
 from ..reference import path_ops as reference_path_ops
+from .utils import check_tensor, resolve, rows, run_cpp, triton_kernels
 
 
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
+def _check_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> None:
+    for name, t in (("x", x), ("baseline", baseline), ("alphas", alphas)):
+        check_tensor(t, name, floating=True)
+    if x.dim() < 1 or baseline.dim() != x.dim() or baseline.shape[0] not in (1, x.shape[0]) \
+            or baseline.shape[1:] != x.shape[1:] or baseline.dtype != x.dtype:
+        raise ValueError(f"baseline must have shape [B, ...] or [1, ...] matching x {tuple(x.shape)} and its "
+                         f"dtype {x.dtype}, got {baseline.dtype} {tuple(baseline.shape)}")
+    check_tensor(alphas, "alphas", dim=1)
 
 
-def _triton():
-    from ..triton import path_ops as triton_path_ops
-
-    return triton_path_ops
+def _check_accumulate(acc: torch.Tensor, grads: torch.Tensor, weights: torch.Tensor,
+                      diff: Optional[torch.Tensor]) -> None:
+    for name, t in (("acc", acc), ("grads", grads), ("weights", weights)):
+        check_tensor(t, name, floating=True)
+    if acc.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"acc must be float32 or float64 (the accumulator), got {acc.dtype}")
+    if grads.dim() != acc.dim() + 1 or grads.shape[1:] != acc.shape:
+        raise ValueError(f"grads must have shape [S, *acc.shape] = [S, {', '.join(map(str, acc.shape))}], "
+                         f"got {tuple(grads.shape)}")
+    if weights.shape != grads.shape[:1]:
+        raise ValueError(f"weights must have shape [{grads.shape[0]}], got {tuple(weights.shape)}")
+    if diff is not None:
+        check_tensor(diff, "diff", floating=True)
+        if diff.shape != acc.shape:
+            raise ValueError(f"diff must have the shape of acc {tuple(acc.shape)}, got {tuple(diff.shape)}")
 
 
 def _interpolate_kernel(name: str, x2: torch.Tensor, b2: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     """``[B, D]`` x, ``[B or 1, D]`` baseline, ``[S]`` alphas (contiguous) → ``[S·B, D]``."""
     if name == "triton":
-        return _triton().path_interpolate(x2, b2, alphas.to(x2.dtype).contiguous())
-    compute = _backend.compute_dtype(x2.dtype)
+        return triton_kernels("path_ops").path_interpolate(x2, b2, alphas.to(x2.dtype).contiguous())
+    compute = compute_dtype(x2.dtype)
     xc, bc, ac = x2.to(compute), b2.to(compute), alphas.to(compute).contiguous()
     out = torch.empty((ac.shape[0] * xc.shape[0], xc.shape[1]), dtype=compute, device=x2.device)
     if out.numel():
-        _backend.cpp_extension().path_interpolate(
-            xc.data_ptr(), bc.data_ptr(), ac.data_ptr(), out.data_ptr(), ac.shape[0], xc.shape[0], xc.shape[1],
-            bc.shape[0] == 1 and xc.shape[0] > 1, _dtype_name(xc), _backend.num_threads())
+        run_cpp("path_interpolate", xc.data_ptr(), bc.data_ptr(), ac.data_ptr(), out.data_ptr(), ac.shape[0],
+                xc.shape[0], xc.shape[1], bc.shape[0] == 1 and xc.shape[0] > 1, dtype=compute)
     return out.to(x2.dtype)
 
 
 @torch.library.custom_op("fastattr::path_interpolate", mutates_args=())
 def _path_interpolate_op(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor,
                          backend: Optional[str]) -> torch.Tensor:
-    name = _backend.resolve(x, backend)
+    _check_interpolate(x, baseline, alphas)
+    name = resolve(x, backend)
     if name == "reference":
         return reference_path_ops.path_interpolate(x, baseline, alphas).contiguous()
     batch = x.shape[0]
-    x2 = x.reshape(batch, -1).contiguous()
-    b2 = baseline.reshape(baseline.shape[0], -1).contiguous()
+    x2, b2 = rows(x, x.dtype), rows(baseline, baseline.dtype)
     out = _interpolate_kernel(name, x2, b2, alphas)
     return out.reshape((alphas.shape[0] * batch,) + tuple(x.shape[1:]))
 
 
 @_path_interpolate_op.register_fake
 def _(x, baseline, alphas, backend):
+    _check_interpolate(x, baseline, alphas)
     return x.new_empty((alphas.shape[0] * x.shape[0],) + tuple(x.shape[1:]))
 
 
@@ -69,7 +86,7 @@ def _interpolate_vjp(ctx, grad):
     x, baseline, alphas = ctx.saved_tensors
     steps, batch = alphas.shape[0], x.shape[0]
     g = grad.reshape((steps, batch) + tuple(x.shape[1:]))
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_dtype = accum_dtype(x.dtype)
     zeros = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
     a = alphas.to(acc_dtype)
     grad_x = _path_accumulate_op(zeros, g, a, None, ctx.backend).to(x.dtype)
@@ -86,7 +103,8 @@ _path_interpolate_op.register_autograd(_interpolate_vjp, setup_context=_interpol
 @torch.library.custom_op("fastattr::path_accumulate", mutates_args=())
 def _path_accumulate_op(acc: torch.Tensor, grads: torch.Tensor, weights: torch.Tensor,
                         diff: Optional[torch.Tensor], backend: Optional[str]) -> torch.Tensor:
-    name = _backend.resolve(acc, backend)
+    _check_accumulate(acc, grads, weights, diff)
+    name = resolve(acc, backend)
     if name == "reference":
         return reference_path_ops.path_accumulate(acc, grads, weights, diff).contiguous()
     batch = acc.shape[0]
@@ -95,18 +113,18 @@ def _path_accumulate_op(acc: torch.Tensor, grads: torch.Tensor, weights: torch.T
     d2 = diff.to(acc.dtype).reshape(batch, -1).contiguous() if diff is not None else None
     if name == "triton":
         g3 = grads.reshape(grads.shape[0], batch, -1).contiguous()
-        return _triton().path_accumulate(a2, g3, w, d2).reshape(acc.shape)
+        return triton_kernels("path_ops").path_accumulate(a2, g3, w, d2).reshape(acc.shape)
     g3 = grads.to(acc.dtype).reshape(grads.shape[0], batch, -1).contiguous()
     out = torch.empty_like(a2)
     if out.numel():
-        _backend.cpp_extension().path_accumulate(
-            a2.data_ptr(), g3.data_ptr(), w.data_ptr(), d2.data_ptr() if d2 is not None else 0, out.data_ptr(),
-            g3.shape[0], batch, a2.shape[1], _dtype_name(a2), _backend.num_threads())
+        run_cpp("path_accumulate", a2.data_ptr(), g3.data_ptr(), w.data_ptr(), d2.data_ptr() if d2 is not None else 0,
+                out.data_ptr(), g3.shape[0], batch, a2.shape[1], dtype=a2.dtype)
     return out.reshape(acc.shape)
 
 
 @_path_accumulate_op.register_fake
 def _(acc, grads, weights, diff, backend):
+    _check_accumulate(acc, grads, weights, diff)
     return torch.empty_like(acc, memory_format=torch.contiguous_format)
 
 
@@ -131,14 +149,6 @@ def _accumulate_vjp(ctx, grad):
 _path_accumulate_op.register_autograd(_accumulate_vjp, setup_context=_accumulate_setup)
 
 
-def _check_floating(**tensors: torch.Tensor) -> None:
-    for argname, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{argname} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{argname} must be a floating point tensor, got dtype {t.dtype}")
-
-
 def path_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor, *,
                      backend: Optional[str] = None) -> torch.Tensor:
     """Interpolated inputs of a chunk of IG steps, step-major: ``out[s·B + b] = x'_b + α_s (x_b − x'_b)``.
@@ -149,13 +159,8 @@ def path_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tens
         alphas: ``[S]`` path positions in [0, 1].
     Returns ``[S·B, ...]``, ready to be fed to the model as one batch. Differentiable.
     """
-    _check_floating(x=x, baseline=baseline, alphas=alphas)
-    if x.dim() < 1 or baseline.dim() != x.dim() or baseline.shape[0] not in (1, x.shape[0]) \
-            or baseline.shape[1:] != x.shape[1:]:
-        raise ValueError(f"baseline must have shape [B, ...] or [1, ...] matching x {tuple(x.shape)}, "
-                         f"got {tuple(baseline.shape)}")
-    if alphas.dim() != 1:
-        raise ValueError(f"alphas must be 1-D, got shape {tuple(alphas.shape)}")
+    for name, t in (("x", x), ("baseline", baseline), ("alphas", alphas)):
+        check_tensor(t, name, floating=True)
     return _path_interpolate_op(x, baseline.to(x.dtype), alphas, backend)
 
 
@@ -169,16 +174,6 @@ def path_accumulate(acc: torch.Tensor, grads: torch.Tensor, weights: torch.Tenso
         weights: ``[S]`` quadrature weights.
         diff: ``[B, ...]`` ``x − x'`` for the last chunk (the fused final multiply), else None.
     """
-    _check_floating(acc=acc, grads=grads, weights=weights)
-    if acc.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"acc must be float32 or float64 (the accumulator), got {acc.dtype}")
-    if grads.dim() != acc.dim() + 1 or grads.shape[1:] != acc.shape:
-        raise ValueError(f"grads must have shape [S, *acc.shape] = [S, {', '.join(map(str, acc.shape))}], "
-                         f"got {tuple(grads.shape)}")
-    if weights.shape != grads.shape[:1]:
-        raise ValueError(f"weights must have shape [{grads.shape[0]}], got {tuple(weights.shape)}")
-    if diff is not None:
-        _check_floating(diff=diff)
-        if diff.shape != acc.shape:
-            raise ValueError(f"diff must have the shape of acc {tuple(acc.shape)}, got {tuple(diff.shape)}")
+    for name, t in (("acc", acc), ("grads", grads), ("weights", weights)):
+        check_tensor(t, name, floating=True)
     return _path_accumulate_op(acc, grads, weights, diff, backend)

@@ -12,8 +12,33 @@ from typing import Optional
 
 import torch
 
-from .. import _backend
 from ..reference.perturb_by_rank import perturb_by_rank as reference_perturb_by_rank
+from .utils import check_tensor, resolve, rows, run_cpp, triton_kernels
+
+
+def _check(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor, counts: torch.Tensor) -> None:
+    """The op's argument checks, run inside the custom op: the C++ kernel reads ``rank`` and
+    ``counts`` as int64 through raw pointers, so a direct ``torch.ops.fastattr.perturb_by_rank``
+    call is checked too."""
+    check_tensor(x, "x", floating=True)
+    if x.dim() < 2:
+        raise ValueError(f"x must be [B, ...] with at least 2 dims, got shape {tuple(x.shape)}")
+    check_tensor(baseline, "baseline")
+    if baseline.shape != x.shape or baseline.dtype != x.dtype:
+        raise ValueError(f"baseline must match x ({x.dtype} {tuple(x.shape)}), got {baseline.dtype} "
+                         f"{tuple(baseline.shape)}")
+    check_tensor(rank, "rank")
+    per_element, per_pixel = x[0].numel(), x[0, 0].numel()
+    if rank.dtype != torch.int64 or rank.dim() != 2 or rank.shape[0] != x.shape[0] \
+            or rank.shape[1] not in (per_element, per_pixel):
+        raise ValueError(f"rank must be an int64 [B, F] tensor with B = {x.shape[0]} and F = {per_pixel} "
+                         f"(channel-shared) or {per_element} (per element), got {rank.dtype} {tuple(rank.shape)}")
+    check_tensor(counts, "counts")
+    if counts.dtype != torch.int64 or counts.dim() != 1:
+        raise ValueError(f"counts must be a 1-D int64 tensor, got {counts.dtype} {tuple(counts.shape)}")
+    if rank.device != x.device or counts.device != x.device or baseline.device != x.device:
+        raise ValueError(f"x, baseline, rank and counts must be on one device, got {x.device}, "
+                         f"{baseline.device}, {rank.device}, {counts.device}")
 
 
 def _layout(x: torch.Tensor, rank: torch.Tensor) -> tuple[int, int, int]:
@@ -24,30 +49,29 @@ def _layout(x: torch.Tensor, rank: torch.Tensor) -> tuple[int, int, int]:
 @torch.library.custom_op("fastattr::perturb_by_rank", mutates_args=())
 def _perturb_by_rank_op(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor, counts: torch.Tensor,
                         insert: bool, backend: Optional[str]) -> torch.Tensor:
+    _check(x, baseline, rank, counts)
     batch, channels, features = _layout(x, rank)
     out_shape = (counts.shape[0] * batch,) + tuple(x.shape[1:])
-    name = _backend.resolve(x, backend)
+    name = resolve(x, backend)
     x3 = x.reshape(batch, channels, features)
     b3 = baseline.reshape(batch, channels, features)
     if name == "reference":
         return reference_perturb_by_rank(x3, b3, rank, counts, insert).reshape(out_shape).contiguous()
     r, c = rank.contiguous(), counts.contiguous()
     if name == "triton":
-        from ..triton import perturb_by_rank as triton_perturb
-
-        return triton_perturb.perturb_by_rank(x3.contiguous(), b3.contiguous(), r, c, insert).reshape(out_shape)
-    compute = _backend.compute_dtype(x.dtype)
-    xc, bc = x3.to(compute).contiguous(), b3.to(compute).contiguous()
-    out = torch.empty((counts.shape[0] * batch, channels, features), dtype=compute, device=x.device)
+        return triton_kernels("perturb_by_rank").perturb_by_rank(x3.contiguous(), b3.contiguous(), r, c,
+                                                                 insert).reshape(out_shape)
+    xc, bc = rows(x3).view(batch, channels, features), rows(b3).view(batch, channels, features)
+    out = torch.empty((counts.shape[0] * batch, channels, features), dtype=xc.dtype, device=x.device)
     if out.numel():
-        _backend.cpp_extension().perturb_by_rank(
-            xc.data_ptr(), bc.data_ptr(), r.data_ptr(), c.data_ptr(), out.data_ptr(), counts.shape[0], batch,
-            channels, features, insert, str(compute).removeprefix("torch."), _backend.num_threads())
+        run_cpp("perturb_by_rank", xc.data_ptr(), bc.data_ptr(), r.data_ptr(), c.data_ptr(), out.data_ptr(),
+                counts.shape[0], batch, channels, features, insert, dtype=xc.dtype)
     return out.to(x.dtype).reshape(out_shape)
 
 
 @_perturb_by_rank_op.register_fake
 def _(x, baseline, rank, counts, insert, backend):
+    _check(x, baseline, rank, counts)
     return x.new_empty((counts.shape[0] * x.shape[0],) + tuple(x.shape[1:]))
 
 
@@ -83,24 +107,14 @@ def perturb_by_rank(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor,
         counts: ``[K]`` int64 numbers of top features to insert (``insert=True``) or delete.
     Example::
 
-        >>> rank = fastattr.metrics.perturb.rank_features(attr.flatten(1))
+        >>> rank = fastattr.core.rank_features(attr.flatten(1))
         >>> chunk = perturb_by_rank(x, torch.zeros_like(x), rank, torch.tensor([0, 8, 16]), insert=False)
     """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError("x must be a floating point tensor")
-    if x.dim() < 2:
-        raise ValueError(f"x must be [B, ...] with at least 2 dims, got shape {tuple(x.shape)}")
-    if not isinstance(baseline, torch.Tensor):
-        raise TypeError(f"baseline must be a tensor, got {type(baseline).__name__}")
+    check_tensor(x, "x", floating=True)
+    check_tensor(baseline, "baseline")
     try:
         baseline = torch.broadcast_to(baseline.to(x.dtype), x.shape)
     except RuntimeError:
         raise ValueError(f"baseline of shape {tuple(baseline.shape)} does not broadcast to x {tuple(x.shape)}") from None
-    per_element, per_pixel = x[0].numel(), x[0, 0].numel()
-    if rank.dtype != torch.int64 or rank.dim() != 2 or rank.shape[0] != x.shape[0] \
-            or rank.shape[1] not in (per_element, per_pixel):
-        raise ValueError(f"rank must be an int64 [B, F] tensor with B = {x.shape[0]} and F = {per_pixel} "
-                         f"(channel-shared) or {per_element} (per element), got {rank.dtype} {tuple(rank.shape)}")
-    if counts.dtype != torch.int64 or counts.dim() != 1:
-        raise ValueError(f"counts must be a 1-D int64 tensor, got {counts.dtype} {tuple(counts.shape)}")
+    check_tensor(counts, "counts")
     return _perturb_by_rank_op(x, baseline, rank, counts.to(x.device), bool(insert), backend)

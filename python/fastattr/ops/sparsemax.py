@@ -9,8 +9,9 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import _backend
 from .. import reference
+from ..numerics import compute_dtype
+from .utils import check_backend, check_tensor, resolve, run_cpp, triton_kernels
 
 
 def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *others: torch.Tensor,
@@ -21,7 +22,7 @@ def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *ot
     half the bytes and skips two casting passes)."""
     moved = [t.movedim(dim, -1) for t in (x, *others)]
     shape = moved[0].shape
-    compute = x.dtype if half_native else _backend.compute_dtype(x.dtype)
+    compute = x.dtype if half_native else compute_dtype(x.dtype)
     rows2d = [t.to(compute).contiguous().reshape(-1, shape[-1]) for t in moved]
     out = kernel(*rows2d).reshape(shape).to(x.dtype)
     return out.movedim(-1, dim).contiguous()
@@ -29,57 +30,62 @@ def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *ot
 
 def _cpp_forward(z: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(z)
-    _backend.cpp_extension().sparsemax_forward(
-        z.data_ptr(), out.data_ptr(), z.shape[0], z.shape[1], str(z.dtype).removeprefix("torch."),
-        _backend.num_threads())
+    run_cpp("sparsemax_forward", z.data_ptr(), out.data_ptr(), z.shape[0], z.shape[1], dtype=z.dtype)
     return out
 
 
 def _cpp_backward(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(g)
-    _backend.cpp_extension().sparsemax_backward(
-        p.data_ptr(), g.data_ptr(), out.data_ptr(), p.shape[0], p.shape[1],
-        str(p.dtype).removeprefix("torch."), _backend.num_threads())
+    run_cpp("sparsemax_backward", p.data_ptr(), g.data_ptr(), out.data_ptr(), p.shape[0], p.shape[1], dtype=p.dtype)
     return out
 
 
-def _triton_module():
-    from ..triton import sparsemax as triton_sparsemax
-
-    return triton_sparsemax
+def _check(x: torch.Tensor, dim: int, name: str = "x", other: torch.Tensor | None = None) -> None:
+    """Inside the custom ops: a floating tensor (and a gradient of its shape) and an axis in range."""
+    check_tensor(x, name, floating=True)
+    if other is not None:
+        check_tensor(other, "grad", floating=True)
+        if other.shape != x.shape:
+            raise ValueError(f"grad must have the shape of p {tuple(x.shape)}, got {tuple(other.shape)}")
+    if not -max(x.dim(), 1) <= dim < max(x.dim(), 1):
+        raise IndexError(f"dim {dim} is out of range for a tensor with {x.dim()} dimensions")
 
 
 @torch.library.custom_op("fastattr::sparsemax", mutates_args=())
 def _sparsemax_op(x: torch.Tensor, dim: int, backend: Optional[str]) -> torch.Tensor:
+    _check(x, dim)
     if x.numel() == 0:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
-    name = _backend.resolve(x, backend)
+    name = resolve(x, backend)
     if name == "reference":
         return reference.sparsemax(x, dim).contiguous()
     if name == "cpp":
         return _rowwise(x, dim, _cpp_forward)
-    return _rowwise(x, dim, _triton_module().sparsemax_forward, half_native=True)
+    return _rowwise(x, dim, triton_kernels("sparsemax").sparsemax_forward, half_native=True)
 
 
 @_sparsemax_op.register_fake
 def _(x, dim, backend):
+    _check(x, dim)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("fastattr::sparsemax_backward", mutates_args=())
 def _sparsemax_backward_op(p: torch.Tensor, grad: torch.Tensor, dim: int, backend: Optional[str]) -> torch.Tensor:
+    _check(p, dim, "p", grad)
     if p.numel() == 0:
         return torch.empty_like(grad, memory_format=torch.contiguous_format)
-    name = _backend.resolve(p, backend)
+    name = resolve(p, backend)
     if name == "reference":
         return reference.sparsemax_backward(p, grad, dim).contiguous()
     if name == "cpp":
         return _rowwise(grad, dim, lambda g, q: _cpp_backward(q, g), p)
-    return _rowwise(grad, dim, lambda g, q: _triton_module().sparsemax_backward(q, g), p, half_native=True)
+    return _rowwise(grad, dim, lambda g, q: triton_kernels("sparsemax").sparsemax_backward(q, g), p, half_native=True)
 
 
 @_sparsemax_backward_op.register_fake
 def _(p, grad, dim, backend):
+    _check(p, dim, "p", grad)
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
 
@@ -128,17 +134,12 @@ def sparsemax(x: torch.Tensor, dim: int = -1, *, backend: Optional[str] = None) 
         >>> fastattr.sparsemax(torch.tensor([1.0, 0.8, -1.0]))
         tensor([0.6000, 0.4000, 0.0000])
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating point tensor, got dtype {x.dtype}")
+    check_tensor(x, "x", floating=True)
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-    ndim = max(x.dim(), 1)
-    if not -ndim <= dim < ndim:
-        raise IndexError(f"dim {dim} is out of range for a tensor with {x.dim()} dimensions")
+    _check(x, dim)
     if backend is not None:
-        _backend._check(backend)
+        check_backend(backend)
     if x.dim() == 0:
         return _sparsemax_op(x.reshape(1), 0, backend).reshape(())
     return _sparsemax_op(x, dim % x.dim(), backend)

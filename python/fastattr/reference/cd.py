@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import compute_dtype
+from ..numerics import compute_dtype
 
 EPS = 1e-20
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .._backend import compute_dtype
+from ..numerics import compute_dtype
 
 
 def path_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import compute_dtype
+from ..numerics import compute_dtype
 
 
 def sparsemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from . import ReportResult
+    from .writing import ReportResult
 
 
 def _figure_png(fig) -> bytes:
@@ -86,7 +86,8 @@ def _img_tag(png: bytes, alt: str) -> str:
 
 
 def _metric_table(result: "ReportResult") -> str:
-    from . import BETTER, best_value
+    from ..metrics import BETTER
+    from .writing import best_value
 
     head = "".join(f"<th>{html.escape(m)} ({BETTER.get(m, '')} is better)</th>" for m in result.metrics)
     rows = []

@@ -2,10 +2,16 @@
 import pytest
 import torch
 
-from fastattr.metrics.perturb import (_smallest_keys, all_subsets, feature_space, group_masks, group_scores,
-                                      group_unit_rank, masked_scores, random_subsets, read_scores)
+from fastattr.core import (MaskSet, all_subsets, feature_space, group_masks, group_scores, group_unit_rank,
+                           perturbed_scores, random_subsets, read_scores)
+from fastattr.core.subsets import _smallest_keys
 from tests.metrics import slow
 from tests.models import mlp, rand, small_cnn
+
+
+def masked_scores(model, x, base, masks, t, *, reader, chunk, features=None):
+    """The engine on explicit masks."""
+    return perturbed_scores(model, x, base, MaskSet(x, masks, features), t, reader=reader, chunk=chunk)
 
 
 def test_bernoulli_subsets_are_seeded_and_have_the_right_rate():
@@ -216,3 +222,23 @@ def test_integer_group_masks_get_a_hint():
     with pytest.raises(ValueError, match="give 0/1 group masks as bool"):
         group_masks(x, masks)
     assert group_masks(x, masks.bool())[0].shape == (1, 5, 16)
+
+
+def test_the_deprecated_metrics_perturb_module_keeps_its_names():
+    """``fastattr.metrics.perturb`` (where the engine lived) still answers with the core's objects."""
+    import fastattr.core as core
+    from fastattr.metrics import perturb
+
+    for name in ("make_baseline", "Blur", "Uniform", "rank_features", "feature_space", "random_subsets",
+                 "CountingModel", "ChunkRunner", "patch_segments", "read_scores", "step_counts"):
+        assert getattr(perturb, name) is getattr(core, name)
+    model, x = small_cnn(), rand(2, 3, 8, 8, seed=3)
+    masks = random_subsets(2, 5, 64, size=9, generator=1)
+    t = torch.tensor([0, 1])
+    torch.testing.assert_close(perturb.masked_scores(model, x, torch.zeros_like(x), masks, t, reader="logit",
+                                                     chunk=3),
+                               masked_scores(model, x, torch.zeros_like(x), masks, t, reader="logit", chunk=4))
+    rank = perturb.rank_features(torch.randn(2, 64, generator=torch.Generator().manual_seed(0)))
+    curve = perturb.ranked_curve(model, x, torch.zeros_like(x), rank, torch.tensor([0, 8, 64]), t, keep_top=False,
+                                 reader="logit", chunk=4)
+    torch.testing.assert_close(curve[:, 0], read_scores(model(x), t, "logit").float())  # curves kept in float32

@@ -1,0 +1,109 @@
+"""The model contract and argument checks every family shares: inputs, flags, counts, the model and
+what it returns, the seed, and guards that leave the model exactly as it was found (DESIGN "API
+conventions": bad input gets an error naming the argument; nothing a user passes in is modified)."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Callable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+Target = Union[None, int, torch.Tensor]
+
+
+def check_inputs(inputs: torch.Tensor, name: str = "inputs", integer: bool = False) -> None:
+    """Gradient methods need a finite floating tensor with a batch axis; ``integer=True`` also takes
+    integer tensors (token ids, for the perturbation methods)."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(inputs).__name__}")
+    ids = integer and is_integer(inputs)
+    if not ids and not inputs.is_floating_point():
+        raise TypeError(
+            f"{name} has dtype {inputs.dtype}; this method needs floating inputs. For integer token "
+            "ids, attribute to the embedding layer (a layer method such as layer_integrated_gradients) "
+            "or use occlusion / feature_ablation, which take integer inputs")
+    if inputs.dim() < 1 or inputs.shape[0] == 0:
+        raise ValueError(f"{name} must have a non-empty batch axis, got shape {tuple(inputs.shape)}")
+    if not ids and not torch.isfinite(inputs).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def check_flag(value, name: str) -> bool:
+    """A bool argument (numpy bools too), or a ``TypeError`` naming it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def check_count(value, name: str, *, minimum: int = 1, optional: bool = False) -> Optional[int]:
+    """A count argument: an int >= ``minimum`` (numpy ints too; None when ``optional``), as an int, or a
+    ``ValueError`` naming it."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def is_integer(t: torch.Tensor) -> bool:
+    """An integer tensor (not bool, floating or complex)."""
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def check_model(model: nn.Module) -> None:
+    if not callable(model):
+        raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
+    if isinstance(model, nn.Module) and model.training:
+        warnings.warn("model is in training mode; fastattr uses it as given (call model.eval() for "
+                      "deterministic attributions)", UserWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def eval_modes(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block; every submodule's training flag is restored after, even
+    when an exception is raised."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: Callable) -> Iterator[None]:
+    """Turns off ``requires_grad`` on the model's parameters, so no parameter gradient is ever
+    computed, and restores every flag on exit, even when an exception is raised."""
+    params = list(model.parameters()) if isinstance(model, nn.Module) else []
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+def check_output(out, n: int, *, any_rank: bool = False):
+    """The model's output for ``n`` inputs, checked to hold one score (``[N]``) or one row of scores
+    (``[N, outputs]``) per input (``any_rank``: any ``[N, ...]``)."""
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n \
+            or (not any_rank and out.dim() > 2):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model must return [N] or [N, outputs] for N inputs; got {shape} for N = {n}")
+    return out
+
+
+def make_generator(seed) -> torch.Generator:
+    """``seed`` as a CPU ``torch.Generator``: a generator as is, an int seed, or None (seed 0). Every
+    random draw in fastattr comes from one, on the CPU, so results match on every device."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_))):
+        return torch.Generator().manual_seed(0 if seed is None else int(seed))
+    raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(seed).__name__}")

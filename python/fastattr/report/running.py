@@ -1,0 +1,314 @@
+"""Running ``fastattr report``: the methods chosen and available on the model, the attributions of
+this process's shard of the inputs (torchrun), :func:`fastattr.evaluate` on them, the timings on
+both backends, then the tables and the HTML page written by rank 0."""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .._backend import use_backend
+from ..attribution import LAYER_METHODS, METHODS
+from ..cd import CD_METHODS
+from ..core import eval_modes
+from ..metrics import EVALUATE_METRICS, evaluate
+from .loading import (ReportError, check_data, check_fits, check_labels, load_data, load_model, usable_device,
+                      writable_folder)
+from .writing import ReportResult, write_tables
+
+CONTROL = "random"  # a uniformly random map: the floor any method should beat
+MULTIPLIED_BY_INPUTS = {"input_x_gradient", "integrated_gradients"}  # maps that carry the (x − x') factor
+
+
+def _pick(names: Optional[Sequence[str]], available: dict, kind: str) -> list[str]:
+    if names is None:
+        return list(available)
+    if not names:
+        raise ReportError(f"no {kind} named; leave the option out for all of them")
+    unknown = [m for m in names if m not in available]
+    if unknown:
+        raise ReportError(f"unknown {kind} {', '.join(unknown)}; choose from {', '.join(available)}")
+    return list(dict.fromkeys(names))
+
+
+def feature_map(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """The map that metrics and heat maps use: channels summed for images (``[B, H, W]``); maps that
+    are already per pixel (Grad-CAM) are kept."""
+    return attr.sum(1) if inputs.dim() == 4 and attr.shape == inputs.shape else attr
+
+
+def _progress(iterable, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, leave=False)
+
+
+class _Shards:
+    """torch.distributed context of a ``torchrun`` launch: this rank's slice of the inputs and a
+    gather of per-example results on rank 0. A plain run is one rank holding everything."""
+
+    def __init__(self, device: torch.device):
+        import os
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.active = self.world > 1
+        self.device = device
+        if self.active:
+            import torch.distributed as dist
+
+            if device.type == "cuda":
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        per = -(-n // self.world)
+        return min(n, self.rank * per), min(n, (self.rank + 1) * per)
+
+    def gather(self, obj):
+        """Rank 0 gets the list of every rank's ``obj`` in rank order; other ranks get None."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def close(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, seed: int) -> torch.Tensor:
+    """One method on a slice of inputs whose first global index is ``first``. Random draws are
+    seeded per global example, so a sharded run gives the same maps as a single process."""
+    if name == CONTROL:
+        return torch.cat([torch.rand((1,) + tuple(x.shape[1:]), dtype=x.dtype,
+                                     generator=torch.Generator().manual_seed(seed * 1_000_003 + first + i))
+                          for i in range(x.shape[0])]).to(x.device)
+    if name == "smoothgrad":
+        return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], generator=seed * 1_000_003 + first + i)
+                          for i in range(x.shape[0])])
+    if name == "rise":  # one set of masks for every example: the same on every rank
+        return METHODS[name](net, x, t, generator=seed)
+    if name in CD_METHODS:
+        return CD_METHODS[name](net, x, t)
+    if name in LAYER_METHODS:
+        return LAYER_METHODS[name](net, x, t, layer=_convs(net)[-1])
+    return METHODS[name](net, x, t)
+
+
+def _convs(net) -> list:
+    return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)] if isinstance(net, torch.nn.Module) else []
+
+
+def _unavailable(name: str, net, x: torch.Tensor) -> Optional[str]:
+    """Why ``name`` cannot run on this model and data, or None."""
+    if name in LAYER_METHODS and not _convs(net):
+        return "needs a model with a Conv2d layer"
+    if name in CD_METHODS and x.dim() != 4:
+        return "needs image inputs [N, C, H, W]"
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+TIMED_INPUTS = 8  # inputs on which every method and evaluate() are re-timed on both backends
+
+
+def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[str], metric_names: list[str],
+                     seed: int, n_subsets: int, show: bool) -> dict[str, float]:
+    """Seconds of each method and of ``evaluate`` on the same inputs, with fastattr's default backend
+    (cpp on CPU, triton on CUDA) and with the pure-torch reference backend of every op:
+    ``{"backend:<name>:<fastattr|reference>": s}``."""
+    out: dict[str, float] = {}
+    maps = {}
+    for backend, label in (("auto", "fastattr"), ("reference", "reference")):
+        with use_backend(backend):
+            for name in _progress([m for m in method_names if m != CONTROL], f"timing ({label} backend)", show):
+                _sync(x.device)
+                start = time.perf_counter()
+                attr = _attribute(name, net, x, t, 0, seed)
+                _sync(x.device)
+                out[f"backend:{name}:{label}"] = time.perf_counter() - start
+                maps[name] = feature_map(attr.detach(), x)
+            if CONTROL in method_names:
+                maps[CONTROL] = feature_map(_attribute(CONTROL, net, x, t, 0, seed), x)
+            _sync(x.device)
+            start = time.perf_counter()
+            evaluate(net, x, t, attributions=maps, metrics=metric_names, n_subsets=n_subsets, generator=seed,
+                     multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in maps})
+            _sync(x.device)
+            out[f"backend:evaluate:{label}"] = time.perf_counter() - start
+    return out
+
+
+def run_report(model: Optional[str | Callable] = None, data: Optional[str | torch.Tensor] = None,
+               target: Optional[int | str] = None, methods: Optional[Sequence[str]] = None,
+               metrics: Optional[Sequence[str]] = None, n: int = 32, device: str = "cpu",
+               out: str | Path = "report", seed: int = 0, progress: bool = True,
+               n_subsets: int = 100) -> Optional[ReportResult]:
+    """Computes the report and writes ``out/index.html``, figures, ``results.json`` and ``results.csv``.
+
+    Under ``torchrun --nproc-per-node N -m fastattr report ...`` the inputs are sharded across
+    ranks (gloo on CPU, nccl on CUDA), each rank attributes and evaluates its shard, and rank 0
+    gathers the per-example results and writes the same report as a single process (other ranks
+    return None).
+
+    Args:
+        model: None (embedded digits CNN), ``"module:factory"``, or a model object.
+        data: None (digits test split), a path (``.pt`` / ``.npy`` / image folder) or a tensor.
+        target: None or ``"pred"`` (the predicted class), ``"label"`` (needs labels), or a class index.
+        methods / metrics: names (default: all available; ``"random"`` is a control map).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ReportError(f"--n must be a positive integer, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise ReportError(f"--seed must be an integer in [0, 2^32), got {seed!r}")
+    chosen = methods is not None
+    method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, CONTROL: None}, "method")
+    metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS), "metric")
+    dev = usable_device(device)
+    out_dir = writable_folder(out)
+    torch.manual_seed(seed)
+    net = model if (model is not None and not isinstance(model, str)) else load_model(model)
+    if isinstance(data, torch.Tensor):
+        x, labels = data[:n], None
+    else:
+        x, labels = load_data(data, n)
+    shards = _Shards(dev)
+    dev = shards.device
+    with _borrowed(net, dev):
+        return _run(net, check_data(x, net).to(dev), labels, target, method_names, metric_names, chosen, out_dir,
+                    seed, progress, n_subsets, shards, dev)
+
+
+@contextlib.contextmanager
+def _borrowed(net, device: torch.device):
+    """The model in eval mode on ``device`` for the report, then back in its mode and on its device."""
+    if not isinstance(net, torch.nn.Module):
+        yield
+        return
+    first = next(iter(net.parameters()), None)
+    home = first.device if first is not None else None
+    net.to(device)
+    try:
+        with eval_modes(net):
+            yield
+    finally:
+        if home is not None:
+            net.to(home)
+
+
+def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, seed, progress, n_subsets, shards,
+         dev) -> Optional[ReportResult]:
+    n_classes = check_fits(net, x)
+    with torch.no_grad():
+        pred = net(x).reshape(x.shape[0], -1).argmax(-1)
+    skipped = {} if chosen else {m: why for m in method_names if (why := _unavailable(m, net, x))}
+    method_names = [m for m in method_names if m not in skipped]
+    for name in method_names:
+        why = _unavailable(name, net, x)
+        if why:
+            raise ReportError(f"method {name} {why}")
+    if target in (None, "pred"):
+        t = pred
+    elif target == "label":
+        if labels is None:
+            raise ReportError("--target label needs data with labels")
+        t = check_labels(labels, x.shape[0], n_classes).to(dev)
+    else:
+        try:
+            t = torch.full_like(pred, int(target))
+        except (TypeError, ValueError):
+            raise ReportError(f"--target must be 'pred', 'label' or a class index, got {target!r}") from None
+        if not 0 <= int(target) < n_classes:
+            raise ReportError(f"--target {target} is out of range for a model with {n_classes} outputs")
+
+    lo, hi = shards.bounds(x.shape[0])
+    xs, ts = x[lo:hi], t[lo:hi]
+    show = progress and shards.rank == 0
+    seconds: dict[str, float] = {}
+    maps: dict[str, torch.Tensor] = {}
+    for name in _progress(list(method_names), "attribution", show):
+        _sync(dev)
+        start = time.perf_counter()
+        try:
+            attr = _attribute(name, net, xs, ts, lo, seed) if hi > lo else xs.new_empty(xs.shape)
+        except (ValueError, TypeError, NotImplementedError) as e:
+            if chosen:
+                raise ReportError(f"method {name} cannot run on this model and data: {e}") from e
+            skipped[name] = str(e).splitlines()[0]  # the default list keeps what applies
+            method_names.remove(name)
+            continue
+        _sync(dev)
+        seconds[f"method:{name}"] = time.perf_counter() - start
+        maps[name] = feature_map(attr.detach(), xs).cpu()
+    values: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
+    curves: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
+    fractions: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    # One evaluate() per example, seeded by its global index: every method shares that example's
+    # model passes, and a sharded run draws the same subsets as a single process.
+    for i in _progress(range(hi - lo), "evaluate", show):
+        ev = evaluate(net, xs[i:i + 1], ts[i:i + 1], attributions={m: maps[m][i:i + 1].to(dev) for m in method_names},
+                      metrics=metric_names, n_subsets=n_subsets, generator=seed * 1_000_003 + lo + i,
+                      multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in method_names})
+        for metric, by_method in ev.values.items():
+            for name, v in by_method.items():
+                values[metric][name] = torch.cat([values[metric].get(name, v[:0]).cpu(), v.cpu()])
+        for metric, by_method in ev.curves.items():
+            fractions[metric] = ev.fractions[metric].tolist()
+            for name, c in by_method.items():
+                curves[metric][name] = torch.cat([curves[metric].get(name, c[:0]).cpu(), c.cpu()])
+    _sync(dev)
+    seconds["metrics"] = time.perf_counter() - start
+    if shards.rank == 0 and hi > lo:
+        seconds.update(_backend_timings(net, xs[:TIMED_INPUTS], ts[:TIMED_INPUTS], method_names, metric_names,
+                                        seed, n_subsets, show))
+
+    parts = shards.gather((maps, values, curves, fractions, seconds))
+    shards.close()
+    if parts is None:
+        return None
+    maps = {name: torch.cat([p[0][name] for p in parts]) for name in method_names}
+    result = ReportResult(out=out_dir, methods=method_names, metrics=metric_names, n=x.shape[0], device=str(dev),
+                          skipped=skipped)
+    result.seconds = {k: max(p[4].get(k, 0.0) for p in parts) for k in parts[0][4]}
+    for metric in metric_names:
+        result.per_example[metric], result.summary[metric] = {}, {}
+        if any(metric in p[3] for p in parts):
+            result.curves[metric] = {"_fractions": next(p[3][metric] for p in parts if metric in p[3])}
+        for name in method_names:
+            # A rank with an empty shard (more ranks than inputs) contributes nothing.
+            v = torch.cat([p[1][metric][name] for p in parts if name in p[1][metric]]).double()
+            if v.dim() > 1:  # Sensitivity-N: one value per n; the report shows their mean
+                v = v.nanmean(1)
+            result.per_example[metric][name] = v.tolist()
+            result.summary[metric][name] = v.nanmean().item()
+            if metric in result.curves:
+                c = torch.cat([p[2][metric][name] for p in parts if name in p[2][metric]])
+                result.curves[metric][name] = c.mean(0).tolist()
+
+    from .html import write_html
+
+    write_html(result, x.cpu(), maps, t.cpu(), pred.cpu())
+    write_tables(result, t.cpu())
+    return result
