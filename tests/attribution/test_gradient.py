@@ -42,7 +42,7 @@ def test_quadrature_rules_match_captum_conventions():
     assert A.quadrature("riemann_trapezoid", 5)[1] == [0.1, 0.2, 0.2, 0.2, 0.1]
 
 
-def test_completeness_with_gauss_legendre():
+def test_completeness_withgauss_legendre():
     torch.manual_seed(0)
     smooth = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 4)).double().eval()
     x = rand(6, 12, seed=4)
@@ -342,3 +342,20 @@ def test_cuda_free_memory_counts_the_allocators_cached_blocks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
     assert chunks.free_memory(torch.device("cuda")) == 1 * gib
+
+
+@pytest.mark.parametrize("n", [129, 300, 1000])
+def testgauss_legendre_beyond_numpy_is_the_same_rule_in_linear_memory(n):
+    """Past EXACT_GAUSS_LEGENDRE points the nodes come from Newton's iteration (O(n) memory): they
+    match numpy's leggauss and integrate polynomials of degree up to 2n − 1 exactly."""
+    from fastattr.attribution.gradient import EXACT_GAUSS_LEGENDRE, gauss_legendre
+
+    assert n > EXACT_GAUSS_LEGENDRE
+    nodes, weights = gauss_legendre(n)
+    ref_nodes, ref_weights = np.polynomial.legendre.leggauss(n)
+    assert np.abs(nodes - ref_nodes).max() < 1e-14
+    assert np.abs(weights - ref_weights).max() < 1e-10 * ref_weights.max()
+    for degree in (0, 10, 2 * n - 2):
+        assert abs(weights @ nodes ** degree - 2 / (degree + 1)) < 1e-10
+    alphas, w = A.quadrature("gausslegendre", n)
+    assert len(alphas) == n and min(alphas) > 0 and max(alphas) < 1 and abs(sum(w) - 1) < 1e-12

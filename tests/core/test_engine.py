@@ -4,7 +4,7 @@ import torch
 
 from fastattr.core import (MaskSet, all_subsets, feature_space, group_masks, group_scores, group_unit_rank,
                            perturbed_scores, random_subsets, read_scores)
-from fastattr.core.subsets import _smallest_keys
+from fastattr.core.subsets import smallest_keys
 from tests.metrics import slow
 from tests.models import mlp, rand, small_cnn
 
@@ -33,13 +33,13 @@ def test_bernoulli_subsets_are_seeded_and_have_the_right_rate():
 
 
 @pytest.mark.parametrize("levels", [3, 50, None])
-def test_fixed_size_subsets_are_the_smallest_keys_with_ties_in_index_order(levels):
+def test_fixed_size_subsets_are_thesmallest_keys_with_ties_in_index_order(levels):
     gen = torch.Generator().manual_seed(levels or 0)
     keys = torch.rand(3, 40, 30, generator=gen)
     if levels:  # few distinct keys: ties at the threshold in most rows
         keys = (keys * levels).floor()
     sizes = torch.randint(1, 31, (40,), generator=gen)
-    masks = _smallest_keys(keys, sizes)
+    masks = smallest_keys(keys, sizes)
     order = keys.sort(dim=-1, stable=True).indices
     ref = torch.zeros_like(masks)
     for b in range(3):
@@ -52,7 +52,7 @@ def test_fixed_size_subsets_are_the_smallest_keys_with_ties_in_index_order(level
 def test_fixed_size_subsets_draw_one_example_at_a_time_like_one_call():
     drawn = random_subsets(3, 7, 50, size=list(range(1, 8)), generator=9)
     keys = torch.rand(3, 7, 50, generator=torch.Generator().manual_seed(9))
-    assert torch.equal(drawn, _smallest_keys(keys, torch.arange(1, 8)))
+    assert torch.equal(drawn, smallest_keys(keys, torch.arange(1, 8)))
 
 
 def test_all_subsets():

@@ -15,15 +15,16 @@ def _rand(shape, dtype=torch.float64, device="cpu", seed=0):
     return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device)
 
 
-def _examples(backend, device):
-    return 10 if (backend == "triton" and device == "cpu") else 40
+def _settings(backend, device):
+    """Fewer hypothesis examples for Triton under the CPU interpreter; the function-scoped fixture is fine."""
+    return settings(max_examples=10 if (backend == "triton" and device == "cpu") else 40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def test_interpolate_matches_reference(backend_device):
     backend, device = backend_device
 
-    @settings(max_examples=_examples(backend, device), deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @_settings(backend, device)
     @given(batch=st.integers(1, 5), feat=st.lists(st.integers(1, 9), min_size=1, max_size=3),
            steps=st.integers(1, 7), shared=st.booleans(),
            dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 1000))
@@ -46,8 +47,7 @@ def test_interpolate_matches_reference(backend_device):
 def test_accumulate_matches_reference(backend_device):
     backend, device = backend_device
 
-    @settings(max_examples=_examples(backend, device), deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @_settings(backend, device)
     @given(batch=st.integers(1, 4), feat=st.lists(st.integers(1, 9), min_size=1, max_size=3),
            steps=st.integers(1, 6), with_diff=st.booleans(),
            acc_dtype=st.sampled_from([torch.float32, torch.float64]),

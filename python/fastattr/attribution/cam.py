@@ -168,7 +168,8 @@ def _cam_chunk(model, layer, x, target, relu_attributions, upsample, plus_plus, 
 
 
 def cam_maps(model, inputs, target, layer, *, relu_attributions, upsample, max_batch, memory_budget, plus_plus,
-         interpolate_mode="bilinear", attribute_to_layer_input=False, channel_sum=True):
+             interpolate_mode="bilinear", attribute_to_layer_input=False, channel_sum=True):
+    """Grad-CAM / Grad-CAM++ maps ``[B, ...]`` in chunks (``channel_sum=False``: per channel ``[B, K, ...]``)."""
     module = _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpolate_mode,
                              attribute_to_layer_input)
     batch = inputs.shape[0]
@@ -205,8 +206,8 @@ def grad_cam(model: Callable, inputs: torch.Tensor, target: Target = None, *, la
         >>> cam = fastattr.grad_cam(model, x, target=y, layer="layer4")   # [B, H, W]
     """
     return cam_maps(model, inputs, target, layer, relu_attributions=relu_attributions, upsample=upsample,
-                max_batch=max_batch, memory_budget=memory_budget, plus_plus=False,
-                interpolate_mode=interpolate_mode, attribute_to_layer_input=attribute_to_layer_input)
+                    max_batch=max_batch, memory_budget=memory_budget, plus_plus=False,
+                    interpolate_mode=interpolate_mode, attribute_to_layer_input=attribute_to_layer_input)
 
 
 def grad_cam_plus_plus(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
@@ -225,8 +226,8 @@ def grad_cam_plus_plus(model: Callable, inputs: torch.Tensor, target: Target = N
         >>> cam = fastattr.grad_cam_plus_plus(model, x, target=y, layer=model.layer4)   # [B, H, W]
     """
     return cam_maps(model, inputs, target, layer, relu_attributions=relu_attributions, upsample=upsample,
-                max_batch=max_batch, memory_budget=memory_budget, plus_plus=True,
-                interpolate_mode=interpolate_mode, attribute_to_layer_input=attribute_to_layer_input)
+                    max_batch=max_batch, memory_budget=memory_budget, plus_plus=True,
+                    interpolate_mode=interpolate_mode, attribute_to_layer_input=attribute_to_layer_input)
 
 
 def _guided_hook(module, grad_input, grad_output):

@@ -8,6 +8,7 @@ allow), so results do not depend on the chunk size.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Optional, Union
 
 import numpy as np
@@ -21,6 +22,37 @@ from ..ops.path_ops import path_accumulate, path_interpolate
 QUADRATURE = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 
+EXACT_GAUSS_LEGENDRE = 128  # up to here numpy's leggauss (Captum's nodes to the bit); beyond, O(n) memory
+
+
+@functools.lru_cache(maxsize=16)
+def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ξ (ascending) and weights ω of the n-point Gauss–Legendre rule on [−1, 1], cached.
+
+    Up to :data:`EXACT_GAUSS_LEGENDRE` points numpy's ``leggauss`` (Captum's nodes); beyond, Newton on
+    ``P_n`` from ``ξ_i ≈ cos(π (i + ¾) / (n + ½))``, ``ω_i = 2 / ((1 − ξ_i²) P_n'(ξ_i)²)``: O(n) memory
+    where ``leggauss``'s companion matrix takes O(n²)."""
+    if n <= EXACT_GAUSS_LEGENDRE:
+        return np.polynomial.legendre.leggauss(n)
+    x = np.cos(np.pi * (np.arange(n) + 0.75) / (n + 0.5))
+
+    def legendre(x):
+        p_prev, p = np.ones_like(x), x.copy()
+        for k in range(2, n + 1):
+            p_prev, p = p, ((2 * k - 1) * x * p - (k - 1) * p_prev) / k
+        return p, n * (x * p - p_prev) / (x * x - 1)  # P_n, P_n'
+
+    for _ in range(100):
+        p, dp = legendre(x)
+        step = p / dp
+        x = x - step
+        if np.abs(step).max() < 1e-15:
+            break
+    _, dp = legendre(x)
+    w = 2.0 / ((1 - x * x) * dp * dp)
+    return x[::-1].copy(), w[::-1].copy()
+
+
 def quadrature(method: str, n_steps: int) -> tuple[list[float], list[float]]:
     """Nodes α_s in [0, 1] and weights w_s of the IG path integral (Captum's conventions, SPEC §2).
 
@@ -30,7 +62,7 @@ def quadrature(method: str, n_steps: int) -> tuple[list[float], list[float]]:
     """
     n = check_count(n_steps, "n_steps")
     if method == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n)
+        nodes, weights = gauss_legendre(n)
         return list(0.5 * (nodes + 1)), list(0.5 * weights)
     if method not in QUADRATURE:
         raise ValueError(f"method must be one of {QUADRATURE}, got {method!r}")
@@ -337,11 +369,12 @@ def gradient_shap(model: Callable, inputs: torch.Tensor, target: Target = None, 
         raise ValueError(f"stdev must be a number >= 0, got {stdev!r}")
     t, inputs = prepare(model, inputs, target, max_batch, memory_budget)
     refs = reference_inputs(inputs, baselines)
-    index, alpha, noise = shap_draws(make_generator(generator), n_samples, refs.shape[0], inputs, float(stdev))
+    gen = make_generator(generator)
+    index, alpha, noise = shap_draws(gen, n_samples, refs.shape[0], inputs, float(stdev))
     return shap_from_draws(model, inputs, t, refs, index, alpha, noise,
-                            multiply_by_inputs=multiply_by_inputs, noisy_difference=noisy_difference,
-                            return_convergence_delta=return_convergence_delta, max_batch=max_batch,
-                            memory_budget=memory_budget)
+                           multiply_by_inputs=multiply_by_inputs, noisy_difference=noisy_difference,
+                           return_convergence_delta=return_convergence_delta, max_batch=max_batch,
+                           memory_budget=memory_budget)
 
 
 def expected_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *, references: torch.Tensor,
@@ -349,7 +382,8 @@ def expected_gradients(model: Callable, inputs: torch.Tensor, target: Target = N
                        memory_budget: Optional[int] = None) -> torch.Tensor:
     """Expected Gradients (Erion et al. 2021): GradientSHAP with baselines drawn from a reference
     data set ``references`` ``[M, ...]`` and no input noise:
-    ``attr = mean_j (x − r_j) ⊙ ∇f_t(r_j + α_j (x − r_j))``, ``r_j`` uniform over the references, ``α_j ~ U(0, 1)``."""
+    ``attr = mean_j (x − r_j) ⊙ ∇f_t(r_j + α_j (x − r_j))``, ``r_j`` uniform over the references,
+    ``α_j ~ U(0, 1)``."""
     return gradient_shap(model, inputs, target, baselines=references, n_samples=n_samples, stdev=0.0,
                          generator=generator, max_batch=max_batch, memory_budget=memory_budget)
 
@@ -368,8 +402,7 @@ def noise_tunnel(method: Callable, model: Callable, inputs: torch.Tensor, target
     n_samples = check_count(n_samples, "n_samples")
     if not callable(method):
         raise TypeError(f"method must be an attribution function, got {type(method).__name__}")
-    t, inputs = prepare(model, inputs, target, method_kwargs.get("max_batch"),
-                         method_kwargs.get("memory_budget"))
+    t, inputs = prepare(model, inputs, target, method_kwargs.get("max_batch"), method_kwargs.get("memory_budget"))
     gen = make_generator(generator)
     sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
     total = total_sq = None

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..core import (Blur, MaskBuilder, Target, Uniform, check_count, check_inputs, check_model, check_output,
                     check_scalar_reader, chunk_size, forward_chunks, integer_baseline, is_integer, make_baseline,
                     make_generator, perturbed_scores, read_scores, resolve_target)
+from ..numerics import accum_dtype
 
 Baselines = Union[float, str, Blur, Uniform, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -53,16 +54,6 @@ def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_
     logits = forward_chunks(lambda batch: check_output(model(batch), batch.shape[0]), inputs, chunk)
     t = resolve_target(model, inputs, target, logits)
     return t, read_scores(logits, t, score), base, chunk
-
-
-def _perturbed_scores(model: Callable, inputs: torch.Tensor, base: torch.Tensor, target: torch.Tensor,
-                      n_masks: int, masks: Callable[[int, int], torch.Tensor], chunk: int,
-                      score: str, compile: Union[bool, dict] = False) -> torch.Tensor:
-    """Scores ``[B, n]``: ``s[b, j] = score_t(x̃)`` for ``x̃ = x_b + m_j ⊙ (x'_b − x_b)``, through the
-    engine (:func:`fastattr.core.perturbed_scores`) with masks ``masks(j0, j1)`` built one block at
-    a time (:class:`~fastattr.core.MaskBuilder`), in the accumulation dtype."""
-    return perturbed_scores(model, inputs, base, MaskBuilder(n_masks, masks), target, reader=score, chunk=chunk,
-                            compile=compile, precise=True)
 
 
 def _int_tuple(value, n: int, name: str, per: str = "non-batch dimension of the inputs") -> tuple[int, ...]:
@@ -157,7 +148,8 @@ def occlude(model: Callable, inputs: torch.Tensor, target: Target, parts: Callab
         return m
 
     t, clean, base, chunk = _setup(model, inputs, target, baselines, score, total, max_batch, memory_budget)
-    scores = _perturbed_scores(model, inputs, base, t, total, masks, chunk, score, compile)
+    scores = perturbed_scores(model, inputs, base, MaskBuilder(total, masks), t, reader=score, chunk=chunk,
+                              compile=compile, precise=True).to(accum_dtype(inputs.dtype))
     delta = clean.to(scores.dtype)[:, None] - scores
     return torch.cat([w.spread(delta[:, f:f + w.count]) for w, f in zip(windows, firsts)], 1)
 
@@ -254,13 +246,7 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
         feature_mask: integer segment ids broadcastable to ``inputs`` (e.g. ``[1, 1, H, W]``: one
             map shared by all examples and channels, or ``[B, ...]``: one per example); elements with
             the same id form one group. None: every element is its own group.
-        baselines: the replacement values: a number, ``"mean"``, ``"blur"`` / ``Blur(σ, kernel)``,
-            ``"uniform"`` / ``Uniform(low, high)`` (noise drawn with seed 0), a tensor broadcastable to
-            ``inputs`` or a callable ``x -> x'`` (:func:`fastattr.core.make_baseline`).
-        score: ``"logit"`` (the model's output, as Captum), ``"probability"``, ``"log_probability"``
-            or ``"regression"``.
-        compile: True (or a dict of ``torch.compile`` options) runs the model through
-            ``torch.compile`` on perturbed chunks of one fixed shape (the last one padded).
+        baselines, score, compile: as in :func:`occlusion`.
 
     Returns ``[B, ...]`` like ``inputs``: each element carries its group's value. Integer inputs
     (token ids) work too, with a whole-number baseline such as the padding id; their attributions
@@ -280,7 +266,8 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
 
     t, clean, base, chunk = _setup(model, inputs, target, baselines, score, n_groups, max_batch,
                                    memory_budget)
-    scores = _perturbed_scores(model, inputs, base, t, n_groups, masks, chunk, score, compile)
+    scores = perturbed_scores(model, inputs, base, MaskBuilder(n_groups, masks), t, reader=score, chunk=chunk,
+                              compile=compile, precise=True).to(accum_dtype(inputs.dtype))
     delta = clean.to(scores.dtype)[:, None] - scores
     attr = delta.gather(1, ids.expand(inputs.shape[0], -1))
     return like_inputs(attr, inputs)
@@ -386,7 +373,8 @@ def rise(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_mask
 
     t, _, base, chunk = _setup(model, inputs, target, baselines, score, n_masks, max_batch, memory_budget,
                                generator=gen)
-    scores = _perturbed_scores(model, inputs, base, t, n_masks, masks, chunk, score, compile)
+    scores = perturbed_scores(model, inputs, base, MaskBuilder(n_masks, masks), t, reader=score, chunk=chunk,
+                              compile=compile, precise=True).to(accum_dtype(inputs.dtype))
     acc = scores.dtype
     saliency = torch.zeros(inputs.shape[0], math.prod(spatial), dtype=acc, device=inputs.device)
     for i0 in range(0, n_masks, 256):  # fixed blocks: the sum does not depend on the chunk size

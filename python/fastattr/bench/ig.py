@@ -239,6 +239,44 @@ def resnet_case(batch: int = 16, n_steps: int = 64, size: int = 224, device: str
     return table
 
 
+_NODES_SCRIPT = """
+import json, resource, sys, time, torch
+from fastattr import integrated_gradients
+from fastattr.zoo import load_digits, load_digits_cnn
+n_steps = int(sys.argv[1])
+torch.set_num_threads(int(sys.argv[2]))
+model, (x, y) = load_digits_cnn(), load_digits("test", 8)
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+before = rss()
+start = time.perf_counter()
+integrated_gradients(model, x, y, n_steps=n_steps)
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak_extra_bytes": peak - before, "seconds": seconds}))
+"""
+
+
+def nodes_memory(steps=(1000, 5000)) -> Table:
+    """Peak memory of long Gauss–Legendre paths on a small model (the zoo's digits CNN, 8 inputs of
+    8×8), where the quadrature nodes, not the model, could dominate: each run in a fresh process."""
+    table = Table(name="integrated gradients with long paths, digits CNN, 8 inputs, cpu",
+                  columns=["n_steps", "peak MB above the start", "seconds"], machine=machine_info("cpu"),
+                  params={"steps": list(steps), "method": "gausslegendre", "measure": "process peak RSS"})
+    for n in steps:
+        proc = subprocess.run([sys.executable, "-c", _NODES_SCRIPT, str(n), str(torch.get_num_threads())],
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            table.add(n, f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:60]}", "-")
+            continue
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        table.add(n, out["peak_extra_bytes"] / 2**20, out["seconds"])
+    table.notes.append("nodes past 128 steps by Newton's iteration in O(n) memory "
+                       "(fastattr.attribution.gradient.gauss_legendre), cached per n_steps")
+    return table
+
+
 def gpu_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
     """The ResNet-50 case (224², batch 16, 64 steps) when CUDA is there; otherwise a printed note."""
     device = cuda_or_note(device, "ResNet-50 IG benchmark")
@@ -246,4 +284,7 @@ def gpu_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
 
 
 def default_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
-    return [run(device=device, repeat=repeat), memory(device=device)] + gpu_tables(device, repeat)
+    tables = [run(device=device, repeat=repeat), memory(device=device)]
+    if (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
+        tables.append(nodes_memory())
+    return tables + gpu_tables(device, repeat)

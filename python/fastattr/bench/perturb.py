@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import _backend
-from ..metrics.perturb import rank_features
+from ..core import rank_features
 from ..ops.perturb_by_rank import perturb_by_rank
 from . import Table, machine_info, time_interleaved
 

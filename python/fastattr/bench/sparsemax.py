@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import _backend
+from ..numerics import dtype_name
 from ..ops.sparsemax import sparsemax
 from . import Table, machine_info, time_median
 
@@ -93,7 +94,7 @@ def run(shape: tuple[int, int] = (4096, 1024), dtype: torch.dtype = torch.float3
         bandwidth = _copy_bandwidth(x, repeat)
         columns += ["fwd % of bw floor", "fwd+bwd % of bw floor"]
     table = Table(
-        name=f"sparsemax {list(shape)} {str(dtype).removeprefix('torch.')} on {device.type}",
+        name=f"sparsemax {list(shape)} {dtype_name(dtype)} on {device.type}",
         columns=columns,
         machine=machine_info(device),
         params={"shape": list(shape), "dtype": str(dtype), "device": str(device), "repeat": repeat},

@@ -17,9 +17,9 @@ from .chunks import (ChunkGrid, ChunkRunner, CountingModel, chunk_size, forward_
                      measured_input_factor, saved_activation_bytes)
 from .contract import (Target, check_count, check_flag, check_inputs, check_model, check_output, eval_modes,
                        frozen_parameters, is_integer, make_generator)
-from .engine import GaussianNoise, MaskBuilder, MaskSet, RankSchedule, perturbed_scores
-from .features import (Features, check_attributions, feature_layout, feature_space, fraction_count, group_masks, group_scores,
-                       group_unit_rank, map_shapes, patch_segments, rank_features, step_counts, unit_map)
+from .engine import GaussianNoise, MaskBuilder, MaskSet, RankSchedule, Source, perturbed_scores
+from .features import (Features, check_attributions, feature_layout, feature_space, fraction_count, group_masks,
+                       group_scores, group_unit_rank, map_shapes, patch_segments, rank_features, step_counts, unit_map)
 from .subsets import all_subsets, random_subsets
 from .targets import READERS, check_scalar_reader, read_scores, resolve_clean, resolve_target, select
 
@@ -31,4 +31,4 @@ __all__ = ["Baseline", "Blur", "ChunkGrid", "ChunkRunner", "CountingModel", "Fea
            "group_unit_rank", "integer_baseline", "is_integer", "make_baseline", "make_generator", "map_shapes",
            "measured_input_factor", "patch_segments", "path_baselines", "perturbed_scores", "random_subsets",
            "rank_features", "read_scores", "reference_inputs", "resolve_clean", "resolve_target",
-           "saved_activation_bytes", "select", "step_counts", "unit_map"]
+           "saved_activation_bytes", "select", "Source", "step_counts", "unit_map"]

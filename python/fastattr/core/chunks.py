@@ -1,6 +1,7 @@
 """Chunk sizing from the memory budget, the chunked forward, forward counting, the chunk runner
-(eager or ``torch.compile`` on fixed-shape chunks) and the ONE chunk iterator every chunked loop
-walks (:class:`ChunkGrid`: blocks of examples × blocks of steps, masks or samples)."""
+(eager or ``torch.compile`` on fixed-shape chunks) and the chunk iterator of every (examples ×
+steps) loop of model passes (:class:`ChunkGrid`: blocks of examples × blocks of steps, masks or
+samples)."""
 from __future__ import annotations
 
 import contextlib
@@ -168,9 +169,9 @@ class ChunkRunner:
 
 
 class ChunkGrid:
-    """The one chunk iterator: ``n`` steps (path points, masks, samples, subsets) of ``batch`` examples
+    """The chunk iterator: ``n`` steps (path points, masks, samples, subsets) of ``batch`` examples
     in chunks of at most ``chunk`` model inputs. A chunk holds ``block = min(batch, chunk)`` examples
-    × ``per = max(1, chunk // block)`` steps, step-major (row ``j·e + i``: step ``k0 + j`` of example
+    × ``per = min(n, max(1, chunk // block))`` steps, step-major (row ``j·e + i``: step ``k0 + j`` of example
     ``e0 + i``); iterating yields ``(e0, e1, k0, k1)`` with the steps outermost, so what a block of
     steps needs (masks, noise draws) is made once for all examples."""
 

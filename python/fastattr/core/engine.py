@@ -1,11 +1,9 @@
-"""The perturbation engine (SPEC §3.1): the model on many copies ``x̃ = m ⊙ x' + (1 − m) ⊙ x`` of every
-input, for every method and metric that evaluates the model on perturbed copies.
+"""The perturbation engine (SPEC §3.1): the model on copies ``x̃ = m ⊙ x' + (1 − m) ⊙ x`` of every
+input, for every method and metric that runs the model on perturbed copies.
 
-:func:`perturbed_scores` takes the inputs, a baseline ``x'`` and a *mask source*, walks the
-(steps × examples) chunks of :class:`~fastattr.core.chunks.ChunkGrid` (at most ``chunk`` model
-inputs each), asks the source for each chunk's perturbed inputs, runs the model (eagerly or through
-``torch.compile`` on fixed-shape chunks, :class:`~fastattr.core.chunks.ChunkRunner`) and reads one
-score (or a row of logits) per copy. Sources:
+:func:`perturbed_scores` walks the chunks of :class:`~fastattr.core.chunks.ChunkGrid`, asks a mask
+source for each chunk's copies, runs the model (:class:`~fastattr.core.chunks.ChunkRunner`) and
+reads one score (or a row of logits) per copy. Sources:
 
 - :class:`RankSchedule` — ranking schedules (insertion / deletion curves, ordered groups): the
   ``perturb_by_rank`` op writes a chunk in one pass from the rank map, with no mask tensors;
@@ -31,7 +29,22 @@ from .features import Features
 from .targets import read_scores
 
 
-class RankSchedule:
+class Source:
+    """A mask source: ``n`` perturbed copies per example. The engine calls :meth:`start` once per block
+    of steps, before that block's chunks (what a block needs, masks or noise draws, is made there once
+    for all examples), then :meth:`perturb` for each chunk: copies ``k0..k1-1`` of examples
+    ``e0..e1-1``, step-major ``[(k1 − k0)·(e1 − e0), ...]``."""
+
+    n: int
+
+    def start(self, inputs: torch.Tensor, k0: int, k1: int) -> None:
+        """Prepares the block of steps ``k0..k1-1`` (nothing by default)."""
+
+    def perturb(self, inputs, baseline, e0, e1, k0, k1) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RankSchedule(Source):
     """Step k keeps (``keep_top=True``, insertion) or removes (deletion) the units whose ``rank``
     ``[B, U]`` is below ``counts[k]``; the other units come from the baseline (insertion) or stay."""
 
@@ -44,7 +57,7 @@ class RankSchedule:
                                insert=self.keep_top)
 
 
-class MaskSet:
+class MaskSet(Source):
     """Explicit bool masks ``[B or 1, K, F]`` (True: the baseline) over ``F`` features of ``inputs`` —
     its units, or the features of ``features`` (segments are mapped to their units). ``fill``
     ``[B, K]``: mask k of example b sets its features to the one value ``fill[b, k]`` instead of the
@@ -73,27 +86,26 @@ class MaskSet:
         return torch.where(m, base, x).reshape(((k1 - k0) * (e1 - e0),) + tuple(inputs.shape[1:]))
 
 
-class MaskBuilder:
+class MaskBuilder(Source):
     """``n`` masks built on demand: ``build(k0, k1)`` returns masks ``k0..k1-1`` flattened over the
     elements, ``[k, 1 or B, D]``: bool (True: the baseline) or float weights in [0, 1]
     (``x̃ = x + m ⊙ (x' − x)``). A block of masks is built once for all examples."""
 
     def __init__(self, n: int, build: Callable[[int, int], torch.Tensor]):
         self.n, self.build = n, build
-        self._block: tuple = (None, None)
+
+    def start(self, inputs, k0, k1) -> None:
+        self.masks = self.build(k0, k1)
 
     def perturb(self, inputs, baseline, e0, e1, k0, k1) -> torch.Tensor:
-        if self._block[0] != (k0, k1):
-            self._block = ((k0, k1), self.build(k0, k1))
-        m = self._block[1]
-        m = m if m.shape[1] == 1 else m[:, e0:e1]
+        m = self.masks if self.masks.shape[1] == 1 else self.masks[:, e0:e1]
         x = inputs[e0:e1].reshape(e1 - e0, -1)
         b = baseline[e0:e1].reshape(e1 - e0, -1)
         copies = torch.where(m, b, x) if m.dtype == torch.bool else torch.lerp(x, b, m)
         return copies.reshape(((k1 - k0) * (e1 - e0),) + tuple(inputs.shape[1:]))
 
 
-class GaussianNoise:
+class GaussianNoise(Source):
     """``n`` copies ``x − ε_j``, ``ε_j ~ N(0, std²)`` per element, one full-batch draw per copy from
     ``generator`` in copy order (so draws do not depend on the chunk size). ``weight`` ``[B, n, F]``
     collects ``Σ ε`` over the units of each of ``F`` features (channels and elements folded)."""
@@ -102,22 +114,19 @@ class GaussianNoise:
                  dtype: torch.dtype):
         self.n, self.std, self.generator, self.n_features = n, std, generator, n_features
         self.weight = torch.empty(inputs.shape[0], n, n_features, dtype=dtype, device=inputs.device)
-        self._block: tuple = (None, None)
+
+    def start(self, inputs, k0, k1) -> None:
+        draws = torch.stack([torch.randn(inputs.shape, generator=self.generator, dtype=inputs.dtype)
+                             for _ in range(k1 - k0)])
+        self.draws = (draws * self.std).to(inputs.device)
 
     def perturb(self, inputs, baseline, e0, e1, k0, k1) -> torch.Tensor:
-        if self._block[0] != (k0, k1):
-            draws = torch.stack([torch.randn(inputs.shape, generator=self.generator, dtype=inputs.dtype)
-                                 for _ in range(k1 - k0)])
-            self._block = ((k0, k1), (draws * self.std).to(inputs.device))
-        eps = self._block[1][:, e0:e1]
+        eps = self.draws[:, e0:e1]
         x = inputs[e0:e1].unsqueeze(0)
         perturbed = x - eps
         size = (x - perturbed).to(self.weight.dtype).reshape(k1 - k0, e1 - e0, -1, self.n_features).sum(2)
         self.weight[e0:e1, k0:k1] = size.transpose(0, 1)
         return perturbed.reshape(((k1 - k0) * (e1 - e0),) + tuple(inputs.shape[1:]))
-
-
-Source = Union[RankSchedule, MaskSet, MaskBuilder, GaussianNoise]
 
 
 @torch.no_grad()
@@ -129,10 +138,14 @@ def perturbed_scores(model: Callable, inputs: torch.Tensor, baseline: Optional[t
     docstring), ``chunk`` model inputs at a time. Scores are kept in float32, or in the model's
     dtype (at least float32) for logits or with ``precise=True``."""
     batch = inputs.shape[0]
+    if source.n < 1:
+        raise ValueError("the mask source makes no perturbed copies (n = 0)")
     grid = ChunkGrid(batch, source.n, chunk)
     runner = ChunkRunner(model, grid.rows, compile)
     out = None
     for e0, e1, k0, k1 in grid:
+        if e0 == 0:
+            source.start(inputs, k0, k1)
         x = source.perturb(inputs, baseline, e0, e1, k0, k1)
         output = check_output(runner(x), x.shape[0], any_rank=reader == "logits")
         scores = read_scores(output, target[e0:e1].repeat(k1 - k0), reader)
@@ -142,6 +155,4 @@ def perturbed_scores(model: Callable, inputs: torch.Tensor, baseline: Optional[t
             out = torch.empty((batch, source.n) + tuple(scores.shape[1:]), dtype=dtype, device=scores.device)
         step_major = scores.to(out.dtype).view((k1 - k0, e1 - e0) + tuple(scores.shape[1:]))
         out[e0:e1, k0:k1] = step_major.transpose(0, 1)
-    if out is None:
-        return torch.empty(batch, 0, dtype=torch.float32, device=inputs.device)
     return out

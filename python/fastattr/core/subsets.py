@@ -10,7 +10,7 @@ import torch
 from .contract import make_generator
 
 
-def _smallest_keys(keys: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+def smallest_keys(keys: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     """Bool ``[B, K, F]``: feature j of subset k is in when ``keys[b, k, j]`` is among the
     ``sizes[k]`` smallest of its row, ties taken in index order (a stable ascending sort).
 
@@ -50,7 +50,7 @@ def random_subsets(batch: int, n_subsets: int, n_features: int, *,
         masks = torch.empty(batch, n_subsets, n_features, dtype=torch.bool, device=device)
         for b in range(batch):
             keys = torch.rand(1, n_subsets, n_features, generator=gen).to(device)
-            masks[b] = _smallest_keys(keys, sizes)[0]
+            masks[b] = smallest_keys(keys, sizes)[0]
         return masks
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
         raise ValueError(f"p must be a probability in (0, 1], got {p!r}")

@@ -55,13 +55,13 @@ from ..core import check_count, check_flag, make_generator, path_baselines, refe
 from ..attribution.cam import cam_maps
 from ..attribution.cam import guided_backprop as _guided_backprop
 from ..attribution.cam import guided_grad_cam as _guided_grad_cam
-from ..numerics import accum_dtype
 from ..attribution.gradient import VARIANTS, prepare, shap_draws, shap_from_draws
 from ..attribution.gradient import input_x_gradient as _input_x_gradient
 from ..attribution.gradient import integrated_gradients as _integrated_gradients
 from ..attribution.gradient import saliency as _saliency
 from ..attribution.gradient import smoothgrad as _smoothgrad
 from ..attribution.layer import layer_integrated_gradients as _layer_integrated_gradients
+from ..numerics import accum_dtype
 from ._captum_common import (_as_args, _Attribution, _bind, _output, _single_of, _single_input, _tiled,
                              _unsupported)
 from ._captum_perturbation import FeatureAblation, Occlusion
@@ -292,9 +292,9 @@ class GradientShap(_Attribution):
         else:
             index, alpha, noise = shap_draws(make_generator(generator), n_samples, refs.shape[0], x, stdev)
         out = shap_from_draws(model, x, t, refs, index, alpha, noise,
-                               multiply_by_inputs=self._multiply_by_inputs, noisy_difference=True,
-                               return_convergence_delta=return_convergence_delta, max_batch=max_batch,
-                               memory_budget=None)
+                              multiply_by_inputs=self._multiply_by_inputs, noisy_difference=True,
+                              return_convergence_delta=return_convergence_delta, max_batch=max_batch,
+                              memory_budget=None)
         if return_convergence_delta:
             return _output(out[0], is_tuple), out[1].reshape(-1)
         return _output(out, is_tuple)
@@ -383,8 +383,8 @@ class LayerGradCam(_LayerAttribution):
         x, _ = _single_input(inputs)
         model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
         cam = cam_maps(model, x, t, self.layer, relu_attributions=relu_attributions, upsample=False,
-                   max_batch=max_batch, memory_budget=None, plus_plus=False,
-                   attribute_to_layer_input=attribute_to_layer_input, channel_sum=attr_dim_summation)
+                       max_batch=max_batch, memory_budget=None, plus_plus=False,
+                       attribute_to_layer_input=attribute_to_layer_input, channel_sum=attr_dim_summation)
         return cam.unsqueeze(1) if attr_dim_summation else cam
 
 

@@ -8,7 +8,7 @@ traces a curve over the fraction of features changed in [0, 1]; deletion / inser
 trapezoid area (lower is better for deletion, higher for insertion). A feature is a pixel (map
 ``[B, H, W]``, channel-shared), an element (map of the input's shape), or a segment / patch
 (``segments`` / ``patch_size``, scored by the sum or mean of the attribution inside, see
-:func:`fastattr.metrics.perturb.feature_space`). Every metric here runs on the ranking kernel.
+:func:`fastattr.core.feature_space`). Every metric here runs on the ranking kernel.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def deletion(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, 
     ``AUC = ∫ f_t(x̃) d(fraction)`` by the trapezoid rule, x-axis = fraction of features (segments
     when ``segments`` / ``patch_size`` is given). ``step``: features per step (int) or a fraction
     of them (float in (0, 1]); default about 64 steps. ``score``: a reader of
-    :func:`~fastattr.metrics.perturb.read_scores`. ``generator`` seeds ``baseline="uniform"``.
+    :func:`~fastattr.core.read_scores`. ``generator`` seeds ``baseline="uniform"``.
     ``compile=True`` runs the model through ``torch.compile`` on fixed-shape chunks. With
     ``curves=True`` returns ``(auc [B], curves [B, K], fractions [K])``.
 

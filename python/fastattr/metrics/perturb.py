@@ -5,6 +5,7 @@ engine (:func:`fastattr.core.perturbed_scores`) with a :class:`~fastattr.core.Ra
 :class:`~fastattr.core.MaskSet` source."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Union
 
 import torch
@@ -12,8 +13,13 @@ import torch
 from ..core import (READERS, Baseline, Blur, ChunkRunner, CountingModel, Features, MaskSet, RankSchedule, Uniform,
                     all_subsets, check_scalar_reader, feature_layout, feature_space, fraction_count, group_masks,
                     group_scores, group_unit_rank, make_baseline, map_shapes, patch_segments, perturbed_scores,
-                    random_subsets, rank_features, read_scores, resolve_clean, step_counts, unit_map)
+                    random_subsets, rank_features, read_scores, resolve_clean, resolve_target, select, step_counts,
+                    unit_map)
+from ..core.chunks import forward_chunks
 from ..core.features import GRANULARITIES, SEGMENT_SCORES, check_attributions, map_unit, unit_shape
+from ..ops.perturb_by_rank import perturb_by_rank
+
+warnings.warn("fastattr.metrics.perturb is deprecated: import from fastattr.core", DeprecationWarning, stacklevel=2)
 
 
 def ranked_curve(model: Callable, inputs: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor,
@@ -37,7 +43,7 @@ def masked_scores(model: Callable, inputs: torch.Tensor, baseline: torch.Tensor,
 
 __all__ = ["Baseline", "Blur", "ChunkRunner", "CountingModel", "Features", "GRANULARITIES", "READERS",
            "SEGMENT_SCORES", "Uniform", "all_subsets", "check_attributions", "check_scalar_reader",
-           "feature_layout", "feature_space", "fraction_count", "group_masks", "group_scores", "group_unit_rank",
-           "make_baseline", "map_shapes", "map_unit", "masked_scores", "patch_segments", "random_subsets",
-           "rank_features", "ranked_curve", "read_scores", "resolve_clean", "step_counts", "unit_map",
-           "unit_shape"]
+           "feature_layout", "feature_space", "forward_chunks", "fraction_count", "group_masks", "group_scores",
+           "group_unit_rank", "make_baseline", "map_shapes", "map_unit", "masked_scores", "patch_segments",
+           "perturb_by_rank", "random_subsets", "rank_features", "ranked_curve", "read_scores", "resolve_clean",
+           "resolve_target", "select", "step_counts", "unit_map", "unit_shape"]

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from ..core import Target, check_count, check_inputs, check_model, chunk_size, make_generator, resolve_target
+from ..numerics import accum_dtype
 
 Explain = Union[str, Callable]
 # distance(e(x) [B, ...], e(x + ε) [k, B, ...], x + ε [k·B, ...]) -> [k, B]
@@ -115,7 +116,7 @@ def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, nor
                          f"{getattr(attributions, 'shape', type(attributions).__name__)}")
     if not torch.isfinite(attributions).all():
         raise ValueError("attributions (e(x)) contain NaN or Inf")
-    acc = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    acc = accum_dtype(inputs.dtype)
     e_x = prep(attributions.detach()).to(acc)
     scale = torch.linalg.vector_norm(e_x.reshape(e_x.shape[0], -1), ord=p, dim=1) if normalise else None
 
