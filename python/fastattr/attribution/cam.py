@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_model, chunk_size, frozen_parameters,
+from ..core import (ChunkGrid, run_model, Target, check_flag, check_inputs, check_model, chunk_size, frozen_parameters,
                     resolve_target, select)
 from ..numerics import accum_dtype
 
@@ -88,7 +88,7 @@ def _layer_gradients(model: Callable, layer: nn.Module, x: torch.Tensor, target:
         handle = layer.register_forward_hook(lambda module, args, output: capture(module, output))
     try:
         with torch.enable_grad():
-            out = model(x)
+            out = run_model(model, x)
             if not captured:
                 raise ValueError(f"layer {type(layer).__name__} did not run in the model's forward pass")
             t = resolve_target(model, x, target, logits=out.detach())
@@ -137,7 +137,7 @@ def _upsample(cam: torch.Tensor, inputs: torch.Tensor, mode: str) -> torch.Tenso
 
 def _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpolate_mode="bilinear",
                     attribute_to_layer_input=False) -> nn.Module:
-    check_model(model)
+    check_model(model, inputs, gradients=True)
     check_inputs(inputs)
     check_flag(relu_attributions, "relu_attributions")
     check_flag(upsample, "upsample")
@@ -279,7 +279,7 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target = Non
 
         >>> g = fastattr.guided_backprop(model, x, target=y)   # shape of x
     """
-    check_model(model)
+    check_model(model, inputs, gradients=True)
     if not isinstance(model, nn.Module):
         raise TypeError(f"guided_backprop needs model to be an nn.Module (its ReLU modules are hooked), "
                         f"got {type(model).__name__}")

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from ..core import (ChunkGrid, Target, check_count, check_flag, check_inputs, check_model, frozen_parameters,
+from ..core import (ChunkGrid, Target, check_count, check_flag, check_number, check_inputs, check_model, frozen_parameters,
                     gradient_chunk, make_generator, path_baselines, reference_inputs, resolve_target, select)
 from ..numerics import accum_dtype
 from ..ops.path_ops import path_accumulate, path_interpolate
@@ -120,8 +120,8 @@ def _batched_gradients(model, x, target, chunk):
 def prepare(model, inputs, target, max_batch=None, memory_budget=None):
     """Checks; the resolved targets, and the inputs detached (attributions never carry the caller's
     autograd graph)."""
-    check_model(model)
     check_inputs(inputs)
+    check_model(model, inputs, gradients=True)
     return resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget), \
         inputs.detach()
 
@@ -134,6 +134,7 @@ def saliency(model: Callable, inputs: torch.Tensor, target: Target = None, *, ab
 
         >>> a = fastattr.saliency(model, x, target=3)   # shape of x
     """
+    check_flag(abs, "abs")
     t, inputs = prepare(model, inputs, target, max_batch, memory_budget)
     with frozen_parameters(model):
         g = _batched_gradients(model, inputs, t, gradient_chunk(model, inputs, inputs.shape[0], max_batch,
@@ -207,6 +208,8 @@ def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target =
         >>> attr, delta = fastattr.integrated_gradients(model, x, target=y, n_steps=64,
         ...                                             return_convergence_delta=True)
     """
+    check_flag(return_convergence_delta, "return_convergence_delta")
+    check_flag(multiply_by_inputs, "multiply_by_inputs")
     t, inputs = prepare(model, inputs, target, max_batch, memory_budget)
     _check_autocast(autocast)
     alphas, weights = quadrature(method, n_steps)
@@ -248,11 +251,10 @@ def _reduce(total: torch.Tensor, total_sq: torch.Tensor, n: int, variant: str) -
 
 def _noise_sigma(inputs: torch.Tensor, stdev: Optional[float], stdev_spread: float) -> torch.Tensor:
     if stdev is not None:
-        if stdev < 0:
-            raise ValueError(f"stdev must be >= 0, got {stdev}")
-        return torch.full((inputs.shape[0],), float(stdev), dtype=inputs.dtype, device=inputs.device)
+        stdev = check_number(stdev, "stdev")
+        return torch.full((inputs.shape[0],), stdev, dtype=inputs.dtype, device=inputs.device)
     flat = inputs.reshape(inputs.shape[0], -1)
-    return stdev_spread * (flat.amax(1) - flat.amin(1))
+    return check_number(stdev_spread, "stdev_spread") * (flat.amax(1) - flat.amin(1))
 
 
 def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_samples: int = 50,
@@ -384,6 +386,8 @@ def expected_gradients(model: Callable, inputs: torch.Tensor, target: Target = N
     data set ``references`` ``[M, ...]`` and no input noise:
     ``attr = mean_j (x − r_j) ⊙ ∇f_t(r_j + α_j (x − r_j))``, ``r_j`` uniform over the references,
     ``α_j ~ U(0, 1)``."""
+    if isinstance(inputs, torch.Tensor):
+        reference_inputs(inputs, references, "references")
     return gradient_shap(model, inputs, target, baselines=references, n_samples=n_samples, stdev=0.0,
                          generator=generator, max_batch=max_batch, memory_budget=memory_budget)
 

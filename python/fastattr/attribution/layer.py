@@ -196,7 +196,7 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
         >>> attr = fastattr.layer_integrated_gradients(model, ids, target=1, layer="embedding",
         ...                                            baselines=torch.full_like(ids, pad_id))  # [B, T, E]
     """
-    check_model(model)
+    check_model(model, inputs, gradients=True)
     check_inputs(inputs, integer=True)
     check_flag(attribute_to_layer_input, "attribute_to_layer_input")
     name, module = _resolve_layer(model, layer)
@@ -258,7 +258,7 @@ def neuron_mct(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
 
         >>> c = fastattr.attribution.neuron_mct(model, x, target=y)   # {"features.1": [B, 64, 32, 32], ...}
     """
-    check_model(model)
+    check_model(model, inputs, gradients=True)
     check_inputs(inputs)
     modules = _neuron_modules(model, layers)
     batch = inputs.shape[0]
@@ -303,7 +303,7 @@ def neuron_integrated_gradients(model: Callable, inputs: torch.Tensor, target: T
 
         >>> c = fastattr.attribution.neuron_integrated_gradients(model, x, target=y, n_steps=50)
     """
-    check_model(model)
+    check_model(model, inputs, gradients=True)
     check_inputs(inputs)
     modules = _neuron_modules(model, layers)
     alphas, weights = quadrature(method, n_steps)
@@ -461,7 +461,7 @@ def pathway_gradient(model: Callable, inputs: torch.Tensor, target: Target = Non
 
         >>> a = fastattr.attribution.pathway_gradient(model, x, target=y, keep=0.1, method="intgrad")
     """
-    check_model(model)
+    check_model(model, inputs, gradients=True)
     check_inputs(inputs)
     if method not in PATHWAY_METHODS:
         raise ValueError(f"method must be one of {PATHWAY_METHODS}, got {method!r}")

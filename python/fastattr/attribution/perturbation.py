@@ -46,7 +46,7 @@ def like_inputs(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 
 def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_budget, generator=None):
     """Checks, baseline, chunk size, and one clean pass: ``(target, clean scores, baseline, chunk)``."""
-    check_model(model)
+    check_model(model, inputs)
     check_inputs(inputs, integer=True)
     check_scalar_reader(score)
     base = resolve_baselines(inputs, baselines, generator)

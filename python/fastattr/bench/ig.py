@@ -246,10 +246,8 @@ from fastattr.zoo import load_digits, load_digits_cnn
 n_steps = int(sys.argv[1])
 torch.set_num_threads(int(sys.argv[2]))
 model, (x, y) = load_digits_cnn(), load_digits("test", 8)
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-before = rss()
+integrated_gradients(model, x, y, n_steps=8)  # torch's one-time allocations (thread pools, kernels) first
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
 integrated_gradients(model, x, y, n_steps=n_steps)
 seconds = time.perf_counter() - start
@@ -262,7 +260,7 @@ def nodes_memory(steps=(1000, 5000)) -> Table:
     """Peak memory of long Gauss–Legendre paths on a small model (the zoo's digits CNN, 8 inputs of
     8×8), where the quadrature nodes, not the model, could dominate: each run in a fresh process."""
     table = Table(name="integrated gradients with long paths, digits CNN, 8 inputs, cpu",
-                  columns=["n_steps", "peak MB above the start", "seconds"], machine=machine_info("cpu"),
+                  columns=["n_steps", "peak MB above a warm start", "seconds"], machine=machine_info("cpu"),
                   params={"steps": list(steps), "method": "gausslegendre", "measure": "process peak RSS"})
     for n in steps:
         proc = subprocess.run([sys.executable, "-c", _NODES_SCRIPT, str(n), str(torch.get_num_threads())],
@@ -272,7 +270,8 @@ def nodes_memory(steps=(1000, 5000)) -> Table:
             continue
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         table.add(n, out["peak_extra_bytes"] / 2**20, out["seconds"])
-    table.notes.append("nodes past 128 steps by Newton's iteration in O(n) memory "
+    table.notes.append("peak RSS of the call above the process's peak after a warm-up call with 8 steps; "
+                       "nodes past 128 steps by Newton's iteration in O(n) memory "
                        "(fastattr.attribution.gradient.gauss_legendre), cached per n_steps")
     return table
 

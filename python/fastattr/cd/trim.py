@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..core import Target
+from ..core import Target, check_inputs
 from .core import accepts_backend, contextual_decomposition
 
 __all__ = ["frequency_bands", "band_components", "trim"]
@@ -88,6 +88,7 @@ def trim(model: nn.Module, inputs: Tensor, target: Target = None, *, transform: 
     """
     if not isinstance(inputs, Tensor) or not inputs.is_floating_point():
         raise TypeError("inputs must be a floating tensor [B, C, H, W]")
+    check_inputs(inputs)
     if bands is None:
         bands = frequency_bands(inputs.shape[-2], inputs.shape[-1], n_bands, transform)
     bands = bands.to(inputs.device)

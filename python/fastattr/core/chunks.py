@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .contract import frozen_parameters
+from .contract import frozen_parameters, run_model
 
 
 @torch.no_grad()
@@ -22,8 +22,8 @@ def forward_chunks(model: Callable, inputs: torch.Tensor, max_batch: Optional[in
     holds about 8× an input's size per input)."""
     chunk = chunk_size(inputs, inputs.shape[0], max_batch, memory_budget, per_input_factor=8.0)
     if chunk >= inputs.shape[0]:
-        return model(inputs)
-    return torch.cat([model(inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
+        return run_model(model, inputs)
+    return torch.cat([run_model(model, inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
 
 
 def free_memory(device: torch.device) -> int:

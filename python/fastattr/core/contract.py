@@ -53,12 +53,24 @@ def is_integer(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
-def check_model(model: nn.Module) -> None:
+def check_model(model: nn.Module, inputs: Optional[torch.Tensor] = None, *, gradients: bool = False) -> None:
+    """The model contract before any forward: a callable; floating ``inputs`` of the dtype of the
+    model's floating parameters (integer token ids pass); with ``gradients``, not inside
+    ``torch.inference_mode()`` (no gradient can be taken there)."""
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
-    if isinstance(model, nn.Module) and model.training:
-        warnings.warn("model is in training mode; fastattr uses it as given (call model.eval() for "
-                      "deterministic attributions)", UserWarning, stacklevel=3)
+    if gradients and torch.is_inference_mode_enabled():
+        raise RuntimeError("this method takes input gradients, which torch.inference_mode() forbids; "
+                           "call it outside the inference_mode block (no_grad is fine)")
+    if isinstance(model, nn.Module):
+        if inputs is not None and isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+            dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+            if dtype is not None and dtype != inputs.dtype:
+                raise TypeError(f"inputs have dtype {inputs.dtype} but the model's parameters are {dtype}; "
+                                f"cast one to the other (inputs.to({dtype}) or model.to({inputs.dtype}))")
+        if model.training:
+            warnings.warn("model is in training mode; fastattr uses it as given (call model.eval() for "
+                          "deterministic attributions)", UserWarning, stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -91,12 +103,45 @@ def frozen_parameters(model: Callable) -> Iterator[None]:
 
 def check_output(out, n: int, *, any_rank: bool = False):
     """The model's output for ``n`` inputs, checked to hold one score (``[N]``) or one row of scores
-    (``[N, outputs]``) per input (``any_rank``: any ``[N, ...]``)."""
+    (``[N, outputs]``) per input (``any_rank``: any ``[N, ...]``). A model that returns no tensor (a
+    tuple, a dict, a Hugging Face output) is to be wrapped: ``lambda x: model(x)[0]``."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model returned a {type(out).__name__}; fastattr needs one tensor [N] or [N, outputs]: "
+                        "wrap the model to pick it, e.g. lambda x: model(x)[0] or lambda x: model(x).logits")
     if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n \
             or (not any_rank and out.dim() > 2):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"model must return [N] or [N, outputs] for N inputs; got {shape} for N = {n}")
     return out
+
+
+class ModelCallError(ValueError, RuntimeError):
+    """The model could not run the inputs it was given: a ``ValueError`` naming them, and still the
+    ``RuntimeError`` the model raised for code that catches that."""
+
+
+def run_model(model: Callable, x: torch.Tensor, *, any_rank: bool = True) -> torch.Tensor:
+    """``model(x)`` under the contract: a ``RuntimeError`` from inside the model (a wrong rank, a shape
+    the first layer does not take) becomes a :class:`ModelCallError` naming the inputs' shape, chained to it
+    (out-of-memory errors pass as they are); the output is checked by :func:`check_output`."""
+    try:
+        out = model(x)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as e:
+        raise ModelCallError(f"the model could not run inputs of shape {tuple(x.shape)} ({str(e).splitlines()[0]}); "
+                         "inputs must be a batch [N, ...] of what the model takes") from e
+    return check_output(out, x.shape[0], any_rank=any_rank)
+
+
+def check_number(value, name: str, *, minimum: float = 0.0) -> float:
+    """A finite real number ``>= minimum`` (numpy numbers too), as a float, or a ``ValueError`` naming it."""
+    import math
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
 
 
 def make_generator(seed) -> torch.Generator:

@@ -170,7 +170,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         >>> ev = fastattr.evaluate(model, x, y, attributions={"ig": ig, "saliency": sal})
         >>> ev.summary()["insertion"]
     """
-    check_model(model)
+    check_model(model, inputs)
     check_inputs(inputs)
     if not isinstance(attributions, dict) or not attributions:
         raise ValueError("attributions must be a non-empty dict {method name: attribution map}")

@@ -32,7 +32,7 @@ def ranked_setup(model, inputs, attributions, target, *, granularity=None, segme
                  ) -> tuple[Features, torch.Tensor, torch.Tensor]:
     """Checks the arguments; the features of the map, the resolved targets ``[B]``, and the model's
     output on ``inputs`` (the forward that checked the targets, reused as the curves' x end)."""
-    check_model(model)
+    check_model(model, inputs)
     check_inputs(inputs)
     feats = feature_space(inputs, attributions, granularity=granularity, segments=segments,
                           patch_size=patch_size, segment_score=segment_score)

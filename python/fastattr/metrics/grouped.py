@@ -20,7 +20,7 @@ from ..core import (Baseline, RankSchedule, Target, check_flag, check_inputs, ch
 
 def _grouped(model, inputs, attributions, target, *, insert, groups, baseline, score, curves, granularity,
              segment_score, generator, max_batch, memory_budget, compile):
-    check_model(model)
+    check_model(model, inputs)
     check_inputs(inputs)
     check_scalar_reader(score)
     check_flag(curves, "curves")

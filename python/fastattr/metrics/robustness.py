@@ -100,7 +100,7 @@ def _norm_order(norm) -> float:
 
 def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, normalise, preprocess,
                  attributions, explain_kwargs, generator, max_batch, memory_budget, reduce):
-    check_model(model)
+    check_model(model, inputs)
     check_inputs(inputs)
     n_samples = check_count(n_samples, "n_samples")
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius < math.inf:

@@ -129,7 +129,7 @@ def _check(reduction: str, rule: Optional[str] = None) -> None:
 def _additive_error(model, inputs, attributions, target, *, insert, subsets, n_subsets, max_exhaustive, p,
                     baseline, score, reduction, granularity, segments, patch_size, segment_score, generator,
                     max_batch, memory_budget, compile):
-    check_model(model)
+    check_model(model, inputs)
     check_inputs(inputs)
     check_scalar_reader(score)
     _check(reduction)
@@ -193,7 +193,7 @@ def insertion_error(model: Callable, inputs: torch.Tensor, attributions: torch.T
 def _grouped_error(model, inputs, attributions, target, *, insert, groups, rule, subsets, n_subsets,
                    max_exhaustive, p, baseline, score, reduction, granularity, segments, patch_size,
                    segment_score, generator, max_batch, memory_budget, compile):
-    check_model(model)
+    check_model(model, inputs)
     check_inputs(inputs)
     check_scalar_reader(score)
     _check(reduction, rule)

@@ -154,7 +154,7 @@ def correlation(passes: SubsetPasses, feats: torch.Tensor, metric: str) -> torch
 def _setup(model, inputs, attributions, target, max_batch, memory_budget):
     """Checks the arguments; the attribution's features, the targets, and the model's output on
     ``inputs`` (the forward that checked the targets, reused by the passes)."""
-    check_model(model)
+    check_model(model, inputs)
     check_inputs(inputs)
     feats = check_attributions(inputs, attributions)
     return (feats,) + resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
