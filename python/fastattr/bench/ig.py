@@ -258,20 +258,24 @@ print(json.dumps({"peak_extra_bytes": peak - before, "seconds": seconds}))
 
 def nodes_memory(steps=(1000, 5000)) -> Table:
     """Peak memory of long Gauss–Legendre paths on a small model (the zoo's digits CNN, 8 inputs of
-    8×8), where the quadrature nodes, not the model, could dominate: each run in a fresh process."""
+    8×8), where the quadrature nodes, not the model, could dominate; each run in a fresh process,
+    with fastattr's nodes and with numpy's ``leggauss`` at every length (what it used before)."""
     table = Table(name="integrated gradients with long paths, digits CNN, 8 inputs, cpu",
-                  columns=["n_steps", "peak MB above a warm start", "seconds"], machine=machine_info("cpu"),
+                  columns=["n_steps", "nodes", "peak MB above a warm start", "seconds"], machine=machine_info("cpu"),
                   params={"steps": list(steps), "method": "gausslegendre", "measure": "process peak RSS"})
     for n in steps:
-        proc = subprocess.run([sys.executable, "-c", _NODES_SCRIPT, str(n), str(torch.get_num_threads())],
-                              capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
-            table.add(n, f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:60]}", "-")
-            continue
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
-        table.add(n, out["peak_extra_bytes"] / 2**20, out["seconds"])
+        for nodes, prefix in (("fastattr (Newton, O(n))", ""),
+                              ("numpy leggauss", "import fastattr.attribution.gradient as g\n"
+                                                 "g.EXACT_GAUSS_LEGENDRE = 10 ** 9\n")):
+            proc = subprocess.run([sys.executable, "-c", prefix + _NODES_SCRIPT, str(n), str(torch.get_num_threads())],
+                                  capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                table.add(n, nodes, f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:60]}", "-")
+                continue
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            table.add(n, nodes, out["peak_extra_bytes"] / 2**20, out["seconds"])
     table.notes.append("peak RSS of the call above the process's peak after a warm-up call with 8 steps; "
-                       "nodes past 128 steps by Newton's iteration in O(n) memory "
+                       "fastattr's nodes past 128 steps by Newton's iteration in O(n) memory "
                        "(fastattr.attribution.gradient.gauss_legendre), cached per n_steps")
     return table
 
