@@ -6,13 +6,11 @@ import torch
 import fastattr  # noqa: F401  (registers the ops)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
-def test_perturb_by_rank_checks_rank_and_counts(backend):
-    if backend == "cpp" and "cpp" not in fastattr.available_backends():
-        pytest.skip("fastattr._C extension not built")
-    x = torch.randn(2, 3, 4, 4)
-    rank = torch.randperm(16).repeat(2, 1)
-    counts = torch.tensor([0, 4, 16])
+def test_perturb_by_rank_checks_rank_and_counts(backend_device):
+    backend, device = backend_device
+    x = torch.randn(2, 3, 4, 4, device=device)
+    rank = torch.randperm(16).repeat(2, 1).to(device)
+    counts = torch.tensor([0, 4, 16], device=device)
     op = torch.ops.fastattr.perturb_by_rank
     good = op(x, torch.zeros_like(x), rank, counts, False, backend)
     assert good.shape == (6, 3, 4, 4)

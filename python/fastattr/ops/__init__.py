@@ -1,6 +1,6 @@
 """Hot-path ops. Each module registers a ``torch.library.custom_op`` with a fake kernel and
 autograd, and dispatches to the cpp / triton / reference backend chosen by ``fastattr._backend``; the chores they share (lazy
-Triton import, dtype casts, C++ calls, tensor checks) are in :mod:`fastattr.ops.utils`.
+Triton import, dtype casts, C++ calls, tensor checks) are in ``fastattr.ops._utils``.
 """
 from .cd import cd_bias_split
 from .path_ops import path_accumulate, path_interpolate

@@ -15,7 +15,7 @@ import torch
 
 from ..numerics import compute_dtype
 from ..reference import cd as reference_cd
-from .utils import check_tensor, resolve, rows, run_cpp, triton_kernels
+from ._utils import check_tensor, resolve, rows, run_cpp, triton_kernels
 
 
 def _check(y: torch.Tensor, bias: torch.Tensor, n_ref: int) -> int:

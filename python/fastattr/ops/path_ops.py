@@ -14,7 +14,7 @@ import torch
 
 from ..numerics import accum_dtype, compute_dtype
 from ..reference import path_ops as reference_path_ops
-from .utils import check_tensor, resolve, rows, run_cpp, triton_kernels
+from ._utils import check_tensor, resolve, rows, run_cpp, triton_kernels
 
 
 def _check_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> None:

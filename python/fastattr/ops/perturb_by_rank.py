@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from ..reference.perturb_by_rank import perturb_by_rank as reference_perturb_by_rank
-from .utils import check_tensor, resolve, rows, run_cpp, triton_kernels
+from ._utils import check_tensor, resolve, rows, run_cpp, triton_kernels
 
 
 def _check(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor, counts: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from .. import reference
 from ..numerics import compute_dtype
-from .utils import check_backend, check_tensor, resolve, run_cpp, triton_kernels
+from ._utils import check_backend, check_tensor, resolve, run_cpp, triton_kernels
 
 
 def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *others: torch.Tensor,
