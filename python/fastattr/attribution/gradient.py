@@ -113,7 +113,8 @@ def target_gradients(model: Callable, x: torch.Tensor, target: torch.Tensor,
 
 
 def _batched_gradients(model, x, target, chunk):
-    grads = [target_gradients(model, x[e0:e1], target[e0:e1])[0] for e0, e1, _, _ in ChunkGrid(x.shape[0], 1, chunk)]
+    grads = [target_gradients(model, x[e0:e1], target[e0:e1])[0]
+             for e0, e1, _, _ in ChunkGrid(x.shape[0], 1, chunk)]
     return torch.cat(grads)
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..core import (Blur, MaskBuilder, Target, Uniform, check_count, check_inputs, check_model, check_output,
+from ..core import (Blur, MaskBuilder, Target, Uniform, check_count, check_inputs, check_model,
                     check_scalar_reader, chunk_size, forward_chunks, integer_baseline, is_integer, make_baseline,
                     make_generator, perturbed_scores, read_scores, resolve_target)
 from ..numerics import accum_dtype
@@ -51,9 +51,18 @@ def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_
     check_scalar_reader(score)
     base = resolve_baselines(inputs, baselines, generator)
     chunk = chunk_size(inputs, max(1, n_copies) * inputs.shape[0], max_batch, memory_budget)
-    logits = forward_chunks(lambda batch: check_output(model(batch), batch.shape[0]), inputs, chunk)
+    logits = forward_chunks(model, inputs, chunk, any_rank=False)
     t = resolve_target(model, inputs, target, logits)
     return t, read_scores(logits, t, score), base, chunk
+
+
+def _masked_scores(model: Callable, inputs: torch.Tensor, base: torch.Tensor, target: torch.Tensor, n_masks: int,
+                   masks: Callable[[int, int], torch.Tensor], chunk: int, score: str,
+                   compile: Union[bool, dict]) -> torch.Tensor:
+    """``[B, n_masks]`` scores of ``x + m_j ⊙ (x' − x)`` from the engine, masks built a block at a time
+    (:class:`~fastattr.core.MaskBuilder`), in the accumulation dtype of ``inputs``."""
+    return perturbed_scores(model, inputs, base, MaskBuilder(n_masks, masks), target, reader=score, chunk=chunk,
+                            compile=compile, precise=True).to(accum_dtype(inputs.dtype))
 
 
 def _int_tuple(value, n: int, name: str, per: str = "non-batch dimension of the inputs") -> tuple[int, ...]:
@@ -148,8 +157,7 @@ def occlude(model: Callable, inputs: torch.Tensor, target: Target, parts: Callab
         return m
 
     t, clean, base, chunk = _setup(model, inputs, target, baselines, score, total, max_batch, memory_budget)
-    scores = perturbed_scores(model, inputs, base, MaskBuilder(total, masks), t, reader=score, chunk=chunk,
-                              compile=compile, precise=True).to(accum_dtype(inputs.dtype))
+    scores = _masked_scores(model, inputs, base, t, total, masks, chunk, score, compile)
     delta = clean.to(scores.dtype)[:, None] - scores
     return torch.cat([w.spread(delta[:, f:f + w.count]) for w, f in zip(windows, firsts)], 1)
 
@@ -266,8 +274,7 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
 
     t, clean, base, chunk = _setup(model, inputs, target, baselines, score, n_groups, max_batch,
                                    memory_budget)
-    scores = perturbed_scores(model, inputs, base, MaskBuilder(n_groups, masks), t, reader=score, chunk=chunk,
-                              compile=compile, precise=True).to(accum_dtype(inputs.dtype))
+    scores = _masked_scores(model, inputs, base, t, n_groups, masks, chunk, score, compile)
     delta = clean.to(scores.dtype)[:, None] - scores
     attr = delta.gather(1, ids.expand(inputs.shape[0], -1))
     return like_inputs(attr, inputs)
@@ -373,8 +380,7 @@ def rise(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_mask
 
     t, _, base, chunk = _setup(model, inputs, target, baselines, score, n_masks, max_batch, memory_budget,
                                generator=gen)
-    scores = perturbed_scores(model, inputs, base, MaskBuilder(n_masks, masks), t, reader=score, chunk=chunk,
-                              compile=compile, precise=True).to(accum_dtype(inputs.dtype))
+    scores = _masked_scores(model, inputs, base, t, n_masks, masks, chunk, score, compile)
     acc = scores.dtype
     saliency = torch.zeros(inputs.shape[0], math.prod(spatial), dtype=acc, device=inputs.device)
     for i0 in range(0, n_masks, 256):  # fixed blocks: the sum does not depend on the chunk size

@@ -359,7 +359,8 @@ def _leading_embedding(gm: fx.GraphModule) -> "tuple[Optional[fx.Node], Optional
 def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None,
                              target: Target = None, *, relevant: Optional[Tensor] = None, mode: str = "beta",
                              output_bias: str = "auto", max_batch: Optional[int] = None,
-                             memory_budget: Optional[int] = None, progress: bool = False) -> "tuple[Tensor, Tensor]":
+                             memory_budget: Optional[int] = None,
+                             progress: bool = False) -> "tuple[Tensor, Tensor]":
     """Contextual decomposition (Murdoch et al. 2018; Singh et al. 2019) of the logits for K masks.
 
     For a mask M, ``β₀ = M ⊙ x`` and ``γ₀ = (1 − M) ⊙ x`` are pushed through the network with the

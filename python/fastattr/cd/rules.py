@@ -304,7 +304,7 @@ def registered_rules() -> Dict[type, Callable]:
 
 
 _BLOCK_PARTS = {"conv1": nn.Conv2d, "bn1": nn.BatchNorm2d, "conv2": nn.Conv2d, "bn2": nn.BatchNorm2d}
-_BLOCK_EXTRA = {"conv3": nn.Conv2d, "bn3": nn.BatchNorm2d, "relu": nn.ReLU, "downsample": nn.Module}
+_BLOCK_CHILDREN = {**_BLOCK_PARTS, "conv3": nn.Conv2d, "bn3": nn.BatchNorm2d, "relu": nn.ReLU, "downsample": nn.Module}
 
 
 def _is_resnet_block(module: nn.Module) -> bool:
@@ -315,9 +315,8 @@ def _is_resnet_block(module: nn.Module) -> bool:
     if type(module).__name__ not in ("BasicBlock", "Bottleneck") or not hasattr(module, "downsample"):
         return False
     children = dict(module.named_children())
-    expected = {**_BLOCK_PARTS, **_BLOCK_EXTRA}
     return all(isinstance(children.get(name), kind) for name, kind in _BLOCK_PARTS.items()) \
-        and all(name in expected and isinstance(child, expected[name]) for name, child in children.items()) \
+        and all(isinstance(child, _BLOCK_CHILDREN.get(name, ())) for name, child in children.items()) \
         and (("conv3" in children) == ("bn3" in children))
 
 

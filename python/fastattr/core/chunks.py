@@ -17,13 +17,15 @@ from .contract import frozen_parameters, run_model
 
 @torch.no_grad()
 def forward_chunks(model: Callable, inputs: torch.Tensor, max_batch: Optional[int] = None,
-                   memory_budget: Optional[int] = None) -> torch.Tensor:
+                   memory_budget: Optional[int] = None, *, any_rank: bool = True) -> torch.Tensor:
     """``model(inputs)`` without gradients, in chunks of :func:`chunk_size` inputs (a forward-only pass
-    holds about 8× an input's size per input)."""
+    holds about 8× an input's size per input), each run under the contract
+    (:func:`~fastattr.core.contract.run_model`; ``any_rank=False``: outputs ``[N]`` or ``[N, C]`` only)."""
     chunk = chunk_size(inputs, inputs.shape[0], max_batch, memory_budget, per_input_factor=8.0)
     if chunk >= inputs.shape[0]:
-        return run_model(model, inputs)
-    return torch.cat([run_model(model, inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
+        return run_model(model, inputs, any_rank=any_rank)
+    return torch.cat([run_model(model, inputs[e0:e1], any_rank=any_rank)
+                      for e0, e1, _, _ in ChunkGrid(inputs.shape[0], 1, chunk)])
 
 
 def free_memory(device: torch.device) -> int:
@@ -171,9 +173,9 @@ class ChunkRunner:
 class ChunkGrid:
     """The chunk iterator: ``n`` steps (path points, masks, samples, subsets) of ``batch`` examples
     in chunks of at most ``chunk`` model inputs. A chunk holds ``block = min(batch, chunk)`` examples
-    × ``per = min(n, max(1, chunk // block))`` steps, step-major (row ``j·e + i``: step ``k0 + j`` of example
-    ``e0 + i``); iterating yields ``(e0, e1, k0, k1)`` with the steps outermost, so what a block of
-    steps needs (masks, noise draws) is made once for all examples."""
+    × ``per = min(n, max(1, chunk // block))`` steps, step-major (row ``j·e + i``: step ``k0 + j`` of
+    example ``e0 + i``); iterating yields ``(e0, e1, k0, k1)`` with the steps outermost, so what a
+    block of steps needs (masks, noise draws) is made once for all examples."""
 
     def __init__(self, batch: int, n: int, chunk: int):
         self.batch, self.n = batch, n

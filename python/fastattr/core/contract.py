@@ -4,6 +4,7 @@ conventions": bad input gets an error naming the argument; nothing a user passes
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Callable, Iterator, Optional, Union
 
@@ -136,8 +137,6 @@ def run_model(model: Callable, x: torch.Tensor, *, any_rank: bool = True) -> tor
 
 def check_number(value, name: str, *, minimum: float = 0.0) -> float:
     """A finite real number ``>= minimum`` (numpy numbers too), as a float, or a ``ValueError`` naming it."""
-    import math
-
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
