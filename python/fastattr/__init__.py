@@ -9,6 +9,7 @@ from .attribution import (expected_gradients, feature_ablation, grad_cam, gradie
                           input_x_gradient, integrated_gradients, layer_integrated_gradients, noise_tunnel, occlusion,
                           rise, rise_masks, saliency, smoothgrad)
 from .cd import agglomerate_1d, agglomerate_2d, cdep_penalty, contextual_decomposition, trim
+from .core import get_model_mode, use_model_mode
 from .metrics import evaluate
 from .ops import sparsemax
 
@@ -16,8 +17,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "agglomerate_1d", "agglomerate_2d", "attribution", "available_backends", "cd", "cdep_penalty",
-    "contextual_decomposition", "evaluate", "expected_gradients", "feature_ablation", "get_backend", "grad_cam",
+    "contextual_decomposition", "evaluate", "expected_gradients", "feature_ablation", "get_backend", "get_model_mode",
+    "grad_cam",
     "gradient_shap", "guided_backprop", "input_x_gradient", "integrated_gradients", "layer_integrated_gradients",
     "metrics", "noise_tunnel", "occlusion", "rise", "rise_masks", "saliency", "smoothgrad", "sparsemax", "trim",
-    "use_backend", "__version__",
+    "use_backend", "use_model_mode", "__version__",
 ]

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import (ChunkGrid, run_model, Target, check_flag, check_inputs, check_model, chunk_size, frozen_parameters,
-                    resolve_target, select)
+from ..core import (ChunkGrid, Target, check_flag, check_inputs, chunk_size, frozen_parameters, model_entry,
+                    resolve_target, run_model, select)
 from ..numerics import accum_dtype
 
 Layer = Union[nn.Module, str]
@@ -137,7 +137,6 @@ def _upsample(cam: torch.Tensor, inputs: torch.Tensor, mode: str) -> torch.Tenso
 
 def _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpolate_mode="bilinear",
                     attribute_to_layer_input=False) -> nn.Module:
-    check_model(model, inputs, gradients=True)
     check_inputs(inputs)
     check_flag(relu_attributions, "relu_attributions")
     check_flag(upsample, "upsample")
@@ -182,6 +181,7 @@ def cam_maps(model, inputs, target, layer, *, relu_attributions, upsample, max_b
     return torch.cat(maps)
 
 
+@model_entry(gradients=True)
 def grad_cam(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
              relu_attributions: bool = True, upsample: bool = True, interpolate_mode: str = "bilinear",
              attribute_to_layer_input: bool = False, max_batch: Optional[int] = None,
@@ -210,6 +210,7 @@ def grad_cam(model: Callable, inputs: torch.Tensor, target: Target = None, *, la
                     interpolate_mode=interpolate_mode, attribute_to_layer_input=attribute_to_layer_input)
 
 
+@model_entry(gradients=True)
 def grad_cam_plus_plus(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
                        relu_attributions: bool = True, upsample: bool = True,
                        interpolate_mode: str = "bilinear", attribute_to_layer_input: bool = False,
@@ -256,12 +257,13 @@ def _guided_relus(model: nn.Module) -> Iterator[None]:
 def _guided_chunk(model, x, target):
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        out = model(x)
+        out = run_model(model, x)
         t = resolve_target(model, x, target, logits=out.detach())
         (grad,) = torch.autograd.grad(select(out, t).sum(), x)
     return grad, t
 
 
+@model_entry(gradients=True)
 def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
                     max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
     """Guided Backpropagation (Springenberg et al. 2015): ``∂f_t/∂x`` with every ReLU's backward
@@ -279,7 +281,6 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target = Non
 
         >>> g = fastattr.guided_backprop(model, x, target=y)   # shape of x
     """
-    check_model(model, inputs, gradients=True)
     if not isinstance(model, nn.Module):
         raise TypeError(f"guided_backprop needs model to be an nn.Module (its ReLU modules are hooked), "
                         f"got {type(model).__name__}")
@@ -292,6 +293,7 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target = Non
     return torch.cat(grads)
 
 
+@model_entry(gradients=True)
 def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
                     relu_attributions: bool = True, interpolate_mode: str = "bilinear",
                     attribute_to_layer_input: bool = False, max_batch: Optional[int] = None,

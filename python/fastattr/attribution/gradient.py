@@ -14,8 +14,9 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from ..core import (ChunkGrid, Target, check_count, check_flag, check_number, check_inputs, check_model, frozen_parameters,
-                    gradient_chunk, make_generator, path_baselines, reference_inputs, resolve_target, select)
+from ..core import (ChunkGrid, Target, check_count, check_flag, check_inputs, check_number, frozen_parameters,
+                    gradient_chunk, make_generator, model_entry, path_baselines, reference_inputs, resolve_target,
+                    run_model, select)
 from ..numerics import accum_dtype
 from ..ops.path_ops import path_accumulate, path_interpolate
 
@@ -107,7 +108,7 @@ def target_gradients(model: Callable, x: torch.Tensor, target: torch.Tensor,
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         with _autocast(x.device, autocast):
-            scores = select(model(x), target)
+            scores = select(run_model(model, x), target)
         (grad,) = torch.autograd.grad(scores.sum(), x)
     return grad, scores.detach()
 
@@ -122,11 +123,11 @@ def prepare(model, inputs, target, max_batch=None, memory_budget=None):
     """Checks; the resolved targets, and the inputs detached (attributions never carry the caller's
     autograd graph)."""
     check_inputs(inputs)
-    check_model(model, inputs, gradients=True)
     return resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget), \
         inputs.detach()
 
 
+@model_entry(gradients=True)
 def saliency(model: Callable, inputs: torch.Tensor, target: Target = None, *, abs: bool = True,
              max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
     """Saliency (Simonyan et al. 2014): ``|∂f_t/∂x|`` (``abs=False``: the signed gradient).
@@ -143,6 +144,7 @@ def saliency(model: Callable, inputs: torch.Tensor, target: Target = None, *, ab
     return g.abs() if abs else g
 
 
+@model_entry(gradients=True)
 def input_x_gradient(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                      max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
     """Input × Gradient (Shrikumar et al. 2016): ``x ⊙ ∂f_t/∂x``."""
@@ -176,6 +178,7 @@ def path_integral(grad_fn: Callable[[torch.Tensor, int, int], torch.Tensor], x: 
     return acc
 
 
+@model_entry(gradients=True)
 def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                          baselines: Union[None, float, torch.Tensor] = None, n_steps: int = 50,
                          method: str = "gausslegendre", multiply_by_inputs: bool = True,
@@ -227,7 +230,7 @@ def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target =
     if not return_convergence_delta:
         return attr
     with torch.no_grad():
-        gap = select(model(inputs), t) - select(model(base.expand_as(inputs)), t)
+        gap = select(run_model(model, inputs), t) - select(run_model(model, base.expand_as(inputs)), t)
     delta = attr.reshape(batch, -1).sum(1) - gap
     return attr, delta
 
@@ -258,6 +261,7 @@ def _noise_sigma(inputs: torch.Tensor, stdev: Optional[float], stdev_spread: flo
     return check_number(stdev_spread, "stdev_spread") * (flat.amax(1) - flat.amin(1))
 
 
+@model_entry(gradients=True)
 def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_samples: int = 50,
                stdev: Optional[float] = None, stdev_spread: float = 0.15, variant: str = "smoothgrad",
                abs: bool = False, generator=None, max_batch: Optional[int] = None,
@@ -337,12 +341,13 @@ def shap_from_draws(model: Callable, inputs: torch.Tensor, t: torch.Tensor, refs
             total[e0:e1] += part.view((j1 - j0, e1 - e0) + shape).sum(0)
             if return_convergence_delta:
                 with torch.no_grad():
-                    gap = select(model(end), tt) - select(model(b), tt)
+                    gap = select(run_model(model, end), tt) - select(run_model(model, b), tt)
                 deltas[j0:j1, e0:e1] = (part.reshape(rows, -1).sum(1) - gap).view(j1 - j0, e1 - e0)
     attr = (total / n_samples).to(inputs.dtype)
     return (attr, deltas.T.contiguous()) if return_convergence_delta else attr
 
 
+@model_entry(gradients=True)
 def gradient_shap(model: Callable, inputs: torch.Tensor, target: Target = None, *, baselines: torch.Tensor,
                   n_samples: int = 5, stdev: float = 0.0, generator=None, multiply_by_inputs: bool = True,
                   noisy_difference: bool = False, return_convergence_delta: bool = False,
@@ -380,6 +385,7 @@ def gradient_shap(model: Callable, inputs: torch.Tensor, target: Target = None, 
                            memory_budget=memory_budget)
 
 
+@model_entry(gradients=True)
 def expected_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *, references: torch.Tensor,
                        n_samples: int = 50, generator=None, max_batch: Optional[int] = None,
                        memory_budget: Optional[int] = None) -> torch.Tensor:
@@ -393,6 +399,7 @@ def expected_gradients(model: Callable, inputs: torch.Tensor, target: Target = N
                          generator=generator, max_batch=max_batch, memory_budget=memory_budget)
 
 
+@model_entry
 def noise_tunnel(method: Callable, model: Callable, inputs: torch.Tensor, target: Target = None, *,
                  n_samples: int = 10, stdev: Optional[float] = None, stdev_spread: float = 0.15,
                  variant: str = "smoothgrad", generator=None, **method_kwargs) -> torch.Tensor:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_model, chunk_size, frozen_parameters,
-                    path_baselines, resolve_target, select)
+from ..core import (ChunkGrid, Target, check_flag, check_inputs, chunk_size, frozen_parameters, model_entry,
+                    path_baselines, resolve_target, run_model, select)
 from ..numerics import accum_dtype
 from ..ops.path_ops import path_accumulate
 from .gradient import path_integral, quadrature, target_gradients
@@ -121,7 +121,7 @@ class _Hooks:
 
     def __call__(self, model: Callable, x: torch.Tensor) -> torch.Tensor:
         self.calls.clear()
-        return model(x)
+        return run_model(model, x)
 
 
 def _chunk_target(target: Target, batch: int, e0: int, e1: int) -> Target:
@@ -164,6 +164,7 @@ def _capture(model: Callable, x: torch.Tensor, name: str, module: nn.Module,
     return logits, seen[0]
 
 
+@model_entry(gradients=True)
 def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
                                baselines: Union[None, float, torch.Tensor] = None, n_steps: int = 50,
                                method: str = "gausslegendre", multiply_by_inputs: bool = True,
@@ -196,7 +197,6 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
         >>> attr = fastattr.layer_integrated_gradients(model, ids, target=1, layer="embedding",
         ...                                            baselines=torch.full_like(ids, pad_id))  # [B, T, E]
     """
-    check_model(model, inputs, gradients=True)
     check_inputs(inputs, integer=True)
     check_flag(attribute_to_layer_input, "attribute_to_layer_input")
     name, module = _resolve_layer(model, layer)
@@ -240,6 +240,7 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
     return attr, delta
 
 
+@model_entry(gradients=True)
 def neuron_mct(model: Callable, inputs: torch.Tensor, target: Target = None, *, layers=None,
                max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> dict[str, torch.Tensor]:
     """NeuronMCT, the marginal-contribution Taylor score of every neuron (Khakzar et al. 2021, Sec. 3.3).
@@ -258,7 +259,6 @@ def neuron_mct(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
 
         >>> c = fastattr.attribution.neuron_mct(model, x, target=y)   # {"features.1": [B, 64, 32, 32], ...}
     """
-    check_model(model, inputs, gradients=True)
     check_inputs(inputs)
     modules = _neuron_modules(model, layers)
     batch = inputs.shape[0]
@@ -284,6 +284,7 @@ def neuron_mct(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
     return {key: torch.cat(parts).detach() for key, parts in blocks.items()}
 
 
+@model_entry(gradients=True)
 def neuron_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *, layers=None,
                                 n_steps: int = 50, method: str = "gausslegendre", max_batch: Optional[int] = None,
                                 memory_budget: Optional[int] = None) -> dict[str, torch.Tensor]:
@@ -303,7 +304,6 @@ def neuron_integrated_gradients(model: Callable, inputs: torch.Tensor, target: T
 
         >>> c = fastattr.attribution.neuron_integrated_gradients(model, x, target=y, n_steps=50)
     """
-    check_model(model, inputs, gradients=True)
     check_inputs(inputs)
     modules = _neuron_modules(model, layers)
     alphas, weights = quadrature(method, n_steps)
@@ -437,6 +437,7 @@ class _MaskGrad(torch.autograd.Function):
         return grad * mask.to(grad.dtype), None
 
 
+@model_entry(gradients=True)
 def pathway_gradient(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                      masks: Optional[dict[str, torch.Tensor]] = None, keep: float = 0.1, method: str = "mct",
                      layers=None, n_steps: int = 50, max_batch: Optional[int] = None,
@@ -461,7 +462,6 @@ def pathway_gradient(model: Callable, inputs: torch.Tensor, target: Target = Non
 
         >>> a = fastattr.attribution.pathway_gradient(model, x, target=y, keep=0.1, method="intgrad")
     """
-    check_model(model, inputs, gradients=True)
     check_inputs(inputs)
     if method not in PATHWAY_METHODS:
         raise ValueError(f"method must be one of {PATHWAY_METHODS}, got {method!r}")

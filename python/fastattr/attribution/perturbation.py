@@ -15,9 +15,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..core import (Blur, MaskBuilder, Target, Uniform, check_count, check_inputs, check_model,
-                    check_scalar_reader, chunk_size, forward_chunks, integer_baseline, is_integer, make_baseline,
-                    make_generator, perturbed_scores, read_scores, resolve_target)
+from ..core import (Blur, MaskBuilder, Target, Uniform, check_count, check_inputs, check_scalar_reader, chunk_size,
+                    forward_chunks, integer_baseline, is_integer, make_baseline, make_generator, model_entry,
+                    perturbed_scores, read_scores, resolve_target)
 from ..numerics import accum_dtype
 
 Baselines = Union[float, str, Blur, Uniform, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
@@ -46,7 +46,6 @@ def like_inputs(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 
 def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_budget, generator=None):
     """Checks, baseline, chunk size, and one clean pass: ``(target, clean scores, baseline, chunk)``."""
-    check_model(model, inputs)
     check_inputs(inputs, integer=True)
     check_scalar_reader(score)
     base = resolve_baselines(inputs, baselines, generator)
@@ -162,6 +161,7 @@ def occlude(model: Callable, inputs: torch.Tensor, target: Target, parts: Callab
     return torch.cat([w.spread(delta[:, f:f + w.count]) for w, f in zip(windows, firsts)], 1)
 
 
+@model_entry
 def occlusion(model: Callable, inputs: torch.Tensor, target: Target = None, *,
               sliding_window_shapes: Optional[Sequence[int]] = None,
               strides: Union[None, int, Sequence[int]] = None, baselines: Baselines = 0.0,
@@ -243,6 +243,7 @@ def _segment_ids(inputs: torch.Tensor, feature_mask: Optional[torch.Tensor]) -> 
     return ids, int(ids.max()) + 1
 
 
+@model_entry
 def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                      baselines: Baselines = 0.0, feature_mask: Optional[torch.Tensor] = None,
                      score: str = "logit", max_batch: Optional[int] = None,
@@ -336,6 +337,7 @@ def rise_masks(shape: Sequence[int], n_masks: int = 1000, *, mask_size=None, p: 
     return masks.build(0, n_masks, dtype, device)
 
 
+@model_entry
 def rise(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_masks: int = 1000,
          mask_size=None, p: float = 0.5, baselines: Baselines = 0.0, score: str = "probability",
          generator=None, max_batch: Optional[int] = None,

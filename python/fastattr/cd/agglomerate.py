@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core import Target, resolve_target
+from ..core import Target, model_entry, resolve_target
 from .core import accepts_backend, contextual_decomposition
 
 __all__ = ["Hierarchy", "agglomerate_1d", "agglomerate_2d", "plot_hierarchy"]
@@ -168,6 +168,7 @@ def _check(percentile: float, n_iters: int, sweep: int) -> "tuple[float, int, in
 
 
 @accepts_backend
+@model_entry
 def agglomerate_2d(model: nn.Module, inputs: Tensor, target: Target = None, *, sweep: int = 1,
                    percentile: float = 99.0, n_iters: int = 5, max_batch: Optional[int] = None) -> Hierarchy:
     """ACD on one image ``[C, H, W]`` (or ``[1, C, H, W]``): units are ``sweep × sweep`` blocks shared
@@ -184,6 +185,7 @@ def agglomerate_2d(model: nn.Module, inputs: Tensor, target: Target = None, *, s
 
 
 @accepts_backend
+@model_entry
 def agglomerate_1d(model: nn.Module, inputs: Tensor, target: Target = None, *, sweep: int = 1,
                    percentile: float = 99.5, n_iters: int = 5, max_batch: Optional[int] = None) -> Hierarchy:
     """ACD on one sequence: ``[T]``, ``[1, T]`` or ``[1, C, T]`` (token ids for a model starting with an

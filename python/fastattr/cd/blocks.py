@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..core import Target, patch_segments, resolve_target
+from ..core import Target, model_entry, patch_segments, resolve_target
 from .core import accepts_backend, contextual_decomposition
 
 __all__ = ["block_masks", "cd_blocks"]
@@ -27,6 +27,7 @@ def block_masks(height: int, width: int, block: int) -> Tensor:
 
 
 @accepts_backend
+@model_entry
 def cd_blocks(model: nn.Module, inputs: Tensor, target: Target = None, *, block: Optional[int] = None,
               max_batch: Optional[int] = None) -> Tensor:
     """Attribution map ``[B, C, H, W]`` from CD scores of ``block × block``-pixel tiles (default side: a

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..core import model_entry
 from .core import accepts_backend, check_parts, decompose
 
 __all__ = ["cdep_penalty"]
@@ -29,6 +30,7 @@ REDUCTIONS = ("sum", "mean")
 
 
 @accepts_backend
+@model_entry(quiet=True)
 def cdep_penalty(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None, *,
                  relevant: Optional[Tensor] = None, form: str = "softmax",
                  explanation: Optional[Tensor] = None, reduction: str = "sum") -> Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._backend import use_backend
-from ..core import Target, chunk_size, eval_modes, resolve_target
+from ..core import Target, check_inputs, chunk_size, eval_modes, model_entry, model_errors, resolve_target
 from . import rules
 from .rules import Ctx
 
@@ -317,12 +317,14 @@ def _start(ctx: Ctx, inputs: Tensor, masks: Optional[Tensor], relevant: Optional
 
 
 @accepts_backend
+@model_entry(quiet=True)
 def decompose(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None, *,
               relevant: Optional[Tensor] = None, mode: str = "beta", output_bias: str = "auto",
               gm: Optional[fx.GraphModule] = None) -> "tuple[Tensor, Tensor]":
     """One pass of CD with autograd left on (CDEP differentiates it): ``(beta, gamma)`` of
     shape ``[B, K, *out]``. ``masks`` are already ``[B, K, ...]`` (see :func:`contextual_decomposition`).
     The layer rules are the eval-mode ones whatever the model's mode (the graph is traced in eval mode)."""
+    check_inputs(inputs, integer=True)
     gm = trace(model) if gm is None else gm
     embed_node, embed = _leading_embedding(gm)
     batch = inputs.shape[0]
@@ -334,7 +336,8 @@ def decompose(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None, 
         ctx = Ctx("pair", batch * k, 1, phrase)
     else:
         ctx = Ctx("beta", batch, k, phrase)
-    out = _walk(gm, ctx, _start(ctx, inputs, masks, relevant, embed), output_bias, embed_node)
+    with model_errors(inputs):
+        out = _walk(gm, ctx, _start(ctx, inputs, masks, relevant, embed), output_bias, embed_node)
     first, second = ctx.parts(out)
     tail = tuple(out.shape[1:])
     if mode == "pair":
@@ -356,6 +359,7 @@ def _leading_embedding(gm: fx.GraphModule) -> "tuple[Optional[fx.Node], Optional
 
 
 @accepts_backend
+@model_entry
 def contextual_decomposition(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = None,
                              target: Target = None, *, relevant: Optional[Tensor] = None, mode: str = "beta",
                              output_bias: str = "auto", max_batch: Optional[int] = None,

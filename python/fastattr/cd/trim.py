@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..core import Target, check_inputs
+from ..core import Target, check_inputs, model_entry
 from .core import accepts_backend, contextual_decomposition
 
 __all__ = ["frequency_bands", "band_components", "trim"]
@@ -73,6 +73,7 @@ def band_components(inputs: Tensor, bands: Tensor, transform: str = "fft") -> Te
 
 
 @accepts_backend
+@model_entry
 def trim(model: nn.Module, inputs: Tensor, target: Target = None, *, transform: str = "fft", n_bands: int = 8,
          bands: Optional[Tensor] = None, max_batch: Optional[int] = None) -> Tensor:
     """TRIM scores of frequency bands: CD of ``β₀ = T⁻¹(M_k ⊙ T(x))`` for each band ``k``.

@@ -91,19 +91,22 @@ def saved_activation_bytes(model: Callable, x: torch.Tensor, autocast: Optional[
     ctx = contextlib.nullcontext() if autocast is None else torch.autocast(x.device.type, dtype=autocast)
     with frozen_parameters(model), torch.enable_grad(), ctx, \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x.detach().requires_grad_(True))
+        run_model(model, x.detach().requires_grad_(True))
     return sum(seen.values())
 
 
 def gradient_chunk(model: Callable, inputs: torch.Tensor, total: int, max_batch: Optional[int],
                    memory_budget: Optional[int], autocast: Optional[torch.dtype] = None) -> int:
-    """:func:`chunk_size` for forward + input-gradient passes. On CUDA with neither limit given, the
-    per-input factor comes from the model's measured activations (:func:`measured_input_factor`): a
-    GPU's free memory would otherwise admit chunks far larger than a deep model's backward fits."""
-    factor = 24.0
-    if inputs.is_cuda and max_batch is None and memory_budget is None:
+    """:func:`chunk_size` for forward + input-gradient passes. With neither limit given and more inputs
+    to run than the fixed 24× factor's chunk, the factor comes from the model's measured activations
+    (:func:`measured_input_factor`): a GPU's free memory would otherwise admit chunks far larger than
+    a deep model's backward fits, and on CPU the chunk would overrun the working set of a model whose
+    activations are many times its input (a long IG path on a small CNN)."""
+    chunk = chunk_size(inputs, total, max_batch, memory_budget)
+    if max_batch is None and memory_budget is None and (inputs.is_cuda or chunk < total):
         factor = measured_input_factor(model, inputs, autocast)
-    return chunk_size(inputs, total, max_batch, memory_budget, per_input_factor=factor)
+        chunk = chunk_size(inputs, total, max_batch, memory_budget, per_input_factor=factor)
+    return chunk
 
 
 def measured_input_factor(model: Callable, inputs: torch.Tensor, autocast: Optional[torch.dtype] = None,

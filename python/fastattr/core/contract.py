@@ -4,6 +4,9 @@ conventions": bad input gets an error naming the argument; nothing a user passes
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
+import inspect
 import math
 import warnings
 from typing import Callable, Iterator, Optional, Union
@@ -54,7 +57,8 @@ def is_integer(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
-def check_model(model: nn.Module, inputs: Optional[torch.Tensor] = None, *, gradients: bool = False) -> None:
+def check_model(model: nn.Module, inputs: Optional[torch.Tensor] = None, *, gradients: bool = False,
+                name: str = "inputs") -> None:
     """The model contract before any forward: a callable; floating ``inputs`` of the dtype of the
     model's floating parameters (integer token ids pass); with ``gradients``, not inside
     ``torch.inference_mode()`` (no gradient can be taken there)."""
@@ -63,15 +67,104 @@ def check_model(model: nn.Module, inputs: Optional[torch.Tensor] = None, *, grad
     if gradients and torch.is_inference_mode_enabled():
         raise RuntimeError("this method takes input gradients, which torch.inference_mode() forbids; "
                            "call it outside the inference_mode block (no_grad is fine)")
-    if isinstance(model, nn.Module):
-        if inputs is not None and isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
-            dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-            if dtype is not None and dtype != inputs.dtype:
-                raise TypeError(f"inputs have dtype {inputs.dtype} but the model's parameters are {dtype}; "
-                                f"cast one to the other (inputs.to({dtype}) or model.to({inputs.dtype}))")
-        if model.training:
-            warnings.warn("model is in training mode; fastattr uses it as given (call model.eval() for "
-                          "deterministic attributions)", UserWarning, stacklevel=3)
+    if isinstance(model, nn.Module) and isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        if dtype is not None and dtype != inputs.dtype:
+            raise TypeError(f"{name} have dtype {inputs.dtype} but the model's parameters are {dtype}; "
+                            f"cast one to the other ({name}.to({dtype}) or model.to({inputs.dtype}))")
+
+
+MODEL_MODES = ("eval", "as_given")
+_mode: contextvars.ContextVar[str] = contextvars.ContextVar("fastattr_model_mode", default="eval")
+_guarded: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_model_guarded", default=False)
+
+
+def get_model_mode() -> str:
+    """The train-mode rule in force: ``"eval"`` (the default) or ``"as_given"`` (see :func:`model_guard`)."""
+    return _mode.get()
+
+
+@contextlib.contextmanager
+def use_model_mode(mode: str) -> Iterator[str]:
+    """Context manager choosing how a model in training mode is run: ``"eval"`` (default: in eval mode,
+    with a warning) or ``"as_given"`` (in its own mode: batch statistics, active dropout). Either way
+    the model's flags and buffers are restored after each call. ``with fastattr.use_model_mode("as_given"): ...``"""
+    if mode not in MODEL_MODES:
+        raise ValueError(f"mode must be one of {MODEL_MODES}, got {mode!r}")
+    token = _mode.set(mode)
+    try:
+        yield mode
+    finally:
+        _mode.reset(token)
+
+
+def _restore_buffers(saved: list) -> None:
+    """Puts every buffer back: the same tensor object in its module, holding the same values."""
+    for module, name, buf, copy in saved:
+        module._buffers[name] = buf
+        if buf.shape != copy.shape or not torch.equal(buf, copy):
+            with torch.inference_mode(buf.is_inference()), torch.no_grad():
+                buf.copy_(copy)
+
+
+@contextlib.contextmanager
+def model_guard(model: Callable, inputs=None, *, gradients: bool = False, quiet: bool = False,
+                name: str = "inputs") -> Iterator[None]:
+    """The model contract around one public call: :func:`check_model`, a non-empty batch, and the one
+    train-mode rule. A module with any submodule in training mode runs in eval mode (BatchNorm running
+    statistics, no dropout) with a warning (none with ``quiet``), or as given under
+    ``use_model_mode("as_given")``. Whatever the call does inside, every submodule's ``training`` flag
+    and every buffer (BatchNorm ``running_mean`` / ``running_var`` / ``num_batches_tracked``, ...) are
+    the same after it as before, even when it raises. Nested calls (a method inside a metric) are
+    guarded once, by the outermost."""
+    check_model(model, inputs, gradients=gradients, name=name)
+    if isinstance(inputs, torch.Tensor) and (inputs.dim() == 0 or inputs.shape[0] == 0):
+        raise ValueError(f"{name} must have a non-empty batch axis, got shape {tuple(inputs.shape)}")
+    if _guarded.get() or not isinstance(model, nn.Module):
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    saved = [(m, name, b, b.detach().clone()) for m in model.modules() for name, b in m._buffers.items()
+             if b is not None]
+    token = _guarded.set(True)
+    try:
+        if any(flag for _, flag in flags) and get_model_mode() == "eval":
+            if not quiet:
+                warnings.warn("model is in training mode; fastattr runs it in eval mode (BatchNorm running "
+                              "statistics, no dropout) and restores its mode and buffers afterwards. Call "
+                              "model.eval() to silence this, or run under fastattr.use_model_mode('as_given') "
+                              "to use the model in its own mode", UserWarning, stacklevel=4)
+            model.eval()
+        yield
+    finally:
+        _guarded.reset(token)
+        for m, flag in flags:
+            m.training = flag
+        _restore_buffers(saved)
+
+
+def model_entry(fn: Optional[Callable] = None, *, gradients: bool = False, quiet: bool = False,
+                inputs_name: str = "inputs"):
+    """Decorator making a public ``fn(model, inputs, ...)`` a guarded entry point: each call runs inside
+    :func:`model_guard` (``gradients``: the method takes input gradients; ``inputs_name``: the
+    argument holding the inputs). The wrapped function carries ``model_contract`` (the options), which
+    the entry-point sweep test looks for."""
+    def wrap(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def entry(*args, **kwargs):
+            try:
+                arguments = signature.bind(*args, **kwargs).arguments
+            except TypeError:
+                return fn(*args, **kwargs)
+            with model_guard(arguments.get("model"), arguments.get(inputs_name), gradients=gradients, quiet=quiet,
+                             name=inputs_name):
+                return fn(*args, **kwargs)
+
+        entry.model_contract = {"gradients": gradients, "quiet": quiet}
+        return entry
+    return wrap if fn is None else wrap(fn)
 
 
 @contextlib.contextmanager
@@ -121,17 +214,39 @@ class ModelCallError(ValueError, RuntimeError):
     ``RuntimeError`` the model raised for code that catches that."""
 
 
-def run_model(model: Callable, x: torch.Tensor, *, any_rank: bool = True) -> torch.Tensor:
-    """``model(x)`` under the contract: a ``RuntimeError`` from inside the model (a wrong rank, a shape
-    the first layer does not take) becomes a :class:`ModelCallError` naming the inputs' shape, chained to it
-    (out-of-memory errors pass as they are); the output is checked by :func:`check_output`."""
+def _raised_by_fastattr(error: BaseException) -> bool:
+    """Whether ``error`` was raised by fastattr's own code (its innermost frame is in the package)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE)
+
+
+_PACKAGE = __file__.rsplit("core", 1)[0]
+
+
+@contextlib.contextmanager
+def model_errors(x: torch.Tensor) -> Iterator[None]:
+    """Model code run on ``x`` in the block: an error from inside the model or torch (a wrong rank, a
+    shape the first layer does not take: a ``RuntimeError``, or the ``ValueError`` some layers raise)
+    becomes a :class:`ModelCallError` naming the inputs' shape, chained to it. Out-of-memory errors and
+    fastattr's own errors pass as they are."""
     try:
-        out = model(x)
+        yield
     except torch.OutOfMemoryError:
         raise
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
+        if isinstance(e, ModelCallError) or _raised_by_fastattr(e):
+            raise
         raise ModelCallError(f"the model could not run inputs of shape {tuple(x.shape)} ({str(e).splitlines()[0]}); "
-                         "inputs must be a batch [N, ...] of what the model takes") from e
+                             "inputs must be a batch [N, ...] of what the model takes") from e
+
+
+def run_model(model: Callable, x: torch.Tensor, *, any_rank: bool = True) -> torch.Tensor:
+    """``model(x)`` under the contract: errors from inside the model as :func:`model_errors` says, the
+    output checked by :func:`check_output`."""
+    with model_errors(x):
+        out = model(x)
     return check_output(out, x.shape[0], any_rank=any_rank)
 
 

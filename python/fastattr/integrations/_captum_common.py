@@ -3,6 +3,7 @@ module): Captum-style inputs, baselines, targets and ``additional_forward_args``
 fastattr's functions take."""
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable, Optional, Tuple
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import chunk_size, resolve_target, select
+from ..core import chunk_size, model_guard, resolve_target, select, use_model_mode
 
 
 def _single_input(inputs) -> Tuple[torch.Tensor, bool]:
@@ -154,14 +155,33 @@ def _bind(forward_func: Callable, x: torch.Tensor, target, additional_forward_ar
     return (model if isinstance(forward_func, nn.Module) else model.forward), target, max_batch
 
 
+def _as_captum(method: Callable) -> Callable:
+    """``method`` run under Captum's train-mode semantics with the model's state guarded."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        inputs = args[0] if args else kwargs.get("inputs")
+        inputs = inputs[0] if isinstance(inputs, tuple) and len(inputs) == 1 else inputs
+        with use_model_mode("as_given"), model_guard(self.forward_func, inputs):
+            return method(self, *args, **kwargs)
+    return call
+
+
 class _Attribution:
     """What Captum's ``Attribution`` offers: ``forward_func``, ``has_convergence_delta``, ``multiplies_by_inputs``.
 
     Subclasses set ``_has_delta`` (class) and ``_multiply_by_inputs`` (class default, or the
-    constructor's ``multiply_by_inputs`` for the methods where Captum makes it a choice)."""
+    constructor's ``multiply_by_inputs`` for the methods where Captum makes it a choice). Every
+    ``attribute`` and ``compute_convergence_delta`` runs the model as Captum does, in the mode it is
+    given (``use_model_mode("as_given")``: batch statistics and dropout of a model in training mode),
+    and leaves its flags and buffers as they were (:func:`fastattr.core.model_guard`)."""
 
     _has_delta = False
     _multiply_by_inputs = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "attribute" in cls.__dict__:
+            cls.attribute = _as_captum(cls.__dict__["attribute"])
 
     def __init__(self, forward_func: Callable, multiply_by_inputs: Optional[bool] = None):
         self.forward_func = forward_func
@@ -176,6 +196,7 @@ class _Attribution:
         """The class name in words (``"IntegratedGradients"`` → ``"Integrated Gradients"``), as Captum's."""
         return re.sub(r"(?<=.)([A-Z])", r" \1", cls.__name__)
 
+    @_as_captum
     def compute_convergence_delta(self, attributions, start_point, end_point, target=None,
                                   additional_forward_args: Any = None) -> torch.Tensor:
         """Per example, ``Σ attributions − (f_t(end_point) − f_t(start_point))`` (Sundararajan et al.

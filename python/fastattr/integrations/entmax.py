@@ -14,6 +14,8 @@ from torch import nn
 
 from ..ops.sparsemax import sparsemax as _sparsemax
 
+__all__ = ["Sparsemax", "sparsemax"]
+
 
 def _check_k(k: Optional[int]) -> None:
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):

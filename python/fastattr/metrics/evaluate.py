@@ -16,9 +16,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..core import (CountingModel, Target, check_attributions, check_count, check_flag, check_inputs, check_model,
+from ..core import (CountingModel, Target, check_attributions, check_count, check_flag, check_inputs,
                     check_scalar_reader, feature_space, forward_chunks, fraction_count, make_baseline, make_generator,
-                    resolve_clean, step_counts)
+                    model_entry, resolve_clean, step_counts)
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
 from .sop import additive_mass, error_passes
@@ -137,6 +137,7 @@ def _bar(progress: bool):
     return tqdm(desc="evaluate", unit=" inputs")
 
 
+@model_entry
 def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
              attributions: dict[str, torch.Tensor], metrics: Sequence[str] = EVALUATE_METRICS,
              subset_fraction: float = 0.2, n_subsets: int = 200, ns: Optional[Sequence[int]] = None,
@@ -170,7 +171,6 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         >>> ev = fastattr.evaluate(model, x, y, attributions={"ig": ig, "saliency": sal})
         >>> ev.summary()["insertion"]
     """
-    check_model(model, inputs)
     check_inputs(inputs)
     if not isinstance(attributions, dict) or not attributions:
         raise ValueError("attributions must be a non-empty dict {method name: attribution map}")

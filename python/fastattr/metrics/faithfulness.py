@@ -16,8 +16,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..core import (Baseline, Features, RankSchedule, Target, check_flag, check_inputs, check_model,
-                    check_scalar_reader, chunk_size, feature_space, fraction_count, make_baseline, perturbed_scores,
+from ..core import (Baseline, Features, RankSchedule, Target, check_flag, check_inputs, check_scalar_reader,
+                    chunk_size, feature_space, fraction_count, make_baseline, model_entry, perturbed_scores,
                     rank_features, read_scores, resolve_clean, step_counts)
 
 MORF_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -32,7 +32,6 @@ def ranked_setup(model, inputs, attributions, target, *, granularity=None, segme
                  ) -> tuple[Features, torch.Tensor, torch.Tensor]:
     """Checks the arguments; the features of the map, the resolved targets ``[B]``, and the model's
     output on ``inputs`` (the forward that checked the targets, reused as the curves' x end)."""
-    check_model(model, inputs)
     check_inputs(inputs)
     feats = feature_space(inputs, attributions, granularity=granularity, segments=segments,
                           patch_size=patch_size, segment_score=segment_score)
@@ -119,6 +118,7 @@ def _ranked_metric(model, inputs, attributions, target, *, keep_top, baseline, s
     return (auc, curve, fractions) if curves else auc
 
 
+@model_entry
 def deletion(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
              baseline: Baseline = 0.0, step: Union[int, float, None] = None,
              score: str = "probability", curves: bool = False, max_batch: Optional[int] = None,
@@ -145,6 +145,7 @@ def deletion(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, 
                           compile=compile)
 
 
+@model_entry
 def insertion(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
               baseline: Baseline = 0.0, step: Union[int, float, None] = None,
               score: str = "probability", curves: bool = False, max_batch: Optional[int] = None,
@@ -186,6 +187,7 @@ def _removal(model, inputs, attributions, target, *, most, fractions, baseline, 
     return (value, drops, torch.tensor([float(p) for p in fractions])) if curves else value
 
 
+@model_entry
 def morf(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
          fractions: Sequence[float] = MORF_FRACTIONS, baseline: Baseline = 0.0, score: str = "probability",
          curves: bool = False, max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
@@ -206,6 +208,7 @@ def morf(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, targ
                     compile=compile)
 
 
+@model_entry
 def lerf(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
          fractions: Sequence[float] = MORF_FRACTIONS, baseline: Baseline = 0.0, score: str = "probability",
          curves: bool = False, max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
@@ -236,6 +239,7 @@ def _segment_pass(model, inputs, attributions, target, *, reader, baseline, max_
     return out, t, counts, clean
 
 
+@model_entry
 def mdrs(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
          baseline: Baseline = 0.0, max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
          granularity: Optional[str] = None, segments: Optional[torch.Tensor] = None, patch_size=None,
@@ -260,6 +264,7 @@ def mdrs(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, targ
     return mdrs_from_logits(logits, clean)
 
 
+@model_entry
 def aupc(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
          baseline: Baseline = 0.0, score: str = "probability", curves: bool = False,
          max_batch: Optional[int] = None, memory_budget: Optional[int] = None,

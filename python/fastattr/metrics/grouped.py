@@ -13,14 +13,13 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..core import (Baseline, RankSchedule, Target, check_flag, check_inputs, check_model, check_scalar_reader,
-                    chunk_size, group_masks, group_scores, group_unit_rank, make_baseline, perturbed_scores,
+from ..core import (Baseline, RankSchedule, Target, check_flag, check_inputs, check_scalar_reader, chunk_size,
+                    group_masks, group_scores, group_unit_rank, make_baseline, model_entry, perturbed_scores,
                     rank_features, resolve_target)
 
 
 def _grouped(model, inputs, attributions, target, *, insert, groups, baseline, score, curves, granularity,
              segment_score, generator, max_batch, memory_budget, compile):
-    check_model(model, inputs)
     check_inputs(inputs)
     check_scalar_reader(score)
     check_flag(curves, "curves")
@@ -44,6 +43,7 @@ def _grouped(model, inputs, attributions, target, *, insert, groups, baseline, s
     return (auc, curve, fractions) if curves else auc
 
 
+@model_entry
 def grouped_deletion(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
                      target: Target = None, *,
                      groups: torch.Tensor, baseline: Baseline = 0.0, score: str = "probability",
@@ -75,6 +75,7 @@ def grouped_deletion(model: Callable, inputs: torch.Tensor, attributions: torch.
                     generator=generator, max_batch=max_batch, memory_budget=memory_budget, compile=compile)
 
 
+@model_entry
 def grouped_insertion(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
                       target: Target = None, *,
                       groups: torch.Tensor, baseline: Baseline = 0.0, score: str = "probability",

@@ -21,9 +21,9 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..core import (Baseline, Features, MaskSet, Target, all_subsets, check_count, check_inputs, check_model,
-                    check_scalar_reader, chunk_size, feature_layout, feature_space, group_masks, group_scores,
-                    make_baseline, make_generator, perturbed_scores, random_subsets, read_scores, resolve_clean)
+from ..core import (Baseline, Features, MaskSet, Target, all_subsets, check_count, check_inputs, check_scalar_reader,
+                    chunk_size, feature_layout, feature_space, group_masks, group_scores, make_baseline,
+                    make_generator, model_entry, perturbed_scores, random_subsets, read_scores, resolve_clean)
 from .subsets import check_masks
 
 GROUP_RULES = ("subset", "contains")
@@ -129,7 +129,6 @@ def _check(reduction: str, rule: Optional[str] = None) -> None:
 def _additive_error(model, inputs, attributions, target, *, insert, subsets, n_subsets, max_exhaustive, p,
                     baseline, score, reduction, granularity, segments, patch_size, segment_score, generator,
                     max_batch, memory_budget, compile):
-    check_model(model, inputs)
     check_inputs(inputs)
     check_scalar_reader(score)
     _check(reduction)
@@ -142,6 +141,7 @@ def _additive_error(model, inputs, attributions, target, *, insert, subsets, n_s
     return _reduce((change - additive_mass(s, feats.scores.double())).abs(), reduction)
 
 
+@model_entry
 def deletion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
                    target: Target = None, *, subsets: Optional[torch.Tensor] = None, n_subsets: int = 200,
                    max_exhaustive: int = 12, p: float = 0.5, baseline: Baseline = 0.0, score: str = "logit",
@@ -168,6 +168,7 @@ def deletion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Te
                            max_batch=max_batch, memory_budget=memory_budget, compile=compile)
 
 
+@model_entry
 def insertion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
                     target: Target = None, *, subsets: Optional[torch.Tensor] = None, n_subsets: int = 200,
                     max_exhaustive: int = 12, p: float = 0.5, baseline: Baseline = 0.0, score: str = "logit",
@@ -193,7 +194,6 @@ def insertion_error(model: Callable, inputs: torch.Tensor, attributions: torch.T
 def _grouped_error(model, inputs, attributions, target, *, insert, groups, rule, subsets, n_subsets,
                    max_exhaustive, p, baseline, score, reduction, granularity, segments, patch_size,
                    segment_score, generator, max_batch, memory_budget, compile):
-    check_model(model, inputs)
     check_inputs(inputs)
     check_scalar_reader(score)
     _check(reduction, rule)
@@ -212,6 +212,7 @@ def _grouped_error(model, inputs, attributions, target, *, insert, groups, rule,
     return _reduce((change - mass).abs(), reduction)
 
 
+@model_entry
 def grouped_deletion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
                            target: Target = None, *, groups: torch.Tensor, rule: str = "subset",
                            subsets: Optional[torch.Tensor] = None,
@@ -243,6 +244,7 @@ def grouped_deletion_error(model: Callable, inputs: torch.Tensor, attributions: 
                           compile=compile)
 
 
+@model_entry
 def grouped_insertion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
                             target: Target = None, *, groups: torch.Tensor, rule: str = "subset",
                             subsets: Optional[torch.Tensor] = None,

@@ -16,9 +16,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..core import (GaussianNoise, MaskSet, Target, check_attributions, check_count, check_inputs, check_model,
-                    chunk_size, forward_chunks, fraction_count, make_baseline, make_generator, perturbed_scores,
-                    random_subsets, read_scores, resolve_clean)
+from ..core import (GaussianNoise, MaskSet, Target, check_attributions, check_count, check_inputs, chunk_size,
+                    forward_chunks, fraction_count, make_baseline, make_generator, model_entry, perturbed_scores,
+                    random_subsets, read_scores, resolve_clean, resolve_target)
 from ..numerics import accum_dtype
 
 
@@ -69,7 +69,8 @@ def check_masks(masks: torch.Tensor, batch: int, n_features: int, name: str = "m
 
 
 @torch.no_grad()
-def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n_features: int, *,
+@model_entry
+def subset_deltas(model: Callable, inputs: torch.Tensor, target: Target, n_features: int, *,
                   subset_size: Union[int, Sequence[int], None] = None, n_subsets: Optional[int] = None,
                   baseline=0.0, noise: Optional[float] = None, score: str = "logit", generator=None,
                   max_batch=None, memory_budget=None, p: Optional[float] = None,
@@ -88,6 +89,8 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
     ``logits``: the model's output on ``inputs`` when the caller already has it. ``fill`` ``[B, K]``:
     subset k of example b is set to the one value ``fill[b, k]`` instead of the baseline.
     """
+    check_inputs(inputs)
+    n_features = check_count(n_features, "n_features")
     gen = make_generator(generator)
     batch = inputs.shape[0]
     if masks is None:
@@ -112,6 +115,7 @@ def subset_deltas(model: Callable, inputs: torch.Tensor, target: torch.Tensor, n
                          "and goes with subsets, not noise")
     if logits is None:
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
+    target = resolve_target(model, inputs, target, logits=logits)
     wdtype = accum_dtype(inputs.dtype)
     clean = read_scores(logits, target, score).to(wdtype)
     chunk = chunk_size(inputs, batch * n_subsets, max_batch, memory_budget, per_input_factor=8.0)
@@ -154,7 +158,6 @@ def correlation(passes: SubsetPasses, feats: torch.Tensor, metric: str) -> torch
 def _setup(model, inputs, attributions, target, max_batch, memory_budget):
     """Checks the arguments; the attribution's features, the targets, and the model's output on
     ``inputs`` (the forward that checked the targets, reused by the passes)."""
-    check_model(model, inputs)
     check_inputs(inputs)
     feats = check_attributions(inputs, attributions)
     return (feats,) + resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
@@ -166,6 +169,7 @@ def default_ns(n_features: int) -> list[int]:
     return sorted({max(1, round(v)) for v in grid})
 
 
+@model_entry
 def faithfulness_correlation(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor,
                              target: Target = None, *, subset_fraction: float = 0.2, n_subsets: int = 200,
                              baseline=0.0, score: str = "logit", generator=None, max_batch=None,
@@ -189,6 +193,7 @@ def faithfulness_correlation(model: Callable, inputs: torch.Tensor, attributions
     return correlation(passes, feats, "faithfulness_correlation").to(inputs.dtype)
 
 
+@model_entry
 def sensitivity_n(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
                   ns: Optional[Sequence[int]] = None, n_subsets: int = 200, baseline=0.0,
                   score: str = "logit", generator=None, max_batch=None, memory_budget=None,
@@ -237,6 +242,7 @@ def sensitivity_from(passes: list[SubsetPasses], feats: torch.Tensor, label: str
     return torch.stack([correlation(p, feats, label) for p in passes], 1)
 
 
+@model_entry
 def infidelity(model: Callable, inputs: torch.Tensor, attributions: torch.Tensor, target: Target = None, *,
                perturbation: str = "subset", subset_fraction: float = 0.2, noise_std: float = 0.1,
                n_subsets: int = 200, baseline=0.0, normalize: bool = False,
