@@ -170,3 +170,24 @@ def test_bad_input():
         fa_acd.cd(im, model, mask=np.ones((16, 16)), model_type="vgg", device="cpu")
     with pytest.raises(ValueError, match="start"):
         fa_acd.cd_text(types.SimpleNamespace(text=torch.zeros(4, 1, dtype=torch.long)), SeqFirstLSTM(), 2, 6)
+
+
+def test_mask_must_be_binary():
+    """acd documents masks of 0 / 1 but takes anything (relevant = mask * x, irrelevant = (1 - mask) * x):
+    3 * mask runs there with relevant = 3x, irrelevant = -2x. The drop-in refuses such masks."""
+    model = _cnn(False)
+    im = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    mask = np.zeros((16, 16), np.float32)
+    mask[4:12, 2:9] = 1
+    rel, irrel = acd.cd(im, model, mask=3 * mask, device="cpu")
+    assert torch.isfinite(rel).all() and torch.isfinite(irrel).all()
+    for bad in (3 * mask, mask - 0.5, np.where(mask > 0, np.nan, 0.0)):
+        with pytest.raises(ValueError, match="mask must be binary"):
+            fa_acd.cd(im, model, mask=bad, device="cpu")
+    with pytest.raises(ValueError, match="mask of shape"):
+        fa_acd.cd(im, model, mask=mask[:8], device="cpu")
+    rel, irrel = fa_acd.cd(im, model, mask=mask, device="cpu")
+    for same in (mask.astype(bool), torch.as_tensor(mask), np.broadcast_to(mask, im.shape).astype(np.int64)):
+        again = fa_acd.cd(im, model, mask=same, device="cpu")
+        torch.testing.assert_close(again[0], rel, rtol=0, atol=0)
+        torch.testing.assert_close(again[1], irrel, rtol=0, atol=0)

@@ -371,3 +371,106 @@ def test_softmax_none_reads_the_logits_as_in_quantus():
     assert not np.allclose(metric(cnn(), x, y, element), logits)  # PixelFlipping's default: probabilities
     theirs = quantus.PixelFlipping(features_in_step=16, disable_warnings=True)
     close(logits, theirs(model=cnn(), x_batch=x, y_batch=y, a_batch=element, softmax=None))
+
+
+def zero_explain(model, inputs, targets, **kwargs):
+    return np.zeros((len(inputs), 1) + inputs.shape[2:], dtype=np.float32)
+
+
+# (metric, constructor keywords, call keywords, what Quantus 0.6 raises, what our error names). Where
+# Quantus asserts (AssertionError), the drop-in raises QuantusAssertionError: a ValueError and that
+# AssertionError at once; elsewhere a ValueError naming the argument (Quantus's own error is often a
+# ZeroDivisionError or a numpy error from deep inside).
+BAD = [
+    # assert_attributions (quantus/helpers/asserts.py) on a_batch, before normalisation
+    ("PixelFlipping", {}, dict(a_batch="zero"), AssertionError, "a_batch is all zero"),
+    ("RegionPerturbation", {}, dict(a_batch="one"), AssertionError, "a_batch has one value"),
+    ("Infidelity", {}, dict(a_batch="constant"), AssertionError, "a_batch has one value"),
+    ("SensitivityN", {}, dict(a_batch="negative"), AssertionError, "a_batch is negative everywhere"),
+    # ... and on explain_func's output, for x_batch and for the perturbed inputs of the sensitivities
+    ("FaithfulnessCorrelation", dict(subset_size=10), dict(a_batch=None, explain_func=zero_explain),
+     AssertionError, "explain_func is all zero"),
+    ("MaxSensitivity", dict(nr_samples=2), dict(explain_func=zero_explain), AssertionError,
+     "explain_func is all zero"),
+    # scipy's pearsonr: "`x` and `y` must have length at least 2."
+    ("FaithfulnessCorrelation", dict(nr_runs=1, subset_size=10), {}, ValueError, "nr_runs"),
+    ("SensitivityN", {}, dict(n=1), ValueError, "at least 2"),
+    ("FaithfulnessCorrelation", dict(nr_runs=0, subset_size=10), {}, ValueError, "nr_runs"),
+    ("FaithfulnessCorrelation", dict(subset_size=-1), {}, ValueError, "subset_size"),
+    ("PixelFlipping", dict(features_in_step=0), {}, ZeroDivisionError, "features_in_step"),
+    ("PixelFlipping", dict(features_in_step=5), {}, AssertionError, "features_in_step"),  # 5 ∤ 64
+    ("SensitivityN", dict(features_in_step=-4), {}, ValueError, "features_in_step"),
+    ("SensitivityN", dict(n_max_percentage=float("nan")), {}, ValueError, "n_max_percentage"),
+    ("RegionPerturbation", dict(order="best"), {}, AssertionError, "order"),
+    ("RegionPerturbation", dict(patch_size=0), {}, ZeroDivisionError, "patch_size"),
+    ("RegionPerturbation", dict(regions_evaluation=0), {}, ValueError, "regions_evaluation"),
+    ("Infidelity", dict(perturb_patch_sizes=[0]), {}, ZeroDivisionError, "perturb_patch_sizes"),
+    ("Infidelity", dict(n_perturb_samples=0), {}, ValueError, "n_perturb_samples"),
+    ("AvgSensitivity", dict(nr_samples=-1), {}, ValueError, "nr_samples"),
+    ("MaxSensitivity", dict(lower_bound=0.3, upper_bound=0.1), {}, AssertionError, "upper_bound"),
+    ("AvgSensitivity", dict(lower_bound=float("inf")), {}, OverflowError, "lower_bound"),
+]
+
+
+def bad_call(name, ctor, call, lib, x, y, pixel):
+    values = {"zero": 0 * pixel, "one": np.ones_like(pixel), "constant": np.full_like(pixel, 0.5),
+              "negative": -np.abs(pixel) - 0.1}
+    n = call.get("n", len(x))
+    kw = dict(a_batch=pixel[:n])
+    kw.update((k, values[v] if isinstance(v, str) else v) for k, v in call.items() if k != "n")
+    if "Sensitivity" in name and name != "SensitivityN":
+        kw.setdefault("explain_func", saliency_explain)
+    return getattr(lib, name)(disable_warnings=True, **ctor)(model=cnn(), x_batch=x[:n], y_batch=y[:n], **kw)
+
+
+@pytest.mark.filterwarnings("ignore")  # Quantus's warnings on the way to its error
+@pytest.mark.parametrize("name,ctor,call,theirs,names", BAD)
+def test_bad_input_raises_where_quantus_does(name, ctor, call, theirs, names):
+    """Quantus is the oracle: the same bad configuration raises in both libraries."""
+    x, y, pixel, _ = data()
+    with pytest.raises(theirs):
+        bad_call(name, ctor, call, quantus, x, y, pixel)
+    with pytest.raises(ValueError, match=names) as ours:
+        bad_call(name, ctor, call, fq, x, y, pixel)
+    assert isinstance(ours.value, AssertionError) == (theirs is AssertionError)
+
+
+@pytest.mark.filterwarnings("ignore")  # Quantus's warnings (mean of an empty slice, constant input)
+@pytest.mark.parametrize("name,ctor,names,theirs", [
+    ("SensitivityN", dict(n_max_percentage=0), "n_max_percentage", "nan"),  # no step: the mean of none
+    ("SensitivityN", dict(n_max_percentage=-0.1), "n_max_percentage", "finite"),  # steps sliced off the end
+    ("FaithfulnessCorrelation", dict(nr_runs=10, subset_size=0), "subset_size", "nan"),  # nothing perturbed
+    ("MaxSensitivity", dict(lower_bound=-1), "lower_bound", "finite"),  # noise from U(-1, 1]: flipped
+    ("AvgSensitivity", dict(lower_bound=-1), "lower_bound", "finite"),
+    ("PixelFlipping", dict(abs="yes"), "abs", "finite"),  # any truthy value
+    ("MaxSensitivity", dict(return_nan_when_prediction_changes=1), "return_nan_when_prediction_changes", "finite"),
+])
+def test_bad_input_quantus_runs_with(name, ctor, names, theirs):
+    """Settings Quantus runs with although they make no sense: the drop-in raises (a TypeError for a flag
+    that is not a bool), naming the argument."""
+    x, y, pixel, _ = data()
+    out = bad_call(name, dict(ctor, nr_samples=2) if "Sensitivity" in name and name != "SensitivityN" else ctor,
+                   {}, quantus, x, y, pixel)
+    assert (np.isnan if theirs == "nan" else np.isfinite)(np.asarray(out, dtype=np.float64)).all()
+    with pytest.raises((ValueError, TypeError), match=names):
+        bad_call(name, ctor, {}, fq, x, y, pixel)
+
+
+def test_valid_edge_settings_still_run_as_in_quantus():
+    """What Quantus takes and means stays: a negative lower_bound with an upper_bound, an n_max_percentage
+    above 1 (it counts pixels, the steps count elements), two runs of FaithfulnessCorrelation."""
+    x, y, pixel, element = data()
+    assert np.isfinite(fq.MaxSensitivity(nr_samples=2, lower_bound=-0.3, upper_bound=0.1)(
+        cnn(), x, y, None, explain_func=saliency_explain)).all()
+    kw = dict(n_max_percentage=1.5, features_in_step=4, disable_warnings=True)
+    close(fq.SensitivityN(**kw)(cnn(), x, y, element),
+          quantus.SensitivityN(**kw)(model=cnn(), x_batch=x, y_batch=y, a_batch=element))
+    assert np.isfinite(fq.FaithfulnessCorrelation(nr_runs=2, subset_size=10)(cnn(), x, y, pixel)).all()
+
+
+def test_errors_name_a_batch_or_explain_func():
+    x, y, pixel, element = data()
+    with pytest.raises(ValueError, match="explain_func of shape"):
+        fq.PixelFlipping()(cnn(), x, y, explain_func=lambda model, inputs, targets, **kw: pixel[:, :, :4])
+    with pytest.raises(ValueError, match="a_batch has .* per example but explain_func returns"):
+        fq.AvgSensitivity(nr_samples=2)(cnn(), x, y, element, explain_func=saliency_explain)

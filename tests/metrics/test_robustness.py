@@ -131,3 +131,21 @@ def test_bad_input():
         avg_sensitivity(model, x, "saliency", 0, attributions=nan)
     with pytest.raises(ValueError, match="preprocess"):
         avg_sensitivity(model, x, "saliency", 0, preprocess="max")
+
+
+@pytest.mark.parametrize("fn", [avg_sensitivity, max_sensitivity])
+def test_errors_name_the_argument_at_fault(fn):
+    model, x = mlp(), rand(2, 12, seed=9)
+    # attributions [2, 1, 12] where explain gives [2, 12]: the attributions are at fault, not explain
+    with pytest.raises(ValueError, match=r"^attributions has \(1, 12\) per example but explain returns") as err:
+        fn(model, x, "saliency", 0, n_samples=2, attributions=rand(2, 1, 12, seed=1))
+    assert "explain returned" not in str(err.value)
+    with pytest.raises(ValueError, match="^attributions must be e"):
+        fn(model, x, "saliency", 0, n_samples=2, attributions=rand(3, 12, seed=1))
+    # explain at fault: the wrong number of explanations, for x or for the perturbed copies
+    with pytest.raises(ValueError, match="^explain returned"):
+        fn(model, x, lambda m, z, t: z[:1], 0, n_samples=2)
+    with pytest.raises(ValueError, match="^explain returned"):
+        fn(model, x, lambda m, z, t: z[:2], 0, n_samples=2, attributions=rand(2, 12, seed=1))
+    with pytest.raises(ValueError, match="^explain returned NaN"):
+        fn(model, x, lambda m, z, t: z * math.nan, 0, n_samples=2)

@@ -8,7 +8,9 @@ same arguments, same return types, same numbers (float32 round-off aside). Diffe
   fastattr accepts ``model_type`` and needs no special case);
 - the model is neither moved nor left in eval mode (acd calls ``model.eval().to(device)``): it
   must already be on ``device``; it is evaluated in eval mode and its mode restored;
-- 0/0 in a BatchNorm shift split goes 50/50 like every other bias (acd gives it all to γ).
+- 0/0 in a BatchNorm shift split goes 50/50 like every other bias (acd gives it all to γ);
+- ``mask`` must be binary (0/1, as acd documents) and broadcast to ``im_torch``: acd takes any
+  values silently (``3 * mask`` gives ``relevant = 3x``, ``irrelevant = −2x``), fastattr raises.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from ..cd.core import check_parts, decompose, eval_mode
 from ..cd.rules import lstm_pair
+from ..core import check_inputs, model_entry
 
 __all__ = ["cd", "cd_text"]
 
@@ -31,21 +34,33 @@ def _device(device) -> torch.device:
     return dev
 
 
+@model_entry(inputs_name="im_torch")
 def cd(im_torch: Tensor, model: nn.Module, mask=None, model_type: Optional[str] = None, device="cuda",
        transform: Optional[Callable[[Tensor], Tensor]] = None) -> "tuple[Tensor, Tensor]":
     """acd's ``cd``: class-wise CD scores ``(relevant, irrelevant)``, each ``[B, C]``, of the pixels
-    where ``mask`` is 1 (``mask`` shaped like ``im_torch`` or ``H × W``), or of ``transform(im_torch)``
+    where the binary ``mask`` is 1 (shaped like ``im_torch`` or ``H × W``), or of ``transform(im_torch)``
     as the relevant part when no mask is given. ``relevant + irrelevant`` = the logits. Like acd's,
     the scores carry autograd (β-only CD through the ``cd_bias_split`` op, as CDEP uses), so a
     penalty on them can be backpropagated to the model's parameters."""
     dev = _device(device)
-    if not isinstance(im_torch, Tensor):
-        raise TypeError(f"im_torch must be a torch.Tensor, got {type(im_torch).__name__}")
+    check_inputs(im_torch, "im_torch")
     if model_type not in (None, "mnist", "resnet18"):
         raise ValueError(f"model_type must be None, 'mnist' or 'resnet18', got {model_type!r}")
     x = im_torch.to(dev)
     if mask is not None:
-        m = torch.as_tensor(np.asarray(mask), dtype=x.dtype, device=dev)
+        m = mask.detach() if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
+        m = m.to(device=dev, dtype=x.dtype)
+        bad = m[(m != 0) & (m != 1)]
+        if bad.numel():
+            raise ValueError(f"mask must be binary (1 marks the relevant pixels, 0 the rest), got values such as "
+                             f"{bad.unique()[:3].tolist()}")
+        try:
+            shape = torch.broadcast_shapes(m.shape, x.shape)
+        except RuntimeError:
+            shape = None
+        if shape != x.shape:
+            raise ValueError(f"mask of shape {tuple(m.shape)} must be shaped like im_torch {tuple(x.shape)} or "
+                             f"its H × W {tuple(x.shape[-2:])}")
         relevant = m * x
     elif transform is not None:
         relevant = transform(x).to(dev)
@@ -60,6 +75,7 @@ def cd(im_torch: Tensor, model: nn.Module, mask=None, model_type: Optional[str] 
     return beta[:, 0], gamma[:, 0]
 
 
+@model_entry(inputs_name="batch")
 def cd_text(batch, model: nn.Module, start: int, stop: int, return_irrel_scores: bool = False):
     """acd's ``cd_text`` for a sequence-first LSTM classifier with attributes ``embed``, ``lstm`` and
     ``hidden_to_label``: CD scores (numpy ``[C]``) of tokens ``start..stop`` (inclusive) of

@@ -58,6 +58,13 @@ What differs from Quantus:
   normalisation over the batch) gives other values unless ``max_batch=len(x_batch)``.
 - Custom ``perturb_func`` (other than Quantus's defaults) raise ``NotImplementedError``; models must
   be ``torch.nn.Module``; ``display_progressbar`` and ``default_plot_func`` are accepted and ignored.
+- Bad arguments raise a ``ValueError`` naming them (a :class:`QuantusAssertionError` where Quantus
+  asserts, e.g. on attributions that are all zero, all equal or all negative), from the constructor
+  where they can be checked there. Some that Quantus runs with raise here too: flags that are not
+  bools, ``SensitivityN`` settings that leave no step (Quantus: ``[nan]``) or a negative
+  ``n_max_percentage`` (Quantus slices steps off the end), ``FaithfulnessCorrelation(subset_size=0)``
+  (Quantus: NaN), and a negative ``lower_bound`` without ``upper_bound`` (Quantus draws from the
+  flipped interval).
 """
 from __future__ import annotations
 
@@ -71,17 +78,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import RankSchedule, chunk_size, make_generator, perturbed_scores, rank_features, read_scores
+from ..core import (RankSchedule, check_count, check_flag, check_number, chunk_size, make_generator, model_guard,
+                    perturbed_scores, rank_features, read_scores, run_model)
 from ..metrics.robustness import sensitivity_samples
 from ..metrics.subsets import pearson, subset_deltas
 
 __all__ = ["AvgSensitivity", "FaithfulnessCorrelation", "Infidelity", "MaxSensitivity", "PixelFlipping",
-           "RegionPerturbation", "SensitivityN", "normalise_by_max"]
+           "QuantusAssertionError", "RegionPerturbation", "SensitivityN", "normalise_by_max"]
 
 _trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy 2.4 removed np.trapz
 _BASELINE_FUNCS = ("batch_baseline_replacement_by_indices", "baseline_replacement_by_indices")
 _NOISE_FUNCS = ("batch_uniform_noise", "uniform_noise")
 _DEFAULT = object()  # softmax not given: the metric's Quantus default
+_EXPLAINED = "the output of explain_func"
+
+
+class QuantusAssertionError(ValueError, AssertionError):
+    """Bad input that Quantus rejects with an ``AssertionError``: a ``ValueError`` naming the argument,
+    and still that ``AssertionError`` for code that catches it."""
+
+
+def _check_values(a: np.ndarray, name: str) -> None:
+    """Quantus's ``assert_attributions`` on the values (before normalisation): not all zero, not all
+    equal, not all negative."""
+    if np.all(a == 0):
+        raise QuantusAssertionError(f"{name} is all zero: there is no ranking to evaluate (recompute the "
+                                    "explanations; Quantus rejects them too)")
+    if a.min() == a.max():
+        raise QuantusAssertionError(f"{name} has one value ({a.flat[0]}) everywhere: there is no ranking to "
+                                    "evaluate (recompute the explanations; Quantus rejects them too)")
+    if np.all(a < 0):
+        raise QuantusAssertionError(f"{name} is negative everywhere; Quantus rejects such attributions")
 
 
 def normalise_by_max(a: np.ndarray, normalise_axes: Optional[Sequence[int]] = None) -> np.ndarray:
@@ -113,15 +140,16 @@ def _channel_first(x: np.ndarray, channel_first: Optional[bool]) -> np.ndarray:
     return x if channel_first else np.moveaxis(x, -1, 1)
 
 
-def _expand_channel(a: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Attributions as ``[B, C or 1, ...]`` for channel-first ``x`` (a missing channel axis is added)."""
+def _expand_channel(a: np.ndarray, x: np.ndarray, name: str = "a_batch") -> np.ndarray:
+    """Attributions (the argument ``name``) as ``[B, C or 1, ...]`` for channel-first ``x`` (a missing
+    channel axis is added)."""
     if a.shape[:1] != x.shape[:1]:
-        raise ValueError(f"a_batch has {a.shape[0] if a.ndim else 0} examples but x_batch has {x.shape[0]}")
+        raise ValueError(f"{name} has {a.shape[0] if a.ndim else 0} examples but x_batch has {x.shape[0]}")
     if x.ndim > 2 and a.ndim == x.ndim - 1 and a.shape[1:] == x.shape[2:]:
         a = a[:, None]
     reduced = x.ndim > 2 and a.ndim == x.ndim and a.shape[1] == 1 and a.shape[2:] == x.shape[2:]
     if a.shape != x.shape and not reduced:
-        raise ValueError(f"a_batch of shape {a.shape} must match x_batch {x.shape} or its channel-reduced "
+        raise ValueError(f"{name} of shape {a.shape} must match x_batch {x.shape} or its channel-reduced "
                          f"map {(x.shape[0], 1) + x.shape[2:]}")
     return a
 
@@ -153,11 +181,6 @@ def _predictor(model, softmax: bool, model_predict_kwargs: Optional[dict]):
     return net, ("probability" if softmax and not ends_in_softmax else "logit")
 
 
-def _check_positive(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _padding(dim: int, patch: int) -> tuple[int, int]:
     rest = dim % patch
     total = 0 if rest == 0 else patch - rest
@@ -166,7 +189,6 @@ def _padding(dim: int, patch: int) -> tuple[int, int]:
 
 def _patch_ids(shape: Sequence[int], patch: int, device) -> tuple[torch.Tensor, int]:
     """Raster index of the ``patch × patch`` block (of the centrally padded grid) of every pixel."""
-    _check_positive(patch, "patch_size")
     h, w = (1, shape[-1]) if len(shape) == 3 else shape[-2:]
     (top, _), (left, _) = _padding(h, patch), _padding(w, patch)
     n_cols = -(-w // patch)
@@ -186,6 +208,7 @@ class _Context:
     max_batch: Optional[int]
     memory_budget: Optional[int]
     batch_size: int
+    a_name: Optional[str] = None  # "a_batch" when the attributions were given
 
     def curve(self, x, baseline, rank, counts, y) -> torch.Tensor:
         """``f_y`` on x with every feature of rank < ``counts[k]`` set to the baseline: ``[B, K]``."""
@@ -214,9 +237,12 @@ class _Metric:
         normalise_func = normalise_func or normalise_by_max
         if normalise_func_kwargs:
             normalise_func = functools.partial(normalise_func, **normalise_func_kwargs)
-        self.abs, self.normalise, self.normalise_func = abs, normalise, normalise_func
-        self.return_aggregate, self.aggregate_func = return_aggregate, aggregate_func or np.mean
-        self.disable_warnings, self.display_progressbar = disable_warnings, display_progressbar
+        self.abs, self.normalise = check_flag(abs, "abs"), check_flag(normalise, "normalise")
+        self.normalise_func = normalise_func
+        self.return_aggregate = check_flag(return_aggregate, "return_aggregate")
+        self.aggregate_func = aggregate_func or np.mean
+        self.disable_warnings = check_flag(disable_warnings, "disable_warnings")
+        self.display_progressbar = check_flag(display_progressbar, "display_progressbar")
         self.perturb_func_kwargs = dict(perturb_func_kwargs or {})
         # as in Quantus's make_perturb_func, a perturb_baseline in perturb_func_kwargs wins
         self.perturb_baseline = self.perturb_func_kwargs.pop("perturb_baseline", perturb_baseline)
@@ -228,16 +254,18 @@ class _Metric:
         skip = ("evaluation_scores", "all_evaluation_scores")
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
-    def _process(self, a, x: np.ndarray) -> np.ndarray:
-        """Quantus's attribution preprocessing: add the channel axis, ``normalise_func``, then ``abs``."""
-        a = _expand_channel(np.array(_to_numpy(a), copy=True), x)
+    def _process(self, a, x: np.ndarray, name: str = "a_batch") -> np.ndarray:
+        """Quantus's attribution preprocessing of ``name``: add the channel axis, check the values,
+        ``normalise_func``, then ``abs``."""
+        a = _expand_channel(np.array(_to_numpy(a), copy=True), x, name)
+        _check_values(a, name)
         if self.normalise:
             a = self.normalise_func(a)
         return np.abs(a) if self.abs else a
 
     def _explain(self, model, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         func, kwargs = self._explain_func
-        return self._process(func(model=model, inputs=x, targets=y, **kwargs), x)
+        return self._process(func(model=model, inputs=x, targets=y, **kwargs), x, _EXPLAINED)
 
     def __call__(self, model, x_batch, y_batch, a_batch=None, s_batch=None,
                  channel_first: Optional[bool] = None, explain_func: Optional[Callable] = None,
@@ -251,7 +279,7 @@ class _Metric:
         ``max_batch`` / ``memory_budget`` bound the inputs per model call."""
         if kwargs:
             raise ValueError(f"unexpected keyword arguments: {sorted(kwargs)}")
-        _check_positive(batch_size, "batch_size")
+        batch_size = check_count(batch_size, "batch_size")
         x_np = _channel_first(_to_numpy(x_batch), channel_first)
         y_np = _to_numpy(y_batch).reshape(-1)
         if y_np.shape[0] != x_np.shape[0] or not np.issubdtype(y_np.dtype, np.integer):
@@ -268,33 +296,35 @@ class _Metric:
         x = torch.as_tensor(np.ascontiguousarray(x_np), dtype=dtype, device=dev).clone()
         if not torch.isfinite(x).all():
             raise ValueError("x_batch contains NaN or Inf")
-        y = torch.as_tensor(y_np, dtype=torch.long, device=dev)
-        with torch.no_grad():
-            output = net(x)
-        if (y < 0).any() or (y >= output.shape[-1]).any():
-            raise ValueError(f"y_batch out of range: the model has {output.shape[-1]} outputs, "
-                             f"got {y_np.tolist()}")
-        kw = dict(explain_func_kwargs or {})
-        if device is not None:
-            kw.setdefault("device", device)
-        self._explain_func = (explain_func, kw)
-        if a_batch is not None:
-            a_np = self._process(a_batch, x_np)
-        elif explain_func is None:
-            raise ValueError(f"{type(self).__name__} needs a_batch or explain_func")
-        else:
-            a_np = np.concatenate([self._explain(model, x_np[i:i + batch_size], y_np[i:i + batch_size])
-                                   for i in range(0, x_np.shape[0], batch_size)])
-        a = torch.as_tensor(np.ascontiguousarray(a_np), dtype=dtype, device=dev)
-        if not torch.isfinite(a).all():
-            raise ValueError("attributions contain NaN or Inf")
-        ctx = _Context(model=model, net=net, reader=reader, output=output,
-                       clean=read_scores(output, y, reader).double(), generator=make_generator(generator),
-                       max_batch=max_batch, memory_budget=memory_budget, batch_size=int(batch_size))
-        scores = self._evaluate(ctx, x, y, a)
-        self.evaluation_scores = [self.aggregate_func(scores)] if self.return_aggregate else scores
-        self.all_evaluation_scores.extend(self.evaluation_scores)
-        return self.evaluation_scores
+        with model_guard(model, x, name="x_batch"):  # the model's flags and buffers restored after
+            y = torch.as_tensor(y_np, dtype=torch.long, device=dev)
+            with torch.no_grad():
+                output = run_model(net, x)
+            if (y < 0).any() or (y >= output.shape[-1]).any():
+                raise ValueError(f"y_batch out of range: the model has {output.shape[-1]} outputs, "
+                                 f"got {y_np.tolist()}")
+            kw = dict(explain_func_kwargs or {})
+            if device is not None:
+                kw.setdefault("device", device)
+            self._explain_func = (explain_func, kw)
+            if a_batch is not None:
+                a_np = self._process(a_batch, x_np)
+            elif explain_func is None:
+                raise ValueError(f"{type(self).__name__} needs a_batch or explain_func")
+            else:
+                a_np = np.concatenate([self._explain(model, x_np[i:i + batch_size], y_np[i:i + batch_size])
+                                       for i in range(0, x_np.shape[0], batch_size)])
+            a = torch.as_tensor(np.ascontiguousarray(a_np), dtype=dtype, device=dev)
+            if not torch.isfinite(a).all():
+                raise ValueError(f"{'a_batch' if a_batch is not None else _EXPLAINED} contains NaN or Inf")
+            ctx = _Context(model=model, net=net, reader=reader, output=output,
+                           clean=read_scores(output, y, reader).double(), generator=make_generator(generator),
+                           max_batch=max_batch, memory_budget=memory_budget, batch_size=int(batch_size),
+                           a_name="a_batch" if a_batch is not None else None)
+            scores = self._evaluate(ctx, x, y, a)
+            self.evaluation_scores = [self.aggregate_func(scores)] if self.return_aggregate else scores
+            self.all_evaluation_scores.extend(self.evaluation_scores)
+            return self.evaluation_scores
 
     def _evaluate(self, ctx: _Context, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor):
         raise NotImplementedError
@@ -343,11 +373,11 @@ class _Metric:
             return values.view_as(x)
         return values.view((x.shape[0], 1) + tuple(x.shape[2:])).expand_as(x)
 
-    def _check_step(self, x: torch.Tensor, step: int) -> None:
-        _check_positive(step, "features_in_step")
+    @staticmethod
+    def _check_step(x: torch.Tensor, step: int) -> None:
         spatial = math.prod(x.shape[2:]) if x.dim() > 2 else x.shape[1]
         if spatial % step:
-            raise ValueError(f"features_in_step ({step}) must divide the input size ({spatial})")
+            raise QuantusAssertionError(f"features_in_step ({step}) must divide the input size ({spatial})")
 
     @staticmethod
     def _ranked(x: torch.Tensor, a: torch.Tensor, step: int) -> tuple[torch.Tensor, int, int]:
@@ -383,8 +413,8 @@ class PixelFlipping(_Metric):
                     aggregate_func=aggregate_func, disable_warnings=disable_warnings,
                     display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
                     perturb_baseline=perturb_baseline, perturb_func_kwargs=perturb_func_kwargs)
-        self.features_in_step = features_in_step
-        self.return_auc_per_sample = return_auc_per_sample
+        self.features_in_step = check_count(features_in_step, "features_in_step")
+        self.return_auc_per_sample = check_flag(return_auc_per_sample, "return_auc_per_sample")
 
     @property
     def get_auc_score(self) -> float:
@@ -420,10 +450,10 @@ class RegionPerturbation(_Metric):
                     aggregate_func=aggregate_func, disable_warnings=disable_warnings,
                     display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
                     perturb_baseline=perturb_baseline, perturb_func_kwargs=perturb_func_kwargs)
-        if order.lower() not in ("morf", "lerf", "random"):
-            raise ValueError(f"order must be 'morf', 'lerf' or 'random', got {order!r}")
-        _check_positive(regions_evaluation, "regions_evaluation")
-        self.patch_size, self.order, self.regions_evaluation = patch_size, order.lower(), regions_evaluation
+        if not isinstance(order, str) or order.lower() not in ("morf", "lerf", "random"):
+            raise QuantusAssertionError(f"order must be 'morf', 'lerf' or 'random', got {order!r}")
+        self.patch_size, self.order = check_count(patch_size, "patch_size"), order.lower()
+        self.regions_evaluation = check_count(regions_evaluation, "regions_evaluation")
 
     get_auc_score = PixelFlipping.get_auc_score
 
@@ -466,7 +496,9 @@ class FaithfulnessCorrelation(_Metric):
                     aggregate_func=aggregate_func, disable_warnings=disable_warnings,
                     display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
                     perturb_baseline=perturb_baseline, perturb_func_kwargs=perturb_func_kwargs)
-        self.similarity_func, self.nr_runs, self.subset_size = similarity_func, nr_runs, subset_size
+        self.similarity_func = similarity_func
+        self.nr_runs = check_count(nr_runs, "nr_runs (a correlation over the runs)", minimum=2)
+        self.subset_size = check_count(subset_size, "subset_size")
 
     def _evaluate(self, ctx, x, y, a):
         spatial = math.prod(x.shape[2:]) if x.dim() > 2 else x.shape[1]
@@ -507,17 +539,24 @@ class SensitivityN(_Metric):
                     aggregate_func=aggregate_func, disable_warnings=disable_warnings,
                     display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
                     perturb_baseline=perturb_baseline, perturb_func_kwargs=perturb_func_kwargs)
-        self.similarity_func, self.n_max_percentage = similarity_func, n_max_percentage
-        self.features_in_step = features_in_step
+        self.similarity_func = similarity_func
+        self.n_max_percentage = check_number(n_max_percentage, "n_max_percentage")
+        self.features_in_step = check_count(features_in_step, "features_in_step")
 
     def _evaluate(self, ctx, x, y, a):
         self._check_step(x, self.features_in_step)
+        if x.shape[0] < 2:
+            raise ValueError(f"SensitivityN correlates across the examples of x_batch: it needs at least 2, "
+                             f"got {x.shape[0]}")
         feats, step, channels = self._ranked(x, a, self.features_in_step)
         spatial = math.prod(x.shape[2:]) if x.dim() > 2 else x.shape[1]
         n_steps = int(self.n_max_percentage * spatial // self.features_in_step)
-        counts = _steps(feats.shape[1], step)[:max(n_steps, 0)]
+        if n_steps < 1:
+            raise ValueError(f"n_max_percentage ({self.n_max_percentage:g}) × the input size ({spatial}) / "
+                             f"features_in_step ({self.features_in_step}) leaves no step to score")
+        counts = _steps(feats.shape[1], step)[:n_steps]
         rank = rank_features(feats)
-        base = self._replacement(x, ctx.generator, rank // step, max(counts.numel(), 1))
+        base = self._replacement(x, ctx.generator, rank // step, counts.numel())
         deltas = ctx.clean[:, None] - ctx.curve(x, base, rank, counts, y)
         ordered = torch.sort(feats.double(), dim=1, descending=True, stable=True).values
         cum = torch.cat([ordered.new_zeros(ordered.shape[0], 1), ordered.cumsum(1)], 1)
@@ -549,12 +588,12 @@ class Infidelity(_Metric):
                     perturb_baseline=perturb_baseline, perturb_func_kwargs=perturb_func_kwargs)
         if isinstance(loss_func, str) and loss_func != "mse":
             raise ValueError(f"loss_func must be 'mse' or a function, got {loss_func!r}")
-        _check_positive(n_perturb_samples, "n_perturb_samples")
         self.loss_func = loss_func
-        self.perturb_patch_sizes = list(perturb_patch_sizes) if perturb_patch_sizes is not None else [4]
-        if not self.perturb_patch_sizes:
+        sizes = list(perturb_patch_sizes) if perturb_patch_sizes is not None else [4]
+        if not sizes:
             raise ValueError("perturb_patch_sizes must not be empty")
-        self.n_perturb_samples = n_perturb_samples
+        self.perturb_patch_sizes = [check_count(p, "each of perturb_patch_sizes") for p in sizes]
+        self.n_perturb_samples = check_count(n_perturb_samples, "n_perturb_samples")
 
     def _loss(self, deltas: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
         if self.loss_func == "mse":
@@ -605,20 +644,26 @@ class _Sensitivity(_Metric):
                     aggregate_func=aggregate_func, disable_warnings=disable_warnings,
                     display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
                     allowed=_NOISE_FUNCS, perturb_func_kwargs=perturb_func_kwargs)
-        _check_positive(nr_samples, "nr_samples")
         self.similarity_func = similarity_func
         self.norm_numerator, self.norm_denominator = norm_numerator, norm_denominator
-        self.nr_samples, self.lower_bound, self.upper_bound = nr_samples, lower_bound, upper_bound
-        self.return_nan_when_prediction_changes = return_nan_when_prediction_changes
+        self.nr_samples = check_count(nr_samples, "nr_samples")
+        self.lower_bound, self.upper_bound = lower_bound, upper_bound
+        self.return_nan_when_prediction_changes = check_flag(return_nan_when_prediction_changes,
+                                                             "return_nan_when_prediction_changes")
+        self._bounds()
 
     def _bounds(self) -> tuple[float, float]:
-        low = float(self.perturb_func_kwargs.get("lower_bound", self.lower_bound))
+        """The noise interval: ``[−lower_bound, lower_bound]``, or ``[lower_bound, upper_bound]``."""
+        low = self.perturb_func_kwargs.get("lower_bound", self.lower_bound)
         high = self.perturb_func_kwargs.get("upper_bound", self.upper_bound)
         if high is None:
+            low = check_number(low, "lower_bound (the noise magnitude when upper_bound is None)")
             return -low, low
-        if not float(high) > low:
-            raise ValueError(f"upper_bound ({high}) must be larger than lower_bound ({low})")
-        return low, float(high)
+        low = check_number(low, "lower_bound", minimum=-math.inf)
+        high = check_number(high, "upper_bound", minimum=-math.inf)
+        if not high > low:
+            raise QuantusAssertionError(f"upper_bound ({high:g}) must be larger than lower_bound ({low:g})")
+        return low, high
 
     def _distance(self, ctx: _Context, rows: slice) -> Callable:
         default = (self.similarity_func, self.norm_numerator, self.norm_denominator) == (None, None, None)
@@ -652,7 +697,8 @@ class _Sensitivity(_Metric):
             func, kwargs = self._explain_func
             z_np = _to_numpy(z)
             out = _to_numpy(func(model=model, inputs=z_np, targets=_to_numpy(t), **kwargs))
-            parts = [self._process(out[i:i + block], z_np[i:i + block]) for i in range(0, z.shape[0], block)]
+            parts = [self._process(out[i:i + block], z_np[i:i + block], _EXPLAINED)
+                     for i in range(0, z.shape[0], block)]
             return torch.as_tensor(np.concatenate(parts), dtype=z.dtype, device=z.device)
 
         return explain
@@ -669,7 +715,8 @@ class _Sensitivity(_Metric):
             explain = self._explainer(ctx.model, xb.shape[0])
             samples = sensitivity_samples(ctx.model, xb, explain, y[rows], explained=a[rows], low=low,
                                           high=high, n_samples=self.nr_samples, generator=ctx.generator,
-                                          chunk=chunk, distance=self._distance(ctx, rows))
+                                          chunk=chunk, distance=self._distance(ctx, rows),
+                                          explain_name="explain_func", explained_name=ctx.a_name)
             out.append(self._reduce(samples.cpu().numpy()))
         return list(np.concatenate(out))
 

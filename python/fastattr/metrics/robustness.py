@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..core import Target, check_count, check_inputs, check_model, chunk_size, make_generator, resolve_target
+from ..core import Target, check_count, check_inputs, chunk_size, make_generator, model_entry, resolve_target
 from ..numerics import accum_dtype
 
 Explain = Union[str, Callable]
@@ -51,12 +51,15 @@ def uniform_noise(generator: torch.Generator, like: torch.Tensor, low: float, hi
 
 def sensitivity_samples(model: Callable, inputs: torch.Tensor, explain: Callable, target: torch.Tensor, *,
                         explained: torch.Tensor, low: float, high: float, n_samples: int,
-                        generator: torch.Generator, chunk: int, distance: Distance) -> torch.Tensor:
+                        generator: torch.Generator, chunk: int, distance: Distance, explain_name: str = "explain",
+                        explained_name: Optional[str] = None) -> torch.Tensor:
     """``[B, n_samples]``: ``distance(e(x), e(x + ε_j))`` for ``ε_j ~ U[low, high]`` (every element).
 
     ``explain(model, z, t)`` gets ``k = max(1, chunk // B)`` perturbed copies of the whole batch at
     once (``z`` is ``[k·B, ...]``, sample-major, ``t`` the targets repeated). Noise is drawn per
-    sample from ``generator`` (:func:`uniform_noise`), so results do not depend on ``chunk``.
+    sample from ``generator`` (:func:`uniform_noise`), so results do not depend on ``chunk``. Errors
+    name the caller's arguments: ``explain_name`` for ``explain`` and, when ``explained`` was given
+    rather than computed by ``explain``, ``explained_name`` for it.
     """
     batch = inputs.shape[0]
     per = max(1, chunk // batch)
@@ -68,8 +71,12 @@ def sensitivity_samples(model: Callable, inputs: torch.Tensor, explain: Callable
         perturbed = inputs.repeat(k, *reps) + noise
         e = explain(model, perturbed, target.repeat(k))
         if not isinstance(e, torch.Tensor) or tuple(e.shape) != (k * batch,) + tuple(explained.shape[1:]):
-            got = getattr(e, "shape", type(e).__name__)
-            raise ValueError(f"explain returned {got} for {k * batch} inputs; expected one explanation "
+            if explained_name is not None and isinstance(e, torch.Tensor) and e.shape[:1] == (k * batch,):
+                raise ValueError(f"{explained_name} has {tuple(explained.shape[1:])} per example but {explain_name} "
+                                 f"returns {tuple(e.shape[1:])} per input; {explained_name} must be e(x), shaped "
+                                 f"like {explain_name}'s output")
+            got = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
+            raise ValueError(f"{explain_name} returned {got} for {k * batch} inputs; expected one explanation "
                              f"shaped like e(x) {tuple(explained.shape[1:])} per input")
         e = e.detach().reshape((k,) + tuple(explained.shape))
         out[:, j0:j0 + k] = distance(explained, e, perturbed).to(out).T
@@ -100,7 +107,6 @@ def _norm_order(norm) -> float:
 
 def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, normalise, preprocess,
                  attributions, explain_kwargs, generator, max_batch, memory_budget, reduce):
-    check_model(model, inputs)
     check_inputs(inputs)
     n_samples = check_count(n_samples, "n_samples")
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius < math.inf:
@@ -109,13 +115,16 @@ def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, nor
     fn = _explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
     prep = _preprocessor(preprocess)
     t = resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
-    if attributions is None:
+    given = attributions is not None
+    if not given:
         attributions = fn(model, inputs, t)
-    elif not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
-        raise ValueError(f"attributions must be e(x), a tensor with {inputs.shape[0]} rows, got "
-                         f"{getattr(attributions, 'shape', type(attributions).__name__)}")
+    if not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
+        got = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
+        if given:
+            raise ValueError(f"attributions must be e(x), a tensor with {inputs.shape[0]} rows, got {got}")
+        raise ValueError(f"explain returned {got} for {inputs.shape[0]} inputs; expected one explanation per input")
     if not torch.isfinite(attributions).all():
-        raise ValueError("attributions (e(x)) contain NaN or Inf")
+        raise ValueError("attributions contain NaN or Inf" if given else "explain returned NaN or Inf for the inputs")
     acc = accum_dtype(inputs.dtype)
     e_x = prep(attributions.detach()).to(acc)
     scale = torch.linalg.vector_norm(e_x.reshape(e_x.shape[0], -1), ord=p, dim=1) if normalise else None
@@ -129,10 +138,11 @@ def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, nor
     chunk = chunk_size(inputs, n_samples * inputs.shape[0], max_batch, memory_budget)
     samples = sensitivity_samples(model, inputs, fn, t, explained=e_x, low=-float(radius), high=float(radius),
                                   n_samples=n_samples, generator=make_generator(generator), chunk=chunk,
-                                  distance=distance)
+                                  distance=distance, explained_name="attributions" if given else None)
     return reduce(samples).to(inputs.dtype)
 
 
+@model_entry
 def avg_sensitivity(model: Callable, inputs: torch.Tensor, explain: Explain, target: Target = None, *,
                     radius: float = 0.1, n_samples: int = 200, norm: Union[float, str] = 2,
                     normalise: bool = False, preprocess=None, attributions: Optional[torch.Tensor] = None,
@@ -165,6 +175,7 @@ def avg_sensitivity(model: Callable, inputs: torch.Tensor, explain: Explain, tar
                         memory_budget=memory_budget, reduce=lambda s: s.mean(1))
 
 
+@model_entry
 def max_sensitivity(model: Callable, inputs: torch.Tensor, explain: Explain, target: Target = None, *,
                     radius: float = 0.1, n_samples: int = 200, norm: Union[float, str] = 2,
                     normalise: bool = False, preprocess=None, attributions: Optional[torch.Tensor] = None,
