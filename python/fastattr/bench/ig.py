@@ -17,6 +17,7 @@ import subprocess
 import sys
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,38 +94,63 @@ def run(batch: int = 8, n_steps: int = 50, chunk: int = 100, device: Optional[st
     return table
 
 
-_MEMORY_SCRIPT = """
-import json, resource, sys, torch
+_PEAK_RSS = """
+import ctypes, threading, time
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+def peak_rss_above_start(fn):
+    # malloc_trim first, so freed heap is returned and the call's allocations show in RSS; a thread
+    # samples RSS every 0.2 ms while fn runs
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    start, peak, done = rss(), [0], []
+    def watch():
+        while not done:
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.0002)
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.append(1)
+        thread.join()
+    return max(peak[0], rss()) - start
+"""
+
+_MEMORY_SCRIPT = _PEAK_RSS + """
+import json, sys, torch
 from fastattr.bench.ig import vgg_style
 which, n_steps, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.set_num_threads(int(sys.argv[4]))
 model = vgg_style().to(device)
 x = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(device)
 t = model(x).argmax(1)
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-before = rss()
-if device == "cuda":
-    torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
 if which == "fastattr":
     from fastattr import integrated_gradients
-    integrated_gradients(model, x, t, n_steps=n_steps)
+    call = lambda n: integrated_gradients(model, x, t, n_steps=n)
 else:
     from captum.attr import IntegratedGradients
-    IntegratedGradients(model).attribute(x, target=t, n_steps=n_steps)
-peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"peak_extra_bytes": peak - before}))
+    call = lambda n: IntegratedGradients(model).attribute(x, target=t, n_steps=n)
+cold = peak_rss_above_start(lambda: call(2)) if device == "cpu" else 0
+if device == "cuda":
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
+    call(n_steps)
+    peak = torch.cuda.max_memory_allocated() - before
+else:
+    peak = peak_rss_above_start(lambda: call(n_steps))
+print(json.dumps({"peak_extra_bytes": peak, "cold_bytes": cold}))
 """
 
 
 def memory(steps=(50, 200, 1000), device: Optional[str] = None) -> Table:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     peers = ["fastattr"] + (["captum"] if _captum_ig(nn.Identity()) is not None else [])
-    kind = "max_memory_allocated" if device == "cuda" else "process peak RSS above the pre-call RSS"
+    kind = "max_memory_allocated" if device == "cuda" else "peak RSS above the pre-call RSS (sampled, after malloc_trim)"
     table = Table(name=f"integrated gradients peak memory (MB), VGG-style CNN, batch 8, default settings, {device}",
                   columns=["n_steps"] + [f"{p} MB" for p in peers] + (["captum / fastattr"] if len(peers) > 1 else []),
                   machine=machine_info(device), params={"steps": list(steps), "measure": kind})
+    cold: dict = {}
     for n in steps:
         row = [n]
         for p in peers:
@@ -134,11 +160,18 @@ def memory(steps=(50, 200, 1000), device: Optional[str] = None) -> Table:
                 last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
                 row.append(f"failed: {last[:60]}")
                 continue
-            row.append(json.loads(proc.stdout.strip().splitlines()[-1])["peak_extra_bytes"] / 2**20)
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            row.append(out["peak_extra_bytes"] / 2**20)
+            cold.setdefault(p, []).append(out["cold_bytes"] / 2**20)
         if len(peers) > 1 and all(isinstance(v, float) for v in row[1:]):
             row.append(row[2] / row[1])
         table.add(*row)
-    table.notes.append(f"{kind}; fastattr chunks from free memory by default, Captum stacks all steps in one batch")
+    table.notes.append(f"{kind}, measured in a fresh process after a warm-up call with 2 steps (the warm-up's own "
+                       "cost, imports and one-time allocations included, is not counted); fastattr chunks from free "
+                       "memory by default, Captum stacks all steps in one batch")
+    if device == "cpu" and cold:
+        table.notes.append("the cold first call (2 steps; imports and one-time allocations) costs "
+                           + ", ".join(f"{p} {np.median(v):.0f} MB" for p, v in cold.items()) + " (medians)")
     return table
 
 
@@ -239,20 +272,21 @@ def resnet_case(batch: int = 16, n_steps: int = 64, size: int = 224, device: str
     return table
 
 
-_NODES_SCRIPT = """
-import json, resource, sys, time, torch
+_NODES_SCRIPT = _PEAK_RSS + """
+import json, sys, time, torch
 from fastattr import integrated_gradients
 from fastattr.zoo import load_digits, load_digits_cnn
 n_steps = int(sys.argv[1])
 torch.set_num_threads(int(sys.argv[2]))
 model, (x, y) = load_digits_cnn(), load_digits("test", 8)
 integrated_gradients(model, x, y, n_steps=8)  # torch's one-time allocations (thread pools, kernels) first
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-start = time.perf_counter()
-integrated_gradients(model, x, y, n_steps=n_steps)
-seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"peak_extra_bytes": peak - before, "seconds": seconds}))
+seconds = []
+def call():
+    start = time.perf_counter()
+    integrated_gradients(model, x, y, n_steps=n_steps)
+    seconds.append(time.perf_counter() - start)
+peak = peak_rss_above_start(call)
+print(json.dumps({"peak_extra_bytes": peak, "seconds": seconds[0]}))
 """
 
 
@@ -261,8 +295,9 @@ def nodes_memory(steps=(1000, 5000)) -> Table:
     8×8), where the quadrature nodes, not the model, could dominate; each run in a fresh process,
     with fastattr's nodes and with numpy's ``leggauss`` at every length (what it used before)."""
     table = Table(name="integrated gradients with long paths, digits CNN, 8 inputs, cpu",
-                  columns=["n_steps", "nodes", "peak MB above a warm start", "seconds"], machine=machine_info("cpu"),
-                  params={"steps": list(steps), "method": "gausslegendre", "measure": "process peak RSS"})
+                  columns=["n_steps", "nodes", "peak MB above the start", "seconds"], machine=machine_info("cpu"),
+                  params={"steps": list(steps), "method": "gausslegendre",
+                          "measure": "peak RSS above the pre-call RSS (sampled, after malloc_trim)"})
     for n in steps:
         for nodes, prefix in (("fastattr (Newton, O(n))", ""),
                               ("numpy leggauss", "import fastattr.attribution.gradient as g\n"
@@ -274,7 +309,8 @@ def nodes_memory(steps=(1000, 5000)) -> Table:
                 continue
             out = json.loads(proc.stdout.strip().splitlines()[-1])
             table.add(n, nodes, out["peak_extra_bytes"] / 2**20, out["seconds"])
-    table.notes.append("peak RSS of the call above the process's peak after a warm-up call with 8 steps; "
+    table.notes.append("peak RSS during the call above the RSS at its start (sampled every 0.2 ms, after malloc_trim "
+                       "returned freed heap), after a warm-up call with 8 steps; "
                        "fastattr's nodes past 128 steps by Newton's iteration in O(n) memory "
                        "(fastattr.attribution.gradient.gauss_legendre), cached per n_steps")
     return table
