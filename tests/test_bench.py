@@ -174,3 +174,14 @@ def test_bench_out_keeps_the_tables_measured_before_a_failure(tmp_path, monkeypa
     (record,) = tmp_path.glob("*.json")
     names = [t["name"] for t in json.loads(record.read_text())["tables"]]
     assert names == ["sparsemax [16, 32] float32 on cpu"]
+
+
+def test_shap_bench_table_on_a_small_case():
+    from fastattr.bench.shap import run
+    table = run(batch=2, n_samples=24, repeat=1)
+    names = [r[0] for r in table.rows]
+    assert names[:3] == ["model-only floor", "fastattr.kernel_shap", "fastattr.lime"]
+    assert all(r[1] > 0 for r in table.rows)
+    if "captum KernelShap" in names:
+        assert isinstance(table.rows[1][3], float) and table.rows[1][3] > 0
+    assert table.params["features"] == 16 and table.params["n_samples"] == 24

@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "cd": "fastattr.bench.cd",
     "cdep": "fastattr.bench.cdep",
     "perturb": "fastattr.bench.perturb",
+    "shap": "fastattr.bench.shap",
 }
 
 

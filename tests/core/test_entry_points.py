@@ -92,6 +92,11 @@ def _masks(x):
     return m
 
 
+def _patches(x):
+    """Four 4×4 patches shared by every channel."""
+    return (torch.arange(8)[:, None] // 4 * 2 + torch.arange(8)[None] // 4).reshape(1, 1, 8, 8)
+
+
 def _window(x):
     return (x.shape[1],) + (4,) * (x.dim() - 2)
 
@@ -141,6 +146,8 @@ ENTRY_POINTS = {
     "occlusion": lambda m, x, t: A.occlusion(m, x, t, sliding_window_shapes=_window(x)),
     "feature_ablation": lambda m, x, t: A.feature_ablation(m, x, t),
     "rise": lambda m, x, t: A.rise(m, x, t, n_masks=4),
+    "kernel_shap": lambda m, x, t: A.kernel_shap(m, x, t, feature_mask=_patches(x)),
+    "lime": lambda m, x, t: A.lime(m, x, t, feature_mask=_patches(x), n_samples=16, surrogate="ridge"),
     "deletion": lambda m, x, t: M.deletion(m, x, _attr(x), t),
     "insertion": lambda m, x, t: M.insertion(m, x, _attr(x), t),
     "morf": lambda m, x, t: M.morf(m, x, _attr(x), t),
@@ -184,6 +191,9 @@ ENTRY_POINTS = {
     "captum.GuidedGradCam": lambda m, x, t: fc.GuidedGradCam(m, _layer(m)).attribute(x, target=t),
     "captum.FeatureAblation": lambda m, x, t: fc.FeatureAblation(m).attribute(x, target=t),
     "captum.Occlusion": lambda m, x, t: fc.Occlusion(m).attribute(x, _window(x), target=t),
+    "captum.KernelShap": lambda m, x, t: fc.KernelShap(m).attribute(x, target=t, feature_mask=_patches(x)),
+    "captum.Lime": lambda m, x, t: torch.manual_seed(0) and fc.Lime(m).attribute(x, target=t,
+                                                                               feature_mask=_patches(x)),
     "quantus.PixelFlipping": _quantus(fq.PixelFlipping, features_in_step=16),
     "quantus.RegionPerturbation": _quantus(fq.RegionPerturbation, patch_size=4, regions_evaluation=2),
     "quantus.FaithfulnessCorrelation": _quantus(fq.FaithfulnessCorrelation, nr_runs=4, subset_size=8),

@@ -3,6 +3,7 @@ from .cam import grad_cam, grad_cam_plus_plus, guided_backprop, guided_grad_cam
 from .layer import (PATHWAY_METHODS, layer_integrated_gradients, neuron_integrated_gradients, neuron_mct,
                     pathway_gradient, select_pathway)
 from .perturbation import feature_ablation, occlusion, rise, rise_masks
+from .surrogate import SURROGATES, kernel_shap, lime
 from .gradient import (QUADRATURE, expected_gradients, gradient_shap, input_x_gradient, integrated_gradients,
                        noise_tunnel, quadrature, saliency, smoothgrad)
 
@@ -16,12 +17,14 @@ METHODS = {
     "occlusion": occlusion,
     "feature_ablation": feature_ablation,
     "rise": rise,
+    "kernel_shap": kernel_shap,
+    "lime": lime,
 }
 # Methods that explain through a conv layer; the report picks the model's last Conv2d.
 LAYER_METHODS = {"grad_cam": grad_cam, "grad_cam_plus_plus": grad_cam_plus_plus, "guided_grad_cam": guided_grad_cam}
 
-__all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "expected_gradients", "feature_ablation",
-           "grad_cam", "grad_cam_plus_plus", "guided_backprop", "guided_grad_cam", "layer_integrated_gradients",
-           "neuron_integrated_gradients", "neuron_mct", "occlusion", "pathway_gradient", "select_pathway",
-           "gradient_shap", "input_x_gradient", "integrated_gradients", "noise_tunnel", "quadrature", "rise",
-           "rise_masks", "saliency", "smoothgrad"]
+__all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "SURROGATES", "expected_gradients",
+           "feature_ablation", "grad_cam", "grad_cam_plus_plus", "guided_backprop", "guided_grad_cam",
+           "kernel_shap", "layer_integrated_gradients", "lime", "neuron_integrated_gradients", "neuron_mct",
+           "occlusion", "pathway_gradient", "select_pathway", "gradient_shap", "input_x_gradient",
+           "integrated_gradients", "noise_tunnel", "quadrature", "rise", "rise_masks", "saliency", "smoothgrad"]

@@ -2,8 +2,8 @@
 
 Each runs the model on many perturbed copies ``x̃ = x + m ⊙ (x' − x)`` of every input (``x'`` the
 baseline, ``m`` a mask per copy: how much of each element is replaced) and reads the target score
-of each, as the perturbation engine does (SPEC §3.1). Copies of many masks and examples go through the model together, in
-chunks of at most ``max_batch`` inputs (or what ``memory_budget`` bytes allow); masks are built
+of each, as the perturbation engine does (SPEC §3.1). Copies of many masks and examples go through
+the model together, in chunks of at most ``max_batch`` inputs (or what ``memory_budget`` bytes allow); masks are built
 per chunk on the inputs' device and never for the whole run, and results do not depend on the
 chunk size. No gradients are computed; inputs and the model are left as they were.
 """
@@ -44,7 +44,7 @@ def like_inputs(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return attr.reshape(inputs.shape).to(inputs.dtype if inputs.is_floating_point() else attr.dtype)
 
 
-def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_budget, generator=None):
+def perturbation_setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_budget, generator=None):
     """Checks, baseline, chunk size, and one clean pass: ``(target, clean scores, baseline, chunk)``."""
     check_inputs(inputs, integer=True)
     check_scalar_reader(score)
@@ -55,7 +55,7 @@ def _setup(model, inputs, target, baselines, score, n_copies, max_batch, memory_
     return t, read_scores(logits, t, score), base, chunk
 
 
-def _masked_scores(model: Callable, inputs: torch.Tensor, base: torch.Tensor, target: torch.Tensor, n_masks: int,
+def masked_scores(model: Callable, inputs: torch.Tensor, base: torch.Tensor, target: torch.Tensor, n_masks: int,
                    masks: Callable[[int, int], torch.Tensor], chunk: int, score: str,
                    compile: Union[bool, dict]) -> torch.Tensor:
     """``[B, n_masks]`` scores of ``x + m_j ⊙ (x' − x)`` from the engine, masks built a block at a time
@@ -155,8 +155,9 @@ def occlude(model: Callable, inputs: torch.Tensor, target: Target, parts: Callab
                 m[lo - j0:hi - j0, 0, start:start + w.size] = w.masks(lo - first, hi - first)
         return m
 
-    t, clean, base, chunk = _setup(model, inputs, target, baselines, score, total, max_batch, memory_budget)
-    scores = _masked_scores(model, inputs, base, t, total, masks, chunk, score, compile)
+    t, clean, base, chunk = perturbation_setup(model, inputs, target, baselines, score, total, max_batch,
+                                               memory_budget)
+    scores = masked_scores(model, inputs, base, t, total, masks, chunk, score, compile)
     delta = clean.to(scores.dtype)[:, None] - scores
     return torch.cat([w.spread(delta[:, f:f + w.count]) for w, f in zip(windows, firsts)], 1)
 
@@ -231,7 +232,7 @@ def broadcast_mask(inputs: torch.Tensor, feature_mask, name: str = "feature_mask
     return mask.expand((mask.shape[0],) + tuple(inputs.shape[1:]))
 
 
-def _segment_ids(inputs: torch.Tensor, feature_mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:
+def segment_ids(inputs: torch.Tensor, feature_mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:
     """``(ids [1 or B, D], G)``: each element's group as an index in ``0..G-1`` (groups in
     increasing order of their segment id). None: every element its own group."""
     size = inputs[0].numel()
@@ -268,14 +269,14 @@ def feature_ablation(model: Callable, inputs: torch.Tensor, target: Target = Non
         >>> a = fastattr.feature_ablation(model, x, target=y, feature_mask=patches)   # x: [B, 3, 32, 32]
     """
     check_inputs(inputs, integer=True)
-    ids, n_groups = _segment_ids(inputs, feature_mask)
+    ids, n_groups = segment_ids(inputs, feature_mask)
 
     def masks(g0: int, g1: int) -> torch.Tensor:
         return ids.unsqueeze(0) == torch.arange(g0, g1, device=ids.device).view(-1, 1, 1)
 
-    t, clean, base, chunk = _setup(model, inputs, target, baselines, score, n_groups, max_batch,
-                                   memory_budget)
-    scores = _masked_scores(model, inputs, base, t, n_groups, masks, chunk, score, compile)
+    t, clean, base, chunk = perturbation_setup(model, inputs, target, baselines, score, n_groups, max_batch,
+                                               memory_budget)
+    scores = masked_scores(model, inputs, base, t, n_groups, masks, chunk, score, compile)
     delta = clean.to(scores.dtype)[:, None] - scores
     attr = delta.gather(1, ids.expand(inputs.shape[0], -1))
     return like_inputs(attr, inputs)
@@ -380,9 +381,9 @@ def rise(model: Callable, inputs: torch.Tensor, target: Target = None, *, n_mask
         off = 1 - draws.build(i0, i1, inputs.dtype, inputs.device).reshape(i1 - i0, 1, 1, -1)
         return off.expand(-1, -1, repeat, -1).reshape(i1 - i0, 1, -1)
 
-    t, _, base, chunk = _setup(model, inputs, target, baselines, score, n_masks, max_batch, memory_budget,
-                               generator=gen)
-    scores = _masked_scores(model, inputs, base, t, n_masks, masks, chunk, score, compile)
+    t, _, base, chunk = perturbation_setup(model, inputs, target, baselines, score, n_masks, max_batch,
+                                           memory_budget, generator=gen)
+    scores = masked_scores(model, inputs, base, t, n_masks, masks, chunk, score, compile)
     acc = scores.dtype
     saliency = torch.zeros(inputs.shape[0], math.prod(spatial), dtype=acc, device=inputs.device)
     for i0 in range(0, n_masks, 256):  # fixed blocks: the sum does not depend on the chunk size

@@ -1,10 +1,12 @@
-"""Drop-in replacements for Captum's perturbation attributions ``Occlusion`` and ``FeatureAblation``.
+"""Drop-in replacements for Captum's perturbation attributions ``Occlusion``, ``FeatureAblation``,
+``KernelShap`` and ``Lime``.
 
 Change ``from captum.attr import Occlusion`` to ``from fastattr.integrations.captum import Occlusion``
-(likewise ``FeatureAblation``): the same constructors, ``attribute`` arguments and return types (a
-tensor in gives a tensor out, a tuple of tensors in gives a tuple out) and the same values, computed by
-:func:`fastattr.occlusion` and :func:`fastattr.feature_ablation`, which build the masks of many
-perturbations at once and run them through the model together.
+(likewise the others): the same constructors, ``attribute`` arguments and return types (a tensor in
+gives a tensor out, a tuple of tensors in gives a tuple out) and the same values, computed by
+:func:`fastattr.occlusion`, :func:`fastattr.feature_ablation`, :func:`fastattr.kernel_shap` and
+:func:`fastattr.lime`, which build the masks of many perturbations at once and run them through the
+model together (and fit every example's surrogate in one batched solve).
 
 What differs from Captum:
 
@@ -19,6 +21,15 @@ What differs from Captum:
   ``feature_mask`` or ``baselines`` tuple without one entry per input tensor are errors (Captum
   casts, propagates or ignores them).
 - ``show_progress`` is accepted and shows nothing.
+- ``KernelShap`` and ``Lime`` draw their coalitions from a generator seeded by the global torch RNG
+  (so ``torch.manual_seed`` makes a call reproducible), in their own order: the values agree with
+  Captum's in distribution, and equal them when given the same coalitions. ``KernelShap`` imposes
+  ``Σφ = f(x) − f(x')`` exactly (Captum weights the all-in and all-out coalitions by 10⁶ instead);
+  both count ``n_samples`` as Captum does (KernelShap's includes those two). ``Lime`` takes Captum's
+  ``SkLearnLasso`` / ``SkLearnRidge`` / ``SkLearnLinearRegression`` surrogates and
+  ``get_exp_kernel_similarity_function`` kernels (any ``distance_mode`` and ``kernel_width``); other
+  surrogates, similarity and perturbation functions raise ``NotImplementedError``. Feature masks
+  must hold the ids ``0..M-1`` without gaps.
 - Targets select one scalar per example (as in :mod:`fastattr.integrations.captum`): an int, a list of
   ints or a 1-D tensor, or a tuple / list of tuples indexing every non-batch dimension of the output;
   ``target=None`` on a model with several outputs per example explains the arg-max class. The model
@@ -33,18 +44,21 @@ one perturbation per pass.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import inspect
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
-from ..core import check_count, chunk_size
+from ..core import check_count, check_flag, chunk_size
 from ..attribution.perturbation import Windows, broadcast_mask, like_inputs, occlude, resolve_baselines
 from ..attribution.perturbation import feature_ablation as _feature_ablation
 from ..attribution.perturbation import occlusion as _occlusion
+from ..attribution.surrogate import kernel_shap as _kernel_shap
+from ..attribution.surrogate import lime as _lime
 from ._captum_common import _Attribution, _bind, _output, _single_of
 
-__all__ = ["FeatureAblation", "Occlusion"]
+__all__ = ["FeatureAblation", "KernelShap", "Lime", "Occlusion"]
 
 
 def _inputs(inputs) -> tuple[tuple[torch.Tensor, ...], bool]:
@@ -137,12 +151,7 @@ class FeatureAblation(_Attribution):
                                      feature_mask=_single_of(feature_mask, "feature_mask"))
             return _output(attr, is_tuple)
         z, packed = _pack(xs, self.forward_func)
-        mask = None
-        if feature_mask is not None:
-            masks = [broadcast_mask(x, m, f"feature_mask[{i}]")
-                     for i, (x, m) in enumerate(zip(xs, _per_input(feature_mask, len(xs), "feature_mask")))]
-            rows = max(m.shape[0] for m in masks)
-            mask = torch.cat([m.expand((rows,) + tuple(m.shape[1:])).reshape(rows, -1) for m in masks], 1)
+        mask = _packed_mask(xs, feature_mask)
         model, t, max_batch = _bind(packed, z, target, additional_forward_args,
                                     _max_batch(z, perturbations_per_eval), z.shape[0] * z.shape[1])
         attr = _feature_ablation(model, z, t, baselines=_packed_baselines(xs, baselines), feature_mask=mask,
@@ -201,3 +210,111 @@ class Occlusion(FeatureAblation):
                                     _max_batch(z, perturbations_per_eval), z.shape[0] * z.shape[1])
         attr = occlude(model, z, t, parts, _packed_baselines(xs, baselines), "logit", max_batch, None)
         return packed.unpack(like_inputs(attr, z))
+
+
+def _packed_mask(xs: tuple[torch.Tensor, ...], feature_mask) -> Optional[torch.Tensor]:
+    """Per-input feature masks as one ``[1 or B, Σ D_i]`` mask of the packed inputs (ids shared across
+    the inputs, as in Captum)."""
+    if feature_mask is None:
+        return None
+    masks = [broadcast_mask(x, m, f"feature_mask[{i}]")
+             for i, (x, m) in enumerate(zip(xs, _per_input(feature_mask, len(xs), "feature_mask")))]
+    rows = max(m.shape[0] for m in masks)
+    return torch.cat([m.expand((rows,) + tuple(m.shape[1:])).reshape(rows, -1) for m in masks], 1)
+
+
+def _global_generator() -> torch.Generator:
+    """A generator seeded from the global torch RNG, so ``torch.manual_seed`` governs the draws."""
+    return torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,))))
+
+
+class _Surrogate(_Attribution):
+    """``attribute`` for the coalition methods: Captum's arguments turned into one call of ``method``."""
+
+    def _run(self, method: Callable, inputs, baselines, target, additional_forward_args, feature_mask,
+             copies: int, perturbations_per_eval: int, return_input_shape: bool, **options):
+        perturbations_per_eval = check_count(perturbations_per_eval, "perturbations_per_eval")
+        return_input_shape = check_flag(return_input_shape, "return_input_shape")
+        xs, is_tuple = _inputs(inputs)
+        if len(xs) == 1:
+            x, base, mask, packed = xs[0], _single_base(baselines), _single_of(feature_mask, "feature_mask"), None
+            forward = self.forward_func
+        else:
+            x, packed = _pack(xs, self.forward_func)
+            base, mask, forward = _packed_baselines(xs, baselines), _packed_mask(xs, feature_mask), packed
+        model, t, max_batch = _bind(forward, x, target, additional_forward_args,
+                                    _max_batch(x, perturbations_per_eval), x.shape[0] * copies)
+        attr = method(model, x, t, feature_mask=mask, baselines=base, max_batch=max_batch,
+                      return_input_shape=return_input_shape, generator=_global_generator(), **options)
+        if not return_input_shape:
+            return attr
+        return _output(attr, is_tuple) if packed is None else packed.unpack(attr)
+
+
+class KernelShap(_Surrogate):
+    """KernelSHAP, as ``captum.attr.KernelShap`` (see :func:`fastattr.kernel_shap`): Shapley values of
+    the features of ``feature_mask`` (every element when None) from ``n_samples`` coalitions, the
+    all-in and all-out ones among them, drawn from the Shapley kernel."""
+
+    def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
+                  feature_mask=None, n_samples: int = 25, perturbations_per_eval: int = 1,
+                  return_input_shape: bool = True, show_progress: bool = False):
+        """Returns attributions shaped like ``inputs`` (a tuple for a tuple), or ``[B, M]`` with
+        ``return_input_shape=False``."""
+        n_samples = check_count(n_samples, "n_samples", minimum=3)
+        return self._run(_kernel_shap, inputs, baselines, target, additional_forward_args, feature_mask,
+                         n_samples, perturbations_per_eval, return_input_shape, n_samples=n_samples - 2,
+                         paired=False)
+
+
+def _surrogate_of(model) -> tuple[str, float]:
+    """fastattr's ``(surrogate, alpha)`` for a Captum interpretable model."""
+    if model is None:
+        return "lasso", 0.01
+    kinds = {"SkLearnLasso": "lasso", "SkLearnRidge": "ridge", "SkLearnLinearRegression": "ols"}
+    kind = kinds.get(type(model).__name__)
+    kwargs = dict(getattr(model, "construct_kwargs", {}) or {})
+    alpha = kwargs.pop("alpha", 1.0 if kind != "ols" else 0.0)
+    if kind is None or kwargs.pop("fit_intercept", True) is not True or kwargs:
+        raise NotImplementedError(f"interpretable_model {model!r} is not supported by fastattr's Lime (Captum's "
+                                  "SkLearnLasso, SkLearnRidge and SkLearnLinearRegression with alpha are); use "
+                                  "captum.attr.Lime for it")
+    return kind, float(alpha)
+
+
+def _kernel_of(similarity_func) -> tuple[str, float]:
+    """``(distance, kernel_width)`` of Captum's ``get_exp_kernel_similarity_function`` kernels."""
+    if similarity_func is None:
+        return "cosine", 1.0
+    names = inspect.getclosurevars(similarity_func).nonlocals if callable(similarity_func) else {}
+    if getattr(similarity_func, "__name__", "") != "default_exp_kernel" or "kernel_width" not in names:
+        raise NotImplementedError("fastattr's Lime takes the kernels of captum's get_exp_kernel_similarity_function "
+                                  "only; use captum.attr.Lime for another similarity_func")
+    return names.get("distance_mode", "cosine"), float(names["kernel_width"])
+
+
+class Lime(_Surrogate):
+    """LIME, as ``captum.attr.Lime`` (see :func:`fastattr.lime`): the coefficients of a weighted linear
+    surrogate fitted on ``n_samples`` Bernoulli(0.5) coalitions of the features of ``feature_mask``
+    per example (Captum's defaults: ``SkLearnLasso(alpha=0.01)``, a cosine kernel of width 1)."""
+
+    def __init__(self, forward_func: Callable, interpretable_model=None, similarity_func: Optional[Callable] = None,
+                 perturb_func: Optional[Callable] = None):
+        super().__init__(forward_func)
+        if perturb_func is not None:
+            raise NotImplementedError("fastattr's Lime draws Bernoulli(0.5) coalitions (Captum's default "
+                                      "perturb_func); use captum.attr.Lime for another perturb_func")
+        self.interpretable_model = interpretable_model
+        self.surrogate, self.alpha = _surrogate_of(interpretable_model)
+        self.distance, self.kernel_width = _kernel_of(similarity_func)
+
+    def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
+                  feature_mask=None, n_samples: int = 25, perturbations_per_eval: int = 1,
+                  return_input_shape: bool = True, show_progress: bool = False):
+        """Returns attributions shaped like ``inputs`` (a tuple for a tuple), or ``[B, M]`` with
+        ``return_input_shape=False``."""
+        n_samples = check_count(n_samples, "n_samples", minimum=2)
+        return self._run(_lime, inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
+                         perturbations_per_eval, return_input_shape, n_samples=n_samples,
+                         kernel_width=self.kernel_width, distance=self.distance, surrogate=self.surrogate,
+                         alpha=self.alpha)

@@ -64,10 +64,11 @@ from ..attribution.layer import layer_integrated_gradients as _layer_integrated_
 from ..numerics import accum_dtype
 from ._captum_common import (_as_args, _Attribution, _bind, _output, _single_of, _single_input, _tiled,
                              _unsupported)
-from ._captum_perturbation import FeatureAblation, Occlusion
+from ._captum_perturbation import FeatureAblation, KernelShap, Lime, Occlusion
 
 __all__ = ["FeatureAblation", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
-           "IntegratedGradients", "LayerGradCam", "LayerIntegratedGradients", "NoiseTunnel", "Occlusion", "Saliency"]
+           "IntegratedGradients", "KernelShap", "LayerGradCam", "LayerIntegratedGradients", "Lime", "NoiseTunnel",
+           "Occlusion", "Saliency"]
 
 
 class Saliency(_Attribution):

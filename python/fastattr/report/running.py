@@ -13,7 +13,7 @@ import torch
 from .._backend import use_backend
 from ..attribution import LAYER_METHODS, METHODS
 from ..cd import CD_METHODS
-from ..core import eval_modes
+from ..core import eval_modes, patch_segments
 from ..metrics import EVALUATE_METRICS, evaluate
 from .loading import (ReportError, check_data, check_fits, check_labels, load_data, load_model, usable_device,
                       writable_folder)
@@ -21,6 +21,16 @@ from .writing import ReportResult, write_tables
 
 CONTROL = "random"  # a uniformly random map: the floor any method should beat
 MULTIPLIED_BY_INPUTS = {"input_x_gradient", "integrated_gradients"}  # maps that carry the (x − x') factor
+SURROGATE_METHODS = ("kernel_shap", "lime")
+
+
+def _blocks(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The surrogate methods' features: square blocks of pixels shared by the channels, 2×2 or larger
+    so that an image has at most 64 (None, every element, for inputs that are not images)."""
+    if x.dim() != 4:
+        return None
+    side = max(2, -(-max(x.shape[2:]) // 8))
+    return patch_segments(tuple(x.shape[2:]), side).reshape(1, 1, *x.shape[2:]).to(x.device)
 
 
 def _pick(names: Optional[Sequence[str]], available: dict, kind: str) -> list[str]:
@@ -103,6 +113,10 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
     if name == "smoothgrad":
         return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], generator=seed * 1_000_003 + first + i)
                           for i in range(x.shape[0])])
+    if name in SURROGATE_METHODS:  # coalitions seeded per global example, features: blocks of pixels
+        mask = _blocks(x)
+        return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], feature_mask=mask,
+                                        generator=seed * 1_000_003 + first + i) for i in range(x.shape[0])])
     if name in ("occlusion", "feature_ablation"):
         # a = f(x) − f(x̃) per example: one at a time, as f(x) from a batch of 5 and from a shard of 2
         # can differ in the last bit (MKL's small-batch GEMM), which the SOP errors amplify ~75×
