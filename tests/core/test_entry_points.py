@@ -399,3 +399,34 @@ def test_non_contiguous_and_channels_last_inputs_give_the_same_result(name):
     assert not strided.is_contiguous()
     for layout in (strided, x.contiguous(memory_format=torch.channels_last)):
         _close(ENTRY_POINTS[name](model, layout, TARGET), expected)
+
+
+@pytest.mark.parametrize("name", ["saliency", "integrated_gradients", "occlusion", "kernel_shap", "deletion",
+                                  "infidelity", "evaluate", "captum.Saliency", "captum.FeatureAblation"])
+def test_a_model_wrapped_in_a_function_is_guarded_too(name):
+    """``lambda x: net(x)``, a bound ``forward`` and a ``functools.partial`` reach the same rule: the
+    modules they wrap run in eval mode and keep their buffers and flags."""
+    import functools
+
+    net = cnn().train()
+    x = _inputs(name)
+    expected = ENTRY_POINTS[name](cnn(), x, TARGET)
+    for wrapped in (lambda z: net(z), net.forward, functools.partial(net.__call__)):
+        before = _state(net)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            got = ENTRY_POINTS[name](wrapped, x, TARGET)
+        _same_state(before, _state(net))
+        if not name.startswith("captum."):
+            assert any("training mode" in str(w.message) for w in record)
+            _close(got, expected)
+
+
+def test_lazy_modules_and_a_second_model_inside_explain_are_handled():
+    lazy = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LazyBatchNorm2d(), nn.Flatten(), nn.LazyLinear(CLASSES)).double()
+    x = _inputs("saliency")
+    A.feature_ablation(lazy.eval(), x, TARGET, feature_mask=_patches(x))  # materialises and runs
+    other = cnn().train()
+    state = _state(other)
+    M.max_sensitivity(cnn(), x, lambda m, z, t: A.saliency(other, z, t), TARGET, n_samples=2)
+    _same_state(state, _state(other))

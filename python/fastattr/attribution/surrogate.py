@@ -21,6 +21,7 @@ model one example at a time and calls scikit-learn per example.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional, Union
 
 import torch
@@ -85,11 +86,12 @@ def _check_coalitions(coalitions, batch: int, m: int, per_example: bool) -> torc
     return z
 
 
-def shapley_coalitions(m: int, n_samples: Optional[int], paired: bool,
-                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def shapley_coalitions(m: int, n_samples: Optional[int], paired: bool, generator: torch.Generator,
+                       least_norm: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """``(coalitions [S, M] bool, weights [S] float64, exact)``: every coalition but the empty and the
     full one with the Shapley kernel weight (``exact``), or ``n_samples`` drawn from the kernel with
-    weight 1 (paired with their complements when ``paired``)."""
+    weight 1 (paired with their complements when ``paired``); fewer than ``M + 1`` only with
+    ``least_norm``."""
     every = 2 ** m - 2
     if (n_samples is None and m <= EXACT_FEATURES) or (n_samples is not None and n_samples >= every):
         codes = torch.arange(1, 2 ** m - 1)
@@ -99,13 +101,14 @@ def shapley_coalitions(m: int, n_samples: Optional[int], paired: bool,
         weights = (m - 1) / (binomial[k] * k * (m - k))
         return z, weights, True
     n = 2 * m + 2048 if n_samples is None else n_samples
-    if n < m + 1:
-        raise ValueError(f"n_samples must be at least M + 1 = {m + 1} coalitions for {m} features, got {n}")
+    if n < m + 1 and not least_norm:
+        raise ValueError(f"n_samples must be at least M + 1 = {m + 1} coalitions for {m} features, got {n} "
+                         "(underdetermined='least_norm' takes fewer)")
     draws = -(-n // 2) if paired else n
     k = torch.arange(1, m, dtype=torch.float64)
     sizes = torch.multinomial((m - 1) / (k * (m - k)), draws, replacement=True, generator=generator) + 1
-    order = torch.rand(draws, m, generator=generator).argsort(1).argsort(1)
-    z = order < sizes[:, None]
+    keys = torch.rand(draws, m, generator=generator)
+    z = keys <= keys.sort(1).values.gather(1, (sizes - 1)[:, None])  # the k smallest keys: a uniform k-subset
     if paired:
         z = torch.cat([z, ~z])[:n]
     return z, torch.ones(n, dtype=torch.float64), False
@@ -132,12 +135,17 @@ def _soft(x: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def fit_surrogate(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, surrogate: str, alpha: float, *,
-                  max_iter: int = 10000, tol: float = 1e-10) -> torch.Tensor:
+                  max_iter: int = 10000, tol: float = 1e-10, memory: int = 256 << 20) -> torch.Tensor:
     """Coefficients ``[B, M]`` of a weighted linear fit with intercept, per example, all at once:
-    samples ``x [B, S, M]``, targets ``y [B, S]``, weights ``w [B, S]``, in float64. The objectives are
-    scikit-learn's: ``"lasso"`` ``1/(2 Σw) Σ w (y − b − xβ)² + α‖β‖₁`` (cyclic coordinate descent on the
-    weighted Gram matrix until no coefficient moves by more than ``tol`` × the largest), ``"ridge"``
-    ``Σ w (y − b − xβ)² + α‖β‖²``, ``"ols"`` least squares (least-norm when rank-deficient)."""
+    samples ``x [B, S, M]``, targets ``y [B, S]``, weights ``w [B, S]`` (each example's summing to more
+    than 0), in float64. The objectives are scikit-learn's: ``"lasso"`` ``1/(2 Σw) Σ w (y − b − xβ)² +
+    α‖β‖₁``, ``"ridge"`` ``Σ w (y − b − xβ)² + α‖β‖²``, ``"ols"`` least squares (least-norm when
+    rank-deficient, as ridge with ``α = 0``). Examples go in groups whose ``[M, M]`` Gram matrices fit
+    in ``memory`` bytes."""
+    per = max(1, memory // max(1, 8 * (x.shape[2] ** 2 + 3 * x.shape[1] * x.shape[2])))
+    if x.shape[0] > per:
+        return torch.cat([fit_surrogate(x[i:i + per], y[i:i + per], w[i:i + per], surrogate, alpha,
+                                        max_iter=max_iter, tol=tol) for i in range(0, x.shape[0], per)])
     x, y, w = x.double(), y.double(), w.double()
     share = w / w.sum(1, keepdim=True)
     xc = x - (share[..., None] * x).sum(1, keepdim=True)
@@ -145,24 +153,42 @@ def fit_surrogate(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, surrogate: 
     if surrogate in ("ridge", "ols"):
         gram = xc.transpose(1, 2) @ (w[..., None] * xc)
         rhs = (xc.transpose(1, 2) @ (w * yc)[..., None])[..., 0]
-        if surrogate == "ridge":
+        if surrogate == "ridge" and alpha > 0:
             return torch.linalg.solve(gram + alpha * torch.eye(x.shape[2], dtype=x.dtype, device=x.device), rhs)
         return (torch.linalg.pinv(gram, hermitian=True) @ rhs[..., None])[..., 0]
     gram = xc.transpose(1, 2) @ (share[..., None] * xc)
     corr = (xc.transpose(1, 2) @ (share * yc)[..., None])[..., 0]
+    return _lasso(gram, corr, alpha, max_iter, tol)
+
+
+def _lasso(gram: torch.Tensor, corr: torch.Tensor, alpha: float, max_iter: int, tol: float) -> torch.Tensor:
+    """``argmin ½ βᵀGβ − cᵀβ + α‖β‖₁`` for every example: cyclic coordinate descent with an active set
+    (sweeps over the coordinates that moved, a full sweep to confirm), until no coefficient moves by
+    more than ``tol`` × the largest; a warning if ``max_iter`` sweeps do not get there."""
     diag = torch.diagonal(gram, dim1=1, dim2=2)
     safe = torch.where(diag > 0, diag, torch.ones_like(diag))
     beta = torch.zeros_like(corr)
+    active = list(range(corr.shape[1]))
+    full = True
     for _ in range(max_iter):
-        moved = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for j in range(x.shape[2]):
+        moved = torch.zeros(corr.shape[0], dtype=corr.dtype, device=corr.device)
+        changed = []
+        for j in active:
             old = beta[:, j].clone()
             r = corr[:, j] - (gram[:, j] * beta).sum(1) + diag[:, j] * old
             new = torch.where(diag[:, j] > 0, _soft(r, alpha) / safe[:, j], torch.zeros_like(r))
             beta[:, j] = new
-            moved = torch.maximum(moved, (new - old).abs())
-        if bool((moved <= tol * beta.abs().amax(1).clamp(min=1e-300)).all()):
-            break
+            step = (new - old).abs()
+            moved = torch.maximum(moved, step)
+            if bool((step > 0).any()):
+                changed.append(j)
+        done = bool((moved <= tol * beta.abs().amax(1).clamp(min=1e-300)).all())
+        if done and full:
+            return beta
+        full = done  # converged on the active set: confirm with a sweep over every coordinate
+        active = list(range(corr.shape[1])) if done or not changed else changed
+    warnings.warn(f"the Lasso did not converge in {max_iter} sweeps (tol {tol:g}); the coefficients are "
+                  "approximate", RuntimeWarning, stacklevel=3)
     return beta
 
 
@@ -194,16 +220,18 @@ def kernel_shap(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                 feature_mask: Optional[torch.Tensor] = None, baselines: Baselines = 0.0,
                 n_samples: Optional[int] = None, paired: bool = True, generator=None,
                 coalitions: Optional[torch.Tensor] = None, return_input_shape: bool = True, score: str = "logit",
-                max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
-                compile: Union[bool, dict] = False) -> torch.Tensor:
+                underdetermined: str = "raise", max_batch: Optional[int] = None,
+                memory_budget: Optional[int] = None, compile: Union[bool, dict] = False) -> torch.Tensor:
     """KernelSHAP values (Lundberg & Lee 2017, SPEC §10; see the module docstring) of the ``M`` features
     of ``feature_mask`` (integer ids ``0..M-1`` broadcastable to ``inputs``; None: every element).
 
     ``n_samples=None``: every coalition when ``M ≤ 12`` (the exact Shapley values), else
     ``2M + 2048`` coalitions drawn from ``generator`` (seed 0 by default); a given ``n_samples``
     (at least ``M + 1``) is drawn, or enumerated when it covers all ``2^M − 2``. ``paired``: each draw
-    with its complement. ``coalitions``: explicit ones ``[S, M]`` (bool, True: kept from the input;
-    weight 1 each), e.g. to replay another library's draws. ``Σφ = f_t(x) − f_t(x')`` holds exactly.
+    with its complement; fewer than ``M + 1`` draws raise, unless ``underdetermined="least_norm"``
+    (the least-norm solution, what Captum's least squares gives). ``coalitions``: explicit ones
+    ``[S, M]`` (bool, True: kept from the input; weight 1 each), e.g. to replay another library's
+    draws. ``Σφ = f_t(x) − f_t(x')`` holds exactly.
 
     Returns a map like ``inputs`` (each element its feature's value), or ``[B, M]`` with
     ``return_input_shape=False``. Example::
@@ -213,6 +241,8 @@ def kernel_shap(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     """
     paired = check_flag(paired, "paired")
     return_input_shape = check_flag(return_input_shape, "return_input_shape")
+    if underdetermined not in ("raise", "least_norm"):
+        raise ValueError(f"underdetermined must be 'raise' or 'least_norm', got {underdetermined!r}")
     ids, m = feature_ids(inputs, feature_mask)
     gen = make_generator(generator)
     if coalitions is not None:
@@ -220,7 +250,7 @@ def kernel_shap(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         weights = torch.ones(z.shape[0], dtype=torch.float64)
     else:
         n_samples = check_count(n_samples, "n_samples", optional=True)
-        z, weights, _ = shapley_coalitions(m, n_samples, paired, gen)
+        z, weights, _ = shapley_coalitions(m, n_samples, paired, gen, underdetermined == "least_norm")
     t, full, base, chunk = perturbation_setup(model, inputs, target, baselines, score, z.shape[0], max_batch,
                                               memory_budget, generator=gen)
     empty = read_scores(forward_chunks(model, base.expand_as(inputs).contiguous(), chunk, any_rank=False), t, score)
@@ -270,5 +300,8 @@ def lime(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                                            memory_budget, generator=gen)
     values = masked_scores(model, inputs, base, t, z.shape[1], _coalition_masks(z, ids), chunk, score, compile)
     weights = _lime_weights(inputs, base, ids, m, z, distance, kernel_width)
+    if bool((weights.sum(1) == 0).any()):
+        raise ValueError(f"kernel_width={kernel_width:g} gives every coalition of some input weight 0 (the "
+                         f"{distance} distances are too large for it); use a larger kernel_width")
     coef = fit_surrogate(z, values, weights, surrogate, alpha).to(values.dtype)
     return _spread(coef, ids, inputs) if return_input_shape else coef

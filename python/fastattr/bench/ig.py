@@ -132,7 +132,11 @@ if which == "fastattr":
 else:
     from captum.attr import IntegratedGradients
     call = lambda n: IntegratedGradients(model).attribute(x, target=t, n_steps=n)
-cold = peak_rss_above_start(lambda: call(2)) if device == "cpu" else 0
+if device == "cpu":
+    cold = peak_rss_above_start(lambda: call(2))
+else:
+    call(2)  # the warm-up, as on CPU; its cost is not reported on CUDA
+    cold = 0
 if device == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
     call(n_steps)

@@ -76,7 +76,7 @@ def check_model(model: nn.Module, inputs: Optional[torch.Tensor] = None, *, grad
 
 MODEL_MODES = ("eval", "as_given")
 _mode: contextvars.ContextVar[str] = contextvars.ContextVar("fastattr_model_mode", default="eval")
-_guarded: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_model_guarded", default=False)
+_guarded: contextvars.ContextVar[frozenset] = contextvars.ContextVar("fastattr_model_guarded", default=frozenset())
 
 
 def get_model_mode() -> str:
@@ -88,7 +88,8 @@ def get_model_mode() -> str:
 def use_model_mode(mode: str) -> Iterator[str]:
     """Context manager choosing how a model in training mode is run: ``"eval"`` (default: in eval mode,
     with a warning) or ``"as_given"`` (in its own mode: batch statistics, active dropout). Either way
-    the model's flags and buffers are restored after each call. ``with fastattr.use_model_mode("as_given"): ...``"""
+    the model's flags and buffers are restored after each call. The choice holds in the current
+    thread (and its ``contextvars`` context). ``with fastattr.use_model_mode("as_given"): ...``"""
     if mode not in MODEL_MODES:
         raise ValueError(f"mode must be one of {MODEL_MODES}, got {mode!r}")
     token = _mode.set(mode)
@@ -98,8 +99,41 @@ def use_model_mode(mode: str) -> Iterator[str]:
         _mode.reset(token)
 
 
+def modules_of(model) -> list[nn.Module]:
+    """The ``nn.Module`` objects a model runs: the model itself, or what a callable wraps — a bound
+    method's object, a ``functools.partial``'s function and arguments, the modules a function or
+    lambda closes over (``lambda x: net(x)[0]``)."""
+    found: dict[int, nn.Module] = {}
+
+    def visit(obj, depth: int) -> None:
+        if isinstance(obj, nn.Module):
+            found.setdefault(id(obj), obj)
+        elif depth > 0 and isinstance(obj, functools.partial):
+            for o in (obj.func, *obj.args, *obj.keywords.values()):
+                visit(o, depth - 1)
+        elif depth > 0 and inspect.ismethod(obj):
+            visit(obj.__self__, depth - 1)
+        elif depth > 0 and inspect.isfunction(obj) and obj.__closure__:
+            for cell in obj.__closure__:
+                try:
+                    visit(cell.cell_contents, depth - 1)
+                except ValueError:  # an empty cell
+                    pass
+
+    visit(model, 3)
+    return list(found.values())
+
+
+def _snapshot_buffers(modules: list[nn.Module]) -> list:
+    """``(module, name, buffer, copy)`` of every materialised buffer (lazy ones are skipped)."""
+    return [(m, name, b, b.detach().clone()) for root in modules for m in root.modules()
+            for name, b in m._buffers.items() if b is not None and not nn.parameter.is_lazy(b)]
+
+
 def _restore_buffers(saved: list) -> None:
-    """Puts every buffer back: the same tensor object in its module, holding the same values."""
+    """Puts every buffer back: the same tensor object in its module, holding the same values (compared
+    value by value: BatchNorm's kernels update running statistics without bumping the version
+    counter)."""
     for module, name, buf, copy in saved:
         module._buffers[name] = buf
         if buf.shape != copy.shape or not torch.equal(buf, copy):
@@ -111,22 +145,24 @@ def _restore_buffers(saved: list) -> None:
 def model_guard(model: Callable, inputs=None, *, gradients: bool = False, quiet: bool = False,
                 name: str = "inputs") -> Iterator[None]:
     """The model contract around one public call: :func:`check_model`, a non-empty batch, and the one
-    train-mode rule. A module with any submodule in training mode runs in eval mode (BatchNorm running
-    statistics, no dropout) with a warning (none with ``quiet``), or as given under
+    train-mode rule, applied to the model's modules (:func:`modules_of`: the model, or the modules a
+    function or lambda wraps). A module with any submodule in training mode runs in eval mode
+    (BatchNorm running statistics, no dropout) with a warning (none with ``quiet``), or as given under
     ``use_model_mode("as_given")``. Whatever the call does inside, every submodule's ``training`` flag
     and every buffer (BatchNorm ``running_mean`` / ``running_var`` / ``num_batches_tracked``, ...) are
-    the same after it as before, even when it raises. Nested calls (a method inside a metric) are
-    guarded once, by the outermost."""
+    the same after it as before, even when it raises. A module already guarded by an enclosing call (a
+    method inside a metric) is guarded once, by the outermost."""
     check_model(model, inputs, gradients=gradients, name=name)
     if isinstance(inputs, torch.Tensor) and (inputs.dim() == 0 or inputs.shape[0] == 0):
         raise ValueError(f"{name} must have a non-empty batch axis, got shape {tuple(inputs.shape)}")
-    if _guarded.get() or not isinstance(model, nn.Module):
+    outer = _guarded.get()
+    modules = [m for m in modules_of(model) if id(m) not in outer]
+    if not modules:
         yield
         return
-    flags = [(m, m.training) for m in model.modules()]
-    saved = [(m, name, b, b.detach().clone()) for m in model.modules() for name, b in m._buffers.items()
-             if b is not None]
-    token = _guarded.set(True)
+    flags = [(m, m.training) for root in modules for m in root.modules()]
+    saved = _snapshot_buffers(modules)
+    token = _guarded.set(outer | {id(m) for m in modules})
     try:
         if any(flag for _, flag in flags) and get_model_mode() == "eval":
             if not quiet:
@@ -134,7 +170,8 @@ def model_guard(model: Callable, inputs=None, *, gradients: bool = False, quiet:
                               "statistics, no dropout) and restores its mode and buffers afterwards. Call "
                               "model.eval() to silence this, or run under fastattr.use_model_mode('as_given') "
                               "to use the model in its own mode", UserWarning, stacklevel=4)
-            model.eval()
+            for m in modules:
+                m.eval()
         yield
     finally:
         _guarded.reset(token)
@@ -215,28 +252,31 @@ class ModelCallError(ValueError, RuntimeError):
 
 
 def _raised_by_fastattr(error: BaseException) -> bool:
-    """Whether ``error`` was raised by fastattr's own code (its innermost frame is in the package)."""
+    """Whether ``error`` was raised by fastattr's own code (its innermost frame is in the package, not
+    in the zoo's models, which are model code like any user's)."""
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE)
+    path = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return path.startswith(_PACKAGE) and not path.startswith(_PACKAGE + "zoo")
 
 
 _PACKAGE = __file__.rsplit("core", 1)[0]
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
 
 
 @contextlib.contextmanager
 def model_errors(x: torch.Tensor) -> Iterator[None]:
     """Model code run on ``x`` in the block: an error from inside the model or torch (a wrong rank, a
     shape the first layer does not take: a ``RuntimeError``, or the ``ValueError`` some layers raise)
-    becomes a :class:`ModelCallError` naming the inputs' shape, chained to it. Out-of-memory errors and
-    fastattr's own errors pass as they are."""
+    becomes a :class:`ModelCallError` naming the inputs' shape, chained to it. Out-of-memory errors (CPU
+    and CUDA) and fastattr's own errors pass as they are."""
     try:
         yield
     except torch.OutOfMemoryError:
         raise
     except (RuntimeError, ValueError) as e:
-        if isinstance(e, ModelCallError) or _raised_by_fastattr(e):
+        if isinstance(e, ModelCallError) or _raised_by_fastattr(e) or any(k in str(e) for k in _OUT_OF_MEMORY):
             raise
         raise ModelCallError(f"the model could not run inputs of shape {tuple(x.shape)} ({str(e).splitlines()[0]}); "
                              "inputs must be a batch [N, ...] of what the model takes") from e

@@ -4,6 +4,7 @@ fastattr's functions take."""
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from typing import Any, Callable, Optional, Tuple
 
@@ -155,13 +156,19 @@ def _bind(forward_func: Callable, x: torch.Tensor, target, additional_forward_ar
     return (model if isinstance(forward_func, nn.Module) else model.forward), target, max_batch
 
 
-def _as_captum(method: Callable) -> Callable:
-    """``method`` run under Captum's train-mode semantics with the model's state guarded."""
+def _as_captum(method: Callable, inputs_name: str = "inputs") -> Callable:
+    """``method`` run under Captum's train-mode semantics with the model's state guarded; its argument
+    ``inputs_name`` holds what the model runs (checked against the model's dtype)."""
+    signature = inspect.signature(method)
+
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        inputs = args[0] if args else kwargs.get("inputs")
+        try:
+            inputs = signature.bind(self, *args, **kwargs).arguments.get(inputs_name)
+        except TypeError:
+            return method(self, *args, **kwargs)
         inputs = inputs[0] if isinstance(inputs, tuple) and len(inputs) == 1 else inputs
-        with use_model_mode("as_given"), model_guard(self.forward_func, inputs):
+        with use_model_mode("as_given"), model_guard(self.forward_func, inputs, name=inputs_name):
             return method(self, *args, **kwargs)
     return call
 
@@ -196,7 +203,7 @@ class _Attribution:
         """The class name in words (``"IntegratedGradients"`` → ``"Integrated Gradients"``), as Captum's."""
         return re.sub(r"(?<=.)([A-Z])", r" \1", cls.__name__)
 
-    @_as_captum
+    @functools.partial(_as_captum, inputs_name="end_point")
     def compute_convergence_delta(self, attributions, start_point, end_point, target=None,
                                   additional_forward_args: Any = None) -> torch.Tensor:
         """Per example, ``Σ attributions − (f_t(end_point) − f_t(start_point))`` (Sundararajan et al.

@@ -264,7 +264,7 @@ class KernelShap(_Surrogate):
         n_samples = check_count(n_samples, "n_samples", minimum=3)
         return self._run(_kernel_shap, inputs, baselines, target, additional_forward_args, feature_mask,
                          n_samples, perturbations_per_eval, return_input_shape, n_samples=n_samples - 2,
-                         paired=False)
+                         paired=False, underdetermined="least_norm")
 
 
 def _surrogate_of(model) -> tuple[str, float]:
