@@ -4,7 +4,9 @@ the C++ call with its dtype name and thread count, and the tensor checks an op r
 custom op (so a direct ``torch.ops.fastattr.*`` call is checked too)."""
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
 from types import ModuleType
 
 import torch
@@ -19,6 +21,50 @@ check_backend = _backend.check_backend
 def triton_kernels(op: str) -> ModuleType:
     """``fastattr.triton.<op>``, imported on first use (a CPU-only install never imports triton)."""
     return importlib.import_module(f"fastattr.triton.{op}")
+
+
+def _probe() -> None:
+    pass
+
+
+def _disable_dynamo_code():
+    """The code object of the wrapper ``torch._disable_dynamo`` puts around a function, or None
+    where this torch has no such helper."""
+    try:
+        return torch._disable_dynamo(_probe).__code__
+    except Exception:
+        return None
+
+
+def eager_without_compiler(op):
+    """Lets the eager call of custom op ``op`` run without importing the compiler stack.
+
+    ``torch.library.custom_op`` stores every kernel in ``op._backend_fns`` wrapped by
+    ``torch._disable_dynamo``, whose first call runs ``import torch._dynamo`` (sympy and mpmath
+    through ``torch.fx.experimental.symbolic_shapes``, ~115 ``torch.distributed`` submodules, pieces of
+    ``torch._inductor`` and ``torch.onnx``, and triton through ``torch.utils._triton.has_triton_package``:
+    ~870 modules, ~1.7 s and ~140 MB on the first call) only to build ``torch._dynamo.disable(kernel)``. That wrapper matters only while Dynamo can be
+    evaluating frames, and Dynamo can do so only once ``torch._dynamo`` has been imported (every
+    ``torch.compile`` imports it). So the stored kernel is replaced by one that calls the kernel
+    directly while ``torch._dynamo`` is not in ``sys.modules`` and otherwise defers to torch's own
+    wrapper, unchanged: under ``torch.compile`` (and after any import of Dynamo) the behaviour is
+    exactly torch's. Where this torch stores its kernels otherwise, nothing is changed."""
+    code = _disable_dynamo_code()
+    fns = getattr(op, "_backend_fns", None)
+    if code is None or not isinstance(fns, dict):
+        return op
+    for device_type, wrapped in list(fns.items()):
+        raw = getattr(wrapped, "__wrapped__", None)
+        if getattr(wrapped, "__code__", None) is not code or raw is None:
+            continue
+
+        def kernel(*args, _raw=raw, _wrapped=wrapped, **kwargs):
+            if "torch._dynamo" not in sys.modules:
+                return _raw(*args, **kwargs)
+            return _wrapped(*args, **kwargs)
+
+        fns[device_type] = functools.wraps(raw)(kernel)
+    return op
 
 
 def rows(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

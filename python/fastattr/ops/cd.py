@@ -15,7 +15,7 @@ import torch
 
 from ..numerics import compute_dtype
 from ..reference import cd as reference_cd
-from ._utils import check_tensor, resolve, rows, run_cpp, triton_kernels
+from ._utils import check_tensor, eager_without_compiler, resolve, rows, run_cpp, triton_kernels
 
 
 def _check(y: torch.Tensor, bias: torch.Tensor, n_ref: int) -> int:
@@ -88,6 +88,7 @@ def _vjp(ctx, grad):
 
 
 _cd_bias_split_op.register_autograd(_vjp, setup_context=_setup)
+eager_without_compiler(_cd_bias_split_op)
 
 
 def cd_bias_split(y: torch.Tensor, bias: torch.Tensor, n_ref: int, relu: bool = False, *,

@@ -14,7 +14,7 @@ import torch
 
 from ..numerics import accum_dtype, compute_dtype
 from ..reference import path_ops as reference_path_ops
-from ._utils import check_tensor, resolve, rows, run_cpp, triton_kernels
+from ._utils import check_tensor, eager_without_compiler, resolve, rows, run_cpp, triton_kernels
 
 
 def _check_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> None:
@@ -98,6 +98,7 @@ def _interpolate_vjp(ctx, grad):
 
 
 _path_interpolate_op.register_autograd(_interpolate_vjp, setup_context=_interpolate_setup)
+eager_without_compiler(_path_interpolate_op)
 
 
 @torch.library.custom_op("fastattr::path_accumulate", mutates_args=())
@@ -147,6 +148,7 @@ def _accumulate_vjp(ctx, grad):
 
 
 _path_accumulate_op.register_autograd(_accumulate_vjp, setup_context=_accumulate_setup)
+eager_without_compiler(_path_accumulate_op)
 
 
 def path_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor, *,

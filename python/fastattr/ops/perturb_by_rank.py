@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from ..reference.perturb_by_rank import perturb_by_rank as reference_perturb_by_rank
-from ._utils import check_tensor, resolve, rows, run_cpp, triton_kernels
+from ._utils import check_tensor, eager_without_compiler, resolve, rows, run_cpp, triton_kernels
 
 
 def _check(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor, counts: torch.Tensor) -> None:
@@ -94,6 +94,7 @@ def _vjp(ctx, grad):
 
 
 _perturb_by_rank_op.register_autograd(_vjp, setup_context=_setup)
+eager_without_compiler(_perturb_by_rank_op)
 
 
 def perturb_by_rank(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor, counts: torch.Tensor, *,

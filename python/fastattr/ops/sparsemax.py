@@ -11,7 +11,7 @@ import torch
 
 from .. import reference
 from ..numerics import compute_dtype
-from ._utils import check_backend, check_tensor, resolve, run_cpp, triton_kernels
+from ._utils import check_backend, check_tensor, eager_without_compiler, resolve, run_cpp, triton_kernels
 
 
 def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *others: torch.Tensor,
@@ -112,6 +112,8 @@ def _backward_vjp(ctx, grad):
 
 _sparsemax_op.register_autograd(_forward_vjp, setup_context=_setup_forward)
 _sparsemax_backward_op.register_autograd(_backward_vjp, setup_context=_setup_backward)
+eager_without_compiler(_sparsemax_op)
+eager_without_compiler(_sparsemax_backward_op)
 
 
 def sparsemax(x: torch.Tensor, dim: int = -1, *, backend: Optional[str] = None) -> torch.Tensor:
