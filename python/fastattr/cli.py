@@ -90,6 +90,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names() -> tuple[str, str]:
+    """The method and metric names ``fastattr report`` knows, for ``--help``."""
+    from .report import CONTROL
+    from .report.loading import known_names
+
+    methods, metrics = known_names()
+    return ", ".join([*methods, CONTROL]), ", ".join(metrics)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
@@ -98,11 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     report = sub.add_parser("report", parents=[common], help="attribute, evaluate and write an HTML report (default: embedded digits CNN)")
-    report.add_argument("--model", default=None, help="'package.module:factory' returning the model (default: embedded digits CNN)")
-    report.add_argument("--data", default=None, help=".pt / .npy tensor file or a folder of images (default: digits test split)")
+    report.add_argument("--model", default=None, help="'package.module:factory' returning the model, the module importable from the "
+                        "current folder or PYTHONPATH (default: embedded digits CNN)")
+    report.add_argument("--data", default=None, help=".pt file (a tensor, (x, y) or {'x': x, 'y': y}, one label per input), .npy "
+                        "file or a folder of images (default: digits test split)")
     report.add_argument("--target", default=None, help="'pred' (default), 'label', or a class index")
-    report.add_argument("--methods", default=None, help="comma-separated attribution methods (default: all)")
-    report.add_argument("--metrics", default=None, help="comma-separated metrics (default: all)")
+    method_names, metric_names = _names()
+    report.add_argument("--methods", default=None,
+                        help="comma-separated attribution methods (default: all that apply to the model and data; "
+                             f"'random' is a control map): {method_names}")
+    report.add_argument("--metrics", default=None, help=f"comma-separated metrics (default: all): {metric_names}")
     report.add_argument("--n", "--num-inputs", dest="n", type=int, default=32,
                         help="number of inputs (default 32; under torchrun spell it --num-inputs)")
     report.add_argument("--device", default="cpu", help="cpu or cuda")

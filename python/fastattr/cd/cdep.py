@@ -42,8 +42,10 @@ def cdep_penalty(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = Non
     target, broadcastable to β ``[B, K, C]`` (e.g. ``[C]``); ``reduction``: ``"sum"`` over the K blobs
     (SPEC §4.5's ``Σ_blobs``) or ``"mean"`` over them.
 
-    Example (a training step)::
+    Example (a training step on RGB images ``x [B, 3, H, W]``, penalising their colour)::
 
+        import torch.nn.functional as F
+        colour_part = (x - x.mean(1, keepdim=True)).unsqueeze(1)   # relevant [B, K=1, 3, H, W]
         loss = F.cross_entropy(model(x), y) + lam * cdep_penalty(model, x, relevant=colour_part)
         loss.backward()
     """

@@ -4,7 +4,10 @@ split), labels, the device and the output folder. Every mistake is a :class:`Rep
 option."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -15,8 +18,42 @@ class ReportError(Exception):
     """A problem with what the user asked for (model path, data, names, output folder)."""
 
 
+def known_names() -> tuple[list[str], list[str]]:
+    """The attribution methods (the report's ``"random"`` control map aside) and the metrics a report can
+    run, in the order the report runs them: for ``--help`` and error messages."""
+    from ..attribution import LAYER_METHODS, METHODS
+    from ..cd import CD_METHODS
+    from ..metrics import EVALUATE_METRICS
+
+    return [*METHODS, *LAYER_METHODS, *CD_METHODS], list(EVALUATE_METRICS)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+@contextlib.contextmanager
+def _cwd_on_path():
+    """The current folder first on ``sys.path`` (as ``python -m`` puts it), for the user's model module;
+    removed again afterwards if it was not there before."""
+    cwd = os.getcwd()
+    present = any(os.path.abspath(p or os.curdir) == cwd for p in sys.path)
+    if not present:
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        if not present:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(cwd)
+
+
 def load_model(spec: Optional[str]) -> torch.nn.Module:
-    """``None`` → the embedded digits CNN; ``"module:callable"`` → ``callable()`` from that module."""
+    """``None`` → the embedded digits CNN; ``"module:callable"`` → ``callable()`` from that module, which is
+    imported with the current folder on the import path (as ``python -m`` does) besides ``PYTHONPATH``."""
     if spec is None:
         from ..zoo import load_digits_cnn
 
@@ -24,18 +61,28 @@ def load_model(spec: Optional[str]) -> torch.nn.Module:
     if ":" not in spec:
         raise ReportError(f"--model must look like 'package.module:factory', got {spec!r}")
     module_name, attr = spec.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:
-        raise ReportError(f"cannot import model module {module_name!r}: {e}") from e
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise ReportError(f"module {module_name!r} has no attribute {attr!r}")
-    try:
-        model = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
-    except Exception as e:
-        raise ReportError(f"{spec}() failed ({type(e).__name__}: {e}); --model names a function that takes no "
-                          "arguments and returns the model") from e
+    if not module_name or not attr:
+        raise ReportError(f"--model must look like 'package.module:factory', got {spec!r}")
+    with _cwd_on_path():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
+                raise ReportError(f"cannot import model module {module_name!r}: {_first_line(e)}; the module must be "
+                                  f"importable from the current folder ({os.getcwd()}) or PYTHONPATH") from e
+            raise ReportError(f"cannot import model module {module_name!r}: {_first_line(e)} (a module it imports "
+                              "is missing)") from e
+        except Exception as e:
+            raise ReportError(f"cannot import model module {module_name!r}: {type(e).__name__}: "
+                              f"{_first_line(e)}") from e
+        factory = getattr(module, attr, None)
+        if factory is None:
+            raise ReportError(f"module {module_name!r} has no attribute {attr!r}")
+        try:
+            model = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+        except Exception as e:
+            raise ReportError(f"{spec}() failed ({type(e).__name__}: {_first_line(e)}); --model names a function "
+                              "that takes no arguments and returns the model") from e
     if not callable(model):
         raise ReportError(f"{spec} did not give a callable model")
     return model
@@ -75,13 +122,9 @@ def load_data(spec: Optional[str], n: int) -> tuple[torch.Tensor, Optional[torch
         try:
             x = torch.from_numpy(np.load(path))
         except Exception as e:
-            raise ReportError(f"cannot read --data {spec}: {e}") from e
+            raise ReportError(f"cannot read --data {spec} (an array saved with numpy.save): {_first_line(e)}") from e
     elif path.suffix.lower() in (".pt", ".pth"):
-        try:
-            obj = torch.load(path, weights_only=True)
-        except Exception as e:
-            raise ReportError(f"cannot read --data {spec} (a tensor file saved with torch.save): "
-                              f"{str(e).splitlines()[0]}") from e
+        obj = _load_pt(path, spec)
         x = y = None
         if isinstance(obj, dict):
             x, y = obj.get("x"), obj.get("y")
@@ -92,10 +135,51 @@ def load_data(spec: Optional[str], n: int) -> tuple[torch.Tensor, Optional[torch
         if not isinstance(x, torch.Tensor):
             raise ReportError(f"--data {spec}: expected a tensor, (x, y) or {{'x': ..., 'y': ...}}")
         if y is not None and not isinstance(y, torch.Tensor):
-            y = torch.as_tensor(y)
+            try:
+                y = torch.as_tensor(y)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise ReportError(f"--data {spec}: the labels must be a tensor of class indices, got "
+                                  f"{type(y).__name__} ({_first_line(e)})") from e
     else:
         raise ReportError(f"--data must be a .pt or .npy file or a folder of images, got {spec}")
+    if x.dim() == 0:
+        raise ReportError(f"--data holds no inputs [N, ...] (a single number in {spec})")
+    if y is not None and (y.dim() == 0 or y.shape[0] != x.shape[0]):  # whatever --target: a sign of mixed-up files
+        raise ReportError(f"--data {spec}: {1 if y.dim() == 0 else y.shape[0]} labels for {x.shape[0]} inputs; give "
+                          "one label per input (or no labels)")
     return x[:n], (y[:n] if isinstance(y, torch.Tensor) else None)
+
+
+_SAVE_HINT = "save inputs with torch.save(x, path), torch.save((x, y), path) or torch.save({'x': x, 'y': y}, path)"
+
+
+def _load_pt(path: Path, spec: str):
+    """``torch.load(path, weights_only=True)`` with a one-line ReportError for a file that is not a tensor
+    file: empty, another format renamed ``.pt``, damaged, or holding objects other than tensors."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ReportError(f"cannot read --data {spec}: {e.strerror or e}") from e
+    if not head:
+        raise ReportError(f"cannot read --data {spec}: the file is empty; {_SAVE_HINT}")
+    # torch.save writes a zip archive (PK..) or, with the legacy format, a pickle (protocol byte 0x80).
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        looks = "looks like a text file" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else f"starts with {head!r}"
+        raise ReportError(f"cannot read --data {spec}: not a file written by torch.save (it {looks}); {_SAVE_HINT}")
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:
+        import pickle
+
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            raise ReportError(f"cannot read --data {spec}: it holds objects other than tensors, lists, tuples and "
+                              f"dicts (numpy arrays, classes), which are not loaded for safety; {_SAVE_HINT}") from e
+        if isinstance(e, RuntimeError) and "zip archive" in str(e):
+            raise ReportError(f"cannot read --data {spec}: the file is damaged or truncated; {_SAVE_HINT}") from e
+        reason = _first_line(e)
+        raise ReportError(f"cannot read --data {spec} (a tensor file saved with torch.save): {type(e).__name__}: "
+                          f"{reason[:160]}{'…' if len(reason) > 160 else ''}") from e
 
 
 def check_data(x: torch.Tensor, model) -> torch.Tensor:
