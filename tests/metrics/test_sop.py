@@ -205,3 +205,27 @@ def test_deletion_error_reads_f_x_off_the_clean_forward():
         value = fn(counted, x, a, 1, patch_size=4)
         assert counted.inputs == 2 + 2 * (15 + extra) and value.isfinite().all()
         torch.testing.assert_close(value, fn(small_cnn(), x, a, 1, patch_size=4, max_batch=5))
+
+
+def test_rescaled_errors_are_the_best_nonnegative_scale_and_scale_free():
+    """``rescale=True``: ``min_{c ≥ 0} Σ_S |Δf_S − c·A_S|`` (checked against a fine grid of c), the
+    same for the map times 0.01 or times 100, and never above the unscaled error or the zero map's."""
+    from fastattr.metrics.sop import additive_errors
+
+    gen = torch.Generator().manual_seed(0)
+    change = torch.randn(4, 60, generator=gen, dtype=torch.float64)
+    mass = torch.randn(4, 60, generator=gen, dtype=torch.float64) * 2
+    mass[3] = -mass[3].abs() * change[3].sign()  # anti-correlated: the best c >= 0 is 0
+    best = additive_errors(change, mass, rescale=True).sum(1)
+    grid = torch.linspace(0, 5, 50001, dtype=torch.float64)
+    brute = (change[:, None] - grid[None, :, None] * mass[:, None]).abs().sum(2).min(1).values
+    torch.testing.assert_close(best, brute, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(best[3], change[3].abs().sum())
+    assert (best <= additive_errors(change, mass).sum(1) + 1e-12).all()
+    model, x = linear_model(), rand(3, 12)
+    a = rand(3, 12, seed=4)
+    small = M.deletion_error(model, x, a * 0.01, 1, rescale=True, n_subsets=30, max_exhaustive=0)
+    large = M.deletion_error(model, x, a * 100.0, 1, rescale=True, n_subsets=30, max_exhaustive=0)
+    torch.testing.assert_close(small, large)
+    with pytest.raises(TypeError, match="rescale"):
+        M.insertion_error(model, x, a, 1, rescale="yes")

@@ -21,7 +21,7 @@ from ..core import (CountingModel, Target, check_attributions, check_count, chec
                     model_entry, resolve_clean, step_counts)
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
-from .sop import additive_mass, error_passes
+from .sop import additive_errors, additive_mass, error_passes
 from .subsets import (correlation, infidelity_from, sensitivity_from, sensitivity_passes,
                       subset_deltas)
 
@@ -159,9 +159,11 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     ranked metrics (deletion, insertion, MDRS, AUPC, MoRF, LeRF) and of the SOP errors (the
     random-subset metrics use the map's own features); ``score`` is the reader of every metric (None:
     each metric's own default, the probability for the ranked metrics and the logit for the others);
-    ``infidelity`` (``"subset"`` or ``"gaussian"``), ``noise_std`` and ``normalize`` mean what they
-    mean in :func:`infidelity` (subset infidelity shares the correlation's passes, Gaussian infidelity
-    runs its own, shared by every method); ``compile`` runs the model through ``torch.compile`` on
+    ``infidelity`` (``"subset"`` or ``"gaussian"``) and ``noise_std`` mean what they mean in
+    :func:`infidelity` (subset infidelity shares the correlation's passes, Gaussian infidelity runs its
+    own, shared by every method); ``normalize=True`` makes every scale-dependent column
+    scale-invariant: infidelity with the optimal rescaling (:func:`infidelity`'s ``normalize``) and the
+    SOP errors of the best-scaled map (their ``rescale``); ``compile`` runs the model through ``torch.compile`` on
     fixed-shape chunks; ``progress=True`` shows a tqdm bar of the model inputs run (tqdm needed).
     Returns an :class:`Evaluation` (``ev["deletion"]["ig"]`` is a ``[B]`` tensor; ``ev.summary()``,
     ``ev.to_pandas()``, ``ev.forward_calls``, ``ev.forward_inputs``).
@@ -178,6 +180,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         check_scalar_reader(score)
     if infidelity not in ("subset", "gaussian"):
         raise ValueError(f"infidelity must be 'subset' or 'gaussian', got {infidelity!r}")
+    normalize = check_flag(normalize, "normalize")
     if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics) or not len(metrics):
         raise TypeError(f"metrics must be a non-empty list of metric names, got {metrics!r}")
     unknown = [m for m in metrics if m not in EVALUATE_METRICS]
@@ -239,7 +242,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                                      max_exhaustive=max_exhaustive, baseline=baseline, score=score or "logit",
                                      generator=_fresh(generator), compile=compile,
                                      reference=references[insert], **chunks)
-            ev.values[metric] = {name: (change - additive_mass(s, f.scores.double())).abs().sum(-1)
+            ev.values[metric] = {name: additive_errors(change, additive_mass(s, f.scores.double()), normalize).sum(-1)
                                  for name, f in spaces.items()}
     ev.forward_calls, ev.forward_inputs = counted.calls, counted.inputs
     if bar is not None:

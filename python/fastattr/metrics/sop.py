@@ -21,9 +21,10 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..core import (Baseline, Features, MaskSet, Target, all_subsets, check_count, check_inputs, check_scalar_reader,
-                    chunk_size, feature_layout, feature_space, group_masks, group_scores, make_baseline,
-                    make_generator, model_entry, perturbed_scores, random_subsets, read_scores, resolve_clean)
+from ..core import (Baseline, Features, MaskSet, Target, all_subsets, check_count, check_flag, check_inputs,
+                    check_scalar_reader, chunk_size, feature_layout, feature_space, group_masks, group_scores,
+                    make_baseline, make_generator, model_entry, perturbed_scores, random_subsets, read_scores,
+                    resolve_clean)
 from .subsets import check_masks
 
 GROUP_RULES = ("subset", "contains")
@@ -115,6 +116,23 @@ def grouped_mass(unit_subsets: torch.Tensor, masks: torch.Tensor, c: torch.Tenso
     return torch.stack(out)
 
 
+def additive_errors(change: torch.Tensor, mass: torch.Tensor, rescale: bool = False) -> torch.Tensor:
+    """``[B, K]``: ``|Δf_S − c·Σ_{i∈S} a_i|`` with ``c = 1``, or with ``rescale`` the best scale
+    ``c = argmin_{c ≥ 0} Σ_S |Δf_S − c·A_S|`` per example (a weighted median of ``Δf_S / A_S`` with
+    weights ``|A_S|``, clipped at 0), which makes the total error independent of the map's scale."""
+    if not rescale:
+        return (change - mass).abs()
+    ratio = torch.where(mass != 0, change / torch.where(mass != 0, mass, torch.ones_like(mass)),
+                        torch.zeros_like(mass))
+    order = ratio.argsort(1)
+    weights = mass.abs().gather(1, order).cumsum(1)
+    half = weights[:, -1:] / 2
+    index = torch.searchsorted(weights, half).clamp(max=mass.shape[1] - 1)
+    scale = ratio.gather(1, order).gather(1, index).clamp(min=0)
+    scale = torch.where(weights[:, -1:] > 0, scale, torch.zeros_like(scale))
+    return (change - scale * mass).abs()
+
+
 def _reduce(errors: torch.Tensor, reduction: str) -> torch.Tensor:
     return errors.sum(-1) if reduction == "sum" else errors.mean(-1)
 
@@ -128,8 +146,9 @@ def _check(reduction: str, rule: Optional[str] = None) -> None:
 
 def _additive_error(model, inputs, attributions, target, *, insert, subsets, n_subsets, max_exhaustive, p,
                     baseline, score, reduction, granularity, segments, patch_size, segment_score, generator,
-                    max_batch, memory_budget, compile):
+                    max_batch, memory_budget, compile, rescale):
     check_inputs(inputs)
+    rescale = check_flag(rescale, "rescale")
     check_scalar_reader(score)
     _check(reduction)
     feats = feature_space(inputs, attributions, granularity=granularity, segments=segments,
@@ -138,7 +157,7 @@ def _additive_error(model, inputs, attributions, target, *, insert, subsets, n_s
                                    n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
                                    score=score, generator=generator, max_batch=max_batch,
                                    memory_budget=memory_budget, compile=compile)
-    return _reduce((change - additive_mass(s, feats.scores.double())).abs(), reduction)
+    return _reduce(additive_errors(change, additive_mass(s, feats.scores.double()), rescale), reduction)
 
 
 @model_entry
@@ -148,14 +167,15 @@ def deletion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Te
                    reduction: str = "sum", granularity: Optional[str] = None,
                    segments: Optional[torch.Tensor] = None, patch_size=None, segment_score: str = "sum",
                    generator=None, max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
-                   compile: Union[bool, dict] = False) -> torch.Tensor:
+                   compile: Union[bool, dict] = False, rescale: bool = False) -> torch.Tensor:
     """Total deletion error of an additive attribution (SOP Def. 1; lower is better), float64 ``[B]``:
     ``Σ_S |f_t(x) − f_t(x_{−S}) − Σ_{i∈S} a_i|`` over every non-empty subset of the d features when
     ``d ≤ max_exhaustive``, else over ``n_subsets`` random non-empty Bernoulli(``p``) subsets (or the
     explicit bool ``subsets`` ``[B, K, d]`` / ``[K, d]``). ``reduction="mean"`` averages instead.
     Features as in :func:`fastattr.metrics.deletion` (pixels, elements, ``segments``,
     ``patch_size``); ``score`` defaults to the target logit, where ``a_i = θ_i x_i`` of a linear
-    model ``θᵀx`` has zero error.
+    model ``θᵀx`` has zero error. ``rescale=True``: the error of the best-scaled map ``c·a`` (``c ≥ 0``
+    chosen per example to minimise the total), so that maps of different scales compare.
 
     Example::
 
@@ -165,7 +185,7 @@ def deletion_error(model: Callable, inputs: torch.Tensor, attributions: torch.Te
                            n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
                            score=score, reduction=reduction, granularity=granularity, segments=segments,
                            patch_size=patch_size, segment_score=segment_score, generator=generator,
-                           max_batch=max_batch, memory_budget=memory_budget, compile=compile)
+                           max_batch=max_batch, memory_budget=memory_budget, compile=compile, rescale=rescale)
 
 
 @model_entry
@@ -175,7 +195,7 @@ def insertion_error(model: Callable, inputs: torch.Tensor, attributions: torch.T
                     reduction: str = "sum", granularity: Optional[str] = None,
                     segments: Optional[torch.Tensor] = None, patch_size=None, segment_score: str = "sum",
                     generator=None, max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
-                    compile: Union[bool, dict] = False) -> torch.Tensor:
+                    compile: Union[bool, dict] = False, rescale: bool = False) -> torch.Tensor:
     """Total insertion error of an additive attribution (SOP Def. 2; lower is better), float64 ``[B]``:
     ``Σ_S |f_t(x_S) − f_t(x') − Σ_{i∈S} a_i|`` with ``x_S`` = the baseline (0) with S taken from x;
     subsets and arguments as :func:`deletion_error`.
@@ -188,7 +208,7 @@ def insertion_error(model: Callable, inputs: torch.Tensor, attributions: torch.T
                            n_subsets=n_subsets, max_exhaustive=max_exhaustive, p=p, baseline=baseline,
                            score=score, reduction=reduction, granularity=granularity, segments=segments,
                            patch_size=patch_size, segment_score=segment_score, generator=generator,
-                           max_batch=max_batch, memory_budget=memory_budget, compile=compile)
+                           max_batch=max_batch, memory_budget=memory_budget, compile=compile, rescale=rescale)
 
 
 def _grouped_error(model, inputs, attributions, target, *, insert, groups, rule, subsets, n_subsets,

@@ -1,15 +1,34 @@
-"""Figures (matplotlib) and the self-contained ``index.html`` of ``fastattr report``."""
+"""Figures and the self-contained ``index.html`` of ``fastattr report``: the metric table in a
+scrolling box with a sticky header, heat maps for every input (pages of 8, a selector), each map
+coloured on its own scale (signed maps on a diverging scale, one-signed maps from their minimum to
+their maximum), the curves with one legend outside the axes, and the timings with their spread."""
 from __future__ import annotations
 
 import base64
 import html
 import io
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Optional
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
     from .writing import ReportResult
+
+PAGE = 8  # inputs per page of heat maps
+SIGNED, ONE_SIGN, FLAT = "signed", "one sign", "constant"
+CURVE_LABELS = {"deletion": "target probability", "insertion": "target probability", "aupc": "target probability",
+                "morf": "drop of the target probability f(x) − f(x̃)",
+                "lerf": "drop of the target probability f(x) − f(x̃)"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def _figure_png(fig) -> bytes:
@@ -18,38 +37,66 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _display_image(x: torch.Tensor):
-    """An input as something imshow draws: grayscale ``[H, W]`` or RGB ``[H, W, 3]`` in [0, 1]."""
+def _png(rgb: np.ndarray) -> bytes:
+    """An ``[H, W, 3]`` float array in [0, 1] as PNG bytes."""
+    from matplotlib.image import imsave
+
+    buf = io.BytesIO()
+    imsave(buf, np.clip(rgb, 0.0, 1.0), format="png")
+    return buf.getvalue()
+
+
+def _display_image(x: torch.Tensor) -> np.ndarray:
+    """An input as RGB ``[H, W, 3]`` in [0, 1] (grayscale repeated; other shapes as one row)."""
     if x.dim() == 3 and x.shape[0] in (1, 3):
-        img = x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
+        img = x.permute(1, 2, 0)
     elif x.dim() == 2:
-        img = x
+        img = x[..., None]
     else:
-        img = x.reshape(1, -1)
+        img = x.reshape(1, -1, 1)
+    img = img.double()
     lo, hi = img.min(), img.max()
-    return ((img - lo) / (hi - lo + 1e-12)).numpy()
+    img = ((img - lo) / (hi - lo + 1e-12)).numpy()
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
-def heatmap_grid(x: torch.Tensor, maps: dict[str, torch.Tensor], target: torch.Tensor, rows: int = 8) -> bytes:
-    """Rows: examples; columns: the input then each method's map (diverging colours, symmetric scale)."""
-    import matplotlib
+def map_colours(m: torch.Tensor) -> tuple[np.ndarray, str]:
+    """A map ``[..., H, W]`` as RGB on its own scale, and its kind: signed maps on RdBu (red for the
+    target, blue against, symmetric about 0), maps of one sign from their minimum (dark) to their
+    maximum (bright) on magma, constant maps grey."""
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    m = m.double()
+    m = m.reshape(m.shape[-2:]) if m.dim() >= 2 else m.reshape(1, -1)
+    lo, hi = float(m.min()), float(m.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi - lo <= 1e-12 * max(abs(lo), abs(hi), 1e-30):
+        return np.full(tuple(m.shape) + (3,), 0.6), FLAT
+    if lo < 0 < hi:
+        v = max(-lo, hi)
+        return colormaps["RdBu_r"]((m.numpy() / v + 1) / 2)[..., :3], SIGNED
+    return colormaps["magma"]((m.numpy() - lo) / (hi - lo))[..., :3], ONE_SIGN
 
-    rows = min(rows, x.shape[0])
+
+def _img_tag(png: bytes, alt: str, cls: str = "") -> str:
+    klass = f' class="{cls}"' if cls else ""
+    return f'<img{klass} alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def heatmap_grid(x: torch.Tensor, maps: dict[str, torch.Tensor], target: torch.Tensor, rows: int = PAGE) -> bytes:
+    """``heatmaps.png``: the first ``rows`` inputs as columns, the input then each method as rows
+    (method names on the left), each map on its own scale as in :func:`map_colours`."""
+    plt = _pyplot()
+    cols = min(rows, x.shape[0])
     names = list(maps)
-    fig, axes = plt.subplots(rows, len(names) + 1, figsize=(1.6 * (len(names) + 1), 1.6 * rows), squeeze=False)
-    for r in range(rows):
-        axes[r, 0].imshow(_display_image(x[r]), cmap="gray")
-        axes[r, 0].set_ylabel(f"#{r} t={int(target[r])}", fontsize=8)
-        for c, name in enumerate(names, start=1):
-            m = maps[name][r]
-            m = m.reshape(m.shape[-2:]) if m.dim() >= 2 else m.reshape(1, -1)
-            v = float(m.abs().max()) or 1.0
-            axes[r, c].imshow(m.numpy(), cmap="RdBu_r", vmin=-v, vmax=v)
-    for c, name in enumerate(["input"] + names):
-        axes[0, c].set_title(name, fontsize=8)
+    fig, axes = plt.subplots(len(names) + 1, cols, figsize=(1.25 * cols + 1.6, 1.25 * (len(names) + 1)),
+                             squeeze=False)
+    for c in range(cols):
+        axes[0, c].imshow(_display_image(x[c]), interpolation="nearest")
+        axes[0, c].set_title(f"#{c}  t={int(target[c])}", fontsize=9)
+        for r, name in enumerate(names, start=1):
+            axes[r, c].imshow(map_colours(maps[name][c])[0], interpolation="nearest")
+    for r, name in enumerate(["input"] + names):
+        axes[r, 0].set_ylabel(name, fontsize=10, rotation=0, ha="right", va="center")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -58,38 +105,53 @@ def heatmap_grid(x: torch.Tensor, maps: dict[str, torch.Tensor], target: torch.T
     return png
 
 
+def _styles(names: list[str]) -> dict[str, dict]:
+    """One distinct line style per method: 10 colours × 4 dash patterns; the control black, dotted."""
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10"].colors
+    dashes = ["-", "--", "-.", (0, (1, 1))]
+    out = {}
+    for i, name in enumerate(n for n in names if n != "random"):
+        out[name] = dict(color=colours[i % 10], linestyle=dashes[(i // 10) % 4], linewidth=1.6)
+    if "random" in names:
+        out["random"] = dict(color="black", linestyle=":", linewidth=2.0)
+    return out
+
+
 def curves_figure(result: "ReportResult") -> bytes:
-    """Mean insertion / deletion curves per method over the fraction of features changed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Mean curves per method over the fraction of features changed, two panels per row, one
+    legend outside the panels (the areas are in the metric table)."""
+    plt = _pyplot()
     metrics = list(result.curves)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    ncols = min(2, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False)
+    styles = _styles(result.methods)
+    for ax, metric in zip(axes.flat, metrics):
         fractions = result.curves[metric]["_fractions"]
         for name in result.methods:
-            auc = result.summary[metric][name]
-            ax.plot(fractions, result.curves[metric][name], label=f"{name} ({auc:.3f})")
-        ax.set_title(f"{metric} (area in legend)", fontsize=10)
-        ax.set_xlabel("fraction of features changed")
-        ax.set_ylabel("target probability")
-        ax.legend(fontsize=7)
+            ax.plot(fractions, result.curves[metric][name], label=name, **styles[name])
+        ax.set_title(metric, fontsize=11)
+        ax.set_xlabel("fraction of features changed", fontsize=9)
+        ax.set_ylabel(CURVE_LABELS.get(metric, "target score"), fontsize=9)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
+    fig.tight_layout()
     png = _figure_png(fig)
     plt.close(fig)
     return png
-
-
-def _img_tag(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def _metric_table(result: "ReportResult") -> str:
     from ..metrics import BETTER
     from .writing import best_value
 
-    head = "".join(f"<th>{html.escape(m)} ({BETTER.get(m, '')} is better)</th>" for m in result.metrics)
+    arrow = {"lower": "↓", "higher": "↑"}
+    head = "".join(f'<th title="{html.escape(BETTER.get(m, ""))} is better">{html.escape(m)} '
+                   f'{arrow.get(BETTER.get(m, ""), "")}</th>' for m in result.metrics)
     rows = []
     for name in result.methods:
         cells = []
@@ -97,11 +159,30 @@ def _metric_table(result: "ReportResult") -> str:
             values = result.summary[metric]
             v = values[name]
             cls = ' class="best"' if v == best_value(metric, values) else ""
-            cells.append(f"<td{cls}>{v:.4f}</td>")
+            cells.append(f"<td{cls}>{v:.4g}</td>")
         secs = result.seconds[f"method:{name}"]
-        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}<td>{secs:.3f}</td></tr>")
-    return (f'<table id="metrics"><tr><th>method</th>{head}<th>attribution time (s)</th></tr>'
-            + "".join(rows) + "</table>")
+        rows.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}<td>{secs:.3f}</td></tr>")
+    return (f'<div class="table-box" id="metrics-box"><table id="metrics"><thead><tr><th>method</th>{head}'
+            f'<th>attribution time (s)</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table></div>")
+
+
+def control_sentence(result: "ReportResult", reference: str = "integrated_gradients") -> str:
+    """Which columns, if any, the random control wins against ``reference``."""
+    from ..metrics import BETTER
+
+    if "random" not in result.methods or reference not in result.methods:
+        return ""
+    lost = []
+    for metric in result.metrics:
+        r, ref = result.summary[metric]["random"], result.summary[metric][reference]
+        if math.isnan(r) or math.isnan(ref):
+            continue
+        if (r < ref) if BETTER.get(metric) == "lower" else (r > ref):
+            lost.append(metric)
+    if not lost:
+        return f"The random control loses to <code>{reference}</code> in every column."
+    return (f"The random control beats <code>{reference}</code> on {', '.join(map(html.escape, lost))}: read "
+            "those columns with care on this model and data.")
 
 
 def _skipped(result: "ReportResult") -> str:
@@ -109,22 +190,78 @@ def _skipped(result: "ReportResult") -> str:
                    for m, why in result.skipped.items())
 
 
+def _heatmap_pages(x: torch.Tensor, maps: dict[str, torch.Tensor], target: torch.Tensor) -> str:
+    """Every input's heat maps: one table per page of :data:`PAGE` inputs (inputs as columns,
+    methods as rows), a selector to switch pages."""
+    n = x.shape[0]
+    pages = []
+    for p, start in enumerate(range(0, n, PAGE)):
+        idx = range(start, min(n, start + PAGE))
+        head = "".join(f"<th>#{i}<br>t={int(target[i])}</th>" for i in idx)
+        rows = ['<tr data-method="input"><th>input</th>'
+                + "".join(f"<td>{_img_tag(_png(_display_image(x[i])), f'input {i}', 'map')}</td>" for i in idx)
+                + "</tr>"]
+        for name, m in maps.items():
+            cells, kinds = [], set()
+            for i in idx:
+                rgb, kind = map_colours(m[i])
+                kinds.add(kind)
+                cells.append(f"<td>{_img_tag(_png(rgb), f'{name} {i}', 'map')}</td>")
+            note = f'<span class="kind">{html.escape(", ".join(sorted(kinds)))}</span>'
+            rows.append(f'<tr data-method="{html.escape(name)}"><th>{html.escape(name)} {note}</th>'
+                        f'{"".join(cells)}</tr>')
+        hidden = "" if p == 0 else ' style="display:none"'
+        pages.append(f'<table class="maps" data-page="{p}"{hidden}><thead><tr><th></th>{head}</tr></thead>'
+                     f'<tbody>{"".join(rows)}</tbody></table>')
+    options = "".join(f'<option value="{p}">inputs {s + 1}–{min(n, s + PAGE)}</option>'
+                      for p, s in enumerate(range(0, n, PAGE)))
+    selector = (f'<label>Show <select id="page" onchange="showPage(this.value)">{options}</select></label>'
+                if len(pages) > 1 else "")
+    return f'{selector}<div class="table-box" id="heatmaps">{"".join(pages)}</div>'
+
+
 def _backend_table(result: "ReportResult") -> str:
-    """fastattr's default backend vs the reference backend, per method and for evaluate()."""
+    """fastattr's default backend vs the reference backend, per method and for evaluate(): medians
+    of repeated runs after a warm-up, with their range."""
     names = [k.split(":")[1] for k in result.seconds if k.startswith("backend:") and k.endswith(":fastattr")]
     if not names:
         return "<p>(backend timings not measured)</p>"
+
+    def cell(name: str, label: str) -> str:
+        key = f"backend:{name}:{label}"
+        lo, hi = result.seconds.get(key + ":lo"), result.seconds.get(key + ":hi")
+        spread = f' <span class="spread">({lo:.3f}–{hi:.3f})</span>' if lo is not None and hi is not None else ""
+        return f"<td>{result.seconds[key]:.3f}{spread}</td>"
+
     rows = []
     for name in names:
         fast, ref = result.seconds[f"backend:{name}:fastattr"], result.seconds[f"backend:{name}:reference"]
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{fast:.3f}</td><td>{ref:.3f}</td>"
-                    f"<td>{ref / max(fast, 1e-9):.2f}x</td></tr>")
-    return ('<table id="backends"><tr><th>method / metric pass</th><th>fastattr backend (s)</th>'
-            '<th>reference backend (s)</th><th>speed-up</th></tr>' + "".join(rows) + "</table>")
+        rows.append(f"<tr><th>{html.escape(name)}</th>{cell(name, 'fastattr')}{cell(name, 'reference')}"
+                    f"<td>{ref / max(fast, 1e-9):.2f}×</td></tr>")
+    return ('<div class="table-box"><table id="backends"><thead><tr><th>method / metric pass</th>'
+            '<th>fastattr backend (s)</th><th>reference backend (s)</th><th>speed-up</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table></div>")
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; max-width: 1880px; }
+.table-box { max-width: 100%; overflow: auto; border: 1px solid #ddd; }
+#metrics-box { max-height: 75vh; }
+table { border-collapse: collapse; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-space: nowrap; }
+thead th { position: sticky; top: 0; background: #f3f3f3; z-index: 2; }
+tbody th { position: sticky; left: 0; background: #fafafa; text-align: left; z-index: 1; }
+thead th:first-child { text-align: left; }
+td.best { font-weight: bold; background: #d9f2d9; }
+table.maps td { padding: 2px; }
+img.map { width: 88px; height: 88px; image-rendering: pixelated; display: block; }
+.kind, .spread { color: #777; font-size: 80%; font-weight: normal; }
+img { max-width: 100%; }
+"""
 
 
 def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Tensor], target: torch.Tensor,
-               pred: torch.Tensor) -> None:
+               pred: torch.Tensor, settings: Optional[dict] = None) -> None:
     """Writes ``heatmaps.png``, ``curves.png`` and ``index.html`` (images inlined) into ``result.out``."""
     grid = heatmap_grid(x, maps, target)
     curves = curves_figure(result) if result.curves else None
@@ -135,39 +272,42 @@ def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Te
         (result.out / "curves.png").unlink(missing_ok=True)  # a previous run's figure would mislead
     metric_secs = result.seconds.get("metrics", 0.0)
     method_secs = sum(v for k, v in result.seconds.items() if k.startswith("method:"))
+    timed = (settings or {}).get("timed_inputs", min(result.n, 8))
+    repeats = (settings or {}).get("timing_repeats", 1)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>fastattr report</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-td, th {{ border: 1px solid #bbb; padding: 4px 10px; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-td.best {{ font-weight: bold; background: #d9f2d9; }}
-img {{ max-width: 100%; }}
-</style></head><body>
+<style>{STYLE}</style>
+<script>function showPage(p) {{
+  document.querySelectorAll("table.maps").forEach(t => t.style.display = t.dataset.page === p ? "" : "none");
+}}</script></head><body>
 <h1>fastattr report</h1>
 <p>{result.n} inputs; {len(result.methods)} attribution methods; metrics: {", ".join(result.metrics)}.
-Targets: the predicted class unless chosen otherwise ({int((pred == target).sum())} of {result.n} targets equal the prediction).
-<code>random</code> is a control map that any method should beat.{_skipped(result)}</p>
-<h2>Metrics (mean over inputs; best per column in bold)</h2>
+Targets: the predicted class unless chosen otherwise ({int((pred == target).sum())} of {result.n} targets equal
+the prediction).
+<code>random</code> is a control map that any method should beat. {control_sentence(result)}{_skipped(result)}</p>
+<h2>Metrics (mean over inputs; ↓ lower / ↑ higher is better; best per column in bold)</h2>
 <p>Deletion / insertion: area under the target-probability curve as the top features are removed /
-restored. Faithfulness correlation and Sensitivity-N: correlation between the attribution mass of
-random feature subsets and the drop of the target logit when they are removed (Sensitivity-N: mean over
-subset sizes n). Infidelity: mean
-squared gap between the two (lower is better; maps that include the input factor use I = mask).</p>
+restored; MoRF / LeRF: the mean drop of the target probability as the most / least relevant features are
+removed; MDRS / AUPC: segments removed until the prediction flips, area under the prediction curve.
+Faithfulness correlation and Sensitivity-N: correlation between the attribution mass of random feature
+subsets and the drop of the target logit when they are removed (Sensitivity-N: mean over subset sizes n).
+Every column is independent of a map's scale: infidelity is that of the best-rescaled map (the optimal
+rescaling of Yeh et al.) and the SOP deletion / insertion errors are those of the best-scaled map
+<code>c·a</code>, <code>c ≥ 0</code> per input.</p>
 {_metric_table(result)}
 <h2>Heat maps</h2>
-<p>Red: evidence for the target, blue: against (each map on its own symmetric scale).</p>
-<div id="heatmaps">{_img_tag(grid, "heat maps")}</div>
-<h2>Insertion / deletion curves</h2>
+<p>Each map on its own scale. Signed maps: red for the target, blue against, symmetric about 0. Maps of one
+sign (marked): dark at their minimum, bright at their maximum. Constant maps: grey.</p>
+{_heatmap_pages(x, maps, target)}
+<h2>Curves</h2>
 <div id="curves">{_img_tag(curves, "curves") if curves else "<p>no curve metrics selected</p>"}</div>
 <h2>Timings</h2>
 <p>Attribution: {method_secs:.2f} s in all; metrics: {metric_secs:.2f} s in all (device: {html.escape(result.device)},
-{torch.get_num_threads()} CPU threads).
+{torch.get_num_threads()} CPU threads), each method after one untimed warm-up call.
 Per-example values are in <code>results.csv</code> and <code>results.json</code>.</p>
-<p>The same methods and metric passes on the first {min(result.n, 8)} inputs with fastattr's kernels (cpp on
-CPU, Triton on CUDA) and with the pure-torch reference of every op (one run each; methods without a
-fastattr op run the same code on both):</p>
+<p>The same methods and metric passes on the first {timed} inputs with fastattr's kernels (cpp on CPU,
+Triton on CUDA) and with the pure-torch reference of every op: medians of {repeats} runs after a warm-up
+run, the range in brackets (methods without a fastattr op run the same code on both):</p>
 {_backend_table(result)}
 </body></html>
 """

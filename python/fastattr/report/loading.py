@@ -165,7 +165,8 @@ def _load_pt(path: Path, spec: str):
         raise ReportError(f"cannot read --data {spec}: the file is empty; {_SAVE_HINT}")
     # torch.save writes a zip archive (PK..) or, with the legacy format, a pickle (protocol byte 0x80).
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-        looks = "looks like a text file" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else f"starts with {head!r}"
+        text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+        looks = "looks like a text file" if text else f"starts with {head!r}"
         raise ReportError(f"cannot read --data {spec}: not a file written by torch.save (it {looks}); {_SAVE_HINT}")
     try:
         return torch.load(path, weights_only=True, map_location="cpu")

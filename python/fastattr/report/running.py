@@ -4,6 +4,7 @@ both backends, then the tables and the HTML page written by rank 0."""
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -24,13 +25,18 @@ MULTIPLIED_BY_INPUTS = {"input_x_gradient", "integrated_gradients"}  # maps that
 SURROGATE_METHODS = ("kernel_shap", "lime")
 
 
+def _block_side(x: torch.Tensor) -> int:
+    """The side of the surrogate methods' square blocks: 2 pixels, or more so that an image has at most
+    64 blocks."""
+    return max(2, -(-max(x.shape[2:]) // 8))
+
+
 def _blocks(x: torch.Tensor) -> Optional[torch.Tensor]:
-    """The surrogate methods' features: square blocks of pixels shared by the channels, 2×2 or larger
-    so that an image has at most 64 (None, every element, for inputs that are not images)."""
+    """The surrogate methods' features: :func:`_block_side` blocks of pixels shared by the channels
+    (None, every element, for inputs that are not images)."""
     if x.dim() != 4:
         return None
-    side = max(2, -(-max(x.shape[2:]) // 8))
-    return patch_segments(tuple(x.shape[2:]), side).reshape(1, 1, *x.shape[2:]).to(x.device)
+    return patch_segments(tuple(x.shape[2:]), _block_side(x)).reshape(1, 1, *x.shape[2:]).to(x.device)
 
 
 def _pick(names: Optional[Sequence[str]], available: dict, kind: str) -> list[str]:
@@ -149,32 +155,47 @@ def _sync(device: torch.device) -> None:
 
 
 TIMED_INPUTS = 8  # inputs on which every method and evaluate() are re-timed on both backends
+TIMING_REPEATS = 3  # timed runs (after one warm-up run) of each, on each backend
+
+
+def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float, float, object]:
+    """``(median, min, max)`` seconds of ``repeats`` runs of ``fn`` after one untimed warm-up run, and
+    the last run's result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times), max(times), out
 
 
 def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[str], metric_names: list[str],
                      seed: int, n_subsets: int, show: bool) -> dict[str, float]:
     """Seconds of each method and of ``evaluate`` on the same inputs, with fastattr's default backend
     (cpp on CPU, triton on CUDA) and with the pure-torch reference backend of every op:
-    ``{"backend:<name>:<fastattr|reference>": s}``."""
+    ``{"backend:<name>:<fastattr|reference>": median s}``, with ``:lo`` / ``:hi`` the range, over
+    :data:`TIMING_REPEATS` runs after a warm-up run."""
     out: dict[str, float] = {}
-    maps = {}
+
+    def record(key: str, fn: Callable[[], object]):
+        out[key], out[key + ":lo"], out[key + ":hi"], result = _timed(fn, x.device, TIMING_REPEATS)
+        return result
+
     for backend, label in (("auto", "fastattr"), ("reference", "reference")):
+        maps = {}
         with use_backend(backend):
             for name in _progress([m for m in method_names if m != CONTROL], f"timing ({label} backend)", show):
-                _sync(x.device)
-                start = time.perf_counter()
-                attr = _attribute(name, net, x, t, 0, seed)
-                _sync(x.device)
-                out[f"backend:{name}:{label}"] = time.perf_counter() - start
+                attr = record(f"backend:{name}:{label}", lambda: _attribute(name, net, x, t, 0, seed))
                 maps[name] = feature_map(attr.detach(), x)
             if CONTROL in method_names:
                 maps[CONTROL] = feature_map(_attribute(CONTROL, net, x, t, 0, seed), x)
-            _sync(x.device)
-            start = time.perf_counter()
-            evaluate(net, x, t, attributions=maps, metrics=metric_names, n_subsets=n_subsets, generator=seed,
-                     multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in maps})
-            _sync(x.device)
-            out[f"backend:evaluate:{label}"] = time.perf_counter() - start
+            record(f"backend:evaluate:{label}",
+                   lambda: evaluate(net, x, t, attributions=maps, metrics=metric_names, n_subsets=n_subsets,
+                                    generator=seed, normalize=True,
+                                    multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in maps}))
     return out
 
 
@@ -266,9 +287,11 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
     seconds: dict[str, float] = {}
     maps: dict[str, torch.Tensor] = {}
     for name in _progress(list(method_names), "attribution", show):
-        _sync(dev)
-        start = time.perf_counter()
         try:
+            if hi > lo:  # one untimed call first: one-time costs (imports, kernel set-up) are not the method's
+                _attribute(name, net, xs[:1], ts[:1], lo, seed)
+            _sync(dev)
+            start = time.perf_counter()
             attr = _attribute(name, net, xs, ts, lo, seed) if hi > lo else xs.new_empty(xs.shape)
         except (ValueError, TypeError, NotImplementedError) as e:
             if chosen:
@@ -288,7 +311,7 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
     for i in _progress(range(hi - lo), "evaluate", show):
         ev = evaluate(net, xs[i:i + 1], ts[i:i + 1], attributions={m: maps[m][i:i + 1].to(dev) for m in method_names},
                       metrics=metric_names, n_subsets=n_subsets, generator=seed * 1_000_003 + lo + i,
-                      multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in method_names})
+                      normalize=True, multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in method_names})
         for metric, by_method in ev.values.items():
             for name, v in by_method.items():
                 values[metric][name] = torch.cat([values[metric].get(name, v[:0]).cpu(), v.cpu()])
@@ -309,6 +332,10 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
     maps = {name: torch.cat([p[0][name] for p in parts]) for name in method_names}
     result = ReportResult(out=out_dir, methods=method_names, metrics=metric_names, n=x.shape[0], device=str(dev),
                           skipped=skipped)
+    result.settings = {"timed_inputs": min(TIMED_INPUTS, x.shape[0]), "timing_repeats": TIMING_REPEATS,
+                       "n_subsets": n_subsets, "seed": seed, "scale_invariant": True,
+                       "surrogate_features": f"{_block_side(x)}x{_block_side(x)}-pixel blocks" if x.dim() == 4
+                       else "elements"}
     result.seconds = {k: max(p[4].get(k, 0.0) for p in parts) for k in parts[0][4]}
     for metric in metric_names:
         result.per_example[metric], result.summary[metric] = {}, {}
@@ -327,6 +354,6 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
 
     from .html import write_html
 
-    write_html(result, x.cpu(), maps, t.cpu(), pred.cpu())
+    write_html(result, x.cpu(), maps, t.cpu(), pred.cpu(), result.settings)
     write_tables(result, t.cpu())
     return result

@@ -27,6 +27,7 @@ class ReportResult:
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
     per_example: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # what the run chose (timing repeats, scale invariance, ...)
 
 
 def _json_safe(obj):
@@ -50,6 +51,7 @@ def write_tables(result: ReportResult, target: torch.Tensor) -> None:
         "per_example": result.per_example,
         "mean_curves": result.curves,
         "seconds": result.seconds,
+        "settings": result.settings,
         "device": result.device,
         "torch_threads": torch.get_num_threads(),
         "target": target.tolist(),
