@@ -15,9 +15,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..core import (Blur, MaskBuilder, Target, Uniform, check_count, check_inputs, check_scalar_reader, chunk_size,
-                    forward_chunks, integer_baseline, is_integer, make_baseline, make_generator, model_entry,
-                    perturbed_scores, read_scores, resolve_target)
+from ..core import (Blur, MaskBuilder, Target, Uniform, broadcasts_to, check_count, check_inputs, check_scalar_reader,
+                    chunk_size, forward_chunks, integer_baseline, is_integer, make_baseline, make_generator,
+                    model_entry, perturbed_scores, read_scores, resolve_target)
 from ..numerics import accum_dtype
 
 Baselines = Union[float, str, Blur, Uniform, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
@@ -222,11 +222,7 @@ def broadcast_mask(inputs: torch.Tensor, feature_mask, name: str = "feature_mask
         raise ValueError(f"{name} of shape {tuple(mask.shape)} has more dimensions than inputs "
                          f"{tuple(inputs.shape)}")
     mask = mask.reshape((1,) * (inputs.dim() - mask.dim()) + tuple(mask.shape))
-    try:
-        fits = torch.broadcast_shapes(mask.shape, inputs.shape) == inputs.shape
-    except RuntimeError:
-        fits = False
-    if not fits or mask.numel() == 0:
+    if not broadcasts_to(mask.shape, inputs.shape) or mask.numel() == 0:
         raise ValueError(f"{name} of shape {tuple(feature_mask.shape)} does not broadcast to inputs "
                          f"{tuple(inputs.shape)} (give one mask for all examples or one per example)")
     return mask.expand((mask.shape[0],) + tuple(inputs.shape[1:]))

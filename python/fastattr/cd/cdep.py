@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..core import model_entry
+from ..core import broadcasts_to, model_entry
 from .core import accepts_backend, check_parts, decompose
 
 __all__ = ["cdep_penalty"]
@@ -64,11 +64,7 @@ def cdep_penalty(model: nn.Module, inputs: Tensor, masks: Optional[Tensor] = Non
         if explanation is None:
             target = torch.zeros_like(beta)
         else:
-            try:
-                shape = torch.broadcast_shapes(tuple(explanation.shape), tuple(beta.shape))
-            except RuntimeError:
-                shape = None
-            if shape != tuple(beta.shape):
+            if not broadcasts_to(explanation.shape, beta.shape):
                 raise ValueError(f"explanation of shape {tuple(explanation.shape)} does not broadcast to the "
                                  f"CD scores' shape {tuple(beta.shape)} ([B, K, C])")
             target = explanation.to(beta.dtype).expand_as(beta)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._backend import use_backend
-from ..core import Target, check_inputs, chunk_size, eval_modes, model_entry, model_errors, resolve_target
+from ..core import (Target, broadcasts_to, check_inputs, chunk_size, eval_modes, model_entry, model_errors,
+                    resolve_target)
 from . import rules
 from .rules import Ctx
 
@@ -249,11 +250,7 @@ def _check_masks(inputs: Tensor, masks: Tensor) -> Tensor:
     else:
         raise ValueError(f"masks must be [K, ...] or [B, K, *inputs.shape[1:]]; got {tuple(masks.shape)} "
                          f"for inputs {tuple(inputs.shape)}")
-    try:
-        shape = torch.broadcast_shapes(tuple(rest), per_example)
-    except RuntimeError:
-        shape = None
-    if shape != per_example:
+    if not broadcasts_to(rest, per_example):
         raise ValueError(f"masks of shape {tuple(masks.shape)} do not broadcast to inputs' per-example shape "
                          f"{per_example}")
     if lead[1] == 0:

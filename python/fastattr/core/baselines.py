@@ -9,7 +9,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .contract import make_generator
+from .contract import broadcasts_to, make_generator
 
 Baseline = Union[float, str, "Blur", "Uniform", torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -138,11 +138,7 @@ def path_baselines(inputs: torch.Tensor, baselines) -> torch.Tensor:
     b = baselines.to(device=inputs.device, dtype=inputs.dtype)
     if b.dim() < inputs.dim():
         b = b.reshape((1,) * (inputs.dim() - b.dim()) + tuple(b.shape))
-    try:
-        shape = torch.broadcast_shapes(b.shape, inputs.shape)
-    except RuntimeError:
-        shape = None
-    if shape != inputs.shape:
+    if not broadcasts_to(b.shape, inputs.shape):
         raise ValueError(f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs of shape "
                          f"{tuple(inputs.shape)} (give one per example, one for all, or a scalar)")
     b = b.expand((b.shape[0],) + tuple(inputs.shape[1:])).contiguous()

@@ -52,6 +52,14 @@ def check_count(value, name: str, *, minimum: int = 1, optional: bool = False) -
     return int(value)
 
 
+def broadcasts_to(shape, target) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target``."""
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
+
+
 def is_integer(t: torch.Tensor) -> bool:
     """An integer tensor (not bool, floating or complex)."""
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)

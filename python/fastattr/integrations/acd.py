@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..cd.core import check_parts, decompose, eval_mode
 from ..cd.rules import lstm_pair
-from ..core import check_inputs, model_entry
+from ..core import broadcasts_to, check_inputs, model_entry
 
 __all__ = ["cd", "cd_text"]
 
@@ -54,11 +54,7 @@ def cd(im_torch: Tensor, model: nn.Module, mask=None, model_type: Optional[str] 
         if bad.numel():
             raise ValueError(f"mask must be binary (1 marks the relevant pixels, 0 the rest), got values such as "
                              f"{bad.unique()[:3].tolist()}")
-        try:
-            shape = torch.broadcast_shapes(m.shape, x.shape)
-        except RuntimeError:
-            shape = None
-        if shape != x.shape:
+        if not broadcasts_to(m.shape, x.shape):
             raise ValueError(f"mask of shape {tuple(m.shape)} must be shaped like im_torch {tuple(x.shape)} or "
                              f"its H × W {tuple(x.shape[-2:])}")
         relevant = m * x

@@ -31,12 +31,13 @@ def _block_side(x: torch.Tensor) -> int:
     return max(2, -(-max(x.shape[2:]) // 8))
 
 
-def _blocks(x: torch.Tensor) -> Optional[torch.Tensor]:
-    """The surrogate methods' features: :func:`_block_side` blocks of pixels shared by the channels
-    (None, every element, for inputs that are not images)."""
-    if x.dim() != 4:
-        return None
-    return patch_segments(tuple(x.shape[2:]), _block_side(x)).reshape(1, 1, *x.shape[2:]).to(x.device)
+def _blocks(x: torch.Tensor) -> torch.Tensor:
+    """The surrogate methods' features: :func:`_block_side` blocks of pixels shared by the channels for
+    images; for other inputs at most 64 runs of consecutive elements."""
+    if x.dim() == 4:
+        return patch_segments(tuple(x.shape[2:]), _block_side(x)).reshape(1, 1, *x.shape[2:]).to(x.device)
+    size = x[0].numel()
+    return (torch.arange(size, device=x.device) * min(size, 64) // size).reshape((1,) + tuple(x.shape[1:]))
 
 
 def _pick(names: Optional[Sequence[str]], available: dict, kind: str) -> list[str]:
@@ -335,7 +336,7 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
     result.settings = {"timed_inputs": min(TIMED_INPUTS, x.shape[0]), "timing_repeats": TIMING_REPEATS,
                        "n_subsets": n_subsets, "seed": seed, "scale_invariant": True,
                        "surrogate_features": f"{_block_side(x)}x{_block_side(x)}-pixel blocks" if x.dim() == 4
-                       else "elements"}
+                       else f"{min(64, x[0].numel())} runs of consecutive elements"}
     result.seconds = {k: max(p[4].get(k, 0.0) for p in parts) for k in parts[0][4]}
     for metric in metric_names:
         result.per_example[metric], result.summary[metric] = {}, {}
