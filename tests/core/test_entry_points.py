@@ -169,6 +169,7 @@ ENTRY_POINTS = {
                                                      n_subsets=4).delta,
     "avg_sensitivity": _sensitivity(M.avg_sensitivity),
     "max_sensitivity": _sensitivity(M.max_sensitivity),
+    "random_logit": lambda m, x, t: M.random_logit(m, x, A.saliency, t),
     "evaluate": lambda m, x, t: fastattr.evaluate(m, x, t, attributions={"a": _attr(x)}, n_subsets=4,
                                                   metrics=["deletion", "infidelity", "deletion_error"]),
     "contextual_decomposition": lambda m, x, t: C.contextual_decomposition(m, x, _masks(x), t),
@@ -201,6 +202,7 @@ ENTRY_POINTS = {
     "quantus.Infidelity": _quantus(fq.Infidelity, perturb_patch_sizes=[4], n_perturb_samples=2),
     "quantus.AvgSensitivity": _quantus(fq.AvgSensitivity, explain=True, nr_samples=2),
     "quantus.MaxSensitivity": _quantus(fq.MaxSensitivity, explain=True, nr_samples=2),
+    "quantus.RandomLogit": _quantus(fq.RandomLogit, explain=True, num_classes=CLASSES),
     "acd.cd": lambda m, x, t: facd.cd(x, m, _masks(x)[0, 0].bool().float(), device="cpu"),
     "acd.cd_text": lambda m, x, t: facd.cd_text(types.SimpleNamespace(text=torch.arange(7)[:, None] % 20),
                                                 SeqFirstLSTM(), 1, 3),
@@ -219,6 +221,10 @@ NO_MODEL = {
     "plot_hierarchy": "plots a result", "register_rule": "CD rule table", "registered_rules": "CD rule table",
     "trace": "traces the graph (fx) in eval mode without running inputs",
     "entmax.sparsemax": "an op on a tensor", "entmax.Sparsemax": "an nn.Module op",
+    "sparseness": "complexity: reads the attribution map only, no model call",
+    "complexity": "complexity: reads the attribution map only, no model call",
+    "quantus.Sparseness": "scores a_batch only; the model only reaches explain_func (Quantus takes None)",
+    "quantus.Complexity": "scores a_batch only; the model only reaches explain_func (Quantus takes None)",
     "quantus.normalise_by_max": "normalises attributions", "quantus.QuantusAssertionError": "an exception",
 }
 

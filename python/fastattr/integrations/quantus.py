@@ -2,7 +2,8 @@
 
 Change ``quantus.X`` to ``fastattr.integrations.quantus.X`` for X in ``PixelFlipping``,
 ``RegionPerturbation``, ``FaithfulnessCorrelation``, ``SensitivityN``, ``Infidelity``,
-``AvgSensitivity`` and ``MaxSensitivity``: the same constructor keywords, the same
+``AvgSensitivity``, ``MaxSensitivity``, ``Sparseness``, ``Complexity`` and ``RandomLogit``: the same
+constructor keywords, the same
 ``metric(model, x_batch, y_batch, a_batch=None, s_batch=None, channel_first=None, explain_func=None,
 explain_func_kwargs=None, model_predict_kwargs=None, softmax=..., device=None, batch_size=64)``
 (numpy in; Quantus-shaped scores out: one entry per example, ``[aggregate]`` with
@@ -28,12 +29,23 @@ paper versions are in :mod:`fastattr.metrics`):
   ``similarity_func``, ``norm_numerator``, ``norm_denominator``) for ``ε ~ U[−lower_bound,
   lower_bound]`` (``U[lower_bound, upper_bound]`` with an upper bound), mean or max over
   ``nr_samples``; ``explain_func`` runs on many perturbed copies of the batch at once.
+- ``Sparseness`` / ``Complexity`` (defaults ``abs=True``, ``normalise=True``): per example, the Gini
+  index of the preprocessed map plus ``1e-7``, and ``−Σ p log(p + 1e-12)`` for ``p = a / Σ|a|``
+  (NaN wherever ``abs=False`` leaves a negative entry). The model is never run; ``model=None`` is
+  taken, as in Quantus.
+- ``RandomLogit``: SSIM (Quantus's: of the maps flattened to vectors) between the map of ``y`` and
+  ``explain_func``'s map of an off-target class ``t'``. The draws are Quantus's own: per batch of
+  ``batch_size``, ``k = randint(0, num_classes − 1)`` per example after seeding with ``seed`` (every
+  batch starts from the same seed), ``t'`` the k-th of the other classes; made with a private
+  ``np.random.RandomState``, so the scores equal Quantus's, and numpy's global state (which Quantus
+  reseeds) is left alone. ``RandomLogit.off_classes(y_batch, batch_size)`` returns them.
 
 What differs from Quantus:
 
-- Randomness comes from a seeded ``torch.Generator`` (extra ``__call__`` keyword ``generator``, a
-  generator or an int seed, default 0), not ``np.random``: the subsets of FaithfulnessCorrelation,
-  the ``"uniform"`` baseline, the ``"random"`` region order and the sensitivity noise. Same
+- Randomness (but RandomLogit's class draws) comes from a seeded ``torch.Generator`` (extra
+  ``__call__`` keyword ``generator``, a generator or an int seed, default 0), not ``np.random``: the
+  subsets of FaithfulnessCorrelation, the ``"uniform"`` baseline, the ``"random"`` region order and
+  the sensitivity noise. Same
   distributions, other draws; a call is reproducible. As in Quantus's batched replacement, a
   ``"uniform"`` baseline is one ``U[uniform_low, uniform_high)`` value per example and per
   replacement (step, region, patch or subset), shared by every feature that replacement sets.
@@ -57,17 +69,22 @@ What differs from Quantus:
   once; an ``explain_func`` whose output for one example depends on the rest of its batch (e.g. one
   normalisation over the batch) gives other values unless ``max_batch=len(x_batch)``.
 - Custom ``perturb_func`` (other than Quantus's defaults) raise ``NotImplementedError``; models must
-  be ``torch.nn.Module``; ``display_progressbar`` and ``default_plot_func`` are accepted and ignored.
+  be ``torch.nn.Module`` in eval mode (RandomLogit too, which Quantus runs with a model in training
+  mode; Sparseness / Complexity take any model, or None); ``display_progressbar`` and
+  ``default_plot_func`` are accepted and ignored.
 - Bad arguments raise a ``ValueError`` naming them (a :class:`QuantusAssertionError` where Quantus
   asserts, e.g. on attributions that are all zero, all equal or all negative), from the constructor
   where they can be checked there. Some that Quantus runs with raise here too: flags that are not
   bools, ``SensitivityN`` settings that leave no step (Quantus: ``[nan]``) or a negative
   ``n_max_percentage`` (Quantus slices steps off the end), ``FaithfulnessCorrelation(subset_size=0)``
   (Quantus: NaN), and a negative ``lower_bound`` without ``upper_bound`` (Quantus draws from the
-  flipped interval).
+  flipped interval), NaN in ``a_batch`` (Quantus: NaN scores), ``RandomLogit``'s ``num_classes`` above
+  the model's outputs (Quantus's default is 1000 whatever the model: it explains classes the model
+  does not have) or below a label (Quantus: IndexError).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -80,11 +97,14 @@ from torch import nn
 
 from ..core import (RankSchedule, check_count, check_flag, check_number, chunk_size, make_generator, model_guard,
                     perturbed_scores, rank_features, read_scores, run_model)
+from ..metrics.complexity import contribution_entropy, gini_index
+from ..metrics.randomisation import random_logit
 from ..metrics.robustness import sensitivity_samples
 from ..metrics.subsets import pearson, subset_deltas
 
-__all__ = ["AvgSensitivity", "FaithfulnessCorrelation", "Infidelity", "MaxSensitivity", "PixelFlipping",
-           "QuantusAssertionError", "RegionPerturbation", "SensitivityN", "normalise_by_max"]
+__all__ = ["AvgSensitivity", "Complexity", "FaithfulnessCorrelation", "Infidelity", "MaxSensitivity",
+           "PixelFlipping", "QuantusAssertionError", "RandomLogit", "RegionPerturbation", "SensitivityN",
+           "Sparseness", "normalise_by_max"]
 
 _trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy 2.4 removed np.trapz
 _BASELINE_FUNCS = ("batch_baseline_replacement_by_indices", "baseline_replacement_by_indices")
@@ -267,6 +287,21 @@ class _Metric:
         func, kwargs = self._explain_func
         return self._process(func(model=model, inputs=x, targets=y, **kwargs), x, _EXPLAINED)
 
+    def _attributions(self, model, x_np: np.ndarray, y_np: np.ndarray, a_batch, explain_func, explain_func_kwargs,
+                      device, batch_size: int) -> np.ndarray:
+        """The preprocessed ``a_batch``, or ``explain_func``'s attributions per batch of ``batch_size``
+        (each batch preprocessed on its own, as in Quantus)."""
+        kw = dict(explain_func_kwargs or {})
+        if device is not None:
+            kw.setdefault("device", device)
+        self._explain_func = (explain_func, kw)
+        if a_batch is not None:
+            return self._process(a_batch, x_np)
+        if explain_func is None:
+            raise QuantusAssertionError(f"{type(self).__name__} needs a_batch or explain_func")
+        return np.concatenate([self._explain(model, x_np[i:i + batch_size], y_np[i:i + batch_size])
+                               for i in range(0, x_np.shape[0], batch_size)])
+
     def __call__(self, model, x_batch, y_batch, a_batch=None, s_batch=None,
                  channel_first: Optional[bool] = None, explain_func: Optional[Callable] = None,
                  explain_func_kwargs: Optional[dict] = None,
@@ -303,17 +338,8 @@ class _Metric:
             if (y < 0).any() or (y >= output.shape[-1]).any():
                 raise ValueError(f"y_batch out of range: the model has {output.shape[-1]} outputs, "
                                  f"got {y_np.tolist()}")
-            kw = dict(explain_func_kwargs or {})
-            if device is not None:
-                kw.setdefault("device", device)
-            self._explain_func = (explain_func, kw)
-            if a_batch is not None:
-                a_np = self._process(a_batch, x_np)
-            elif explain_func is None:
-                raise ValueError(f"{type(self).__name__} needs a_batch or explain_func")
-            else:
-                a_np = np.concatenate([self._explain(model, x_np[i:i + batch_size], y_np[i:i + batch_size])
-                                       for i in range(0, x_np.shape[0], batch_size)])
+            a_np = self._attributions(model, x_np, y_np, a_batch, explain_func, explain_func_kwargs, device,
+                                      batch_size)
             a = torch.as_tensor(np.ascontiguousarray(a_np), dtype=dtype, device=dev)
             if not torch.isfinite(a).all():
                 raise ValueError(f"{'a_batch' if a_batch is not None else _EXPLAINED} contains NaN or Inf")
@@ -737,3 +763,127 @@ class MaxSensitivity(_Sensitivity):
 
     def _reduce(self, samples: np.ndarray) -> np.ndarray:
         return (np.max if self.return_nan_when_prediction_changes else np.nanmax)(samples, axis=1)
+
+
+class _MapMetric(_Metric):
+    """Quantus's complexity metrics (Sparseness, Complexity): per-example scores of the preprocessed
+    attributions alone. The model is never run (None is taken, as in Quantus); it only reaches
+    ``explain_func``, under fastattr's model guard."""
+
+    _score: Callable[[torch.Tensor], torch.Tensor]
+
+    def __init__(self, abs: bool = True, normalise: bool = True, normalise_func: Optional[Callable] = None,
+                 normalise_func_kwargs: Optional[dict] = None, return_aggregate: bool = False,
+                 aggregate_func: Optional[Callable] = None, default_plot_func: Optional[Callable] = None,
+                 disable_warnings: bool = False, display_progressbar: bool = False, **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs)
+
+    def __call__(self, model, x_batch, y_batch, a_batch=None, s_batch=None,
+                 channel_first: Optional[bool] = None, explain_func: Optional[Callable] = None,
+                 explain_func_kwargs: Optional[dict] = None, model_predict_kwargs: Optional[dict] = None,
+                 softmax: Any = False, device: Optional[str] = None, batch_size: int = 64, custom_batch: Any = None,
+                 **kwargs):
+        """Scores of ``a_batch`` (or of ``explain_func``'s attributions of ``model`` on ``x_batch`` for
+        ``y_batch``), one per example (``[aggregate]`` with ``return_aggregate=True``)."""
+        if kwargs:
+            raise ValueError(f"unexpected keyword arguments: {sorted(kwargs)}")
+        batch_size = check_count(batch_size, "batch_size")
+        x_np = _channel_first(_to_numpy(x_batch), channel_first)
+        y_np = _to_numpy(y_batch).reshape(-1)
+        if x_np.shape[0] == 0 or not np.isfinite(x_np).all():
+            raise ValueError(f"x_batch must be a non-empty batch of finite values, got shape {x_np.shape}"
+                             + ("" if x_np.shape[0] == 0 else " with NaN or Inf"))
+        if y_np.shape[0] != x_np.shape[0]:
+            raise ValueError(f"y_batch must hold one label per example ({x_np.shape[0]}), got shape {y_np.shape}")
+        guard = model_guard(model) if model is not None and a_batch is None else contextlib.nullcontext()
+        with guard:
+            a_np = self._attributions(model, x_np, y_np, a_batch, explain_func, explain_func_kwargs, device,
+                                      batch_size)
+        a = torch.tensor(a_np, dtype=torch.float64)
+        if not torch.isfinite(a).all():
+            raise ValueError(f"{'a_batch' if a_batch is not None else _EXPLAINED} contains NaN or Inf")
+        scores = self._score(a.reshape(a.shape[0], -1)).tolist()
+        self.evaluation_scores = [self.aggregate_func(scores)] if self.return_aggregate else scores
+        self.all_evaluation_scores.extend(self.evaluation_scores)
+        return self.evaluation_scores
+
+
+class Sparseness(_MapMetric):
+    """Sparseness (Chalasani et al. 2020), as ``quantus.Sparseness``: the Gini index of the preprocessed
+    map plus ``1e-7`` (:func:`fastattr.metrics.complexity.gini_index`; higher is better)."""
+
+    name = "Sparseness"
+
+    def _score(self, a: torch.Tensor) -> torch.Tensor:
+        return gini_index(a, eps=1e-7)
+
+
+class Complexity(_MapMetric):
+    """Complexity (Bhatt et al. 2020), as ``quantus.Complexity``: the entropy of ``a_i / Σ|a|`` of the
+    preprocessed map, ``−Σ p log(p + 1e-12)`` (:func:`fastattr.metrics.complexity.contribution_entropy`;
+    lower is better)."""
+
+    name = "Complexity"
+
+    def _score(self, a: torch.Tensor) -> torch.Tensor:
+        return contribution_entropy(a, eps=1e-12)
+
+
+class RandomLogit(_Metric):
+    """Random logit (Sixt et al. 2020), as ``quantus.RandomLogit`` on
+    :func:`fastattr.metrics.random_logit`: the similarity (default: Quantus's SSIM of the flattened maps,
+    computed in torch) between the map of ``y`` and ``explain_func``'s map of an off-target class drawn
+    as Quantus draws it (module docstring); lower is better."""
+
+    name = "Random Logit"
+
+    def __init__(self, similarity_func: Optional[Callable] = None, num_classes: int = 1000, seed: Optional[int] = 42,
+                 abs: bool = False, normalise: bool = True, normalise_func: Optional[Callable] = None,
+                 normalise_func_kwargs: Optional[dict] = None, return_aggregate: bool = False,
+                 aggregate_func: Optional[Callable] = None, default_plot_func: Optional[Callable] = None,
+                 disable_warnings: bool = False, display_progressbar: bool = False, **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs)
+        self.similarity_func = similarity_func
+        self.num_classes = check_count(num_classes, "num_classes", minimum=2)
+        self.seed = check_count(seed, "seed", minimum=0, optional=True)
+
+    def _similarity(self):
+        f = self.similarity_func
+        if f is None or (getattr(f, "__name__", None) == "ssim" and getattr(f, "__module__", "").startswith("quantus")):
+            return "ssim"
+        return lambda u, v: torch.tensor(np.asarray(f(_to_numpy(u), _to_numpy(v), batched=True), dtype=np.float64))
+
+    def off_classes(self, y_batch, batch_size: int = 64) -> np.ndarray:
+        """Quantus's off-target classes for the labels ``y_batch``: per batch of ``batch_size``, the
+        generator reseeded with ``seed``, ``k ~ randint(0, num_classes − 1)`` per example and the k-th of
+        the other classes (a private ``RandomState``: numpy's global state is left alone)."""
+        y = _to_numpy(y_batch).reshape(-1)
+        parts = []
+        for i in range(0, len(y), batch_size):
+            k = np.random.RandomState(self.seed).randint(0, self.num_classes - 1, len(y[i:i + batch_size]))
+            parts.append(k + (k >= y[i:i + batch_size]))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def _evaluate(self, ctx, x, y, a):
+        if self._explain_func[0] is None:
+            raise QuantusAssertionError("RandomLogit needs explain_func to explain the off-target classes")
+        outputs = ctx.output.shape[-1] if ctx.output.dim() > 1 else 1
+        if self.num_classes > outputs:
+            raise ValueError(f"num_classes ({self.num_classes}) is more than the model's {outputs} outputs "
+                             "(Quantus's default is 1000: set it to the model's number of classes)")
+        if (y >= self.num_classes).any():
+            raise ValueError(f"y_batch {y.tolist()} must be below num_classes ({self.num_classes})")
+        off = torch.as_tensor(self.off_classes(y.cpu().numpy(), ctx.batch_size), device=y.device)
+
+        def explain(_, z, t):  # one call per Quantus batch, preprocessed as one, as Quantus's explain_batch
+            return torch.as_tensor(self._explain(ctx.model, _to_numpy(z), _to_numpy(t)), dtype=z.dtype,
+                                   device=z.device)
+
+        return random_logit(ctx.net, x, explain, y, classes=off, attributions=a, similarity=self._similarity(),
+                            max_batch=ctx.batch_size).tolist()

@@ -1,12 +1,16 @@
-"""Faithfulness and localisation metrics: ``fn(model, inputs, attributions, target=None, *, ...)`` →
+"""Faithfulness, localisation, robustness, randomisation and complexity metrics:
+``fn(model, inputs, attributions, target=None, *, ...)`` →
 per-example values (``curves=True`` adds the curves where one exists); :func:`evaluate` runs many
 methods × metrics with shared model passes. :data:`METRICS` holds those that need nothing beyond
 ``(model, inputs, attributions, target)``; the grouped metrics need ``groups=`` and the localisation
-metrics ``boxes=`` or ``masks=``."""
+metrics ``boxes=`` or ``masks=``; the robustness metrics and :func:`random_logit` take an ``explain``
+function in place of the attributions. :func:`sparseness` and :func:`complexity` read the map only."""
+from .complexity import complexity, sparseness
 from .evaluate import BETTER, EVALUATE_METRICS, Evaluation, evaluate
 from .faithfulness import aupc, deletion, insertion, lerf, mdrs, morf
 from .grouped import grouped_deletion, grouped_insertion
 from .localisation import ehr, iou, pointing_game
+from .randomisation import random_logit
 from ..core import Blur, Uniform
 from .robustness import avg_sensitivity, max_sensitivity
 from .sop import deletion_error, grouped_deletion_error, grouped_insertion_error, insertion_error
@@ -15,11 +19,11 @@ from .subsets import faithfulness_correlation, infidelity, sensitivity_n, subset
 METRICS = {"deletion": deletion, "insertion": insertion, "mdrs": mdrs, "aupc": aupc, "morf": morf,
            "lerf": lerf, "deletion_error": deletion_error, "insertion_error": insertion_error,
            "faithfulness_correlation": faithfulness_correlation, "sensitivity_n": sensitivity_n,
-           "infidelity": infidelity}
+           "infidelity": infidelity, "sparseness": sparseness, "complexity": complexity}
 
 __all__ = ["BETTER", "Blur", "EVALUATE_METRICS", "Evaluation", "METRICS", "Uniform", "aupc",
-           "avg_sensitivity", "deletion", "deletion_error", "ehr", "evaluate",
+           "avg_sensitivity", "complexity", "deletion", "deletion_error", "ehr", "evaluate",
            "faithfulness_correlation", "grouped_deletion", "grouped_deletion_error",
            "grouped_insertion", "grouped_insertion_error", "infidelity", "insertion",
            "insertion_error", "iou", "lerf", "max_sensitivity", "mdrs", "morf", "pointing_game",
-           "sensitivity_n", "subset_deltas"]
+           "random_logit", "sensitivity_n", "sparseness", "subset_deltas"]

@@ -19,6 +19,7 @@ import torch
 from ..core import (CountingModel, Target, check_attributions, check_count, check_flag, check_inputs,
                     check_scalar_reader, feature_space, forward_chunks, fraction_count, make_baseline, make_generator,
                     model_entry, resolve_clean, step_counts)
+from .complexity import DIRECTIONS
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
 from .sop import additive_errors, additive_mass, error_passes
@@ -29,7 +30,8 @@ EVALUATE_METRICS = ("deletion", "insertion", "infidelity", "faithfulness_correla
                     "mdrs", "aupc", "morf", "lerf", "deletion_error", "insertion_error")
 BETTER = {"deletion": "lower", "insertion": "higher", "infidelity": "lower",
           "faithfulness_correlation": "higher", "sensitivity_n": "higher", "mdrs": "lower", "aupc": "lower",
-          "morf": "higher", "lerf": "lower", "deletion_error": "lower", "insertion_error": "lower"}
+          "morf": "higher", "lerf": "lower", "deletion_error": "lower", "insertion_error": "lower",
+          **DIRECTIONS}
 
 __all__ = ["BETTER", "EVALUATE_METRICS", "CountingModel", "Evaluation", "evaluate"]
 
