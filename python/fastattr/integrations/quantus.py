@@ -2,7 +2,8 @@
 
 Change ``quantus.X`` to ``fastattr.integrations.quantus.X`` for X in ``PixelFlipping``,
 ``RegionPerturbation``, ``FaithfulnessCorrelation``, ``SensitivityN``, ``Infidelity``,
-``AvgSensitivity``, ``MaxSensitivity``, ``Sparseness``, ``Complexity`` and ``RandomLogit``: the same
+``AvgSensitivity``, ``MaxSensitivity``, ``RelativeInputStability``, ``RelativeOutputStability``,
+``RelativeRepresentationStability``, ``Sparseness``, ``Complexity`` and ``RandomLogit``: the same
 constructor keywords, the same
 ``metric(model, x_batch, y_batch, a_batch=None, s_batch=None, channel_first=None, explain_func=None,
 explain_func_kwargs=None, model_predict_kwargs=None, softmax=..., device=None, batch_size=64)``
@@ -29,6 +30,16 @@ paper versions are in :mod:`fastattr.metrics`):
   ``similarity_func``, ``norm_numerator``, ``norm_denominator``) for ``ε ~ U[−lower_bound,
   lower_bound]`` (``U[lower_bound, upper_bound]`` with an upper bound), mean or max over
   ``nr_samples``; ``explain_func`` runs on many perturbed copies of the batch at once.
+- ``RelativeInputStability`` / ``RelativeOutputStability`` / ``RelativeRepresentationStability``
+  (:func:`fastattr.metrics.relative_stability`): the max over ``nr_samples`` perturbations
+  ``x' = x + ε``, ``ε ~ U[lower_bound, upper_bound]`` (``batch_uniform_noise``; defaults 0.02 and
+  0.2), of ``‖(e_x − e_x') ⊘ e_x‖₂`` divided by ``‖(x − x') ⊘ x‖₂``, ``‖h(x) − h(x')‖₂`` (logits, or
+  probabilities with ``softmax=True``) or ``‖(L_x − L_x') ⊘ L_x‖₂`` (the selected layers' outputs,
+  flattened and concatenated), a zero divisor entry or norm replaced by ``eps_min``; NaN for an
+  example any of whose perturbations changes the predicted class
+  (``return_nan_when_prediction_changes=True``, the default). ``normalise_func`` defaults to Quantus's
+  ``normalise_by_average_second_moment_estimate``; ``explain_func`` runs on many perturbed copies of
+  the batch at once.
 - ``Sparseness`` / ``Complexity`` (defaults ``abs=True``, ``normalise=True``): per example, the Gini
   index of the preprocessed map plus ``1e-7``, and ``−Σ p log(p + 1e-12)`` for ``p = a / Σ|a|``
   (NaN wherever ``abs=False`` leaves a negative entry). The model is never run; ``model=None`` is
@@ -45,10 +56,13 @@ What differs from Quantus:
 - Randomness (but RandomLogit's class draws) comes from a seeded ``torch.Generator`` (extra
   ``__call__`` keyword ``generator``, a generator or an int seed, default 0), not ``np.random``: the
   subsets of FaithfulnessCorrelation, the ``"uniform"`` baseline, the ``"random"`` region order and
-  the sensitivity noise. Same
-  distributions, other draws; a call is reproducible. As in Quantus's batched replacement, a
-  ``"uniform"`` baseline is one ``U[uniform_low, uniform_high)`` value per example and per
-  replacement (step, region, patch or subset), shared by every feature that replacement sets.
+  the sensitivity and relative stability noise. Same distributions, other draws; a call is
+  reproducible. The noise is drawn in Quantus's order (per batch of ``batch_size``, one draw of the
+  whole batch per sample), so replacing ``np.random.uniform`` by fastattr's draws
+  (:func:`fastattr.metrics.robustness.uniform_noise`), as the tests do, gives Quantus's scores. As
+  in Quantus's batched replacement, a ``"uniform"`` baseline is one ``U[uniform_low, uniform_high)``
+  value per example and per replacement (step, region, patch or subset), shared by every feature
+  that replacement sets.
 - ``perturb_baseline="mean"`` is the mean of the clean input; Quantus recomputes it at every step
   from the partly perturbed (and, in RegionPerturbation, edge-padded) array (FaithfulnessCorrelation
   agrees: it perturbs the clean input every time). ``"black"`` / ``"white"`` (the input's min / max),
@@ -65,9 +79,15 @@ What differs from Quantus:
   every patch size divides the height and the width.
 - ``softmax=False`` (or None, as in Quantus) reads the logits; a ``nn.Softmax`` that ends the model,
   also inside a nested ``Sequential``, is skipped (Quantus only replaces a top-level one).
-- AvgSensitivity / MaxSensitivity call ``explain_func`` on many perturbed copies of the batch at
-  once; an ``explain_func`` whose output for one example depends on the rest of its batch (e.g. one
-  normalisation over the batch) gives other values unless ``max_batch=len(x_batch)``.
+- AvgSensitivity / MaxSensitivity and the relative stability metrics call ``explain_func`` on many
+  perturbed copies of the batch at once; an ``explain_func`` whose output for one example depends
+  on the rest of its batch (e.g. one normalisation over the batch) gives other values unless
+  ``max_batch=len(x_batch)``.
+- RelativeRepresentationStability reads the layers in the forward that gives the prediction, with
+  ``model_predict_kwargs`` (Quantus runs the model once more without them for the representations),
+  and copies each layer's output when the layer returns (Quantus on CPU keeps a view, so an in-place
+  op later in the forward changes what it reads); a final ``nn.Softmax`` that ``softmax=False``
+  removes is read as its input.
 - Custom ``perturb_func`` (other than Quantus's defaults) raise ``NotImplementedError``; models must
   be ``torch.nn.Module`` in eval mode (RandomLogit too, which Quantus runs with a model in training
   mode; Sparseness / Complexity take any model, or None); ``display_progressbar`` and
@@ -100,11 +120,13 @@ from ..core import (RankSchedule, check_count, check_flag, check_number, chunk_s
 from ..metrics.complexity import contribution_entropy, gini_index
 from ..metrics.randomisation import random_logit
 from ..metrics.robustness import sensitivity_samples
+from ..metrics.stability import hidden_layers, relative_stability
 from ..metrics.subsets import pearson, subset_deltas
 
 __all__ = ["AvgSensitivity", "Complexity", "FaithfulnessCorrelation", "Infidelity", "MaxSensitivity",
-           "PixelFlipping", "QuantusAssertionError", "RandomLogit", "RegionPerturbation", "SensitivityN",
-           "Sparseness", "normalise_by_max"]
+           "PixelFlipping", "QuantusAssertionError", "RandomLogit", "RegionPerturbation", "RelativeInputStability",
+           "RelativeOutputStability", "RelativeRepresentationStability", "SensitivityN", "Sparseness",
+           "normalise_by_max"]
 
 _trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy 2.4 removed np.trapz
 _BASELINE_FUNCS = ("batch_baseline_replacement_by_indices", "baseline_replacement_by_indices")
@@ -887,3 +909,129 @@ class RandomLogit(_Metric):
 
         return random_logit(ctx.net, x, explain, y, classes=off, attributions=a, similarity=self._similarity(),
                             max_batch=ctx.batch_size).tolist()
+
+
+def _normalise_by_second_moment(a: np.ndarray, normalise_axes: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Quantus's ``normalise_by_average_second_moment_estimate`` (Binder et al. 2022), the relative
+    stability metrics' default: ``a / sqrt(mean(a²))`` over ``normalise_axes`` (default: every axis);
+    returned as is when all zero or when a second moment is zero."""
+    if np.all(a == 0.0):
+        return a
+    axes = tuple(range(a.ndim)) if normalise_axes is None else tuple(normalise_axes)
+    moment = np.sqrt(np.sum(a ** 2, axis=axes, keepdims=True) / np.prod([a.shape[n] for n in axes]))
+    return a / moment if np.all(moment != 0) else a
+
+
+class _RelativeStability(_Metric):
+    """Shared by the relative stability drop-ins (Agarwal et al. 2022): Quantus 0.6's
+    ``Relative*Stability`` as :func:`fastattr.metrics.relative_stability` of one kind, per batch of
+    ``batch_size``, the perturbed explanations batched as in AvgSensitivity."""
+
+    _kind: str
+    _bounds = _Sensitivity._bounds
+    _explainer = _Sensitivity._explainer
+
+    def __init__(self, nr_samples: int = 200, abs: bool = False, normalise: bool = False,
+                 normalise_func: Optional[Callable] = None, normalise_func_kwargs: Optional[dict] = None,
+                 perturb_func: Optional[Callable] = None, perturb_func_kwargs: Optional[dict] = None,
+                 return_aggregate: bool = False, aggregate_func: Optional[Callable] = None,
+                 disable_warnings: bool = False, display_progressbar: bool = False, eps_min: float = 1e-6,
+                 default_plot_func: Optional[Callable] = None, return_nan_when_prediction_changes: bool = True,
+                 **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func or _normalise_by_second_moment,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
+                    allowed=("batch_uniform_noise",), perturb_func_kwargs=perturb_func_kwargs)
+        self.nr_samples = check_count(nr_samples, "nr_samples")
+        self.eps_min = check_number(eps_min, "eps_min")
+        if self.eps_min == 0:
+            raise ValueError("eps_min must be a positive number (it replaces zero divisors), got 0")
+        self.lower_bound, self.upper_bound = 0.02, 0.2  # batch_uniform_noise's default, Quantus's upper_bound
+        self.return_nan_when_prediction_changes = check_flag(return_nan_when_prediction_changes,
+                                                             "return_nan_when_prediction_changes")
+        self._bounds()
+
+    def _layers(self, module: nn.Module) -> Optional[List[nn.Module]]:
+        return None
+
+    def _evaluate(self, ctx, x, y, a):
+        if self._explain_func[0] is None:
+            raise ValueError(f"{type(self).__name__} needs explain_func to explain the perturbed inputs")
+        net = ctx.net
+        run = net.func if isinstance(net, functools.partial) else net
+        if run is not ctx.model:
+            run.eval()  # _predictor's copy, whose new nn.Identity is in training mode
+        model = (lambda z: torch.softmax(net(z), -1)) if ctx.reader == "probability" else net
+        layers = self._layers(run)
+        out = []
+        for i in range(0, x.shape[0], ctx.batch_size):
+            rows = slice(i, i + ctx.batch_size)
+            scores = relative_stability(
+                model, x[rows], self._explainer(ctx.model, x[rows].shape[0]), y[rows], kinds=(self._kind,),
+                layer=layers, n_samples=self.nr_samples, radius=self._bounds(), eps_min=self.eps_min,
+                label_preserving="quantus" if self.return_nan_when_prediction_changes else "all",
+                attributions=a[rows], generator=ctx.generator, max_batch=ctx.max_batch,
+                memory_budget=ctx.memory_budget)
+            out.append(scores[self._kind].double().cpu().numpy())
+        return list(np.concatenate(out))
+
+
+class RelativeInputStability(_RelativeStability):
+    """Relative input stability (Agarwal et al. 2022), as ``quantus.RelativeInputStability``:
+    ``max ‖(e_x − e_x') ⊘ e_x‖ / max(‖(x − x') ⊘ x‖, eps_min)`` (module docstring); lower is better."""
+
+    name = "Relative Input Stability"
+    _kind = "input"
+
+
+class RelativeOutputStability(_RelativeStability):
+    """Relative output stability (Agarwal et al. 2022), as ``quantus.RelativeOutputStability``:
+    ``max ‖(e_x − e_x') ⊘ e_x‖ / max(‖h(x) − h(x')‖, eps_min)``, ``h`` the logits (the probabilities
+    with ``softmax=True``); lower is better."""
+
+    name = "Relative Output Stability"
+    _kind = "output"
+
+
+class RelativeRepresentationStability(_RelativeStability):
+    """Relative representation stability (Agarwal et al. 2022), as
+    ``quantus.RelativeRepresentationStability``: ``max ‖(e_x − e_x') ⊘ e_x‖ / max(‖(L_x − L_x') ⊘ L_x‖,
+    eps_min)``, ``L`` the outputs of the layers ``layer_names`` or ``layer_indices`` (default: every
+    module but ``nn.Sequential`` ones and those of the model's class) flattened and concatenated;
+    lower is better."""
+
+    name = "Relative Representation Stability"
+    _kind = "representation"
+
+    def __init__(self, nr_samples: int = 200, abs: bool = False, normalise: bool = False,
+                 normalise_func: Optional[Callable] = None, normalise_func_kwargs: Optional[dict] = None,
+                 perturb_func: Optional[Callable] = None, perturb_func_kwargs: Optional[dict] = None,
+                 return_aggregate: bool = False, aggregate_func: Optional[Callable] = None,
+                 disable_warnings: bool = False, display_progressbar: bool = False, eps_min: float = 1e-6,
+                 default_plot_func: Optional[Callable] = None, layer_names: Optional[List[str]] = None,
+                 layer_indices: Optional[List[int]] = None, return_nan_when_prediction_changes: bool = True,
+                 **kwargs):
+        if layer_names is not None and layer_indices is not None:
+            raise ValueError("give layer_names or layer_indices, not both (as in Quantus)")
+        super().__init__(nr_samples=nr_samples, abs=abs, normalise=normalise, normalise_func=normalise_func,
+                         normalise_func_kwargs=normalise_func_kwargs, perturb_func=perturb_func,
+                         perturb_func_kwargs=perturb_func_kwargs, return_aggregate=return_aggregate,
+                         aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                         display_progressbar=display_progressbar, eps_min=eps_min,
+                         return_nan_when_prediction_changes=return_nan_when_prediction_changes, **kwargs)
+        self.layer_names, self.layer_indices = layer_names, layer_indices
+
+    def _layers(self, module: nn.Module) -> List[nn.Module]:
+        """Quantus's selection: a module of :func:`fastattr.metrics.stability.hidden_layers` is read when
+        its name is in ``layer_names`` or its position in that list is in ``layer_indices`` (a negative
+        index counts from the end of ``named_modules()``, the unfiltered list), or when neither is given."""
+        n_all = len(list(module.named_modules()))
+        indices = {i if i >= 0 else n_all + i for i in self.layer_indices or []}
+        names = set(self.layer_names or [])
+        chosen = [m for i, (n, m) in enumerate(hidden_layers(module))
+                  if (not names and not indices) or i in indices or n in names]
+        if not chosen:
+            raise ValueError(f"layer_names {self.layer_names} / layer_indices {self.layer_indices} select no layer "
+                             f"of the model; its layers are {[n for n, _ in hidden_layers(module)]}")
+        return chosen

@@ -3,8 +3,8 @@
 per-example values (``curves=True`` adds the curves where one exists); :func:`evaluate` runs many
 methods × metrics with shared model passes. :data:`METRICS` holds those that need nothing beyond
 ``(model, inputs, attributions, target)``; the grouped metrics need ``groups=`` and the localisation
-metrics ``boxes=`` or ``masks=``; the robustness metrics and :func:`random_logit` take an ``explain``
-function in place of the attributions. :func:`sparseness` and :func:`complexity` read the map only."""
+metrics ``boxes=`` or ``masks=``; the robustness metrics, :func:`relative_stability` and
+:func:`random_logit` take an ``explain`` function in place of the attributions. :func:`sparseness` and :func:`complexity` read the map only."""
 from .complexity import complexity, sparseness
 from .evaluate import BETTER, EVALUATE_METRICS, Evaluation, evaluate
 from .faithfulness import aupc, deletion, insertion, lerf, mdrs, morf
@@ -13,6 +13,7 @@ from .localisation import ehr, iou, pointing_game
 from .randomisation import random_logit
 from ..core import Blur, Uniform
 from .robustness import avg_sensitivity, max_sensitivity
+from .stability import relative_stability
 from .sop import deletion_error, grouped_deletion_error, grouped_insertion_error, insertion_error
 from .subsets import faithfulness_correlation, infidelity, sensitivity_n, subset_deltas
 
@@ -26,4 +27,4 @@ __all__ = ["BETTER", "Blur", "EVALUATE_METRICS", "Evaluation", "METRICS", "Unifo
            "faithfulness_correlation", "grouped_deletion", "grouped_deletion_error",
            "grouped_insertion", "grouped_insertion_error", "infidelity", "insertion",
            "insertion_error", "iou", "lerf", "max_sensitivity", "mdrs", "morf", "pointing_game",
-           "random_logit", "sensitivity_n", "sparseness", "subset_deltas"]
+           "random_logit", "relative_stability", "sensitivity_n", "sparseness", "subset_deltas"]

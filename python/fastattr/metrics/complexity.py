@@ -17,8 +17,10 @@ import torch
 
 from ..core import Target, check_attributions, check_inputs, check_number
 
-#: which way is better, per metric of this module and of :mod:`.randomisation`
-DIRECTIONS = {"sparseness": "higher", "complexity": "lower", "random_logit": "lower"}
+#: which way is better, per metric of this module and of :mod:`.randomisation` and :mod:`.stability`
+DIRECTIONS = {"sparseness": "higher", "complexity": "lower", "random_logit": "lower",
+              "relative_input_stability": "lower", "relative_output_stability": "lower",
+              "relative_representation_stability": "lower"}
 
 __all__ = ["DIRECTIONS", "complexity", "contribution_entropy", "gini_index", "sparseness"]
 

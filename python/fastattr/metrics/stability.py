@@ -1,0 +1,222 @@
+"""Relative stability of explanations (SPEC §11; Agarwal et al. 2022, "Rethinking Stability for
+Attribution-based Explanations"), with Quantus 0.6's definitions (``RelativeInputStability``,
+``RelativeOutputStability``, ``RelativeRepresentationStability``).
+
+For an explanation function ``e``, perturbations ``x' = x + ε`` and ``⊘`` the element-wise division
+in which a zero divisor entry is replaced by ``ε_min``::
+
+    RIS(x) = max_x' ‖(e_x − e_x') ⊘ e_x‖₂ / max(‖(x − x') ⊘ x‖₂, ε_min)
+    ROS(x) = max_x' ‖(e_x − e_x') ⊘ e_x‖₂ / max(‖h(x) − h(x')‖₂, ε_min)
+    RRS(x) = max_x' ‖(e_x − e_x') ⊘ e_x‖₂ / max(‖(L(x) − L(x')) ⊘ L(x)‖₂, ε_min)
+
+``h`` the model's output (logits), ``L`` an internal representation (the outputs of the chosen
+layers, flattened and concatenated), every norm over all elements of one example. As in Quantus,
+``max(n, ε_min)`` is ``n`` with a zero ``n`` replaced by ``ε_min``. Lower is better. One set of
+perturbations serves all three: per chunk of perturbed inputs (drawn and explained by
+:func:`~fastattr.metrics.robustness.sensitivity_samples`, as for max sensitivity), one hooked forward
+gives ``h`` and ``L`` and one call of ``e`` the explanations.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core import (Target, check_count, check_inputs, check_number, chunk_size, make_generator, model_entry,
+                    resolve_target, run_model)
+from .robustness import Explain, _explainer, sensitivity_samples
+
+__all__ = ["KINDS", "hidden_layers", "relative_stability"]
+
+KINDS = ("input", "output", "representation")
+LABEL_PRESERVING = ("quantus", "max_over_preserving", "all")
+Layer = Union[None, str, nn.Module, Sequence[Union[str, nn.Module]]]
+
+
+def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Quantus's default representation layers (``PyTorchModel.get_hidden_representations``): every
+    ``(name, module)`` of ``model.named_modules()`` that is neither an ``nn.Sequential`` nor of the
+    model's own class."""
+    return [(n, m) for n, m in model.named_modules() if not isinstance(m, (type(model), nn.Sequential))]
+
+
+def _layers(model, layer: Layer) -> list[nn.Module]:
+    """The modules whose outputs make ``L``: ``layer`` as a module, a name in ``model``, a list of
+    those, or None (:func:`hidden_layers`)."""
+    if layer is None:
+        if not isinstance(model, nn.Module):
+            raise TypeError("layer=None takes every layer of an nn.Module model; for a model given as a "
+                            f"{type(model).__name__}, pass layer= the module(s) to read")
+        found = [m for _, m in hidden_layers(model)]
+        if not found:
+            raise ValueError("layer=None found no submodule of the model to read a representation from; "
+                             "pass layer= a module")
+        return found
+    items = [layer] if isinstance(layer, (str, nn.Module)) else layer
+    if not isinstance(items, (list, tuple)) or not items:
+        raise TypeError(f"layer must be a module, a module name, a non-empty list of those or None, got {layer!r}")
+    out = []
+    for item in items:
+        if isinstance(item, nn.Module):
+            out.append(item)
+        elif isinstance(item, str):
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"layer {item!r} is a name, which needs model to be an nn.Module; pass the module")
+            try:
+                out.append(model.get_submodule(item))
+            except AttributeError:
+                names = [n for n, _ in model.named_modules() if n]
+                raise ValueError(f"layer {item!r} is not a module of the model; its modules are "
+                                 f"{', '.join(names[:20])}{' ...' if len(names) > 20 else ''}") from None
+        else:
+            raise TypeError(f"layer entries must be modules or module names, got {type(item).__name__}")
+    return out
+
+
+def _forward(model: Callable, z: torch.Tensor, layers: list[nn.Module]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(h(z) [N, C], L(z) [N, D] or None)``: one forward without gradients, the outputs of
+    ``layers`` read by forward hooks (every call of a layer, in call order) and flattened."""
+    n, reps = z.shape[0], []
+
+    def hook(module, args, out):
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"layer {type(module).__name__} returned {got} for inputs of shape {tuple(z.shape)}; "
+                             "a representation layer must return one tensor [N, ...]")
+        reps.append(out.detach().reshape(n, -1).clone())
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with torch.no_grad():
+            out = run_model(model, z)
+    finally:
+        for h in handles:
+            h.remove()
+    if layers and not reps:
+        raise ValueError("layer did not run in the model's forward: pass a module the model calls")
+    return out.detach().reshape(n, -1), (torch.cat(reps, 1) if layers else None)
+
+
+def _relative_norm(a: torch.Tensor, b: torch.Tensor, eps: float, relative: bool = True) -> torch.Tensor:
+    """``[k, B]``: ``‖(a − b) ⊘ a‖₂`` (``‖a − b‖₂`` when not ``relative``) of ``a`` ``[1, B, ...]`` and
+    ``b`` ``[k, B, ...]`` over the trailing axes, in float64."""
+    a, b = a.double(), b.double()
+    d = (a - b) / torch.where(a == 0, eps, a) if relative else a - b
+    return torch.linalg.vector_norm(d.reshape(d.shape[0], d.shape[1], -1), dim=2)
+
+
+def _radius(radius) -> tuple[float, float]:
+    """The noise interval ``(low, high)``: a pair as given, a number ``r`` as ``(−r, r)``."""
+    def finite(v) -> bool:
+        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+
+    if isinstance(radius, (tuple, list)) and len(radius) == 2 and all(map(finite, radius)) and radius[0] < radius[1]:
+        return float(radius[0]), float(radius[1])
+    if finite(radius) and radius > 0:
+        return -float(radius), float(radius)
+    raise ValueError(f"radius must be a positive finite number r (noise U[−r, r]) or a pair (low, high) of finite "
+                     f"numbers with low < high (noise U[low, high]), got {radius!r}")
+
+
+@model_entry
+def relative_stability(model: Callable, inputs: torch.Tensor, explain: Explain, target: Target = None, *,
+                       kinds: Union[str, Sequence[str]] = KINDS, layer: Layer = None, n_samples: int = 200,
+                       radius: Union[float, tuple[float, float]] = (0.02, 0.2), eps_min: float = 1e-6,
+                       label_preserving: str = "quantus", attributions: Optional[torch.Tensor] = None,
+                       explain_kwargs: Optional[dict] = None, generator=0, max_batch: Optional[int] = None,
+                       memory_budget: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """Relative input / output / representation stability (Agarwal et al. 2022; Quantus 0.6) per
+    example, lower is better (module docstring for the formulas), all from one set of perturbations.
+
+    Args:
+        explain: an attribution function ``fn(model, inputs, target, **explain_kwargs)`` or a name in
+            ``fastattr.attribution.METHODS``; called once per chunk of perturbed inputs (``k`` whole
+            copies of the batch, sample-major). The targets are resolved once on the clean inputs.
+        kinds: any of ``"input"`` (RIS), ``"output"`` (ROS), ``"representation"`` (RRS).
+        layer: where ``L`` is read for RRS: a module, a module name, a list of those (outputs
+            concatenated), or None: Quantus's default, every submodule that is neither an
+            ``nn.Sequential`` nor of the model's class (:func:`hidden_layers`).
+        n_samples: perturbations per example.
+        radius: ``ε ~ U[low, high]`` element-wise for a pair ``(low, high)``, ``U[−r, r]`` for a number ``r``.
+            The default ``(0.02, 0.2)`` is Quantus's (``batch_uniform_noise``, ``lower_bound=0.02``,
+            ``upper_bound=0.2``).
+        eps_min: replaces zero divisors and zero denominator norms (Quantus's ``eps_min``).
+        label_preserving: perturbations that change the prediction (``argmax h``): ``"quantus"`` makes
+            them NaN, so an example is NaN if any of its perturbations flips it (Quantus's
+            ``return_nan_when_prediction_changes=True``; ``np.max`` propagates NaN);
+            ``"max_over_preserving"``: the max over the label-preserving ones only (Agarwal et al.'s
+            definition; NaN if none is); ``"all"``: the max over all (Quantus's ``False``).
+        attributions: a precomputed ``e(x)`` (default: ``explain`` on the clean inputs).
+        generator: torch.Generator or int seed; noise is drawn on the CPU, one full batch per sample,
+            in sample order (:func:`fastattr.metrics.robustness.uniform_noise`), as Quantus draws its
+            ``np.random.uniform`` noise, so replayed draws give Quantus's scores.
+        max_batch / memory_budget: perturbed inputs per forward and per call of ``explain``; the
+            result does not depend on them.
+
+    Returns ``{kind: [B]}`` (float64) in the order of ``kinds``. Example::
+
+        >>> s = fastattr.metrics.relative_stability(model, x, fastattr.saliency, y, layer="4", n_samples=50)
+        >>> s["input"], s["output"], s["representation"]
+    """
+    check_inputs(inputs)
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds) if isinstance(kinds, (list, tuple)) else kinds
+    if not isinstance(kinds, tuple) or not kinds or any(k not in KINDS for k in kinds) or len(set(kinds)) < len(kinds):
+        raise ValueError(f"kinds must be distinct names from {KINDS}, got {kinds!r}")
+    n_samples = check_count(n_samples, "n_samples")
+    low, high = _radius(radius)
+    if check_number(eps_min, "eps_min") == 0:
+        raise ValueError("eps_min must be a positive number (it replaces zero divisors), got 0")
+    if label_preserving not in LABEL_PRESERVING:
+        raise ValueError(f"label_preserving must be one of {LABEL_PRESERVING}, got {label_preserving!r}")
+    layers = _layers(model, layer) if "representation" in kinds else []
+    fn = _explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
+    chunk = chunk_size(inputs, n_samples * inputs.shape[0], max_batch, memory_budget)
+    clean = [_forward(model, inputs[i:i + chunk], layers) for i in range(0, inputs.shape[0], chunk)]
+    h_x = torch.cat([h for h, _ in clean])
+    l_x = torch.cat([r for _, r in clean]) if layers else None
+    t = resolve_target(model, inputs, target, logits=h_x)
+    given = attributions is not None
+    if not given:
+        attributions = fn(model, inputs, t)
+    if not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
+        got = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
+        if given:
+            raise ValueError(f"attributions must be e(x), a tensor with {inputs.shape[0]} rows, got {got}")
+        raise ValueError(f"explain returned {got} for {inputs.shape[0]} inputs; expected one explanation per input")
+    if not torch.isfinite(attributions).all():
+        raise ValueError("attributions contain NaN or Inf" if given else "explain returned NaN or Inf for the inputs")
+
+    batch, labels = inputs.shape[0], h_x.argmax(1)
+    values = torch.empty(len(kinds), batch, n_samples, dtype=torch.float64, device=inputs.device)
+    done = [0]
+
+    def objectives(e_x, e, perturbed):  # e: [k, B, ...]; records every kind, returns the label flips [k, B]
+        k = e.shape[0]
+        h, rep = _forward(model, perturbed, layers)
+        num = _relative_norm(e_x.unsqueeze(0), e, eps_min)
+        for i, kind in enumerate(kinds):
+            if kind == "input":
+                den = _relative_norm(inputs.unsqueeze(0), perturbed.reshape((k,) + inputs.shape), eps_min)
+            elif kind == "output":
+                den = _relative_norm(h_x.unsqueeze(0), h.reshape(k, batch, -1), eps_min, relative=False)
+            else:
+                den = _relative_norm(l_x.unsqueeze(0), rep.reshape(k, batch, -1), eps_min)
+            values[i, :, done[0]:done[0] + k] = (num / torch.where(den == 0, eps_min, den)).T
+        done[0] += k
+        return (h.argmax(1).reshape(k, batch) != labels).double()
+
+    flipped = sensitivity_samples(model, inputs, fn, t, explained=attributions.detach(), low=low, high=high,
+                                  n_samples=n_samples, generator=make_generator(generator), chunk=chunk,
+                                  distance=objectives, explained_name="attributions" if given else None).bool()
+    if label_preserving == "quantus":
+        result = values.masked_fill(flipped, math.nan).amax(2)
+    elif label_preserving == "max_over_preserving":
+        result = values.masked_fill(flipped, -math.inf).amax(2)
+        result = result.masked_fill(flipped.all(1), math.nan)
+    else:
+        result = values.amax(2)
+    return {kind: result[i] for i, kind in enumerate(kinds)}
