@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..core import (Target, check_count, check_inputs, chunk_size, forward_chunks, make_generator, model_entry,
                     resolve_target)
-from .robustness import Explain, _explainer, _preprocessor
+from .robustness import Explain, explainer, preprocessor
 
 __all__ = ["random_logit", "ssim"]
 
@@ -128,8 +128,8 @@ def random_logit(model: Callable, inputs: torch.Tensor, explain: Explain, target
     """
     check_inputs(inputs)
     sim = _similarity(similarity)
-    prep = _preprocessor(preprocess)
-    fn = _explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
+    prep = preprocessor(preprocess)
+    fn = explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
     logits = forward_chunks(model, inputs, max_batch, memory_budget)
     t = resolve_target(model, inputs, target, logits=logits)
     n_outputs = 1 if logits.dim() == 1 else logits.shape[-1]

@@ -23,7 +23,7 @@ Explain = Union[str, Callable]
 Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _explainer(explain: Explain, explain_kwargs: Optional[dict], chunks: Optional[dict] = None) -> Callable:
+def explainer(explain: Explain, explain_kwargs: Optional[dict], chunks: Optional[dict] = None) -> Callable:
     """``fn(model, inputs, target)`` from an attribution function or a name in ``attribution.METHODS``;
     a named method also gets the metric's ``max_batch`` / ``memory_budget`` (``chunks``) unless
     ``explain_kwargs`` sets them."""
@@ -40,6 +40,23 @@ def _explainer(explain: Explain, explain_kwargs: Optional[dict], chunks: Optiona
         raise TypeError(f"explain must be an attribution function or a method name, "
                         f"got {type(explain).__name__}")
     return lambda model, x, t: explain(model, x, t, **kwargs)
+
+
+def explanations_of(fn: Callable, model: Callable, inputs: torch.Tensor, target: torch.Tensor,
+                    attributions: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``e(x)``: the given ``attributions`` or ``fn(model, inputs, target)``, checked to hold one finite
+    explanation per input (errors name ``attributions`` or ``explain``, whichever gave it)."""
+    given = attributions is not None
+    if not given:
+        attributions = fn(model, inputs, target)
+    if not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
+        got = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
+        if given:
+            raise ValueError(f"attributions must be e(x), a tensor with {inputs.shape[0]} rows, got {got}")
+        raise ValueError(f"explain returned {got} for {inputs.shape[0]} inputs; expected one explanation per input")
+    if not torch.isfinite(attributions).all():
+        raise ValueError("attributions contain NaN or Inf" if given else "explain returned NaN or Inf for the inputs")
+    return attributions
 
 
 def uniform_noise(generator: torch.Generator, like: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -83,7 +100,7 @@ def sensitivity_samples(model: Callable, inputs: torch.Tensor, explain: Callable
     return out
 
 
-def _preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
+def preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
     if preprocess is None:
         return lambda a: a
     if preprocess == "abs_max":
@@ -112,19 +129,11 @@ def _sensitivity(model, inputs, explain, target, *, radius, n_samples, norm, nor
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius < math.inf:
         raise ValueError(f"radius must be a positive finite number, got {radius!r}")
     p = _norm_order(norm)
-    fn = _explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
-    prep = _preprocessor(preprocess)
+    fn = explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
+    prep = preprocessor(preprocess)
     t = resolve_target(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
     given = attributions is not None
-    if not given:
-        attributions = fn(model, inputs, t)
-    if not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
-        got = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
-        if given:
-            raise ValueError(f"attributions must be e(x), a tensor with {inputs.shape[0]} rows, got {got}")
-        raise ValueError(f"explain returned {got} for {inputs.shape[0]} inputs; expected one explanation per input")
-    if not torch.isfinite(attributions).all():
-        raise ValueError("attributions contain NaN or Inf" if given else "explain returned NaN or Inf for the inputs")
+    attributions = explanations_of(fn, model, inputs, t, attributions)
     acc = accum_dtype(inputs.dtype)
     e_x = prep(attributions.detach()).to(acc)
     scale = torch.linalg.vector_norm(e_x.reshape(e_x.shape[0], -1), ord=p, dim=1) if normalise else None

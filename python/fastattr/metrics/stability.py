@@ -28,7 +28,7 @@ from torch import nn
 
 from ..core import (Target, check_count, check_inputs, check_number, chunk_size, make_generator, model_entry,
                     resolve_target, run_model)
-from .robustness import Explain, _explainer, sensitivity_samples
+from .robustness import Explain, explainer, explanations_of, sensitivity_samples
 
 __all__ = ["KINDS", "hidden_layers", "relative_stability"]
 
@@ -173,22 +173,14 @@ def relative_stability(model: Callable, inputs: torch.Tensor, explain: Explain, 
     if label_preserving not in LABEL_PRESERVING:
         raise ValueError(f"label_preserving must be one of {LABEL_PRESERVING}, got {label_preserving!r}")
     layers = _layers(model, layer) if "representation" in kinds else []
-    fn = _explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
+    fn = explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
     chunk = chunk_size(inputs, n_samples * inputs.shape[0], max_batch, memory_budget)
     clean = [_forward(model, inputs[i:i + chunk], layers) for i in range(0, inputs.shape[0], chunk)]
     h_x = torch.cat([h for h, _ in clean])
     l_x = torch.cat([r for _, r in clean]) if layers else None
     t = resolve_target(model, inputs, target, logits=h_x)
     given = attributions is not None
-    if not given:
-        attributions = fn(model, inputs, t)
-    if not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
-        got = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
-        if given:
-            raise ValueError(f"attributions must be e(x), a tensor with {inputs.shape[0]} rows, got {got}")
-        raise ValueError(f"explain returned {got} for {inputs.shape[0]} inputs; expected one explanation per input")
-    if not torch.isfinite(attributions).all():
-        raise ValueError("attributions contain NaN or Inf" if given else "explain returned NaN or Inf for the inputs")
+    attributions = explanations_of(fn, model, inputs, t, attributions)
 
     batch, labels = inputs.shape[0], h_x.argmax(1)
     values = torch.empty(len(kinds), batch, n_samples, dtype=torch.float64, device=inputs.device)
