@@ -30,6 +30,10 @@ paper versions are in :mod:`fastattr.metrics`):
   ``similarity_func``, ``norm_numerator``, ``norm_denominator``) for ``ε ~ U[−lower_bound,
   lower_bound]`` (``U[lower_bound, upper_bound]`` with an upper bound), mean or max over
   ``nr_samples``; ``explain_func`` runs on many perturbed copies of the batch at once.
+- ``MPRT`` / ``ModelParameterRandomisation`` (:func:`fastattr.metrics.model_randomisation`): a deep
+  copy of the model has its layers re-initialised one by one as Quantus does (``reset_parameters``
+  after ``torch.manual_seed(seed + 1)``), and the similarity of the explanations to the original ones
+  is scored per layer; the user's model and the global torch RNG are left as they were.
 - ``RelativeInputStability`` / ``RelativeOutputStability`` / ``RelativeRepresentationStability``
   (:func:`fastattr.metrics.relative_stability`): the max over ``nr_samples`` perturbations
   ``x' = x + ε``, ``ε ~ U[lower_bound, upper_bound]`` (``batch_uniform_noise``; defaults 0.02 and
@@ -118,15 +122,15 @@ from torch import nn
 from ..core import (RankSchedule, check_count, check_flag, check_number, chunk_size, make_generator, model_guard,
                     perturbed_scores, rank_features, read_scores, run_model)
 from ..metrics.complexity import contribution_entropy, gini_index
-from ..metrics.randomisation import random_logit
+from ..metrics.randomisation import model_randomisation, random_logit, similarity_function
 from ..metrics.robustness import sensitivity_samples
 from ..metrics.stability import hidden_layers, relative_stability
 from ..metrics.subsets import pearson, subset_deltas
 
-__all__ = ["AvgSensitivity", "Complexity", "FaithfulnessCorrelation", "Infidelity", "MaxSensitivity",
-           "PixelFlipping", "QuantusAssertionError", "RandomLogit", "RegionPerturbation", "RelativeInputStability",
-           "RelativeOutputStability", "RelativeRepresentationStability", "SensitivityN", "Sparseness",
-           "normalise_by_max"]
+__all__ = ["AvgSensitivity", "Complexity", "FaithfulnessCorrelation", "Infidelity", "MPRT", "MaxSensitivity",
+           "ModelParameterRandomisation", "PixelFlipping", "QuantusAssertionError", "RandomLogit", "RegionPerturbation",
+           "RelativeInputStability", "RelativeOutputStability", "RelativeRepresentationStability", "SensitivityN",
+           "Sparseness", "normalise_by_max"]
 
 _trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy 2.4 removed np.trapz
 _BASELINE_FUNCS = ("batch_baseline_replacement_by_indices", "baseline_replacement_by_indices")
@@ -1035,3 +1039,112 @@ class RelativeRepresentationStability(_RelativeStability):
             raise ValueError(f"layer_names {self.layer_names} / layer_indices {self.layer_indices} select no layer "
                              f"of the model; its layers are {[n for n, _ in hidden_layers(module)]}")
         return chosen
+
+
+
+class MPRT(_Metric):
+    """Model parameter randomisation test (Adebayo et al. 2018), as ``quantus.MPRT``
+    (``quantus/metrics/randomisation/mprt.py``) on :func:`fastattr.metrics.model_randomisation`: a
+    deep copy of the model has its layers (modules with ``reset_parameters``) re-initialised one by
+    one, each after ``torch.manual_seed(seed + 1)``, ``layer_order="top_down"`` (cascading from the
+    output), ``"bottom_up"`` (cascading from the input) or ``"independent"`` (each layer alone, input
+    first); the scores are the similarity (default: Quantus's ``correlation_spearman``, computed in
+    torch) of the preprocessed ``a_batch`` (or ``explain_func``'s maps) to ``explain_func``'s maps of
+    each randomised model, per batch of ``batch_size``. Returns ``{"original": [...], layer: [...],
+    ...}`` as Quantus does (``"original"``: ``a_batch`` against the original model's maps), or one
+    score per example with ``return_average_correlation`` (the mean over every entry, ``"original"``
+    included, as Quantus 0.6 averages) / ``return_last_correlation`` (the last layer's);
+    ``skip_layers`` keeps ``"original"`` and the last layer only. Unlike Quantus, the global torch RNG
+    state is left as it was; lower is better."""
+
+    name = "Model Parameter Randomisation Test"
+
+    def __init__(self, similarity_func: Optional[Callable] = None, layer_order: str = "top_down", seed: int = 42,
+                 return_sample_correlation: Optional[bool] = None, return_average_correlation: bool = False,
+                 return_last_correlation: bool = False, skip_layers: bool = False, abs: bool = True,
+                 normalise: bool = True, normalise_func: Optional[Callable] = None,
+                 normalise_func_kwargs: Optional[dict] = None, return_aggregate: bool = False,
+                 aggregate_func: Optional[Callable] = None, default_plot_func: Optional[Callable] = None,
+                 disable_warnings: bool = False, display_progressbar: bool = False, **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs)
+        if return_sample_correlation is not None:  # Quantus's deprecated name
+            return_average_correlation = return_sample_correlation
+        self.similarity_func = similarity_func
+        if layer_order not in ("top_down", "bottom_up", "independent"):
+            raise QuantusAssertionError(f"layer_order must be 'top_down', 'bottom_up' or 'independent', "
+                                        f"got {layer_order!r}")
+        self.layer_order = layer_order
+        self.seed = check_count(seed, "seed", minimum=0)
+        self.return_average_correlation = check_flag(return_average_correlation, "return_average_correlation")
+        self.return_last_correlation = check_flag(return_last_correlation, "return_last_correlation")
+        self.skip_layers = check_flag(skip_layers, "skip_layers")
+        if self.return_average_correlation and self.return_last_correlation:
+            raise ValueError("Both 'return_average_correlation' and 'return_last_correlation' cannot be set to "
+                             "'True'. Set both to 'False' or one of the attributes to 'True'.")
+        if self.return_average_correlation and self.skip_layers:
+            raise ValueError("Both 'return_average_correlation' and 'skip_layers' cannot be set to 'True'.")
+        self.evaluation_scores = {}
+
+    def _similarity(self):
+        f = self.similarity_func
+        if f is None:
+            return "spearman"
+        if getattr(f, "__module__", "").startswith("quantus") and getattr(f, "__name__", None) in (
+                "correlation_spearman", "ssim"):
+            return "spearman" if f.__name__ == "correlation_spearman" else "ssim"
+        return lambda u, v: torch.tensor(np.asarray(f(_to_numpy(u), _to_numpy(v), batched=True), dtype=np.float64))
+
+    def __call__(self, model, x_batch, y_batch, a_batch=None, *args, **kwargs):
+        """As ``_Metric.__call__``; the scores are a dict (or a list with ``return_average_correlation``
+        / ``return_last_correlation``), appended whole to ``all_evaluation_scores`` as in Quantus."""
+        if self.return_aggregate and not (self.return_average_correlation or self.return_last_correlation):
+            raise QuantusAssertionError("Set 'return_average_correlation' or 'return_last_correlation' to True "
+                                        "in order to compute the aggregate evaluation results.")
+        aggregate, n = self.return_aggregate, len(self.all_evaluation_scores)
+        self.return_aggregate = False
+        try:
+            scores = super().__call__(model, x_batch, y_batch, a_batch, *args, **kwargs)
+        finally:
+            self.return_aggregate = aggregate
+            del self.all_evaluation_scores[n:]
+        if aggregate:
+            scores = [self.aggregate_func(scores)]
+        self.evaluation_scores = scores
+        self.all_evaluation_scores.append(scores)
+        return scores
+
+    def _evaluate(self, ctx, x, y, a):
+        if self._explain_func[0] is None:
+            raise QuantusAssertionError("MPRT needs explain_func to explain the randomised models")
+
+        def explain(net, z, t):  # one call per Quantus batch, preprocessed as one, as Quantus's explain_batch
+            return torch.as_tensor(self._explain(net, _to_numpy(z), _to_numpy(t)), dtype=z.dtype, device=z.device)
+
+        sim = self._similarity()
+        mode = "independent" if self.layer_order == "independent" else "cascading"
+        order = "top_down" if self.layer_order == "top_down" else "bottom_up"
+        b, step = x.shape[0], ctx.batch_size
+        # "original": a_batch against the original model's maps, explained first as in Quantus
+        e0 = torch.cat([explain(ctx.model, x[i:i + step], y[i:i + step]) for i in range(0, b, step)])
+        if e0.shape != a.shape:
+            raise ValueError(f"{ctx.a_name or _EXPLAINED} has {tuple(a.shape[1:])} per example but explain_func "
+                             f"returns {tuple(e0.shape[1:])}")
+        first = similarity_function(sim, ("spearman", "ssim"))(a.reshape(b, -1).double(),
+                                                                     e0.reshape(b, -1).double())
+        layers = model_randomisation(ctx.model, x, explain, y, mode=mode, similarity=sim, layer_order=order,
+                                     generator=self.seed + 1, attributions=a, max_batch=step)
+        scores = {"original": torch.as_tensor(first, dtype=torch.float64).reshape(b).tolist()}
+        names = list(layers)[-1:] if self.skip_layers else list(layers)
+        scores.update({k: layers[k].tolist() for k in names})
+        if self.return_average_correlation:
+            return np.mean(np.array([scores[k] for k in scores], dtype=np.float64), axis=0).tolist()
+        if self.return_last_correlation:
+            return [float(c) for c in list(scores.values())[-1]]
+        return scores
+
+
+class ModelParameterRandomisation(MPRT):
+    """Quantus 0.6's former name of :class:`MPRT` (which prints a deprecation note; this one does not)."""

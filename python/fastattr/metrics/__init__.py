@@ -4,13 +4,14 @@ per-example values (``curves=True`` adds the curves where one exists); :func:`ev
 methods × metrics with shared model passes. :data:`METRICS` holds those that need nothing beyond
 ``(model, inputs, attributions, target)``; the grouped metrics need ``groups=`` and the localisation
 metrics ``boxes=`` or ``masks=``; the robustness metrics, :func:`relative_stability` and
-:func:`random_logit` take an ``explain`` function in place of the attributions. :func:`sparseness` and :func:`complexity` read the map only."""
+:func:`random_logit` / :func:`model_randomisation` take an ``explain`` function in place of the
+attributions. :func:`sparseness` and :func:`complexity` read the map only."""
 from .complexity import complexity, sparseness
 from .evaluate import BETTER, EVALUATE_METRICS, Evaluation, evaluate
 from .faithfulness import aupc, deletion, insertion, lerf, mdrs, morf
 from .grouped import grouped_deletion, grouped_insertion
 from .localisation import ehr, iou, pointing_game
-from .randomisation import random_logit
+from .randomisation import model_randomisation, random_logit
 from ..core import Blur, Uniform
 from .robustness import avg_sensitivity, max_sensitivity
 from .stability import relative_stability
@@ -26,5 +27,5 @@ __all__ = ["BETTER", "Blur", "EVALUATE_METRICS", "Evaluation", "METRICS", "Unifo
            "avg_sensitivity", "complexity", "deletion", "deletion_error", "ehr", "evaluate",
            "faithfulness_correlation", "grouped_deletion", "grouped_deletion_error",
            "grouped_insertion", "grouped_insertion_error", "infidelity", "insertion",
-           "insertion_error", "iou", "lerf", "max_sensitivity", "mdrs", "morf", "pointing_game",
-           "random_logit", "relative_stability", "sensitivity_n", "sparseness", "subset_deltas"]
+           "insertion_error", "iou", "lerf", "max_sensitivity", "mdrs", "model_randomisation", "morf",
+           "pointing_game", "random_logit", "relative_stability", "sensitivity_n", "sparseness", "subset_deltas"]

@@ -20,7 +20,7 @@ from ..core import Target, check_attributions, check_inputs, check_number
 #: which way is better, per metric of this module and of :mod:`.randomisation` and :mod:`.stability`
 DIRECTIONS = {"sparseness": "higher", "complexity": "lower", "random_logit": "lower",
               "relative_input_stability": "lower", "relative_output_stability": "lower",
-              "relative_representation_stability": "lower"}
+              "relative_representation_stability": "lower", "model_randomisation": "lower"}
 
 __all__ = ["DIRECTIONS", "complexity", "contribution_entropy", "gini_index", "sparseness"]
 

@@ -8,10 +8,19 @@ The similarity is Quantus's default, SSIM (Wang et al. 2004) as ``quantus.simila
 computes it: ``skimage.metrics.structural_similarity`` of the two maps *flattened* to vectors
 (Quantus reshapes them to ``[B, d]`` first), with a uniform 7-element window and the data range of
 the pair; :func:`ssim` is that, batched in torch.
+
+The model parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for Saliency Maps",
+NeurIPS; SPEC §11), :func:`model_randomisation`, follows Quantus 0.6's ``MPRT``
+(``quantus/metrics/randomisation/mprt.py``) and ``PyTorchModel.get_random_layer_generator``
+(``quantus/helpers/model/pytorch_model.py``): the layers are the modules of a deep copy of the model
+that have ``reset_parameters``, each re-initialised by ``torch.manual_seed(seed)`` then
+``reset_parameters()``; its default similarity is Quantus's ``correlation_spearman``, per example
+``scipy.stats.spearmanr`` (average ranks for ties), which :func:`spearman` computes in torch.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+import copy
+from typing import Callable, Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +29,7 @@ from ..core import (Target, check_count, check_inputs, chunk_size, forward_chunk
                     resolve_target)
 from .robustness import Explain, explainer, preprocessor
 
-__all__ = ["random_logit", "ssim"]
+__all__ = ["model_randomisation", "random_logit", "spearman", "ssim"]
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, win_size: int = 7) -> torch.Tensor:
@@ -55,12 +64,51 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, win_size: int = 7) -> torch.Tensor
     return s.mean(1)
 
 
-def _similarity(similarity) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if similarity == "ssim":
-        return ssim
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of each row of ``v`` ``[B, d]``, ties given their average rank
+    (``scipy.stats.rankdata(method="average")``)."""
+    b, d = v.shape
+    sv, order = torch.sort(v, dim=1, stable=True)
+    new = torch.ones_like(sv, dtype=torch.bool)
+    new[:, 1:] = sv[:, 1:] != sv[:, :-1]
+    group = torch.cumsum(new.long(), 1) - 1  # [B, d] group index of each sorted position
+    pos = torch.arange(d, device=v.device, dtype=torch.float64).expand(b, d)
+    first = torch.full((b, d), float(d), dtype=torch.float64, device=v.device).scatter_reduce(
+        1, group, pos, "amin")
+    last = torch.full((b, d), -1.0, dtype=torch.float64, device=v.device).scatter_reduce(1, group, pos, "amax")
+    avg = (first.gather(1, group) + last.gather(1, group)) / 2 + 1
+    return torch.empty_like(avg).scatter_(1, order, avg)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each pair of rows of ``a``, ``b`` ``[B, ...]`` (flattened to
+    ``[B, d]``): the Pearson correlation of their ranks, ties given their average rank, as
+    ``scipy.stats.spearmanr(a_i, b_i)[0]`` (what ``quantus.similarity_func.correlation_spearman``
+    computes per example for batched maps); NaN where a row is constant. Returns ``[B]`` float64."""
+    a, b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
+    if a.shape != b.shape:
+        raise ValueError(f"spearman compares maps of one shape; got {tuple(a.shape)} and {tuple(b.shape)} "
+                         "(flattened)")
+    if a.shape[1] < 2:
+        raise ValueError(f"spearman needs maps of at least 2 elements, got {a.shape[1]}")
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    r = (ra * rb).sum(1) / torch.sqrt((ra * ra).sum(1) * (rb * rb).sum(1))
+    return r.clamp(-1.0, 1.0)
+
+
+_SIMILARITIES = {"ssim": ssim, "spearman": spearman}
+
+
+def similarity_function(similarity, allowed=("ssim",)) -> Callable:
+    """The per-example similarity ``f(a [B, d], b [B, d]) -> [B]`` named by ``similarity`` (one of
+    ``allowed``: ``"ssim"``, ``"spearman"``), or the callable given."""
+    if isinstance(similarity, str) and similarity in allowed:
+        return _SIMILARITIES[similarity]
     if callable(similarity) and not isinstance(similarity, str):
         return similarity
-    raise ValueError(f"similarity must be 'ssim' or a function of two [B, d] tensors, got {similarity!r}")
+    names = " or ".join(repr(n) for n in allowed)
+    raise ValueError(f"similarity must be {names} or a function of two [B, d] tensors, got {similarity!r}")
 
 
 def _off_classes(classes, t: torch.Tensor, n_outputs: int) -> torch.Tensor:
@@ -127,7 +175,7 @@ def random_logit(model: Callable, inputs: torch.Tensor, explain: Explain, target
         >>> s = fastattr.metrics.random_logit(model, x, fastattr.saliency, y)
     """
     check_inputs(inputs)
-    sim = _similarity(similarity)
+    sim = similarity_function(similarity)
     prep = preprocessor(preprocess)
     fn = explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
     logits = forward_chunks(model, inputs, max_batch, memory_budget)
@@ -163,3 +211,116 @@ def random_logit(model: Callable, inputs: torch.Tensor, explain: Explain, target
     b = inputs.shape[0]
     out = sim(prep(e_t).reshape(b, -1).double(), prep(e_off).reshape(b, -1).double())
     return torch.as_tensor(out, dtype=torch.float64, device=inputs.device).reshape(b)
+
+
+def _layers(model: torch.nn.Module) -> list:
+    """``(name, module)`` of every module with ``reset_parameters``, in ``named_modules`` order (Quantus)."""
+    return [(n, m) for n, m in model.named_modules() if callable(getattr(m, "reset_parameters", None))]
+
+
+def _seed_of(generator) -> int:
+    if isinstance(generator, torch.Generator):
+        return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    if isinstance(generator, bool) or not isinstance(generator, int) or generator < 0:
+        raise ValueError(f"generator must be a torch.Generator or a non-negative int seed, got {generator!r}")
+    return generator
+
+
+def _reinitialise(layer: torch.nn.Module, seed: int) -> None:
+    """``torch.manual_seed(seed); layer.reset_parameters()`` (Quantus), the global RNG state (CPU and
+    the layer's CUDA devices) restored afterwards."""
+    devices = sorted({t.device.index or 0 for t in list(layer.parameters()) + list(layer.buffers())
+                      if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            layer.reset_parameters()
+
+
+@model_entry
+def model_randomisation(model: torch.nn.Module, inputs: torch.Tensor, explain: Explain, target: Target = None, *,
+                        mode: str = "cascading", similarity: Union[str, Callable] = "spearman",
+                        layer_order: str = "top_down", generator=0, attributions: Optional[torch.Tensor] = None,
+                        explain_kwargs: Optional[dict] = None, max_batch: Optional[int] = None,
+                        memory_budget: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Model parameter randomisation test (Adebayo et al. 2018; Quantus ``MPRT``) per layer and example,
+    lower is better (an explanation that ignores the model's parameters stays similar):
+
+        ``sim(e(x; θ), e(x; θ̃_l))`` for each layer ``l`` in turn
+
+    The model is deep-copied (the user's model is never changed); its layers are the modules with
+    ``reset_parameters`` (Quantus's rule: Conv, Linear, BatchNorm, ...), in ``named_modules`` order,
+    reversed for ``layer_order="top_down"``. Each step re-initialises one layer as Quantus does,
+    ``torch.manual_seed(seed)`` then ``reset_parameters()`` (the global RNG state is restored after), on
+    top of the earlier steps (``mode="cascading"``) or on the original parameters
+    (``mode="independent"``), and explains every input on that model (one ``explain`` call per
+    chunk).
+
+    Args:
+        explain: an attribution function ``fn(model, inputs, target, **explain_kwargs)`` or a name in
+            ``fastattr.attribution.METHODS``; it receives the randomised copy.
+        target: None (the predicted class of the original model), an int or ``[B]``.
+        mode: ``"cascading"`` or ``"independent"``.
+        similarity: ``"spearman"`` (:func:`spearman`, Quantus's default), ``"ssim"`` (:func:`ssim`) or
+            a function of two ``[B, d]`` float64 tensors returning ``[B]``.
+        layer_order: ``"top_down"`` (output layer first) or ``"bottom_up"``.
+        generator: int seed (each layer is re-initialised after ``torch.manual_seed(seed)``; Quantus's
+            ``seed=s`` is ``generator=s + 1``) or a torch.Generator to draw one seed from.
+        attributions: the original explanations ``e(x; θ)`` (default: ``explain`` on the model).
+        max_batch / memory_budget: examples per call of ``explain`` (and per forward).
+
+    Returns ``{layer name: [B] float64}`` in the order of randomisation. Example::
+
+        >>> s = fastattr.metrics.model_randomisation(model, x, fastattr.saliency, y)
+    """
+    check_inputs(inputs)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (its layers are re-initialised), got "
+                        f"{type(model).__name__}")
+    if mode not in ("cascading", "independent"):
+        raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
+    if layer_order not in ("top_down", "bottom_up"):
+        raise ValueError(f"layer_order must be 'top_down' or 'bottom_up', got {layer_order!r}")
+    sim = similarity_function(similarity, ("spearman", "ssim"))
+    seed = _seed_of(generator)
+    fn = explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
+    logits = forward_chunks(model, inputs, max_batch, memory_budget)
+    t = resolve_target(model, inputs, target, logits=logits)
+    chunk = chunk_size(inputs, inputs.shape[0], max_batch, memory_budget)
+    if attributions is None:
+        e0 = _explain_all(fn, model, inputs, t, chunk, "the original model")
+        if not torch.isfinite(e0).all():
+            raise ValueError("explain returned NaN or Inf for the original model")
+    elif not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
+        got = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
+        raise ValueError(f"attributions must be e(x), a tensor with {inputs.shape[0]} rows, got {got}")
+    elif not torch.isfinite(attributions).all():
+        raise ValueError("attributions contains NaN or Inf")
+    else:
+        e0 = attributions.detach()
+    try:
+        net = copy.deepcopy(model)
+    except Exception as err:  # noqa: BLE001 - named for the user
+        raise TypeError(f"model could not be deep-copied ({err}); model_randomisation never changes the "
+                        "model itself") from err
+    layers = _layers(net)
+    if not layers:
+        raise ValueError("model has no layer with reset_parameters to randomise")
+    if layer_order == "top_down":
+        layers = layers[::-1]
+    original = {k: v.detach().clone() for k, v in net.state_dict().items()} if mode == "independent" else None
+    b = inputs.shape[0]
+    reference = e0.reshape(b, -1).double()
+    out: Dict[str, torch.Tensor] = {}
+    for name, layer in layers:
+        if original is not None:
+            net.load_state_dict(original)
+        _reinitialise(layer, seed)
+        e = _explain_all(fn, net, inputs, t, chunk, f"the model with {name or 'the model'} randomised")
+        if e.shape != e0.shape:
+            what = "attributions" if attributions is not None else "explain's output for the original model"
+            raise ValueError(f"{what} has {tuple(e0.shape[1:])} per example but explain returns "
+                             f"{tuple(e.shape[1:])} with {name or 'the model'} randomised")
+        s = sim(reference, e.reshape(b, -1).double())
+        out[name] = torch.as_tensor(s, dtype=torch.float64).reshape(b).to(inputs.device)
+    return out
