@@ -328,6 +328,28 @@ class _Metric:
         return np.concatenate([self._explain(model, x_np[i:i + batch_size], y_np[i:i + batch_size])
                                for i in range(0, x_np.shape[0], batch_size)])
 
+    @staticmethod
+    def _batch(x_batch, y_batch, channel_first, batch_size, kwargs, integer_labels: bool = True):
+        """The call's common arguments checked: ``(x channel-first, y flat, batch_size)``. Without
+        ``integer_labels`` (the metrics that never read the model), x must also be a non-empty batch
+        of finite values and y only one label per example."""
+        if kwargs:
+            raise ValueError(f"unexpected keyword arguments: {sorted(kwargs)}")
+        batch_size = check_count(batch_size, "batch_size")
+        x_np = _channel_first(_to_numpy(x_batch), channel_first)
+        y_np = _to_numpy(y_batch).reshape(-1)
+        if integer_labels:
+            if y_np.shape[0] != x_np.shape[0] or not np.issubdtype(y_np.dtype, np.integer):
+                raise ValueError(f"y_batch must hold one integer label per example ({x_np.shape[0]}), got "
+                                 f"{y_np.dtype} of shape {y_np.shape}")
+            return x_np, y_np, batch_size
+        if x_np.shape[0] == 0 or not np.isfinite(x_np).all():
+            raise ValueError(f"x_batch must be a non-empty batch of finite values, got shape {x_np.shape}"
+                             + ("" if x_np.shape[0] == 0 else " with NaN or Inf"))
+        if y_np.shape[0] != x_np.shape[0]:
+            raise ValueError(f"y_batch must hold one label per example ({x_np.shape[0]}), got shape {y_np.shape}")
+        return x_np, y_np, batch_size
+
     def __call__(self, model, x_batch, y_batch, a_batch=None, s_batch=None,
                  channel_first: Optional[bool] = None, explain_func: Optional[Callable] = None,
                  explain_func_kwargs: Optional[dict] = None,
@@ -338,14 +360,7 @@ class _Metric:
         with labels ``y_batch``. ``softmax`` defaults to the metric's Quantus default; None reads the
         logits, as in Quantus. ``generator`` (torch.Generator or int seed) drives every random draw;
         ``max_batch`` / ``memory_budget`` bound the inputs per model call."""
-        if kwargs:
-            raise ValueError(f"unexpected keyword arguments: {sorted(kwargs)}")
-        batch_size = check_count(batch_size, "batch_size")
-        x_np = _channel_first(_to_numpy(x_batch), channel_first)
-        y_np = _to_numpy(y_batch).reshape(-1)
-        if y_np.shape[0] != x_np.shape[0] or not np.issubdtype(y_np.dtype, np.integer):
-            raise ValueError(f"y_batch must hold one integer label per example ({x_np.shape[0]}), got "
-                             f"{y_np.dtype} of shape {y_np.shape}")
+        x_np, y_np, batch_size = self._batch(x_batch, y_batch, channel_first, batch_size, kwargs)
         softmax = self._softmax if softmax is _DEFAULT else bool(softmax)
         net, reader = _predictor(model, softmax, model_predict_kwargs)
         param = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -814,16 +829,8 @@ class _MapMetric(_Metric):
                  **kwargs):
         """Scores of ``a_batch`` (or of ``explain_func``'s attributions of ``model`` on ``x_batch`` for
         ``y_batch``), one per example (``[aggregate]`` with ``return_aggregate=True``)."""
-        if kwargs:
-            raise ValueError(f"unexpected keyword arguments: {sorted(kwargs)}")
-        batch_size = check_count(batch_size, "batch_size")
-        x_np = _channel_first(_to_numpy(x_batch), channel_first)
-        y_np = _to_numpy(y_batch).reshape(-1)
-        if x_np.shape[0] == 0 or not np.isfinite(x_np).all():
-            raise ValueError(f"x_batch must be a non-empty batch of finite values, got shape {x_np.shape}"
-                             + ("" if x_np.shape[0] == 0 else " with NaN or Inf"))
-        if y_np.shape[0] != x_np.shape[0]:
-            raise ValueError(f"y_batch must hold one label per example ({x_np.shape[0]}), got shape {y_np.shape}")
+        x_np, y_np, batch_size = self._batch(x_batch, y_batch, channel_first, batch_size, kwargs,
+                                             integer_labels=False)
         guard = model_guard(model) if model is not None and a_batch is None else contextlib.nullcontext()
         with guard:
             a_np = self._attributions(model, x_np, y_np, a_batch, explain_func, explain_func_kwargs, device,
