@@ -23,6 +23,9 @@ void perturb_by_rank(std::uintptr_t x, std::uintptr_t base, std::uintptr_t rank,
                      bool insert, const std::string& dtype, int n_threads);
 void cd_bias_split(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t out, int64_t n_ref, int64_t k,
                    int64_t channels, int64_t positions, bool relu, const std::string& dtype, int n_threads);
+int64_t stencil_solve(std::uintptr_t rhs, std::uintptr_t removed, std::uintptr_t out, int64_t groups,
+                      int64_t n_rhs, int64_t height, int64_t width, double tol, int64_t max_iter,
+                      const std::string& dtype, int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -61,4 +64,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n_ref"), py::arg("k"), py::arg("channels"), py::arg("positions"), py::arg("relu"),
         py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "CD beta-only bias split of stacked [n_ref*(1+k), channels, positions] rows into out.");
+  m.def("stencil_solve", &fastattr::stencil_solve, py::arg("rhs"), py::arg("removed"), py::arg("out"),
+        py::arg("groups"), py::arg("n_rhs"), py::arg("height"), py::arg("width"), py::arg("tol"),
+        py::arg("max_iter"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "CG solve of the noisy-linear-imputation stencil system per (plane, rhs); returns the number "
+        "of solves that did not converge.");
 }

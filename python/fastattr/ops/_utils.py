@@ -72,10 +72,11 @@ def rows(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return t.to(compute_dtype(t.dtype) if dtype is None else dtype).reshape(t.shape[0], -1).contiguous()
 
 
-def run_cpp(kernel: str, *args, dtype: torch.dtype) -> None:
-    """Calls ``fastattr._C.<kernel>(*args, dtype name, thread count)``: the kernels dispatch on the
-    dtype name and run OpenMP over torch's own thread count, so fastattr never oversubscribes."""
-    getattr(_backend.cpp_extension(), kernel)(*args, dtype_name(dtype), _backend.num_threads())
+def run_cpp(kernel: str, *args, dtype: torch.dtype):
+    """Calls ``fastattr._C.<kernel>(*args, dtype name, thread count)`` and returns what it returns: the
+    kernels dispatch on the dtype name and run OpenMP over torch's own thread count, so fastattr
+    never oversubscribes."""
+    return getattr(_backend.cpp_extension(), kernel)(*args, dtype_name(dtype), _backend.num_threads())
 
 
 def check_tensor(t, name: str, *, floating: bool = False, dtype: torch.dtype | None = None,

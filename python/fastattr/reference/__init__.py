@@ -3,8 +3,9 @@
 They define what the fast backends compute; tests compare every backend against them.
 """
 from .cd import cd_bias_split
+from .impute import stencil_solve
 from .path_ops import path_accumulate, path_interpolate
 from .perturb_by_rank import perturb_by_rank
 from .sparsemax import sparsemax, sparsemax_backward
 
-__all__ = ["cd_bias_split", "path_accumulate", "path_interpolate", "perturb_by_rank", "sparsemax", "sparsemax_backward"]
+__all__ = ["cd_bias_split", "path_accumulate", "path_interpolate", "perturb_by_rank", "sparsemax", "sparsemax_backward", "stencil_solve"]
