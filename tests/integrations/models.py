@@ -42,3 +42,22 @@ class Residual(nn.Module):
 def residual() -> nn.Module:
     torch.manual_seed(2)
     return Residual().double().eval()
+
+
+def digits_classifier() -> nn.Module:
+    """Multinomial logistic regression trained on 300 digits (L-BFGS, small L2), float32, eval mode:
+    a model whose predictions change when pixels are removed."""
+    x, y = digits(300)
+    x = x.float()
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y) + 1e-3 * model[1].weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return model.eval()

@@ -3,7 +3,8 @@
 Change ``quantus.X`` to ``fastattr.integrations.quantus.X`` for X in ``PixelFlipping``,
 ``RegionPerturbation``, ``FaithfulnessCorrelation``, ``SensitivityN``, ``Infidelity``,
 ``AvgSensitivity``, ``MaxSensitivity``, ``RelativeInputStability``, ``RelativeOutputStability``,
-``RelativeRepresentationStability``, ``Sparseness``, ``Complexity`` and ``RandomLogit``: the same
+``RelativeRepresentationStability``, ``Sparseness``, ``Complexity``, ``RandomLogit``, ``MPRT`` and
+``ROAD``: the same
 constructor keywords, the same
 ``metric(model, x_batch, y_batch, a_batch=None, s_batch=None, channel_first=None, explain_func=None,
 explain_func_kwargs=None, model_predict_kwargs=None, softmax=..., device=None, batch_size=64)``
@@ -123,14 +124,15 @@ from ..core import (RankSchedule, check_count, check_flag, check_number, chunk_s
                     perturbed_scores, rank_features, read_scores, run_model)
 from ..metrics.complexity import contribution_entropy, gini_index
 from ..metrics.randomisation import model_randomisation, random_logit, similarity_function
+from ..metrics.road import road_counts, road_scores
 from ..metrics.robustness import sensitivity_samples
 from ..metrics.stability import hidden_layers, relative_stability
 from ..metrics.subsets import pearson, subset_deltas
 
 __all__ = ["AvgSensitivity", "Complexity", "FaithfulnessCorrelation", "Infidelity", "MPRT", "MaxSensitivity",
            "ModelParameterRandomisation", "PixelFlipping", "QuantusAssertionError", "RandomLogit", "RegionPerturbation",
-           "RelativeInputStability", "RelativeOutputStability", "RelativeRepresentationStability", "SensitivityN",
-           "Sparseness", "normalise_by_max"]
+           "ROAD", "RelativeInputStability", "RelativeOutputStability", "RelativeRepresentationStability",
+           "SensitivityN", "Sparseness", "normalise_by_max"]
 
 _trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy 2.4 removed np.trapz
 _BASELINE_FUNCS = ("batch_baseline_replacement_by_indices", "baseline_replacement_by_indices")
@@ -1155,3 +1157,74 @@ class MPRT(_Metric):
 
 class ModelParameterRandomisation(MPRT):
     """Quantus 0.6's former name of :class:`MPRT` (which prints a deprecation note; this one does not)."""
+
+
+class ROAD(_Metric):
+    """ROAD (Rong et al. 2022), as ``quantus.ROAD`` (``quantus/metrics/faithfulness/road.py``) on
+    :func:`fastattr.metrics.road_scores` and the ``noisy_linear_impute`` op: for each percentage ``p``
+    (default 1, 3, …, 99) the ``int(a_size · p / 100)`` elements of the preprocessed map ranked first
+    by ``np.argsort(-a)`` (``a_size``: the map's own size per example) are replaced by noisy linear
+    imputation (``noise`` σ, Quantus's 0.01: one ``randn(C, k)`` draw per percentage and example, in
+    that order, from ``generator``), and the score is whether the model still predicts ``y``.
+    Returns ``{p: accuracy over the examples}``. ``return_aggregate`` does not apply (Quantus logs an
+    error and returns the dict too). Unlike Quantus 0.6:
+
+    - a channel-reduced map on a multi-channel input ranks pixels and removes them in every channel
+      (Quantus ranks the broadcast elements and raises an IndexError on the ``H·W`` mask);
+    - every example counts: Quantus's ``custom_postprocess`` keeps the first batch of ``batch_size``
+      only.
+
+    Lower is better (MoRF)."""
+
+    name = "ROAD"
+    _softmax = True
+
+    def __init__(self, percentages: Optional[List[float]] = None, noise: float = 0.01, abs: bool = False,
+                 normalise: bool = True, normalise_func: Optional[Callable] = None,
+                 normalise_func_kwargs: Optional[dict] = None, perturb_func: Optional[Callable] = None,
+                 perturb_func_kwargs: Optional[dict] = None, return_aggregate: bool = False,
+                 aggregate_func: Optional[Callable] = None, default_plot_func: Optional[Callable] = None,
+                 disable_warnings: bool = False, display_progressbar: bool = False, **kwargs):
+        self._setup(abs=abs, normalise=normalise, normalise_func=normalise_func,
+                    normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+                    aggregate_func=aggregate_func, disable_warnings=disable_warnings,
+                    display_progressbar=display_progressbar, kwargs=kwargs, perturb_func=perturb_func,
+                    allowed=("noisy_linear_imputation",), perturb_func_kwargs=perturb_func_kwargs)
+        self.percentages = list(range(1, 100, 2)) if percentages is None else list(percentages)
+        road_counts(self.percentages, 100)  # the range check
+        self.noise = check_number(self.perturb_func_kwargs.get("noise", noise), "noise")
+        self.evaluation_scores = {}
+
+    def __call__(self, model, x_batch, y_batch, a_batch=None, *args, **kwargs):
+        """As ``_Metric.__call__``; the scores are ``{percentage: accuracy}``."""
+        aggregate, self.return_aggregate = self.return_aggregate, False
+        try:
+            return super().__call__(model, x_batch, y_batch, a_batch, *args, **kwargs)
+        finally:
+            self.return_aggregate = aggregate
+
+    def _evaluate(self, ctx, x, y, a):
+        if x.dim() != 4:
+            raise ValueError(f"ROAD needs images x_batch [B, C, H, W], got {tuple(x.shape)}")
+        batch, channels = x.shape[:2]
+        per_pixel = a.shape[1] == 1 and channels > 1
+        flat = (a[:, 0] if per_pixel else a.expand_as(x)).reshape(batch, -1)
+        order = torch.from_numpy(np.argsort(-_to_numpy(flat), axis=1)).to(x.device)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1], device=x.device)
+                                                .expand_as(order))
+        counts = [int(a[0].numel() * p / 100) for p in self.percentages]
+        rank = rank.reshape((batch,) + (tuple(x.shape[2:]) if per_pixel else tuple(x.shape[1:])))
+
+        def level_noise(level: int) -> torch.Tensor:
+            k = counts[level]
+            eps = torch.zeros((batch, channels if per_pixel else 1, flat.shape[1]), dtype=x.dtype)
+            for i in range(batch):
+                draw = torch.randn((channels, k) if per_pixel else (1, k), generator=ctx.generator,
+                                   dtype=torch.float64)
+                eps[i, :, order[i, :k].cpu()] = (self.noise * draw).to(x.dtype)
+            return eps.reshape(x.shape)
+
+        chunk = chunk_size(x, batch * len(counts), ctx.max_batch, ctx.memory_budget)
+        acc = road_scores(ctx.net, x, rank, counts, level_noise,
+                          lambda logits, t: (logits.argmax(-1) == t).double(), y, chunk=chunk)
+        return {p: float(v) for p, v in zip(self.percentages, acc.mean(0).tolist())}
