@@ -81,96 +81,102 @@ struct System {
   int64_t size() const { return static_cast<int64_t>(pixel.size()); }
 };
 
-// Preconditioned CG (SSOR) on the R right-hand sides of one plane at once, stored interleaved
-// ([n + 1][R], row n held at 0); false when max_iter ran out before ||r|| <= tol ||b|| for all.
-// RC > 0 fixes R at compile time (1: a per-channel mask, 3: an RGB image with one mask).
-template <typename T, int RC>
-bool solve_plane(const System& sys, const T* rhs, T* out, int64_t n_rhs, int64_t n_pix, double tol,
-                 int64_t max_iter) {
-  const int64_t n = sys.size(), R = RC > 0 ? RC : n_rhs;
+// Preconditioned CG (SSOR) on R right-hand sides of one plane at once (R = 1: a per-channel mask;
+// R = 3: an RGB image with one mask), vectors stored interleaved ([n + 1][R], row n held at 0);
+// false when max_iter ran out before ||r|| <= tol ||b|| for all of them.
+template <typename T, int R>
+bool solve_plane(const System& sys, const T* rhs, T* out, int64_t n_pix, double tol, int64_t max_iter) {
+  const int64_t n = sys.size();
   for (int64_t p = 0; p < n_pix * R; ++p) out[p] = T(0);
   if (n == 0 || n == n_pix) return true;
   std::vector<double> u(n * R, 0.0), r(n * R), z((n + 1) * R, 0.0), d((n + 1) * R, 0.0), q(n * R);
-  std::vector<double> rz(R, 0.0), rz_new(R), dq(R), rr(R), stop(R), alpha(R), beta(R);
-  std::vector<char> done(R, 0);
+  double rz[R], stop[R], alpha[R], beta[R];
+  bool done[R];
   const int32_t* nb = sys.nb.data();
   const double* diag = sys.diag.data();
   const double* relax = sys.relax.data();
-  for (int64_t c = 0; c < R; ++c) {
+  double* rp = r.data();
+  double* zp = z.data();
+  double* dp = d.data();
+  double* qp = q.data();
+  double* up = u.data();
+  for (int c = 0; c < R; ++c) {
     double bb = 0.0;
     for (int64_t k = 0; k < n; ++k) {
       const double v = static_cast<double>(rhs[c * n_pix + sys.pixel[k]]);
-      r[k * R + c] = v;
+      rp[k * R + c] = v;
       bb += v * v;
     }
     stop[c] = tol * tol * bb;
     done[c] = bb == 0.0;
   }
-  // z = M^-1 r, M ∝ (D/ω + L)(D/ω)^-1(D/ω + L^T): a forward sweep, then z_k = y_k + ω/s_k Σ_upper.
-  auto precondition = [&]() {
+  // z = M^-1 r, M ∝ (D/ω + L)(D/ω)^-1(D/ω + L^T): a forward sweep, then z_k = y_k + ω/s_k Σ_upper;
+  // returns r·z per right-hand side.
+  auto precondition = [&](double* rz_out) {
     for (int64_t k = 0; k < n; ++k) {
       const int32_t* nk = nb + k * 8;
-      for (int64_t c = 0; c < R; ++c) {
-        double acc = r[k * R + c];
-        for (int j = 0; j < 4; ++j) acc += kW[j] * z[nk[j] * R + c];
-        z[k * R + c] = acc * relax[k];
+      for (int c = 0; c < R; ++c) {
+        double acc = rp[k * R + c];
+        for (int j = 0; j < 4; ++j) acc += kW[j] * zp[nk[j] * R + c];
+        zp[k * R + c] = acc * relax[k];
       }
     }
+    double sum[R] = {};
     for (int64_t k = n - 1; k >= 0; --k) {
       const int32_t* nk = nb + k * 8;
-      for (int64_t c = 0; c < R; ++c) {
+      for (int c = 0; c < R; ++c) {
         double acc = 0.0;
-        for (int j = 4; j < 8; ++j) acc += kW[j] * z[nk[j] * R + c];
-        z[k * R + c] += acc * relax[k];
+        for (int j = 4; j < 8; ++j) acc += kW[j] * zp[nk[j] * R + c];
+        const double v = zp[k * R + c] + acc * relax[k];
+        zp[k * R + c] = v;
+        sum[c] += rp[k * R + c] * v;
       }
     }
+    for (int c = 0; c < R; ++c) rz_out[c] = sum[c];
   };
-  precondition();
-  for (int64_t i = 0; i < n * R; ++i) {
-    d[i] = z[i];
-    rz[i % R] += r[i] * z[i];
-  }
-  bool all_done = false;
+  precondition(rz);
+  for (int64_t i = 0; i < n * R; ++i) dp[i] = zp[i];
   for (int64_t it = 0; it < max_iter; ++it) {
-    all_done = true;
-    for (int64_t c = 0; c < R; ++c) all_done = all_done && done[c];
+    bool all_done = true;
+    for (int c = 0; c < R; ++c) all_done = all_done && done[c];
     if (all_done) break;
-    std::fill(dq.begin(), dq.end(), 0.0);
+    double dq[R] = {};
     for (int64_t k = 0; k < n; ++k) {
       const int32_t* nk = nb + k * 8;
-      for (int64_t c = 0; c < R; ++c) {
+      for (int c = 0; c < R; ++c) {
         double acc = 0.0;
-        for (int j = 0; j < 8; ++j) acc += kW[j] * d[nk[j] * R + c];
-        const double v = diag[k] * d[k * R + c] - acc;
-        q[k * R + c] = v;
-        dq[c] += d[k * R + c] * v;
+        for (int j = 0; j < 8; ++j) acc += kW[j] * dp[nk[j] * R + c];
+        const double v = diag[k] * dp[k * R + c] - acc;
+        qp[k * R + c] = v;
+        dq[c] += dp[k * R + c] * v;
       }
     }
-    for (int64_t c = 0; c < R; ++c) {
-      alpha[c] = (done[c] || !(dq[c] > 0.0)) ? 0.0 : rz[c] / dq[c];
-      if (!(dq[c] > 0.0)) done[c] = 1;
-      rr[c] = 0.0;
+    for (int c = 0; c < R; ++c) {
+      if (!(dq[c] > 0.0)) done[c] = true;
+      alpha[c] = done[c] ? 0.0 : rz[c] / dq[c];
     }
+    double rr[R] = {};
     for (int64_t k = 0; k < n; ++k)
-      for (int64_t c = 0; c < R; ++c) {
-        u[k * R + c] += alpha[c] * d[k * R + c];
-        r[k * R + c] -= alpha[c] * q[k * R + c];
-        rr[c] += r[k * R + c] * r[k * R + c];
+      for (int c = 0; c < R; ++c) {
+        up[k * R + c] += alpha[c] * dp[k * R + c];
+        const double v = rp[k * R + c] - alpha[c] * qp[k * R + c];
+        rp[k * R + c] = v;
+        rr[c] += v * v;
       }
-    for (int64_t c = 0; c < R; ++c) done[c] = done[c] || rr[c] <= stop[c];
-    precondition();
-    std::fill(rz_new.begin(), rz_new.end(), 0.0);
-    for (int64_t i = 0; i < n * R; ++i) rz_new[i % R] += r[i] * z[i];
-    for (int64_t c = 0; c < R; ++c) {
+    for (int c = 0; c < R; ++c) done[c] = done[c] || rr[c] <= stop[c];
+    double rz_new[R];
+    precondition(rz_new);
+    for (int c = 0; c < R; ++c) {
       beta[c] = rz[c] > 0.0 ? rz_new[c] / rz[c] : 0.0;
       rz[c] = rz_new[c];
     }
-    for (int64_t i = 0; i < n * R; ++i) d[i] = z[i] + beta[i % R] * d[i];
+    for (int64_t k = 0; k < n; ++k)
+      for (int c = 0; c < R; ++c) dp[k * R + c] = zp[k * R + c] + beta[c] * dp[k * R + c];
   }
-  all_done = true;
-  for (int64_t c = 0; c < R; ++c) all_done = all_done && done[c];
+  bool all_done = true;
+  for (int c = 0; c < R; ++c) all_done = all_done && done[c];
   for (int64_t k = 0; k < n; ++k)
-    for (int64_t c = 0; c < R; ++c) out[c * n_pix + sys.pixel[k]] = static_cast<T>(u[k * R + c]);
+    for (int c = 0; c < R; ++c) out[c * n_pix + sys.pixel[k]] = static_cast<T>(up[k * R + c]);
   return all_done;
 }
 
@@ -188,9 +194,10 @@ int64_t stencil_solve(std::uintptr_t rhs, std::uintptr_t removed, std::uintptr_t
       const System sys(as_ptr<const uint8_t>(removed) + g * n_pix, height, width);
       const T* b = as_ptr<const T>(rhs) + g * n_rhs * n_pix;
       T* u = as_ptr<T>(out) + g * n_rhs * n_pix;
-      if (n_rhs == 1) return solve_plane<T, 1>(sys, b, u, n_rhs, n_pix, tol, max_iter);
-      if (n_rhs == 3) return solve_plane<T, 3>(sys, b, u, n_rhs, n_pix, tol, max_iter);
-      return solve_plane<T, 0>(sys, b, u, n_rhs, n_pix, tol, max_iter);
+      if (n_rhs == 3) return solve_plane<T, 3>(sys, b, u, n_pix, tol, max_iter);
+      bool ok = true;
+      for (int64_t c = 0; c < n_rhs; ++c) ok = solve_plane<T, 1>(sys, b + c * n_pix, u + c * n_pix, n_pix, tol, max_iter) && ok;
+      return ok;
     };
 #ifdef FASTATTR_OPENMP
     if (worth_parallel(tasks, n_pix, n_threads)) {

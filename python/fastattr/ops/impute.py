@@ -23,7 +23,12 @@ import torch.nn.functional as F
 from ..reference.impute import STENCIL, stencil_solve as reference_stencil_solve
 from ._utils import check_tensor, eager_without_compiler, resolve, run_cpp, triton_kernels
 
-DEFAULT_TOL = 1e-8
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """The solver's relative residual target: ``1e-8`` for float64, ``1e-6`` otherwise (the imputed
+    values then agree with a direct solve to about 1e-6, far below the 0.01 noise ROAD adds)."""
+    return 1e-8 if dtype == torch.float64 else 1e-6
 
 
 def _check(rhs: torch.Tensor, removed: torch.Tensor) -> None:
@@ -83,14 +88,17 @@ _stencil_solve_op.register_autograd(_vjp, setup_context=_setup)
 eager_without_compiler(_stencil_solve_op)
 
 
-def stencil_solve(rhs: torch.Tensor, removed: torch.Tensor, *, tol: float = DEFAULT_TOL,
+def stencil_solve(rhs: torch.Tensor, removed: torch.Tensor, *, tol: Optional[float] = None,
                   max_iter: Optional[int] = None, backend: Optional[str] = None) -> torch.Tensor:
     """``u`` ``[G, R, H, W]`` with ``s_i u_i − Σ_{j∈N(i), removed} w_ij u_j = rhs_i`` on the removed
     pixels of ``removed`` ``[G, H, W]`` (bool) for each of the ``R`` right-hand sides of plane ``g``;
     zero on known pixels and on planes with no known pixel. The iterative backends stop at
-    ``‖r‖ ≤ tol ‖b‖`` (a warning if ``max_iter`` runs out first; default :func:`default_max_iter`).
+    ``‖r‖ ≤ tol ‖b‖`` (default :func:`default_tol`; a warning if ``max_iter`` runs out first; default
+    :func:`default_max_iter`).
     Kernel-level: NaN propagates."""
     check_tensor(rhs, "rhs", floating=True, dim=4)
+    if tol is None:
+        tol = default_tol(rhs.dtype)
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
         raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
     if max_iter is None:
@@ -100,11 +108,16 @@ def stencil_solve(rhs: torch.Tensor, removed: torch.Tensor, *, tol: float = DEFA
     return _stencil_solve_op(rhs, removed, float(tol), int(max_iter), backend)
 
 
-def _weights(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    w = torch.zeros(3, 3, dtype=dtype, device=device)
-    for dy, dx, v in STENCIL:
-        w[dy + 1, dx + 1] = v
-    return w.view(1, 1, 3, 3)
+def _neighbour_sum(v: torch.Tensor) -> torch.Tensor:
+    """``Σ_{j∈N(i)} w_ij v_j`` over the in-image neighbours of every pixel of ``v`` ``[..., H, W]``
+    (eight shifted adds of the zero-padded planes: a 3×3 one-channel convolution, several times faster
+    than ``conv2d`` on CPU)."""
+    height, width = v.shape[-2:]
+    padded = F.pad(v, (1, 1, 1, 1))
+    out = torch.zeros_like(v)
+    for dy, dx, w in STENCIL:
+        out = out + w * padded[..., 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+    return out
 
 
 def _check_noise(noise, x: torch.Tensor):
@@ -127,7 +140,7 @@ def _generator(generator) -> Optional[torch.Generator]:
 
 
 def noisy_linear_impute(x: torch.Tensor, removed: torch.Tensor, *, noise: Union[float, torch.Tensor] = 0.01,
-                        generator=None, tol: float = DEFAULT_TOL, max_iter: Optional[int] = None,
+                        generator=None, tol: Optional[float] = None, max_iter: Optional[int] = None,
                         backend: Optional[str] = None) -> torch.Tensor:
     """``x`` with its ``removed`` pixels replaced by noisy linear imputation (Rong et al. 2022):
 
@@ -166,7 +179,7 @@ def noisy_linear_impute(x: torch.Tensor, removed: torch.Tensor, *, noise: Union[
     per_channel = removed.shape[1]
     full = removed.expand(n, c, height, width)
     known = x.masked_fill(full, 0)
-    rhs = F.conv2d(known.reshape(n * c, 1, height, width), _weights(x.dtype, x.device), padding=1)
+    rhs = _neighbour_sum(known)
     groups = n * per_channel
     u = stencil_solve(rhs.reshape(groups, c // per_channel, height, width),
                       removed.reshape(groups, height, width), tol=tol, max_iter=max_iter, backend=backend)
