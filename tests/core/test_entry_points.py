@@ -134,6 +134,7 @@ ENTRY_POINTS = {
     "expected_gradients": lambda m, x, t: A.expected_gradients(m, x, t, references=rand(2, *x.shape[1:], seed=5).to(
         x.dtype), n_samples=2),
     "noise_tunnel": lambda m, x, t: A.noise_tunnel(A.saliency, m, x, t, n_samples=2),
+    "deeplift": lambda m, x, t: A.deeplift(m, x, t, baselines=0.1, return_convergence_delta=True),
     "guided_backprop": lambda m, x, t: A.guided_backprop(m, x, t),
     "grad_cam": lambda m, x, t: A.grad_cam(m, x, t, layer=_layer(m)),
     "grad_cam_plus_plus": lambda m, x, t: A.grad_cam_plus_plus(m, x, t, layer=_layer(m)),
@@ -187,6 +188,7 @@ ENTRY_POINTS = {
     "captum.NoiseTunnel": lambda m, x, t: fc.NoiseTunnel(fc.Saliency(m)).attribute(x, target=t, nt_samples=2),
     "captum.GradientShap": lambda m, x, t: fc.GradientShap(m).attribute(x, torch.zeros_like(x[:2]), target=t,
                                                                         n_samples=2),
+    "captum.DeepLift": lambda m, x, t: fc.DeepLift(m).attribute(x, 0.1, target=t),
     "captum.LayerIntegratedGradients": lambda m, x, t: fc.LayerIntegratedGradients(m, _layer(m)).attribute(
         x, target=t, n_steps=4),
     "captum.LayerGradCam": lambda m, x, t: fc.LayerGradCam(m, _layer(m)).attribute(x, target=t),
@@ -211,6 +213,7 @@ ENTRY_POINTS = {
     "quantus.RelativeOutputStability": _quantus(fq.RelativeOutputStability, explain=True, nr_samples=2),
     "quantus.RelativeRepresentationStability": _quantus(fq.RelativeRepresentationStability, explain=True,
                                                         nr_samples=2),
+    "quantus.ROAD": _quantus(fq.ROAD, percentages=[30, 60]),
     "acd.cd": lambda m, x, t: facd.cd(x, m, _masks(x)[0, 0].bool().float(), device="cpu"),
     "acd.cd_text": lambda m, x, t: facd.cd_text(types.SimpleNamespace(text=torch.arange(7)[:, None] % 20),
                                                 SeqFirstLSTM(), 1, 3),

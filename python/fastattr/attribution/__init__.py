@@ -1,5 +1,6 @@
 """Attribution methods: ``fn(model, inputs, target=None, *, ...)`` returning a tensor like ``inputs``."""
 from .cam import grad_cam, grad_cam_plus_plus, guided_backprop, guided_grad_cam
+from .deeplift import DEEPLIFT_RULES, deeplift
 from .layer import (PATHWAY_METHODS, layer_integrated_gradients, neuron_integrated_gradients, neuron_mct,
                     pathway_gradient, select_pathway)
 from .perturbation import feature_ablation, occlusion, rise, rise_masks
@@ -27,4 +28,5 @@ __all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "SURROGA
            "feature_ablation", "grad_cam", "grad_cam_plus_plus", "guided_backprop", "guided_grad_cam",
            "kernel_shap", "layer_integrated_gradients", "lime", "neuron_integrated_gradients", "neuron_mct",
            "occlusion", "pathway_gradient", "select_pathway", "gradient_shap", "input_x_gradient",
-           "integrated_gradients", "noise_tunnel", "quadrature", "rise", "rise_masks", "saliency", "smoothgrad"]
+           "integrated_gradients", "noise_tunnel", "quadrature", "rise", "rise_masks", "saliency", "smoothgrad",
+           "DEEPLIFT_RULES", "deeplift"]

@@ -2,11 +2,12 @@
 
 Change ``from captum.attr import X`` to ``from fastattr.integrations.captum import X`` for X in
 ``Saliency``, ``InputXGradient``, ``IntegratedGradients``, ``NoiseTunnel``, ``GradientShap``,
-``LayerIntegratedGradients``, ``LayerGradCam``, ``GuidedBackprop`` and ``GuidedGradCam``: the same
-constructors, ``attribute`` arguments and return types (a tensor in gives a tensor out, a tuple in
-gives a tuple out; layer methods return one tensor shaped like the layer; ``(attributions, delta)``
-with ``return_convergence_delta=True``) and the same values (Integrated Gradients uses Captum's
-quadrature nodes and weights), computed by fastattr's chunked paths.
+``DeepLift``, ``LayerIntegratedGradients``, ``LayerGradCam``, ``GuidedBackprop`` and
+``GuidedGradCam``: the same constructors, ``attribute`` arguments and return types (a tensor in
+gives a tensor out, a tuple in gives a tuple out; layer methods return one tensor shaped like the
+layer; ``(attributions, delta)`` with ``return_convergence_delta=True``) and the same values
+(Integrated Gradients uses Captum's quadrature nodes and weights), computed by fastattr's chunked
+paths.
 
 What differs from Captum:
 
@@ -32,6 +33,16 @@ What differs from Captum:
 - ``GuidedGradCam`` raises when the Grad-CAM map cannot be interpolated to the input (Captum warns
   and returns an empty tensor).
 - Only wrappers from this module can go inside ``NoiseTunnel``.
+- ``DeepLift`` overrides each nonlinearity module's own backward, where Captum replaces the gradient
+  of the tensor the module reads. It agrees with Captum to rounding where every nonlinearity reads a
+  tensor nothing else reads, and otherwise keeps summation to delta where Captum loses it: a
+  nonlinearity reading another's output (``ReLU`` then ``MaxPool2d``: Captum's first rule sees the
+  plain gradient of the second), reading a tensor a skip connection also reads (Captum drops the
+  skip path's gradient), and overlapping pooling windows sharing a maximum (Captum's unpooling keeps
+  one window's term). A module called twice in one forward works (Captum raises). Where
+  ``|Δx| < eps`` at a ``MaxPool``, Captum falls back to the first example's gradient for every
+  example, and ``nn.Softmax`` subtracts a mean over the whole batch; fastattr gives each example what
+  Captum gives it alone (the multipliers differ from Captum's batched ones only there).
 - ``IntegratedGradients(forward_func, multiply_by_inputs=True, *, autocast=None)``: the extra
   keyword-only ``autocast`` (``torch.bfloat16`` / ``torch.float16``) runs the path's forward passes
   in mixed precision (see :func:`fastattr.integrated_gradients`).
@@ -55,6 +66,7 @@ from ..core import check_count, check_flag, make_generator, path_baselines, refe
 from ..attribution.cam import cam_maps
 from ..attribution.cam import guided_backprop as _guided_backprop
 from ..attribution.cam import guided_grad_cam as _guided_grad_cam
+from ..attribution.deeplift import deeplift as _deeplift
 from ..attribution.gradient import VARIANTS, prepare, shap_draws, shap_from_draws
 from ..attribution.gradient import input_x_gradient as _input_x_gradient
 from ..attribution.gradient import integrated_gradients as _integrated_gradients
@@ -62,11 +74,11 @@ from ..attribution.gradient import saliency as _saliency
 from ..attribution.gradient import smoothgrad as _smoothgrad
 from ..attribution.layer import layer_integrated_gradients as _layer_integrated_gradients
 from ..numerics import accum_dtype
-from ._captum_common import (_as_args, _Attribution, _bind, _output, _single_of, _single_input, _tiled,
-                             _unsupported)
+from ._captum_common import (_as_args, _Attribution, _bind, _has_batch_tensor, _output, _single_of, _single_input,
+                             _tiled, _unsupported)
 from ._captum_perturbation import FeatureAblation, KernelShap, Lime, Occlusion
 
-__all__ = ["FeatureAblation", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
+__all__ = ["DeepLift", "FeatureAblation", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
            "IntegratedGradients", "KernelShap", "LayerGradCam", "LayerIntegratedGradients", "Lime", "NoiseTunnel",
            "Occlusion", "Saliency"]
 
@@ -391,7 +403,7 @@ class LayerGradCam(_LayerAttribution):
 
 def _module_model(model, name: str) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{name} needs model to be an nn.Module (its nn.ReLU modules are hooked), "
+        raise TypeError(f"{name} needs model to be an nn.Module (its nonlinearity modules are hooked), "
                         f"got {type(model).__name__}")
     return model
 
@@ -429,3 +441,62 @@ class GuidedGradCam(_Attribution):
                                attribute_to_layer_input=attribute_to_layer_input, max_batch=max_batch)
         return _output(out, is_tuple)
 
+
+def _custom_attributions(func: Callable, multipliers: torch.Tensor, x: torch.Tensor, base: torch.Tensor):
+    """Captum's ``custom_attribution_func`` on one input: ``func(m)``, ``func(m, x)`` or ``func(m, x, x')``
+    with tuples of one tensor, by the number of its parameters; its one attribution tensor."""
+    if not callable(func):
+        raise TypeError(f"custom_attribution_func must be callable, got {type(func).__name__}")
+    arguments = ((multipliers,), (x,), (base,))
+    count = len(inspect.signature(func).parameters)
+    if not 1 <= count <= 3:
+        raise ValueError(f"custom_attribution_func must take 1 to 3 arguments (multipliers, inputs, baselines), "
+                         f"got {count}")
+    out = func(*arguments[:count])
+    out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
+    if not isinstance(out, torch.Tensor):
+        raise TypeError("custom_attribution_func must return a tuple of one tensor for one input tensor, "
+                        f"got {type(out).__name__}")
+    return out
+
+
+class DeepLift(_Attribution):
+    """DeepLift (rescale rule), as ``captum.attr.DeepLift`` (see :func:`fastattr.attribution.deeplift`):
+    ``(x − x') ⊙ m``, ``m`` the gradient with every ``nn.ReLU``, ``nn.ELU``, ``nn.LeakyReLU``,
+    ``nn.Sigmoid``, ``nn.Tanh``, ``nn.Softplus``, ``nn.MaxPool1d/2d/3d`` and ``nn.Softmax`` module's
+    derivative replaced by ``Δy/Δx`` between input and baseline (``multiply_by_inputs=False``: ``m``).
+    Functional nonlinearities keep their plain gradient, as in Captum. Each chunk of examples runs with
+    its baselines as one batch, forward and backward once; see the module notes for where the values
+    differ from Captum's."""
+
+    _has_delta = True
+
+    def __init__(self, model: nn.Module, multiply_by_inputs: bool = True, eps: float = 1e-10):
+        super().__init__(_module_model(model, "DeepLift"), multiply_by_inputs)
+        self.model = model
+        self.eps = eps
+
+    def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
+                  return_convergence_delta: bool = False, custom_attribution_func: Optional[Callable] = None):
+        """Returns attributions shaped like ``inputs``, and with ``return_convergence_delta=True`` also the
+        per-example delta ``Σ attr − (f_t(x) − f_t(x'))``. ``custom_attribution_func`` (Captum's: called
+        with the multipliers, and the inputs and baselines if it takes them, as tuples) replaces the
+        product with ``x − x'``."""
+        x, is_tuple = _single_input(inputs)
+        baselines = _single_of(baselines)
+        check_flag(return_convergence_delta, "return_convergence_delta")
+        batch = x.shape[0]
+        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, 2 * batch)
+        if _has_batch_tensor(_as_args(additional_forward_args), batch):
+            max_batch = max(max_batch, 2 * batch)  # the whole batch and its baselines in one forward
+        multiply = self._multiply_by_inputs and custom_attribution_func is None
+        out = _deeplift(model, x, t, baselines=baselines, multiply_by_inputs=multiply,
+                        return_convergence_delta=return_convergence_delta and custom_attribution_func is None,
+                        eps=self.eps, max_batch=max_batch)
+        if custom_attribution_func is None:
+            return (_output(out[0], is_tuple), out[1]) if return_convergence_delta else _output(out, is_tuple)
+        base = path_baselines(x, baselines).expand_as(x)
+        attr = _custom_attributions(custom_attribution_func, out, x.detach(), base)
+        if not return_convergence_delta:
+            return _output(attr, is_tuple)
+        return _output(attr, is_tuple), self.compute_convergence_delta(attr, base, x, target, additional_forward_args)

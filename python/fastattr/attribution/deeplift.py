@@ -1,0 +1,269 @@
+"""DeepLift with the rescale rule (Shrikumar et al. 2017; SPEC §10), as Captum's ``DeepLift`` computes it.
+
+Each chunk of ``n`` examples runs as one batch ``[x; x']`` of ``2n`` rows (the inputs, then their
+baselines) through one forward and one backward of ``Σ_i f_{t_i}(x_i) + f_{t_i}(x'_i)``. Every
+nonlinearity module of a type in :data:`DEEPLIFT_RULES` passes its output on through
+``_Rescale``, an autograd function that is the identity in the forward and whose backward
+replaces the module's local gradient by the multiplier ``Δy/Δx``, where ``Δx = x_i − x'_i`` and
+``Δy = y_i − y'_i`` are the differences between the input and baseline rows of that module's
+input and output (the same multiplier for both rows). Where ``|Δx| < eps`` the module's own
+gradient is kept. Linear layers keep their gradient, so the chain rule carries the multipliers
+down to the inputs (Ancona et al. 2018's gradient formulation). Only the module's own backward is
+replaced (Captum's tensor hooks replace the whole gradient of the tensor a module reads), so the
+rules compose through adjacent nonlinearities, skip connections and modules called twice.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Callable, Iterator, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_number, check_output, frozen_parameters,
+                    gradient_chunk, model_entry, model_errors, path_baselines, resolve_target, select)
+from ..core.contract import modules_of
+
+__all__ = ["DEEPLIFT_RULES", "deeplift"]
+
+
+def _twice(t: torch.Tensor) -> torch.Tensor:
+    """``[t; t]``: one value for the input rows and the same for the baseline rows."""
+    return torch.cat([t, t])
+
+
+def _differences(t: torch.Tensor) -> torch.Tensor:
+    """``[Δ; Δ]`` with ``Δ = t[:n] − t[n:]`` for a ``[2n, ...]`` tensor (inputs' rows, then baselines')."""
+    n = t.shape[0] // 2
+    return _twice(t[:n] - t[n:])
+
+
+def _local_gradient(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The module's own vector–Jacobian product ``grad · ∂module(x)/∂x`` (its forward re-run on a
+    detached copy of ``x``, without hooks)."""
+    with torch.enable_grad():
+        z = x.detach().requires_grad_(True)
+        out = module.forward(z)
+        out = out[0] if isinstance(out, tuple) else out
+        (local,) = torch.autograd.grad(out, z, grad)
+    return local
+
+
+def _rescale(module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, eps: float,
+             examples: int) -> torch.Tensor:
+    """Elementwise nonlinearities: ``grad · Δy / Δx``, the local gradient where ``|Δx| < eps``."""
+    dx = _differences(x)
+    return torch.where(dx.abs() < eps, _local_gradient(module, x, grad), grad * _differences(y) / dx)
+
+
+def _softmax(module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, eps: float,
+             examples: int) -> torch.Tensor:
+    """``nn.Softmax``: the rescaled gradient less its mean over each example's input and baseline rows."""
+    unnormalised = _rescale(module, x, y, grad, eps, examples)
+    rows = unnormalised.reshape(2, examples, -1)
+    return (rows - rows.sum(dim=(0, 2), keepdim=True) / (2 * rows.shape[2])).reshape(x.shape)
+
+
+_POOLS = {nn.MaxPool1d: (1, F.max_pool1d), nn.MaxPool2d: (2, F.max_pool2d), nn.MaxPool3d: (3, F.max_pool3d)}
+
+
+def _maxpool(module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, eps: float,
+             examples: int) -> torch.Tensor:
+    """Max pooling: with ``m = max(y, y')`` per window, the input rows' term ``grad · (m − y')`` goes
+    to the position of the input's maximum and the baseline rows' term ``grad' · (y − m)`` to the
+    position of the baseline's maximum (both sum to ``grad · Δy``); their sum, divided by ``Δx``, is
+    the multiplier of every input element (the local gradient where ``|Δx| < eps``)."""
+    axes, pool = _POOLS[type(module)]
+    n = x.shape[0] // 2
+    _, index = pool(x, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode,
+                    return_indices=True)
+    top = torch.max(y[:n], y[n:])
+    lead = tuple(y.shape[:y.dim() - axes])
+    spread = (grad * torch.cat([top - y[n:], y[:n] - top])).reshape(lead + (-1,))
+    pooled = spread.new_zeros(lead + (math.prod(x.shape[x.dim() - axes:]),))
+    pooled = pooled.scatter_add_(-1, index.reshape(lead + (-1,)), spread).reshape(x.shape)
+    dx = _differences(x)
+    return torch.where(dx.abs() < eps, _local_gradient(module, x, grad), _twice(pooled[:n] + pooled[n:]) / dx)
+
+
+#: the module types whose gradient DeepLift overrides (exact types, as Captum's), and their rules
+DEEPLIFT_RULES: dict[type, Callable] = {
+    nn.ReLU: _rescale, nn.ELU: _rescale, nn.LeakyReLU: _rescale, nn.Sigmoid: _rescale, nn.Tanh: _rescale,
+    nn.Softplus: _rescale, nn.MaxPool1d: _maxpool, nn.MaxPool2d: _maxpool, nn.MaxPool3d: _maxpool,
+    nn.Softmax: _softmax,
+}
+
+
+class _Rescale(torch.autograd.Function):
+    """``y = module(x)`` passed on unchanged; the backward is the module's DeepLift rule
+    ``rule(module, x, y, grad, eps, examples)``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, module: nn.Module, eps: float, examples: int) -> torch.Tensor:
+        ctx.save_for_backward(x, y)
+        ctx.module, ctx.eps, ctx.examples = module, eps, examples
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, y = ctx.saved_tensors
+        rule = DEEPLIFT_RULES[type(ctx.module)]
+        return rule(ctx.module, x, y, grad, ctx.eps, ctx.examples), None, None, None, None
+
+
+class _Rules:
+    """The forward hook every nonlinearity module carries during a call; ``rows`` is the chunk's ``2n``."""
+
+    def __init__(self, eps: float, modules: int):
+        self.eps, self.modules = eps, modules
+        self.rows = 0
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        y = output[0] if isinstance(output, tuple) else output
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and not x.requires_grad:
+            return None  # not on a path from the inputs (parameters are frozen): nothing to rescale
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() == 0 or y.dim() == 0 \
+                or x.shape[0] % self.rows or y.shape[0] != x.shape[0]:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"DeepLift runs the inputs and their baselines as one batch of {self.rows} rows and "
+                             f"needs every {type(module).__name__} module to be called with one tensor whose first "
+                             f"axis is that batch (or batch-major, {self.rows}·k rows); it got {shape}")
+        out = _Rescale.apply(x, y.detach(), module, self.eps, self.rows // 2)
+        return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
+
+
+@contextlib.contextmanager
+def _rescale_rules(model: Callable, eps: float) -> Iterator[_Rules]:
+    """Every :data:`DEEPLIFT_RULES` module of the model carries the DeepLift hook and runs out of place;
+    hooks removed and ``inplace`` flags restored on exit, even when an exception is raised."""
+    modules = {id(m): m for root in modules_of(model) for m in root.modules() if type(m) in DEEPLIFT_RULES}
+    inplace = [(m, m.inplace) for m in modules.values() if isinstance(getattr(m, "inplace", None), bool)]
+    rules, handles = _Rules(eps, len(modules)), []
+    try:
+        for m, _ in inplace:
+            m.inplace = False
+        for m in modules.values():
+            handles.append(m.register_forward_hook(rules))
+        yield rules
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in inplace:
+            m.inplace = flag
+
+
+def _chunk_targets(target: Target, batch: int) -> Callable[[int, int], Target]:
+    """The target of examples ``e0:e1``: a per-example target sliced (its length checked against the
+    batch), anything else as given (``resolve_target`` checks it)."""
+    if isinstance(target, (list, tuple)) or (isinstance(target, torch.Tensor) and target.dim() == 1):
+        count = target.numel() if isinstance(target, torch.Tensor) else len(target)
+        if count not in (1, batch):
+            raise ValueError(f"target has {count} entries but inputs has batch size {batch}")
+        if count == batch:
+            return lambda e0, e1: target[e0:e1]
+    return lambda e0, e1: target
+
+
+def _check_eps(eps) -> float:
+    eps = check_number(eps, "eps")
+    if eps <= 0:
+        raise ValueError(f"eps must be a number > 0, got {eps!r}")
+    return eps
+
+
+def _deeplift_chunk(model: Callable, x: torch.Tensor, base: torch.Tensor, target: Target,
+                   rules: _Rules) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk under :func:`_rescale_rules`: ``(multipliers [n, ...], f_t(x) − f_t(x') [n])`` from one
+    forward of ``[x; x']`` and one backward."""
+    n = x.shape[0]
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        rules.rows = 2 * n
+        with model_errors(x):  # a model that cannot run the inputs: the error names their shape
+            out = model(torch.cat([x, base.expand_as(x)]))
+        out = check_output(out, 2 * n, any_rank=True)
+        t = resolve_target(model, x, target, logits=out[:n].detach())
+        scores = select(out, torch.cat([t, t]))
+        (grad,) = torch.autograd.grad(scores.sum(), x)
+    scores = scores.detach()
+    return grad, scores[:n] - scores[n:]
+
+
+@model_entry(gradients=True)
+def deeplift(model: Callable, inputs: torch.Tensor, target: Target = None, *,
+             baselines: Union[None, float, torch.Tensor] = None, multiply_by_inputs: bool = True,
+             return_convergence_delta: bool = False, eps: float = 1e-10, max_batch: Optional[int] = None,
+             memory_budget: Optional[int] = None):
+    """DeepLift, rescale rule (Shrikumar et al. 2017), in the gradient form of Ancona et al. 2018.
+
+    ``DL(x) = (x − x') ⊙ m``, ``m`` the multipliers: the chain rule with every nonlinearity's
+    derivative replaced by ``Δy/Δx`` between input and baseline (SPEC §10); ``multiply_by_inputs=False``
+    returns ``m``. For linear layers and the rescaled nonlinearities (Softmax aside) summation to delta
+    holds: ``Σ DL(x) = f_t(x) − f_t(x')``.
+
+    Only ``nn.Module`` nonlinearities of the exact types in :data:`DEEPLIFT_RULES` get a rule, as in
+    Captum: ``nn.ReLU``, ``nn.ELU``, ``nn.LeakyReLU``, ``nn.Sigmoid``, ``nn.Tanh``, ``nn.Softplus``
+    (``Δy/Δx``), ``nn.MaxPool1d/2d/3d`` (Captum's rule: each window's ``Δy`` goes to the positions of
+    the input's and the baseline's maxima, over ``Δx``) and ``nn.Softmax`` (the rescaled gradient less
+    its mean). Functional nonlinearities (``F.relu``, ``torch.sigmoid`` or ``x.relu()`` in ``forward``,
+    the gates inside ``nn.LSTM``) and other modules keep their plain gradient. Where ``|Δx| < eps`` a
+    module keeps its own gradient. Such a module must see the batch on its input's first axis (or
+    batch-major, ``[B·k, ...]``); one whose input does not depend on the inputs (a gate on a parameter)
+    is left alone. In-place modules run out of place during the call.
+
+    Captum's values, to rounding, wherever Captum's hooks compose correctly; where they do not, fastattr
+    keeps the rule and summation to delta: a nonlinearity whose output another one reads directly
+    (``ReLU`` then ``MaxPool2d``: Captum's first rule sees the second's plain gradient), one whose input
+    a skip connection also reads (Captum drops that path), a module called twice (Captum raises), and
+    overlapping pooling windows with a common maximum (Captum keeps one window's term). Per example
+    where Captum mixes examples: Softmax's mean is over the example's own input and baseline rows
+    (Captum's: the whole batch), and the MaxPool fallback where ``|Δx| < eps`` is the example's own
+    gradient (Captum's: the first example's) — what Captum gives each example alone.
+
+    Args:
+        baselines: None (zeros), a number, or a tensor broadcastable to ``inputs`` (one per example
+            ``[B, ...]`` or one for all ``[...]``), as :func:`~fastattr.integrated_gradients`.
+        return_convergence_delta: also return ``Σ attr − (f_t(x) − f_t(x'))`` per example (Captum's
+            sign), ``f_t`` read off the same forward pass.
+        eps: ``|Δx|`` below which a nonlinearity keeps its own gradient (Captum's ``eps``), > 0.
+        max_batch, memory_budget: model inputs per forward (each example runs with its baseline, so
+            ``max_batch // 2`` examples, at least one), or bytes for one chunk. Results do not depend
+            on them.
+
+    Returns:
+        a tensor shaped like ``inputs``; with ``return_convergence_delta`` also the ``[B]`` deltas.
+
+    Example::
+
+        >>> attr, delta = fastattr.deeplift(model, x, target=y, return_convergence_delta=True)
+    """
+    check_flag(multiply_by_inputs, "multiply_by_inputs")
+    check_flag(return_convergence_delta, "return_convergence_delta")
+    eps = _check_eps(eps)
+    check_inputs(inputs)
+    inputs = inputs.detach()
+    base = path_baselines(inputs, baselines)
+    batch = inputs.shape[0]
+    targets = _chunk_targets(target, batch)
+    per = max(1, gradient_chunk(model, inputs, 2 * batch, max_batch, memory_budget) // 2)
+    with contextlib.ExitStack() as stack:
+        for module in modules_of(model):
+            stack.enter_context(frozen_parameters(module))
+        rules = stack.enter_context(_rescale_rules(model, eps))
+        if not rules.modules:
+            warnings.warn("deeplift: the model has no nonlinearity module DeepLift can override "
+                          f"({', '.join(t.__name__ for t in DEEPLIFT_RULES)}); functional ones (F.relu, "
+                          "torch.sigmoid in forward) keep their plain gradient, so the result is (x − x') ⊙ "
+                          "∂f_t/∂x", UserWarning, stacklevel=3)
+        parts = [_deeplift_chunk(model, inputs[e0:e1], base if base.shape[0] == 1 else base[e0:e1],
+                                targets(e0, e1), rules) for e0, e1, _, _ in ChunkGrid(batch, 1, per)]
+    multipliers = torch.cat([p[0] for p in parts])
+    attr = (inputs - base) * multipliers if multiply_by_inputs else multipliers
+    if not return_convergence_delta:
+        return attr
+    gap = torch.cat([p[1] for p in parts])
+    return attr, attr.reshape(batch, -1).sum(1).to(gap.dtype) - gap
