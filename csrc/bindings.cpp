@@ -26,6 +26,8 @@ void cd_bias_split(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t out, in
 int64_t stencil_solve(std::uintptr_t rhs, std::uintptr_t removed, std::uintptr_t out, int64_t groups,
                       int64_t n_rhs, int64_t height, int64_t width, double tol, int64_t max_iter,
                       const std::string& dtype, int n_threads);
+int64_t simplex_qp(std::uintptr_t G, std::uintptr_t c, std::uintptr_t out, int64_t batch, int64_t k,
+                   const std::string& dtype, int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -69,4 +71,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("max_iter"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "CG solve of the noisy-linear-imputation stencil system per (plane, rhs); returns the number "
         "of solves that did not converge.");
+  m.def("simplex_qp", &fastattr::simplex_qp, py::arg("G"), py::arg("c"), py::arg("out"), py::arg("batch"),
+        py::arg("k"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "Exact active-set solve of min w'Gw + c'w over the simplex per [k, k] block of G (c = 0 address: "
+        "no c); returns the number of examples that hit the iteration cap.");
 }

@@ -6,6 +6,7 @@ from .cd import cd_bias_split
 from .impute import stencil_solve
 from .path_ops import path_accumulate, path_interpolate
 from .perturb_by_rank import perturb_by_rank
+from .simplex_qp import simplex_qp
 from .sparsemax import sparsemax, sparsemax_backward
 
-__all__ = ["cd_bias_split", "path_accumulate", "path_interpolate", "perturb_by_rank", "sparsemax", "sparsemax_backward", "stencil_solve"]
+__all__ = ["cd_bias_split", "path_accumulate", "path_interpolate", "perturb_by_rank", "simplex_qp", "sparsemax", "sparsemax_backward", "stencil_solve"]
