@@ -135,6 +135,7 @@ ENTRY_POINTS = {
         x.dtype), n_samples=2),
     "noise_tunnel": lambda m, x, t: A.noise_tunnel(A.saliency, m, x, t, n_samples=2),
     "deeplift": lambda m, x, t: A.deeplift(m, x, t, baselines=0.1, return_convergence_delta=True),
+    "aggregate": lambda m, x, t: A.aggregate(m, x, t, methods={"s": "saliency", "d": A.deeplift}, n_samples=2),
     "guided_backprop": lambda m, x, t: A.guided_backprop(m, x, t),
     "grad_cam": lambda m, x, t: A.grad_cam(m, x, t, layer=_layer(m)),
     "grad_cam_plus_plus": lambda m, x, t: A.grad_cam_plus_plus(m, x, t, layer=_layer(m)),
@@ -236,7 +237,7 @@ NO_MODEL = {
     "complexity": "complexity: reads the attribution map only, no model call",
     "quantus.Sparseness": "scores a_batch only; the model only reaches explain_func (Quantus takes None)",
     "quantus.Complexity": "scores a_batch only; the model only reaches explain_func (Quantus takes None)",
-    "quantus.normalise_by_max": "normalises attributions", "quantus.QuantusAssertionError": "an exception",
+    "Aggregation": "a result", "quantus.normalise_by_max": "normalises attributions", "quantus.QuantusAssertionError": "an exception",
 }
 
 PUBLIC = [(fastattr, ""), (A, ""), (M, ""), (C, ""), (fc, "captum."), (fq, "quantus."), (facd, "acd."),
@@ -284,6 +285,8 @@ def _values(out) -> list:
     """The result as a flat list of float64 tensors, for comparisons."""
     if isinstance(out, torch.Tensor):
         return [out.detach().double()]
+    if out is None or isinstance(out, str):
+        return []
     if isinstance(out, np.ndarray) or isinstance(out, (float, np.floating)):
         return [torch.as_tensor(np.asarray(out, dtype=np.float64))]
     if isinstance(out, (list, tuple)):

@@ -1,4 +1,5 @@
 """Attribution methods: ``fn(model, inputs, target=None, *, ...)`` returning a tensor like ``inputs``."""
+from .aggregate import AGG_OBJECTIVES, Aggregation, aggregate
 from .cam import grad_cam, grad_cam_plus_plus, guided_backprop, guided_grad_cam
 from .deeplift import DEEPLIFT_RULES, deeplift
 from .layer import (PATHWAY_METHODS, layer_integrated_gradients, neuron_integrated_gradients, neuron_mct,
@@ -29,4 +30,4 @@ __all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "SURROGA
            "kernel_shap", "layer_integrated_gradients", "lime", "neuron_integrated_gradients", "neuron_mct",
            "occlusion", "pathway_gradient", "select_pathway", "gradient_shap", "input_x_gradient",
            "integrated_gradients", "noise_tunnel", "quadrature", "rise", "rise_masks", "saliency", "smoothgrad",
-           "DEEPLIFT_RULES", "deeplift"]
+           "AGG_OBJECTIVES", "Aggregation", "DEEPLIFT_RULES", "aggregate", "deeplift"]

@@ -1,0 +1,242 @@
+"""Optimized aggregation of attributions (AGG; SPEC §5; Decker et al. 2024, "Optimizing
+Aggregation of Attributions", §3–4 and App. C): ``k`` attribution maps of one input, each
+preprocessed to ``|φ|/max|φ|``, combined with convex weights chosen per example.
+
+For a generalized L2 metric ``Q(φ) = E‖γ₁φ − γ₂‖²`` and ``φ_ω = Φω`` (``Φ ∈ R^{d×k}``),
+``Q(φ_ω) = ωᵀGω`` with ``G = E[ΓᵀΓ]``, ``Γ = γ₁Φ − γ₂1ᵀ``, so the best weights solve the simplex QP
+``ω* = argmin_{ω ∈ Δ_k} ωᵀGω`` (the ``simplex_qp`` op, all examples at once). Objectives:
+
+- ``"robust"`` (squared average sensitivity): ``Γ_j = Φ(x) − Φ(x + ε_j)``, ``ε_j ~ U[−r, r]^d``;
+- ``"faith"`` (infidelity): ``Γ_j = I_jᵀΦ − Δf_j 1ᵀ``, ``I_j = x − x̃_j`` where ``x̃_j`` has a random
+  20 % of the map's features replaced by the blurred image, ``Δf_j = f_t(x) − f_t(x̃_j)``;
+- ``"opt"``: ``λ₁ G_robust/‖G_robust‖_F + λ₂ G_faith/‖G_faith‖_F`` (``λ = (½, ½)``);
+- ``"mean"``: ``ω = 1/k``; ``"var"``: ``(1/k) Σ φⁱ / (σ + ε)``, ``σ`` the per-feature standard
+  deviation of the k maps (the weights reported are ``1/k``).
+
+Every explainer runs on all ``m·B`` perturbed inputs in chunks (one call per chunk and method), the
+infidelity copies go through the perturbation engine, and ``G`` accumulates chunk by chunk (memory
+``O(B·k²)`` beyond one chunk).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from ..core import (Baseline, MaskSet, Target, check_count, check_inputs, check_number, chunk_size, make_baseline,
+                    make_generator, model_entry, perturbed_scores, random_subsets, read_scores, resolve_clean)
+from ..ops import simplex_qp
+
+__all__ = ["AGG_OBJECTIVES", "Aggregation", "aggregate", "aggregation_matrices"]
+
+AGG_OBJECTIVES = ("mean", "var", "robust", "faith", "opt")
+Method = Union[str, Callable, torch.Tensor]
+
+
+@dataclass
+class Aggregation:
+    """``attribution`` (shaped like one method's map) = ``Σ_i weights[:, i] · maps[:, i]``; ``maps``
+    ``[B, k, ...]`` the preprocessed maps of ``names``; ``G`` ``[B, k, k]`` the objective's matrices
+    (None for ``mean`` / ``var``); ``objective`` the one optimised."""
+
+    attribution: torch.Tensor
+    weights: torch.Tensor
+    names: list
+    maps: torch.Tensor
+    G: Optional[torch.Tensor]
+    objective: str
+
+
+def _abs_max(a: torch.Tensor) -> torch.Tensor:
+    """``|a| / max|a|`` per example (0 where the map is 0)."""
+    m = a.abs().reshape(a.shape[0], -1).amax(1).view((-1,) + (1,) * (a.dim() - 1))
+    return a.abs() / torch.where(m > 0, m, torch.ones_like(m))
+
+
+def _preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
+    if preprocess is None:
+        return lambda a: a
+    if preprocess == "abs_max":
+        return _abs_max
+    if callable(preprocess):
+        return preprocess
+    raise ValueError(f"preprocess must be 'abs_max', None or a function of a [N, ...] batch, got {preprocess!r}")
+
+
+def _explainers(methods, chunks: dict) -> dict[str, Union[Callable, torch.Tensor]]:
+    """``{name: fn(model, x, t) or a precomputed map}`` from ``methods``."""
+    from . import METHODS
+
+    if not isinstance(methods, dict) or len(methods) < 2:
+        raise ValueError("methods must be a dict of at least two {name: method name, function or precomputed map}, "
+                         f"got {methods!r}")
+    out = {}
+    for name, m in methods.items():
+        if isinstance(m, torch.Tensor):
+            out[name] = m.detach()
+        elif isinstance(m, str):
+            if m not in METHODS:
+                raise ValueError(f"methods[{name!r}] = {m!r} is not a method of fastattr.attribution.METHODS "
+                                 f"({', '.join(sorted(METHODS))})")
+            fn, kw = METHODS[m], {k: v for k, v in chunks.items() if v is not None}
+            out[name] = lambda model, x, t, _fn=fn, _kw=kw: _fn(model, x, t, **_kw)
+        elif callable(m):
+            out[name] = m
+        else:
+            raise TypeError(f"methods[{name!r}] must be a method name, a function fn(model, x, target) or a tensor, "
+                            f"got {type(m).__name__}")
+    return out
+
+
+def _map_batch(out, name: str, n: int, shape: Optional[tuple]) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or out.shape[:1] != (n,) or (shape is not None and out.shape[1:] != shape):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        want = f"[{n}, {', '.join(map(str, shape))}]" if shape is not None else f"{n} maps"
+        raise ValueError(f"methods[{name!r}] gave {got}; expected {want} (all maps of one shape)")
+    if not torch.isfinite(out).all():
+        raise ValueError(f"methods[{name!r}] gave NaN or Inf")
+    return out.detach()
+
+
+def _robust_matrix(model, inputs, t, fns, phi, prep, *, n_samples, radius, generator, chunk) -> torch.Tensor:
+    """``G_robust [B, k, k] = (1/m) Σ_j (Φ(x) − Φ(x + ε_j))ᵀ(Φ(x) − Φ(x + ε_j))``; ``ε_j`` one full-batch
+    draw of ``U[−r, r]`` per sample, in sample order, on the CPU."""
+    batch, k = phi.shape[:2]
+    flat = phi.reshape(batch, k, -1).double()
+    g = torch.zeros(batch, k, k, dtype=torch.float64, device=inputs.device)
+    per = max(1, chunk // batch)
+    reps = (1,) * (inputs.dim() - 1)
+    for j0 in range(0, n_samples, per):
+        s = min(per, n_samples - j0)
+        noise = torch.cat([(2 * torch.rand(inputs.shape, generator=generator, dtype=inputs.dtype) - 1) * radius
+                           for _ in range(s)]).to(inputs.device)
+        z, tz = inputs.repeat(s, *reps) + noise, t.repeat(s)
+        diffs = []
+        for i, (name, fn) in enumerate(fns.items()):
+            e = prep(_map_batch(fn(model, z, tz), name, s * batch, tuple(phi.shape[2:])))
+            diffs.append(flat[:, i].unsqueeze(0) - e.reshape(s, batch, -1).double())
+        d = torch.stack(diffs, -1)  # [s, B, d, k]
+        g += torch.einsum("sbdi,sbdl->bil", d, d)
+    return g / n_samples
+
+
+def _faith_matrix(model, inputs, t, clean, phi, *, n_samples, fraction, baseline, generator, chunk) -> torch.Tensor:
+    """``G_faith [B, k, k] = (1/m) Σ_j (I_jᵀΦ − Δf_j)ᵀ(I_jᵀΦ − Δf_j)`` over random subsets of
+    ``fraction`` of the map's features set to ``baseline``."""
+    batch, k = phi.shape[:2]
+    feats = phi[0, 0].numel()
+    size = max(1, int(round(fraction * feats)))
+    masks = random_subsets(batch, n_samples, feats, size=size, generator=generator, device=inputs.device)
+    base = make_baseline(inputs, baseline, generator=generator)
+    scores = perturbed_scores(model, inputs, base, MaskSet(inputs, masks), t, reader="logit", chunk=chunk,
+                              precise=True).double()
+    delta = clean.double().unsqueeze(1) - scores  # [B, m]
+    diff = (inputs - base).double().reshape(batch, -1, feats).sum(1)  # x − x' per feature (channels summed)
+    weighted = diff.unsqueeze(-1) * phi.reshape(batch, k, feats).transpose(1, 2).double()  # [B, F, k]
+    a = torch.einsum("bmf,bfk->bmk", masks.double(), weighted)
+    gamma = a - delta.unsqueeze(-1)
+    return torch.einsum("bmi,bml->bil", gamma, gamma) / n_samples
+
+
+def aggregation_matrices(model, inputs, t, clean, fns, phi, prep, *, objective, n_samples, radius, fraction,
+                         baseline, lam, generator, chunk) -> torch.Tensor:
+    """The objective's ``G [B, k, k]`` (module docstring): robust, faith, or their normalised blend."""
+    parts = {}
+    if objective in ("robust", "opt"):
+        parts["robust"] = _robust_matrix(model, inputs, t, fns, phi, prep, n_samples=n_samples, radius=radius,
+                                         generator=generator, chunk=chunk)
+    if objective in ("faith", "opt"):
+        parts["faith"] = _faith_matrix(model, inputs, t, clean, phi, n_samples=n_samples, fraction=fraction,
+                                       baseline=baseline, generator=generator, chunk=chunk)
+    if objective != "opt":
+        return parts[objective]
+
+    def unit(g):
+        norm = torch.linalg.matrix_norm(g).view(-1, 1, 1)
+        return g / torch.where(norm > 0, norm, torch.ones_like(norm))
+
+    return lam[0] * unit(parts["robust"]) + lam[1] * unit(parts["faith"])
+
+
+def _lambdas(lam) -> tuple[float, float]:
+    ok = isinstance(lam, (tuple, list)) and len(lam) == 2 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in lam)
+    if not ok or sum(lam) <= 0:
+        raise ValueError(f"lam must be two non-negative numbers (λ_robust, λ_faith), not both 0, got {lam!r}")
+    return float(lam[0]), float(lam[1])
+
+
+@model_entry
+def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, methods: dict,
+              objective: str = "opt", n_samples: int = 50, radius: float = 0.1, subset_fraction: float = 0.2,
+              baseline: Baseline = "blur", lam: Sequence[float] = (0.5, 0.5), preprocess="abs_max",
+              var_eps: float = 1e-8, generator=0, max_batch: Optional[int] = None,
+              memory_budget: Optional[int] = None, backend: Optional[str] = None) -> Aggregation:
+    """AGG (Decker et al. 2024): the per-example convex combination of ``methods`` that minimises the
+    ``objective`` (module docstring for the formulas).
+
+    Args:
+        methods: ``{name: method}``, at least two; a method is a name in ``fastattr.attribution.METHODS``
+            (run with this call's ``max_batch`` / ``memory_budget``), a function ``fn(model, x, target)``
+            returning one map per input, or a precomputed map ``[B, ...]`` (only for ``"mean"``,
+            ``"var"`` and ``"faith"``: ``"robust"`` and ``"opt"`` re-explain perturbed inputs).
+        objective: ``"mean"``, ``"var"``, ``"robust"``, ``"faith"`` or ``"opt"``.
+        n_samples: ``m``, the draws of ``ε`` and of the infidelity subsets (the paper's 50).
+        radius: ``r`` of ``ε ~ U[−r, r]`` (0.1). subset_fraction: the features per infidelity subset
+            (20 %). baseline: what the subsets' features become (default: the blurred image).
+        lam: ``(λ_robust, λ_faith)`` of ``"opt"``.
+        preprocess: ``"abs_max"`` (``|φ| / max|φ|`` per example, the paper's), None, or a function.
+        var_eps: ``ε`` of ``"var"``.
+        generator: torch.Generator or int seed (noise, then subsets, then a random baseline's draws).
+        max_batch / memory_budget: perturbed inputs per explainer call and per forward.
+        backend: the ``simplex_qp`` backend.
+
+    Returns an :class:`Aggregation`. Example::
+
+        >>> agg = fastattr.aggregate(model, x, y, methods={"ig": "integrated_gradients", "sg": "smoothgrad"})
+        >>> agg.attribution, agg.weights
+    """
+    check_inputs(inputs)
+    if objective not in AGG_OBJECTIVES:
+        raise ValueError(f"objective must be one of {AGG_OBJECTIVES}, got {objective!r}")
+    n_samples = check_count(n_samples, "n_samples", minimum=2)
+    radius = check_number(radius, "radius")
+    if radius == 0:
+        raise ValueError("radius must be > 0")
+    if isinstance(subset_fraction, bool) or not isinstance(subset_fraction, numbers.Real) \
+            or not 0 < subset_fraction <= 1:
+        raise ValueError(f"subset_fraction must be in (0, 1], got {subset_fraction!r}")
+    lam = _lambdas(lam)
+    prep = _preprocessor(preprocess)
+    fns = _explainers(methods, dict(max_batch=max_batch, memory_budget=memory_budget))
+    given = [n for n, f in fns.items() if isinstance(f, torch.Tensor)]
+    if given and objective in ("robust", "opt"):
+        raise ValueError(f"objective {objective!r} re-explains perturbed inputs, so every method must be a name or a "
+                         f"function; {', '.join(map(repr, given))} {'is a' if len(given) == 1 else 'are'} "
+                         "precomputed map(s)")
+    t, clean = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
+    batch, shape, maps = inputs.shape[0], None, []
+    for name, f in fns.items():
+        out = f if isinstance(f, torch.Tensor) else f(model, inputs, t)
+        out = _map_batch(out, name, batch, shape)
+        shape = tuple(out.shape[1:])
+        maps.append(prep(out.to(inputs.device)))
+    phi = torch.stack(maps, 1)  # [B, k, ...]
+    k = phi.shape[1]
+    names = list(fns)
+    if objective in ("mean", "var"):
+        weights = torch.full((batch, k), 1.0 / k, dtype=phi.dtype, device=phi.device)
+        if objective == "mean":
+            return Aggregation(phi.mean(1), weights, names, phi, None, objective)
+        sigma = phi.std(1, unbiased=False)
+        return Aggregation(phi.mean(1) / (sigma + var_eps), weights, names, phi, None, objective)
+    chunk = chunk_size(inputs, n_samples * batch, max_batch, memory_budget)
+    g = aggregation_matrices(model, inputs, t, read_scores(clean, t, "logit"), fns, phi, prep, objective=objective,
+                             n_samples=n_samples, radius=radius, fraction=float(subset_fraction),
+                             baseline=baseline, lam=lam, generator=make_generator(generator), chunk=chunk)
+    weights = simplex_qp(g, backend=backend).to(phi.dtype)
+    attribution = torch.einsum("bk,bkd->bd", weights, phi.reshape(batch, k, -1)).reshape((batch,) + shape)
+    return Aggregation(attribution, weights, names, phi, g, objective)
