@@ -116,6 +116,46 @@ def test_evaluate_bench_counts_forward_passes():
         assert any("quantus not installed" in n for n in table.notes)
 
 
+def test_stability_bench_counts_forward_passes():
+    from fastattr.bench import metrics
+
+    methods = ("saliency", "input_x_gradient")
+    table = metrics.run_stability(n_images=2, n_samples=3, repeat=1, methods=methods)
+    rows = {r[0]: r for r in table.rows}
+    assert table.params["methods"] == list(methods) and table.params["kinds"] == ["input", "output", "representation"]
+    # the fastattr row's count is that of the same call, counted with the same hook
+    model = metrics.vgg_style()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    y = model(x).argmax(1)
+    attrs = {n: metrics.METHODS[n](model, x, y) for n in methods}
+    count = metrics._ForwardCount(model)
+    metrics.relative_stability(model, x, {n: n for n in methods}, y, n_samples=3, attributions=attrs)
+    count.close()
+    assert not model._forward_pre_hooks
+    assert rows["fastattr relative_stability, one call"][2:4] == [count.calls, count.inputs]
+    q = "quantus, 3 metrics per method"
+    if q in rows:
+        assert rows[q][4] == 1.0 and rows[q][2] > count.calls and rows["fastattr relative_stability, one call"][4] > 0
+    else:
+        assert any("quantus not installed" in n for n in table.notes)
+
+
+def test_metrics_bench_tables_are_picked_by_name(monkeypatch, capsys):
+    from fastattr.bench import metrics
+    from fastattr.cli import main
+
+    ran = []
+    monkeypatch.setattr(metrics, "TABLES", {name: (lambda device, repeat, name=name: ran.append(name) or [])
+                                            for name in metrics.TABLES})
+    assert metrics.default_tables(tables=["stability", "flipping"]) == [] and ran == ["stability", "flipping"]
+    ran.clear()
+    assert main(["bench", "metrics", "--tables", "evaluate,stability"]) == 0 and ran == ["evaluate", "stability"]
+    for args in (["metrics", "--tables", "stabilty"], ["sparsemax", "--tables", "x"], ["all", "--tables", "evaluate"]):
+        assert main(["bench", *args]) == 2
+        assert "--tables" in capsys.readouterr().err
+    assert ran == ["evaluate", "stability"]
+
+
 def test_metrics_resnet_insertion_runs_on_a_small_cpu_setting():
     """The ResNet-50 GPU case's code path, on CPU with a ResNet-18, one 32×32 input and 4 steps."""
     from fastattr.bench import metrics
@@ -185,3 +225,27 @@ def test_shap_bench_table_on_a_small_case():
     if "captum KernelShap" in names:
         assert isinstance(table.rows[1][3], float) and table.rows[1][3] > 0
     assert table.params["features"] == 16 and table.params["n_samples"] == 24
+
+
+def test_road_bench_tables_on_a_small_case():
+    from fastattr.bench import road
+
+    impute = road.impute_table("cpu", n=2, size=16, repeat=1)
+    assert [r[:2] for r in impute.rows] == [[k, p] for k in ("noisy", "smooth") for p in (20, 50, 80)]
+    assert all(r[2] > 0 and r[3] > 0 and r[5] < 1e-4 for r in impute.rows)  # timed, and equal to scipy
+    table = road.road_table("cpu", n=2, repeat=1)
+    assert table.rows[0][0] == "fastattr.metrics.road" and all(r[1] > 0 for r in table.rows)
+
+
+def test_agg_bench_tables_on_a_small_case():
+    pytest.importorskip("cvxpy")
+    from fastattr.bench import agg, aggregate
+
+    qp = agg.qp_table("cpu", repeat=1, batch=4, block_s=0.0)
+    assert qp.rows and all(isinstance(r[2], float) for r in qp.rows)
+    timed = aggregate.aggregate_table(batch=2, n_samples=2, paper_images=1, repeat=1, device="cpu")
+    assert [r[0] for r in timed.rows][:2] == ["floor: 7 explainers on m·B inputs", "fastattr.aggregate opt"]
+    repro = aggregate.reproduction_table(batch=2, n_samples=2, n_eval=3, device="cpu")
+    names = [r[0] for r in repro.rows]
+    assert set(aggregate.SEVEN) <= set(names) and {"AGG_opt", "AGG_robust", "AGG_faith", "AGG_var"} <= set(names)
+    assert all(r[1] >= 0 and r[2] >= 0 for r in repro.rows)

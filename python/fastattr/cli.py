@@ -18,6 +18,7 @@ BENCHES: dict[str, str] = {
     "cdep": "fastattr.bench.cdep",
     "perturb": "fastattr.bench.perturb",
     "shap": "fastattr.bench.shap",
+    "agg": "fastattr.bench.agg",
 }
 
 
@@ -49,10 +50,22 @@ def _bench(args: argparse.Namespace) -> int:
     except ReportError as e:
         raise UserError(str(e)) from e
     names = list(BENCHES) if args.which == "all" else [args.which]
+    picked = {}
+    if args.tables is not None:
+        module = importlib.import_module(BENCHES[args.which]) if args.which != "all" else None
+        choices = list(getattr(module, "TABLES", ()))
+        if not choices:
+            raise UserError(f"--tables picks tables of one bench that names them (metrics), not {args.which}")
+        wanted = [t.strip() for t in args.tables.split(",") if t.strip()]
+        unknown = [t for t in wanted if t not in choices]
+        if unknown or not wanted:
+            raise UserError(f"--tables must name tables of bench {args.which}: {', '.join(choices)}; "
+                            f"got {args.tables!r}")
+        picked = {"tables": wanted}
     tables, path = [], None
     for name in names:
         module = importlib.import_module(BENCHES[name])
-        for table in module.default_tables(device=args.device, repeat=args.repeat):
+        for table in module.default_tables(device=args.device, repeat=args.repeat, **picked):
             print(table.render(), flush=True)
             print()
             tables.append(table)
@@ -116,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--methods", default=None,
                         help="comma-separated attribution methods (default: all that apply to the model and data; "
                              f"'random' is a control map): {method_names}")
-    report.add_argument("--metrics", default=None, help=f"comma-separated metrics (default: all): {metric_names}")
+    report.add_argument("--metrics", default=None,
+                        help="comma-separated metrics (default: the faithfulness metrics, sparseness, complexity and "
+                             "random_logit; the relative stabilities and model_randomisation on request): "
+                             f"{metric_names}")
     report.add_argument("--n", "--num-inputs", dest="n", type=int, default=32,
                         help="number of inputs (default 32; under torchrun spell it --num-inputs)")
     report.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -132,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (median reported)")
     bench.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before timing")
     bench.add_argument("--out", default=None, help="folder for the JSON record (e.g. benchmarks/results)")
+    bench.add_argument("--tables", default=None,
+                       help="comma-separated tables of the chosen bench, in this order (metrics: flipping, "
+                            "evaluate, stability, resnet; default: all)")
     bench.set_defaults(func=_bench)
     return parser
 

@@ -172,6 +172,7 @@ ENTRY_POINTS = {
     "avg_sensitivity": _sensitivity(M.avg_sensitivity),
     "max_sensitivity": _sensitivity(M.max_sensitivity),
     "random_logit": lambda m, x, t: M.random_logit(m, x, A.saliency, t),
+    "road": lambda m, x, t: M.road(m, x, _attr(x), t, percentages=[30, 70]),
     "relative_stability": lambda m, x, t: M.relative_stability(m, x, A.saliency, t, n_samples=3),
     "model_randomisation": lambda m, x, t: M.model_randomisation(m, x, A.saliency, t),
     "evaluate": lambda m, x, t: fastattr.evaluate(m, x, t, attributions={"a": _attr(x)}, n_subsets=4,

@@ -157,3 +157,123 @@ def test_to_pandas_keeps_the_n_index_for_one_n():
                            ns=[6], n_subsets=8)
     table = ev.to_pandas()
     assert isinstance(table, pd.DataFrame) and table["n_index"].tolist() == [0, 0]
+
+
+def _digits_case():
+    from tests.integrations.models import cnn, digits
+
+    x, _ = digits(4, offset=10)
+    model = cnn()
+    y = model(x).argmax(1)
+    explain = {"saliency": "saliency", "ixg": fastattr.input_x_gradient,
+               "ig": lambda m, z, t: fastattr.integrated_gradients(m, z, t, n_steps=3)}
+    attrs = {"saliency": fastattr.saliency(model, x, y), "ixg": fastattr.input_x_gradient(model, x, y),
+             "ig": fastattr.integrated_gradients(model, x, y, n_steps=3)}
+    return model, x, y, explain, attrs
+
+
+def test_evaluate_new_metrics_equal_each_metric_alone():
+    """Sparseness, complexity, random logit, the three relative stabilities and model randomisation:
+    evaluate's values are each metric's own on the same seed, the maps given are e(x), and every
+    forward (the explain calls' and the randomised copy's included) is counted."""
+    model, x, y, explain, attrs = _digits_case()
+    metrics = ["sparseness", "complexity", "random_logit", *STABILITY, "model_randomisation", "deletion"]
+    kwargs = {"relative_stability": {"n_samples": 4}, "complexity": {"eps": 1e-12},
+              "model_randomisation": {"mode": "independent"}}
+    gen = torch.Generator().manual_seed(11)
+    state = gen.get_state()
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda m, args: forwards.append(args[0].shape[0]))
+    try:
+        ev = fastattr.evaluate(model, x, y, attributions=attrs, explain=explain, metrics=metrics,
+                               metric_kwargs=kwargs, generator=gen, max_batch=8)
+    finally:
+        handle.remove()
+    assert torch.equal(gen.get_state(), state)  # evaluate draws from copies
+    assert ev.forward_calls == len(forwards) and ev.forward_inputs == sum(forwards)
+    assert set(ev.values) == set(metrics)
+    seeded = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    exact = dict(rtol=0, atol=0, equal_nan=True)
+    for name, a in attrs.items():
+        torch.testing.assert_close(ev["sparseness"][name], M.sparseness(model, x, a, y), **exact)
+        torch.testing.assert_close(ev["complexity"][name], M.complexity(model, x, a, y, eps=1e-12), **exact)
+        torch.testing.assert_close(ev["random_logit"][name],
+                                   M.random_logit(model, x, explain[name], y, generator=seeded(), max_batch=8), **exact)
+        stability = M.relative_stability(model, x, explain[name], y, n_samples=4, generator=seeded(), max_batch=8)
+        for kind in KINDS:
+            torch.testing.assert_close(ev[f"relative_{kind}_stability"][name], stability[kind], **exact)
+        layers = M.model_randomisation(model, x, explain[name], y, mode="independent", generator=seeded(),
+                                       max_batch=8)
+        curve = torch.stack(list(layers.values()), 1)
+        torch.testing.assert_close(ev.curves["model_randomisation"][name], curve, **exact)
+        torch.testing.assert_close(ev["model_randomisation"][name], curve.mean(1), **exact)
+        assert ev.layers == list(layers) == ["8", "4", "1", "0"]
+    assert ev.fractions["model_randomisation"].tolist() == [0, 1, 2, 3]
+    assert all(torch.isfinite(ev[m][n]).any() for m in metrics for n in attrs)
+    assert (ev["sparseness"]["saliency"] != ev["sparseness"]["ig"]).all()
+
+
+def test_evaluate_runs_the_stability_kinds_with_the_same_options_as_one_call(monkeypatch):
+    import importlib
+
+    module = importlib.import_module("fastattr.metrics.evaluate")  # the module, not the function it exports
+    model, x, y, explain, attrs = _digits_case()
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(kw["kinds"])
+        return M.relative_stability(*args, **kw)
+
+    monkeypatch.setattr(module, "relative_stability", counted)
+    kw = dict(attributions=attrs, explain=explain, metrics=sorted(STABILITY), generator=2)
+    ev = fastattr.evaluate(model, x, y, metric_kwargs={"relative_input_stability": {"n_samples": 3},
+                                                       "relative_output_stability": {"n_samples": 3},
+                                                       "relative_representation_stability": {"n_samples": 3}}, **kw)
+    assert calls == [["input", "output", "representation"]]
+    calls.clear()
+    ev2 = fastattr.evaluate(model, x, y, metric_kwargs={"relative_stability": {"n_samples": 3}}, **kw)
+    assert calls == [["input", "output", "representation"]]
+    calls.clear()
+    split = fastattr.evaluate(model, x, y, metric_kwargs={"relative_stability": {"n_samples": 3},
+                                                          "relative_output_stability": {"radius": 0.1}}, **kw)
+    assert calls == [["input", "representation"], ["output"]]
+    for metric in STABILITY:
+        for name in attrs:
+            torch.testing.assert_close(ev[metric][name], ev2[metric][name], rtol=0, atol=0, equal_nan=True)
+            if metric != "relative_output_stability":
+                torch.testing.assert_close(split[metric][name], ev[metric][name], rtol=0, atol=0, equal_nan=True)
+    alone = M.relative_stability(model, x, explain["ig"], y, kinds="output", n_samples=3, radius=0.1, generator=2)
+    torch.testing.assert_close(split["relative_output_stability"]["ig"], alone["output"], rtol=0, atol=0, equal_nan=True)
+
+
+def test_evaluate_explain_and_metric_kwargs_errors():
+    model, x, y, explain, attrs = _digits_case()
+    run = lambda **kw: fastattr.evaluate(model, x, y, attributions=attrs, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match=r"random_logit explain the inputs again: pass explain=.* none for saliency, "
+                                         r"ixg, ig"):
+        run(metrics=["random_logit"])
+    with pytest.raises(ValueError, match=r"model_randomisation .* pass explain=.* none for ig$"):
+        run(metrics=["sparseness", "model_randomisation"], explain={"saliency": "saliency", "ixg": "input_x_gradient"})
+    with pytest.raises(TypeError, match="explain must be a dict"):
+        run(metrics=["random_logit"], explain=fastattr.saliency)
+    with pytest.raises(ValueError, match=r"explain has methods \['grad_cam'\] that attributions does not"):
+        run(metrics=["random_logit"], explain={**explain, "grad_cam": "grad_cam"})
+    with pytest.raises(ValueError, match="metric_kwargs names an unknown metric 'stability'"):
+        run(metrics=["sparseness"], metric_kwargs={"stability": {}})
+    with pytest.raises(ValueError, match=r"metric_kwargs\['deletion'\]: evaluate computes deletion from passes shared"):
+        run(metrics=["deletion"], metric_kwargs={"deletion": {"step": 2}})
+    with pytest.raises(ValueError, match=r"metric_kwargs\['relative_input_stability'\] has keyword\(s\) samples that "
+                                         r"relative_stability does not take"):
+        run(metrics=["relative_input_stability"], explain=explain, metric_kwargs={"relative_input_stability": {"samples": 3}})
+    with pytest.raises(ValueError, match=r"metric_kwargs\['random_logit'\] sets generator, which evaluate sets itself"):
+        run(metrics=["random_logit"], explain=explain, metric_kwargs={"random_logit": {"generator": 1}})
+    with pytest.raises(TypeError, match=r"metric_kwargs\['sparseness'\] must be a dict"):
+        run(metrics=["sparseness"], metric_kwargs={"sparseness": 1e-7})
+    with pytest.raises(TypeError, match="metric_kwargs must be a dict"):
+        run(metrics=["sparseness"], metric_kwargs=[("sparseness", {})])
+    with pytest.raises(ValueError, match=r"attributions\['saliency'\] has \(8, 8\) per example but explain\['saliency'\]"):
+        fastattr.evaluate(model, x, y, attributions={"saliency": attrs["saliency"].sum(1)},
+                          explain={"saliency": "saliency"}, metrics=["random_logit"])
+    # options of metrics not requested are ignored; explain is not needed without its metrics
+    ev = run(metrics=["sparseness"], metric_kwargs={"relative_stability": {"n_samples": 3}})
+    assert set(ev.values) == {"sparseness"}

@@ -114,3 +114,41 @@ def test_bad_arguments_named():
         model_randomisation(net(), x, fastattr.saliency, y, attributions=torch.zeros(2, 36))
     with pytest.raises(TypeError, match="model"):
         model_randomisation(lambda z: net()(z), x, fastattr.saliency, y)
+
+
+def test_a_dict_of_methods_randomises_each_layer_once(monkeypatch):
+    from fastattr.metrics import randomisation
+
+    x, y = data()
+    model = net()
+    methods = {"saliency": fastattr.saliency, "ixg": "input_x_gradient",
+               "ig": lambda m, z, t: fastattr.integrated_gradients(m, z, t, n_steps=3)}
+    resets, forwards = [], []
+    reinitialise = randomisation._reinitialise
+    monkeypatch.setattr(randomisation, "_reinitialise", lambda layer, seed: (resets.append(seed),
+                                                                            reinitialise(layer, seed)))
+    handle = model.register_forward_pre_hook(lambda m, args: forwards.append(args[0].shape[0]))  # copies too
+    try:
+        for mode in ("cascading", "independent"):
+            resets.clear()
+            forwards.clear()
+            shared = model_randomisation(model, x, methods, y, mode=mode, generator=torch.Generator().manual_seed(4))
+            n_shared, r_shared = len(forwards), len(resets)
+            forwards.clear()
+            alone = {name: model_randomisation(model, x, fn, y, mode=mode, generator=torch.Generator().manual_seed(4))
+                     for name, fn in methods.items()}
+            assert r_shared == 3 and len(resets) == 3 + 3 * len(methods)  # one re-initialisation per layer
+            assert len(forwards) - n_shared == len(methods) - 1  # the target check, once
+            assert list(shared) == list(methods)
+            for name in methods:
+                assert list(shared[name]) == list(alone[name]) == ["4", "1", "0"]
+                for layer in alone[name]:
+                    torch.testing.assert_close(shared[name][layer], alone[name][layer], rtol=0, atol=0,
+                                               equal_nan=True)
+    finally:
+        handle.remove()
+    with pytest.raises(ValueError, match=r"explain\['short'\] returns"):
+        model_randomisation(model, x, {"s": "saliency", "short": lambda m, z, t: z.flatten(1)[:, :36 - (m is not model)]},
+                            y)
+    with pytest.raises(ValueError, match=r"attributions\['s'\] must be e\(x\)"):
+        model_randomisation(model, x, {"s": "saliency"}, y, attributions={"s": x[:2]})

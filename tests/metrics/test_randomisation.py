@@ -155,3 +155,34 @@ def test_bad_input_is_named():
         ssim(torch.ones(2, 5), torch.ones(2, 5))
     with pytest.raises(ValueError, match="one shape"):
         ssim(torch.ones(2, 8), torch.ones(2, 9))
+
+
+def test_a_dict_of_methods_shares_the_draws_and_equals_each_alone():
+    x, _ = digits(7)
+    model = cnn()
+    t = torch.tensor([0, 3, 1, 2, 3, 0, 1])
+    methods = {"saliency": fastattr.saliency, "ixg": "input_x_gradient",
+               "ig": lambda m, z, tt: fastattr.integrated_gradients(m, z, tt, n_steps=3)}
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    try:
+        shared = random_logit(model, x, methods, t, generator=5, max_batch=4)
+        n_shared = len(calls)
+        calls.clear()
+        alone = {name: random_logit(model, x, fn, t, generator=torch.Generator().manual_seed(5), max_batch=4)
+                 for name, fn in methods.items()}
+        n_alone = len(calls)
+    finally:
+        handle.remove()
+    assert list(shared) == list(methods)
+    for name in methods:
+        torch.testing.assert_close(shared[name], alone[name], rtol=0, atol=0)
+    assert n_alone - n_shared == (len(methods) - 1) * 2  # the target check: one forward per chunk of 4
+    given = random_logit(model, x, methods, t, generator=5, attributions={"ixg": fastattr.input_x_gradient(model, x, t)})
+    torch.testing.assert_close(given["ixg"], shared["ixg"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"attributions\['ixg'\] has \(1, 4, 8\) per example but explain\['ixg'\]"):
+        random_logit(model, x, methods, t, attributions={"ixg": x[:, :, :4]})
+    with pytest.raises(ValueError, match=r"explain\['bad'\] returned NaN"):
+        random_logit(model, x, {"saliency": "saliency", "bad": lambda m, z, tt: z / 0 - z / 0}, t)
+    with pytest.raises(TypeError, match="attributions must be a dict"):
+        random_logit(model, x, methods, t, attributions=x)

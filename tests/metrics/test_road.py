@@ -117,3 +117,22 @@ def test_bad_arguments():
         road(nn.Sequential(nn.Flatten(), nn.Linear(8, 2)).double().eval(), x[:, 0, 0], x[:, 0, 0], y)
     with pytest.raises(ValueError, match="noise must be"):
         road(model, x, a, y, noise=-0.1)
+
+
+def test_in_evaluate_equals_road_alone():
+    from fastattr import evaluate
+    from fastattr.metrics import BETTER
+
+    x, y = digits(6, offset=20)
+    model = digits_classifier()
+    x = x.float()
+    maps = {"a": model[1].weight.detach()[y].reshape(6, 1, 8, 8) * x,
+            "b": torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))}
+    ev = evaluate(model, x, y, attributions=maps, metrics=["road_morf", "road_lerf"], generator=4,
+                  metric_kwargs={"road_morf": {"percentages": [20, 60]}})
+    for name, a in maps.items():
+        torch.testing.assert_close(ev["road_morf"][name], road(model, x, a, y, percentages=[20, 60], generator=4))
+        torch.testing.assert_close(ev["road_lerf"][name], road(model, x, a, y, order="lerf", generator=4))
+    assert ev.curves["road_lerf"]["a"].shape == (6, 9)
+    torch.testing.assert_close(ev.fractions["road_morf"], torch.tensor([0.2, 0.6]))
+    assert BETTER["road_morf"] == "lower" and BETTER["road_lerf"] == "higher"

@@ -10,7 +10,7 @@ from torch import nn
 
 import fastattr
 from fastattr.metrics import relative_stability
-from fastattr.metrics.stability import hidden_layers
+from fastattr.metrics.stability import KINDS, hidden_layers
 from tests.integrations.models import cnn, digits
 
 EPS = 1e-6
@@ -144,3 +144,58 @@ def test_bad_input_is_named(case):
     # a layer not needed is not resolved: RIS / ROS of a model given as a function
     out = relative_stability(lambda z: model(z), x, fastattr.saliency, t, kinds=("input", "output"), n_samples=2)
     assert set(out) == {"input", "output"}
+
+
+def _counting_forwards(model):
+    """A forward pre-hook counting the model's calls: ``(calls, handle)``."""
+    calls = []
+    return calls, model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+
+
+def test_a_dict_of_methods_equals_each_alone_with_fewer_forwards(case):
+    model, x, t = case
+    methods = {"saliency": fastattr.saliency, "ixg": "input_x_gradient",
+               "ig": lambda m, z, tt: fastattr.integrated_gradients(m, z, tt, n_steps=3)}
+    kw = dict(n_samples=5, generator=torch.Generator().manual_seed(3), max_batch=12, layer=["4", model[8]])
+    calls, handle = _counting_forwards(model)
+    try:
+        shared = relative_stability(model, x, methods, t, **{**kw, "generator": 3})
+        n_shared = len(calls)
+        calls.clear()
+        alone = {name: relative_stability(model, x, fn, t, **{**kw, "generator": torch.Generator().manual_seed(3)})
+                 for name, fn in methods.items()}
+        n_alone = len(calls)
+    finally:
+        handle.remove()
+    assert list(shared) == list(methods) and all(list(v) == list(KINDS) for v in shared.values())
+    assert all(torch.isfinite(v).sum() >= 4 for by in shared.values() for v in by.values())
+    for name in methods:
+        for kind in KINDS:
+            torch.testing.assert_close(shared[name][kind], alone[name][kind], rtol=0, atol=0, equal_nan=True)
+    # per method alone: one clean forward and one hooked forward per chunk (3 chunks of 2 samples);
+    # the explain calls' own forwards are the same in both
+    assert n_alone - n_shared == (len(methods) - 1) * (1 + 3)
+    a = {"ixg": fastattr.input_x_gradient(model, x, t)}
+    given = relative_stability(model, x, methods, t, attributions=a, kinds="output", **{**kw, "generator": 3})
+    torch.testing.assert_close(given["ixg"]["output"], shared["ixg"]["output"], rtol=0, atol=0, equal_nan=True)
+
+
+def test_dict_call_bad_input_names_the_method(case):
+    model, x, t = case
+    call = lambda explain, **kw: relative_stability(model, x, explain, t, n_samples=2, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match=r"explain\['short'\] returned .* for 12 inputs"):
+        call({"ok": fastattr.saliency, "short": lambda m, z, tt: z[:, :, :4] if len(z) > 6 else z})
+    with pytest.raises(ValueError, match=r"attributions\['ok'\] has \(1, 8, 8\) per example but explain\['ok'\]"):
+        call({"ok": lambda m, z, tt: z[:, :, :4]}, attributions={"ok": x})
+    with pytest.raises(ValueError, match=r"attributions\['ok'\] must be e\(x\)"):
+        call({"ok": fastattr.saliency}, attributions={"ok": x[:2]})
+    with pytest.raises(ValueError, match="attributions has methods"):
+        call({"ok": fastattr.saliency}, attributions={"other": x})
+    with pytest.raises(TypeError, match="attributions must be a dict"):
+        call({"ok": fastattr.saliency}, attributions=x)
+    with pytest.raises(TypeError, match="only when explain is a dict"):
+        call(fastattr.saliency, attributions={"ok": x})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        call({})
+    with pytest.raises(ValueError, match="unknown explain method"):
+        call({"ok": "salience"})

@@ -114,11 +114,11 @@ def test_evaluate_matches_the_metrics_and_shares_passes():
     assert shared.forward_inputs == 4 + 4 * 30 + 4 * 30 * 2
     assert shared.forward_inputs * len(attrs) < separate.inputs
     summary = ev.summary()
-    assert set(summary) == set(M.EVALUATE_METRICS) and set(summary["deletion"]) == set(attrs)
+    assert set(summary) == set(M.FAITHFULNESS_METRICS) and set(summary["deletion"]) == set(attrs)
     pd = pytest.importorskip("pandas")
     table = ev.to_pandas()
     # one row per example, method and metric; Sensitivity-N one per n as well
-    assert isinstance(table, pd.DataFrame) and len(table) == 4 * 3 * (len(M.EVALUATE_METRICS) - 1) + 4 * 3 * 2
+    assert isinstance(table, pd.DataFrame) and len(table) == 4 * 3 * (len(M.FAITHFULNESS_METRICS) - 1) + 4 * 3 * 2
 
 
 def test_evaluate_bad_input():

@@ -11,9 +11,13 @@ pytest.importorskip("sklearn")
 
 import fastattr  # noqa: E402
 from fastattr.cli import main  # noqa: E402
-from fastattr.metrics import BETTER, EVALUATE_METRICS  # noqa: E402
+import math  # noqa: E402
+
+from fastattr.metrics import BETTER  # noqa: E402
+from fastattr.metrics.stability import KINDS  # noqa: E402
 from fastattr.zoo import load_digits, load_digits_cnn  # noqa: E402
 from fastattr.report import run_report  # noqa: E402
+from fastattr.report.running import REPORT_METRICS, STABILITY_SAMPLES  # noqa: E402
 
 
 def test_report_on_the_embedded_default(tmp_path):
@@ -22,12 +26,13 @@ def test_report_on_the_embedded_default(tmp_path):
     for name in ("index.html", "heatmaps.png", "curves.png", "results.json", "results.csv"):
         assert (out / name).stat().st_size > 0, name
     data = json.loads((out / "results.json").read_text())
-    assert set(data["summary"]) == set(EVALUATE_METRICS)
+    assert set(data["summary"]) == set(REPORT_METRICS)
     assert {"random", "integrated_gradients", "grad_cam", "guided_backprop"} <= set(data["methods"])
     lo_hi = {"deletion": (0, 1), "insertion": (0, 1), "faithfulness_correlation": (-1, 1),
              "sensitivity_n": (-1, 1), "infidelity": (0, float("inf")), "mdrs": (1, 64), "aupc": (0, 64),
              "morf": (-1, 1), "lerf": (-1, 1), "deletion_error": (0, float("inf")),
-             "insertion_error": (0, float("inf"))}
+             "insertion_error": (0, float("inf")), "sparseness": (0, 1 - 1 / 64), "complexity": (0, math.log(64)),
+             "random_logit": (-1, 1)}
     for metric, by_method in data["per_example"].items():
         lo, hi = lo_hi[metric]
         for values in by_method.values():
@@ -44,7 +49,8 @@ def test_report_on_the_embedded_default(tmp_path):
     assert data["settings"]["scale_invariant"] is True and data["settings"]["timing_repeats"] >= 3
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert rows[0] == "example,target,method,metric,value"
-    assert len(rows) == 1 + 6 * len(result.methods) * len(EVALUATE_METRICS)
+    assert len(rows) == 1 + 6 * len(result.methods) * len(REPORT_METRICS)
+    assert "random logit: the SSIM" in page and "stability" not in page
 
 
 def test_cli_report_prints_summary(tmp_path, capsys):
@@ -232,3 +238,39 @@ def test_scale_invariant_columns_and_the_random_control_on_the_digits(tmp_path):
                                   metrics=["infidelity", "deletion_error", "insertion_error"])
         for metric in small.values:
             torch.testing.assert_close(small.values[metric]["a"], large.values[metric]["a"], rtol=1e-5, atol=1e-6)
+
+
+def test_report_with_the_stability_and_randomisation_metrics(tmp_path):
+    """The metrics that explain again, chosen with --metrics: each method (with the report's settings)
+    is its own explain function, relative stability draws STABILITY_SAMPLES perturbations, model
+    randomisation's per-layer similarities are a curve, and each value is evaluate's on that example."""
+    stability = [f"relative_{kind}_stability" for kind in KINDS]
+    metrics = [*stability, "model_randomisation", "random_logit", "sparseness"]
+    methods = ["saliency", "smoothgrad", "kernel_shap", "random"]
+    result = run_report(n=3, out=tmp_path / "r", methods=methods, metrics=metrics, progress=False)
+    assert result.metrics == metrics and result.settings["stability_samples"] == STABILITY_SAMPLES
+    assert result.settings["randomised_layers"] == ["net.8", "net.6", "net.2", "net.0"]
+    assert result.curves["model_randomisation"]["_fractions"] == [0, 1, 2, 3]
+    for metric in metrics:
+        for method in methods:
+            assert len(result.per_example[metric][method]) == 3
+    s = result.summary
+    assert s["random_logit"]["random"] == 1.0  # the control map ignores the class
+    assert s["model_randomisation"]["saliency"] < 0.9 and s["model_randomisation"]["random"] == 1.0
+    assert all(not math.isnan(s[m]["saliency"]) for m in ("relative_input_stability", "model_randomisation"))
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert f"over {STABILITY_SAMPLES} uniform perturbations" in page and "model randomisation: the Spearman" in page
+    assert "backend:evaluate:fastattr" in result.seconds  # timed on the metrics that read the maps
+    # example 1's values are evaluate's on that example, the methods seeded by its index
+    from fastattr.report import running
+
+    x, _ = load_digits("test", 3)
+    model = load_digits_cnn()
+    t = model(x).argmax(1)
+    maps = {m: running.feature_map(running._attribute(m, model, x, t, 0, 0).detach(), x) for m in methods}
+    ev = running._evaluate(model, x[1:2], t[1:2], {m: a[1:2] for m, a in maps.items()}, metrics, seed=0, first=1,
+                           generator=1, n_subsets=100)  # the generator of example 1 under seed 0
+    for metric in metrics:
+        for method in methods:
+            assert result.per_example[metric][method][1] == pytest.approx(ev[metric][method].item(), rel=1e-9,
+                                                                          nan_ok=True), (metric, method)

@@ -12,7 +12,18 @@ same metrics method by method, and against fastattr's Quantus drop-in doing what
 calls are counted (Quantus's by wrapping the model's forward); the floor row is a plain forward over
 as many inputs as ``evaluate`` runs.
 
-Table 3 (CUDA only): insertion on ResNet-50, 16 images of 224², 224 steps: images/s as a fraction of
+Table 3: relative input, output and representation stability (Agarwal et al. 2022) of the same 5
+methods on the same CNN and images, 50 perturbations each: one ``fastattr.metrics.relative_stability``
+call for every method and kind (one set of perturbations, one hooked forward per chunk, every method
+explaining each chunk) against Quantus 0.6's ``RelativeInputStability``, ``RelativeOutputStability`` and
+``RelativeRepresentationStability`` run one after the other for each method, their ``explain_func`` the
+same fastattr method.
+
+Tables "impute" and "road" (:mod:`fastattr.bench.road`): the ``noisy_linear_impute`` op on 16 images of
+3×224×224 against scipy's ``spsolve`` per image, and ROAD at 10 levels on 8 images of 3×64×64 against
+Quantus 0.6.
+
+Table 4 (CUDA only): insertion on ResNet-50, 16 images of 224², 224 steps: images/s as a fraction of
 the model's own forward throughput at its best batch size, and the ratio to Quantus.
 
 Everything is timed round-robin; ratios are medians of per-round ratios.
@@ -26,10 +37,11 @@ import numpy as np
 import torch
 
 from ..attribution import METHODS, saliency
-from ..metrics import deletion, evaluate, insertion
+from ..metrics import deletion, evaluate, insertion, relative_stability
 from ..metrics.evaluate import CountingModel
 from . import Table, cuda_or_note, is_out_of_memory, machine_info, time_interleaved
 from ..zoo.resnet import resnet50
+from . import road
 from .ig import vgg_style
 
 EVALUATE_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop")
@@ -311,6 +323,103 @@ def run_evaluate(n_images: int = 8, step: int = 128, n_subsets: int = 128, ns=(6
     return table
 
 
+STABILITY_CLASSES = {"input": "RelativeInputStability", "output": "RelativeOutputStability",
+                     "representation": "RelativeRepresentationStability"}
+
+
+class _ForwardCount:
+    """Counts a model's forward calls and inputs with a forward pre-hook (removed by :meth:`close`), so
+    the model keeps its own structure: Quantus reads the hidden layers of the module it is given."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.calls = self.inputs = 0
+        self._handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.calls += 1
+        self.inputs += args[0].shape[0]
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _quantus_explain(name: str) -> Callable:
+    """A Quantus ``explain_func`` running the fastattr method ``name`` (numpy in and out)."""
+    def explain(model, inputs, targets, **kwargs):
+        device = next(model.parameters()).device
+        x = torch.as_tensor(inputs, dtype=torch.float32, device=device)
+        return METHODS[name](model, x, torch.as_tensor(targets, device=device)).detach().cpu().numpy()
+
+    return explain
+
+
+def run_stability(n_images: int = 8, n_samples: int = 50, device: Optional[str] = None, repeat: int = 3,
+                  methods=EVALUATE_METHODS) -> Table:
+    """Relative input / output / representation stability of ``methods`` (their maps as ``e(x)``), every
+    hidden layer as the representation (Quantus's default), Quantus's noise ``U[0.02, 0.2]`` and NaN on
+    a prediction flip: fastattr's one shared call against Quantus's three metrics per method."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = vgg_style().to(device)
+    x = torch.rand(n_images, 3, 64, 64, generator=torch.Generator().manual_seed(2)).to(device)
+    y = model(x).argmax(1)
+    attrs = {name: METHODS[name](model, x, y).detach() for name in methods}
+    counts: dict[str, _ForwardCount] = {}
+
+    def counted(name: str, run: Callable[[], object]) -> Callable[[], None]:
+        def timed():  # a fresh count per run; the last run's is reported
+            counts[name] = _ForwardCount(model)
+            try:
+                run()
+            finally:
+                counts[name].close()
+        return timed
+
+    impls = {"fastattr relative_stability, one call": counted("fastattr relative_stability, one call", lambda: (
+        relative_stability(model, x, {name: name for name in methods}, y, n_samples=n_samples, attributions=attrs,
+                           generator=0)))}
+    q = "quantus, 3 metrics per method"
+    try:
+        import quantus
+    except ImportError:
+        quantus = None
+    if quantus is not None:
+        x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
+        metrics = [getattr(quantus, cls)(nr_samples=n_samples, disable_warnings=True)
+                   for cls in STABILITY_CLASSES.values()]
+
+        def run_quantus():
+            np.random.seed(0)
+            return {name: [m(model=model, x_batch=x_np, y_batch=y_np, a_batch=attrs[name].cpu().numpy(),
+                             explain_func=_quantus_explain(name), device=str(device)) for m in metrics]
+                    for name in methods}
+
+        impls[q] = counted(q, run_quantus)
+    times, ratios = time_interleaved(impls, device, repeat=repeat, warmup=0)
+    table = Table(
+        name=f"relative input + output + representation stability: {len(methods)} methods, VGG-style CNN 3x64x64, "
+             f"{n_images} images, {n_samples} samples, {device.type}",
+        columns=["implementation", "ms", "forward calls", "forward inputs", "speed-up vs quantus"],
+        machine=machine_info(device),
+        params={"n_images": n_images, "n_samples": n_samples, "methods": list(methods),
+                "kinds": list(STABILITY_CLASSES), "repeat": repeat, "device": str(device)},
+    )
+    for name, t in times.items():
+        table.add(name, t * 1e3, counts[name].calls, counts[name].inputs,
+                  ratios[q] / ratios[name] if q in ratios else "-")
+    table.notes.append(f"{repeat} interleaved rounds (no warm-up round; each is long), ratio: median of per-round "
+                       f"ratios; torch threads = {torch.get_num_threads()}; model calls counted with a forward "
+                       "hook, the explain methods' own included")
+    if q in times:
+        table.notes.append("same definitions in both (tests/integrations/test_quantus_stability.py: equal on replayed "
+                           f"noise); fastattr: one set of perturbations for the {len(methods)} methods and 3 kinds, one "
+                           "forward per chunk for h, L and the prediction flips; quantus: per method and metric its "
+                           "own perturbations and per sample one explain call, the logits' or the representation's "
+                           "forward (ROS, RRS) and two prediction forwards (x and x')")
+    else:
+        table.notes.append("quantus not installed: pip install quantus for the peer row")
+    return table
+
+
 def resnet_insertion(n_images: int = 16, steps: int = 224, size: int = 224, device: str = "cuda",
                      repeat: int = 5, arch: Callable[..., torch.nn.Module] = resnet50) -> Table:
     """Insertion on a ResNet (random weights, eval mode): images/s against the model's own forward
@@ -384,6 +493,20 @@ def gpu_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
     return [] if device is None else [resnet_insertion(device=device, repeat=repeat)]
 
 
-def default_tables(device: Optional[str] = None, repeat: int = 5) -> list[Table]:
-    return [run(device=device, repeat=repeat), run_evaluate(device=device, repeat=repeat)] + \
-        gpu_tables(device, repeat)
+#: the tables of ``fastattr bench metrics``, by the names ``--tables`` picks
+TABLES: dict[str, Callable[..., list[Table]]] = {
+    "flipping": lambda device, repeat: [run(device=device, repeat=repeat)],
+    "evaluate": lambda device, repeat: [run_evaluate(device=device, repeat=repeat)],
+    "stability": lambda device, repeat: [run_stability(device=device, repeat=min(repeat, 3))],
+    "impute": lambda device, repeat: [road.impute_table(device, repeat=min(repeat, 3))],
+    "road": lambda device, repeat: [road.road_table(device, repeat=min(repeat, 3))],
+    "resnet": gpu_tables,
+}
+
+
+def default_tables(device: Optional[str] = None, repeat: int = 5, tables: Optional[Sequence[str]] = None) -> list[Table]:
+    """Every table of :data:`TABLES`, or those named in ``tables``, in that order."""
+    out = []
+    for name in tables or TABLES:
+        out += TABLES[name](device, repeat)
+    return out

@@ -8,9 +8,16 @@ subsets once and run the model on them once for all methods: faithfulness correl
 infidelity share the same perturbed inputs (same subset fraction and baseline), Sensitivity-N shares
 one set per n, the SOP deletion / insertion errors one set of subsets each; only the attribution
 mass is computed per method. The wrapped model counts every forward call.
+
+Beyond faithfulness: sparseness and complexity read the maps; random logit, the relative
+stabilities and model parameter randomisation explain again (``explain=``, one function per method)
+and run as one multi-method call each: the off-target classes drawn once, one set of perturbations
+and one hooked forward per chunk for every requested stability kind, each layer re-initialised once.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -19,33 +26,57 @@ import torch
 from ..core import (CountingModel, Target, check_attributions, check_count, check_flag, check_inputs,
                     check_scalar_reader, feature_space, forward_chunks, fraction_count, make_baseline, make_generator,
                     model_entry, resolve_clean, step_counts)
-from .complexity import DIRECTIONS
+from .complexity import DIRECTIONS, complexity, sparseness
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
+from .randomisation import model_randomisation, random_logit
+from .road import road
+from .robustness import Explain
 from .sop import additive_errors, additive_mass, error_passes
+from .stability import KINDS, relative_stability
 from .subsets import (correlation, infidelity_from, sensitivity_from, sensitivity_passes,
                       subset_deltas)
 
-EVALUATE_METRICS = ("deletion", "insertion", "infidelity", "faithfulness_correlation", "sensitivity_n",
-                    "mdrs", "aupc", "morf", "lerf", "deletion_error", "insertion_error")
+#: the faithfulness metrics: :func:`evaluate`'s default
+FAITHFULNESS_METRICS = ("deletion", "insertion", "infidelity", "faithfulness_correlation", "sensitivity_n",
+                        "mdrs", "aupc", "morf", "lerf", "deletion_error", "insertion_error")
+#: ``relative_<kind>_stability`` -> the kind of :func:`relative_stability`
+STABILITY_METRICS = {f"relative_{kind}_stability": kind for kind in KINDS}
+#: the metrics that explain again and need ``explain=``
+EXPLAIN_METRICS = (*STABILITY_METRICS, "random_logit", "model_randomisation")
+#: ROAD by noisy linear imputation, most / least relevant first -> the ``order`` of :func:`road`
+ROAD_METRICS = {"road_morf": "morf", "road_lerf": "lerf"}
+#: every metric :func:`evaluate` runs
+EVALUATE_METRICS = FAITHFULNESS_METRICS + ("sparseness", "complexity", *ROAD_METRICS) + EXPLAIN_METRICS
 BETTER = {"deletion": "lower", "insertion": "higher", "infidelity": "lower",
           "faithfulness_correlation": "higher", "sensitivity_n": "higher", "mdrs": "lower", "aupc": "lower",
           "morf": "higher", "lerf": "lower", "deletion_error": "lower", "insertion_error": "lower",
-          **DIRECTIONS}
+          "road_morf": "lower", "road_lerf": "higher", **DIRECTIONS}
+# the metrics evaluate calls as their own function, which ``metric_kwargs`` reach ("relative_stability":
+# the options of all three kinds), and the arguments evaluate sets itself
+_OWN = {"sparseness": sparseness, "complexity": complexity, "random_logit": random_logit,
+        "relative_stability": relative_stability, **{m: relative_stability for m in STABILITY_METRICS},
+        "model_randomisation": model_randomisation, **{m: road for m in ROAD_METRICS}}
+_SET_BY_EVALUATE = ("model", "inputs", "explain", "target", "attributions", "generator", "kinds", "order", "curves")
+_RANKED = ("deletion", "insertion", "mdrs", "aupc", "morf", "lerf")
 
-__all__ = ["BETTER", "EVALUATE_METRICS", "CountingModel", "Evaluation", "evaluate"]
+__all__ = ["BETTER", "EVALUATE_METRICS", "EXPLAIN_METRICS", "FAITHFULNESS_METRICS", "ROAD_METRICS", "CountingModel", "Evaluation",
+           "evaluate"]
 
 
 @dataclass
 class Evaluation:
     """Per-example values ``values[metric][method]`` (``[B]``, Sensitivity-N ``[B, len(ns)]``), the
     curves ``curves[metric][method]`` (``[B, K]``: deletion / insertion scores, AUPC scores after
-    each segment, MoRF / LeRF drops) over ``fractions[metric]`` (fraction of features or segments
-    changed; for MoRF / LeRF the removed fractions), and the forward passes that produced them."""
+    each segment, MoRF / LeRF drops, model randomisation's similarity per layer) over
+    ``fractions[metric]`` (fraction of features or segments changed; for MoRF / LeRF the removed
+    fractions; for model randomisation the layer indices 0…L−1 of ``layers``, the layers in the order
+    randomised), and the forward passes that produced them."""
 
     values: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     curves: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     fractions: dict[str, torch.Tensor] = field(default_factory=dict)
+    layers: list[str] = field(default_factory=list)
     forward_calls: int = 0
     forward_inputs: int = 0
 
@@ -78,6 +109,116 @@ def _fresh(generator) -> torch.Generator:
         copy.set_state(generator.get_state())
         return copy
     return make_generator(generator)
+
+
+def _seeded(generator):
+    """``generator`` for a metric called by evaluate: an int seed as is (model randomisation reads it
+    as its seed), a torch.Generator as a fresh copy (:func:`_fresh`)."""
+    return _fresh(generator) if isinstance(generator, torch.Generator) else generator
+
+
+def _metric_kwargs(metric_kwargs) -> dict[str, dict]:
+    """``metric_kwargs`` checked: known metric names that evaluate calls as their own function, each
+    with a dict of keywords that function takes and evaluate does not set itself."""
+    if metric_kwargs is None:
+        return {}
+    if not isinstance(metric_kwargs, dict):
+        raise TypeError(f"metric_kwargs must be a dict {{metric name: {{keyword: value}}}}, got "
+                        f"{type(metric_kwargs).__name__}")
+    for metric, kw in metric_kwargs.items():
+        if metric not in _OWN:
+            if metric in EVALUATE_METRICS:
+                raise ValueError(f"metric_kwargs[{metric!r}]: evaluate computes {metric} from passes shared with "
+                                 "other metrics; set its options with evaluate's own arguments (step=, baseline=, "
+                                 "n_subsets=, ...)")
+            raise ValueError(f"metric_kwargs names an unknown metric {metric!r}; it takes "
+                             f"{', '.join(_OWN)}")
+        if not isinstance(kw, dict) or not all(isinstance(k, str) for k in kw):
+            raise TypeError(f"metric_kwargs[{metric!r}] must be a dict {{keyword: value}}, got {kw!r}")
+        fn = _OWN[metric]
+        own = [k for k in kw if k in _SET_BY_EVALUATE]
+        if own:
+            raise ValueError(f"metric_kwargs[{metric!r}] sets {', '.join(own)}, which evaluate sets itself (from its "
+                             "own arguments: target=, attributions=, explain=, generator=, metrics=)")
+        takes = [p.name for p in inspect.signature(fn).parameters.values()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _SET_BY_EVALUATE]
+        bad = [k for k in kw if k not in takes]
+        if bad:
+            raise ValueError(f"metric_kwargs[{metric!r}] has keyword(s) {', '.join(bad)} that {fn.__name__} does "
+                             f"not take; it takes {', '.join(takes)}")
+    return metric_kwargs
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Whether two keyword dicts are the same options (tensors only when they are the same object)."""
+    if a.keys() != b.keys():
+        return False
+    for k, u in a.items():
+        v = b[k]
+        if u is v:
+            continue
+        if isinstance(u, torch.Tensor) or isinstance(v, torch.Tensor):
+            return False
+        try:
+            if not bool(u == v):
+                return False
+        except (RuntimeError, TypeError, ValueError):  # e.g. lists holding tensors
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _counting(model: Callable, counted: CountingModel):
+    """``model`` for the metrics that explain again, its forward calls counted by ``counted``: a forward
+    pre-hook on an ``nn.Module`` (removed on exit; it also hears the deep copy model randomisation
+    makes), a counting function otherwise. The metric and the explain functions get the user's model."""
+    if not isinstance(model, torch.nn.Module):
+        def run(z):
+            counted.count(z)
+            return model(z)
+        yield run
+        return
+
+    def hook(module, args):
+        if args and isinstance(args[0], torch.Tensor):
+            counted.count(args[0])
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+def _explained(ev: Evaluation, model, inputs, t, metrics, attributions, explain, metric_kwargs, generator,
+               chunks) -> None:
+    """Random logit, the relative stabilities and model randomisation: one multi-method call each (the
+    stability kinds with the same options in one call), the precomputed maps as ``attributions``."""
+    common = dict(attributions=attributions)
+    if "random_logit" in metrics:
+        ev.values["random_logit"] = random_logit(model, inputs, explain, t, generator=_seeded(generator), **common,
+                                                 **{**chunks, **metric_kwargs.get("random_logit", {})})
+    groups: list[tuple[dict, list[str]]] = []
+    for metric in (m for m in STABILITY_METRICS if m in metrics):
+        kw = {**chunks, **metric_kwargs.get("relative_stability", {}), **metric_kwargs.get(metric, {})}
+        same = next((members for options, members in groups if _same(options, kw)), None)
+        if same is None:
+            groups.append((kw, [metric]))
+        else:
+            same.append(metric)
+    for kw, members in groups:
+        out = relative_stability(model, inputs, explain, t, kinds=[STABILITY_METRICS[m] for m in members],
+                                 generator=_seeded(generator), **common, **kw)
+        for metric in members:
+            ev.values[metric] = {name: out[name][STABILITY_METRICS[metric]] for name in explain}
+    if "model_randomisation" in metrics:
+        out = model_randomisation(model, inputs, explain, t, generator=_seeded(generator), **common,
+                                  **{**chunks, **metric_kwargs.get("model_randomisation", {})})
+        for name, by_layer in out.items():
+            ev.layers = list(by_layer)
+            curve = torch.stack(list(by_layer.values()), 1)
+            _put(ev, "model_randomisation", name, curve.mean(1), curve,
+                 torch.arange(curve.shape[1], dtype=torch.float32))
 
 
 def _put(ev: Evaluation, metric: str, name: str, value, curve=None, fractions=None) -> None:
@@ -141,7 +282,8 @@ def _bar(progress: bool):
 
 @model_entry
 def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
-             attributions: dict[str, torch.Tensor], metrics: Sequence[str] = EVALUATE_METRICS,
+             attributions: dict[str, torch.Tensor], metrics: Sequence[str] = FAITHFULNESS_METRICS,
+             explain: Optional[dict[str, Explain]] = None, metric_kwargs: Optional[dict[str, dict]] = None,
              subset_fraction: float = 0.2, n_subsets: int = 200, ns: Optional[Sequence[int]] = None,
              baseline=0.0, step=None, generator=0, multiplied_by_inputs: bool | dict[str, bool] = False,
              fractions: Sequence[float] = MORF_FRACTIONS, max_exhaustive: int = 12,
@@ -151,10 +293,28 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
              max_batch: Optional[int] = None, memory_budget: Optional[int] = None,
              progress: bool = False) -> Evaluation:
     """Evaluates every attribution in ``attributions`` ({name: map}) with every metric in ``metrics``
-    (any of :data:`EVALUATE_METRICS`; :data:`BETTER` says which direction is better).
+    (any of :data:`EVALUATE_METRICS`, default the faithfulness metrics :data:`FAITHFULNESS_METRICS`;
+    :data:`BETTER` says which direction is better).
 
     Same values as calling each metric on its own with the same ``generator`` seed (each family of
     random metrics starts from its own copy of the generator); fewer model passes.
+
+    Beyond faithfulness: ``"sparseness"`` and ``"complexity"`` read the maps (:func:`sparseness`,
+    :func:`complexity`); ``"road_morf"`` / ``"road_lerf"`` run :func:`road` per method (accuracy unless
+    ``score`` is given; the levels' scores in ``curves``, the levels as fractions in ``fractions``). ``"random_logit"``, ``"relative_input_stability"``,
+    ``"relative_output_stability"``, ``"relative_representation_stability"`` and
+    ``"model_randomisation"`` explain again, so they need ``explain`` ({name: attribution function or
+    ``METHODS`` name}, keyed like ``attributions``, returning maps shaped like ``attributions[name]``;
+    the map given is each metric's ``e(x)``, not recomputed). Each runs as one call for all methods
+    (:func:`random_logit`, :func:`relative_stability`, :func:`model_randomisation` with a dict
+    ``explain``): the stability kinds requested with the same options share one set of perturbations.
+    ``model_randomisation``'s value is the mean similarity over the randomised layers (Quantus
+    ``MPRT(return_average_correlation=True)``, whose 0.6 average also counts the unrandomised model's
+    similarity, 1 for a map explain reproduces); its per-layer values are ``curves["model_randomisation"]``
+    (``[B, L]``, the layers in ``ev.layers``). ``metric_kwargs`` ({metric: {keyword: value}}) passes
+    options to these metrics' own functions (e.g. ``{"relative_input_stability": {"n_samples": 50},
+    "model_randomisation": {"mode": "independent"}}``; ``"relative_stability"`` sets all three kinds;
+    entries of metrics not requested are ignored); the others take evaluate's own arguments below.
     ``multiplied_by_inputs`` (one bool, or one per method) means what it means in :func:`infidelity`;
     ``fractions`` to MoRF / LeRF; ``max_exhaustive`` and ``n_subsets`` to the SOP errors;
     ``granularity`` / ``segments`` / ``patch_size`` / ``segment_score`` define the features of the
@@ -174,6 +334,9 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
 
         >>> ev = fastattr.evaluate(model, x, y, attributions={"ig": ig, "saliency": sal})
         >>> ev.summary()["insertion"]
+        >>> ev = fastattr.evaluate(model, x, y, attributions={"saliency": sal}, explain={"saliency": "saliency"},
+        ...                        metrics=["sparseness", "random_logit", "relative_input_stability"],
+        ...                        metric_kwargs={"relative_input_stability": {"n_samples": 50}})
     """
     check_inputs(inputs)
     if not isinstance(attributions, dict) or not attributions:
@@ -188,6 +351,20 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     unknown = [m for m in metrics if m not in EVALUATE_METRICS]
     if unknown:
         raise ValueError(f"unknown metric {', '.join(unknown)}; choose from {', '.join(EVALUATE_METRICS)}")
+    metric_kwargs = _metric_kwargs(metric_kwargs)
+    if explain is not None:
+        if not isinstance(explain, dict):
+            raise TypeError("explain must be a dict {method name: attribution function or METHODS name}, keyed like "
+                            f"attributions, got {type(explain).__name__}")
+        extra = [k for k in explain if k not in attributions]
+        if extra:
+            raise ValueError(f"explain has methods {extra} that attributions does not; its methods are "
+                             f"{list(attributions)}")
+    needs = [m for m in metrics if m in EXPLAIN_METRICS]
+    missing = [k for k in attributions if (explain or {}).get(k) is None]
+    if needs and missing:
+        raise ValueError(f"{', '.join(needs)} explain the inputs again: pass explain={{method name: attribution "
+                         f"function or METHODS name}} for every method; explain has none for {', '.join(missing)}")
     feats = {name: check_attributions(inputs, a) for name, a in attributions.items()}
     n_features = {f.shape[1] for f in feats.values()}
     if len(n_features) != 1:
@@ -196,14 +373,14 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     space = dict(granularity=granularity, segments=segments, patch_size=patch_size,
                  segment_score=segment_score)
     spaces = {name: feature_space(inputs, a, **space) for name, a in attributions.items()} \
-        if set(metrics) - {"infidelity", "faithfulness_correlation", "sensitivity_n"} else {}
+        if set(metrics) & {*_RANKED, "deletion_error", "insertion_error"} else {}
     bar = _bar(progress)
     counted = CountingModel(model, on_call=None if bar is None else bar.update)
     chunks = dict(max_batch=max_batch, memory_budget=memory_budget)
     t, clean = resolve_clean(counted, inputs, target, **chunks)
     ev = Evaluation()
     ends = None  # the model's outputs on x and on the baseline, when the ranked metrics run
-    if {"deletion", "insertion", "mdrs", "aupc", "morf", "lerf"} & set(metrics):
+    if set(_RANKED) & set(metrics):
         base = make_baseline(inputs, baseline, generator=_fresh(generator))
         ends = (clean, forward_chunks(counted, base, **chunks))
         for name in attributions:
@@ -246,6 +423,21 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                                      reference=references[insert], **chunks)
             ev.values[metric] = {name: additive_errors(change, additive_mass(s, f.scores.double()), normalize).sum(-1)
                                  for name, f in spaces.items()}
+    for metric, order in ROAD_METRICS.items():
+        if metric in metrics:
+            for name, a in attributions.items():
+                kw = {"score": score or "accuracy", **chunks, **metric_kwargs.get(metric, {})}
+                value, curve, levels = road(counted, inputs, a, t, order=order, curves=True,
+                                            generator=_fresh(generator), **kw)
+                _put(ev, metric, name, value, curve, levels / 100)
+    for metric, fn in (("sparseness", sparseness), ("complexity", complexity)):
+        if metric in metrics:
+            ev.values[metric] = {name: fn(model, inputs, a, t, **metric_kwargs.get(metric, {}))
+                                 for name, a in attributions.items()}
+    if needs:
+        with _counting(model, counted) as run:
+            _explained(ev, run, inputs, t, metrics, attributions, {k: explain[k] for k in attributions},
+                       metric_kwargs, generator, chunks)
     ev.forward_calls, ev.forward_inputs = counted.calls, counted.inputs
     if bar is not None:
         bar.close()

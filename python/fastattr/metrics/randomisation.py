@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..core import (Target, check_count, check_inputs, chunk_size, forward_chunks, make_generator, model_entry,
                     resolve_target)
-from .robustness import Explain, explainer, preprocessor
+from .robustness import Explain, explainers, given_attributions, label, preprocessor
 
 __all__ = ["model_randomisation", "random_logit", "spearman", "ssim"]
 
@@ -126,25 +126,33 @@ def _off_classes(classes, t: torch.Tensor, n_outputs: int) -> torch.Tensor:
     return c
 
 
-def _explain_all(fn, model, inputs, targets, chunk, what: str) -> torch.Tensor:
-    """``explain`` on every example for ``targets``, ``chunk`` examples per call."""
+def _explain_all(fn, model, inputs, targets, chunk, what: str, name: Optional[str] = None) -> torch.Tensor:
+    """``explain`` (of method ``name`` in a dict call) on every example for ``targets``, ``chunk``
+    examples per call."""
     parts = []
     for i in range(0, inputs.shape[0], chunk):
         e = fn(model, inputs[i:i + chunk], targets[i:i + chunk])
         n = min(chunk, inputs.shape[0] - i)
         if not isinstance(e, torch.Tensor) or e.dim() < 2 or e.shape[0] != n:
             got = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
-            raise ValueError(f"explain returned {got} for {n} inputs ({what}); expected one explanation per input")
+            raise ValueError(f"{label('explain', name)} returned {got} for {n} inputs ({what}); expected one "
+                             "explanation per input")
         parts.append(e.detach())
     return torch.cat(parts)
 
 
+def _one_per_method(several: bool, out: dict):
+    """A dict call's ``{method: value}``, or the one value of a single-method call."""
+    return out if several else out[None]
+
+
 @model_entry
-def random_logit(model: Callable, inputs: torch.Tensor, explain: Explain, target: Target = None, *,
-                 num_classes: Optional[int] = None, similarity: Union[str, Callable] = "ssim",
-                 classes: Optional[torch.Tensor] = None, attributions: Optional[torch.Tensor] = None,
-                 preprocess=None, explain_kwargs: Optional[dict] = None, generator=0,
-                 max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
+def random_logit(model: Callable, inputs: torch.Tensor, explain: Union[Explain, Dict[str, Explain]],
+                 target: Target = None, *, num_classes: Optional[int] = None, similarity: Union[str, Callable] = "ssim",
+                 classes: Optional[torch.Tensor] = None,
+                 attributions: Union[None, torch.Tensor, Dict[str, torch.Tensor]] = None, preprocess=None,
+                 explain_kwargs: Optional[dict] = None, generator=0, max_batch: Optional[int] = None,
+                 memory_budget: Optional[int] = None) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
     """Random-logit test (Sixt et al. 2020; Quantus ``RandomLogit``) per example, lower is better:
 
         ``sim(e(x, t), e(x, t'))``,  ``t' ~ U{0, …, K−1} \\ {t}``
@@ -157,27 +165,32 @@ def random_logit(model: Callable, inputs: torch.Tensor, explain: Explain, target
     Args:
         explain: an attribution function ``fn(model, inputs, target, **explain_kwargs)`` or a name in
             ``fastattr.attribution.METHODS``; called once per chunk of examples for the targets (unless
-            ``attributions`` are given) and once per chunk for the off-target classes.
+            ``attributions`` are given) and once per chunk for the off-target classes. A dict
+            ``{method name: function or name}`` tests several methods against the same off-target
+            classes (drawn once; the same as one call per method with the same ``generator``).
         target: None (the predicted class), an int or ``[B]``.
         num_classes: ``K`` (default: every output of the model); at most the model's outputs.
         similarity: ``"ssim"`` or a function of two ``[B, d]`` float64 tensors returning ``[B]``.
         classes: the off-target classes ``[B]`` instead of drawing them (e.g. to replay another
             library's draws); each a valid output other than the target.
-        attributions: a precomputed ``e(x, t)`` (default: ``explain`` on the targets).
+        attributions: a precomputed ``e(x, t)`` (default: ``explain`` on the targets); with a dict
+            ``explain``, a dict ``{method name: e(x, t)}`` for some or all of its methods.
         preprocess: applied to both explanations before comparing: ``"abs_max"`` (``|a| / max|a|`` per
             example) or a function of an ``[N, ...]`` batch.
         generator: torch.Generator or int seed for the off-target classes.
         max_batch / memory_budget: examples per call of ``explain`` (and per forward); a method given
             by name also chunks its own model calls under them.
 
-    Returns ``[B]`` float64. Example::
+    Returns ``[B]`` float64; for a dict ``explain``, ``{method: [B]}``. Example::
 
         >>> s = fastattr.metrics.random_logit(model, x, fastattr.saliency, y)
+        >>> both = fastattr.metrics.random_logit(model, x, {"sal": "saliency", "ixg": "input_x_gradient"}, y)
     """
     check_inputs(inputs)
     sim = similarity_function(similarity)
     prep = preprocessor(preprocess)
-    fn = explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
+    fns, several = explainers(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
+    given = given_attributions(attributions, fns, several)
     logits = forward_chunks(model, inputs, max_batch, memory_budget)
     t = resolve_target(model, inputs, target, logits=logits)
     n_outputs = 1 if logits.dim() == 1 else logits.shape[-1]
@@ -192,25 +205,30 @@ def random_logit(model: Callable, inputs: torch.Tensor, explain: Explain, target
         draw = torch.randint(0, k - 1, t.shape, generator=make_generator(generator)).to(t.device)
         off = draw + (draw >= t).long()
     chunk = chunk_size(inputs, inputs.shape[0], max_batch, memory_budget)
-    if attributions is None:
-        e_t = _explain_all(fn, model, inputs, t, chunk, "the targets")
-    elif not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
-        got = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
-        raise ValueError(f"attributions must be e(x, target), a tensor with {inputs.shape[0]} rows, got {got}")
-    else:
-        e_t = attributions.detach()
-    e_off = _explain_all(fn, model, inputs, off, chunk, "the off-target classes")
-    if e_off.shape != e_t.shape:
-        name = "attributions" if attributions is not None else "explain's output for the targets"
-        raise ValueError(f"{name} has {tuple(e_t.shape[1:])} per example but explain returns "
-                         f"{tuple(e_off.shape[1:])} for the off-target classes")
-    if attributions is not None and not torch.isfinite(e_t).all():
-        raise ValueError("attributions contains NaN or Inf")
-    if not (torch.isfinite(e_t).all() and torch.isfinite(e_off).all()):
-        raise ValueError("explain returned NaN or Inf")
     b = inputs.shape[0]
-    out = sim(prep(e_t).reshape(b, -1).double(), prep(e_off).reshape(b, -1).double())
-    return torch.as_tensor(out, dtype=torch.float64, device=inputs.device).reshape(b)
+    out = {}
+    for name, fn in fns.items():
+        a_name, e_name = label("attributions", name), label("explain", name)
+        a = given.get(name)
+        if a is None:
+            e_t = _explain_all(fn, model, inputs, t, chunk, "the targets", name)
+        elif not isinstance(a, torch.Tensor) or a.shape[:1] != inputs.shape[:1]:
+            got = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+            raise ValueError(f"{a_name} must be e(x, target), a tensor with {inputs.shape[0]} rows, got {got}")
+        else:
+            e_t = a.detach()
+        e_off = _explain_all(fn, model, inputs, off, chunk, "the off-target classes", name)
+        if e_off.shape != e_t.shape:
+            what = a_name if a is not None else f"{e_name}'s output for the targets"
+            raise ValueError(f"{what} has {tuple(e_t.shape[1:])} per example but {e_name} returns "
+                             f"{tuple(e_off.shape[1:])} for the off-target classes")
+        if a is not None and not torch.isfinite(e_t).all():
+            raise ValueError(f"{a_name} contains NaN or Inf")
+        if not (torch.isfinite(e_t).all() and torch.isfinite(e_off).all()):
+            raise ValueError(f"{e_name} returned NaN or Inf")
+        s = sim(prep(e_t).reshape(b, -1).double(), prep(e_off).reshape(b, -1).double())
+        out[name] = torch.as_tensor(s, dtype=torch.float64, device=inputs.device).reshape(b)
+    return _one_per_method(several, out)
 
 
 def _layers(model: torch.nn.Module) -> list:
@@ -238,11 +256,12 @@ def _reinitialise(layer: torch.nn.Module, seed: int) -> None:
 
 
 @model_entry
-def model_randomisation(model: torch.nn.Module, inputs: torch.Tensor, explain: Explain, target: Target = None, *,
-                        mode: str = "cascading", similarity: Union[str, Callable] = "spearman",
-                        layer_order: str = "top_down", generator=0, attributions: Optional[torch.Tensor] = None,
+def model_randomisation(model: torch.nn.Module, inputs: torch.Tensor, explain: Union[Explain, Dict[str, Explain]],
+                        target: Target = None, *, mode: str = "cascading", similarity: Union[str, Callable] = "spearman",
+                        layer_order: str = "top_down", generator=0,
+                        attributions: Union[None, torch.Tensor, Dict[str, torch.Tensor]] = None,
                         explain_kwargs: Optional[dict] = None, max_batch: Optional[int] = None,
-                        memory_budget: Optional[int] = None) -> Dict[str, torch.Tensor]:
+                        memory_budget: Optional[int] = None) -> dict:
     """Model parameter randomisation test (Adebayo et al. 2018; Quantus ``MPRT``) per layer and example,
     lower is better (an explanation that ignores the model's parameters stays similar):
 
@@ -258,7 +277,9 @@ def model_randomisation(model: torch.nn.Module, inputs: torch.Tensor, explain: E
 
     Args:
         explain: an attribution function ``fn(model, inputs, target, **explain_kwargs)`` or a name in
-            ``fastattr.attribution.METHODS``; it receives the randomised copy.
+            ``fastattr.attribution.METHODS``; it receives the randomised copy. A dict ``{method name:
+            function or name}`` tests several methods on one copy: each layer is re-initialised once and
+            every method explains on it (the same as one call per method with the same ``generator``).
         target: None (the predicted class of the original model), an int or ``[B]``.
         mode: ``"cascading"`` or ``"independent"``.
         similarity: ``"spearman"`` (:func:`spearman`, Quantus's default), ``"ssim"`` (:func:`ssim`) or
@@ -266,12 +287,15 @@ def model_randomisation(model: torch.nn.Module, inputs: torch.Tensor, explain: E
         layer_order: ``"top_down"`` (output layer first) or ``"bottom_up"``.
         generator: int seed (each layer is re-initialised after ``torch.manual_seed(seed)``; Quantus's
             ``seed=s`` is ``generator=s + 1``) or a torch.Generator to draw one seed from.
-        attributions: the original explanations ``e(x; θ)`` (default: ``explain`` on the model).
+        attributions: the original explanations ``e(x; θ)`` (default: ``explain`` on the model); with a
+            dict ``explain``, a dict ``{method name: e(x; θ)}`` for some or all of its methods.
         max_batch / memory_budget: examples per call of ``explain`` (and per forward).
 
-    Returns ``{layer name: [B] float64}`` in the order of randomisation. Example::
+    Returns ``{layer name: [B] float64}`` in the order of randomisation; for a dict ``explain``,
+    ``{method: {layer name: [B]}}``. Example::
 
         >>> s = fastattr.metrics.model_randomisation(model, x, fastattr.saliency, y)
+        >>> both = fastattr.metrics.model_randomisation(model, x, {"sal": "saliency", "ig": "integrated_gradients"}, y)
     """
     check_inputs(inputs)
     if not isinstance(model, torch.nn.Module):
@@ -283,21 +307,25 @@ def model_randomisation(model: torch.nn.Module, inputs: torch.Tensor, explain: E
         raise ValueError(f"layer_order must be 'top_down' or 'bottom_up', got {layer_order!r}")
     sim = similarity_function(similarity, ("spearman", "ssim"))
     seed = _seed_of(generator)
-    fn = explainer(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
+    fns, several = explainers(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
+    given = given_attributions(attributions, fns, several)
     logits = forward_chunks(model, inputs, max_batch, memory_budget)
     t = resolve_target(model, inputs, target, logits=logits)
     chunk = chunk_size(inputs, inputs.shape[0], max_batch, memory_budget)
-    if attributions is None:
-        e0 = _explain_all(fn, model, inputs, t, chunk, "the original model")
-        if not torch.isfinite(e0).all():
-            raise ValueError("explain returned NaN or Inf for the original model")
-    elif not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
-        got = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
-        raise ValueError(f"attributions must be e(x), a tensor with {inputs.shape[0]} rows, got {got}")
-    elif not torch.isfinite(attributions).all():
-        raise ValueError("attributions contains NaN or Inf")
-    else:
-        e0 = attributions.detach()
+    e0 = {}
+    for name, fn in fns.items():
+        a, a_name = given.get(name), label("attributions", name)
+        if a is None:
+            e0[name] = _explain_all(fn, model, inputs, t, chunk, "the original model", name)
+            if not torch.isfinite(e0[name]).all():
+                raise ValueError(f"{label('explain', name)} returned NaN or Inf for the original model")
+        elif not isinstance(a, torch.Tensor) or a.shape[:1] != inputs.shape[:1]:
+            got = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+            raise ValueError(f"{a_name} must be e(x), a tensor with {inputs.shape[0]} rows, got {got}")
+        elif not torch.isfinite(a).all():
+            raise ValueError(f"{a_name} contains NaN or Inf")
+        else:
+            e0[name] = a.detach()
     try:
         net = copy.deepcopy(model)
     except Exception as err:  # noqa: BLE001 - named for the user
@@ -310,17 +338,19 @@ def model_randomisation(model: torch.nn.Module, inputs: torch.Tensor, explain: E
         layers = layers[::-1]
     original = {k: v.detach().clone() for k, v in net.state_dict().items()} if mode == "independent" else None
     b = inputs.shape[0]
-    reference = e0.reshape(b, -1).double()
-    out: Dict[str, torch.Tensor] = {}
-    for name, layer in layers:
+    reference = {name: e.reshape(b, -1).double() for name, e in e0.items()}
+    out: dict = {name: {} for name in fns}
+    for layer_name, layer in layers:
         if original is not None:
             net.load_state_dict(original)
         _reinitialise(layer, seed)
-        e = _explain_all(fn, net, inputs, t, chunk, f"the model with {name or 'the model'} randomised")
-        if e.shape != e0.shape:
-            what = "attributions" if attributions is not None else "explain's output for the original model"
-            raise ValueError(f"{what} has {tuple(e0.shape[1:])} per example but explain returns "
-                             f"{tuple(e.shape[1:])} with {name or 'the model'} randomised")
-        s = sim(reference, e.reshape(b, -1).double())
-        out[name] = torch.as_tensor(s, dtype=torch.float64).reshape(b).to(inputs.device)
-    return out
+        for name, fn in fns.items():
+            e = _explain_all(fn, net, inputs, t, chunk, f"the model with {layer_name or 'the model'} randomised", name)
+            if e.shape != e0[name].shape:
+                what = label("attributions", name) if name in given else \
+                    f"{label('explain', name)}'s output for the original model"
+                raise ValueError(f"{what} has {tuple(e0[name].shape[1:])} per example but {label('explain', name)} "
+                                 f"returns {tuple(e.shape[1:])} with {layer_name or 'the model'} randomised")
+            s = sim(reference[name], e.reshape(b, -1).double())
+            out[name][layer_name] = torch.as_tensor(s, dtype=torch.float64).reshape(b).to(inputs.device)
+    return _one_per_method(several, out)

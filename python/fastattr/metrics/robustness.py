@@ -11,7 +11,7 @@ perturbed copies of the batch (``k·B`` inputs, sample-major), so ``e`` runs ``�
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 
@@ -42,20 +42,57 @@ def explainer(explain: Explain, explain_kwargs: Optional[dict], chunks: Optional
     return lambda model, x, t: explain(model, x, t, **kwargs)
 
 
+def explainers(explain: Union[Explain, Dict[str, Explain]], explain_kwargs: Optional[dict],
+               chunks: Optional[dict] = None) -> tuple[Dict[Optional[str], Callable], bool]:
+    """``({name: fn}, several)``: one :func:`explainer` per method of a dict ``explain`` (``several``),
+    or ``{None: fn}`` for one function or name. ``explain_kwargs`` go to every method."""
+    if not isinstance(explain, dict):
+        return {None: explainer(explain, explain_kwargs, chunks)}, False
+    if not explain or not all(isinstance(k, str) for k in explain):
+        raise ValueError("explain must be an attribution function, a method name, or a non-empty dict "
+                         f"{{method name: function or method name}}, got {explain!r}")
+    return {name: explainer(e, explain_kwargs, chunks) for name, e in explain.items()}, True
+
+
+def given_attributions(attributions, fns: Dict[Optional[str], Callable], several: bool) -> dict:
+    """The precomputed explanations per method of :func:`explainers`: ``{name: e(x)}`` for the methods
+    that have one (a dict keyed like ``explain`` when it is a dict, else one tensor or None)."""
+    if attributions is None:
+        return {}
+    if not several:
+        if isinstance(attributions, dict):
+            raise TypeError("attributions may be a dict {method name: e(x)} only when explain is a dict of methods")
+        return {None: attributions}
+    if not isinstance(attributions, dict):
+        raise TypeError("attributions must be a dict {method name: e(x)} (or None) when explain is a dict, got "
+                        f"{type(attributions).__name__}")
+    unknown = [k for k in attributions if k not in fns]
+    if unknown:
+        raise ValueError(f"attributions has methods {unknown} that explain does not; its methods are {list(fns)}")
+    return {k: v for k, v in attributions.items() if v is not None}
+
+
+def label(argument: str, name: Optional[str]) -> str:
+    """How errors name an argument of method ``name``: ``explain`` or ``explain['ig']``."""
+    return argument if name is None else f"{argument}[{name!r}]"
+
+
 def explanations_of(fn: Callable, model: Callable, inputs: torch.Tensor, target: torch.Tensor,
-                    attributions: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    attributions: Optional[torch.Tensor] = None, name: Optional[str] = None) -> torch.Tensor:
     """``e(x)``: the given ``attributions`` or ``fn(model, inputs, target)``, checked to hold one finite
-    explanation per input (errors name ``attributions`` or ``explain``, whichever gave it)."""
+    explanation per input (errors name ``attributions`` or ``explain``, whichever gave it, with the
+    method ``name`` of a dict call)."""
     given = attributions is not None
+    a_name, e_name = label("attributions", name), label("explain", name)
     if not given:
         attributions = fn(model, inputs, target)
     if not isinstance(attributions, torch.Tensor) or attributions.shape[:1] != inputs.shape[:1]:
         got = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else type(attributions).__name__
         if given:
-            raise ValueError(f"attributions must be e(x), a tensor with {inputs.shape[0]} rows, got {got}")
-        raise ValueError(f"explain returned {got} for {inputs.shape[0]} inputs; expected one explanation per input")
+            raise ValueError(f"{a_name} must be e(x), a tensor with {inputs.shape[0]} rows, got {got}")
+        raise ValueError(f"{e_name} returned {got} for {inputs.shape[0]} inputs; expected one explanation per input")
     if not torch.isfinite(attributions).all():
-        raise ValueError("attributions contain NaN or Inf" if given else "explain returned NaN or Inf for the inputs")
+        raise ValueError(f"{a_name} contain NaN or Inf" if given else f"{e_name} returned NaN or Inf for the inputs")
     return attributions
 
 
@@ -66,10 +103,10 @@ def uniform_noise(generator: torch.Generator, like: torch.Tensor, low: float, hi
     return low + (high - low) * torch.rand(like.shape, generator=generator, dtype=dtype)
 
 
-def sensitivity_samples(model: Callable, inputs: torch.Tensor, explain: Callable, target: torch.Tensor, *,
-                        explained: torch.Tensor, low: float, high: float, n_samples: int,
-                        generator: torch.Generator, chunk: int, distance: Distance, explain_name: str = "explain",
-                        explained_name: Optional[str] = None) -> torch.Tensor:
+def sensitivity_samples(model: Callable, inputs: torch.Tensor, explain: Union[Callable, Dict[str, Callable]],
+                        target: torch.Tensor, *, explained: Union[torch.Tensor, Dict[str, torch.Tensor]], low: float,
+                        high: float, n_samples: int, generator: torch.Generator, chunk: int, distance: Distance,
+                        explain_name: str = "explain", explained_name=None) -> torch.Tensor:
     """``[B, n_samples]``: ``distance(e(x), e(x + ε_j))`` for ``ε_j ~ U[low, high]`` (every element).
 
     ``explain(model, z, t)`` gets ``k = max(1, chunk // B)`` perturbed copies of the whole batch at
@@ -77,7 +114,15 @@ def sensitivity_samples(model: Callable, inputs: torch.Tensor, explain: Callable
     sample from ``generator`` (:func:`uniform_noise`), so results do not depend on ``chunk``. Errors
     name the caller's arguments: ``explain_name`` for ``explain`` and, when ``explained`` was given
     rather than computed by ``explain``, ``explained_name`` for it.
+
+    Several methods on one set of perturbations: ``explain`` a dict ``{name: fn}``, ``explained`` the
+    dict of their ``e(x)`` and ``explained_name`` a dict ``{name: str or None}``; each chunk is drawn
+    once and explained by every method, and ``distance`` gets both dicts.
     """
+    several = isinstance(explain, dict)
+    fns = explain if several else {None: explain}
+    known = explained if several else {None: explained}
+    names = (explained_name or {}) if several else {None: explained_name}
     batch = inputs.shape[0]
     per = max(1, chunk // batch)
     reps = (1,) * (inputs.dim() - 1)
@@ -86,18 +131,25 @@ def sensitivity_samples(model: Callable, inputs: torch.Tensor, explain: Callable
         k = min(per, n_samples - j0)
         noise = torch.cat([uniform_noise(generator, inputs, low, high).to(inputs.device) for _ in range(k)])
         perturbed = inputs.repeat(k, *reps) + noise
-        e = explain(model, perturbed, target.repeat(k))
-        if not isinstance(e, torch.Tensor) or tuple(e.shape) != (k * batch,) + tuple(explained.shape[1:]):
-            if explained_name is not None and isinstance(e, torch.Tensor) and e.shape[:1] == (k * batch,):
-                raise ValueError(f"{explained_name} has {tuple(explained.shape[1:])} per example but {explain_name} "
-                                 f"returns {tuple(e.shape[1:])} per input; {explained_name} must be e(x), shaped "
-                                 f"like {explain_name}'s output")
-            got = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
-            raise ValueError(f"{explain_name} returned {got} for {k * batch} inputs; expected one explanation "
-                             f"shaped like e(x) {tuple(explained.shape[1:])} per input")
-        e = e.detach().reshape((k,) + tuple(explained.shape))
-        out[:, j0:j0 + k] = distance(explained, e, perturbed).to(out).T
+        targets = target.repeat(k)
+        e = {name: _explained(fn(model, perturbed, targets), k, known[name], label(explain_name, name),
+                              names.get(name)) for name, fn in fns.items()}
+        out[:, j0:j0 + k] = distance(explained, e if several else e[None], perturbed).to(out).T
     return out
+
+
+def _explained(e, k: int, explained: torch.Tensor, explain_name: str, explained_name: Optional[str]) -> torch.Tensor:
+    """One method's explanations of ``k`` perturbed copies of the batch as ``[k, B, ...]``, or an error."""
+    batch = explained.shape[0]
+    if not isinstance(e, torch.Tensor) or tuple(e.shape) != (k * batch,) + tuple(explained.shape[1:]):
+        if explained_name is not None and isinstance(e, torch.Tensor) and e.shape[:1] == (k * batch,):
+            raise ValueError(f"{explained_name} has {tuple(explained.shape[1:])} per example but {explain_name} "
+                             f"returns {tuple(e.shape[1:])} per input; {explained_name} must be e(x), shaped "
+                             f"like {explain_name}'s output")
+        got = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
+        raise ValueError(f"{explain_name} returned {got} for {k * batch} inputs; expected one explanation "
+                         f"shaped like e(x) {tuple(explained.shape[1:])} per input")
+    return e.detach().reshape((k,) + tuple(explained.shape))
 
 
 def preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:

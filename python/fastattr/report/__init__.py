@@ -1,5 +1,6 @@
-"""``fastattr report``: every available attribution method on N inputs, every applicable metric,
-written as a self-contained HTML page plus ``results.json`` / ``results.csv``.
+"""``fastattr report``: every available attribution method on N inputs, scored by the report's metrics
+(faithfulness, sparseness, complexity, random logit; the relative stabilities and model randomisation
+on request), written as a self-contained HTML page plus ``results.json`` / ``results.csv``.
 
 With no arguments it runs on the embedded default (:mod:`fastattr.zoo`: a CNN trained on the
 scikit-learn digits). ``model`` / ``data`` point it at a user's own model and tensors. The package

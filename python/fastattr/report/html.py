@@ -20,7 +20,9 @@ PAGE = 8  # inputs per page of heat maps
 SIGNED, ONE_SIGN, FLAT = "signed", "one sign", "constant"
 CURVE_LABELS = {"deletion": "target probability", "insertion": "target probability", "aupc": "target probability",
                 "morf": "drop of the target probability f(x) − f(x̃)",
-                "lerf": "drop of the target probability f(x) − f(x̃)"}
+                "lerf": "drop of the target probability f(x) − f(x̃)",
+                "model_randomisation": "Spearman correlation with the original map"}
+CURVE_XLABELS = {"model_randomisation": "layers re-initialised (cascading, from the output)"}
 
 
 def _pyplot():
@@ -133,7 +135,9 @@ def curves_figure(result: "ReportResult") -> bytes:
         for name in result.methods:
             ax.plot(fractions, result.curves[metric][name], label=name, **styles[name])
         ax.set_title(metric, fontsize=11)
-        ax.set_xlabel("fraction of features changed", fontsize=9)
+        ax.set_xlabel(CURVE_XLABELS.get(metric, "fraction of features changed"), fontsize=9)
+        if metric == "model_randomisation":  # one point per layer: 1 = the output layer re-initialised
+            ax.set_xticks(fractions, [str(int(f) + 1) for f in fractions])
         ax.set_ylabel(CURVE_LABELS.get(metric, "target score"), fontsize=9)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
@@ -183,6 +187,32 @@ def control_sentence(result: "ReportResult", reference: str = "integrated_gradie
         return f"The random control loses to <code>{reference}</code> in every column."
     return (f"The random control beats <code>{reference}</code> on {', '.join(map(html.escape, lost))}: read "
             "those columns with care on this model and data.")
+
+
+MORE_METRICS = {
+    "sparseness": "sparseness: the Gini index of |a|",
+    "complexity": "complexity: the entropy of the fractional contributions |a_i| / Σ|a|",
+    "random_logit": "random logit: the SSIM between the map for the target and the map for a random other class",
+    "relative_input_stability": "relative input / output / representation stability: the largest relative "
+                                "change of the map over {samples} uniform perturbations of each input, over the "
+                                "relative change of the input, the logits' change or the hidden layers' relative "
+                                "change (NaN when a perturbation flips the prediction, as in Quantus)",
+    "model_randomisation": "model randomisation: the Spearman correlation of the map with the map of the model "
+                           "whose layers are re-initialised one after the other from the output (cascading), "
+                           "averaged over the layers",
+}
+
+
+def _more_metrics(result: "ReportResult") -> str:
+    """The sentences on the complexity, randomisation and stability columns present; each method is
+    its own explain function, with the report's settings."""
+    stability = [m for m in result.metrics if m.startswith("relative_")]
+    keys = [m for m in MORE_METRICS if m in result.metrics or (m == "relative_input_stability" and stability)]
+    if not keys:
+        return ""
+    samples = result.settings.get("stability_samples", "")
+    parts = [html.escape(MORE_METRICS[k].format(samples=samples)) for k in keys]
+    return " Also: " + "; ".join(parts) + " (each method explains again with the report's settings)."
 
 
 def _skipped(result: "ReportResult") -> str:
@@ -293,7 +323,7 @@ Faithfulness correlation and Sensitivity-N: correlation between the attribution 
 subsets and the drop of the target logit when they are removed (Sensitivity-N: mean over subset sizes n).
 Every column is independent of a map's scale: infidelity is that of the best-rescaled map (the optimal
 rescaling of Yeh et al.) and the SOP deletion / insertion errors are those of the best-scaled map
-<code>c·a</code>, <code>c ≥ 0</code> per input.</p>
+<code>c·a</code>, <code>c ≥ 0</code> per input.{_more_metrics(result)}</p>
 {_metric_table(result)}
 <h2>Heat maps</h2>
 <p>Each map on its own scale. Signed maps: red for the target, blue against, symmetric about 0. Maps of one
@@ -307,7 +337,8 @@ sign (marked): dark at their minimum, bright at their maximum. Constant maps: gr
 Per-example values are in <code>results.csv</code> and <code>results.json</code>.</p>
 <p>The same methods and metric passes on the first {timed} inputs with fastattr's kernels (cpp on CPU,
 Triton on CUDA) and with the pure-torch reference of every op: medians of {repeats} runs after a warm-up
-run, the range in brackets (methods without a fastattr op run the same code on both):</p>
+run, the range in brackets (methods without a fastattr op run the same code on both; the metric pass is
+<code>evaluate</code> on the metrics that read the maps, as those that explain again re-run the methods):</p>
 {_backend_table(result)}
 </body></html>
 """

@@ -15,7 +15,7 @@ from .._backend import use_backend
 from ..attribution import LAYER_METHODS, METHODS
 from ..cd import CD_METHODS
 from ..core import eval_modes, patch_segments
-from ..metrics import EVALUATE_METRICS, evaluate
+from ..metrics import EVALUATE_METRICS, EXPLAIN_METRICS, FAITHFULNESS_METRICS, evaluate
 from .loading import (ReportError, check_data, check_fits, check_labels, load_data, load_model, usable_device,
                       writable_folder)
 from .writing import ReportResult, write_tables
@@ -23,6 +23,10 @@ from .writing import ReportResult, write_tables
 CONTROL = "random"  # a uniformly random map: the floor any method should beat
 MULTIPLIED_BY_INPUTS = {"input_x_gradient", "integrated_gradients"}  # maps that carry the (x − x') factor
 SURROGATE_METHODS = ("kernel_shap", "lime")
+#: the metrics of a report without --metrics: faithfulness, complexity and the random-logit test (the
+#: relative stabilities and model randomisation explain every input many times: chosen with --metrics)
+REPORT_METRICS = FAITHFULNESS_METRICS + ("sparseness", "complexity", "random_logit")
+STABILITY_SAMPLES = 10  # perturbations per input of the relative-stability metrics in a report
 
 
 def _block_side(x: torch.Tensor) -> int:
@@ -40,9 +44,10 @@ def _blocks(x: torch.Tensor) -> torch.Tensor:
     return (torch.arange(size, device=x.device) * min(size, 64) // size).reshape((1,) + tuple(x.shape[1:]))
 
 
-def _pick(names: Optional[Sequence[str]], available: dict, kind: str) -> list[str]:
+def _pick(names: Optional[Sequence[str]], available: dict, kind: str,
+          default: Optional[Sequence[str]] = None) -> list[str]:
     if names is None:
-        return list(available)
+        return list(available if default is None else default)
     if not names:
         raise ReportError(f"no {kind} named; leave the option out for all of them")
     unknown = [m for m in names if m not in available]
@@ -110,20 +115,26 @@ class _Shards:
             dist.destroy_process_group()
 
 
-def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, seed: int) -> torch.Tensor:
+def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, seed: int,
+               period: Optional[int] = None) -> torch.Tensor:
     """One method on a slice of inputs whose first global index is ``first``. Random draws are
-    seeded per global example, so a sharded run gives the same maps as a single process."""
+    seeded per global example, so a sharded run gives the same maps as a single process. With
+    ``period`` the rows are copies of a batch of ``period`` examples (a metric's perturbed or
+    re-targeted inputs): row ``r`` is seeded as example ``first + r % period``."""
+    def example_seed(i: int) -> int:
+        return seed * 1_000_003 + first + (i % period if period else i)
+
     if name == CONTROL:
         return torch.cat([torch.rand((1,) + tuple(x.shape[1:]), dtype=x.dtype,
-                                     generator=torch.Generator().manual_seed(seed * 1_000_003 + first + i))
+                                     generator=torch.Generator().manual_seed(example_seed(i)))
                           for i in range(x.shape[0])]).to(x.device)
     if name == "smoothgrad":
-        return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], generator=seed * 1_000_003 + first + i)
+        return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], generator=example_seed(i))
                           for i in range(x.shape[0])])
     if name in SURROGATE_METHODS:  # coalitions seeded per global example, features: blocks of pixels
         mask = _blocks(x)
         return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], feature_mask=mask,
-                                        generator=seed * 1_000_003 + first + i) for i in range(x.shape[0])])
+                                        generator=example_seed(i)) for i in range(x.shape[0])])
     if name in ("occlusion", "feature_ablation"):
         # a = f(x) − f(x̃) per example: one at a time, as f(x) from a batch of 5 and from a shard of 2
         # can differ in the last bit (MKL's small-batch GEMM), which the SOP errors amplify ~75×
@@ -135,6 +146,25 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
     if name in LAYER_METHODS:
         return LAYER_METHODS[name](net, x, t, layer=_convs(net)[-1])
     return METHODS[name](net, x, t)
+
+
+def _explain(names: Sequence[str], seed: int, first: int, period: int) -> dict[str, Callable]:
+    """Each method as the explain function of the metrics that explain again: the method with the
+    report's settings, as the map the metrics read (:func:`feature_map`), for inputs that are copies of
+    the ``period`` examples starting at global index ``first``."""
+    def one(name: str) -> Callable:
+        return lambda net, z, t: feature_map(_attribute(name, net, z, t, first, seed, period).detach(), z)
+
+    return {name: one(name) for name in names}
+
+
+def _evaluate(net, x: torch.Tensor, t: torch.Tensor, maps: dict[str, torch.Tensor], metric_names: list[str],
+              seed: int, first: int, generator: int, n_subsets: int):
+    """:func:`evaluate` with the report's settings on inputs whose first global index is ``first``."""
+    explain = _explain(list(maps), seed, first, x.shape[0]) if set(metric_names) & set(EXPLAIN_METRICS) else None
+    return evaluate(net, x, t, attributions=maps, metrics=metric_names, n_subsets=n_subsets, generator=generator,
+                    normalize=True, multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in maps},
+                    explain=explain, metric_kwargs={"relative_stability": {"n_samples": STABILITY_SAMPLES}})
 
 
 def _convs(net) -> list:
@@ -178,8 +208,10 @@ def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[s
     """Seconds of each method and of ``evaluate`` on the same inputs, with fastattr's default backend
     (cpp on CPU, triton on CUDA) and with the pure-torch reference backend of every op:
     ``{"backend:<name>:<fastattr|reference>": median s}``, with ``:lo`` / ``:hi`` the range, over
-    :data:`TIMING_REPEATS` runs after a warm-up run."""
+    :data:`TIMING_REPEATS` runs after a warm-up run. ``evaluate`` is timed on the metrics that read the
+    maps (those that explain again re-run the methods, timed on their own)."""
     out: dict[str, float] = {}
+    passes = [m for m in metric_names if m not in EXPLAIN_METRICS]
 
     def record(key: str, fn: Callable[[], object]):
         out[key], out[key + ":lo"], out[key + ":hi"], result = _timed(fn, x.device, TIMING_REPEATS)
@@ -193,10 +225,9 @@ def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[s
                 maps[name] = feature_map(attr.detach(), x)
             if CONTROL in method_names:
                 maps[CONTROL] = feature_map(_attribute(CONTROL, net, x, t, 0, seed), x)
-            record(f"backend:evaluate:{label}",
-                   lambda: evaluate(net, x, t, attributions=maps, metrics=metric_names, n_subsets=n_subsets,
-                                    generator=seed, normalize=True,
-                                    multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in maps}))
+            if passes:
+                record(f"backend:evaluate:{label}",
+                       lambda: _evaluate(net, x, t, maps, passes, seed, 0, seed, n_subsets))
     return out
 
 
@@ -216,7 +247,10 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
         model: None (embedded digits CNN), ``"module:factory"``, or a model object.
         data: None (digits test split), a path (``.pt`` / ``.npy`` / image folder) or a tensor.
         target: None or ``"pred"`` (the predicted class), ``"label"`` (needs labels), or a class index.
-        methods / metrics: names (default: all available; ``"random"`` is a control map).
+        methods / metrics: names (default: every available method, ``"random"`` a control map, and the
+            metrics :data:`REPORT_METRICS`). The metrics that explain again use each method with the
+            report's settings as its explain function; the relative stabilities draw
+            :data:`STABILITY_SAMPLES` perturbations per input.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ReportError(f"--n must be a positive integer, got {n!r}")
@@ -224,7 +258,7 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
         raise ReportError(f"--seed must be an integer in [0, 2^32), got {seed!r}")
     chosen = methods is not None
     method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, CONTROL: None}, "method")
-    metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS), "metric")
+    metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS), "metric", REPORT_METRICS)
     dev = usable_device(device)
     out_dir = writable_folder(out)
     torch.manual_seed(seed)
@@ -306,16 +340,17 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
     values: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
     curves: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
     fractions: dict[str, list[float]] = {}
+    layers: list[str] = []  # model randomisation's layers, in the order randomised
     start = time.perf_counter()
     # One evaluate() per example, seeded by its global index: every method shares that example's
     # model passes, and a sharded run draws the same subsets as a single process.
     for i in _progress(range(hi - lo), "evaluate", show):
-        ev = evaluate(net, xs[i:i + 1], ts[i:i + 1], attributions={m: maps[m][i:i + 1].to(dev) for m in method_names},
-                      metrics=metric_names, n_subsets=n_subsets, generator=seed * 1_000_003 + lo + i,
-                      normalize=True, multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in method_names})
+        ev = _evaluate(net, xs[i:i + 1], ts[i:i + 1], {m: maps[m][i:i + 1].to(dev) for m in method_names},
+                       metric_names, seed, lo + i, seed * 1_000_003 + lo + i, n_subsets)
         for metric, by_method in ev.values.items():
             for name, v in by_method.items():
                 values[metric][name] = torch.cat([values[metric].get(name, v[:0]).cpu(), v.cpu()])
+        layers = ev.layers or layers
         for metric, by_method in ev.curves.items():
             fractions[metric] = ev.fractions[metric].tolist()
             for name, c in by_method.items():
@@ -326,7 +361,7 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
         seconds.update(_backend_timings(net, xs[:TIMED_INPUTS], ts[:TIMED_INPUTS], method_names, metric_names,
                                         seed, n_subsets, show))
 
-    parts = shards.gather((maps, values, curves, fractions, seconds))
+    parts = shards.gather((maps, values, curves, fractions, seconds, layers))
     shards.close()
     if parts is None:
         return None
@@ -337,6 +372,10 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
                        "n_subsets": n_subsets, "seed": seed, "scale_invariant": True,
                        "surrogate_features": f"{_block_side(x)}x{_block_side(x)}-pixel blocks" if x.dim() == 4
                        else f"{min(64, x[0].numel())} runs of consecutive elements"}
+    if any(m.startswith("relative_") for m in metric_names):
+        result.settings["stability_samples"] = STABILITY_SAMPLES
+    if "model_randomisation" in metric_names:
+        result.settings["randomised_layers"] = next((p[5] for p in parts if p[5]), [])
     result.seconds = {k: max(p[4].get(k, 0.0) for p in parts) for k in parts[0][4]}
     for metric in metric_names:
         result.per_example[metric], result.summary[metric] = {}, {}
