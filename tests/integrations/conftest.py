@@ -1,12 +1,8 @@
 """Fixtures for the integration tests."""
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: one intra-op thread is fastest, and avoids thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def tiny_tensors(one_thread):
+    """The tensors here are tiny: every module runs on one intra-op thread (``one_thread``)."""
     yield
-    torch.set_num_threads(threads)
