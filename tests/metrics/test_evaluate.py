@@ -6,7 +6,7 @@ import torch
 import fastattr
 import fastattr.metrics as M
 from fastattr.metrics.stability import KINDS
-from fastattr.metrics.evaluate import CountingModel
+from fastattr.metrics.evaluate import ROAD_METRICS, CountingModel
 from tests.models import rand, small_cnn
 
 STABILITY = {f"relative_{kind}_stability" for kind in KINDS}  # relative_stability's three values
@@ -51,7 +51,8 @@ def test_evaluate_matches_each_metric():
         torch.testing.assert_close(ev["sensitivity_n"][name],
                                    M.sensitivity_n(model, x, a, y, ns=[2, 8], n_subsets=20, generator=6,
                                                    baseline="uniform"), equal_nan=True)  # NaN: the flat map
-    assert set(ev.values) == set(metrics) and set(M.EVALUATE_METRICS) <= set(M.BETTER) <= set(M.__all__) | STABILITY
+    assert set(ev.values) == set(metrics)
+    assert set(M.EVALUATE_METRICS) <= set(M.BETTER) <= set(M.__all__) | STABILITY | set(ROAD_METRICS)
 
 
 def test_mdrs_and_aupc_share_the_deletion_pass():
