@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="folder for the JSON record (e.g. benchmarks/results)")
     bench.add_argument("--tables", default=None,
                        help="comma-separated tables of the chosen bench, in this order (metrics: flipping, "
-                            "evaluate, stability, resnet; default: all)")
+                            "evaluate, stability, impute, road, resnet; default: all)")
     bench.set_defaults(func=_bench)
     return parser
 
