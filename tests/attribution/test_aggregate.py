@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastattr
-from fastattr.attribution.aggregate import _abs_max
+from fastattr.attribution.aggregate import abs_max
 from fastattr.core import Blur
 from tests.integrations.models import cnn, digits
 
@@ -27,7 +27,7 @@ def _gammas(model, x, t, names, agg, *, n_samples, seed, noise_first=True, radiu
     robust = []
     for _ in range(n_samples if noise_first else 0):
         z = x + (2 * torch.rand(x.shape, generator=gen, dtype=x.dtype) - 1) * radius
-        e = torch.stack([_abs_max(fastattr.attribution.METHODS[m](model, z, t)).reshape(x.shape[0], -1)
+        e = torch.stack([abs_max(fastattr.attribution.METHODS[m](model, z, t)).reshape(x.shape[0], -1)
                          for m in names.values()], -1)
         robust.append(phi - e)
     feats = phi.shape[1]
@@ -92,7 +92,7 @@ def test_mean_and_var_and_precomputed_maps():
     model, x, t = _setup()
     maps = {n: fastattr.attribution.METHODS[m](model, x, t) for n, m in METHODS.items()}
     mean = fastattr.aggregate(model, x, t, methods=maps, objective="mean")
-    stacked = torch.stack([_abs_max(m) for m in maps.values()], 1)
+    stacked = torch.stack([abs_max(m) for m in maps.values()], 1)
     torch.testing.assert_close(mean.attribution, stacked.mean(1))
     torch.testing.assert_close(mean.weights, torch.full((4, 3), 1 / 3, dtype=mean.weights.dtype))
     var = fastattr.aggregate(model, x, t, methods=maps, objective="var")

@@ -30,7 +30,7 @@ from ..core import (Baseline, MaskSet, Target, check_count, check_inputs, check_
                     make_generator, model_entry, perturbed_scores, random_subsets, read_scores, resolve_clean)
 from ..ops import simplex_qp
 
-__all__ = ["AGG_OBJECTIVES", "Aggregation", "aggregate", "aggregation_matrices"]
+__all__ = ["AGG_OBJECTIVES", "Aggregation", "abs_max", "aggregate", "aggregation_matrices", "preprocessor"]
 
 AGG_OBJECTIVES = ("mean", "var", "robust", "faith", "opt")
 Method = Union[str, Callable, torch.Tensor]
@@ -50,17 +50,19 @@ class Aggregation:
     objective: str
 
 
-def _abs_max(a: torch.Tensor) -> torch.Tensor:
+def abs_max(a: torch.Tensor) -> torch.Tensor:
     """``|a| / max|a|`` per example (0 where the map is 0)."""
     m = a.abs().reshape(a.shape[0], -1).amax(1).view((-1,) + (1,) * (a.dim() - 1))
     return a.abs() / torch.where(m > 0, m, torch.ones_like(m))
 
 
-def _preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
+def preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The map preprocessing named by ``preprocess``: None (as is), ``"abs_max"`` (:func:`abs_max`) or a
+    function of an ``[N, ...]`` batch."""
     if preprocess is None:
         return lambda a: a
     if preprocess == "abs_max":
-        return _abs_max
+        return abs_max
     if callable(preprocess):
         return preprocess
     raise ValueError(f"preprocess must be 'abs_max', None or a function of a [N, ...] batch, got {preprocess!r}")
@@ -210,7 +212,7 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
             or not 0 < subset_fraction <= 1:
         raise ValueError(f"subset_fraction must be in (0, 1], got {subset_fraction!r}")
     lam = _lambdas(lam)
-    prep = _preprocessor(preprocess)
+    prep = preprocessor(preprocess)
     fns = _explainers(methods, dict(max_batch=max_batch, memory_budget=memory_budget))
     given = [n for n, f in fns.items() if isinstance(f, torch.Tensor)]
     if given and objective in ("robust", "opt"):

@@ -19,7 +19,7 @@ import torch
 
 from ..attribution import (aggregate, deeplift, guided_backprop, input_x_gradient, integrated_gradients, saliency,
                            smoothgrad)
-from ..attribution.aggregate import aggregation_matrices
+from ..attribution.aggregate import abs_max, aggregation_matrices
 from ..core import Blur
 from ..zoo import load_digits, load_digits_cnn
 from . import Table, machine_info, time_interleaved
@@ -35,11 +35,6 @@ SEVEN = {
 }
 
 
-def _abs_max(a: torch.Tensor) -> torch.Tensor:
-    m = a.abs().reshape(a.shape[0], -1).amax(1).view((-1,) + (1,) * (a.dim() - 1))
-    return a.abs() / torch.where(m > 0, m, torch.ones_like(m))
-
-
 def _paper_procedure(model, x, t, n_samples: int, seed: int = 0) -> np.ndarray:
     """The released code's loop for every image: batch size 1 everywhere, cvxpy per image."""
     import cvxpy as cp
@@ -48,11 +43,11 @@ def _paper_procedure(model, x, t, n_samples: int, seed: int = 0) -> np.ndarray:
     weights = []
     for i in range(x.shape[0]):
         xi, ti = x[i:i + 1], t[i:i + 1]
-        phi = torch.stack([_abs_max(f(model, xi, ti)).reshape(-1) for f in SEVEN.values()], 1).double()
+        phi = torch.stack([abs_max(f(model, xi, ti)).reshape(-1) for f in SEVEN.values()], 1).double()
         g_r = torch.zeros(7, 7, dtype=torch.float64)
         for _ in range(n_samples):
             z = xi + (2 * torch.rand(xi.shape, generator=gen) - 1) * 0.1
-            d = phi - torch.stack([_abs_max(f(model, z, ti)).reshape(-1) for f in SEVEN.values()], 1).double()
+            d = phi - torch.stack([abs_max(f(model, z, ti)).reshape(-1) for f in SEVEN.values()], 1).double()
             g_r += d.T @ d / n_samples
         base = Blur()(xi)
         with torch.no_grad():
@@ -137,9 +132,9 @@ def reproduction_table(batch: int = 64, n_samples: int = 50, n_eval: int = 200, 
     fns = dict(SEVEN)
     clean = model(x).gather(1, t[:, None])[:, 0].detach()
     common = dict(n_samples=n_eval, radius=0.1, fraction=0.2, baseline="blur", lam=(0.5, 0.5), chunk=512)
-    g_sens = aggregation_matrices(model, x, t, clean, fns, phi, _abs_max, objective="robust",
+    g_sens = aggregation_matrices(model, x, t, clean, fns, phi, abs_max, objective="robust",
                                   generator=torch.Generator().manual_seed(12345), **common)
-    g_infd = aggregation_matrices(model, x, t, clean, fns, phi, _abs_max, objective="faith",
+    g_infd = aggregation_matrices(model, x, t, clean, fns, phi, abs_max, objective="faith",
                                   generator=torch.Generator().manual_seed(54321), **common)
     table = Table(name=f"AGG on held-out digits (digits CNN, B = {batch}): squared SENS_avg and INFD over "
                        f"{n_eval} fresh draws (weights from {n_samples})",

@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional, Union
 import torch
 
 from ..core import Target, check_count, check_inputs, chunk_size, make_generator, model_entry, resolve_target
+from ..attribution.aggregate import preprocessor
 from ..numerics import accum_dtype
 
 Explain = Union[str, Callable]
@@ -150,20 +151,6 @@ def _explained(e, k: int, explained: torch.Tensor, explain_name: str, explained_
         raise ValueError(f"{explain_name} returned {got} for {k * batch} inputs; expected one explanation "
                          f"shaped like e(x) {tuple(explained.shape[1:])} per input")
     return e.detach().reshape((k,) + tuple(explained.shape))
-
-
-def preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
-    if preprocess is None:
-        return lambda a: a
-    if preprocess == "abs_max":
-        def abs_max(a):
-            m = a.abs().reshape(a.shape[0], -1).amax(1).view((-1,) + (1,) * (a.dim() - 1))
-            safe = torch.where(m > 0, m, torch.ones_like(m))
-            return torch.where(m > 0, a.abs() / safe, torch.zeros_like(a))
-        return abs_max
-    if callable(preprocess):
-        return preprocess
-    raise ValueError(f"preprocess must be None, 'abs_max' or a function, got {preprocess!r}")
 
 
 def _norm_order(norm) -> float:
