@@ -227,6 +227,7 @@ def test_shap_bench_table_on_a_small_case():
     assert table.params["features"] == 16 and table.params["n_samples"] == 24
 
 
+@pytest.mark.usefixtures("one_thread")  # tiny tensors: idle OpenMP threads only stall on a busy machine
 def test_road_bench_tables_on_a_small_case():
     from fastattr.bench import road
 
@@ -237,6 +238,7 @@ def test_road_bench_tables_on_a_small_case():
     assert table.rows[0][0] == "fastattr.metrics.road" and all(r[1] > 0 for r in table.rows)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_agg_bench_tables_on_a_small_case():
     pytest.importorskip("cvxpy")
     from fastattr.bench import agg, aggregate
