@@ -55,7 +55,7 @@ def _bench(args: argparse.Namespace) -> int:
         module = importlib.import_module(BENCHES[args.which]) if args.which != "all" else None
         choices = list(getattr(module, "TABLES", ()))
         if not choices:
-            raise UserError(f"--tables picks tables of one bench that names them (metrics), not {args.which}")
+            raise UserError(f"--tables picks tables of one bench that names them (metrics, agg), not {args.which}")
         wanted = [t.strip() for t in args.tables.split(",") if t.strip()]
         unknown = [t for t in wanted if t not in choices]
         if unknown or not wanted:

@@ -274,3 +274,36 @@ def test_report_with_the_stability_and_randomisation_metrics(tmp_path):
         for method in methods:
             assert result.per_example[metric][method][1] == pytest.approx(ev[metric][method].item(), rel=1e-9,
                                                                           nan_ok=True), (metric, method)
+
+
+def test_report_agg_row_weights_and_fixed_weight_explain(tmp_path):
+    """The ``agg`` row is fastattr.aggregate(objective="opt") over the report's gradient methods, one
+    example at a time seeded by its index; its weights are in results.json and on the page; the metrics
+    that explain again use each example's weights (at the clean input they give the agg map back)."""
+    from fastattr import aggregate
+    from fastattr.report import running
+
+    metrics = ["deletion", "random_logit", "relative_input_stability"]
+    result = run_report(n=3, out=tmp_path / "r", methods=["saliency", "agg"], metrics=metrics, progress=False)
+    agg = result.settings["agg"]
+    assert agg["objective"] == "opt" and agg["methods"] == list(running.AGG_METHODS)
+    w = torch.tensor(agg["weights"], dtype=torch.float64)
+    assert w.shape == (3, len(running.AGG_METHODS)) and (w >= 0).all()
+    assert torch.allclose(w.sum(1), torch.ones(3, dtype=torch.float64), atol=1e-6)
+    assert not torch.allclose(w[0], w[1], atol=1e-3)  # chosen per example
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())["settings"]["agg"]
+    assert saved["weights"] == agg["weights"]
+    assert "mean weights: <code>saliency</code>" in (tmp_path / "r" / "index.html").read_text()
+
+    x, _ = load_digits("test", 3)
+    model = load_digits_cnn()
+    t = model(x).argmax(1)
+    methods = {m: (lambda net, z, tz, _m=m: running._attribute(_m, net, z, tz, 1, 0, 1)) for m in running.AGG_METHODS}
+    direct = aggregate(model, x[1:2], t[1:2], methods=methods, objective="opt", generator=1)
+    assert torch.allclose(direct.weights[0].double(), w[1], atol=1e-6)
+    fixed = running._fixed_agg(direct.weights, 0, 1, 1)(model, x[1:2], t[1:2])
+    assert torch.allclose(fixed, direct.attribution, atol=1e-6)
+    ev = running._evaluate(model, x[1:2], t[1:2], {"agg": running.feature_map(direct.attribution, x[1:2])}, metrics,
+                           seed=0, first=1, generator=1, n_subsets=100, agg_weights=direct.weights)
+    for metric in metrics:
+        assert result.per_example[metric]["agg"][1] == pytest.approx(ev[metric]["agg"].item(), rel=1e-6), metric

@@ -15,6 +15,7 @@ METHODS = {
     "integrated_gradients": integrated_gradients,
     "smoothgrad": smoothgrad,
     "guided_backprop": guided_backprop,
+    "deeplift": deeplift,
     "pathway_gradient": pathway_gradient,
     "occlusion": occlusion,
     "feature_ablation": feature_ablation,

@@ -52,11 +52,17 @@ def _local_gradient(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> t
     return local
 
 
+def _where_small(dx: torch.Tensor, eps: float, rescaled: torch.Tensor, local: Callable[[], torch.Tensor]):
+    """``rescaled``, with the local gradient ``local()`` where ``|Δx| < eps`` (computed only if there are any)."""
+    small = dx.abs() < eps
+    return torch.where(small, local(), rescaled) if bool(small.any()) else rescaled
+
+
 def _rescale(module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, eps: float,
              examples: int) -> torch.Tensor:
     """Elementwise nonlinearities: ``grad · Δy / Δx``, the local gradient where ``|Δx| < eps``."""
     dx = _differences(x)
-    return torch.where(dx.abs() < eps, _local_gradient(module, x, grad), grad * _differences(y) / dx)
+    return _where_small(dx, eps, grad * _differences(y) / dx, lambda: _local_gradient(module, x, grad))
 
 
 def _softmax(module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, eps: float,
@@ -84,9 +90,15 @@ def _maxpool(module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Te
     lead = tuple(y.shape[:y.dim() - axes])
     spread = (grad * torch.cat([top - y[n:], y[:n] - top])).reshape(lead + (-1,))
     pooled = spread.new_zeros(lead + (math.prod(x.shape[x.dim() - axes:]),))
-    pooled = pooled.scatter_add_(-1, index.reshape(lead + (-1,)), spread).reshape(x.shape)
+    flat_index = index.reshape(lead + (-1,))
+    pooled = pooled.scatter_add_(-1, flat_index, spread).reshape(x.shape)
     dx = _differences(x)
-    return torch.where(dx.abs() < eps, _local_gradient(module, x, grad), _twice(pooled[:n] + pooled[n:]) / dx)
+
+    def local() -> torch.Tensor:  # max pooling's own backward: each window's gradient to its argmax
+        return grad.new_zeros(pooled.shape).reshape(lead + (-1,)).scatter_add_(
+            -1, flat_index, grad.reshape(lead + (-1,))).reshape(x.shape)
+
+    return _where_small(dx, eps, _twice(pooled[:n] + pooled[n:]) / dx, local)
 
 
 #: the module types whose gradient DeepLift overrides (exact types, as Captum's), and their rules

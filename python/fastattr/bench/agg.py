@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -131,10 +131,31 @@ def qp_table(device: Optional[str] = None, repeat: int = 3, batch: int = 256, k:
     return table
 
 
-def default_tables(device: Optional[str] = None, repeat: int = 3) -> list[Table]:
-    """B = 256 problems of k = 7 methods; ``aggregate`` against its floor and the paper's procedure;
-    the reproduction of the paper's Tables 1–2 (:mod:`fastattr.bench.aggregate`)."""
-    from .aggregate import aggregate_table, reproduction_table
+def _aggregate_tables(device, repeat) -> list[Table]:
+    from .aggregate import aggregate_table
 
-    return [qp_table(device=device, repeat=repeat), aggregate_table(device=device, repeat=repeat),
-            reproduction_table(device=device)]
+    return [aggregate_table(device=device, repeat=repeat)]
+
+
+def _reproduction_tables(device, repeat) -> list[Table]:
+    from .aggregate import reproduction_table
+
+    return [reproduction_table(device=device)]
+
+
+#: the tables of ``fastattr bench agg``, by the name ``--tables`` picks them with
+TABLES: dict[str, Callable[..., list[Table]]] = {
+    "qp": lambda device, repeat: [qp_table(device=device, repeat=repeat)],
+    "aggregate": _aggregate_tables,
+    "reproduction": _reproduction_tables,
+}
+
+
+def default_tables(device: Optional[str] = None, repeat: int = 3, tables: Optional[Sequence[str]] = None) -> list[Table]:
+    """B = 256 problems of k = 7 methods; ``aggregate`` against its floor and the paper's procedure;
+    the reproduction of the paper's Tables 1–2 (:mod:`fastattr.bench.aggregate`) — all of
+    :data:`TABLES`, or those named in ``tables``."""
+    out = []
+    for name in tables or TABLES:
+        out += TABLES[name](device, repeat)
+    return out

@@ -35,31 +35,60 @@ SEVEN = {
 }
 
 
+def _captum_seven(model) -> dict:
+    """The released code's explainers: Captum's, one call per (perturbed) image, with the settings of
+    :data:`SEVEN` (IG 20 steps; SmoothGrad / VarGrad 10 draws of σ = 0.15 · (max x − min x))."""
+    from captum.attr import (DeepLift, GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel,
+                             Saliency)
+
+    sal, ixg, ig = Saliency(model), InputXGradient(model), IntegratedGradients(model)
+    gbp, dl, nt = GuidedBackprop(model), DeepLift(model), NoiseTunnel(Saliency(model))
+
+    def noisy(kind):
+        def run(x, t):
+            sigma = 0.15 * (x.max() - x.min()).item()
+            return nt.attribute(x, target=t, nt_type=kind, nt_samples=10, stdevs=sigma, abs=False)
+        return run
+
+    return {"saliency": lambda x, t: sal.attribute(x, target=t, abs=True),
+            "input_x_gradient": lambda x, t: ixg.attribute(x, target=t),
+            "integrated_gradients": lambda x, t: ig.attribute(x, target=t, n_steps=20),
+            "smoothgrad": noisy("smoothgrad"),
+            "vargrad": noisy("vargrad"),
+            "guided_backprop": lambda x, t: gbp.attribute(x, target=t),
+            "deeplift": lambda x, t: dl.attribute(x, target=t)}
+
+
 def _paper_procedure(model, x, t, n_samples: int, seed: int = 0) -> np.ndarray:
-    """The released code's loop for every image: batch size 1 everywhere, cvxpy per image."""
+    """The released code's loop (github.com/thomdeck/aggopt, ``AGGopt_explainer``) for every image:
+    Captum's seven explainers on the image and on each of its ``m`` noisy copies at batch size 1,
+    the infidelity copies through the model in batches of 10, one cvxpy problem per image."""
     import cvxpy as cp
 
+    explainers = _captum_seven(model)
     gen = torch.Generator().manual_seed(seed)
     weights = []
     for i in range(x.shape[0]):
-        xi, ti = x[i:i + 1], t[i:i + 1]
-        phi = torch.stack([abs_max(f(model, xi, ti)).reshape(-1) for f in SEVEN.values()], 1).double()
+        xi, ti = x[i:i + 1], int(t[i])
+
+        def maps(z):
+            return torch.stack([abs_max(f(z, ti).detach().sum(1)).reshape(-1) for f in explainers.values()],
+                               1).double()
+
+        phi = maps(xi)
         g_r = torch.zeros(7, 7, dtype=torch.float64)
         for _ in range(n_samples):
-            z = xi + (2 * torch.rand(xi.shape, generator=gen) - 1) * 0.1
-            d = phi - torch.stack([abs_max(f(model, z, ti)).reshape(-1) for f in SEVEN.values()], 1).double()
+            d = phi - maps(xi + (2 * torch.rand(xi.shape, generator=gen) - 1) * 0.1)
             g_r += d.T @ d / n_samples
         base = Blur()(xi)
         with torch.no_grad():
-            f_x = model(xi)[0, ti[0]]
-        g_f = torch.zeros(7, 7, dtype=torch.float64)
-        for _ in range(n_samples):
-            chosen = torch.rand(xi[0, 0].shape, generator=gen) < 0.2
-            x_tilde = torch.where(chosen, base, xi)
-            with torch.no_grad():
-                delta = (f_x - model(x_tilde)[0, ti[0]]).double()
-            row = ((xi - x_tilde).reshape(-1).double() @ phi) - delta
-            g_f += torch.outer(row, row) / n_samples
+            f_x = model(xi)[0, ti]
+        chosen = torch.rand((n_samples,) + xi.shape[2:], generator=gen) < 0.2
+        x_tilde = torch.where(chosen[:, None], base, xi)
+        with torch.no_grad():
+            delta = torch.cat([f_x - model(c)[:, ti] for c in x_tilde.split(10)]).double()
+        rows = (xi - x_tilde).sum(1).reshape(n_samples, -1).double() @ phi - delta[:, None]
+        g_f = rows.T @ rows / n_samples
         g = 0.5 * g_r / g_r.norm() + 0.5 * g_f / g_f.norm()
         w = cp.Variable(7)
         psd = cp.psd_wrap(g.numpy())
@@ -87,10 +116,13 @@ def aggregate_table(batch: int = 32, n_samples: int = 50, paper_images: int = 2,
     impls = {"floor: 7 explainers on m·B inputs": floor,
              "fastattr.aggregate opt": lambda: aggregate(model, x, t, methods=SEVEN, objective="opt",
                                                          n_samples=n_samples)}
-    if importlib.util.find_spec("cvxpy") is not None:
+    if all(importlib.util.find_spec(m) is not None for m in ("cvxpy", "captum")):
         xs, ts = x[:paper_images].cpu(), t[:paper_images].cpu()
         cpu_model = model if device.type == "cpu" else load_digits_cnn()
         impls[f"paper procedure ({paper_images} images)"] = lambda: _paper_procedure(cpu_model, xs, ts, n_samples)
+        impls[f"fastattr.aggregate one image at a time ({paper_images} images)"] = lambda: [
+            aggregate(model, x[i:i + 1], t[i:i + 1], methods=SEVEN, objective="opt", n_samples=n_samples)
+            for i in range(paper_images)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         times, ratios = time_interleaved(impls, device, repeat=repeat, warmup=1)
@@ -100,8 +132,8 @@ def aggregate_table(batch: int = 32, n_samples: int = 50, paper_images: int = 2,
                   params={"batch": batch, "n_samples": n_samples, "paper_images": paper_images, "repeat": repeat,
                           "device": str(device)})
     for name, s in times.items():
-        per = s / (paper_images if name.startswith("paper") else batch)
-        table.add(name, s * 1e3, ratios[name] if not name.startswith("paper") else "-", per * 1e3)
+        few = f"({paper_images} images)" in name
+        table.add(name, s * 1e3, "-" if few else ratios[name], s / (paper_images if few else batch) * 1e3)
     paper = next((k for k in times if k.startswith("paper")), None)
     if paper:
         speed = times[paper] / paper_images / (times["fastattr.aggregate opt"] / batch)

@@ -215,6 +215,18 @@ def _more_metrics(result: "ReportResult") -> str:
     return " Also: " + "; ".join(parts) + " (each method explains again with the report's settings)."
 
 
+def _agg_sentence(result: "ReportResult") -> str:
+    """What the ``agg`` row is, and its weights per method averaged over the inputs."""
+    agg = result.settings.get("agg")
+    if not agg:
+        return ""
+    weights = ", ".join(f"<code>{html.escape(m)}</code> {w:.2f}" for m, w in agg["mean_weights"].items())
+    return (" <code>agg</code> is AGG_opt (Decker et al. 2024): per input, the convex combination of the "
+            "|map|/max|map| of the gradient methods that minimises ½ sensitivity + ½ infidelity on 50 draws "
+            f"each; mean weights: {weights} (per input in <code>results.json</code>; the metrics that explain "
+            "again keep each input's weights).")
+
+
 def _skipped(result: "ReportResult") -> str:
     return "".join(f" Left out: <code>{html.escape(m)}</code> ({html.escape(why)})."
                    for m, why in result.skipped.items())
@@ -314,7 +326,7 @@ def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Te
 <p>{result.n} inputs; {len(result.methods)} attribution methods; metrics: {", ".join(result.metrics)}.
 Targets: the predicted class unless chosen otherwise ({int((pred == target).sum())} of {result.n} targets equal
 the prediction).
-<code>random</code> is a control map that any method should beat. {control_sentence(result)}{_skipped(result)}</p>
+<code>random</code> is a control map that any method should beat. {control_sentence(result)}{_agg_sentence(result)}{_skipped(result)}</p>
 <h2>Metrics (mean over inputs; ↓ lower / ↑ higher is better; best per column in bold)</h2>
 <p>Deletion / insertion: area under the target-probability curve as the top features are removed /
 restored; MoRF / LeRF: the mean drop of the target probability as the most / least relevant features are

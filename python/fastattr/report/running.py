@@ -12,7 +12,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .._backend import use_backend
-from ..attribution import LAYER_METHODS, METHODS
+from ..attribution import LAYER_METHODS, METHODS, aggregate
+from ..attribution.aggregate import abs_max
 from ..cd import CD_METHODS
 from ..core import eval_modes, patch_segments
 from ..metrics import EVALUATE_METRICS, EXPLAIN_METRICS, FAITHFULNESS_METRICS, evaluate
@@ -23,6 +24,8 @@ from .writing import ReportResult, write_tables
 CONTROL = "random"  # a uniformly random map: the floor any method should beat
 MULTIPLIED_BY_INPUTS = {"input_x_gradient", "integrated_gradients"}  # maps that carry the (x − x') factor
 SURROGATE_METHODS = ("kernel_shap", "lime")
+AGG = "agg"  # AGG_opt (Decker et al. 2024) over AGG_METHODS, weights chosen per example
+AGG_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "deeplift")
 #: the metrics of a report without --metrics: faithfulness, complexity and the random-logit test (the
 #: relative stabilities and model randomisation explain every input many times: chosen with --metrics)
 REPORT_METRICS = FAITHFULNESS_METRICS + ("sparseness", "complexity", "random_logit")
@@ -124,6 +127,8 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
     def example_seed(i: int) -> int:
         return seed * 1_000_003 + first + (i % period if period else i)
 
+    if name == AGG:
+        return _aggregate(net, x, t, first, seed)[0]
     if name == CONTROL:
         return torch.cat([torch.rand((1,) + tuple(x.shape[1:]), dtype=x.dtype,
                                      generator=torch.Generator().manual_seed(example_seed(i)))
@@ -148,20 +153,51 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
     return METHODS[name](net, x, t)
 
 
-def _explain(names: Sequence[str], seed: int, first: int, period: int) -> dict[str, Callable]:
+def _aggregate(net, x: torch.Tensor, t: torch.Tensor, first: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``agg`` method: :func:`fastattr.aggregate` (objective ``"opt"``, the paper's settings) over
+    :data:`AGG_METHODS` with the report's settings, one example at a time seeded by its global index
+    (a sharded run matches a single process); ``(attribution, weights [B, k])``."""
+    maps, weights = [], []
+    for i in range(x.shape[0]):
+        methods = {m: (lambda net_, z, tz, _m=m: _attribute(_m, net_, z, tz, first + i, seed, 1))
+                   for m in AGG_METHODS}
+        agg = aggregate(net, x[i:i + 1], t[i:i + 1], methods=methods, objective="opt",
+                        generator=seed * 1_000_003 + first + i)
+        maps.append(agg.attribution)
+        weights.append(agg.weights)
+    return torch.cat(maps), torch.cat(weights)
+
+
+def _fixed_agg(weights: torch.Tensor, seed: int, first: int, period: int) -> Callable:
+    """``agg`` as an explain function with the weights chosen on the clean inputs: row ``r`` of a batch
+    of copies of ``period`` examples gets ``Σ_j w_j · |φ_j|/max|φ_j|`` with its example's weights."""
+    def explain(net, z, t):
+        w = weights.to(z.device)[torch.arange(z.shape[0], device=z.device) % period]
+        maps = torch.stack([abs_max(_attribute(m, net, z, t, first, seed, period).detach()) for m in AGG_METHODS], 1)
+        return (w.to(maps.dtype).view(w.shape + (1,) * (maps.dim() - 2)) * maps).sum(1)
+    return explain
+
+
+def _explain(names: Sequence[str], seed: int, first: int, period: int,
+             agg_weights: Optional[torch.Tensor] = None) -> dict[str, Callable]:
     """Each method as the explain function of the metrics that explain again: the method with the
     report's settings, as the map the metrics read (:func:`feature_map`), for inputs that are copies of
-    the ``period`` examples starting at global index ``first``."""
+    the ``period`` examples starting at global index ``first``; ``agg`` keeps the weights it chose on
+    the clean inputs (``agg_weights``), as the paper scores an aggregate."""
     def one(name: str) -> Callable:
+        if name == AGG:
+            fixed = _fixed_agg(agg_weights, seed, first, period)
+            return lambda net, z, t: feature_map(fixed(net, z, t), z)
         return lambda net, z, t: feature_map(_attribute(name, net, z, t, first, seed, period).detach(), z)
 
     return {name: one(name) for name in names}
 
 
 def _evaluate(net, x: torch.Tensor, t: torch.Tensor, maps: dict[str, torch.Tensor], metric_names: list[str],
-              seed: int, first: int, generator: int, n_subsets: int):
+              seed: int, first: int, generator: int, n_subsets: int, agg_weights: Optional[torch.Tensor] = None):
     """:func:`evaluate` with the report's settings on inputs whose first global index is ``first``."""
-    explain = _explain(list(maps), seed, first, x.shape[0]) if set(metric_names) & set(EXPLAIN_METRICS) else None
+    explain = _explain(list(maps), seed, first, x.shape[0], agg_weights) \
+        if set(metric_names) & set(EXPLAIN_METRICS) else None
     return evaluate(net, x, t, attributions=maps, metrics=metric_names, n_subsets=n_subsets, generator=generator,
                     normalize=True, multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in maps},
                     explain=explain, metric_kwargs={"relative_stability": {"n_samples": STABILITY_SAMPLES}})
@@ -257,7 +293,7 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
         raise ReportError(f"--seed must be an integer in [0, 2^32), got {seed!r}")
     chosen = methods is not None
-    method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, CONTROL: None}, "method")
+    method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, AGG: None, CONTROL: None}, "method")
     metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS), "metric", REPORT_METRICS)
     dev = usable_device(device)
     out_dir = writable_folder(out)
@@ -321,13 +357,17 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
     show = progress and shards.rank == 0
     seconds: dict[str, float] = {}
     maps: dict[str, torch.Tensor] = {}
+    agg_weights = torch.zeros(0, len(AGG_METHODS))
     for name in _progress(list(method_names), "attribution", show):
         try:
             if hi > lo:  # one untimed call first: one-time costs (imports, kernel set-up) are not the method's
                 _attribute(name, net, xs[:1], ts[:1], lo, seed)
             _sync(dev)
             start = time.perf_counter()
-            attr = _attribute(name, net, xs, ts, lo, seed) if hi > lo else xs.new_empty(xs.shape)
+            if name == AGG and hi > lo:
+                attr, agg_weights = _aggregate(net, xs, ts, lo, seed)
+            else:
+                attr = _attribute(name, net, xs, ts, lo, seed) if hi > lo else xs.new_empty(xs.shape)
         except (ValueError, TypeError, NotImplementedError) as e:
             if chosen:
                 raise ReportError(f"method {name} cannot run on this model and data: {e}") from e
@@ -346,7 +386,7 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
     # model passes, and a sharded run draws the same subsets as a single process.
     for i in _progress(range(hi - lo), "evaluate", show):
         ev = _evaluate(net, xs[i:i + 1], ts[i:i + 1], {m: maps[m][i:i + 1].to(dev) for m in method_names},
-                       metric_names, seed, lo + i, seed * 1_000_003 + lo + i, n_subsets)
+                       metric_names, seed, lo + i, seed * 1_000_003 + lo + i, n_subsets, agg_weights[i:i + 1])
         for metric, by_method in ev.values.items():
             for name, v in by_method.items():
                 values[metric][name] = torch.cat([values[metric].get(name, v[:0]).cpu(), v.cpu()])
@@ -361,7 +401,7 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
         seconds.update(_backend_timings(net, xs[:TIMED_INPUTS], ts[:TIMED_INPUTS], method_names, metric_names,
                                         seed, n_subsets, show))
 
-    parts = shards.gather((maps, values, curves, fractions, seconds, layers))
+    parts = shards.gather((maps, values, curves, fractions, seconds, layers, agg_weights.cpu()))
     shards.close()
     if parts is None:
         return None
@@ -376,6 +416,11 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
         result.settings["stability_samples"] = STABILITY_SAMPLES
     if "model_randomisation" in metric_names:
         result.settings["randomised_layers"] = next((p[5] for p in parts if p[5]), [])
+    if AGG in method_names:
+        w = torch.cat([p[6] for p in parts]).double()
+        result.settings["agg"] = {"objective": "opt", "methods": list(AGG_METHODS),
+                                  "mean_weights": dict(zip(AGG_METHODS, w.mean(0).tolist())),
+                                  "weights": w.tolist()}
     result.seconds = {k: max(p[4].get(k, 0.0) for p in parts) for k in parts[0][4]}
     for metric in metric_names:
         result.per_example[metric], result.summary[metric] = {}, {}
