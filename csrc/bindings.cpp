@@ -24,8 +24,8 @@ void perturb_by_rank(std::uintptr_t x, std::uintptr_t base, std::uintptr_t rank,
 void cd_bias_split(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t out, int64_t n_ref, int64_t k,
                    int64_t channels, int64_t positions, bool relu, const std::string& dtype, int n_threads);
 int64_t stencil_solve(std::uintptr_t rhs, std::uintptr_t removed, std::uintptr_t out, int64_t groups,
-                      int64_t n_rhs, int64_t height, int64_t width, double tol, int64_t max_iter,
-                      const std::string& dtype, int n_threads);
+                      int64_t n_rhs, int64_t height, int64_t width, bool from_image, double tol,
+                      int64_t max_iter, const std::string& dtype, int n_threads);
 int64_t simplex_qp(std::uintptr_t G, std::uintptr_t c, std::uintptr_t out, int64_t batch, int64_t k,
                    const std::string& dtype, int n_threads);
 }  // namespace fastattr
@@ -67,10 +67,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "CD beta-only bias split of stacked [n_ref*(1+k), channels, positions] rows into out.");
   m.def("stencil_solve", &fastattr::stencil_solve, py::arg("rhs"), py::arg("removed"), py::arg("out"),
-        py::arg("groups"), py::arg("n_rhs"), py::arg("height"), py::arg("width"), py::arg("tol"),
-        py::arg("max_iter"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
-        "CG solve of the noisy-linear-imputation stencil system per (plane, rhs); returns the number "
-        "of solves that did not converge.");
+        py::arg("groups"), py::arg("n_rhs"), py::arg("height"), py::arg("width"), py::arg("from_image"),
+        py::arg("tol"), py::arg("max_iter"), py::arg("dtype"), py::arg("n_threads"),
+        py::call_guard<py::gil_scoped_release>(),
+        "CG solve of the noisy-linear-imputation stencil system per (plane, rhs) (from_image: rhs is the "
+        "image, out the imputed image); returns the number of solves that did not converge.");
   m.def("simplex_qp", &fastattr::simplex_qp, py::arg("G"), py::arg("c"), py::arg("out"), py::arg("batch"),
         py::arg("k"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "Exact active-set solve of min w'Gw + c'w over the simplex per [k, k] block of G (c = 0 address: "

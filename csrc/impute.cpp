@@ -5,6 +5,8 @@
 //
 // N(i) the in-image 8-neighbours (w = 1/6 edge, 1/12 corner), s_i = sum_{j in N(i)} w_ij.
 // rhs and out are [G, R, H, W] (R right-hand sides per mask plane), removed [G, H, W] uint8.
+// With from_image, rhs is the image itself: b is built from its known pixels and out is the
+// imputed image (linear_impute: the right-hand side, solve and write-back fused in one pass).
 // One task per plane, split over OpenMP threads; the unknowns are compacted with their neighbour
 // table, and SSOR-preconditioned CG runs in double on all R right-hand sides of the plane at once
 // (R = 3 for an RGB image with one mask) until ||r|| <= tol ||b|| for each (or max_iter).
@@ -82,14 +84,14 @@ struct System {
 };
 
 // Preconditioned CG (SSOR) on R right-hand sides of one plane at once (R = 1: a per-channel mask;
-// R = 3: an RGB image with one mask), vectors stored interleaved ([n + 1][R], row n held at 0);
-// false when max_iter ran out before ||r|| <= tol ||b|| for all of them.
-template <typename T, int R>
-bool solve_plane(const System& sys, const T* rhs, T* out, int64_t n_pix, double tol, int64_t max_iter) {
+// R = 3: an RGB image with one mask), vectors stored interleaved ([n + 1][R], row n held at 0):
+// b and u are [n][R] over the compacted unknowns; false when max_iter ran out before
+// ||r|| <= tol ||b|| for all of them.
+template <int R>
+bool solve_plane(const System& sys, const double* b, double* u, double tol, int64_t max_iter) {
   const int64_t n = sys.size();
-  for (int64_t p = 0; p < n_pix * R; ++p) out[p] = T(0);
-  if (n == 0 || n == n_pix) return true;
-  std::vector<double> u(n * R, 0.0), r(n * R), z((n + 1) * R, 0.0), d((n + 1) * R, 0.0), q(n * R);
+  std::vector<double> r(b, b + n * R), z((n + 1) * R, 0.0), d((n + 1) * R, 0.0), q(n * R);
+  std::fill(u, u + n * R, 0.0);
   double rz[R], stop[R], alpha[R], beta[R];
   bool done[R];
   const int32_t* nb = sys.nb.data();
@@ -99,14 +101,10 @@ bool solve_plane(const System& sys, const T* rhs, T* out, int64_t n_pix, double 
   double* zp = z.data();
   double* dp = d.data();
   double* qp = q.data();
-  double* up = u.data();
+  double* up = u;
   for (int c = 0; c < R; ++c) {
     double bb = 0.0;
-    for (int64_t k = 0; k < n; ++k) {
-      const double v = static_cast<double>(rhs[c * n_pix + sys.pixel[k]]);
-      rp[k * R + c] = v;
-      bb += v * v;
-    }
+    for (int64_t k = 0; k < n; ++k) bb += rp[k * R + c] * rp[k * R + c];
     stop[c] = tol * tol * bb;
     done[c] = bb == 0.0;
   }
@@ -175,16 +173,46 @@ bool solve_plane(const System& sys, const T* rhs, T* out, int64_t n_pix, double 
   }
   bool all_done = true;
   for (int c = 0; c < R; ++c) all_done = all_done && done[c];
-  for (int64_t k = 0; k < n; ++k)
-    for (int c = 0; c < R; ++c) out[c * n_pix + sys.pixel[k]] = static_cast<T>(up[k * R + c]);
   return all_done;
+}
+
+// One plane with its R channels (rhs and out [R, n_pix]). from_image = false: rhs is b on the full
+// plane, out gets u on the removed pixels and 0 elsewhere. from_image = true: rhs is the image x,
+// b_i = sum over the known in-image neighbours j of w_ij x_j is built here, and out gets x on the
+// known pixels and u on the removed ones (the imputed image, in one pass).
+template <typename T, int R>
+bool solve_channels(const System& sys, const T* rhs, T* out, int64_t height, int64_t width, bool from_image,
+                    double tol, int64_t max_iter) {
+  const int64_t n = sys.size(), n_pix = height * width;
+  for (int64_t p = 0; p < n_pix * R; ++p) out[p] = from_image ? rhs[p] : T(0);
+  if (n == 0) return true;
+  std::vector<double> b(n * R, 0.0), u(n * R, 0.0);
+  if (n < n_pix) {
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t p = sys.pixel[k];
+      if (!from_image) {
+        for (int c = 0; c < R; ++c) b[k * R + c] = static_cast<double>(rhs[c * n_pix + p]);
+        continue;
+      }
+      const int64_t y = p / width, x = p % width;
+      for (int j = 0; j < 8; ++j) {
+        const int64_t yy = y + kDy[j], xx = x + kDx[j];
+        if (yy < 0 || yy >= height || xx < 0 || xx >= width || sys.nb[k * 8 + j] != n) continue;
+        for (int c = 0; c < R; ++c) b[k * R + c] += kW[j] * static_cast<double>(rhs[c * n_pix + yy * width + xx]);
+      }
+    }
+  }
+  const bool ok = n == n_pix || solve_plane<R>(sys, b.data(), u.data(), tol, max_iter);
+  for (int64_t k = 0; k < n; ++k)
+    for (int c = 0; c < R; ++c) out[c * n_pix + sys.pixel[k]] = static_cast<T>(u[k * R + c]);
+  return ok;
 }
 
 }  // namespace
 
 int64_t stencil_solve(std::uintptr_t rhs, std::uintptr_t removed, std::uintptr_t out, int64_t groups,
-                      int64_t n_rhs, int64_t height, int64_t width, double tol, int64_t max_iter,
-                      const std::string& dtype, int n_threads) {
+                      int64_t n_rhs, int64_t height, int64_t width, bool from_image, double tol,
+                      int64_t max_iter, const std::string& dtype, int n_threads) {
   int64_t failed = 0;
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -194,9 +222,10 @@ int64_t stencil_solve(std::uintptr_t rhs, std::uintptr_t removed, std::uintptr_t
       const System sys(as_ptr<const uint8_t>(removed) + g * n_pix, height, width);
       const T* b = as_ptr<const T>(rhs) + g * n_rhs * n_pix;
       T* u = as_ptr<T>(out) + g * n_rhs * n_pix;
-      if (n_rhs == 3) return solve_plane<T, 3>(sys, b, u, n_pix, tol, max_iter);
+      if (n_rhs == 3) return solve_channels<T, 3>(sys, b, u, height, width, from_image, tol, max_iter);
       bool ok = true;
-      for (int64_t c = 0; c < n_rhs; ++c) ok = solve_plane<T, 1>(sys, b + c * n_pix, u + c * n_pix, n_pix, tol, max_iter) && ok;
+      for (int64_t c = 0; c < n_rhs; ++c)
+        ok = solve_channels<T, 1>(sys, b + c * n_pix, u + c * n_pix, height, width, from_image, tol, max_iter) && ok;
       return ok;
     };
 #ifdef FASTATTR_OPENMP

@@ -251,3 +251,14 @@ def test_agg_bench_tables_on_a_small_case():
     names = [r[0] for r in repro.rows]
     assert set(aggregate.SEVEN) <= set(names) and {"AGG_opt", "AGG_robust", "AGG_faith", "AGG_var"} <= set(names)
     assert all(r[1] >= 0 and r[2] >= 0 for r in repro.rows)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_theory_bench_table_on_a_small_case():
+    from fastattr.bench import theory
+
+    table = theory.theory_table(max_d=5)
+    assert [r[0] for r in table.rows] == [2, 3, 4, 5]
+    assert [r[2] for r in table.rows] == [1, 2, 5, 9] and [r[3] for r in table.rows] == [1, 2, 5, 9]
+    assert all(r[4] <= 1 + 1e-9 for r in table.rows)
+    assert "fit over d = 2..5" in table.notes[0]

@@ -164,6 +164,7 @@ ENTRY_POINTS = {
                                                                        groups=_groups(x), n_subsets=4),
     "grouped_insertion_error": lambda m, x, t: M.grouped_insertion_error(m, x, _attr(x).flatten(1)[:, :4], t,
                                                                          groups=_groups(x), n_subsets=4),
+    "min_total_error": lambda m, x, t: M.min_total_error(m, x, t, segments=_patches(x)[0, 0]),
     "faithfulness_correlation": lambda m, x, t: M.faithfulness_correlation(m, x, _attr(x), t, n_subsets=4),
     "sensitivity_n": lambda m, x, t: M.sensitivity_n(m, x, _attr(x), t, ns=[4], n_subsets=4),
     "infidelity": lambda m, x, t: M.infidelity(m, x, _attr(x), t, n_subsets=4),

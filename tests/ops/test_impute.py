@@ -7,7 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastattr.ops import noisy_linear_impute, stencil_solve
+from fastattr.ops import linear_impute, noisy_linear_impute, stencil_solve
+from fastattr.ops.impute import _neighbour_sum
 
 from ..conftest import TOL, rel_err
 
@@ -38,6 +39,20 @@ def test_matches_reference(backend_device):
         assert torch.equal(out[~full], x[~full])  # known pixels untouched
 
     check()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_linear_impute_is_the_solve_of_the_known_neighbour_sum(backend_device, channels):
+    """The fused op (the C++ backend builds b, solves and writes back in one pass) equals the unfused
+    composition: b = N(x on the known pixels), u = stencil_solve(b) on the removed ones, x elsewhere."""
+    backend, device = backend_device
+    x, removed = _case(3, channels, 9, 8, 0.5, False, torch.float64, device, 11)
+    full = removed[:, None].expand_as(x)
+    u = stencil_solve(_neighbour_sum(x.masked_fill(full, 0)).cpu(), removed.cpu(), backend="reference")
+    out = linear_impute(x, removed, backend=backend)
+    assert rel_err(out, torch.where(full.cpu(), u, x.cpu())) <= 1e-6
+    with pytest.raises(ValueError, match="removed must be"):
+        linear_impute(x, removed[:, :4], backend=backend)
 
 
 def test_equals_quantus_noisy_linear_imputation(backend_device):

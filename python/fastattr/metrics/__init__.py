@@ -21,6 +21,7 @@ from .robustness import avg_sensitivity, max_sensitivity
 from .stability import relative_stability
 from .sop import deletion_error, grouped_deletion_error, grouped_insertion_error, insertion_error
 from .subsets import faithfulness_correlation, infidelity, sensitivity_n, subset_deltas
+from .theory import min_total_error
 
 METRICS = {"deletion": deletion, "insertion": insertion, "mdrs": mdrs, "aupc": aupc, "morf": morf,
            "lerf": lerf, "deletion_error": deletion_error, "insertion_error": insertion_error,
@@ -32,5 +33,5 @@ __all__ = ["BETTER", "Blur", "EVALUATE_METRICS", "EXPLAIN_METRICS", "Evaluation"
            "avg_sensitivity", "complexity", "deletion", "deletion_error", "ehr", "evaluate",
            "faithfulness_correlation", "grouped_deletion", "grouped_deletion_error",
            "grouped_insertion", "grouped_insertion_error", "infidelity", "insertion",
-           "insertion_error", "iou", "lerf", "max_sensitivity", "mdrs", "model_randomisation", "morf",
+           "insertion_error", "iou", "lerf", "max_sensitivity", "mdrs", "min_total_error", "model_randomisation", "morf",
            "pointing_game", "random_logit", "relative_stability", "road", "sensitivity_n", "sparseness", "subset_deltas"]

@@ -60,12 +60,16 @@ def _stencil_solve_op(rhs: torch.Tensor, removed: torch.Tensor, tol: float, max_
     else:
         out = torch.empty_like(work)
         failed = run_cpp("stencil_solve", work.data_ptr(), mask.data_ptr(), out.data_ptr(), groups,
-                                n_rhs, height, width, float(tol), int(max_iter), dtype=work.dtype) \
+                         n_rhs, height, width, False, float(tol), int(max_iter), dtype=work.dtype) \
             if work.numel() else 0
-    if failed:
-        warnings.warn(f"stencil_solve: {failed} of {groups * n_rhs} solves did not reach tol={tol:g} within "
-                      f"max_iter={max_iter} CG iterations", RuntimeWarning, stacklevel=2)
+    _warn_unconverged(failed, groups * n_rhs, tol, max_iter)
     return out.to(rhs.dtype)
+
+
+def _warn_unconverged(failed: int, solves: int, tol: float, max_iter: int) -> None:
+    if failed:
+        warnings.warn(f"stencil_solve: {failed} of {solves} solves did not reach tol={tol:g} within "
+                      f"max_iter={max_iter} CG iterations", RuntimeWarning, stacklevel=3)
 
 
 @_stencil_solve_op.register_fake
@@ -97,15 +101,76 @@ def stencil_solve(rhs: torch.Tensor, removed: torch.Tensor, *, tol: Optional[flo
     :func:`default_max_iter`).
     Kernel-level: NaN propagates."""
     check_tensor(rhs, "rhs", floating=True, dim=4)
+    tol, max_iter = _solver_limits(rhs, tol, max_iter)
+    return _stencil_solve_op(rhs, removed, tol, max_iter, backend)
+
+
+def _solver_limits(x: torch.Tensor, tol, max_iter) -> tuple[float, int]:
+    """``(tol, max_iter)`` checked, their defaults for ``x`` ``[G, R, H, W]`` where None."""
     if tol is None:
-        tol = default_tol(rhs.dtype)
+        tol = default_tol(x.dtype)
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
         raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
     if max_iter is None:
-        max_iter = default_max_iter(rhs.shape[2], rhs.shape[3])
+        max_iter = default_max_iter(x.shape[2], x.shape[3])
     if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
-    return _stencil_solve_op(rhs, removed, float(tol), int(max_iter), backend)
+    return float(tol), int(max_iter)
+
+
+@torch.library.custom_op("fastattr::linear_impute", mutates_args=())
+def _linear_impute_op(x: torch.Tensor, removed: torch.Tensor, tol: float, max_iter: int,
+                      backend: Optional[str]) -> torch.Tensor:
+    _check(x, removed)
+    name = resolve(x, backend)
+    if name != "cpp":  # reference and Triton: the right-hand side and the write-back in torch around the solve
+        full = removed[:, None].expand_as(x)
+        u = _stencil_solve_op(_neighbour_sum(x.masked_fill(full, 0)), removed, tol, max_iter, name)
+        return torch.where(full, u, x)
+    groups, n_rhs, height, width = x.shape
+    work = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+    mask, out = removed.contiguous(), torch.empty_like(work)
+    failed = run_cpp("stencil_solve", work.data_ptr(), mask.data_ptr(), out.data_ptr(), groups,
+                     n_rhs, height, width, True, float(tol), int(max_iter), dtype=work.dtype) if work.numel() else 0
+    _warn_unconverged(failed, groups * n_rhs, tol, max_iter)
+    return out.to(x.dtype)
+
+
+@_linear_impute_op.register_fake
+def _(x, removed, tol, max_iter, backend):
+    _check(x, removed)
+    return torch.empty_like(x)
+
+
+def _impute_setup(ctx, inputs, output):
+    _, removed, ctx.tol, ctx.max_iter, ctx.backend = inputs
+    ctx.save_for_backward(removed)
+
+
+def _impute_vjp(ctx, grad):
+    """``out = K⊙x + R⊙u``, ``u = A⁻¹ N(K⊙x)`` with ``A`` and the neighbour sum ``N`` symmetric:
+    ``∂L/∂x = K⊙(g + N(A⁻¹(R⊙g)))`` (``K`` known, ``R`` removed pixels)."""
+    (removed,) = ctx.saved_tensors
+    full = removed[:, None].expand_as(grad)
+    back = _stencil_solve_op(grad.masked_fill(~full, 0), removed, ctx.tol, ctx.max_iter, ctx.backend)
+    return (grad + _neighbour_sum(back)).masked_fill(full, 0), None, None, None, None
+
+
+_linear_impute_op.register_autograd(_impute_vjp, setup_context=_impute_setup)
+eager_without_compiler(_linear_impute_op)
+
+
+def linear_impute(x: torch.Tensor, removed: torch.Tensor, *, tol: Optional[float] = None,
+                  max_iter: Optional[int] = None, backend: Optional[str] = None) -> torch.Tensor:
+    """``x`` ``[G, R, H, W]`` with the pixels of ``removed`` ``[G, H, W]`` (bool, shared by the ``R``
+    channels of plane ``g``) replaced by the solution ``u`` of the imputation system whose right-hand
+    side is the weighted sum of the known neighbours: ``s_i u_i − Σ_{j∈N(i), removed} w_ij u_j =
+    Σ_{j∈N(i), known} w_ij x_j``. The C++ backend builds the right-hand side, solves and writes the image
+    back in one pass; the others run :func:`stencil_solve` between torch ops. ``tol`` / ``max_iter``
+    as in :func:`stencil_solve`. Kernel-level: NaN propagates."""
+    check_tensor(x, "x", floating=True, dim=4)
+    tol, max_iter = _solver_limits(x, tol, max_iter)
+    return _linear_impute_op(x, removed, tol, max_iter, backend)
 
 
 def _neighbour_sum(v: torch.Tensor) -> torch.Tensor:
@@ -176,14 +241,9 @@ def noisy_linear_impute(x: torch.Tensor, removed: torch.Tensor, *, noise: Union[
     if isinstance(noise, float) and noise > 0:
         draw = torch.randn(x.shape, generator=_generator(generator), dtype=x.dtype)
         noise = noise * draw.to(x.device)
-    per_channel = removed.shape[1]
-    full = removed.expand(n, c, height, width)
-    known = x.masked_fill(full, 0)
-    rhs = _neighbour_sum(known)
-    groups = n * per_channel
-    u = stencil_solve(rhs.reshape(groups, c // per_channel, height, width),
-                      removed.reshape(groups, height, width), tol=tol, max_iter=max_iter, backend=backend)
-    u = u.reshape(n, c, height, width)
+    groups = n * removed.shape[1]
+    out = linear_impute(x.reshape(groups, -1, height, width), removed.reshape(groups, height, width), tol=tol,
+                        max_iter=max_iter, backend=backend).reshape(n, c, height, width)
     if isinstance(noise, torch.Tensor):
-        u = u + noise
-    return torch.where(full, u, x)
+        out = torch.where(removed.expand(n, c, height, width), out + noise, out)
+    return out
