@@ -72,15 +72,19 @@ def _warn_unconverged(failed: int, solves: int, tol: float, max_iter: int) -> No
                       f"max_iter={max_iter} CG iterations", RuntimeWarning, stacklevel=3)
 
 
-@_stencil_solve_op.register_fake
-def _(rhs, removed, tol, max_iter, backend):
-    _check(rhs, removed)
-    return torch.empty_like(rhs)
+def _same_shape(values, removed, tol, max_iter, backend):
+    """The fake kernel of both ops: a tensor like ``values`` (``rhs`` or ``x``)."""
+    _check(values, removed)
+    return torch.empty_like(values)
 
 
 def _setup(ctx, inputs, output):
+    """Both ops' autograd context: the mask and the solver settings."""
     _, removed, ctx.tol, ctx.max_iter, ctx.backend = inputs
     ctx.save_for_backward(removed)
+
+
+_stencil_solve_op.register_fake(_same_shape)
 
 
 def _vjp(ctx, grad):
@@ -136,15 +140,7 @@ def _linear_impute_op(x: torch.Tensor, removed: torch.Tensor, tol: float, max_it
     return out.to(x.dtype)
 
 
-@_linear_impute_op.register_fake
-def _(x, removed, tol, max_iter, backend):
-    _check(x, removed)
-    return torch.empty_like(x)
-
-
-def _impute_setup(ctx, inputs, output):
-    _, removed, ctx.tol, ctx.max_iter, ctx.backend = inputs
-    ctx.save_for_backward(removed)
+_linear_impute_op.register_fake(_same_shape)
 
 
 def _impute_vjp(ctx, grad):
@@ -156,7 +152,7 @@ def _impute_vjp(ctx, grad):
     return (grad + _neighbour_sum(back)).masked_fill(full, 0), None, None, None, None
 
 
-_linear_impute_op.register_autograd(_impute_vjp, setup_context=_impute_setup)
+_linear_impute_op.register_autograd(_impute_vjp, setup_context=_setup)
 eager_without_compiler(_linear_impute_op)
 
 
