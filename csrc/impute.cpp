@@ -59,22 +59,26 @@ struct System {
     std::vector<int32_t> dist(n_pix);
     const int32_t far = static_cast<int32_t>(height + width);
     for (int64_t p = 0; p < n_pix; ++p) dist[p] = removed[p] ? far : 0;
-    for (int64_t p = 0; p < n_pix; ++p) {
-      const int64_t y = p / width, x = p % width;
-      for (int j = 0; j < 4; ++j) {
-        const int64_t yy = y + kDy[j], xx = x + kDx[j];
-        if (yy >= 0 && xx >= 0 && xx < width) dist[p] = std::min(dist[p], dist[yy * width + xx] + 1);
+    for (int64_t y = 0; y < height; ++y)  // row and column loops: no division per pixel
+      for (int64_t x = 0; x < width; ++x) {
+        int32_t& here = dist[y * width + x];
+        if (here == 0) continue;
+        for (int j = 0; j < 4; ++j) {
+          const int64_t yy = y + kDy[j], xx = x + kDx[j];
+          if (yy >= 0 && xx >= 0 && xx < width) here = std::min(here, dist[yy * width + xx] + 1);
+        }
       }
-    }
     int32_t widest = 1;
-    for (int64_t p = n_pix - 1; p >= 0; --p) {
-      const int64_t y = p / width, x = p % width;
-      for (int j = 4; j < 8; ++j) {
-        const int64_t yy = y + kDy[j], xx = x + kDx[j];
-        if (yy < height && xx >= 0 && xx < width) dist[p] = std::min(dist[p], dist[yy * width + xx] + 1);
+    for (int64_t y = height - 1; y >= 0; --y)
+      for (int64_t x = width - 1; x >= 0; --x) {
+        int32_t& here = dist[y * width + x];
+        if (here == 0) continue;
+        for (int j = 4; j < 8; ++j) {
+          const int64_t yy = y + kDy[j], xx = x + kDx[j];
+          if (yy < height && xx >= 0 && xx < width) here = std::min(here, dist[yy * width + xx] + 1);
+        }
+        widest = std::max(widest, here < far ? here : 1);
       }
-      widest = std::max(widest, dist[p] < far ? dist[p] : 1);
-    }
     omega = std::min(1.95, std::max(1.0, 2.0 / (1.0 + M_PI / (2.0 * widest))));
     relax.resize(n);
     for (int64_t k = 0; k < n; ++k) relax[k] = omega / diag[k];
