@@ -136,6 +136,7 @@ ENTRY_POINTS = {
     "noise_tunnel": lambda m, x, t: A.noise_tunnel(A.saliency, m, x, t, n_samples=2),
     "deeplift": lambda m, x, t: A.deeplift(m, x, t, baselines=0.1, return_convergence_delta=True),
     "aggregate": lambda m, x, t: A.aggregate(m, x, t, methods={"s": "saliency", "d": A.deeplift}, n_samples=2),
+    "iba_statistics": lambda m, x, t: A.iba_statistics(m, _layer(m), x),
     "guided_backprop": lambda m, x, t: A.guided_backprop(m, x, t),
     "grad_cam": lambda m, x, t: A.grad_cam(m, x, t, layer=_layer(m)),
     "grad_cam_plus_plus": lambda m, x, t: A.grad_cam_plus_plus(m, x, t, layer=_layer(m)),
@@ -239,7 +240,7 @@ NO_MODEL = {
     "complexity": "complexity: reads the attribution map only, no model call",
     "quantus.Sparseness": "scores a_batch only; the model only reaches explain_func (Quantus takes None)",
     "quantus.Complexity": "scores a_batch only; the model only reaches explain_func (Quantus takes None)",
-    "Aggregation": "a result", "quantus.normalise_by_max": "normalises attributions", "quantus.QuantusAssertionError": "an exception",
+    "Aggregation": "a result", "IBAStatistics": "a result", "quantus.normalise_by_max": "normalises attributions", "quantus.QuantusAssertionError": "an exception",
 }
 
 PUBLIC = [(fastattr, ""), (A, ""), (M, ""), (C, ""), (fc, "captum."), (fq, "quantus."), (facd, "acd."),
@@ -289,7 +290,7 @@ def _values(out) -> list:
         return [out.detach().double()]
     if out is None or isinstance(out, str):
         return []
-    if isinstance(out, np.ndarray) or isinstance(out, (float, np.floating)):
+    if isinstance(out, np.ndarray) or isinstance(out, (int, float, np.number)):
         return [torch.as_tensor(np.asarray(out, dtype=np.float64))]
     if isinstance(out, (list, tuple)):
         return [v for o in out for v in _values(o)]
@@ -323,6 +324,7 @@ NOT_APPLICABLE = {
     "decompose": {"batch", "target"},  # no target: β, γ of every output
     "cdep_penalty": {"batch", "target"},  # no target: a penalty over every output
     "acd.cd": {"batch", "target"},  # class-wise scores, no target
+    "iba_statistics": {"batch", "target", "tuple"},  # no target; it stops at the layer, never reads the output
 }
 
 
@@ -331,7 +333,8 @@ def _cases(*kinds):
 
 
 #: what an entry point calls the inputs and the target, where not ``inputs`` and ``target``
-ARGUMENT_NAMES = {"quantus": {"inputs": "x_batch", "target": "y_batch"}, "acd.cd": {"inputs": "im_torch"}}
+ARGUMENT_NAMES = {"quantus": {"inputs": "x_batch", "target": "y_batch"}, "acd.cd": {"inputs": "im_torch"},
+                  "iba_statistics": {"inputs": "data"}}
 
 
 def _raises_naming(name: str, exc, word: str, call) -> None:

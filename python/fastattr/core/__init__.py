@@ -18,6 +18,7 @@ from .chunks import (ChunkGrid, ChunkRunner, CountingModel, chunk_size, forward_
 from .contract import (ModelCallError, Target, broadcasts_to, check_count, check_flag, check_inputs, check_model,
                        check_number, check_output, eval_modes, frozen_parameters, get_model_mode, is_integer,
                        make_generator, model_entry, model_errors, model_guard, run_model, use_model_mode)
+from .layers import Layer, hidden_layers, resolve_layers
 from .engine import GaussianNoise, MaskBuilder, MaskSet, RankSchedule, Source, perturbed_scores
 from .features import (Features, check_attributions, feature_layout, feature_space, fraction_count, group_masks,
                        group_scores, group_unit_rank, map_shapes, patch_segments, rank_features, step_counts, unit_map)
@@ -25,12 +26,12 @@ from .subsets import all_subsets, random_subsets
 from .targets import READERS, check_scalar_reader, read_scores, resolve_clean, resolve_target, select
 
 __all__ = ["Baseline", "Blur", "ChunkGrid", "ChunkRunner", "CountingModel", "Features", "GaussianNoise", "MaskBuilder",
-           "MaskSet", "ModelCallError", "READERS", "RankSchedule", "Source", "Target", "Uniform", "all_subsets",
+           "Layer", "MaskSet", "ModelCallError", "READERS", "RankSchedule", "Source", "Target", "Uniform", "all_subsets",
            "broadcasts_to", "check_attributions", "check_count", "check_flag", "check_inputs", "check_model",
            "check_number", "check_output", "check_scalar_reader", "chunk_size", "eval_modes", "feature_layout",
            "feature_space", "forward_chunks", "fraction_count", "free_memory", "frozen_parameters", "get_model_mode",
-           "gradient_chunk", "group_masks", "group_scores", "group_unit_rank", "integer_baseline", "is_integer",
+           "gradient_chunk", "group_masks", "hidden_layers", "group_scores", "group_unit_rank", "integer_baseline", "is_integer",
            "make_baseline", "make_generator", "map_shapes", "model_entry", "model_errors", "model_guard",
            "measured_input_factor", "patch_segments", "path_baselines", "perturbed_scores", "random_subsets",
-           "rank_features", "read_scores", "reference_inputs", "resolve_clean", "resolve_target", "run_model",
+           "rank_features", "read_scores", "reference_inputs", "resolve_clean", "resolve_layers", "resolve_target", "run_model",
            "saved_activation_bytes", "select", "step_counts", "unit_map", "use_model_mode"]

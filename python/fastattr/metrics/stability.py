@@ -27,55 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import (Target, check_count, check_inputs, check_number, chunk_size, make_generator, model_entry,
-                    resolve_target, run_model)
+from ..core import (Layer, Target, check_count, check_inputs, check_number, chunk_size, hidden_layers,
+                    make_generator, model_entry, resolve_layers, resolve_target, run_model)
 from .robustness import Explain, explainers, explanations_of, given_attributions, label, sensitivity_samples
 
 __all__ = ["KINDS", "hidden_layers", "relative_stability"]
 
 KINDS = ("input", "output", "representation")
 LABEL_PRESERVING = ("quantus", "max_over_preserving", "all")
-Layer = Union[None, str, nn.Module, Sequence[Union[str, nn.Module]]]
-
-
-def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Quantus's default representation layers (``PyTorchModel.get_hidden_representations``): every
-    ``(name, module)`` of ``model.named_modules()`` that is neither an ``nn.Sequential`` nor of the
-    model's own class."""
-    return [(n, m) for n, m in model.named_modules() if not isinstance(m, (type(model), nn.Sequential))]
-
-
-def _layers(model, layer: Layer) -> list[nn.Module]:
-    """The modules whose outputs make ``L``: ``layer`` as a module, a name in ``model``, a list of
-    those, or None (:func:`hidden_layers`)."""
-    if layer is None:
-        if not isinstance(model, nn.Module):
-            raise TypeError("layer=None takes every layer of an nn.Module model; for a model given as a "
-                            f"{type(model).__name__}, pass layer= the module(s) to read")
-        found = [m for _, m in hidden_layers(model)]
-        if not found:
-            raise ValueError("layer=None found no submodule of the model to read a representation from; "
-                             "pass layer= a module")
-        return found
-    items = [layer] if isinstance(layer, (str, nn.Module)) else layer
-    if not isinstance(items, (list, tuple)) or not items:
-        raise TypeError(f"layer must be a module, a module name, a non-empty list of those or None, got {layer!r}")
-    out = []
-    for item in items:
-        if isinstance(item, nn.Module):
-            out.append(item)
-        elif isinstance(item, str):
-            if not isinstance(model, nn.Module):
-                raise TypeError(f"layer {item!r} is a name, which needs model to be an nn.Module; pass the module")
-            try:
-                out.append(model.get_submodule(item))
-            except AttributeError:
-                names = [n for n, _ in model.named_modules() if n]
-                raise ValueError(f"layer {item!r} is not a module of the model; its modules are "
-                                 f"{', '.join(names[:20])}{' ...' if len(names) > 20 else ''}") from None
-        else:
-            raise TypeError(f"layer entries must be modules or module names, got {type(item).__name__}")
-    return out
 
 
 def _forward(model: Callable, z: torch.Tensor, layers: list[nn.Module]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -183,7 +142,7 @@ def relative_stability(model: Callable, inputs: torch.Tensor, explain: Union[Exp
         raise ValueError("eps_min must be a positive number (it replaces zero divisors), got 0")
     if label_preserving not in LABEL_PRESERVING:
         raise ValueError(f"label_preserving must be one of {LABEL_PRESERVING}, got {label_preserving!r}")
-    layers = _layers(model, layer) if "representation" in kinds else []
+    layers = resolve_layers(model, layer) if "representation" in kinds else []
     fns, several = explainers(explain, explain_kwargs, dict(max_batch=max_batch, memory_budget=memory_budget))
     given = given_attributions(attributions, fns, several)
     chunk = chunk_size(inputs, n_samples * inputs.shape[0], max_batch, memory_budget)

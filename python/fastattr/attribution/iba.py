@@ -1,0 +1,145 @@
+"""Information Bottleneck Attribution (Schulz et al. 2020, "Restricting the Flow: Information
+Bottlenecks for Attribution", ICLR; thesis ch. 6 §3; SPEC §9): the layer statistics the bottleneck's
+noise is drawn from.
+
+``iba_statistics`` reads a layer's activation ``R`` over a data set and returns its per-element mean
+``μ``, standard deviation ``σ`` (``max(σ, min_std)``) and the elements active (non-zero) in more than
+``active_threshold`` of the samples. Batches are merged with Chan et al.'s pairwise update in float64
+(``n = n_a + n_b``, ``δ = m_b − m_a``, ``m = m_a + δ n_b / n``, ``M₂ = M₂ᵃ + M₂ᵇ + δ² n_a n_b / n``),
+so the result does not depend on how the data is batched; the public IBA code runs Welford's update
+one sample at a time. The model runs without gradients and stops at the layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+from ..core import check_count, check_inputs, check_number, model_entry, resolve_layers, run_model
+
+__all__ = ["IBAStatistics", "iba_statistics"]
+
+
+@dataclass
+class IBAStatistics:
+    """Per-element statistics of a layer's activation ``[*layer shape]``: ``mean``, ``std`` (at least
+    ``min_std``), ``active`` (bool: non-zero in more than the threshold's share of samples) and ``count``,
+    the number of samples read."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    active: torch.Tensor
+    count: int
+
+
+class _Stop(Exception):
+    """Raised by the hook once the layer's output is read: the rest of the model never runs."""
+
+
+def _batches(data, max_batch: Optional[int]) -> Iterable[torch.Tensor]:
+    if isinstance(data, torch.Tensor):
+        check_inputs(data, "data", integer=True)
+        step = data.shape[0] if max_batch is None else max_batch
+        for start in range(0, data.shape[0], step):
+            yield data[start:start + step]
+        return
+    if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        raise TypeError(f"data must be a tensor [N, ...] or an iterable of batches, got {type(data).__name__}")
+    for batch in data:
+        batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(batch, torch.Tensor):
+            raise TypeError(f"data must yield tensors or (inputs, ...) tuples, got {type(batch).__name__}")
+        check_inputs(batch, "data", integer=True)
+        yield batch
+
+
+@model_entry(inputs_name="data")
+def iba_statistics(model: Callable, layer: Union[str, nn.Module], data, *, min_std: float = 0.01,
+                   active_threshold: float = 0.01, n_samples: Optional[int] = None,
+                   max_batch: Optional[int] = None) -> IBAStatistics:
+    """Mean, standard deviation and active elements of ``layer``'s output over ``data`` (Schulz et al.
+    2020, §3.1: the prior ``Q(Z) = N(μ, σ²)`` of the bottleneck), vectorised over each batch.
+
+    Args:
+        model: the model; ``layer`` a module it calls or a dotted name in it (``"net.2"``), whose
+            output is one tensor ``[N, ...]``.
+        data: a tensor ``[N, ...]`` (run in chunks of ``max_batch``) or an iterable of batches (tensors
+            or tuples whose first item is the inputs, e.g. a ``DataLoader``).
+        min_std: ``σ`` is clamped below at this value (IBA's 0.01).
+        active_threshold: an element is active when non-zero in more than this share of samples.
+        n_samples: stop after this many samples (None: all of ``data``).
+
+    Returns an :class:`IBAStatistics`. Example::
+
+        >>> stats = fastattr.iba_statistics(model, "net.2", load_digits("train", 1000)[0])
+        >>> stats.mean.shape, stats.std.min() >= 0.01
+    """
+    min_std = check_number(min_std, "min_std")
+    if min_std < 0:
+        raise ValueError(f"min_std must be >= 0, got {min_std!r}")
+    active_threshold = check_number(active_threshold, "active_threshold")
+    if not 0 <= active_threshold < 1:
+        raise ValueError(f"active_threshold must be in [0, 1), got {active_threshold!r}")
+    if n_samples is not None:
+        n_samples = check_count(n_samples, "n_samples")
+    if max_batch is not None:
+        max_batch = check_count(max_batch, "max_batch")
+    if isinstance(layer, (list, tuple)) or layer is None:
+        raise TypeError(f"layer must be one module or module name, got {layer!r}")
+    (module,) = resolve_layers(model, layer)
+    read: list[torch.Tensor] = []
+    shape: list[tuple] = [()]  # the shape of the batch being run
+
+    def hook(mod, args, out):
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != shape[0][0]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"layer {type(mod).__name__} returned {got} for data of shape {shape[0]}; IBA needs a "
+                             "layer whose output is one tensor [N, ...] with the data's batch axis first")
+        read.append(out.detach())
+        raise _Stop
+
+    count, mean, m2, nonzero = 0, None, None, None
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for x in _batches(data, max_batch):
+                if n_samples is not None and count >= n_samples:
+                    break
+                if n_samples is not None:
+                    x = x[:n_samples - count]
+                if x.shape[0] == 0:
+                    continue
+                read.clear()
+                shape[0] = tuple(x.shape)
+                try:
+                    run_model(model, x)
+                except _Stop:
+                    pass
+                if not read:
+                    raise ValueError("layer did not run in the model's forward: pass a module the model calls")
+                r = read[0].double()
+                n_b, m_b = r.shape[0], r.mean(0)
+                m2_b = ((r - m_b) ** 2).sum(0)
+                nz_b = (r != 0).sum(0)
+                if mean is None:
+                    count, mean, m2, nonzero = n_b, m_b, m2_b, nz_b
+                    continue
+                if m_b.shape != mean.shape:
+                    raise ValueError(f"layer gave {tuple(r.shape[1:])} per sample after {tuple(mean.shape)}: "
+                                     "the inputs of data must all have one shape")
+                total = count + n_b
+                delta = m_b - mean
+                mean = mean + delta * (n_b / total)
+                m2 = m2 + m2_b + delta ** 2 * (count * n_b / total)
+                nonzero, count = nonzero + nz_b, total
+    finally:
+        handle.remove()
+    if mean is None:
+        raise ValueError("data gave no samples")
+    if count < 2:
+        raise ValueError("iba_statistics needs at least 2 samples for a standard deviation")
+    std = (m2 / (count - 1)).sqrt().clamp(min=min_std)
+    dtype = read[0].dtype if read[0].is_floating_point() else torch.float32
+    return IBAStatistics(mean.to(dtype), std.to(dtype), nonzero.double() / count > active_threshold, count)
