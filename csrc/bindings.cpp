@@ -28,6 +28,14 @@ int64_t stencil_solve(std::uintptr_t rhs, std::uintptr_t removed, std::uintptr_t
                       int64_t max_iter, const std::string& dtype, int n_threads);
 int64_t simplex_qp(std::uintptr_t G, std::uintptr_t c, std::uintptr_t out, int64_t batch, int64_t k,
                    const std::string& dtype, int n_threads);
+void bottleneck_forward(std::uintptr_t R, std::uintptr_t alpha, std::uintptr_t mu, std::uintptr_t sigma,
+                        std::uintptr_t eps, std::uintptr_t Z, std::uintptr_t cap, int64_t batch, int64_t samples,
+                        int64_t channels, int64_t height, int64_t width, double smooth_sigma,
+                        const std::string& dtype, int n_threads);
+void bottleneck_backward(std::uintptr_t R, std::uintptr_t alpha, std::uintptr_t mu, std::uintptr_t sigma,
+                         std::uintptr_t eps, std::uintptr_t gZ, std::uintptr_t gcap, std::uintptr_t dR,
+                         std::uintptr_t dalpha, int64_t batch, int64_t samples, int64_t channels, int64_t height,
+                         int64_t width, double smooth_sigma, const std::string& dtype, int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -72,6 +80,17 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>(),
         "CG solve of the noisy-linear-imputation stencil system per (plane, rhs) (from_image: rhs is the "
         "image, out the imputed image); returns the number of solves that did not converge.");
+  m.def("bottleneck_forward", &fastattr::bottleneck_forward, py::arg("R"), py::arg("alpha"), py::arg("mu"),
+        py::arg("sigma"), py::arg("eps"), py::arg("Z"), py::arg("cap"), py::arg("batch"), py::arg("samples"),
+        py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("smooth_sigma"), py::arg("dtype"),
+        py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "IBA bottleneck: Z = lam R + (1 - lam)(sigma eps + mu) per noise draw and the capacity (KL), "
+        "lam the smoothed sigmoid of alpha.");
+  m.def("bottleneck_backward", &fastattr::bottleneck_backward, py::arg("R"), py::arg("alpha"), py::arg("mu"),
+        py::arg("sigma"), py::arg("eps"), py::arg("gZ"), py::arg("gcap"), py::arg("dR"), py::arg("dalpha"),
+        py::arg("batch"), py::arg("samples"), py::arg("channels"), py::arg("height"), py::arg("width"),
+        py::arg("smooth_sigma"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "Gradients of the IBA bottleneck with respect to R and alpha.");
   m.def("simplex_qp", &fastattr::simplex_qp, py::arg("G"), py::arg("c"), py::arg("out"), py::arg("batch"),
         py::arg("k"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "Exact active-set solve of min w'Gw + c'w over the simplex per [k, k] block of G (c = 0 address: "

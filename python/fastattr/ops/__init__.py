@@ -2,6 +2,7 @@
 autograd, and dispatches to the cpp / triton / reference backend chosen by ``fastattr._backend``; the chores they share (lazy
 Triton import, dtype casts, C++ calls, tensor checks) are in ``fastattr.ops._utils``.
 """
+from .bottleneck import bottleneck
 from .cd import cd_bias_split
 from .impute import linear_impute, noisy_linear_impute, stencil_solve
 from .path_ops import path_accumulate, path_interpolate
@@ -9,4 +10,4 @@ from .perturb_by_rank import perturb_by_rank
 from .simplex_qp import simplex_qp
 from .sparsemax import sparsemax
 
-__all__ = ["cd_bias_split", "linear_impute", "noisy_linear_impute", "path_accumulate", "path_interpolate", "perturb_by_rank", "simplex_qp", "sparsemax", "stencil_solve"]
+__all__ = ["bottleneck", "cd_bias_split", "linear_impute", "noisy_linear_impute", "path_accumulate", "path_interpolate", "perturb_by_rank", "simplex_qp", "sparsemax", "stencil_solve"]
