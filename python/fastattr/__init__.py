@@ -5,7 +5,7 @@ Captum-like API and drop-in adapters (``fastattr.integrations``).
 """
 from . import attribution, cd, metrics
 from ._backend import available_backends, get_backend, use_backend
-from .attribution import (aggregate, deeplift, expected_gradients, iba_statistics, feature_ablation, grad_cam, gradient_shap, guided_backprop,
+from .attribution import (aggregate, deeplift, expected_gradients, iba, iba_statistics, feature_ablation, grad_cam, gradient_shap, guided_backprop,
                           input_x_gradient, integrated_gradients, kernel_shap, layer_integrated_gradients, lime,
                           noise_tunnel, occlusion, rise, rise_masks, saliency, smoothgrad)
 from .cd import agglomerate_1d, agglomerate_2d, cdep_penalty, contextual_decomposition, trim
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "aggregate", "agglomerate_1d", "agglomerate_2d", "attribution", "available_backends", "cd", "cdep_penalty",
     "contextual_decomposition", "deeplift", "evaluate", "expected_gradients", "feature_ablation", "get_backend",
-    "get_model_mode", "grad_cam", "iba_statistics", "gradient_shap", "guided_backprop", "input_x_gradient", "integrated_gradients",
+    "get_model_mode", "grad_cam", "iba", "iba_statistics", "gradient_shap", "guided_backprop", "input_x_gradient", "integrated_gradients",
     "kernel_shap", "layer_integrated_gradients", "lime", "metrics", "noise_tunnel", "occlusion", "rise",
     "rise_masks", "saliency", "smoothgrad", "sparsemax", "trim", "use_backend", "use_model_mode", "__version__",
 ]

@@ -120,6 +120,14 @@ def _saliency_np(model, inputs, targets, **kwargs):
     return A.saliency(model, x, torch.as_tensor(targets)).sum(1, keepdim=True).numpy()
 
 
+def _iba_stats(m, x):
+    """Layer statistics for iba from fixed inputs through an eval-mode copy of the model (not from x,
+    whose bad cases iba itself must catch)."""
+    copy_ = copy.deepcopy(m).eval()
+    dtype = next(copy_.parameters()).dtype
+    return A.iba_statistics(copy_, _layer(copy_), rand(4, 3, 8, 8, seed=9).to(dtype))
+
+
 def _sensitivity(fn):
     return lambda m, x, t: fn(m, x, A.saliency, t, n_samples=3)
 
@@ -137,6 +145,8 @@ ENTRY_POINTS = {
     "deeplift": lambda m, x, t: A.deeplift(m, x, t, baselines=0.1, return_convergence_delta=True),
     "aggregate": lambda m, x, t: A.aggregate(m, x, t, methods={"s": "saliency", "d": A.deeplift}, n_samples=2),
     "iba_statistics": lambda m, x, t: A.iba_statistics(m, _layer(m), x),
+    "iba": lambda m, x, t: A.iba(m, x, t, layer=_layer(m), statistics=_iba_stats(m, x), steps=2, n_noise=2,
+                                 generator=0),
     "guided_backprop": lambda m, x, t: A.guided_backprop(m, x, t),
     "grad_cam": lambda m, x, t: A.grad_cam(m, x, t, layer=_layer(m)),
     "grad_cam_plus_plus": lambda m, x, t: A.grad_cam_plus_plus(m, x, t, layer=_layer(m)),

@@ -2,7 +2,7 @@
 from .aggregate import AGG_OBJECTIVES, Aggregation, aggregate
 from .cam import grad_cam, grad_cam_plus_plus, guided_backprop, guided_grad_cam
 from .deeplift import DEEPLIFT_RULES, deeplift
-from .iba import IBAStatistics, iba_statistics
+from .iba import IBAStatistics, iba, iba_statistics
 from .layer import (PATHWAY_METHODS, layer_integrated_gradients, neuron_integrated_gradients, neuron_mct,
                     pathway_gradient, select_pathway)
 from .perturbation import feature_ablation, occlusion, rise, rise_masks
@@ -32,5 +32,5 @@ __all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "SURROGA
            "kernel_shap", "layer_integrated_gradients", "lime", "neuron_integrated_gradients", "neuron_mct",
            "occlusion", "pathway_gradient", "select_pathway", "gradient_shap", "input_x_gradient",
            "integrated_gradients", "noise_tunnel", "quadrature", "rise", "rise_masks", "saliency", "smoothgrad",
-           "AGG_OBJECTIVES", "Aggregation", "DEEPLIFT_RULES", "aggregate", "deeplift", "IBAStatistics",
+           "AGG_OBJECTIVES", "Aggregation", "DEEPLIFT_RULES", "aggregate", "deeplift", "IBAStatistics", "iba",
            "iba_statistics"]
