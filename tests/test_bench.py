@@ -262,3 +262,13 @@ def test_theory_bench_table_on_a_small_case():
     assert [r[2] for r in table.rows] == [1, 2, 5, 9] and [r[3] for r in table.rows] == [1, 2, 5, 9]
     assert all(r[4] <= 1 + 1e-9 for r in table.rows)
     assert "fit over d = 2..5" in table.notes[0]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_iba_bench_table_on_a_small_case():
+    from fastattr.bench import iba
+
+    table = iba.iba_table(repeat=1, batch=2, resnet_batch=1, size=32)
+    names = [(r[0], r[1]) for r in table.rows]
+    assert ("digits CNN, B = 2, net.2", "fastattr.iba (batched)") in names and len(table.rows) == 6
+    assert all(r[2] > 0 and r[3] > 0 for r in table.rows)

@@ -20,6 +20,7 @@ BENCHES: dict[str, str] = {
     "shap": "fastattr.bench.shap",
     "agg": "fastattr.bench.agg",
     "theory": "fastattr.bench.theory",
+    "iba": "fastattr.bench.iba",
 }
 
 
