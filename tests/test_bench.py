@@ -265,10 +265,25 @@ def test_theory_bench_table_on_a_small_case():
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_sop_bench_table_on_a_small_case():
+    pytest.importorskip("sklearn")
+    from fastattr.bench import sop
+    from fastattr.cli import BENCHES
+
+    table = sop.run(batch=2, repeat=1, device="cpu")
+    assert [r[0] for r in table.rows] == ["model-only floor", "SumOfParts.forward",
+                                          f"SumOfParts.forward, max_batch={table.params['floor_chunk']}",
+                                          "SumOfParts.explain"]
+    assert table.rows[0][2] == 1.0 and all(r[1] > 0 and r[2] > 0 for r in table.rows)
+    assert table.params["backbone_inputs"] == 2 * table.params["groups"] > 2
+    assert BENCHES["sop"] == "fastattr.bench.sop"
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_iba_bench_table_on_a_small_case():
     from fastattr.bench import iba
 
-    table = iba.iba_table(repeat=1, batch=2, resnet_batch=1, size=32)
+    table = iba.iba_table(repeat=1, batch=2, resnet_batch=1, size=64)  # layer3 4×4: IBA pads by 2
     names = [(r[0], r[1]) for r in table.rows]
     assert ("digits CNN, B = 2, net.2", "fastattr.iba (batched)") in names and len(table.rows) == 6
     assert all(r[2] > 0 and r[3] > 0 for r in table.rows)

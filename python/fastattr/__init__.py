@@ -3,7 +3,7 @@
 Fused kernels for the hot paths, each checked against a pure-torch reference, behind a thin,
 Captum-like API and drop-in adapters (``fastattr.integrations``).
 """
-from . import attribution, cd, metrics
+from . import attribution, cd, metrics, models
 from ._backend import available_backends, get_backend, use_backend
 from .attribution import (aggregate, deeplift, expected_gradients, iba, iba_statistics, feature_ablation, grad_cam, gradient_shap, guided_backprop,
                           input_x_gradient, integrated_gradients, kernel_shap, layer_integrated_gradients, lime,
@@ -11,6 +11,7 @@ from .attribution import (aggregate, deeplift, expected_gradients, iba, iba_stat
 from .cd import agglomerate_1d, agglomerate_2d, cdep_penalty, contextual_decomposition, trim
 from .core import get_model_mode, use_model_mode
 from .metrics import evaluate
+from .models import SumOfParts, train_sop
 from .ops import sparsemax
 
 __version__ = "0.1.0"
@@ -21,4 +22,5 @@ __all__ = [
     "get_model_mode", "grad_cam", "iba", "iba_statistics", "gradient_shap", "guided_backprop", "input_x_gradient", "integrated_gradients",
     "kernel_shap", "layer_integrated_gradients", "lime", "metrics", "noise_tunnel", "occlusion", "rise",
     "rise_masks", "saliency", "smoothgrad", "sparsemax", "trim", "use_backend", "use_model_mode", "__version__",
+    "models", "SumOfParts", "train_sop",
 ]

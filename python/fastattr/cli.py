@@ -19,6 +19,7 @@ BENCHES: dict[str, str] = {
     "perturb": "fastattr.bench.perturb",
     "shap": "fastattr.bench.shap",
     "agg": "fastattr.bench.agg",
+    "sop": "fastattr.bench.sop",
     "theory": "fastattr.bench.theory",
     "iba": "fastattr.bench.iba",
 }

@@ -13,10 +13,17 @@ import torch.nn.functional as F
 
 from ..attribution import iba, iba_statistics
 from ..ops import bottleneck
-from ..reference.bottleneck import smooth
 from ..zoo import load_digits, load_digits_cnn
 from ..zoo.resnet import resnet18
 from . import Table, machine_info, time_interleaved
+
+
+def _smooth(s: torch.Tensor) -> torch.Tensor:
+    """IBA's mask smoothing as its code writes it: ReflectionPad2d(2), then a 5×5 Gaussian of σ = 1 per channel."""
+    r = torch.arange(-2, 3, dtype=s.dtype, device=s.device)
+    g = torch.exp(-(r[:, None] ** 2 + r[None] ** 2) / 2)
+    g = (g / g.sum()).expand(s.shape[1], 1, 5, 5)
+    return F.conv2d(F.pad(s, (2, 2, 2, 2), mode="reflect"), g, groups=s.shape[1])
 
 
 def _public_loop(model, module, x, t, stats, steps: int = 10, n_noise: int = 10, beta: float = 10.0) -> torch.Tensor:
@@ -32,7 +39,7 @@ def _public_loop(model, module, x, t, stats, steps: int = 10, n_noise: int = 10,
         alpha = torch.full_like(R[b:b + 1], 5.0, requires_grad=True)
         opt = torch.optim.Adam([alpha], lr=1.0)
         for _ in range(steps):
-            lam = smooth(torch.sigmoid(alpha), 1.0)
+            lam = _smooth(torch.sigmoid(alpha))
             eps = torch.randn((n_noise,) + tuple(R.shape[1:]), dtype=R.dtype)
             z = lam * R[b:b + 1] + (1 - lam) * (stats.std * eps + stats.mean)
             cap = -torch.log(1 - lam) + 0.5 * (1 - lam) ** 2 + 0.5 * lam ** 2 * (

@@ -189,11 +189,12 @@ def model_guard(model: Callable, inputs=None, *, gradients: bool = False, quiet:
 
 
 def model_entry(fn: Optional[Callable] = None, *, gradients: bool = False, quiet: bool = False,
-                inputs_name: str = "inputs"):
+                inputs_name: str = "inputs", model_name: str = "model"):
     """Decorator making a public ``fn(model, inputs, ...)`` a guarded entry point: each call runs inside
-    :func:`model_guard` (``gradients``: the method takes input gradients; ``inputs_name``: the
-    argument holding the inputs). The wrapped function carries ``model_contract`` (the options), which
-    the entry-point sweep test looks for."""
+    :func:`model_guard` (``gradients``: the method takes input gradients; ``inputs_name`` /
+    ``model_name``: the arguments holding the inputs and the model, ``"self"`` for a model's own
+    method). The wrapped function carries ``model_contract`` (the options), which the entry-point
+    sweep test looks for."""
     def wrap(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
 
@@ -203,7 +204,7 @@ def model_entry(fn: Optional[Callable] = None, *, gradients: bool = False, quiet
                 arguments = signature.bind(*args, **kwargs).arguments
             except TypeError:
                 return fn(*args, **kwargs)
-            with model_guard(arguments.get("model"), arguments.get(inputs_name), gradients=gradients, quiet=quiet,
+            with model_guard(arguments.get(model_name), arguments.get(inputs_name), gradients=gradients, quiet=quiet,
                              name=inputs_name):
                 return fn(*args, **kwargs)
 

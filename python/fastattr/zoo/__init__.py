@@ -11,6 +11,11 @@ examples, tests and benchmarks have a real trained classifier without any downlo
   Linear(64->10); 38,282 parameters.
 - Weights: ``digits_cnn.pt`` next to this module, produced by ``python -m
   fastattr.zoo.train_digits``. Measured accuracy: train 99.41%, test 99.56% (448/450).
+- Sum-of-Parts wrapper of the CNN (:func:`load_digits_sop`): backbone ``net[:8]`` (64 features),
+  class head ``net[8]``, 8 groups of 8 of the 16 2×2-pixel patches; weights ``digits_sop.pt`` (the
+  fine-tuned backbone included), produced by ``python -m fastattr.zoo.train_digits_sop`` (5 epochs
+  frozen at rate 1e-3, 15 fine-tuned at 5e-4; 45 s on 2 CPU threads). Measured accuracy: train 100%,
+  test 98.44% (443/450), 1.1 points below the CNN.
 """
 from __future__ import annotations
 
@@ -21,10 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DigitsCNN", "load_digits_cnn", "load_digits", "digits_rgb", "WEIGHTS_PATH", "TEST_ACCURACY"]
+__all__ = ["DigitsCNN", "load_digits_cnn", "load_digits", "digits_rgb", "WEIGHTS_PATH", "TEST_ACCURACY",
+           "load_digits_sop", "digits_sop", "SOP_WEIGHTS_PATH", "SOP_CONFIG", "SOP_TEST_ACCURACY"]
 
 WEIGHTS_PATH = Path(__file__).parent / "digits_cnn.pt"
 TEST_ACCURACY = 0.9956
+SOP_WEIGHTS_PATH = Path(__file__).parent / "digits_sop.pt"
+#: the shipped SOP's settings: 2×2-pixel patches (16), 8 groups of k·16 = 8 patches
+SOP_CONFIG = {"patch_size": 2, "n_groups": 8, "k": 0.5, "attn_dim": 32}
+SOP_TEST_ACCURACY = 0.9844
 _SPLITS = ("train", "test", "all")
 
 
@@ -104,3 +114,24 @@ def digits_rgb(x: Tensor, size: int = 32) -> Tensor:
         raise ValueError(f"x must have shape [B, 1, H, W], got {tuple(x.shape)}")
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.repeat(1, 3, 1, 1)
+
+
+def digits_sop(cnn: DigitsCNN | None = None, generator: int = 0):
+    """An untrained :class:`fastattr.SumOfParts` around a ``DigitsCNN`` (default: the shipped one):
+    backbone ``net[:8]`` (the 64 features before the last Linear), class head initialised from
+    ``net[8]``, settings :data:`SOP_CONFIG`. The backbone is the CNN's own modules (not copied)."""
+    from ..models import SumOfParts
+
+    cnn = load_digits_cnn() if cnn is None else cnn
+    return SumOfParts(cnn.net[:8], 10, input_shape=(1, 8, 8), head=cnn.net[8], generator=generator, **SOP_CONFIG)
+
+
+def load_digits_sop(pretrained: bool = True):
+    """The shipped Sum-of-Parts wrapper of the digits CNN (SOP, SPEC §6) in eval mode: ``forward(x)``
+    gives logits ``[B, 10]``, ``explain(x)`` 8 groups of 2×2-pixel patches and their scores.
+
+    ``pretrained=False``: the untrained wrapper of the shipped CNN (:func:`digits_sop`)."""
+    model = digits_sop(load_digits_cnn())
+    if pretrained:
+        model.load_state_dict(torch.load(SOP_WEIGHTS_PATH, map_location="cpu", weights_only=True))
+    return model.eval()

@@ -1,4 +1,5 @@
-"""Small real models built in the tests (seeded), shared by the test modules."""
+"""Small real models built in the tests (seeded), shared by the test modules; the tests of
+``fastattr.models`` (Sum-of-Parts) live beside them in this package."""
 import torch
 from torch import nn
 

@@ -1,0 +1,319 @@
+"""Sum-of-Parts models (SPEC §6; SOP paper §3, App. B–C): shapes for images and token sequences, the
+sum-of-parts identity, chunk-size independence, training (gradients, seeding, the contract), the
+zoo's trained wrapper of the digits CNN, the grouped metrics on ``explain()``'s output, bad input."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastattr
+from fastattr.models import SOPExplanation, SumOfParts, train_sop
+
+pytest.importorskip("sklearn")
+
+from fastattr.zoo import (SOP_CONFIG, SOP_WEIGHTS_PATH, digits_rgb, load_digits, load_digits_cnn,  # noqa: E402
+                          load_digits_sop)
+
+GROUP_GEN = ("patch_proj.weight", "position", "gen_query.weight", "gen_key.weight")
+GROUP_SELECT = ("sel_query.weight", "sel_key.weight", "head.weight")
+
+
+class MeanTokens(nn.Module):
+    """``[B, T, D] → [B, D]``: the mean over the tokens."""
+
+    def forward(self, x):
+        return x.mean(1)
+
+
+def cnn_backbone(dropout: bool = False, seed: int = 0) -> nn.Module:
+    """``[B, 3, 8, 8] → [B, 12]`` features."""
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(96, 12), nn.Tanh()]
+    if dropout:
+        layers.insert(4, nn.Dropout(0.2))
+    return nn.Sequential(*layers).double().eval()
+
+
+def image_sop(**kw) -> SumOfParts:
+    kw = {"patch_size": 2, "n_groups": 5, "k": 0.25, "generator": 0, **kw}
+    backbone = kw.pop("backbone", None) or cnn_backbone()
+    return SumOfParts(backbone, 10, input_shape=(3, 8, 8), **kw)
+
+
+def digits(n: int = 6, split: str = "test"):
+    """Real digits as ``[n, 3, 8, 8]`` float64 images and labels."""
+    x, y = load_digits(split, n)
+    return digits_rgb(x, 8).double(), y
+
+
+def token_sop() -> tuple[SumOfParts, torch.Tensor]:
+    """Token ids ``[B, 64]`` (the digits' 17 grey levels, row by row) through an embedding and an MLP."""
+    torch.manual_seed(1)
+    embedding = nn.Embedding(17, 6).double()
+    backbone = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Flatten(), nn.Linear(64 * 4, 10)).double()
+    sop = SumOfParts(backbone, 10, input_shape=(64,), embedding=embedding, patch_size=8, n_groups=4, k=0.25,
+                     generator=0)
+    x, _ = load_digits("test", 5)
+    return sop.eval(), (x * 16).round().long().reshape(5, 64)
+
+
+def sequence_sop() -> tuple[SumOfParts, torch.Tensor]:
+    """Embedded tokens ``[B, T, D]`` (the digits' 8 rows of 8 pixels) through a transformer layer."""
+    torch.manual_seed(2)
+    backbone = nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), MeanTokens())
+    sop = SumOfParts(backbone.double(), 10, input_shape=(8, 8), patch_size=2, n_groups=3, k=0.5, generator=0)
+    x, _ = load_digits("test", 5)
+    return sop.eval(), x.double().reshape(5, 8, 8)
+
+
+def test_image_explanation_shapes_and_masks():
+    sop, (x, _) = image_sop().eval(), digits()
+    e = sop.explain(x)
+    assert isinstance(e, SOPExplanation)
+    assert e.masks.shape == (6, 5, 8, 8) and e.masks.dtype == torch.bool
+    assert (e.masks.sum((2, 3)) == 4 * 4).all()  # k·16 = 4 patches of 2×2 pixels each
+    assert e.scores.shape == e.partial_logits.shape == (6, 5) and e.logits.shape == (6, 10)
+    assert torch.equal(e.target, e.logits.argmax(1))
+    assert (e.scores >= 0).all() and torch.allclose(e.scores.sum(1), torch.ones(6, dtype=e.scores.dtype))
+    every = sop.explain(x, "all")
+    assert every.scores.shape == every.partial_logits.shape == (6, 5, 10) and every.target is None
+    assert torch.equal(every.masks, e.masks)
+    assert torch.equal(every.scores[torch.arange(6), :, e.target], e.scores)
+    with torch.no_grad():
+        torch.testing.assert_close(sop(x), e.logits, rtol=1e-12, atol=1e-12)
+    assert len({tuple(m.flatten().tolist()) for m in e.masks[0]}) > 1  # not one group repeated
+
+
+def test_token_id_explanation_shapes():
+    sop, ids = token_sop()
+    e = sop.explain(ids, 3)
+    assert e.masks.shape == (5, 4, 64) and e.masks.dtype == torch.bool
+    assert (e.masks.sum(2) == 2 * 8).all()  # 2 of 8 patches of 8 tokens
+    assert e.scores.shape == (5, 4) and e.target.tolist() == [3] * 5
+    assert sop.explain(ids, "all").scores.shape == (5, 4, 10)
+
+
+def test_embedded_sequence_explanation_shapes():
+    sop, x = sequence_sop()
+    e = sop.explain(x)
+    assert e.masks.shape == (5, 3, 8, 8) and e.masks.dtype == torch.bool  # [B, G, T, D]
+    assert torch.equal(e.masks, e.masks[..., :1].expand_as(e.masks))  # a token is in or out as a whole
+    assert (e.masks[..., 0].sum(2) == 2 * 2).all()  # 2 of 4 patches of 2 tokens
+    assert e.scores.shape == (5, 3) and e.logits.shape == (5, 10)
+
+
+def test_flat_features_through_an_mlp_and_several_heads():
+    x, _ = load_digits("test", 5)
+    mlp = nn.Sequential(nn.Linear(64, 16), nn.Tanh()).double().eval()
+    sop = SumOfParts(mlp, 10, input_shape=(64,), patch_size=8, n_groups=12, k=0.25, n_heads=2, generator=0)
+    e = sop.explain(x.double().reshape(5, 64))
+    assert e.masks.shape == (5, 12, 64) and (e.masks.sum(2) == 2 * 8).all()  # 12 of 2 × 8 candidate groups
+    torch.testing.assert_close(e.logits.gather(1, e.target[:, None]).squeeze(1),
+                               (e.scores * e.partial_logits).sum(1), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="n_groups"):
+        SumOfParts(mlp, 10, input_shape=(64,), patch_size=8, n_groups=17, n_heads=2)
+
+
+@pytest.mark.parametrize("make", ["image", "ids", "sequence"])
+def test_logits_are_the_sum_of_the_parts(make):
+    """``y = Σ_i c_i y_i`` with ``y_i = C h(S_i ⊙ x)`` recomputed group by group, by hand."""
+    if make == "image":
+        sop, (x, _) = image_sop().eval(), digits()
+        embedded = x
+    elif make == "ids":
+        sop, x = token_sop()
+        embedded = sop.embedding(x).detach()
+    else:
+        sop, x = sequence_sop()
+        embedded = x
+    e = sop.explain(x, "all")
+    torch.testing.assert_close(e.logits, (e.scores * e.partial_logits).sum(1), rtol=1e-12, atol=1e-12)
+    masks = e.masks if make != "ids" else e.masks.unsqueeze(-1)
+    with torch.no_grad():
+        for g in range(e.masks.shape[1]):
+            keep = masks[:, g].unsqueeze(1) if make == "image" else masks[:, g]
+            by_hand = sop.head(sop.backbone(embedded * keep))
+            torch.testing.assert_close(e.partial_logits[:, g], by_hand, rtol=1e-10, atol=1e-10)
+
+
+def test_results_do_not_depend_on_the_chunk_size():
+    sop, (x, _) = image_sop().eval(), digits(7)
+    ref = sop.explain(x, "all", max_batch=35)
+    for kw in ({"max_batch": 1}, {"max_batch": 4}, {"max_batch": 7}, {"memory_budget": 3 * 8 * 64 * 8 * 5}, {}):
+        got = sop.explain(x, "all", **kw)
+        assert torch.equal(got.masks, ref.masks)
+        for a, b in zip(got[1:4], ref[1:4]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(image_sop(max_batch=3).eval()(x), ref.logits, rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_reach_group_gen_and_group_select():
+    sop, (x, y) = image_sop(), digits(8, "train")
+    sop.train()
+    nn.functional.cross_entropy(sop(x), y).backward()
+    params = dict(sop.named_parameters())
+    for name in GROUP_GEN + GROUP_SELECT + tuple(f"backbone.{n}" for n, _ in sop.backbone.named_parameters()):
+        grad = params[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_frozen_training_moves_only_the_sop_layers_and_restores_the_model():
+    backbone = cnn_backbone(dropout=True)
+    backbone.train()
+    sop = image_sop(backbone=backbone)
+    sop.eval()
+    sop.sel_key.requires_grad_(False)  # a user's own frozen layer stays frozen
+    x, y = digits(24, "train")
+    data = (x.clone(), y.clone())
+    before = {k: v.clone() for k, v in sop.state_dict().items()}
+    flags = [m.training for m in sop.modules()]
+    losses = train_sop(sop, data, epochs=2, batch_size=8, lr=1e-2, generator=0)
+    assert len(losses) == 2 and all(v > 0 for v in losses)
+    after = sop.state_dict()
+    for name in before:
+        moved = not torch.equal(before[name], after[name])
+        assert moved == (not name.startswith(("backbone.", "sel_key."))), name
+    assert [m.training for m in sop.modules()] == flags
+    assert not any(p.requires_grad for p in sop.sel_key.parameters())
+    assert all(p.requires_grad for p in sop.backbone.parameters())
+    assert torch.equal(data[0], x) and torch.equal(data[1], y)
+
+
+def test_training_lowers_the_loss():
+    sop, (x, y) = image_sop(), digits(64, "train")
+    losses = train_sop(sop, (x, y), epochs=8, batch_size=16, lr=1e-2, finetune=True, generator=0)
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_seeded_training_is_reproducible():
+    x, y = digits(24, "train")
+    runs = []
+    for seed in (3, 3, 4):
+        sop = image_sop(backbone=cnn_backbone(dropout=True))
+        rng = torch.get_rng_state()
+        losses = train_sop(sop, (x, y), epochs=2, batch_size=8, finetune=True, generator=seed)
+        assert torch.equal(torch.get_rng_state(), rng)  # the global generator is left alone
+        runs.append((losses, sop.state_dict()))
+    (l0, s0), (l1, s1), (l2, s2) = runs
+    assert l0 == l1 and all(torch.equal(s0[k], s1[k]) for k in s0)
+    assert l0 != l2 and any(not torch.equal(s0[k], s2[k]) for k in s0)
+    assert all(torch.equal(a, b) for a, b in zip(image_sop().parameters(), image_sop().parameters()))
+
+
+def test_train_sop_takes_an_iterable_of_batches_and_shows_progress():
+    pytest.importorskip("tqdm")
+    sop, (x, y) = image_sop(), digits(12, "train")
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    losses = train_sop(sop, batches, epochs=1, generator=0, progress=True)
+    assert len(losses) == 1 and losses[0] > 0
+
+
+def test_the_zoo_sop_is_within_one_and_a_half_points_of_its_backbone():
+    x, y = load_digits("test")
+    sop, cnn = load_digits_sop(), load_digits_cnn()
+    with torch.no_grad():
+        sop_acc = (sop(x).argmax(1) == y).float().mean().item()
+        cnn_acc = (cnn(x).argmax(1) == y).float().mean().item()
+    assert cnn_acc > 0.99 and sop_acc >= cnn_acc - 0.015, (sop_acc, cnn_acc)
+    assert fastattr.zoo.SOP_TEST_ACCURACY == pytest.approx(sop_acc, abs=1e-4)
+    assert SOP_WEIGHTS_PATH.stat().st_size < 1_000_000
+    e = sop.explain(x[:4])
+    groups = SOP_CONFIG["n_groups"]
+    assert e.masks.shape == (4, groups, 8, 8) and (e.masks.sum((2, 3)) == 32).all()  # 8 of 16 patches of 4 pixels
+
+
+def test_explain_output_goes_straight_into_the_grouped_metrics():
+    sop = load_digits_sop()
+    x, _ = load_digits("test", 4)
+    e = sop.explain(x)
+    auc, curve, fractions = fastattr.metrics.grouped_insertion(sop, x, e.scores, e.target, groups=e.masks,
+                                                               curves=True)
+    assert auc.shape == (4,) and curve.shape == (4, SOP_CONFIG["n_groups"] + 1) and torch.isfinite(auc).all()
+    torch.testing.assert_close(fractions[:, -1], e.masks.any(1).float().mean((1, 2)))  # the groups' union
+    with torch.no_grad():
+        blank = sop(torch.zeros_like(x)).softmax(1)[torch.arange(4), e.target]
+    torch.testing.assert_close(curve[:, 0], blank)
+    deletion = fastattr.metrics.grouped_deletion(sop, x, e.scores, e.target, groups=e.masks)
+    errors = fastattr.metrics.grouped_deletion_error(sop, x, e.scores, e.target, groups=e.masks, n_subsets=6,
+                                                     generator=0)
+    inserted = fastattr.metrics.grouped_insertion_error(sop, x, e.scores, e.target, groups=e.masks, n_subsets=6,
+                                                        generator=0)
+    assert deletion.shape == errors.shape == inserted.shape == (4,)
+    assert torch.isfinite(errors).all() and (errors >= 0).all() and (inserted >= 0).all()
+
+
+class ImageOut(nn.Module):
+    """Returns a feature map, not features."""
+
+    def forward(self, x):
+        return x * 2
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = cnn_backbone()
+
+    def forward(self, x):
+        return self.net(x), x
+
+
+@pytest.mark.parametrize("kwargs, error, word", [
+    ({"backbone": ImageOut()}, ValueError, "backbone must return"),
+    ({"backbone": Pair()}, TypeError, "backbone must return one tensor"),
+    ({"backbone": nn.Sequential(nn.Flatten(), nn.Linear(5, 3)).double()}, ValueError, "backbone could not run"),
+    ({"n_groups": 17}, ValueError, "n_groups"),
+    ({"n_groups": 0}, ValueError, "n_groups"),
+    ({"patch_size": 3}, ValueError, "patch_size"),
+    ({"k": 0.0}, ValueError, "k (the fraction"),
+    ({"k": 1.5}, ValueError, "k (the fraction"),
+    ({"head": nn.Linear(12, 7)}, ValueError, "head must be an nn.Linear(12, 10)"),
+    ({"max_batch": 0}, ValueError, "max_batch"),
+])
+def test_bad_construction_gets_an_error_naming_the_argument(kwargs, error, word):
+    with pytest.raises(error) as info:
+        image_sop(**kwargs)
+    assert word in str(info.value), str(info.value)
+
+
+def test_bad_construction_of_sequences_and_types():
+    with pytest.raises(TypeError, match="backbone must be an nn.Module"):
+        SumOfParts(lambda x: x, 10, input_shape=(3, 8, 8), patch_size=2, n_groups=2)
+    with pytest.raises(ValueError, match="num_classes"):
+        SumOfParts(cnn_backbone(), 0, input_shape=(3, 8, 8), patch_size=2, n_groups=2)
+    with pytest.raises(ValueError, match="patch_size 3 must divide the sequence length 64"):
+        SumOfParts(nn.Flatten(), 10, input_shape=(64,), patch_size=3, n_groups=2)
+    with pytest.raises(ValueError, match="embedding must map token ids"):
+        SumOfParts(nn.Flatten(), 10, input_shape=(64,), embedding=nn.Flatten(), patch_size=8, n_groups=2)
+    with pytest.raises(ValueError, match="input_shape"):
+        SumOfParts(nn.Flatten(), 10, input_shape=(1, 2, 3, 4), patch_size=1, n_groups=2)
+
+
+def test_bad_calls_get_an_error_naming_the_argument():
+    sop, (x, y) = image_sop().eval(), digits(3)
+    with pytest.raises(ValueError, match=r"inputs must have shape \[B, 3, 8, 8\], got \(3, 1, 8, 8\)"):
+        sop(x[:, :1])
+    with pytest.raises(TypeError, match="inputs have dtype torch.float32"):
+        sop(x.float())
+    with pytest.raises(ValueError, match="target must be None, an int, a \\[B\\] tensor or 'all'"):
+        sop.explain(x, "every")
+    with pytest.raises(ValueError, match="target out of range"):
+        sop.explain(x, 10)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="inputs contains NaN"):
+        sop.explain(bad)
+    with pytest.raises(ValueError, match="labels"):
+        train_sop(sop, (x, torch.tensor([0, 1, 10])))
+    with pytest.raises(ValueError, match="labels"):
+        train_sop(sop, (x, y[:2]))
+    with pytest.raises(TypeError, match="model must be a fastattr.SumOfParts"):
+        train_sop(cnn_backbone(), (x, y))
+    with pytest.raises(TypeError, match="data must be"):
+        train_sop(sop, x)
+    features = SumOfParts(nn.Sequential(nn.Linear(64, 5)).double(), 10, input_shape=(64,), patch_size=8,
+                          n_groups=2)
+    with pytest.raises(TypeError, match="token ids need an embedding"):
+        features(torch.arange(64).reshape(1, 64))
