@@ -12,8 +12,8 @@ _BLOCK = 1024
 
 
 @triton.jit
-def _forward_kernel(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, eps_ptr, z_ptr, cap_ptr, samples, plane,
-                    BLOCK: tl.constexpr):
+def _load_block(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, plane, BLOCK: tl.constexpr):
+    """This program's block of one example: (b, offsets, mask, R, λ, 1 − λ, μ, σ), values in float64."""
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < plane
@@ -22,6 +22,13 @@ def _forward_kernel(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, eps_ptr, z_ptr,
     rest = tl.load(rest_ptr + b * plane + offs, mask=mask, other=1.0).to(tl.float64)
     mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(tl.float64)
     sd = tl.load(sigma_ptr + offs, mask=mask, other=1.0).to(tl.float64)
+    return b, offs, mask, r, lam, rest, mu, sd
+
+
+@triton.jit
+def _forward_kernel(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, eps_ptr, z_ptr, cap_ptr, samples, plane,
+                    BLOCK: tl.constexpr):
+    b, offs, mask, r, lam, rest, mu, sd = _load_block(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, plane, BLOCK)
     z = (r - mu) / sd
     cap = -tl.log(rest) + 0.5 * rest * rest + 0.5 * lam * lam * z * z - 0.5
     tl.store(cap_ptr + b * plane + offs, cap.to(cap_ptr.dtype.element_ty), mask=mask)
@@ -35,14 +42,7 @@ def _forward_kernel(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, eps_ptr, z_ptr,
 @triton.jit
 def _backward_kernel(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, eps_ptr, gz_ptr, gcap_ptr, glam_ptr, dr_ptr, samples,
                      plane, BLOCK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < plane
-    r = tl.load(r_ptr + b * plane + offs, mask=mask, other=0.0).to(tl.float64)
-    lam = tl.load(lam_ptr + b * plane + offs, mask=mask, other=0.0).to(tl.float64)
-    rest = tl.load(rest_ptr + b * plane + offs, mask=mask, other=1.0).to(tl.float64)
-    mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(tl.float64)
-    sd = tl.load(sigma_ptr + offs, mask=mask, other=1.0).to(tl.float64)
+    b, offs, mask, r, lam, rest, mu, sd = _load_block(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, plane, BLOCK)
     gc = tl.load(gcap_ptr + b * plane + offs, mask=mask, other=0.0).to(tl.float64)
     diff = r - mu
     z = diff / sd
