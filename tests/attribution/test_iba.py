@@ -197,3 +197,33 @@ def test_iba_bad_input():
         fastattr.iba(model, x, layer="net.2", statistics=(stats.mean, stats.std))
     with pytest.raises(ValueError, match="one tensor \\[N, C, H, W\\]"):
         fastattr.iba(model, x, layer="net.6", statistics=stats)
+
+
+def test_only_the_layers_after_the_bottleneck_run_and_the_fallback_agrees(monkeypatch):
+    """The fx tail equals the model from the layer's output on (digits CNN, ResNet-18 at layer3); a layer
+    with a skip connection across it has no tail; iba gives the same map with the whole-model fallback."""
+    import importlib
+
+    from fastattr.zoo.resnet import resnet18
+
+    iba_module = importlib.import_module("fastattr.attribution.iba")  # the module, not the function
+
+    model, x_train, _ = _digits(100)
+    x = x_train[:3]
+    tail = iba_module._tail(model, model.net[2])
+    with torch.no_grad():
+        torch.testing.assert_close(tail(model.net[:3](x)), model(x))
+    resnet = resnet18(num_classes=10).double().eval()
+    z = torch.rand(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        seen = {}
+        hook = resnet.layer3.register_forward_hook(lambda m, a, o: seen.setdefault("r", o))
+        expected = resnet(z)
+        hook.remove()
+        torch.testing.assert_close(iba_module._tail(resnet, resnet.layer3)(seen["r"]), expected)
+    assert iba_module._tail(resnet, resnet.layer3[0].conv1) is None  # the block's skip connection crosses it
+    stats = fastattr.iba_statistics(model, "net.2", x_train)
+    fast = fastattr.iba(model, x, layer="net.2", statistics=stats, generator=2, steps=3)
+    monkeypatch.setattr(iba_module, "_tail", lambda m, mod: None)
+    whole = fastattr.iba(model, x, layer="net.2", statistics=stats, generator=2, steps=3)
+    torch.testing.assert_close(fast, whole, rtol=1e-9, atol=1e-12)

@@ -176,6 +176,40 @@ def _layer_output(model, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.detach()
 
 
+def _tail(model, module: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The model from ``module``'s output on, as a function of that output (a ``torch.fx`` graph of the
+    nodes after the layer), so that the layers before the bottleneck never re-run; None where the model
+    does not trace, calls the layer more than once, or uses a value from before the layer after it (a
+    skip connection across it): then the whole model runs with the layer's output replaced."""
+    if not isinstance(model, nn.Module):
+        return None
+    name = next((n for n, m in model.named_modules() if m is module), None)
+    if not name:
+        return None
+    class _LayerLeaf(torch.fx.Tracer):  # the layer stays one call, whatever it holds
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return m is module or super().is_leaf_module(m, qualname)
+
+    try:
+        tracer = _LayerLeaf()
+        traced = torch.fx.GraphModule(model, tracer.trace(model))
+    except Exception:  # noqa: BLE001 — any tracing failure means: run the whole model
+        return None
+    nodes = list(traced.graph.nodes)
+    at = [i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == name]
+    if len(at) != 1:
+        return None
+    layer_node, before = nodes[at[0]], set(nodes[:at[0] + 1])
+    after = nodes[at[0] + 1:]
+    if any(a in before and a is not layer_node for n in after for a in n.all_input_nodes):
+        return None
+    graph = torch.fx.Graph()
+    env = {layer_node: graph.placeholder("z")}
+    for n in after:
+        env[n] = graph.node_copy(n, lambda a: env[a])
+    return torch.fx.GraphModule(traced, graph)
+
+
 @model_entry
 def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Union[str, nn.Module],
         statistics: IBAStatistics, beta: float = 10.0, steps: int = 10, lr: float = 1.0, n_noise: int = 10,
@@ -189,9 +223,10 @@ def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: 
     step; ``R`` is the ``layer`` output, ``μ``, ``σ`` and the active elements from ``statistics``
     (:func:`iba_statistics`); capacity and ``Z`` are zero on inactive elements, as in the IBA code.
     Every example and every draw optimise together (``B·n_noise`` rows per step, each example's loss its
-    own, so the result equals one image at a time); each step runs the model on those rows with the
-    layer's output replaced by ``Z`` (no gradient reaches the layers before it or any parameter; skipping
-    those layers' forward, as SPEC §9 plans, is not done yet). Returns the capacity summed over channels in bits,
+    own, so the result equals one image at a time); each step runs only the layers after the bottleneck
+    on those rows (a ``torch.fx`` trace of the model from the layer on), or, where the model does not
+    trace or a value from before the layer is used after it, the whole model with the layer's output
+    replaced by ``Z``; no parameter gets a gradient. Returns the capacity summed over channels in bits,
     bilinearly upsampled to the input ``[B, H, W]`` (and with ``return_capacity`` also the layer-resolution
     capacity ``[B, C, h, w]`` in nats).
 
@@ -226,10 +261,15 @@ def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: 
     gen = make_generator(generator)
     alpha = torch.full_like(R, init_alpha, requires_grad=True)
     optimiser = torch.optim.Adam([alpha], lr=lr)
-    x_rows = inputs.detach().repeat_interleave(n_noise, 0)
     t_rows = t.repeat_interleave(n_noise)
+    tail = _tail(model, module)
     feed: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda mod, args, out: feed[0])
+    if tail is None:  # the whole model on the noisy rows, the layer's output replaced by Z
+        x_rows = inputs.detach().repeat_interleave(n_noise, 0)
+        handle = module.register_forward_hook(lambda mod, args, out: feed[0])
+        tail = lambda z: run_model(model, x_rows)  # noqa: E731
+    else:
+        handle = None
     try:
         with frozen_parameters(model):  # no parameter gradient is computed or accumulated
             for _ in range(steps):
@@ -237,13 +277,14 @@ def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: 
                 with torch.enable_grad():
                     Z, capacity = bottleneck(R, alpha, mu, sigma, eps, smooth_sigma=smooth_sigma)
                     feed[:] = [(Z * active).reshape((batch * n_noise,) + tuple(R.shape[1:]))]
-                    logits = run_model(model, x_rows).reshape(batch * n_noise, -1)
+                    logits = tail(feed[0]).reshape(batch * n_noise, -1)
                     ce = F.cross_entropy(logits, t_rows, reduction="none").reshape(batch, n_noise).mean(1)
                     info = (capacity * active).flatten(1).mean(1)
                     (alpha.grad,) = torch.autograd.grad((ce + beta * info).sum(), alpha)
                 optimiser.step()
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
     with torch.no_grad():
         eps = torch.zeros((batch, 1) + tuple(R.shape[1:]), dtype=R.dtype, device=R.device)
         capacity = bottleneck(R, alpha.detach(), mu, sigma, eps, smooth_sigma=smooth_sigma)[1] * active
