@@ -8,7 +8,9 @@
   runner and the one chunk iterator (:class:`ChunkGrid`);
 - :mod:`~fastattr.core.features` and :mod:`~fastattr.core.subsets` — features, segments, groups,
   ranking schedules and random / exhaustive subsets (the mask sources);
-- :mod:`~fastattr.core.engine` — the one perturbed-forward engine (:func:`perturbed_scores`).
+- :mod:`~fastattr.core.engine` — the one perturbed-forward engine (:func:`perturbed_scores`);
+- :mod:`~fastattr.core.layers` — layers named by the caller (a module, a dotted name, a list, or every
+  hidden layer).
 
 Imports go down only: ``core`` uses ``ops`` and nothing above it.
 """
