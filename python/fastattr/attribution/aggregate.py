@@ -30,7 +30,7 @@ from ..core import (Baseline, MaskSet, Target, check_count, check_inputs, check_
                     make_generator, model_entry, perturbed_scores, random_subsets, read_scores, resolve_clean)
 from ..ops import simplex_qp
 
-__all__ = ["AGG_OBJECTIVES", "Aggregation", "abs_max", "aggregate", "aggregation_matrices", "preprocessor"]
+__all__ = ["AGG_OBJECTIVES", "Aggregation", "abs_max", "aggregate", "aggregation_matrices", "combine", "preprocessor"]
 
 AGG_OBJECTIVES = ("mean", "var", "robust", "faith", "opt")
 Method = Union[str, Callable, torch.Tensor]
@@ -54,6 +54,14 @@ def abs_max(a: torch.Tensor) -> torch.Tensor:
     """``|a| / max|a|`` per example (0 where the map is 0)."""
     m = a.abs().reshape(a.shape[0], -1).amax(1).view((-1,) + (1,) * (a.dim() - 1))
     return a.abs() / torch.where(m > 0, m, torch.ones_like(m))
+
+
+def combine(weights: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """``Σ_i weights[:, i] · maps[:, i]``: the aggregate of preprocessed maps ``[B, k, ...]`` with weights
+    ``[B, k]`` (cast to the maps' dtype), shaped like one map."""
+    w = weights.to(device=maps.device, dtype=maps.dtype)
+    return torch.einsum("bk,bkd->bd", w, maps.reshape(maps.shape[0], maps.shape[1], -1)).reshape(
+        (maps.shape[0],) + tuple(maps.shape[2:]))
 
 
 def preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -240,5 +248,4 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
                              n_samples=n_samples, radius=radius, fraction=float(subset_fraction),
                              baseline=baseline, lam=lam, generator=make_generator(generator), chunk=chunk)
     weights = simplex_qp(g, backend=backend).to(phi.dtype)
-    attribution = torch.einsum("bk,bkd->bd", weights, phi.reshape(batch, k, -1)).reshape((batch,) + shape)
-    return Aggregation(attribution, weights, names, phi, g, objective)
+    return Aggregation(combine(weights, phi), weights, names, phi, g, objective)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import (Target, check_count, check_inputs, check_number, frozen_parameters, make_generator, model_entry,
-                    resolve_clean, resolve_layers, run_model)
+from ..core import (Target, check_count, check_inputs, check_number, check_output, frozen_parameters, make_generator,
+                    model_entry, resolve_clean, resolve_layers, resolve_target, run_model)
 from ..ops import bottleneck
 
 __all__ = ["IBAStatistics", "iba", "iba_statistics"]
@@ -90,68 +90,53 @@ def iba_statistics(model: Callable, layer: Union[str, nn.Module], data, *, min_s
         n_samples = check_count(n_samples, "n_samples")
     if max_batch is not None:
         max_batch = check_count(max_batch, "max_batch")
-    if isinstance(layer, (list, tuple)) or layer is None:
-        raise TypeError(f"layer must be one module or module name, got {layer!r}")
-    (module,) = resolve_layers(model, layer)
-    read: list[torch.Tensor] = []
-    shape: list[tuple] = [()]  # the shape of the batch being run
-
-    def hook(mod, args, out):
-        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != shape[0][0]:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"layer {type(mod).__name__} returned {got} for data of shape {shape[0]}; IBA needs a "
-                             "layer whose output is one tensor [N, ...] with the data's batch axis first")
-        read.append(out.detach())
-        raise _Stop
-
-    count, mean, m2, nonzero = 0, None, None, None
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            for x in _batches(data, max_batch):
-                if n_samples is not None and count >= n_samples:
-                    break
-                if n_samples is not None:
-                    x = x[:n_samples - count]
-                if x.shape[0] == 0:
-                    continue
-                read.clear()
-                shape[0] = tuple(x.shape)
-                try:
-                    run_model(model, x)
-                except _Stop:
-                    pass
-                if not read:
-                    raise ValueError("layer did not run in the model's forward: pass a module the model calls")
-                r = read[0].double()
-                n_b, m_b = r.shape[0], r.mean(0)
-                m2_b = ((r - m_b) ** 2).sum(0)
-                nz_b = (r != 0).sum(0)
-                if mean is None:
-                    count, mean, m2, nonzero = n_b, m_b, m2_b, nz_b
-                    continue
-                if m_b.shape != mean.shape:
-                    raise ValueError(f"layer gave {tuple(r.shape[1:])} per sample after {tuple(mean.shape)}: "
-                                     "the inputs of data must all have one shape")
-                total = count + n_b
-                delta = m_b - mean
-                mean = mean + delta * (n_b / total)
-                m2 = m2 + m2_b + delta ** 2 * (count * n_b / total)
-                nonzero, count = nonzero + nz_b, total
-    finally:
-        handle.remove()
+    module = _one_layer(model, layer)
+    count, mean, m2, nonzero, dtype = 0, None, None, None, torch.float32
+    for x in _batches(data, max_batch):
+        if n_samples is not None and count >= n_samples:
+            break
+        if n_samples is not None:
+            x = x[:n_samples - count]
+        if x.shape[0] == 0:
+            continue
+        out = _layer_output(model, module, x, name="data")
+        dtype = out.dtype if out.is_floating_point() else torch.float32
+        r = out.double()
+        n_b, m_b = r.shape[0], r.mean(0)
+        m2_b = ((r - m_b) ** 2).sum(0)
+        nz_b = (r != 0).sum(0)
+        if mean is None:
+            count, mean, m2, nonzero = n_b, m_b, m2_b, nz_b
+            continue
+        if m_b.shape != mean.shape:
+            raise ValueError(f"layer gave {tuple(r.shape[1:])} per sample after {tuple(mean.shape)}: "
+                             "the inputs of data must all have one shape")
+        total = count + n_b
+        delta = m_b - mean
+        mean = mean + delta * (n_b / total)
+        m2 = m2 + m2_b + delta ** 2 * (count * n_b / total)
+        nonzero, count = nonzero + nz_b, total
     if mean is None:
         raise ValueError("data gave no samples")
     if count < 2:
         raise ValueError("iba_statistics needs at least 2 samples for a standard deviation")
     std = (m2 / (count - 1)).sqrt().clamp(min=min_std)
-    dtype = read[0].dtype if read[0].is_floating_point() else torch.float32
     return IBAStatistics(mean.to(dtype), std.to(dtype), nonzero.double() / count > active_threshold, count)
 
 
-def _layer_output(model, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The output of ``module`` on ``x`` (the model stopped there), detached."""
-    read: list[torch.Tensor] = []
+def _one_layer(model, layer) -> nn.Module:
+    """The one module ``layer`` names (a module or a dotted name in the model)."""
+    if isinstance(layer, (list, tuple)) or layer is None:
+        raise TypeError(f"layer must be one module or module name, got {layer!r}")
+    (module,) = resolve_layers(model, layer)
+    return module
+
+
+def _layer_output(model, module: nn.Module, x: torch.Tensor, *, name: str = "inputs",
+                  dims: Optional[int] = None) -> torch.Tensor:
+    """The output of ``module`` on ``x`` (the model stopped there, no gradients), detached: one tensor
+    ``[N, ...]`` with ``x``'s batch axis first (of rank ``dims`` when given), else a ``ValueError``."""
+    read: list = []
 
     def hook(mod, args, out):
         read.append(out)
@@ -169,10 +154,12 @@ def _layer_output(model, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not read:
         raise ValueError("layer did not run in the model's forward: pass a module the model calls")
     out = read[0]
-    if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != x.shape[0]:
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != x.shape[0] \
+            or (dims is not None and out.dim() != dims):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"layer returned {got} for inputs of shape {tuple(x.shape)}; iba needs a layer whose output "
-                         "is one tensor [N, C, H, W]")
+        want = "[N, C, H, W]" if dims == 4 else "[N, ...]"
+        raise ValueError(f"layer {type(module).__name__} returned {got} for {name} of shape {tuple(x.shape)}; IBA "
+                         f"needs a layer whose output is one tensor {want} with the batch axis of {name} first")
     return out.detach()
 
 
@@ -245,13 +232,17 @@ def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: 
     if inputs.dim() < 3:
         raise ValueError(f"iba upsamples the capacity to the input's spatial size: inputs must be [B, C, H, W] or "
                          f"[B, C, L], got shape {tuple(inputs.shape)}")
-    if isinstance(layer, (list, tuple)) or layer is None:
-        raise TypeError(f"layer must be one module or module name, got {layer!r}")
-    (module,) = resolve_layers(model, layer)
+    module = _one_layer(model, layer)
     if not isinstance(statistics, IBAStatistics):
         raise TypeError(f"statistics must be the IBAStatistics of iba_statistics(), got {type(statistics).__name__}")
-    t, _ = resolve_clean(model, inputs, target)
-    R = _layer_output(model, module, inputs)
+    R = _layer_output(model, module, inputs, dims=4)
+    tail = _tail(model, module)
+    if tail is None:
+        t, _ = resolve_clean(model, inputs, target)
+    else:  # the targets from the tail on R: the layers before the bottleneck run once
+        with torch.no_grad():
+            logits = check_output(tail(R), inputs.shape[0], any_rank=True)
+        t = resolve_target(model, inputs, target, logits=logits)
     if statistics.mean.shape != R.shape[1:]:
         raise ValueError(f"statistics are for a layer output {tuple(statistics.mean.shape)} but layer gives "
                          f"{tuple(R.shape[1:])} per input")
@@ -262,7 +253,6 @@ def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: 
     alpha = torch.full_like(R, init_alpha, requires_grad=True)
     optimiser = torch.optim.Adam([alpha], lr=lr)
     t_rows = t.repeat_interleave(n_noise)
-    tail = _tail(model, module)
     feed: list[torch.Tensor] = []
     if tail is None:  # the whole model on the noisy rows, the layer's output replaced by Z
         x_rows = inputs.detach().repeat_interleave(n_noise, 0)

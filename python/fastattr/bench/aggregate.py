@@ -189,8 +189,8 @@ def reproduction_table(batch: int = 64, n_samples: int = 50, n_eval: int = 200, 
     table.add("AGG_var", sens, infd)
     table.notes.append("the same evaluation draws for every row (seeded), distinct from the optimisation draws; "
                        "single methods and AGG_mean / robust / faith / opt scored as ωᵀGω with G from the "
-                       "evaluation draws; AGG_var's own map, preprocessed to |φ|/max|φ| like every other row, scored on the "
-                       "same draws")
+                       "evaluation draws; AGG_var's own map, preprocessed to |φ|/max|φ| like every other row, "
+                       "scored on the same draws")
     return table
 
 

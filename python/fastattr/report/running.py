@@ -13,7 +13,7 @@ import torch
 
 from .._backend import use_backend
 from ..attribution import LAYER_METHODS, METHODS, aggregate
-from ..attribution.aggregate import abs_max
+from ..attribution.aggregate import abs_max, combine
 from ..cd import CD_METHODS
 from ..core import eval_modes, patch_segments
 from ..metrics import EVALUATE_METRICS, EXPLAIN_METRICS, FAITHFULNESS_METRICS, evaluate
@@ -172,9 +172,8 @@ def _fixed_agg(weights: torch.Tensor, seed: int, first: int, period: int) -> Cal
     """``agg`` as an explain function with the weights chosen on the clean inputs: row ``r`` of a batch
     of copies of ``period`` examples gets ``Σ_j w_j · |φ_j|/max|φ_j|`` with its example's weights."""
     def explain(net, z, t):
-        w = weights.to(z.device)[torch.arange(z.shape[0], device=z.device) % period]
         maps = torch.stack([abs_max(_attribute(m, net, z, t, first, seed, period).detach()) for m in AGG_METHODS], 1)
-        return (w.to(maps.dtype).view(w.shape + (1,) * (maps.dim() - 2)) * maps).sum(1)
+        return combine(weights.to(z.device)[torch.arange(z.shape[0], device=z.device) % period], maps)
     return explain
 
 
