@@ -8,6 +8,7 @@ import contextlib
 import importlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -228,9 +229,10 @@ def writable_folder(out: str | Path) -> Path:
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # a probe of its own per process: torchrun's ranks check the same folder at once, and one rank's
+        # unlink of a shared probe name made another rank's unlink fail
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
     except OSError as e:
         raise ReportError(f"cannot write to output folder {path}: {e.strerror or e}") from e
     return path
