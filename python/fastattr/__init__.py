@@ -8,6 +8,7 @@ from ._backend import available_backends, get_backend, use_backend
 from .attribution import (aggregate, deeplift, expected_gradients, iba, iba_statistics, feature_ablation, grad_cam, gradient_shap, guided_backprop,
                           input_x_gradient, integrated_gradients, kernel_shap, layer_integrated_gradients, lime,
                           noise_tunnel, occlusion, rise, rise_masks, saliency, smoothgrad)
+from .attribution import DeepSubmodular, sea_nn
 from .cd import agglomerate_1d, agglomerate_2d, cdep_penalty, contextual_decomposition, trim
 from .core import get_model_mode, use_model_mode
 from .metrics import evaluate
@@ -23,4 +24,5 @@ __all__ = [
     "kernel_shap", "layer_integrated_gradients", "lime", "metrics", "noise_tunnel", "occlusion", "rise",
     "rise_masks", "saliency", "smoothgrad", "sparsemax", "trim", "use_backend", "use_model_mode", "__version__",
     "models", "SumOfParts", "train_sop",
+    "DeepSubmodular", "sea_nn",
 ]

@@ -22,6 +22,7 @@ BENCHES: dict[str, str] = {
     "sop": "fastattr.bench.sop",
     "theory": "fastattr.bench.theory",
     "iba": "fastattr.bench.iba",
+    "seann": "fastattr.bench.seann",
 }
 
 

@@ -153,6 +153,8 @@ ENTRY_POINTS = {
     "iba_statistics": lambda m, x, t: A.iba_statistics(m, _layer(m), x),
     "iba": lambda m, x, t: A.iba(m, x, t, layer=_layer(m), statistics=_iba_stats(m, x), steps=2, n_noise=2,
                                  generator=0),
+    "sea_nn": lambda m, x, t: A.sea_nn(m, x, t, methods=["saliency", "input_x_gradient"], segments=None, grid=4,
+                                       hidden=(4, 2), epochs=1, percentiles=(50,)),
     "guided_backprop": lambda m, x, t: A.guided_backprop(m, x, t),
     "grad_cam": lambda m, x, t: A.grad_cam(m, x, t, layer=_layer(m)),
     "grad_cam_plus_plus": lambda m, x, t: A.grad_cam_plus_plus(m, x, t, layer=_layer(m)),
@@ -258,6 +260,8 @@ NO_MODEL = {
     "complexity": "complexity: reads the attribution map only, no model call",
     "quantus.Sparseness": "scores a_batch only; the model only reaches explain_func (Quantus takes None)",
     "quantus.Complexity": "scores a_batch only; the model only reaches explain_func (Quantus takes None)",
+    "DeepSubmodular": "an nn.Module of its own: set functions, no user model",
+    "sea_nn_inputs": "pre-processes attribution maps, no model call",
     "Aggregation": "a result", "IBAStatistics": "a result", "SOPExplanation": "a result", "quantus.normalise_by_max": "normalises attributions", "quantus.QuantusAssertionError": "an exception",
 }
 

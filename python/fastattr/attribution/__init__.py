@@ -5,6 +5,7 @@ from .deeplift import DEEPLIFT_RULES, deeplift
 from .iba import IBAStatistics, iba, iba_statistics
 from .layer import (PATHWAY_METHODS, layer_integrated_gradients, neuron_integrated_gradients, neuron_mct,
                     pathway_gradient, select_pathway)
+from .sea_nn import DeepSubmodular, sea_nn, sea_nn_inputs
 from .perturbation import feature_ablation, occlusion, rise, rise_masks
 from .surrogate import SURROGATES, kernel_shap, lime
 from .gradient import (QUADRATURE, expected_gradients, gradient_shap, input_x_gradient, integrated_gradients,
@@ -33,4 +34,5 @@ __all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "SURROGA
            "occlusion", "pathway_gradient", "select_pathway", "gradient_shap", "input_x_gradient",
            "integrated_gradients", "noise_tunnel", "quadrature", "rise", "rise_masks", "saliency", "smoothgrad",
            "AGG_OBJECTIVES", "Aggregation", "DEEPLIFT_RULES", "aggregate", "deeplift", "IBAStatistics", "iba",
-           "iba_statistics"]
+           "iba_statistics",
+           "DeepSubmodular", "sea_nn", "sea_nn_inputs"]

@@ -30,7 +30,8 @@ from ..core import (Baseline, MaskSet, Target, check_count, check_inputs, check_
                     make_generator, model_entry, perturbed_scores, random_subsets, read_scores, resolve_clean)
 from ..ops import simplex_qp
 
-__all__ = ["AGG_OBJECTIVES", "Aggregation", "abs_max", "aggregate", "aggregation_matrices", "combine", "preprocessor"]
+__all__ = ["AGG_OBJECTIVES", "Aggregation", "abs_max", "aggregate", "aggregation_matrices", "combine", "explainers",
+           "map_batch", "preprocessor"]
 
 AGG_OBJECTIVES = ("mean", "var", "robust", "faith", "opt")
 Method = Union[str, Callable, torch.Tensor]
@@ -76,8 +77,9 @@ def preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
     raise ValueError(f"preprocess must be 'abs_max', None or a function of a [N, ...] batch, got {preprocess!r}")
 
 
-def _explainers(methods, chunks: dict) -> dict[str, Union[Callable, torch.Tensor]]:
-    """``{name: fn(model, x, t) or a precomputed map}`` from ``methods``."""
+def explainers(methods, chunks: dict) -> dict[str, Union[Callable, torch.Tensor]]:
+    """``{name: fn(model, x, t) or a precomputed map}`` from ``methods`` (``{name: method name, function or map}``,
+    at least two; the named methods run with ``chunks``, their ``max_batch`` / ``memory_budget``)."""
     from . import METHODS
 
     if not isinstance(methods, dict) or len(methods) < 2:
@@ -101,7 +103,8 @@ def _explainers(methods, chunks: dict) -> dict[str, Union[Callable, torch.Tensor
     return out
 
 
-def _map_batch(out, name: str, n: int, shape: Optional[tuple]) -> torch.Tensor:
+def map_batch(out, name: str, n: int, shape: Optional[tuple]) -> torch.Tensor:
+    """``out`` detached, after checking it is ``n`` finite maps (of ``shape`` when given), the error naming ``name``."""
     if not isinstance(out, torch.Tensor) or out.shape[:1] != (n,) or (shape is not None and out.shape[1:] != shape):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         want = f"[{n}, {', '.join(map(str, shape))}]" if shape is not None else f"{n} maps"
@@ -126,7 +129,7 @@ def _robust_matrix(model, inputs, t, fns, phi, prep, *, n_samples, radius, gener
         z, tz = inputs.repeat(s, *reps) + noise, t.repeat(s)
         diffs = []
         for i, (name, fn) in enumerate(fns.items()):
-            e = prep(_map_batch(fn(model, z, tz), name, s * batch, tuple(phi.shape[2:])))
+            e = prep(map_batch(fn(model, z, tz), name, s * batch, tuple(phi.shape[2:])))
             diffs.append(flat[:, i].unsqueeze(0) - e.reshape(s, batch, -1).double())
         d = torch.stack(diffs, -1)  # [s, B, d, k]
         g += torch.einsum("sbdi,sbdl->bil", d, d)
@@ -221,7 +224,7 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
         raise ValueError(f"subset_fraction must be in (0, 1], got {subset_fraction!r}")
     lam = _lambdas(lam)
     prep = preprocessor(preprocess)
-    fns = _explainers(methods, dict(max_batch=max_batch, memory_budget=memory_budget))
+    fns = explainers(methods, dict(max_batch=max_batch, memory_budget=memory_budget))
     given = [n for n, f in fns.items() if isinstance(f, torch.Tensor)]
     if given and objective in ("robust", "opt"):
         raise ValueError(f"objective {objective!r} re-explains perturbed inputs, so every method must be a name or a "
@@ -231,7 +234,7 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
     batch, shape, maps = inputs.shape[0], None, []
     for name, f in fns.items():
         out = f if isinstance(f, torch.Tensor) else f(model, inputs, t)
-        out = _map_batch(out, name, batch, shape)
+        out = map_batch(out, name, batch, shape)
         shape = tuple(out.shape[1:])
         maps.append(prep(out.to(inputs.device)))
     phi = torch.stack(maps, 1)  # [B, k, ...]
