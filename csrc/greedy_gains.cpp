@@ -60,15 +60,17 @@ inline T activation_difference(T z, T e, int kind) {
 }
 
 // out[c][j] = sum_k in[c][k] W[k][j] for the rows c of in (rows a multiple of 4, each n_in long), W
-// [n_in][n_out]. Output tiles of two 32-byte vectors outside, blocks of four rows inside: the W tile
+// [n_in][n_out]. Output tiles of two kBytes vectors outside, blocks of four rows inside: the W tile
 // (n_in x tile) stays in L1 while every row block of the chunk passes over it, and a block's 4 x 2 vector
 // sums are named variables, so they live in registers (GCC's vector types; arrays would be spilled).
-template <typename T>
-FASTATTR_FMA_CLONES void chunk_matmul(const T* W, int64_t n_in, int64_t n_out, const T* in, int64_t rows, T* out) {
+// Inlined into each caller, so it is compiled for the caller's target (AVX-512, FMA or the baseline).
+template <typename T, int kBytes>
+__attribute__((always_inline)) inline void tile_matmul(const T* W, int64_t n_in, int64_t n_out, const T* in,
+                                                       int64_t rows, T* out) {
   int64_t j0 = 0;
 #if defined(__GNUC__)
-  typedef T V __attribute__((vector_size(32)));
-  constexpr int kLanes = 32 / static_cast<int>(sizeof(T));
+  typedef T V __attribute__((vector_size(kBytes)));
+  constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
   for (; j0 + 2 * kLanes <= n_out; j0 += 2 * kLanes) {
     for (int64_t r = 0; r < rows; r += 4) {
       const T* i0 = in + r * n_in;
@@ -92,7 +94,7 @@ FASTATTR_FMA_CLONES void chunk_matmul(const T* W, int64_t n_in, int64_t n_out, c
         a31 += w1 * x3;
       }
       T* o = out + r * n_out + j0;
-      std::memcpy(o, &a00, sizeof(V));  // lambdas would be compiled outside this function's target
+      std::memcpy(o, &a00, sizeof(V));
       std::memcpy(o + kLanes, &a01, sizeof(V));
       std::memcpy(o + n_out, &a10, sizeof(V));
       std::memcpy(o + n_out + kLanes, &a11, sizeof(V));
@@ -110,6 +112,35 @@ FASTATTR_FMA_CLONES void chunk_matmul(const T* W, int64_t n_in, int64_t n_out, c
       out[r * n_out + j] = acc;
     }
 }
+
+template <typename T>
+FASTATTR_FMA_CLONES void chunk_matmul_256(const T* W, int64_t n_in, int64_t n_out, const T* in, int64_t rows,
+                                          T* out) {
+  tile_matmul<T, 32>(W, n_in, n_out, in, rows, out);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__APPLE__)
+template <typename T>
+__attribute__((target("avx512f"))) void chunk_matmul_512(const T* W, int64_t n_in, int64_t n_out, const T* in,
+                                                          int64_t rows, T* out) {
+  tile_matmul<T, 64>(W, n_in, n_out, in, rows, out);
+}
+
+template <typename T>
+void chunk_matmul(const T* W, int64_t n_in, int64_t n_out, const T* in, int64_t rows, T* out) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) {
+    chunk_matmul_512(W, n_in, n_out, in, rows, out);
+  } else {
+    chunk_matmul_256(W, n_in, n_out, in, rows, out);
+  }
+}
+#else
+template <typename T>
+void chunk_matmul(const T* W, int64_t n_in, int64_t n_out, const T* in, int64_t rows, T* out) {
+  chunk_matmul_256(W, n_in, n_out, in, rows, out);
+}
+#endif
 
 }  // namespace
 
