@@ -110,14 +110,17 @@ def test_bad_input():
         fastattr.iba_statistics(model, nn.ReLU(), x)
 
 
-def _paper_loop(model, x, t, module, stats, generator, *, steps=10, n_noise=10, beta=10.0, lr=1.0):
+def _paper_loop(model, x, t, module, stats, generator, *, steps=10, n_noise=10, beta=10.0, lr=1.0, inverse=False,
+                loss="ce", label=None, return_alpha=False):
     """The IBA paper's loop (Schulz et al. 2020, Alg. 1 as the public code runs it): one image at a time,
     the whole network on a batch of n_noise copies each step, the bottleneck written out in torch (IBA's
-    reflection-padded Gaussian), the same noise draws as the batched call (one [B, S, ...] draw per step)."""
+    reflection-padded Gaussian), the same noise draws as the batched call (one [B, S, ...] draw per step).
+    ``inverse``: the thesis's Inverse IBA (ch. 8 Eq. 4), ``β L_I − L(f(λε + (1 − λ)R))``; ``loss``: its
+    regression losses on the score f_t (ch. 8 §2.2): mse (f_t − y)², rm −f_t², dv (f_t − f_t(x))²."""
     with torch.no_grad():
         R = {}
         h = module.register_forward_hook(lambda m, a, o: R.setdefault("r", o))
-        model(x)
+        clean = model(x).reshape(x.shape[0], -1)
         h.remove()
     R = R["r"]
     draws = [torch.randn((x.shape[0], n_noise) + tuple(R.shape[1:]), generator=generator, dtype=R.dtype)
@@ -130,28 +133,35 @@ def _paper_loop(model, x, t, module, stats, generator, *, steps=10, n_noise=10, 
         s = torch.sigmoid(alpha)
         return F.conv2d(F.pad(s, (2, 2, 2, 2), mode="reflect"), kernel.expand(C, 1, -1, -1), groups=C)
 
-    maps = []
+    maps, alphas = [], []
     for b in range(x.shape[0]):
         alpha = torch.full_like(R[b:b + 1], 5.0, requires_grad=True)
         opt = torch.optim.Adam([alpha], lr=lr)
         for k in range(steps):
             lam = lam_of(alpha)
-            z = lam * R[b:b + 1] + (1 - lam) * (stats.std * draws[k][b] + stats.mean)
+            noise = stats.std * draws[k][b] + stats.mean
+            z = lam * noise + (1 - lam) * R[b:b + 1] if inverse else lam * R[b:b + 1] + (1 - lam) * noise
             cap = -torch.log(1 - lam) + 0.5 * (1 - lam) ** 2 + 0.5 * lam ** 2 * ((R[b:b + 1] - stats.mean) /
                                                                                  stats.std) ** 2 - 0.5
             h = module.register_forward_hook(lambda m, a, o, z=z: z * active)
-            out = model(x[b:b + 1].repeat(n_noise, 1, 1, 1))
+            out = model(x[b:b + 1].repeat(n_noise, 1, 1, 1)).reshape(n_noise, -1)
             h.remove()
-            loss = F.cross_entropy(out, t[b].repeat(n_noise)) + beta * (cap * active).mean()
+            score = out[:, t[b]]
+            task = {"ce": lambda: F.cross_entropy(out, t[b].repeat(n_noise)),
+                    "mse": lambda: ((score - label[b]) ** 2).mean(), "rm": lambda: -(score ** 2).mean(),
+                    "dv": lambda: ((score - clean[b, t[b]]) ** 2).mean()}[loss]()
+            info = beta * (cap * active).mean()
+            objective = info - task if inverse else task + info
             opt.zero_grad()
-            loss.backward()
+            objective.backward()
             opt.step()
+        alphas.append(alpha.detach())
         lam = lam_of(alpha.detach())
         cap = -torch.log(1 - lam) + 0.5 * (1 - lam) ** 2 + 0.5 * lam ** 2 * ((R[b:b + 1] - stats.mean) /
                                                                              stats.std) ** 2 - 0.5
         bits = (cap * active).sum(1, keepdim=True) / math.log(2)
         maps.append(F.interpolate(bits, size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0])
-    return torch.cat(maps)
+    return (torch.cat(maps), torch.cat(alphas)) if return_alpha else torch.cat(maps)
 
 
 def test_iba_equals_the_papers_one_image_loop():
@@ -227,3 +237,153 @@ def test_only_the_layers_after_the_bottleneck_run_and_the_fallback_agrees(monkey
     monkeypatch.setattr(iba_module, "_tail", lambda m, mod: None)
     whole = fastattr.iba(model, x, layer="net.2", statistics=stats, generator=2, steps=3)
     torch.testing.assert_close(fast, whole, rtol=1e-9, atol=1e-12)
+
+
+def _frozen(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _digit_value(model):
+    """A 1-output regressor made of the trained digits CNN: the expected digit Σ_k k·softmax_k."""
+    head = nn.Linear(10, 1).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.arange(10, dtype=torch.float64)[None])
+        head.bias.zero_()
+    return nn.Sequential(model, nn.Softmax(1), head).eval()
+
+
+def _resnet(outputs):
+    """A ResNet-18 (the zoo's, width 16, random weights) and generated 64×64 inputs: 10 for statistics, 2 to explain."""
+    from fastattr.zoo.resnet import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=outputs, width=16).double().eval()
+    gen = torch.Generator().manual_seed(1)
+    data = torch.rand(12, 3, 64, 64, generator=gen, dtype=torch.float64)
+    return model, data[:10], data[10:]
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_inverse_iba_equals_the_theses_one_image_loop():
+    """Inverse IBA (thesis ch. 8 Eq. 4) on the digits CNN (net.2) and a ResNet-18 (layer3): the batched map
+    equals the one-image loop on the same draws, and differs from IBA's."""
+    model, x_train, _ = _digits(400)
+    x, y = load_digits("test", 3)
+    x = x.double()
+    stats = fastattr.iba_statistics(model, "net.2", x_train)
+    inv = fastattr.iba(model, x, y, layer="net.2", statistics=stats, inverse=True, generator=4)
+    plain = fastattr.iba(model, x, y, layer="net.2", statistics=stats, generator=4)
+    loop = _paper_loop(_frozen(model), x, y, model.net[2], stats, torch.Generator().manual_seed(4), inverse=True)
+    assert _rel(inv, loop) < 1e-4 and (inv >= 0).all()
+    assert _rel(inv, plain) > 0.05  # the deletion game keeps other elements than the preservation game
+    resnet, data, z = _resnet(10)
+    stats = fastattr.iba_statistics(resnet, resnet.layer3, data)
+    inv = fastattr.iba(resnet, z, 3, layer=resnet.layer3, statistics=stats, inverse=True, steps=3, generator=5)
+    loop = _paper_loop(_frozen(resnet), z, torch.tensor([3, 3]), resnet.layer3, stats,
+                       torch.Generator().manual_seed(5), steps=3, inverse=True)
+    assert inv.shape == (2, 64, 64) and _rel(inv, loop) < 1e-4
+
+
+@pytest.mark.parametrize("loss", ["mse", "rm", "dv"])
+def test_regression_iba_equals_the_theses_one_image_loop(loss):
+    """Regression IBA (thesis ch. 8 §2.2) on 1-output models — the digits CNN's expected digit and a 1-output
+    ResNet-18 — against the one-image loop on the same draws; Inverse IBA with a regression loss too."""
+    model, x_train, _ = _digits(400)
+    regressor = _digit_value(model)
+    x, y = load_digits("test", 3)
+    x = x.double()
+    label = y.double() if loss == "mse" else None
+    stats = fastattr.iba_statistics(regressor, "0.net.2", x_train)
+    heat = fastattr.iba(regressor, x, layer="0.net.2", statistics=stats, loss=loss, label=label, generator=6)
+    zero = torch.zeros(3, dtype=torch.long)
+    loop = _paper_loop(_frozen(regressor), x, zero, model.net[2], stats, torch.Generator().manual_seed(6), loss=loss,
+                       label=label)
+    assert heat.shape == (3, 8, 8) and _rel(heat, loop) < 1e-4 and heat.abs().sum() > 0
+    assert _rel(heat, fastattr.iba(model, x, y, layer="net.2", statistics=stats, generator=6)) > 0.01
+    inv = fastattr.iba(regressor, x, layer="0.net.2", statistics=stats, loss=loss, label=label, inverse=True,
+                       generator=6)
+    loop = _paper_loop(regressor, x, zero, model.net[2], stats, torch.Generator().manual_seed(6), loss=loss,
+                       label=label, inverse=True)
+    assert _rel(inv, loop) < 1e-4
+    resnet, data, z = _resnet(1)
+    stats = fastattr.iba_statistics(resnet, resnet.layer3, data)
+    label = torch.tensor([0.5, -1.0], dtype=torch.float64) if loss == "mse" else None
+    heat = fastattr.iba(resnet, z, layer=resnet.layer3, statistics=stats, loss=loss, label=label, steps=2,
+                        generator=7)
+    loop = _paper_loop(_frozen(resnet), z, torch.zeros(2, dtype=torch.long), resnet.layer3, stats,
+                       torch.Generator().manual_seed(7), steps=2, loss=loss, label=label)
+    assert _rel(heat, loop) < 1e-4
+
+
+def test_multi_layer_iba_is_the_intersection_of_the_one_image_loops():
+    """Multi-layer IBA (thesis ch. 8 Eq. 5): each layer's map equals the one-image loop on the same draws
+    (the layers drawing from one generator in order), and the result is the intersection of their top
+    halves — on the digits CNN (net.0, net.2) and a ResNet-18 (layer2, layer3)."""
+    model, x_train, _ = _digits(400)
+    x, y = load_digits("test", 3)
+    x = x.double()
+    cases = [(model, ["net.0", "net.2"], [model.net[0], model.net[2]], x_train, x, y, 4),
+             (*_resnet(10)[:1], ["layer2", "layer3"], None, None, None, torch.tensor([1, 7]), 2)]
+    resnet, data, z = _resnet(10)
+    cases[1] = (resnet, ["layer2", "layer3"], [resnet.layer2, resnet.layer3], data, z, torch.tensor([1, 7]), 2)
+    for net, names, modules, train, inputs, t, steps in cases:
+        stats = [fastattr.iba_statistics(net, name, train) for name in names]
+        keep, maps = fastattr.multi_layer_iba(net, inputs, t, layers=names, statistics=stats, steps=steps,
+                                              generator=8, return_maps=True)
+        gen = torch.Generator().manual_seed(8)
+        loops = [_paper_loop(_frozen(net), inputs, t, module, s, gen, steps=steps) for module, s in zip(modules, stats)]
+        for got, want in zip(maps, loops):
+            assert _rel(got, want) < 1e-4
+        expected = torch.ones_like(loops[0], dtype=torch.bool)
+        for loop in loops:
+            flat = loop.flatten(1)
+            expected &= (flat >= flat.quantile(0.5, dim=1, keepdim=True)).reshape(loop.shape)
+        assert torch.equal(keep, expected.double())
+        share = keep.flatten(1).mean(1)
+        assert (share > 0).all() and (share <= 0.5 + 1e-9).all()
+    again = fastattr.multi_layer_iba(resnet, z, torch.tensor([1, 7]), layers=["layer2", "layer3"], statistics=stats,
+                                     steps=2, generator=8)
+    assert torch.equal(again, keep)
+
+
+def test_inverse_regression_and_multi_layer_bad_input():
+    model, x_train, _ = _digits(50)
+    x = x_train[:2]
+    stats = fastattr.iba_statistics(model, "net.2", x_train)
+    for loss in ("mse", "rm", "dv"):  # 10 outputs: a regression loss needs the output to read
+        with pytest.raises(ValueError, match=f"loss='{loss}'.*10 outputs.*target="):
+            fastattr.iba(model, x, layer="net.2", statistics=stats, loss=loss, label=1.0 if loss == "mse" else None)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        fastattr.iba(model, x, layer="net.2", statistics=stats, loss="l1")
+    with pytest.raises(ValueError, match="needs label="):
+        fastattr.iba(model, x, 0, layer="net.2", statistics=stats, loss="mse")
+    with pytest.raises(ValueError, match="label has 3 entries"):
+        fastattr.iba(model, x, 0, layer="net.2", statistics=stats, loss="mse", label=torch.ones(3))
+    with pytest.raises(ValueError, match="label is the regression label"):
+        fastattr.iba(model, x, layer="net.2", statistics=stats, label=1.0)
+    with pytest.raises(TypeError, match="inverse must be a bool"):
+        fastattr.iba(model, x, layer="net.2", statistics=stats, inverse="yes")
+    good = fastattr.iba(model, x, 0, layer="net.2", statistics=stats, loss="dv", steps=1)  # with a target it runs
+    assert good.shape == (2, 8, 8)
+    two = [stats, fastattr.iba_statistics(model, "net.0", x_train)]
+    with pytest.raises(ValueError, match="layers\\[1\\]: layer 'net.42'"):
+        fastattr.multi_layer_iba(model, x, layers=["net.2", "net.42"], statistics=two)
+    with pytest.raises(ValueError, match="statistics\\[1\\] are for a layer output"):
+        fastattr.multi_layer_iba(model, x, layers=["net.2", "net.2"], statistics=two, steps=1)
+    with pytest.raises(ValueError, match="one IBAStatistics per layer"):
+        fastattr.multi_layer_iba(model, x, layers=["net.2", "net.0"], statistics=two[:1])
+    with pytest.raises(TypeError, match="statistics\\[0\\] must be"):
+        fastattr.multi_layer_iba(model, x, layers=["net.2"], statistics=[(stats.mean, stats.std)])
+    with pytest.raises(TypeError, match="layers must be a non-empty list"):
+        fastattr.multi_layer_iba(model, x, layers="net.2", statistics=[stats])
+    with pytest.raises(ValueError, match="beta"):
+        fastattr.multi_layer_iba(model, x, layers=["net.2"], statistics=[stats], beta=-0.5)
+    with pytest.raises(ValueError, match="steps"):
+        fastattr.multi_layer_iba(model, x, layers=["net.2"], statistics=[stats], steps=0)
+    with pytest.raises(ValueError, match="quantile"):
+        fastattr.multi_layer_iba(model, x, layers=["net.2"], statistics=[stats], quantile=1.0)

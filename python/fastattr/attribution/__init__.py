@@ -2,7 +2,8 @@
 from .aggregate import AGG_OBJECTIVES, Aggregation, aggregate
 from .cam import grad_cam, grad_cam_plus_plus, guided_backprop, guided_grad_cam
 from .deeplift import DEEPLIFT_RULES, deeplift
-from .iba import IBAStatistics, iba, iba_statistics
+from .iba import IBAStatistics, iba, iba_statistics, multi_layer_iba
+from .input_iba import input_iba
 from .layer import (PATHWAY_METHODS, layer_integrated_gradients, neuron_integrated_gradients, neuron_mct,
                     pathway_gradient, select_pathway)
 from .sea_nn import DeepSubmodular, sea_nn, sea_nn_inputs
@@ -34,5 +35,5 @@ __all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "SURROGA
            "occlusion", "pathway_gradient", "select_pathway", "gradient_shap", "input_x_gradient",
            "integrated_gradients", "noise_tunnel", "quadrature", "rise", "rise_masks", "saliency", "smoothgrad",
            "AGG_OBJECTIVES", "Aggregation", "DEEPLIFT_RULES", "aggregate", "deeplift", "IBAStatistics", "iba",
-           "iba_statistics",
+           "iba_statistics", "input_iba", "multi_layer_iba",
            "DeepSubmodular", "sea_nn", "sea_nn_inputs"]

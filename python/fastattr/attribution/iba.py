@@ -1,6 +1,8 @@
 """Information Bottleneck Attribution (Schulz et al. 2020, "Restricting the Flow: Information
 Bottlenecks for Attribution", ICLR; thesis ch. 6 §3; SPEC §9): the layer statistics the bottleneck's
-noise is drawn from, and the per-sample bottleneck optimised for a batch of inputs at once.
+noise is drawn from, and the per-sample bottleneck optimised for a batch of inputs at once, with the
+thesis's variants (ch. 8 §2): Inverse IBA, the regression losses and multi-layer IBA (InputIBA:
+:mod:`~fastattr.attribution.input_iba`).
 
 ``iba_statistics`` reads a layer's activation ``R`` over a data set and returns its per-element mean
 ``μ``, standard deviation ``σ`` (``max(σ, min_std)``) and the elements active (non-zero) in more than
@@ -13,17 +15,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import (Target, check_count, check_inputs, check_number, check_output, frozen_parameters, make_generator,
-                    model_entry, resolve_clean, resolve_layers, resolve_target, run_model)
+from ..core import (Target, check_count, check_flag, check_inputs, check_number, check_output, frozen_parameters,
+                    make_generator, model_entry, resolve_clean, resolve_layers, resolve_target, run_model)
 from ..ops import bottleneck
 
-__all__ = ["IBAStatistics", "iba", "iba_statistics"]
+__all__ = ["IBAStatistics", "iba", "iba_statistics", "multi_layer_iba"]
+
+#: the losses of ``iba(loss=...)``: cross-entropy and the regression losses of the thesis (ch. 8 §2.2)
+_LOSSES = ("ce", "mse", "rm", "dv")
 
 
 @dataclass
@@ -133,9 +138,10 @@ def _one_layer(model, layer) -> nn.Module:
 
 
 def _layer_output(model, module: nn.Module, x: torch.Tensor, *, name: str = "inputs",
-                  dims: Optional[int] = None) -> torch.Tensor:
-    """The output of ``module`` on ``x`` (the model stopped there, no gradients), detached: one tensor
-    ``[N, ...]`` with ``x``'s batch axis first (of rank ``dims`` when given), else a ``ValueError``."""
+                  dims: Optional[int] = None, grad: bool = False) -> torch.Tensor:
+    """The output of ``module`` on ``x`` (the model stopped there; detached, without gradients unless
+    ``grad``): one tensor ``[N, ...]`` with ``x``'s batch axis first (of rank ``dims`` when given), else
+    a ``ValueError``."""
     read: list = []
 
     def hook(mod, args, out):
@@ -144,7 +150,7 @@ def _layer_output(model, module: nn.Module, x: torch.Tensor, *, name: str = "inp
 
     handle = module.register_forward_hook(hook)
     try:
-        with torch.no_grad():
+        with torch.enable_grad() if grad else torch.no_grad():
             try:
                 run_model(model, x)
             except _Stop:
@@ -160,7 +166,7 @@ def _layer_output(model, module: nn.Module, x: torch.Tensor, *, name: str = "inp
         want = "[N, C, H, W]" if dims == 4 else "[N, ...]"
         raise ValueError(f"layer {type(module).__name__} returned {got} for {name} of shape {tuple(x.shape)}; IBA "
                          f"needs a layer whose output is one tensor {want} with the batch axis of {name} first")
-    return out.detach()
+    return out if grad else out.detach()
 
 
 def _tail(model, module: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
@@ -197,59 +203,77 @@ def _tail(model, module: nn.Module) -> Optional[Callable[[torch.Tensor], torch.T
     return torch.fx.GraphModule(traced, graph)
 
 
-@model_entry
-def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Union[str, nn.Module],
-        statistics: IBAStatistics, beta: float = 10.0, steps: int = 10, lr: float = 1.0, n_noise: int = 10,
-        smooth_sigma: float = 1.0, init_alpha: float = 5.0, generator=None,
-        return_capacity: bool = False) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Information Bottleneck Attribution, per-sample bottleneck (Schulz et al. 2020; SPEC §9):
+def _smoothed(alpha: torch.Tensor, smooth_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(λ, 1 − λ)`` = ``(G ∗ sigmoid(α), G ∗ sigmoid(−α))`` for mask logits ``α`` ``[B, C, H, W]``, by the
+    fused op (``R = 1``, ``μ = 0``, ``σ = 1``, ``ε = 0`` make ``Z = λ``), differentiable in ``α``."""
+    ones, zeros = torch.ones_like(alpha[0]), torch.zeros_like(alpha[0])
+    eps = torch.zeros_like(alpha)[:, None]
+    R = torch.ones_like(alpha)
+    lam = bottleneck(R, alpha, zeros, ones, eps, smooth_sigma=smooth_sigma)[0][:, 0]
+    rest = bottleneck(R, -alpha, zeros, ones, eps, smooth_sigma=smooth_sigma)[0][:, 0]
+    return lam, rest
 
-        ``min_α  L_CE(f(Z), t) + β · mean(capacity)``,  ``Z = λR + (1 − λ)(σε + μ)``,  ``λ = G ∗ sigmoid(α)``,
 
-    by Adam (``lr``, ``steps``) on ``α`` (initialised to ``init_alpha``), ``n_noise`` draws of ``ε`` per
-    step; ``R`` is the ``layer`` output, ``μ``, ``σ`` and the active elements from ``statistics``
-    (:func:`iba_statistics`); capacity and ``Z`` are zero on inactive elements, as in the IBA code.
-    Every example and every draw optimise together (``B·n_noise`` rows per step, each example's loss its
-    own, so the result equals one image at a time); each step runs only the layers after the bottleneck
-    on those rows (a ``torch.fx`` trace of the model from the layer on), or, where the model does not
-    trace or a value from before the layer is used after it, the whole model with the layer's output
-    replaced by ``Z``; no parameter gets a gradient. Returns the capacity summed over channels in bits,
-    bilinearly upsampled to the input ``[B, H, W]`` (and with ``return_capacity`` also the layer-resolution
-    capacity ``[B, C, h, w]`` in nats).
+def _check_loss(loss, inverse, label) -> None:
+    if not isinstance(loss, str) or loss not in _LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(map(repr, _LOSSES))}, got {loss!r}")
+    check_flag(inverse, "inverse")
+    if label is not None and loss != "mse":
+        raise ValueError(f"label is the regression label y of loss='mse'; loss={loss!r} takes no label")
 
-    Example::
 
-        >>> stats = fastattr.iba_statistics(model, "net.2", x_train)
-        >>> heat = fastattr.iba(model, x, y, layer="net.2", statistics=stats)       # [B, H, W] bits
-    """
-    check_inputs(inputs)
-    beta = check_number(beta, "beta")
-    steps = check_count(steps, "steps")
-    lr = check_number(lr, "lr")
-    n_noise = check_count(n_noise, "n_noise")
-    smooth_sigma = check_number(smooth_sigma, "smooth_sigma")
-    init_alpha = check_number(init_alpha, "init_alpha", minimum=-math.inf)
-    if inputs.dim() < 3:
-        raise ValueError(f"iba upsamples the capacity to the input's spatial size: inputs must be [B, C, H, W] or "
-                         f"[B, C, L], got shape {tuple(inputs.shape)}")
-    module = _one_layer(model, layer)
-    if not isinstance(statistics, IBAStatistics):
-        raise TypeError(f"statistics must be the IBAStatistics of iba_statistics(), got {type(statistics).__name__}")
+def _labels(label, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """``loss='mse'``'s label ``y`` as ``[B]`` in ``like``'s dtype and device."""
+    if label is None:
+        raise ValueError("loss='mse' needs label= the regression label y of each input (a number or a [B] tensor)")
+    if isinstance(label, bool) or not isinstance(label, (int, float, torch.Tensor)):
+        raise TypeError(f"label must be a number or a [B] tensor, got {type(label).__name__}")
+    y = torch.as_tensor(label).detach().to(dtype=like.dtype, device=like.device).reshape(-1)
+    if y.numel() == 1:
+        y = y.expand(batch)
+    if y.numel() != batch:
+        raise ValueError(f"label has {y.numel()} entries but inputs has batch size {batch}")
+    if not torch.isfinite(y).all():
+        raise ValueError("label holds NaN or Inf")
+    return y
+
+
+def _task_loss(loss: str, logits: torch.Tensor, t_rows: torch.Tensor, y_rows: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-row loss: ``L_CE``, or on the score ``Φ = f_t``: MSE ``(Φ − y)²``, RM ``−Φ²``, DV ``(Φ − Φ(x))²``."""
+    if loss == "ce":
+        return F.cross_entropy(logits, t_rows, reduction="none")
+    score = logits.gather(1, t_rows[:, None])[:, 0]
+    return -score ** 2 if loss == "rm" else (score - y_rows) ** 2
+
+
+def _optimise(model, module: nn.Module, inputs: torch.Tensor, target: Target, statistics: IBAStatistics,
+              gen: torch.Generator, *, beta: float, steps: int, lr: float, n_noise: int, smooth_sigma: float,
+              init_alpha: float, inverse: bool = False, loss: str = "ce", label=None, name: str = "statistics"):
+    """The per-sample bottleneck at ``module`` for every example at once (see :func:`iba`): ``(capacity
+    [B, C, h, w] in nats, zero on inactive elements, the optimised α, R, the targets)``."""
     R = _layer_output(model, module, inputs, dims=4)
     tail = _tail(model, module)
     if tail is None:
-        t, _ = resolve_clean(model, inputs, target)
+        t, clean = resolve_clean(model, inputs, target)
     else:  # the targets from the tail on R: the layers before the bottleneck run once
         with torch.no_grad():
-            logits = check_output(tail(R), inputs.shape[0], any_rank=True)
-        t = resolve_target(model, inputs, target, logits=logits)
+            clean = check_output(tail(R), inputs.shape[0], any_rank=True)
+        t = resolve_target(model, inputs, target, logits=clean)
     if statistics.mean.shape != R.shape[1:]:
-        raise ValueError(f"statistics are for a layer output {tuple(statistics.mean.shape)} but layer gives "
+        raise ValueError(f"{name} are for a layer output {tuple(statistics.mean.shape)} but layer gives "
                          f"{tuple(R.shape[1:])} per input")
+    batch = R.shape[0]
+    y_rows = None
+    if loss != "ce":
+        scores = clean.flatten(1) if clean.dim() > 1 else clean[:, None]
+        if scores.shape[1] > 1 and target is None:
+            raise ValueError(f"loss={loss!r} is a regression loss on one score per input, but the model has "
+                             f"{scores.shape[1]} outputs and no target was given: pass target= the output to "
+                             "explain, or use loss='ce'")
+        y = _labels(label, batch, R) if loss == "mse" else scores.gather(1, t[:, None])[:, 0].detach()
+        y_rows = y.repeat_interleave(n_noise)
     mu, sigma = statistics.mean.to(R), statistics.std.to(R)
     active = statistics.active.to(device=R.device, dtype=R.dtype)
-    batch = R.shape[0]
-    gen = make_generator(generator)
     alpha = torch.full_like(R, init_alpha, requires_grad=True)
     optimiser = torch.optim.Adam([alpha], lr=lr)
     t_rows = t.repeat_interleave(n_noise)
@@ -266,11 +290,14 @@ def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: 
                 eps = torch.randn((batch, n_noise) + tuple(R.shape[1:]), generator=gen, dtype=R.dtype).to(R.device)
                 with torch.enable_grad():
                     Z, capacity = bottleneck(R, alpha, mu, sigma, eps, smooth_sigma=smooth_sigma)
+                    if inverse:  # Z_inv = λε + (1 − λ)R = R + ε − Z, with ε the noise σε + μ
+                        Z = R[:, None] + (sigma * eps + mu) - Z
                     feed[:] = [(Z * active).reshape((batch * n_noise,) + tuple(R.shape[1:]))]
                     logits = tail(feed[0]).reshape(batch * n_noise, -1)
-                    ce = F.cross_entropy(logits, t_rows, reduction="none").reshape(batch, n_noise).mean(1)
+                    task = _task_loss(loss, logits, t_rows, y_rows).reshape(batch, n_noise).mean(1)
                     info = (capacity * active).flatten(1).mean(1)
-                    (alpha.grad,) = torch.autograd.grad((ce + beta * info).sum(), alpha)
+                    objective = beta * info - task if inverse else task + beta * info
+                    (alpha.grad,) = torch.autograd.grad(objective.sum(), alpha)
                 optimiser.step()
     finally:
         if handle is not None:
@@ -278,8 +305,133 @@ def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: 
     with torch.no_grad():
         eps = torch.zeros((batch, 1) + tuple(R.shape[1:]), dtype=R.dtype, device=R.device)
         capacity = bottleneck(R, alpha.detach(), mu, sigma, eps, smooth_sigma=smooth_sigma)[1] * active
+    return capacity, alpha.detach(), R, t
+
+
+def _heat(capacity: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """The capacity summed over channels, in bits, bilinearly upsampled to the input ``[B, H, W]``."""
     bits = capacity.sum(1, keepdim=True) / math.log(2)
     spatial = tuple(inputs.shape[2:])
-    heat = F.interpolate(bits, size=spatial, mode="bilinear" if len(spatial) == 2 else "linear",
+    return F.interpolate(bits, size=spatial, mode="bilinear" if len(spatial) == 2 else "linear",
                          align_corners=False)[:, 0]
+
+
+def _check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma, init_alpha, loss, inverse, label) -> tuple:
+    check_inputs(inputs)
+    beta = check_number(beta, "beta")
+    steps = check_count(steps, "steps")
+    lr = check_number(lr, "lr")
+    n_noise = check_count(n_noise, "n_noise")
+    smooth_sigma = check_number(smooth_sigma, "smooth_sigma")
+    init_alpha = check_number(init_alpha, "init_alpha", minimum=-math.inf)
+    _check_loss(loss, inverse, label)
+    if inputs.dim() < 3:
+        raise ValueError(f"iba upsamples the capacity to the input's spatial size: inputs must be [B, C, H, W] or "
+                         f"[B, C, L], got shape {tuple(inputs.shape)}")
+    return beta, steps, lr, n_noise, smooth_sigma, init_alpha
+
+
+def _check_statistics(statistics, name: str = "statistics") -> None:
+    if not isinstance(statistics, IBAStatistics):
+        raise TypeError(f"{name} must be the IBAStatistics of iba_statistics(), got {type(statistics).__name__}")
+
+
+@model_entry
+def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Union[str, nn.Module],
+        statistics: IBAStatistics, beta: float = 10.0, steps: int = 10, lr: float = 1.0, n_noise: int = 10,
+        smooth_sigma: float = 1.0, init_alpha: float = 5.0, inverse: bool = False, loss: str = "ce",
+        label=None, generator=None,
+        return_capacity: bool = False) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Information Bottleneck Attribution, per-sample bottleneck (Schulz et al. 2020; SPEC §9):
+
+        ``min_α  L(f(Z), t) + β · mean(capacity)``,  ``Z = λR + (1 − λ)(σε + μ)``,  ``λ = G ∗ sigmoid(α)``,
+
+    by Adam (``lr``, ``steps``) on ``α`` (initialised to ``init_alpha``), ``n_noise`` draws of ``ε`` per
+    step; ``R`` is the ``layer`` output, ``μ``, ``σ`` and the active elements from ``statistics``
+    (:func:`iba_statistics`); capacity and ``Z`` are zero on inactive elements, as in the IBA code.
+
+    - ``inverse=True``: Inverse IBA (thesis ch. 8 §2.1, Eq. 4), a deletion game: the loss reads the
+      complement ``Z_inv = λ(σε + μ) + (1 − λ)R`` and is maximised, ``min_α β · mean(capacity) −
+      L(f(Z_inv), t)``, so λ → 1 on *every* element whose removal destroys the prediction.
+    - ``loss`` (thesis ch. 8 §2.2): ``"ce"`` the cross-entropy of class ``t``; the regression losses read
+      the score ``Φ = f_t`` (a 1-output model's output; a multi-output model needs ``target``):
+      ``"mse"`` ``(Φ(Z) − y)²`` with ``y = label``; ``"dv"`` ``(Φ(Z) − Φ(x))²``; ``"rm"`` (regression
+      maximisation, "favours regions with high scores") ``−Φ(Z)²`` — **convention:** the thesis writes
+      ``L_RM = Φ(Z)²``, which minimised would favour low scores, so fastattr maximises it.
+
+    Every example and every draw optimise together (``B·n_noise`` rows per step, each example's loss its
+    own, so the result equals one image at a time); each step runs only the layers after the bottleneck
+    on those rows (a ``torch.fx`` trace of the model from the layer on), or, where the model does not
+    trace or a value from before the layer is used after it, the whole model with the layer's output
+    replaced by ``Z``; no parameter gets a gradient. Returns the capacity summed over channels in bits,
+    bilinearly upsampled to the input ``[B, H, W]`` (and with ``return_capacity`` also the layer-resolution
+    capacity ``[B, C, h, w]`` in nats).
+
+    Example::
+
+        >>> stats = fastattr.iba_statistics(model, "net.2", x_train)
+        >>> heat = fastattr.iba(model, x, y, layer="net.2", statistics=stats)       # [B, H, W] bits
+        >>> inv = fastattr.iba(model, x, y, layer="net.2", statistics=stats, inverse=True)
+    """
+    beta, steps, lr, n_noise, smooth_sigma, init_alpha = _check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma,
+                                                                    init_alpha, loss, inverse, label)
+    module = _one_layer(model, layer)
+    _check_statistics(statistics)
+    capacity = _optimise(model, module, inputs, target, statistics, make_generator(generator), beta=beta, steps=steps,
+                         lr=lr, n_noise=n_noise, smooth_sigma=smooth_sigma, init_alpha=init_alpha, inverse=inverse,
+                         loss=loss, label=label)[0]
+    heat = _heat(capacity, inputs)
     return (heat, capacity) if return_capacity else heat
+
+
+@model_entry
+def multi_layer_iba(model: Callable, inputs: torch.Tensor, target: Target = None, *,
+                    layers: Sequence[Union[str, nn.Module]], statistics: Sequence[IBAStatistics],
+                    quantile: float = 0.5, beta: float = 10.0, steps: int = 10, lr: float = 1.0, n_noise: int = 10,
+                    smooth_sigma: float = 1.0, init_alpha: float = 5.0, inverse: bool = False, loss: str = "ce",
+                    label=None, generator=None,
+                    return_maps: bool = False) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Multi-layer IBA (thesis ch. 8 §2.3, Eq. 5; SPEC §9): ``T(IBA_l₁) ∩ … ∩ T(IBA_lL)``, the
+    intersection of each layer's binarised :func:`iba` map. **Convention** (the thesis leaves ``T``
+    open): ``T`` keeps the pixels at or above the map's ``quantile`` (per example; 0.5: the top half).
+
+    ``layers`` and ``statistics`` are sequences of the same length (the statistics of each layer, from
+    :func:`iba_statistics`); every other argument is :func:`iba`'s, the same for every layer, and the
+    layers draw their noise from one ``generator`` in order. Returns a ``{0, 1}`` map ``[B, H, W]``
+    (with ``return_maps`` also the layers' maps in bits ``[L, B, H, W]``).
+
+    Example::
+
+        >>> stats = [fastattr.iba_statistics(model, l, x_train) for l in ("net.0", "net.2")]
+        >>> keep = fastattr.multi_layer_iba(model, x, y, layers=["net.0", "net.2"], statistics=stats)
+    """
+    beta, steps, lr, n_noise, smooth_sigma, init_alpha = _check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma,
+                                                                    init_alpha, loss, inverse, label)
+    quantile = check_number(quantile, "quantile")
+    if not quantile < 1:
+        raise ValueError(f"quantile must be in [0, 1), got {quantile!r}")
+    if isinstance(layers, (str, nn.Module)) or not isinstance(layers, (list, tuple)) or not layers:
+        raise TypeError(f"layers must be a non-empty list of modules or module names, got {layers!r}")
+    if not isinstance(statistics, (list, tuple)) or len(statistics) != len(layers):
+        raise ValueError(f"statistics must be a list of one IBAStatistics per layer ({len(layers)}), got "
+                         f"{type(statistics).__name__}" + (f" of {len(statistics)}" if isinstance(
+                             statistics, (list, tuple)) else ""))
+    modules = []
+    for i, (layer, stats) in enumerate(zip(layers, statistics)):
+        try:
+            modules.append(_one_layer(model, layer))
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"layers[{i}]: {e}") from e
+        _check_statistics(stats, f"statistics[{i}]")
+    gen = make_generator(generator)
+    maps = torch.stack([_heat(_optimise(model, module, inputs, target, stats, gen, beta=beta, steps=steps, lr=lr,
+                                        n_noise=n_noise, smooth_sigma=smooth_sigma, init_alpha=init_alpha,
+                                        inverse=inverse, loss=loss, label=label, name=f"statistics[{i}]")[0], inputs)
+                        for i, (module, stats) in enumerate(zip(modules, statistics))])
+    flat = maps.flatten(2)
+    if flat.shape[1] * flat.shape[2] == 0:
+        keep = torch.ones_like(maps[0])
+    else:
+        keep = (flat >= torch.quantile(flat, quantile, dim=2, keepdim=True)).all(0).reshape(maps.shape[1:])
+    keep = keep.to(maps.dtype)
+    return (keep, maps) if return_maps else keep

@@ -3,15 +3,19 @@ procedure — one image at a time, Adam on that image's α, each step the whole 
 ``n_noise`` copies with the bottleneck written in torch and the parameters' gradients computed (the
 public code never freezes them) — on the digits CNN (B = 16) and the zoo ResNet-18 at ``layer3``
 (B = 4 inputs of 3×112×112); and the fused ``bottleneck`` op (forward + backward) against its
-reference."""
+reference (table ``speed``). Table ``reproduction``: the thesis's feature-importance comparison (ch. 6
+§4.4, ch. 8 §3.1) on held-out digits — insertion / deletion AUC and Sensitivity-N of IBA, Inverse IBA,
+multi-layer IBA and InputIBA against Grad-CAM, Integrated Gradients and a random map."""
 from __future__ import annotations
 
-from typing import Optional
+import time
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..attribution import iba, iba_statistics
+from ..attribution import grad_cam, iba, iba_statistics, input_iba, integrated_gradients, multi_layer_iba
+from ..metrics import deletion, insertion, sensitivity_n
 from ..ops import bottleneck
 from ..zoo import load_digits, load_digits_cnn
 from ..zoo.resnet import resnet18
@@ -104,5 +108,61 @@ def iba_table(repeat: int = 3, device: Optional[str] = None, batch: int = 16, re
     return table
 
 
-def default_tables(device: Optional[str] = None, repeat: int = 3) -> list[Table]:
-    return [iba_table(repeat=repeat, device=device)]
+def reproduction_table(batch: int = 200, device: Optional[str] = None) -> Table:
+    """Insertion / deletion AUC (probability of the predicted class, pixels to or from 0) and Sensitivity-N
+    (logit, 200 subsets per n, the mean over n = 1 … 32) on the first ``batch`` held-out digits, IBA-family
+    maps at the digits CNN's last conv layer (``net.2``, statistics over the 1347 training digits, the
+    thesis's hyper-parameters, seed 0) against Grad-CAM at the same layer, Integrated Gradients (50
+    steps, zero baseline, summed over channels) and a uniform random map."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_digits_cnn().to(device)
+    train, _ = load_digits("train")
+    x, _ = load_digits("test", batch)
+    x, train = x.to(device), train.to(device)
+    t = model(x).argmax(1)
+    stats = iba_statistics(model, "net.2", train)
+    first = iba_statistics(model, "net.0", train)
+    methods: dict[str, Callable[[], torch.Tensor]] = {
+        "IBA (net.2)": lambda: iba(model, x, t, layer="net.2", statistics=stats, generator=0),
+        "Inverse IBA (net.2)": lambda: iba(model, x, t, layer="net.2", statistics=stats, inverse=True, generator=0),
+        "Multi-layer IBA (net.0 ∩ net.2)": lambda: multi_layer_iba(model, x, t, layers=["net.0", "net.2"],
+                                                                   statistics=[first, stats], generator=0),
+        "InputIBA (net.2)": lambda: input_iba(model, x, t, layer="net.2", statistics=stats, generator=0),
+        "Grad-CAM (net.2)": lambda: grad_cam(model, x, t, layer="net.2").reshape(batch, 8, 8),
+        "Integrated Gradients": lambda: integrated_gradients(model, x, t).sum(1),
+        "random": lambda: torch.rand(batch, 8, 8, generator=torch.Generator().manual_seed(0)).to(device),
+    }
+    table = Table(name=f"IBA family on held-out digits (digits CNN, B = {batch}): insertion / deletion AUC and "
+                       "Sensitivity-N", columns=["method", "insertion AUC ↑", "deletion AUC ↓", "Sensitivity-N ↑",
+                                                 "s"],
+                  machine=machine_info(device), params={"batch": batch, "device": str(device)})
+    iba(model, x[:1], t[:1], layer="net.2", statistics=stats, steps=1)  # one-time setup (tracing) off the clock
+    for name, explain in methods.items():
+        start = time.perf_counter()
+        with torch.no_grad() if name == "random" else torch.enable_grad():
+            heat = explain().detach()
+        seconds = time.perf_counter() - start
+        ins = insertion(model, x, heat, t).mean().item()
+        dele = deletion(model, x, heat, t).mean().item()
+        sens = sensitivity_n(model, x, heat, t, generator=0).mean().item()
+        table.add(name, ins, dele, sens, seconds)
+    table.notes.append(f"torch threads = {torch.get_num_threads()}; s: seconds to explain the batch; "
+                       "multi-layer IBA's map is binary (the top halves of both layers' maps intersected): its "
+                       "pixels tie, ranked in the order the metrics' sort leaves them")
+    return table
+
+
+#: the tables of ``fastattr bench iba``, by the name ``--tables`` picks them with
+TABLES: dict[str, Callable[..., list[Table]]] = {
+    "speed": lambda device, repeat: [iba_table(repeat=repeat, device=device)],
+    "reproduction": lambda device, repeat: [reproduction_table(device=device)],
+}
+
+
+def default_tables(device: Optional[str] = None, repeat: int = 3,
+                   tables: Optional[Sequence[str]] = None) -> list[Table]:
+    """The speed table and the reproduction table (:data:`TABLES`), or those named in ``tables``."""
+    out = []
+    for name in tables or TABLES:
+        out += TABLES[name](device, repeat)
+    return out
