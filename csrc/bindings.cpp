@@ -37,7 +37,8 @@ void bottleneck_backward(std::uintptr_t R, std::uintptr_t alpha, std::uintptr_t 
                          std::uintptr_t dalpha, int64_t batch, int64_t samples, int64_t channels, int64_t height,
                          int64_t width, double smooth_sigma, const std::string& dtype, int n_threads);
 void greedy_gains(std::uintptr_t z1, std::uintptr_t columns, std::uintptr_t layers, std::uintptr_t dims,
-                  int64_t n_layers, std::uintptr_t selected, std::uintptr_t candidates, std::uintptr_t out,
+                  int64_t n_layers, std::uintptr_t selected, std::uintptr_t candidates, std::uintptr_t bounds,
+                  std::uintptr_t out,
                   int64_t batch, int64_t n, int64_t n_candidates, int64_t kind, const std::string& dtype,
                   int n_threads);
 }  // namespace fastattr
@@ -100,9 +101,11 @@ PYBIND11_MODULE(_C, m) {
         "Exact active-set solve of min w'Gw + c'w over the simplex per [k, k] block of G (c = 0 address: "
         "no c); returns the number of examples that hit the iteration cap.");
   m.def("greedy_gains", &fastattr::greedy_gains, py::arg("z1"), py::arg("columns"), py::arg("layers"),
-        py::arg("dims"), py::arg("n_layers"), py::arg("selected"), py::arg("candidates"), py::arg("out"),
+        py::arg("dims"), py::arg("n_layers"), py::arg("selected"), py::arg("candidates"), py::arg("bounds"),
+        py::arg("out"),
         py::arg("batch"), py::arg("n"), py::arg("n_candidates"), py::arg("kind"), py::arg("dtype"),
         py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "Marginal gains of a batch of deep submodular functions for every candidate (or the listed ones), "
-        "propagated as differences from the first-layer state (0 for selected candidates).");
+        "propagated as differences from the first-layer state (0 for selected candidates); with bounds "
+        "(sorted, best first), lazily: chunks while a bound can still reach the best gain.");
 }

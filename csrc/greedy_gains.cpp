@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "common.h"
@@ -59,12 +60,12 @@ inline T activation_difference(T z, T e, int kind) {
   return std::log1p(e / (T(1) + z));
 }
 
-// out[c][j] = sum_k in[c][k] W[k][j] for the rows c of in (rows a multiple of 4, each n_in long), W
-// [n_in][n_out]. Output tiles of two kBytes vectors outside, blocks of four rows inside: the W tile
-// (n_in x tile) stays in L1 while every row block of the chunk passes over it, and a block's 4 x 2 vector
-// sums are named variables, so they live in registers (GCC's vector types; arrays would be spilled).
+// out[c][j] = sum_k in[c][k] W[k][j] for the rows c of in (rows a multiple of kRows, each n_in long), W
+// [n_in][n_out]. Output tiles of two kBytes vectors outside, blocks of kRows rows inside: the W tile
+// (n_in x tile) stays in L1 while every row block of the chunk passes over it, and a block's kRows x 2
+// vector sums stay in registers (GCC's vector types, the row loop unrolled; scalar arrays were spilled).
 // Inlined into each caller, so it is compiled for the caller's target (AVX-512, FMA or the baseline).
-template <typename T, int kBytes>
+template <typename T, int kBytes, int kRows>
 __attribute__((always_inline)) inline void tile_matmul(const T* W, int64_t n_in, int64_t n_out, const T* in,
                                                        int64_t rows, T* out) {
   int64_t j0 = 0;
@@ -72,36 +73,25 @@ __attribute__((always_inline)) inline void tile_matmul(const T* W, int64_t n_in,
   typedef T V __attribute__((vector_size(kBytes)));
   constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
   for (; j0 + 2 * kLanes <= n_out; j0 += 2 * kLanes) {
-    for (int64_t r = 0; r < rows; r += 4) {
-      const T* i0 = in + r * n_in;
-      const T* i1 = i0 + n_in;
-      const T* i2 = i1 + n_in;
-      const T* i3 = i2 + n_in;
-      V a00 = {}, a01 = {}, a10 = {}, a11 = {}, a20 = {}, a21 = {}, a30 = {}, a31 = {};
+    for (int64_t r = 0; r < rows; r += kRows) {
+      V a[kRows][2] = {};
       for (int64_t k = 0; k < n_in; ++k) {
         const T* w = W + k * n_out + j0;
         V w0, w1;
         std::memcpy(&w0, w, sizeof(V));
         std::memcpy(&w1, w + kLanes, sizeof(V));
-        const V x0 = V{} + i0[k], x1 = V{} + i1[k], x2 = V{} + i2[k], x3 = V{} + i3[k];
-        a00 += w0 * x0;
-        a01 += w1 * x0;
-        a10 += w0 * x1;
-        a11 += w1 * x1;
-        a20 += w0 * x2;
-        a21 += w1 * x2;
-        a30 += w0 * x3;
-        a31 += w1 * x3;
+#pragma GCC unroll 16
+        for (int i = 0; i < kRows; ++i) {
+          const V x = V{} + in[(r + i) * n_in + k];
+          a[i][0] += w0 * x;
+          a[i][1] += w1 * x;
+        }
       }
-      T* o = out + r * n_out + j0;
-      std::memcpy(o, &a00, sizeof(V));
-      std::memcpy(o + kLanes, &a01, sizeof(V));
-      std::memcpy(o + n_out, &a10, sizeof(V));
-      std::memcpy(o + n_out + kLanes, &a11, sizeof(V));
-      std::memcpy(o + 2 * n_out, &a20, sizeof(V));
-      std::memcpy(o + 2 * n_out + kLanes, &a21, sizeof(V));
-      std::memcpy(o + 3 * n_out, &a30, sizeof(V));
-      std::memcpy(o + 3 * n_out + kLanes, &a31, sizeof(V));
+#pragma GCC unroll 16
+      for (int i = 0; i < kRows; ++i) {
+        std::memcpy(out + (r + i) * n_out + j0, &a[i][0], sizeof(V));
+        std::memcpy(out + (r + i) * n_out + j0 + kLanes, &a[i][1], sizeof(V));
+      }
     }
   }
 #endif
@@ -116,14 +106,14 @@ __attribute__((always_inline)) inline void tile_matmul(const T* W, int64_t n_in,
 template <typename T>
 FASTATTR_FMA_CLONES void chunk_matmul_256(const T* W, int64_t n_in, int64_t n_out, const T* in, int64_t rows,
                                           T* out) {
-  tile_matmul<T, 32>(W, n_in, n_out, in, rows, out);
+  tile_matmul<T, 32, 4>(W, n_in, n_out, in, rows, out);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__APPLE__)
 template <typename T>
 __attribute__((target("avx512f"))) void chunk_matmul_512(const T* W, int64_t n_in, int64_t n_out, const T* in,
                                                           int64_t rows, T* out) {
-  tile_matmul<T, 64>(W, n_in, n_out, in, rows, out);
+  tile_matmul<T, 64, 8>(W, n_in, n_out, in, rows, out);
 }
 
 template <typename T>
@@ -145,7 +135,8 @@ void chunk_matmul(const T* W, int64_t n_in, int64_t n_out, const T* in, int64_t 
 }  // namespace
 
 void greedy_gains(std::uintptr_t z1, std::uintptr_t columns, std::uintptr_t layers, std::uintptr_t dims,
-                  int64_t n_layers, std::uintptr_t selected, std::uintptr_t candidates, std::uintptr_t out,
+                  int64_t n_layers, std::uintptr_t selected, std::uintptr_t candidates, std::uintptr_t bounds,
+                  std::uintptr_t out,
                   int64_t batch, int64_t n, int64_t n_candidates, int64_t kind, const std::string& dtype,
                   int n_threads) {
   dispatch_float(dtype, [&](auto tag) {
@@ -188,6 +179,56 @@ void greedy_gains(std::uintptr_t z1, std::uintptr_t columns, std::uintptr_t laye
     const int64_t chunks = (n_candidates + kChunk - 1) / kChunk;
     int64_t flops = 0;
     for (int64_t l = 0; l < n_layers; ++l) flops += h[l] * h[l + 1];
+    // The gains of candidates first .. first + count - 1 of DSF b into gp (d, e: per-thread scratch).
+    auto evaluate = [&](int64_t b, int64_t first, int64_t count, std::vector<T>& d, std::vector<T>& e) {
+      const int64_t rows = (count + 7) / 8 * 8;  // padded to whole blocks of eight (the pad repeats the last)
+      const T* s = state.data() + b * state_size;
+      const T* sr = roots.data() + b * state_size;
+      int64_t v[kChunk];
+      for (int64_t c = 0; c < rows; ++c) {
+        const int64_t slot = first + std::min(c, count - 1);
+        v[c] = cand ? cand[b * n_candidates + slot] : slot;
+      }
+      for (int64_t c = 0; c < rows; ++c)
+        differences(s, sr, colp + (b * n + v[c]) * h1, h1, static_cast<int>(kind), d.data() + c * h1);
+      int64_t offset = 0;
+      for (int64_t l = 0; l < n_layers; ++l) {
+        const int64_t n_in = h[l], n_out = h[l + 1];
+        chunk_matmul(weight(l) + b * n_in * n_out, n_in, n_out, d.data(), rows, e.data());
+        if (l + 1 == n_layers) break;  // e holds W_L d_{L-1}: the gains
+        offset += n_in;
+        for (int64_t c = 0; c < rows; ++c)
+          differences(s + offset, sr + offset, e.data() + c * n_out, n_out, static_cast<int>(kind),
+                      d.data() + c * n_out);
+      }
+      for (int64_t c = 0; c < count; ++c) gp[b * n_candidates + first + c] = sel[b * n + v[c]] ? T(0) : e[c];
+    };
+    if (bounds) {
+      // Lazy: each DSF's candidates come sorted by their bounds (stale gains, upper bounds by
+      // submodularity), best first; chunks are evaluated while the next bound could still reach the best
+      // gain found, and the others keep their bounds.
+      const T* bp = as_ptr<const T>(bounds);
+#ifdef FASTATTR_OPENMP
+#pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1) if (worth_parallel(batch, kChunk * flops, n_threads))
+#endif
+      {
+        std::vector<T> d(static_cast<size_t>(kChunk * widest)), e(static_cast<size_t>(kChunk * widest));
+#ifdef FASTATTR_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t b = 0; b < batch; ++b) {
+          T best = -std::numeric_limits<T>::infinity();
+          int64_t first = 0;
+          for (; first < n_candidates && !(bp[b * n_candidates + first] < best); first += kChunk) {
+            const int64_t count = std::min(kChunk, n_candidates - first);
+            evaluate(b, first, count, d, e);
+            for (int64_t c = 0; c < count; ++c) best = std::max(best, gp[b * n_candidates + first + c]);
+          }
+          for (int64_t c = first; c < n_candidates; ++c) gp[b * n_candidates + c] = bp[b * n_candidates + c];
+        }
+      }
+      return;
+    }
 #ifdef FASTATTR_OPENMP
 #pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1) if (worth_parallel(batch * chunks, kChunk * flops, n_threads))
 #endif
@@ -198,31 +239,7 @@ void greedy_gains(std::uintptr_t z1, std::uintptr_t columns, std::uintptr_t laye
 #endif
       for (int64_t item = 0; item < batch * chunks; ++item) {
         const int64_t b = item / chunks, first = (item % chunks) * kChunk;
-        const int64_t count = std::min(kChunk, n_candidates - first);
-        const int64_t rows = (count + 3) / 4 * 4;  // padded to whole blocks of four (the pad repeats the last)
-        const T* s = state.data() + b * state_size;
-        const T* sr = roots.data() + b * state_size;
-        std::vector<int64_t> v(static_cast<size_t>(rows));
-        for (int64_t c = 0; c < rows; ++c) {
-          const int64_t slot = first + std::min(c, count - 1);
-          v[c] = cand ? cand[b * n_candidates + slot] : slot;
-        }
-        for (int64_t c = 0; c < rows; ++c) {
-          const T* col = colp + (b * n + v[c]) * h1;
-          T* dc = d.data() + c * h1;
-          differences(s, sr, col, h1, static_cast<int>(kind), dc);
-        }
-        int64_t offset = 0;
-        for (int64_t l = 0; l < n_layers; ++l) {
-          const int64_t n_in = h[l], n_out = h[l + 1];
-          chunk_matmul(weight(l) + b * n_in * n_out, n_in, n_out, d.data(), rows, e.data());
-          if (l + 1 == n_layers) break;  // e holds W_L d_{L-1}: the gains
-          offset += n_in;
-          for (int64_t c = 0; c < rows; ++c)
-            differences(s + offset, sr + offset, e.data() + c * n_out, n_out, static_cast<int>(kind),
-                        d.data() + c * n_out);
-        }
-        for (int64_t c = 0; c < count; ++c) gp[b * n_candidates + first + c] = sel[b * n + v[c]] ? T(0) : e[c];
+        evaluate(b, first, std::min(kChunk, n_candidates - first), d, e);
       }
     }
   });

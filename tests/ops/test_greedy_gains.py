@@ -81,6 +81,32 @@ def test_precision_where_f_is_large(fast_backend_device):
     assert rel_err(out, ref) <= 1e-5 < rel_err(naive.masked_fill(selected, 0.0), ref) / 10
 
 
+def test_lazy_bounds_keep_the_argmax_and_agree_on_every_backend(backend_device):
+    """With sorted upper bounds, chunks of 32 are evaluated while a bound can reach the best gain found: the
+    evaluated entries are the gains, the others keep their bounds (below the best), the argmax is exact, and
+    every backend returns the same values; generous bounds evaluate everything."""
+    backend, device = backend_device
+    z1, columns, weights, biases, selected = _case(3, 100, [12, 6], torch.float64, device, 11, density=0.0)
+    full = greedy_gains(z1, columns, weights, biases, selected, backend="reference")
+    order = torch.sort(full, 1, descending=True).indices
+    g = torch.Generator().manual_seed(0)
+    loose = full.gather(1, order) + torch.rand(3, 100, generator=g, dtype=torch.float64).to(device) * 1e-3
+    bounds, candidates = torch.sort(loose, 1, descending=True)  # upper bounds, best first
+    candidates = order.gather(1, candidates)
+    out = greedy_gains(z1, columns, weights, biases, selected, candidates, bounds=bounds, backend=backend)
+    ref = greedy_gains(z1, columns, weights, biases, selected, candidates, bounds=bounds, backend="reference")
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=0)
+    true = full.gather(1, candidates)
+    evaluated = (out - true).abs() <= 1e-10 * true.abs().max()
+    assert evaluated[:, :32].all() and not evaluated.all()  # the first chunk always, not every chunk
+    assert (out[~evaluated] == bounds[~evaluated]).all() and (out >= true - 1e-12 * true.abs().max()).all()
+    assert torch.equal(candidates.gather(1, out.argmax(1, keepdim=True)), full.argmax(1, keepdim=True))
+    wide = greedy_gains(z1, columns, weights, biases, selected, candidates, bounds=bounds + 10.0, backend=backend)
+    torch.testing.assert_close(wide, true, rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match="bounds must come with candidates"):
+        greedy_gains(z1, columns, weights, biases, selected, bounds=bounds, backend=backend)
+
+
 def test_compile_and_non_contiguous(backend_device):
     backend, device = backend_device
     z1, columns, weights, biases, selected = _case(2, 10, [6, 4], torch.float32, device, 7)

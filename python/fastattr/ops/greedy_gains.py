@@ -18,11 +18,11 @@ from typing import Optional, Sequence
 import torch
 
 from ..numerics import compute_dtype
-from ..reference.greedy_gains import ACTIVATIONS, activation, greedy_gains as reference_gains
+from ..reference.greedy_gains import ACTIVATIONS, activation, greedy_gains as reference_gains, lazy
 from ._utils import check_tensor, eager_without_compiler, resolve, run_cpp, triton_kernels
 
 
-def _check(z1, columns, weights, biases, selected, candidates, activation_name) -> None:
+def _check(z1, columns, weights, biases, selected, candidates, activation_name, bounds=None) -> None:
     check_tensor(z1, "z1", floating=True, dim=2)
     check_tensor(columns, "columns", floating=True, dim=3)
     batch, h1 = z1.shape
@@ -52,9 +52,14 @@ def _check(z1, columns, weights, biases, selected, candidates, activation_name) 
         if candidates.numel() and (int(candidates.min()) < 0 or int(candidates.max()) >= n):
             raise ValueError(f"candidates must be indices in [0, {n}), got values in "
                              f"[{int(candidates.min())}, {int(candidates.max())}]")
+    if bounds is not None:
+        check_tensor(bounds, "bounds", floating=True, dim=2)
+        if candidates is None or bounds.shape != candidates.shape:
+            raise ValueError(f"bounds must come with candidates, one per candidate [B, K], got {tuple(bounds.shape)}"
+                             f"{'' if candidates is None else ' for candidates ' + str(tuple(candidates.shape))}")
     if activation_name not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation_name!r}")
-    for name, t in (("columns", columns), ("selected", selected), ("candidates", candidates),
+    for name, t in (("columns", columns), ("selected", selected), ("candidates", candidates), ("bounds", bounds),
                     *((f"weights[{i}]", w) for i, w in enumerate(weights)),
                     *((f"biases[{i}]", b) for i, b in enumerate(biases))):
         if t is not None and t.device != z1.device:
@@ -90,21 +95,23 @@ def _triton_gains(z1, columns, weights, biases, candidates, kind):
 
 @torch.library.custom_op("fastattr::greedy_gains", mutates_args=())
 def _greedy_gains_op(z1: torch.Tensor, columns: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
-                     selected: torch.Tensor, candidates: Optional[torch.Tensor], activation_name: str,
-                     backend: Optional[str]) -> torch.Tensor:
-    _check(z1, columns, weights, biases, selected, candidates, activation_name)
+                     selected: torch.Tensor, candidates: Optional[torch.Tensor], bounds: Optional[torch.Tensor],
+                     activation_name: str, backend: Optional[str]) -> torch.Tensor:
+    _check(z1, columns, weights, biases, selected, candidates, activation_name, bounds)
     name = resolve(z1, backend)
     dtype = compute_dtype(z1.dtype)
     z, cols = z1.to(dtype).contiguous(), columns.to(dtype).contiguous()
     ws = [w.to(dtype).contiguous() for w in weights]
     bs = [b.to(dtype).contiguous() for b in biases]
     cand = None if candidates is None else candidates.contiguous()
+    bnd = None if bounds is None else bounds.to(dtype).contiguous()
     if name == "reference":
-        gains = reference_gains(z, cols, ws, bs, selected, cand, activation_name)
-    elif name == "triton":
+        gains = reference_gains(z, cols, ws, bs, selected, cand, activation_name, bnd)
+    elif name == "triton":  # every candidate evaluated, then the lazy rule applied to the result
         gains = _triton_gains(z, cols, ws, bs, cand, activation_name)
         picked = selected if cand is None else torch.gather(selected, 1, cand)
         gains = gains.masked_fill(picked, 0.0)
+        gains = gains if bnd is None else lazy(gains, bnd)
     else:
         batch, n, h1 = cols.shape
         k = n if cand is None else cand.shape[1]
@@ -114,14 +121,15 @@ def _greedy_gains_op(z1: torch.Tensor, columns: torch.Tensor, weights: list[torc
             dims = torch.tensor([h1] + [w.shape[2] for w in ws], dtype=torch.int64)
             sel = selected.contiguous()
             run_cpp("greedy_gains", z.data_ptr(), cols.data_ptr(), layers.data_ptr(), dims.data_ptr(), len(ws),
-                    sel.data_ptr(), 0 if cand is None else cand.data_ptr(), gains.data_ptr(), batch, n, k,
+                    sel.data_ptr(), 0 if cand is None else cand.data_ptr(), 0 if bnd is None else bnd.data_ptr(),
+                    gains.data_ptr(), batch, n, k,
                     ACTIVATIONS.index(activation_name), dtype=dtype)
     return gains.to(z1.dtype).contiguous()
 
 
 @_greedy_gains_op.register_fake
-def _(z1, columns, weights, biases, selected, candidates, activation_name, backend):
-    _check(z1, columns, weights, biases, selected, candidates, activation_name)
+def _(z1, columns, weights, biases, selected, candidates, bounds, activation_name, backend):
+    _check(z1, columns, weights, biases, selected, candidates, activation_name, bounds)
     k = columns.shape[1] if candidates is None else candidates.shape[1]
     return z1.new_empty((z1.shape[0], k))
 
@@ -131,16 +139,21 @@ eager_without_compiler(_greedy_gains_op)
 
 def greedy_gains(z1: torch.Tensor, columns: torch.Tensor, weights: Sequence[torch.Tensor],
                  biases: Sequence[torch.Tensor], selected: torch.Tensor, candidates: Optional[torch.Tensor] = None, *,
-                 activation: str = "sqrt", backend: Optional[str] = None) -> torch.Tensor:
+                 bounds: Optional[torch.Tensor] = None, activation: str = "sqrt",
+                 backend: Optional[str] = None) -> torch.Tensor:
     """Marginal gains ``f(v | A)`` (module docstring) ``[B, K]`` of a batch of DSFs: first-layer state ``z1``
     ``[B, h1]`` (``W_1 1_A + b_1``), the first layer's columns as rows ``columns`` ``[B, n, h1]``, the later
     layers ``u ↦ u W_l + b_l`` as ``weights`` ``[B, h_{l−1}, h_l]`` and ``biases`` ``[B, h_l]`` (the last with one
     output), the set
     ``A`` as ``selected`` ``[B, n]`` (bool), and the candidates ``[B, K]`` (int64; all ``n`` when None).
-    Kernel-level: weights and states are assumed ≥ 0 (a DSF's); NaN propagates.
+    Lazy evaluation with ``bounds`` ``[B, K]`` (upper bounds of the candidates' gains, e.g. their gains at a
+    subset of ``A``, each row sorted best first): candidates are taken in chunks of 32 while the chunk's first
+    bound is not below the best gain found, the others keep their bounds (below that best gain, so the
+    argmax is exact); every backend returns the same values. Kernel-level: weights and states are assumed
+    ≥ 0 (a DSF's); NaN propagates.
 
     Example::
 
         >>> gains = fastattr.ops.greedy_gains(z1, columns, [W2, W3, W4], [b2, b3, b4], selected)   # [B, n]
     """
-    return _greedy_gains_op(z1, columns, list(weights), list(biases), selected, candidates, activation, backend)
+    return _greedy_gains_op(z1, columns, list(weights), list(biases), selected, candidates, bounds, activation, backend)

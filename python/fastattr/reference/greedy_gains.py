@@ -38,10 +38,12 @@ def dsf_tail(z1: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence
 
 
 def greedy_gains(z1: torch.Tensor, columns: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
-                 selected: torch.Tensor, candidates: Optional[torch.Tensor] = None,
-                 kind: str = "sqrt") -> torch.Tensor:
+                 selected: torch.Tensor, candidates: Optional[torch.Tensor] = None, kind: str = "sqrt",
+                 bounds: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Gains ``f(v | A)`` ``[B, K]`` of the candidates ``[B, K]`` (all ``n`` when None) for state ``z1`` ``[B, h1]``,
-    the first layer's columns ``W_1[:, v]`` as rows ``columns`` ``[B, n, h1]``, the other layers, and ``A`` as ``selected`` ``[B, n]`` (bool)."""
+    the first layer's columns ``W_1[:, v]`` as rows ``columns`` ``[B, n, h1]``, the other layers, and ``A`` as
+    ``selected`` ``[B, n]`` (bool); with ``bounds`` (upper bounds of the candidates' gains, sorted best first) only the chunks :func:`lazy` keeps are
+    gains, the others their bounds."""
     dtype = z1.dtype
     z1, columns = z1.double(), columns.double()
     weights = [w.double() for w in weights]
@@ -52,5 +54,25 @@ def greedy_gains(z1: torch.Tensor, columns: torch.Tensor, weights: Sequence[torc
     rows = torch.gather(columns, 1, candidates.unsqueeze(2).expand(-1, -1, columns.shape[2]))
     after = dsf_tail(z1.unsqueeze(1) + rows, weights, biases, kind)
     before = dsf_tail(z1.unsqueeze(1), weights, biases, kind)
-    gains = after - before
-    return gains.masked_fill(torch.gather(selected, 1, candidates), 0.0).to(dtype)
+    gains = (after - before).masked_fill(torch.gather(selected, 1, candidates), 0.0)
+    return (gains if bounds is None else lazy(gains, bounds.double())).to(dtype)
+
+
+LAZY_CHUNK = 32
+
+
+def lazy(gains: torch.Tensor, bounds: torch.Tensor, chunk: int = LAZY_CHUNK) -> torch.Tensor:
+    """Lazy evaluation of ``gains`` ``[B, K]`` given ``bounds`` sorted best first per row: chunks of ``chunk``
+    candidates count as evaluated while the first bound of the chunk is not below the best gain of the chunks
+    before (the first chunk always); the rest keep their bounds."""
+    batch, k = gains.shape
+    if k == 0:
+        return gains
+    n_chunks = -(-k // chunk)
+    padded = torch.full((batch, n_chunks * chunk), -torch.inf, dtype=gains.dtype, device=gains.device)
+    padded[:, :k] = gains
+    best = padded.reshape(batch, n_chunks, chunk).amax(2).cummax(1).values
+    before = torch.cat([torch.full_like(best[:, :1], -torch.inf), best[:, :-1]], 1)
+    go = ~(bounds[:, ::chunk].to(gains.dtype) < before)
+    evaluated = go.cumprod(1).bool().repeat_interleave(chunk, 1)[:, :k]
+    return torch.where(evaluated, gains, bounds.to(gains.dtype))
