@@ -302,3 +302,32 @@ def test_iba_reproduction_table_on_a_small_case():
     assert all(0 <= ins <= 1 and 0 <= dele <= 1 and -1 <= sens <= 1 for ins, dele, sens, _ in rows.values())
     assert rows["Integrated Gradients"][2] > rows["random"][2]
     assert set(iba.TABLES) == {"speed", "reproduction"}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sop_reproduction_table_on_a_tiny_case(monkeypatch):
+    """SOP's Table 1 on 2 held-out digits: the SOP's own row and each post-hoc method on the SOP and on the
+    CNN, accuracies on the whole test split, the SOP row's grouped AUC its explain() groups and scores."""
+    pytest.importorskip("sklearn")
+    import fastattr
+    from fastattr.bench import sop
+    from fastattr.cli import main
+    from fastattr.zoo import SOP_TEST_ACCURACY, TEST_ACCURACY, load_digits, load_digits_sop
+
+    table = sop.reproduction_table(batch=2, device="cpu", methods=["saliency", "occlusion"])
+    assert [(r[0], r[1]) for r in table.rows] == [("SOP", "sop (its own groups)"), ("SOP", "saliency"),
+                                                 ("SOP", "occlusion"), ("CNN", "saliency"), ("CNN", "occlusion")]
+    assert table.rows[0][2] == pytest.approx(SOP_TEST_ACCURACY, abs=1e-4)
+    assert table.rows[-1][2] == pytest.approx(TEST_ACCURACY, abs=1e-4)
+    assert all(0.0 <= v <= 1.0 for r in table.rows for v in r[3:])
+    model = load_digits_sop()
+    x, _ = load_digits("test", 2)
+    e = model.explain(x)
+    direct = fastattr.metrics.grouped_insertion(model, x, e.scores, e.target, groups=e.masks).double().mean()
+    assert table.rows[0][5] == pytest.approx(direct.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown methods"):
+        sop.reproduction_table(batch=2, methods=["lime"])
+    ran = []
+    monkeypatch.setattr(sop, "TABLES", {name: (lambda device, repeat, name=name: ran.append(name) or [])
+                                        for name in sop.TABLES})
+    assert main(["bench", "sop", "--tables", "reproduction"]) == 0 and ran == ["reproduction"]

@@ -59,7 +59,7 @@ def _bench(args: argparse.Namespace) -> int:
         module = importlib.import_module(BENCHES[args.which]) if args.which != "all" else None
         choices = list(getattr(module, "TABLES", ()))
         if not choices:
-            raise UserError(f"--tables picks tables of one bench that names them (metrics, agg), not {args.which}")
+            raise UserError(f"--tables picks tables of one bench that names them (metrics, agg, sop), not {args.which}")
         wanted = [t.strip() for t in args.tables.split(",") if t.strip()]
         unknown = [t for t in wanted if t not in choices]
         if unknown or not wanted:
@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="folder for the JSON record (e.g. benchmarks/results)")
     bench.add_argument("--tables", default=None,
                        help="comma-separated tables of the chosen bench, in this order (metrics: flipping, "
-                            "evaluate, stability, impute, road, resnet; default: all)")
+                            "evaluate, stability, impute, road, resnet; agg: qp, aggregate, reproduction; sop: forward, "
+                            "reproduction; default: all)")
     bench.set_defaults(func=_bench)
     return parser
 

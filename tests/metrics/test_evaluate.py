@@ -6,7 +6,7 @@ import torch
 import fastattr
 import fastattr.metrics as M
 from fastattr.metrics.stability import KINDS
-from fastattr.metrics.evaluate import ROAD_METRICS, CountingModel
+from fastattr.metrics.evaluate import LOCALISATION_METRICS, ROAD_METRICS, CountingModel
 from tests.models import rand, small_cnn
 
 STABILITY = {f"relative_{kind}_stability" for kind in KINDS}  # relative_stability's three values
@@ -278,3 +278,48 @@ def test_evaluate_explain_and_metric_kwargs_errors():
     # options of metrics not requested are ignored; explain is not needed without its metrics
     ev = run(metrics=["sparseness"], metric_kwargs={"relative_stability": {"n_samples": 3}})
     assert set(ev.values) == {"sparseness"}
+
+
+def test_evaluate_iba_by_name_and_the_localisation_metrics():
+    """``explain={"iba": "iba"}`` with its layer and statistics in ``method_kwargs`` gives what IBA as an
+    explain function gives each metric alone; the localisation metrics compare every map with ``boxes``."""
+    pytest.importorskip("sklearn")
+    from functools import partial
+
+    from fastattr.zoo import load_digits, load_digits_cnn
+
+    model = load_digits_cnn()
+    x, _ = load_digits("test", 3)
+    y = model(x).argmax(1)
+    stats = fastattr.iba_statistics(model, "net.2", load_digits("train", 200)[0])
+    options = {"layer": "net.2", "statistics": stats, "generator": 5}
+    heat = fastattr.iba(model, x, y, **options)
+    sal = fastattr.saliency(model, x, y).sum(1)
+    boxes = torch.tensor([[1, 0, 7, 8], [2, 1, 6, 7], [0, 0, 4, 8]])
+    metrics = ["insertion", "random_logit", "ehr", "pointing_game", "iou"]
+    ev = fastattr.evaluate(model, x, y, attributions={"iba": heat, "saliency": sal}, metrics=metrics,
+                           explain={"iba": "iba", "saliency": lambda m, z, t: fastattr.saliency(m, z, t).sum(1)},
+                           method_kwargs={"iba": options},
+                           boxes=boxes, generator=3, max_batch=64)
+    alone = M.random_logit(model, x, partial(fastattr.iba, **options), y, attributions=heat, generator=3)
+    torch.testing.assert_close(ev["random_logit"]["iba"], alone)
+    torch.testing.assert_close(ev["insertion"]["iba"], M.insertion(model, x, heat, y))
+    for name, a in (("iba", heat), ("saliency", sal)):
+        for metric in ("ehr", "pointing_game", "iou"):
+            torch.testing.assert_close(ev[metric][name], getattr(M, metric)(None, x, a, boxes=boxes))
+    assert M.BETTER["ehr"] == "higher" and set(LOCALISATION_METRICS) <= set(M.EVALUATE_METRICS)
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    by_mask = fastattr.evaluate(model, x, y, attributions={"iba": heat}, metrics=["ehr"],
+                                metric_kwargs={"ehr": {"masks": masks}})
+    torch.testing.assert_close(by_mask["ehr"]["iba"], M.ehr(None, x, heat, masks=masks))
+
+    run = lambda **kw: fastattr.evaluate(model, x, y, attributions={"iba": heat}, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match=r"explain method 'iba' needs layer and statistics: .*method_kwargs\['iba'\]"):
+        run(metrics=["random_logit"], explain={"iba": "iba"})
+    with pytest.raises(ValueError, match=r"method_kwargs has methods \['ig'\] that explain does not"):
+        run(metrics=["random_logit"], explain={"iba": "iba"}, method_kwargs={"iba": options, "ig": {}})
+    with pytest.raises(ValueError, match="method_kwargs are the keywords of the explain methods: pass explain="):
+        run(metrics=["insertion"], method_kwargs={"iba": options})
+    with pytest.raises(ValueError, match=r"ehr compares each map with a known region: pass boxes="):
+        run(metrics=["ehr"])

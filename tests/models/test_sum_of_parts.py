@@ -244,6 +244,20 @@ def test_explain_output_goes_straight_into_the_grouped_metrics():
     assert torch.isfinite(errors).all() and (errors >= 0).all() and (inserted >= 0).all()
 
 
+def test_feature_map_gives_each_pixel_the_scores_of_its_groups():
+    sop = load_digits_sop()
+    x, _ = load_digits("test", 3)
+    e, every = sop.explain(x), sop.explain(x, "all")
+    expected = torch.zeros(3, 8, 8)
+    for b in range(3):
+        for g in range(e.masks.shape[1]):
+            expected[b][e.masks[b, g]] += e.scores[b, g]
+    torch.testing.assert_close(e.feature_map(), expected)
+    per_class = every.feature_map()
+    assert per_class.shape == (3, 10, 8, 8)
+    torch.testing.assert_close(per_class[torch.arange(3), e.target], expected)
+
+
 class ImageOut(nn.Module):
     """Returns a feature map, not features."""
 

@@ -1,5 +1,6 @@
 """torchrun shards fastattr report across ranks (gloo on CPU) and gives the single-process output."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def test_torchrun_two_cpu_processes_match_single_process(tmp_path, chosen):
             assert len(b["per_example"][metric][method]) == 5
             # every map and metric is computed per example (perturbation maps one example at a time, see
             # report.running._attribute), so only thread counts could move a float32 logit
-            assert b["per_example"][metric][method] == pytest.approx(values, rel=1e-6, abs=1e-9,
-                                                                     nan_ok=True), (metric, method)
+            nan = lambda vs: [math.nan if v is None else v for v in vs]  # noqa: E731 - NaN is null in JSON
+            assert nan(b["per_example"][metric][method]) == pytest.approx(nan(values), rel=1e-6, abs=1e-9,
+                                                                          nan_ok=True), (metric, method)
     assert (sharded / "index.html").exists()

@@ -16,26 +16,29 @@ import math  # noqa: E402
 from fastattr.metrics import BETTER  # noqa: E402
 from fastattr.metrics.stability import KINDS  # noqa: E402
 from fastattr.zoo import load_digits, load_digits_cnn  # noqa: E402
-from fastattr.report import run_report  # noqa: E402
-from fastattr.report.running import REPORT_METRICS, STABILITY_SAMPLES  # noqa: E402
+from fastattr.report import ReportError, run_report  # noqa: E402
+from fastattr.report.running import GROUPED_METRICS, REPORT_METRICS, SOP_LEFT_OUT, STABILITY_SAMPLES  # noqa: E402
 
 
 def test_report_on_the_embedded_default(tmp_path):
     result = run_report(n=6, out=tmp_path / "r", progress=False)
     out = tmp_path / "r"
-    for name in ("index.html", "heatmaps.png", "curves.png", "results.json", "results.csv"):
+    for name in ("index.html", "heatmaps.png", "curves.png", "sop_groups.png", "results.json", "results.csv"):
         assert (out / name).stat().st_size > 0, name
     data = json.loads((out / "results.json").read_text())
-    assert set(data["summary"]) == set(REPORT_METRICS)
-    assert {"random", "integrated_gradients", "grad_cam", "guided_backprop"} <= set(data["methods"])
+    assert set(data["summary"]) == set(REPORT_METRICS) | set(GROUPED_METRICS)
+    assert {"random", "integrated_gradients", "grad_cam", "guided_backprop", "iba", "sop"} <= set(data["methods"])
     lo_hi = {"deletion": (0, 1), "insertion": (0, 1), "faithfulness_correlation": (-1, 1),
              "sensitivity_n": (-1, 1), "infidelity": (0, float("inf")), "mdrs": (1, 64), "aupc": (0, 64),
              "morf": (-1, 1), "lerf": (-1, 1), "deletion_error": (0, float("inf")),
              "insertion_error": (0, float("inf")), "sparseness": (0, 1 - 1 / 64), "complexity": (0, math.log(64)),
-             "random_logit": (-1, 1)}
+             "random_logit": (-1, 1), "grouped_deletion": (0, 1), "grouped_insertion": (0, 1)}
     for metric, by_method in data["per_example"].items():
         lo, hi = lo_hi[metric]
-        for values in by_method.values():
+        for method, values in by_method.items():
+            if method == "sop" and metric in SOP_LEFT_OUT:  # not computed for the SOP row: NaN, null in JSON
+                assert values == [None] * 6
+                continue
             assert len(values) == 6 and all(lo - 1e-9 <= v <= hi + 1e-9 for v in values), metric
     # A faithful method beats the random control on the trained model.
     s = data["summary"]
@@ -49,7 +52,7 @@ def test_report_on_the_embedded_default(tmp_path):
     assert data["settings"]["scale_invariant"] is True and data["settings"]["timing_repeats"] >= 3
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert rows[0] == "example,target,method,metric,value"
-    assert len(rows) == 1 + 6 * len(result.methods) * len(REPORT_METRICS)
+    assert len(rows) == 1 + 6 * len(result.methods) * (len(REPORT_METRICS) + len(GROUPED_METRICS))
     assert "random logit: the SSIM" in page and "stability" not in page
 
 
@@ -183,8 +186,15 @@ def test_defaults_skip_methods_that_do_not_apply_and_nan_is_json_null(tmp_path):
     x = torch.rand(3, 12, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     result = run_report(model=mlp, data=x, n=3, out=tmp_path / "r", progress=False,
                         metrics=["deletion", "faithfulness_correlation"])
-    assert {"grad_cam", "guided_grad_cam", "cd_blocks"} <= set(result.skipped)
+    assert {"grad_cam", "guided_grad_cam", "cd_blocks", "iba", "sop"} <= set(result.skipped)
     assert "saliency" in result.methods and "grad_cam" not in result.methods
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "Left out: <code>sop</code> (needs the embedded default model" in page and "Sum-of-Parts groups" not in page
+    for chosen in ({"methods": ["saliency", "sop"]}, {"metrics": ["grouped_deletion"]}):
+        with pytest.raises(ReportError, match="needs the embedded default model"):
+            run_report(model=mlp, data=x, n=3, out=tmp_path / "e", progress=False, **chosen)
+    with pytest.raises(ReportError, match="metric ehr compares each map with a known box"):
+        run_report(n=2, out=tmp_path / "e", progress=False, metrics=["ehr"])
     assert mlp.training and next(mlp.parameters()).dtype == torch.float32  # left as it was found
     const = torch.nn.Sequential(torch.nn.Linear(12, 3))
     torch.nn.init.zeros_(const[0].weight)
@@ -307,3 +317,46 @@ def test_report_agg_row_weights_and_fixed_weight_explain(tmp_path):
                            seed=0, first=1, generator=1, n_subsets=100, agg_weights=direct.weights)
     for metric in metrics:
         assert result.per_example[metric]["agg"][1] == pytest.approx(ev[metric]["agg"].item(), rel=1e-6), metric
+
+
+def test_report_sop_and_iba_rows_match_the_models_called_directly(tmp_path):
+    """On the default model the ``sop`` row is the zoo SOP's own grouped attribution scored on the SOP model
+    (its groups and scores in results.json, drawn on the page), the grouped columns
+    score the other maps on the CNN over the same groups, and the ``iba`` row is fastattr.iba at the last
+    conv layer with the training digits' statistics, seeded by the example's index."""
+    from fastattr.zoo import load_digits_sop
+
+    metrics = ["deletion", "random_logit", "grouped_deletion", "grouped_insertion"]
+    result = run_report(n=3, out=tmp_path / "r", methods=["saliency", "iba", "sop"], metrics=metrics, progress=False)
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())["settings"]
+    assert saved["iba"]["layer"] == "net.2" and saved["sop"]["row"] and saved["sop"]["mask_shape"] == [8, 8]
+    x, _ = load_digits("test", 3)
+    cnn, sop = load_digits_cnn(), load_digits_sop()
+    t = cnn(x).argmax(1)
+    stats = fastattr.iba_statistics(cnn, "net.2", load_digits("train")[0])
+    sop_explain = lambda m, z, tz: m.explain(z, tz).feature_map()  # noqa: E731
+    for i in range(3):
+        xi, ti = x[i:i + 1], t[i:i + 1]
+        e = sop.explain(xi, ti)
+        assert saved["sop"]["masks"][i] == ["".join(str(int(v)) for v in g.flatten().tolist()) for g in e.masks[0]]
+        assert saved["sop"]["scores"][i] == pytest.approx(e.scores[0].tolist(), abs=1e-7)
+        direct = {"deletion": fastattr.metrics.deletion(sop, xi, e.feature_map(), ti),
+                  "random_logit": fastattr.metrics.random_logit(sop, xi, sop_explain, ti, attributions=e.feature_map(),
+                                                                generator=i),
+                  "grouped_deletion": fastattr.metrics.grouped_deletion(sop, xi, e.scores, ti, groups=e.masks),
+                  "grouped_insertion": fastattr.metrics.grouped_insertion(sop, xi, e.scores, ti, groups=e.masks)}
+        for metric, value in direct.items():
+            assert result.per_example[metric]["sop"][i] == pytest.approx(value.item(), rel=1e-6), metric
+        saliency = fastattr.saliency(cnn, xi, ti).sum(1)
+        for metric in ("grouped_deletion", "grouped_insertion"):
+            value = getattr(fastattr.metrics, metric)(cnn, xi, saliency, ti, groups=e.masks)
+            assert result.per_example[metric]["saliency"][i] == pytest.approx(value.item(), rel=1e-6), metric
+        options = {"layer": "net.2", "statistics": stats, "generator": i}
+        heat = fastattr.iba(cnn, xi, ti, **options)
+        ev = fastattr.evaluate(cnn, xi, ti, attributions={"iba": heat}, explain={"iba": "iba"},
+                               method_kwargs={"iba": options}, metrics=["deletion", "random_logit"], generator=i)
+        for metric in ev.values:
+            assert result.per_example[metric]["iba"][i] == pytest.approx(ev[metric]["iba"].item(), rel=1e-6), metric
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert 'alt="Sum-of-Parts groups"' in page and (tmp_path / "r" / "sop_groups.png").stat().st_size > 0
+    assert "<code>sop</code> is the zoo's Sum-of-Parts wrapper" in page and "<code>iba</code> is Information" in page

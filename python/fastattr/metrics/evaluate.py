@@ -29,9 +29,10 @@ from ..core import (CountingModel, Target, check_attributions, check_count, chec
 from .complexity import DIRECTIONS, complexity, sparseness
 from .faithfulness import (MORF_FRACTIONS, check_fractions, columns, mdrs_from_logits, ranked_scores,
                            scores_from_logits)
+from .localisation import ehr, iou, pointing_game
 from .randomisation import model_randomisation, random_logit
 from .road import road
-from .robustness import Explain
+from .robustness import Explain, explainer
 from .sop import additive_errors, additive_mass, error_passes
 from .stability import KINDS, relative_stability
 from .subsets import (correlation, infidelity_from, sensitivity_from, sensitivity_passes,
@@ -46,22 +47,26 @@ STABILITY_METRICS = {f"relative_{kind}_stability": kind for kind in KINDS}
 EXPLAIN_METRICS = (*STABILITY_METRICS, "random_logit", "model_randomisation")
 #: ROAD by noisy linear imputation, most / least relevant first -> the ``order`` of :func:`road`
 ROAD_METRICS = {"road_morf": "morf", "road_lerf": "lerf"}
+#: the metrics that compare the map with a known region (``boxes=``), never running the model
+LOCALISATION_METRICS = {"pointing_game": pointing_game, "iou": iou, "ehr": ehr}
 #: every metric :func:`evaluate` runs
-EVALUATE_METRICS = FAITHFULNESS_METRICS + ("sparseness", "complexity", *ROAD_METRICS) + EXPLAIN_METRICS
+EVALUATE_METRICS = (FAITHFULNESS_METRICS + ("sparseness", "complexity", *ROAD_METRICS) + EXPLAIN_METRICS
+                    + tuple(LOCALISATION_METRICS))
 BETTER = {"deletion": "lower", "insertion": "higher", "infidelity": "lower",
           "faithfulness_correlation": "higher", "sensitivity_n": "higher", "mdrs": "lower", "aupc": "lower",
           "morf": "higher", "lerf": "lower", "deletion_error": "lower", "insertion_error": "lower",
-          "road_morf": "lower", "road_lerf": "higher", **DIRECTIONS}
+          "road_morf": "lower", "road_lerf": "higher", "pointing_game": "higher", "iou": "higher", "ehr": "higher",
+          "grouped_deletion": "lower", "grouped_insertion": "higher", **DIRECTIONS}
 # the metrics evaluate calls as their own function, which ``metric_kwargs`` reach ("relative_stability":
 # the options of all three kinds), and the arguments evaluate sets itself
 _OWN = {"sparseness": sparseness, "complexity": complexity, "random_logit": random_logit,
         "relative_stability": relative_stability, **{m: relative_stability for m in STABILITY_METRICS},
-        "model_randomisation": model_randomisation, **{m: road for m in ROAD_METRICS}}
+        "model_randomisation": model_randomisation, **{m: road for m in ROAD_METRICS}, **LOCALISATION_METRICS}
 _SET_BY_EVALUATE = ("model", "inputs", "explain", "target", "attributions", "generator", "kinds", "order", "curves")
 _RANKED = ("deletion", "insertion", "mdrs", "aupc", "morf", "lerf")
 
-__all__ = ["BETTER", "EVALUATE_METRICS", "EXPLAIN_METRICS", "FAITHFULNESS_METRICS", "ROAD_METRICS", "CountingModel", "Evaluation",
-           "evaluate"]
+__all__ = ["BETTER", "EVALUATE_METRICS", "EXPLAIN_METRICS", "FAITHFULNESS_METRICS", "LOCALISATION_METRICS",
+           "ROAD_METRICS", "CountingModel", "Evaluation", "evaluate"]
 
 
 @dataclass
@@ -147,6 +152,35 @@ def _metric_kwargs(metric_kwargs) -> dict[str, dict]:
             raise ValueError(f"metric_kwargs[{metric!r}] has keyword(s) {', '.join(bad)} that {fn.__name__} does "
                              f"not take; it takes {', '.join(takes)}")
     return metric_kwargs
+
+
+def _with_method_kwargs(explain: dict, method_kwargs, chunks: dict) -> dict:
+    """``explain`` with each method of ``method_kwargs`` ({method: {keyword: value}}) bound to its keywords
+    (a named method also to evaluate's ``max_batch`` / ``memory_budget`` where it takes them)."""
+    if method_kwargs is None:
+        return explain
+    if not isinstance(method_kwargs, dict) or not all(isinstance(v, dict) for v in method_kwargs.values()):
+        raise TypeError(f"method_kwargs must be a dict {{method name: {{keyword: value}}}}, got {method_kwargs!r}")
+    unknown = [k for k in method_kwargs if k not in explain]
+    if unknown:
+        raise ValueError(f"method_kwargs has methods {unknown} that explain does not; its methods are {list(explain)}")
+    return {name: explainer(e, method_kwargs[name], chunks) if name in method_kwargs else e
+            for name, e in explain.items()}
+
+
+def _regions(metrics, boxes, metric_kwargs) -> dict[str, dict]:
+    """The keywords of each localisation metric requested: its ``metric_kwargs``, with ``boxes`` unless they
+    give boxes or masks themselves; a clear error when neither gives a region."""
+    out = {}
+    for metric in (m for m in LOCALISATION_METRICS if m in metrics):
+        kw = dict(metric_kwargs.get(metric, {}))
+        if "boxes" not in kw and "masks" not in kw:
+            if boxes is None:
+                raise ValueError(f"{metric} compares each map with a known region: pass boxes= ([B, 4] or [4] integer "
+                                 f"(x0, y0, x1, y1)) or metric_kwargs={{{metric!r}: {{'masks': ...}}}}")
+            kw["boxes"] = boxes
+        out[metric] = kw
+    return out
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -283,7 +317,8 @@ def _bar(progress: bool):
 @model_entry
 def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
              attributions: dict[str, torch.Tensor], metrics: Sequence[str] = FAITHFULNESS_METRICS,
-             explain: Optional[dict[str, Explain]] = None, metric_kwargs: Optional[dict[str, dict]] = None,
+             explain: Optional[dict[str, Explain]] = None, method_kwargs: Optional[dict[str, dict]] = None,
+             metric_kwargs: Optional[dict[str, dict]] = None, boxes=None,
              subset_fraction: float = 0.2, n_subsets: int = 200, ns: Optional[Sequence[int]] = None,
              baseline=0.0, step=None, generator=0, multiplied_by_inputs: bool | dict[str, bool] = False,
              fractions: Sequence[float] = MORF_FRACTIONS, max_exhaustive: int = 12,
@@ -304,8 +339,11 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     ``score`` is given; the levels' scores in ``curves``, the levels as fractions in ``fractions``). ``"random_logit"``, ``"relative_input_stability"``,
     ``"relative_output_stability"``, ``"relative_representation_stability"`` and
     ``"model_randomisation"`` explain again, so they need ``explain`` ({name: attribution function or
-    ``METHODS`` name}, keyed like ``attributions``, returning maps shaped like ``attributions[name]``;
-    the map given is each metric's ``e(x)``, not recomputed). Each runs as one call for all methods
+    method name — a ``METHODS`` name, a layer method such as ``"grad_cam"``, or ``"iba"`` —, keyed like
+    ``attributions``, returning maps shaped like ``attributions[name]``; the map given is each metric's
+    ``e(x)``, not recomputed); ``method_kwargs`` ({name: {keyword: value}}) are the keywords of a
+    method's explain calls, e.g. ``{"iba": {"layer": "net.2", "statistics": stats, "generator": 0}}``.
+    Each runs as one call for all methods
     (:func:`random_logit`, :func:`relative_stability`, :func:`model_randomisation` with a dict
     ``explain``): the stability kinds requested with the same options share one set of perturbations.
     ``model_randomisation``'s value is the mean similarity over the randomised layers (Quantus
@@ -321,7 +359,10 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     ranked metrics (deletion, insertion, MDRS, AUPC, MoRF, LeRF) and of the SOP errors (the
     random-subset metrics use the map's own features); ``score`` is the reader of every metric (None:
     each metric's own default, the probability for the ranked metrics and the logit for the others);
-    ``infidelity`` (``"subset"`` or ``"gaussian"``) and ``noise_std`` mean what they mean in
+    ``"pointing_game"``, ``"iou"`` and ``"ehr"`` (:func:`pointing_game`, :func:`iou`, :func:`ehr`) compare
+    each map with a known region and need ``boxes`` (integer ``(x0, y0, x1, y1)`` per example ``[B, 4]``, or
+    one ``[4]`` for all; bool region masks through ``metric_kwargs={"ehr": {"masks": m}}``); they never
+    run the model. ``infidelity`` (``"subset"`` or ``"gaussian"``) and ``noise_std`` mean what they mean in
     :func:`infidelity` (subset infidelity shares the correlation's passes, Gaussian infidelity runs its
     own, shared by every method); ``normalize=True`` makes every scale-dependent column
     scale-invariant: infidelity with the optimal rescaling (:func:`infidelity`'s ``normalize``) and the
@@ -337,6 +378,12 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         >>> ev = fastattr.evaluate(model, x, y, attributions={"saliency": sal}, explain={"saliency": "saliency"},
         ...                        metrics=["sparseness", "random_logit", "relative_input_stability"],
         ...                        metric_kwargs={"relative_input_stability": {"n_samples": 50}})
+        >>> stats = fastattr.iba_statistics(model, "net.2", x_train)
+        >>> ev = fastattr.evaluate(model, x, y, attributions={"iba": fastattr.iba(model, x, y, layer="net.2",
+        ...                        statistics=stats)}, explain={"iba": "iba"}, metrics=["insertion", "random_logit"],
+        ...                        method_kwargs={"iba": {"layer": "net.2", "statistics": stats}})
+        >>> fastattr.evaluate(model, x, y, attributions={"iba": heat}, metrics=["ehr"],
+        ...                   boxes=torch.tensor([2, 1, 6, 7]))
     """
     check_inputs(inputs)
     if not isinstance(attributions, dict) or not attributions:
@@ -365,6 +412,12 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     if needs and missing:
         raise ValueError(f"{', '.join(needs)} explain the inputs again: pass explain={{method name: attribution "
                          f"function or METHODS name}} for every method; explain has none for {', '.join(missing)}")
+    if method_kwargs is not None and explain is None:
+        raise ValueError("method_kwargs are the keywords of the explain methods: pass explain= too")
+    chunks = dict(max_batch=max_batch, memory_budget=memory_budget)
+    if explain is not None:
+        explain = _with_method_kwargs(explain, method_kwargs, chunks)
+    regions = _regions(metrics, boxes, metric_kwargs)
     feats = {name: check_attributions(inputs, a) for name, a in attributions.items()}
     n_features = {f.shape[1] for f in feats.values()}
     if len(n_features) != 1:
@@ -376,9 +429,11 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         if set(metrics) & {*_RANKED, "deletion_error", "insertion_error"} else {}
     bar = _bar(progress)
     counted = CountingModel(model, on_call=None if bar is None else bar.update)
-    chunks = dict(max_batch=max_batch, memory_budget=memory_budget)
     t, clean = resolve_clean(counted, inputs, target, **chunks)
     ev = Evaluation()
+    for metric, kw in regions.items():
+        ev.values[metric] = {name: LOCALISATION_METRICS[metric](None, inputs, a, t, **kw)
+                             for name, a in attributions.items()}
     ends = None  # the model's outputs on x and on the baseline, when the ranked metrics run
     if set(_RANKED) & set(metrics):
         base = make_baseline(inputs, baseline, generator=_fresh(generator))

@@ -10,6 +10,7 @@ perturbed copies of the batch (``kÂ·B`` inputs, sample-major), so ``e`` runs ``â
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Dict, Optional, Union
 
@@ -24,19 +25,34 @@ Explain = Union[str, Callable]
 Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _named_methods() -> dict[str, Callable]:
+    """The attribution methods ``explain`` may name: ``attribution.METHODS``, the layer methods
+    (``grad_cam``, ...) and ``iba``; the last need their ``layer`` (and IBA its ``statistics``) in the
+    explain keywords."""
+    from ..attribution import LAYER_METHODS, METHODS, iba
+
+    return {**METHODS, **LAYER_METHODS, "iba": iba}
+
+
 def explainer(explain: Explain, explain_kwargs: Optional[dict], chunks: Optional[dict] = None) -> Callable:
-    """``fn(model, inputs, target)`` from an attribution function or a name in ``attribution.METHODS``;
-    a named method also gets the metric's ``max_batch`` / ``memory_budget`` (``chunks``) unless
-    ``explain_kwargs`` sets them."""
+    """``fn(model, inputs, target)`` from an attribution function or a name in :func:`_named_methods`;
+    a named method also gets the metric's ``max_batch`` / ``memory_budget`` (``chunks``), where it
+    takes them, unless ``explain_kwargs`` sets them."""
     kwargs = dict(explain_kwargs or {})
     if isinstance(explain, str):
-        kwargs = {**{k: v for k, v in (chunks or {}).items() if v is not None}, **kwargs}
-        from ..attribution import METHODS
-
-        if explain not in METHODS:
-            raise ValueError(f"unknown explain method {explain!r}; choose from {', '.join(sorted(METHODS))} "
+        methods = _named_methods()
+        if explain not in methods:
+            raise ValueError(f"unknown explain method {explain!r}; choose from {', '.join(sorted(methods))} "
                              "or pass a function fn(model, inputs, target)")
-        explain = METHODS[explain]
+        name, explain = explain, methods[explain]
+        params = inspect.signature(explain).parameters
+        kwargs = {**{k: v for k, v in (chunks or {}).items() if v is not None and k in params}, **kwargs}
+        missing = [p.name for p in params.values()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+                   and p.name not in kwargs]
+        if missing:
+            raise ValueError(f"explain method {name!r} needs {' and '.join(missing)}: pass them with its keyword "
+                             f"arguments (explain_kwargs; in evaluate, method_kwargs[{name!r}])")
     if not callable(explain):
         raise TypeError(f"explain must be an attribution function or a method name, "
                         f"got {type(explain).__name__}")

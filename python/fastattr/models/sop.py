@@ -46,6 +46,14 @@ class SOPExplanation(NamedTuple):
     logits: torch.Tensor
     target: Optional[torch.Tensor]
 
+    def feature_map(self) -> torch.Tensor:
+        """The grouped attribution as a map over the features, ``Σ_i c_i S_i``: each feature gets the sum of
+        the scores of the groups that hold it; ``[B, *map]`` (``[B, C, *map]`` for ``target="all"``)."""
+        masks = self.masks.to(self.scores.dtype)
+        if self.scores.dim() == 3:
+            return torch.einsum("bgc,bg...->bc...", self.scores, masks)
+        return torch.einsum("bg,bg...->b...", self.scores, masks)
+
 
 def _uniform(shape: Sequence[int], fan_in: int, generator: torch.Generator, dtype, device) -> nn.Parameter:
     """PyTorch's default Linear initialisation, ``U(−1/√fan_in, 1/√fan_in)``, drawn from ``generator``."""

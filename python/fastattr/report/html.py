@@ -132,7 +132,7 @@ def curves_figure(result: "ReportResult") -> bytes:
     styles = _styles(result.methods)
     for ax, metric in zip(axes.flat, metrics):
         fractions = result.curves[metric]["_fractions"]
-        for name in result.methods:
+        for name in (m for m in result.methods if m in result.curves[metric]):
             ax.plot(fractions, result.curves[metric][name], label=name, **styles[name])
         ax.set_title(metric, fontsize=11)
         ax.set_xlabel(CURVE_XLABELS.get(metric, "fraction of features changed"), fontsize=9)
@@ -227,6 +227,103 @@ def _agg_sentence(result: "ReportResult") -> str:
             "again keep each input's weights).")
 
 
+def _iba_sentence(result: "ReportResult") -> str:
+    """What the ``iba`` row is."""
+    iba = result.settings.get("iba")
+    if not iba:
+        return ""
+    return (f" <code>iba</code> is Information Bottleneck Attribution (Schulz et al. 2020) at "
+            f"<code>{html.escape(iba['layer'])}</code>, the last conv layer, its noise prior the layer's statistics "
+            f"over {html.escape(iba['statistics'])}: β = {iba['beta']:g}, {iba['steps']} steps × {iba['n_noise']} "
+            "noise draws seeded per input; the map is the capacity in bits, upsampled.")
+
+
+def _sop_sentence(result: "ReportResult") -> str:
+    """What the ``sop`` row and the grouped columns are."""
+    sop = result.settings.get("sop")
+    if not sop:
+        return ""
+    grouped = [m for m in result.metrics if m.startswith("grouped_")]
+    left_out = [m for m in sop["left_out"] if m in result.metrics]
+    text = ""
+    if sop["row"]:
+        text += (" <code>sop</code> is the zoo's Sum-of-Parts wrapper of the CNN explaining itself "
+                 f"(<code>{html.escape(sop['model'])}</code>: {sop['n_groups']} groups of {sop['patch_size']}×"
+                 f"{sop['patch_size']}-pixel patches per input, the prediction Σ c<sub>i</sub>·y<sub>i</sub>): its "
+                 "map gives each pixel the sum of the scores c<sub>i</sub> of the groups that hold it, and every "
+                 "column of its row is measured on the SOP model itself, for the same targets (not on the CNN)"
+                 + (f"; {', '.join(html.escape(m) for m in left_out)} not computed for it (NaN)." if left_out else "."))
+    if grouped:
+        text += (f" {' / '.join(html.escape(m) for m in grouped)}: the SOP groups of each input removed / restored "
+                 "one whole group at a time, highest score first (the area over the fraction of pixels changed); "
+                 + ("<code>sop</code> on the SOP model by its own scores, " if sop["row"] else "")
+                 + "the other methods on the model, each group scored by the sum of the method's map over it (as "
+                   "SOP's Table 1).")
+    return text
+
+
+def _groups_figure(x: torch.Tensor, groups: dict, target: torch.Tensor, top: int, rows: int = PAGE) -> bytes:
+    """``sop_groups.png``: the first ``rows`` inputs as rows, the input then its ``top`` highest-scoring SOP
+    groups, each drawn as the digit with the pixels outside the group dimmed and the group outlined,
+    its score c in the title."""
+    from matplotlib.collections import LineCollection
+
+    plt = _pyplot()
+    n = min(rows, x.shape[0])
+    top = min(top, groups["scores"].shape[1])
+    fig, axes = plt.subplots(n, top + 1, figsize=(1.3 * (top + 1) + 0.4, 1.35 * n), squeeze=False)
+    for r in range(n):
+        image = _display_image(x[r])
+        axes[r, 0].imshow(image, interpolation="nearest")
+        axes[r, 0].set_title(f"#{r}  t={int(target[r])}", fontsize=8)
+        order = torch.argsort(groups["scores"][r], descending=True, stable=True)[:top]
+        for c, g in enumerate(order.tolist(), start=1):
+            mask = groups["masks"][r, g].numpy()
+            axes[r, c].imshow(image * np.where(mask, 1.0, 0.25)[..., None], interpolation="nearest")
+            axes[r, c].add_collection(LineCollection(_outline(mask), colors="#ff3b30", linewidths=1.6))
+            axes[r, c].set_title(f"c={float(groups['scores'][r, g]):.2f}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    png = _figure_png(fig)
+    plt.close(fig)
+    return png
+
+
+def _outline(mask: np.ndarray) -> list:
+    """The edges between a mask's pixels and the pixels outside it (or the border), as line segments in
+    ``imshow``'s coordinates."""
+    h, w = mask.shape
+    padded = np.pad(mask, 1)
+    segments = []
+    for i, j in zip(*np.nonzero(mask)):
+        y, x = i + 1, j + 1
+        if not padded[y - 1, x]:
+            segments.append([(j - 0.5, i - 0.5), (j + 0.5, i - 0.5)])
+        if not padded[y + 1, x]:
+            segments.append([(j - 0.5, i + 0.5), (j + 0.5, i + 0.5)])
+        if not padded[y, x - 1]:
+            segments.append([(j - 0.5, i - 0.5), (j - 0.5, i + 0.5)])
+        if not padded[y, x + 1]:
+            segments.append([(j + 0.5, i - 0.5), (j + 0.5, i + 0.5)])
+    return segments
+
+
+def _groups_section(result: "ReportResult", x: torch.Tensor, groups: Optional[dict], target: torch.Tensor,
+                    top: int) -> str:
+    """The page's Sum-of-Parts section: the figure of :func:`_groups_figure`, written as ``sop_groups.png``."""
+    if groups is None:
+        (result.out / "sop_groups.png").unlink(missing_ok=True)  # a previous run's figure would mislead
+        return ""
+    png = _groups_figure(x, groups, target, top)
+    (result.out / "sop_groups.png").write_bytes(png)
+    shown = min(PAGE, x.shape[0])
+    return (f"<h2>Sum-of-Parts groups</h2><p>The SOP model's {top} highest-scoring groups of the first {shown} "
+            "inputs for their targets (outlined; pixels outside the group dimmed) with their scores c; every "
+            "input's groups and scores are in <code>results.json</code> (<code>settings.sop</code>).</p>"
+            f'<div id="sop-groups">{_img_tag(png, "Sum-of-Parts groups")}</div>')
+
+
 def _skipped(result: "ReportResult") -> str:
     return "".join(f" Left out: <code>{html.escape(m)}</code> ({html.escape(why)})."
                    for m, why in result.skipped.items())
@@ -303,8 +400,11 @@ img { max-width: 100%; }
 
 
 def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Tensor], target: torch.Tensor,
-               pred: torch.Tensor, settings: Optional[dict] = None) -> None:
-    """Writes ``heatmaps.png``, ``curves.png`` and ``index.html`` (images inlined) into ``result.out``."""
+               pred: torch.Tensor, settings: Optional[dict] = None, sop_groups: Optional[dict] = None,
+               top_groups: int = 4) -> None:
+    """Writes ``heatmaps.png``, ``curves.png``, ``sop_groups.png`` (with ``sop_groups``: masks ``[N, G, H, W]``
+    and scores ``[N, G]``, the ``top_groups`` best drawn) and ``index.html`` (images inlined) into
+    ``result.out``."""
     grid = heatmap_grid(x, maps, target)
     curves = curves_figure(result) if result.curves else None
     (result.out / "heatmaps.png").write_bytes(grid)
@@ -326,7 +426,7 @@ def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Te
 <p>{result.n} inputs; {len(result.methods)} attribution methods; metrics: {", ".join(result.metrics)}.
 Targets: the predicted class unless chosen otherwise ({int((pred == target).sum())} of {result.n} targets equal
 the prediction).
-<code>random</code> is a control map that any method should beat. {control_sentence(result)}{_agg_sentence(result)}{_skipped(result)}</p>
+<code>random</code> is a control map that any method should beat. {control_sentence(result)}{_agg_sentence(result)}{_iba_sentence(result)}{_sop_sentence(result)}{_skipped(result)}</p>
 <h2>Metrics (mean over inputs; ↓ lower / ↑ higher is better; best per column in bold)</h2>
 <p>Deletion / insertion: area under the target-probability curve as the top features are removed /
 restored; MoRF / LeRF: the mean drop of the target probability as the most / least relevant features are
@@ -341,6 +441,7 @@ rescaling of Yeh et al.) and the SOP deletion / insertion errors are those of th
 <p>Each map on its own scale. Signed maps: red for the target, blue against, symmetric about 0. Maps of one
 sign (marked): dark at their minimum, bright at their maximum. Constant maps: grey.</p>
 {_heatmap_pages(x, maps, target)}
+{_groups_section(result, x, sop_groups, target, top_groups)}
 <h2>Curves</h2>
 <div id="curves">{_img_tag(curves, "curves") if curves else "<p>no curve metrics selected</p>"}</div>
 <h2>Timings</h2>

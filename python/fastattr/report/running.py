@@ -4,19 +4,23 @@ both backends, then the tables and the HTML page written by rank 0."""
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
+import weakref
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from .._backend import use_backend
-from ..attribution import LAYER_METHODS, METHODS, aggregate
+from ..attribution import LAYER_METHODS, METHODS, aggregate, iba, iba_statistics
 from ..attribution.aggregate import abs_max, combine
 from ..cd import CD_METHODS
 from ..core import eval_modes, patch_segments
-from ..metrics import EVALUATE_METRICS, EXPLAIN_METRICS, FAITHFULNESS_METRICS, evaluate
+from ..metrics import (EVALUATE_METRICS, EXPLAIN_METRICS, FAITHFULNESS_METRICS, evaluate, grouped_deletion,
+                       grouped_insertion)
+from ..metrics.evaluate import LOCALISATION_METRICS
 from .loading import (ReportError, check_data, check_fits, check_labels, load_data, load_model, usable_device,
                       writable_folder)
 from .writing import ReportResult, write_tables
@@ -26,6 +30,19 @@ MULTIPLIED_BY_INPUTS = {"input_x_gradient", "integrated_gradients"}  # maps that
 SURROGATE_METHODS = ("kernel_shap", "lime")
 AGG = "agg"  # AGG_opt (Decker et al. 2024) over AGG_METHODS, weights chosen per example
 AGG_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "deeplift")
+IBA = "iba"  # IBA (Schulz et al. 2020) at the last Conv2d, its statistics from the training digits
+SOP = "sop"  # the Sum-of-Parts wrapper's own grouped attribution (fastattr.zoo.load_digits_sop), as a map
+#: why the rows that need the embedded default model are left out for a user's model
+DEFAULT_ONLY = {IBA: "needs the embedded default model: IBA's layer statistics come from its training digits",
+                SOP: "needs the embedded default model: its Sum-of-Parts wrapper (fastattr.zoo.load_digits_sop), whose "
+                     "groups the grouped deletion / insertion columns use too"}
+#: grouped deletion / insertion over each input's SOP groups (default model only): the sop row on the SOP
+#: model with its scores, every other row on the model with each group scored by the sum of its map
+GROUPED_METRICS = {"grouped_deletion": grouped_deletion, "grouped_insertion": grouped_insertion}
+#: the columns the sop row leaves empty: Sensitivity-N is 800 SOP forwards (6,400 backbone passes) per
+#: input, and model randomisation would re-initialise the SOP's own layers, not the model's
+SOP_LEFT_OUT = ("sensitivity_n", "model_randomisation")
+SOP_TOP_GROUPS = 4  # groups drawn per input on the page, highest score first
 #: the metrics of a report without --metrics: faithfulness, complexity and the random-logit test (the
 #: relative stabilities and model randomisation explain every input many times: chosen with --metrics)
 REPORT_METRICS = FAITHFULNESS_METRICS + ("sparseness", "complexity", "random_logit")
@@ -57,6 +74,22 @@ def _pick(names: Optional[Sequence[str]], available: dict, kind: str,
     if unknown:
         raise ReportError(f"unknown {kind} {', '.join(unknown)}; choose from {', '.join(available)}")
     return list(dict.fromkeys(names))
+
+
+_IBA_PRIORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _iba_statistics(net, layer):
+    """IBA's prior at ``layer``: :func:`fastattr.iba_statistics` over the training digits, once per model and
+    state of its parameters (model randomisation explains a copy whose layers it re-initialises in place)."""
+    state = tuple((p.data_ptr(), p._version) for p in net.parameters())
+    known = _IBA_PRIORS.get(net)
+    if known is None or known[0] != state:
+        from ..zoo import load_digits
+
+        known = (state, iba_statistics(net, layer, load_digits("train")[0].to(next(net.parameters()).device)))
+        _IBA_PRIORS[net] = known
+    return known[1]
 
 
 def feature_map(attr: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -129,6 +162,14 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
 
     if name == AGG:
         return _aggregate(net, x, t, first, seed)[0]
+    if name == SOP:  # net: the SOP model; one example at a time, as the backbone's chunks of a batch and of a
+        # shard can differ in the last bit
+        return torch.cat([net.explain(x[i:i + 1], t[i:i + 1]).feature_map() for i in range(x.shape[0])])
+    if name == IBA:  # the noise of every example drawn from its own seed
+        layer = _convs(net)[-1]
+        prior = _iba_statistics(net, layer)
+        return torch.cat([iba(net, x[i:i + 1], t[i:i + 1], layer=layer, statistics=prior, generator=example_seed(i))
+                          for i in range(x.shape[0])])
     if name == CONTROL:
         return torch.cat([torch.rand((1,) + tuple(x.shape[1:]), dtype=x.dtype,
                                      generator=torch.Generator().manual_seed(example_seed(i)))
@@ -206,8 +247,10 @@ def _convs(net) -> list:
     return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)] if isinstance(net, torch.nn.Module) else []
 
 
-def _unavailable(name: str, net, x: torch.Tensor) -> Optional[str]:
-    """Why ``name`` cannot run on this model and data, or None."""
+def _unavailable(name: str, net, x: torch.Tensor, default: bool) -> Optional[str]:
+    """Why ``name`` cannot run on this model and data (``default``: the embedded digits CNN), or None."""
+    if name in DEFAULT_ONLY and not default:
+        return DEFAULT_ONLY[name]
     if name in LAYER_METHODS and not _convs(net):
         return "needs a model with a Conv2d layer"
     if name in CD_METHODS and x.dim() != 4:
@@ -239,13 +282,15 @@ def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tupl
 
 
 def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[str], metric_names: list[str],
-                     seed: int, n_subsets: int, show: bool) -> dict[str, float]:
+                     seed: int, n_subsets: int, show: bool, nets: Optional[dict] = None) -> dict[str, float]:
     """Seconds of each method and of ``evaluate`` on the same inputs, with fastattr's default backend
     (cpp on CPU, triton on CUDA) and with the pure-torch reference backend of every op:
     ``{"backend:<name>:<fastattr|reference>": median s}``, with ``:lo`` / ``:hi`` the range, over
     :data:`TIMING_REPEATS` runs after a warm-up run. ``evaluate`` is timed on the metrics that read the
-    maps (those that explain again re-run the methods, timed on their own)."""
+    maps (those that explain again re-run the methods, timed on their own) of the methods on ``net``; a
+    method in ``nets`` (``sop``) explains its own model."""
     out: dict[str, float] = {}
+    nets = nets or {}
     passes = [m for m in metric_names if m not in EXPLAIN_METRICS]
 
     def record(key: str, fn: Callable[[], object]):
@@ -256,11 +301,12 @@ def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[s
         maps = {}
         with use_backend(backend):
             for name in _progress([m for m in method_names if m != CONTROL], f"timing ({label} backend)", show):
-                attr = record(f"backend:{name}:{label}", lambda: _attribute(name, net, x, t, 0, seed))
-                maps[name] = feature_map(attr.detach(), x)
+                attr = record(f"backend:{name}:{label}", lambda: _attribute(name, nets.get(name, net), x, t, 0, seed))
+                if name not in nets:
+                    maps[name] = feature_map(attr.detach(), x)
             if CONTROL in method_names:
                 maps[CONTROL] = feature_map(_attribute(CONTROL, net, x, t, 0, seed), x)
-            if passes:
+            if passes and maps:
                 record(f"backend:evaluate:{label}",
                        lambda: _evaluate(net, x, t, maps, passes, seed, 0, seed, n_subsets))
     return out
@@ -283,30 +329,51 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
         data: None (digits test split), a path (``.pt`` / ``.npy`` / image folder) or a tensor.
         target: None or ``"pred"`` (the predicted class), ``"label"`` (needs labels), or a class index.
         methods / metrics: names (default: every available method, ``"random"`` a control map, and the
-            metrics :data:`REPORT_METRICS`). The metrics that explain again use each method with the
-            report's settings as its explain function; the relative stabilities draw
-            :data:`STABILITY_SAMPLES` perturbations per input.
+            metrics :data:`REPORT_METRICS`, with :data:`GROUPED_METRICS` on the default model). The metrics
+            that explain again use each method with the report's settings as its explain function; the
+            relative stabilities draw :data:`STABILITY_SAMPLES` perturbations per input.
+
+    On the embedded default model two more rows: ``iba`` (IBA at the last Conv2d, its statistics from the
+    training digits) and ``sop``, the zoo's Sum-of-Parts wrapper of the CNN explaining itself: its map is
+    ``explain(x, target).feature_map()`` (``Σ c_i S_i``), every column of that row is measured on the SOP
+    model (but :data:`SOP_LEFT_OUT`, NaN), and its groups are drawn on the page and stored in
+    ``results.json``. With a user's model both rows and the grouped columns are left out, with the reason on
+    the page.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ReportError(f"--n must be a positive integer, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
         raise ReportError(f"--seed must be an integer in [0, 2^32), got {seed!r}")
     chosen = methods is not None
-    method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, AGG: None, CONTROL: None}, "method")
-    metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS), "metric", REPORT_METRICS)
+    default = model is None
+    method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, AGG: None, IBA: None, SOP: None,
+                                   CONTROL: None}, "method")
+    metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS + tuple(GROUPED_METRICS)), "metric",
+                         REPORT_METRICS + (tuple(GROUPED_METRICS) if default else ()))
+    for metric in metric_names:
+        if metric in GROUPED_METRICS and not default:
+            raise ReportError(f"metric {metric} {DEFAULT_ONLY[SOP]}")
+        if metric in LOCALISATION_METRICS:
+            raise ReportError(f"metric {metric} compares each map with a known box, and the report's data has none; "
+                              "call fastattr.evaluate(..., metrics=['ehr'], boxes=...) with your boxes")
     dev = usable_device(device)
     out_dir = writable_folder(out)
     torch.manual_seed(seed)
     net = model if (model is not None and not isinstance(model, str)) else load_model(model)
+    sop_net = None
+    if default and (SOP in method_names or set(GROUPED_METRICS) & set(metric_names)):
+        from ..zoo import load_digits_sop
+
+        sop_net = load_digits_sop()
     if isinstance(data, torch.Tensor):
         x, labels = data[:n], None
     else:
         x, labels = load_data(data, n)
     shards = _Shards(dev)
     dev = shards.device
-    with _borrowed(net, dev):
+    with _borrowed(net, dev), _borrowed(sop_net, dev):
         return _run(net, check_data(x, net).to(dev), labels, target, method_names, metric_names, chosen, out_dir,
-                    seed, progress, n_subsets, shards, dev)
+                    seed, progress, n_subsets, shards, dev, default, sop_net)
 
 
 @contextlib.contextmanager
@@ -326,15 +393,47 @@ def _borrowed(net, device: torch.device):
             net.to(home)
 
 
+def _groups(sop_net, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The SOP groups of each input for its target, one example at a time (as :func:`_attribute`): masks
+    ``[B, G, *map]``, scores ``[B, G]`` and the SOP model's own prediction ``[B]``."""
+    parts = [sop_net.explain(x[i:i + 1], t[i:i + 1]) for i in range(x.shape[0])]
+    return {"masks": torch.cat([e.masks for e in parts]).cpu(), "scores": torch.cat([e.scores for e in parts]).cpu(),
+            "prediction": torch.cat([e.logits.argmax(1) for e in parts]).cpu()}
+
+
+def _grouped(net, sop_net, x: torch.Tensor, t: torch.Tensor, maps: dict[str, torch.Tensor], groups: dict,
+             metric: str) -> dict[str, torch.Tensor]:
+    """Grouped deletion or insertion of one input ``x [1, ...]`` over its SOP groups: the sop row on the SOP
+    model with its group scores, the other methods' maps on ``net`` in one call (each group scored by the sum
+    of the map over it, as SOP's Table 1 scores post-hoc methods)."""
+    fn, masks = GROUPED_METRICS[metric], groups["masks"].to(x.device)
+    out = {}
+    others = [m for m in maps if m != SOP]
+    if others:
+        k = len(others)
+        values = fn(net, x.expand(k, *x.shape[1:]), torch.cat([maps[m] for m in others]), t.expand(k),
+                    groups=masks.expand(k, *masks.shape[1:]))
+        out.update({m: values[j:j + 1] for j, m in enumerate(others)})
+    if SOP in maps:
+        out[SOP] = fn(sop_net, x, groups["scores"].to(x.device), t, groups=masks)
+    return out
+
+
+def _bits(masks: torch.Tensor) -> list[list[str]]:
+    """Bool group masks ``[B, G, *map]`` as one string of 0 / 1 per group (the map flattened row-major)."""
+    flat = masks.reshape(masks.shape[0], masks.shape[1], -1).to(torch.uint8)
+    return [["".join(map(str, g.tolist())) for g in example] for example in flat]
+
+
 def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, seed, progress, n_subsets, shards,
-         dev) -> Optional[ReportResult]:
+         dev, default=False, sop_net=None) -> Optional[ReportResult]:
     n_classes = check_fits(net, x)
     with torch.no_grad():
         pred = net(x).reshape(x.shape[0], -1).argmax(-1)
-    skipped = {} if chosen else {m: why for m in method_names if (why := _unavailable(m, net, x))}
+    skipped = {} if chosen else {m: why for m in method_names if (why := _unavailable(m, net, x, default))}
     method_names = [m for m in method_names if m not in skipped]
     for name in method_names:
-        why = _unavailable(name, net, x)
+        why = _unavailable(name, net, x, default)
         if why:
             raise ReportError(f"method {name} {why}")
     if target in (None, "pred"):
@@ -356,17 +455,19 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
     show = progress and shards.rank == 0
     seconds: dict[str, float] = {}
     maps: dict[str, torch.Tensor] = {}
+    nets = {SOP: sop_net} if sop_net is not None else {}
     agg_weights = torch.zeros(0, len(AGG_METHODS))
     for name in _progress(list(method_names), "attribution", show):
+        model = nets.get(name, net)
         try:
             if hi > lo:  # one untimed call first: one-time costs (imports, kernel set-up) are not the method's
-                _attribute(name, net, xs[:1], ts[:1], lo, seed)
+                _attribute(name, model, xs[:1], ts[:1], lo, seed)
             _sync(dev)
             start = time.perf_counter()
             if name == AGG and hi > lo:
                 attr, agg_weights = _aggregate(net, xs, ts, lo, seed)
             else:
-                attr = _attribute(name, net, xs, ts, lo, seed) if hi > lo else xs.new_empty(xs.shape)
+                attr = _attribute(name, model, xs, ts, lo, seed) if hi > lo else xs.new_empty(xs.shape)
         except (ValueError, TypeError, NotImplementedError) as e:
             if chosen:
                 raise ReportError(f"method {name} cannot run on this model and data: {e}") from e
@@ -376,31 +477,52 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
         _sync(dev)
         seconds[f"method:{name}"] = time.perf_counter() - start
         maps[name] = feature_map(attr.detach(), xs).cpu()
+    grouped = [m for m in metric_names if m in GROUPED_METRICS]
+    evaluated = [m for m in metric_names if m not in GROUPED_METRICS]
+    sop_metrics = [m for m in evaluated if m not in SOP_LEFT_OUT]
+    on_net = [m for m in method_names if m != SOP]
+    groups = _groups(sop_net, xs, ts) if sop_net is not None and hi > lo else None
     values: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
     curves: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metric_names}
     fractions: dict[str, list[float]] = {}
     layers: list[str] = []  # model randomisation's layers, in the order randomised
     start = time.perf_counter()
+
+    def keep(ev_values: dict, ev_curves: dict) -> None:
+        for metric, by_method in ev_values.items():
+            for name, v in by_method.items():
+                values[metric][name] = torch.cat([values[metric].get(name, v[:0]).cpu(), v.cpu()])
+        for metric, by_method in ev_curves.items():
+            for name, c in by_method.items():
+                curves[metric][name] = torch.cat([curves[metric].get(name, c[:0]).cpu(), c.cpu()])
+
     # One evaluate() per example, seeded by its global index: every method shares that example's
     # model passes, and a sharded run draws the same subsets as a single process.
     for i in _progress(range(hi - lo), "evaluate", show):
-        ev = _evaluate(net, xs[i:i + 1], ts[i:i + 1], {m: maps[m][i:i + 1].to(dev) for m in method_names},
-                       metric_names, seed, lo + i, seed * 1_000_003 + lo + i, n_subsets, agg_weights[i:i + 1])
-        for metric, by_method in ev.values.items():
-            for name, v in by_method.items():
-                values[metric][name] = torch.cat([values[metric].get(name, v[:0]).cpu(), v.cpu()])
-        layers = ev.layers or layers
-        for metric, by_method in ev.curves.items():
-            fractions[metric] = ev.fractions[metric].tolist()
-            for name, c in by_method.items():
-                curves[metric][name] = torch.cat([curves[metric].get(name, c[:0]).cpu(), c.cpu()])
+        one = {m: maps[m][i:i + 1].to(dev) for m in method_names}
+        x1, t1, generator = xs[i:i + 1], ts[i:i + 1], seed * 1_000_003 + lo + i
+        if evaluated and on_net:
+            ev = _evaluate(net, x1, t1, {m: one[m] for m in on_net}, evaluated, seed, lo + i, generator, n_subsets,
+                           agg_weights[i:i + 1])
+            keep(ev.values, ev.curves)
+            layers = ev.layers or layers
+            fractions.update({metric: f.tolist() for metric, f in ev.fractions.items()})
+        if SOP in method_names:  # the SOP's own map, scored on the SOP model
+            ev = _evaluate(sop_net, x1, t1, {SOP: one[SOP]}, sop_metrics, seed, lo + i, generator, n_subsets) \
+                if sop_metrics else None
+            nan = torch.full((1,), math.nan, dtype=torch.float64)
+            keep({**(ev.values if ev else {}), **{m: {SOP: nan} for m in evaluated if m in SOP_LEFT_OUT}},
+                 ev.curves if ev else {})
+            fractions.update({metric: f.tolist() for metric, f in (ev.fractions if ev else {}).items()})
+        for metric in grouped:
+            keep({metric: _grouped(net, sop_net, x1, t1, one, {k: v[i:i + 1] for k, v in groups.items()}, metric)}, {})
     _sync(dev)
     seconds["metrics"] = time.perf_counter() - start
     if shards.rank == 0 and hi > lo:
-        seconds.update(_backend_timings(net, xs[:TIMED_INPUTS], ts[:TIMED_INPUTS], method_names, metric_names,
-                                        seed, n_subsets, show))
+        seconds.update(_backend_timings(net, xs[:TIMED_INPUTS], ts[:TIMED_INPUTS], method_names, evaluated,
+                                        seed, n_subsets, show, nets))
 
-    parts = shards.gather((maps, values, curves, fractions, seconds, layers, agg_weights.cpu()))
+    parts = shards.gather((maps, values, curves, fractions, seconds, layers, agg_weights.cpu(), groups))
     shards.close()
     if parts is None:
         return None
@@ -420,6 +542,23 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
         result.settings["agg"] = {"objective": "opt", "methods": list(AGG_METHODS),
                                   "mean_weights": dict(zip(AGG_METHODS, w.mean(0).tolist())),
                                   "weights": w.tolist()}
+    if IBA in method_names:
+        layer = _convs(net)[-1]
+        result.settings["iba"] = {"layer": next(n for n, m in net.named_modules() if m is layer),
+                                  "statistics": "the training digits (fastattr.zoo.load_digits('train'))",
+                                  "beta": 10.0, "steps": 10, "n_noise": 10, "generator": "seeded per example"}
+    sop_groups = None
+    if sop_net is not None:
+        sop_groups = {k: torch.cat([p[7][k] for p in parts if p[7] is not None]) for k in ("masks", "scores",
+                                                                                          "prediction")}
+        result.settings["sop"] = {
+            "model": "fastattr.zoo.load_digits_sop()", "row": SOP in method_names,
+            "patch_size": sop_net.patch_size, "n_groups": sop_net.n_groups, "k": sop_net.k,
+            "map": "sum of the scores of the groups holding each pixel", "left_out": list(SOP_LEFT_OUT),
+            "grouped_metrics": {"sop": "on the SOP model, its group scores",
+                                "other methods": "on the model, each SOP group scored by the sum of the map over it"},
+            "mask_shape": list(sop_groups["masks"].shape[2:]), "masks": _bits(sop_groups["masks"]),
+            "scores": sop_groups["scores"].double().tolist(), "prediction": sop_groups["prediction"].tolist()}
     result.seconds = {k: max(p[4].get(k, 0.0) for p in parts) for k in parts[0][4]}
     for metric in metric_names:
         result.per_example[metric], result.summary[metric] = {}, {}
@@ -432,12 +571,12 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
                 v = v.nanmean(1)
             result.per_example[metric][name] = v.tolist()
             result.summary[metric][name] = v.nanmean().item()
-            if metric in result.curves:
+            if metric in result.curves and any(name in p[2][metric] for p in parts):
                 c = torch.cat([p[2][metric][name] for p in parts if name in p[2][metric]])
                 result.curves[metric][name] = c.mean(0).tolist()
 
     from .html import write_html
 
-    write_html(result, x.cpu(), maps, t.cpu(), pred.cpu(), result.settings)
+    write_html(result, x.cpu(), maps, t.cpu(), pred.cpu(), result.settings, sop_groups, SOP_TOP_GROUPS)
     write_tables(result, t.cpu())
     return result
