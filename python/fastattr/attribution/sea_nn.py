@@ -161,22 +161,27 @@ class DeepSubmodular(nn.Module):
         heat = heat.to(device, dtype)
         hard = binary.reshape(batch, m * k, n).to(device, dtype)
         sizes = sizes.reshape(batch, m * k, 1).to(device)
-        optimiser = torch.optim.Adam(self.parameters(), lr=lr)
+        # λ/2 ‖w‖² enters as Adam's weight decay (its gradient λw); the loss reported includes it.
+        optimiser = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=lam)
         rank_of = torch.arange(budget, device=device).expand(batch, budget)
+        fixed = torch.cat([ones, heat, hard], 1)  # the sets scored every epoch: 1, H_i, H_i^j
         losses = []
         for _ in range(epochs):
             order, _ = self.greedy(budget, lazy=lazy, backend=backend)
             rank = torch.full((batch, n), n, dtype=torch.int64, device=device).scatter_(1, order, rank_of)
             greedy_sets = (rank.unsqueeze(1) < sizes).to(dtype)  # Ā_i^j
             with torch.enable_grad():
-                loss = 0.5 * lam * sum((p * p).sum() for p in self.parameters()) \
-                    + lam1 * (self(ones) - self(heat)).sum() \
-                    + lam2 * torch.relu(delta + self(greedy_sets) - self(hard)).sum()
+                values = self(torch.cat([fixed, greedy_sets], 1))  # one pass: [B, 1 + m + 2 m k]
+                top, f_heat = values[:, :1], values[:, 1:1 + m]
+                f_hard, f_greedy = values[:, 1 + m:1 + m + m * k], values[:, 1 + m + m * k:]
+                loss = lam1 * (top - f_heat).sum() + lam2 * torch.relu(delta + f_greedy - f_hard).sum()
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
+            with torch.no_grad():
+                decay = 0.5 * lam * sum(float((p * p).sum()) for p in self.parameters()) if lam else 0.0
             optimiser.step()
             self.project()
-            losses.append(float(loss.detach()))
+            losses.append(float(loss.detach()) + decay)
         return losses
 
     @torch.no_grad()
