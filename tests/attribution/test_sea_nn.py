@@ -161,6 +161,16 @@ def test_sea_nn_on_digits(digits, trained):
     assert not torch.equal(heat[0], heat[1])
 
 
+def test_one_seed_per_image_makes_a_map_independent_of_its_batch(digits):
+    model, x, y = digits
+    kw = dict(methods=METHODS, segments=None, grid=8, percentiles=(80, 90), hidden=(16, 8), epochs=4, lr=1e-2)
+    batch = fastattr.sea_nn(model, x, y, generator=[10, 11, 12, 13, 14, 15], **kw)
+    one = fastattr.sea_nn(model, x[2:3], y[2:3], generator=[12], **kw)
+    torch.testing.assert_close(one[0], batch[2], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="one per DSF"):
+        fastattr.sea_nn(model, x, y, generator=[1, 2], **kw)
+
+
 def test_a_batch_of_dsfs_trains_as_each_alone():
     g = torch.Generator().manual_seed(4)
     maps = torch.rand(3, 2, 8, 8, generator=g)

@@ -323,3 +323,23 @@ def test_evaluate_iba_by_name_and_the_localisation_metrics():
         run(metrics=["insertion"], method_kwargs={"iba": options})
     with pytest.raises(ValueError, match=r"ehr compares each map with a known region: pass boxes="):
         run(metrics=["ehr"])
+
+
+def test_sea_nn_by_name_in_the_metrics_that_explain_again():
+    """``explain={"sea_nn": "sea_nn"}`` with its keywords in ``method_kwargs`` gives the random-logit value of
+    the metric called with fastattr.sea_nn itself."""
+    from fastattr.zoo import load_digits, load_digits_cnn
+
+    model = load_digits_cnn()
+    x, y = load_digits("test", 3)
+    options = {"methods": ["saliency", "integrated_gradients"], "segments": None, "grid": 8, "hidden": (8, 4),
+               "epochs": 3, "percentiles": (80,), "generator": 2}
+    heat = fastattr.sea_nn(model, x, y, **options)
+    ev = fastattr.evaluate(model, x, y, attributions={"sea_nn": heat}, explain={"sea_nn": "sea_nn"},
+                           method_kwargs={"sea_nn": options}, metrics=["random_logit"], generator=0)
+    direct = fastattr.metrics.random_logit(model, x, lambda m, z, t: fastattr.sea_nn(m, z, t, **options), y,
+                                           attributions=heat, generator=0)
+    torch.testing.assert_close(ev["random_logit"]["sea_nn"], direct)
+    with pytest.raises(ValueError, match="needs methods"):
+        fastattr.evaluate(model, x, y, attributions={"sea_nn": heat}, explain={"sea_nn": "sea_nn"},
+                          method_kwargs={"sea_nn": {"segments": None}}, metrics=["random_logit"])

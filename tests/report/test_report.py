@@ -360,3 +360,25 @@ def test_report_sop_and_iba_rows_match_the_models_called_directly(tmp_path):
     page = (tmp_path / "r" / "index.html").read_text()
     assert 'alt="Sum-of-Parts groups"' in page and (tmp_path / "r" / "sop_groups.png").stat().st_size > 0
     assert "<code>sop</code> is the zoo's Sum-of-Parts wrapper" in page and "<code>iba</code> is Information" in page
+
+
+def test_report_sea_nn_row_matches_sea_nn_called_directly(tmp_path):
+    """The ``sea_nn`` row is fastattr.sea_nn over the report's six gradient maps with the report's settings,
+    each input's DSF seeded by its index (so a batch and a single input agree); its settings in results.json."""
+    from fastattr.report import running
+
+    metrics = ["deletion", "mdrs", "aupc"]
+    result = run_report(n=3, out=tmp_path / "r", methods=["saliency", "sea_nn"], metrics=metrics, progress=False)
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())["settings"]["sea_nn"]
+    assert saved["methods"] == list(running.AGG_METHODS) and saved["hidden"] == [64, 32, 8]
+    x, _ = load_digits("test", 3)
+    cnn = load_digits_cnn()
+    t = cnn(x).argmax(1)
+    for i in range(3):
+        xi, ti = x[i:i + 1], t[i:i + 1]
+        maps = {m: running._attribute(m, cnn, xi, ti, i, 0) for m in running.AGG_METHODS}
+        heat = fastattr.sea_nn(cnn, xi, ti, methods=maps, generator=[i], **running.SEA_NN_SETTINGS)
+        ev = fastattr.evaluate(cnn, xi, ti, attributions={"sea_nn": heat}, metrics=metrics)
+        for metric in metrics:
+            assert result.per_example[metric]["sea_nn"][i] == pytest.approx(ev[metric]["sea_nn"].item(), rel=1e-6), \
+                metric

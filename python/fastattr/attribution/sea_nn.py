@@ -50,7 +50,8 @@ class DeepSubmodular(nn.Module):
     """A batch of ``batch`` deep submodular functions on ``n_features`` (Dolhansky & Bilmes 2016; SEA-NN S2):
     ``f(x) = W_L g(… g(W_1 x + b_1) …) + b_L`` with ``hidden`` widths, all weights and biases ≥ 0 and
     ``g`` = ``"sqrt"`` or ``"log1p"`` (concave, monotone), so ``f`` restricted to ``{0, 1}^n`` is monotone
-    submodular. Parameters drawn ``U(init)`` from ``generator``; the first layer is stored as its
+    submodular. Parameters drawn ``U(init)`` from ``generator`` (a seed or generator, or one per DSF, so that
+    a DSF starts the same whatever batch it is in); the first layer is stored as its
     columns, ``columns[b, v] = W_1[:, v]``, the others ``[batch, h_in, h_out]`` (applied as ``u W + b``).
 
     Example::
@@ -71,12 +72,22 @@ class DeepSubmodular(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         low, high = _init_range(init)
-        gen = make_generator(generator)
+        if isinstance(generator, (list, tuple)):  # one per DSF: each drawn as it would be alone
+            if len(generator) != batch:
+                raise ValueError(f"generator must be one seed or generator, or one per DSF ({batch}), got "
+                                 f"{len(generator)}")
+            gens = [make_generator(g) for g in generator]
+        else:
+            gens = None
+            gen = make_generator(generator)
         widths = (n_features,) + hidden + (1,)
 
         def draw(*shape):
-            return nn.Parameter((low + (high - low) * torch.rand(shape, generator=gen, dtype=torch.float64))
-                                .to(dtype=dtype, device=device))
+            if gens is None:
+                u = torch.rand(shape, generator=gen, dtype=torch.float64)
+            else:
+                u = torch.stack([torch.rand(shape[1:], generator=g, dtype=torch.float64) for g in gens])
+            return nn.Parameter((low + (high - low) * u).to(dtype=dtype, device=device))
 
         self.activation, self.hidden = activation, hidden
         self.columns = draw(batch, n_features, hidden[0])
@@ -360,7 +371,8 @@ def sea_nn(model: Callable, inputs: torch.Tensor, target: Target = None, *, meth
         percentiles: the thresholds of the binary maps (the paper's 97 … 99.5).
         epochs, lr: Adam on Eq. 2 (the paper's 20 epochs). hidden, init, activation: the DSF (S3).
         delta, lambdas: ``δ`` and ``(λ, λ₁, λ₂)`` of Eq. 2 (the paper's MNIST δ, ImageNet λ's).
-        lazy: lazy greedy (same picks). generator: seed of the DSF initialisation.
+        lazy: lazy greedy (same picks). generator: seed of the DSFs' initialisation, or one per image (then an
+            image's map does not depend on the batch it is in).
         max_batch / memory_budget: for the named methods. backend: the ``greedy_gains`` backend.
 
     Returns ``[B, H, W]`` (each map sums to 1 over the cells; with ``return_dsf`` also the trained

@@ -339,7 +339,8 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     ``score`` is given; the levels' scores in ``curves``, the levels as fractions in ``fractions``). ``"random_logit"``, ``"relative_input_stability"``,
     ``"relative_output_stability"``, ``"relative_representation_stability"`` and
     ``"model_randomisation"`` explain again, so they need ``explain`` ({name: attribution function or
-    method name — a ``METHODS`` name, a layer method such as ``"grad_cam"``, or ``"iba"`` —, keyed like
+    method name — a ``METHODS`` name, a layer method such as ``"grad_cam"``, the IBA family (``"iba"``,
+    ``"multi_layer_iba"``, ``"input_iba"``) or ``"sea_nn"`` —, keyed like
     ``attributions``, returning maps shaped like ``attributions[name]``; the map given is each metric's
     ``e(x)``, not recomputed); ``method_kwargs`` ({name: {keyword: value}}) are the keywords of a
     method's explain calls, e.g. ``{"iba": {"layer": "net.2", "statistics": stats, "generator": 0}}``.

@@ -27,11 +27,12 @@ Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def _named_methods() -> dict[str, Callable]:
     """The attribution methods ``explain`` may name: ``attribution.METHODS``, the layer methods
-    (``grad_cam``, ...) and ``iba``; the last need their ``layer`` (and IBA its ``statistics``) in the
-    explain keywords."""
-    from ..attribution import LAYER_METHODS, METHODS, iba
+    (``grad_cam``, ...), the IBA family and ``sea_nn``; the layer methods need their ``layer`` (IBA its
+    ``statistics``, SEA-NN its ``methods``) in the explain keywords."""
+    from ..attribution import LAYER_METHODS, METHODS, iba, input_iba, multi_layer_iba, sea_nn
 
-    return {**METHODS, **LAYER_METHODS, "iba": iba}
+    return {**METHODS, **LAYER_METHODS, "iba": iba, "multi_layer_iba": multi_layer_iba, "input_iba": input_iba,
+            "sea_nn": sea_nn}
 
 
 def explainer(explain: Explain, explain_kwargs: Optional[dict], chunks: Optional[dict] = None) -> Callable:

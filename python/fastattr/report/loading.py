@@ -25,9 +25,9 @@ def known_names() -> tuple[list[str], list[str]]:
     from ..attribution import LAYER_METHODS, METHODS
     from ..cd import CD_METHODS
     from ..metrics import EVALUATE_METRICS
-    from .running import AGG, GROUPED_METRICS, IBA, SOP
+    from .running import AGG, GROUPED_METRICS, IBA, SEA_NN, SOP
 
-    return [*METHODS, *LAYER_METHODS, *CD_METHODS, AGG, IBA, SOP], [*EVALUATE_METRICS, *GROUPED_METRICS]
+    return [*METHODS, *LAYER_METHODS, *CD_METHODS, AGG, SEA_NN, IBA, SOP], [*EVALUATE_METRICS, *GROUPED_METRICS]
 
 
 def _first_line(e: BaseException) -> str:

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .._backend import use_backend
-from ..attribution import LAYER_METHODS, METHODS, aggregate, iba, iba_statistics
+from ..attribution import LAYER_METHODS, METHODS, aggregate, iba, iba_statistics, sea_nn
 from ..attribution.aggregate import abs_max, combine
 from ..cd import CD_METHODS
 from ..core import eval_modes, patch_segments
@@ -32,6 +32,10 @@ AGG = "agg"  # AGG_opt (Decker et al. 2024) over AGG_METHODS, weights chosen per
 AGG_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "deeplift")
 IBA = "iba"  # IBA (Schulz et al. 2020) at the last Conv2d, its statistics from the training digits
 SOP = "sop"  # the Sum-of-Parts wrapper's own grouped attribution (fastattr.zoo.load_digits_sop), as a map
+SEA_NN = "sea_nn"  # SEA-NN (Manupriya et al.) ensembling AGG_METHODS' maps, each image's DSF seeded by its index
+#: SEA-NN's settings in a report: single-pixel segments, a DSF of 64-32-8 on the grid (28, or the image's side)
+SEA_NN_SETTINGS = {"segments": None, "percentiles": (80, 85, 90, 95), "hidden": (64, 32, 8), "epochs": 100,
+                   "lr": 1e-2}
 #: why the rows that need the embedded default model are left out for a user's model
 DEFAULT_ONLY = {IBA: "needs the embedded default model: IBA's layer statistics come from its training digits",
                 SOP: "needs the embedded default model: its Sum-of-Parts wrapper (fastattr.zoo.load_digits_sop), whose "
@@ -165,6 +169,10 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
     if name == SOP:  # net: the SOP model; one example at a time, as the backbone's chunks of a batch and of a
         # shard can differ in the last bit
         return torch.cat([net.explain(x[i:i + 1], t[i:i + 1]).feature_map() for i in range(x.shape[0])])
+    if name == SEA_NN:  # the ensembled maps as the report computes them; each DSF drawn from its example's seed
+        maps = {m: _attribute(m, net, x, t, first, seed, period).detach() for m in AGG_METHODS}
+        return sea_nn(net, x, t, methods=maps, generator=[example_seed(i) for i in range(x.shape[0])],
+                      **SEA_NN_SETTINGS)
     if name == IBA:  # the noise of every example drawn from its own seed
         layer = _convs(net)[-1]
         prior = _iba_statistics(net, layer)
@@ -253,7 +261,7 @@ def _unavailable(name: str, net, x: torch.Tensor, default: bool) -> Optional[str
         return DEFAULT_ONLY[name]
     if name in LAYER_METHODS and not _convs(net):
         return "needs a model with a Conv2d layer"
-    if name in CD_METHODS and x.dim() != 4:
+    if name in (*CD_METHODS, SEA_NN) and x.dim() != 4:
         return "needs image inputs [N, C, H, W]"
     return None
 
@@ -346,8 +354,8 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
         raise ReportError(f"--seed must be an integer in [0, 2^32), got {seed!r}")
     chosen = methods is not None
     default = model is None
-    method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, AGG: None, IBA: None, SOP: None,
-                                   CONTROL: None}, "method")
+    method_names = _pick(methods, {**METHODS, **LAYER_METHODS, **CD_METHODS, AGG: None, SEA_NN: None, IBA: None,
+                                   SOP: None, CONTROL: None}, "method")
     metric_names = _pick(metrics, dict.fromkeys(EVALUATE_METRICS + tuple(GROUPED_METRICS)), "metric",
                          REPORT_METRICS + (tuple(GROUPED_METRICS) if default else ()))
     for metric in metric_names:
@@ -542,6 +550,9 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
         result.settings["agg"] = {"objective": "opt", "methods": list(AGG_METHODS),
                                   "mean_weights": dict(zip(AGG_METHODS, w.mean(0).tolist())),
                                   "weights": w.tolist()}
+    if SEA_NN in method_names and x.dim() == 4:
+        result.settings["sea_nn"] = {"methods": list(AGG_METHODS), "generator": "seeded per example",
+                                     **{k: list(v) if isinstance(v, tuple) else v for k, v in SEA_NN_SETTINGS.items()}}
     if IBA in method_names:
         layer = _convs(net)[-1]
         result.settings["iba"] = {"layer": next(n for n, m in net.named_modules() if m is layer),
