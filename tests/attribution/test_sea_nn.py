@@ -225,3 +225,19 @@ def test_sea_nn_bad_input(digits):
         fastattr.DeepSubmodular(4, (3,), activation="relu")
     with pytest.raises(ValueError, match="budget"):
         fastattr.DeepSubmodular(4, (3,)).greedy(5)
+
+
+def test_felzenszwalb_without_scikit_image_names_it(digits, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_skimage(name, *args, **kwargs):
+        if name.startswith("skimage"):
+            raise ImportError("No module named 'skimage'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_skimage)
+    model, x, y = digits
+    with pytest.raises(ImportError, match="scikit-image"):
+        fastattr.sea_nn(model, x, y, methods=METHODS, segments="felzenszwalb", grid=8, hidden=(4, 2), epochs=1)
