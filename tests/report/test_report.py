@@ -371,6 +371,7 @@ def test_report_sea_nn_row_matches_sea_nn_called_directly(tmp_path):
     result = run_report(n=3, out=tmp_path / "r", methods=["saliency", "sea_nn"], metrics=metrics, progress=False)
     saved = json.loads((tmp_path / "r" / "results.json").read_text())["settings"]["sea_nn"]
     assert saved["methods"] == list(running.AGG_METHODS) and saved["hidden"] == [64, 32, 8]
+    assert "<code>sea_nn</code> is SEA-NN" in (tmp_path / "r" / "index.html").read_text()
     x, _ = load_digits("test", 3)
     cnn = load_digits_cnn()
     t = cnn(x).argmax(1)
@@ -382,3 +383,130 @@ def test_report_sea_nn_row_matches_sea_nn_called_directly(tmp_path):
         for metric in metrics:
             assert result.per_example[metric]["sea_nn"][i] == pytest.approx(ev[metric]["sea_nn"].item(), rel=1e-6), \
                 metric
+
+
+def _random_images(path, n=2, side=64, seed=0):
+    """``n`` random-content 3×side×side images saved with torch.save; returns the tensor."""
+    x = torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(seed))
+    torch.save(x, path)
+    return x
+
+
+def _patch_constant(amap: torch.Tensor, side: int) -> bool:
+    """Whether a map ``[B, H, W]`` is constant on every side×side patch."""
+    blocks = amap.unfold(1, side, side).unfold(2, side, side)
+    return bool((blocks == blocks[..., :1, :1]).all())
+
+
+def test_report_defaults_on_the_digits_are_the_settings_used_before():
+    """On the 8×8 digits the chosen settings are those the report used before they scaled with the input:
+    feature ablation per element, occlusion's own default window, 2×2 surrogate blocks, and evaluate's
+    default features and curve step."""
+    from fastattr.report.running import report_defaults
+
+    x, _ = load_digits("test", 3)
+    cnn = load_digits_cnn()
+    t = cnn(x).argmax(1)
+    d = report_defaults(x)
+    assert d == {"patch_size": None, "occlusion_window": [2, 2], "occlusion_stride": [1, 1], "surrogate_block": 2,
+                 "curve_step": 1, "features": 64}
+    window = dict(sliding_window_shapes=(1, *d["occlusion_window"]), strides=(1, *d["occlusion_stride"]))
+    assert torch.equal(fastattr.occlusion(cnn, x, t, **window), fastattr.occlusion(cnn, x, t))
+    maps = {"saliency": fastattr.saliency(cnn, x, t).sum(1)}
+    metrics = ["deletion", "insertion", "mdrs", "aupc", "morf", "lerf"]
+    chosen = fastattr.evaluate(cnn, x, t, attributions=maps, metrics=metrics, patch_size=d["patch_size"],
+                               step=d["curve_step"])
+    before = fastattr.evaluate(cnn, x, t, attributions=maps, metrics=metrics)
+    for metric in metrics:
+        assert torch.equal(chosen[metric]["saliency"], before[metric]["saliency"]), metric
+
+
+def test_report_defaults_scale_a_resnet18_on_64px_images(tmp_path, monkeypatch):
+    """3×64×64 inputs to the zoo ResNet-18: 4×4 patches (256 features) for feature ablation and the ranked
+    metrics, a curve step of about 1%, all recorded in results.json and printed."""
+    from fastattr.report.running import report_defaults
+    from fastattr.zoo.resnet import resnet18
+
+    (tmp_path / "r18.py").write_text("from fastattr.zoo.resnet import resnet18\n\n\ndef make():\n"
+                                     "    import torch\n    torch.manual_seed(0)\n    return resnet18(num_classes=10)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    x = _random_images(tmp_path / "x.pt", n=3)
+    d = report_defaults(x)
+    assert 64 <= d["features"] <= 256 and d["features"] == (64 // d["patch_size"]) ** 2
+    assert d["patch_size"] == 4 and d["curve_step"] == 3 and d["surrogate_block"] == 8
+    torch.manual_seed(0)
+    result = run_report(model=resnet18(num_classes=10), data=str(tmp_path / "x.pt"), n=3, out=tmp_path / "r",
+                        methods=["feature_ablation"], metrics=["deletion"], progress=False)
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["settings"]["defaults"] == d and data["settings"]["timed_inputs"] == 2
+    assert len(data["mean_curves"]["deletion"]["_fractions"]) == -(-256 // 3) + 1
+    assert all(0 <= v <= 1 for v in data["per_example"]["deletion"]["feature_ablation"])
+    assert "4x4-pixel patches (256 features, curve step 3)" in (tmp_path / "r" / "index.html").read_text()
+    assert result.seconds["method:feature_ablation"] > 0
+    code = main(["report", "--model", "r18:make", "--data", str(tmp_path / "x.pt"), "--n", "1", "--methods",
+                 "feature_ablation", "--metrics", "deletion", "--defaults", "patch_size=16,curve_step=2",
+                 "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 0
+    data = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert data["settings"]["defaults"]["patch_size"] == 16 and data["settings"]["defaults"]["features"] == 16
+    assert len(data["mean_curves"]["deletion"]["_fractions"]) == 16 // 2 + 1
+
+
+def test_report_defaults_overrides_reach_the_methods_and_are_printed(tmp_path, capsys):
+    """``defaults=`` changes feature ablation's patches and the curve step, the page and the console say
+    so, and the data passed in is left as it was."""
+    x = _random_images(tmp_path / "x.pt", n=2, side=8)[:, :1]
+    kept = x.clone()
+    cnn = load_digits_cnn()
+    result = run_report(model=cnn, data=x, n=2, out=tmp_path / "r", methods=["feature_ablation", "occlusion"],
+                        metrics=["deletion"], progress=False,
+                        defaults={"patch_size": 2, "curve_step": 4, "occlusion_window": 4})
+    assert torch.equal(x, kept)
+    d = result.settings["defaults"]
+    assert (d["patch_size"], d["curve_step"], d["features"], d["occlusion_window"], d["occlusion_stride"]) == \
+        (2, 4, 16, [4, 4], [2, 2])
+    t = cnn(x).argmax(1)
+    from fastattr.core import patch_segments
+
+    ablation = fastattr.feature_ablation(cnn, x, t, feature_mask=patch_segments((8, 8), 2)[None, None])
+    per_example = result.per_example["deletion"]["feature_ablation"]
+    expected = fastattr.evaluate(cnn, x, t, attributions={"a": ablation.sum(1)}, metrics=["deletion"], patch_size=2,
+                                 step=4)["deletion"]["a"]
+    assert torch.allclose(torch.tensor(per_example), expected.double(), atol=1e-6)
+    assert len(result.curves["deletion"]["_fractions"]) == 16 // 4 + 1
+    from fastattr.report import summary_table
+
+    assert "defaults: feature ablation and the ranked metrics over 2x2-pixel patches (16 features, curve step 4); " \
+        "occlusion window 4x4, stride 2x2" in summary_table(result)
+    code = main(["report", "--n", "2", "--methods", "saliency", "--metrics", "deletion", "--defaults", "curve_step=2",
+                 "--out", str(tmp_path / "c"), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "defaults: feature ablation per element and the ranked metrics per pixel " \
+        "(64 features, curve step 2)" in printed
+
+
+@pytest.mark.parametrize("value,message", [
+    ("patch_size=0", "--defaults patch_size must be a positive integer or None, got 0"),
+    ("patch_size=9", "--defaults patch_size (9) is larger than the image side (8)"),
+    ("colour=3", "--defaults has unknown name colour"),
+    ("curve_step=x", "--defaults curve_step must be an integer or 'none', got 'x'"),
+    ("curve_step=65", "--defaults curve_step (65) is larger than the number of features (64)"),
+    ("curve_step=none", "--defaults curve_step must be a positive integer, got None"),
+    ("patch_size", "--defaults takes name=value pairs"),
+])
+def test_cli_bad_defaults_are_one_line_errors(tmp_path, capsys, value, message):
+    code = main(["report", "--n", "2", "--methods", "saliency", "--metrics", "deletion", "--defaults", value,
+                 "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_bad_defaults_from_python_name_the_argument(tmp_path):
+    x = torch.rand(3, 12, generator=torch.Generator().manual_seed(0))
+    mlp = torch.nn.Sequential(torch.nn.Linear(12, 3))
+    for defaults, message in (([("curve_step", 2)], "--defaults must be a dict"),
+                              ({"curve_step": True}, "--defaults curve_step must be a positive integer"),
+                              ({"surrogate_block": 2}, "--defaults surrogate_block needs image inputs")):
+        with pytest.raises(ReportError, match=message):
+            run_report(model=mlp, data=x, n=3, out=tmp_path / "o", methods=["saliency"], metrics=["deletion"],
+                       progress=False, defaults=defaults)

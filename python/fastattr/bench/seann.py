@@ -12,7 +12,8 @@ DSF and, at every greedy step, scores all ``A ∪ {v}`` from scratch through the
 - ``reproduction``: SEA-NN against the maps it ensembles and their mean on held-out digits (MDRS, AUPC).
 
 The released-code loops are timed on ``baseline_images`` of the B DSFs (medians of ``repeat`` runs) and
-scaled to B (they are loops over images, linear in B); the table says so. The DSFs are trained first on generated heat maps (smooth blobs).
+scaled to B (they are loops over images, linear in B); the table says so. The DSFs are trained first on
+generated heat maps (smooth blobs).
 """
 from __future__ import annotations
 
@@ -206,8 +207,9 @@ def training_table(repeat: int = 3, device: Optional[str] = None, batch: int = 1
     table.add("fastattr DeepSubmodular.fit, one image at a time", alone, scaled / alone)
     table.add("fastattr DeepSubmodular.fit (a batch of DSFs)", fast, scaled / fast)
     table.notes.append(f"per-image rows timed on {baseline_images} images, {repeat} runs each, and scaled to {batch}; "
-                       f"the batched row is the median of {repeat} runs; Adam lr 1e-2, λ = (1e-5, 10, 0.01), δ = 1e-6, percentiles "
-                       f"{PERCENTILES} of generated blob maps; torch threads = {torch.get_num_threads()}")
+                       f"the batched row is the median of {repeat} runs; Adam lr 1e-2, λ = (1e-5, 10, 0.01), "
+                       f"δ = 1e-6, percentiles {PERCENTILES} of generated blob maps; torch threads = "
+                       f"{torch.get_num_threads()}")
     return table
 
 

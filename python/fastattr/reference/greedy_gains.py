@@ -37,13 +37,13 @@ def dsf_tail(z1: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence
     return u[..., 0]
 
 
-def greedy_gains(z1: torch.Tensor, columns: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
-                 selected: torch.Tensor, candidates: Optional[torch.Tensor] = None, kind: str = "sqrt",
-                 bounds: Optional[torch.Tensor] = None) -> torch.Tensor:
+def greedy_gains(z1: torch.Tensor, columns: torch.Tensor, weights: Sequence[torch.Tensor],
+                 biases: Sequence[torch.Tensor], selected: torch.Tensor, candidates: Optional[torch.Tensor] = None,
+                 kind: str = "sqrt", bounds: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Gains ``f(v | A)`` ``[B, K]`` of the candidates ``[B, K]`` (all ``n`` when None) for state ``z1`` ``[B, h1]``,
     the first layer's columns ``W_1[:, v]`` as rows ``columns`` ``[B, n, h1]``, the other layers, and ``A`` as
-    ``selected`` ``[B, n]`` (bool); with ``bounds`` (upper bounds of the candidates' gains, sorted best first) only the chunks :func:`lazy` keeps are
-    gains, the others their bounds."""
+    ``selected`` ``[B, n]`` (bool); with ``bounds`` (upper bounds of the candidates' gains, sorted best first)
+    only the chunks :func:`lazy` keeps are gains, the others their bounds."""
     dtype = z1.dtype
     z1, columns = z1.double(), columns.double()
     weights = [w.double() for w in weights]

@@ -227,6 +227,17 @@ def _agg_sentence(result: "ReportResult") -> str:
             "again keep each input's weights).")
 
 
+def _sea_nn_sentence(result: "ReportResult") -> str:
+    """What the ``sea_nn`` row is."""
+    sea = result.settings.get("sea_nn")
+    if not sea:
+        return ""
+    methods = ", ".join(f"<code>{html.escape(m)}</code>" for m in sea["methods"])
+    return (" <code>sea_nn</code> is SEA-NN (Manupriya et al.): per input, a deep submodular function "
+            f"({'-'.join(map(str, sea['hidden']))}, {sea['epochs']} epochs, seeded per input) learned from the maps of "
+            f"{methods}, the attribution of a pixel its marginal gain when greedy picks it.")
+
+
 def _iba_sentence(result: "ReportResult") -> str:
     """What the ``iba`` row is."""
     iba = result.settings.get("iba")
@@ -426,7 +437,7 @@ def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Te
 <p>{result.n} inputs; {len(result.methods)} attribution methods; metrics: {", ".join(result.metrics)}.
 Targets: the predicted class unless chosen otherwise ({int((pred == target).sum())} of {result.n} targets equal
 the prediction).
-<code>random</code> is a control map that any method should beat. {control_sentence(result)}{_agg_sentence(result)}{_iba_sentence(result)}{_sop_sentence(result)}{_skipped(result)}</p>
+<code>random</code> is a control map that any method should beat. {control_sentence(result)}{_agg_sentence(result)}{_sea_nn_sentence(result)}{_iba_sentence(result)}{_sop_sentence(result)}{_skipped(result)}</p>
 <h2>Metrics (mean over inputs; ↓ lower / ↑ higher is better; best per column in bold)</h2>
 <p>Deletion / insertion: area under the target-probability curve as the top features are removed /
 restored; MoRF / LeRF: the mean drop of the target probability as the most / least relevant features are

@@ -1,7 +1,7 @@
 """Triton marginal gains of a batch of deep submodular functions (SPEC §7; SEA-NN, Algorithm 1): the first
 two layers, fused. Each program takes one DSF and a block of candidates ``v`` and computes, tile by tile,
 
-    ``d₁ = g(z₁ + W₁[:, v]) − g(z₁)``  (as ``e / (√(z + e) + √z)`` or ``log1p(e / (1 + z))``),  ``e₂ = W₂ d₁``,
+    ``d₁ = g(z₁ + W₁[:, v]) − g(z₁)`` (``e / (√(z + e) + √z)`` or ``log1p(e / (1 + z))``), ``e₂ = W₂ d₁``,
 
 then ``d₂ = g(z₂ + e₂) − g(z₂)`` where another layer follows (else ``e₂`` is the gain). The first layer's
 activations never reach memory; the remaining (small) layers propagate the difference in torch.
