@@ -95,7 +95,7 @@ def iba_statistics(model: Callable, layer: Union[str, nn.Module], data, *, min_s
         n_samples = check_count(n_samples, "n_samples")
     if max_batch is not None:
         max_batch = check_count(max_batch, "max_batch")
-    module = _one_layer(model, layer)
+    module = one_layer(model, layer)
     count, mean, m2, nonzero, dtype = 0, None, None, None, torch.float32
     for x in _batches(data, max_batch):
         if n_samples is not None and count >= n_samples:
@@ -104,7 +104,7 @@ def iba_statistics(model: Callable, layer: Union[str, nn.Module], data, *, min_s
             x = x[:n_samples - count]
         if x.shape[0] == 0:
             continue
-        out = _layer_output(model, module, x, name="data")
+        out = layer_output(model, module, x, name="data")
         dtype = out.dtype if out.is_floating_point() else torch.float32
         r = out.double()
         n_b, m_b = r.shape[0], r.mean(0)
@@ -129,7 +129,7 @@ def iba_statistics(model: Callable, layer: Union[str, nn.Module], data, *, min_s
     return IBAStatistics(mean.to(dtype), std.to(dtype), nonzero.double() / count > active_threshold, count)
 
 
-def _one_layer(model, layer) -> nn.Module:
+def one_layer(model, layer) -> nn.Module:
     """The one module ``layer`` names (a module or a dotted name in the model)."""
     if isinstance(layer, (list, tuple)) or layer is None:
         raise TypeError(f"layer must be one module or module name, got {layer!r}")
@@ -137,7 +137,7 @@ def _one_layer(model, layer) -> nn.Module:
     return module
 
 
-def _layer_output(model, module: nn.Module, x: torch.Tensor, *, name: str = "inputs",
+def layer_output(model, module: nn.Module, x: torch.Tensor, *, name: str = "inputs",
                   dims: Optional[int] = None, grad: bool = False) -> torch.Tensor:
     """The output of ``module`` on ``x`` (the model stopped there; detached, without gradients unless
     ``grad``): one tensor ``[N, ...]`` with ``x``'s batch axis first (of rank ``dims`` when given), else
@@ -203,7 +203,7 @@ def _tail(model, module: nn.Module) -> Optional[Callable[[torch.Tensor], torch.T
     return torch.fx.GraphModule(traced, graph)
 
 
-def _smoothed(alpha: torch.Tensor, smooth_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+def smoothed(alpha: torch.Tensor, smooth_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(λ, 1 − λ)`` = ``(G ∗ sigmoid(α), G ∗ sigmoid(−α))`` for mask logits ``α`` ``[B, C, H, W]``, by the
     fused op (``R = 1``, ``μ = 0``, ``σ = 1``, ``ε = 0`` make ``Z = λ``), differentiable in ``α``."""
     ones, zeros = torch.ones_like(alpha[0]), torch.zeros_like(alpha[0])
@@ -246,12 +246,12 @@ def _task_loss(loss: str, logits: torch.Tensor, t_rows: torch.Tensor, y_rows: Op
     return -score ** 2 if loss == "rm" else (score - y_rows) ** 2
 
 
-def _optimise(model, module: nn.Module, inputs: torch.Tensor, target: Target, statistics: IBAStatistics,
+def optimise(model, module: nn.Module, inputs: torch.Tensor, target: Target, statistics: IBAStatistics,
               gen: torch.Generator, *, beta: float, steps: int, lr: float, n_noise: int, smooth_sigma: float,
               init_alpha: float, inverse: bool = False, loss: str = "ce", label=None, name: str = "statistics"):
     """The per-sample bottleneck at ``module`` for every example at once (see :func:`iba`): ``(capacity
     [B, C, h, w] in nats, zero on inactive elements, the optimised α, R, the targets)``."""
-    R = _layer_output(model, module, inputs, dims=4)
+    R = layer_output(model, module, inputs, dims=4)
     tail = _tail(model, module)
     if tail is None:
         t, clean = resolve_clean(model, inputs, target)
@@ -308,7 +308,7 @@ def _optimise(model, module: nn.Module, inputs: torch.Tensor, target: Target, st
     return capacity, alpha.detach(), R, t
 
 
-def _heat(capacity: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+def heat_map(capacity: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """The capacity summed over channels, in bits, bilinearly upsampled to the input ``[B, H, W]``."""
     bits = capacity.sum(1, keepdim=True) / math.log(2)
     spatial = tuple(inputs.shape[2:])
@@ -316,7 +316,9 @@ def _heat(capacity: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
                          align_corners=False)[:, 0]
 
 
-def _check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma, init_alpha, loss, inverse, label) -> tuple:
+def check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma, init_alpha, loss, inverse, label) -> tuple:
+    """The IBA family's common arguments checked (errors naming them) and returned as numbers:
+    ``(beta, steps, lr, n_noise, smooth_sigma, init_alpha)``."""
     check_inputs(inputs)
     beta = check_number(beta, "beta")
     steps = check_count(steps, "steps")
@@ -331,7 +333,8 @@ def _check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma, init_alpha, loss,
     return beta, steps, lr, n_noise, smooth_sigma, init_alpha
 
 
-def _check_statistics(statistics, name: str = "statistics") -> None:
+def check_statistics(statistics, name: str = "statistics") -> None:
+    """A ``TypeError`` naming ``name`` unless ``statistics`` come from :func:`iba_statistics`."""
     if not isinstance(statistics, IBAStatistics):
         raise TypeError(f"{name} must be the IBAStatistics of iba_statistics(), got {type(statistics).__name__}")
 
@@ -373,14 +376,14 @@ def iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: 
         >>> heat = fastattr.iba(model, x, y, layer="net.2", statistics=stats)       # [B, H, W] bits
         >>> inv = fastattr.iba(model, x, y, layer="net.2", statistics=stats, inverse=True)
     """
-    beta, steps, lr, n_noise, smooth_sigma, init_alpha = _check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma,
+    beta, steps, lr, n_noise, smooth_sigma, init_alpha = check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma,
                                                                     init_alpha, loss, inverse, label)
-    module = _one_layer(model, layer)
-    _check_statistics(statistics)
-    capacity = _optimise(model, module, inputs, target, statistics, make_generator(generator), beta=beta, steps=steps,
+    module = one_layer(model, layer)
+    check_statistics(statistics)
+    capacity = optimise(model, module, inputs, target, statistics, make_generator(generator), beta=beta, steps=steps,
                          lr=lr, n_noise=n_noise, smooth_sigma=smooth_sigma, init_alpha=init_alpha, inverse=inverse,
                          loss=loss, label=label)[0]
-    heat = _heat(capacity, inputs)
+    heat = heat_map(capacity, inputs)
     return (heat, capacity) if return_capacity else heat
 
 
@@ -405,7 +408,7 @@ def multi_layer_iba(model: Callable, inputs: torch.Tensor, target: Target = None
         >>> stats = [fastattr.iba_statistics(model, l, x_train) for l in ("net.0", "net.2")]
         >>> keep = fastattr.multi_layer_iba(model, x, y, layers=["net.0", "net.2"], statistics=stats)
     """
-    beta, steps, lr, n_noise, smooth_sigma, init_alpha = _check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma,
+    beta, steps, lr, n_noise, smooth_sigma, init_alpha = check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma,
                                                                     init_alpha, loss, inverse, label)
     quantile = check_number(quantile, "quantile")
     if not quantile < 1:
@@ -419,12 +422,12 @@ def multi_layer_iba(model: Callable, inputs: torch.Tensor, target: Target = None
     modules = []
     for i, (layer, stats) in enumerate(zip(layers, statistics)):
         try:
-            modules.append(_one_layer(model, layer))
+            modules.append(one_layer(model, layer))
         except (ValueError, TypeError) as e:
             raise type(e)(f"layers[{i}]: {e}") from e
-        _check_statistics(stats, f"statistics[{i}]")
+        check_statistics(stats, f"statistics[{i}]")
     gen = make_generator(generator)
-    maps = torch.stack([_heat(_optimise(model, module, inputs, target, stats, gen, beta=beta, steps=steps, lr=lr,
+    maps = torch.stack([heat_map(optimise(model, module, inputs, target, stats, gen, beta=beta, steps=steps, lr=lr,
                                         n_noise=n_noise, smooth_sigma=smooth_sigma, init_alpha=init_alpha,
                                         inverse=inverse, loss=loss, label=label, name=f"statistics[{i}]")[0], inputs)
                         for i, (module, stats) in enumerate(zip(modules, statistics))])

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..core import Target, check_count, check_number, frozen_parameters, make_generator, model_entry, run_model
 from ..ops import bottleneck
-from .iba import IBAStatistics, _check_iba, _check_statistics, _heat, _layer_output, _one_layer, _optimise, _smoothed
+from .iba import IBAStatistics, check_iba, check_statistics, heat_map, layer_output, one_layer, optimise, smoothed
 
 __all__ = ["input_iba"]
 
@@ -95,7 +95,7 @@ def _fit_input_mask(model, module: nn.Module, inputs: torch.Tensor, R: torch.Ten
     def fake(g: torch.Tensor) -> torch.Tensor:
         lam_g = torch.sigmoid(logits)[:, None]
         z = (lam_g * x + (1 - lam_g) * (std * g + mean)).reshape((-1,) + tuple(inputs.shape[1:]))
-        out = _layer_output(model, module, z, dims=4, grad=True)
+        out = layer_output(model, module, z, dims=4, grad=True)
         return out.reshape((batch, gan_batch) + tuple(R.shape[1:])) * active
 
     with torch.enable_grad():
@@ -133,14 +133,14 @@ def _input_bottleneck(model, inputs: torch.Tensor, t: torch.Tensor, lam_g: torch
         eps = torch.randn((batch, n_noise) + tuple(x.shape[1:]), generator=gen, dtype=x.dtype).to(x.device)
         with torch.enable_grad():
             Z = bottleneck(x, alpha, mu, sigma, eps, smooth_sigma=smooth_sigma)[0]
-            lam, rest = _smoothed(alpha, smooth_sigma)
+            lam, rest = smoothed(alpha, smooth_sigma)
             logits = run_model(model, Z.reshape((batch * n_noise,) + tuple(x.shape[1:]))).reshape(batch * n_noise, -1)
             ce = F.cross_entropy(logits, t_rows, reduction="none").reshape(batch, n_noise).mean(1)
             info = _input_kl(x, lam, rest, lam_g, mu, sigma).flatten(1).mean(1)
             (alpha.grad,) = torch.autograd.grad((ce + beta * info).sum(), alpha)
         optimiser.step()
     with torch.no_grad():
-        return _smoothed(alpha.detach(), smooth_sigma)[0]
+        return smoothed(alpha.detach(), smooth_sigma)[0]
 
 
 def _input_statistic(value, name: str, inputs: torch.Tensor, *, positive: bool) -> torch.Tensor:
@@ -194,7 +194,7 @@ def input_iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, l
         >>> stats = fastattr.iba_statistics(model, "net.2", x_train)
         >>> heat = fastattr.input_iba(model, x, y, layer="net.2", statistics=stats, generator=0)
     """
-    beta, steps, lr, n_noise, smooth_sigma, init_alpha = _check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma,
+    beta, steps, lr, n_noise, smooth_sigma, init_alpha = check_iba(inputs, beta, steps, lr, n_noise, smooth_sigma,
                                                                     init_alpha, "ce", False, None)
     feature_beta = check_number(feature_beta, "feature_beta")
     feature_steps = check_count(feature_steps, "feature_steps")
@@ -209,15 +209,15 @@ def input_iba(model: Callable, inputs: torch.Tensor, target: Target = None, *, l
                          f"{tuple(inputs.shape)}")
     mu_i = _input_statistic(input_mean, "input_mean", inputs, positive=False)
     sigma_i = _input_statistic(input_std, "input_std", inputs, positive=True)
-    module = _one_layer(model, layer)
-    _check_statistics(statistics)
+    module = one_layer(model, layer)
+    check_statistics(statistics)
     gen = make_generator(generator)
-    capacity, alpha, R, t = _optimise(model, module, inputs, target, statistics, gen, beta=feature_beta,
+    capacity, alpha, R, t = optimise(model, module, inputs, target, statistics, gen, beta=feature_beta,
                                       steps=feature_steps, lr=lr, n_noise=n_noise, smooth_sigma=smooth_sigma,
                                       init_alpha=init_alpha)
     with torch.no_grad():
-        lam_star = _smoothed(alpha, smooth_sigma)[0]
-        heat = _heat(capacity, inputs)[:, None]
+        lam_star = smoothed(alpha, smooth_sigma)[0]
+        heat = heat_map(capacity, inputs)[:, None]
         top = heat.flatten(1).amax(1).clamp(min=torch.finfo(heat.dtype).tiny)[:, None, None, None]
         init = torch.logit(0.05 + 0.9 * heat / top).expand(inputs.shape).contiguous()
     with frozen_parameters(model):
