@@ -83,6 +83,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _defaults(text: Optional[str]) -> Optional[dict]:
+    """``--defaults name=value,...`` as ``{name: int or None}`` (``none`` for None)."""
+    if text is None:
+        return None
+    out = {}
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, value = (s.strip() for s in pair.partition("="))
+        if not eq or not name or not value:
+            raise UserError(f"--defaults takes name=value pairs separated by commas, got {pair!r}")
+        if value.lower() == "none":
+            out[name] = None
+            continue
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise UserError(f"--defaults {name} must be an integer or 'none', got {value!r}") from None
+    if not out:
+        raise UserError(f"--defaults takes name=value pairs separated by commas, got {text!r}")
+    return out
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import ReportError, run_report, summary_table
 
@@ -97,7 +118,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         result = run_report(model=args.model, data=args.data, target=target, methods=split(args.methods),
                             metrics=split(args.metrics), n=args.n, device=args.device, out=args.out,
-                            seed=args.seed, progress=not args.no_progress)
+                            seed=args.seed, progress=not args.no_progress, defaults=_defaults(args.defaults))
     except ReportError as e:
         raise UserError(str(e)) from e
     if result is None:  # a torchrun rank other than 0: rank 0 writes the report
@@ -142,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--device", default="cpu", help="cpu or cuda")
     report.add_argument("--out", default="report", help="output folder (default ./report)")
     report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--defaults", default=None,
+                        help="comma-separated name=value replacing the settings chosen from the input size "
+                             "(printed with the summary): patch_size (feature ablation's and the ranked metrics' "
+                             "square patches, 'none' for single elements / pixels), occlusion_window, "
+                             "surrogate_block (KernelSHAP / LIME), curve_step (features per deletion / insertion "
+                             "step); e.g. --defaults patch_size=8,curve_step=2")
     report.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     report.add_argument("--no-progress", action="store_true", help="no progress bars")
     report.set_defaults(func=_report)

@@ -427,28 +427,35 @@ def test_report_defaults_scale_a_resnet18_on_64px_images(tmp_path, monkeypatch):
     from fastattr.report.running import report_defaults
     from fastattr.zoo.resnet import resnet18
 
-    (tmp_path / "r18.py").write_text("from fastattr.zoo.resnet import resnet18\n\n\ndef make():\n"
-                                     "    import torch\n    torch.manual_seed(0)\n    return resnet18(num_classes=10)\n")
+    (tmp_path / "r18.py").write_text(textwrap.dedent("""
+        import torch
+        from fastattr.zoo.resnet import resnet18
+
+        def make():
+            torch.manual_seed(0)
+            return resnet18(num_classes=10)
+    """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    x = _random_images(tmp_path / "x.pt", n=3)
+    x = _random_images(tmp_path / "x.pt", n=2)
     d = report_defaults(x)
     assert 64 <= d["features"] <= 256 and d["features"] == (64 // d["patch_size"]) ** 2
     assert d["patch_size"] == 4 and d["curve_step"] == 3 and d["surrogate_block"] == 8
     torch.manual_seed(0)
-    result = run_report(model=resnet18(num_classes=10), data=str(tmp_path / "x.pt"), n=3, out=tmp_path / "r",
+    result = run_report(model=resnet18(num_classes=10), data=str(tmp_path / "x.pt"), n=1, out=tmp_path / "r",
                         methods=["feature_ablation"], metrics=["deletion"], progress=False)
     data = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert data["settings"]["defaults"] == d and data["settings"]["timed_inputs"] == 2
+    assert data["settings"]["defaults"] == d and data["settings"]["timed_inputs"] == 1
     assert len(data["mean_curves"]["deletion"]["_fractions"]) == -(-256 // 3) + 1
     assert all(0 <= v <= 1 for v in data["per_example"]["deletion"]["feature_ablation"])
     assert "4x4-pixel patches (256 features, curve step 3)" in (tmp_path / "r" / "index.html").read_text()
     assert result.seconds["method:feature_ablation"] > 0
-    code = main(["report", "--model", "r18:make", "--data", str(tmp_path / "x.pt"), "--n", "1", "--methods",
+    code = main(["report", "--model", "r18:make", "--data", str(tmp_path / "x.pt"), "--n", "2", "--methods",
                  "feature_ablation", "--metrics", "deletion", "--defaults", "patch_size=16,curve_step=2",
                  "--out", str(tmp_path / "o"), "--no-progress"])
     assert code == 0
     data = json.loads((tmp_path / "o" / "results.json").read_text())
     assert data["settings"]["defaults"]["patch_size"] == 16 and data["settings"]["defaults"]["features"] == 16
+    assert data["settings"]["timed_inputs"] == 2  # the backend timings on a fixed slice of 2 inputs
     assert len(data["mean_curves"]["deletion"]["_fractions"]) == 16 // 2 + 1
 
 
@@ -472,7 +479,7 @@ def test_report_defaults_overrides_reach_the_methods_and_are_printed(tmp_path, c
     per_example = result.per_example["deletion"]["feature_ablation"]
     expected = fastattr.evaluate(cnn, x, t, attributions={"a": ablation.sum(1)}, metrics=["deletion"], patch_size=2,
                                  step=4)["deletion"]["a"]
-    assert torch.allclose(torch.tensor(per_example), expected.double(), atol=1e-6)
+    assert torch.allclose(torch.tensor(per_example, dtype=torch.float64), expected.double(), atol=1e-6)
     assert len(result.curves["deletion"]["_fractions"]) == 16 // 4 + 1
     from fastattr.report import summary_table
 

@@ -9,8 +9,8 @@ reads in three steps: :mod:`~fastattr.report.loading` (model, data, checks),
 :mod:`~fastattr.report.writing` (results, tables; :mod:`~fastattr.report.html` the page).
 """
 from .loading import ReportError, load_data, load_model, usable_device, writable_folder
-from .running import CONTROL, run_report
+from .running import CONTROL, report_defaults, run_report
 from .writing import ReportResult, best_value, summary_table
 
-__all__ = ["CONTROL", "ReportError", "ReportResult", "best_value", "load_data", "load_model", "run_report",
-           "summary_table", "usable_device", "writable_folder"]
+__all__ = ["CONTROL", "ReportError", "ReportResult", "best_value", "load_data", "load_model", "report_defaults",
+           "run_report", "summary_table", "usable_device", "writable_folder"]

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import torch
 
+from .writing import describe_defaults
+
 if TYPE_CHECKING:
     from .writing import ReportResult
 
@@ -238,6 +240,15 @@ def _sea_nn_sentence(result: "ReportResult") -> str:
             f"{methods}, the attribution of a pixel its marginal gain when greedy picks it.")
 
 
+def _defaults_sentence(result: "ReportResult") -> str:
+    """The settings chosen from the input size (``settings["defaults"]``)."""
+    defaults = result.settings.get("defaults")
+    if not defaults:
+        return ""
+    return ("\nChosen from the input size (<code>--defaults</code> replaces them): "
+            f"{html.escape(describe_defaults(defaults))}.")
+
+
 def _iba_sentence(result: "ReportResult") -> str:
     """What the ``iba`` row is."""
     iba = result.settings.get("iba")
@@ -436,7 +447,7 @@ def write_html(result: "ReportResult", x: torch.Tensor, maps: dict[str, torch.Te
 <h1>fastattr report</h1>
 <p>{result.n} inputs; {len(result.methods)} attribution methods; metrics: {", ".join(result.metrics)}.
 Targets: the predicted class unless chosen otherwise ({int((pred == target).sum())} of {result.n} targets equal
-the prediction).
+the prediction).{_defaults_sentence(result)}
 <code>random</code> is a control map that any method should beat. {control_sentence(result)}{_agg_sentence(result)}{_sea_nn_sentence(result)}{_iba_sentence(result)}{_sop_sentence(result)}{_skipped(result)}</p>
 <h2>Metrics (mean over inputs; ↓ lower / ↑ higher is better; best per column in bold)</h2>
 <p>Deletion / insertion: area under the target-probability curve as the top features are removed /

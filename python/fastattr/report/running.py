@@ -53,19 +53,93 @@ REPORT_METRICS = FAITHFULNESS_METRICS + ("sparseness", "complexity", "random_log
 STABILITY_SAMPLES = 10  # perturbations per input of the relative-stability metrics in a report
 
 
-def _block_side(x: torch.Tensor) -> int:
-    """The side of the surrogate methods' square blocks: 2 pixels, or more so that an image has at most
-    64 blocks."""
-    return max(2, -(-max(x.shape[2:]) // 8))
+MAX_FEATURES = 256  # features per input up to which feature ablation and the ranked metrics keep single units
+CURVE_STEPS = 100  # steps of a deletion / insertion curve over patches: about 1% of the features each
+#: the report's size-dependent settings (:func:`report_defaults`), each overridable with ``defaults=``
+DEFAULT_KEYS = ("patch_size", "occlusion_window", "surrogate_block", "curve_step")
+_IMAGE_KEYS = ("patch_size", "occlusion_window", "surrogate_block")
 
 
-def _blocks(x: torch.Tensor) -> torch.Tensor:
-    """The surrogate methods' features: :func:`_block_side` blocks of pixels shared by the channels for
-    images; for other inputs at most 64 runs of consecutive elements."""
+def _grid(side: int, shape: Sequence[int]) -> int:
+    """Square patches of ``side`` pixels over a map of ``shape`` (the last ones cut at the edge)."""
+    return math.prod(-(-n // side) for n in shape)
+
+
+def report_defaults(x: torch.Tensor, overrides: Optional[dict] = None) -> dict:
+    """The report's settings that grow with the input, chosen from the shape of ``x [N, ...]``:
+
+    - ``patch_size``: the side of the square patches (channels shared) that are the features of feature
+      ablation and of the ranked metrics (deletion, insertion, MDRS, AUPC, MoRF, LeRF, SOP errors). None
+      when an input has at most :data:`MAX_FEATURES` elements (ablation per element, the metrics per
+      pixel); else the smallest side giving at most 256 patches, so 64–256 features whatever the size;
+    - ``occlusion_window``: occlusion's window ``[h, w]``, ``max(2, side // 8)`` per side (at most the side),
+      with ``occlusion_stride`` half of it;
+    - ``surrogate_block``: the side of KernelSHAP's and LIME's pixel blocks, ``max(2, ⌈side / 8⌉)`` (at
+      most 64 blocks);
+    - ``curve_step``: features per step of the deletion / insertion curves: ``⌈G / 64⌉`` of G single
+      pixels or elements (evaluate's default), ``⌈G / 100⌉`` (about 1%, :data:`CURVE_STEPS`) of G patches.
+
+    For inputs that are not images only ``curve_step`` applies (the others are None). ``overrides``
+    ({key: value}, keys :data:`DEFAULT_KEYS`) replace the chosen values; ``occlusion_window`` takes one
+    side. Returns ``{key: value}`` with ``occlusion_stride`` and ``features`` (G) added."""
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise ReportError(f"--defaults must be a dict {{name: value}}, got {type(overrides).__name__}")
+    unknown = [k for k in overrides if k not in DEFAULT_KEYS]
+    if unknown:
+        raise ReportError(f"--defaults has unknown name {', '.join(map(str, unknown))}; choose from "
+                          f"{', '.join(DEFAULT_KEYS)}")
+    image = x.dim() == 4
+    spatial = tuple(x.shape[2:]) if image else ()
+    side = max(spatial) if image else 0
+    for key, value in overrides.items():
+        if key in _IMAGE_KEYS and not image:
+            raise ReportError(f"--defaults {key} needs image inputs [N, C, H, W], got inputs of shape "
+                              f"{tuple(x.shape)}")
+        if key == "patch_size" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ReportError(f"--defaults {key} must be a positive integer"
+                              f"{' or None' if key == 'patch_size' else ''}, got {value!r}")
+        if key in _IMAGE_KEYS and value > side:
+            raise ReportError(f"--defaults {key} ({value}) is larger than the image side ({side})")
+    if image:
+        patch = None if x[0].numel() <= MAX_FEATURES else \
+            next(p for p in range(1, side + 1) if _grid(p, spatial) <= MAX_FEATURES)
+        patch = overrides.get("patch_size", patch)
+        window = overrides.get("occlusion_window")
+        window = [min(n, max(2, n // 8) if window is None else window) for n in spatial]
+        chosen = {"patch_size": patch, "occlusion_window": window,
+                  "occlusion_stride": [max(1, w // 2) for w in window],
+                  "surrogate_block": overrides.get("surrogate_block", max(2, -(-side // 8)))}
+        features = math.prod(spatial) if patch is None else _grid(patch, spatial)
+    else:
+        chosen = {"patch_size": None, "occlusion_window": None, "occlusion_stride": None, "surrogate_block": None}
+        features = x[0].numel()
+    step = -(-features // (64 if chosen["patch_size"] in (None, 1) else CURVE_STEPS))
+    step = overrides.get("curve_step", step)
+    if step > features:
+        raise ReportError(f"--defaults curve_step ({step}) is larger than the number of features ({features})")
+    return {**chosen, "curve_step": step, "features": features}
+
+
+def _blocks(x: torch.Tensor, defaults: dict) -> torch.Tensor:
+    """The surrogate methods' features: ``defaults["surrogate_block"]``-pixel blocks shared by the channels
+    for images; for other inputs at most 64 runs of consecutive elements."""
     if x.dim() == 4:
-        return patch_segments(tuple(x.shape[2:]), _block_side(x)).reshape(1, 1, *x.shape[2:]).to(x.device)
+        side = defaults["surrogate_block"]
+        return patch_segments(tuple(x.shape[2:]), side).reshape(1, 1, *x.shape[2:]).to(x.device)
     size = x[0].numel()
     return (torch.arange(size, device=x.device) * min(size, 64) // size).reshape((1,) + tuple(x.shape[1:]))
+
+
+def _patches(x: torch.Tensor, defaults: dict) -> Optional[torch.Tensor]:
+    """Feature ablation's features: ``defaults["patch_size"]``-pixel patches shared by the channels, or None
+    (every element its own feature)."""
+    if defaults["patch_size"] is None:
+        return None
+    return patch_segments(tuple(x.shape[2:]), defaults["patch_size"]).reshape(1, 1, *x.shape[2:]).to(x.device)
 
 
 def _pick(names: Optional[Sequence[str]], available: dict, kind: str,
@@ -156,21 +230,23 @@ class _Shards:
 
 
 def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, seed: int,
-               period: Optional[int] = None) -> torch.Tensor:
-    """One method on a slice of inputs whose first global index is ``first``. Random draws are
+               period: Optional[int] = None, *, defaults: Optional[dict] = None) -> torch.Tensor:
+    """One method, with the features and windows of ``defaults`` (:func:`report_defaults`; None: chosen from
+    ``x``), on a slice of inputs whose first global index is ``first``. Random draws are
     seeded per global example, so a sharded run gives the same maps as a single process. With
     ``period`` the rows are copies of a batch of ``period`` examples (a metric's perturbed or
     re-targeted inputs): row ``r`` is seeded as example ``first + r % period``."""
     def example_seed(i: int) -> int:
         return seed * 1_000_003 + first + (i % period if period else i)
 
+    defaults = report_defaults(x) if defaults is None else defaults
     if name == AGG:
-        return _aggregate(net, x, t, first, seed)[0]
+        return _aggregate(net, x, t, first, seed, defaults=defaults)[0]
     if name == SOP:  # net: the SOP model; one example at a time, as the backbone's chunks of a batch and of a
         # shard can differ in the last bit
         return torch.cat([net.explain(x[i:i + 1], t[i:i + 1]).feature_map() for i in range(x.shape[0])])
     if name == SEA_NN:  # the ensembled maps as the report computes them; each DSF drawn from its example's seed
-        maps = {m: _attribute(m, net, x, t, first, seed, period).detach() for m in AGG_METHODS}
+        maps = {m: _attribute(m, net, x, t, first, seed, period, defaults=defaults).detach() for m in AGG_METHODS}
         return sea_nn(net, x, t, methods=maps, generator=[example_seed(i) for i in range(x.shape[0])],
                       **SEA_NN_SETTINGS)
     if name == IBA:  # the noise of every example drawn from its own seed
@@ -186,13 +262,20 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
         return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], generator=example_seed(i))
                           for i in range(x.shape[0])])
     if name in SURROGATE_METHODS:  # coalitions seeded per global example, features: blocks of pixels
-        mask = _blocks(x)
+        mask = _blocks(x, defaults)
         return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], feature_mask=mask,
                                         generator=example_seed(i)) for i in range(x.shape[0])])
     if name in ("occlusion", "feature_ablation"):
         # a = f(x) − f(x̃) per example: one at a time, as f(x) from a batch of 5 and from a shard of 2
         # can differ in the last bit (MKL's small-batch GEMM), which the SOP errors amplify ~75×
-        return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1]) for i in range(x.shape[0])])
+        if name == "feature_ablation":
+            kw = {"feature_mask": _patches(x, defaults)}
+        elif x.dim() == 4:
+            kw = {"sliding_window_shapes": (x.shape[1], *defaults["occlusion_window"]),
+                  "strides": (1, *defaults["occlusion_stride"])}
+        else:
+            kw = {}
+        return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], **kw) for i in range(x.shape[0])])
     if name == "rise":  # one set of masks for every example: the same on every rank
         return METHODS[name](net, x, t, generator=seed)
     if name in CD_METHODS:
@@ -202,13 +285,14 @@ def _attribute(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, see
     return METHODS[name](net, x, t)
 
 
-def _aggregate(net, x: torch.Tensor, t: torch.Tensor, first: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _aggregate(net, x: torch.Tensor, t: torch.Tensor, first: int, seed: int, *,
+               defaults: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``agg`` method: :func:`fastattr.aggregate` (objective ``"opt"``, the paper's settings) over
     :data:`AGG_METHODS` with the report's settings, one example at a time seeded by its global index
     (a sharded run matches a single process); ``(attribution, weights [B, k])``."""
     maps, weights = [], []
     for i in range(x.shape[0]):
-        methods = {m: (lambda net_, z, tz, _m=m: _attribute(_m, net_, z, tz, first + i, seed, 1))
+        methods = {m: (lambda net_, z, tz, _m=m: _attribute(_m, net_, z, tz, first + i, seed, 1, defaults=defaults))
                    for m in AGG_METHODS}
         agg = aggregate(net, x[i:i + 1], t[i:i + 1], methods=methods, objective="opt",
                         generator=seed * 1_000_003 + first + i)
@@ -217,36 +301,44 @@ def _aggregate(net, x: torch.Tensor, t: torch.Tensor, first: int, seed: int) -> 
     return torch.cat(maps), torch.cat(weights)
 
 
-def _fixed_agg(weights: torch.Tensor, seed: int, first: int, period: int) -> Callable:
+def _fixed_agg(weights: torch.Tensor, seed: int, first: int, period: int, *,
+               defaults: Optional[dict] = None) -> Callable:
     """``agg`` as an explain function with the weights chosen on the clean inputs: row ``r`` of a batch
     of copies of ``period`` examples gets ``Σ_j w_j · |φ_j|/max|φ_j|`` with its example's weights."""
     def explain(net, z, t):
-        maps = torch.stack([abs_max(_attribute(m, net, z, t, first, seed, period).detach()) for m in AGG_METHODS], 1)
+        maps = torch.stack([abs_max(_attribute(m, net, z, t, first, seed, period, defaults=defaults).detach())
+                            for m in AGG_METHODS], 1)
         return combine(weights.to(z.device)[torch.arange(z.shape[0], device=z.device) % period], maps)
     return explain
 
 
 def _explain(names: Sequence[str], seed: int, first: int, period: int,
-             agg_weights: Optional[torch.Tensor] = None) -> dict[str, Callable]:
+             agg_weights: Optional[torch.Tensor] = None, *, defaults: Optional[dict] = None) -> dict[str, Callable]:
     """Each method as the explain function of the metrics that explain again: the method with the
     report's settings, as the map the metrics read (:func:`feature_map`), for inputs that are copies of
     the ``period`` examples starting at global index ``first``; ``agg`` keeps the weights it chose on
     the clean inputs (``agg_weights``), as the paper scores an aggregate."""
     def one(name: str) -> Callable:
         if name == AGG:
-            fixed = _fixed_agg(agg_weights, seed, first, period)
+            fixed = _fixed_agg(agg_weights, seed, first, period, defaults=defaults)
             return lambda net, z, t: feature_map(fixed(net, z, t), z)
-        return lambda net, z, t: feature_map(_attribute(name, net, z, t, first, seed, period).detach(), z)
+        return lambda net, z, t: feature_map(_attribute(name, net, z, t, first, seed, period,
+                                                        defaults=defaults).detach(), z)
 
     return {name: one(name) for name in names}
 
 
 def _evaluate(net, x: torch.Tensor, t: torch.Tensor, maps: dict[str, torch.Tensor], metric_names: list[str],
-              seed: int, first: int, generator: int, n_subsets: int, agg_weights: Optional[torch.Tensor] = None):
-    """:func:`evaluate` with the report's settings on inputs whose first global index is ``first``."""
-    explain = _explain(list(maps), seed, first, x.shape[0], agg_weights) \
+              seed: int, first: int, generator: int, n_subsets: int, agg_weights: Optional[torch.Tensor] = None, *,
+              defaults: Optional[dict] = None):
+    """:func:`evaluate` with the report's settings on inputs whose first global index is ``first``: the ranked
+    metrics over the patches of ``defaults`` (:func:`report_defaults`; None: chosen from ``x``) with its curve
+    step."""
+    defaults = report_defaults(x) if defaults is None else defaults
+    explain = _explain(list(maps), seed, first, x.shape[0], agg_weights, defaults=defaults) \
         if set(metric_names) & set(EXPLAIN_METRICS) else None
     return evaluate(net, x, t, attributions=maps, metrics=metric_names, n_subsets=n_subsets, generator=generator,
+                    patch_size=defaults["patch_size"], step=defaults["curve_step"],
                     normalize=True, multiplied_by_inputs={m: m in MULTIPLIED_BY_INPUTS for m in maps},
                     explain=explain, metric_kwargs={"relative_stability": {"n_samples": STABILITY_SAMPLES}})
 
@@ -271,7 +363,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-TIMED_INPUTS = 8  # inputs on which every method and evaluate() are re-timed on both backends
+TIMED_INPUTS = 2  # the first inputs of rank 0's shard: every method and evaluate() re-timed on them, both backends
 TIMING_REPEATS = 3  # timed runs (after one warm-up run) of each, on each backend
 
 
@@ -290,7 +382,8 @@ def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tupl
 
 
 def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[str], metric_names: list[str],
-                     seed: int, n_subsets: int, show: bool, nets: Optional[dict] = None) -> dict[str, float]:
+                     seed: int, n_subsets: int, show: bool, defaults: dict,
+                     nets: Optional[dict] = None) -> dict[str, float]:
     """Seconds of each method and of ``evaluate`` on the same inputs, with fastattr's default backend
     (cpp on CPU, triton on CUDA) and with the pure-torch reference backend of every op:
     ``{"backend:<name>:<fastattr|reference>": median s}``, with ``:lo`` / ``:hi`` the range, over
@@ -309,14 +402,15 @@ def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[s
         maps = {}
         with use_backend(backend):
             for name in _progress([m for m in method_names if m != CONTROL], f"timing ({label} backend)", show):
-                attr = record(f"backend:{name}:{label}", lambda: _attribute(name, nets.get(name, net), x, t, 0, seed))
+                attr = record(f"backend:{name}:{label}",
+                              lambda: _attribute(name, nets.get(name, net), x, t, 0, seed, defaults=defaults))
                 if name not in nets:
                     maps[name] = feature_map(attr.detach(), x)
             if CONTROL in method_names:
-                maps[CONTROL] = feature_map(_attribute(CONTROL, net, x, t, 0, seed), x)
+                maps[CONTROL] = feature_map(_attribute(CONTROL, net, x, t, 0, seed, defaults=defaults), x)
             if passes and maps:
                 record(f"backend:evaluate:{label}",
-                       lambda: _evaluate(net, x, t, maps, passes, seed, 0, seed, n_subsets))
+                       lambda: _evaluate(net, x, t, maps, passes, seed, 0, seed, n_subsets, defaults=defaults))
     return out
 
 
@@ -324,7 +418,7 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
                target: Optional[int | str] = None, methods: Optional[Sequence[str]] = None,
                metrics: Optional[Sequence[str]] = None, n: int = 32, device: str = "cpu",
                out: str | Path = "report", seed: int = 0, progress: bool = True,
-               n_subsets: int = 100) -> Optional[ReportResult]:
+               n_subsets: int = 100, defaults: Optional[dict] = None) -> Optional[ReportResult]:
     """Computes the report and writes ``out/index.html``, figures, ``results.json`` and ``results.csv``.
 
     Under ``torchrun --nproc-per-node N -m fastattr report ...`` the inputs are sharded across
@@ -340,6 +434,11 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
             metrics :data:`REPORT_METRICS`, with :data:`GROUPED_METRICS` on the default model). The metrics
             that explain again use each method with the report's settings as its explain function; the
             relative stabilities draw :data:`STABILITY_SAMPLES` perturbations per input.
+        defaults: ``{name: value}`` replacing the settings :func:`report_defaults` chooses from the input size
+            (``patch_size``, ``occlusion_window``, ``surrogate_block``, ``curve_step``); the values used are
+            in ``results.json`` under ``settings["defaults"]`` and on the page.
+
+    Every method and ``evaluate`` are re-timed on both backends on the first :data:`TIMED_INPUTS` inputs.
 
     On the embedded default model two more rows: ``iba`` (IBA at the last Conv2d, its statistics from the
     training digits) and ``sop``, the zoo's Sum-of-Parts wrapper of the CNN explaining itself: its map is
@@ -380,8 +479,9 @@ def run_report(model: Optional[str | Callable] = None, data: Optional[str | torc
     shards = _Shards(dev)
     dev = shards.device
     with _borrowed(net, dev), _borrowed(sop_net, dev):
-        return _run(net, check_data(x, net).to(dev), labels, target, method_names, metric_names, chosen, out_dir,
-                    seed, progress, n_subsets, shards, dev, default, sop_net)
+        x = check_data(x, net).to(dev)
+        return _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, seed, progress, n_subsets,
+                    report_defaults(x, defaults), shards, dev, default, sop_net)
 
 
 @contextlib.contextmanager
@@ -433,8 +533,8 @@ def _bits(masks: torch.Tensor) -> list[list[str]]:
     return [["".join(map(str, g.tolist())) for g in example] for example in flat]
 
 
-def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, seed, progress, n_subsets, shards,
-         dev, default=False, sop_net=None) -> Optional[ReportResult]:
+def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, seed, progress, n_subsets, defaults,
+         shards, dev, default=False, sop_net=None) -> Optional[ReportResult]:
     n_classes = check_fits(net, x)
     with torch.no_grad():
         pred = net(x).reshape(x.shape[0], -1).argmax(-1)
@@ -469,13 +569,14 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
         model = nets.get(name, net)
         try:
             if hi > lo:  # one untimed call first: one-time costs (imports, kernel set-up) are not the method's
-                _attribute(name, model, xs[:1], ts[:1], lo, seed)
+                _attribute(name, model, xs[:1], ts[:1], lo, seed, defaults=defaults)
             _sync(dev)
             start = time.perf_counter()
             if name == AGG and hi > lo:
-                attr, agg_weights = _aggregate(net, xs, ts, lo, seed)
+                attr, agg_weights = _aggregate(net, xs, ts, lo, seed, defaults=defaults)
             else:
-                attr = _attribute(name, model, xs, ts, lo, seed) if hi > lo else xs.new_empty(xs.shape)
+                attr = _attribute(name, model, xs, ts, lo, seed, defaults=defaults) if hi > lo \
+                    else xs.new_empty(xs.shape)
         except (ValueError, TypeError, NotImplementedError) as e:
             if chosen:
                 raise ReportError(f"method {name} cannot run on this model and data: {e}") from e
@@ -511,12 +612,13 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
         x1, t1, generator = xs[i:i + 1], ts[i:i + 1], seed * 1_000_003 + lo + i
         if evaluated and on_net:
             ev = _evaluate(net, x1, t1, {m: one[m] for m in on_net}, evaluated, seed, lo + i, generator, n_subsets,
-                           agg_weights[i:i + 1])
+                           agg_weights[i:i + 1], defaults=defaults)
             keep(ev.values, ev.curves)
             layers = ev.layers or layers
             fractions.update({metric: f.tolist() for metric, f in ev.fractions.items()})
         if SOP in method_names:  # the SOP's own map, scored on the SOP model
-            ev = _evaluate(sop_net, x1, t1, {SOP: one[SOP]}, sop_metrics, seed, lo + i, generator, n_subsets) \
+            ev = _evaluate(sop_net, x1, t1, {SOP: one[SOP]}, sop_metrics, seed, lo + i, generator, n_subsets,
+                           defaults=defaults) \
                 if sop_metrics else None
             nan = torch.full((1,), math.nan, dtype=torch.float64)
             keep({**(ev.values if ev else {}), **{m: {SOP: nan} for m in evaluated if m in SOP_LEFT_OUT}},
@@ -528,7 +630,7 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
     seconds["metrics"] = time.perf_counter() - start
     if shards.rank == 0 and hi > lo:
         seconds.update(_backend_timings(net, xs[:TIMED_INPUTS], ts[:TIMED_INPUTS], method_names, evaluated,
-                                        seed, n_subsets, show, nets))
+                                        seed, n_subsets, show, defaults, nets))
 
     parts = shards.gather((maps, values, curves, fractions, seconds, layers, agg_weights.cpu(), groups))
     shards.close()
@@ -539,8 +641,9 @@ def _run(net, x, labels, target, method_names, metric_names, chosen, out_dir, se
                           skipped=skipped)
     result.settings = {"timed_inputs": min(TIMED_INPUTS, x.shape[0]), "timing_repeats": TIMING_REPEATS,
                        "n_subsets": n_subsets, "seed": seed, "scale_invariant": True,
-                       "surrogate_features": f"{_block_side(x)}x{_block_side(x)}-pixel blocks" if x.dim() == 4
-                       else f"{min(64, x[0].numel())} runs of consecutive elements"}
+                       "surrogate_features": f"{defaults['surrogate_block']}x{defaults['surrogate_block']}-pixel blocks"
+                       if x.dim() == 4 else f"{min(64, x[0].numel())} runs of consecutive elements",
+                       "defaults": defaults}
     if any(m.startswith("relative_") for m in metric_names):
         result.settings["stability_samples"] = STABILITY_SAMPLES
     if "model_randomisation" in metric_names:

@@ -68,6 +68,25 @@ def write_tables(result: ReportResult, target: torch.Tensor) -> None:
 
 
 
+def describe_defaults(defaults: dict) -> str:
+    """The size-dependent settings of a report (``settings["defaults"]``) as one sentence."""
+    patch, n = defaults["patch_size"], defaults["features"]
+    if defaults["occlusion_window"] is None:  # not images
+        features = "feature ablation and the ranked metrics per element"
+    elif patch is None:
+        features = "feature ablation per element and the ranked metrics per pixel"
+    else:
+        features = f"feature ablation and the ranked metrics over {patch}x{patch}-pixel patches"
+    parts = [f"{features} ({n} features, curve step {defaults['curve_step']})"]
+    if defaults["occlusion_window"] is not None:
+        window, stride = defaults["occlusion_window"], defaults["occlusion_stride"]
+        parts.append(f"occlusion window {'x'.join(map(str, window))}, stride {'x'.join(map(str, stride))}")
+    if defaults["surrogate_block"] is not None:
+        side = defaults["surrogate_block"]
+        parts.append(f"KernelSHAP / LIME over {side}x{side}-pixel blocks")
+    return "; ".join(parts)
+
+
 def best_value(metric: str, values: dict[str, float]) -> Optional[float]:
     """The best of a metric's per-method means (NaN ignored; None when all are NaN)."""
     finite = [v for v in values.values() if not math.isnan(v)]
@@ -90,4 +109,6 @@ def summary_table(result: ReportResult) -> str:
     fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths))
     lines = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     lines += [f"skipped {m}: {why}" for m, why in result.skipped.items()]
+    if "defaults" in result.settings:
+        lines.append(f"defaults: {describe_defaults(result.settings['defaults'])}")
     return "\n".join(lines)
