@@ -35,15 +35,12 @@ from torch import nn
 
 from ..core import Target, check_count, check_inputs, check_number, make_generator, model_entry, resolve_clean
 from ..ops import greedy_gains
+from ..ops.greedy_gains import activation as _activation
 from .aggregate import explainers, map_batch
 
 __all__ = ["DeepSubmodular", "sea_nn", "sea_nn_inputs"]
 
 ACTIVATIONS = ("sqrt", "log1p")
-
-
-def _g(z: torch.Tensor, kind: str) -> torch.Tensor:
-    return torch.sqrt(z) if kind == "sqrt" else torch.log1p(z)
 
 
 class DeepSubmodular(nn.Module):
@@ -112,11 +109,12 @@ class DeepSubmodular(nn.Module):
                              f"{self.n_features}, got {got}")
         single = x.dim() == 2
         u = x.unsqueeze(1) if single else x
-        u = _g(torch.baddbmm(self.bias.unsqueeze(1), u.to(self.columns.dtype), self.columns), self.activation)
+        u = _activation(torch.baddbmm(self.bias.unsqueeze(1), u.to(self.columns.dtype), self.columns),
+                        self.activation)
         for i, (W, b) in enumerate(zip(self.weights, self.biases)):
             u = torch.baddbmm(b.unsqueeze(1), u, W)
             if i < len(self.weights) - 1:
-                u = _g(u, self.activation)
+                u = _activation(u, self.activation)
         out = u[..., 0]
         return out[:, 0] if single else out
 

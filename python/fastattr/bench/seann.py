@@ -18,7 +18,6 @@ generated heat maps (smooth blobs).
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Optional, Sequence
 
 import torch
@@ -27,7 +26,7 @@ from ..attribution import METHODS, DeepSubmodular, sea_nn, sea_nn_inputs
 from ..metrics import aupc, mdrs
 from ..ops import greedy_gains
 from ..zoo import load_digits, load_digits_cnn
-from . import Table, machine_info, time_interleaved
+from . import Table, machine_info, time_interleaved, time_median
 
 TABLES = ("greedy", "training", "op", "reproduction")
 PERCENTILES = (97, 97.5, 98, 98.5, 99, 99.5)
@@ -45,19 +44,22 @@ def blob_maps(batch: int, m: int = 3, side: int = 28, seed: int = 0) -> torch.Te
     return blobs.sum(2)
 
 
+def _dsf_forward(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], sets: torch.Tensor) -> torch.Tensor:
+    """The released code's DSF forward on a batch of sets ``[K, n]``: ``u ↦ √(u W + c)`` per layer, the last
+    without the root; returns ``[K, 1]``."""
+    u = sets
+    for i, (W, c) in enumerate(layers):
+        u = u @ W + c
+        if i < len(layers) - 1:
+            u = torch.sqrt(u)
+    return u
+
+
 def _released_dsf(dsf: DeepSubmodular, b: int):
     """DSF ``b`` of the batch as the released code holds it: float64 layers, ``f`` on a batch of sets."""
     layers = [(dsf.columns[b].detach().double(), dsf.bias[b].detach().double())]
     layers += [(W[b].detach().double(), c[b].detach().double()) for W, c in zip(dsf.weights, dsf.biases)]
-
-    def f(sets: torch.Tensor) -> torch.Tensor:
-        u = sets
-        for i, (W, c) in enumerate(layers):
-            u = u @ W + c
-            if i < len(layers) - 1:
-                u = torch.sqrt(u)
-        return u
-    return f, layers
+    return (lambda sets: _dsf_forward(layers, sets)), layers
 
 
 def released_greedy(f, n: int, budget: int) -> list[int]:
@@ -90,12 +92,7 @@ def released_training(dsf: DeepSubmodular, b: int, heat: torch.Tensor, binary: t
     budget = int(sizes.max())
 
     def f(sets):
-        u = sets
-        for i in range(0, len(params), 2):
-            u = u @ params[i] + params[i + 1]
-            if i < len(params) - 2:
-                u = torch.sqrt(u)
-        return u[:, 0]
+        return _dsf_forward(list(zip(params[::2], params[1::2])), sets)[:, 0]
 
     for _ in range(epochs):
         with torch.no_grad():
@@ -126,15 +123,6 @@ def _setup(batch: int, device, side: int = 28, hidden: Sequence[int] = (512, 256
     return dsf, heat, binary
 
 
-def _median_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def greedy_table(repeat: int = 3, device: Optional[str] = None, batch: int = 16, baseline_images: int = 2,
                  side: int = 28, hidden: Sequence[int] = (512, 256, 32)) -> Table:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -145,13 +133,12 @@ def greedy_table(repeat: int = 3, device: Optional[str] = None, batch: int = 16,
                   params={"repeat": repeat, "device": str(device), "batch": batch, "baseline_images": baseline_images,
                           "side": side, "hidden": list(hidden)})
     dsf, _, _ = _setup(batch, device, side, hidden)
-    fast = _median_of(lambda: dsf.greedy(), repeat) if device.type == "cpu" else \
-        time_interleaved({"greedy": lambda: dsf.greedy()}, device, repeat=repeat, warmup=1)[0]["greedy"]
+    fast = time_median(lambda: dsf.greedy(), device, repeat=repeat, warmup=0)
     order, _ = dsf.greedy()
     released = []
     for b in range(baseline_images):
         f, _ = _released_dsf(dsf.cpu() if device.type != "cpu" else dsf, b)
-        released.append(_median_of(lambda: released_greedy(f, n, n), repeat))
+        released.append(time_median(lambda: released_greedy(f, n, n), repeat=repeat, warmup=0))
         picks = released_greedy(f, n, n)
         ours = order[b].tolist()
         step = next((i for i, (u, v) in enumerate(zip(picks, ours)) if u != v), None)
@@ -197,10 +184,10 @@ def training_table(repeat: int = 3, device: Optional[str] = None, batch: int = 1
                 dsf.fit(heat[b:b + 1].to(device), binary[b:b + 1].to(device), **kw)
         return run
 
-    fast = _median_of(batched, repeat)
-    alone = _median_of(one_by_one(baseline_images), repeat) / baseline_images * batch
+    fast = time_median(batched, device, repeat=repeat, warmup=0)
+    alone = time_median(one_by_one(baseline_images), device, repeat=repeat, warmup=0) / baseline_images * batch
     start_dsf = DeepSubmodular(n, hidden, batch=batch, generator=1)
-    released = [_median_of(lambda b=b: released_training(start_dsf, b, heat, binary, **kw), repeat)
+    released = [time_median(lambda b=b: released_training(start_dsf, b, heat, binary, **kw), repeat=repeat, warmup=0)
                 for b in range(baseline_images)]
     scaled = statistics.median(released) * batch
     table.add("released code: per image, float64, from-scratch greedy", scaled, 1.0)
