@@ -268,6 +268,7 @@ NO_MODEL = {
     "DeepSubmodular": "an nn.Module of its own: set functions, no user model",
     "sea_nn_inputs": "pre-processes attribution maps, no model call",
     "Aggregation": "a result", "IBAStatistics": "a result", "SOPExplanation": "a result", "quantus.normalise_by_max": "normalises attributions", "quantus.QuantusAssertionError": "an exception",
+    "captum.CaptumAssertionError": "an exception",
 }
 
 PUBLIC = [(fastattr, ""), (A, ""), (M, ""), (C, ""), (Mo, ""), (fc, "captum."), (fq, "quantus."), (facd, "acd."),

@@ -207,8 +207,6 @@ def test_bad_arguments():
                                     additional_forward_args=scale)
     with pytest.raises(ValueError, match="batch size"):
         fa.FeatureAblation(two).attribute((xs[0], xs[1][:3]), target=y2, additional_forward_args=scale)
-    with pytest.raises(TypeError, match="one dtype and device"):
-        fa.FeatureAblation(two).attribute((xs[0], xs[1].float()), target=y2, additional_forward_args=scale)
     wrong = (segments("patches", xs[0]), torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"feature_mask\[1\]"):
         fa.FeatureAblation(two).attribute(xs, target=y2, feature_mask=wrong, additional_forward_args=scale)

@@ -19,8 +19,10 @@ What differs from Captum:
   such as the padding id), in the scores' floating dtype.
 - Stricter checks. Float ``feature_mask`` values, NaN / Inf in the inputs or the baselines, and a
   ``feature_mask`` or ``baselines`` tuple without one entry per input tensor are errors (Captum
-  casts, propagates or ignores them).
-- ``show_progress`` is accepted and shows nothing.
+  casts, propagates or ignores them). Where Captum asserts, the error is a
+  ``CaptumAssertionError`` (a ``ValueError`` and an ``AssertionError``).
+- ``show_progress=True`` shows a progress bar on stderr (tqdm's when installed) counting the
+  perturbations run.
 - ``KernelShap`` and ``Lime`` draw their coalitions from a generator seeded by the global torch RNG
   (so ``torch.manual_seed`` makes a call reproducible), in their own order: the values agree with
   Captum's in distribution, and equal them when given the same coalitions. ``KernelShap`` imposes
@@ -32,10 +34,16 @@ What differs from Captum:
   must hold the ids ``0..M-1`` without gaps.
 - Targets select one scalar per example (as in :mod:`fastattr.integrations.captum`): an int, a list of
   ints or a 1-D tensor, or a tuple / list of tuples indexing every non-batch dimension of the output;
-  ``target=None`` on a model with several outputs per example explains the arg-max class. The model
-  must return one row per input (Captum also allows one scalar for the whole batch).
-- Several input tensors (a tuple) must share one dtype and device; they are packed into one tensor
-  and unpacked before every call of ``forward_func``.
+  ``target=None`` on a model with several outputs per example: ``Occlusion`` explains the arg-max
+  class; ``FeatureAblation`` gives Captum's per-output attributions ``[n_outputs, ...]``, as it does
+  for a model returning one output for the whole batch (a scalar, a Python number, ``[1]``,
+  ``[1, C]``; inputs may then have different batch sizes), run one feature per forward as Captum
+  does. ``FeatureAblation`` takes bool and integer inputs (attributions in the model output's dtype
+  when that is an integer one) and ``attribute_future`` for a ``forward_func`` returning
+  ``torch.futures.Future`` (computed at once, returned as a completed Future).
+- Several input tensors (a tuple) share one device; they are packed into one tensor of their common
+  floating dtype and unpacked (integer and bool parts cast back) before every call of
+  ``forward_func``.
 
 A tensor in ``additional_forward_args`` (also inside a tuple, list or dict) whose first dimension is
 the batch size is taken to hold one row per example and is repeated along with the inputs; any other
@@ -44,86 +52,30 @@ one perturbation per pass.
 """
 from __future__ import annotations
 
+import copy
 import inspect
+import math
 from typing import Any, Callable, Optional
 
 import torch
-from torch import nn
 
 from ..core import check_count, check_flag, chunk_size
-from ..attribution.perturbation import Windows, broadcast_mask, like_inputs, occlude, resolve_baselines
+from ..attribution.perturbation import Windows, broadcast_mask, like_inputs, occlude
 from ..attribution.perturbation import feature_ablation as _feature_ablation
 from ..attribution.perturbation import occlusion as _occlusion
 from ..attribution.surrogate import kernel_shap as _kernel_shap
 from ..attribution.surrogate import lime as _lime
-from ._captum_common import _Attribution, _bind, _output, _single_of
+from ._captum_common import (CaptumAssertionError, _as_args, _Attribution, _bind, _check_batch, _counted, _each, _Pack,
+                             _progress, _single_of, _tensors, _tiled)
 
 __all__ = ["FeatureAblation", "KernelShap", "Lime", "Occlusion"]
 
 
-def _inputs(inputs) -> tuple[tuple[torch.Tensor, ...], bool]:
-    """The input tensors, and whether they came as a tuple."""
-    if isinstance(inputs, torch.Tensor):
-        inputs, is_tuple = (inputs,), False
-    elif not isinstance(inputs, tuple):
-        raise TypeError(f"inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}")
-    else:
-        is_tuple = True
-    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise TypeError("inputs must be a tensor or a non-empty tuple of tensors")
-    first = inputs[0]
-    if first.dim() < 1 or first.shape[0] == 0:
-        raise ValueError(f"inputs must have a non-empty batch axis, got shape {tuple(first.shape)}")
-    for i, x in enumerate(inputs[1:], 1):
-        if x.dim() < 1 or x.shape[0] != first.shape[0]:
-            raise ValueError(f"inputs[{i}] has shape {tuple(x.shape)}; every input needs the batch size "
-                             f"{first.shape[0]} of inputs[0]")
-        if x.dtype != first.dtype or x.device != first.device:
-            raise TypeError(f"inputs[{i}] is {x.dtype} on {x.device} but inputs[0] is {first.dtype} on "
-                            f"{first.device}; fastattr needs one dtype and device for all input tensors")
-    return inputs, is_tuple
-
-
-class _Packed(nn.Module):
-    """``forward_func(x_1, …, x_n, *args)`` for inputs packed as one ``[N, Σ D_i]`` tensor."""
-
-    def __init__(self, forward_func: Callable, shapes: list[tuple]):
-        super().__init__()
-        self.forward_func = forward_func
-        self.shapes = shapes
-        self.sizes = [torch.Size(s).numel() for s in shapes]
-        self.training = bool(getattr(forward_func, "training", False))
-
-    def forward(self, z: torch.Tensor, *args) -> Any:
-        parts = z.split(self.sizes, 1)
-        return self.forward_func(*(p.reshape((z.shape[0],) + s) for p, s in zip(parts, self.shapes)), *args)
-
-    def unpack(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(p.reshape((flat.shape[0],) + s) for p, s in zip(flat.split(self.sizes, 1), self.shapes))
-
-
-def _pack(xs: tuple[torch.Tensor, ...], forward_func: Callable) -> tuple[torch.Tensor, _Packed]:
-    model = _Packed(forward_func, [tuple(x.shape[1:]) for x in xs])
-    return torch.cat([x.reshape(x.shape[0], -1) for x in xs], 1), model
-
-
-def _per_input(value, n: int, name: str) -> tuple:
-    if not isinstance(value, tuple) or len(value) != n:
-        got = f"a tuple of {len(value)}" if isinstance(value, tuple) else type(value).__name__
-        raise ValueError(f"{name} must be a tuple with one entry per input tensor ({n}), got {got}")
-    return value
-
-
-def _packed_baselines(xs: tuple[torch.Tensor, ...], baselines) -> torch.Tensor:
-    if baselines is None:
-        baselines = (0.0,) * len(xs)
-    baselines = _per_input(baselines, len(xs), "baselines")
-    return torch.cat([resolve_baselines(x, b).reshape(x.shape[0], -1) for x, b in zip(xs, baselines)], 1)
-
-
-def _single_base(baselines):
-    base = _single_of(baselines)
-    return 0.0 if base is None else base
+def _count(value, name: str) -> int:
+    try:
+        return check_count(value, name)
+    except ValueError as error:
+        raise CaptumAssertionError(str(error)) from None
 
 
 def _max_batch(x: torch.Tensor, perturbations_per_eval: int) -> int:
@@ -131,52 +83,212 @@ def _max_batch(x: torch.Tensor, perturbations_per_eval: int) -> int:
     return max(perturbations_per_eval * x.shape[0], chunk_size(x, total, None, None))
 
 
+def _as_output(out, name: str = "forward_func") -> torch.Tensor:
+    """The model output as a tensor (Python ints and floats as int64 / float64 scalars, as Captum)."""
+    if isinstance(out, torch.futures.Future):
+        raise CaptumAssertionError(f"{name} returned a torch.futures.Future; call attribute_future instead of "
+                                   "attribute")
+    if isinstance(out, bool) or not isinstance(out, (torch.Tensor, int, float)):
+        raise CaptumAssertionError(f"{name} must return a tensor, an int or a float, got {type(out).__name__}")
+    if isinstance(out, torch.Tensor):
+        return out
+    return torch.tensor(out, dtype=torch.int64 if isinstance(out, int) else torch.float64)
+
+
+def _probe(forward_func: Callable, xs, additional_forward_args) -> torch.Tensor:
+    """One forward of the unperturbed inputs, as Captum's first evaluation."""
+    args = _as_args(additional_forward_args) or ()
+    with torch.no_grad():
+        return _as_output(forward_func(*xs, *args))
+
+
+def _one_per_example(out: torch.Tensor, batch: int, forward_func: Callable, xs, additional_forward_args) -> bool:
+    """Whether the model gives one number per example (for one example: checked on two copies of it)."""
+    if not (out.dim() >= 1 and out.shape[0] == batch and out.numel() == batch):
+        return False
+    if batch > 1:
+        return True
+    args = _tiled(_as_args(additional_forward_args) or (), 2, 1)
+    return _probe(forward_func, tuple(torch.cat([x, x]) for x in xs), args).numel() == 2
+
+
+def _default_masks(xs) -> tuple:
+    """Captum's default feature masks: every element its own feature, numbered across the inputs."""
+    masks, start = [], 0
+    for x in xs:
+        size = math.prod(x.shape[1:])
+        masks.append(torch.arange(start, start + size, device=x.device).reshape((1,) + tuple(x.shape[1:])))
+        start += size
+    return tuple(masks)
+
+
+def _per_output_ablation(forward_func: Callable, xs, additional_forward_args, initial: torch.Tensor, baselines,
+                         feature_mask, perturbations_per_eval: int, bar) -> tuple:
+    """Captum's attributions for a model whose output is not one number per example (an output for the
+    whole batch, or several per example without a target): each of the ``n`` output elements gets its
+    own row, ``[n, *x.shape[1:]]`` per input, holding ``f(x) − f(x̃_g)`` for each feature g, ablated in
+    every example at once (one forward per feature)."""
+    batch = xs[0].shape[0]
+    if perturbations_per_eval > 1 and not (initial.dim() >= 1 and initial.shape[0] == batch):
+        raise CaptumAssertionError(
+            f"perturbations_per_eval = {perturbations_per_eval} needs a forward_func whose output grows with the "
+            f"batch; it returned shape {tuple(initial.shape)} for a batch of {batch}: use perturbations_per_eval=1")
+    args = _as_args(additional_forward_args) or ()
+    masks = _default_masks(xs) if feature_mask is None else tuple(
+        broadcast_mask(x, m, f"feature_mask[{i}]") if isinstance(m, torch.Tensor) and x.dim() > 1 else
+        torch.as_tensor(m, device=x.device).reshape((1,) + tuple(x.shape[1:]))
+        for i, (x, m) in enumerate(zip(xs, feature_mask)))
+    for i, m in enumerate(masks):
+        if m.shape[0] != 1 and not (m == m[:1]).all():
+            raise CaptumAssertionError(f"feature_mask[{i}] differs between examples, which needs an output per "
+                                       "example; give one mask for all examples")
+    masks = tuple(m[:1] for m in masks)
+    bases = tuple(torch.as_tensor(0 if b is None else b, device=x.device).to(x.dtype) for x, b in zip(xs, baselines))
+    flat = initial.reshape(-1)
+    n = flat.numel()
+    attrs = [torch.zeros((n,) + tuple(x.shape[1:]), dtype=initial.dtype, device=x.device) for x in xs]
+    ids = torch.unique(torch.cat([m.reshape(-1) for m in masks])).tolist()
+    if bar is not None:
+        bar.total = len(ids) + 1
+        bar.update(1)
+    with torch.no_grad():
+        for g in ids:
+            ablated = tuple(torch.where(m == g, b, x) for x, m, b in zip(xs, masks, bases))
+            out = _as_output(forward_func(*ablated, *args)).reshape(-1)
+            if out.numel() != n:
+                raise CaptumAssertionError(f"forward_func returned {out.numel()} values for an ablated batch but "
+                                           f"{n} for the original one")
+            diff = (flat - out).to(initial.dtype)
+            for attr, m in zip(attrs, masks):
+                hit = (m[0] == g)
+                if hit.any():
+                    attr += diff.reshape((n,) + (1,) * hit.dim()) * hit.to(initial.dtype)
+            if bar is not None:
+                bar.update(1)
+    return tuple(attrs)
+
+
+def _progress_bar(show_progress: bool, method: _Attribution):
+    return _progress(f"{method.get_name()} attribution") if check_flag(show_progress, "show_progress") else None
+
+
 class FeatureAblation(_Attribution):
     """Feature ablation, as ``captum.attr.FeatureAblation`` (see :func:`fastattr.feature_ablation`):
-    every group of ``feature_mask`` (every element when None) is set to the baseline in turn, and each
-    of its elements gets ``f_t(x) − f_t(x̃)``."""
+    every group of ``feature_mask`` (every element when None; ids shared across input tensors) is set to
+    the baseline in turn, and each of its elements gets ``f_t(x) − f_t(x̃)``. A model whose output is not
+    one number per example (one for the whole batch, or several per example with ``target=None``) gets
+    Captum's per-output attributions ``[n_outputs, *x.shape[1:]]``."""
 
     _multiply_by_inputs = True
 
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
-                  feature_mask=None, perturbations_per_eval: int = 1, show_progress: bool = False):
+                  feature_mask=None, perturbations_per_eval: int = 1, show_progress: bool = False,
+                  enable_cross_tensor_attribution: bool = True):
         """Returns attributions shaped like ``inputs`` (a tuple for a tuple)."""
-        perturbations_per_eval = check_count(perturbations_per_eval, "perturbations_per_eval")
-        xs, is_tuple = _inputs(inputs)
-        if len(xs) == 1:
-            x = xs[0]
-            model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args,
-                                        _max_batch(x, perturbations_per_eval), x.shape[0] * x[0].numel())
-            attr = _feature_ablation(model, x, t, baselines=_single_base(baselines), max_batch=max_batch,
-                                     feature_mask=_single_of(feature_mask, "feature_mask"))
-            return _output(attr, is_tuple)
-        z, packed = _pack(xs, self.forward_func)
-        mask = _packed_mask(xs, feature_mask)
-        model, t, max_batch = _bind(packed, z, target, additional_forward_args,
-                                    _max_batch(z, perturbations_per_eval), z.shape[0] * z.shape[1])
-        attr = _feature_ablation(model, z, t, baselines=_packed_baselines(xs, baselines), feature_mask=mask,
-                                 max_batch=max_batch)
-        return packed.unpack(attr)
+        perturbations_per_eval = _count(perturbations_per_eval, "perturbations_per_eval")
+        check_flag(enable_cross_tensor_attribution, "enable_cross_tensor_attribution")
+        xs, is_tuple = _tensors(inputs)
+        if target is not None:
+            _check_batch(xs)
+        bar = _progress_bar(show_progress, self)
+        try:
+            # Without a target, Captum's output may be batch-level or per output; for integer inputs, the
+            # attributions take the output's dtype: one forward tells.
+            probe = target is None or not all(x.is_floating_point() for x in xs)
+            initial = _probe(self.forward_func, xs, additional_forward_args) if probe else None
+            batch = xs[0].shape[0]
+            if target is None and not _one_per_example(initial, batch, self.forward_func, xs,
+                                                       additional_forward_args):
+                attrs = _per_output_ablation(self.forward_func, xs, additional_forward_args, initial,
+                                             _each(baselines, len(xs), "baselines"),
+                                             None if feature_mask is None else _each(feature_mask, len(xs),
+                                                                                     "feature_mask"),
+                                             perturbations_per_eval, bar)
+                return attrs if is_tuple else attrs[0]
+            float_parts = [i for i, (x, b) in enumerate(zip(xs, _each(baselines, len(xs), "baselines")))
+                           if not x.is_floating_point() and x.dtype != torch.bool
+                           and (isinstance(b, float) or isinstance(b, torch.Tensor) and b.is_floating_point())]
+            pack = _Pack(self.forward_func, inputs, pack_bool=True, float_parts=float_parts)
+            x = pack.x
+            mask = _single_of(feature_mask, "feature_mask") if pack.packed is None else \
+                _packed_mask(pack, feature_mask)
+            model, t, max_batch = _bind(pack.model, x, target, additional_forward_args,
+                                        _max_batch(x, perturbations_per_eval), x.shape[0] * x[0].numel(),
+                                        strict=False)
+            base = pack.baselines(baselines)
+            attr = _feature_ablation(_counted(model, bar, x.shape[0], _feature_count(x, mask)), x, t,
+                                     baselines=0.0 if base is None else base, max_batch=max_batch,
+                                     feature_mask=mask)
+            out = pack.out(attr)
+            if initial is None or initial.is_floating_point():
+                return out
+            return tuple(a.to(initial.dtype) for a in out) if is_tuple else out.to(initial.dtype)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def attribute_future(self, inputs, baselines=None, target=None, additional_forward_args: Any = None,
+                         feature_mask=None, perturbations_per_eval: int = 1, show_progress: bool = False,
+                         enable_cross_tensor_attribution: bool = True) -> torch.futures.Future:
+        """``attribute`` for a ``forward_func`` returning ``torch.futures.Future``: each result is waited
+        for, and the attributions come back as a completed Future."""
+        forward = self.forward_func
+
+        def waited(*args):
+            out = forward(*args)
+            if not isinstance(out, torch.futures.Future):
+                raise CaptumAssertionError("attribute_future needs a forward_func returning torch.futures.Future, "
+                                           f"got {type(out).__name__}: call attribute")
+            return out.wait()
+        method = copy.copy(self)
+        method.forward_func = waited
+        result = torch.futures.Future()
+        result.set_result(method.attribute(inputs, baselines, target, additional_forward_args, feature_mask,
+                                           perturbations_per_eval, show_progress, enable_cross_tensor_attribution))
+        return result
+
+
+def _feature_count(x: torch.Tensor, mask) -> int:
+    if mask is None:
+        return max(1, x[0].numel())
+    return int(torch.unique(mask).numel()) if isinstance(mask, torch.Tensor) else 1
 
 
 def _window_args(xs: tuple[torch.Tensor, ...], sliding_window_shapes, strides) -> tuple[tuple, tuple]:
-    """Captum's per-input windows and strides: ``(window_i, stride_i)`` for every input tensor."""
+    """Captum's per-input windows and strides: ``(window_i, stride_i)`` for every input tensor, checked
+    against the inputs (``CaptumAssertionError`` where Captum asserts)."""
     if not isinstance(sliding_window_shapes, tuple):
         raise TypeError("sliding_window_shapes must be a tuple of ints (a tuple of such tuples for several "
                         f"inputs), got {sliding_window_shapes!r}")
     if len(xs) == 1:
         if sliding_window_shapes and isinstance(sliding_window_shapes[0], tuple):
             if len(sliding_window_shapes) != 1:
-                raise ValueError("sliding_window_shapes must hold one window for the one input tensor, got "
-                                 f"{sliding_window_shapes!r}")
+                raise CaptumAssertionError("sliding_window_shapes must hold one window for the one input tensor, "
+                                           f"got {sliding_window_shapes!r}")
             sliding_window_shapes = sliding_window_shapes[0]
         if isinstance(strides, tuple) and len(strides) == 1:
             strides = strides[0]
-        return (sliding_window_shapes,), (1 if strides is None else strides,)
-    windows = _per_input(sliding_window_shapes, len(xs), "sliding_window_shapes")
-    if strides is None or isinstance(strides, int):
-        strides = (1 if strides is None else strides,) * len(xs)
-    return windows, _per_input(strides, len(xs), "strides")
+        windows, strides = (sliding_window_shapes,), (1 if strides is None else strides,)
+    else:
+        windows = _per_input(sliding_window_shapes, len(xs), "sliding_window_shapes")
+        if strides is None or isinstance(strides, int):
+            strides = (1 if strides is None else strides,) * len(xs)
+        strides = _per_input(strides, len(xs), "strides")
+    single = len(xs) == 1
+    for i, (x, w, s) in enumerate(zip(xs, windows, strides)):
+        try:
+            Windows(tuple(x.shape[1:]), w, s, "cpu", name="sliding_window_shapes" + ("" if single else f"[{i}]"),
+                    strides_name="strides" + ("" if single else f"[{i}]"))
+        except ValueError as error:
+            raise CaptumAssertionError(str(error)) from None
+    return windows, strides
+
+
+def _per_input(value, n: int, name: str) -> tuple:
+    if not isinstance(value, tuple) or len(value) != n:
+        got = f"a tuple of {len(value)}" if isinstance(value, tuple) else type(value).__name__
+        raise CaptumAssertionError(f"{name} must be a tuple with one entry per input tensor ({n}), got {got}")
+    return value
 
 
 class Occlusion(FeatureAblation):
@@ -188,37 +300,52 @@ class Occlusion(FeatureAblation):
                   additional_forward_args: Any = None, perturbations_per_eval: int = 1,
                   show_progress: bool = False):
         """Returns attributions shaped like ``inputs`` (a tuple for a tuple)."""
-        perturbations_per_eval = check_count(perturbations_per_eval, "perturbations_per_eval")
-        xs, is_tuple = _inputs(inputs)
+        perturbations_per_eval = _count(perturbations_per_eval, "perturbations_per_eval")
+        pack = _Pack(self.forward_func, inputs)
+        xs = pack.xs
         windows, strides = _window_args(xs, sliding_window_shapes, strides)
-        if len(xs) == 1:
-            x = xs[0]
-            model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args,
-                                        _max_batch(x, perturbations_per_eval), x.shape[0] * x[0].numel())
-            attr = _occlusion(model, x, t, sliding_window_shapes=windows[0], strides=strides[0],
-                              baselines=_single_base(baselines), max_batch=max_batch)
-            return _output(attr, is_tuple)
-        z, packed = _pack(xs, self.forward_func)
-        offsets = [sum(packed.sizes[:i]) for i in range(len(xs))]
+        bar = _progress_bar(show_progress, self)
+        try:
+            x = pack.x
+            model, t, max_batch = _bind(pack.model, x, target, additional_forward_args,
+                                        _max_batch(x, perturbations_per_eval), x.shape[0] * x[0].numel(),
+                                        strict=False)
+            if pack.packed is None:
+                count = math.prod(Windows(tuple(x.shape[1:]), windows[0], strides[0], "cpu").positions)
+                attr = _occlusion(_counted(model, bar, x.shape[0], count), x, t, sliding_window_shapes=windows[0],
+                                  strides=strides[0], baselines=_single_base(baselines), max_batch=max_batch)
+                return pack.out(attr)
+            offsets = [sum(pack.packed.sizes[:i]) for i in range(len(xs))]
 
-        def parts(device):
-            return [Windows(tuple(x.shape[1:]), w, s, device, offset=o, name=f"sliding_window_shapes[{i}]",
-                             strides_name=f"strides[{i}]")
-                    for i, (x, w, s, o) in enumerate(zip(xs, windows, strides, offsets))]
+            def parts(device):
+                return [Windows(tuple(x.shape[1:]), w, s, device, offset=o, name=f"sliding_window_shapes[{i}]",
+                                strides_name=f"strides[{i}]")
+                        for i, (x, w, s, o) in enumerate(zip(xs, windows, strides, offsets))]
+            count = sum(math.prod(w.positions) for w in parts("cpu"))
+            attr = occlude(_counted(model, bar, x.shape[0], count), x, t, parts, pack.baselines(baselines),
+                           "logit", max_batch, None)
+            return pack.out(like_inputs(attr, x))
+        finally:
+            if bar is not None:
+                bar.close()
 
-        model, t, max_batch = _bind(packed, z, target, additional_forward_args,
-                                    _max_batch(z, perturbations_per_eval), z.shape[0] * z.shape[1])
-        attr = occlude(model, z, t, parts, _packed_baselines(xs, baselines), "logit", max_batch, None)
-        return packed.unpack(like_inputs(attr, z))
+    def attribute_future(self, *args, **kwargs):
+        """Not offered by Occlusion (as in Captum)."""
+        raise NotImplementedError("Occlusion.attribute_future is not implemented; call attribute")
 
 
-def _packed_mask(xs: tuple[torch.Tensor, ...], feature_mask) -> Optional[torch.Tensor]:
+def _single_base(baselines):
+    base = _single_of(baselines)
+    return 0.0 if base is None else base
+
+
+def _packed_mask(pack: _Pack, feature_mask) -> Optional[torch.Tensor]:
     """Per-input feature masks as one ``[1 or B, Σ D_i]`` mask of the packed inputs (ids shared across
     the inputs, as in Captum)."""
     if feature_mask is None:
         return None
     masks = [broadcast_mask(x, m, f"feature_mask[{i}]")
-             for i, (x, m) in enumerate(zip(xs, _per_input(feature_mask, len(xs), "feature_mask")))]
+             for i, (x, m) in enumerate(zip(pack.xs, pack.per_input(feature_mask, "feature_mask")))]
     rows = max(m.shape[0] for m in masks)
     return torch.cat([m.expand((rows,) + tuple(m.shape[1:])).reshape(rows, -1) for m in masks], 1)
 
@@ -233,22 +360,19 @@ class _Surrogate(_Attribution):
 
     def _run(self, method: Callable, inputs, baselines, target, additional_forward_args, feature_mask,
              copies: int, perturbations_per_eval: int, return_input_shape: bool, **options):
-        perturbations_per_eval = check_count(perturbations_per_eval, "perturbations_per_eval")
+        perturbations_per_eval = _count(perturbations_per_eval, "perturbations_per_eval")
         return_input_shape = check_flag(return_input_shape, "return_input_shape")
-        xs, is_tuple = _inputs(inputs)
-        if len(xs) == 1:
-            x, base, mask, packed = xs[0], _single_base(baselines), _single_of(feature_mask, "feature_mask"), None
-            forward = self.forward_func
+        pack = _Pack(self.forward_func, inputs)
+        x = pack.x
+        if pack.packed is None:
+            base, mask = _single_base(baselines), _single_of(feature_mask, "feature_mask")
         else:
-            x, packed = _pack(xs, self.forward_func)
-            base, mask, forward = _packed_baselines(xs, baselines), _packed_mask(xs, feature_mask), packed
-        model, t, max_batch = _bind(forward, x, target, additional_forward_args,
-                                    _max_batch(x, perturbations_per_eval), x.shape[0] * copies)
-        attr = method(model, x, t, feature_mask=mask, baselines=base, max_batch=max_batch,
+            base, mask = pack.baselines(baselines), _packed_mask(pack, feature_mask)
+        model, t, max_batch = _bind(pack.model, x, target, additional_forward_args,
+                                    _max_batch(x, perturbations_per_eval), x.shape[0] * copies, strict=False)
+        attr = method(model, x, t, feature_mask=mask, baselines=0.0 if base is None else base, max_batch=max_batch,
                       return_input_shape=return_input_shape, generator=_global_generator(), **options)
-        if not return_input_shape:
-            return attr
-        return _output(attr, is_tuple) if packed is None else packed.unpack(attr)
+        return pack.out(attr) if return_input_shape else attr
 
 
 class KernelShap(_Surrogate):

@@ -19,20 +19,29 @@ What differs from Captum:
   ``generator="global"``: draw from the global NumPy and torch RNGs in Captum's order (baseline
   indices, noise, then the α's), so that after the same ``np.random.seed`` / ``torch.manual_seed``
   the result equals Captum's draw for draw.
-- One input tensor. ``inputs`` is a tensor or a tuple of one tensor; models that take several
-  input tensors (a tuple of two or more) raise ``NotImplementedError``.
+- Several input tensors. ``inputs`` may be a tuple of tensors (each with its own baselines, and
+  ``stdevs`` in ``NoiseTunnel`` / ``GradientShap``), returned as a tuple in the same order: they are
+  packed into one ``[N, Σ D_i]`` tensor of their common floating dtype (integer and bool inputs are
+  cast back before each call), and the model is called once per chunk with all of them.
+  ``GuidedGradCam`` gives an input its Grad-CAM map cannot be upsampled to an empty tensor, with a
+  warning, as Captum does.
 - One layer with one tensor. Layer methods take one ``nn.Module`` whose output (or, with
   ``attribute_to_layer_input=True``, whose single input) is one tensor with the batch axis first;
-  lists of layers, ``device_ids`` (DataParallel) and ``grad_kwargs`` raise ``NotImplementedError``.
+  lists of layers, tuple-valued layers, ``device_ids`` (DataParallel) and ``grad_kwargs`` raise.
 - Targets select one scalar per example: an int, a list of ints or a 1-D tensor (2-D outputs), or
-  a tuple / list of tuples indexing every non-batch dimension of the output. ``target=None`` on a
-  model with several outputs per example explains the arg-max class (Captum requires one output).
+  a tuple / list of tuples indexing every non-batch dimension of the output; ``target=None`` needs
+  a model with one output per example, as in Captum.
+- Errors. Where Captum asserts (targets that do not fit the output, a missing target, windows and
+  strides that do not fit the inputs, mismatched shapes), the drop-ins raise
+  :class:`CaptumAssertionError`, a ``ValueError`` that is also an ``AssertionError``.
+  ``attribute_future`` raises ``NotImplementedError`` except on ``FeatureAblation``, as in Captum.
 - ``internal_batch_size`` bounds the inputs per forward pass, as in Captum (fastattr's
   ``max_batch``); when it is None, fastattr sizes the chunks from free memory. The other methods
   (Captum runs them in one batch) are chunked from free memory as well.
 - ``GuidedGradCam`` raises when the Grad-CAM map cannot be interpolated to the input (Captum warns
   and returns an empty tensor).
-- Only wrappers from this module can go inside ``NoiseTunnel``.
+- ``NoiseTunnel`` wraps any object with Captum's interface (``forward_func`` and ``attribute``), a
+  ``captum.attr`` method included.
 - ``DeepLift`` overrides each nonlinearity module's own backward, where Captum replaces the gradient
   of the tensor the module reads. It agrees with Captum to rounding where every nonlinearity reads a
   tensor nothing else reads, and otherwise keeps summation to delta where Captum loses it: a
@@ -55,6 +64,7 @@ it batches several perturbations, and none when it runs one at a time).
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, Callable, Optional, Tuple, Union
 
 import numpy as np
@@ -62,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import check_count, check_flag, make_generator, path_baselines, reference_inputs, resolve_target
+from ..core import check_count, check_flag, make_generator, path_baselines, reference_inputs
 from ..attribution.cam import cam_maps
 from ..attribution.cam import guided_backprop as _guided_backprop
 from ..attribution.cam import guided_grad_cam as _guided_grad_cam
@@ -74,11 +84,11 @@ from ..attribution.gradient import saliency as _saliency
 from ..attribution.gradient import smoothgrad as _smoothgrad
 from ..attribution.layer import layer_integrated_gradients as _layer_integrated_gradients
 from ..numerics import accum_dtype
-from ._captum_common import (_as_args, _Attribution, _bind, _has_batch_tensor, _output, _single_of, _single_input,
-                             _tiled, _unsupported)
+from ._captum_common import (CaptumAssertionError, _as_args, _Attribution, _bind, _has_batch_tensor, _output, _Pack,
+                             _tensors, _tiled, _unsupported)
 from ._captum_perturbation import FeatureAblation, KernelShap, Lime, Occlusion
 
-__all__ = ["DeepLift", "FeatureAblation", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
+__all__ = ["CaptumAssertionError", "DeepLift", "FeatureAblation", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
            "IntegratedGradients", "KernelShap", "LayerGradCam", "LayerIntegratedGradients", "Lime", "NoiseTunnel",
            "Occlusion", "Saliency"]
 
@@ -87,9 +97,9 @@ class Saliency(_Attribution):
     """Saliency, as ``captum.attr.Saliency``: the input gradient of the target (absolute value by default)."""
 
     def attribute(self, inputs, target=None, abs: bool = True, additional_forward_args: Any = None):
-        x, is_tuple = _single_input(inputs)
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
-        return _output(_saliency(model, x, t, abs=abs, max_batch=max_batch), is_tuple)
+        pack = _Pack(self.forward_func, inputs)
+        model, t, max_batch = _bind(pack.model, pack.x, target, additional_forward_args, None, pack.x.shape[0])
+        return pack.out(_saliency(model, pack.x, t, abs=abs, max_batch=max_batch))
 
 
 class InputXGradient(_Attribution):
@@ -98,9 +108,9 @@ class InputXGradient(_Attribution):
     _multiply_by_inputs = True
 
     def attribute(self, inputs, target=None, additional_forward_args: Any = None):
-        x, is_tuple = _single_input(inputs)
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
-        return _output(_input_x_gradient(model, x, t, max_batch=max_batch), is_tuple)
+        pack = _Pack(self.forward_func, inputs)
+        model, t, max_batch = _bind(pack.model, pack.x, target, additional_forward_args, None, pack.x.shape[0])
+        return pack.out(_input_x_gradient(model, pack.x, t, max_batch=max_batch))
 
 
 class IntegratedGradients(_Attribution):
@@ -123,18 +133,18 @@ class IntegratedGradients(_Attribution):
                   return_convergence_delta: bool = False):
         """Returns attributions shaped like ``inputs``, and with ``return_convergence_delta=True``
         also the per-example delta ``Σ attr − (f_t(x) − f_t(x'))``."""
-        x, is_tuple = _single_input(inputs)
-        baselines = _single_of(baselines)
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args,
+        pack = _Pack(self.forward_func, inputs)
+        x = pack.x
+        model, t, max_batch = _bind(pack.model, x, target, additional_forward_args,
                                     check_count(internal_batch_size, "internal_batch_size", optional=True),
                                     n_steps * x.shape[0])
-        out = _integrated_gradients(model, x, t, baselines=baselines, n_steps=n_steps, method=method,
-                                    multiply_by_inputs=self._multiply_by_inputs,
+        out = _integrated_gradients(model, x, t, baselines=pack.baselines(baselines), n_steps=n_steps,
+                                    method=method, multiply_by_inputs=self._multiply_by_inputs,
                                     return_convergence_delta=return_convergence_delta, autocast=self.autocast,
                                     max_batch=max_batch)
         if return_convergence_delta:
-            return _output(out[0], is_tuple), out[1]
-        return _output(out, is_tuple)
+            return pack.out(out[0]), out[1]
+        return pack.out(out)
 
 
 def _repeat_target(target, k: int):
@@ -151,87 +161,115 @@ def _repeat_args(additional_forward_args, k: int, batch: int):
     return None if args is None else _tiled(args, k, batch, interleave=True)
 
 
+def _stdevs(stdevs, n: int) -> tuple:
+    """``stdevs`` (a number, or a tuple of one per input) as a tuple of ``n`` numbers ``>= 0``."""
+    values = stdevs if isinstance(stdevs, tuple) else (stdevs,) * n
+    if len(values) != n:
+        raise CaptumAssertionError(f"stdevs must be a number or a tuple of one per input tensor ({n}), got a "
+                                   f"tuple of {len(values)}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"stdevs must be a number >= 0 (or a tuple of them), got {stdevs!r}")
+    return tuple(float(v) for v in values)
+
+
+def _expand_baselines(baselines, batch: int, k: int, draw: bool, generator: torch.Generator):
+    """Baselines for ``k`` noisy copies of each example (example-major): rows drawn from the given ones
+    with ``draw`` (the same rows for every input), per-example rows repeated, others as they are."""
+    rows = None
+
+    def one(b):
+        nonlocal rows
+        if not isinstance(b, torch.Tensor) or b.dim() == 0:
+            return b
+        if draw:
+            if rows is None:
+                rows = torch.randint(b.shape[0], (batch * k,), generator=generator)
+            return b[rows.to(b.device) % b.shape[0]]
+        if b.shape[0] == batch and batch > 1:
+            return b.repeat_interleave(k, dim=0)
+        return b
+    return tuple(one(b) for b in baselines) if isinstance(baselines, tuple) else one(baselines)
+
+
 class NoiseTunnel(_Attribution):
-    """SmoothGrad / SmoothGrad² / VarGrad around a method of this module, as ``captum.attr.NoiseTunnel``.
+    """SmoothGrad / SmoothGrad² / VarGrad around an attribution method, as ``captum.attr.NoiseTunnel``.
 
     ``nt_type="smoothgrad"`` averages the method over ``nt_samples`` copies ``x + ε``,
-    ``ε ~ N(0, stdevs²)``; ``"smoothgrad_sq"`` averages the squares; ``"vargrad"`` returns the
-    variance. Saliency (with or without ``abs``) runs on :func:`fastattr.smoothgrad`; other methods
-    (IntegratedGradients: SmoothGrad-IG) run on ``nt_samples_batch_size`` noisy copies of the batch
-    at a time. Layer methods give layer-shaped results, as in Captum.
+    ``ε ~ N(0, stdevs²)`` (one ``stdevs`` per input tensor, or one for all); ``"smoothgrad_sq"``
+    averages the squares; ``"vargrad"`` returns the variance. ``attribution_method`` is any object with
+    Captum's interface (``forward_func``, ``attribute``; a drop-in of this module or a ``captum.attr``
+    method). Saliency on one input runs on :func:`fastattr.smoothgrad`; other methods run on
+    ``nt_samples_batch_size`` noisy copies of the batch at a time. Layer methods give layer-shaped
+    results, as in Captum.
     """
 
-    def __init__(self, attribution_method: _Attribution):
-        if not isinstance(attribution_method, _Attribution) or isinstance(attribution_method, NoiseTunnel):
-            raise TypeError("NoiseTunnel wraps an attribution method from fastattr.integrations.captum "
-                            f"(other than NoiseTunnel), got {type(attribution_method).__name__}")
+    def __init__(self, attribution_method):
+        if isinstance(attribution_method, NoiseTunnel) or not callable(getattr(attribution_method, "attribute", None)) \
+                or not hasattr(attribution_method, "forward_func"):
+            raise TypeError("NoiseTunnel wraps an attribution method with Captum's interface (forward_func and "
+                            f"attribute), other than NoiseTunnel, got {type(attribution_method).__name__}")
         super().__init__(attribution_method.forward_func)
         self.attribution_method = attribution_method
-        self.is_delta_supported = attribution_method.has_convergence_delta()
+        has_delta = getattr(attribution_method, "has_convergence_delta", None)
+        self.is_delta_supported = bool(has_delta()) if callable(has_delta) else False
 
     def has_convergence_delta(self) -> bool:
         return self.is_delta_supported
 
     @property
     def multiplies_by_inputs(self) -> bool:
-        return self.attribution_method.multiplies_by_inputs
+        return bool(getattr(self.attribution_method, "multiplies_by_inputs", False))
 
     def attribute(self, inputs, nt_type: str = "smoothgrad", nt_samples: int = 5,
                   nt_samples_batch_size: Optional[int] = None, stdevs: Union[float, Tuple[float, ...]] = 1.0,
                   draw_baseline_from_distrib: bool = False, **kwargs):
-        """Returns attributions shaped like ``inputs``; with ``return_convergence_delta=True`` (methods
-        that have one) also the deltas of all ``batch × nt_samples`` noisy copies, in Captum's order.
+        """Returns attributions shaped like ``inputs`` (a tuple for a tuple); with
+        ``return_convergence_delta=True`` (methods that have one) also the deltas of all
+        ``batch × nt_samples`` noisy copies, in Captum's order.
 
         Extra keyword: ``generator`` (torch.Generator or int seed; default seed 0) for the noise.
         """
         generator = make_generator(kwargs.pop("generator", None))
         if nt_type not in VARIANTS:
-            raise ValueError(f"nt_type must be one of {VARIANTS}, got {nt_type!r}")
+            raise CaptumAssertionError(f"nt_type must be one of {VARIANTS}, got {nt_type!r}")
         nt_samples = check_count(nt_samples, "nt_samples")
         nt_samples_batch_size = check_count(nt_samples_batch_size, "nt_samples_batch_size", optional=True)
-        x, is_tuple = _single_input(inputs)
-        stdev = self._stdev(stdevs)
+        xs, is_tuple = _tensors(inputs)
+        n = len(xs)
+        values = _stdevs(stdevs, n)
         k = nt_samples if nt_samples_batch_size is None else min(nt_samples, nt_samples_batch_size)
         method = self.attribution_method
-        if isinstance(method, Saliency) and set(kwargs) <= {"target", "abs", "additional_forward_args"}:
+        if isinstance(method, Saliency) and n == 1 and set(kwargs) <= {"target", "abs", "additional_forward_args"}:
+            x = xs[0]
             model, t, max_batch = _bind(method.forward_func, x, kwargs.get("target"),
                                         kwargs.get("additional_forward_args"), k * x.shape[0],
                                         nt_samples * x.shape[0])
-            attr = _smoothgrad(model, x, t, n_samples=nt_samples, stdev=stdev, variant=nt_type,
+            attr = _smoothgrad(model, x, t, n_samples=nt_samples, stdev=float(values[0]), variant=nt_type,
                                abs=kwargs.get("abs", True), generator=generator, max_batch=max_batch)
             return _output(attr, is_tuple)
-        return self._noise_loop(x, is_tuple, nt_type, nt_samples, k, stdev, draw_baseline_from_distrib,
+        return self._noise_loop(xs, is_tuple, nt_type, nt_samples, k, values, draw_baseline_from_distrib,
                                 generator, kwargs)
 
-    @staticmethod
-    def _stdev(stdevs) -> float:
-        if isinstance(stdevs, tuple):
-            if len(stdevs) != 1:
-                raise ValueError(f"one input tensor takes one stdev, got a tuple of {len(stdevs)}")
-            stdevs = stdevs[0]
-        if isinstance(stdevs, bool) or not isinstance(stdevs, (int, float)) or stdevs < 0:
-            raise ValueError(f"stdevs must be a number >= 0, got {stdevs!r}")
-        return float(stdevs)
-
-    def _noise_loop(self, x, is_tuple, nt_type, nt_samples, k, stdev, draw_baseline_from_distrib, generator,
+    def _noise_loop(self, xs, is_tuple, nt_type, nt_samples, k, stdevs, draw_baseline_from_distrib, generator,
                     kwargs):
-        x = x.detach()
-        batch, shape = x.shape[0], tuple(x.shape[1:])
+        xs = tuple(x.detach() for x in xs)
+        batch = xs[0].shape[0]
         want_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta", False))
-        baselines = _single_of(kwargs.get("baselines"))
-        sigma = torch.tensor(stdev, dtype=x.dtype, device=x.device)
+        baselines = kwargs.get("baselines")
         method = self.attribution_method
-        total = total_sq = None
+        total = total_sq = dtypes = None
+        out_tuple = is_tuple
         deltas = []
-        if kwargs.get("target") is None:
-            # Explain the class of the clean input in every noisy copy, as fastattr.smoothgrad does.
-            model, _, _ = _bind(self.forward_func, x, None, kwargs.get("additional_forward_args"), None, batch)
-            kwargs = dict(kwargs, target=resolve_target(model, x, None))
         for j0 in range(0, nt_samples, k):
             kk = min(k, nt_samples - j0)
-            # One full-batch draw per sample, in order: the same noise as fastattr.smoothgrad.
-            noise = torch.stack([torch.randn(x.shape, generator=generator, dtype=x.dtype) for _ in range(kk)], 1)
-            noisy = x.repeat_interleave(kk, dim=0) + sigma * noise.to(x.device).reshape((batch * kk,) + shape)
+            # One full-batch draw per sample and input, in order: the same noise as fastattr.smoothgrad.
+            draws = [[torch.randn(x.shape, generator=generator, dtype=x.dtype if x.is_floating_point()
+                                  else torch.get_default_dtype()) for x in xs] for _ in range(kk)]
+            noisy = tuple(x.repeat_interleave(kk, dim=0)
+                          + float(sd) * torch.stack([d[i] for d in draws], 1).to(x.device).reshape(
+                              (batch * kk,) + tuple(x.shape[1:]))
+                          for i, (x, sd) in enumerate(zip(xs, stdevs)))
             part = dict(kwargs)
             if "target" in part:
                 part["target"] = _repeat_target(part["target"], kk)
@@ -239,25 +277,27 @@ class NoiseTunnel(_Attribution):
                 part["additional_forward_args"] = _repeat_args(part["additional_forward_args"], kk, batch)
             if isinstance(method, GradientShap):
                 part.setdefault("generator", generator)  # one stream: the noise, then each call's draws
-            if isinstance(baselines, torch.Tensor):
-                if draw_baseline_from_distrib:
-                    rows = torch.randint(baselines.shape[0], (batch * kk,), generator=generator)
-                    part["baselines"] = baselines[rows.to(baselines.device)]
-                elif baselines.shape[0] == batch and batch > 1:
-                    part["baselines"] = baselines.repeat_interleave(kk, dim=0)
-            out = method.attribute((noisy,) if is_tuple else noisy, **part)
+            if baselines is not None:
+                part["baselines"] = _expand_baselines(baselines, batch, kk, draw_baseline_from_distrib, generator)
+            if part.get("feature_mask") is not None:
+                part["feature_mask"] = _expand_baselines(part["feature_mask"], batch, kk, False, generator)
+            out = method.attribute(noisy if is_tuple else noisy[0], **part)
             if want_delta:
                 out, delta = out
                 deltas.append(delta)
             out_tuple = isinstance(out, tuple)
-            out = out[0] if out_tuple else out
-            acc_dtype = accum_dtype(out.dtype)
-            e = out.reshape((batch, kk) + tuple(out.shape[1:])).to(acc_dtype)
-            total = e.sum(1) if total is None else total + e.sum(1)
-            total_sq = (e * e).sum(1) if total_sq is None else total_sq + (e * e).sum(1)
-        mean, mean_sq = total / nt_samples, total_sq / nt_samples
-        attr = {"smoothgrad": mean, "smoothgrad_sq": mean_sq, "vargrad": mean_sq - mean * mean}[nt_type]
-        attr = _output(attr.to(out.dtype), out_tuple)
+            outs = out if out_tuple else (out,)
+            dtypes = [o.dtype for o in outs]
+            es = [o.reshape((batch, kk) + tuple(o.shape[1:])).to(accum_dtype(o.dtype)) for o in outs]
+            sums, sq = [e.sum(1) for e in es], [(e * e).sum(1) for e in es]
+            total = sums if total is None else [a + b for a, b in zip(total, sums)]
+            total_sq = sq if total_sq is None else [a + b for a, b in zip(total_sq, sq)]
+        attrs = []
+        for mean_sum, sq_sum, dtype in zip(total, total_sq, dtypes):
+            mean, mean_sq = mean_sum / nt_samples, sq_sum / nt_samples
+            attr = {"smoothgrad": mean, "smoothgrad_sq": mean_sq, "vargrad": mean_sq - mean * mean}[nt_type]
+            attrs.append(attr.to(dtype))
+        attr = tuple(attrs) if out_tuple else attrs[0]
         return (attr, torch.cat(deltas)) if want_delta else attr
 
 
@@ -284,33 +324,39 @@ class GradientShap(_Attribution):
         Extra keyword: ``generator`` — a ``torch.Generator`` or int seed (default seed 0) for
         fastattr's stream, or ``"global"`` for Captum's draws from the global NumPy / torch RNGs.
         """
-        x, is_tuple = _single_input(inputs)
+        pack = _Pack(self.forward_func, inputs)
         if callable(baselines) and not isinstance(baselines, torch.Tensor):
             takes_inputs = len(inspect.signature(baselines).parameters) > 0
             baselines = baselines(inputs) if takes_inputs else baselines()
-        baselines = _single_of(baselines)
-        stdev = NoiseTunnel._stdev(stdevs)
+            if not isinstance(baselines, (torch.Tensor, tuple)):
+                raise CaptumAssertionError("baselines must be tensors or a function returning them, got a "
+                                           f"function returning {type(baselines).__name__}")
+        baselines = pack.distribution(baselines)
+        stdevs = _stdevs(stdevs, len(pack.xs))
+        stdev = stdevs[0]
         n_samples = check_count(n_samples, "n_samples")
         check_flag(return_convergence_delta, "return_convergence_delta")
+        x = pack.x
         batch = x.shape[0]
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None,
-                                    n_samples * batch)
+        model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, None, n_samples * batch)
         t, x = prepare(model, x, t)
-        refs = reference_inputs(x, baselines)
-        if isinstance(generator, str):
-            if generator != "global":
-                raise ValueError(f"generator must be a torch.Generator, an int seed or 'global', "
-                                 f"got {generator!r}")
+        if isinstance(generator, str) and generator != "global":
+            raise ValueError(f"generator must be a torch.Generator, an int seed or 'global', got {generator!r}")
+        if pack.packed is not None:
+            refs, index, alpha, noise = _several_draws(pack, x, baselines, n_samples, stdevs, generator)
+        elif isinstance(generator, str):
+            refs = reference_inputs(x, baselines)
             index, alpha, noise = self._global_draws(x, n_samples, refs.shape[0], stdev)
         else:
+            refs = reference_inputs(x, baselines)
             index, alpha, noise = shap_draws(make_generator(generator), n_samples, refs.shape[0], x, stdev)
         out = shap_from_draws(model, x, t, refs, index, alpha, noise,
                               multiply_by_inputs=self._multiply_by_inputs, noisy_difference=True,
                               return_convergence_delta=return_convergence_delta, max_batch=max_batch,
                               memory_budget=None)
         if return_convergence_delta:
-            return _output(out[0], is_tuple), out[1].reshape(-1)
-        return _output(out, is_tuple)
+            return pack.out(out[0]), out[1].reshape(-1)
+        return pack.out(out)
 
     @staticmethod
     def _global_draws(x: torch.Tensor, n_samples: int, n_refs: int, stdev: float):
@@ -323,6 +369,34 @@ class GradientShap(_Attribution):
         alpha = torch.tensor(np.random.uniform(0.0, 1.0, batch * n_samples), dtype=x.dtype)
         noise = noise.view((batch, n_samples) + shape).transpose(0, 1) if stdev > 0 else None
         return index.view(batch, n_samples).T, alpha.view(batch, n_samples).T, noise
+
+
+def _several_draws(pack: _Pack, x: torch.Tensor, refs: list, n_samples: int, stdevs, generator):
+    """GradientSHAP's draws for several inputs, as Captum makes them: a reference row drawn for each input
+    on its own, Gaussian noise per input, one α per example and sample. ``generator="global"`` draws from
+    the global RNGs in Captum's order (NumPy: each input's rows, then the α's; torch: each input's noise);
+    otherwise from fastattr's stream. Returns the chosen references ``[B · N, Σ D_i]`` (example-major),
+    the index into them ``[N, B]``, α ``[N, B]`` and the noise ``[N, B, Σ D_i]`` or None."""
+    batch, n = x.shape[0], len(refs)
+    sds = stdevs if isinstance(stdevs, tuple) else (stdevs,) * n
+    shapes = [(batch * n_samples,) + tuple(v.shape[1:]) for v in pack.xs]
+    if generator == "global":
+        rows = [torch.as_tensor(np.random.choice(r.shape[0], n_samples * batch), dtype=torch.long) for r in refs]
+        noise = [torch.normal(0.0, torch.full(s, float(sd), device=x.device)) for s, sd in zip(shapes, sds)]
+        alpha = torch.tensor(np.random.uniform(0.0, 1.0, batch * n_samples), dtype=torch.float64)
+    else:
+        gen = make_generator(generator)
+        rows = [torch.randint(r.shape[0], (batch * n_samples,), generator=gen) for r in refs]
+        alpha = torch.rand(batch * n_samples, generator=gen, dtype=torch.float64)
+        noise = [torch.randn(s, generator=gen, dtype=x.dtype).to(x.device) * float(sd) for s, sd in zip(shapes, sds)]
+    chosen = torch.cat([r[i.to(r.device)] for r, i in zip(refs, rows)], 1)
+    index = torch.arange(batch * n_samples, device=x.device).view(batch, n_samples).T
+    if all(float(sd) == 0 for sd in sds):
+        noisy = None
+    else:
+        flat = torch.cat([e.to(x.dtype).reshape(e.shape[0], -1) for e in noise], 1)
+        noisy = flat.view(batch, n_samples, -1).transpose(0, 1)
+    return chosen, index, alpha.view(batch, n_samples).T.to(x.device), noisy
 
 
 class _LayerAttribution(_Attribution):
@@ -366,13 +440,13 @@ class LayerIntegratedGradients(_LayerAttribution):
         """Returns the layer attributions ``[B, ...]``, and with ``return_convergence_delta=True`` also
         the per-example delta ``Σ attr − (f_t(x) − f_t(x'))``."""
         _unsupported(grad_kwargs=grad_kwargs)
-        x, _ = _single_input(inputs)
-        baselines = _single_of(baselines)
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args,
+        pack = _Pack(self.forward_func, inputs)
+        x = pack.x
+        model, t, max_batch = _bind(pack.model, x, target, additional_forward_args,
                                     check_count(internal_batch_size, "internal_batch_size", optional=True),
                                     n_steps * x.shape[0])
         # One baseline row per example, so extra forward arguments tile the same way on every pass.
-        base = path_baselines(x, baselines).expand_as(x)
+        base = path_baselines(x, pack.baselines(baselines)).expand_as(x)
         return _layer_integrated_gradients(model, x, t, layer=self.layer, baselines=base, n_steps=n_steps,
                                            method=method, multiply_by_inputs=self._multiply_by_inputs,
                                            return_convergence_delta=return_convergence_delta,
@@ -393,8 +467,9 @@ class LayerGradCam(_LayerAttribution):
                   attr_dim_summation: bool = True, grad_kwargs: Optional[dict] = None):
         _unsupported(grad_kwargs=grad_kwargs)
         check_flag(attr_dim_summation, "attr_dim_summation")
-        x, _ = _single_input(inputs)
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
+        pack = _Pack(self.forward_func, inputs)
+        x = pack.x
+        model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, None, x.shape[0])
         cam = cam_maps(model, x, t, self.layer, relu_attributions=relu_attributions, upsample=False,
                        max_batch=max_batch, memory_budget=None, plus_plus=False,
                        attribute_to_layer_input=attribute_to_layer_input, channel_sum=attr_dim_summation)
@@ -417,9 +492,9 @@ class GuidedBackprop(_Attribution):
         self.model = model
 
     def attribute(self, inputs, target=None, additional_forward_args: Any = None):
-        x, is_tuple = _single_input(inputs)
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
-        return _output(_guided_backprop(model, x, t, max_batch=max_batch), is_tuple)
+        pack = _Pack(self.forward_func, inputs)
+        model, t, max_batch = _bind(pack.model, pack.x, target, additional_forward_args, None, pack.x.shape[0])
+        return pack.out(_guided_backprop(model, pack.x, t, max_batch=max_batch))
 
 
 class GuidedGradCam(_Attribution):
@@ -434,29 +509,53 @@ class GuidedGradCam(_Attribution):
 
     def attribute(self, inputs, target=None, additional_forward_args: Any = None,
                   interpolate_mode: str = "nearest", attribute_to_layer_input: bool = False):
-        x, is_tuple = _single_input(inputs)
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, x.shape[0])
+        pack = _Pack(self.forward_func, inputs)
+        x = pack.x
+        if pack.packed is not None:
+            return self._several(inputs, target, additional_forward_args, interpolate_mode, attribute_to_layer_input)
+        model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, None, x.shape[0])
         out = _guided_grad_cam(model, x, t, layer=self.grad_cam.layer, relu_attributions=True,
                                interpolate_mode=interpolate_mode,
                                attribute_to_layer_input=attribute_to_layer_input, max_batch=max_batch)
-        return _output(out, is_tuple)
+        return pack.out(out)
+
+    def _several(self, inputs, target, additional_forward_args, interpolate_mode, attribute_to_layer_input):
+        """Several input tensors: guided backprop of each times the ReLU'd Grad-CAM map upsampled to it;
+        an input the map cannot be upsampled to (another number of dimensions) gets an empty tensor and a
+        warning, as in Captum."""
+        guided = self.guided_backprop.attribute(inputs, target, additional_forward_args)
+        cam = self.grad_cam.attribute(inputs, target, additional_forward_args,
+                                      attribute_to_layer_input=attribute_to_layer_input, relu_attributions=True)
+        out = []
+        for i, g in enumerate(guided):
+            try:
+                if g.dim() != cam.dim():
+                    raise ValueError(f"the map has {cam.dim()} dimensions and the input {g.dim()}")
+                up = F.interpolate(cam, size=tuple(g.shape[2:]), mode=interpolate_mode)
+            except (ValueError, NotImplementedError, RuntimeError) as error:
+                warnings.warn(f"GuidedGradCam: the layer map {tuple(cam.shape)} cannot be upsampled to inputs[{i}] "
+                              f"{tuple(g.shape)} with interpolate_mode={interpolate_mode!r} ({error}); its "
+                              "attributions are an empty tensor", UserWarning, stacklevel=3)
+                out.append(torch.empty(0, dtype=g.dtype, device=g.device))
+                continue
+            out.append(g * up.to(g.dtype))
+        return tuple(out)
 
 
-def _custom_attributions(func: Callable, multipliers: torch.Tensor, x: torch.Tensor, base: torch.Tensor):
-    """Captum's ``custom_attribution_func`` on one input: ``func(m)``, ``func(m, x)`` or ``func(m, x, x')``
-    with tuples of one tensor, by the number of its parameters; its one attribution tensor."""
+def _custom_attributions(func: Callable, multipliers, xs, bases):
+    """Captum's ``custom_attribution_func``: ``func(m)``, ``func(m, x)`` or ``func(m, x, x')`` with tuples of
+    one tensor per input, by the number of its parameters; its attributions as a tuple."""
     if not callable(func):
         raise TypeError(f"custom_attribution_func must be callable, got {type(func).__name__}")
-    arguments = ((multipliers,), (x,), (base,))
+    arguments = (multipliers, xs, bases)
     count = len(inspect.signature(func).parameters)
     if not 1 <= count <= 3:
         raise ValueError(f"custom_attribution_func must take 1 to 3 arguments (multipliers, inputs, baselines), "
                          f"got {count}")
     out = func(*arguments[:count])
-    out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
-    if not isinstance(out, torch.Tensor):
-        raise TypeError("custom_attribution_func must return a tuple of one tensor for one input tensor, "
-                        f"got {type(out).__name__}")
+    out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    if len(out) != len(xs) or not all(isinstance(o, torch.Tensor) for o in out):
+        raise TypeError(f"custom_attribution_func must return a tuple of {len(xs)} tensor(s), one per input")
     return out
 
 
@@ -482,11 +581,12 @@ class DeepLift(_Attribution):
         per-example delta ``Σ attr − (f_t(x) − f_t(x'))``. ``custom_attribution_func`` (Captum's: called
         with the multipliers, and the inputs and baselines if it takes them, as tuples) replaces the
         product with ``x − x'``."""
-        x, is_tuple = _single_input(inputs)
-        baselines = _single_of(baselines)
+        pack = _Pack(self.forward_func, inputs)
+        x = pack.x
+        baselines = pack.baselines(baselines)
         check_flag(return_convergence_delta, "return_convergence_delta")
         batch = x.shape[0]
-        model, t, max_batch = _bind(self.forward_func, x, target, additional_forward_args, None, 2 * batch)
+        model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, None, 2 * batch)
         if _has_batch_tensor(_as_args(additional_forward_args), batch):
             max_batch = max(max_batch, 2 * batch)  # the whole batch and its baselines in one forward
         multiply = self._multiply_by_inputs and custom_attribution_func is None
@@ -494,9 +594,14 @@ class DeepLift(_Attribution):
                         return_convergence_delta=return_convergence_delta and custom_attribution_func is None,
                         eps=self.eps, max_batch=max_batch)
         if custom_attribution_func is None:
-            return (_output(out[0], is_tuple), out[1]) if return_convergence_delta else _output(out, is_tuple)
-        base = path_baselines(x, baselines).expand_as(x)
-        attr = _custom_attributions(custom_attribution_func, out, x.detach(), base)
+            return (pack.out(out[0]), out[1]) if return_convergence_delta else pack.out(out)
+        base = pack.out(path_baselines(x, baselines).expand_as(x))
+        bases = base if isinstance(base, tuple) else (base,)
+        multipliers = pack.out(out)
+        attr = _custom_attributions(custom_attribution_func,
+                                    multipliers if isinstance(multipliers, tuple) else (multipliers,),
+                                    tuple(v.detach() for v in pack.xs), bases)
+        attr = attr if pack.is_tuple else attr[0]
         if not return_convergence_delta:
-            return _output(attr, is_tuple)
-        return _output(attr, is_tuple), self.compute_convergence_delta(attr, base, x, target, additional_forward_args)
+            return attr
+        return attr, self.compute_convergence_delta(attr, base, inputs, target, additional_forward_args)
