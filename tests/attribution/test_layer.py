@@ -171,7 +171,7 @@ def test_layer_ig_restores_the_model_and_rejects_bad_layers():
     flags = [p.requires_grad for p in model.parameters()]
     layer_integrated_gradients(model, ids, layer="embedding", n_steps=4)
     assert [p.requires_grad for p in model.parameters()] == flags and hook_count(model) == 0
-    with pytest.raises(TypeError, match="one tensor"):
+    with pytest.raises(TypeError, match="tuple of tensors"):
         layer_integrated_gradients(model, ids, layer="lstm", n_steps=4)
     assert hook_count(model) == 0 and [p.requires_grad for p in model.parameters()] == flags
     with pytest.raises(ValueError, match="not found"):

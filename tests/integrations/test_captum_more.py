@@ -265,16 +265,18 @@ def test_noise_tunnel_saliency_abs_runs_fused_smoothgrad(monkeypatch):
 
 def test_unsupported_captum_arguments_raise():
     model, x, y = case("cnn")
-    with pytest.raises(NotImplementedError, match="grad_kwargs"):
-        fa.LayerIntegratedGradients(model, model[1]).attribute(x, target=y, grad_kwargs={"create_graph": 1})
-    with pytest.raises(NotImplementedError, match="grad_kwargs"):
-        fa.LayerGradCam(model, model[4]).attribute(x, y, grad_kwargs={})
+    with pytest.raises(ValueError, match="grad_kwargs"):
+        fa.LayerIntegratedGradients(model, model[1]).attribute(x, target=y, grad_kwargs={"inputs": x})
+    with pytest.raises(TypeError, match="grad_kwargs"):
+        fa.LayerGradCam(model, model[4]).attribute(x, y, grad_kwargs=[("create_graph", True)])
     with pytest.raises(NotImplementedError, match="device_ids"):
         fa.LayerGradCam(model, model[4], device_ids=[0])
     with pytest.raises(NotImplementedError, match="device_ids"):
         fa.GuidedGradCam(model, model[4], device_ids=[0])
     with pytest.raises(NotImplementedError, match="one layer"):
-        fa.LayerIntegratedGradients(model, [model[1], model[4]])
+        fa.LayerGradCam(model, [model[1], model[4]])
+    with pytest.raises(TypeError, match="list"):
+        fa.LayerIntegratedGradients(model, [])
     with pytest.raises(TypeError, match="layer must be an nn.Module"):
         fa.LayerGradCam(model, "4")
     with pytest.raises(TypeError, match="nn.Module"):

@@ -20,6 +20,7 @@ from torch import nn
 from ..core import (ChunkGrid, Target, check_flag, check_inputs, chunk_size, frozen_parameters, model_entry,
                     resolve_target, run_model, select)
 from ..numerics import accum_dtype
+from .layer import autograd_options, layer_grads
 
 Layer = Union[nn.Module, str]
 
@@ -54,50 +55,53 @@ def _chunk_targets(target: Target, batch: int) -> Callable[[int, int], Target]:
 
 
 def _layer_gradients(model: Callable, layer: nn.Module, x: torch.Tensor, target: Target,
-                     layer_input: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(A, ∂ Σ_i f_{t_i}/∂A, t)`` for one chunk, ``A`` the output of ``layer`` ``[B, K, ...]`` (its
-    input, through a forward pre-hook, when ``layer_input``).
+                     layer_input: bool = False,
+                     grad_kwargs: Optional[dict] = None) -> tuple[tuple, tuple, torch.Tensor]:
+    """``(A, ∂ Σ_i f_{t_i}/∂A, t)`` for one chunk, ``A`` the output of ``layer`` (its positional inputs,
+    through a forward pre-hook, when ``layer_input``) as a tuple of tensors ``[B, K, ...]`` (one for a
+    layer with one tensor); ``grad_kwargs`` go to ``torch.autograd.grad``.
 
-    The hook hands the rest of the network a clone of a detached leaf ``A``, so the backward pass
+    The hook hands the rest of the network clones of detached leaves ``A``, so the backward pass
     stops at the layer and in-place ops after it (``ReLU(inplace=True)``) leave ``A`` intact.
     """
     captured = []
     what = "input" if layer_input else "output"
 
-    def capture(module, value):
-        if not isinstance(value, torch.Tensor) or value.dim() < 2:
+    def capture(module, value) -> tuple:
+        parts = (value,) if isinstance(value, torch.Tensor) else value
+        if not isinstance(parts, tuple) or not parts or \
+                not all(isinstance(p, torch.Tensor) and p.dim() >= 2 for p in parts):
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(f"CAM methods need a layer whose {what} is one tensor [B, K, ...] (a conv "
-                             f"layer's [B, K, h, w]); layer {type(module).__name__} has {what} {shape}")
+            raise ValueError(f"CAM methods need a layer whose {what} is a tensor [B, K, ...] (a conv layer's "
+                             f"[B, K, h, w]) or a tuple of them; layer {type(module).__name__} has {what} {shape}")
         if captured:
             raise ValueError(f"layer {type(module).__name__} ran more than once in one forward pass; "
                              "pick a layer that is used once")
-        leaf = value.detach().requires_grad_(True)
-        captured.append(leaf)
-        return leaf.clone()
+        leaves = tuple(p.detach().requires_grad_(True) for p in parts)
+        captured.append(leaves)
+        return tuple(leaf.clone() for leaf in leaves)
 
-    def pre_hook(module, args):
-        if len(args) != 1:
-            raise ValueError(f"layer {type(module).__name__} takes {len(args)} positional inputs; "
-                             "attributing to a layer's input needs a module called with one tensor")
-        return (capture(module, args[0]),)
+    def hook(module, args, output):
+        parts = capture(module, output)
+        return parts if isinstance(output, tuple) else parts[0]
 
     if layer_input:
-        handle = layer.register_forward_pre_hook(pre_hook)
+        handle = layer.register_forward_pre_hook(capture)
     else:
-        handle = layer.register_forward_hook(lambda module, args, output: capture(module, output))
+        handle = layer.register_forward_hook(hook)
     try:
         with torch.enable_grad():
             out = run_model(model, x)
             if not captured:
                 raise ValueError(f"layer {type(layer).__name__} did not run in the model's forward pass")
             t = resolve_target(model, x, target, logits=out.detach())
-            (grad,) = torch.autograd.grad(select(out, t).sum(), captured[0], allow_unused=True)
+            grads = layer_grads(select(out, t).sum(), captured[0], autograd_options(grad_kwargs))
     finally:
         handle.remove()
-    if grad is None:
-        raise ValueError(f"the target score does not depend on layer {type(layer).__name__}")
-    return captured[0].detach(), grad, t
+    if any(g is None for g in grads):
+        raise ValueError(f"the target score does not depend on layer {type(layer).__name__}'s {what}; pass "
+                         "grad_kwargs={'materialize_grads': True} for zero maps")
+    return tuple(a.detach() for a in captured[0]), grads, t
 
 
 def _spatial_sum(t: torch.Tensor) -> torch.Tensor:
@@ -147,28 +151,33 @@ def _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpola
 
 
 def _cam_chunk(model, layer, x, target, relu_attributions, upsample, plus_plus, interpolate_mode="bilinear",
-               layer_input=False, channel_sum=True):
-    """One chunk's map: ``Σ_k w_k A^k`` ``[B, ...]`` (``channel_sum=False``: the terms ``[B, K, ...]``)."""
-    acts, grads, t = _layer_gradients(model, layer, x, target, layer_input)
-    if upsample and not 1 <= acts.dim() - 2 <= min(3, x.dim() - 1):
-        raise ValueError(f"upsample needs a conv layer whose {'input' if layer_input else 'output'} is "
-                         f"[B, K, ...] with 1 to 3 spatial axes, no more than the inputs' "
-                         f"{tuple(x.shape[1:])}; layer {type(layer).__name__} gives {tuple(acts.shape)}")
-    acc = accum_dtype(acts.dtype)
-    acts, grads = acts.to(acc), grads.to(acc)
-    cam = _cam_weights(acts, grads, plus_plus) * acts
-    if channel_sum:
-        cam = cam.sum(1)
-    if relu_attributions:
-        cam = cam.clamp(min=0)
-    if upsample:
-        cam = _upsample(cam, x, interpolate_mode)
-    return cam.to(x.dtype), t
+               layer_input=False, channel_sum=True, grad_kwargs=None):
+    """One chunk's map: ``Σ_k w_k A^k`` ``[B, ...]`` (``channel_sum=False``: the terms ``[B, K, ...]``);
+    a tuple of maps, one per tensor, for a layer with several."""
+    acts, grads, t = _layer_gradients(model, layer, x, target, layer_input, grad_kwargs)
+    maps = []
+    for a, g in zip(acts, grads):
+        if upsample and not 1 <= a.dim() - 2 <= min(3, x.dim() - 1):
+            raise ValueError(f"upsample needs a conv layer whose {'input' if layer_input else 'output'} is "
+                             f"[B, K, ...] with 1 to 3 spatial axes, no more than the inputs' "
+                             f"{tuple(x.shape[1:])}; layer {type(layer).__name__} gives {tuple(a.shape)}")
+        acc = accum_dtype(a.dtype)
+        a, g = a.to(acc), g.to(acc)
+        cam = _cam_weights(a, g, plus_plus) * a
+        if channel_sum:
+            cam = cam.sum(1)
+        if relu_attributions:
+            cam = cam.clamp(min=0)
+        if upsample:
+            cam = _upsample(cam, x, interpolate_mode)
+        maps.append(cam.to(x.dtype))
+    return (maps[0] if len(maps) == 1 else tuple(maps)), t
 
 
 def cam_maps(model, inputs, target, layer, *, relu_attributions, upsample, max_batch, memory_budget, plus_plus,
-             interpolate_mode="bilinear", attribute_to_layer_input=False, channel_sum=True):
-    """Grad-CAM / Grad-CAM++ maps ``[B, ...]`` in chunks (``channel_sum=False``: per channel ``[B, K, ...]``)."""
+             interpolate_mode="bilinear", attribute_to_layer_input=False, channel_sum=True, grad_kwargs=None):
+    """Grad-CAM / Grad-CAM++ maps ``[B, ...]`` in chunks (``channel_sum=False``: per channel ``[B, K, ...]``;
+    a tuple of maps for a layer with several tensors)."""
     module = _check_cam_args(model, inputs, layer, relu_attributions, upsample, interpolate_mode,
                              attribute_to_layer_input)
     batch = inputs.shape[0]
@@ -176,8 +185,11 @@ def cam_maps(model, inputs, target, layer, *, relu_attributions, upsample, max_b
     chunk = chunk_size(inputs, batch, max_batch, memory_budget)
     with frozen_parameters(model):
         maps = [_cam_chunk(model, module, inputs[e0:e1], targets(e0, e1), relu_attributions,
-                           upsample, plus_plus, interpolate_mode, attribute_to_layer_input, channel_sum)[0]
+                           upsample, plus_plus, interpolate_mode, attribute_to_layer_input, channel_sum,
+                           grad_kwargs)[0]
                 for e0, e1, _, _ in ChunkGrid(batch, 1, chunk)]
+    if isinstance(maps[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*maps))
     return torch.cat(maps)
 
 
@@ -195,7 +207,8 @@ def grad_cam(model: Callable, inputs: torch.Tensor, target: Target = None, *, la
     last axes as it has spatial axes (1 to 3: ``Conv1d`` to ``Conv3d`` layers) with
     ``F.interpolate``'s ``interpolate_mode`` (the linear modes: ``align_corners=False``).
     With ``upsample=False`` any ``[B, K, ...]`` layer works (the mean runs over the axes after
-    ``K``; for ``[B, K]``, ``α = ∂f_t/∂A`` as in Captum).
+    ``K``; for ``[B, K]``, ``α = ∂f_t/∂A`` as in Captum). A layer whose output (or positional
+    inputs) is a tuple of tensors gets one map per tensor, as a tuple.
 
     Returns:
         ``[B, H, W]`` for inputs ``[B, C, H, W]`` (``[B, L]`` for ``[B, C, L]``, ``[B, D, H, W]`` for
@@ -325,6 +338,10 @@ def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target: Target = Non
             x = inputs[e0:e1]
             cam, t = _cam_chunk(model, module, x, targets(e0, e1), relu_attributions, True, False,
                                 interpolate_mode, attribute_to_layer_input)
+            if isinstance(cam, tuple):
+                what = "input" if attribute_to_layer_input else "output"
+                raise ValueError(f"guided_grad_cam needs a layer with one {what} tensor; layer "
+                                 f"{type(module).__name__} has {len(cam)}")
             with _guided_relus(model):
                 grad, _ = _guided_chunk(model, x, t)
             lead = (cam.shape[0],) + (1,) * (x.dim() - cam.dim())  # broadcast over the channels

@@ -10,7 +10,7 @@ restored on every exit path; inputs are never modified.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -72,11 +72,14 @@ def _module_name(key: str) -> str:
 class _Hooks:
     """Forward hooks on named modules for the duration of a ``with`` block: ``fn(key, output)`` sees
     every call's output and may return a replacement (None keeps it); with ``inputs=True``,
-    forward pre-hooks do the same with each call's (single tensor) input. Run the model through
+    forward pre-hooks do the same with each call's (single tensor) input. With ``tuples=True``,
+    ``fn(key, parts)`` sees the output (or the positional inputs) as a tuple of tensors and returns
+    a tuple of replacements, put back in the module's own structure. Run the model through
     ``hooks(model, x)`` so call counts restart at every forward."""
 
-    def __init__(self, modules: dict[str, nn.Module], fn: Callable, inputs: bool = False):
+    def __init__(self, modules: dict[str, nn.Module], fn: Callable, inputs: bool = False, tuples: bool = False):
         self.modules, self.fn, self.calls, self.handles, self.inputs = modules, fn, {}, [], inputs
+        self.tuples = tuples
 
     def __enter__(self) -> "_Hooks":
         try:
@@ -103,6 +106,9 @@ class _Hooks:
     def _hook(self, name: str) -> Callable:
         def hook(module, args, output):
             key = self._key(name)
+            if self.tuples:
+                new = self.fn(key, _tensor_parts(key, output, "returns"))
+                return None if new is None else (tuple(new) if isinstance(output, tuple) else new[0])
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {key!r} returns {type(output).__name__}; layer and neuron attributions "
                                 "need a module whose output is one tensor")
@@ -112,6 +118,9 @@ class _Hooks:
     def _pre_hook(self, name: str) -> Callable:
         def hook(module, args):
             key = self._key(name)
+            if self.tuples:
+                new = self.fn(key, _tensor_parts(key, args, "takes"))
+                return None if new is None else tuple(new)
             if len(args) != 1 or not isinstance(args[0], torch.Tensor):
                 raise TypeError(f"layer {key!r} takes {len(args)} positional inputs; attributing to a "
                                 "layer's input needs a module called with one tensor")
@@ -122,6 +131,17 @@ class _Hooks:
     def __call__(self, model: Callable, x: torch.Tensor) -> torch.Tensor:
         self.calls.clear()
         return run_model(model, x)
+
+
+def _tensor_parts(key: str, value, verb: str) -> tuple:
+    """A layer's output (``verb="returns"``) or positional inputs (``"takes"``) as a tuple of tensors."""
+    parts = (value,) if isinstance(value, torch.Tensor) else value
+    if not isinstance(parts, tuple) or not parts or not all(isinstance(p, torch.Tensor) for p in parts):
+        what = type(value).__name__ if not isinstance(value, tuple) else \
+            f"({', '.join(type(p).__name__ for p in value)})"
+        raise TypeError(f"layer {key!r} {verb} {what}; layer attributions need a tensor or a tuple of tensors "
+                        + ("as its output" if verb == "returns" else "as its positional inputs"))
+    return parts
 
 
 def _chunk_target(target: Target, batch: int, e0: int, e1: int) -> Target:
@@ -144,32 +164,111 @@ def _bytes_per_example(t: torch.Tensor) -> int:
     return max(1, t[0].numel() * t.element_size())
 
 
-def _capture(model: Callable, x: torch.Tensor, name: str, module: nn.Module,
-             layer_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(f(x), h(x))`` in one forward without gradients, ``h`` the layer's output (its input when
-    ``layer_input``); the layer must run exactly once."""
-    seen = []
-    record = lambda key, out: seen.append(out.detach().clone())  # noqa: E731
-    with torch.no_grad(), _Hooks({name: module}, record, inputs=layer_input) as hooks:
+def _layers(model: Callable, layer) -> tuple[dict[str, nn.Module], bool]:
+    """The modules of ``layer`` (one, or a list / tuple of them) keyed by unique names, and whether
+    several were asked for."""
+    several = isinstance(layer, (list, tuple))
+    items = list(layer) if several else [layer]
+    if not items:
+        raise ValueError("layer is an empty list; pass a module, its name, or a list of them")
+    modules: dict[str, nn.Module] = {}
+    for item in items:
+        name, module = _resolve_layer(model, item)
+        if any(m is module for m in modules.values()):
+            raise ValueError(f"layer lists the module {name!r} twice")
+        key, k = name, 1
+        while key in modules:  # same-named modules of a plain-function model
+            key, k = f"{name}[{k}]", k + 1
+        modules[key] = module
+    return modules, several
+
+
+GRAD_KWARGS = ("retain_graph", "create_graph", "allow_unused", "materialize_grads")
+
+
+def autograd_options(grad_kwargs: Optional[dict]) -> dict:
+    """``torch.autograd.grad`` keywords for a layer method's ``grad_kwargs`` (None: none); unused
+    tensors are allowed unless ``allow_unused`` says otherwise (the caller names them)."""
+    if grad_kwargs is None:
+        return {"allow_unused": True}
+    if not isinstance(grad_kwargs, dict):
+        raise TypeError(f"grad_kwargs must be a dict of torch.autograd.grad keywords, got {type(grad_kwargs).__name__}")
+    unknown = sorted(map(str, set(grad_kwargs) - set(GRAD_KWARGS)))
+    if unknown:
+        raise ValueError(f"grad_kwargs has {unknown}; it takes torch.autograd.grad's keywords {GRAD_KWARGS}")
+    return {"allow_unused": True, **grad_kwargs}
+
+
+def layer_grads(score: torch.Tensor, tensors, options: dict) -> tuple:
+    """``torch.autograd.grad(score, tensors, **options)``, also when ``score`` depends on none of them
+    (then None per tensor, or zeros with ``materialize_grads``)."""
+    if score.requires_grad:
+        return torch.autograd.grad(score, tensors, **options)
+    if options.get("materialize_grads"):
+        return tuple(torch.zeros_like(t) for t in tensors)
+    return (None,) * len(tensors)
+
+
+def _capture(model: Callable, x: torch.Tensor, modules: dict[str, nn.Module],
+             layer_input: bool = False) -> tuple[torch.Tensor, dict[str, tuple]]:
+    """``(f(x), {name: h(x)})`` in one forward without gradients, ``h`` a layer's output (its positional
+    inputs when ``layer_input``) as a tuple of tensors; every layer must run exactly once."""
+    seen: dict[str, tuple] = {}
+
+    def record(key, parts):
+        seen[key] = tuple(p.detach().clone() for p in parts)
+
+    with torch.no_grad(), _Hooks(modules, record, inputs=layer_input, tuples=True) as hooks:
         logits = hooks(model, x)
-    if len(seen) != 1:
-        raise ValueError(f"layer {name!r} ran {len(seen)} times in one forward; layer_integrated_gradients "
-                         "needs a layer that runs exactly once")
     what = "input" if layer_input else "output"
-    if seen[0].dim() < 1 or seen[0].shape[0] != x.shape[0]:
-        raise ValueError(f"layer {name!r} {what} has shape {tuple(seen[0].shape)}; its first axis must be "
-                         f"the batch axis ({x.shape[0]} examples)")
-    if not seen[0].is_floating_point():
-        raise TypeError(f"layer {name!r} {what} has dtype {seen[0].dtype}; it must be floating")
-    return logits, seen[0]
+    for name in modules:
+        runs = hooks.calls.get(name, 0)
+        if runs != 1:
+            raise ValueError(f"layer {name!r} ran {runs} times in one forward; layer_integrated_gradients "
+                             "needs a layer that runs exactly once")
+        for i, h in enumerate(seen[name]):
+            label = what if len(seen[name]) == 1 else f"{what} {i}"
+            if h.dim() < 1 or h.shape[0] != x.shape[0]:
+                raise ValueError(f"layer {name!r} {label} has shape {tuple(h.shape)}; its first axis must be "
+                                 f"the batch axis ({x.shape[0]} examples)")
+            if not h.is_floating_point():
+                raise TypeError(f"layer {name!r} {label} has dtype {h.dtype}; it must be floating")
+    return logits, seen
+
+
+class _Parts:
+    """The layer tensors ``[B, ...]`` of a path: one as it is, several packed as ``[B, Σ D_i]`` in their
+    common dtype, so one path loop serves every layer; ``split`` and ``pack`` convert both ways."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        self.shapes = [tuple(h.shape[1:]) for h in tensors]
+        self.dtypes = [h.dtype for h in tensors]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.dtype = self.dtypes[0]
+        for d in self.dtypes[1:]:
+            self.dtype = torch.promote_types(self.dtype, d)
+        self.single = len(tensors) == 1
+
+    def pack(self, tensors) -> torch.Tensor:
+        if self.single:
+            return tensors[0]
+        return torch.cat([h.reshape(h.shape[0], -1).to(self.dtype) for h in tensors], 1)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        if self.single:
+            return [flat.to(self.dtypes[0])]
+        rows = flat.shape[0]
+        return [p.reshape((rows,) + s).to(d) for p, s, d in zip(flat.split(self.sizes, 1), self.shapes, self.dtypes)]
 
 
 @model_entry(gradients=True)
-def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *, layer: Layer,
+def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target = None, *,
+                               layer: Union[Layer, Sequence[Layer]],
                                baselines: Union[None, float, torch.Tensor] = None, n_steps: int = 50,
                                method: str = "gausslegendre", multiply_by_inputs: bool = True,
                                return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
-                               max_batch: Optional[int] = None, memory_budget: Optional[int] = None):
+                               grad_kwargs: Optional[dict] = None, max_batch: Optional[int] = None,
+                               memory_budget: Optional[int] = None):
     """Layer Integrated Gradients (Sundararajan et al. 2017; Captum's ``LayerIntegratedGradients``).
 
     IG with respect to the output ``h = layer(·)`` of a module, the rest of the network fixed:
@@ -178,19 +277,25 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
     time; the chunked loop is :func:`~fastattr.attribution.gradient.path_integral`, the same as
     :func:`integrated_gradients` (:func:`~fastattr.ops.path_interpolate`, then
     :func:`~fastattr.ops.path_accumulate` with the multiply by ``h(x) − h(x')`` fused into the last
-    chunk). Quadrature as in :func:`integrated_gradients`. Convergence delta:
-    ``Σ LIG − (f_t(x) − f_t(x'))`` per example.
+    chunk). Quadrature as in :func:`integrated_gradients`. Several layers (or a layer with several
+    tensors) share one path: every ``h`` moves with the same α at once, as in Captum, so the
+    convergence delta ``Σ LIG − (f_t(x) − f_t(x'))`` per example sums over all of them.
 
     Args:
-        layer: a submodule or its dotted name; it must run once per forward, return one floating
-            tensor, and keep the batch axis first (e.g. an ``nn.Embedding``, a ``batch_first`` model).
+        layer: a submodule or its dotted name, or a list of them; each must run once per forward and
+            return a floating tensor or a tuple of them with the batch axis first (e.g. an
+            ``nn.Embedding``, a ``batch_first`` model).
         baselines: *inputs* to the model (e.g. pad-token ids): None (zeros of the input's dtype, so
             token id 0 for integer inputs), a number, or a tensor broadcastable to ``inputs``.
         inputs: ``[B, ...]`` floating inputs or integer token ids.
-        attribute_to_layer_input: ``h`` is the layer's input (a forward pre-hook replaces it; the
-            layer must be called with one floating tensor) instead of its output.
+        attribute_to_layer_input: ``h`` is the layer's positional inputs (a forward pre-hook replaces
+            them; they must be floating tensors) instead of its output.
+        grad_kwargs: extra ``torch.autograd.grad`` keywords (:data:`GRAD_KWARGS`), e.g.
+            ``{"materialize_grads": True}`` to give a layer the target does not use zeros (without
+            it, such a layer raises).
     Returns:
-        a tensor shaped like ``h`` ``[B, ...]`` (and the delta ``[B]`` if asked).
+        a tensor shaped like ``h`` ``[B, ...]`` (a tuple for a layer with several tensors; a list,
+        one entry per layer, for a list of layers), and the delta ``[B]`` if asked.
 
     Example::
 
@@ -199,45 +304,71 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
     """
     check_inputs(inputs, integer=True)
     check_flag(attribute_to_layer_input, "attribute_to_layer_input")
-    name, module = _resolve_layer(model, layer)
+    modules, several = _layers(model, layer)
+    options = autograd_options(grad_kwargs)
     alphas, weights = quadrature(method, n_steps)
     base = path_baselines(inputs, baselines)
     batch = inputs.shape[0]
     what = "input" if attribute_to_layer_input else "output"
     with frozen_parameters(model):
-        logits_x, h_x = _capture(model, inputs, name, module, attribute_to_layer_input)
+        logits_x, h_x = _capture(model, inputs, modules, attribute_to_layer_input)
         t = resolve_target(model, inputs, target, logits_x)
-        logits_b, h_b = _capture(model, base, name, module, attribute_to_layer_input)
-        if h_b.shape[1:] != h_x.shape[1:]:
-            raise ValueError(f"layer {name!r} {what} has shape {tuple(h_b.shape)} for the baselines but "
-                             f"{tuple(h_x.shape)} for the inputs")
-        sizer = h_x if _bytes_per_example(h_x) > _bytes_per_example(inputs) else inputs
+        logits_b, h_b = _capture(model, base, modules, attribute_to_layer_input)
+        for name in modules:
+            shapes_x, shapes_b = [tuple(h.shape[1:]) for h in h_x[name]], [tuple(h.shape[1:]) for h in h_b[name]]
+            if shapes_b != shapes_x:
+                got = lambda hs: ", ".join(str(tuple(h.shape)) for h in hs)  # noqa: E731
+                raise ValueError(f"layer {name!r} {what} has shape {got(h_b[name])} for the baselines but "
+                                 f"{got(h_x[name])} for the inputs")
+        counts = [len(h_x[name]) for name in modules]
+        parts = _Parts([h for name in modules for h in h_x[name]])
+        hx = parts.pack([h for name in modules for h in h_x[name]])
+        hb = parts.pack([h for name in modules for h in h_b[name]])
+        sizer = hx if _bytes_per_example(hx) > _bytes_per_example(inputs) else inputs
         chunk = chunk_size(sizer, len(alphas) * batch, max_batch, memory_budget)
-        path = {}
+        path: dict[str, tuple] = {}
+        labels = [name for name, k in zip(modules, counts) for _ in range(k)]
 
-        def replace(key, out):
-            if out.shape != path["leaf"].shape:
-                raise ValueError(f"layer {name!r} {what} has shape {tuple(out.shape)} on the path, expected "
-                                 f"{tuple(path['leaf'].shape)}")
-            return path["leaf"].clone()
+        def replace(key, got):
+            want = path.get(key)
+            if want is None:
+                raise ValueError(f"layer {_module_name(key)!r} ran more than once in a forward on the path")
+            if [g.shape for g in got] != [w.shape for w in want]:
+                raise ValueError(f"layer {key!r} {what} has shape {[tuple(g.shape) for g in got]} on the path, "
+                                 f"expected {[tuple(w.shape) for w in want]}")
+            return tuple(w.clone() for w in want)
 
         def grad_fn(points: torch.Tensor, e0: int, e1: int) -> torch.Tensor:
             steps = points.shape[0] // (e1 - e0)
-            path["leaf"] = points.detach().requires_grad_(True)
+            leaves = [p.detach().requires_grad_(True) for p in parts.split(points)]
+            start = 0
+            for name, k in zip(modules, counts):
+                path[name] = tuple(leaves[start:start + k])
+                start += k
             scores = select(hooks(model, _repeat(inputs[e0:e1], steps)), t[e0:e1].repeat(steps))
-            (grad,) = torch.autograd.grad(scores.sum(), path["leaf"])
+            grads = layer_grads(scores.sum(), leaves, options)
             path.clear()
-            return grad
+            unused = sorted({label for label, g in zip(labels, grads) if g is None})
+            if unused:
+                cut = " (a layer whose output only feeds another listed layer is cut off)" if several else ""
+                raise ValueError(f"the target score does not depend on layer {', '.join(map(repr, unused))}{cut}; "
+                                 "pass grad_kwargs={'materialize_grads': True} to attribute zeros to it")
+            return parts.pack(grads)
 
-        with _Hooks({name: module}, replace, inputs=attribute_to_layer_input) as hooks, torch.enable_grad():
-            attr = path_integral(grad_fn, h_x, h_b, alphas, weights, chunk, multiply_by_inputs).to(h_x.dtype)
+        with _Hooks(modules, replace, inputs=attribute_to_layer_input, tuples=True) as hooks, torch.enable_grad():
+            attrs = parts.split(path_integral(grad_fn, hx, hb, alphas, weights, chunk, multiply_by_inputs))
+    out, start = [], 0
+    for k in counts:
+        out.append(attrs[start] if k == 1 else tuple(attrs[start:start + k]))
+        start += k
+    result = out if several else out[0]
     if not return_convergence_delta:
-        return attr
+        return result
     if logits_b.shape[0] == 1 and batch > 1:
         logits_b = logits_b.expand((batch,) + tuple(logits_b.shape[1:]))
     gap = select(logits_x, t) - select(logits_b, t)
-    delta = attr.reshape(batch, -1).sum(1) - gap.to(attr.dtype)
-    return attr, delta
+    total = sum(a.reshape(batch, -1).sum(1).to(parts.dtype) for a in attrs)
+    return result, total - gap.to(parts.dtype)
 
 
 @model_entry(gradients=True)

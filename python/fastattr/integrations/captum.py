@@ -4,8 +4,9 @@ Change ``from captum.attr import X`` to ``from fastattr.integrations.captum impo
 ``Saliency``, ``InputXGradient``, ``IntegratedGradients``, ``NoiseTunnel``, ``GradientShap``,
 ``DeepLift``, ``LayerIntegratedGradients``, ``LayerGradCam``, ``GuidedBackprop`` and
 ``GuidedGradCam``: the same constructors, ``attribute`` arguments and return types (a tensor in
-gives a tensor out, a tuple in gives a tuple out; layer methods return one tensor shaped like the
-layer; ``(attributions, delta)`` with ``return_convergence_delta=True``) and the same values
+gives a tensor out, a tuple in gives a tuple out; layer methods return a tensor shaped like the
+layer's tensor, a tuple for a layer with several, a list for a list of layers; ``(attributions,
+delta)`` with ``return_convergence_delta=True``) and the same values
 (Integrated Gradients uses Captum's quadrature nodes and weights), computed by fastattr's chunked
 paths.
 
@@ -25,9 +26,11 @@ What differs from Captum:
   cast back before each call), and the model is called once per chunk with all of them.
   ``GuidedGradCam`` gives an input its Grad-CAM map cannot be upsampled to an empty tensor, with a
   warning, as Captum does.
-- One layer with one tensor. Layer methods take one ``nn.Module`` whose output (or, with
-  ``attribute_to_layer_input=True``, whose single input) is one tensor with the batch axis first;
-  lists of layers, tuple-valued layers, ``device_ids`` (DataParallel) and ``grad_kwargs`` raise.
+- Layers. A layer's output (or, with ``attribute_to_layer_input=True``, its positional inputs) must
+  be a tensor or a tuple of tensors with the batch axis first; ``LayerIntegratedGradients`` also
+  takes a list of layers, as Captum does (``LayerGradCam``, as in Captum, one layer). ``grad_kwargs``
+  go to ``torch.autograd.grad`` (``retain_graph``, ``create_graph``, ``allow_unused``,
+  ``materialize_grads``); ``device_ids`` (DataParallel) raise.
 - Targets select one scalar per example: an int, a list of ints or a 1-D tensor (2-D outputs), or
   a tuple / list of tuples indexing every non-batch dimension of the output; ``target=None`` needs
   a model with one output per example, as in Captum.
@@ -402,13 +405,18 @@ def _several_draws(pack: _Pack, x: torch.Tensor, refs: list, n_samples: int, std
 class _LayerAttribution(_Attribution):
     """What Captum's ``LayerAttribution`` offers: ``layer``, ``device_ids`` and ``interpolate``."""
 
+    _several_layers = False
+
     def __init__(self, forward_func: Callable, layer: nn.Module, device_ids=None,
                  multiply_by_inputs: Optional[bool] = None):
         super().__init__(forward_func, multiply_by_inputs)
-        if isinstance(layer, (list, tuple)):
-            raise NotImplementedError("fastattr.integrations.captum attributes to one layer; got a list of "
-                                      f"{len(layer)} (call once per layer, or use captum.attr)")
-        if not isinstance(layer, nn.Module):
+        if isinstance(layer, list) and self._several_layers:
+            if not layer or not all(isinstance(m, nn.Module) for m in layer):
+                raise TypeError("layer must be an nn.Module or a non-empty list of them")
+        elif isinstance(layer, (list, tuple)):
+            raise NotImplementedError(f"{type(self).__name__} attributes to one layer; got a "
+                                      f"{type(layer).__name__} of {len(layer)} (call once per layer)")
+        elif not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
         _unsupported(device_ids=device_ids)
         if isinstance(forward_func, nn.DataParallel):
@@ -425,9 +433,11 @@ class _LayerAttribution(_Attribution):
 class LayerIntegratedGradients(_LayerAttribution):
     """Layer Integrated Gradients, as ``captum.attr.LayerIntegratedGradients`` (see
     :func:`fastattr.attribution.layer_integrated_gradients`): IG with respect to ``layer``'s output
-    (or input), e.g. an ``nn.Embedding`` for token ids. Returns a tensor shaped like that tensor."""
+    (or input), e.g. an ``nn.Embedding`` for token ids. Returns a tensor shaped like that tensor (a
+    tuple for a layer with several; a list, one entry per layer, when ``layer`` is a list)."""
 
     _has_delta = True
+    _several_layers = True
 
     def __init__(self, forward_func: Callable, layer: nn.Module, device_ids=None,
                  multiply_by_inputs: bool = True):
@@ -438,8 +448,8 @@ class LayerIntegratedGradients(_LayerAttribution):
                   return_convergence_delta: bool = False, attribute_to_layer_input: bool = False,
                   grad_kwargs: Optional[dict] = None):
         """Returns the layer attributions ``[B, ...]``, and with ``return_convergence_delta=True`` also
-        the per-example delta ``Σ attr − (f_t(x) − f_t(x'))``."""
-        _unsupported(grad_kwargs=grad_kwargs)
+        the per-example delta ``Σ attr − (f_t(x) − f_t(x'))``; ``grad_kwargs`` go to
+        ``torch.autograd.grad``."""
         pack = _Pack(self.forward_func, inputs)
         x = pack.x
         model, t, max_batch = _bind(pack.model, x, target, additional_forward_args,
@@ -451,7 +461,7 @@ class LayerIntegratedGradients(_LayerAttribution):
                                            method=method, multiply_by_inputs=self._multiply_by_inputs,
                                            return_convergence_delta=return_convergence_delta,
                                            attribute_to_layer_input=attribute_to_layer_input,
-                                           max_batch=max_batch)
+                                           grad_kwargs=grad_kwargs, max_batch=max_batch)
 
 
 class LayerGradCam(_LayerAttribution):
@@ -465,15 +475,17 @@ class LayerGradCam(_LayerAttribution):
     def attribute(self, inputs, target=None, additional_forward_args: Any = None,
                   attribute_to_layer_input: bool = False, relu_attributions: bool = False,
                   attr_dim_summation: bool = True, grad_kwargs: Optional[dict] = None):
-        _unsupported(grad_kwargs=grad_kwargs)
         check_flag(attr_dim_summation, "attr_dim_summation")
         pack = _Pack(self.forward_func, inputs)
         x = pack.x
         model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, None, x.shape[0])
         cam = cam_maps(model, x, t, self.layer, relu_attributions=relu_attributions, upsample=False,
                        max_batch=max_batch, memory_budget=None, plus_plus=False,
-                       attribute_to_layer_input=attribute_to_layer_input, channel_sum=attr_dim_summation)
-        return cam.unsqueeze(1) if attr_dim_summation else cam
+                       attribute_to_layer_input=attribute_to_layer_input, channel_sum=attr_dim_summation,
+                       grad_kwargs=grad_kwargs)
+        if attr_dim_summation:
+            cam = tuple(c.unsqueeze(1) for c in cam) if isinstance(cam, tuple) else cam.unsqueeze(1)
+        return cam
 
 
 def _module_model(model, name: str) -> nn.Module:
