@@ -115,3 +115,20 @@ def test_available_backends_lists_reference_first():
     names = fastattr.available_backends("cpu")
     assert names[0] == "reference"
     assert ("cpp" in names) == _backend.cpp_available()
+
+
+def test_record_backends_collects_the_backend_of_every_op_in_the_block():
+    """Empty when no op runs; the concrete backend of each op that does; nothing recorded outside the block."""
+    z = torch.randn(3, 5)
+    with _backend.record_backends() as used:
+        z.softmax(-1)
+    assert used == set()
+    with _backend.record_backends() as used:
+        with fastattr.use_backend("reference"):
+            fastattr.sparsemax(z)
+        if _backend.cpp_available():
+            with fastattr.use_backend("cpp"):
+                fastattr.sparsemax(z)
+    assert used == ({"reference", "cpp"} if _backend.cpp_available() else {"reference"})
+    fastattr.sparsemax(z)
+    assert used == ({"reference", "cpp"} if _backend.cpp_available() else {"reference"})

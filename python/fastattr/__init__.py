@@ -11,7 +11,7 @@ from .attribution import (DeepSubmodular, aggregate, deeplift, expected_gradient
                           noise_tunnel, occlusion, rise, rise_masks, saliency, sea_nn, smoothgrad)
 from .cd import agglomerate_1d, agglomerate_2d, cdep_penalty, contextual_decomposition, trim
 from .core import get_model_mode, use_model_mode
-from .metrics import evaluate
+from .metrics import evaluate, evaluate_dataset
 from .models import SumOfParts, train_sop
 from .ops import sparsemax
 
@@ -25,5 +25,5 @@ __all__ = [
     "kernel_shap", "layer_integrated_gradients", "lime", "metrics", "noise_tunnel", "occlusion", "rise",
     "rise_masks", "saliency", "smoothgrad", "sparsemax", "trim", "use_backend", "use_model_mode", "__version__",
     "models", "SumOfParts", "train_sop",
-    "DeepSubmodular", "sea_nn",
+    "DeepSubmodular", "sea_nn", "evaluate_dataset",
 ]

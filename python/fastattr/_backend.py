@@ -23,6 +23,7 @@ import torch
 BACKENDS = ("auto", "reference", "cpp", "triton")
 
 _current: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("fastattr_backend", default=None)
+_resolved: contextvars.ContextVar[Optional[set]] = contextvars.ContextVar("fastattr_resolved", default=None)
 
 
 def check_backend(name: str, argname: str = "backend") -> str:
@@ -47,6 +48,18 @@ def use_backend(name: str) -> Iterator[str]:
         yield _current.get()
     finally:
         _current.reset(token)
+
+
+@contextlib.contextmanager
+def record_backends() -> Iterator[set]:
+    """Context manager collecting the concrete backends (reference / cpp / triton) of every op that runs in
+    the block: ``with record_backends() as used: ...``; an empty set after it means no fastattr op ran."""
+    used: set = set()
+    token = _resolved.set(used)
+    try:
+        yield used
+    finally:
+        _resolved.reset(token)
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,6 +105,14 @@ _warned_fallback = False
 
 def resolve(x: torch.Tensor, backend: Optional[str] = None) -> str:
     """The concrete backend (reference / cpp / triton) that runs an op on tensor ``x``."""
+    name = _resolve(x, backend)
+    used = _resolved.get()
+    if used is not None:
+        used.add(name)
+    return name
+
+
+def _resolve(x: torch.Tensor, backend: Optional[str]) -> str:
     global _warned_fallback
     name = get_backend() if backend is None else check_backend(backend)
     dev = x.device.type
@@ -103,7 +124,7 @@ def resolve(x: torch.Tensor, backend: Optional[str] = None) -> str:
         if not _warned_fallback:
             _warned_fallback = True
             why = "triton is not installed" if dev == "cuda" else "the fastattr._C extension is not built"
-            warnings.warn(f"fastattr: {why}; using the pure-torch reference backend", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"fastattr: {why}; using the pure-torch reference backend", RuntimeWarning, stacklevel=4)
         return "reference"
     if name == "cpp":
         if dev != "cpu":

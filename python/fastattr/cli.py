@@ -1,4 +1,5 @@
-"""The ``fastattr`` command: ``fastattr report`` (the main job) and ``fastattr bench``.
+"""The ``fastattr`` command: ``fastattr report`` (the main job), ``fastattr evaluate`` (a dataset streamed)
+and ``fastattr bench``.
 
 Errors a person can act on print one line and exit non-zero; ``--debug`` shows the traceback.
 """
@@ -118,13 +119,41 @@ def _report(args: argparse.Namespace) -> int:
     try:
         result = run_report(model=args.model, data=args.data, target=target, methods=split(args.methods),
                             metrics=split(args.metrics), n=args.n, device=args.device, out=args.out,
-                            seed=args.seed, progress=not args.no_progress, defaults=_defaults(args.defaults))
+                            seed=args.seed, progress=not args.no_progress, defaults=_defaults(args.defaults),
+                            max_seconds=args.max_seconds, boxes=args.boxes)
     except ReportError as e:
         raise UserError(str(e)) from e
     if result is None:  # a torchrun rank other than 0: rank 0 writes the report
         return 0
     print(summary_table(result))
     print(f"\nreport written to {result.out / 'index.html'}")
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from .report import ReportError
+    from .report.streaming import stream_report
+
+    split = lambda v: [p.strip() for p in v.split(",") if p.strip()] if v else None
+    target = args.target
+    if target not in (None, "pred", "label"):
+        try:
+            target = int(target)
+        except ValueError:
+            raise UserError(f"--target must be 'pred', 'label' or a class index, got {target!r}") from None
+    _threads(args.threads)
+    try:
+        result = stream_report(model=args.model, data=args.data, out=args.out, methods=split(args.methods),
+                               metrics=split(args.metrics), target=target, batch_size=args.batch_size,
+                               resume=args.resume, seed=args.seed, defaults=_defaults(args.defaults),
+                               device=args.device, progress=not args.no_progress)
+    except ReportError as e:
+        raise UserError(str(e)) from e
+    if result is None:  # a torchrun rank other than 0: rank 0 merges and prints
+        return 0
+    for metric, by in result.summary.items():
+        print(f"{metric}: " + ", ".join(f"{m} {v:.4f}" for m, v in by.items()))
+    print(f"\n{result.n} rows in {result.path}")
     return 0
 
 
@@ -168,10 +197,38 @@ def build_parser() -> argparse.ArgumentParser:
                              "(printed with the summary): patch_size (feature ablation's and the ranked metrics' "
                              "square patches, 'none' for single elements / pixels), occlusion_window, "
                              "surrogate_block (KernelSHAP / LIME), curve_step (features per deletion / insertion "
-                             "step); e.g. --defaults patch_size=8,curve_step=2")
+                             "step), perturbations (KernelSHAP / LIME / RISE samples, 'none' for theirs), "
+                             "agg_samples (AGG's m), sea_nn_grid ('none' for its own); e.g. "
+                             "--defaults patch_size=8,curve_step=2")
+    report.add_argument("--boxes", default=None,
+                        help=".pt file of one integer box x0,y0,x1,y1 per input ([N, 4], end exclusive): adds the "
+                             "localisation metrics (ehr, pointing_game, iou) to the default metrics")
+    report.add_argument("--max-seconds", type=float, default=None,
+                        help="a budget for the whole run: after the warm-up (every method and metric once on the "
+                             "first input) the estimate is printed and --n shrinks to the inputs that fit")
     report.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     report.add_argument("--no-progress", action="store_true", help="no progress bars")
     report.set_defaults(func=_report)
+
+    stream = sub.add_parser("evaluate", parents=[common],
+                            help="score methods on every input of a dataset, one JSON line per input, as they come")
+    stream.add_argument("--model", default=None, help="'package.module:factory' (default: the embedded digits CNN)")
+    stream.add_argument("--data", default=None, help="a folder of images or a .npy array (read one input at a time), "
+                        "or a .pt file (default: the digits test split)")
+    stream.add_argument("--out", default="rows.jsonl", help="the JSON-lines file of per-input rows (default rows.jsonl)")
+    stream.add_argument("--methods", default=None, help="comma-separated attribution methods "
+                        "(default: saliency,input_x_gradient,integrated_gradients)")
+    stream.add_argument("--metrics", default=None, help="comma-separated metrics "
+                        "(default: deletion,insertion,mdrs,aupc,sparseness)")
+    stream.add_argument("--target", default=None, help="'pred' (default), 'label', or a class index")
+    stream.add_argument("--batch-size", type=int, default=32, help="inputs per batch (keep it for --resume)")
+    stream.add_argument("--resume", action="store_true", help="keep the complete batches in --out, run the rest")
+    stream.add_argument("--seed", type=int, default=0)
+    stream.add_argument("--defaults", default=None, help="as for report: patch_size, curve_step")
+    stream.add_argument("--device", default="cpu", help="cpu or cuda")
+    stream.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    stream.add_argument("--no-progress", action="store_true", help="no progress bar")
+    stream.set_defaults(func=_stream)
 
     bench = sub.add_parser("bench", parents=[common], help="time fastattr against its references and peer libraries")
     bench.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all"])

@@ -134,6 +134,17 @@ def _iba_stats(m, x):
     return A.iba_statistics(copy_, _layer(copy_), rand(4, 3, 8, 8, seed=9).to(dtype))
 
 
+def _dataset(m, x, t):
+    """evaluate_dataset over (x, t) as data (target: the labels), batches of 2: the summary and every row."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        res = M.evaluate_dataset(m, (x, t), {"s": "saliency"}, ["deletion", "infidelity"], out=f"{folder}/r.jsonl",
+                                 target="label", batch_size=2, n_subsets=4)
+        rows = [[r["values"][k]["s"] for k in ("deletion", "infidelity")] for r in M.read_rows(f"{folder}/r.jsonl")]
+    return res.summary, rows
+
+
 def _sensitivity(fn):
     return lambda m, x, t: fn(m, x, A.saliency, t, n_samples=3)
 
@@ -200,6 +211,7 @@ ENTRY_POINTS = {
     "road": lambda m, x, t: M.road(m, x, _attr(x), t, percentages=[30, 70]),
     "relative_stability": lambda m, x, t: M.relative_stability(m, x, A.saliency, t, n_samples=3),
     "model_randomisation": lambda m, x, t: M.model_randomisation(m, x, A.saliency, t),
+    "evaluate_dataset": _dataset,
     "evaluate": lambda m, x, t: fastattr.evaluate(m, x, t, attributions={"a": _attr(x)}, n_subsets=4,
                                                   metrics=["deletion", "infidelity", "deletion_error"]),
     "contextual_decomposition": lambda m, x, t: C.contextual_decomposition(m, x, _masks(x), t),
@@ -268,7 +280,8 @@ NO_MODEL = {
     "DeepSubmodular": "an nn.Module of its own: set functions, no user model",
     "sea_nn_inputs": "pre-processes attribution maps, no model call",
     "Aggregation": "a result", "IBAStatistics": "a result", "SOPExplanation": "a result", "quantus.normalise_by_max": "normalises attributions", "quantus.QuantusAssertionError": "an exception",
-    "captum.CaptumAssertionError": "an exception",
+    "captum.CaptumAssertionError": "an exception", "DatasetEvaluation": "a result",
+    "read_rows": "reads a JSON-lines file of evaluate_dataset rows",
 }
 
 PUBLIC = [(fastattr, ""), (A, ""), (M, ""), (C, ""), (Mo, ""), (fc, "captum."), (fq, "quantus."), (facd, "acd."),
@@ -369,7 +382,7 @@ def _cases(*kinds):
 
 #: what an entry point calls the inputs and the target, where not ``inputs`` and ``target``
 ARGUMENT_NAMES = {"quantus": {"inputs": "x_batch", "target": "y_batch"}, "acd.cd": {"inputs": "im_torch"},
-                  "iba_statistics": {"inputs": "data"}}
+                  "iba_statistics": {"inputs": "data"}, "evaluate_dataset": {"inputs": "data"}}
 
 
 def _raises_naming(name: str, exc, word: str, call) -> None:

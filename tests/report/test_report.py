@@ -1,6 +1,8 @@
 """fastattr report / fastattr bench: outputs on the embedded default, a user's own model and
 data, and one-line errors a person can act on."""
+import contextlib
 import json
+import re
 import textwrap
 
 import pytest
@@ -270,7 +272,8 @@ def test_report_with_the_stability_and_randomisation_metrics(tmp_path):
     assert all(not math.isnan(s[m]["saliency"]) for m in ("relative_input_stability", "model_randomisation"))
     page = (tmp_path / "r" / "index.html").read_text()
     assert f"over {STABILITY_SAMPLES} uniform perturbations" in page and "model randomisation: the Spearman" in page
-    assert "backend:evaluate:fastattr" in result.seconds  # timed on the metrics that read the maps
+    # none of these methods or metrics calls a fastattr op: nothing is re-timed on the reference backend
+    assert not [k for k in result.seconds if k.startswith("backend:")]
     # example 1's values are evaluate's on that example, the methods seeded by its index
     from fastattr.report import running
 
@@ -409,7 +412,7 @@ def test_report_defaults_on_the_digits_are_the_settings_used_before():
     t = cnn(x).argmax(1)
     d = report_defaults(x)
     assert d == {"patch_size": None, "occlusion_window": [2, 2], "occlusion_stride": [1, 1], "surrogate_block": 2,
-                 "curve_step": 1, "features": 64}
+                 "curve_step": 1, "features": 64, "perturbations": None, "agg_samples": 50, "sea_nn_grid": None}
     window = dict(sliding_window_shapes=(1, *d["occlusion_window"]), strides=(1, *d["occlusion_stride"]))
     assert torch.equal(fastattr.occlusion(cnn, x, t, **window), fastattr.occlusion(cnn, x, t))
     maps = {"saliency": fastattr.saliency(cnn, x, t).sum(1)}
@@ -438,16 +441,29 @@ def test_report_defaults_scale_a_resnet18_on_64px_images(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     x = _random_images(tmp_path / "x.pt", n=2)
     d = report_defaults(x)
-    assert 64 <= d["features"] <= 256 and d["features"] == (64 // d["patch_size"]) ** 2
-    assert d["patch_size"] == 4 and d["curve_step"] == 3 and d["surrogate_block"] == 8
+    assert d["features"] == (64 // d["patch_size"]) ** 2 == 64 and d["curve_step"] == 1
+    assert (d["patch_size"], d["surrogate_block"], d["sea_nn_grid"], d["perturbations"], d["agg_samples"]) == \
+        (8, 8, 8, 256, 4)
+    chosen = report_defaults(x, {"perturbations": None, "agg_samples": 3, "sea_nn_grid": 4})
+    assert (chosen["perturbations"], chosen["agg_samples"], chosen["sea_nn_grid"]) == (None, 3, 4)
+    for bad, message in (({"agg_samples": 1}, "agg_samples must be an integer >= 2"),
+                         ({"perturbations": 0}, "perturbations must be a positive integer or None"),
+                         ({"sea_nn_grid": 65}, "sea_nn_grid (65) is larger than the image side (64)")):
+        with pytest.raises(ReportError, match=re.escape(message)):
+            report_defaults(x, bad)
+    with pytest.raises(ReportError, match="sea_nn_grid needs image inputs"):
+        report_defaults(torch.zeros(2, 10), {"sea_nn_grid": 4})
+    big = report_defaults(torch.zeros(1, 3, 224, 224))
+    assert (big["patch_size"], big["features"], big["curve_step"], big["occlusion_window"], big["surrogate_block"],
+            big["sea_nn_grid"]) == (28, 64, 1, [28, 28], 28, 8)
     torch.manual_seed(0)
     result = run_report(model=resnet18(num_classes=10), data=str(tmp_path / "x.pt"), n=1, out=tmp_path / "r",
                         methods=["feature_ablation"], metrics=["deletion"], progress=False)
     data = json.loads((tmp_path / "r" / "results.json").read_text())
     assert data["settings"]["defaults"] == d and data["settings"]["timed_inputs"] == 1
-    assert len(data["mean_curves"]["deletion"]["_fractions"]) == -(-256 // 3) + 1
+    assert len(data["mean_curves"]["deletion"]["_fractions"]) == 64 + 1
     assert all(0 <= v <= 1 for v in data["per_example"]["deletion"]["feature_ablation"])
-    assert "4x4-pixel patches (256 features, curve step 3)" in (tmp_path / "r" / "index.html").read_text()
+    assert "8x8-pixel patches (64 features, curve step 1)" in (tmp_path / "r" / "index.html").read_text()
     assert result.seconds["method:feature_ablation"] > 0
     code = main(["report", "--model", "r18:make", "--data", str(tmp_path / "x.pt"), "--n", "2", "--methods",
                  "feature_ablation", "--metrics", "deletion", "--defaults", "patch_size=16,curve_step=2",
@@ -455,7 +471,7 @@ def test_report_defaults_scale_a_resnet18_on_64px_images(tmp_path, monkeypatch):
     assert code == 0
     data = json.loads((tmp_path / "o" / "results.json").read_text())
     assert data["settings"]["defaults"]["patch_size"] == 16 and data["settings"]["defaults"]["features"] == 16
-    assert data["settings"]["timed_inputs"] == 2  # the backend timings on a fixed slice of 2 inputs
+    assert data["settings"]["timed_inputs"] == 1  # the backend timings on a fixed slice of 1 input
     assert len(data["mean_curves"]["deletion"]["_fractions"]) == 16 // 2 + 1
 
 
@@ -517,3 +533,112 @@ def test_report_bad_defaults_from_python_name_the_argument(tmp_path):
         with pytest.raises(ReportError, match=message):
             run_report(model=mlp, data=x, n=3, out=tmp_path / "o", methods=["saliency"], metrics=["deletion"],
                        progress=False, defaults=defaults)
+
+
+class _Counted(torch.nn.Module):
+    """The digits CNN, counting the inputs it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.rows = load_digits_cnn(), 0
+
+    def forward(self, z):
+        self.rows += z.shape[0]
+        return self.net(z)
+
+
+def test_kept_outputs_and_maps_give_the_values_of_running_again(tmp_path, monkeypatch):
+    """The random-logit test's re-explanations read the perturbation methods' kept model outputs and the maps
+    already computed (agg and sea_nn re-explain with the six methods they combine): the same values, bit for
+    bit, as running the model again, with fewer model inputs."""
+    from fastattr.report import running
+
+    methods = ["occlusion", "feature_ablation", "rise", "kernel_shap", "lime", "integrated_gradients", "saliency",
+               "agg", "sea_nn"]
+    x, _ = load_digits("test", 2)
+    kept_model = _Counted()
+    kept = run_report(model=kept_model, data=x, n=2, methods=methods, metrics=["random_logit", "deletion"],
+                      progress=False, out=tmp_path / "kept")
+    monkeypatch.setattr(running, "_replay_phase", lambda phase, store: contextlib.nullcontext())
+    again_model = _Counted()
+    again = run_report(model=again_model, data=x, n=2, methods=methods, metrics=["random_logit", "deletion"],
+                       progress=False, out=tmp_path / "again")
+    assert kept.per_example == again.per_example
+    assert kept_model.rows < again_model.rows
+
+
+def test_max_seconds_shrinks_n_to_fit_and_says_so(tmp_path, capsys):
+    """The estimate comes from the warm-up input; a budget too small for two inputs keeps one, and the console,
+    the page and results.json say so."""
+    from fastattr.report import summary_table
+
+    result = run_report(n=4, out=tmp_path / "a", methods=["saliency", "occlusion"], metrics=["deletion"],
+                        progress=False)
+    estimate = result.settings["estimate"]
+    assert result.n == estimate["n"] == estimate["n_requested"] == 4 and estimate["per_input"] > 0
+    assert estimate["total"] >= 4 * estimate["per_input"] and "shrunk" not in estimate["message"]
+    small = run_report(n=4, out=tmp_path / "b", methods=["saliency", "occlusion"], metrics=["deletion"],
+                       progress=False, max_seconds=1e-3)
+    estimate = small.settings["estimate"]
+    assert small.n == estimate["n"] == 1 and estimate["n_requested"] == 4 and estimate["max_seconds"] == 1e-3
+    assert "(--max-seconds 0.001: --n 4 shrunk to 1 to fit)" in estimate["message"]
+    assert all(len(v) == 1 for by in small.per_example.values() for v in by.values())
+    assert estimate["message"] in summary_table(small)
+    assert "shrunk to 1 to fit" in (tmp_path / "b" / "index.html").read_text()
+    for bad in (0, -1, float("inf"), "10", True):
+        with pytest.raises(ReportError, match="--max-seconds must be a positive number"):
+            run_report(n=1, out=tmp_path / "c", methods=["saliency"], metrics=["deletion"], max_seconds=bad)
+    code = main(["report", "--n", "3", "--methods", "saliency", "--metrics", "deletion", "--max-seconds", "0.001",
+                 "--out", str(tmp_path / "d"), "--no-progress"])
+    assert code == 0 and "--n 3 shrunk to 1 to fit" in capsys.readouterr().out
+
+
+def test_only_methods_and_metrics_that_call_an_op_are_timed_on_both_backends(tmp_path):
+    """Integrated gradients calls the path ops and the ranked metrics perturb_by_rank: both backends timed;
+    saliency and the other metrics run the same code on both, named on the page and not re-timed."""
+    from fastattr._backend import record_backends
+    from fastattr.metrics import RANKED_METRICS
+    from fastattr.report.running import _attribute, _evaluate, feature_map, report_defaults
+
+    result = run_report(n=2, out=tmp_path / "r", methods=["saliency", "integrated_gradients"],
+                        metrics=["deletion", "sparseness", "infidelity"], progress=False)
+    timed = {k.split(":")[1] for k in result.seconds if k.startswith("backend:")}
+    assert timed == {"integrated_gradients", "evaluate"}
+    assert "saliency: no fastattr op, the same code on both backends" in (tmp_path / "r" / "index.html").read_text()
+    cnn = load_digits_cnn()
+    x, _ = load_digits("test", 1)
+    t = cnn(x).argmax(1)
+    d = report_defaults(x)
+    maps = {"saliency": feature_map(_attribute("saliency", cnn, x, t, 0, 0, defaults=d), x)}
+    for metric in REPORT_METRICS:
+        with record_backends() as used:
+            _evaluate(cnn, x, t, maps, [metric], 0, 0, 0, 20, defaults=d)
+        assert bool(used) == (metric in RANKED_METRICS), (metric, used)
+
+
+def test_boxes_add_the_localisation_metrics(tmp_path, capsys):
+    """--boxes gives EHR, the pointing game and IoU columns, each value evaluate()'s with that input's box;
+    without boxes they are refused with the way to give them; bad boxes get one line naming --boxes."""
+    x, _ = load_digits("test", 3)
+    boxes = torch.tensor([[2, 2, 6, 6], [0, 0, 4, 8], [3, 1, 8, 5], [0, 0, 1, 1]])
+    torch.save(boxes, tmp_path / "boxes.pt")
+    result = run_report(n=3, out=tmp_path / "r", methods=["saliency", "occlusion"], boxes=str(tmp_path / "boxes.pt"),
+                        progress=False)
+    assert {"ehr", "pointing_game", "iou"} <= set(result.metrics) and result.settings["boxes"] == boxes[:3].tolist()
+    cnn = load_digits_cnn()
+    t = cnn(x).argmax(1)
+    maps = {"saliency": fastattr.saliency(cnn, x, t).sum(1)}
+    for i in range(3):
+        ev = fastattr.evaluate(cnn, x[i:i + 1], t[i:i + 1], attributions={"s": maps["saliency"][i:i + 1]},
+                               metrics=["ehr", "pointing_game", "iou"], boxes=boxes[i:i + 1])
+        for metric in ("ehr", "pointing_game", "iou"):
+            assert result.per_example[metric]["saliency"][i] == pytest.approx(float(ev[metric]["s"][0]), abs=1e-6)
+    with pytest.raises(ReportError, match="give one box per input with --boxes"):
+        run_report(n=2, out=tmp_path / "c", methods=["saliency"], metrics=["ehr"])
+    for bad, message in ((boxes[:2], "2 boxes for 3 inputs"), (boxes.float(), "must be an integer tensor"),
+                         (torch.tensor([[2, 2, 9, 6]] * 3), "row 0 [2, 2, 9, 6] is not a box")):
+        with pytest.raises(ReportError, match=re.escape(message)):
+            run_report(n=3, out=tmp_path / "c", methods=["saliency"], boxes=bad)
+    code = main(["report", "--n", "2", "--methods", "saliency", "--metrics", "ehr", "--boxes",
+                 str(tmp_path / "nope.pt"), "--out", str(tmp_path / "d"), "--no-progress"])
+    assert code == 2 and "--boxes" in capsys.readouterr().err

@@ -10,7 +10,9 @@ layers across methods). :func:`sparseness` and :func:`complexity` read the map o
 removes features by noisy linear imputation. :func:`evaluate`
 runs :data:`FAITHFULNESS_METRICS` by default and any of :data:`EVALUATE_METRICS` on request."""
 from .complexity import complexity, sparseness
-from .evaluate import BETTER, EVALUATE_METRICS, EXPLAIN_METRICS, FAITHFULNESS_METRICS, Evaluation, evaluate
+from .evaluate import (BETTER, EVALUATE_METRICS, EXPLAIN_METRICS, FAITHFULNESS_METRICS, RANKED_METRICS, Evaluation,
+                       evaluate)
+from .dataset import DatasetEvaluation, evaluate_dataset, read_rows
 from .faithfulness import aupc, deletion, insertion, lerf, mdrs, morf
 from .grouped import grouped_deletion, grouped_insertion
 from .localisation import ehr, iou, pointing_game
@@ -28,10 +30,11 @@ METRICS = {"deletion": deletion, "insertion": insertion, "mdrs": mdrs, "aupc": a
            "faithfulness_correlation": faithfulness_correlation, "sensitivity_n": sensitivity_n,
            "infidelity": infidelity, "sparseness": sparseness, "complexity": complexity, "road": road}
 
-__all__ = ["BETTER", "Blur", "EVALUATE_METRICS", "EXPLAIN_METRICS", "Evaluation", "FAITHFULNESS_METRICS",
-           "METRICS", "ROAD_PERCENTAGES", "Uniform", "aupc",
+__all__ = ["BETTER", "Blur", "DatasetEvaluation", "EVALUATE_METRICS", "EXPLAIN_METRICS", "Evaluation",
+           "FAITHFULNESS_METRICS", "METRICS", "RANKED_METRICS", "ROAD_PERCENTAGES", "Uniform", "aupc",
            "avg_sensitivity", "complexity", "deletion", "deletion_error", "ehr", "evaluate",
-           "faithfulness_correlation", "grouped_deletion", "grouped_deletion_error",
-           "grouped_insertion", "grouped_insertion_error", "infidelity", "insertion",
-           "insertion_error", "iou", "lerf", "max_sensitivity", "mdrs", "min_total_error", "model_randomisation", "morf",
-           "pointing_game", "random_logit", "relative_stability", "road", "sensitivity_n", "sparseness", "subset_deltas"]
+           "evaluate_dataset", "faithfulness_correlation", "grouped_deletion", "grouped_deletion_error",
+           "grouped_insertion", "grouped_insertion_error", "infidelity", "insertion", "insertion_error",
+           "iou", "lerf", "max_sensitivity", "mdrs", "min_total_error", "model_randomisation", "morf",
+           "pointing_game", "random_logit", "read_rows", "relative_stability", "road", "sensitivity_n",
+           "sparseness", "subset_deltas"]

@@ -63,10 +63,11 @@ _OWN = {"sparseness": sparseness, "complexity": complexity, "random_logit": rand
         "relative_stability": relative_stability, **{m: relative_stability for m in STABILITY_METRICS},
         "model_randomisation": model_randomisation, **{m: road for m in ROAD_METRICS}, **LOCALISATION_METRICS}
 _SET_BY_EVALUATE = ("model", "inputs", "explain", "target", "attributions", "generator", "kinds", "order", "curves")
-_RANKED = ("deletion", "insertion", "mdrs", "aupc", "morf", "lerf")
+#: the metrics over the features ranked by the map: their perturbed inputs come from the perturb_by_rank op
+RANKED_METRICS = ("deletion", "insertion", "mdrs", "aupc", "morf", "lerf")
 
 __all__ = ["BETTER", "EVALUATE_METRICS", "EXPLAIN_METRICS", "FAITHFULNESS_METRICS", "LOCALISATION_METRICS",
-           "ROAD_METRICS", "CountingModel", "Evaluation", "evaluate"]
+           "RANKED_METRICS", "ROAD_METRICS", "CountingModel", "Evaluation", "evaluate"]
 
 
 @dataclass
@@ -427,7 +428,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     space = dict(granularity=granularity, segments=segments, patch_size=patch_size,
                  segment_score=segment_score)
     spaces = {name: feature_space(inputs, a, **space) for name, a in attributions.items()} \
-        if set(metrics) & {*_RANKED, "deletion_error", "insertion_error"} else {}
+        if set(metrics) & {*RANKED_METRICS, "deletion_error", "insertion_error"} else {}
     bar = _bar(progress)
     counted = CountingModel(model, on_call=None if bar is None else bar.update)
     t, clean = resolve_clean(counted, inputs, target, **chunks)
@@ -436,7 +437,7 @@ def evaluate(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         ev.values[metric] = {name: LOCALISATION_METRICS[metric](None, inputs, a, t, **kw)
                              for name, a in attributions.items()}
     ends = None  # the model's outputs on x and on the baseline, when the ranked metrics run
-    if set(_RANKED) & set(metrics):
+    if set(RANKED_METRICS) & set(metrics):
         base = make_baseline(inputs, baseline, generator=_fresh(generator))
         ends = (clean, forward_chunks(counted, base, **chunks))
         for name in attributions:

@@ -245,8 +245,10 @@ def _defaults_sentence(result: "ReportResult") -> str:
     defaults = result.settings.get("defaults")
     if not defaults:
         return ""
+    estimate = result.settings.get("estimate")
     return ("\nChosen from the input size (<code>--defaults</code> replaces them): "
-            f"{html.escape(describe_defaults(defaults))}.")
+            f"{html.escape(describe_defaults(defaults))}."
+            + (f"\nThe run's {html.escape(estimate['message'])}." if estimate else ""))
 
 
 def _iba_sentence(result: "ReportResult") -> str:
@@ -382,11 +384,15 @@ def _heatmap_pages(x: torch.Tensor, maps: dict[str, torch.Tensor], target: torch
 
 
 def _backend_table(result: "ReportResult") -> str:
-    """fastattr's default backend vs the reference backend, per method and for evaluate(): medians
-    of repeated runs after a warm-up, with their range."""
+    """fastattr's default backend vs the reference backend, per method that calls a fastattr op and for
+    evaluate(): medians of repeated runs after a warm-up (one run for runs over a second), with their range;
+    the methods that call no op named below it."""
     names = [k.split(":")[1] for k in result.seconds if k.startswith("backend:") and k.endswith(":fastattr")]
     if not names:
         return "<p>(backend timings not measured)</p>"
+    same = [m for m in result.methods if m not in names and m != "random"]
+    note = (f"<p>{html.escape(', '.join(same))}: no fastattr op, the same code on both backends (not re-timed)."
+            "</p>") if same else ""
 
     def cell(name: str, label: str) -> str:
         key = f"backend:{name}:{label}"
@@ -401,7 +407,7 @@ def _backend_table(result: "ReportResult") -> str:
                     f"<td>{ref / max(fast, 1e-9):.2f}×</td></tr>")
     return ('<div class="table-box"><table id="backends"><thead><tr><th>method / metric pass</th>'
             '<th>fastattr backend (s)</th><th>reference backend (s)</th><th>speed-up</th></tr></thead><tbody>'
-            + "".join(rows) + "</tbody></table></div>")
+            + "".join(rows) + "</tbody></table></div>" + note)
 
 
 STYLE = """
@@ -468,12 +474,18 @@ sign (marked): dark at their minimum, bright at their maximum. Constant maps: gr
 <div id="curves">{_img_tag(curves, "curves") if curves else "<p>no curve metrics selected</p>"}</div>
 <h2>Timings</h2>
 <p>Attribution: {method_secs:.2f} s in all; metrics: {metric_secs:.2f} s in all (device: {html.escape(result.device)},
-{torch.get_num_threads()} CPU threads), each method after one untimed warm-up call.
+{torch.get_num_threads()} CPU threads), over the inputs after each shard's first: the first runs alone as the
+warm-up (every method, twice when under a quarter second, then every metric), its results kept and its
+times the estimate ({html.escape((settings or {}).get("estimate", {}).get("message", "not made"))}); with
+a single input per shard these are the warm-up's times.
 Per-example values are in <code>results.csv</code> and <code>results.json</code>.</p>
-<p>The same methods and metric passes on the first {timed} inputs with fastattr's kernels (cpp on CPU,
-Triton on CUDA) and with the pure-torch reference of every op: medians of {repeats} runs after a warm-up
-run, the range in brackets (methods without a fastattr op run the same code on both; the metric pass is
-<code>evaluate</code> on the metrics that read the maps, as those that explain again re-run the methods):</p>
+<p>The methods that call a fastattr op and the metric pass on the first {timed} inputs with fastattr's
+kernels (cpp on CPU, Triton on CUDA) and with the pure-torch reference of every op: medians of {repeats} runs
+after a warm-up run, the range in brackets, or one run where the warm-up took over a second (on fastattr's
+backend, where it took over 10 s, the warm-up's own run on the same input); the metric pass is
+<code>evaluate</code> on the ranked metrics (deletion, insertion, MDRS, AUPC, MoRF, LeRF, those chosen) of the
+first method's map, whose perturbed inputs
+come from fastattr's <code>perturb_by_rank</code> op (the other metrics call no op):</p>
 {_backend_table(result)}
 </body></html>
 """

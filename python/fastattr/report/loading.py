@@ -90,19 +90,63 @@ def load_model(spec: Optional[str]) -> torch.nn.Module:
     return model
 
 
-def _load_images(folder: Path) -> torch.Tensor:
+def _image(path: Path) -> torch.Tensor:
+    """One image file as ``[C, H, W]`` in [0, 1] (RGB of RGBA; grey as one channel)."""
     import matplotlib.image as mpimg
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise ReportError(f"no .png/.jpg images in {folder}")
-    arrays = [torch.as_tensor(mpimg.imread(p)).float() for p in files]
-    if len({a.shape for a in arrays}) != 1:
-        raise ReportError(f"images in {folder} have different sizes")
-    x = torch.stack(arrays)
-    if x.max() > 1.5:
-        x = x / 255.0
-    return x.unsqueeze(1) if x.dim() == 3 else x[..., :3].permute(0, 3, 1, 2).contiguous()
+    a = torch.as_tensor(mpimg.imread(path)).float()
+    if a.max() > 1.5:
+        a = a / 255.0
+    return a.unsqueeze(0) if a.dim() == 2 else a[..., :3].permute(2, 0, 1).contiguous()
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """The ``.png`` / ``.jpg`` files of a folder, sorted by name, read one at a time when indexed (nothing is
+    kept): a dataset of any size for :func:`fastattr.evaluate_dataset`."""
+
+    def __init__(self, folder: Path):
+        self.files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not self.files:
+            raise ReportError(f"no .png/.jpg images in {folder}")
+        self.shape = tuple(_image(self.files[0]).shape)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = _image(self.files[i])
+        if tuple(x.shape) != self.shape:
+            raise ReportError(f"{self.files[i].name} is {tuple(x.shape)}, the folder's first image "
+                              f"{self.shape}: images in {self.files[i].parent} have different sizes")
+        return x
+
+
+class ArrayFile(torch.utils.data.Dataset):
+    """The rows of a ``.npy`` array read from the file one at a time when indexed (as stored, as the report
+    reads the file; no mapping of the file is kept, so memory does not grow with the rows read)."""
+
+    def __init__(self, path: Path):
+        import numpy as np
+
+        head = np.load(path, mmap_mode="r")
+        self.path, self.n = path, head.shape[0] if head.ndim else 0
+        self.dtype, self.row_shape, self.offset = head.dtype, head.shape[1:], head.offset
+        self.fortran = head.ndim > 1 and not head.flags.c_contiguous
+        del head
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        import numpy as np
+
+        if self.fortran:  # rows are not contiguous on disk
+            return torch.from_numpy(np.array(np.load(self.path, mmap_mode="r")[i]))
+        count = int(np.prod(self.row_shape, dtype=np.int64))
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + i * count * self.dtype.itemsize)
+            row = np.fromfile(f, dtype=self.dtype, count=count)
+        return torch.from_numpy(row.reshape(self.row_shape))
 
 
 def load_data(spec: Optional[str], n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -116,13 +160,14 @@ def load_data(spec: Optional[str], n: int) -> tuple[torch.Tensor, Optional[torch
     if not path.exists():
         raise ReportError(f"--data {spec}: no such file or folder")
     y = None
-    if path.is_dir():
-        x = _load_images(path)
+    if path.is_dir():  # only the first n files are read
+        images = ImageFolder(path)
+        x = torch.stack([images[i] for i in range(min(n, len(images)))])
     elif path.suffix.lower() == ".npy":
         import numpy as np
 
         try:
-            x = torch.from_numpy(np.load(path))
+            x = torch.from_numpy(np.array(np.load(path, mmap_mode="r")[:n]))
         except Exception as e:
             raise ReportError(f"cannot read --data {spec} (an array saved with numpy.save): {_first_line(e)}") from e
     elif path.suffix.lower() in (".pt", ".pth"):
@@ -150,6 +195,34 @@ def load_data(spec: Optional[str], n: int) -> tuple[torch.Tensor, Optional[torch
         raise ReportError(f"--data {spec}: {1 if y.dim() == 0 else y.shape[0]} labels for {x.shape[0]} inputs; give "
                           "one label per input (or no labels)")
     return x[:n], (y[:n] if isinstance(y, torch.Tensor) else None)
+
+
+def load_boxes(spec, x: torch.Tensor) -> torch.Tensor:
+    """``--boxes``: a ``.pt`` file (or a tensor) of one integer box ``x0, y0, x1, y1`` per input, ``[N, 4]``
+    with at least as many rows as inputs (the first are used), inside the images of ``x [N, C, H, W]``."""
+    if isinstance(spec, torch.Tensor):
+        b = spec
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise ReportError(f"--boxes {spec}: no such file")
+        b = _load_pt(path, str(spec))
+        if not isinstance(b, torch.Tensor):
+            raise ReportError(f"--boxes {spec}: expected a tensor [N, 4] of boxes, got {type(b).__name__}")
+    if x.dim() != 4:
+        raise ReportError(f"--boxes needs image inputs [N, C, H, W], got inputs of shape {tuple(x.shape)}")
+    if b.dim() != 2 or b.shape[1] != 4 or b.is_floating_point() or b.dtype == torch.bool:
+        raise ReportError(f"--boxes must be an integer tensor [N, 4] (x0, y0, x1, y1), got {tuple(b.shape)} {b.dtype}")
+    if b.shape[0] < x.shape[0]:
+        raise ReportError(f"--boxes has {b.shape[0]} boxes for {x.shape[0]} inputs; give one box per input")
+    b = b[:x.shape[0]].long()
+    h, w = x.shape[2:]
+    bad = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w) | (b[:, 3] > h) | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ReportError(f"--boxes row {i} {b[i].tolist()} is not a box x0 < x1 <= {w}, y0 < y1 <= {h} inside the "
+                          "images (end exclusive)")
+    return b
 
 
 _SAVE_HINT = "save inputs with torch.save(x, path), torch.save((x, y), path) or torch.save({'x': x, 'y': y}, path)"

@@ -84,6 +84,13 @@ def describe_defaults(defaults: dict) -> str:
     if defaults["surrogate_block"] is not None:
         side = defaults["surrogate_block"]
         parts.append(f"KernelSHAP / LIME over {side}x{side}-pixel blocks")
+    if defaults.get("perturbations") is not None:
+        parts.append(f"{defaults['perturbations']} samples for KernelSHAP / LIME / RISE")
+    if "agg_samples" in defaults:
+        parts.append(f"AGG m = {defaults['agg_samples']}")
+    if defaults.get("sea_nn_grid") is not None:
+        grid = defaults["sea_nn_grid"]
+        parts.append(f"SEA-NN on a {grid}x{grid} grid")
     return "; ".join(parts)
 
 
@@ -111,4 +118,6 @@ def summary_table(result: ReportResult) -> str:
     lines += [f"skipped {m}: {why}" for m, why in result.skipped.items()]
     if "defaults" in result.settings:
         lines.append(f"defaults: {describe_defaults(result.settings['defaults'])}")
+    if "estimate" in result.settings:
+        lines.append(result.settings["estimate"]["message"])
     return "\n".join(lines)
