@@ -105,20 +105,29 @@ def _defaults(text: Optional[str]) -> Optional[dict]:
     return out
 
 
+def _split(value: Optional[str]) -> Optional[list[str]]:
+    """A comma-separated option as a list of names (None when not given)."""
+    return [p.strip() for p in value.split(",") if p.strip()] if value else None
+
+
+def _target(text: Optional[str]):
+    """``--target``: None, ``"pred"``, ``"label"`` or a class index."""
+    if text in (None, "pred", "label"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--target must be 'pred', 'label' or a class index, got {text!r}") from None
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import ReportError, run_report, summary_table
 
-    split = lambda v: [p.strip() for p in v.split(",") if p.strip()] if v else None
-    target = args.target
-    if target not in (None, "pred", "label"):
-        try:
-            target = int(target)
-        except ValueError:
-            raise UserError(f"--target must be 'pred', 'label' or a class index, got {target!r}") from None
+    target = _target(args.target)
     _threads(args.threads)
     try:
-        result = run_report(model=args.model, data=args.data, target=target, methods=split(args.methods),
-                            metrics=split(args.metrics), n=args.n, device=args.device, out=args.out,
+        result = run_report(model=args.model, data=args.data, target=target, methods=_split(args.methods),
+                            metrics=_split(args.metrics), n=args.n, device=args.device, out=args.out,
                             seed=args.seed, progress=not args.no_progress, defaults=_defaults(args.defaults),
                             max_seconds=args.max_seconds, boxes=args.boxes)
     except ReportError as e:
@@ -134,17 +143,11 @@ def _stream(args: argparse.Namespace) -> int:
     from .report import ReportError
     from .report.streaming import stream_report
 
-    split = lambda v: [p.strip() for p in v.split(",") if p.strip()] if v else None
-    target = args.target
-    if target not in (None, "pred", "label"):
-        try:
-            target = int(target)
-        except ValueError:
-            raise UserError(f"--target must be 'pred', 'label' or a class index, got {target!r}") from None
+    target = _target(args.target)
     _threads(args.threads)
     try:
-        result = stream_report(model=args.model, data=args.data, out=args.out, methods=split(args.methods),
-                               metrics=split(args.metrics), target=target, batch_size=args.batch_size,
+        result = stream_report(model=args.model, data=args.data, out=args.out, methods=_split(args.methods),
+                               metrics=_split(args.metrics), target=target, batch_size=args.batch_size,
                                resume=args.resume, seed=args.seed, defaults=_defaults(args.defaults),
                                device=args.device, progress=not args.no_progress)
     except ReportError as e:

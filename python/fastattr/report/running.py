@@ -294,7 +294,7 @@ def _replayed(net, name: str, example: int):
     so the random-logit test's re-explanation for another class costs no model passes. Keyed by the model
     object and the state of its parameters (model randomisation's copies run the model); off: ``net``."""
     phase = _REPLAY.get()
-    if phase is None or not isinstance(net, torch.nn.Module):
+    if phase is None or name not in REPLAYED or not isinstance(net, torch.nn.Module):
         return net
     mode, kept = phase
     store = kept.setdefault(example, {})  # by example: freed with it
