@@ -443,7 +443,7 @@ def test_report_defaults_scale_a_resnet18_on_64px_images(tmp_path, monkeypatch):
     d = report_defaults(x)
     assert d["features"] == (64 // d["patch_size"]) ** 2 == 64 and d["curve_step"] == 1
     assert (d["patch_size"], d["surrogate_block"], d["sea_nn_grid"], d["perturbations"], d["agg_samples"]) == \
-        (8, 8, 8, 256, 4)
+        (8, 8, 8, 256, 3)
     chosen = report_defaults(x, {"perturbations": None, "agg_samples": 3, "sea_nn_grid": 4})
     assert (chosen["perturbations"], chosen["agg_samples"], chosen["sea_nn_grid"]) == (None, 3, 4)
     for bad, message in (({"agg_samples": 1}, "agg_samples must be an integer >= 2"),

@@ -482,7 +482,7 @@ Per-example values are in <code>results.csv</code> and <code>results.json</code>
 <p>The methods that call a fastattr op and the metric pass on the first {timed} inputs with fastattr's
 kernels (cpp on CPU, Triton on CUDA) and with the pure-torch reference of every op: medians of {repeats} runs
 after a warm-up run, the range in brackets, or one run where the warm-up took over a second (on fastattr's
-backend, where it took over 10 s, the warm-up's own run on the same input); the metric pass is
+backend, where it took over 2 s, the warm-up's own run on the same input); the metric pass is
 <code>evaluate</code> on the ranked metrics (deletion, insertion, MDRS, AUPC, MoRF, LeRF, those chosen) of the
 first method's map, whose perturbed inputs
 come from fastattr's <code>perturb_by_rank</code> op (the other metrics call no op):</p>

@@ -59,7 +59,7 @@ STABILITY_SAMPLES = 10  # perturbations per input of the relative-stability metr
 MAX_FEATURES = 64  # features per input up to which feature ablation and the ranked metrics keep single units
 CURVE_STEPS = 100  # steps of a deletion / insertion curve over patches: about 1% of the features each
 PERTURBATIONS = 256  # perturbed inputs of KernelSHAP, LIME and RISE per input beyond MAX_FEATURES elements
-AGG_SAMPLES = 4  # AGG's noise draws and infidelity subsets (m) per input beyond MAX_FEATURES elements
+AGG_SAMPLES = 3  # AGG's noise draws and infidelity subsets (m) per input beyond MAX_FEATURES elements
 #: the report's size-dependent settings (:func:`report_defaults`), each overridable with ``defaults=``
 DEFAULT_KEYS = ("patch_size", "occlusion_window", "surrogate_block", "curve_step", "perturbations", "agg_samples",
                 "sea_nn_grid")
@@ -491,7 +491,7 @@ TIMED_INPUTS = 1  # the first inputs of rank 0's shard: the methods that call a 
 TIMING_REPEATS = 3  # timed runs (after one warm-up run) of each, on each backend, when a run is short
 LONG_RUN = 1.0  # seconds from which a run is timed once: the attribution pass has already run it once (warm)
 SHORT_RUN = 0.25  # seconds under which a warm-up run is run again for the estimate (one-time costs dominate it)
-WARM_TIMING = 10.0  # seconds from which the warm-up's run is fastattr's timing: one-time costs a small part of it
+WARM_TIMING = 2.0  # seconds from which the warm-up's run is fastattr's timing (one-time costs: a fraction of it)
 
 
 def _timed(fn: Callable[[], object], device: torch.device, repeats: int,
@@ -519,7 +519,8 @@ def _backend_timings(net, x: torch.Tensor, t: torch.Tensor, method_names: list[s
     ``{"backend:<name>:<fastattr|reference>": median s}``, with ``:lo`` / ``:hi`` the range, over
     :data:`TIMING_REPEATS` runs after a warm-up run, or of one run when ``estimate[name]`` (the seconds the
     warm-up suggests for these inputs) is at least :data:`LONG_RUN`; from :data:`WARM_TIMING` seconds, fastattr's
-    run is the warm-up's own (``warm[name]``, on the same first input, its one-time costs a small part of it). ``evaluate`` is timed on
+    run is the warm-up's own (``warm[name]``, on the same first input, its one-time costs a small part of it).
+    ``evaluate`` is timed on
     the ranked metrics (``RANKED_METRICS``: their perturbed inputs come from an op; the other metrics call
     none) of ``maps`` (the attribution pass's map of the first method on ``net``); a method in ``nets``
     (``sop``) explains its own model."""
