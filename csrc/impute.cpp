@@ -9,7 +9,9 @@
 // imputed image (linear_impute: the right-hand side, solve and write-back fused in one pass).
 // One task per plane, split over OpenMP threads; the unknowns are compacted with their neighbour
 // table, and SSOR-preconditioned CG runs in double on all R right-hand sides of the plane at once
-// (R = 3 for an RGB image with one mask) until ||r|| <= tol ||b|| for each (or max_iter).
+// (R = 3 for an RGB image with one mask) until ||r|| <= tol ||b|| for each (or max_iter); the
+// connected holes of at most kDirect pixels (all of them where a mask removes scattered pixels) are
+// solved directly instead, by a dense Cholesky factorisation each.
 // A plane with no known pixel (singular system) and known pixels give zeros.
 #include <algorithm>
 #include <cmath>
@@ -24,157 +26,375 @@ constexpr int kDy[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
 constexpr int kDx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
 constexpr double kW[8] = {1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12};
 
-// The removed pixels of one plane in row-major order: their flat positions, diagonal s_i and
-// removed neighbours (8 per unknown; index n, a slot that always holds 0, where the neighbour is
-// known or outside). Neighbours 0-3 come before the pixel in row-major order, 4-7 after it.
+// A per-thread scratch buffer, grown as needed and reused by every plane the thread solves (large
+// per-plane vectors would otherwise be mapped, zeroed by page faults and unmapped plane after plane).
+template <typename V>
+V* scratch(std::vector<V>& buffer, size_t count) {
+  if (buffer.size() < count) buffer.resize(count);
+  return buffer.data();
+}
+
+// Components of at most this many removed pixels are solved directly (dense Cholesky: about s^3 / 6
+// flops, less than the CG iterations their s unknowns would take); larger ones go to CG.
+constexpr int64_t kDirect = 32;
+
+// The unknowns CG runs on (the removed pixels of the large components, row-major): their removed
+// neighbours (8 per unknown; index n, a slot that always holds 0, where the neighbour is known or
+// outside; neighbours 0-3 come before the pixel in row-major order, 4-7 after it), s_i, omega / s_i
+// and s_i / omega, and the SSOR factor omega.
+struct Stencil {
+  int64_t n = 0;
+  std::vector<int32_t> nb;
+  std::vector<double> diag, relax, scale;
+  double omega = 1.0;
+
+  // omega from the widest hole: d = the largest chessboard distance from a removed pixel to a known
+  // one (a two-pass distance transform over the unknowns, through their neighbour table; has_known[k]
+  // marks a known in-image neighbour), omega = 2 / (1 + pi / (2 d)), the optimal SOR factor of a
+  // Laplacian on a grid of d points (Young), kept in [1, 1.95]. A hole with no known pixel counts as d = 1.
+  void set_relaxation(const uint8_t* has_known, int32_t far) {
+    thread_local std::vector<int32_t> dist_buffer;
+    int32_t* dist = scratch(dist_buffer, n + 1);
+    dist[n] = far;
+    for (int64_t k = 0; k < n; ++k) {
+      int32_t here = has_known[k] ? 1 : far;
+      const int32_t* nk = nb.data() + k * 8;
+      for (int j = 0; j < 4; ++j) here = std::min(here, dist[nk[j]] + 1);
+      dist[k] = here;
+    }
+    int32_t widest = 1;
+    for (int64_t k = n - 1; k >= 0; --k) {
+      int32_t here = dist[k];
+      const int32_t* nk = nb.data() + k * 8;
+      for (int j = 4; j < 8; ++j) here = std::min(here, dist[nk[j]] + 1);
+      dist[k] = here;
+      widest = std::max(widest, here < far ? here : 1);
+    }
+    omega = std::min(1.95, std::max(1.0, 2.0 / (1.0 + M_PI / (2.0 * widest))));
+    relax.resize(n);
+    scale.resize(n);
+    for (int64_t k = 0; k < n; ++k) {
+      relax[k] = omega / diag[k];
+      scale[k] = diag[k] / omega;
+    }
+  }
+};
+
+// The removed pixels of one plane in row-major order: their flat positions, diagonal s_i, removed
+// neighbours (as in Stencil, index n for none) and known in-image neighbours (bit j of known[k]),
+// built in one pass over the plane (the unknowns away from the border take no bounds checks); then
+// their 8-connected components (union-find): those of at most kDirect pixels listed for the direct
+// solve (members grouped by component, starting at start[c]), the others compacted into cg; where
+// the small components hold under a quarter of the unknowns, all of them go to cg uncompacted.
 struct System {
   std::vector<int64_t> pixel;
-  std::vector<double> diag, relax;  // s_i and omega / s_i
+  std::vector<double> diag;
   std::vector<int32_t> nb;
-  double omega = 1.0;
+  std::vector<uint8_t> known;
+  std::vector<int32_t> members, start;  // the small components
+  std::vector<int32_t> big;              // cg's unknowns, as indices into pixel
+  bool whole = false;                    // cg holds every unknown, in pixel's order (big unused)
+  Stencil cg;
 
   System(const uint8_t* removed, int64_t height, int64_t width) {
     const int64_t n_pix = height * width;
-    std::vector<int32_t> column(n_pix, -1);
-    for (int64_t p = 0; p < n_pix; ++p)
-      if (removed[p]) {
-        column[p] = static_cast<int32_t>(pixel.size());
-        pixel.push_back(p);
-      }
-    const int64_t n = size();
-    diag.assign(n, 0.0);
-    nb.assign(n * 8, static_cast<int32_t>(n));
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t y = pixel[k] / width, x = pixel[k] % width;
-      for (int j = 0; j < 8; ++j) {
-        const int64_t yy = y + kDy[j], xx = x + kDx[j];
-        if (yy < 0 || yy >= height || xx < 0 || xx >= width) continue;
-        diag[k] += kW[j];
-        if (column[yy * width + xx] >= 0) nb[k * 8 + j] = column[yy * width + xx];
-      }
+    thread_local std::vector<int32_t> column_buffer;
+    int32_t* column = scratch(column_buffer, n_pix);
+    int64_t n = 0;
+    for (int64_t p = 0; p < n_pix; ++p) n += removed[p] != 0;
+    pixel.resize(n + 1);
+    for (int64_t p = 0, k = 0; p < n_pix; ++p) {  // branch-free: the mask's pattern is unpredictable
+      const bool hole = removed[p] != 0;
+      column[p] = hole ? static_cast<int32_t>(k) : -1;
+      pixel[k] = p;
+      k += hole;
     }
-    // SSOR relaxation from the widest hole: d = the largest chessboard distance from a removed
-    // pixel to a known one (two-pass distance transform), omega = 2 / (1 + pi / (2 d)), the optimal
-    // SOR factor of a Laplacian on a grid of d points (Young), kept in [1, 1.95].
-    std::vector<int32_t> dist(n_pix);
-    const int32_t far = static_cast<int32_t>(height + width);
-    for (int64_t p = 0; p < n_pix; ++p) dist[p] = removed[p] ? far : 0;
-    for (int64_t y = 0; y < height; ++y)  // row and column loops: no division per pixel
-      for (int64_t x = 0; x < width; ++x) {
-        int32_t& here = dist[y * width + x];
-        if (here == 0) continue;
-        for (int j = 0; j < 4; ++j) {
-          const int64_t yy = y + kDy[j], xx = x + kDx[j];
-          if (yy >= 0 && xx >= 0 && xx < width) here = std::min(here, dist[yy * width + xx] + 1);
+    pixel.resize(n);
+    diag.assign(n, 1.0);  // 4 / 6 + 4 / 12: every neighbour in the image
+    nb.resize(n * 8);
+    known.assign(n, 0);
+    int64_t offset[8];
+    for (int j = 0; j < 8; ++j) offset[j] = kDy[j] * width + kDx[j];
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t p = pixel[k], y = p / width, x = p - y * width;
+      int32_t* nk = nb.data() + k * 8;
+      uint8_t bits = 0;
+      if (y > 0 && y < height - 1 && x > 0 && x < width - 1) {
+        for (int j = 0; j < 8; ++j) {
+          const int32_t c = column[p + offset[j]];
+          nk[j] = c >= 0 ? c : static_cast<int32_t>(n);
+          bits |= static_cast<uint8_t>((c < 0) << j);
         }
-      }
-    int32_t widest = 1;
-    for (int64_t y = height - 1; y >= 0; --y)
-      for (int64_t x = width - 1; x >= 0; --x) {
-        int32_t& here = dist[y * width + x];
-        if (here == 0) continue;
-        for (int j = 4; j < 8; ++j) {
+      } else {
+        double s = 0.0;
+        for (int j = 0; j < 8; ++j) {
+          nk[j] = static_cast<int32_t>(n);
           const int64_t yy = y + kDy[j], xx = x + kDx[j];
-          if (yy < height && xx >= 0 && xx < width) here = std::min(here, dist[yy * width + xx] + 1);
+          if (yy < 0 || yy >= height || xx < 0 || xx >= width) continue;
+          s += kW[j];
+          const int32_t c = column[p + offset[j]];
+          if (c >= 0) nk[j] = c;
+          else bits |= static_cast<uint8_t>(1 << j);
         }
-        widest = std::max(widest, here < far ? here : 1);
+        diag[k] = s;
       }
-    omega = std::min(1.95, std::max(1.0, 2.0 / (1.0 + M_PI / (2.0 * widest))));
-    relax.resize(n);
-    for (int64_t k = 0; k < n; ++k) relax[k] = omega / diag[k];
+      known[k] = bits;
+    }
+    split(n, static_cast<int32_t>(height + width));
   }
 
   int64_t size() const { return static_cast<int64_t>(pixel.size()); }
+
+ private:
+  void split(int64_t n, int32_t far) {
+    thread_local std::vector<int32_t> parent_buffer, size_buffer, slot_buffer;
+    int32_t* parent = scratch(parent_buffer, n);
+    auto root = [parent](int32_t k) {
+      while (parent[k] != k) k = parent[k] = parent[parent[k]];
+      return k;
+    };
+    // One raster pass joining each pixel to its earlier neighbours (0-3; roots are the smallest
+    // index of their set). The pixel above (1) touches the other three, which were joined to it when
+    // they were visited: alone it suffices; without it, upper-left (0) and left (3) touch each other,
+    // so one of them and the upper-right (2) do.
+    for (int64_t k = 0; k < n; ++k) {
+      const int32_t* nk = nb.data() + k * 8;
+      const int32_t side = nk[3] != n ? nk[3] : nk[0];
+      parent[k] = static_cast<int32_t>(k);
+      if (nk[1] != n) {
+        parent[k] = root(nk[1]);
+        continue;
+      }
+      if (side != n) parent[k] = root(side);
+      if (nk[2] != n) {
+        const int32_t a = root(nk[2]), b = root(static_cast<int32_t>(k));
+        if (a != b) parent[std::max(a, b)] = std::min(a, b);
+      }
+    }
+    int32_t* count = scratch(size_buffer, n);
+    std::fill(count, count + n, 0);
+    for (int64_t k = 0; k < n; ++k) ++count[parent[k] = root(static_cast<int32_t>(k))];
+    // Small components: members grouped by component (in order of their first pixel), row-major
+    // within; slot[root] is the component's next free place while filling.
+    int32_t* slot = scratch(slot_buffer, n + 1);
+    int32_t n_small = 0;
+    start.clear();
+    for (int64_t k = 0; k < n; ++k)
+      if (parent[k] == k && count[k] <= kDirect) {
+        start.push_back(n_small);
+        slot[k] = n_small;
+        n_small += count[k];
+      }
+    start.push_back(n_small);
+    big.clear();
+    if (4 * static_cast<int64_t>(n_small) < n) {  // mostly large holes: every unknown to CG, as it is
+      start.assign(1, 0);
+      whole = true;
+      cg.n = n;
+      cg.nb.swap(nb);
+      cg.diag = diag;
+      std::vector<uint8_t> has_known(n);
+      for (int64_t k = 0; k < n; ++k) has_known[k] = known[k] != 0;
+      cg.set_relaxation(has_known.data(), far);
+      return;
+    }
+    members.resize(n_small);
+    for (int64_t k = 0; k < n; ++k) {
+      const int32_t r = parent[k];
+      if (count[r] <= kDirect) members[slot[r]++] = static_cast<int32_t>(k);
+      else big.push_back(static_cast<int32_t>(k));
+    }
+    cg.n = static_cast<int64_t>(big.size());
+    if (cg.n == 0) return;
+    int32_t* index = scratch(slot_buffer, n + 1);  // reused: the cg index of each big unknown
+    for (int64_t i = 0; i < cg.n; ++i) index[big[i]] = static_cast<int32_t>(i);
+    index[n] = static_cast<int32_t>(cg.n);  // "no removed neighbour" maps to cg's own zero slot
+    cg.nb.resize(cg.n * 8);
+    cg.diag.resize(cg.n);
+    std::vector<uint8_t> has_known(cg.n);
+    for (int64_t i = 0; i < cg.n; ++i) {
+      const int32_t k = big[i];
+      for (int j = 0; j < 8; ++j)  // a removed neighbour of a big unknown is in its component
+        cg.nb[i * 8 + j] = index[nb[k * 8 + j]];
+      cg.diag[i] = diag[k];
+      has_known[i] = known[k] != 0;
+    }
+    cg.set_relaxation(has_known.data(), far);
+  }
 };
 
+// u = A^-1 b on one small component (members m[0 .. s), R right-hand sides interleaved in b and u,
+// indexed by unknown): A's dense s x s matrix (s_i on the diagonal, -w_ij between removed neighbours;
+// symmetric, irreducibly diagonally dominant, so positive definite) factored by Cholesky; one and two
+// unknowns in closed form. work holds kDirect * (kDirect + R) doubles, position one int per unknown.
+template <int R>
+void solve_small(const System& sys, const int32_t* m, int64_t s, const double* b, double* u, double* work,
+                 int32_t* position) {
+  const int64_t n = sys.size();
+  const double* diag = sys.diag.data();
+  if (s == 1) {
+    for (int c = 0; c < R; ++c) u[m[0] * R + c] = b[m[0] * R + c] / diag[m[0]];
+    return;
+  }
+  if (s == 2) {
+    const int32_t* n0 = sys.nb.data() + static_cast<int64_t>(m[0]) * 8;
+    double w = 0.0;
+    for (int j = 0; j < 8; ++j) w += n0[j] == m[1] ? kW[j] : 0.0;
+    const double d0 = diag[m[0]], d1 = diag[m[1]], det = d0 * d1 - w * w;
+    for (int c = 0; c < R; ++c) {
+      const double b0 = b[m[0] * R + c], b1 = b[m[1] * R + c];
+      u[m[0] * R + c] = (d1 * b0 + w * b1) / det;
+      u[m[1] * R + c] = (w * b0 + d0 * b1) / det;
+    }
+    return;
+  }
+  double* a = work;
+  double* x = a + s * s;
+  std::fill(a, a + s * s, 0.0);
+  for (int64_t i = 0; i < s; ++i) position[m[i]] = static_cast<int32_t>(i);
+  for (int64_t i = 0; i < s; ++i) {
+    a[i * s + i] = diag[m[i]];
+    const int32_t* nk = sys.nb.data() + static_cast<int64_t>(m[i]) * 8;
+    for (int j = 0; j < 8; ++j)
+      if (nk[j] != n) a[i * s + position[nk[j]]] = -kW[j];
+    for (int c = 0; c < R; ++c) x[i * R + c] = b[m[i] * R + c];
+  }
+  for (int64_t j = 0; j < s; ++j) {  // A = L L^T, L in the lower triangle of a
+    double d = a[j * s + j];
+    for (int64_t k = 0; k < j; ++k) d -= a[j * s + k] * a[j * s + k];
+    d = std::sqrt(d);
+    a[j * s + j] = d;
+    for (int64_t i = j + 1; i < s; ++i) {
+      double v = a[i * s + j];
+      for (int64_t k = 0; k < j; ++k) v -= a[i * s + k] * a[j * s + k];
+      a[i * s + j] = v / d;
+    }
+  }
+  for (int64_t i = 0; i < s; ++i)  // L y = b
+    for (int c = 0; c < R; ++c) {
+      double v = x[i * R + c];
+      for (int64_t k = 0; k < i; ++k) v -= a[i * s + k] * x[k * R + c];
+      x[i * R + c] = v / a[i * s + i];
+    }
+  for (int64_t i = s - 1; i >= 0; --i)  // L^T u = y
+    for (int c = 0; c < R; ++c) {
+      double v = x[i * R + c];
+      for (int64_t k = i + 1; k < s; ++k) v -= a[k * s + i] * x[k * R + c];
+      x[i * R + c] = v / a[i * s + i];
+    }
+  for (int64_t i = 0; i < s; ++i)
+    for (int c = 0; c < R; ++c) u[m[i] * R + c] = x[i * R + c];
+}
+
 // Preconditioned CG (SSOR) on R right-hand sides of one plane at once (R = 1: a per-channel mask;
-// R = 3: an RGB image with one mask), vectors stored interleaved ([n + 1][R], row n held at 0):
+// R = 3: an RGB image with one mask), vectors stored interleaved ([n (+ 1)][R], row n held at 0):
 // b and u are [n][R] over the compacted unknowns; false when max_iter ran out before
 // ||r|| <= tol ||b|| for all of them.
+//
+// With A = D + L + L^T (L the removed neighbours' -w_ij below the diagonal) and P = D/omega + L, the
+// SSOR preconditioner is M = P (D/omega)^-1 P^T. Eisenstat's form of the same iteration: CG on
+// A^ = P^-1 A P^-T (x = P^-T x^, b^ = P^-1 b) preconditioned by (D/omega)^-1, where, since
+// A = P + P^T - K with K = (2/omega - 1) D,
+//   A^ d = t + P^-1 (d - K t),  t = P^-T d:
+// one backward and one forward sweep per iteration, no product with A (the iterates are those of
+// SSOR-preconditioned CG on A). The true residual r = P r^ is summed in the update sweep.
 template <int R>
-bool solve_plane(const System& sys, const double* b, double* u, double tol, int64_t max_iter) {
-  const int64_t n = sys.size();
-  std::vector<double> r(b, b + n * R), z((n + 1) * R, 0.0), d((n + 1) * R, 0.0), q(n * R);
-  std::fill(u, u + n * R, 0.0);
-  double rz[R], stop[R], alpha[R], beta[R];
-  bool done[R];
+bool solve_plane(const Stencil& sys, const double* b, double* u, double tol, int64_t max_iter) {
+  const int64_t n = sys.n;
   const int32_t* nb = sys.nb.data();
   const double* diag = sys.diag.data();
   const double* relax = sys.relax.data();
-  double* rp = r.data();
-  double* zp = z.data();
-  double* dp = d.data();
-  double* qp = q.data();
-  double* up = u;
+  const double* scale = sys.scale.data();
+  const double shrink = 2.0 / sys.omega - 1.0;
+  thread_local std::vector<double> work;
+  double* rh = scratch(work, (5 * n + 3) * R);  // r^, t and y with a zero row n; d and q
+  double* t = rh + (n + 1) * R;
+  double* y = t + (n + 1) * R;
+  double* d = y + (n + 1) * R;
+  double* q = d + n * R;
+  double* xh = u;  // x^ accumulates in u, mapped back to x = P^-T x^ at the end
+  std::fill(rh + n * R, rh + (n + 1) * R, 0.0);
+  std::fill(t + n * R, t + (n + 1) * R, 0.0);
+  std::fill(y + n * R, y + (n + 1) * R, 0.0);
+  std::fill(xh, xh + n * R, 0.0);
+  double rz[R] = {}, stop[R], alpha[R], beta[R];
+  bool done[R];
   for (int c = 0; c < R; ++c) {
     double bb = 0.0;
-    for (int64_t k = 0; k < n; ++k) bb += rp[k * R + c] * rp[k * R + c];
+    for (int64_t k = 0; k < n; ++k) bb += b[k * R + c] * b[k * R + c];
     stop[c] = tol * tol * bb;
     done[c] = bb == 0.0;
   }
-  // z = M^-1 r, M ∝ (D/ω + L)(D/ω)^-1(D/ω + L^T): a forward sweep, then z_k = y_k + ω/s_k Σ_upper;
-  // returns r·z per right-hand side.
-  auto precondition = [&](double* rz_out) {
-    for (int64_t k = 0; k < n; ++k) {
-      const int32_t* nk = nb + k * 8;
-      for (int c = 0; c < R; ++c) {
-        double acc = rp[k * R + c];
-        for (int j = 0; j < 4; ++j) acc += kW[j] * zp[nk[j] * R + c];
-        zp[k * R + c] = acc * relax[k];
-      }
+  // r^ = P^-1 b (forward sweep); z = (D/omega) r^ = r^ / relax; d = z.
+  for (int64_t k = 0; k < n; ++k) {
+    const int32_t* nk = nb + k * 8;
+    for (int c = 0; c < R; ++c) {
+      double acc = b[k * R + c];
+      for (int j = 0; j < 4; ++j) acc += kW[j] * rh[nk[j] * R + c];
+      const double v = acc * relax[k];
+      rh[k * R + c] = v;
+      d[k * R + c] = v * scale[k];
+      rz[c] += v * v * scale[k];
     }
-    double sum[R] = {};
-    for (int64_t k = n - 1; k >= 0; --k) {
-      const int32_t* nk = nb + k * 8;
-      for (int c = 0; c < R; ++c) {
-        double acc = 0.0;
-        for (int j = 4; j < 8; ++j) acc += kW[j] * zp[nk[j] * R + c];
-        const double v = zp[k * R + c] + acc * relax[k];
-        zp[k * R + c] = v;
-        sum[c] += rp[k * R + c] * v;
-      }
-    }
-    for (int c = 0; c < R; ++c) rz_out[c] = sum[c];
-  };
-  precondition(rz);
-  for (int64_t i = 0; i < n * R; ++i) dp[i] = zp[i];
+  }
   for (int64_t it = 0; it < max_iter; ++it) {
     bool all_done = true;
     for (int c = 0; c < R; ++c) all_done = all_done && done[c];
     if (all_done) break;
-    double dq[R] = {};
-    for (int64_t k = 0; k < n; ++k) {
+    for (int64_t k = n - 1; k >= 0; --k) {  // t = P^-T d
       const int32_t* nk = nb + k * 8;
       for (int c = 0; c < R; ++c) {
-        double acc = 0.0;
-        for (int j = 0; j < 8; ++j) acc += kW[j] * dp[nk[j] * R + c];
-        const double v = diag[k] * dp[k * R + c] - acc;
-        qp[k * R + c] = v;
-        dq[c] += dp[k * R + c] * v;
+        double acc = d[k * R + c];
+        for (int j = 4; j < 8; ++j) acc += kW[j] * t[nk[j] * R + c];
+        t[k * R + c] = acc * relax[k];
+      }
+    }
+    double dq[R] = {};
+    for (int64_t k = 0; k < n; ++k) {  // y = P^-1 (d - K t), q = t + y
+      const int32_t* nk = nb + k * 8;
+      for (int c = 0; c < R; ++c) {
+        double acc = d[k * R + c] - shrink * diag[k] * t[k * R + c];
+        for (int j = 0; j < 4; ++j) acc += kW[j] * y[nk[j] * R + c];
+        const double v = acc * relax[k];
+        y[k * R + c] = v;
+        q[k * R + c] = t[k * R + c] + v;
+        dq[c] += d[k * R + c] * q[k * R + c];
       }
     }
     for (int c = 0; c < R; ++c) {
       if (!(dq[c] > 0.0)) done[c] = true;
       alpha[c] = done[c] ? 0.0 : rz[c] / dq[c];
     }
-    double rr[R] = {};
-    for (int64_t k = 0; k < n; ++k)
+    double rr[R] = {}, rz_new[R] = {};
+    for (int64_t k = 0; k < n; ++k) {  // x^ += alpha d, r^ -= alpha q, r = P r^, z = r^ / relax
+      const int32_t* nk = nb + k * 8;
       for (int c = 0; c < R; ++c) {
-        up[k * R + c] += alpha[c] * dp[k * R + c];
-        const double v = rp[k * R + c] - alpha[c] * qp[k * R + c];
-        rp[k * R + c] = v;
-        rr[c] += v * v;
+        xh[k * R + c] += alpha[c] * d[k * R + c];
+        const double v = rh[k * R + c] - alpha[c] * q[k * R + c];
+        rh[k * R + c] = v;
+        double acc = v * scale[k];
+        for (int j = 0; j < 4; ++j) acc -= kW[j] * rh[nk[j] * R + c];
+        rr[c] += acc * acc;
+        rz_new[c] += v * v * scale[k];
       }
-    for (int c = 0; c < R; ++c) done[c] = done[c] || rr[c] <= stop[c];
-    double rz_new[R];
-    precondition(rz_new);
+    }
     for (int c = 0; c < R; ++c) {
+      done[c] = done[c] || rr[c] <= stop[c];
       beta[c] = rz[c] > 0.0 ? rz_new[c] / rz[c] : 0.0;
       rz[c] = rz_new[c];
     }
     for (int64_t k = 0; k < n; ++k)
-      for (int c = 0; c < R; ++c) dp[k * R + c] = zp[k * R + c] + beta[c] * dp[k * R + c];
+      for (int c = 0; c < R; ++c) d[k * R + c] = rh[k * R + c] * scale[k] + beta[c] * d[k * R + c];
   }
+  for (int64_t k = n - 1; k >= 0; --k) {  // x = P^-T x^, through t (whose row n is 0)
+    const int32_t* nk = nb + k * 8;
+    for (int c = 0; c < R; ++c) {
+      double acc = xh[k * R + c];
+      for (int j = 4; j < 8; ++j) acc += kW[j] * t[nk[j] * R + c];
+      t[k * R + c] = acc * relax[k];
+    }
+  }
+  std::copy(t, t + n * R, u);
   bool all_done = true;
   for (int c = 0; c < R; ++c) all_done = all_done && done[c];
   return all_done;
@@ -188,25 +408,63 @@ template <typename T, int R>
 bool solve_channels(const System& sys, const T* rhs, T* out, int64_t height, int64_t width, bool from_image,
                     double tol, int64_t max_iter) {
   const int64_t n = sys.size(), n_pix = height * width;
-  for (int64_t p = 0; p < n_pix * R; ++p) out[p] = from_image ? rhs[p] : T(0);
+  if (from_image) std::copy(rhs, rhs + n_pix * R, out);
+  else std::fill(out, out + n_pix * R, T(0));
   if (n == 0) return true;
-  std::vector<double> b(n * R, 0.0), u(n * R, 0.0);
-  if (n < n_pix) {
+  thread_local std::vector<double> vectors;
+  double* b = scratch(vectors, 2 * n * R);
+  double* u = b + n * R;
+  if (!from_image) {
+    for (int64_t k = 0; k < n; ++k)
+      for (int c = 0; c < R; ++c) b[k * R + c] = static_cast<double>(rhs[c * n_pix + sys.pixel[k]]);
+  } else {
+    int64_t offset[8];
+    for (int j = 0; j < 8; ++j) offset[j] = kDy[j] * width + kDx[j];
     for (int64_t k = 0; k < n; ++k) {
-      const int64_t p = sys.pixel[k];
-      if (!from_image) {
-        for (int c = 0; c < R; ++c) b[k * R + c] = static_cast<double>(rhs[c * n_pix + p]);
-        continue;
+      const int64_t p = sys.pixel[k], y = p / width, x = p - y * width;
+      const uint8_t bits = sys.known[k];
+      double acc[R] = {};
+      if (y > 0 && y < height - 1 && x > 0 && x < width - 1) {  // no branch on the (random) known bits
+        for (int j = 0; j < 8; ++j) {
+          const double w = (bits >> j & 1) ? kW[j] : 0.0;
+          for (int c = 0; c < R; ++c) acc[c] += w * static_cast<double>(rhs[c * n_pix + p + offset[j]]);
+        }
+      } else {
+        for (int j = 0; j < 8; ++j) {
+          if (!(bits >> j & 1)) continue;
+          for (int c = 0; c < R; ++c) acc[c] += kW[j] * static_cast<double>(rhs[c * n_pix + p + offset[j]]);
+        }
       }
-      const int64_t y = p / width, x = p % width;
-      for (int j = 0; j < 8; ++j) {
-        const int64_t yy = y + kDy[j], xx = x + kDx[j];
-        if (yy < 0 || yy >= height || xx < 0 || xx >= width || sys.nb[k * 8 + j] != n) continue;
-        for (int c = 0; c < R; ++c) b[k * R + c] += kW[j] * static_cast<double>(rhs[c * n_pix + yy * width + xx]);
-      }
+      for (int c = 0; c < R; ++c) b[k * R + c] = acc[c];
     }
   }
-  const bool ok = n == n_pix || solve_plane<R>(sys, b.data(), u.data(), tol, max_iter);
+  bool ok = true;
+  if (n == n_pix) {
+    std::fill(u, u + n_pix * R, 0.0);  // no known pixel: the singular system gives zeros
+  } else {
+    if (sys.start.size() > 1) {
+      thread_local std::vector<double> dense_buffer;
+      thread_local std::vector<int32_t> position_buffer;
+      double* work = scratch(dense_buffer, kDirect * (kDirect + R));
+      int32_t* position = scratch(position_buffer, n);
+      for (size_t c = 0; c + 1 < sys.start.size(); ++c)
+        solve_small<R>(sys, sys.members.data() + sys.start[c], sys.start[c + 1] - sys.start[c], b, u, work,
+                       position);
+    }
+    const int64_t n_cg = sys.cg.n;
+    if (sys.whole) {
+      ok = solve_plane<R>(sys.cg, b, u, tol, max_iter);
+    } else if (n_cg > 0) {
+      thread_local std::vector<double> cg_vectors;
+      double* b_cg = scratch(cg_vectors, 2 * n_cg * R);
+      double* u_cg = b_cg + n_cg * R;
+      for (int64_t i = 0; i < n_cg; ++i)
+        for (int c = 0; c < R; ++c) b_cg[i * R + c] = b[sys.big[i] * R + c];
+      ok = solve_plane<R>(sys.cg, b_cg, u_cg, tol, max_iter);
+      for (int64_t i = 0; i < n_cg; ++i)
+        for (int c = 0; c < R; ++c) u[sys.big[i] * R + c] = u_cg[i * R + c];
+    }
+  }
   for (int64_t k = 0; k < n; ++k)
     for (int c = 0; c < R; ++c) out[c * n_pix + sys.pixel[k]] = static_cast<T>(u[k * R + c]);
   return ok;

@@ -55,6 +55,23 @@ def test_linear_impute_is_the_solve_of_the_known_neighbour_sum(backend_device, c
         linear_impute(x, removed[:, :4], backend=backend)
 
 
+@pytest.mark.parametrize("layout", ["scattered", "blob and scattered", "dense"])
+def test_small_holes_direct_and_large_ones_iterative(backend_device, layout):
+    """The C++ backend solves connected holes of up to 32 pixels directly (closed form for 1 and 2,
+    Cholesky up to 32) and the rest by CG, or everything by CG where small holes are few; every mix
+    equals the sparse direct solve, on images whose holes touch the border."""
+    backend, device = backend_device
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 48, 40, generator=g, dtype=torch.float64)
+    removed = torch.rand(2, 48, 40, generator=g) < (0.6 if layout == "dense" else 0.15)
+    if layout == "blob and scattered":
+        removed[:, 10:20, 5:17] = True  # one hole of 120 pixels among the scattered ones
+        removed[:, 0:5, 0:6] = True  # and a 30-pixel one (at least) in the corner
+    out = noisy_linear_impute(x.to(device), removed.to(device), noise=0.0, backend=backend)
+    ref = noisy_linear_impute(x, removed, noise=0.0, backend="reference")
+    assert rel_err(out.cpu(), ref) <= 1e-7
+
+
 def test_equals_quantus_noisy_linear_imputation(backend_device):
     """Quantus 0.6 builds the same system with lil_matrix and spsolve, one image at a time."""
     perturb = pytest.importorskip("quantus.functions.perturb_func")

@@ -4,8 +4,9 @@ Strategy for Attribution Methods", ICML, §4): every removed pixel becomes the w
 Gaussian noise — one sparse linear system per image plane.
 
 The hot part is the ``fastattr::stencil_solve`` custom op: ``s_i u_i − Σ_{j∈N(i)∩U} w_ij u_j = b_i``
-on the removed pixels ``U`` of each plane (reference: ``scipy.sparse.linalg.spsolve``; C++ and
-Triton: conjugate gradients on the stencil, every plane, channel and level of a batch in one call).
+on the removed pixels ``U`` of each plane (reference: ``scipy.sparse.linalg.spsolve``; C++: each
+8-connected hole of at most 32 pixels solved directly, larger ones by conjugate gradients on the
+stencil; Triton: conjugate gradients; every plane, channel and level of a batch in one call).
 Its matrix is symmetric, so its backward is the same solve of the incoming gradient.
 :func:`noisy_linear_impute` builds ``b`` from the known pixels with a 3×3 convolution, solves, and
 adds the noise.
