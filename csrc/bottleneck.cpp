@@ -23,48 +23,89 @@ inline int64_t reflect(int64_t i, int64_t n) {
   return i;
 }
 
-// The normalised 2D Gaussian of IBA's smoothing: (2 round(2 sigma) + 1)^2 taps; one tap when sigma = 0.
-std::vector<double> gaussian(double sigma, int64_t& radius) {
-  radius = sigma > 0 ? static_cast<int64_t>(std::lround(2 * sigma)) : 0;
-  const int64_t k = 2 * radius + 1;
-  std::vector<double> w(k * k);
-  double total = 0.0;
-  for (int64_t dy = -radius; dy <= radius; ++dy)
-    for (int64_t dx = -radius; dx <= radius; ++dx) {
-      const double v = sigma > 0 ? std::exp(-(dy * dy + dx * dx) / (2 * sigma * sigma)) : 1.0;
-      w[(dy + radius) * k + dx + radius] = v;
-      total += v;
+// IBA's smoothing on H x W planes: the normalised 2D Gaussian of std sigma on (2 round(2 sigma) + 1)^2
+// taps with reflect padding (one tap when sigma = 0), applied as its two 1D factors
+// (exp(-(dy^2 + dx^2) / 2 sigma^2) / sum = g(dy) g(dx) / (sum g)^2) through tables of the reflected
+// rows and columns of each output pixel.
+struct Smoother {
+  int64_t radius = 0, k = 1, height, width;
+  std::vector<double> g;
+  std::vector<int64_t> row, col;  // row[y * k + t]: the input row of tap t for output row y
+
+  Smoother(double sigma, int64_t h, int64_t w) : height(h), width(w) {
+    radius = sigma > 0 ? static_cast<int64_t>(std::lround(2 * sigma)) : 0;
+    k = 2 * radius + 1;
+    g.resize(k);
+    double total = 0.0;
+    for (int64_t t = 0; t < k; ++t) {
+      const double d = static_cast<double>(t - radius);
+      g[t] = sigma > 0 ? std::exp(-d * d / (2 * sigma * sigma)) : 1.0;
+      total += g[t];
     }
-  for (double& v : w) v /= total;
-  return w;
+    for (double& v : g) v /= total;
+    row.resize(height * k);
+    col.resize(width * k);
+    for (int64_t y = 0; y < height; ++y)
+      for (int64_t t = 0; t < k; ++t) row[y * k + t] = reflect(y + t - radius, height);
+    for (int64_t x = 0; x < width; ++x)
+      for (int64_t t = 0; t < k; ++t) col[x * k + t] = reflect(x + t - radius, width);
+  }
+
+  // out = G * in (tmp: H W doubles).
+  void apply(const double* in, double* out, double* tmp) const {
+    for (int64_t y = 0; y < height; ++y)
+      for (int64_t x = 0; x < width; ++x) {
+        double acc = 0.0;
+        for (int64_t t = 0; t < k; ++t) acc += g[t] * in[y * width + col[x * k + t]];
+        tmp[y * width + x] = acc;
+      }
+    for (int64_t y = 0; y < height; ++y) {
+      double* o = out + y * width;
+      for (int64_t x = 0; x < width; ++x) o[x] = 0.0;
+      for (int64_t t = 0; t < k; ++t) {
+        const double* src = tmp + row[y * k + t] * width;
+        for (int64_t x = 0; x < width; ++x) o[x] += g[t] * src[x];
+      }
+    }
+  }
+
+  // out = G^T in, the adjoint (tmp: H W doubles).
+  void adjoint(const double* in, double* out, double* tmp) const {
+    for (int64_t p = 0; p < height * width; ++p) tmp[p] = out[p] = 0.0;
+    for (int64_t y = 0; y < height; ++y)
+      for (int64_t t = 0; t < k; ++t) {
+        double* dst = tmp + row[y * k + t] * width;
+        for (int64_t x = 0; x < width; ++x) dst[x] += g[t] * in[y * width + x];
+      }
+    for (int64_t y = 0; y < height; ++y)
+      for (int64_t x = 0; x < width; ++x) {
+        const double v = tmp[y * width + x];
+        for (int64_t t = 0; t < k; ++t) out[y * width + col[x * k + t]] += g[t] * v;
+      }
+  }
+};
+
+// A plane's scratch, one per thread, grown as needed: s, 1 - s, lam, rest, tmp and the backward's
+// g_lam and G^T g_lam, n doubles each.
+inline double* plane_scratch(int64_t n) {
+  thread_local std::vector<double> buffer;
+  if (static_cast<int64_t>(buffer.size()) < 7 * n) buffer.resize(7 * n);
+  return buffer.data();
 }
 
-// lam = G * sigmoid(alpha) and rest = 1 - lam = G * sigmoid(-alpha) (accurate as lam -> 1) on one
-// H x W plane (double), and s = sigmoid(alpha).
+// s = sigmoid(alpha), lam = G * s and rest = 1 - lam = G * sigmoid(-alpha) (accurate as lam -> 1) on one
+// plane (double); one exp per element (of -|alpha|).
 template <typename T>
-void mask_plane(const T* alpha, const std::vector<double>& w, int64_t radius, int64_t height, int64_t width,
-                double* s, double* lam, double* rest) {
-  const int64_t n = height * width, k = 2 * radius + 1;
-  std::vector<double> s_neg(n);
+void mask_plane(const T* alpha, const Smoother& smooth, double* s, double* s_neg, double* lam, double* rest,
+                double* tmp) {
+  const int64_t n = smooth.height * smooth.width;
   for (int64_t p = 0; p < n; ++p) {
-    s[p] = 1.0 / (1.0 + std::exp(-static_cast<double>(alpha[p])));
-    s_neg[p] = 1.0 / (1.0 + std::exp(static_cast<double>(alpha[p])));
+    const double a = static_cast<double>(alpha[p]), e = std::exp(-std::fabs(a)), small = e / (1.0 + e);
+    s[p] = a >= 0 ? 1.0 - small : small;
+    s_neg[p] = a >= 0 ? small : 1.0 - small;
   }
-  for (int64_t y = 0; y < height; ++y)
-    for (int64_t x = 0; x < width; ++x) {
-      double acc = 0.0, acc_neg = 0.0;
-      for (int64_t dy = -radius; dy <= radius; ++dy) {
-        const int64_t yy = reflect(y + dy, height);
-        for (int64_t dx = -radius; dx <= radius; ++dx) {
-          const double wk = w[(dy + radius) * k + dx + radius];
-          const int64_t q = yy * width + reflect(x + dx, width);
-          acc += wk * s[q];
-          acc_neg += wk * s_neg[q];
-        }
-      }
-      lam[y * width + x] = acc;
-      rest[y * width + x] = acc_neg;
-    }
+  smooth.apply(s, lam, tmp);
+  smooth.apply(s_neg, rest, tmp);
 }
 
 }  // namespace
@@ -73,15 +114,15 @@ void bottleneck_forward(std::uintptr_t R, std::uintptr_t alpha, std::uintptr_t m
                         std::uintptr_t eps, std::uintptr_t Z, std::uintptr_t cap, int64_t batch, int64_t samples,
                         int64_t channels, int64_t height, int64_t width, double smooth_sigma,
                         const std::string& dtype, int n_threads) {
-  int64_t radius = 0;
-  const std::vector<double> w = gaussian(smooth_sigma, radius);
+  const Smoother smooth(smooth_sigma, height, width);
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     const int64_t n = height * width, plane = channels * n;
-    parallel_rows(batch * channels, n * (samples + 2) * (2 * radius + 1) , n_threads, [&](int64_t bc) {
+    parallel_rows(batch * channels, n * (samples + 2 * smooth.k), n_threads, [&](int64_t bc) {
       const int64_t b = bc / channels, c = bc % channels;
-      std::vector<double> s(n), lam(n), rest(n);
-      mask_plane(as_ptr<const T>(alpha) + bc * n, w, radius, height, width, s.data(), lam.data(), rest.data());
+      double* s = plane_scratch(n);
+      double *s_neg = s + n, *lam = s + 2 * n, *rest = s + 3 * n;
+      mask_plane(as_ptr<const T>(alpha) + bc * n, smooth, s, s_neg, lam, rest, s + 4 * n);
       const T* r = as_ptr<const T>(R) + bc * n;
       const T* m = as_ptr<const T>(mu) + c * n;
       const T* sd = as_ptr<const T>(sigma) + c * n;
@@ -106,43 +147,43 @@ void bottleneck_backward(std::uintptr_t R, std::uintptr_t alpha, std::uintptr_t 
                          std::uintptr_t eps, std::uintptr_t gZ, std::uintptr_t gcap, std::uintptr_t dR,
                          std::uintptr_t dalpha, int64_t batch, int64_t samples, int64_t channels, int64_t height,
                          int64_t width, double smooth_sigma, const std::string& dtype, int n_threads) {
-  int64_t radius = 0;
-  const std::vector<double> w = gaussian(smooth_sigma, radius);
+  const Smoother smooth(smooth_sigma, height, width);
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const int64_t n = height * width, plane = channels * n, k = 2 * radius + 1;
-    parallel_rows(batch * channels, n * (samples + 2) * k, n_threads, [&](int64_t bc) {
+    const int64_t n = height * width, plane = channels * n;
+    parallel_rows(batch * channels, n * (samples + 4 * smooth.k), n_threads, [&](int64_t bc) {
       const int64_t b = bc / channels, c = bc % channels;
-      std::vector<double> s(n), lam(n), rest(n), glam(n), gs(n, 0.0);
-      mask_plane(as_ptr<const T>(alpha) + bc * n, w, radius, height, width, s.data(), lam.data(), rest.data());
+      double* s = plane_scratch(n);
+      double *s_neg = s + n, *lam = s + 2 * n, *rest = s + 3 * n, *tmp = s + 4 * n, *glam = s + 5 * n,
+             *gs = s + 6 * n;
+      mask_plane(as_ptr<const T>(alpha) + bc * n, smooth, s, s_neg, lam, rest, tmp);
       const T* r = as_ptr<const T>(R) + bc * n;
       const T* m = as_ptr<const T>(mu) + c * n;
       const T* sd = as_ptr<const T>(sigma) + c * n;
       const T* gc = as_ptr<const T>(gcap) + bc * n;
       T* out_r = as_ptr<T>(dR) + bc * n;
+      double* gsum = gs;  // sum_j gZ_j, until the adjoint overwrites it
       for (int64_t p = 0; p < n; ++p) {
-        const double l = lam[p], sig = sd[p], diff = static_cast<double>(r[p]) - m[p], z = diff / sig;
-        double gl = gc[p] * (1.0 / rest[p] - rest[p] + l * z * z), gsum = 0.0;
-        for (int64_t j = 0; j < samples; ++j) {
-          const int64_t at = (b * samples + j) * plane + c * n + p;
-          const double g = as_ptr<const T>(gZ)[at];
-          gl += g * (diff - sig * static_cast<double>(as_ptr<const T>(eps)[at]));
-          gsum += g;
-        }
-        glam[p] = gl;
-        out_r[p] = static_cast<T>(l * gsum + gc[p] * l * l * diff / (sig * sig));
+        const double l = lam[p], z = (static_cast<double>(r[p]) - m[p]) / static_cast<double>(sd[p]);
+        glam[p] = gc[p] * (1.0 / rest[p] - rest[p] + l * z * z);
+        gsum[p] = 0.0;
       }
-      for (int64_t y = 0; y < height; ++y)  // the adjoint of the reflect-padded smoothing
-        for (int64_t x = 0; x < width; ++x) {
-          const double g = glam[y * width + x];
-          for (int64_t dy = -radius; dy <= radius; ++dy) {
-            const int64_t yy = reflect(y + dy, height);
-            for (int64_t dx = -radius; dx <= radius; ++dx)
-              gs[yy * width + reflect(x + dx, width)] += w[(dy + radius) * k + dx + radius] * g;
-          }
+      for (int64_t j = 0; j < samples; ++j) {  // plane by plane: contiguous reads of gZ_j and eps_j
+        const T* g = as_ptr<const T>(gZ) + (b * samples + j) * plane + c * n;
+        const T* e = as_ptr<const T>(eps) + (b * samples + j) * plane + c * n;
+        for (int64_t p = 0; p < n; ++p) {
+          const double gj = g[p];
+          glam[p] += gj * (static_cast<double>(r[p]) - m[p] - static_cast<double>(sd[p]) * e[p]);
+          gsum[p] += gj;
         }
+      }
+      for (int64_t p = 0; p < n; ++p) {
+        const double l = lam[p], sig = sd[p], diff = static_cast<double>(r[p]) - m[p];
+        out_r[p] = static_cast<T>(l * gsum[p] + gc[p] * l * l * diff / (sig * sig));
+      }
+      smooth.adjoint(glam, gs, tmp);  // the adjoint of the reflect-padded smoothing
       T* out_a = as_ptr<T>(dalpha) + bc * n;
-      for (int64_t p = 0; p < n; ++p) out_a[p] = static_cast<T>(gs[p] * s[p] * (1.0 - s[p]));
+      for (int64_t p = 0; p < n; ++p) out_a[p] = static_cast<T>(gs[p] * s[p] * s_neg[p]);
     });
   });
 }

@@ -239,6 +239,45 @@ def test_only_the_layers_after_the_bottleneck_run_and_the_fallback_agrees(monkey
     torch.testing.assert_close(fast, whole, rtol=1e-9, atol=1e-12)
 
 
+def test_the_tail_folds_eval_batch_norms_into_copies_of_the_convs():
+    """In eval mode each conv → BatchNorm pair of the tail runs as one conv with folded constants (no
+    BatchNorm left, the same output, the model's parameters and buffers unchanged); in train mode the
+    BatchNorms stay."""
+    import importlib
+
+    from fastattr.zoo.resnet import resnet18
+
+    iba_module = importlib.import_module("fastattr.attribution.iba")
+    g = torch.Generator().manual_seed(4)
+    resnet = resnet18(num_classes=10).double().eval()
+    with torch.no_grad():
+        for m in resnet.modules():
+            if isinstance(m, nn.BatchNorm2d):  # statistics and affine terms of a trained network
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g, dtype=torch.float64))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g, dtype=torch.float64) + 0.5)
+                m.weight.copy_(torch.randn(m.num_features, generator=g, dtype=torch.float64))
+                m.bias.copy_(torch.randn(m.num_features, generator=g, dtype=torch.float64))
+    before = {k: v.clone() for k, v in resnet.state_dict().items()}
+    z = torch.rand(2, 3, 64, 64, dtype=torch.float64, generator=g)
+    seen = {}
+    hook = resnet.layer3.register_forward_hook(lambda m, a, o: seen.setdefault("r", o))
+    with torch.no_grad():
+        expected = resnet(z)
+    hook.remove()
+
+    def norms(tail):
+        return sum(n.op == "call_module" and isinstance(tail.get_submodule(n.target), nn.BatchNorm2d)
+                   for n in tail.graph.nodes)
+
+    tail = iba_module._tail(resnet, resnet.layer3)
+    assert norms(tail) == 0 and sum(n.target is F.conv2d for n in tail.graph.nodes) == 5
+    with torch.no_grad():
+        torch.testing.assert_close(tail(seen["r"]), expected, rtol=1e-10, atol=1e-10)
+    after = resnet.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert norms(iba_module._tail(resnet.train(), resnet.layer3)) == 5
+
+
 def _frozen(model):
     for p in model.parameters():
         p.requires_grad_(False)

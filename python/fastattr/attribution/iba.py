@@ -200,7 +200,46 @@ def _tail(model, module: nn.Module) -> Optional[Callable[[torch.Tensor], torch.T
     env = {layer_node: graph.placeholder("z")}
     for n in after:
         env[n] = graph.node_copy(n, lambda a: env[a])
-    return torch.fx.GraphModule(traced, graph)
+    return _fold_batch_norms(torch.fx.GraphModule(traced, graph))
+
+
+def _fold_batch_norms(tail: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``tail`` with each eval-mode ``BatchNorm2d`` that reads a ``Conv2d`` (and nothing else reads the
+    conv) folded into a constant copy of the conv: ``W' = W γ/√(v + ε)``, ``b' = (b − m) γ/√(v + ε) + β``
+    per output channel, computed once, without gradients (the tail runs inside the optimisation with the
+    parameters frozen, so they stay fixed). The model's own modules are not touched."""
+    modules = dict(tail.named_modules())
+    folded = 0
+    for node in list(tail.graph.nodes):
+        norm = modules.get(node.target) if node.op == "call_module" else None
+        if type(norm) is not nn.BatchNorm2d or norm.training or norm.running_mean is None or len(node.args) != 1:
+            continue
+        source = node.args[0]
+        conv = modules.get(source.target) if isinstance(source, torch.fx.Node) and source.op == "call_module"             else None
+        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or len(source.users) != 1                 or isinstance(conv.padding, str):
+            continue
+        with torch.no_grad():
+            scale = torch.rsqrt(norm.running_var + norm.eps)
+            if norm.weight is not None:
+                scale = scale * norm.weight
+            shift = -norm.running_mean * scale + (norm.bias if norm.bias is not None else 0)
+            weight = conv.weight * scale.view(-1, 1, 1, 1)
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+        names = (f"_folded_{folded}_weight", f"_folded_{folded}_bias")
+        tail.register_buffer(names[0], weight.detach().to(conv.weight.dtype))
+        tail.register_buffer(names[1], bias.detach().to(conv.weight.dtype))
+        folded += 1
+        with tail.graph.inserting_before(source):
+            w_node, b_node = tail.graph.get_attr(names[0]), tail.graph.get_attr(names[1])
+        with tail.graph.inserting_after(source):
+            fused = tail.graph.call_function(F.conv2d, (source.args[0], w_node, b_node, conv.stride, conv.padding,
+                                                        conv.dilation, conv.groups))
+        node.replace_all_uses_with(fused)
+        tail.graph.erase_node(node)
+        tail.graph.erase_node(source)
+    if folded:
+        tail.recompile()
+    return tail
 
 
 def smoothed(alpha: torch.Tensor, smooth_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
