@@ -277,6 +277,9 @@ def test_sop_bench_table_on_a_small_case():
     assert table.rows[0][2] == 1.0 and all(r[1] > 0 and r[2] > 0 for r in table.rows)
     assert table.params["backbone_inputs"] == 2 * table.params["groups"] > 2
     assert BENCHES["sop"] == "fastattr.bench.sop"
+    resnet = sop.resnet_table(batch=1, size=32, groups=2, repeat=1, device="cpu")
+    assert [r[0] for r in resnet.rows][:2] == ["model-only floor", "SumOfParts.forward"]
+    assert resnet.params["backbone_inputs"] == 2 and all(r[1] > 0 and r[2] > 0 for r in resnet.rows)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -8,10 +8,13 @@ import time
 from typing import Callable, Optional, Sequence
 
 import torch
+from torch import nn
 
 from ..attribution import integrated_gradients, occlusion, rise, saliency, smoothgrad
 from ..metrics import deletion, grouped_deletion, grouped_insertion, insertion
+from ..models import SumOfParts
 from ..zoo import load_digits, load_digits_cnn, load_digits_sop
+from ..zoo.resnet import resnet18
 from . import Table, machine_info, time_interleaved
 
 
@@ -36,15 +39,13 @@ def _best_chunk(fn, inputs: torch.Tensor, device: torch.device) -> int:
     return best
 
 
-def run(batch: int = 32, device: Optional[str] = None, repeat: int = 3) -> Table:
-    """One table: floor, ``SumOfParts.forward`` (default and floor-sized chunks) and ``explain``."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sop = load_digits_sop().to(device)
-    x, _ = load_digits("test", batch)
-    x = x.to(device)
+def _forward_table(sop, x: torch.Tensor, title: str, backbone_name: str, device: torch.device, repeat: int,
+                   params: dict) -> Table:
+    """Floor, ``SumOfParts.forward`` (default and floor-sized chunks) and ``explain`` of ``sop`` on ``x``."""
     e = sop.explain(x)
     groups = e.masks.shape[1]
-    copies = (x.unsqueeze(1) * e.masks.unsqueeze(2)).reshape(-1, *x.shape[1:])  # the B·G inputs SOP runs
+    masks = e.masks.unsqueeze(2) if x.dim() == 4 else e.masks
+    copies = (x.unsqueeze(1) * masks).reshape(-1, *x.shape[1:])  # the B·G inputs SOP runs
     chunk = _best_chunk(sop.backbone, copies, device)
 
     def floor():
@@ -66,18 +67,42 @@ def run(batch: int = 32, device: Optional[str] = None, repeat: int = 3) -> Table
              f"SumOfParts.forward, max_batch={chunk}": lambda: forward(chunk),
              "SumOfParts.explain": lambda: sop.explain(x)}
     times, vs_floor = time_interleaved(impls, device, repeat=repeat)
-    table = Table(name=f"Sum-of-Parts forward, digits SOP, batch {batch}, G = {groups} groups, {device.type}",
+    table = Table(name=f"{title}, batch {x.shape[0]}, G = {groups} groups, {device.type}",
                   columns=["implementation", "ms", "time / floor"], machine=machine_info(device),
-                  params={"batch": batch, "groups": groups, "backbone_inputs": copies.shape[0], "floor_chunk": chunk,
-                          "repeat": repeat, "device": str(device)})
+                  params={"batch": x.shape[0], "groups": groups, "backbone_inputs": copies.shape[0],
+                          "floor_chunk": chunk, "repeat": repeat, "device": str(device), **params})
     for name, t in times.items():
         table.add(name, t * 1e3, vs_floor[name])
     table.notes.append(f"{repeat} round-robin rounds; times are medians, ratios medians of per-round ratios; "
                        f"torch threads = {torch.get_num_threads()}")
-    table.notes.append(f"floor: the backbone (digits CNN net[:8]) alone on the {copies.shape[0]} masked inputs "
+    table.notes.append(f"floor: the backbone ({backbone_name}) alone on the {copies.shape[0]} masked inputs "
                        f"(B·G) in chunks of {chunk} (the fastest of 64 … all); SumOfParts: GroupGen, the masked "
                        "copies, the chunked backbone and GroupSelect, default chunks unless max_batch is given")
     return table
+
+
+def run(batch: int = 32, device: Optional[str] = None, repeat: int = 3) -> Table:
+    """The zoo's digits SOP (8 groups of 2×2-pixel patches) on ``batch`` held-out digits."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    x, _ = load_digits("test", batch)
+    return _forward_table(load_digits_sop().to(device), x.to(device), "Sum-of-Parts forward, digits SOP",
+                          "digits CNN net[:8]", device, repeat, {})
+
+
+def resnet_table(batch: int = 8, size: int = 64, groups: int = 8, device: Optional[str] = None,
+                 repeat: int = 3) -> Table:
+    """A SumOfParts around the zoo's ResNet-18 features (its ``fc`` replaced by the identity, random
+    weights: the timing does not depend on them), ``size``² RGB inputs in 8×8-pixel patches, ``groups``
+    groups of 20 % of the patches: a backbone whose forward dominates, where the digits CNN's does not."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = resnet18(num_classes=10)
+    backbone.fc = nn.Identity()
+    backbone.eval()
+    sop = SumOfParts(backbone.to(device), 10, input_shape=(3, size, size), patch_size=8, n_groups=groups, k=0.2,
+                     generator=0)
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    return _forward_table(sop, x, f"Sum-of-Parts forward, ResNet-18 features, 3×{size}×{size}",
+                          "ResNet-18 up to its pooled features", device, repeat, {"size": size})
 
 
 #: the post-hoc methods of the reproduction, each with its defaults (SmoothGrad and RISE seeded)
@@ -141,14 +166,16 @@ def reproduction_table(batch: int = 100, device: Optional[str] = None,
 
 #: the tables of ``fastattr bench sop``, by the name ``--tables`` picks them with
 TABLES: dict[str, Callable[..., list[Table]]] = {
-    "forward": lambda device, repeat: [run(batch=32, device=device, repeat=repeat)],
+    "forward": lambda device, repeat: [run(batch=32, device=device, repeat=repeat),
+                                       resnet_table(device=device, repeat=repeat)],
     "reproduction": lambda device, repeat: [reproduction_table(device=device)],
 }
 
 
 def default_tables(device: Optional[str] = None, repeat: int = 3,
                    tables: Optional[Sequence[str]] = None) -> list[Table]:
-    """``forward``: batch 32, the shipped digits SOP (8 groups of 2×2-pixel patches); ``reproduction``: the
+    """``forward``: batch 32, the shipped digits SOP (8 groups of 2×2-pixel patches), and a ResNet-18 SOP on
+    8 inputs of 3×64×64 (:func:`resnet_table`); ``reproduction``: the
     paper's Table 1 on 100 held-out digits (:func:`reproduction_table`) — all of :data:`TABLES`, or those
     named in ``tables``."""
     out = []
