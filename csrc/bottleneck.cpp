@@ -85,14 +85,6 @@ struct Smoother {
   }
 };
 
-// A plane's scratch, one per thread, grown as needed: s, 1 - s, lam, rest, tmp and the backward's
-// g_lam and G^T g_lam, n doubles each.
-inline double* plane_scratch(int64_t n) {
-  thread_local std::vector<double> buffer;
-  if (static_cast<int64_t>(buffer.size()) < 7 * n) buffer.resize(7 * n);
-  return buffer.data();
-}
-
 // s = sigmoid(alpha), lam = G * s and rest = 1 - lam = G * sigmoid(-alpha) (accurate as lam -> 1) on one
 // plane (double); one exp per element (of -|alpha|).
 template <typename T>
@@ -120,7 +112,8 @@ void bottleneck_forward(std::uintptr_t R, std::uintptr_t alpha, std::uintptr_t m
     const int64_t n = height * width, plane = channels * n;
     parallel_rows(batch * channels, n * (samples + 2 * smooth.k), n_threads, [&](int64_t bc) {
       const int64_t b = bc / channels, c = bc % channels;
-      double* s = plane_scratch(n);
+      std::vector<double> buffer(5 * n);  // s, 1 - s, lam, rest, tmp
+      double* s = buffer.data();
       double *s_neg = s + n, *lam = s + 2 * n, *rest = s + 3 * n;
       mask_plane(as_ptr<const T>(alpha) + bc * n, smooth, s, s_neg, lam, rest, s + 4 * n);
       const T* r = as_ptr<const T>(R) + bc * n;
@@ -153,7 +146,8 @@ void bottleneck_backward(std::uintptr_t R, std::uintptr_t alpha, std::uintptr_t 
     const int64_t n = height * width, plane = channels * n;
     parallel_rows(batch * channels, n * (samples + 4 * smooth.k), n_threads, [&](int64_t bc) {
       const int64_t b = bc / channels, c = bc % channels;
-      double* s = plane_scratch(n);
+      std::vector<double> buffer(7 * n);  // s, 1 - s, lam, rest, tmp, g_lam, G^T g_lam
+      double* s = buffer.data();
       double *s_neg = s + n, *lam = s + 2 * n, *rest = s + 3 * n, *tmp = s + 4 * n, *glam = s + 5 * n,
              *gs = s + 6 * n;
       mask_plane(as_ptr<const T>(alpha) + bc * n, smooth, s, s_neg, lam, rest, tmp);

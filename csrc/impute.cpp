@@ -26,8 +26,14 @@ constexpr int kDy[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
 constexpr int kDx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
 constexpr double kW[8] = {1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12};
 
-// A per-thread scratch buffer, grown as needed and reused by every plane the thread solves (large
-// per-plane vectors would otherwise be mapped, zeroed by page faults and unmapped plane after plane).
+// One thread's scratch for one call: buffers grown as needed and reused by every plane the thread
+// solves (large per-plane vectors would otherwise be mapped, zeroed by page faults and unmapped plane
+// after plane), freed when the call returns.
+struct Workspace {
+  std::vector<int32_t> column, dist, parent, count, slot, position;
+  std::vector<double> cg, vectors, cg_vectors, dense;
+};
+
 template <typename V>
 V* scratch(std::vector<V>& buffer, size_t count) {
   if (buffer.size() < count) buffer.resize(count);
@@ -52,9 +58,8 @@ struct Stencil {
   // one (a two-pass distance transform over the unknowns, through their neighbour table; has_known[k]
   // marks a known in-image neighbour), omega = 2 / (1 + pi / (2 d)), the optimal SOR factor of a
   // Laplacian on a grid of d points (Young), kept in [1, 1.95]. A hole with no known pixel counts as d = 1.
-  void set_relaxation(const uint8_t* has_known, int32_t far) {
-    thread_local std::vector<int32_t> dist_buffer;
-    int32_t* dist = scratch(dist_buffer, n + 1);
+  void set_relaxation(const uint8_t* has_known, int32_t far, Workspace& ws) {
+    int32_t* dist = scratch(ws.dist, n + 1);
     dist[n] = far;
     for (int64_t k = 0; k < n; ++k) {
       int32_t here = has_known[k] ? 1 : far;
@@ -96,10 +101,9 @@ struct System {
   bool whole = false;                    // cg holds every unknown, in pixel's order (big unused)
   Stencil cg;
 
-  System(const uint8_t* removed, int64_t height, int64_t width) {
+  System(const uint8_t* removed, int64_t height, int64_t width, Workspace& ws) {
     const int64_t n_pix = height * width;
-    thread_local std::vector<int32_t> column_buffer;
-    int32_t* column = scratch(column_buffer, n_pix);
+    int32_t* column = scratch(ws.column, n_pix);
     int64_t n = 0;
     for (int64_t p = 0; p < n_pix; ++p) n += removed[p] != 0;
     pixel.resize(n + 1);
@@ -140,15 +144,14 @@ struct System {
       }
       known[k] = bits;
     }
-    split(n, static_cast<int32_t>(height + width));
+    split(n, static_cast<int32_t>(height + width), ws);
   }
 
   int64_t size() const { return static_cast<int64_t>(pixel.size()); }
 
  private:
-  void split(int64_t n, int32_t far) {
-    thread_local std::vector<int32_t> parent_buffer, size_buffer, slot_buffer;
-    int32_t* parent = scratch(parent_buffer, n);
+  void split(int64_t n, int32_t far, Workspace& ws) {
+    int32_t* parent = scratch(ws.parent, n);
     auto root = [parent](int32_t k) {
       while (parent[k] != k) k = parent[k] = parent[parent[k]];
       return k;
@@ -171,12 +174,12 @@ struct System {
         if (a != b) parent[std::max(a, b)] = std::min(a, b);
       }
     }
-    int32_t* count = scratch(size_buffer, n);
+    int32_t* count = scratch(ws.count, n);
     std::fill(count, count + n, 0);
     for (int64_t k = 0; k < n; ++k) ++count[parent[k] = root(static_cast<int32_t>(k))];
     // Small components: members grouped by component (in order of their first pixel), row-major
     // within; slot[root] is the component's next free place while filling.
-    int32_t* slot = scratch(slot_buffer, n + 1);
+    int32_t* slot = scratch(ws.slot, n + 1);
     int32_t n_small = 0;
     start.clear();
     for (int64_t k = 0; k < n; ++k)
@@ -195,7 +198,7 @@ struct System {
       cg.diag = diag;
       std::vector<uint8_t> has_known(n);
       for (int64_t k = 0; k < n; ++k) has_known[k] = known[k] != 0;
-      cg.set_relaxation(has_known.data(), far);
+      cg.set_relaxation(has_known.data(), far, ws);
       return;
     }
     members.resize(n_small);
@@ -206,7 +209,7 @@ struct System {
     }
     cg.n = static_cast<int64_t>(big.size());
     if (cg.n == 0) return;
-    int32_t* index = scratch(slot_buffer, n + 1);  // reused: the cg index of each big unknown
+    int32_t* index = scratch(ws.slot, n + 1);  // reused: the cg index of each big unknown
     for (int64_t i = 0; i < cg.n; ++i) index[big[i]] = static_cast<int32_t>(i);
     index[n] = static_cast<int32_t>(cg.n);  // "no removed neighbour" maps to cg's own zero slot
     cg.nb.resize(cg.n * 8);
@@ -219,7 +222,7 @@ struct System {
       cg.diag[i] = diag[k];
       has_known[i] = known[k] != 0;
     }
-    cg.set_relaxation(has_known.data(), far);
+    cg.set_relaxation(has_known.data(), far, ws);
   }
 };
 
@@ -299,15 +302,14 @@ void solve_small(const System& sys, const int32_t* m, int64_t s, const double* b
 // one backward and one forward sweep per iteration, no product with A (the iterates are those of
 // SSOR-preconditioned CG on A). The true residual r = P r^ is summed in the update sweep.
 template <int R>
-bool solve_plane(const Stencil& sys, const double* b, double* u, double tol, int64_t max_iter) {
+bool solve_plane(const Stencil& sys, const double* b, double* u, double tol, int64_t max_iter, Workspace& ws) {
   const int64_t n = sys.n;
   const int32_t* nb = sys.nb.data();
   const double* diag = sys.diag.data();
   const double* relax = sys.relax.data();
   const double* scale = sys.scale.data();
   const double shrink = 2.0 / sys.omega - 1.0;
-  thread_local std::vector<double> work;
-  double* rh = scratch(work, (5 * n + 3) * R);  // r^, t and y with a zero row n; d and q
+  double* rh = scratch(ws.cg, (5 * n + 3) * R);  // r^, t and y with a zero row n; d and q
   double* t = rh + (n + 1) * R;
   double* y = t + (n + 1) * R;
   double* d = y + (n + 1) * R;
@@ -406,13 +408,12 @@ bool solve_plane(const Stencil& sys, const double* b, double* u, double tol, int
 // known pixels and u on the removed ones (the imputed image, in one pass).
 template <typename T, int R>
 bool solve_channels(const System& sys, const T* rhs, T* out, int64_t height, int64_t width, bool from_image,
-                    double tol, int64_t max_iter) {
+                    double tol, int64_t max_iter, Workspace& ws) {
   const int64_t n = sys.size(), n_pix = height * width;
   if (from_image) std::copy(rhs, rhs + n_pix * R, out);
   else std::fill(out, out + n_pix * R, T(0));
   if (n == 0) return true;
-  thread_local std::vector<double> vectors;
-  double* b = scratch(vectors, 2 * n * R);
+  double* b = scratch(ws.vectors, 2 * n * R);
   double* u = b + n * R;
   if (!from_image) {
     for (int64_t k = 0; k < n; ++k)
@@ -443,24 +444,21 @@ bool solve_channels(const System& sys, const T* rhs, T* out, int64_t height, int
     std::fill(u, u + n_pix * R, 0.0);  // no known pixel: the singular system gives zeros
   } else {
     if (sys.start.size() > 1) {
-      thread_local std::vector<double> dense_buffer;
-      thread_local std::vector<int32_t> position_buffer;
-      double* work = scratch(dense_buffer, kDirect * (kDirect + R));
-      int32_t* position = scratch(position_buffer, n);
+      double* work = scratch(ws.dense, kDirect * (kDirect + R));
+      int32_t* position = scratch(ws.position, n);
       for (size_t c = 0; c + 1 < sys.start.size(); ++c)
         solve_small<R>(sys, sys.members.data() + sys.start[c], sys.start[c + 1] - sys.start[c], b, u, work,
                        position);
     }
     const int64_t n_cg = sys.cg.n;
     if (sys.whole) {
-      ok = solve_plane<R>(sys.cg, b, u, tol, max_iter);
+      ok = solve_plane<R>(sys.cg, b, u, tol, max_iter, ws);
     } else if (n_cg > 0) {
-      thread_local std::vector<double> cg_vectors;
-      double* b_cg = scratch(cg_vectors, 2 * n_cg * R);
+      double* b_cg = scratch(ws.cg_vectors, 2 * n_cg * R);
       double* u_cg = b_cg + n_cg * R;
       for (int64_t i = 0; i < n_cg; ++i)
         for (int c = 0; c < R; ++c) b_cg[i * R + c] = b[sys.big[i] * R + c];
-      ok = solve_plane<R>(sys.cg, b_cg, u_cg, tol, max_iter);
+      ok = solve_plane<R>(sys.cg, b_cg, u_cg, tol, max_iter, ws);
       for (int64_t i = 0; i < n_cg; ++i)
         for (int c = 0; c < R; ++c) u[sys.big[i] * R + c] = u_cg[i * R + c];
     }
@@ -480,26 +478,28 @@ int64_t stencil_solve(std::uintptr_t rhs, std::uintptr_t removed, std::uintptr_t
     using T = decltype(tag);
     const int64_t n_pix = height * width;
     const int64_t tasks = groups;
-    auto run = [&](int64_t g) {
-      const System sys(as_ptr<const uint8_t>(removed) + g * n_pix, height, width);
+    std::vector<Workspace> spaces(std::max(1, n_threads));
+    auto run = [&](int64_t g, Workspace& ws) {
+      const System sys(as_ptr<const uint8_t>(removed) + g * n_pix, height, width, ws);
       const T* b = as_ptr<const T>(rhs) + g * n_rhs * n_pix;
       T* u = as_ptr<T>(out) + g * n_rhs * n_pix;
-      if (n_rhs == 3) return solve_channels<T, 3>(sys, b, u, height, width, from_image, tol, max_iter);
+      if (n_rhs == 3) return solve_channels<T, 3>(sys, b, u, height, width, from_image, tol, max_iter, ws);
       bool ok = true;
       for (int64_t c = 0; c < n_rhs; ++c)
-        ok = solve_channels<T, 1>(sys, b + c * n_pix, u + c * n_pix, height, width, from_image, tol, max_iter) && ok;
+        ok = solve_channels<T, 1>(sys, b + c * n_pix, u + c * n_pix, height, width, from_image, tol, max_iter, ws)
+             && ok;
       return ok;
     };
 #ifdef FASTATTR_OPENMP
     if (worth_parallel(tasks, n_pix, n_threads)) {
       int64_t missed = 0;
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) reduction(+ : missed)
-      for (int64_t t = 0; t < tasks; ++t) missed += run(t) ? 0 : 1;
+      for (int64_t t = 0; t < tasks; ++t) missed += run(t, spaces[omp_get_thread_num()]) ? 0 : 1;
       failed = missed;
       return;
     }
 #endif
-    for (int64_t t = 0; t < tasks; ++t) failed += run(t) ? 0 : 1;
+    for (int64_t t = 0; t < tasks; ++t) failed += run(t, spaces[0]) ? 0 : 1;
   });
   return failed;
 }
