@@ -50,6 +50,20 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
+def assert_same_nested(ours, theirs, tol: float) -> None:
+    """``ours`` and ``theirs`` the same type; tuples and lists item by item, tensors of one shape and dtype
+    within ``tol`` relative error."""
+    assert type(ours) is type(theirs)
+    if isinstance(ours, (tuple, list)):
+        assert len(ours) == len(theirs)
+        for u, v in zip(ours, theirs):
+            assert_same_nested(u, v, tol)
+        return
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, (ours.shape, theirs.shape, ours.dtype,
+                                                                       theirs.dtype)
+    assert rel_err(ours, theirs) <= tol, rel_err(ours, theirs)
+
+
 TOL = {torch.float64: 1e-6, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 

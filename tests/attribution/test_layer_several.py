@@ -8,7 +8,7 @@ from torch import nn
 
 from fastattr.attribution import grad_cam, layer_integrated_gradients
 from tests.attribution.test_layer import hook_count
-from tests.conftest import rel_err
+from tests.conftest import assert_same_nested
 from tests.models import rand
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -57,14 +57,7 @@ def branchy(seed=0):
 
 
 def same(ours, theirs, tol=1e-5):
-    assert type(ours) is type(theirs)
-    if isinstance(ours, (list, tuple)):
-        assert len(ours) == len(theirs)
-        for u, v in zip(ours, theirs):
-            same(u, v, tol)
-        return
-    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
-    assert rel_err(ours, theirs) <= tol, rel_err(ours, theirs)
+    assert_same_nested(ours, theirs, tol)
 
 
 def test_tuple_output_and_several_positional_inputs_match_captum():

@@ -22,7 +22,7 @@ captum = pytest.importorskip("captum")
 from captum import attr as cattr  # noqa: E402
 
 from fastattr.integrations import captum as fa  # noqa: E402
-from tests.conftest import rel_err  # noqa: E402
+from tests.conftest import assert_same_nested, rel_err  # noqa: E402
 from tests.integrations.models import Residual, cnn, digits, mlp, residual  # noqa: E402,F401
 
 TOL = 1e-5
@@ -44,15 +44,8 @@ def case(name: str):
 MODELS = ["cnn", "mlp", "residual"]
 
 
-def close(a, b, tol=TOL):
-    assert type(a) is type(b)
-    if isinstance(a, tuple):
-        assert len(a) == len(b)
-        for u, v in zip(a, b):
-            close(u, v, tol)
-        return
-    assert a.shape == b.shape and a.dtype == b.dtype
-    assert rel_err(a, b) <= tol, rel_err(a, b)
+def close(ours, theirs, tol=TOL):
+    assert_same_nested(ours, theirs, tol)
 
 
 def close_delta(d_ours, d_ref, attr):

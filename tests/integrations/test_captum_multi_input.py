@@ -14,7 +14,7 @@ captum = pytest.importorskip("captum")
 from captum import attr as cattr  # noqa: E402
 
 from fastattr.integrations import captum as fa  # noqa: E402
-from tests.conftest import rel_err  # noqa: E402
+from tests.conftest import assert_same_nested  # noqa: E402
 from tests.integrations.models import digits  # noqa: E402
 
 TOL = 1e-6
@@ -41,15 +41,8 @@ def two_inputs():
     return model, (image, vector), torch.tensor([0, 1, 2, 3, 0, 1])
 
 
-def close(a, b, tol=TOL):
-    assert type(a) is type(b)
-    if isinstance(a, (tuple, list)):
-        assert len(a) == len(b)
-        for u, v in zip(a, b):
-            close(u, v, tol)
-        return
-    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
-    assert rel_err(a, b) <= tol, rel_err(a, b)
+def close(ours, theirs, tol=TOL):
+    assert_same_nested(ours, theirs, tol)
 
 
 def bases(xs):

@@ -26,6 +26,22 @@ METHODS = {
     "kernel_shap": kernel_shap,
     "lime": lime,
 }
+
+
+def method_function(name: str, method, kwargs: dict, accepted: str = "a method name or a function fn(model, x, "
+                    "target)"):
+    """``fn(model, x, target)`` for entry ``name`` of a ``methods`` argument: a :data:`METHODS` name (run with
+    ``kwargs``) or a function, kept as it is; else an error naming ``methods[name]`` and ``accepted``."""
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(f"methods[{name!r}] = {method!r} is not one of fastattr.attribution.METHODS "
+                             f"({', '.join(sorted(METHODS))}): not a method fastattr knows by name")
+        return lambda model, x, t, _fn=METHODS[method], _kw=dict(kwargs): _fn(model, x, t, **_kw)
+    if callable(method):
+        return method
+    raise TypeError(f"methods[{name!r}] must be {accepted}, got {type(method).__name__}")
+
+
 # Methods that explain through a conv layer; the report picks the model's last Conv2d.
 LAYER_METHODS = {"grad_cam": grad_cam, "grad_cam_plus_plus": grad_cam_plus_plus, "guided_grad_cam": guided_grad_cam}
 

@@ -80,26 +80,16 @@ def preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
 def explainers(methods, chunks: dict) -> dict[str, Union[Callable, torch.Tensor]]:
     """``{name: fn(model, x, t) or a precomputed map}`` from ``methods`` (``{name: method name, function or map}``,
     at least two; the named methods run with ``chunks``, their ``max_batch`` / ``memory_budget``)."""
-    from . import METHODS
+    from . import method_function
 
     if not isinstance(methods, dict) or len(methods) < 2:
         raise ValueError("methods must be a dict of at least two {name: method name, function or precomputed map}, "
                          f"got {methods!r}")
     out = {}
     for name, m in methods.items():
-        if isinstance(m, torch.Tensor):
-            out[name] = m.detach()
-        elif isinstance(m, str):
-            if m not in METHODS:
-                raise ValueError(f"methods[{name!r}] = {m!r} is not a method of fastattr.attribution.METHODS "
-                                 f"({', '.join(sorted(METHODS))})")
-            fn, kw = METHODS[m], {k: v for k, v in chunks.items() if v is not None}
-            out[name] = lambda model, x, t, _fn=fn, _kw=kw: _fn(model, x, t, **_kw)
-        elif callable(m):
-            out[name] = m
-        else:
-            raise TypeError(f"methods[{name!r}] must be a method name, a function fn(model, x, target) or a tensor, "
-                            f"got {type(m).__name__}")
+        out[name] = m.detach() if isinstance(m, torch.Tensor) else method_function(
+            name, m, {k: v for k, v in chunks.items() if v is not None},
+            "a method name, a function fn(model, x, target) or a tensor")
     return out
 
 

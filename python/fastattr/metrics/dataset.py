@@ -112,26 +112,14 @@ def _split(item) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
 
 
 def _explainers(methods, method_kwargs: dict) -> dict[str, Callable]:
-    from ..attribution import METHODS
+    from ..attribution import method_function
 
     if isinstance(methods, (list, tuple)):
         methods = {m: m for m in methods}
     if not isinstance(methods, dict) or not methods:
         raise ValueError(f"methods must be a non-empty dict {{name: method name or fn(model, x, target)}} or a list of "
                          f"method names, got {methods!r}")
-    out = {}
-    for name, m in methods.items():
-        if isinstance(m, str):
-            if m not in METHODS:
-                raise ValueError(f"methods[{name!r}] = {m!r} is not one of fastattr.attribution.METHODS "
-                                 f"({', '.join(sorted(METHODS))})")
-            out[name] = lambda model, x, t, _fn=METHODS[m], _kw=method_kwargs.get(name, {}): _fn(model, x, t, **_kw)
-        elif callable(m):
-            out[name] = m
-        else:
-            raise TypeError(f"methods[{name!r}] must be a method name or a function fn(model, x, target), got "
-                            f"{type(m).__name__}")
-    return out
+    return {name: method_function(name, m, method_kwargs.get(name, {})) for name, m in methods.items()}
 
 
 def _loader(data, batch_size: int, num_workers: int):
