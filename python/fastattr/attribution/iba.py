@@ -215,8 +215,10 @@ def _fold_batch_norms(tail: torch.fx.GraphModule) -> torch.fx.GraphModule:
         if type(norm) is not nn.BatchNorm2d or norm.training or norm.running_mean is None or len(node.args) != 1:
             continue
         source = node.args[0]
-        conv = modules.get(source.target) if isinstance(source, torch.fx.Node) and source.op == "call_module"             else None
-        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or len(source.users) != 1                 or isinstance(conv.padding, str):
+        called = isinstance(source, torch.fx.Node) and source.op == "call_module"
+        conv = modules.get(source.target) if called else None
+        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str) \
+                or len(source.users) != 1:
             continue
         with torch.no_grad():
             scale = torch.rsqrt(norm.running_var + norm.eps)
