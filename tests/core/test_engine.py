@@ -242,3 +242,25 @@ def test_the_deprecated_metrics_perturb_module_keeps_its_names():
     curve = perturb.ranked_curve(model, x, torch.zeros_like(x), rank, torch.tensor([0, 8, 64]), t, keep_top=False,
                                  reader="logit", chunk=4)
     torch.testing.assert_close(curve[:, 0], read_scores(model(x), t, "logit").float())  # curves kept in float32
+
+
+def test_cpu_chunk_budget_reads_meminfo_only_when_memory_is_short(monkeypatch):
+    """With 2 GiB unused (one sysconf call) the CPU budget is the working-set cap without parsing
+    /proc/meminfo; short of that it is min(a quarter of the available memory, the cap), as before."""
+    from fastattr.core import chunks
+
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    per_input = 8 * 64 * 24.0
+    cap = int(chunks.CPU_WORKING_SET // per_input)
+
+    def unread(device):
+        raise AssertionError("free_memory was read")
+
+    monkeypatch.setattr(chunks, "_unused_memory", lambda: 3 << 30)
+    monkeypatch.setattr(chunks, "free_memory", unread)
+    assert chunks.chunk_size(x, 10 ** 6, None, None) == min(1024, cap)
+    monkeypatch.setattr(chunks, "_unused_memory", lambda: 1 << 30)
+    monkeypatch.setattr(chunks, "free_memory", lambda device: 4 * 200 * int(per_input))
+    assert chunks.chunk_size(x, 10 ** 6, None, None) == 200
+    monkeypatch.setattr(chunks, "free_memory", lambda device: 64 << 30)
+    assert chunks.chunk_size(x, 10 ** 6, None, None) == min(1024, cap)

@@ -149,6 +149,42 @@ def test_results_do_not_depend_on_the_chunk_size():
         torch.testing.assert_close(image_sop(max_batch=3).eval()(x), ref.logits, rtol=1e-12, atol=1e-12)
 
 
+def _call_sizes(sop: SumOfParts, x: torch.Tensor) -> list[int]:
+    """The number of masked copies in each backbone call of one forward."""
+    sizes = []
+    handle = sop.backbone.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            sop(x)
+    finally:
+        handle.remove()
+    return sizes
+
+
+def test_default_chunks_follow_the_backbones_measured_activations():
+    """The default chunk comes from the backbone's activations measured at construction (the engine's
+    measure, not a fixed multiple of the input), at least MIN_DEFAULT_CHUNK copies per call."""
+    from fastattr.core import ChunkGrid, chunk_size, measured_input_factor
+    from fastattr.models.sop import MIN_DEFAULT_CHUNK
+
+    torch.manual_seed(3)
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(512, 12)).double().eval()
+    sop, (x, _) = image_sop(backbone=cnn, n_groups=8).eval(), digits(200, "train")
+    factor = measured_input_factor(sop.backbone, x[:2])
+    assert sop._input_factor == factor and factor > 24.0  # a CNN's activations are many times its input
+    expected = max(MIN_DEFAULT_CHUNK, chunk_size(x, 1600, None, None, per_input_factor=factor))
+    sizes = _call_sizes(sop, x)
+    assert sum(sizes) == 1600 and max(sizes) == ChunkGrid(200, 8, min(1600, expected)).rows
+    assert expected < 1024  # the fixed forward factor (8) would have run 1024 copies per call
+
+    wide = nn.Sequential(nn.Conv2d(3, 512, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+    big = image_sop(backbone=wide.eval(), n_groups=8).eval()
+    assert chunk_size(x, 1600, None, None, per_input_factor=big._input_factor) < MIN_DEFAULT_CHUNK
+    assert _call_sizes(big, x[:8]) == [MIN_DEFAULT_CHUNK] * 2  # 4 inputs × 8 groups per call
+    assert max(_call_sizes(big, x[:2])) == 16  # never more than the B·G copies there are
+
+
 def test_gradients_reach_group_gen_and_group_select():
     sop, (x, y) = image_sop(), digits(8, "train")
     sop.train()

@@ -213,6 +213,22 @@ def test_long_rows(fast_backend_device):
     assert p[1, 5].item() == 1.0 and (p[1].count_nonzero().item() == 1)
 
 
+@pytest.mark.skipif(not fastattr._backend.cpp_available(), reason="the C++ extension is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_short_and_long_rows_give_the_same_bits(dtype):
+    """The C++ kernel's stack-buffer path for rows of at most 64 entries and its general path for longer
+    ones: a row padded with -inf past 64 entries (never a candidate) gets the same bits on its 64."""
+    g = torch.Generator().manual_seed(21)
+    for scale in (0.05, 0.5, 3.0, 1e4):
+        x = (torch.randn(500, 64, generator=g, dtype=torch.float64) * scale).to(dtype)
+        x[:50] = x[:50].round()  # ties
+        padded = torch.cat([x, torch.full((500, 9), -torch.inf, dtype=dtype)], 1)
+        short = fastattr.sparsemax(x, backend="cpp")
+        long = fastattr.sparsemax(padded, backend="cpp")
+        assert torch.equal(short, long[:, :64]) and not long[:, 64:].any()
+        assert rel_err(short, reference.sparsemax(x.double())) < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
 def test_backends_agree_bitwise_on_support(fast_backend_device):
     backend, device = fast_backend_device
     x = _rand((40, 513), torch.float64, device, scale=2.0, seed=13)
@@ -239,6 +255,30 @@ def test_torch_compile_inductor_cpu():
     x = _rand((8, 64), torch.float32, "cpu", seed=15)
     compiled = torch.compile(lambda t: fastattr.sparsemax(t + 1.0), fullgraph=True)
     torch.testing.assert_close(compiled(x), reference.sparsemax(x + 1.0))
+
+
+@pytest.mark.skipif(not fastattr._backend.cpp_available(), reason="the C++ extension is not built")
+def test_eager_calls_without_gradient_skip_the_dispatcher_but_tracing_sees_the_op():
+    """A no-grad eager CPU call runs the C++ kernel directly: the same bits as the custom op, the backend
+    still recorded; a traced call (make_fx's dispatch mode), a call needing a gradient and a call under
+    vmap go through the op."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from fastattr._backend import record_backends
+
+    x = _rand((6, 5, 16), torch.float32, "cpu", seed=16)
+    op = torch.ops.fastattr.sparsemax.default
+    for dim in (-1, 1, 0):
+        with record_backends() as used:
+            direct = fastattr.sparsemax(x, dim, backend="cpp")
+        assert torch.equal(direct, op(x, dim % 3, "cpp")) and used == {"cpp"}
+    assert fastattr.sparsemax(x[:, ::2], -1, backend="cpp").is_contiguous()
+    graph = make_fx(lambda t: fastattr.sparsemax(t, -1, backend="cpp"))(x).graph
+    assert any(node.target is op for node in graph.nodes)
+    g = x.clone().requires_grad_(True)
+    assert fastattr.sparsemax(g, -1, backend="cpp").grad_fn is not None
+    batched = torch.vmap(lambda t: fastattr.sparsemax(t, -1, backend="cpp"))(x)
+    assert torch.equal(batched, fastattr.sparsemax(x, -1, backend="cpp"))
 
 
 def test_bad_arguments():
