@@ -122,9 +122,10 @@ def run(shape: tuple[int, int] = (4096, 1024), dtype: torch.dtype = torch.float3
 
 
 def default_tables(device: Optional[str] = None, repeat: int = 7) -> list[Table]:
-    """The issue's configurations: CPU float32 [4096, 1024]; CUDA [16384, 4096] fp32 and bf16."""
+    """The issue's configurations: CPU float32 [4096, 1024] and short rows [16384, 16] (SOP's patch
+    attention: 16 patches per row); CUDA [16384, 4096] fp32 and bf16."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.device(device).type == "cuda":
         return [run((16384, 4096), dt, device, repeat) for dt in (torch.float32, torch.bfloat16)]
-    return [run((4096, 1024), torch.float32, device, repeat)]
+    return [run(shape, torch.float32, device, repeat) for shape in ((4096, 1024), (16384, 16))]
 
