@@ -22,7 +22,7 @@ if ! python3 -m pip install --no-build-isolation --no-deps -q -e . >> /tmp/insta
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
 steps=" ${*:-bench} "
-steps=${steps// bench / metrics ig cd cdep sparsemax perturb shap agg }
+steps=${steps// bench / metrics ig cd cdep sparsemax perturb shap agg sop iba }
 for step in $steps; do
   case "$step" in
     install) continue ;;
@@ -33,7 +33,8 @@ for step in $steps; do
       tail -25 "$out/pytest.log"
       continue ;;
     metrics) limit=300 ;; ig) limit=300 ;; cd) limit=90 ;; sparsemax) limit=60 ;; perturb) limit=50 ;; cdep) limit=60 ;; shap) limit=120 ;; agg) limit=240 ;;
-    *) echo "usage: bash benchmarks/gpu.sh [install|test|bench|metrics|ig|cd|cdep|sparsemax|perturb|shap|agg]..." >&2; exit 2 ;;
+    sop) limit=180 ;; iba) limit=240 ;;
+    *) echo "usage: bash benchmarks/gpu.sh [install|test|bench|metrics|ig|cd|cdep|sparsemax|perturb|shap|agg|sop|iba]..." >&2; exit 2 ;;
   esac
   echo "== fastattr bench $step" >> "$out/bench.log"
   timeout "$limit" fastattr bench "$step" --repeat 3 --out "$out" >> "$out/bench.log" 2>&1

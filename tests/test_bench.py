@@ -280,6 +280,23 @@ def test_sop_bench_table_on_a_small_case():
     resnet = sop.resnet_table(batch=1, size=32, groups=2, repeat=1, device="cpu")
     assert [r[0] for r in resnet.rows][:2] == ["model-only floor", "SumOfParts.forward"]
     assert resnet.params["backbone_inputs"] == 2 and all(r[1] > 0 and r[2] > 0 for r in resnet.rows)
+    gpu_row = sop.throughput_table("resnet18", batch=2, size=32, groups=3, repeat=1, device="cpu")
+    rows = {r[0]: r for r in gpu_row.rows}
+    assert list(rows) == ["model-only floor (B·G masked copies)", "SumOfParts.forward", "SumOfParts.explain",
+                          "backbone on the B images"]
+    assert gpu_row.params["backbone_inputs"] == 6 and gpu_row.params["patch_size"] == 16  # 4 patches ≥ 3 groups
+    assert all(abs(r[2] - 2 / (r[1] / 1e3)) < 1e-6 * r[2] for r in gpu_row.rows)  # images / s = B / time
+    ran = []
+    monkey = dict(sop.TABLES)
+    try:
+        for name in sop.TABLES:
+            sop.TABLES[name] = lambda device, repeat, name=name: ran.append(name) or []
+        sop.default_tables(device="cpu")
+        assert ran == ["forward", "reproduction"]  # the GPU row only on CUDA unless named
+        sop.default_tables(device="cpu", tables=["throughput"])
+        assert ran[-1] == "throughput"
+    finally:
+        sop.TABLES.update(monkey)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -289,6 +306,7 @@ def test_iba_bench_table_on_a_small_case():
     table = iba.iba_table(repeat=1, batch=2, resnet_batch=1, size=64)  # layer3 4×4: IBA pads by 2
     names = [(r[0], r[1]) for r in table.rows]
     assert ("digits CNN, B = 2, net.2", "fastattr.iba (batched)") in names and len(table.rows) == 6
+    assert table.params["arch"] == "resnet18" and ("ResNet-18 layer3, B = 1 × 3×64×64", "public code's loop") in names
     assert all(r[2] > 0 and r[3] > 0 for r in table.rows)
 
 

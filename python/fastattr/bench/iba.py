@@ -18,7 +18,7 @@ from ..attribution import grad_cam, iba, iba_statistics, input_iba, integrated_g
 from ..metrics import deletion, insertion, sensitivity_n
 from ..ops import bottleneck
 from ..zoo import load_digits, load_digits_cnn
-from ..zoo.resnet import resnet18
+from ..zoo.resnet import resnet18, resnet50
 from . import Table, machine_info, time_interleaved
 
 
@@ -60,21 +60,28 @@ def _public_loop(model, module, x, t, stats, steps: int = 10, n_noise: int = 10,
     return torch.cat(maps)
 
 
-def iba_table(repeat: int = 3, device: Optional[str] = None, batch: int = 16, resnet_batch: int = 4,
-              size: int = 112) -> Table:
+def iba_table(repeat: int = 3, device: Optional[str] = None, batch: int = 16, resnet_batch: Optional[int] = None,
+              size: Optional[int] = None, arch: Optional[str] = None) -> Table:
+    """The digits CNN and a zoo ResNet at ``layer3``: ResNet-18, B = 4 × 3×112² on CPU; on CUDA the issue's GPU
+    row, ResNet-50, B = 16 × 3×224² (``arch``, ``resnet_batch``, ``size`` override)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    arch = arch or ("resnet50" if cuda else "resnet18")
+    resnet_batch = resnet_batch or (16 if cuda else 4)
+    size = size or (224 if cuda else 112)
     table = Table(name=f"iba: the batched bottleneck against the public code's one-image loop, {device.type}",
                   columns=["case", "implementation", "ms", "speed-up"], machine=machine_info(device),
                   params={"repeat": repeat, "device": str(device), "batch": batch, "resnet_batch": resnet_batch,
-                          "size": size})
+                          "size": size, "arch": arch})
     digits = load_digits_cnn().to(device)
     train, _ = load_digits("train", 500)
     x, _ = load_digits("test", batch)
-    resnet = resnet18(num_classes=10).eval().to(device)
+    resnet = {"resnet18": resnet18, "resnet50": resnet50}[arch](num_classes=10).eval().to(device)
     gen = torch.Generator().manual_seed(0)
     big = torch.rand(resnet_batch, 3, size, size, generator=gen).to(device)
+    label = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}[arch]
     cases = [(f"digits CNN, B = {batch}, net.2", digits, digits.net[2], x.to(device), train.to(device)),
-             (f"ResNet-18 layer3, B = {resnet_batch} × 3×{size}×{size}", resnet, resnet.layer3, big,
+             (f"{label} layer3, B = {resnet_batch} × 3×{size}×{size}", resnet, resnet.layer3, big,
               torch.rand(16, 3, size, size, generator=gen).to(device))]
     for name, model, module, inputs, data in cases:
         stats = iba_statistics(model, module, data)

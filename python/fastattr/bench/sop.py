@@ -14,7 +14,7 @@ from ..attribution import integrated_gradients, occlusion, rise, saliency, smoot
 from ..metrics import deletion, grouped_deletion, grouped_insertion, insertion
 from ..models import SumOfParts
 from ..zoo import load_digits, load_digits_cnn, load_digits_sop
-from ..zoo.resnet import resnet18
+from ..zoo.resnet import resnet18, resnet50
 from . import Table, machine_info, time_interleaved
 
 
@@ -105,6 +105,51 @@ def resnet_table(batch: int = 8, size: int = 64, groups: int = 8, device: Option
                           "ResNet-18 up to its pooled features", device, repeat, {"size": size})
 
 
+def throughput_table(arch: str = "resnet50", batch: int = 16, size: int = 224, groups: int = 32,
+                     device: Optional[str] = None, repeat: int = 3) -> Table:
+    """The issue's GPU row: a SumOfParts around the zoo's ``arch`` features (``fc`` the identity, random
+    weights), ``size``² RGB inputs in 16×16-pixel patches (8×8 where there are fewer than ``groups`` of
+    those), ``groups`` groups of 20 % of the patches, in images per second: SOP's forward and ``explain`` against the backbone's own forward on the
+    ``batch`` images (its throughput) and on the ``batch·groups`` masked copies (the floor; SOP's ideal
+    is the backbone's throughput divided by ``groups``)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = {"resnet18": resnet18, "resnet50": resnet50}[arch](num_classes=10)
+    backbone.fc = nn.Identity()
+    backbone.eval().to(device)
+    patch = 16 if size % 16 == 0 and (size // 16) ** 2 >= groups else 8
+    sop = SumOfParts(backbone, 10, input_shape=(3, size, size), patch_size=patch, n_groups=groups, k=0.2,
+                     generator=0)
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    e = sop.explain(x)
+    copies = (x.unsqueeze(1) * e.masks.unsqueeze(2)).reshape(-1, *x.shape[1:])
+    chunk = _best_chunk(sop.backbone, copies, device)
+
+    def run(fn):
+        def call():
+            with torch.no_grad():
+                fn()
+        return call
+
+    impls = {"model-only floor (B·G masked copies)": run(lambda: [sop.backbone(copies[i:i + chunk])
+                                                                   for i in range(0, copies.shape[0], chunk)]),
+             "SumOfParts.forward": run(lambda: sop(x)),
+             "SumOfParts.explain": lambda: sop.explain(x),
+             "backbone on the B images": run(lambda: sop.backbone(x))}
+    times, vs_floor = time_interleaved(impls, device, repeat=repeat)
+    table = Table(name=f"Sum-of-Parts throughput, {arch} features, 3×{size}×{size}, batch {batch}, G = {groups} "
+                       f"groups, {device.type}",
+                  columns=["implementation", "ms", "images / s", "time / floor"], machine=machine_info(device),
+                  params={"arch": arch, "batch": batch, "size": size, "groups": groups, "patch_size": patch,
+                          "backbone_inputs": copies.shape[0], "floor_chunk": chunk, "repeat": repeat,
+                          "device": str(device)})
+    for name, t in times.items():
+        table.add(name, t * 1e3, batch / t, vs_floor[name])
+    table.notes.append(f"{repeat} round-robin rounds, medians; images / s counts the {batch} inputs (the floor "
+                       f"runs {copies.shape[0]} masked copies for them, in chunks of {chunk}); SOP's ideal "
+                       f"throughput is the backbone's divided by G = {groups}")
+    return table
+
+
 #: the digits SOP's forward is timed at these batches of held-out digits (the last is the whole test split;
 #: ``B·G`` = 256, 1024 and 3600 backbone inputs): GroupGen and GroupSelect are a few dozen calls on small
 #: tensors, whose fixed cost weighs less as the batch grows
@@ -173,6 +218,7 @@ def reproduction_table(batch: int = 100, device: Optional[str] = None,
 TABLES: dict[str, Callable[..., list[Table]]] = {
     "forward": lambda device, repeat: [run(batch=b, device=device, repeat=repeat) for b in DIGITS_BATCHES]
     + [resnet_table(device=device, repeat=repeat)],
+    "throughput": lambda device, repeat: [throughput_table(device=device, repeat=repeat)],
     "reproduction": lambda device, repeat: [reproduction_table(device=device)],
 }
 
@@ -181,10 +227,12 @@ def default_tables(device: Optional[str] = None, repeat: int = 3,
                    tables: Optional[Sequence[str]] = None) -> list[Table]:
     """``forward``: the shipped digits SOP (8 groups of 2×2-pixel patches) at each batch of
     :data:`DIGITS_BATCHES`, and a ResNet-18 SOP on 8 inputs of 3×64×64 (:func:`resnet_table`);
-    ``reproduction``: the
+    ``throughput``: the GPU row, a ResNet-50 SOP at 224² with 32 groups in images/s
+    (:func:`throughput_table`; on CUDA only unless named); ``reproduction``: the
     paper's Table 1 on 100 held-out digits (:func:`reproduction_table`) — all of :data:`TABLES`, or those
     named in ``tables``."""
     out = []
-    for name in tables or TABLES:
+    cuda = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda"
+    for name in tables or [t for t in TABLES if cuda or t != "throughput"]:
         out += TABLES[name](device, repeat)
     return out
