@@ -28,10 +28,79 @@ struct Scratch {
   std::vector<double> cand;
 };
 
+// The candidate bound m - 1, rounded down in T so that no candidate is lost at huge magnitudes.
+template <typename T>
+inline T candidate_bound(T m) {
+  const double lo_d = static_cast<double>(m) - 1.0;
+  T lo = static_cast<T>(lo_d);
+  if (static_cast<double>(lo) > lo_d) lo = std::nextafter(lo, -std::numeric_limits<T>::infinity());
+  return lo;
+}
+
+// Appends z[i] - m (exact for nearby values, so huge magnitudes keep their spacing) for every
+// z[i] >= lo in [begin, end) to cand[k...], without branches: each entry is written and the count
+// grows by the comparison (on short rows the branches of a compaction mispredict more than the
+// arithmetic costs). NaN is never a candidate.
+template <typename T>
+inline int64_t append_candidates(const T* z, int64_t begin, int64_t end, T m, T lo, double* cand, int64_t k) {
+  for (int64_t i = begin; i < end; ++i) {
+    cand[k] = static_cast<double>(z[i] - m);
+    k += z[i] >= lo;
+  }
+  return k;
+}
+
+// Michelot's iteration on k candidates, a superset of the support: tau = (sum of the active - 1) /
+// |active|, active <- {v > tau}, until the active set stops shrinking; tau only increases, and the
+// fixed point is the exact tau of the sorted formula. Sums in index order, compaction branch-free.
+inline double michelot_tau(double* cand, int64_t k) {
+  double sum = 0.0;
+  for (int64_t j = 0; j < k; ++j) sum += cand[j];
+  double tau = (sum - 1.0) / static_cast<double>(k);
+  for (;;) {
+    int64_t kept = 0;
+    double kept_sum = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+      const double v = cand[j];
+      const bool in = v > tau;
+      cand[kept] = v;
+      kept_sum += in ? v : 0.0;
+      kept += in;
+    }
+    if (kept == k || kept == 0) return tau;
+    k = kept;
+    tau = (kept_sum - 1.0) / static_cast<double>(k);
+  }
+}
+
+// p = max(z - m - tau, 0); a row holding NaN becomes NaN.
+template <typename T>
+inline void write_row(const T* z, T* p, int64_t n, T m, double tau) {
+  const T t = static_cast<T>(tau);
+  int has_nan = 0;
+#pragma omp simd reduction(| : has_nan)
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = z[i];
+    const T d = (v - m) - t;
+    has_nan |= v != v;
+    p[i] = d > T(0) ? d : T(0);
+  }
+  if (has_nan) {
+    for (int64_t i = 0; i < n; ++i) p[i] = std::numeric_limits<T>::quiet_NaN();
+  }
+}
+
+// A +inf entry, or nothing but -inf / NaN (the max is infinite): the row is NaN.
+template <typename T>
+inline bool nan_row_if_infinite(T m, T* p, int64_t n) {
+  if (m != std::numeric_limits<T>::infinity() && m != -std::numeric_limits<T>::infinity()) return false;
+  for (int64_t i = 0; i < n; ++i) p[i] = std::numeric_limits<T>::quiet_NaN();
+  return true;
+}
+
 template <typename T>
 FASTATTR_MULTIVERSION void forward_row(const T* z, T* p, int64_t n, Scratch<T>& s) {
   constexpr T inf = std::numeric_limits<T>::infinity();
-  constexpr T nan = std::numeric_limits<T>::quiet_NaN();
   constexpr int64_t B = 64 / sizeof(T);  // one cache line per block
   const int64_t full = n / B;
   s.block_max.resize(static_cast<size_t>(full + 1));
@@ -48,116 +117,31 @@ FASTATTR_MULTIVERSION void forward_row(const T* z, T* p, int64_t n, Scratch<T>& 
   for (int64_t j = full * B; j < n; ++j) tail_max = z[j] > tail_max ? z[j] : tail_max;
   s.block_max[full] = tail_max;
   m = tail_max > m ? tail_max : m;
-  if (m == inf || m == -inf) {  // a +inf entry, or nothing but -inf / NaN
-    for (int64_t i = 0; i < n; ++i) p[i] = nan;
-    return;
-  }
-  // Pass 2: candidates z >= m - 1 (the bound rounded down in T, so none is lost at huge
-  // magnitudes), read only from blocks whose max reaches the bound. They are stored relative to
-  // the max (exact for nearby values), so huge magnitudes keep their spacing.
-  const double lo_d = static_cast<double>(m) - 1.0;
-  T lo = static_cast<T>(lo_d);
-  if (static_cast<double>(lo) > lo_d) lo = std::nextafter(lo, -inf);
-  std::vector<double>& cand = s.cand;
-  cand.clear();
-  double sum = 0.0;
+  if (nan_row_if_infinite(m, p, n)) return;
+  // Pass 2: the candidates, read only from blocks whose max reaches the bound.
+  const T lo = candidate_bound(m);
+  s.cand.resize(static_cast<size_t>(n));
+  int64_t k = 0;
   for (int64_t b = 0; b <= full; ++b) {
-    if (!(s.block_max[b] >= lo)) continue;
-    const int64_t stop = b < full ? (b + 1) * B : n;
-    for (int64_t j = b * B; j < stop; ++j) {
-      if (z[j] >= lo) {
-        const double v = static_cast<double>(z[j] - m);
-        cand.push_back(v);
-        sum += v;
-      }
-    }
+    if (s.block_max[b] >= lo) k = append_candidates(z, b * B, b < full ? (b + 1) * B : n, m, lo, s.cand.data(), k);
   }
-  // Michelot's iteration on the candidates: a superset of the support gives tau <= tau*.
-  size_t k = cand.size();
-  double tau = (sum - 1.0) / static_cast<double>(k);
-  for (;;) {
-    size_t kept = 0;
-    double kept_sum = 0.0;
-    for (size_t j = 0; j < k; ++j) {
-      const double v = cand[j];
-      if (v > tau) {
-        cand[kept++] = v;
-        kept_sum += v;
-      }
-    }
-    if (kept == k || kept == 0) break;
-    k = kept;
-    tau = (kept_sum - 1.0) / static_cast<double>(k);
-  }
-  const T t = static_cast<T>(tau);
-  int has_nan = 0;
-#pragma omp simd reduction(| : has_nan)
-  for (int64_t i = 0; i < n; ++i) {
-    const T v = z[i];
-    const T d = (v - m) - t;
-    has_nan |= v != v;
-    p[i] = d > T(0) ? d : T(0);
-  }
-  if (has_nan) {
-    for (int64_t i = 0; i < n; ++i) p[i] = nan;
-  }
+  write_row(z, p, n, m, michelot_tau(s.cand.data(), k));
 }
 
-// The same search for rows of at most kSmallRow entries, with the candidates on the stack and
-// compacted without branches (each entry is written, the count grows by the comparison): on short
-// rows (SOP's patch attention and group scores) the mispredicted branches of the compaction cost
-// more than the arithmetic. Same candidates summed in the same order, so the same bits as forward_row.
+// Rows of at most kSmallRow entries: the candidates on the stack and no block maxima, which on short
+// rows (SOP's patch attention, group scores) cost more than the search. The same candidates in the
+// same order as forward_row, so the same bits.
 constexpr int64_t kSmallRow = 64;
 
 template <typename T>
 FASTATTR_MULTIVERSION void forward_row_small(const T* z, T* p, int64_t n) {
-  constexpr T inf = std::numeric_limits<T>::infinity();
-  constexpr T nan = std::numeric_limits<T>::quiet_NaN();
-  T m = -inf;
+  T m = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
-  if (m == inf || m == -inf) {
-    for (int64_t i = 0; i < n; ++i) p[i] = nan;
-    return;
-  }
-  const double lo_d = static_cast<double>(m) - 1.0;
-  T lo = static_cast<T>(lo_d);
-  if (static_cast<double>(lo) > lo_d) lo = std::nextafter(lo, -inf);
+  if (nan_row_if_infinite(m, p, n)) return;
   double cand[kSmallRow];
-  int64_t k = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    cand[k] = static_cast<double>(z[i] - m);
-    k += z[i] >= lo;
-  }
-  double sum = 0.0;
-  for (int64_t j = 0; j < k; ++j) sum += cand[j];
-  double tau = (sum - 1.0) / static_cast<double>(k);
-  for (;;) {
-    int64_t kept = 0;
-    double kept_sum = 0.0;
-    for (int64_t j = 0; j < k; ++j) {
-      const double v = cand[j];
-      const bool in = v > tau;
-      cand[kept] = v;
-      kept_sum += in ? v : 0.0;
-      kept += in;
-    }
-    if (kept == k || kept == 0) break;
-    k = kept;
-    tau = (kept_sum - 1.0) / static_cast<double>(k);
-  }
-  const T t = static_cast<T>(tau);
-  int has_nan = 0;
-#pragma omp simd reduction(| : has_nan)
-  for (int64_t i = 0; i < n; ++i) {
-    const T x = z[i];
-    const T d = (x - m) - t;
-    has_nan |= x != x;
-    p[i] = d > T(0) ? d : T(0);
-  }
-  if (has_nan) {
-    for (int64_t i = 0; i < n; ++i) p[i] = nan;
-  }
+  const int64_t k = append_candidates(z, 0, n, m, candidate_bound(m), cand, 0);
+  write_row(z, p, n, m, michelot_tau(cand, k));
 }
 
 template <typename T>
