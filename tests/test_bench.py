@@ -271,14 +271,16 @@ def test_sop_bench_table_on_a_small_case():
     from fastattr.cli import BENCHES
 
     table = sop.run(batch=2, repeat=1, device="cpu")
-    assert [r[0] for r in table.rows] == ["model-only floor", "SumOfParts.forward",
+    assert [r[0] for r in table.rows] == ["model-only floor", "model-only, the distinct copies", "SumOfParts.forward",
                                           f"SumOfParts.forward, max_batch={table.params['floor_chunk']}",
                                           "SumOfParts.explain"]
-    assert table.rows[0][2] == 1.0 and all(r[1] > 0 and r[2] > 0 for r in table.rows)
+    assert table.rows[0][2] == 1.0 and table.rows[1][3] == 1.0 and all(r[1] > 0 and r[2] > 0 for r in table.rows)
+    assert 2 <= table.params["distinct_inputs"] <= table.params["backbone_inputs"]
     assert table.params["backbone_inputs"] == 2 * table.params["groups"] > 2
     assert BENCHES["sop"] == "fastattr.bench.sop"
     resnet = sop.resnet_table(batch=1, size=32, groups=2, repeat=1, device="cpu")
-    assert [r[0] for r in resnet.rows][:2] == ["model-only floor", "SumOfParts.forward"]
+    assert [r[0] for r in resnet.rows][:3] == ["model-only floor", "model-only, the distinct copies",
+                                               "SumOfParts.forward"]
     assert resnet.params["backbone_inputs"] == 2 and all(r[1] > 0 and r[2] > 0 for r in resnet.rows)
     gpu_row = sop.throughput_table("resnet18", batch=2, size=32, groups=3, repeat=1, device="cpu")
     rows = {r[0]: r for r in gpu_row.rows}

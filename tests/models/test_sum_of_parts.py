@@ -170,7 +170,7 @@ def test_default_chunks_follow_the_backbones_measured_activations():
     torch.manual_seed(3)
     cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(512, 12)).double().eval()
-    sop, (x, _) = image_sop(backbone=cnn, n_groups=8).eval(), digits(200, "train")
+    sop, (x, _) = image_sop(backbone=cnn, n_groups=8, unique_copies=False).eval(), digits(200, "train")
     factor = measured_input_factor(sop.backbone, x[:2])
     assert sop._input_factor == factor and factor > 24.0  # a CNN's activations are many times its input
     expected = max(MIN_DEFAULT_CHUNK, chunk_size(x, 1600, None, None, per_input_factor=factor))
@@ -178,11 +178,61 @@ def test_default_chunks_follow_the_backbones_measured_activations():
     assert sum(sizes) == 1600 and max(sizes) == ChunkGrid(200, 8, min(1600, expected)).rows
     assert expected < 1024  # the fixed forward factor (8) would have run 1024 copies per call
 
-    wide = nn.Sequential(nn.Conv2d(3, 512, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
-    big = image_sop(backbone=wide.eval(), n_groups=8).eval()
-    assert chunk_size(x, 1600, None, None, per_input_factor=big._input_factor) < MIN_DEFAULT_CHUNK
+    wide = nn.Sequential(nn.Conv2d(3, 1024, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+    big = image_sop(backbone=wide.eval(), n_groups=8, unique_copies=False).eval()
+    assert chunk_size(x, 1600, None, None, per_input_factor=big._input_factor) < MIN_DEFAULT_CHUNK // 2
     assert _call_sizes(big, x[:8]) == [MIN_DEFAULT_CHUNK] * 2  # 4 inputs × 8 groups per call
     assert max(_call_sizes(big, x[:2])) == 16  # never more than the B·G copies there are
+
+
+class NumpyFeatures(nn.Module):
+    """``[B, 3, 8, 8] → [B, 12]`` through numpy: runs without autograd only."""
+
+    def forward(self, x):
+        return torch.from_numpy(x.reshape(x.shape[0], 3, 64).numpy().mean(-1).repeat(4, 1))
+
+
+def test_a_backbone_that_runs_only_without_autograd_keeps_the_default_factor():
+    sop = image_sop(backbone=NumpyFeatures()).eval()
+    assert sop._input_factor == 24.0 and sop.hidden == 12
+    x, _ = digits(3)
+    with torch.no_grad():  # no parameters: the SOP layers are float32
+        assert sop(x.float()).shape == (3, 10)
+
+
+def test_groups_holding_the_same_patches_run_once_without_gradients():
+    """Without gradients and with the backbone in eval mode, an input's groups with the same patch set share
+    one backbone pass (unique_copies); the outputs equal those of running every copy, and with gradients,
+    a backbone in training mode or unique_copies=False every one of the B·G copies runs."""
+    x, _ = digits(5)
+    every = image_sop(k=1.0, unique_copies=False).eval()  # every group holds all 16 patches: one copy per input
+    once = image_sop(k=1.0).eval()
+    assert sum(_call_sizes(once, x)) == 5 and sum(_call_sizes(every, x)) == 5 * 5
+    with torch.no_grad():
+        torch.testing.assert_close(once(x), every(x), rtol=1e-12, atol=1e-12)
+    sizes = []
+    handle = once.backbone.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+    try:
+        once(x).sum().backward()  # gradients on: every copy, so each group's straight-through gradient flows
+        assert sum(sizes) == 25
+    finally:
+        handle.remove()
+        once.zero_grad(set_to_none=True)
+    once.backbone.train()
+    try:
+        assert sum(_call_sizes(once, x)) == 25
+    finally:
+        once.backbone.eval()
+
+    zoo, (x, _) = load_digits_sop(), load_digits("test", 64)
+    e = zoo.explain(x, "all")
+    flat = e.masks.reshape(64, zoo.n_groups, -1)
+    distinct = sum(len({tuple(r.tolist()) for r in flat[b]}) for b in range(64))
+    assert distinct < 64 * zoo.n_groups and sum(_call_sizes(zoo, x)) == distinct
+    zoo.unique_copies = False
+    every = zoo.explain(x, "all")
+    for a, b in zip(e[:4], every[:4]):
+        assert torch.equal(a, b)
 
 
 def test_gradients_reach_group_gen_and_group_select():

@@ -219,13 +219,13 @@ def test_cpp_short_and_long_rows_give_the_same_bits(dtype):
     """The C++ kernel's stack-buffer path for rows of at most 64 entries and its general path for longer
     ones: a row padded with -inf past 64 entries (never a candidate) gets the same bits on its 64."""
     g = torch.Generator().manual_seed(21)
-    for scale in (0.05, 0.5, 3.0, 1e4):
-        x = (torch.randn(500, 64, generator=g, dtype=torch.float64) * scale).to(dtype)
+    for n, scale in [(64, 0.05), (64, 0.5), (64, 3.0), (64, 1e4), (1, 1.0), (17, 0.2), (63, 2.0)]:
+        x = (torch.randn(500, n, generator=g, dtype=torch.float64) * scale).to(dtype)
         x[:50] = x[:50].round()  # ties
-        padded = torch.cat([x, torch.full((500, 9), -torch.inf, dtype=dtype)], 1)
+        padded = torch.cat([x, torch.full((500, 65 - n + 8), -torch.inf, dtype=dtype)], 1)
         short = fastattr.sparsemax(x, backend="cpp")
         long = fastattr.sparsemax(padded, backend="cpp")
-        assert torch.equal(short, long[:, :64]) and not long[:, 64:].any()
+        assert torch.equal(short, long[:, :n]) and not long[:, n:].any()
         assert rel_err(short, reference.sparsemax(x.double())) < (1e-5 if dtype == torch.float32 else 1e-12)
 
 
@@ -279,6 +279,25 @@ def test_eager_calls_without_gradient_skip_the_dispatcher_but_tracing_sees_the_o
     assert fastattr.sparsemax(g, -1, backend="cpp").grad_fn is not None
     batched = torch.vmap(lambda t: fastattr.sparsemax(t, -1, backend="cpp"))(x)
     assert torch.equal(batched, fastattr.sparsemax(x, -1, backend="cpp"))
+    traced = torch.jit.trace(lambda t: fastattr.sparsemax(t * 2.0, -1, backend="cpp"), x)
+    assert "fastattr::sparsemax" in str(traced.graph)
+    y = _rand((6, 5, 16), torch.float32, "cpu", seed=17)
+    assert torch.equal(traced(y), fastattr.sparsemax(y * 2.0, -1, backend="cpp"))
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():  # a dual tensor goes to the op, as before: the same primal
+        dual = fastattr.sparsemax(fwAD.make_dual(x, torch.ones_like(x)), -1, backend="cpp")
+        assert torch.equal(fwAD.unpack_dual(dual).primal, op(x, 2, "cpp"))
+
+
+@pytest.mark.skipif(not fastattr._backend.cpp_available(), reason="the C++ extension is not built")
+def test_backward_op_casts_a_gradient_of_another_dtype():
+    p = fastattr.sparsemax(_rand((7, 16), torch.float64, "cpu", seed=18), backend="cpp")
+    g = _rand((7, 16), torch.float32, "cpu", seed=19)
+    got = torch.ops.fastattr.sparsemax_backward(p, g, -1, "cpp")
+    want = reference.sparsemax_backward(p.float(), g, -1)
+    assert got.dtype == torch.float32 and rel_err(got, want) < 1e-6
+    got = torch.ops.fastattr.sparsemax_backward(p.float(), g.double(), -1, "cpp")
+    assert got.dtype == torch.float64 and rel_err(got, reference.sparsemax_backward(p, g.double(), -1)) < 1e-6
 
 
 def test_bad_arguments():

@@ -66,9 +66,9 @@ def iba_table(repeat: int = 3, device: Optional[str] = None, batch: int = 16, re
     row, ResNet-50, B = 16 × 3×224² (``arch``, ``resnet_batch``, ``size`` override)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
-    arch = arch or ("resnet50" if cuda else "resnet18")
-    resnet_batch = resnet_batch or (16 if cuda else 4)
-    size = size or (224 if cuda else 112)
+    arch = arch if arch is not None else ("resnet50" if cuda else "resnet18")
+    resnet_batch = resnet_batch if resnet_batch is not None else (16 if cuda else 4)
+    size = size if size is not None else (224 if cuda else 112)
     table = Table(name=f"iba: the batched bottleneck against the public code's one-image loop, {device.type}",
                   columns=["case", "implementation", "ms", "speed-up"], machine=machine_info(device),
                   params={"repeat": repeat, "device": str(device), "batch": batch, "resnet_batch": resnet_batch,

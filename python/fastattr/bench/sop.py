@@ -41,17 +41,23 @@ def _best_chunk(fn, inputs: torch.Tensor, device: torch.device) -> int:
 
 def _forward_table(sop, x: torch.Tensor, title: str, backbone_name: str, device: torch.device, repeat: int,
                    params: dict) -> Table:
-    """Floor, ``SumOfParts.forward`` (default and floor-sized chunks) and ``explain`` of ``sop`` on ``x``."""
+    """Floor, the backbone on the distinct copies SOP runs, ``SumOfParts.forward`` (default and floor-sized
+    chunks) and ``explain`` of ``sop`` on ``x``."""
     e = sop.explain(x)
     groups = e.masks.shape[1]
     masks = e.masks.unsqueeze(2) if x.dim() == 4 else e.masks
-    copies = (x.unsqueeze(1) * masks).reshape(-1, *x.shape[1:])  # the B·G inputs SOP runs
+    copies = (x.unsqueeze(1) * masks).reshape(-1, *x.shape[1:])  # the B·G masked inputs
+    flat = e.masks.reshape(x.shape[0], groups, -1)
+    first = (flat.unsqueeze(2) == flat.unsqueeze(1)).all(-1).to(torch.uint8).argmax(-1)
+    distinct = copies[(first == torch.arange(groups, device=first.device)).view(-1)]  # what SOP runs
     chunk = _best_chunk(sop.backbone, copies, device)
 
-    def floor():
-        with torch.no_grad():
-            for i in range(0, copies.shape[0], chunk):
-                sop.backbone(copies[i:i + chunk])
+    def backbone(inputs):
+        def run():
+            with torch.no_grad():
+                for i in range(0, inputs.shape[0], chunk):
+                    sop.backbone(inputs[i:i + chunk])
+        return run
 
     def forward(max_batch=None):
         saved = sop.max_batch
@@ -62,22 +68,28 @@ def _forward_table(sop, x: torch.Tensor, title: str, backbone_name: str, device:
         finally:
             sop.max_batch = saved
 
-    impls = {"model-only floor": floor,
+    impls = {"model-only floor": backbone(copies),
+             "model-only, the distinct copies": backbone(distinct),
              "SumOfParts.forward": forward,
              f"SumOfParts.forward, max_batch={chunk}": lambda: forward(chunk),
              "SumOfParts.explain": lambda: sop.explain(x)}
     times, vs_floor = time_interleaved(impls, device, repeat=repeat)
     table = Table(name=f"{title}, batch {x.shape[0]}, G = {groups} groups, {device.type}",
-                  columns=["implementation", "ms", "time / floor"], machine=machine_info(device),
+                  columns=["implementation", "ms", "time / floor", "time / distinct copies"],
+                  machine=machine_info(device),
                   params={"batch": x.shape[0], "groups": groups, "backbone_inputs": copies.shape[0],
-                          "floor_chunk": chunk, "repeat": repeat, "device": str(device), **params})
+                          "distinct_inputs": distinct.shape[0], "floor_chunk": chunk, "repeat": repeat,
+                          "device": str(device), **params})
     for name, t in times.items():
-        table.add(name, t * 1e3, vs_floor[name])
-    table.notes.append(f"{repeat} round-robin rounds; times are medians, ratios medians of per-round ratios; "
-                       f"torch threads = {torch.get_num_threads()}")
+        table.add(name, t * 1e3, vs_floor[name], t / times["model-only, the distinct copies"])
+    table.notes.append(f"{repeat} round-robin rounds; times are medians, ratios to the floor medians of per-round "
+                       f"ratios, ratios to the distinct copies ratios of medians; torch threads = "
+                       f"{torch.get_num_threads()}")
     table.notes.append(f"floor: the backbone ({backbone_name}) alone on the {copies.shape[0]} masked inputs "
-                       f"(B·G) in chunks of {chunk} (the fastest of 64 … all); SumOfParts: GroupGen, the masked "
-                       "copies, the chunked backbone and GroupSelect, default chunks unless max_batch is given")
+                       f"(B·G) in chunks of {chunk} (the fastest of 64 … all); distinct copies: the "
+                       f"{distinct.shape[0]} of them SumOfParts runs (an input's groups holding the same patches "
+                       "run once); SumOfParts: GroupGen, the masked copies, the chunked backbone and GroupSelect, "
+                       "default chunks unless max_batch is given")
     return table
 
 
@@ -108,8 +120,8 @@ def resnet_table(batch: int = 8, size: int = 64, groups: int = 8, device: Option
 def throughput_table(arch: str = "resnet50", batch: int = 16, size: int = 224, groups: int = 32,
                      device: Optional[str] = None, repeat: int = 3) -> Table:
     """The issue's GPU row: a SumOfParts around the zoo's ``arch`` features (``fc`` the identity, random
-    weights), ``size``² RGB inputs in 16×16-pixel patches (8×8 where there are fewer than ``groups`` of
-    those), ``groups`` groups of 20 % of the patches, in images per second: SOP's forward and ``explain`` against the backbone's own forward on the
+    weights), ``size``² RGB inputs in 16×16-pixel patches (8×8 where ``size`` is not a multiple of 16 or
+    there are fewer than ``groups`` of those), ``groups`` groups of 20 % of the patches, in images per second: SOP's forward and ``explain`` against the backbone's own forward on the
     ``batch`` images (its throughput) and on the ``batch·groups`` masked copies (the floor; SOP's ideal
     is the backbone's throughput divided by ``groups``)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -31,7 +31,7 @@ from ..ops import sparsemax
 
 __all__ = ["SOPExplanation", "SumOfParts", "train_sop"]
 
-#: the fewest masked copies per backbone call by default. A small CNN's activations are a hundred
+#: the fewest masked copies per backbone call by default on CPU. A small CNN's activations are a hundred
 #: times its input, so the engine's budget keeps its chunks cache-sized (chunks of 1024 digits run
 #: 1.5× slower than 256–512 here); a deep backbone's budget would leave a handful of copies per
 #: call, where per-call costs and thin matrix products dominate (ResNet-18 at 64²: 4 or 8 copies per
@@ -98,6 +98,10 @@ class SumOfParts(nn.Module):
         n_heads, attn_dim: GroupGen's attention heads and their width.
         max_batch, memory_budget: backbone inputs per chunk (or bytes); default from free memory.
             Results do not depend on them.
+        unique_copies: without gradients and with the backbone in eval mode, run the backbone once on
+            groups of one input that hold the same patches (their copies are the same input), and give
+            each the same features; off, every one of the ``B·G`` copies runs (a backbone whose eval
+            forward draws random numbers sees one draw per distinct copy when on).
         generator: seed (int or ``torch.Generator``) of GroupGen's, GroupSelect's (and a default
             head's) initial weights.
 
@@ -114,10 +118,14 @@ class SumOfParts(nn.Module):
         >>> e = sop.explain(x)  # e.masks [B, 8, 8, 8] bool, e.scores [B, 8]
     """
 
+    _input_factor = 24.0  # the backbone's activations per input byte (measured at construction)
+    unique_copies = True
+
     def __init__(self, backbone: nn.Module, num_classes: int, *, input_shape: Sequence[int], patch_size: int,
                  n_groups: int, k: float = 0.2, head: Optional[nn.Linear] = None,
                  embedding: Optional[nn.Module] = None, n_heads: int = 1, attn_dim: int = 64,
-                 max_batch: Optional[int] = None, memory_budget: Optional[int] = None, generator=None):
+                 max_batch: Optional[int] = None, memory_budget: Optional[int] = None, unique_copies: bool = True,
+                 generator=None):
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be an nn.Module mapping inputs to features [B, h], "
@@ -136,6 +144,7 @@ class SumOfParts(nn.Module):
         if memory_budget is not None:
             check_number(memory_budget, "memory_budget", minimum=1)
         self.memory_budget = memory_budget
+        self.unique_copies = check_flag(unique_copies, "unique_copies")
         self.input_shape = self._check_shape(input_shape)
         self.backbone = backbone
         self.embedding = embedding
@@ -227,10 +236,14 @@ class SumOfParts(nn.Module):
             with model_guard(self.backbone, quiet=True), model_errors(probe):
                 with torch.no_grad():
                     out = self._backbone(probe)
-                self._input_factor = measured_input_factor(self.backbone, probe)
         except ModelCallError as e:
             raise ValueError(f"backbone could not run inputs of shape {tuple(probe.shape)} (input_shape "
                              f"{self.input_shape}): {e.__cause__ or e}") from e
+        try:  # a backbone that runs only without autograd keeps the engine's default factor
+            with model_guard(self.backbone, quiet=True):
+                self._input_factor = measured_input_factor(self.backbone, probe)
+        except Exception:
+            self._input_factor = SumOfParts._input_factor
         return out.shape[1]
 
     def _backbone(self, x: torch.Tensor) -> torch.Tensor:
@@ -312,16 +325,25 @@ class SumOfParts(nn.Module):
         copies = x.unsqueeze(0) * m
         return copies.reshape((-1,) + tuple(x.shape[1:]))
 
-    def _features(self, x: torch.Tensor, m: torch.Tensor, max_batch, memory_budget) -> torch.Tensor:
+    def _features(self, x: torch.Tensor, m: torch.Tensor, max_batch, memory_budget,
+                  hard: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``z [B, G, h]``: the backbone on the ``B·G`` copies ``S_i ⊙ x``, in chunks of the engine's
         chunk iterator (step-major, a block of groups for a block of examples; results independent of
         the chunk size). The default chunk holds the backbone's activations measured at construction
-        (:func:`~fastattr.core.measured_input_factor`) within the engine's budget, and at least
-        :data:`MIN_DEFAULT_CHUNK` copies."""
+        (:func:`~fastattr.core.measured_input_factor`) within the engine's budget, and on CPU at least
+        :data:`MIN_DEFAULT_CHUNK` copies (a GPU's budget is free memory, never overridden). Given the patch masks ``hard``, without gradients and with
+        the backbone in eval mode, groups of one input holding the same patches run once
+        (``unique_copies``)."""
         b, g = m.shape[:2]
         chunk = chunk_size(x, b * g, max_batch, memory_budget, per_input_factor=self._input_factor)
-        if max_batch is None and memory_budget is None:
+        if max_batch is None and memory_budget is None and x.device.type == "cpu":
             chunk = min(b * g, max(chunk, MIN_DEFAULT_CHUNK))
+        if hard is not None and self.unique_copies and not torch.is_grad_enabled() \
+                and not any(module.training for module in self.backbone.modules()):
+            first = (hard.unsqueeze(2) == hard.unsqueeze(1)).all(-1).to(torch.uint8).argmax(-1)  # [B, G]
+            keep = (first == torch.arange(g, device=first.device)).view(-1)
+            if not bool(keep.all()):
+                return self._distinct_features(x, m, keep, first, chunk)
         grid = ChunkGrid(b, g, chunk)
         runner = ChunkRunner(self._backbone, grid.rows)
         z = None
@@ -332,6 +354,18 @@ class SumOfParts(nn.Module):
                 z = out.new_empty(b, g, out.shape[1])
             z[e0:e1, k0:k1] = out.view(k1 - k0, e1 - e0, -1).transpose(0, 1)
         return z
+
+    def _distinct_features(self, x: torch.Tensor, m: torch.Tensor, keep: torch.Tensor, first: torch.Tensor,
+                           chunk: int) -> torch.Tensor:
+        """``z [B, G, h]`` from the backbone on the distinct copies only: ``keep [B·G]`` marks each input's
+        first group of a patch set, ``first [B, G]`` the first group with the same patches as each."""
+        b, g = first.shape
+        distinct = keep.nonzero().squeeze(1)                       # example-major (b·G + group)
+        flat = m.reshape((b * g,) + tuple(m.shape[2:]))
+        runner = ChunkRunner(self._backbone, chunk)
+        outs = [runner(self._masked_copy(x[rows // g], flat[rows].unsqueeze(0))) for rows in distinct.split(chunk)]
+        source = (first + torch.arange(b, device=first.device).unsqueeze(1) * g).view(-1)
+        return torch.cat(outs)[keep.cumsum(0).sub_(1)[source]].view(b, g, -1)
 
     def _select(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """GroupSelect: ``(c [B, C, G], y [B, G, C])``."""
@@ -346,7 +380,7 @@ class SumOfParts(nn.Module):
         x = self.embedding(inputs) if self.kind == "ids" else inputs
         mask, hard = self._groups(self._patches(x))
         z = self._features(x, self._unit_masks(mask), self.max_batch if max_batch is None else max_batch,
-                           self.memory_budget if memory_budget is None else memory_budget)
+                           self.memory_budget if memory_budget is None else memory_budget, hard)
         c, y = self._select(z)
         logits = torch.einsum("bcg,bgc->bc", c, y)
         return {"hard": hard, "c": c, "y": y, "logits": logits}

@@ -21,8 +21,8 @@ def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *ot
     ``half_native`` (the Triton kernels load them and compute in float32 in registers, which moves
     half the bytes and skips two casting passes)."""
     compute = x.dtype if half_native else compute_dtype(x.dtype)
-    if dim == x.dim() - 1 and compute == x.dtype and all(t.is_contiguous() for t in (x, *others)):
-        n = x.shape[-1]  # already [rows, n] in memory: views in, the kernel's tensor out
+    if dim == x.dim() - 1 and all(t.dtype == compute and t.is_contiguous() for t in (x, *others)):
+        n = x.shape[-1]  # already [rows, n] of the compute dtype in memory: views in, the kernel's tensor out
         return kernel(*(t.view(-1, n) for t in (x, *others))).view(x.shape)
     moved = [t.movedim(dim, -1) for t in (x, *others)]
     shape = moved[0].shape
@@ -122,10 +122,11 @@ eager_without_compiler(_sparsemax_backward_op)
 def _direct(x: torch.Tensor) -> bool:
     """True when an eager call may run the C++ kernel itself instead of going through the custom op's
     dispatch (about 10 µs a call, which on SOP's small attention matrices is several times the kernel): a
-    plain CPU tensor that needs no gradient, outside ``torch.compile``, torch function and dispatch modes,
-    and functorch transforms, all of which must see the op."""
+    plain CPU tensor that needs no gradient, outside ``torch.compile``, ``torch.jit.trace``, forward-mode AD,
+    torch function and dispatch modes, and functorch transforms, all of which must see the op."""
     return (type(x) is torch.Tensor and x.device.type == "cpu" and x.numel() > 0
             and not (x.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling()
+            and torch._C._get_tracing_state() is None and torch.autograd.forward_ad._current_level < 0
             and not torch._C._is_torch_function_mode_enabled() and torch._C._len_torch_dispatch_stack() == 0
             and not torch._C._functorch.is_functorch_wrapped_tensor(x))
 
