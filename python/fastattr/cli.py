@@ -163,7 +163,7 @@ def _stream(args: argparse.Namespace) -> int:
 def _names() -> tuple[str, str]:
     """The method and metric names ``fastattr report`` knows, for ``--help``."""
     from .report import CONTROL
-    from .report.loading import known_names
+    from .report.running import known_names
 
     methods, metrics = known_names()
     return ", ".join([*methods, CONTROL]), ", ".join(metrics)

@@ -19,17 +19,6 @@ class ReportError(Exception):
     """A problem with what the user asked for (model path, data, names, output folder)."""
 
 
-def known_names() -> tuple[list[str], list[str]]:
-    """The attribution methods (the report's ``"random"`` control map aside) and the metrics a report can
-    run, in the order the report runs them: for ``--help`` and error messages."""
-    from ..attribution import LAYER_METHODS, METHODS
-    from ..cd import CD_METHODS
-    from ..metrics import EVALUATE_METRICS
-    from .running import AGG, GROUPED_METRICS, IBA, SEA_NN, SOP
-
-    return [*METHODS, *LAYER_METHODS, *CD_METHODS, AGG, SEA_NN, IBA, SOP], [*EVALUATE_METRICS, *GROUPED_METRICS]
-
-
 def _first_line(e: BaseException) -> str:
     """The first non-empty line of an exception's message (its type name when it has none)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]

@@ -67,6 +67,12 @@ _IMAGE_KEYS = ("patch_size", "occlusion_window", "surrogate_block", "sea_nn_grid
 _OPTIONAL_KEYS = ("patch_size", "perturbations", "sea_nn_grid")  # None: the method's own default
 
 
+def known_names() -> tuple[list[str], list[str]]:
+    """The attribution methods (the report's ``"random"`` control map aside) and the metrics a report can
+    run, in the order the report runs them: for ``--help`` and error messages."""
+    return [*METHODS, *LAYER_METHODS, *CD_METHODS, AGG, SEA_NN, IBA, SOP], [*EVALUATE_METRICS, *GROUPED_METRICS]
+
+
 def _grid(side: int, shape: Sequence[int]) -> int:
     """Square patches of ``side`` pixels over a map of ``shape`` (the last ones cut at the edge)."""
     return math.prod(-(-n // side) for n in shape)
