@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fastattr
-from fastattr.models import SOPExplanation, SumOfParts, train_sop
+from fastattr.models import SOPExplanation, SumOfParts, first_equal_group, train_sop
 
 pytest.importorskip("sklearn")
 
@@ -229,6 +229,11 @@ def test_groups_holding_the_same_patches_run_once_without_gradients():
     flat = e.masks.reshape(64, zoo.n_groups, -1)
     distinct = sum(len({tuple(r.tolist()) for r in flat[b]}) for b in range(64))
     assert distinct < 64 * zoo.n_groups and sum(_call_sizes(zoo, x)) == distinct
+    first = first_equal_group(e.masks)
+    assert first.tolist() == [[next(j for j in range(zoo.n_groups) if torch.equal(flat[b, j], flat[b, i]))
+                               for i in range(zoo.n_groups)] for b in range(64)]
+    toy = torch.tensor([[[1, 0], [0, 1], [1, 0], [1, 1]], [[1, 1], [1, 1], [0, 0], [0, 0]]], dtype=torch.bool)
+    assert first_equal_group(toy).tolist() == [[0, 1, 0, 3], [0, 0, 2, 2]]
     zoo.unique_copies = False
     every = zoo.explain(x, "all")
     for a, b in zip(e[:4], every[:4]):

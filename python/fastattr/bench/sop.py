@@ -12,7 +12,7 @@ from torch import nn
 
 from ..attribution import integrated_gradients, occlusion, rise, saliency, smoothgrad
 from ..metrics import deletion, grouped_deletion, grouped_insertion, insertion
-from ..models import SumOfParts
+from ..models import SumOfParts, first_equal_group
 from ..zoo import load_digits, load_digits_cnn, load_digits_sop
 from ..zoo.resnet import resnet18, resnet50
 from . import Table, machine_info, time_interleaved
@@ -47,8 +47,7 @@ def _forward_table(sop, x: torch.Tensor, title: str, backbone_name: str, device:
     groups = e.masks.shape[1]
     masks = e.masks.unsqueeze(2) if x.dim() == 4 else e.masks
     copies = (x.unsqueeze(1) * masks).reshape(-1, *x.shape[1:])  # the B·G masked inputs
-    flat = e.masks.reshape(x.shape[0], groups, -1)
-    first = (flat.unsqueeze(2) == flat.unsqueeze(1)).all(-1).to(torch.uint8).argmax(-1)
+    first = first_equal_group(e.masks)
     distinct = copies[(first == torch.arange(groups, device=first.device)).view(-1)]  # what SOP runs
     chunk = _best_chunk(sop.backbone, copies, device)
 

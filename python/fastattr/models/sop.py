@@ -29,7 +29,7 @@ from ..core import (ChunkGrid, ChunkRunner, ModelCallError, check_count, check_f
                     model_errors, model_guard, resolve_target, run_model)
 from ..ops import sparsemax
 
-__all__ = ["SOPExplanation", "SumOfParts", "train_sop"]
+__all__ = ["SOPExplanation", "SumOfParts", "first_equal_group", "train_sop"]
 
 #: the fewest masked copies per backbone call by default on CPU. A small CNN's activations are a hundred
 #: times its input, so the engine's budget keeps its chunks cache-sized (chunks of 1024 digits run
@@ -60,6 +60,14 @@ class SOPExplanation(NamedTuple):
         if self.scores.dim() == 3:
             return torch.einsum("bgc,bg...->bc...", self.scores, masks)
         return torch.einsum("bg,bg...->b...", self.scores, masks)
+
+
+def first_equal_group(masks: torch.Tensor) -> torch.Tensor:
+    """For bool group masks ``[B, G, ...]``, the index of the first group of the same input with the same
+    mask, ``[B, G]`` (a group's own index when no group before it holds the same features): the groups
+    whose copies ``S_i ⊙ x`` are one input for the backbone."""
+    flat = masks.reshape(masks.shape[0], masks.shape[1], -1)
+    return (flat.unsqueeze(2) == flat.unsqueeze(1)).all(-1).to(torch.uint8).argmax(-1)
 
 
 def _uniform(shape: Sequence[int], fan_in: int, generator: torch.Generator, dtype, device) -> nn.Parameter:
@@ -233,9 +241,8 @@ class SumOfParts(nn.Module):
         else:
             probe = torch.linspace(0.0, 1.0, math.prod(shape), dtype=dtype, device=device).reshape(shape)
         try:
-            with model_guard(self.backbone, quiet=True), model_errors(probe):
-                with torch.no_grad():
-                    out = self._backbone(probe)
+            with model_guard(self.backbone, quiet=True), torch.no_grad(), model_errors(probe):
+                out = self._backbone(probe)
         except ModelCallError as e:
             raise ValueError(f"backbone could not run inputs of shape {tuple(probe.shape)} (input_shape "
                              f"{self.input_shape}): {e.__cause__ or e}") from e
@@ -331,16 +338,16 @@ class SumOfParts(nn.Module):
         chunk iterator (step-major, a block of groups for a block of examples; results independent of
         the chunk size). The default chunk holds the backbone's activations measured at construction
         (:func:`~fastattr.core.measured_input_factor`) within the engine's budget, and on CPU at least
-        :data:`MIN_DEFAULT_CHUNK` copies (a GPU's budget is free memory, never overridden). Given the patch masks ``hard``, without gradients and with
-        the backbone in eval mode, groups of one input holding the same patches run once
-        (``unique_copies``)."""
+        :data:`MIN_DEFAULT_CHUNK` copies (a GPU's budget is free memory, never overridden). Given the
+        patch masks ``hard``, without gradients and with the backbone in eval mode, groups of one input
+        holding the same patches run once (``unique_copies``, :func:`first_equal_group`)."""
         b, g = m.shape[:2]
         chunk = chunk_size(x, b * g, max_batch, memory_budget, per_input_factor=self._input_factor)
         if max_batch is None and memory_budget is None and x.device.type == "cpu":
             chunk = min(b * g, max(chunk, MIN_DEFAULT_CHUNK))
         if hard is not None and self.unique_copies and not torch.is_grad_enabled() \
                 and not any(module.training for module in self.backbone.modules()):
-            first = (hard.unsqueeze(2) == hard.unsqueeze(1)).all(-1).to(torch.uint8).argmax(-1)  # [B, G]
+            first = first_equal_group(hard)
             keep = (first == torch.arange(g, device=first.device)).view(-1)
             if not bool(keep.all()):
                 return self._distinct_features(x, m, keep, first, chunk)
