@@ -282,6 +282,7 @@ NO_MODEL = {
     "Aggregation": "a result", "IBAStatistics": "a result", "SOPExplanation": "a result", "quantus.normalise_by_max": "normalises attributions", "quantus.QuantusAssertionError": "an exception",
     "captum.CaptumAssertionError": "an exception", "DatasetEvaluation": "a result",
     "read_rows": "reads a JSON-lines file of evaluate_dataset rows",
+    "first_equal_group": "compares group masks, no model call",
 }
 
 PUBLIC = [(fastattr, ""), (A, ""), (M, ""), (C, ""), (Mo, ""), (fc, "captum."), (fq, "quantus."), (facd, "acd."),
