@@ -40,9 +40,10 @@ def _best_chunk(fn, inputs: torch.Tensor, device: torch.device) -> int:
 
 
 def _forward_table(sop, x: torch.Tensor, title: str, backbone_name: str, device: torch.device, repeat: int,
-                   params: dict) -> Table:
+                   params: dict, throughput: bool = False) -> Table:
     """Floor, the backbone on the distinct copies SOP runs, ``SumOfParts.forward`` (default and floor-sized
-    chunks) and ``explain`` of ``sop`` on ``x``."""
+    chunks) and ``explain`` of ``sop`` on ``x``; with ``throughput``, also the backbone on the ``B`` inputs
+    themselves and an images-per-second column."""
     e = sop.explain(x)
     groups = e.masks.shape[1]
     masks = e.masks.unsqueeze(2) if x.dim() == 4 else e.masks
@@ -72,15 +73,19 @@ def _forward_table(sop, x: torch.Tensor, title: str, backbone_name: str, device:
              "SumOfParts.forward": forward,
              f"SumOfParts.forward, max_batch={chunk}": lambda: forward(chunk),
              "SumOfParts.explain": lambda: sop.explain(x)}
+    if throughput:
+        impls["backbone on the B inputs"] = backbone(x)
     times, vs_floor = time_interleaved(impls, device, repeat=repeat)
     table = Table(name=f"{title}, batch {x.shape[0]}, G = {groups} groups, {device.type}",
-                  columns=["implementation", "ms", "time / floor", "time / distinct copies"],
+                  columns=["implementation", "ms", "time / floor", "time / distinct copies"]
+                  + (["images / s"] if throughput else []),
                   machine=machine_info(device),
                   params={"batch": x.shape[0], "groups": groups, "backbone_inputs": copies.shape[0],
                           "distinct_inputs": distinct.shape[0], "floor_chunk": chunk, "repeat": repeat,
                           "device": str(device), **params})
     for name, t in times.items():
-        table.add(name, t * 1e3, vs_floor[name], t / times["model-only, the distinct copies"])
+        table.add(name, t * 1e3, vs_floor[name], t / times["model-only, the distinct copies"],
+                  *([x.shape[0] / t] if throughput else []))
     table.notes.append(f"{repeat} round-robin rounds; times are medians, ratios to the floor medians of per-round "
                        f"ratios, ratios to the distinct copies ratios of medians; torch threads = "
                        f"{torch.get_num_threads()}")
@@ -101,64 +106,30 @@ def run(batch: int = 32, device: Optional[str] = None, repeat: int = 3) -> Table
 
 
 def resnet_table(batch: int = 8, size: int = 64, groups: int = 8, device: Optional[str] = None,
-                 repeat: int = 3) -> Table:
-    """A SumOfParts around the zoo's ResNet-18 features (its ``fc`` replaced by the identity, random
-    weights: the timing does not depend on them), ``size``² RGB inputs in 8×8-pixel patches, ``groups``
-    groups of 20 % of the patches: a backbone whose forward dominates, where the digits CNN's does not."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone = resnet18(num_classes=10)
-    backbone.fc = nn.Identity()
-    backbone.eval()
-    sop = SumOfParts(backbone.to(device), 10, input_shape=(3, size, size), patch_size=8, n_groups=groups, k=0.2,
-                     generator=0)
-    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    return _forward_table(sop, x, f"Sum-of-Parts forward, ResNet-18 features, 3×{size}×{size}",
-                          "ResNet-18 up to its pooled features", device, repeat, {"size": size})
-
-
-def throughput_table(arch: str = "resnet50", batch: int = 16, size: int = 224, groups: int = 32,
-                     device: Optional[str] = None, repeat: int = 3) -> Table:
-    """The issue's GPU row: a SumOfParts around the zoo's ``arch`` features (``fc`` the identity, random
-    weights), ``size``² RGB inputs in 16×16-pixel patches (8×8 where ``size`` is not a multiple of 16 or
-    there are fewer than ``groups`` of those), ``groups`` groups of 20 % of the patches, in images per second: SOP's forward and ``explain`` against the backbone's own forward on the
-    ``batch`` images (its throughput) and on the ``batch·groups`` masked copies (the floor; SOP's ideal
-    is the backbone's throughput divided by ``groups``)."""
+                 repeat: int = 3, arch: str = "resnet18", patch_size: int = 8, throughput: bool = False) -> Table:
+    """A SumOfParts around the zoo's ``arch`` features (its ``fc`` replaced by the identity, random
+    weights: the timing does not depend on them), ``size``² RGB inputs in ``patch_size``² patches,
+    ``groups`` groups of 20 % of the patches: a backbone whose forward dominates, where the digits CNN's
+    does not. ``throughput``: images per second, and the backbone's own forward on the ``batch`` inputs
+    (SOP's ideal is that throughput divided by ``groups``)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = {"resnet18": resnet18, "resnet50": resnet50}[arch](num_classes=10)
     backbone.fc = nn.Identity()
-    backbone.eval().to(device)
-    patch = 16 if size % 16 == 0 and (size // 16) ** 2 >= groups else 8
-    sop = SumOfParts(backbone, 10, input_shape=(3, size, size), patch_size=patch, n_groups=groups, k=0.2,
-                     generator=0)
+    backbone.eval()
+    sop = SumOfParts(backbone.to(device), 10, input_shape=(3, size, size), patch_size=patch_size, n_groups=groups,
+                     k=0.2, generator=0)
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    e = sop.explain(x)
-    copies = (x.unsqueeze(1) * e.masks.unsqueeze(2)).reshape(-1, *x.shape[1:])
-    chunk = _best_chunk(sop.backbone, copies, device)
+    label = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}[arch]
+    return _forward_table(sop, x, f"Sum-of-Parts {'throughput' if throughput else 'forward'}, {label} features, "
+                                  f"3×{size}×{size}", f"{label} up to its pooled features", device, repeat,
+                          {"size": size, "arch": arch, "patch_size": patch_size}, throughput=throughput)
 
-    def run(fn):
-        def call():
-            with torch.no_grad():
-                fn()
-        return call
 
-    impls = {"model-only floor (B·G masked copies)": run(lambda: [sop.backbone(copies[i:i + chunk])
-                                                                   for i in range(0, copies.shape[0], chunk)]),
-             "SumOfParts.forward": run(lambda: sop(x)),
-             "SumOfParts.explain": lambda: sop.explain(x),
-             "backbone on the B images": run(lambda: sop.backbone(x))}
-    times, vs_floor = time_interleaved(impls, device, repeat=repeat)
-    table = Table(name=f"Sum-of-Parts throughput, {arch} features, 3×{size}×{size}, batch {batch}, G = {groups} "
-                       f"groups, {device.type}",
-                  columns=["implementation", "ms", "images / s", "time / floor"], machine=machine_info(device),
-                  params={"arch": arch, "batch": batch, "size": size, "groups": groups, "patch_size": patch,
-                          "backbone_inputs": copies.shape[0], "floor_chunk": chunk, "repeat": repeat,
-                          "device": str(device)})
-    for name, t in times.items():
-        table.add(name, t * 1e3, batch / t, vs_floor[name])
-    table.notes.append(f"{repeat} round-robin rounds, medians; images / s counts the {batch} inputs (the floor "
-                       f"runs {copies.shape[0]} masked copies for them, in chunks of {chunk}); SOP's ideal "
-                       f"throughput is the backbone's divided by G = {groups}")
-    return table
+def throughput_table(device: Optional[str] = None, repeat: int = 3, **kw) -> Table:
+    """The issue's GPU row: a ResNet-50 SOP at 224² in 16×16-pixel patches with 32 groups, B = 16, in images
+    per second (:func:`resnet_table` with ``throughput``; ``kw`` overrides its arguments)."""
+    kw = {"arch": "resnet50", "batch": 16, "size": 224, "groups": 32, "patch_size": 16, **kw}
+    return resnet_table(device=device, repeat=repeat, throughput=True, **kw)
 
 
 #: the digits SOP's forward is timed at these batches of held-out digits (the last is the whole test split;
