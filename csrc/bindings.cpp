@@ -41,6 +41,9 @@ void greedy_gains(std::uintptr_t z1, std::uintptr_t columns, std::uintptr_t laye
                   std::uintptr_t out,
                   int64_t batch, int64_t n, int64_t n_candidates, int64_t kind, const std::string& dtype,
                   int n_threads);
+int64_t group_masks(std::uintptr_t logits, std::uintptr_t masks, std::uintptr_t rows, std::uintptr_t first,
+                    int64_t batch, int64_t R, int64_t n, int64_t G, int64_t K, const std::string& dtype,
+                    int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -100,6 +103,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "Exact active-set solve of min w'Gw + c'w over the simplex per [k, k] block of G (c = 0 address: "
         "no c); returns the number of examples that hit the iteration cap.");
+  m.def("group_masks", &fastattr::group_masks, py::arg("logits"), py::arg("masks"), py::arg("rows"),
+        py::arg("first"), py::arg("batch"), py::arg("R"), py::arg("n"), py::arg("G"), py::arg("K"),
+        py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "SOP's group selection per example: the G rows of [R, n] logits of largest sparsemax peak (then max, "
+        "then index), each as the mask of its K largest entries, and the first equal group of each; returns "
+        "the number of rows holding NaN or +-inf.");
   m.def("greedy_gains", &fastattr::greedy_gains, py::arg("z1"), py::arg("columns"), py::arg("layers"),
         py::arg("dims"), py::arg("n_layers"), py::arg("selected"), py::arg("candidates"), py::arg("bounds"),
         py::arg("out"),

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common.h"
+#include "sparsemax.h"
 
 namespace fastattr {
 namespace {
@@ -143,6 +144,22 @@ FASTATTR_MULTIVERSION void forward_row_small(const T* z, T* p, int64_t n) {
   const int64_t k = append_candidates(z, 0, n, m, candidate_bound(m), cand, 0);
   write_row(z, p, n, m, michelot_tau(cand, k));
 }
+
+}  // namespace
+
+template <typename T>
+double sparsemax_threshold(const T* z, int64_t n, T& m, std::vector<double>& cand) {
+  m = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
+  cand.resize(static_cast<size_t>(n));
+  const int64_t k = append_candidates(z, 0, n, m, candidate_bound(m), cand.data(), 0);
+  return michelot_tau(cand.data(), k);
+}
+
+template double sparsemax_threshold<float>(const float*, int64_t, float&, std::vector<double>&);
+template double sparsemax_threshold<double>(const double*, int64_t, double&, std::vector<double>&);
+
+namespace {
 
 template <typename T>
 FASTATTR_MULTIVERSION void backward_row(const T* p, const T* g, T* dz, int64_t n) {

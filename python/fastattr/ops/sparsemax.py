@@ -11,7 +11,7 @@ import torch
 
 from .. import reference
 from ..numerics import compute_dtype
-from ._utils import check_backend, check_tensor, eager_without_compiler, resolve, run_cpp, triton_kernels
+from ._utils import check_backend, check_tensor, eager_cpu, eager_without_compiler, resolve, run_cpp, triton_kernels
 
 
 def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *others: torch.Tensor,
@@ -119,18 +119,6 @@ eager_without_compiler(_sparsemax_op)
 eager_without_compiler(_sparsemax_backward_op)
 
 
-def _direct(x: torch.Tensor) -> bool:
-    """True when an eager call may run the C++ kernel itself instead of going through the custom op's
-    dispatch (7–10 µs a call, about half of what the kernel takes on SOP's small attention matrices): a
-    plain CPU tensor that needs no gradient, outside ``torch.compile``, ``torch.jit.trace``, forward-mode AD,
-    torch function and dispatch modes, and functorch transforms, all of which must see the op."""
-    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.numel() > 0
-            and not (x.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling()
-            and torch._C._get_tracing_state() is None and torch.autograd.forward_ad._current_level < 0
-            and not torch._C._is_torch_function_mode_enabled() and torch._C._len_torch_dispatch_stack() == 0
-            and not torch._C._functorch.is_functorch_wrapped_tensor(x))
-
-
 def sparsemax(x: torch.Tensor, dim: int = -1, *, backend: Optional[str] = None) -> torch.Tensor:
     """Sparsemax along ``dim``: the Euclidean projection of ``x`` onto the probability simplex.
 
@@ -159,6 +147,6 @@ def sparsemax(x: torch.Tensor, dim: int = -1, *, backend: Optional[str] = None) 
         check_backend(backend)
     if x.dim() == 0:
         return _sparsemax_op(x.reshape(1), 0, backend).reshape(())
-    if _direct(x) and resolve(x, backend) == "cpp":
+    if eager_cpu(x) and resolve(x, backend) == "cpp":
         return _rowwise(x, dim % x.dim(), _cpp_forward)
     return _sparsemax_op(x, dim % x.dim(), backend)
