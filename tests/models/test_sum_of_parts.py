@@ -115,6 +115,62 @@ def test_flat_features_through_an_mlp_and_several_heads():
         SumOfParts(mlp, 10, input_shape=(64,), patch_size=8, n_groups=17, n_heads=2)
 
 
+def test_group_gen_and_group_select_are_the_papers_attention_and_scores():
+    """GroupGen's logits are ``(W_q e)(W_k e)ᵀ/√d`` per head and its groups the stable sorts of the peaks,
+    maxima and logits (:func:`fastattr.reference.group_masks`); GroupSelect's scores are
+    ``sparsemax((W_q' C)(W_k' z)ᵀ/√h)`` over the groups, written out with the layers themselves."""
+    from fastattr.reference import group_masks as reference_masks
+
+    x, _ = load_digits("test", 6)
+    mlp = nn.Sequential(nn.Linear(64, 16), nn.Tanh()).double().eval()
+    sop = SumOfParts(mlp, 10, input_shape=(64,), patch_size=8, n_groups=12, k=0.25, n_heads=2, generator=0)
+    x = x.double().reshape(6, 64)
+    with torch.no_grad():
+        e = sop.patch_proj(sop._patches(x)) + sop.position
+        q = sop.gen_query(e).view(6, 8, 2, sop.attn_dim).transpose(1, 2)
+        k = sop.gen_key(e).view(6, 8, 2, sop.attn_dim).transpose(1, 2)
+        logits = (q @ k.transpose(-1, -2) / sop.attn_dim ** 0.5).reshape(6, 16, 8)
+        mask, hard, first = sop._groups(sop._patches(x))
+        expected = reference_masks(logits, 12, sop.kept)
+        assert torch.equal(hard, expected[0]) and torch.equal(first, expected[2])
+        assert torch.equal(mask, hard.double())
+        z = sop._features(x, mask, None, None)
+        scores = torch.einsum("ch,bgh->bcg", sop.sel_query(sop.head.weight), sop.sel_key(z)) / sop.hidden ** 0.5
+        c, y = sop._select(z, sop._select_query())
+    torch.testing.assert_close(c, fastattr.sparsemax(scores, dim=-1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y, sop.head(z), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", ["image", "ids", "sequence", "features"])
+def test_distinct_copies_are_the_masked_copies_of_their_groups(make):
+    """The copies of the distinct path (``x`` seen patch by patch times a group's patch mask) are the masked
+    copies ``S_i ⊙ x`` of the chunked path, bit for bit, for images, token ids, embedded tokens and flat
+    features, and the forward picks the same groups either way."""
+    if make == "image":
+        sop, (x, _) = image_sop().eval(), digits(6)
+    elif make == "ids":
+        sop, x = token_sop()
+    elif make == "sequence":
+        sop, x = sequence_sop()
+    else:
+        x, _ = load_digits("test", 6)
+        sop = SumOfParts(nn.Sequential(nn.Linear(64, 16), nn.Tanh()).double().eval(), 10, input_shape=(64,),
+                         patch_size=8, n_groups=12, k=0.25, n_heads=2, generator=0)
+        x = x.double().reshape(6, 64)
+    embedded = sop.embedding(x).detach() if make == "ids" else x
+    b, g = embedded.shape[0], sop.n_groups
+    gen = torch.Generator().manual_seed(0)
+    m = (torch.rand(b, g, sop.n_patches, generator=gen) < 0.4).double()
+    rows = torch.randperm(b * g, generator=gen)[: b * g // 2].sort().values
+    units = sop._unit_masks(m).reshape((b * g,) + tuple(sop._unit_masks(m).shape[2:]))
+    expected = sop._masked_copy(embedded[rows // g], units[rows].unsqueeze(0))
+    assert torch.equal(sop._patch_copies(embedded, m.reshape(b * g, -1), rows, g), expected)
+    once = sop.explain(x, "all")
+    sop.unique_copies = False
+    for a, c in zip(once[:4], sop.explain(x, "all")[:4]):
+        assert torch.equal(a, c)
+
+
 @pytest.mark.parametrize("make", ["image", "ids", "sequence"])
 def test_logits_are_the_sum_of_the_parts(make):
     """``y = Σ_i c_i y_i`` with ``y_i = C h(S_i ⊙ x)`` recomputed group by group, by hand."""

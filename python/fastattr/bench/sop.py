@@ -13,8 +13,10 @@ from torch import nn
 from ..attribution import integrated_gradients, occlusion, rise, saliency, smoothgrad
 from ..metrics import deletion, grouped_deletion, grouped_insertion, insertion
 from ..models import SumOfParts, first_equal_group
+from ..ops import group_masks
 from ..zoo import load_digits, load_digits_cnn, load_digits_sop
 from ..zoo.resnet import resnet18, resnet50
+from .. import available_backends
 from . import Table, machine_info, time_interleaved
 
 
@@ -132,6 +134,32 @@ def throughput_table(device: Optional[str] = None, repeat: int = 3, **kw) -> Tab
     return resnet_table(device=device, repeat=repeat, throughput=True, **kw)
 
 
+#: ``group_masks`` is timed on the shapes SOP gives it: ``(B, R, n, G, K)`` — the digits SOP (16 candidate rows
+#: over 16 patches, 8 groups of 8) at B = 32 and on the whole test split, and a ResNet-50 SOP at 224² in
+#: 16-pixel patches (196 rows over 196 patches, 32 groups of 20 %) at B = 16
+GROUP_MASKS_SHAPES = ((32, 16, 16, 8, 8), (450, 16, 16, 8, 8), (16, 196, 196, 32, 39))
+
+
+def group_masks_table(device: Optional[str] = None, repeat: int = 20) -> Table:
+    """The ``group_masks`` op on every backend against its reference, the stable torch sorts, gathers and
+    scatter SOP's GroupGen ran before the op (exlib ranks its groups with torch ops likewise), on
+    :data:`GROUP_MASKS_SHAPES`; logits ``3·N(0, 1)``."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backends = available_backends(device)
+    table = Table(name=f"group_masks (SOP GroupGen's selection), {device.type}",
+                  columns=["B, R, n, G, K", "backend", "ms", "speed-up vs reference"], machine=machine_info(device),
+                  params={"shapes": [list(s) for s in GROUP_MASKS_SHAPES], "repeat": repeat, "device": str(device)})
+    for b, r, n, g, k in GROUP_MASKS_SHAPES:
+        z = 3 * torch.randn(b, r, n, generator=torch.Generator().manual_seed(0)).to(device)
+        impls = {name: (lambda name=name: group_masks(z, g, k, backend=name)) for name in backends}
+        times, ratios = time_interleaved(impls, device, repeat=repeat)
+        for name in backends:
+            table.add(f"{b}, {r}, {n}, {g}, {k}", name, times[name] * 1e3, 1.0 / ratios[name])
+    table.notes.append(f"{repeat} round-robin rounds; times are medians, speed-ups medians of per-round ratios; "
+                       f"torch threads = {torch.get_num_threads()}")
+    return table
+
+
 #: the digits SOP's forward is timed at these batches of held-out digits (the last is the whole test split;
 #: ``B·G`` = 256, 1024 and 3600 backbone inputs): GroupGen and GroupSelect are a few dozen calls on small
 #: tensors, whose fixed cost weighs less as the batch grows
@@ -202,6 +230,7 @@ TABLES: dict[str, Callable[..., list[Table]]] = {
     + [resnet_table(device=device, repeat=repeat)],
     "throughput": lambda device, repeat: [throughput_table(device=device, repeat=repeat)],
     "reproduction": lambda device, repeat: [reproduction_table(device=device)],
+    "group_masks": lambda device, repeat: [group_masks_table(device=device)],
 }
 
 
@@ -210,7 +239,8 @@ def default_tables(device: Optional[str] = None, repeat: int = 3,
     """``forward``: the shipped digits SOP (8 groups of 2×2-pixel patches) at each batch of
     :data:`DIGITS_BATCHES`, and a ResNet-18 SOP on 8 inputs of 3×64×64 (:func:`resnet_table`);
     ``throughput``: the GPU row, a ResNet-50 SOP at 224² with 32 groups in images/s
-    (:func:`throughput_table`; on CUDA only unless named); ``reproduction``: the
+    (:func:`throughput_table`; on CUDA only unless named); ``group_masks``: the op SOP's GroupGen ranks its
+    groups with, on every backend (:func:`group_masks_table`); ``reproduction``: the
     paper's Table 1 on 100 held-out digits (:func:`reproduction_table`) — all of :data:`TABLES`, or those
     named in ``tables``."""
     out = []

@@ -27,7 +27,7 @@ from torch import nn
 from ..core import (ChunkGrid, ChunkRunner, ModelCallError, check_count, check_flag, check_inputs, check_number,
                     chunk_size, fraction_count, is_integer, make_generator, measured_input_factor, model_entry,
                     model_errors, model_guard, resolve_target, run_model)
-from ..ops import sparsemax
+from ..ops import first_equal_group, group_masks, sparsemax
 
 __all__ = ["SOPExplanation", "SumOfParts", "first_equal_group", "train_sop"]
 
@@ -60,14 +60,6 @@ class SOPExplanation(NamedTuple):
         if self.scores.dim() == 3:
             return torch.einsum("bgc,bg...->bc...", self.scores, masks)
         return torch.einsum("bg,bg...->b...", self.scores, masks)
-
-
-def first_equal_group(masks: torch.Tensor) -> torch.Tensor:
-    """For bool group masks ``[B, G, ...]``, the index of the first group of the same input with the same
-    mask, ``[B, G]`` (a group's own index when no group before it holds the same features): the groups
-    whose copies ``S_i ⊙ x`` are one input for the backbone."""
-    flat = masks.reshape(masks.shape[0], masks.shape[1], -1)
-    return (flat.unsqueeze(2) == flat.unsqueeze(1)).all(-1).to(torch.uint8).argmax(-1)
 
 
 def _uniform(shape: Sequence[int], fan_in: int, generator: torch.Generator, dtype, device) -> nn.Parameter:
@@ -290,29 +282,24 @@ class SumOfParts(nn.Module):
             return x.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * p * p)
         return x.reshape(b, self.grid[0], -1)
 
-    def _groups(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """GroupGen: ``(mask [B, G, P], hard [B, G, P] bool)`` over patches; ``mask`` is the 0/1 mask,
-        carrying the straight-through gradient of the attention weights when gradients are on. Rows
-        are ranked by their max attention, then their max logit; a row's patches by their logit (the
-        order of the attention weights, with the zeros of sparsemax ordered too); ties by index."""
+    def _groups(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """GroupGen: ``(mask [B, G, P], hard [B, G, P] bool, first [B, G])`` over patches; ``mask`` is the 0/1
+        mask, carrying the straight-through gradient of the attention weights when gradients are on.
+        Rows are ranked by their max attention, then their max logit; a row's patches by their logit (the
+        order of the attention weights, with the zeros of sparsemax ordered too); ties by index
+        (:func:`~fastattr.ops.group_masks`, which also gives each group the first with the same patches)."""
         b, n, d = patches.shape[0], self.n_patches, self.attn_dim
         e = self.patch_proj(patches) + self.position
-        q = self.gen_query(e).view(b, n, self.n_heads, d).transpose(1, 2)
-        kk = self.gen_key(e).view(b, n, self.n_heads, d).transpose(1, 2)
-        logits = (q @ kk.transpose(-1, -2) / math.sqrt(d)).reshape(b, self.n_heads * n, n)
-        attn = sparsemax(logits, dim=-1)
-        rows = torch.sort(logits.detach().amax(-1), dim=1, descending=True, stable=True).indices
-        peak = attn.detach().amax(-1).gather(1, rows)
-        rows = rows.gather(1, torch.sort(peak, dim=1, descending=True, stable=True).indices)[:, :self.n_groups]
-        rows = rows.unsqueeze(-1).expand(-1, -1, n)
-        top = torch.sort(logits.detach().gather(1, rows), dim=-1, descending=True, stable=True).indices
-        hard = torch.zeros_like(top, dtype=torch.bool).scatter_(-1, top[..., :self.kept], True)
+        h = self.n_heads  # (W_q e)(W_k e)ᵀ/√d = e (W_qᵀ W_k / √d) eᵀ per head: one product of e fewer
+        bilinear = self.gen_query.weight.view(h, d, d).transpose(1, 2) @ self.gen_key.weight.view(h, d, d)
+        logits = ((e.unsqueeze(1) @ (bilinear / math.sqrt(d))) @ e.unsqueeze(1).transpose(-1, -2)).reshape(b, h * n, n)
+        hard, rows, first = group_masks(logits, self.n_groups, self.kept)
         mask = hard.to(logits.dtype)
-        if attn.requires_grad:
-            soft = attn.gather(1, rows)
+        if logits.requires_grad:
+            soft = sparsemax(logits, dim=-1).gather(1, rows.unsqueeze(-1).expand(-1, -1, n))
             scaled = soft / soft.detach().amax(-1, keepdim=True)
             mask = mask + (scaled - scaled.detach())  # exactly 0/1 forward, attention gradient backward
-        return mask, hard
+        return mask, hard, first
 
     def _unit_masks(self, m: torch.Tensor) -> torch.Tensor:
         """Patch masks ``[B, G, P]`` as masks over the masked tensor's units: ``[B, G, H, W]`` pixels or
@@ -332,30 +319,45 @@ class SumOfParts(nn.Module):
         copies = x.unsqueeze(0) * m
         return copies.reshape((-1,) + tuple(x.shape[1:]))
 
+    def _patch_copies(self, x: torch.Tensor, m: torch.Tensor, rows: torch.Tensor, g: int) -> torch.Tensor:
+        """``S_i ⊙ x`` for the groups ``rows`` (flat indices ``b·G + i``) of patch masks ``m [B·G, P]``:
+        ``x`` seen patch by patch times each mask's patch values, one product (the values and bits of
+        :meth:`_masked_copy`)."""
+        b, p = x.shape[0], self.patch_size
+        if self.kind == "image":
+            gh, gw = self.grid
+            patched, shape = x.reshape(b, x.shape[1], gh, p, gw, p), (-1, 1, gh, 1, gw, 1)
+        elif self.kind == "features":
+            patched, shape = x.reshape(b, self.grid[0], p), (-1, self.grid[0], 1)
+        else:
+            patched, shape = x.reshape(b, self.grid[0], p, x.shape[2]), (-1, self.grid[0], 1, 1)
+        picked = patched.index_select(0, rows.div(g, rounding_mode="floor")) * m.index_select(0, rows).view(shape)
+        return picked.view((-1,) + tuple(x.shape[1:]))
+
     def _features(self, x: torch.Tensor, m: torch.Tensor, max_batch, memory_budget,
-                  hard: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``z [B, G, h]``: the backbone on the ``B·G`` copies ``S_i ⊙ x``, in chunks of the engine's
-        chunk iterator (step-major, a block of groups for a block of examples; results independent of
-        the chunk size). The default chunk holds the backbone's activations measured at construction
-        (:func:`~fastattr.core.measured_input_factor`) within the engine's budget, and on CPU at least
-        :data:`MIN_DEFAULT_CHUNK` copies (a GPU's budget is free memory, never overridden). Given the
-        patch masks ``hard``, without gradients and with the backbone in eval mode, groups of one input
-        holding the same patches run once (``unique_copies``, :func:`first_equal_group`)."""
+                  first: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``z [B, G, h]``: the backbone on the ``B·G`` copies ``S_i ⊙ x`` of patch masks ``m [B, G, P]``, in
+        chunks of the engine's chunk iterator (step-major, a block of groups for a block of examples; results
+        independent of the chunk size). The default chunk holds the backbone's activations measured at
+        construction (:func:`~fastattr.core.measured_input_factor`) within the engine's budget, and on CPU at
+        least :data:`MIN_DEFAULT_CHUNK` copies (a GPU's budget is free memory, never overridden). Given
+        ``first`` (:func:`first_equal_group` of the groups), without gradients and with the backbone in eval
+        mode, groups of one input holding the same patches run once (``unique_copies``)."""
         b, g = m.shape[:2]
         chunk = chunk_size(x, b * g, max_batch, memory_budget, per_input_factor=self._input_factor)
         if max_batch is None and memory_budget is None and x.device.type == "cpu":
             chunk = min(b * g, max(chunk, MIN_DEFAULT_CHUNK))
-        if hard is not None and self.unique_copies and not torch.is_grad_enabled() \
+        if first is not None and self.unique_copies and not torch.is_grad_enabled() \
                 and not any(module.training for module in self.backbone.modules()):
-            first = first_equal_group(hard)
             keep = (first == torch.arange(g, device=first.device)).view(-1)
             if not bool(keep.all()):
                 return self._distinct_features(x, m, keep, first, chunk)
+        units = self._unit_masks(m)
         grid = ChunkGrid(b, g, chunk)
         runner = ChunkRunner(self._backbone, grid.rows)
         z = None
         for e0, e1, k0, k1 in grid:
-            copies = self._masked_copy(x[e0:e1], m[e0:e1, k0:k1].transpose(0, 1))
+            copies = self._masked_copy(x[e0:e1], units[e0:e1, k0:k1].transpose(0, 1))
             out = runner(copies)
             if z is None:
                 z = out.new_empty(b, g, out.shape[1])
@@ -367,30 +369,33 @@ class SumOfParts(nn.Module):
         """``z [B, G, h]`` from the backbone on the distinct copies only: ``keep [B·G]`` marks each input's
         first group of a patch set, ``first [B, G]`` the first group with the same patches as each."""
         b, g = first.shape
-        distinct = keep.nonzero().squeeze(1)                       # example-major (b·G + group)
-        flat = m.reshape((b * g,) + tuple(m.shape[2:]))
+        slot = keep.cumsum(0).sub_(1).view(b, g).gather(1, first).view(-1)  # each group's distinct copy
+        distinct = keep.nonzero().squeeze(1)                                  # example-major (b·G + group)
+        flat = m.reshape(b * g, -1)
         runner = ChunkRunner(self._backbone, chunk)
-        outs = [runner(self._masked_copy(x[rows // g], flat[rows].unsqueeze(0))) for rows in distinct.split(chunk)]
-        source = (first + torch.arange(b, device=first.device).unsqueeze(1) * g).view(-1)
-        return torch.cat(outs)[keep.cumsum(0).sub_(1)[source]].view(b, g, -1)
+        outs = [runner(self._patch_copies(x, flat, rows, g)) for rows in distinct.split(chunk)]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)).index_select(0, slot).view(b, g, -1)
 
-    def _select(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """GroupSelect: ``(c [B, C, G], y [B, G, C])``."""
-        y = self.head(z)
-        query = self.sel_query(self.head.weight)                                # [C, h]
-        key = self.sel_key(z)                                                   # [B, G, h]
-        c = sparsemax(torch.einsum("ch,bgh->bcg", query, key) / math.sqrt(self.hidden), dim=-1)
-        return c, y
+    def _select_query(self) -> torch.Tensor:
+        """GroupSelect's class queries folded with its key projection, ``(W_q' C) W_k' / √h`` ``[C, h]``: the
+        scores ``(W_q' C)(W_k' z)ᵀ / √h`` are this times ``zᵀ``, one product with ``z`` fewer. Made before the
+        backbone runs (it depends on the parameters only)."""
+        return self.sel_query(self.head.weight) @ self.sel_key.weight / math.sqrt(self.hidden)
+
+    def _select(self, z: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """GroupSelect: ``(c [B, C, G], y [B, G, C])``: the partial logits ``y = C z`` and, per class, the
+        sparsemax over the groups of the scores ``query · z``."""
+        return sparsemax(torch.matmul(query, z.transpose(1, 2)), dim=-1), self.head(z)
 
     def _run(self, inputs: torch.Tensor, max_batch=None, memory_budget=None) -> dict:
         self._check_batch(inputs)
         x = self.embedding(inputs) if self.kind == "ids" else inputs
-        mask, hard = self._groups(self._patches(x))
-        z = self._features(x, self._unit_masks(mask), self.max_batch if max_batch is None else max_batch,
-                           self.memory_budget if memory_budget is None else memory_budget, hard)
-        c, y = self._select(z)
-        logits = torch.einsum("bcg,bgc->bc", c, y)
-        return {"hard": hard, "c": c, "y": y, "logits": logits}
+        mask, hard, first = self._groups(self._patches(x))
+        query = self._select_query()
+        z = self._features(x, mask, self.max_batch if max_batch is None else max_batch,
+                           self.memory_budget if memory_budget is None else memory_budget, first)
+        c, y = self._select(z, query)
+        return {"hard": hard, "c": c, "y": y, "logits": (c.transpose(1, 2) * y).sum(1)}
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits ``y = Σ_i c_i y_i`` ``[B, C]`` of ``inputs [B, *input_shape]``."""
