@@ -102,7 +102,6 @@ def group_masks(logits: torch.Tensor, n_groups: int, kept: int, *,
 
         >>> masks, rows, first = fastattr.ops.group_masks(torch.randn(2, 16, 16), n_groups=8, kept=4)
     """
-    check_tensor(logits, "logits", floating=True, dim=3)
     _check(logits, n_groups, kept)
     if backend is not None:
         check_backend(backend)
