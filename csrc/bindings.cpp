@@ -44,6 +44,9 @@ void greedy_gains(std::uintptr_t z1, std::uintptr_t columns, std::uintptr_t laye
 int64_t group_masks(std::uintptr_t logits, std::uintptr_t masks, std::uintptr_t rows, std::uintptr_t first,
                     int64_t batch, int64_t R, int64_t n, int64_t G, int64_t K, const std::string& dtype,
                     int n_threads);
+int64_t group_select(std::uintptr_t z, std::uintptr_t slot, std::uintptr_t weight, std::uintptr_t bias,
+                     std::uintptr_t query, std::uintptr_t p, std::uintptr_t y, std::uintptr_t logits, int64_t batch,
+                     int64_t N, int64_t G, int64_t C, int64_t h, const std::string& dtype, int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -109,6 +112,12 @@ PYBIND11_MODULE(_C, m) {
         "SOP's group selection per example: the G rows of [R, n] logits of largest sparsemax peak (then max, "
         "then index), each as the mask of its K largest entries, and the first equal group of each; returns "
         "the number of rows holding NaN or +-inf.");
+  m.def("group_select", &fastattr::group_select, py::arg("z"), py::arg("slot"), py::arg("weight"), py::arg("bias"),
+        py::arg("query"), py::arg("p"), py::arg("y"), py::arg("logits"), py::arg("batch"), py::arg("N"), py::arg("G"),
+        py::arg("C"), py::arg("h"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "SOP's GroupSelect per example: partial logits W z + b and scores Q z of the rows slot[b] of z, the "
+        "sparsemax of the scores over the groups per class, and the logits sum_g p y; returns the number of "
+        "slots outside [0, N).");
   m.def("greedy_gains", &fastattr::greedy_gains, py::arg("z1"), py::arg("columns"), py::arg("layers"),
         py::arg("dims"), py::arg("n_layers"), py::arg("selected"), py::arg("candidates"), py::arg("bounds"),
         py::arg("out"),
