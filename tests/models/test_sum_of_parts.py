@@ -134,11 +134,14 @@ def test_group_gen_and_group_select_are_the_papers_attention_and_scores():
         expected = reference_masks(logits, 12, sop.kept)
         assert torch.equal(hard, expected[0]) and torch.equal(first, expected[2])
         assert torch.equal(mask, hard.double())
-        z = sop._features(x, mask, None, None)
+        rows, slot = sop._features(x, mask, None, None)
+        z = rows[slot]                                                      # [B, G, h]
         scores = torch.einsum("ch,bgh->bcg", sop.sel_query(sop.head.weight), sop.sel_key(z)) / sop.hidden ** 0.5
-        c, y = sop._select(z, sop._select_query())
-    torch.testing.assert_close(c, fastattr.sparsemax(scores, dim=-1), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(y, sop.head(z), rtol=0, atol=0)
+        out = sop._run(x)
+    c = fastattr.sparsemax(scores, dim=-1)
+    torch.testing.assert_close(out["c"], c, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out["y"], sop.head(z), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out["logits"], torch.einsum("bcg,bgc->bc", c, sop.head(z)), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("make", ["image", "ids", "sequence", "features"])

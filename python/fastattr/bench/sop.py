@@ -4,7 +4,6 @@ What SOP adds over the floor is GroupGen (patch attention, sparsemax, the masks)
 and GroupSelect. ``--tables reproduction``: the paper's Table 1 on held-out digits."""
 from __future__ import annotations
 
-import time
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -20,25 +19,20 @@ from .. import available_backends
 from . import Table, machine_info, time_interleaved
 
 
-def _best_chunk(fn, inputs: torch.Tensor, device: torch.device) -> int:
-    """The batch size (of 64 … all) at which ``fn`` runs ``inputs`` fastest, timed once each after a warm-up."""
-    best, best_time = inputs.shape[0], float("inf")
-    with torch.no_grad():
-        fn(inputs[:64])
-        for chunk in sorted({64, 256, 1024, 4096, inputs.shape[0]}):
-            if chunk > inputs.shape[0]:
-                continue
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            for i in range(0, inputs.shape[0], chunk):
-                fn(inputs[i:i + chunk])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - start
-            if elapsed < best_time:
-                best, best_time = chunk, elapsed
-    return best
+def _best_chunk(fn, inputs: torch.Tensor, device: torch.device, repeat: int = 5) -> int:
+    """The batch size (of 64 … all) at which ``fn`` runs ``inputs`` fastest: each size run once to warm up (its
+    first call pays for fresh buffers), then timed in ``repeat`` round-robin rounds, by the median."""
+    sizes = sorted(c for c in {64, 256, 1024, 4096, inputs.shape[0]} if c <= inputs.shape[0])
+
+    def run(chunk):
+        def call():
+            with torch.no_grad():
+                for i in range(0, inputs.shape[0], chunk):
+                    fn(inputs[i:i + chunk])
+        return call
+
+    times, _ = time_interleaved({c: run(c) for c in sizes}, device, repeat=repeat)
+    return min(sizes, key=times.__getitem__)
 
 
 def _forward_table(sop, x: torch.Tensor, title: str, backbone_name: str, device: torch.device, repeat: int,
@@ -92,7 +86,8 @@ def _forward_table(sop, x: torch.Tensor, title: str, backbone_name: str, device:
                        f"ratios, ratios to the distinct copies ratios of medians; torch threads = "
                        f"{torch.get_num_threads()}")
     table.notes.append(f"floor: the backbone ({backbone_name}) alone on the {copies.shape[0]} masked inputs "
-                       f"(B·G) in chunks of {chunk} (the fastest of 64 … all); distinct copies: the "
+                       f"(B·G) in chunks of {chunk} (the fastest of 64 … all over 5 rounds after a warm-up); "
+                       f"distinct copies: the "
                        f"{distinct.shape[0]} of them SumOfParts runs (an input's groups holding the same patches "
                        "run once); SumOfParts: GroupGen, the masked copies, the chunked backbone and GroupSelect, "
                        "default chunks unless max_batch is given")

@@ -27,7 +27,7 @@ from torch import nn
 from ..core import (ChunkGrid, ChunkRunner, ModelCallError, check_count, check_flag, check_inputs, check_number,
                     chunk_size, fraction_count, is_integer, make_generator, measured_input_factor, model_entry,
                     model_errors, model_guard, resolve_target, run_model)
-from ..ops import first_equal_group, group_masks, sparsemax
+from ..ops import first_equal_group, group_masks, group_select, sparsemax
 
 __all__ = ["SOPExplanation", "SumOfParts", "first_equal_group", "train_sop"]
 
@@ -335,14 +335,16 @@ class SumOfParts(nn.Module):
         return picked.view((-1,) + tuple(x.shape[1:]))
 
     def _features(self, x: torch.Tensor, m: torch.Tensor, max_batch, memory_budget,
-                  first: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``z [B, G, h]``: the backbone on the ``B·G`` copies ``S_i ⊙ x`` of patch masks ``m [B, G, P]``, in
-        chunks of the engine's chunk iterator (step-major, a block of groups for a block of examples; results
-        independent of the chunk size). The default chunk holds the backbone's activations measured at
-        construction (:func:`~fastattr.core.measured_input_factor`) within the engine's budget, and on CPU at
-        least :data:`MIN_DEFAULT_CHUNK` copies (a GPU's budget is free memory, never overridden). Given
-        ``first`` (:func:`first_equal_group` of the groups), without gradients and with the backbone in eval
-        mode, groups of one input holding the same patches run once (``unique_copies``)."""
+                  first: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z [N, h], slot [B, G])``: the backbone's features of the copies ``S_i ⊙ x`` of patch masks
+        ``m [B, G, P]`` and the row of ``z`` each group reads, from chunks of the engine's chunk iterator
+        (step-major, a block of groups for a block of examples; results independent of the chunk size).
+        The default chunk holds the backbone's activations measured at construction
+        (:func:`~fastattr.core.measured_input_factor`) within the engine's budget, and on CPU at least
+        :data:`MIN_DEFAULT_CHUNK` copies (a GPU's budget is free memory, never overridden). Given ``first``
+        (:func:`first_equal_group` of the groups), without gradients and with the backbone in eval mode,
+        groups of one input holding the same patches run once (``unique_copies``); otherwise all ``B·G``
+        copies run (``N = B·G``, ``slot`` the identity)."""
         b, g = m.shape[:2]
         chunk = chunk_size(x, b * g, max_batch, memory_budget, per_input_factor=self._input_factor)
         if max_batch is None and memory_budget is None and x.device.type == "cpu":
@@ -362,19 +364,19 @@ class SumOfParts(nn.Module):
             if z is None:
                 z = out.new_empty(b, g, out.shape[1])
             z[e0:e1, k0:k1] = out.view(k1 - k0, e1 - e0, -1).transpose(0, 1)
-        return z
+        return z.view(b * g, -1), torch.arange(b * g, device=z.device).view(b, g)
 
     def _distinct_features(self, x: torch.Tensor, m: torch.Tensor, keep: torch.Tensor, first: torch.Tensor,
-                           chunk: int) -> torch.Tensor:
-        """``z [B, G, h]`` from the backbone on the distinct copies only: ``keep [B·G]`` marks each input's
-        first group of a patch set, ``first [B, G]`` the first group with the same patches as each."""
+                           chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z [N, h], slot [B, G])`` from the backbone on the ``N`` distinct copies only: ``keep [B·G]`` marks
+        each input's first group of a patch set, ``first [B, G]`` the first group with the same patches as each."""
         b, g = first.shape
-        slot = keep.cumsum(0).sub_(1).view(b, g).gather(1, first).view(-1)  # each group's distinct copy
-        distinct = keep.nonzero().squeeze(1)                                  # example-major (b·G + group)
+        slot = keep.cumsum(0).sub_(1).view(b, g).gather(1, first)   # each group's distinct copy
+        distinct = keep.nonzero().squeeze(1)                         # example-major (b·G + group)
         flat = m.reshape(b * g, -1)
         runner = ChunkRunner(self._backbone, chunk)
         outs = [runner(self._patch_copies(x, flat, rows, g)) for rows in distinct.split(chunk)]
-        return (outs[0] if len(outs) == 1 else torch.cat(outs)).index_select(0, slot).view(b, g, -1)
+        return outs[0] if len(outs) == 1 else torch.cat(outs), slot
 
     def _select_query(self) -> torch.Tensor:
         """GroupSelect's class queries folded with its key projection, ``(W_q' C) W_k' / √h`` ``[C, h]``: the
@@ -382,20 +384,15 @@ class SumOfParts(nn.Module):
         backbone runs (it depends on the parameters only)."""
         return self.sel_query(self.head.weight) @ self.sel_key.weight / math.sqrt(self.hidden)
 
-    def _select(self, z: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """GroupSelect: ``(c [B, C, G], y [B, G, C])``: the partial logits ``y = C z`` and, per class, the
-        sparsemax over the groups of the scores ``query · z``."""
-        return sparsemax(torch.matmul(query, z.transpose(1, 2)), dim=-1), self.head(z)
-
     def _run(self, inputs: torch.Tensor, max_batch=None, memory_budget=None) -> dict:
         self._check_batch(inputs)
         x = self.embedding(inputs) if self.kind == "ids" else inputs
         mask, hard, first = self._groups(self._patches(x))
         query = self._select_query()
-        z = self._features(x, mask, self.max_batch if max_batch is None else max_batch,
-                           self.memory_budget if memory_budget is None else memory_budget, first)
-        c, y = self._select(z, query)
-        return {"hard": hard, "c": c, "y": y, "logits": (c.transpose(1, 2) * y).sum(1)}
+        z, slot = self._features(x, mask, self.max_batch if max_batch is None else max_batch,
+                                 self.memory_budget if memory_budget is None else memory_budget, first)
+        c, y, logits = group_select(z, slot, self.head.weight, self.head.bias, query)   # GroupSelect
+        return {"hard": hard, "c": c, "y": y, "logits": logits}
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits ``y = Σ_i c_i y_i`` ``[B, C]`` of ``inputs [B, *input_shape]``."""
