@@ -294,7 +294,7 @@ def test_sop_bench_table_on_a_small_case():
         for name in sop.TABLES:
             sop.TABLES[name] = lambda device, repeat, name=name: ran.append(name) or []
         sop.default_tables(device="cpu")
-        assert ran == ["forward", "reproduction", "group_masks"]  # the GPU row only on CUDA unless named
+        assert ran == ["forward", "reproduction", "ops"]  # the GPU row only on CUDA unless named
         sop.default_tables(device="cpu", tables=["throughput"])
         assert ran[-1] == "throughput"
     finally:
@@ -302,15 +302,16 @@ def test_sop_bench_table_on_a_small_case():
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_group_masks_bench_table_times_every_backend(monkeypatch):
+def test_sop_ops_bench_table_times_every_backend(monkeypatch):
     from fastattr import available_backends
     from fastattr.bench import sop
 
-    monkeypatch.setattr(sop, "GROUP_MASKS_SHAPES", ((2, 5, 6, 3, 2), (1, 9, 9, 4, 3)))
-    table = sop.group_masks_table(device="cpu", repeat=1)
-    assert [(r[0], r[1]) for r in table.rows] == [(s, b) for s in ("2, 5, 6, 3, 2", "1, 9, 9, 4, 3")
+    monkeypatch.setattr(sop, "OP_SHAPES", {"group_masks": ((2, 5, 6, 3, 2),), "group_select": ((2, 3, 4, 5, 6),)})
+    table = sop.ops_table(device="cpu", repeat=1)
+    assert [tuple(r[:3]) for r in table.rows] == [(op, shape, b) for op, shape in
+                                                  (("group_masks", "2, 5, 6, 3, 2"), ("group_select", "2, 3, 4, 5, 6"))
                                                   for b in available_backends("cpu")]
-    assert all(r[2] > 0 and r[3] > 0 for r in table.rows) and table.rows[0][3] == 1.0
+    assert all(r[3] > 0 and r[4] > 0 for r in table.rows) and table.rows[0][4] == 1.0
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ from torch import nn
 from ..attribution import integrated_gradients, occlusion, rise, saliency, smoothgrad
 from ..metrics import deletion, grouped_deletion, grouped_insertion, insertion
 from ..models import SumOfParts, first_equal_group
-from ..ops import group_masks
+from ..ops import group_masks, group_select
 from ..zoo import load_digits, load_digits_cnn, load_digits_sop
 from ..zoo.resnet import resnet18, resnet50
 from .. import available_backends
@@ -129,29 +129,53 @@ def throughput_table(device: Optional[str] = None, repeat: int = 3, **kw) -> Tab
     return resnet_table(device=device, repeat=repeat, throughput=True, **kw)
 
 
-#: ``group_masks`` is timed on the shapes SOP gives it: ``(B, R, n, G, K)`` — the digits SOP (16 candidate rows
-#: over 16 patches, 8 groups of 8) at B = 32 and on the whole test split, and a ResNet-50 SOP at 224² in
-#: 16-pixel patches (196 rows over 196 patches, 32 groups of 20 %) at B = 16
-GROUP_MASKS_SHAPES = ((32, 16, 16, 8, 8), (450, 16, 16, 8, 8), (16, 196, 196, 32, 39))
+#: SOP's two ops are timed on the shapes SOP gives them: ``group_masks`` ``(B, R, n, G, K)`` and ``group_select``
+#: ``(B, G, N, C, h)`` — the digits SOP (16 candidate rows over 16 patches, 8 groups of 8, 10 classes, 64
+#: features, 6.7 distinct copies per input) at B = 32 and on the whole test split, and a ResNet-50 SOP at
+#: 224² in 16-pixel patches (196 rows over 196 patches, 32 groups of 20 %, 2048 features) at B = 16
+OP_SHAPES = {"group_masks": ((32, 16, 16, 8, 8), (450, 16, 16, 8, 8), (16, 196, 196, 32, 39)),
+             "group_select": ((32, 8, 218, 10, 64), (450, 8, 3005, 10, 64), (16, 32, 512, 10, 2048))}
 
 
-def group_masks_table(device: Optional[str] = None, repeat: int = 20) -> Table:
-    """The ``group_masks`` op on every backend against its reference, the stable torch sorts, gathers and
-    scatter SOP's GroupGen ran before the op (exlib ranks its groups with torch ops likewise), on
-    :data:`GROUP_MASKS_SHAPES`; logits ``3·N(0, 1)``."""
+def _op_inputs(op: str, shape: tuple, device: torch.device) -> tuple:
+    """Seeded inputs of ``op`` at ``shape``: logits ``3·N(0, 1)``; features, head and queries ``N(0, 1)``."""
+    gen = torch.Generator().manual_seed(0)
+    if op == "group_masks":
+        b, r, n, g, k = shape
+        return 3 * torch.randn(b, r, n, generator=gen).to(device), g, k
+    b, g, n, c, h = shape
+    z, w, bias, q = (torch.randn(*s, generator=gen).to(device) for s in ((n, h), (c, h), (c,), (c, h)))
+    return z, torch.randint(0, n, (b, g), generator=gen).to(device), w, bias, q
+
+
+def ops_table(device: Optional[str] = None, repeat: int = 20) -> Table:
+    """SOP's ops, ``group_masks`` (GroupGen's selection) and ``group_select`` (GroupSelect), on every backend
+    against their references, the torch calls SOP made before them (stable sorts, gathers and a scatter;
+    a gather, two products, sparsemax and a weighted sum — exlib ranks and scores its groups with torch ops
+    likewise), on :data:`OP_SHAPES`, without gradients."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backends = available_backends(device)
-    table = Table(name=f"group_masks (SOP GroupGen's selection), {device.type}",
-                  columns=["B, R, n, G, K", "backend", "ms", "speed-up vs reference"], machine=machine_info(device),
-                  params={"shapes": [list(s) for s in GROUP_MASKS_SHAPES], "repeat": repeat, "device": str(device)})
-    for b, r, n, g, k in GROUP_MASKS_SHAPES:
-        z = 3 * torch.randn(b, r, n, generator=torch.Generator().manual_seed(0)).to(device)
-        impls = {name: (lambda name=name: group_masks(z, g, k, backend=name)) for name in backends}
-        times, ratios = time_interleaved(impls, device, repeat=repeat)
-        for name in backends:
-            table.add(f"{b}, {r}, {n}, {g}, {k}", name, times[name] * 1e3, 1.0 / ratios[name])
+    table = Table(name=f"SOP's ops against their torch references, {device.type}",
+                  columns=["op", "shape", "backend", "ms", "speed-up vs reference"], machine=machine_info(device),
+                  params={"shapes": {op: [list(s) for s in shapes] for op, shapes in OP_SHAPES.items()},
+                          "repeat": repeat, "device": str(device)})
+    for op, shapes in OP_SHAPES.items():
+        fn = {"group_masks": group_masks, "group_select": group_select}[op]
+        for shape in shapes:
+            args = _op_inputs(op, shape, device)
+
+            def call(name, args=args, fn=fn):
+                def run():
+                    with torch.no_grad():
+                        fn(*args, backend=name)
+                return run
+
+            times, ratios = time_interleaved({name: call(name) for name in backends}, device, repeat=repeat)
+            for name in backends:
+                table.add(op, ", ".join(map(str, shape)), name, times[name] * 1e3, 1.0 / ratios[name])
     table.notes.append(f"{repeat} round-robin rounds; times are medians, speed-ups medians of per-round ratios; "
-                       f"torch threads = {torch.get_num_threads()}")
+                       f"torch threads = {torch.get_num_threads()}; shapes: group_masks (B, R, n, G, K), "
+                       "group_select (B, G, N, C, h)")
     return table
 
 
@@ -225,7 +249,7 @@ TABLES: dict[str, Callable[..., list[Table]]] = {
     + [resnet_table(device=device, repeat=repeat)],
     "throughput": lambda device, repeat: [throughput_table(device=device, repeat=repeat)],
     "reproduction": lambda device, repeat: [reproduction_table(device=device)],
-    "group_masks": lambda device, repeat: [group_masks_table(device=device)],
+    "ops": lambda device, repeat: [ops_table(device=device)],
 }
 
 
@@ -234,8 +258,8 @@ def default_tables(device: Optional[str] = None, repeat: int = 3,
     """``forward``: the shipped digits SOP (8 groups of 2×2-pixel patches) at each batch of
     :data:`DIGITS_BATCHES`, and a ResNet-18 SOP on 8 inputs of 3×64×64 (:func:`resnet_table`);
     ``throughput``: the GPU row, a ResNet-50 SOP at 224² with 32 groups in images/s
-    (:func:`throughput_table`; on CUDA only unless named); ``group_masks``: the op SOP's GroupGen ranks its
-    groups with, on every backend (:func:`group_masks_table`); ``reproduction``: the
+    (:func:`throughput_table`; on CUDA only unless named); ``ops``: the two ops SOP runs (GroupGen's selection,
+    GroupSelect) on every backend (:func:`ops_table`); ``reproduction``: the
     paper's Table 1 on 100 held-out digits (:func:`reproduction_table`) — all of :data:`TABLES`, or those
     named in ``tables``."""
     out = []
