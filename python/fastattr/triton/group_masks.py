@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .sparsemax import _div, _row_stats, _to_compute
+from .sparsemax import _threshold, _to_compute
 
 _ROW_ELEMENTS = 4096  # peak kernel: rows are packed into programs of about this many elements
 _BLOCK_J = 32         # rank kernels: rows / entries compared per step
@@ -30,14 +30,7 @@ def _peaks_kernel(z_ptr, peak_ptr, top_ptr, RT, N, IS_F64: tl.constexpr, ROWS: t
     m = tl.max(z, axis=1)
     m = tl.where(rows < RT, m, 0.0)
     v = z - m[:, None]
-    tau = tl.zeros_like(m) - 1.0
-    c, s = _row_stats(v, tau)
-    cnt = c + 1
-    while tl.max((c < cnt).to(tl.int32), axis=0) > 0:
-        shrunk = c < cnt
-        tau = tl.where(shrunk, _div(s - 1.0, tl.maximum(c, 1).to(s.dtype), IS_F64), tau)
-        cnt = tl.where(shrunk, c, cnt)
-        c, s = _row_stats(v, tau)
+    tau = _threshold(v, m, IS_F64)
     tl.store(peak_ptr + rows, (0.0 - tau).to(peak_ptr.dtype.element_ty), mask=rows < RT)
     tl.store(top_ptr + rows, m.to(top_ptr.dtype.element_ty), mask=rows < RT)
 

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .sparsemax import _div, _nan_to_inf, _row_stats, _to_compute
+from .sparsemax import _nan_to_inf, _threshold, _to_compute
 
 _TILE_ELEMENTS = 8192  # groups × classes × feature tile held per step
 
@@ -42,14 +42,7 @@ def _select_kernel(z_ptr, slot_ptr, w_ptr, b_ptr, q_ptr, p_ptr, y_ptr, l_ptr, G,
     bad = (m == float("inf")) | (m == float("-inf"))
     m = tl.where(bad, 0.0, m)
     v = tl.where(bad[:, None] & (g < G)[None, :], 0.0, s - m[:, None])
-    tau = tl.zeros_like(m) - 1.0
-    cnt_now, total = _row_stats(v, tau)
-    cnt = cnt_now + 1
-    while tl.max((cnt_now < cnt).to(tl.int32), axis=0) > 0:
-        shrunk = cnt_now < cnt
-        tau = tl.where(shrunk, _div(total - 1.0, tl.maximum(cnt_now, 1).to(total.dtype), IS_F64), tau)
-        cnt = tl.where(shrunk, cnt_now, cnt)
-        cnt_now, total = _row_stats(v, tau)
+    tau = _threshold(v, m, IS_F64)
     p = tl.where(bad[:, None], float("nan"), tl.maximum(v - tau[:, None], 0.0))
     logits = tl.sum(tl.where((g < G)[None, :], p * yt, 0.0), axis=1)
     out = (c < C)[:, None] & (g < G)[None, :]

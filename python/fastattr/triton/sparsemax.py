@@ -53,6 +53,21 @@ def _row_stats(v, tau):
 
 
 @triton.jit
+def _threshold(v, m, IS_F64: tl.constexpr):
+    """tau of every row of ``v = x - max x`` held in registers (``m``: any per-row vector, for the shape): Michelot's
+    iteration from the superset ``{v > -1}`` of the support, all rows together until none shrinks."""
+    tau = tl.zeros_like(m) - 1.0
+    c, s = _row_stats(v, tau)
+    cnt = c + 1
+    while tl.max((c < cnt).to(tl.int32), axis=0) > 0:
+        shrunk = c < cnt
+        tau = tl.where(shrunk, _div(s - 1.0, tl.maximum(c, 1).to(s.dtype), IS_F64), tau)
+        cnt = tl.where(shrunk, c, cnt)
+        c, s = _row_stats(v, tau)
+    return tau
+
+
+@triton.jit
 def _nan_to_inf(x):
     """NaN -> +inf, so that one max finds NaN and +inf together (as a +inf max)."""
     return tl.where(x != x, float("inf"), x)
@@ -73,15 +88,7 @@ def _forward_onchip_kernel(x_ptr, out_ptr, R, N, IS_F64: tl.constexpr, ROWS: tl.
     # Bad rows become a uniform dummy (so the iteration stays finite) and are set to NaN at the end.
     v = tl.where(bad[:, None] & mask, 0.0, x - m[:, None])
 
-    tau = tl.zeros_like(m) - 1.0
-    c, s = _row_stats(v, tau)
-    cnt = c + 1
-    while tl.max((c < cnt).to(tl.int32), axis=0) > 0:
-        shrunk = c < cnt
-        tau = tl.where(shrunk, _div(s - 1.0, tl.maximum(c, 1).to(s.dtype), IS_F64), tau)
-        cnt = tl.where(shrunk, c, cnt)
-        c, s = _row_stats(v, tau)
-
+    tau = _threshold(v, m, IS_F64)
     p = tl.maximum(v - tau[:, None], 0.0)
     p = tl.where(bad[:, None], float("nan"), p)
     tl.store(out_ptr + offs, p.to(out_ptr.dtype.element_ty), mask=mask)
