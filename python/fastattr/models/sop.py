@@ -292,7 +292,8 @@ class SumOfParts(nn.Module):
         e = self.patch_proj(patches) + self.position
         h = self.n_heads  # (W_q e)(W_k e)ᵀ/√d = e (W_qᵀ W_k / √d) eᵀ per head: one product of e fewer
         bilinear = self.gen_query.weight.view(h, d, d).transpose(1, 2) @ self.gen_key.weight.view(h, d, d)
-        logits = ((e.unsqueeze(1) @ (bilinear / math.sqrt(d))) @ e.unsqueeze(1).transpose(-1, -2)).reshape(b, h * n, n)
+        q = e @ (bilinear / math.sqrt(d)).transpose(0, 1).reshape(d, h * d)          # every head in one product
+        logits = (q.view(b, n, h, d).transpose(1, 2) @ e.unsqueeze(1).transpose(-1, -2)).reshape(b, h * n, n)
         hard, rows, first = group_masks(logits, self.n_groups, self.kept)
         mask = hard.to(logits.dtype)
         if logits.requires_grad:
@@ -351,9 +352,7 @@ class SumOfParts(nn.Module):
             chunk = min(b * g, max(chunk, MIN_DEFAULT_CHUNK))
         if first is not None and self.unique_copies and not torch.is_grad_enabled() \
                 and not any(module.training for module in self.backbone.modules()):
-            keep = (first == torch.arange(g, device=first.device)).view(-1)
-            if not bool(keep.all()):
-                return self._distinct_features(x, m, keep, first, chunk)
+            return self._distinct_features(x, m, (first == torch.arange(g, device=first.device)).view(-1), first, chunk)
         units = self._unit_masks(m)
         grid = ChunkGrid(b, g, chunk)
         runner = ChunkRunner(self._backbone, grid.rows)

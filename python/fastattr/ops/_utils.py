@@ -84,6 +84,13 @@ def rows(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return t.to(compute_dtype(t.dtype) if dtype is None else dtype).reshape(t.shape[0], -1).contiguous()
 
 
+def in_compute(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a contiguous tensor of its compute dtype, itself when it already is one (no call into torch:
+    the small ops SOP calls after its backbone pay for every call with cold caches)."""
+    dtype = compute_dtype(t.dtype)
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
+
+
 def run_cpp(kernel: str, *args, dtype: torch.dtype):
     """Calls ``fastattr._C.<kernel>(*args, dtype name, thread count)`` and returns what it returns: the
     kernels dispatch on the dtype name and run OpenMP over torch's own thread count, so fastattr

@@ -19,7 +19,8 @@ import torch
 
 from ..numerics import compute_dtype
 from ..reference.group_masks import first_equal_group, group_masks as reference_masks
-from ._utils import check_backend, check_tensor, eager_cpu, eager_without_compiler, resolve, run_cpp, triton_kernels
+from ._utils import (check_backend, check_tensor, eager_cpu, eager_without_compiler, in_compute, resolve, run_cpp,
+                     triton_kernels)
 
 __all__ = ["first_equal_group", "group_masks"]
 
@@ -43,7 +44,7 @@ def _check_finite(z: torch.Tensor) -> None:
 
 
 def _cpp(logits: torch.Tensor, n_groups: int, kept: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    z = logits.to(compute_dtype(logits.dtype)).contiguous()
+    z = in_compute(logits)
     b, r, n = z.shape
     masks = torch.empty((b, n_groups, n), dtype=torch.bool)
     rows = torch.empty((b, n_groups), dtype=torch.int64)
@@ -105,7 +106,8 @@ def group_masks(logits: torch.Tensor, n_groups: int, kept: int, *,
     _check(logits, n_groups, kept)
     if backend is not None:
         check_backend(backend)
-    logits = logits.detach()
+    if logits.requires_grad:
+        logits = logits.detach()
     if eager_cpu(logits) and resolve(logits, backend) == "cpp":
         return _cpp(logits, n_groups, kept)
     return _group_masks_op(logits, n_groups, kept, backend)

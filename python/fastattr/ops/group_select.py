@@ -21,7 +21,8 @@ import torch
 
 from ..numerics import compute_dtype
 from ..reference.group_select import group_select as reference_select
-from ._utils import check_backend, check_tensor, eager_cpu, eager_without_compiler, resolve, run_cpp, triton_kernels
+from ._utils import (check_backend, check_tensor, eager_cpu, eager_without_compiler, in_compute, resolve, run_cpp,
+                     triton_kernels)
 
 __all__ = ["group_select"]
 
@@ -50,12 +51,17 @@ def _bad_slots(count: int, n: int) -> ValueError:
 
 def _cast(z, weight, bias, query):
     dtype = compute_dtype(z.dtype)
-    return [None if t is None else t.to(dtype).contiguous() for t in (z, weight, bias, query)]
+    return [None if t is None else in_compute(t.to(dtype)) if t.dtype != dtype else in_compute(t)
+            for t in (z, weight, bias, query)]
+
+
+def _output(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _cpp(z, slot, weight, bias, query):
     z, weight, bias, query = _cast(z, weight, bias, query)
-    slot = slot.contiguous()
+    slot = slot if slot.is_contiguous() else slot.contiguous()
     (b, g), (c, h) = slot.shape, weight.shape
     p = torch.empty((b, c, g), dtype=z.dtype)
     y = torch.empty((b, g, c), dtype=z.dtype)
@@ -87,7 +93,7 @@ def _group_select_op(z: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, 
         else:
             zc, wc, bc, qc = _cast(z, weight, bias, query)
             p, y, logits = triton_kernels("group_select").group_select(zc, slot.contiguous(), wc, bc, qc)
-    return p.to(z.dtype), y.to(z.dtype), logits.to(z.dtype)
+    return _output(p, z.dtype), _output(y, z.dtype), _output(logits, z.dtype)
 
 
 @_group_select_op.register_fake
@@ -151,5 +157,5 @@ def group_select(z: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, bias
     if eager_cpu(z) and slot.numel() and resolve(z, backend) == "cpp" and not any(
             t is not None and t.requires_grad and torch.is_grad_enabled() for t in (weight, bias, query)):
         p, y, logits = _cpp(z, slot, weight, bias, query)
-        return p.to(z.dtype), y.to(z.dtype), logits.to(z.dtype)
+        return _output(p, z.dtype), _output(y, z.dtype), _output(logits, z.dtype)
     return _group_select_op(z, slot, weight, bias, query, backend)
