@@ -125,3 +125,14 @@ def test_errors_name_the_argument(backend_device):
             group_masks(z, args["n_groups"], args["kept"], backend=backend)
     with pytest.raises(ValueError, match="n_groups"):
         torch.ops.fastattr.group_masks(z, 9, 2, backend)  # the custom op checks too
+    for shape in ((2, 0, 5), (2, 3, 0)):
+        with pytest.raises(ValueError, match="at least one candidate row of at least one entry"):
+            group_masks(torch.zeros(shape, device=device), 1, 1, backend=backend)
+
+
+def test_the_custom_op_contract(backend_device):
+    """torch.library.opcheck: the fake kernel's shapes, dtypes and strides, schema and dispatch."""
+    backend, device = backend_device
+    z = _logits(3, 10, 7, torch.float32, device, 8)
+    torch.library.opcheck(torch.ops.fastattr.group_masks.default, (z, 4, 3, backend),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))

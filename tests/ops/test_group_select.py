@@ -82,6 +82,40 @@ def test_gradients(backend_device):
     assert torch.autograd.gradcheck(lambda a, b, c: group_select(a, slot, b, None, c, backend=backend), no_bias)
 
 
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32),
+                                    (torch.bfloat16, torch.float32)], ids=str)
+def test_mixed_dtypes_and_their_gradients(backend_device, dtypes):
+    """Features of one dtype and layers of another (as under autocast): computed in z's compute dtype, each
+    gradient in its input's dtype, equal to autograd through the reference."""
+    backend, device = backend_device
+    z, slot, w, bias, q = _case(6, 2, 4, 3, 5, torch.float64, device, 9)
+    leaves = [z.to(dtypes[0])] + [t.to(dtypes[1]) for t in (w, bias, q)]
+    grads = []
+    for fn in (lambda *a: group_select(*a, backend=backend), reference_select):
+        inputs = [t.clone().requires_grad_(True) for t in leaves]
+        p, y, logits = fn(inputs[0], slot, *inputs[1:])
+        assert fn is reference_select or p.dtype == y.dtype == logits.dtype == dtypes[0]
+        (logits.float() ** 2).sum().backward()
+        grads.append([t.grad for t in inputs])
+    for a, e, t in zip(*grads, leaves):
+        assert a.dtype == t.dtype
+        torch.testing.assert_close(a.double(), e.double(), rtol=2e-2, atol=2e-2)
+
+
+def test_the_custom_op_contract_and_vmap(backend_device):
+    """torch.library.opcheck (fake kernel, schema, autograd registration), and vmap over the head's weight (the
+    eager fast path must leave functorch's tensors to the op)."""
+    backend, device = backend_device
+    z, slot, w, bias, q = _case(6, 2, 4, 3, 5, torch.float64, device, 10)
+    torch.library.opcheck(torch.ops.fastattr.group_select.default, (z, slot, w, bias, q, backend),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration",
+                                      "test_aot_dispatch_static"))
+    weights = torch.stack([w, 2 * w])
+    batched = torch.func.vmap(lambda m: group_select(z, slot, m, bias, q, backend=backend)[2])(weights)
+    for i in range(2):
+        torch.testing.assert_close(batched[i], group_select(z, slot, weights[i], bias, q, backend=backend)[2])
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_in_float32(backend_device, dtype):
     backend, device = backend_device

@@ -27,9 +27,12 @@ __all__ = ["first_equal_group", "group_masks"]
 
 def _check(logits: torch.Tensor, n_groups: int, kept: int) -> None:
     check_tensor(logits, "logits", floating=True, dim=3)
+    if logits.shape[1] == 0 or logits.shape[2] == 0:
+        raise ValueError(f"logits must hold at least one candidate row of at least one entry, got shape "
+                         f"{tuple(logits.shape)}")
     for name, value, most, what in (("n_groups", n_groups, logits.shape[1], "candidate rows"),
                                     ("kept", kept, logits.shape[2], "entries per row")):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max(most, 1):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
             raise ValueError(f"{name} must be an int in [1, {most}] (the logits' {what}), got {value!r}")
 
 
@@ -92,7 +95,9 @@ def group_masks(logits: torch.Tensor, n_groups: int, kept: int, *,
     """SOP's groups from patch-attention logits ``[B, R, n]`` (module docstring): ``(masks [B, G, n] bool,
     rows [B, G] int64, first [B, G] int64)``, the ``G = n_groups`` rows of largest sparsemax peak best first
     (ties: larger max logit, then lower index), each as the mask of its ``kept`` largest logits (ties by
-    index), and for each group the first group with the same mask (:func:`first_equal_group`).
+    index), and for each group the first group with the same mask (:func:`first_equal_group`). Ties are
+    those of the computed peaks: each backend sums a row's support in its own order, so two rows holding the
+    same values in different orders can get peaks one rounding apart (and then rank by them, not by index).
 
     Args:
         logits: finite floating ``[B, R, n]`` (fp16/bf16 ranked in float32); not differentiated.

@@ -106,29 +106,31 @@ def _(z, slot, weight, bias, query, backend):
 def _setup(ctx, inputs, output):
     z, slot, weight, bias, query, _ = inputs
     p, y, _ = output
-    ctx.has_bias = bias is not None
+    ctx.dtypes = (z.dtype, weight.dtype, None if bias is None else bias.dtype, query.dtype)
     ctx.save_for_backward(z, slot, weight, query, p, y)
 
 
 def _backward(ctx, dp, dy, dlogits):
     """The chain rule through ``logits = Σ_g p y``, the sparsemax Jacobian ``(g − mean_S g) 1_S`` and the two
-    products, in torch."""
+    products, in torch, in the compute dtype of ``z`` as the forward (each gradient in its input's dtype)."""
     z, slot, weight, query, p, y = ctx.saved_tensors
+    dtype = compute_dtype(z.dtype)
+    z, weight, query, p, y = (t.to(dtype) for t in (z, weight, query, p, y))
     rows = z[slot]                                                                   # [B, G, h]
-    dp = torch.zeros_like(p) if dp is None else dp
-    dy = torch.zeros_like(y) if dy is None else dy
+    dp = torch.zeros_like(p) if dp is None else dp.to(dtype)
+    dy = torch.zeros_like(y) if dy is None else dy.to(dtype)
     if dlogits is not None:
-        dy = dy + dlogits.unsqueeze(1) * p.transpose(1, 2)
-        dp = dp + dlogits.unsqueeze(2) * y.transpose(1, 2)
-    support = (p > 0).to(dp.dtype)
+        dy = dy + dlogits.to(dtype).unsqueeze(1) * p.transpose(1, 2)
+        dp = dp + dlogits.to(dtype).unsqueeze(2) * y.transpose(1, 2)
+    support = (p > 0).to(dtype)
     masked = dp * support
     ds = (masked - masked.sum(-1, keepdim=True) / support.sum(-1, keepdim=True).clamp_min(1)) * support
     drows = dy @ weight + torch.einsum("bcg,ch->bgh", ds, query)
     dz = torch.zeros_like(z).index_add_(0, slot.reshape(-1), drows.reshape(-1, z.shape[1]))
     dweight = torch.einsum("bgc,bgh->ch", dy, rows)
-    dbias = dy.sum((0, 1)) if ctx.has_bias else None
+    dbias = None if ctx.dtypes[2] is None else dy.sum((0, 1)).to(ctx.dtypes[2])
     dquery = torch.einsum("bcg,bgh->ch", ds, rows)
-    return dz, None, dweight, dbias, dquery, None
+    return dz.to(ctx.dtypes[0]), None, dweight.to(ctx.dtypes[1]), dbias, dquery.to(ctx.dtypes[3]), None
 
 
 _group_select_op.register_autograd(_backward, setup_context=_setup)
@@ -154,8 +156,8 @@ def group_select(z: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, bias
     _check(z, slot, weight, bias, query)
     if backend is not None:
         check_backend(backend)
-    if eager_cpu(z) and slot.numel() and resolve(z, backend) == "cpp" and not any(
-            t is not None and t.requires_grad and torch.is_grad_enabled() for t in (weight, bias, query)):
+    if slot.numel() and all(t is None or eager_cpu(t) for t in (z, weight, bias, query)) \
+            and resolve(z, backend) == "cpp":
         p, y, logits = _cpp(z, slot, weight, bias, query)
         return _output(p, z.dtype), _output(y, z.dtype), _output(logits, z.dtype)
     return _group_select_op(z, slot, weight, bias, query, backend)

@@ -26,7 +26,7 @@ def group_masks(logits: torch.Tensor, n_groups: int, kept: int) -> tuple[torch.T
     z = logits.to(compute_dtype(logits.dtype))
     by_max = torch.sort(z.amax(-1), dim=1, descending=True, stable=True).indices
     peak = sparsemax(z, -1).amax(-1).gather(1, by_max)
-    rows = by_max.gather(1, torch.sort(peak, dim=1, descending=True, stable=True).indices)[:, :n_groups]
+    rows = by_max.gather(1, torch.sort(peak, dim=1, descending=True, stable=True).indices)[:, :n_groups].contiguous()
     chosen = z.gather(1, rows.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
     top = torch.sort(chosen, dim=-1, descending=True, stable=True).indices[..., :kept]
     masks = torch.zeros(chosen.shape, dtype=torch.bool, device=z.device).scatter_(-1, top, True)
