@@ -146,9 +146,9 @@ def test_group_gen_and_group_select_are_the_papers_attention_and_scores():
 
 @pytest.mark.parametrize("make", ["image", "ids", "sequence", "features"])
 def test_distinct_copies_are_the_masked_copies_of_their_groups(make):
-    """The copies of the distinct path (``x`` seen patch by patch times a group's patch mask) are the masked
-    copies ``S_i ⊙ x`` of the chunked path, bit for bit, for images, token ids, embedded tokens and flat
-    features, and the forward picks the same groups either way."""
+    """The copies (``x`` seen patch by patch times a group's patch mask) are the masked copies ``S_i ⊙ x``
+    written out, bit for bit, for images, token ids, embedded tokens and flat features; running the distinct
+    copies only gives the bits of running every copy."""
     if make == "image":
         sop, (x, _) = image_sop().eval(), digits(6)
     elif make == "ids":
@@ -165,8 +165,9 @@ def test_distinct_copies_are_the_masked_copies_of_their_groups(make):
     gen = torch.Generator().manual_seed(0)
     m = (torch.rand(b, g, sop.n_patches, generator=gen) < 0.4).double()
     rows = torch.randperm(b * g, generator=gen)[: b * g // 2].sort().values
-    units = sop._unit_masks(m).reshape((b * g,) + tuple(sop._unit_masks(m).shape[2:]))
-    expected = sop._masked_copy(embedded[rows // g], units[rows].unsqueeze(0))
+    units = sop._unit_masks(m).reshape((b * g,) + tuple(sop._unit_masks(m).shape[2:]))[rows]  # pixels / tokens
+    shared = {"image": units.unsqueeze(1), "ids": units.unsqueeze(-1), "sequence": units.unsqueeze(-1)}
+    expected = embedded[rows // g] * shared.get(make, units)  # S_i ⊙ x, channels / token entries shared
     assert torch.equal(sop._patch_copies(embedded, m.reshape(b * g, -1), rows, g), expected)
     once = sop.explain(x, "all")
     sop.unique_copies = False
@@ -307,6 +308,19 @@ def test_gradients_reach_group_gen_and_group_select():
     for name in GROUP_GEN + GROUP_SELECT + tuple(f"backbone.{n}" for n, _ in sop.backbone.named_parameters()):
         grad = params[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_a_training_step_under_autocast():
+    """bfloat16 features from an autocast backbone and float32 SOP layers: the forward runs in the features'
+    compute dtype and every SOP layer gets a float32 gradient."""
+    sop, (x, y) = image_sop(), digits(8, "train")
+    sop.float().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = sop(x.float())
+    torch.nn.functional.cross_entropy(logits.float(), y).backward()
+    for name in GROUP_GEN + GROUP_SELECT:
+        grad = sop.get_parameter(name).grad
+        assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 def test_frozen_training_moves_only_the_sop_layers_and_restores_the_model():

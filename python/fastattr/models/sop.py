@@ -311,19 +311,10 @@ class SumOfParts(nn.Module):
             return m.view(b, g, gh, 1, gw, 1).expand(b, g, gh, p, gw, p).reshape(b, g, gh * p, gw * p)
         return m.view(b, g, -1, 1).expand(b, g, self.grid[0], p).reshape(b, g, -1)
 
-    def _masked_copy(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """``S_i ⊙ x`` for unit masks ``m [k, e, *units]`` and ``x [e, ...]``: ``[k·e, ...]``, step-major."""
-        if self.kind == "image":
-            m = m.unsqueeze(2)  # channel-shared
-        elif self.kind in ("tokens", "ids"):
-            m = m.unsqueeze(-1)  # all D entries of a token
-        copies = x.unsqueeze(0) * m
-        return copies.reshape((-1,) + tuple(x.shape[1:]))
-
     def _patch_copies(self, x: torch.Tensor, m: torch.Tensor, rows: torch.Tensor, g: int) -> torch.Tensor:
-        """``S_i ⊙ x`` for the groups ``rows`` (flat indices ``b·G + i``) of patch masks ``m [B·G, P]``:
-        ``x`` seen patch by patch times each mask's patch values, one product (the values and bits of
-        :meth:`_masked_copy`)."""
+        """``S_i ⊙ x`` for the groups ``rows`` (flat indices ``b·G + i``, in the order given) of patch masks
+        ``m [B·G, P]``: ``x`` seen patch by patch times each mask's patch values (channel-shared for images,
+        all ``D`` entries of a token), one product; ``[len(rows), *x.shape[1:]]``."""
         b, p = x.shape[0], self.patch_size
         if self.kind == "image":
             gh, gw = self.grid
@@ -352,24 +343,26 @@ class SumOfParts(nn.Module):
             chunk = min(b * g, max(chunk, MIN_DEFAULT_CHUNK))
         if first is not None and self.unique_copies and not torch.is_grad_enabled() \
                 and not any(module.training for module in self.backbone.modules()):
-            return self._distinct_features(x, m, (first == torch.arange(g, device=first.device)).view(-1), first, chunk)
-        units = self._unit_masks(m)
+            return self._distinct_features(x, m, first, chunk)
+        flat = m.reshape(b * g, -1)
         grid = ChunkGrid(b, g, chunk)
         runner = ChunkRunner(self._backbone, grid.rows)
         z = None
         for e0, e1, k0, k1 in grid:
-            copies = self._masked_copy(x[e0:e1], units[e0:e1, k0:k1].transpose(0, 1))
-            out = runner(copies)
+            rows = (torch.arange(k0, k1, device=x.device).unsqueeze(1)
+                    + g * torch.arange(e0, e1, device=x.device).unsqueeze(0)).view(-1)   # step-major
+            out = runner(self._patch_copies(x, flat, rows, g))
             if z is None:
                 z = out.new_empty(b, g, out.shape[1])
             z[e0:e1, k0:k1] = out.view(k1 - k0, e1 - e0, -1).transpose(0, 1)
         return z.view(b * g, -1), torch.arange(b * g, device=z.device).view(b, g)
 
-    def _distinct_features(self, x: torch.Tensor, m: torch.Tensor, keep: torch.Tensor, first: torch.Tensor,
+    def _distinct_features(self, x: torch.Tensor, m: torch.Tensor, first: torch.Tensor,
                            chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z [N, h], slot [B, G])`` from the backbone on the ``N`` distinct copies only: ``keep [B·G]`` marks
-        each input's first group of a patch set, ``first [B, G]`` the first group with the same patches as each."""
+        """``(z [N, h], slot [B, G])`` from the backbone on the ``N`` distinct copies only, given ``first [B, G]``,
+        the first group of the same input with the same patches as each."""
         b, g = first.shape
+        keep = (first == torch.arange(g, device=first.device)).view(-1)  # each input's first group of a patch set
         slot = keep.cumsum(0).sub_(1).view(b, g).gather(1, first)   # each group's distinct copy
         distinct = keep.nonzero().squeeze(1)                         # example-major (b·G + group)
         flat = m.reshape(b * g, -1)
