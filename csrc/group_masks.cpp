@@ -7,7 +7,6 @@
 // the first kept group whose mask equals group g's (g itself if none before): the groups whose
 // masked copies are one input. Returns the number of rows holding NaN or +-inf (then nothing is valid).
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <numeric>
 #include <vector>

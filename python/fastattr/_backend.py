@@ -15,7 +15,6 @@ import contextvars
 import functools
 import importlib
 import os
-import sys
 import warnings
 from typing import Iterator, Optional
 
@@ -66,9 +65,6 @@ def record_backends() -> Iterator[set]:
 @functools.lru_cache(maxsize=None)
 def cpp_extension():
     """The compiled ``fastattr._C`` module, or None when it was not built."""
-    module = sys.modules.get("fastattr._C")  # every op call asks: no import machinery once it is loaded
-    if module is not None:
-        return module
     try:
         return importlib.import_module("fastattr._C")
     except ImportError:

@@ -9,13 +9,13 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from .. import available_backends
 from ..attribution import integrated_gradients, occlusion, rise, saliency, smoothgrad
 from ..metrics import deletion, grouped_deletion, grouped_insertion, insertion
 from ..models import SumOfParts, first_equal_group
 from ..ops import group_masks, group_select
 from ..zoo import load_digits, load_digits_cnn, load_digits_sop
 from ..zoo.resnet import resnet18, resnet50
-from .. import available_backends
 from . import Table, machine_info, time_interleaved
 
 

@@ -84,10 +84,9 @@ def rows(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return t.to(compute_dtype(t.dtype) if dtype is None else dtype).reshape(t.shape[0], -1).contiguous()
 
 
-def in_compute(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as a contiguous tensor of its compute dtype, itself when it already is one (no call into torch:
-    the small ops SOP calls after its backbone pay for every call with cold caches)."""
-    dtype = compute_dtype(t.dtype)
+def in_compute(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` as a contiguous tensor of ``dtype`` (default: its compute dtype), itself when it already is one."""
+    dtype = compute_dtype(t.dtype) if dtype is None else dtype
     return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
 
 

@@ -17,7 +17,6 @@ from typing import Optional
 
 import torch
 
-from ..numerics import compute_dtype
 from ..reference.group_masks import first_equal_group, group_masks as reference_masks
 from ._utils import (check_backend, check_tensor, eager_cpu, eager_without_compiler, in_compute, resolve, run_cpp,
                      triton_kernels)
@@ -74,8 +73,7 @@ def _group_masks_op(logits: torch.Tensor, n_groups: int, kept: int,
     _check_finite(logits)
     if name == "reference":
         return reference_masks(logits, n_groups, kept)
-    masks, rows = triton_kernels("group_masks").group_masks(logits.to(compute_dtype(logits.dtype)).contiguous(),
-                                                            n_groups, kept)
+    masks, rows = triton_kernels("group_masks").group_masks(in_compute(logits), n_groups, kept)
     return masks, rows, first_equal_group(masks)
 
 

@@ -50,13 +50,9 @@ def _bad_slots(count: int, n: int) -> ValueError:
 
 
 def _cast(z, weight, bias, query):
+    """The tensors contiguous in ``z``'s compute dtype, as every backend computes."""
     dtype = compute_dtype(z.dtype)
-    return [None if t is None else in_compute(t.to(dtype)) if t.dtype != dtype else in_compute(t)
-            for t in (z, weight, bias, query)]
-
-
-def _output(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
+    return [None if t is None else in_compute(t, dtype) for t in (z, weight, bias, query)]
 
 
 def _cpp(z, slot, weight, bias, query):
@@ -93,7 +89,7 @@ def _group_select_op(z: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, 
         else:
             zc, wc, bc, qc = _cast(z, weight, bias, query)
             p, y, logits = triton_kernels("group_select").group_select(zc, slot.contiguous(), wc, bc, qc)
-    return _output(p, z.dtype), _output(y, z.dtype), _output(logits, z.dtype)
+    return p.to(z.dtype), y.to(z.dtype), logits.to(z.dtype)
 
 
 @_group_select_op.register_fake
@@ -159,5 +155,5 @@ def group_select(z: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, bias
     if slot.numel() and all(t is None or eager_cpu(t) for t in (z, weight, bias, query)) \
             and resolve(z, backend) == "cpp":
         p, y, logits = _cpp(z, slot, weight, bias, query)
-        return _output(p, z.dtype), _output(y, z.dtype), _output(logits, z.dtype)
+        return p.to(z.dtype), y.to(z.dtype), logits.to(z.dtype)
     return _group_select_op(z, slot, weight, bias, query, backend)
