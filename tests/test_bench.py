@@ -246,7 +246,8 @@ def test_agg_bench_tables_on_a_small_case():
     qp = agg.qp_table("cpu", repeat=1, batch=4, block_s=0.0)
     assert qp.rows and all(isinstance(r[2], float) for r in qp.rows)
     timed = aggregate.aggregate_table(batch=2, n_samples=2, paper_images=1, repeat=1, device="cpu")
-    assert [r[0] for r in timed.rows][:2] == ["floor: 7 explainers on m·B inputs", "fastattr.aggregate opt"]
+    assert [r[0] for r in timed.rows][:3] == ["floor: 7 explainers on m·B inputs",
+                                              "7 explainers on m·B inputs, one call each", "fastattr.aggregate opt"]
     repro = aggregate.reproduction_table(batch=2, n_samples=2, n_eval=3, device="cpu")
     names = [r[0] for r in repro.rows]
     assert set(aggregate.SEVEN) <= set(names) and {"AGG_opt", "AGG_robust", "AGG_faith", "AGG_var"} <= set(names)

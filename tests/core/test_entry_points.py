@@ -155,6 +155,8 @@ ENTRY_POINTS = {
     "input_x_gradient": lambda m, x, t: A.input_x_gradient(m, x, t),
     "integrated_gradients": lambda m, x, t: A.integrated_gradients(m, x, t, n_steps=4),
     "smoothgrad": lambda m, x, t: A.smoothgrad(m, x, t, n_samples=2),
+    "smoothgrad_variants": lambda m, x, t: A.smoothgrad_variants(m, x, t, n_samples=2)["vargrad"],
+    "explain_all": lambda m, x, t: A.explain_all(m, x, t, methods={"s": "saliency", "i": "input_x_gradient"})["i"],
     "gradient_shap": lambda m, x, t: A.gradient_shap(m, x, t, baselines=torch.zeros_like(x[:2]), n_samples=2),
     "expected_gradients": lambda m, x, t: A.expected_gradients(m, x, t, references=rand(2, *x.shape[1:], seed=5).to(
         x.dtype), n_samples=2),

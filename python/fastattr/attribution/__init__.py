@@ -10,7 +10,8 @@ from .sea_nn import DeepSubmodular, sea_nn, sea_nn_inputs
 from .perturbation import feature_ablation, occlusion, rise, rise_masks
 from .surrogate import SURROGATES, kernel_shap, lime
 from .gradient import (QUADRATURE, expected_gradients, gradient_shap, input_x_gradient, integrated_gradients,
-                       noise_tunnel, quadrature, saliency, smoothgrad)
+                       noise_tunnel, quadrature, saliency, smoothgrad, smoothgrad_variants)
+from .shared import explain_all, method_spec
 
 METHODS = {
     "saliency": saliency,
@@ -28,15 +29,17 @@ METHODS = {
 }
 
 
-def method_function(name: str, method, kwargs: dict, accepted: str = "a method name or a function fn(model, x, "
-                    "target)"):
-    """``fn(model, x, target)`` for entry ``name`` of a ``methods`` argument: a :data:`METHODS` name (run with
-    ``kwargs``) or a function, kept as it is; else an error naming ``methods[name]`` and ``accepted``."""
-    if isinstance(method, str):
-        if method not in METHODS:
-            raise ValueError(f"methods[{name!r}] = {method!r} is not one of fastattr.attribution.METHODS "
+def method_function(name: str, method, kwargs: dict, accepted: str = "a method name, a (name, {settings}) pair "
+                    "or a function fn(model, x, target)"):
+    """``fn(model, x, target)`` for entry ``name`` of a ``methods`` argument: a :data:`METHODS` name, run with
+    ``kwargs``, or a ``(name, {settings})`` pair, run with ``kwargs`` updated by its settings; a function,
+    kept as it is; else an error naming ``methods[name]`` and ``accepted``."""
+    spec = method_spec(method)
+    if spec is not None:
+        if spec[0] not in METHODS:
+            raise ValueError(f"methods[{name!r}] = {spec[0]!r} is not one of fastattr.attribution.METHODS "
                              f"({', '.join(sorted(METHODS))}): not a method fastattr knows by name")
-        return lambda model, x, t, _fn=METHODS[method], _kw=dict(kwargs): _fn(model, x, t, **_kw)
+        return lambda model, x, t, _fn=METHODS[spec[0]], _kw={**kwargs, **spec[1]}: _fn(model, x, t, **_kw)
     if callable(method):
         return method
     raise TypeError(f"methods[{name!r}] must be {accepted}, got {type(method).__name__}")
@@ -50,6 +53,7 @@ __all__ = ["LAYER_METHODS", "METHODS", "PATHWAY_METHODS", "QUADRATURE", "SURROGA
            "kernel_shap", "layer_integrated_gradients", "lime", "neuron_integrated_gradients", "neuron_mct",
            "occlusion", "pathway_gradient", "select_pathway", "gradient_shap", "input_x_gradient",
            "integrated_gradients", "noise_tunnel", "quadrature", "rise", "rise_masks", "saliency", "smoothgrad",
+           "smoothgrad_variants", "explain_all",
            "AGG_OBJECTIVES", "Aggregation", "DEEPLIFT_RULES", "aggregate", "deeplift", "IBAStatistics", "iba",
            "iba_statistics", "input_iba", "multi_layer_iba",
            "DeepSubmodular", "sea_nn", "sea_nn_inputs"]

@@ -13,28 +13,29 @@ For a generalized L2 metric ``Q(φ) = E‖γ₁φ − γ₂‖²`` and ``φ_ω =
 - ``"mean"``: ``ω = 1/k``; ``"var"``: ``(1/k) Σ φⁱ / (σ + ε)``, ``σ`` the per-feature standard
   deviation of the k maps (the weights reported are ``1/k``).
 
-Every explainer runs on all ``m·B`` perturbed inputs in chunks (one call per chunk and method), the
-infidelity copies go through the perturbation engine, and ``G`` accumulates chunk by chunk (memory
-``O(B·k²)`` beyond one chunk).
+Every explainer runs on all ``m·B`` perturbed inputs in chunks (one call per chunk and method; methods
+named with settings that share model passes, such as saliency and input × gradient, or SmoothGrad and
+VarGrad, run them once: :mod:`fastattr.attribution.shared`), the infidelity copies go through the
+perturbation engine, and ``G`` accumulates chunk by chunk (memory ``O(B·k²)`` beyond one chunk).
 """
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from ..core import (Baseline, MaskSet, Target, check_count, check_inputs, check_number, chunk_size, make_baseline,
                     make_generator, model_entry, perturbed_scores, random_subsets, read_scores, resolve_clean)
 from ..ops import simplex_qp
+from .shared import MethodSet
 
 __all__ = ["AGG_OBJECTIVES", "Aggregation", "abs_max", "aggregate", "aggregation_matrices", "combine", "explainers",
            "map_batch", "preprocessor"]
 
 AGG_OBJECTIVES = ("mean", "var", "robust", "faith", "opt")
-Method = Union[str, Callable, torch.Tensor]
 
 
 @dataclass
@@ -77,20 +78,15 @@ def preprocessor(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
     raise ValueError(f"preprocess must be 'abs_max', None or a function of a [N, ...] batch, got {preprocess!r}")
 
 
-def explainers(methods, chunks: dict) -> dict[str, Union[Callable, torch.Tensor]]:
-    """``{name: fn(model, x, t) or a precomputed map}`` from ``methods`` (``{name: method name, function or map}``,
-    at least two; the named methods run with ``chunks``, their ``max_batch`` / ``memory_budget``)."""
-    from . import method_function
-
+def explainers(methods, chunks: dict) -> MethodSet:
+    """``methods`` (``{name: method name, (name, {settings}) pair, function or map}``, at least two) as a
+    :class:`~fastattr.attribution.shared.MethodSet`: the named methods run with ``chunks`` (their
+    ``max_batch`` / ``memory_budget``), and those with passes in common share them."""
     if not isinstance(methods, dict) or len(methods) < 2:
-        raise ValueError("methods must be a dict of at least two {name: method name, function or precomputed map}, "
-                         f"got {methods!r}")
-    out = {}
-    for name, m in methods.items():
-        out[name] = m.detach() if isinstance(m, torch.Tensor) else method_function(
-            name, m, {k: v for k, v in chunks.items() if v is not None},
-            "a method name, a function fn(model, x, target) or a tensor")
-    return out
+        raise ValueError("methods must be a dict of at least two {name: method name, (name, {settings}) pair, "
+                         f"function or precomputed map}}, got {methods!r}")
+    return MethodSet(methods, chunks, "a method name, a (name, {settings}) pair, a function fn(model, x, target) "
+                                      "or a tensor")
 
 
 def map_batch(out, name: str, n: int, shape: Optional[tuple]) -> torch.Tensor:
@@ -104,7 +100,8 @@ def map_batch(out, name: str, n: int, shape: Optional[tuple]) -> torch.Tensor:
     return out.detach()
 
 
-def _robust_matrix(model, inputs, t, fns, phi, prep, *, n_samples, radius, generator, chunk) -> torch.Tensor:
+def _robust_matrix(model, inputs, t, fns: MethodSet, phi, prep, *, n_samples, radius, generator,
+                   chunk) -> torch.Tensor:
     """``G_robust [B, k, k] = (1/m) Σ_j (Φ(x) − Φ(x + ε_j))ᵀ(Φ(x) − Φ(x + ε_j))``; ``ε_j`` one full-batch
     draw of ``U[−r, r]`` per sample, in sample order, on the CPU."""
     batch, k = phi.shape[:2]
@@ -118,8 +115,8 @@ def _robust_matrix(model, inputs, t, fns, phi, prep, *, n_samples, radius, gener
                            for _ in range(s)]).to(inputs.device)
         z, tz = inputs.repeat(s, *reps) + noise, t.repeat(s)
         diffs = []
-        for i, (name, fn) in enumerate(fns.items()):
-            e = prep(map_batch(fn(model, z, tz), name, s * batch, tuple(phi.shape[2:])))
+        for i, (name, out) in enumerate(fns(model, z, tz).items()):
+            e = prep(map_batch(out, name, s * batch, tuple(phi.shape[2:])))
             diffs.append(flat[:, i].unsqueeze(0) - e.reshape(s, batch, -1).double())
         d = torch.stack(diffs, -1)  # [s, B, d, k]
         g += torch.einsum("sbdi,sbdl->bil", d, d)
@@ -183,9 +180,10 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
 
     Args:
         methods: ``{name: method}``, at least two; a method is a name in ``fastattr.attribution.METHODS``
-            (run with this call's ``max_batch`` / ``memory_budget``), a function ``fn(model, x, target)``
-            returning one map per input, or a precomputed map ``[B, ...]`` (only for ``"mean"``,
-            ``"var"`` and ``"faith"``: ``"robust"`` and ``"opt"`` re-explain perturbed inputs).
+            or a ``(name, {settings})`` pair (run with this call's ``max_batch`` / ``memory_budget``; the
+            ones with model passes in common share them), a function ``fn(model, x, target)`` returning
+            one map per input, or a precomputed map ``[B, ...]`` (only for ``"mean"``, ``"var"`` and
+            ``"faith"``: ``"robust"`` and ``"opt"`` re-explain perturbed inputs).
         objective: ``"mean"``, ``"var"``, ``"robust"``, ``"faith"`` or ``"opt"``.
         n_samples: ``m``, the draws of ``ε`` and of the infidelity subsets (the paper's 50).
         radius: ``r`` of ``ε ~ U[−r, r]`` (0.1). subset_fraction: the features per infidelity subset
@@ -215,21 +213,20 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
     lam = _lambdas(lam)
     prep = preprocessor(preprocess)
     fns = explainers(methods, dict(max_batch=max_batch, memory_budget=memory_budget))
-    given = [n for n, f in fns.items() if isinstance(f, torch.Tensor)]
+    given = list(fns.given)
     if given and objective in ("robust", "opt"):
         raise ValueError(f"objective {objective!r} re-explains perturbed inputs, so every method must be a name or a "
                          f"function; {', '.join(map(repr, given))} {'is a' if len(given) == 1 else 'are'} "
                          "precomputed map(s)")
     t, clean = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
     batch, shape, maps = inputs.shape[0], None, []
-    for name, f in fns.items():
-        out = f if isinstance(f, torch.Tensor) else f(model, inputs, t)
+    for name, out in fns(model, inputs, t).items():
         out = map_batch(out, name, batch, shape)
         shape = tuple(out.shape[1:])
         maps.append(prep(out.to(inputs.device)))
     phi = torch.stack(maps, 1)  # [B, k, ...]
     k = phi.shape[1]
-    names = list(fns)
+    names = list(fns.names)
     if objective in ("mean", "var"):
         weights = torch.full((batch, k), 1.0 / k, dtype=phi.dtype, device=phi.device)
         if objective == "mean":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -274,10 +274,27 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
     ``mean_j g_j² − (mean_j g_j)²``.
     σ is ``stdev`` when given, else ``stdev_spread · (max x − min x)`` per example. Noise is drawn on
     the CPU from ``generator`` (a torch.Generator or an int seed; default seed 0), so results match
-    on every device.
+    on every device. :func:`smoothgrad_variants` gives several variants from the same draws.
     """
-    check_flag(abs, "abs")
     _check_variant(variant)
+    return smoothgrad_variants(model, inputs, target, variants=(variant,), n_samples=n_samples, stdev=stdev,
+                               stdev_spread=stdev_spread, abs=abs, generator=generator, max_batch=max_batch,
+                               memory_budget=memory_budget)[variant]
+
+
+@model_entry(gradients=True)
+def smoothgrad_variants(model: Callable, inputs: torch.Tensor, target: Target = None, *,
+                        variants: Sequence[str] = VARIANTS, n_samples: int = 50, stdev: Optional[float] = None,
+                        stdev_spread: float = 0.15, abs: bool = False, generator=None,
+                        max_batch: Optional[int] = None, memory_budget: Optional[int] = None) -> dict:
+    """``{variant: map}`` for each of ``variants`` (:data:`VARIANTS`) from one set of ``n_samples``
+    gradients: each map equals :func:`smoothgrad` with that ``variant`` and the same other arguments,
+    for the cost of one."""
+    check_flag(abs, "abs")
+    if isinstance(variants, str) or not isinstance(variants, Sequence) or not variants:
+        raise ValueError(f"variants must be a non-empty sequence of {VARIANTS}, got {variants!r}")
+    for v in variants:
+        _check_variant(v)
     n_samples = check_count(n_samples, "n_samples")
     t, inputs = prepare(model, inputs, target, max_batch, memory_budget)
     gen = make_generator(generator)
@@ -298,7 +315,7 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
             g = g.reshape((k, e1 - e0) + tuple(inputs.shape[1:])).to(acc_dtype)
             total[e0:e1] += (g.abs() if abs else g).sum(0)
             total_sq[e0:e1] += (g * g).sum(0)
-    return _reduce(total, total_sq, n_samples, variant).to(inputs.dtype)
+    return {v: _reduce(total, total_sq, n_samples, v).to(inputs.dtype) for v in variants}
 
 
 def shap_draws(gen: torch.Generator, n_samples: int, n_refs: int, inputs: torch.Tensor, stdev: float):

@@ -397,8 +397,8 @@ def sea_nn(model: Callable, inputs: torch.Tensor, target: Target = None, *, meth
     fns = explainers(methods, dict(max_batch=max_batch, memory_budget=memory_budget))
     t, _ = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
     batch, maps = inputs.shape[0], []
-    for name, f in fns.items():
-        out = map_batch(f if isinstance(f, torch.Tensor) else f(model, inputs, t), name, batch, None)
+    for name, out in fns(model, inputs, t).items():
+        out = map_batch(out, name, batch, None)
         if out.shape[-2:] != (height, width) or out.dim() not in (3, 4):
             raise ValueError(f"methods[{name!r}] gave maps {tuple(out.shape)}; they must match the inputs: "
                              f"[{batch}, C, {height}, {width}] or [{batch}, {height}, {width}]")

@@ -2,8 +2,10 @@
 the paper's per-image procedure, and the reproduction of the paper's Tables 1–2 on the digits CNN.
 
 The seven explainers are the paper's: saliency, input × gradient, integrated gradients, SmoothGrad,
-VarGrad, guided backprop and DeepLift. The floor is those seven run once each on all ``m·B``
-perturbed inputs (what ``"robust"`` must explain at least). The paper's procedure, as its released
+VarGrad, guided backprop and DeepLift. The floor is those seven on all ``m·B`` perturbed inputs
+(what ``"robust"`` must explain at least), computed as fastattr computes them at their cheapest
+(:func:`~fastattr.attribution.explain_all`: saliency and input × gradient share one gradient,
+SmoothGrad and VarGrad one set of noisy gradients); a row times them as seven separate calls. The paper's procedure, as its released
 code runs it, handles one image at a time: every explainer on every perturbed copy at batch size 1,
 the infidelity copies one forward each, and one cvxpy problem per image; it is timed on a few
 images and scaled to the batch (its cost is the same for every image).
@@ -17,21 +19,20 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..attribution import (aggregate, deeplift, guided_backprop, input_x_gradient, integrated_gradients, saliency,
-                           smoothgrad)
-from ..attribution.aggregate import abs_max, aggregation_matrices
+from ..attribution import aggregate, explain_all, method_function
+from ..attribution.aggregate import abs_max, aggregation_matrices, explainers
 from ..core import Blur
 from ..zoo import load_digits, load_digits_cnn
 from . import Table, machine_info, time_interleaved
 
 SEVEN = {
-    "saliency": lambda m, x, t: saliency(m, x, t),
-    "input_x_gradient": lambda m, x, t: input_x_gradient(m, x, t),
-    "integrated_gradients": lambda m, x, t: integrated_gradients(m, x, t, n_steps=20),
-    "smoothgrad": lambda m, x, t: smoothgrad(m, x, t, n_samples=10, generator=0),
-    "vargrad": lambda m, x, t: smoothgrad(m, x, t, n_samples=10, variant="vargrad", generator=0),
-    "guided_backprop": lambda m, x, t: guided_backprop(m, x, t),
-    "deeplift": lambda m, x, t: deeplift(m, x, t),
+    "saliency": "saliency",
+    "input_x_gradient": "input_x_gradient",
+    "integrated_gradients": ("integrated_gradients", {"n_steps": 20}),
+    "smoothgrad": ("smoothgrad", {"n_samples": 10, "generator": 0}),
+    "vargrad": ("smoothgrad", {"n_samples": 10, "variant": "vargrad", "generator": 0}),
+    "guided_backprop": "guided_backprop",
+    "deeplift": "deeplift",
 }
 
 
@@ -109,11 +110,14 @@ def aggregate_table(batch: int = 32, n_samples: int = 50, paper_images: int = 2,
          .to(device) * 0.1)
     tz = t.repeat(n_samples)
 
-    def floor():
-        for f in SEVEN.values():
+    one_by_one = [method_function(name, m, {}) for name, m in SEVEN.items()]
+
+    def separately():
+        for f in one_by_one:
             f(model, z, tz)
 
-    impls = {"floor: 7 explainers on m·B inputs": floor,
+    impls = {"floor: 7 explainers on m·B inputs": lambda: explain_all(model, z, tz, methods=SEVEN),
+             "7 explainers on m·B inputs, one call each": separately,
              "fastattr.aggregate opt": lambda: aggregate(model, x, t, methods=SEVEN, objective="opt",
                                                          n_samples=n_samples)}
     if all(importlib.util.find_spec(m) is not None for m in ("cvxpy", "captum")):
@@ -161,7 +165,7 @@ def reproduction_table(batch: int = 64, n_samples: int = 50, n_eval: int = 200, 
     k = phi.shape[1]
     for i, name in enumerate(SEVEN):
         rows[name] = torch.nn.functional.one_hot(torch.full((batch,), i), k).double().to(device)
-    fns = dict(SEVEN)
+    fns = explainers(SEVEN, {})
     clean = model(x).gather(1, t[:, None])[:, 0].detach()
     common = dict(n_samples=n_eval, radius=0.1, fraction=0.2, baseline="blur", lam=(0.5, 0.5), chunk=512)
     g_sens = aggregation_matrices(model, x, t, clean, fns, phi, abs_max, objective="robust",
@@ -181,7 +185,7 @@ def reproduction_table(batch: int = 64, n_samples: int = 50, n_eval: int = 200, 
     var_fn = lambda m, z, tz: aggregate(m, z, tz, methods=SEVEN, objective="var").attribution  # noqa: E731
     var_map = var_fn(model, x, t)
     pair = torch.stack([abs_max(var_map)] * 2, 1)
-    same = {"var": var_fn, "again": var_fn}
+    same = explainers({"var": var_fn, "again": var_fn}, {})
     sens = aggregation_matrices(model, x, t, clean, same, pair, abs_max, objective="robust",
                                 generator=torch.Generator().manual_seed(12345), **common)[:, 0, 0].mean().item()
     infd = aggregation_matrices(model, x, t, clean, same, pair, abs_max, objective="faith",
