@@ -44,6 +44,27 @@ def test_matches_reference(backend_device):
     check()
 
 
+def test_parameters_take_the_eager_path_without_gradients(monkeypatch):
+    """A class head's ``nn.Parameter`` weight and bias take the C++ kernel directly when no gradient is
+    recorded (the custom op's dispatch is not entered), and give the op's values."""
+    import sys
+
+    z, slot, w, b, q = _case(9, 3, 5, 4, 6, torch.float32, "cpu", 1)
+    weight, bias = torch.nn.Parameter(w), torch.nn.Parameter(b)
+    expected = group_select(z, slot, w, b, q, backend="cpp")
+    module = sys.modules["fastattr.ops.group_select"]
+
+    def dispatched(*args):
+        raise AssertionError("the custom op was dispatched")
+
+    monkeypatch.setattr(module, "_group_select_op", dispatched)
+    with torch.no_grad():
+        got = group_select(z, slot, weight, bias, q, backend="cpp")
+    assert all(torch.equal(a, e) for a, e in zip(got, expected))
+    with pytest.raises(AssertionError, match="dispatched"):   # with gradients the op records them
+        group_select(z, slot, weight, bias, q, backend="cpp")
+
+
 def test_the_formulas_written_out(backend_device):
     """y = W z + b and s = Q z per group, p = sparsemax(s) over the groups of each class, logits = Σ_g p y;
     groups sharing a row of z get the same partial logits."""
