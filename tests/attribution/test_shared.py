@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import fastattr
-from fastattr.attribution import explain_all, method_function, smoothgrad_variants
+from fastattr.attribution import explain_all, smoothgrad_variants
+from fastattr.attribution.shared import method_function
 from tests.integrations.models import cnn, digits
 
 SETTINGS = {"n_samples": 4, "stdev_spread": 0.2, "generator": 3}
@@ -64,10 +65,10 @@ def test_shared_passes_run_once():
     for variant in ("smoothgrad", "vargrad"):
         fastattr.smoothgrad(counted, x, t, variant=variant, **SETTINGS)
     separate = counted.rows
-    batch, draws = x.shape[0], SETTINGS["n_samples"]
-    # a given target is checked on a forward of two inputs; each gradient pass is one forward
-    assert shared == 2 + (2 + batch) + (2 + draws * batch)
-    assert separate == 2 * (2 + batch) + 2 * (2 + draws * batch)
+    b, draws = x.shape[0], SETTINGS["n_samples"]
+    # each call checks the target with one forward of the batch; each gradient pass is one forward
+    assert shared == b + (b + b) + (b + draws * b)
+    assert separate == 2 * (b + b) + 2 * (b + draws * b)
 
 
 def test_only_settings_that_give_the_same_passes_are_shared():
@@ -75,7 +76,8 @@ def test_only_settings_that_give_the_same_passes_are_shared():
     counted = Counting(model).eval()
     explain_all(counted, x, t, methods={"a": ("smoothgrad", SETTINGS),
                                         "b": ("smoothgrad", {**SETTINGS, "n_samples": 3, "variant": "vargrad"})})
-    assert counted.rows == 2 + 2 + 4 * x.shape[0] + 2 + 3 * x.shape[0]
+    b = x.shape[0]
+    assert counted.rows == b + (b + 4 * b) + (b + 3 * b)
     # one torch.Generator: separate calls draw in turn, so sharing would change the second map
     gen = torch.Generator().manual_seed(0)
     maps = explain_all(model, x, t, methods={"a": ("smoothgrad", {"n_samples": 2, "generator": gen}),
@@ -87,12 +89,25 @@ def test_only_settings_that_give_the_same_passes_are_shared():
     assert torch.equal(maps["b"], fastattr.smoothgrad(model, x, t, n_samples=2, generator=again))
 
 
-def test_smoothgrad_variants_match_smoothgrad():
+def test_smoothgrad_variants_match_smoothgrad_and_their_definition():
     model, x, t = _setup()
     maps = smoothgrad_variants(model, x, t, abs=True, **SETTINGS)
     assert set(maps) == {"smoothgrad", "smoothgrad_sq", "vargrad"}
     for variant, m in maps.items():
         assert torch.equal(m, fastattr.smoothgrad(model, x, t, variant=variant, abs=True, **SETTINGS))
+    # written out: one full-batch draw of N(0, σ²) per sample, σ = spread · (max x − min x) per example
+    gen = torch.Generator().manual_seed(SETTINGS["generator"])
+    flat = x.reshape(x.shape[0], -1)
+    sigma = (SETTINGS["stdev_spread"] * (flat.amax(1) - flat.amin(1))).view(-1, 1, 1, 1)
+    grads = []
+    for _ in range(SETTINGS["n_samples"]):
+        z = (x + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype)).requires_grad_(True)
+        (g,) = torch.autograd.grad(model(z).gather(1, t[:, None]).sum(), z)
+        grads.append(g)
+    g = torch.stack(grads)
+    torch.testing.assert_close(maps["smoothgrad"], g.abs().mean(0))
+    torch.testing.assert_close(maps["smoothgrad_sq"], (g * g).mean(0))
+    torch.testing.assert_close(maps["vargrad"], (g * g).mean(0) - g.abs().mean(0) ** 2)
     with pytest.raises(ValueError, match="variant must be one of"):
         smoothgrad_variants(model, x, t, variants=("smoothgrad", "var"))
     with pytest.raises(ValueError, match="variants must be a non-empty sequence"):
@@ -124,3 +139,28 @@ def test_model_and_inputs_untouched_and_bad_methods_named():
         explain_all(model, x, t, methods={"a": ("saliency", {"abs": 1}), "b": "input_x_gradient"})
     with pytest.raises(ValueError, match="methods must be a non-empty dict"):
         explain_all(model, x, t, methods={})
+    with pytest.raises(TypeError, match=r"methods\['m'\] must be a method name.*got a tensor"):
+        explain_all(model, x, t, methods={"m": x})
+
+
+def test_a_bad_setting_gets_its_methods_own_error_and_every_map_is_its_own():
+    model, x, t = _setup()
+    sg = ("smoothgrad", SETTINGS)
+    bad = {"abs": ("smoothgrad", {**SETTINGS, "variant": "vargrad", "abs": 1}),
+           "n_samples": ("smoothgrad", {**SETTINGS, "variant": "vargrad", "n_samples": 4.0}),
+           "max_batch": ("input_x_gradient", {"max_batch": 4.0})}
+    errors = {"abs": "abs must be a bool", "n_samples": "n_samples must be an int",
+              "max_batch": "max_batch must be a positive int"}
+    for key, method in bad.items():
+        first = ("saliency", {"max_batch": 4}) if key == "max_batch" else sg
+        with pytest.raises((TypeError, ValueError), match=errors[key]):
+            explain_all(model, x, t, methods={"a": first, "b": method})
+    with pytest.raises(TypeError, match=r"smoothgrad\(\) got an unexpected keyword argument 'n_sample'"):
+        explain_all(model, x, t, methods={"a": ("smoothgrad", {"n_sample": 2}),
+                                          "b": ("smoothgrad", {"n_sample": 2, "variant": "vargrad"})})
+    maps = explain_all(model, x, t, methods={"a": sg, "b": sg, "s": ("saliency", {"abs": False}),
+                                             "s2": ("saliency", {"abs": False}), "i": "input_x_gradient"})
+    assert torch.equal(maps["a"], maps["b"]) and torch.equal(maps["s"], maps["s2"])
+    assert len({id(m) for m in maps.values()}) == len(maps)
+    maps["a"].add_(1.0)
+    assert not torch.equal(maps["a"], maps["b"])

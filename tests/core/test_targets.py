@@ -1,5 +1,5 @@
-"""``resolve_target``: a given target checked on a forward of two inputs (the whole batch for a model
-bound to its batch), None as the argmax of every input, bad targets named."""
+"""``resolve_target``: given targets checked against the model's outputs (negatives counting from the end),
+None as the argmax of every input, bad targets named."""
 import pytest
 import torch
 
@@ -7,32 +7,16 @@ from fastattr.core import resolve_target
 from tests.integrations.models import cnn, digits
 
 
-class Counting(torch.nn.Module):
-    def __init__(self, model, batch=None):
-        super().__init__()
-        self.model, self.batch, self.rows = model, batch, 0
-
-    def forward(self, x):
-        if self.batch is not None and x.shape[0] != self.batch:
-            raise RuntimeError(f"this model runs batches of {self.batch}, got {x.shape[0]}")
-        self.rows += x.shape[0]
-        return self.model(x)
-
-
-def test_a_given_target_is_checked_on_two_inputs():
+def test_given_targets_are_checked_and_none_is_the_argmax():
     x, _ = digits(6, offset=10)
-    model = Counting(cnn()).eval()
-    t = resolve_target(model, x, torch.tensor([1, -1, 2, 3, -10, 9]))
-    assert model.rows == 2 and t.tolist() == [1, 9, 2, 3, 0, 9]
+    model = cnn()
+    assert resolve_target(model, x, torch.tensor([1, -1, 2, 3, -10, 9])).tolist() == [1, 9, 2, 3, 0, 9]
+    assert resolve_target(model, x, [4, 5, 6, 7, 8, 9]).tolist() == [4, 5, 6, 7, 8, 9]
+    assert resolve_target(model, x, -2).tolist() == [8] * 6
+    assert torch.equal(resolve_target(model, x, None), model(x).argmax(1))
     with pytest.raises(ValueError, match="target out of range: the model has 10 outputs"):
         resolve_target(model, x, 10)
-    model.rows = 0
-    assert torch.equal(resolve_target(model, x, None), cnn()(x).argmax(1)) and model.rows == 6
-
-
-def test_a_model_bound_to_its_batch_runs_it_whole():
-    x, _ = digits(5, offset=20)
-    model = Counting(cnn(), batch=5).eval()
-    assert resolve_target(model, x, 4).tolist() == [4] * 5 and model.rows == 5
-    with pytest.raises(ValueError, match=r"could not run inputs of shape \(4, 1, 8, 8\)"):
-        resolve_target(model, x[:4], 4)
+    with pytest.raises(ValueError, match="target has 2 entries but inputs has batch size 6"):
+        resolve_target(model, x, torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="target must be None, an int, or a 1-D integer tensor"):
+        resolve_target(model, x, torch.tensor([1.0] * 6))

@@ -144,34 +144,6 @@ def test_group_gen_and_group_select_are_the_papers_attention_and_scores():
     torch.testing.assert_close(out["logits"], torch.einsum("bcg,bgc->bc", c, sop.head(z)), rtol=1e-12, atol=1e-12)
 
 
-def test_the_folded_parameter_products_follow_every_change_of_the_parameters():
-    """Without autograd the products of parameters alone are kept between calls; an in-place update, new
-    storage or a copy of the model gives what the forward computes afresh with gradients on."""
-    x, _ = digits(4)
-    sop = image_sop()
-
-    def fresh():
-        with torch.enable_grad():
-            return sop(x).detach()
-
-    with torch.no_grad():
-        first = sop(x)
-        assert torch.equal(sop(x), first) and torch.equal(fresh(), first)
-        sop.head.weight.mul_(1.5)                        # an in-place update (an optimizer step)
-        assert not torch.equal(sop(x), first)
-        assert torch.equal(sop(x), fresh())
-        sop.gen_query.weight.data = torch.randn_like(sop.gen_query.weight)   # new storage
-        assert torch.equal(sop(x), fresh())
-        sop.sel_key.weight.copy_(torch.eye(sop.hidden, dtype=torch.float64))
-        assert torch.equal(sop(x), fresh())
-        twin = copy.deepcopy(sop)
-        twin.sel_query.bias.add_(1.0)
-        assert torch.equal(twin(x), twin(x)) and not torch.equal(twin(x), sop(x))
-        with torch.enable_grad():
-            expected = twin(x).detach()
-        assert torch.equal(twin(x), expected)
-
-
 @pytest.mark.parametrize("make", ["image", "ids", "sequence", "features"])
 def test_distinct_copies_are_the_masked_copies_of_their_groups(make):
     """The copies (``x`` seen patch by patch times a group's patch mask) are the masked copies ``S_i ⊙ x``

@@ -11,39 +11,7 @@ from .perturbation import feature_ablation, occlusion, rise, rise_masks
 from .surrogate import SURROGATES, kernel_shap, lime
 from .gradient import (QUADRATURE, expected_gradients, gradient_shap, input_x_gradient, integrated_gradients,
                        noise_tunnel, quadrature, saliency, smoothgrad, smoothgrad_variants)
-from .shared import explain_all, method_spec
-
-METHODS = {
-    "saliency": saliency,
-    "input_x_gradient": input_x_gradient,
-    "integrated_gradients": integrated_gradients,
-    "smoothgrad": smoothgrad,
-    "guided_backprop": guided_backprop,
-    "deeplift": deeplift,
-    "pathway_gradient": pathway_gradient,
-    "occlusion": occlusion,
-    "feature_ablation": feature_ablation,
-    "rise": rise,
-    "kernel_shap": kernel_shap,
-    "lime": lime,
-}
-
-
-def method_function(name: str, method, kwargs: dict, accepted: str = "a method name, a (name, {settings}) pair "
-                    "or a function fn(model, x, target)"):
-    """``fn(model, x, target)`` for entry ``name`` of a ``methods`` argument: a :data:`METHODS` name, run with
-    ``kwargs``, or a ``(name, {settings})`` pair, run with ``kwargs`` updated by its settings; a function,
-    kept as it is; else an error naming ``methods[name]`` and ``accepted``."""
-    spec = method_spec(method)
-    if spec is not None:
-        if spec[0] not in METHODS:
-            raise ValueError(f"methods[{name!r}] = {spec[0]!r} is not one of fastattr.attribution.METHODS "
-                             f"({', '.join(sorted(METHODS))}): not a method fastattr knows by name")
-        return lambda model, x, t, _fn=METHODS[spec[0]], _kw={**kwargs, **spec[1]}: _fn(model, x, t, **_kw)
-    if callable(method):
-        return method
-    raise TypeError(f"methods[{name!r}] must be {accepted}, got {type(method).__name__}")
-
+from .shared import METHODS, explain_all
 
 # Methods that explain through a conv layer; the report picks the model's last Conv2d.
 LAYER_METHODS = {"grad_cam": grad_cam, "grad_cam_plus_plus": grad_cam_plus_plus, "guided_grad_cam": guided_grad_cam}

@@ -143,9 +143,11 @@ def _faith_matrix(model, inputs, t, clean, phi, *, n_samples, fraction, baseline
 
 def aggregation_matrices(model, inputs, t, clean, fns, phi, prep, *, objective, n_samples, radius, fraction,
                          baseline, lam, generator, chunk) -> torch.Tensor:
-    """The objective's ``G [B, k, k]`` (module docstring): robust, faith, or their normalised blend."""
+    """The objective's ``G [B, k, k]`` (module docstring): robust, faith, or their normalised blend; ``fns`` the
+    methods, a :class:`~fastattr.attribution.shared.MethodSet` or ``{name: fn(model, x, target)}``."""
     parts = {}
     if objective in ("robust", "opt"):
+        fns = fns if isinstance(fns, MethodSet) else MethodSet(fns)
         parts["robust"] = _robust_matrix(model, inputs, t, fns, phi, prep, n_samples=n_samples, radius=radius,
                                          generator=generator, chunk=chunk)
     if objective in ("faith", "opt"):

@@ -19,8 +19,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..attribution import aggregate, explain_all, method_function
-from ..attribution.aggregate import abs_max, aggregation_matrices, explainers
+from ..attribution import aggregate, explain_all
+from ..attribution.shared import MethodSet, method_function
+from ..attribution.aggregate import abs_max, aggregation_matrices
 from ..core import Blur
 from ..zoo import load_digits, load_digits_cnn
 from . import Table, machine_info, time_interleaved
@@ -165,7 +166,7 @@ def reproduction_table(batch: int = 64, n_samples: int = 50, n_eval: int = 200, 
     k = phi.shape[1]
     for i, name in enumerate(SEVEN):
         rows[name] = torch.nn.functional.one_hot(torch.full((batch,), i), k).double().to(device)
-    fns = explainers(SEVEN, {})
+    fns = MethodSet(SEVEN)
     clean = model(x).gather(1, t[:, None])[:, 0].detach()
     common = dict(n_samples=n_eval, radius=0.1, fraction=0.2, baseline="blur", lam=(0.5, 0.5), chunk=512)
     g_sens = aggregation_matrices(model, x, t, clean, fns, phi, abs_max, objective="robust",
@@ -185,7 +186,7 @@ def reproduction_table(batch: int = 64, n_samples: int = 50, n_eval: int = 200, 
     var_fn = lambda m, z, tz: aggregate(m, z, tz, methods=SEVEN, objective="var").attribution  # noqa: E731
     var_map = var_fn(model, x, t)
     pair = torch.stack([abs_max(var_map)] * 2, 1)
-    same = explainers({"var": var_fn, "again": var_fn}, {})
+    same = {"var": var_fn, "again": var_fn}
     sens = aggregation_matrices(model, x, t, clean, same, pair, abs_max, objective="robust",
                                 generator=torch.Generator().manual_seed(12345), **common)[:, 0, 0].mean().item()
     infd = aggregation_matrices(model, x, t, clean, same, pair, abs_max, objective="faith",

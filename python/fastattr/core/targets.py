@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .chunks import forward_chunks
-from .contract import Target, check_output
+from .contract import Target
 
 READERS = ("probability", "logit", "log_probability", "regression")  # one score per input; plus "logits"
 
@@ -18,20 +18,11 @@ def resolve_target(model: Callable, inputs: torch.Tensor, target: Target,
                    memory_budget: Optional[int] = None) -> torch.Tensor:
     """Per-example target indices ``[B]`` in ``0..C-1``: an int, a ``[B]`` tensor, or None (the argmax of
     f(x)); negative indices count from the end, as in Python (``-1``: the last output). Without
-    ``logits``, one forward (chunked under ``max_batch`` / ``memory_budget``) gives the outputs: of every
-    input for the argmax, of the first two for a given target (its range check needs only the number
-    of outputs; a model that cannot run two of its inputs alone runs them all)."""
+    ``logits``, one forward of ``inputs`` (chunked under ``max_batch`` / ``memory_budget``) checks the
+    range."""
     batch = inputs.shape[0]
-    if logits is None and target is None:
+    if logits is None:
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
-    elif logits is None:
-        try:
-            with torch.no_grad():
-                logits = check_output(model(inputs[:2]), min(2, batch), any_rank=True)
-        except (RuntimeError, ValueError, TypeError):
-            # a model bound to its batch (per-example tensors in hooks or arguments) or a broken one runs the
-            # whole batch, whose error, if any, is the one raised
-            logits = forward_chunks(model, inputs, max_batch, memory_budget)
     if logits.dim() == 1:
         logits = logits[:, None]
     n_classes = logits.shape[-1]

@@ -112,7 +112,7 @@ def _split(item) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
 
 
 def _explainers(methods, method_kwargs: dict) -> dict[str, Callable]:
-    from ..attribution import method_function
+    from ..attribution.shared import method_function
 
     if isinstance(methods, (list, tuple)):
         methods = {m: m for m in methods}

@@ -291,7 +291,8 @@ class SumOfParts(nn.Module):
         b, n, d = patches.shape[0], self.n_patches, self.attn_dim
         e = self.patch_proj(patches) + self.position
         h = self.n_heads  # (W_q e)(W_k e)ᵀ/√d = e (W_qᵀ W_k / √d) eᵀ per head: one product of e fewer
-        q = e @ self._folded()[0]                                                     # every head in one product
+        bilinear = self.gen_query.weight.view(h, d, d).transpose(1, 2) @ self.gen_key.weight.view(h, d, d)
+        q = e @ (bilinear / math.sqrt(d)).transpose(0, 1).reshape(d, h * d)          # every head in one product
         logits = (q.view(b, n, h, d).transpose(1, 2) @ e.unsqueeze(1).transpose(-1, -2)).reshape(b, h * n, n)
         hard, rows, first = group_masks(logits, self.n_groups, self.kept)
         mask = hard.to(logits.dtype)
@@ -369,32 +370,17 @@ class SumOfParts(nn.Module):
         outs = [runner(self._patch_copies(x, flat, rows, g)) for rows in distinct.split(chunk)]
         return outs[0] if len(outs) == 1 else torch.cat(outs), slot
 
-    def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The products of parameters alone in both attentions: GroupGen's ``W_qᵀ W_k / √d`` per head, laid
-        out ``[d, h·d]`` for one product with ``e``, and GroupSelect's class queries folded with its key
-        projection, ``(W_q' C) W_k' / √h`` ``[C, h]`` (the scores ``(W_q' C)(W_k' z)ᵀ / √h`` are this times
-        ``zᵀ``, one product with ``z`` fewer). Without autograd (outside inference mode) they are kept until a
-        parameter they read changes: new storage or an in-place update (its version)."""
-        params = [p for p in (self.gen_query.weight, self.gen_key.weight, self.head.weight, self.sel_query.weight,
-                              self.sel_query.bias, self.sel_key.weight) if p is not None]
-        keep = not torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-        cached = self.__dict__.get("_folded_cache") if keep else None
-        if cached is not None and all(p.data_ptr() == v.data_ptr() and p._version == n
-                                      for p, v, n in zip(params, cached[0], cached[1])):
-            return cached[2]
-        d, h = self.attn_dim, self.n_heads
-        bilinear = self.gen_query.weight.view(h, d, d).transpose(1, 2) @ self.gen_key.weight.view(h, d, d)
-        value = ((bilinear / math.sqrt(d)).transpose(0, 1).reshape(d, h * d),
-                 self.sel_query(self.head.weight) @ self.sel_key.weight / math.sqrt(self.hidden))
-        if keep:  # the views keep the storages read alive, so a new parameter cannot reuse their addresses
-            self.__dict__["_folded_cache"] = ([p.detach() for p in params], [p._version for p in params], value)
-        return value
+    def _select_query(self) -> torch.Tensor:
+        """GroupSelect's class queries folded with its key projection, ``(W_q' C) W_k' / √h`` ``[C, h]``: the
+        scores ``(W_q' C)(W_k' z)ᵀ / √h`` are this times ``zᵀ``, one product with ``z`` fewer. Made before the
+        backbone runs (it depends on the parameters only)."""
+        return self.sel_query(self.head.weight) @ self.sel_key.weight / math.sqrt(self.hidden)
 
     def _run(self, inputs: torch.Tensor, max_batch=None, memory_budget=None) -> dict:
         self._check_batch(inputs)
         x = self.embedding(inputs) if self.kind == "ids" else inputs
         mask, hard, first = self._groups(self._patches(x))
-        query = self._folded()[1]
+        query = self._select_query()
         z, slot = self._features(x, mask, self.max_batch if max_batch is None else max_batch,
                                  self.memory_budget if memory_budget is None else memory_budget, first)
         c, y, logits = group_select(z, slot, self.head.weight, self.head.bias, query)   # GroupSelect
