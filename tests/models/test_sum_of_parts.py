@@ -148,7 +148,8 @@ def test_group_gen_and_group_select_are_the_papers_attention_and_scores():
 def test_distinct_copies_are_the_masked_copies_of_their_groups(make):
     """The copies (``x`` seen patch by patch times a group's patch mask) are the masked copies ``S_i ⊙ x``
     written out, bit for bit, for images, token ids, embedded tokens and flat features; running the distinct
-    copies only gives the bits of running every copy."""
+    copies only gives what running every copy gives (the groups exactly, the numbers to rounding: on an AMD
+    EPYC the float64 ``Linear(96, 12)`` rounds a row differently at 20 rows than at 7)."""
     if make == "image":
         sop, (x, _) = image_sop().eval(), digits(6)
     elif make == "ids":
@@ -171,8 +172,10 @@ def test_distinct_copies_are_the_masked_copies_of_their_groups(make):
     assert torch.equal(sop._patch_copies(embedded, m.reshape(b * g, -1), rows, g), expected)
     once = sop.explain(x, "all")
     sop.unique_copies = False
-    for a, c in zip(once[:4], sop.explain(x, "all")[:4]):
-        assert torch.equal(a, c)
+    every = sop.explain(x, "all")
+    assert torch.equal(once.masks, every.masks)
+    for a, c in zip(once[1:4], every[1:4]):  # a BLAS may round a row differently at another row count
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("make", ["image", "ids", "sequence"])
@@ -296,8 +299,9 @@ def test_groups_holding_the_same_patches_run_once_without_gradients():
     assert first_equal_group(toy).tolist() == [[0, 1, 0, 3], [0, 0, 2, 2]]
     zoo.unique_copies = False
     every = zoo.explain(x, "all")
-    for a, b in zip(e[:4], every[:4]):
-        assert torch.equal(a, b)
+    assert torch.equal(e.masks, every.masks)
+    for a, b in zip(e[1:4], every[1:4]):  # float32: the backbone on the distinct copies, then on all 512
+        torch.testing.assert_close(a, b)
 
 
 def test_gradients_reach_group_gen_and_group_select():
