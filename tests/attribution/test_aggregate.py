@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastattr
-from fastattr.attribution.aggregate import abs_max
+from fastattr.attribution.aggregate import abs_max, aggregation_matrices
 from fastattr.core import Blur
 from tests.integrations.models import cnn, digits
 
@@ -125,6 +125,13 @@ def test_bad_arguments():
         fastattr.aggregate(model, x, t, methods=METHODS, n_samples=1)
     with pytest.raises(ValueError, match="precomputed"):
         fastattr.aggregate(model, x, t, methods={"a": torch.rand(2, 1, 8, 8), "b": "saliency"}, objective="robust")
+    phi = torch.stack([fastattr.saliency(model, x, t), fastattr.input_x_gradient(model, x, t)], 1)
+    for objective in ("robust", "opt"):  # the public G builder refuses them too, not only aggregate
+        with pytest.raises(ValueError, match="'b' is a precomputed map"):
+            aggregation_matrices(model, x, t, model(x).gather(1, t[:, None]).squeeze(1),
+                                 {"a": lambda m, z, tz: fastattr.saliency(m, z, tz), "b": phi[:, 1]}, phi, abs_max,
+                                 objective=objective, n_samples=3, radius=0.1, fraction=0.2, baseline="blur",
+                                 lam=(0.5, 0.5), generator=torch.Generator().manual_seed(1), chunk=x.shape[0])
     with pytest.raises(ValueError, match="all maps of one shape"):
         fastattr.aggregate(model, x, t, methods={"a": torch.rand(2, 1, 8, 8, dtype=torch.float64),
                                                  "b": torch.rand(2, 8, 8, dtype=torch.float64)}, objective="mean")

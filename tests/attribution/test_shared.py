@@ -148,9 +148,12 @@ def test_a_bad_setting_gets_its_methods_own_error_and_every_map_is_its_own():
     sg = ("smoothgrad", SETTINGS)
     bad = {"abs": ("smoothgrad", {**SETTINGS, "variant": "vargrad", "abs": 1}),
            "n_samples": ("smoothgrad", {**SETTINGS, "variant": "vargrad", "n_samples": 4.0}),
-           "max_batch": ("input_x_gradient", {"max_batch": 4.0})}
+           "max_batch": ("input_x_gradient", {"max_batch": 4.0}),
+           "variant": ("smoothgrad", {**SETTINGS, "variant": ["vargrad"]}),
+           "variant name": ("smoothgrad", {**SETTINGS, "variant": "var_grad"})}
     errors = {"abs": "abs must be a bool", "n_samples": "n_samples must be an int",
-              "max_batch": "max_batch must be a positive int"}
+              "max_batch": "max_batch must be a positive int", "variant": "variant must be one of",
+              "variant name": "variant must be one of"}
     for key, method in bad.items():
         first = ("saliency", {"max_batch": 4}) if key == "max_batch" else sg
         with pytest.raises((TypeError, ValueError), match=errors[key]):

@@ -141,6 +141,15 @@ def _faith_matrix(model, inputs, t, clean, phi, *, n_samples, fraction, baseline
     return torch.einsum("bmi,bml->bil", gamma, gamma) / n_samples
 
 
+def _check_reexplainable(fns: MethodSet, objective: str) -> None:
+    """The error for precomputed maps among the methods of an objective that re-explains perturbed inputs."""
+    given = list(fns.given)
+    if given:
+        raise ValueError(f"objective {objective!r} re-explains perturbed inputs, so every method must be a name, a "
+                         f"(name, {{settings}}) pair or a function; {', '.join(map(repr, given))} "
+                         f"{'is a' if len(given) == 1 else 'are'} precomputed map(s)")
+
+
 def aggregation_matrices(model, inputs, t, clean, fns, phi, prep, *, objective, n_samples, radius, fraction,
                          baseline, lam, generator, chunk) -> torch.Tensor:
     """The objective's ``G [B, k, k]`` (module docstring): robust, faith, or their normalised blend; ``fns`` the
@@ -148,6 +157,7 @@ def aggregation_matrices(model, inputs, t, clean, fns, phi, prep, *, objective, 
     parts = {}
     if objective in ("robust", "opt"):
         fns = fns if isinstance(fns, MethodSet) else MethodSet(fns)
+        _check_reexplainable(fns, objective)
         parts["robust"] = _robust_matrix(model, inputs, t, fns, phi, prep, n_samples=n_samples, radius=radius,
                                          generator=generator, chunk=chunk)
     if objective in ("faith", "opt"):
@@ -215,11 +225,8 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
     lam = _lambdas(lam)
     prep = preprocessor(preprocess)
     fns = explainers(methods, dict(max_batch=max_batch, memory_budget=memory_budget))
-    given = list(fns.given)
-    if given and objective in ("robust", "opt"):
-        raise ValueError(f"objective {objective!r} re-explains perturbed inputs, so every method must be a name or a "
-                         f"function; {', '.join(map(repr, given))} {'is a' if len(given) == 1 else 'are'} "
-                         "precomputed map(s)")
+    if objective in ("robust", "opt"):
+        _check_reexplainable(fns, objective)
     t, clean = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
     batch, shape, maps = inputs.shape[0], None, []
     for name, out in fns(model, inputs, t).items():

@@ -360,7 +360,8 @@ def sea_nn(model: Callable, inputs: torch.Tensor, target: Target = None, *, meth
 
     Args:
         methods: at least two maps to ensemble: ``{name: method}`` or a sequence of methods, each a name in
-            ``fastattr.attribution.METHODS``, a function ``fn(model, x, target)``, or a precomputed map
+            ``fastattr.attribution.METHODS`` or a ``(name, {settings})`` pair (those with model passes in
+            common share them), a function ``fn(model, x, target)``, or a precomputed map
             ``[B, C, H, W]`` / ``[B, H, W]`` (``|φ|`` is summed over channels).
         segments: ``"felzenszwalb"`` (scikit-image, with ``scale``), None (single pixels: the paper's MNIST
             setting), or integer labels ``[B, H, W]`` / ``[H, W]``.

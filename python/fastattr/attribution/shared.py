@@ -25,7 +25,7 @@ import torch
 from ..core import Target, check_flag, model_entry, resolve_target
 from .cam import guided_backprop
 from .deeplift import deeplift
-from .gradient import input_x_gradient, integrated_gradients, saliency, smoothgrad, smoothgrad_variants
+from .gradient import VARIANTS, input_x_gradient, integrated_gradients, saliency, smoothgrad, smoothgrad_variants
 from .layer import pathway_gradient
 from .perturbation import feature_ablation, occlusion, rise
 from .surrogate import kernel_shap, lime
@@ -95,8 +95,9 @@ def _share_key(method: str, settings: dict):
     if method in _GRADIENT and set(settings) <= _GRADIENT[method]:
         key = _typed({k: v for k, v in settings.items() if k in _CHUNKS})
         return None if key is None else ("gradient",) + key
-    seed = settings.get("generator")
-    if method == "smoothgrad" and set(settings) <= _NOISE and (seed is None or type(seed) is int):
+    seed, variant = settings.get("generator"), settings.get("variant", "smoothgrad")
+    if method == "smoothgrad" and set(settings) <= _NOISE and (seed is None or type(seed) is int) \
+            and type(variant) is str and variant in VARIANTS:
         key = _typed(settings, leave="variant")
         return None if key is None else ("noise",) + key
     return None
@@ -190,7 +191,7 @@ def explain_all(model: Callable, inputs: torch.Tensor, target: Target = None, *,
 
         >>> maps = fastattr.attribution.explain_all(model, x, y, methods={
         ...     "sg": ("smoothgrad", {"n_samples": 10}), "vg": ("smoothgrad", {"n_samples": 10, "variant": "vargrad"}),
-        ...     "sal": "saliency", "ixg": "input_x_gradient"})   # two gradient passes, not 22
+        ...     "sal": "saliency", "ixg": "input_x_gradient"})   # 11 gradient passes of x, not 22
     """
     if not isinstance(methods, dict) or not methods:
         raise ValueError(f"methods must be a non-empty dict of {{name: method}}, got {methods!r}")
