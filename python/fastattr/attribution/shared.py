@@ -14,7 +14,8 @@ it, as a precomputed map. Methods named with settings that give the same model p
 Settings are shared only when they are equal and of the same types and name only the method's own
 arguments, so a bad setting gets the error of its method's own call. For a model whose forward draws
 no random numbers every map equals what a separate call of its method with the same settings returns,
-bit for bit, as a tensor of its own.
+bit for bit when both calls run the same chunks (a default chunk can follow free memory: give ``max_batch``
+to pin it), as a tensor of its own.
 """
 from __future__ import annotations
 
