@@ -44,6 +44,10 @@ void greedy_gains(std::uintptr_t z1, std::uintptr_t columns, std::uintptr_t laye
 int64_t group_masks(std::uintptr_t logits, std::uintptr_t masks, std::uintptr_t rows, std::uintptr_t first,
                     int64_t batch, int64_t R, int64_t n, int64_t G, int64_t K, const std::string& dtype,
                     int n_threads);
+int64_t distinct_slots(std::uintptr_t first, std::uintptr_t slot, std::uintptr_t rows, int64_t batch, int64_t G);
+int64_t distinct_copies(std::uintptr_t x, std::uintptr_t masks, std::uintptr_t rows, std::uintptr_t unit_patch,
+                        std::uintptr_t out, int64_t N, int64_t G, int64_t C, int64_t L, int64_t P,
+                        const std::string& dtype, int n_threads);
 int64_t group_select(std::uintptr_t z, std::uintptr_t slot, std::uintptr_t weight, std::uintptr_t bias,
                      std::uintptr_t query, std::uintptr_t p, std::uintptr_t y, std::uintptr_t logits, int64_t batch,
                      int64_t N, int64_t G, int64_t C, int64_t h, const std::string& dtype, int n_threads);
@@ -112,6 +116,15 @@ PYBIND11_MODULE(_C, m) {
         "SOP's group selection per example: the G rows of [R, n] logits of largest sparsemax peak (then max, "
         "then index), each as the mask of its K largest entries, and the first equal group of each; returns "
         "the number of rows holding NaN or +-inf.");
+  m.def("distinct_slots", &fastattr::distinct_slots, py::arg("first"), py::arg("slot"), py::arg("rows"),
+        py::arg("batch"), py::arg("G"), py::call_guard<py::gil_scoped_release>(),
+        "SOP's distinct groups (first[b, g] == g) numbered example-major: each group's slot and each copy's flat "
+        "group; returns N, or minus the number of entries of first that point at no distinct group before them.");
+  m.def("distinct_copies", &fastattr::distinct_copies, py::arg("x"), py::arg("masks"), py::arg("rows"),
+        py::arg("unit_patch"), py::arg("out"), py::arg("N"), py::arg("G"), py::arg("C"), py::arg("L"), py::arg("P"),
+        py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "SOP's masked copies x[b] * masks[rows[n]][unit_patch] of the distinct groups; returns the number of "
+        "unit_patch entries outside [0, P).");
   m.def("group_select", &fastattr::group_select, py::arg("z"), py::arg("slot"), py::arg("weight"), py::arg("bias"),
         py::arg("query"), py::arg("p"), py::arg("y"), py::arg("logits"), py::arg("batch"), py::arg("N"), py::arg("G"),
         py::arg("C"), py::arg("h"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
