@@ -4,6 +4,7 @@ What SOP adds over the floor is GroupGen (patch attention, sparsemax, the masks)
 and GroupSelect. ``--tables reproduction``: the paper's Table 1 on held-out digits."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -13,7 +14,7 @@ from .. import available_backends
 from ..attribution import integrated_gradients, occlusion, rise, saliency, smoothgrad
 from ..metrics import deletion, grouped_deletion, grouped_insertion, insertion
 from ..models import SumOfParts, first_equal_group
-from ..ops import group_masks, group_select
+from ..ops import distinct_copies, group_masks, group_select
 from ..zoo import load_digits, load_digits_cnn, load_digits_sop
 from ..zoo.resnet import resnet18, resnet50
 from . import Table, machine_info, time_interleaved
@@ -129,30 +130,44 @@ def throughput_table(device: Optional[str] = None, repeat: int = 3, **kw) -> Tab
     return resnet_table(device=device, repeat=repeat, throughput=True, **kw)
 
 
-#: SOP's two ops are timed on the shapes SOP gives them: ``group_masks`` ``(B, R, n, G, K)`` and ``group_select``
-#: ``(B, G, N, C, h)`` — the digits SOP (16 candidate rows over 16 patches, 8 groups of 8, 10 classes, 64
-#: features, 6.7 distinct copies per input) at B = 32 and on the whole test split, and a ResNet-50 SOP at
-#: 224² in 16-pixel patches (196 rows over 196 patches, 32 groups of 20 %, 2048 features) at B = 16
+#: SOP's three ops are timed on the shapes SOP gives them: ``group_masks`` ``(B, R, n, G, K)``,
+#: ``distinct_copies`` ``(B, G, P, C, L)`` and ``group_select`` ``(B, G, N, C, h)`` — the digits SOP (16
+#: candidate rows over 16 patches, 8 groups of 8, 1 × 64 pixels, 10 classes, 64 features, 6.7 distinct copies
+#: per input) at B = 32 and on the whole test split, and a ResNet-50 SOP at 224² in 16-pixel patches (196 rows
+#: over 196 patches, 32 groups of 20 %, 3 × 224² pixels, 2048 features) at B = 16
 OP_SHAPES = {"group_masks": ((32, 16, 16, 8, 8), (450, 16, 16, 8, 8), (16, 196, 196, 32, 39)),
+             "distinct_copies": ((32, 8, 16, 1, 64), (450, 8, 16, 1, 64), (16, 32, 196, 3, 224 * 224)),
              "group_select": ((32, 8, 218, 10, 64), (450, 8, 3005, 10, 64), (16, 32, 512, 10, 2048))}
 
 
 def _op_inputs(op: str, shape: tuple, device: torch.device) -> tuple:
-    """Seeded inputs of ``op`` at ``shape``: logits ``3·N(0, 1)``; features, head and queries ``N(0, 1)``."""
+    """Seeded inputs of ``op`` at ``shape``: logits ``3·N(0, 1)``; masks of half the patches, a fifth of the
+    groups a repeat of another of the input; pixels, features, head and queries ``N(0, 1)``."""
     gen = torch.Generator().manual_seed(0)
     if op == "group_masks":
         b, r, n, g, k = shape
         return 3 * torch.randn(b, r, n, generator=gen).to(device), g, k
+    if op == "distinct_copies":
+        b, g, p, c, length = shape
+        masks = torch.rand(b, g, p, generator=gen) < 0.5
+        repeat = torch.rand(b, g, generator=gen) < 0.2
+        masks[repeat] = masks[:, :1].expand(-1, g, -1)[repeat]
+        side, cells = math.isqrt(length), math.isqrt(p)       # square images in a square grid of patches
+        cell = torch.arange(side) * cells // side
+        unit_patch = (cell.view(-1, 1) * cells + cell.view(1, -1)).reshape(-1)
+        return (torch.randn(b, c, length, generator=gen).to(device), masks.to(device),
+                first_equal_group(masks).to(device), unit_patch.to(device))
     b, g, n, c, h = shape
     z, w, bias, q = (torch.randn(*s, generator=gen).to(device) for s in ((n, h), (c, h), (c,), (c, h)))
     return z, torch.randint(0, n, (b, g), generator=gen).to(device), w, bias, q
 
 
 def ops_table(device: Optional[str] = None, repeat: int = 20) -> Table:
-    """SOP's ops, ``group_masks`` (GroupGen's selection) and ``group_select`` (GroupSelect), on every backend
-    against their references, the torch calls SOP made before them (stable sorts, gathers and a scatter;
-    a gather, two products, sparsemax and a weighted sum — exlib ranks and scores its groups with torch ops
-    likewise), on :data:`OP_SHAPES`, without gradients."""
+    """SOP's ops, ``group_masks`` (GroupGen's selection), ``distinct_copies`` (the backbone's inputs) and
+    ``group_select`` (GroupSelect), on every backend against their references, the torch calls SOP made before
+    them (stable sorts, gathers and a scatter; the numbering, two index selects and a product; a gather, two
+    products, sparsemax and a weighted sum — exlib ranks and scores its groups with torch ops likewise), on
+    :data:`OP_SHAPES`, without gradients."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backends = available_backends(device)
     table = Table(name=f"SOP's ops against their torch references, {device.type}",
@@ -160,7 +175,7 @@ def ops_table(device: Optional[str] = None, repeat: int = 20) -> Table:
                   params={"shapes": {op: [list(s) for s in shapes] for op, shapes in OP_SHAPES.items()},
                           "repeat": repeat, "device": str(device)})
     for op, shapes in OP_SHAPES.items():
-        fn = {"group_masks": group_masks, "group_select": group_select}[op]
+        fn = {"group_masks": group_masks, "distinct_copies": distinct_copies, "group_select": group_select}[op]
         for shape in shapes:
             args = _op_inputs(op, shape, device)
 
@@ -175,7 +190,7 @@ def ops_table(device: Optional[str] = None, repeat: int = 20) -> Table:
                 table.add(op, ", ".join(map(str, shape)), name, times[name] * 1e3, 1.0 / ratios[name])
     table.notes.append(f"{repeat} round-robin rounds; times are medians, speed-ups medians of per-round ratios; "
                        f"torch threads = {torch.get_num_threads()}; shapes: group_masks (B, R, n, G, K), "
-                       "group_select (B, G, N, C, h)")
+                       "distinct_copies (B, G, P, C, L), group_select (B, G, N, C, h)")
     return table
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from ..core import (ChunkGrid, ChunkRunner, ModelCallError, check_count, check_flag, check_inputs, check_number,
                     chunk_size, fraction_count, is_integer, make_generator, measured_input_factor, model_entry,
                     model_errors, model_guard, resolve_target, run_model)
-from ..ops import first_equal_group, group_masks, group_select, sparsemax
+from ..ops import distinct_copies, first_equal_group, group_masks, group_select, sparsemax
 
 __all__ = ["SOPExplanation", "SumOfParts", "first_equal_group", "train_sop"]
 
@@ -154,6 +154,7 @@ class SumOfParts(nn.Module):
 
         self.kind, self.grid, token_dim = self._layout(dtype, device)
         self.n_patches = math.prod(self.grid)
+        self.register_buffer("_unit_patch", self._make_unit_patch(token_dim, device), persistent=False)
         if self.n_groups > self.n_heads * self.n_patches:
             raise ValueError(f"n_groups ({self.n_groups}) is larger than the number of candidate groups: "
                              f"{self.n_patches} patches of patch_size {self.patch_size} × {self.n_heads} head(s)")
@@ -223,6 +224,22 @@ class SumOfParts(nn.Module):
             raise ValueError(f"embedding must map token ids [B, T] to floating [B, T, D]; got "
                              f"{tuple(out.shape)} {out.dtype} for ids of shape (2, {shape[0]})")
         return "ids", (shape[0] // p,), out.shape[2]
+
+    def _make_unit_patch(self, token_dim: int, device) -> torch.Tensor:
+        """The patch of each unit of the masked tensor seen as ``[B, C, L]`` (:meth:`_units`): pixels (the
+        channels share them) or the entries of tokens."""
+        p = self.patch_size
+        if self.kind == "image":
+            (gh, gw), (h, w) = self.grid, self.input_shape[1:]
+            rows = torch.arange(h, device=device).div(p, rounding_mode="floor")
+            cols = torch.arange(w, device=device).div(p, rounding_mode="floor")
+            return (rows.view(-1, 1) * gw + cols.view(1, -1)).reshape(-1)
+        width = 1 if self.kind == "features" else token_dim
+        return torch.arange(self.input_shape[0], device=device).div(p, rounding_mode="floor").repeat_interleave(width)
+
+    def _units(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as ``[B, C, L]``: channels × pixels of an image, one row of all entries otherwise."""
+        return x.reshape(x.shape[0], x.shape[1] if self.kind == "image" else 1, -1)
 
     def _probe(self, dtype, device) -> int:
         """``h``: the width of the backbone's features, from one forward of two inputs."""
@@ -327,23 +344,23 @@ class SumOfParts(nn.Module):
         return picked.view((-1,) + tuple(x.shape[1:]))
 
     def _features(self, x: torch.Tensor, m: torch.Tensor, max_batch, memory_budget,
-                  first: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  groups: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z [N, h], slot [B, G])``: the backbone's features of the copies ``S_i ⊙ x`` of patch masks
         ``m [B, G, P]`` and the row of ``z`` each group reads, from chunks of the engine's chunk iterator
         (step-major, a block of groups for a block of examples; results independent of the chunk size).
         The default chunk holds the backbone's activations measured at construction
         (:func:`~fastattr.core.measured_input_factor`) within the engine's budget, and on CPU at least
-        :data:`MIN_DEFAULT_CHUNK` copies (a GPU's budget is free memory, never overridden). Given ``first``
-        (:func:`first_equal_group` of the groups), without gradients and with the backbone in eval mode,
-        groups of one input holding the same patches run once (``unique_copies``); otherwise all ``B·G``
+        :data:`MIN_DEFAULT_CHUNK` copies (a GPU's budget is free memory, never overridden). Given ``groups``
+        (the bool masks and :func:`first_equal_group` of them), without gradients and with the backbone in eval
+        mode, groups of one input holding the same patches run once (``unique_copies``); otherwise all ``B·G``
         copies run (``N = B·G``, ``slot`` the identity)."""
         b, g = m.shape[:2]
         chunk = chunk_size(x, b * g, max_batch, memory_budget, per_input_factor=self._input_factor)
         if max_batch is None and memory_budget is None and x.device.type == "cpu":
             chunk = min(b * g, max(chunk, MIN_DEFAULT_CHUNK))
-        if first is not None and self.unique_copies and not torch.is_grad_enabled() \
+        if groups is not None and self.unique_copies and not torch.is_grad_enabled() \
                 and not any(module.training for module in self.backbone.modules()):
-            return self._distinct_features(x, m, first, chunk)
+            return self._distinct_features(x, *groups, chunk)
         flat = m.reshape(b * g, -1)
         grid = ChunkGrid(b, g, chunk)
         runner = ChunkRunner(self._backbone, grid.rows)
@@ -357,18 +374,24 @@ class SumOfParts(nn.Module):
             z[e0:e1, k0:k1] = out.view(k1 - k0, e1 - e0, -1).transpose(0, 1)
         return z.view(b * g, -1), torch.arange(b * g, device=z.device).view(b, g)
 
-    def _distinct_features(self, x: torch.Tensor, m: torch.Tensor, first: torch.Tensor,
+    def _distinct_features(self, x: torch.Tensor, hard: torch.Tensor, first: torch.Tensor,
                            chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z [N, h], slot [B, G])`` from the backbone on the ``N`` distinct copies only, given ``first [B, G]``,
-        the first group of the same input with the same patches as each."""
+        """``(z [N, h], slot [B, G])`` from the backbone on the ``N`` distinct copies only
+        (:func:`~fastattr.ops.distinct_copies` of blocks of ``chunk // G`` inputs, at most ``chunk`` copies a
+        call), given the bool masks ``hard [B, G, P]`` and ``first [B, G]``."""
         b, g = first.shape
-        keep = (first == torch.arange(g, device=first.device)).view(-1)  # each input's first group of a patch set
-        slot = keep.cumsum(0).sub_(1).view(b, g).gather(1, first)   # each group's distinct copy
-        distinct = keep.nonzero().squeeze(1)                         # example-major (b·G + group)
-        flat = m.reshape(b * g, -1)
+        per = max(1, chunk // g)
         runner = ChunkRunner(self._backbone, chunk)
-        outs = [runner(self._patch_copies(x, flat, rows, g)) for rows in distinct.split(chunk)]
-        return outs[0] if len(outs) == 1 else torch.cat(outs), slot
+        unit_patch = getattr(self, "_unit_patch", None)
+        if unit_patch is None or unit_patch.device != x.device:   # a model pickled before it kept one
+            unit_patch = self._make_unit_patch(x.shape[-1], x.device)
+        units, outs, slots, n = self._units(x), [], [], 0
+        for e0 in range(0, b, per):
+            copies, slot = distinct_copies(units[e0:e0 + per], hard[e0:e0 + per], first[e0:e0 + per], unit_patch)
+            outs.extend(runner(piece.view((-1,) + tuple(x.shape[1:]))) for piece in copies.split(chunk))
+            slots.append(slot + n if n else slot)
+            n += copies.shape[0]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)), (slots[0] if len(slots) == 1 else torch.cat(slots))
 
     def _select_query(self) -> torch.Tensor:
         """GroupSelect's class queries folded with its key projection, ``(W_q' C) W_k' / √h`` ``[C, h]``: the
@@ -382,7 +405,7 @@ class SumOfParts(nn.Module):
         mask, hard, first = self._groups(self._patches(x))
         query = self._select_query()
         z, slot = self._features(x, mask, self.max_batch if max_batch is None else max_batch,
-                                 self.memory_budget if memory_budget is None else memory_budget, first)
+                                 self.memory_budget if memory_budget is None else memory_budget, (hard, first))
         c, y, logits = group_select(z, slot, self.head.weight, self.head.bias, query)   # GroupSelect
         return {"hard": hard, "c": c, "y": y, "logits": logits}
 
