@@ -72,6 +72,19 @@ def test_layouts_empty_batch_and_gradients(backend_device):
     assert [tuple(t.shape) for t in empty] == [(0, 2, 20), (0, 6)]
 
 
+def test_vmap_over_the_masks_goes_through_the_op(backend_device):
+    """A functorch-wrapped ``masks`` / ``first`` (``x`` plain) is handled by the custom op's fallback on every
+    backend, not handed to the C++ kernel by pointer (the same number of copies in every slice)."""
+    backend, device = backend_device
+    x, masks, first, unit_patch = _case(3, 6, 5, 2, 10, torch.float32, device, 4)
+    stacked_masks, stacked_first = masks.expand(4, -1, -1, -1).clone(), first.expand(4, -1, -1).clone()
+    copies, slot = torch.func.vmap(lambda m, f: distinct_copies(x, m, f, unit_patch, backend=backend))(
+        stacked_masks, stacked_first)
+    expected = reference_copies(x.cpu(), masks.cpu(), first.cpu(), unit_patch.cpu())
+    for i in range(4):
+        _same((copies[i], slot[i]), expected)
+
+
 def test_errors_name_the_argument(backend_device):
     backend, device = backend_device
     x, masks, first, unit_patch = _case(2, 4, 3, 1, 6, torch.float32, device, 1)

@@ -154,7 +154,6 @@ class SumOfParts(nn.Module):
 
         self.kind, self.grid, token_dim = self._layout(dtype, device)
         self.n_patches = math.prod(self.grid)
-        self.register_buffer("_unit_patch", self._make_unit_patch(token_dim, device), persistent=False)
         if self.n_groups > self.n_heads * self.n_patches:
             raise ValueError(f"n_groups ({self.n_groups}) is larger than the number of candidate groups: "
                              f"{self.n_patches} patches of patch_size {self.patch_size} × {self.n_heads} head(s)")
@@ -225,9 +224,17 @@ class SumOfParts(nn.Module):
                              f"{tuple(out.shape)} {out.dtype} for ids of shape (2, {shape[0]})")
         return "ids", (shape[0] // p,), out.shape[2]
 
+    def _unit_patch(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch of each unit of ``x`` seen as ``[B, C, L]`` (:meth:`_units`): pixels (the channels share
+        them) or the entries of tokens. Made once per device and token width (it depends on the layout only;
+        a plain attribute, not a buffer, so no ``to_empty`` or state dict can leave it stale)."""
+        key = (x.device, x.shape[-1])
+        cache = self.__dict__.setdefault("_unit_patches", {})
+        if key not in cache:
+            cache[key] = self._make_unit_patch(x.shape[-1], x.device)
+        return cache[key]
+
     def _make_unit_patch(self, token_dim: int, device) -> torch.Tensor:
-        """The patch of each unit of the masked tensor seen as ``[B, C, L]`` (:meth:`_units`): pixels (the
-        channels share them) or the entries of tokens."""
         p = self.patch_size
         if self.kind == "image":
             (gh, gw), (h, w) = self.grid, self.input_shape[1:]
@@ -376,15 +383,14 @@ class SumOfParts(nn.Module):
 
     def _distinct_features(self, x: torch.Tensor, hard: torch.Tensor, first: torch.Tensor,
                            chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z [N, h], slot [B, G])`` from the backbone on the ``N`` distinct copies only
-        (:func:`~fastattr.ops.distinct_copies` of blocks of ``chunk // G`` inputs, at most ``chunk`` copies a
-        call), given the bool masks ``hard [B, G, P]`` and ``first [B, G]``."""
+        """``(z [N, h], slot [B, G])`` from the backbone on the ``N`` distinct copies only, given the bool masks
+        ``hard [B, G, P]`` and ``first [B, G]``: :func:`~fastattr.ops.distinct_copies` of blocks of
+        ``max(1, chunk // G)`` inputs (at most ``max(chunk, G)`` copies at a time), the backbone on at most
+        ``chunk`` of them a call."""
         b, g = first.shape
         per = max(1, chunk // g)
         runner = ChunkRunner(self._backbone, chunk)
-        unit_patch = getattr(self, "_unit_patch", None)
-        if unit_patch is None or unit_patch.device != x.device:   # a model pickled before it kept one
-            unit_patch = self._make_unit_patch(x.shape[-1], x.device)
+        unit_patch = self._unit_patch(x)
         units, outs, slots, n = self._units(x), [], [], 0
         for e0 in range(0, b, per):
             copies, slot = distinct_copies(units[e0:e0 + per], hard[e0:e0 + per], first[e0:e0 + per], unit_patch)
