@@ -477,6 +477,8 @@ def test_bad_calls_get_an_error_naming_the_argument():
     sop, (x, y) = image_sop().eval(), digits(3)
     with pytest.raises(ValueError, match=r"inputs must have shape \[B, 3, 8, 8\], got \(3, 1, 8, 8\)"):
         sop(x[:, :1])
+    with pytest.raises(ValueError, match=r"inputs must have a non-empty batch axis, got shape \(0, 3, 8, 8\)"):
+        sop(x[:0])
     with pytest.raises(TypeError, match="inputs have dtype torch.float32"):
         sop(x.float())
     with pytest.raises(ValueError, match="target must be None, an int, a \\[B\\] tensor or 'all'"):

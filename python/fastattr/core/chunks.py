@@ -86,7 +86,7 @@ def chunk_size(inputs: torch.Tensor, total: int, max_batch: Optional[int], memor
     elif isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float, np.number)) \
             or not memory_budget > 0:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    per_input = max(1, inputs[0].numel() * inputs.element_size()) * per_input_factor
+    per_input = max(1, math.prod(inputs.shape[1:]) * inputs.element_size()) * per_input_factor
     return int(max(1, min(total, 1024, math.floor(memory_budget / per_input))))
 
 

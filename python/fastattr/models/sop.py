@@ -288,6 +288,8 @@ class SumOfParts(nn.Module):
         if tuple(inputs.shape[1:]) != self.input_shape or inputs.dim() != len(self.input_shape) + 1:
             raise ValueError(f"inputs must have shape [B, {', '.join(map(str, self.input_shape))}], "
                              f"got {tuple(inputs.shape)}")
+        if inputs.shape[0] == 0:
+            raise ValueError(f"inputs must have a non-empty batch axis, got shape {tuple(inputs.shape)}")
         if self.kind == "ids" and not is_integer(inputs):
             raise TypeError(f"inputs must be integer token ids for a SumOfParts with an embedding, got {inputs.dtype}")
         if self.kind != "ids" and not inputs.is_floating_point():
