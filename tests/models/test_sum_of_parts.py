@@ -178,6 +178,18 @@ def test_distinct_copies_are_the_masked_copies_of_their_groups(make):
         torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
 
 
+def test_a_model_built_on_the_meta_device_and_loaded_gives_the_same_outputs():
+    """``to_empty`` + ``load_state_dict`` (how large models are materialised) restore everything the forward
+    reads: no state of SOP's own lives outside its state dict (the unit-to-patch map is made per device)."""
+    source, (x, _) = image_sop().eval(), digits(6)
+    with torch.device("meta"):
+        meta = image_sop(backbone=cnn_backbone()).eval()
+    meta.to_empty(device="cpu")
+    meta.load_state_dict(source.state_dict())
+    with torch.no_grad():
+        assert torch.equal(meta(x), source(x))
+
+
 @pytest.mark.parametrize("make", ["image", "ids", "sequence"])
 def test_logits_are_the_sum_of_the_parts(make):
     """``y = Σ_i c_i y_i`` with ``y_i = C h(S_i ⊙ x)`` recomputed group by group, by hand."""
