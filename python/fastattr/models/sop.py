@@ -339,17 +339,11 @@ class SumOfParts(nn.Module):
 
     def _patch_copies(self, x: torch.Tensor, m: torch.Tensor, rows: torch.Tensor, g: int) -> torch.Tensor:
         """``S_i ⊙ x`` for the groups ``rows`` (flat indices ``b·G + i``, in the order given) of patch masks
-        ``m [B·G, P]``: ``x`` seen patch by patch times each mask's patch values (channel-shared for images,
-        all ``D`` entries of a token), one product; ``[len(rows), *x.shape[1:]]``."""
-        b, p = x.shape[0], self.patch_size
-        if self.kind == "image":
-            gh, gw = self.grid
-            patched, shape = x.reshape(b, x.shape[1], gh, p, gw, p), (-1, 1, gh, 1, gw, 1)
-        elif self.kind == "features":
-            patched, shape = x.reshape(b, self.grid[0], p), (-1, self.grid[0], 1)
-        else:
-            patched, shape = x.reshape(b, self.grid[0], p, x.shape[2]), (-1, self.grid[0], 1, 1)
-        picked = patched.index_select(0, rows.div(g, rounding_mode="floor")) * m.index_select(0, rows).view(shape)
+        ``m [B·G, P]`` (differentiable in ``m``): each unit of ``x`` (:meth:`_units`) times its patch's mask value,
+        one product, as :func:`~fastattr.ops.distinct_copies` computes without gradients;
+        ``[len(rows), *x.shape[1:]]``."""
+        values = m.index_select(0, rows)[:, self._unit_patch(x)].unsqueeze(1)          # [len(rows), 1, L]
+        picked = self._units(x).index_select(0, rows.div(g, rounding_mode="floor")) * values
         return picked.view((-1,) + tuple(x.shape[1:]))
 
     def _features(self, x: torch.Tensor, m: torch.Tensor, max_batch, memory_budget,

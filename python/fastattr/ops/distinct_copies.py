@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from .. import _backend
-from ..reference.distinct_copies import distinct_copies as reference_copies
+from ..reference.distinct_copies import distinct_copies as reference_copies, distinct_slots as reference_slots
 from ._utils import (check_backend, check_tensor, eager_cpu, eager_without_compiler, in_compute, resolve, run_cpp,
                      triton_kernels)
 
@@ -99,9 +99,7 @@ def _distinct_copies_op(x: torch.Tensor, masks: torch.Tensor, first: torch.Tenso
     if name == "reference":
         return reference_copies(x, masks, first, unit_patch)
     b, g = first.shape
-    keep = (first == torch.arange(g, device=first.device)).reshape(-1)
-    slot = (keep.cumsum(0) - 1).view(b, g).gather(1, first)
-    rows = keep.nonzero().squeeze(1)
+    slot, rows = reference_slots(first)
     copies = triton_kernels("distinct_copies").distinct_copies(
         in_compute(x), masks.reshape(b * g, -1).contiguous(), rows, unit_patch.contiguous(), g)
     return copies.to(x.dtype), slot
