@@ -5,10 +5,10 @@ The seven explainers are the paper's: saliency, input × gradient, integrated gr
 VarGrad, guided backprop and DeepLift. The floor is those seven on all ``m·B`` perturbed inputs
 (what ``"robust"`` must explain at least), computed as fastattr computes them at their cheapest
 (:func:`~fastattr.attribution.explain_all`: saliency and input × gradient share one gradient,
-SmoothGrad and VarGrad one set of noisy gradients); a row times them as seven separate calls. The paper's procedure, as its released
-code runs it, handles one image at a time: every explainer on every perturbed copy at batch size 1,
-the infidelity copies one forward each, and one cvxpy problem per image; it is timed on a few
-images and scaled to the batch (its cost is the same for every image).
+SmoothGrad and VarGrad one set of noisy gradients); a row times them as seven separate calls. The
+paper's procedure, as its released code runs it, handles one image at a time: every explainer on every
+perturbed copy at batch size 1, the infidelity copies one forward each, and one cvxpy problem per image;
+it is timed on a few images and scaled to the batch (its cost is the same for every image).
 """
 from __future__ import annotations
 
