@@ -3,7 +3,8 @@
 //   s[c, g] = Q[c] . z[slot[g]]                  the group scores (Q: the class queries folded with W_k')
 //   p[c, :] = sparsemax(s[c, :])                 over the groups, with the sparsemax kernel's threshold
 //   logits[c] = sum_g p[c, g] y[g, c]
-// Dot products accumulate in T (vectorised); the sum over groups in index order. Scores with NaN or +inf
+// The products are made once per row of z that a group reads (groups may share rows), four dot products at
+// a time, accumulated in T (vectorised); the sum over groups in index order. Scores with NaN or +inf
 // (or all -inf) give a NaN row, as sparsemax. Returns the number of slots outside [0, N) (then nothing is valid).
 #include <limits>
 #include <vector>
@@ -14,24 +15,60 @@
 namespace fastattr {
 namespace {
 
+// out[j] = A[j] . v for the `count` rows of A (each n long): four dot products per pass over v, so their
+// four accumulations run side by side instead of one after another.
 template <typename T>
-inline __attribute__((always_inline)) T dot(const T* a, const T* b, int64_t n) {
-  T acc = 0;
+inline __attribute__((always_inline)) void dots(const T* A, const T* v, T* out, int64_t count, int64_t n) {
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const T* a0 = A + j * n;
+    const T* a1 = a0 + n;
+    const T* a2 = a1 + n;
+    const T* a3 = a2 + n;
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t k = 0; k < n; ++k) {
+      s0 += a0[k] * v[k];
+      s1 += a1[k] * v[k];
+      s2 += a2[k] * v[k];
+      s3 += a3[k] * v[k];
+    }
+    out[j] = s0;
+    out[j + 1] = s1;
+    out[j + 2] = s2;
+    out[j + 3] = s3;
+  }
+  for (; j < count; ++j) {
+    const T* a = A + j * n;
+    T acc = 0;
 #pragma omp simd reduction(+ : acc)
-  for (int64_t k = 0; k < n; ++k) acc += a[k] * b[k];
-  return acc;
+    for (int64_t k = 0; k < n; ++k) acc += a[k] * v[k];
+    out[j] = acc;
+  }
 }
 
+// The partial logits and the scores of one row of z: ys[0, C) = W z + bias, ys[C, 2C) = Q z.
 template <typename T>
-FASTATTR_MULTIVERSION void select_example(const T* z, const int64_t* slot, const T* W, const T* bias, const T* Q,
-                                          T* p, T* y, T* logits, int64_t G, int64_t C, int64_t h, std::vector<T>& s,
-                                          std::vector<double>& cand) {
+FASTATTR_MULTIVERSION void row_products(const T* row, const T* W, const T* bias, const T* Q, T* ys, int64_t C,
+                                        int64_t h) {
+  dots(W, row, ys, C, h);
+  if (bias) {
+    for (int64_t c = 0; c < C; ++c) ys[c] += bias[c];
+  }
+  dots(Q, row, ys + C, C, h);
+}
+
+// Per example: the groups' products gathered from ys (2C per used row, the groups' rows at[g]), sparsemax
+// over the groups, logits.
+template <typename T>
+FASTATTR_MULTIVERSION void select_example(const T* ys, const int64_t* at, T* p, T* y, T* logits, int64_t G,
+                                          int64_t C, std::vector<T>& s, std::vector<double>& cand) {
   s.resize(static_cast<size_t>(C * G));
   for (int64_t g = 0; g < G; ++g) {
-    const T* row = z + slot[g] * h;
+    const T* row = ys + at[g] * 2 * C;
     for (int64_t c = 0; c < C; ++c) {
-      y[g * C + c] = dot(W + c * h, row, h) + (bias ? bias[c] : T(0));
-      s[c * G + g] = dot(Q + c * h, row, h);
+      y[g * C + c] = row[c];
+      s[c * G + g] = row[C + c];
     }
   }
   for (int64_t c = 0; c < C; ++c) {
@@ -65,6 +102,21 @@ int64_t group_select(std::uintptr_t z, std::uintptr_t slot, std::uintptr_t weigh
   int64_t bad = 0;
   for (int64_t i = 0; i < batch * G; ++i) bad += sl[i] < 0 || sl[i] >= N;
   if (bad) return bad;
+  // The rows of z some group reads, each multiplied once however many groups share it: used[r] is the
+  // r-th of them and at[b * G + g] the index r of the row group g of example b reads.
+  std::vector<int64_t> used, at(static_cast<size_t>(batch * G));
+  {
+    std::vector<int64_t> index(static_cast<size_t>(N), -1);
+    for (int64_t i = 0; i < batch * G; ++i) {
+      int64_t& r = index[sl[i]];
+      if (r < 0) {
+        r = static_cast<int64_t>(used.size());
+        used.push_back(sl[i]);
+      }
+      at[i] = r;
+    }
+  }
+  const int64_t rows = static_cast<int64_t>(used.size());
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* zz = as_ptr<const T>(z);
@@ -74,8 +126,12 @@ int64_t group_select(std::uintptr_t z, std::uintptr_t slot, std::uintptr_t weigh
     T* pp = as_ptr<T>(p);
     T* yy = as_ptr<T>(y);
     T* ll = as_ptr<T>(logits);
+    std::vector<T> ys(static_cast<size_t>(rows * 2 * C));
+    parallel_rows(rows, 2 * C * h, n_threads, [&](int64_t r) {
+      row_products(zz + used[r] * h, W, bb, Q, ys.data() + r * 2 * C, C, h);
+    });
 #ifdef FASTATTR_OPENMP
-#pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1) if (worth_parallel(batch, 2 * G * C * h, n_threads))
+#pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1) if (worth_parallel(batch, G * C * 8, n_threads))
 #endif
     {
       std::vector<T> s;
@@ -84,7 +140,7 @@ int64_t group_select(std::uintptr_t z, std::uintptr_t slot, std::uintptr_t weigh
 #pragma omp for schedule(static)
 #endif
       for (int64_t b = 0; b < batch; ++b) {
-        select_example(zz, sl + b * G, W, bb, Q, pp + b * C * G, yy + b * G * C, ll + b * C, G, C, h, s, cand);
+        select_example(ys.data(), at.data() + b * G, pp + b * C * G, yy + b * G * C, ll + b * C, G, C, s, cand);
       }
     }
   });
