@@ -310,23 +310,27 @@ class SumOfParts(nn.Module):
 
     def _groups(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GroupGen: ``(mask [B, G, P], hard [B, G, P] bool, first [B, G])`` over patches; ``mask`` is the 0/1
-        mask, carrying the straight-through gradient of the attention weights when gradients are on.
+        mask carrying the straight-through gradient of the attention weights when gradients are on, and
+        ``hard`` itself otherwise (a product with it gives the same numbers as with its 0/1 floats).
         Rows are ranked by their max attention, then their max logit; a row's patches by their logit (the
         order of the attention weights, with the zeros of sparsemax ordered too); ties by index
         (:func:`~fastattr.ops.group_masks`, which also gives each group the first with the same patches)."""
         b, n, d = patches.shape[0], self.n_patches, self.attn_dim
         e = self.patch_proj(patches) + self.position
         h = self.n_heads  # (W_q e)(W_k e)ᵀ/√d = e (W_qᵀ W_k / √d) eᵀ per head: one product of e fewer
-        bilinear = self.gen_query.weight.view(h, d, d).transpose(1, 2) @ self.gen_key.weight.view(h, d, d)
-        q = e @ (bilinear / math.sqrt(d)).transpose(0, 1).reshape(d, h * d)          # every head in one product
-        logits = (q.view(b, n, h, d).transpose(1, 2) @ e.unsqueeze(1).transpose(-1, -2)).reshape(b, h * n, n)
+        wq, wk = self.gen_query.weight, self.gen_key.weight
+        if h == 1:
+            logits = torch.bmm(e @ torch.mm(wq.t(), wk).div_(math.sqrt(d)), e.transpose(1, 2))
+        else:
+            bilinear = torch.bmm(wq.view(h, d, d).transpose(1, 2), wk.view(h, d, d)).div_(math.sqrt(d))
+            q = e @ bilinear.transpose(0, 1).reshape(d, h * d)                        # every head in one product
+            logits = (q.view(b, n, h, d).transpose(1, 2) @ e.unsqueeze(1).transpose(-1, -2)).reshape(b, h * n, n)
         hard, rows, first = group_masks(logits, self.n_groups, self.kept)
-        mask = hard.to(logits.dtype)
-        if logits.requires_grad:
-            soft = sparsemax(logits, dim=-1).gather(1, rows.unsqueeze(-1).expand(-1, -1, n))
-            scaled = soft / soft.detach().amax(-1, keepdim=True)
-            mask = mask + (scaled - scaled.detach())  # exactly 0/1 forward, attention gradient backward
-        return mask, hard, first
+        if not logits.requires_grad:
+            return hard, hard, first
+        soft = sparsemax(logits, dim=-1).gather(1, rows.unsqueeze(-1).expand(-1, -1, n))
+        scaled = soft / soft.detach().amax(-1, keepdim=True)
+        return hard.to(logits.dtype) + (scaled - scaled.detach()), hard, first  # 0/1 forward, attention backward
 
     def _unit_masks(self, m: torch.Tensor) -> torch.Tensor:
         """Patch masks ``[B, G, P]`` as masks over the masked tensor's units: ``[B, G, H, W]`` pixels or
@@ -399,7 +403,7 @@ class SumOfParts(nn.Module):
         """GroupSelect's class queries folded with its key projection, ``(W_q' C) W_k' / √h`` ``[C, h]``: the
         scores ``(W_q' C)(W_k' z)ᵀ / √h`` are this times ``zᵀ``, one product with ``z`` fewer. Made before the
         backbone runs (it depends on the parameters only)."""
-        return self.sel_query(self.head.weight) @ self.sel_key.weight / math.sqrt(self.hidden)
+        return torch.mm(self.sel_query(self.head.weight), self.sel_key.weight).div_(math.sqrt(self.hidden))
 
     def _run(self, inputs: torch.Tensor, max_batch=None, memory_budget=None) -> dict:
         self._check_batch(inputs)

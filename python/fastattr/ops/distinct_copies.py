@@ -134,6 +134,6 @@ def distinct_copies(x: torch.Tensor, masks: torch.Tensor, first: torch.Tensor, u
         check_backend(backend)
     if x.requires_grad:
         x = x.detach()
-    if first.numel() and all(eager_cpu(t) for t in (x, masks, first, unit_patch)) and resolve(x, backend) == "cpp":
+    if first.numel() and eager_cpu(x, masks, first, unit_patch) and resolve(x, backend) == "cpp":
         return _cpp(x, masks, first, unit_patch)
     return _distinct_copies_op(x, masks, first, unit_patch, backend)

@@ -152,8 +152,7 @@ def group_select(z: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, bias
     _check(z, slot, weight, bias, query)
     if backend is not None:
         check_backend(backend)
-    if slot.numel() and all(t is None or eager_cpu(t) for t in (z, weight, bias, query)) \
-            and resolve(z, backend) == "cpp":
+    if slot.numel() and eager_cpu(z, weight, bias, query) and resolve(z, backend) == "cpp":
         p, y, logits = _cpp(z, slot, weight, bias, query)
         return p.to(z.dtype), y.to(z.dtype), logits.to(z.dtype)
     return _group_select_op(z, slot, weight, bias, query, backend)
