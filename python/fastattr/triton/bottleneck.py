@@ -8,14 +8,15 @@ import torch
 import triton
 import triton.language as tl
 
+from ._grid import row_block, row_blocks
+
 _BLOCK = 1024
 
 
 @triton.jit
-def _load_block(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, plane, BLOCK: tl.constexpr):
+def _load_block(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, plane, per_row, BLOCK: tl.constexpr):
     """This program's block of one example: (b, offsets, mask, R, λ, 1 − λ, μ, σ), values in float64."""
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b, _, offs = row_block(per_row, BLOCK)
     mask = offs < plane
     r = tl.load(r_ptr + b * plane + offs, mask=mask, other=0.0).to(tl.float64)
     lam = tl.load(lam_ptr + b * plane + offs, mask=mask, other=0.0).to(tl.float64)
@@ -26,9 +27,10 @@ def _load_block(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, plane, BLOCK: tl.co
 
 
 @triton.jit
-def _forward_kernel(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, eps_ptr, z_ptr, cap_ptr, samples, plane,
+def _forward_kernel(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, eps_ptr, z_ptr, cap_ptr, samples, plane, per_row,
                     BLOCK: tl.constexpr):
-    b, offs, mask, r, lam, rest, mu, sd = _load_block(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, plane, BLOCK)
+    b, offs, mask, r, lam, rest, mu, sd = _load_block(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, plane, per_row,
+                                                      BLOCK)
     z = (r - mu) / sd
     cap = -tl.log(rest) + 0.5 * rest * rest + 0.5 * lam * lam * z * z - 0.5
     tl.store(cap_ptr + b * plane + offs, cap.to(cap_ptr.dtype.element_ty), mask=mask)
@@ -41,8 +43,9 @@ def _forward_kernel(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, eps_ptr, z_ptr,
 
 @triton.jit
 def _backward_kernel(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, eps_ptr, gz_ptr, gcap_ptr, glam_ptr, dr_ptr, samples,
-                     plane, BLOCK: tl.constexpr):
-    b, offs, mask, r, lam, rest, mu, sd = _load_block(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, plane, BLOCK)
+                     plane, per_row, BLOCK: tl.constexpr):
+    b, offs, mask, r, lam, rest, mu, sd = _load_block(r_ptr, lam_ptr, rest_ptr, mu_ptr, sigma_ptr, plane, per_row,
+                                                      BLOCK)
     gc = tl.load(gcap_ptr + b * plane + offs, mask=mask, other=0.0).to(tl.float64)
     diff = r - mu
     z = diff / sd
@@ -66,8 +69,9 @@ def bottleneck_forward(R, lam, rest, mu, sigma, eps):
     plane = R[0].numel()
     Z, cap = torch.empty_like(eps), torch.empty_like(R)
     if batch and plane:
-        grid = (batch, triton.cdiv(plane, _BLOCK))
-        _forward_kernel[grid](R, lam, rest, mu, sigma, eps, Z, cap, samples, plane, BLOCK=_BLOCK, num_warps=4)
+        grid, per_row = row_blocks(batch, plane, _BLOCK)
+        _forward_kernel[grid](R, lam, rest, mu, sigma, eps, Z, cap, samples, plane, per_row, BLOCK=_BLOCK,
+                              num_warps=4)
     return Z, cap
 
 
@@ -77,7 +81,7 @@ def bottleneck_backward(R, lam, rest, mu, sigma, eps, gZ, gcap):
     plane = R[0].numel()
     glam, dR = torch.empty_like(R), torch.empty_like(R)
     if batch and plane:
-        grid = (batch, triton.cdiv(plane, _BLOCK))
-        _backward_kernel[grid](R, lam, rest, mu, sigma, eps, gZ, gcap, glam, dR, samples, plane, BLOCK=_BLOCK,
-                               num_warps=4)
+        grid, per_row = row_blocks(batch, plane, _BLOCK)
+        _backward_kernel[grid](R, lam, rest, mu, sigma, eps, gZ, gcap, glam, dR, samples, plane, per_row,
+                               BLOCK=_BLOCK, num_warps=4)
     return glam, dR

@@ -8,13 +8,14 @@ import torch
 import triton
 import triton.language as tl
 
+from ._grid import row_block, row_blocks
+
 _BLOCK = 1024
 
 
 @triton.jit
-def _copy_kernel(x_ptr, m_ptr, rows_ptr, up_ptr, out_ptr, G, CL, L, P, BLOCK: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _copy_kernel(x_ptr, m_ptr, rows_ptr, up_ptr, out_ptr, G, CL, L, P, per_row, BLOCK: tl.constexpr):
+    n, _, j = row_block(per_row, BLOCK)
     inside = j < CL
     row = tl.load(rows_ptr + n)
     patch = tl.load(up_ptr + j % L, mask=inside, other=0)
@@ -30,6 +31,7 @@ def distinct_copies(x: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, un
     n, (_, c, length) = rows.shape[0], x.shape
     out = torch.empty((n, c, length), dtype=x.dtype, device=x.device)
     if n:
-        _copy_kernel[(n, triton.cdiv(c * length, _BLOCK))](x, masks.view(torch.uint8), rows, unit_patch, out, groups,
-                                                            c * length, length, masks.shape[-1], BLOCK=_BLOCK)
+        grid, per_row = row_blocks(n, c * length, _BLOCK)
+        _copy_kernel[grid](x, masks.view(torch.uint8), rows, unit_patch, out, groups, c * length, length,
+                           masks.shape[-1], per_row, BLOCK=_BLOCK)
     return out

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._grid import row_block, row_blocks
+
 _BLOCK = 1024
 _CHECK_EVERY = 8
 
@@ -24,10 +26,8 @@ def _neighbour(p_ptr, base, y, x, height, width, inside, DY: tl.constexpr, DX: t
 
 @triton.jit
 def _matvec_kernel(p_ptr, mask_ptr, q_ptr, partial_ptr, n_rhs, height, width, n_blocks, BLOCK: tl.constexpr):
-    plane = tl.program_id(0).to(tl.int64)
-    block = tl.program_id(1)
+    plane, block, offs = row_block(n_blocks, BLOCK)
     n_pix = height * width
-    offs = block * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n_pix
     y = offs // width
     x = offs % width
@@ -69,14 +69,14 @@ def stencil_solve(rhs: torch.Tensor, removed: torch.Tensor, tol: float, max_iter
     rr = (r * r).sum(1)
     stop = tol * tol * rr
     active = rr > stop
-    n_blocks = triton.cdiv(n_pix, _BLOCK)
+    grid, n_blocks = row_blocks(planes, n_pix, _BLOCK)
     q = torch.empty_like(r)
     partial = torch.empty(planes, n_blocks, dtype=torch.float64, device=r.device)
     mask8 = removed.to(torch.uint8).contiguous()
     for it in range(max_iter):
         if it % _CHECK_EVERY == 0 and not bool(active.any()):
             break
-        _matvec_kernel[(planes, n_blocks)](p, mask8, q, partial, n_rhs, height, width, n_blocks, BLOCK=_BLOCK)
+        _matvec_kernel[grid](p, mask8, q, partial, n_rhs, height, width, n_blocks, BLOCK=_BLOCK)
         pq = partial.sum(1)
         alpha = torch.where(active & (pq > 0), rr / torch.where(pq > 0, pq, 1.0), 0.0)
         u.addcmul_(alpha[:, None], p)

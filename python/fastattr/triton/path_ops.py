@@ -12,14 +12,15 @@ import torch
 import triton
 import triton.language as tl
 
+from ._grid import row_block, row_blocks
+
 _BLOCK = 1024
 
 
 @triton.jit
-def _interpolate_kernel(x_ptr, base_ptr, alpha_ptr, out_ptr, batch, d, SHARED: tl.constexpr,
+def _interpolate_kernel(x_ptr, base_ptr, alpha_ptr, out_ptr, batch, d, per_row, SHARED: tl.constexpr,
                         COMPUTE_F64: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    row, _, offs = row_block(per_row, BLOCK)
     mask = offs < d
     s = row // batch
     b = row % batch
@@ -55,8 +56,8 @@ def path_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tens
     out = torch.empty((steps * batch, d), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    grid = (steps * batch, triton.cdiv(d, _BLOCK))
-    _interpolate_kernel[grid](x, baseline, alphas, out, batch, d, SHARED=baseline.shape[0] == 1 and batch > 1,
+    grid, per_row = row_blocks(steps * batch, d, _BLOCK)
+    _interpolate_kernel[grid](x, baseline, alphas, out, batch, d, per_row, SHARED=baseline.shape[0] == 1 and batch > 1,
                               COMPUTE_F64=x.dtype == torch.float64, BLOCK=_BLOCK, num_warps=4)
     return out
 

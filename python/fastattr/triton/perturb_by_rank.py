@@ -6,15 +6,17 @@ import torch
 import triton
 import triton.language as tl
 
+from ._grid import row_block, row_blocks
+
 _BLOCK = 1024
 
 
 @triton.jit
-def _perturb_kernel(x_ptr, base_ptr, rank_ptr, counts_ptr, out_ptr, batch, channels, features,
+def _perturb_kernel(x_ptr, base_ptr, rank_ptr, counts_ptr, out_ptr, batch, channels, features, per_row,
                     INSERT: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(2).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    plane, _, offs = row_block(per_row, BLOCK)   # plane = row · channels + c
+    row = plane // channels
+    c = plane - row * channels
     mask = offs < features
     k = row // batch
     b = row % batch
@@ -36,7 +38,7 @@ def perturb_by_rank(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor,
     out = torch.empty((steps * batch, channels, features), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    grid = (steps * batch, channels, triton.cdiv(features, _BLOCK))
-    _perturb_kernel[grid](x, baseline, rank, counts, out, batch, channels, features, INSERT=insert,
+    grid, per_row = row_blocks(steps * batch * channels, features, _BLOCK)
+    _perturb_kernel[grid](x, baseline, rank, counts, out, batch, channels, features, per_row, INSERT=insert,
                           BLOCK=_BLOCK, num_warps=4)
     return out
