@@ -6,6 +6,7 @@
 // The products are made once per row of z that a group reads (groups may share rows), four dot products at
 // a time, accumulated in T (vectorised); the sum over groups in index order. Scores with NaN or +inf
 // (or all -inf) give a NaN row, as sparsemax. Returns the number of slots outside [0, N) (then nothing is valid).
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -104,8 +105,10 @@ int64_t group_select(std::uintptr_t z, std::uintptr_t slot, std::uintptr_t weigh
   if (bad) return bad;
   // The rows of z some group reads, each multiplied once however many groups share it: used[r] is the
   // r-th of them and at[b * G + g] the index r of the row group g of example b reads.
+  // A table over z's rows when z is not much longer than the slots; otherwise (few groups reading a long z)
+  // the sorted distinct slots, found by binary search, so the cost follows the groups, not z.
   std::vector<int64_t> used, at(static_cast<size_t>(batch * G));
-  {
+  if (N <= 4 * batch * G) {
     std::vector<int64_t> index(static_cast<size_t>(N), -1);
     for (int64_t i = 0; i < batch * G; ++i) {
       int64_t& r = index[sl[i]];
@@ -115,6 +118,11 @@ int64_t group_select(std::uintptr_t z, std::uintptr_t slot, std::uintptr_t weigh
       }
       at[i] = r;
     }
+  } else {
+    used.assign(sl, sl + batch * G);
+    std::sort(used.begin(), used.end());
+    used.erase(std::unique(used.begin(), used.end()), used.end());
+    for (int64_t i = 0; i < batch * G; ++i) at[i] = std::lower_bound(used.begin(), used.end(), sl[i]) - used.begin();
   }
   const int64_t rows = static_cast<int64_t>(used.size());
   dispatch_float(dtype, [&](auto tag) {

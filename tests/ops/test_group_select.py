@@ -80,6 +80,18 @@ def test_the_formulas_written_out(backend_device):
     assert torch.equal(y[1, 0], y[1, 2]) and torch.allclose(p.sum(-1), torch.ones(2, 3, dtype=p.dtype))
 
 
+@pytest.mark.parametrize("n", [7, 5000])
+def test_groups_reading_a_short_or_a_long_z(backend_device, n):
+    """Six groups reading rows of ``z`` (repeats included) when ``z`` has about as many rows as the groups (the
+    C++ kernel indexes them with a table over ``z``) and when it has far more (it searches the sorted slots)."""
+    backend, device = backend_device
+    z, _, w, bias, q = _case(n, 2, 3, 5, 9, torch.float64, device, 3)
+    slot = torch.tensor([[n - 1, 0, n - 1], [n // 2, 3, 0]], device=device)
+    got = group_select(z, slot, w, bias, q, backend=backend)
+    _close(got, reference_select(z.cpu(), slot.cpu(), w.cpu(), bias.cpu(), q.cpu()), torch.float64)
+    assert torch.equal(got[1][0, 0], got[1][0, 2])                            # one row, the same partial logits
+
+
 def test_gradients(backend_device):
     """gradcheck in float64 (slots shared by several groups, so z's gradient accumulates), and the same
     gradients as autograd through the torch formulation."""
