@@ -261,7 +261,7 @@ def test_torch_compile_inductor_cpu():
 def test_eager_calls_without_gradient_skip_the_dispatcher_but_tracing_sees_the_op():
     """A no-grad eager CPU call runs the C++ kernel directly: the same bits as the custom op, the backend
     still recorded; a traced call (make_fx's dispatch mode), a call needing a gradient and a call under
-    vmap go through the op."""
+    vmap go through the op; a tensor with a forward-mode tangent runs the reference."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from fastattr._backend import record_backends
@@ -284,9 +284,10 @@ def test_eager_calls_without_gradient_skip_the_dispatcher_but_tracing_sees_the_o
     y = _rand((6, 5, 16), torch.float32, "cpu", seed=17)
     assert torch.equal(traced(y), fastattr.sparsemax(y * 2.0, -1, backend="cpp"))
     import torch.autograd.forward_ad as fwAD
-    with fwAD.dual_level():  # a dual tensor goes to the op, as before: the same primal
+    with fwAD.dual_level():  # a dual tensor runs the reference, which forward AD differentiates; a plain one the op
         dual = fastattr.sparsemax(fwAD.make_dual(x, torch.ones_like(x)), -1, backend="cpp")
-        assert torch.equal(fwAD.unpack_dual(dual).primal, op(x, 2, "cpp"))
+        assert torch.equal(fwAD.unpack_dual(dual).primal, fastattr.sparsemax(x, -1, backend="reference"))
+        assert torch.equal(fastattr.sparsemax(x, -1, backend="cpp"), op(x, 2, "cpp"))
 
 
 @pytest.mark.skipif(not fastattr._backend.cpp_available(), reason="the C++ extension is not built")

@@ -87,6 +87,44 @@ def eager_cpu(*tensors: torch.Tensor | None) -> bool:
                              and not torch._C._functorch.is_functorch_wrapped_tensor(x)) for x in tensors)
 
 
+def differentiating_transform(*args) -> bool:
+    """True when a tensor among ``args`` carries a tangent of forward-mode AD (``torch.autograd.forward_ad``) or
+    is wrapped by ``torch.func`` inside a transform that differentiates (``grad``, ``vjp``, ``jacrev``, ``jvp``,
+    ``jacfwd``, ``hessian``). A custom op whose derivative is a ``torch.library`` backward gets there no tangent
+    (``torch.func.jvp`` returns zeros, silently) or an error (``torch.func.grad``: "must override the
+    setup_context staticmethod"; forward AD: "You must implement the jvp function"), as of torch 2.13;
+    :func:`run_op` then runs the reference."""
+    if torch.compiler.is_compiling():
+        return False
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if torch.autograd.forward_ad._current_level >= 0 \
+            and any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        return True
+    stack = torch._C._functorch.get_interpreter_stack()
+    return bool(stack) and any(i.key() in _DIFFERENTIATING for i in stack) \
+        and any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+
+
+def run_op(op, *args, reference: bool = True):
+    """``op(*args)`` for a custom op whose last argument is the backend; under
+    :func:`differentiating_transform`, the op's own body with the reference backend, called directly: plain
+    torch ops, which every transform differentiates (the other backends' kernels are opaque to them). With
+    ``reference=False`` (an op whose reference torch cannot differentiate) a ``NotImplementedError`` instead of
+    a silent zero tangent."""
+    if differentiating_transform(*args):
+        if not reference:
+            raise NotImplementedError(f"{op._qualname} cannot be differentiated by torch.func transforms or "
+                                      "forward-mode AD: detach its inputs, or use reverse-mode autograd "
+                                      "(torch.autograd.grad, .backward()) where the op has a backward")
+        body = getattr(op, "_init_fn", None)
+        if body is not None:
+            return body(*args[:-1], "reference")
+    return op(*args)
+
+
 def rows(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``t`` as contiguous ``[t.shape[0], -1]`` rows, cast to ``dtype`` (default: its compute dtype)."""
     return t.to(compute_dtype(t.dtype) if dtype is None else dtype).reshape(t.shape[0], -1).contiguous()

@@ -21,7 +21,7 @@ import torch
 from ..numerics import compute_dtype
 from ..reference.bottleneck import bottleneck as reference_bottleneck, bottleneck_backward as reference_backward, \
     smooth, smooth_adjoint
-from ._utils import check_tensor, eager_without_compiler, resolve, run_cpp, triton_kernels
+from ._utils import check_tensor, eager_without_compiler, resolve, run_cpp, run_op, triton_kernels
 
 
 def _check(R, alpha, mu, sigma, eps, smooth_sigma) -> None:
@@ -137,5 +137,6 @@ def bottleneck(R: torch.Tensor, alpha: torch.Tensor, mu: torch.Tensor, sigma: to
         >>> Z, cap = fastattr.ops.bottleneck(R, torch.full_like(R, 5.0), stats.mean, stats.std,
         ...                                  torch.randn(R.shape[0], 10, *R.shape[1:]))
     """
-    return _bottleneck_op(R, alpha, mu, sigma, eps, float(smooth_sigma) if isinstance(smooth_sigma, numbers.Real)
-                          and not isinstance(smooth_sigma, bool) else smooth_sigma, backend)
+    if isinstance(smooth_sigma, numbers.Real) and not isinstance(smooth_sigma, bool):
+        smooth_sigma = float(smooth_sigma)
+    return run_op(_bottleneck_op, R, alpha, mu, sigma, eps, smooth_sigma, backend)

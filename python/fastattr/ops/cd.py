@@ -15,7 +15,7 @@ import torch
 
 from ..numerics import compute_dtype
 from ..reference import cd as reference_cd
-from ._utils import check_tensor, eager_without_compiler, resolve, rows, run_cpp, triton_kernels
+from ._utils import check_tensor, eager_without_compiler, resolve, rows, run_cpp, run_op, triton_kernels
 
 
 def _check(y: torch.Tensor, bias: torch.Tensor, n_ref: int) -> int:
@@ -104,4 +104,4 @@ def cd_bias_split(y: torch.Tensor, bias: torch.Tensor, n_ref: int, relu: bool = 
     Returns:
         ``[n_ref·(1+K), C, *positions]``: ``a' = z + b`` rows, then ``β'`` rows.
     """
-    return _cd_bias_split_op(y, bias, int(n_ref), bool(relu), backend)
+    return run_op(_cd_bias_split_op, y, bias, int(n_ref), bool(relu), backend)

@@ -22,7 +22,7 @@ import torch
 from ..numerics import compute_dtype
 from ..reference.group_select import group_select as reference_select
 from ._utils import (check_backend, check_tensor, eager_cpu, eager_without_compiler, in_compute, resolve, run_cpp,
-                     triton_kernels)
+                     run_op, triton_kernels)
 
 __all__ = ["group_select"]
 
@@ -155,4 +155,4 @@ def group_select(z: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, bias
     if slot.numel() and eager_cpu(z, weight, bias, query) and resolve(z, backend) == "cpp":
         p, y, logits = _cpp(z, slot, weight, bias, query)
         return p.to(z.dtype), y.to(z.dtype), logits.to(z.dtype)
-    return _group_select_op(z, slot, weight, bias, query, backend)
+    return run_op(_group_select_op, z, slot, weight, bias, query, backend)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..reference.impute import STENCIL, stencil_solve as reference_stencil_solve
-from ._utils import check_tensor, eager_without_compiler, resolve, run_cpp, triton_kernels
+from ._utils import check_tensor, eager_without_compiler, resolve, run_cpp, run_op, triton_kernels
 
 
 
@@ -107,7 +107,7 @@ def stencil_solve(rhs: torch.Tensor, removed: torch.Tensor, *, tol: Optional[flo
     Kernel-level: NaN propagates."""
     check_tensor(rhs, "rhs", floating=True, dim=4)
     tol, max_iter = _solver_limits(rhs, tol, max_iter)
-    return _stencil_solve_op(rhs, removed, tol, max_iter, backend)
+    return run_op(_stencil_solve_op, rhs, removed, tol, max_iter, backend, reference=False)
 
 
 def _solver_limits(x: torch.Tensor, tol, max_iter) -> tuple[float, int]:
@@ -167,7 +167,7 @@ def linear_impute(x: torch.Tensor, removed: torch.Tensor, *, tol: Optional[float
     as in :func:`stencil_solve`. Kernel-level: NaN propagates."""
     check_tensor(x, "x", floating=True, dim=4)
     tol, max_iter = _solver_limits(x, tol, max_iter)
-    return _linear_impute_op(x, removed, tol, max_iter, backend)
+    return run_op(_linear_impute_op, x, removed, tol, max_iter, backend, reference=False)
 
 
 def _neighbour_sum(v: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 
 from ..numerics import accum_dtype, compute_dtype
 from ..reference import path_ops as reference_path_ops
-from ._utils import check_tensor, eager_without_compiler, resolve, rows, run_cpp, triton_kernels
+from ._utils import check_tensor, eager_without_compiler, resolve, rows, run_cpp, run_op, triton_kernels
 
 
 def _check_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> None:
@@ -163,7 +163,7 @@ def path_interpolate(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tens
     """
     for name, t in (("x", x), ("baseline", baseline), ("alphas", alphas)):
         check_tensor(t, name, floating=True)
-    return _path_interpolate_op(x, baseline.to(x.dtype), alphas, backend)
+    return run_op(_path_interpolate_op, x, baseline.to(x.dtype), alphas, backend)
 
 
 def path_accumulate(acc: torch.Tensor, grads: torch.Tensor, weights: torch.Tensor,
@@ -178,4 +178,4 @@ def path_accumulate(acc: torch.Tensor, grads: torch.Tensor, weights: torch.Tenso
     """
     for name, t in (("acc", acc), ("grads", grads), ("weights", weights)):
         check_tensor(t, name, floating=True)
-    return _path_accumulate_op(acc, grads, weights, diff, backend)
+    return run_op(_path_accumulate_op, acc, grads, weights, diff, backend)

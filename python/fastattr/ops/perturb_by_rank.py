@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from ..reference.perturb_by_rank import perturb_by_rank as reference_perturb_by_rank
-from ._utils import check_tensor, eager_without_compiler, resolve, rows, run_cpp, triton_kernels
+from ._utils import check_tensor, eager_without_compiler, resolve, rows, run_cpp, run_op, triton_kernels
 
 
 def _check(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor, counts: torch.Tensor) -> None:
@@ -118,4 +118,4 @@ def perturb_by_rank(x: torch.Tensor, baseline: torch.Tensor, rank: torch.Tensor,
     except RuntimeError:
         raise ValueError(f"baseline of shape {tuple(baseline.shape)} does not broadcast to x {tuple(x.shape)}") from None
     check_tensor(counts, "counts")
-    return _perturb_by_rank_op(x, baseline, rank, counts.to(x.device), bool(insert), backend)
+    return run_op(_perturb_by_rank_op, x, baseline, rank, counts.to(x.device), bool(insert), backend)

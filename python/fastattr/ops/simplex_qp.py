@@ -16,7 +16,7 @@ import torch
 
 from ..numerics import compute_dtype
 from ..reference.simplex_qp import MAX_ITER, TOL, simplex_qp as reference_simplex_qp
-from ._utils import check_backend, check_tensor, eager_without_compiler, resolve, run_cpp, triton_kernels
+from ._utils import check_backend, check_tensor, eager_without_compiler, resolve, run_cpp, run_op, triton_kernels
 
 MAX_K = 64
 
@@ -114,4 +114,4 @@ def simplex_qp(G: torch.Tensor, c: Optional[torch.Tensor] = None, *, backend: Op
     _check(G, c)
     if backend is not None:
         check_backend(backend)
-    return _simplex_qp_op(G, c, backend)
+    return run_op(_simplex_qp_op, G, c, backend, reference=False)

@@ -11,7 +11,8 @@ import torch
 
 from .. import reference
 from ..numerics import compute_dtype
-from ._utils import check_backend, check_tensor, eager_cpu, eager_without_compiler, resolve, run_cpp, triton_kernels
+from ._utils import (check_backend, check_tensor, eager_cpu, eager_without_compiler, resolve, run_cpp, run_op,
+                     triton_kernels)
 
 
 def _rowwise(x: torch.Tensor, dim: int, kernel: Callable[..., torch.Tensor], *others: torch.Tensor,
@@ -146,7 +147,7 @@ def sparsemax(x: torch.Tensor, dim: int = -1, *, backend: Optional[str] = None) 
     if backend is not None:
         check_backend(backend)
     if x.dim() == 0:
-        return _sparsemax_op(x.reshape(1), 0, backend).reshape(())
+        return run_op(_sparsemax_op, x.reshape(1), 0, backend).reshape(())
     if eager_cpu(x) and resolve(x, backend) == "cpp":
         return _rowwise(x, dim % x.dim(), _cpp_forward)
-    return _sparsemax_op(x, dim % x.dim(), backend)
+    return run_op(_sparsemax_op, x, dim % x.dim(), backend)
