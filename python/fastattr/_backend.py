@@ -62,6 +62,27 @@ def record_backends() -> Iterator[set]:
         _resolved.reset(token)
 
 
+def differentiating_transform(*args) -> bool:
+    """True when a tensor among ``args`` carries a tangent of forward-mode AD (``torch.autograd.forward_ad``) or
+    is wrapped by ``torch.func`` inside a transform that differentiates (``grad``, ``vjp``, ``jacrev``, ``jvp``,
+    ``jacfwd``, ``hessian``). A custom op whose derivative is a ``torch.library`` backward gets there no tangent
+    (``torch.func.jvp`` returns zeros, silently) or an error (``torch.func.grad``: "must override the
+    setup_context staticmethod"; forward AD: "You must implement the jvp function"), as of torch 2.13;
+    the ops then run their reference (:func:`fastattr.ops._utils.run_op`)."""
+    if torch.compiler.is_compiling():
+        return False
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if torch.autograd.forward_ad._current_level >= 0 \
+            and any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        return True
+    stack = torch._C._functorch.get_interpreter_stack()
+    return bool(stack) and any(i.key() in _DIFFERENTIATING for i in stack) \
+        and any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+
+
 @functools.lru_cache(maxsize=None)
 def cpp_extension():
     """The compiled ``fastattr._C`` module, or None when it was not built."""

@@ -326,6 +326,31 @@ def test_gradients_reach_group_gen_and_group_select():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_torch_func_and_forward_mode_give_the_autograd_derivative():
+    """``torch.func.grad`` and ``jvp`` (with and without ``torch.no_grad``) and forward AD of a logit: GroupGen's
+    straight-through term and the masked copies carry the tangent, as the reverse-mode gradient through
+    ``torch.autograd`` (no gradient is recorded in forward mode, so ``requires_grad`` alone misses it)."""
+    import torch.autograd.forward_ad as fwAD
+
+    sop, (x, _) = image_sop().eval(), digits(3)
+
+    def logit(v):
+        return sop(v)[:, 2].sum()
+
+    leaf = x.clone().requires_grad_(True)
+    expected, = torch.autograd.grad(logit(leaf), leaf)
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(torch.func.grad(logit)(x), expected, rtol=1e-10, atol=1e-12)
+    tangent = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    for mode in (torch.enable_grad, torch.no_grad):
+        with mode():
+            _, jvp = torch.func.jvp(logit, (x,), (tangent,))
+            with fwAD.dual_level():
+                dual = fwAD.unpack_dual(logit(fwAD.make_dual(x, tangent))).tangent
+        for got in (jvp, dual):
+            torch.testing.assert_close(got, (expected * tangent).sum(), rtol=1e-10, atol=1e-12)
+
+
 def test_a_training_step_under_autocast():
     """bfloat16 features from an autocast backbone and float32 SOP layers: the forward runs in the features'
     compute dtype and every SOP layer gets a float32 gradient."""

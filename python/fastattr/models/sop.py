@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._backend import differentiating_transform
 from ..core import (ChunkGrid, ChunkRunner, ModelCallError, check_count, check_flag, check_inputs, check_number,
                     chunk_size, fraction_count, is_integer, make_generator, measured_input_factor, model_entry,
                     model_errors, model_guard, resolve_target, run_model)
@@ -310,8 +311,9 @@ class SumOfParts(nn.Module):
 
     def _groups(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GroupGen: ``(mask [B, G, P], hard [B, G, P] bool, first [B, G])`` over patches; ``mask`` is the 0/1
-        mask carrying the straight-through gradient of the attention weights when gradients are on, and
-        ``hard`` itself otherwise (a product with it gives the same numbers as with its 0/1 floats).
+        mask carrying the straight-through gradient of the attention weights when gradients or forward-mode
+        tangents are on, and ``hard`` itself otherwise (a product with it gives the same numbers as with its 0/1
+        floats).
         Rows are ranked by their max attention, then their max logit; a row's patches by their logit (the
         order of the attention weights, with the zeros of sparsemax ordered too); ties by index
         (:func:`~fastattr.ops.group_masks`, which also gives each group the first with the same patches)."""
@@ -326,7 +328,7 @@ class SumOfParts(nn.Module):
             q = e @ bilinear.transpose(0, 1).reshape(d, h * d)                        # every head in one product
             logits = (q.view(b, n, h, d).transpose(1, 2) @ e.unsqueeze(1).transpose(-1, -2)).reshape(b, h * n, n)
         hard, rows, first = group_masks(logits, self.n_groups, self.kept)
-        if not logits.requires_grad:
+        if not (logits.requires_grad or differentiating_transform(logits)):   # forward-mode AD: no requires_grad
             return hard, hard, first
         soft = sparsemax(logits, dim=-1).gather(1, rows.unsqueeze(-1).expand(-1, -1, n))
         scaled = soft / soft.detach().amax(-1, keepdim=True)
@@ -358,15 +360,16 @@ class SumOfParts(nn.Module):
         The default chunk holds the backbone's activations measured at construction
         (:func:`~fastattr.core.measured_input_factor`) within the engine's budget, and on CPU at least
         :data:`MIN_DEFAULT_CHUNK` copies (a GPU's budget is free memory, never overridden). Given ``groups``
-        (the bool masks and :func:`first_equal_group` of them), without gradients and with the backbone in eval
-        mode, groups of one input holding the same patches run once (``unique_copies``); otherwise all ``B·G``
-        copies run (``N = B·G``, ``slot`` the identity)."""
+        (the bool masks and :func:`first_equal_group` of them), without gradients or forward-mode tangents and
+        with the backbone in eval mode, groups of one input holding the same patches run once
+        (``unique_copies``); otherwise all ``B·G`` copies run (``N = B·G``, ``slot`` the identity)."""
         b, g = m.shape[:2]
         chunk = chunk_size(x, b * g, max_batch, memory_budget, per_input_factor=self._input_factor)
         if max_batch is None and memory_budget is None and x.device.type == "cpu":
             chunk = min(b * g, max(chunk, MIN_DEFAULT_CHUNK))
         if groups is not None and self.unique_copies and not torch.is_grad_enabled() \
-                and not any(module.training for module in self.backbone.modules()):
+                and not any(module.training for module in self.backbone.modules()) \
+                and not differentiating_transform(x, m):
             return self._distinct_features(x, *groups, chunk)
         flat = m.reshape(b * g, -1)
         grid = ChunkGrid(b, g, chunk)

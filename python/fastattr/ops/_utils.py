@@ -15,6 +15,7 @@ from .. import _backend
 from ..numerics import compute_dtype, dtype_name
 
 resolve = _backend.resolve
+differentiating_transform = _backend.differentiating_transform
 check_backend = _backend.check_backend
 
 
@@ -85,27 +86,6 @@ def eager_cpu(*tensors: torch.Tensor | None) -> bool:
     return all(x is None or (type(x) in _PLAIN and x.device.type == "cpu" and x.numel() > 0
                              and not (x.requires_grad and grad)
                              and not torch._C._functorch.is_functorch_wrapped_tensor(x)) for x in tensors)
-
-
-def differentiating_transform(*args) -> bool:
-    """True when a tensor among ``args`` carries a tangent of forward-mode AD (``torch.autograd.forward_ad``) or
-    is wrapped by ``torch.func`` inside a transform that differentiates (``grad``, ``vjp``, ``jacrev``, ``jvp``,
-    ``jacfwd``, ``hessian``). A custom op whose derivative is a ``torch.library`` backward gets there no tangent
-    (``torch.func.jvp`` returns zeros, silently) or an error (``torch.func.grad``: "must override the
-    setup_context staticmethod"; forward AD: "You must implement the jvp function"), as of torch 2.13;
-    :func:`run_op` then runs the reference."""
-    if torch.compiler.is_compiling():
-        return False
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if torch.autograd.forward_ad._current_level >= 0 \
-            and any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
-        return True
-    stack = torch._C._functorch.get_interpreter_stack()
-    return bool(stack) and any(i.key() in _DIFFERENTIATING for i in stack) \
-        and any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
-
-
-_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
 
 
 def run_op(op, *args, reference: bool = True):
