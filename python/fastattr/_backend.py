@@ -72,12 +72,13 @@ def differentiating_transform(*args) -> bool:
     if torch.compiler.is_compiling():
         return False
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if torch.autograd.forward_ad._current_level >= 0 \
-            and any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
-        return True
+    wrapped = [torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors]
     stack = torch._C._functorch.get_interpreter_stack()
-    return bool(stack) and any(i.key() in _DIFFERENTIATING for i in stack) \
-        and any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+    if any(wrapped) and stack and any(i.key() in _DIFFERENTIATING for i in stack):
+        return True
+    # a functorch-wrapped tensor (vmap's) cannot be unpacked: only plain tensors are asked for a tangent
+    return torch.autograd.forward_ad._current_level >= 0 and any(
+        torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t, w in zip(tensors, wrapped) if not w)
 
 
 _DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)

@@ -107,3 +107,39 @@ def test_ops_torch_cannot_differentiate_refuse_the_transforms():
             fn(fwAD.make_dual(arg, torch.ones_like(arg)))
         out, tangent = torch.func.jvp(lambda t: fn(arg).sum() + 0 * t.sum(), (arg,), (torch.ones_like(arg),))
         assert torch.equal(out, fn(arg).sum()) and tangent == 0                 # a constant argument runs the op
+
+
+def test_at_the_edge_of_the_support_the_transforms_agree_with_the_backward(backend_device):
+    """Inputs on the edge of sparsemax's support (``x = [1, 0]``: ``p = [1, 0]`` with ``z₂ = τ``) and of CD's
+    fused ReLU (zero pre-activations, zero bias): the reference's derivative there is the registered
+    backward's (0 at the edge), not ``clamp``'s (1), so the transforms give the same Jacobian as autograd."""
+    backend, device = backend_device
+    cases = [(lambda x: sparsemax(x, -1, backend=backend), torch.tensor([[1.0, 0.0], [3.0, 2.0]], dtype=torch.float64)),
+             (lambda y: cd_bias_split(y, torch.zeros(2, dtype=torch.float64, device=device), 1, relu=True,
+                                      backend=backend), torch.zeros(2, 2, 3, dtype=torch.float64))]
+    for fn, x in cases:
+        x = x.to(device)
+        expected = _jacobian(fn, (x,))
+        for transform in (torch.func.jacfwd, torch.func.jacrev):
+            got = transform(lambda v: _flat(fn(v)))(x).reshape(expected.shape)
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_vmap_inside_forward_mode_and_a_bad_backend_under_a_transform():
+    """``vmap`` of an op inside a forward-AD level and inside ``jvp`` runs (a vmap-wrapped tensor is not asked
+    for a tangent), ``jvp(vmap(op))`` is right; a bad ``backend`` is the error of a plain call; an op without a
+    derivative (``greedy_gains``) refuses rather than return a zero tangent."""
+    x, t = _draw(3, 5), _draw(3, 5, seed=1)
+    batched = torch.func.vmap(lambda v: sparsemax(v, -1, backend="cpp"))
+    with fwAD.dual_level():
+        assert torch.equal(batched(x), sparsemax(x, -1, backend="cpp"))
+    _, got = torch.func.jvp(batched, (x,), (t,))
+    torch.testing.assert_close(got, (_jacobian(lambda v: sparsemax(v, -1), (x,)) @ t.reshape(-1)).reshape(3, 5),
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        torch.func.jacrev(lambda v: path_interpolate(v, v, torch.ones(1, dtype=v.dtype), backend="bogus"))(x)
+    from fastattr.ops import greedy_gains
+    from tests.ops.test_greedy_gains import _case
+    z1, columns, weights, biases, selected = _case(2, 5, [4, 3], torch.float64, "cpu", 0)
+    with pytest.raises(NotImplementedError, match="greedy_gains"):
+        torch.func.jvp(lambda z: greedy_gains(z, columns, weights, biases, selected), (z1,), (torch.ones_like(z1),))

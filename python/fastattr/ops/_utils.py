@@ -95,6 +95,10 @@ def run_op(op, *args, reference: bool = True):
     ``reference=False`` (an op whose reference torch cannot differentiate) a ``NotImplementedError`` instead of
     a silent zero tangent."""
     if differentiating_transform(*args):
+        if args[-1] is None:  # a bad backend or FASTATTR_BACKEND gets the error of a plain call
+            _backend.get_backend()
+        else:
+            check_backend(args[-1])
         if not reference:
             raise NotImplementedError(f"{op._qualname} cannot be differentiated by torch.func transforms or "
                                       "forward-mode AD: detach its inputs, or use reverse-mode autograd "

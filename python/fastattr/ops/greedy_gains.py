@@ -19,7 +19,7 @@ import torch
 
 from ..numerics import compute_dtype
 from ..reference.greedy_gains import ACTIVATIONS, activation, greedy_gains as reference_gains, lazy
-from ._utils import check_tensor, eager_without_compiler, resolve, run_cpp, triton_kernels
+from ._utils import check_tensor, eager_without_compiler, resolve, run_cpp, run_op, triton_kernels
 
 
 def _check(z1, columns, weights, biases, selected, candidates, activation_name, bounds=None) -> None:
@@ -156,4 +156,5 @@ def greedy_gains(z1: torch.Tensor, columns: torch.Tensor, weights: Sequence[torc
 
         >>> gains = fastattr.ops.greedy_gains(z1, columns, [W2, W3, W4], [b2, b3, b4], selected)   # [B, n]
     """
-    return _greedy_gains_op(z1, columns, list(weights), list(biases), selected, candidates, bounds, activation, backend)
+    return run_op(_greedy_gains_op, z1, columns, list(weights), list(biases), selected, candidates, bounds,
+                  activation, backend, reference=False)
