@@ -102,6 +102,24 @@ def test_smoothgrad_seeds_and_variants():
     torch.testing.assert_close(var, sq - s1 * s1)
 
 
+
+def test_smoothgrad_with_one_seed_per_input_is_each_input_alone():
+    """A list of seeds gives each input the noise it gets alone with its seed, whatever the chunk: the maps of
+    separate calls (to the last bit of a batched gradient), for every variant; a wrong count is an error."""
+    model = mlp().double()
+    x, seeds = rand(4, 12, seed=9).double(), [11, 3, 11, 7]
+    alone = torch.cat([A.smoothgrad_variants(model, x[i:i + 1], 1, n_samples=6, generator=s)["vargrad"]
+                       for i, s in enumerate(seeds)])
+    for max_batch in (None, 5):
+        got = A.smoothgrad_variants(model, x, 1, n_samples=6, generator=seeds, max_batch=max_batch)["vargrad"]
+        torch.testing.assert_close(got, alone, rtol=1e-10, atol=1e-12)
+    same = A.smoothgrad(model, x[[0, 0]], 1, n_samples=6, generator=[11, 11])
+    torch.testing.assert_close(same[0], same[1], rtol=1e-12, atol=1e-15)   # one seed, one noise
+    assert not torch.allclose(A.smoothgrad(model, x, 1, n_samples=6, generator=11),
+                              A.smoothgrad(model, x, 1, n_samples=6, generator=seeds))
+    with pytest.raises(ValueError, match="one per input"):
+        A.smoothgrad(model, x, 1, generator=[1, 2])
+
 def test_model_state_restored_and_no_parameter_gradients():
     model = mlp()
     model[1].weight.requires_grad_(False)

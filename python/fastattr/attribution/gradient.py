@@ -14,9 +14,9 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..core import (ChunkGrid, Target, check_count, check_flag, check_inputs, check_number, frozen_parameters,
-                    gradient_chunk, make_generator, model_entry, path_baselines, reference_inputs, resolve_target,
-                    run_model, select)
+from ..core import (ChunkGrid, Target, check_count, check_flag, check_inputs, check_number, example_draws,
+                    frozen_parameters, gradient_chunk, make_generator, model_entry, path_baselines, reference_inputs,
+                    resolve_target, run_model, select)
 from ..numerics import accum_dtype
 from ..ops.path_ops import path_accumulate, path_interpolate
 
@@ -274,7 +274,9 @@ def smoothgrad(model: Callable, inputs: torch.Tensor, target: Target = None, *, 
     ``mean_j g_j² − (mean_j g_j)²``.
     σ is ``stdev`` when given, else ``stdev_spread · (max x − min x)`` per example. Noise is drawn on
     the CPU from ``generator`` (a torch.Generator or an int seed; default seed 0), so results match
-    on every device. :func:`smoothgrad_variants` gives several variants from the same draws.
+    on every device; or one seed or generator per input (a list), each input's noise drawn as it would be
+    alone (then its map does not depend on the inputs beside it, but for the last bit of a batched
+    gradient). :func:`smoothgrad_variants` gives several variants from the same draws.
     """
     _check_variant(variant)
     return smoothgrad_variants(model, inputs, target, variants=(variant,), n_samples=n_samples, stdev=stdev,
@@ -297,9 +299,9 @@ def smoothgrad_variants(model: Callable, inputs: torch.Tensor, target: Target = 
         _check_variant(v)
     n_samples = check_count(n_samples, "n_samples")
     t, inputs = prepare(model, inputs, target, max_batch, memory_budget)
-    gen = make_generator(generator)
-    sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
     batch = inputs.shape[0]
+    sample = example_draws(generator, batch)
+    sigma = _noise_sigma(inputs, stdev, stdev_spread).view((-1,) + (1,) * (inputs.dim() - 1))
     chunk = gradient_chunk(model, inputs, n_samples * batch, max_batch, memory_budget)
     acc_dtype = accum_dtype(inputs.dtype)
     total = torch.zeros(inputs.shape, dtype=acc_dtype, device=inputs.device)
@@ -308,7 +310,7 @@ def smoothgrad_variants(model: Callable, inputs: torch.Tensor, target: Target = 
         for e0, e1, j0, j1 in ChunkGrid(batch, n_samples, chunk):
             k = j1 - j0
             if e0 == 0:  # one full-batch draw per sample: the noise stream does not depend on the chunk size
-                noise = torch.stack([torch.randn(inputs.shape, generator=gen, dtype=inputs.dtype)
+                noise = torch.stack([sample(torch.randn, inputs.shape, dtype=inputs.dtype)
                                      for _ in range(k)]).to(inputs.device)
             noisy = (inputs[e0:e1] + sigma[e0:e1] * noise[:, e0:e1]).reshape((-1,) + tuple(inputs.shape[1:]))
             g, _ = target_gradients(model, noisy, t[e0:e1].repeat(k))

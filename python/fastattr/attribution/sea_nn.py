@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import Target, check_count, check_inputs, check_number, make_generator, model_entry, resolve_clean
+from ..core import Target, check_count, check_inputs, check_number, example_draws, model_entry, resolve_clean
 from ..ops import greedy_gains
 from ..ops.greedy_gains import activation as _activation
 from .aggregate import explainers, map_batch
@@ -69,21 +69,11 @@ class DeepSubmodular(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         low, high = _init_range(init)
-        if isinstance(generator, (list, tuple)):  # one per DSF: each drawn as it would be alone
-            if len(generator) != batch:
-                raise ValueError(f"generator must be one seed or generator, or one per DSF ({batch}), got "
-                                 f"{len(generator)}")
-            gens = [make_generator(g) for g in generator]
-        else:
-            gens = None
-            gen = make_generator(generator)
+        sample = example_draws(generator, batch, per="DSF")  # one per DSF: each drawn as it would be alone
         widths = (n_features,) + hidden + (1,)
 
         def draw(*shape):
-            if gens is None:
-                u = torch.rand(shape, generator=gen, dtype=torch.float64)
-            else:
-                u = torch.stack([torch.rand(shape[1:], generator=g, dtype=torch.float64) for g in gens])
+            u = sample(torch.rand, shape, dtype=torch.float64)
             return nn.Parameter((low + (high - low) * u).to(dtype=dtype, device=device))
 
         self.activation, self.hidden = activation, hidden

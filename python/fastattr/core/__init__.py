@@ -18,8 +18,8 @@ from .baselines import Baseline, Blur, Uniform, integer_baseline, make_baseline,
 from .chunks import (ChunkGrid, ChunkRunner, CountingModel, chunk_size, forward_chunks, free_memory, gradient_chunk,
                      measured_input_factor, saved_activation_bytes)
 from .contract import (ModelCallError, Target, broadcasts_to, check_count, check_flag, check_inputs, check_model,
-                       check_number, check_output, eval_modes, frozen_parameters, get_model_mode, is_integer,
-                       make_generator, model_entry, model_errors, model_guard, run_model, use_model_mode)
+                       check_number, check_output, eval_modes, example_draws, frozen_parameters, get_model_mode,
+                       is_integer, make_generator, model_entry, model_errors, model_guard, run_model, use_model_mode)
 from .layers import Layer, hidden_layers, resolve_layers
 from .engine import GaussianNoise, MaskBuilder, MaskSet, RankSchedule, Source, perturbed_scores
 from .features import (Features, check_attributions, feature_layout, feature_space, fraction_count, group_masks,
@@ -30,7 +30,8 @@ from .targets import READERS, check_scalar_reader, read_scores, resolve_clean, r
 __all__ = ["Baseline", "Blur", "ChunkGrid", "ChunkRunner", "CountingModel", "Features", "GaussianNoise", "MaskBuilder",
            "Layer", "MaskSet", "ModelCallError", "READERS", "RankSchedule", "Source", "Target", "Uniform", "all_subsets",
            "broadcasts_to", "check_attributions", "check_count", "check_flag", "check_inputs", "check_model",
-           "check_number", "check_output", "check_scalar_reader", "chunk_size", "eval_modes", "feature_layout",
+           "check_number", "check_output", "check_scalar_reader", "chunk_size", "eval_modes", "example_draws",
+           "feature_layout",
            "feature_space", "forward_chunks", "fraction_count", "free_memory", "frozen_parameters", "get_model_mode",
            "gradient_chunk", "group_masks", "hidden_layers", "group_scores", "group_unit_rank", "integer_baseline", "is_integer",
            "make_baseline", "make_generator", "map_shapes", "model_entry", "model_errors", "model_guard",

@@ -315,3 +315,18 @@ def make_generator(seed) -> torch.Generator:
     if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_))):
         return torch.Generator().manual_seed(0 if seed is None else int(seed))
     raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(seed).__name__}")
+
+
+def example_draws(generator, batch: int, per: str = "input") -> Callable:
+    """``draw(sampler, shape, **kw)`` for a batch of ``batch`` examples: ``sampler(shape, generator=g, **kw)``
+    (``torch.rand``, ``torch.randn``) from one generator (:func:`make_generator` of ``generator``), or, given
+    one seed or generator per example (a list or tuple of ``batch``), each example's ``shape[1:]`` from its
+    own, as that example would be drawn alone: then a batch's draws do not depend on the examples beside it."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch:
+            raise ValueError(f"generator must be one seed or generator, or one per {per} ({batch}), got "
+                             f"{len(generator)}")
+        gens = [make_generator(g) for g in generator]
+        return lambda sampler, shape, **kw: torch.stack([sampler(shape[1:], generator=g, **kw) for g in gens])
+    gen = make_generator(generator)
+    return lambda sampler, shape, **kw: sampler(shape, generator=gen, **kw)

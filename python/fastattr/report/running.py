@@ -377,7 +377,9 @@ def _attribution(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, s
         return torch.cat([torch.rand((1,) + tuple(x.shape[1:]), dtype=x.dtype,
                                      generator=torch.Generator().manual_seed(example_seed(i)))
                           for i in range(x.shape[0])]).to(x.device)
-    if name == "smoothgrad":
+    if name == "smoothgrad":  # copies of a batch in one call, each row's noise from its example's seed
+        if period is not None:
+            return METHODS[name](net, x, t, generator=[example_seed(i) for i in range(x.shape[0])])
         return torch.cat([METHODS[name](net, x[i:i + 1], t[i:i + 1], generator=example_seed(i))
                           for i in range(x.shape[0])])
     if name in SURROGATE_METHODS:  # coalitions seeded per global example, features: blocks of pixels
