@@ -20,7 +20,7 @@ from .._backend import record_backends, use_backend
 from ..attribution import LAYER_METHODS, METHODS, aggregate, iba, iba_statistics, sea_nn
 from ..attribution.aggregate import abs_max, combine
 from ..cd import CD_METHODS
-from ..core import eval_modes, patch_segments
+from ..core import eval_modes, example_draws, patch_segments
 from ..metrics import (EVALUATE_METRICS, EXPLAIN_METRICS, FAITHFULNESS_METRICS, RANKED_METRICS, evaluate,
                        grouped_deletion, grouped_insertion)
 from ..metrics.evaluate import LOCALISATION_METRICS
@@ -374,9 +374,8 @@ def _attribution(name: str, net, x: torch.Tensor, t: torch.Tensor, first: int, s
         return torch.cat([iba(net, x[i:i + 1], t[i:i + 1], layer=layer, statistics=prior, generator=example_seed(i))
                           for i in range(x.shape[0])])
     if name == CONTROL:
-        return torch.cat([torch.rand((1,) + tuple(x.shape[1:]), dtype=x.dtype,
-                                     generator=torch.Generator().manual_seed(example_seed(i)))
-                          for i in range(x.shape[0])]).to(x.device)
+        seeds = [example_seed(i) for i in range(x.shape[0])]
+        return example_draws(seeds, x.shape[0])(torch.rand, x.shape, dtype=x.dtype).to(x.device)
     if name == "smoothgrad":  # copies of a batch in one call, each row's noise from its example's seed
         if period is not None:
             return METHODS[name](net, x, t, generator=[example_seed(i) for i in range(x.shape[0])])
