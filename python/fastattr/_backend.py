@@ -71,14 +71,18 @@ def differentiating_transform(*args) -> bool:
     the ops then run their reference (:func:`fastattr.ops._utils.run_op`)."""
     if torch.compiler.is_compiling():
         return False
+    stack = torch._C._functorch.get_interpreter_stack()
+    transform = bool(stack) and any(i.key() in _DIFFERENTIATING for i in stack)
+    dual = torch.autograd.forward_ad._current_level >= 0
+    if not (transform or dual):  # the common case: no tensor is asked anything
+        return False
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     wrapped = [torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors]
-    stack = torch._C._functorch.get_interpreter_stack()
-    if any(wrapped) and stack and any(i.key() in _DIFFERENTIATING for i in stack):
+    if transform and any(wrapped):
         return True
     # a functorch-wrapped tensor (vmap's) cannot be unpacked: only plain tensors are asked for a tangent
-    return torch.autograd.forward_ad._current_level >= 0 and any(
-        torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t, w in zip(tensors, wrapped) if not w)
+    return dual and any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+                        for t, w in zip(tensors, wrapped) if not w)
 
 
 _DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
