@@ -44,6 +44,11 @@ void greedy_gains(std::uintptr_t z1, std::uintptr_t columns, std::uintptr_t laye
 int64_t group_masks(std::uintptr_t logits, std::uintptr_t masks, std::uintptr_t rows, std::uintptr_t first,
                     int64_t batch, int64_t R, int64_t n, int64_t G, int64_t K, const std::string& dtype,
                     int n_threads);
+int64_t group_gen(std::uintptr_t patches, std::uintptr_t proj_weight, std::uintptr_t proj_bias,
+                  std::uintptr_t position, std::uintptr_t query_weight, std::uintptr_t key_weight,
+                  std::uintptr_t logits, std::uintptr_t masks, std::uintptr_t rows, std::uintptr_t first,
+                  int64_t batch, int64_t P, int64_t D, int64_t d, int64_t h, int64_t G, int64_t K,
+                  const std::string& dtype, int n_threads);
 int64_t distinct_slots(std::uintptr_t first, std::uintptr_t slot, std::uintptr_t rows, int64_t batch, int64_t G);
 int64_t distinct_copies(std::uintptr_t x, std::uintptr_t masks, std::uintptr_t rows, std::uintptr_t unit_patch,
                         std::uintptr_t out, int64_t N, int64_t G, int64_t C, int64_t L, int64_t P,
@@ -116,6 +121,13 @@ PYBIND11_MODULE(_C, m) {
         "SOP's group selection per example: the G rows of [R, n] logits of largest sparsemax peak (then max, "
         "then index), each as the mask of its K largest entries, and the first equal group of each; returns "
         "the number of rows holding NaN or +-inf.");
+  m.def("group_gen", &fastattr::group_gen, py::arg("patches"), py::arg("proj_weight"), py::arg("proj_bias"),
+        py::arg("position"), py::arg("query_weight"), py::arg("key_weight"), py::arg("logits"), py::arg("masks"),
+        py::arg("rows"), py::arg("first"), py::arg("batch"), py::arg("P"), py::arg("D"), py::arg("d"), py::arg("h"),
+        py::arg("G"), py::arg("K"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "SOP's GroupGen per example: patch embeddings X Wp^T + bp + pos, per-head logits (e A_j) e^T with "
+        "A_j = Wq_j^T Wk_j / sqrt(d) (proj_bias = 0 address: no bias), then group_masks' selection on them; "
+        "returns the number of logit rows holding NaN or +-inf.");
   m.def("distinct_slots", &fastattr::distinct_slots, py::arg("first"), py::arg("slot"), py::arg("rows"),
         py::arg("batch"), py::arg("G"), py::call_guard<py::gil_scoped_release>(),
         "SOP's distinct groups (first[b, g] == g) numbered example-major: each group's slot and each copy's flat "

@@ -9,6 +9,7 @@ from torch import nn
 
 import fastattr
 from fastattr.models import SOPExplanation, SumOfParts, first_equal_group, train_sop
+from fastattr.reference import group_gen as reference_group_gen
 
 pytest.importorskip("sklearn")
 
@@ -538,3 +539,16 @@ def test_bad_calls_get_an_error_naming_the_argument():
                           n_groups=2)
     with pytest.raises(TypeError, match="token ids need an embedding"):
         features(torch.arange(64).reshape(1, 64))
+
+
+def test_the_sum_of_parts_groups_are_the_ops():
+    """The zoo's SOP takes its groups from group_gen: on held-out digits they equal the reference formulation's
+    (the torch projection and products, then group_masks), bit for bit."""
+    x, _ = load_digits("test", 64)
+    sop = load_digits_sop().eval()
+    with torch.no_grad():
+        patches = sop._patches(x)
+        _, hard, first = sop._groups(patches)
+        expected = reference_group_gen(patches, sop.patch_proj.weight, sop.patch_proj.bias, sop.position,
+                                 sop.gen_query.weight, sop.gen_key.weight, sop.n_groups, sop.kept)
+    assert torch.equal(hard, expected[1]) and torch.equal(first, expected[3])

@@ -8,7 +8,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from fastattr.core import rank_features
-from fastattr.ops import (bottleneck, cd_bias_split, group_select, linear_impute, path_accumulate, path_interpolate,
+from fastattr.ops import (bottleneck, cd_bias_split, group_gen, group_select, linear_impute, path_accumulate, path_interpolate,
                           perturb_by_rank, simplex_qp, sparsemax, stencil_solve)
 
 
@@ -42,6 +42,9 @@ def _cases(device):
     slot = torch.tensor([[0, 2, 2], [1, 3, 0]], device=device)
     put("group_select", lambda b: (lambda z, w, q: group_select(z, slot, w, None, q, backend=b)),
         _draw(4, 5), _draw(3, 5, seed=1), _draw(3, 5, seed=2))
+    bp, pos, wk = _draw(5, seed=3).to(device), _draw(4, 5, seed=4).to(device), _draw(10, 5, seed=5).to(device)
+    put("group_gen", lambda b: (lambda x, wp, wq: group_gen(x, wp, bp, pos, wq, wk, 3, 2, backend=b)[0]),
+        _draw(2, 4, 3), _draw(5, 3, seed=1), _draw(10, 5, seed=2))
     return on
 
 

@@ -14,7 +14,7 @@ from .. import available_backends
 from ..attribution import integrated_gradients, occlusion, rise, saliency, smoothgrad
 from ..metrics import deletion, grouped_deletion, grouped_insertion, insertion
 from ..models import SumOfParts, first_equal_group
-from ..ops import distinct_copies, group_masks, group_select
+from ..ops import distinct_copies, group_gen, group_masks, group_select
 from ..zoo import load_digits, load_digits_cnn, load_digits_sop
 from ..zoo.resnet import resnet18, resnet50
 from . import Table, machine_info, time_interleaved
@@ -135,15 +135,20 @@ def throughput_table(device: Optional[str] = None, repeat: int = 3, **kw) -> Tab
 #: candidate rows over 16 patches, 8 groups of 8, 1 × 64 pixels, 10 classes, 64 features, 6.7 distinct copies
 #: per input) at B = 32 and on the whole test split, and a ResNet-50 SOP at 224² in 16-pixel patches (196 rows
 #: over 196 patches, 32 groups of 20 %, 3 × 224² pixels, 2048 features) at B = 16
-OP_SHAPES = {"group_masks": ((32, 16, 16, 8, 8), (450, 16, 16, 8, 8), (16, 196, 196, 32, 39)),
+OP_SHAPES = {"group_gen": ((32, 16, 4, 32, 1, 8, 8), (450, 16, 4, 32, 1, 8, 8), (16, 196, 768, 64, 1, 32, 39)),
+             "group_masks": ((32, 16, 16, 8, 8), (450, 16, 16, 8, 8), (16, 196, 196, 32, 39)),
              "distinct_copies": ((32, 8, 16, 1, 64), (450, 8, 16, 1, 64), (16, 32, 196, 3, 224 * 224)),
              "group_select": ((32, 8, 218, 10, 64), (450, 8, 3005, 10, 64), (16, 32, 512, 10, 2048))}
 
 
 def _op_inputs(op: str, shape: tuple, device: torch.device) -> tuple:
     """Seeded inputs of ``op`` at ``shape``: logits ``3·N(0, 1)``; masks of half the patches, a fifth of the
-    groups a repeat of another of the input; pixels, features, head and queries ``N(0, 1)``."""
+    groups a repeat of another of the input; patches, weights, pixels, features, head and queries ``N(0, 1)``."""
     gen = torch.Generator().manual_seed(0)
+    if op == "group_gen":
+        b, n, width, d, h, g, k = shape
+        return (*(torch.randn(*s, generator=gen).to(device) for s in ((b, n, width), (d, width), (d,), (n, d),
+                                                                        (h * d, d), (h * d, d))), g, k)
     if op == "group_masks":
         b, r, n, g, k = shape
         return 3 * torch.randn(b, r, n, generator=gen).to(device), g, k
@@ -163,11 +168,12 @@ def _op_inputs(op: str, shape: tuple, device: torch.device) -> tuple:
 
 
 def ops_table(device: Optional[str] = None, repeat: int = 20) -> Table:
-    """SOP's ops, ``group_masks`` (GroupGen's selection), ``distinct_copies`` (the backbone's inputs) and
-    ``group_select`` (GroupSelect), on every backend against their references, the torch calls SOP made before
-    them (stable sorts, gathers and a scatter; the numbering, two index selects and a product; a gather, two
-    products, sparsemax and a weighted sum — exlib ranks and scores its groups with torch ops likewise), on
-    :data:`OP_SHAPES`, without gradients."""
+    """SOP's ops, ``group_gen`` (GroupGen: the patch attention and the selection), ``group_masks`` (the selection
+    alone), ``distinct_copies`` (the backbone's inputs) and ``group_select`` (GroupSelect), on every backend
+    against their references, the torch calls SOP made before them (the projection, the position, the folded
+    bilinear form and two products, then the selection; stable sorts, gathers and a scatter; the numbering, two
+    index selects and a product; a gather, two products, sparsemax and a weighted sum — exlib ranks and scores
+    its groups with torch ops likewise), on :data:`OP_SHAPES`, without gradients."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backends = available_backends(device)
     table = Table(name=f"SOP's ops against their torch references, {device.type}",
@@ -175,7 +181,7 @@ def ops_table(device: Optional[str] = None, repeat: int = 20) -> Table:
                   params={"shapes": {op: [list(s) for s in shapes] for op, shapes in OP_SHAPES.items()},
                           "repeat": repeat, "device": str(device)})
     for op, shapes in OP_SHAPES.items():
-        fn = {"group_masks": group_masks, "distinct_copies": distinct_copies, "group_select": group_select}[op]
+        fn = {"group_gen": group_gen, "group_masks": group_masks, "distinct_copies": distinct_copies, "group_select": group_select}[op]
         for shape in shapes:
             args = _op_inputs(op, shape, device)
 
@@ -189,7 +195,8 @@ def ops_table(device: Optional[str] = None, repeat: int = 20) -> Table:
             for name in backends:
                 table.add(op, ", ".join(map(str, shape)), name, times[name] * 1e3, 1.0 / ratios[name])
     table.notes.append(f"{repeat} round-robin rounds; times are medians, speed-ups medians of per-round ratios; "
-                       f"torch threads = {torch.get_num_threads()}; shapes: group_masks (B, R, n, G, K), "
+                       f"torch threads = {torch.get_num_threads()}; shapes: group_gen (B, P, D, d, h, G, K), "
+                       "group_masks (B, R, n, G, K), "
                        "distinct_copies (B, G, P, C, L), group_select (B, G, N, C, h)")
     return table
 

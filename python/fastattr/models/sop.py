@@ -28,7 +28,7 @@ from .._backend import differentiating_transform
 from ..core import (ChunkGrid, ChunkRunner, ModelCallError, check_count, check_flag, check_inputs, check_number,
                     chunk_size, fraction_count, is_integer, make_generator, measured_input_factor, model_entry,
                     model_errors, model_guard, resolve_target, run_model)
-from ..ops import distinct_copies, first_equal_group, group_masks, group_select, sparsemax
+from ..ops import distinct_copies, first_equal_group, group_gen, group_select, sparsemax
 
 __all__ = ["SOPExplanation", "SumOfParts", "first_equal_group", "train_sop"]
 
@@ -316,18 +316,11 @@ class SumOfParts(nn.Module):
         floats).
         Rows are ranked by their max attention, then their max logit; a row's patches by their logit (the
         order of the attention weights, with the zeros of sparsemax ordered too); ties by index
-        (:func:`~fastattr.ops.group_masks`, which also gives each group the first with the same patches)."""
-        b, n, d = patches.shape[0], self.n_patches, self.attn_dim
-        e = self.patch_proj(patches) + self.position
-        h = self.n_heads  # (W_q e)(W_k e)ᵀ/√d = e (W_qᵀ W_k / √d) eᵀ per head: one product of e fewer
-        wq, wk = self.gen_query.weight, self.gen_key.weight
-        if h == 1:
-            logits = torch.bmm(e @ torch.mm(wq.t(), wk).div_(math.sqrt(d)), e.transpose(1, 2))
-        else:
-            bilinear = torch.bmm(wq.view(h, d, d).transpose(1, 2), wk.view(h, d, d)).div_(math.sqrt(d))
-            q = e @ bilinear.transpose(0, 1).reshape(d, h * d)                        # every head in one product
-            logits = (q.view(b, n, h, d).transpose(1, 2) @ e.unsqueeze(1).transpose(-1, -2)).reshape(b, h * n, n)
-        hard, rows, first = group_masks(logits, self.n_groups, self.kept)
+        (:func:`~fastattr.ops.group_gen`: the logits and :func:`~fastattr.ops.group_masks` of them, which also
+        gives each group the first with the same patches)."""
+        n = self.n_patches
+        logits, hard, rows, first = group_gen(patches, self.patch_proj.weight, self.patch_proj.bias, self.position,
+                                              self.gen_query.weight, self.gen_key.weight, self.n_groups, self.kept)
         if not (logits.requires_grad or differentiating_transform(logits)):   # forward-mode AD: no requires_grad
             return hard, hard, first
         soft = sparsemax(logits, dim=-1).gather(1, rows.unsqueeze(-1).expand(-1, -1, n))
