@@ -307,10 +307,11 @@ def test_sop_ops_bench_table_times_every_backend(monkeypatch):
     from fastattr import available_backends
     from fastattr.bench import sop
 
-    monkeypatch.setattr(sop, "OP_SHAPES", {"group_masks": ((2, 5, 6, 3, 2),), "group_select": ((2, 3, 4, 5, 6),)})
+    shapes = {"group_gen": ((2, 5, 3, 4, 1, 2, 2),), "group_masks": ((2, 5, 6, 3, 2),),
+              "group_select": ((2, 3, 4, 5, 6),)}
+    monkeypatch.setattr(sop, "OP_SHAPES", shapes)
     table = sop.ops_table(device="cpu", repeat=1)
-    assert [tuple(r[:3]) for r in table.rows] == [(op, shape, b) for op, shape in
-                                                  (("group_masks", "2, 5, 6, 3, 2"), ("group_select", "2, 3, 4, 5, 6"))
+    assert [tuple(r[:3]) for r in table.rows] == [(op, ", ".join(map(str, s[0])), b) for op, s in shapes.items()
                                                   for b in available_backends("cpu")]
     assert all(r[3] > 0 and r[4] > 0 for r in table.rows) and table.rows[0][4] == 1.0
 

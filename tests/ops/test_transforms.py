@@ -8,8 +8,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from fastattr.core import rank_features
-from fastattr.ops import (bottleneck, cd_bias_split, group_gen, group_select, linear_impute, path_accumulate, path_interpolate,
-                          perturb_by_rank, simplex_qp, sparsemax, stencil_solve)
+from fastattr.ops import (bottleneck, cd_bias_split, group_gen, group_select, linear_impute, path_accumulate,
+                          path_interpolate, perturb_by_rank, simplex_qp, sparsemax, stencil_solve)
 
 
 def _draw(*shape, seed=0):

@@ -130,12 +130,14 @@ def throughput_table(device: Optional[str] = None, repeat: int = 3, **kw) -> Tab
     return resnet_table(device=device, repeat=repeat, throughput=True, **kw)
 
 
-#: SOP's three ops are timed on the shapes SOP gives them: ``group_masks`` ``(B, R, n, G, K)``,
-#: ``distinct_copies`` ``(B, G, P, C, L)`` and ``group_select`` ``(B, G, N, C, h)`` — the digits SOP (16
-#: candidate rows over 16 patches, 8 groups of 8, 1 × 64 pixels, 10 classes, 64 features, 6.7 distinct copies
-#: per input) at B = 32 and on the whole test split, and a ResNet-50 SOP at 224² in 16-pixel patches (196 rows
-#: over 196 patches, 32 groups of 20 %, 3 × 224² pixels, 2048 features) at B = 16
-OP_SHAPES = {"group_gen": ((32, 16, 4, 32, 1, 8, 8), (450, 16, 4, 32, 1, 8, 8), (16, 196, 768, 64, 1, 32, 39)),
+#: SOP's four ops are timed on the shapes SOP gives them: ``group_gen`` ``(B, P, D, d, h, G, K)``,
+#: ``group_masks`` ``(B, R, n, G, K)``, ``distinct_copies`` ``(B, G, P, C, L)`` and ``group_select``
+#: ``(B, G, N, C, h)`` — the digits SOP (16 patches of 4 pixels, d = 32, one head; 16 candidate rows over 16
+#: patches, 8 groups of 8, 1 × 64 pixels, 10 classes, 64 features, 6.7 distinct copies per input) at B = 32 and
+#: on the whole test split, and a ResNet-50 SOP at 224² in 16-pixel patches (196 patches of 768, d = 64; 196
+#: rows over 196 patches, 32 groups of 20 %, 3 × 224² pixels, 2048 features) at B = 16
+OP_SHAPES = {"group_gen": ((32, 16, 4, 32, 1, 8, 8), (450, 16, 4, 32, 1, 8, 8),
+                           (16, 196, 768, 64, 1, 32, 39)),
              "group_masks": ((32, 16, 16, 8, 8), (450, 16, 16, 8, 8), (16, 196, 196, 32, 39)),
              "distinct_copies": ((32, 8, 16, 1, 64), (450, 8, 16, 1, 64), (16, 32, 196, 3, 224 * 224)),
              "group_select": ((32, 8, 218, 10, 64), (450, 8, 3005, 10, 64), (16, 32, 512, 10, 2048))}
@@ -181,7 +183,8 @@ def ops_table(device: Optional[str] = None, repeat: int = 20) -> Table:
                   params={"shapes": {op: [list(s) for s in shapes] for op, shapes in OP_SHAPES.items()},
                           "repeat": repeat, "device": str(device)})
     for op, shapes in OP_SHAPES.items():
-        fn = {"group_gen": group_gen, "group_masks": group_masks, "distinct_copies": distinct_copies, "group_select": group_select}[op]
+        fn = {"group_gen": group_gen, "group_masks": group_masks, "distinct_copies": distinct_copies,
+              "group_select": group_select}[op]
         for shape in shapes:
             args = _op_inputs(op, shape, device)
 

@@ -135,24 +135,28 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, dlogits, dmasks, drows, dfirst):
     """With ``g_j = ∂/∂logits`` of head ``j``: ``∂e = Σ_j g_j e A_jᵀ + g_jᵀ e A_j``, ``∂A_j = Σ_b eᵀ g_j e``,
     ``∂W_{q,j} = W_{k,j} ∂A_jᵀ / √d``, ``∂W_{k,j} = W_{q,j} ∂A_j / √d``, then the projection's chain rule; in
-    torch, in the compute dtype of ``patches`` (each gradient in its input's dtype)."""
+    torch, in the compute dtype of ``patches`` (each gradient in its input's dtype), only those asked for."""
     patches, wp, pos, wq, wk, bp = ctx.saved_tensors
+    need = ctx.needs_input_grad
     dtype = compute_dtype(patches.dtype)
     x, wp, pos, wq, wk = (t.to(dtype) for t in (patches, wp, pos, wq, wk))
     (b, n, _), d = x.shape, wp.shape[0]
     h = wq.shape[0] // d
     e = x @ wp.t() + pos + (bp.to(dtype) if ctx.has_bias else 0)
     qh, kh = wq.view(h, d, d), wk.view(h, d, d)
-    A = torch.bmm(qh.transpose(1, 2), kh) / math.sqrt(d)                                      # [h, d, d]
     g = dlogits.to(dtype).view(b, h, n, n)
     ge = torch.einsum("bjpq,bqd->bjpd", g, e)                                                  # g_j e
-    gte = torch.einsum("bjpq,bpd->bjqd", g, e)                                                 # g_jᵀ e
-    de = torch.einsum("bjpl,jkl->bpk", ge, A) + torch.einsum("bjqk,jkl->bql", gte, A)
-    dA = torch.einsum("bpk,bjpl->jkl", e, ge)
-    dwq = (torch.bmm(kh, dA.transpose(1, 2)) / math.sqrt(d)).reshape(h * d, d)
-    dwk = (torch.bmm(qh, dA) / math.sqrt(d)).reshape(h * d, d)
-    grads = [de @ wp, torch.einsum("bpk,bpi->ki", de, x), de.sum((0, 1)) if ctx.has_bias else None, de.sum(0),
-             dwq, dwk]
+    grads = [None] * 6
+    if any(need[:4]):
+        A = torch.bmm(qh.transpose(1, 2), kh) / math.sqrt(d)                                  # [h, d, d]
+        gte = torch.einsum("bjpq,bpd->bjqd", g, e)                                             # g_jᵀ e
+        de = torch.einsum("bjpl,jkl->bpk", ge, A) + torch.einsum("bjqk,jkl->bql", gte, A)
+        grads[:4] = [de @ wp if need[0] else None, torch.einsum("bpk,bpi->ki", de, x) if need[1] else None,
+                     de.sum((0, 1)) if need[2] and ctx.has_bias else None, de.sum(0) if need[3] else None]
+    if need[4] or need[5]:
+        dA = torch.einsum("bpk,bjpl->jkl", e, ge)
+        grads[4] = (torch.bmm(kh, dA.transpose(1, 2)) / math.sqrt(d)).reshape(h * d, d) if need[4] else None
+        grads[5] = (torch.bmm(qh, dA) / math.sqrt(d)).reshape(h * d, d) if need[5] else None
     return (*(None if g is None else g.to(t) for g, t in zip(grads, ctx.dtypes)), None, None, None)
 
 
@@ -167,7 +171,9 @@ def group_gen(patches: torch.Tensor, proj_weight: torch.Tensor, proj_bias: Optio
     """SOP's GroupGen (module docstring): ``(logits [B, h·P, P], masks [B, G, P] bool, rows [B, G] int64,
     first [B, G] int64)`` from ``patches [B, P, D]``, the projection ``proj_weight [d, D]`` and ``proj_bias
     [d]`` (or None), ``position [P, d]`` and the heads' ``query_weight`` / ``key_weight [h·d, d]``; ``masks``,
-    ``rows`` and ``first`` are :func:`~fastattr.ops.group_masks` of the logits with ``n_groups`` and ``kept``.
+    ``rows`` and ``first`` are :func:`~fastattr.ops.group_masks` of the logits with ``n_groups`` and ``kept``,
+    ranked in the compute dtype (float32 for float16 / bfloat16 inputs, whose logits are returned rounded to
+    their dtype).
 
     Args:
         backend: ``"auto" | "reference" | "cpp" | "triton"``; None uses :func:`fastattr.get_backend`.
@@ -181,6 +187,6 @@ def group_gen(patches: torch.Tensor, proj_weight: torch.Tensor, proj_bias: Optio
     if backend is not None:
         check_backend(backend)
     args = (patches, proj_weight, proj_bias, position, query_weight, key_weight)
-    if patches.shape[0] and eager_cpu(*args) and resolve(patches, backend) == "cpp":
+    if eager_cpu(*args) and resolve(patches, backend) == "cpp":
         return _cpp(*args, n_groups, kept)
     return run_op(_group_gen_op, *args, n_groups, kept, backend)
