@@ -91,6 +91,16 @@ inline void write_row(const T* z, T* p, int64_t n, T m, double tau) {
   }
 }
 
+// The max of a row from an `omp simd reduction(max)`: clang starts each lane at the lowest finite value (GCC at
+// -inf), so a row of nothing but -inf / NaN comes out as lowest(); such a max is taken again, exactly.
+template <typename T>
+inline T exact_max(T m, const T* z, int64_t n) {
+  if (m > std::numeric_limits<T>::lowest()) return m;
+  m = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
+  return m;
+}
+
 // A +inf entry, or nothing but -inf / NaN (the max is infinite): the row is NaN.
 template <typename T>
 inline bool nan_row_if_infinite(T m, T* p, int64_t n) {
@@ -117,7 +127,7 @@ FASTATTR_MULTIVERSION void forward_row(const T* z, T* p, int64_t n, Scratch<T>& 
   T tail_max = -inf;
   for (int64_t j = full * B; j < n; ++j) tail_max = z[j] > tail_max ? z[j] : tail_max;
   s.block_max[full] = tail_max;
-  m = tail_max > m ? tail_max : m;
+  m = exact_max(tail_max > m ? tail_max : m, z, n);
   if (nan_row_if_infinite(m, p, n)) return;
   // Pass 2: the candidates, read only from blocks whose max reaches the bound.
   const T lo = candidate_bound(m);
@@ -139,6 +149,7 @@ FASTATTR_MULTIVERSION void forward_row_small(const T* z, T* p, int64_t n) {
   T m = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
+  m = exact_max(m, z, n);
   if (nan_row_if_infinite(m, p, n)) return;
   double cand[kSmallRow];
   const int64_t k = append_candidates(z, 0, n, m, candidate_bound(m), cand, 0);
