@@ -283,8 +283,8 @@ def default_tables(device: Optional[str] = None, repeat: int = 3,
     """``forward``: the shipped digits SOP (8 groups of 2×2-pixel patches) at each batch of
     :data:`DIGITS_BATCHES`, and a ResNet-18 SOP on 8 inputs of 3×64×64 (:func:`resnet_table`);
     ``throughput``: the GPU row, a ResNet-50 SOP at 224² with 32 groups in images/s
-    (:func:`throughput_table`; on CUDA only unless named); ``ops``: the two ops SOP runs (GroupGen's selection,
-    GroupSelect) on every backend (:func:`ops_table`); ``reproduction``: the
+    (:func:`throughput_table`; on CUDA only unless named); ``ops``: the four ops SOP runs (GroupGen, its
+    selection alone, the distinct copies, GroupSelect) on every backend (:func:`ops_table`); ``reproduction``: the
     paper's Table 1 on 100 held-out digits (:func:`reproduction_table`) — all of :data:`TABLES`, or those
     named in ``tables``."""
     out = []
