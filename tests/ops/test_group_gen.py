@@ -131,11 +131,10 @@ def test_mixed_dtypes_and_their_gradients(backend_device):
         torch.testing.assert_close(a.grad.double(), e.grad.double(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.skipif(not fastattr._backend.cpp_available(), reason="needs the fastattr._C extension")
 def test_parameters_take_the_eager_path_without_gradients(monkeypatch):
     """A module's ``nn.Parameter`` weights take the C++ kernel directly when no gradient is recorded (the custom
     op is not dispatched), with the op's values; with gradients the op records them."""
-    if not fastattr._backend.cpp_available():
-        pytest.skip("needs the fastattr._C extension")
     x, *weights = _case(3, 6, 4, 5, 1, torch.float32, "cpu", 1)
     params = [None if w is None else torch.nn.Parameter(w) for w in weights]
     expected = group_gen(x, *weights, 4, 3, backend="cpp")
