@@ -19,13 +19,14 @@ constexpr int64_t kTileRows = 4;  // tile_matmul's row block
 // The logits [h P, P] of one example, every product on tile_matmul over Pr = P rounded up to whole row blocks
 // (the scratch rows past P hold zeros or what they give): e = X Wp^T + offset ([Pr, d]; Wp^T [D, d], offset =
 // bp + pos [P, d]), its transpose eT [d, P], per head Q = e A_j ([Pr, d]; A [h, d, d]) and Q eT ([Pr, P]),
-// whose first P rows are the head's logits. x, e, eT, Q and L are scratch.
+// whose first P rows are the head's logits. x (X padded to Pr rows, used when P < Pr), e, eT, Q and L are
+// scratch.
 template <typename T>
 FASTATTR_FMA_CLONES void example_logits(const T* X, const T* WpT, const T* offset, const T* A, T* x, T* e, T* eT,
                                         T* Q, T* L, T* logits, int64_t P, int64_t Pr, int64_t D, int64_t d,
                                         int64_t h) {
-  std::memcpy(x, X, static_cast<size_t>(P * D) * sizeof(T));
-  tile_matmul<T, 32, kTileRows>(WpT, D, d, x, Pr, e);
+  if (Pr > P) std::memcpy(x, X, static_cast<size_t>(P * D) * sizeof(T));
+  tile_matmul<T, 32, kTileRows>(WpT, D, d, Pr > P ? x : X, Pr, e);
   for (int64_t p = 0; p < P; ++p)
     for (int64_t k = 0; k < d; ++k) {
       e[p * d + k] += offset[p * d + k];
@@ -85,7 +86,7 @@ int64_t group_gen(std::uintptr_t patches, std::uintptr_t proj_weight, std::uintp
 #endif
     {
       GroupScratch<T> scratch;
-      std::vector<T> x(static_cast<size_t>(Pr * D), T(0)), e(static_cast<size_t>(Pr * d)), eT(static_cast<size_t>(d * P)),
+      std::vector<T> x(static_cast<size_t>(Pr > P ? Pr * D : 0), T(0)), e(static_cast<size_t>(Pr * d)), eT(static_cast<size_t>(d * P)),
           Q(static_cast<size_t>(Pr * d)), L(static_cast<size_t>(Pr * P));
 #ifdef FASTATTR_OPENMP
 #pragma omp for schedule(static)

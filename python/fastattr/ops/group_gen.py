@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from ..numerics import compute_dtype
-from ..reference.group_gen import group_logits as reference_logits
+from ..reference.group_gen import bilinear_forms, group_logits as reference_logits, patch_embeddings
 from ._utils import (check_backend, check_tensor, eager_cpu, eager_without_compiler, in_compute, resolve, run_cpp,
                      run_op, triton_kernels)
 from .group_masks import group_masks
@@ -67,10 +67,15 @@ def _not_finite(count: int) -> ValueError:
                       "(non-finite patches or weights)")
 
 
+def _cast(*tensors):
+    """The tensors (None kept) contiguous in the patches' (the first's) compute dtype, as every backend computes."""
+    dtype = compute_dtype(tensors[0].dtype)
+    return [None if t is None else in_compute(t, dtype) for t in tensors]
+
+
 def _cpp(patches, proj_weight, proj_bias, position, query_weight, key_weight, n_groups, kept):
-    dtype = compute_dtype(patches.dtype)
-    x, wp, bp, pos, wq, wk = (None if t is None else in_compute(t, dtype)
-                              for t in (patches, proj_weight, proj_bias, position, query_weight, key_weight))
+    x, wp, bp, pos, wq, wk = _cast(patches, proj_weight, proj_bias, position, query_weight, key_weight)
+    dtype = x.dtype
     (b, n, width), d = x.shape, wp.shape[0]
     h = wq.shape[0] // d
     logits = torch.empty((b, h * n, n), dtype=dtype)
@@ -107,13 +112,8 @@ def _group_gen_op(patches: torch.Tensor, proj_weight: torch.Tensor, proj_bias: O
     if name == "reference":   # the selection through group_masks' op, which checks the logits are finite
         logits = reference_logits(patches, proj_weight, proj_bias, position, query_weight, key_weight)
         return (logits.to(patches.dtype), *group_masks(logits.detach(), n_groups, kept, backend="reference"))
-    dtype = compute_dtype(patches.dtype)
-    x, wp, bp, pos, wq, wk = (None if t is None else in_compute(t, dtype)
-                              for t in (patches, proj_weight, proj_bias, position, query_weight, key_weight))
-    d = wp.shape[0]
-    h = wq.shape[0] // d
-    bilinear = torch.bmm(wq.view(h, d, d).transpose(1, 2), wk.view(h, d, d)).div_(math.sqrt(d))
-    logits = triton_kernels("group_gen").group_logits(x, wp, bp, pos, bilinear.contiguous())
+    x, wp, bp, pos, wq, wk = _cast(patches, proj_weight, proj_bias, position, query_weight, key_weight)
+    logits = triton_kernels("group_gen").group_logits(x, wp, bp, pos, bilinear_forms(wq, wk, wp.shape[0]))
     masks, rows, first = group_masks(logits, n_groups, kept, backend="triton")
     return logits.to(patches.dtype), masks, rows, first
 
@@ -142,13 +142,13 @@ def _backward(ctx, dlogits, dmasks, drows, dfirst):
     x, wp, pos, wq, wk = (t.to(dtype) for t in (patches, wp, pos, wq, wk))
     (b, n, _), d = x.shape, wp.shape[0]
     h = wq.shape[0] // d
-    e = x @ wp.t() + pos + (bp.to(dtype) if ctx.has_bias else 0)
+    e = patch_embeddings(x, wp, bp.to(dtype) if ctx.has_bias else None, pos)
     qh, kh = wq.view(h, d, d), wk.view(h, d, d)
     g = dlogits.to(dtype).view(b, h, n, n)
     ge = torch.einsum("bjpq,bqd->bjpd", g, e)                                                  # g_j e
     grads = [None] * 6
     if any(need[:4]):
-        A = torch.bmm(qh.transpose(1, 2), kh) / math.sqrt(d)                                  # [h, d, d]
+        A = bilinear_forms(wq, wk, d)                                                          # [h, d, d]
         gte = torch.einsum("bjpq,bpd->bjqd", g, e)                                             # g_jᵀ e
         de = torch.einsum("bjpl,jkl->bpk", ge, A) + torch.einsum("bjqk,jkl->bql", gte, A)
         grads[:4] = [de @ wp if need[0] else None, torch.einsum("bpk,bpi->ki", de, x) if need[1] else None,

@@ -16,18 +16,29 @@ from ..numerics import compute_dtype
 from .group_masks import group_masks
 
 
+def patch_embeddings(x: torch.Tensor, proj_weight: torch.Tensor, proj_bias: Optional[torch.Tensor],
+                     position: torch.Tensor) -> torch.Tensor:
+    """``e = X W_pᵀ + b_p + pos`` ``[B, P, d]`` (the tensors already in one dtype)."""
+    return F.linear(x, proj_weight, proj_bias) + position
+
+
+def bilinear_forms(query_weight: torch.Tensor, key_weight: torch.Tensor, d: int) -> torch.Tensor:
+    """``A_j = W_{q,j}ᵀ W_{k,j} / √d`` ``[h, d, d]`` from the heads' ``[h·d, d]`` weights."""
+    h = query_weight.shape[0] // d
+    return torch.bmm(query_weight.view(h, d, d).transpose(1, 2), key_weight.view(h, d, d)).div_(math.sqrt(d))
+
+
 def group_logits(patches: torch.Tensor, proj_weight: torch.Tensor, proj_bias: Optional[torch.Tensor],
                  position: torch.Tensor, query_weight: torch.Tensor, key_weight: torch.Tensor) -> torch.Tensor:
     """``[B, h·P, P]`` logits of ``patches [B, P, D]`` (row ``j·P + p``: head ``j``, query patch ``p``)."""
     dtype = compute_dtype(patches.dtype)
     x, wp, pos, wq, wk = (t.to(dtype) for t in (patches, proj_weight, position, query_weight, key_weight))
     b, n, d = x.shape[0], x.shape[1], wp.shape[0]
-    e = F.linear(x, wp, None if proj_bias is None else proj_bias.to(dtype)) + pos
+    e = patch_embeddings(x, wp, None if proj_bias is None else proj_bias.to(dtype), pos)
     h = wq.shape[0] // d
     if h == 1:
         return torch.bmm(e @ torch.mm(wq.t(), wk).div_(math.sqrt(d)), e.transpose(1, 2))
-    bilinear = torch.bmm(wq.view(h, d, d).transpose(1, 2), wk.view(h, d, d)).div_(math.sqrt(d))
-    q = e @ bilinear.transpose(0, 1).reshape(d, h * d)                                # every head in one product
+    q = e @ bilinear_forms(wq, wk, d).transpose(0, 1).reshape(d, h * d)              # every head in one product
     return (q.view(b, n, h, d).transpose(1, 2) @ e.unsqueeze(1).transpose(-1, -2)).reshape(b, h * n, n)
 
 
