@@ -56,6 +56,9 @@ int64_t distinct_copies(std::uintptr_t x, std::uintptr_t masks, std::uintptr_t r
 int64_t group_select(std::uintptr_t z, std::uintptr_t slot, std::uintptr_t weight, std::uintptr_t bias,
                      std::uintptr_t query, std::uintptr_t p, std::uintptr_t y, std::uintptr_t logits, int64_t batch,
                      int64_t N, int64_t G, int64_t C, int64_t h, const std::string& dtype, int n_threads);
+void max_pool2d(std::uintptr_t x, std::uintptr_t out, std::uintptr_t indices, int64_t planes, int64_t H, int64_t W,
+                int64_t OH, int64_t OW, int64_t kH, int64_t kW, int64_t sH, int64_t sW, int64_t pH, int64_t pW,
+                int64_t dH, int64_t dW, const std::string& dtype, int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -137,6 +140,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "SOP's masked copies x[b] * masks[rows[n]][unit_patch] of the distinct groups; returns the number of "
         "unit_patch entries outside [0, P).");
+  m.def("max_pool2d", &fastattr::max_pool2d, py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("planes"),
+        py::arg("H"), py::arg("W"), py::arg("OH"), py::arg("OW"), py::arg("kH"), py::arg("kW"), py::arg("sH"),
+        py::arg("sW"), py::arg("pH"), py::arg("pW"), py::arg("dH"), py::arg("dW"), py::arg("dtype"),
+        py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "Max pooling of contiguous [planes, H, W] into [planes, OH, OW] with each maximum's flat index ih * W + iw "
+        "(torch's max_pool2d_with_indices, NaN included).");
   m.def("group_select", &fastattr::group_select, py::arg("z"), py::arg("slot"), py::arg("weight"), py::arg("bias"),
         py::arg("query"), py::arg("p"), py::arg("y"), py::arg("logits"), py::arg("batch"), py::arg("N"), py::arg("G"),
         py::arg("C"), py::arg("h"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),

@@ -8,8 +8,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from fastattr.core import rank_features
-from fastattr.ops import (bottleneck, cd_bias_split, group_gen, group_select, linear_impute, path_accumulate,
-                          path_interpolate, perturb_by_rank, simplex_qp, sparsemax, stencil_solve)
+from fastattr.ops import (bottleneck, cd_bias_split, group_gen, group_select, linear_impute, max_pool2d,
+                          path_accumulate, path_interpolate, perturb_by_rank, simplex_qp, sparsemax, stencil_solve)
 
 
 def _draw(*shape, seed=0):
@@ -45,6 +45,7 @@ def _cases(device):
     bp, pos, wk = _draw(5, seed=3).to(device), _draw(4, 5, seed=4).to(device), _draw(10, 5, seed=5).to(device)
     put("group_gen", lambda b: (lambda x, wp, wq: group_gen(x, wp, bp, pos, wq, wk, 3, 2, backend=b)[0]),
         _draw(2, 4, 3), _draw(5, 3, seed=1), _draw(10, 5, seed=2))
+    put("max_pool2d", lambda b: (lambda x: max_pool2d(x, 3, 2, 1, backend=b)[0]), _draw(2, 3, 7, 7, seed=6))
     return on
 
 
