@@ -137,6 +137,12 @@ def _aggregate_tables(device, repeat) -> list[Table]:
     return [aggregate_table(device=device, repeat=repeat)]
 
 
+def _pool_tables(device, repeat) -> list[Table]:
+    from .aggregate import pool_table
+
+    return [pool_table(device=device, repeat=max(repeat, 9))]
+
+
 def _reproduction_tables(device, repeat) -> list[Table]:
     from .aggregate import reproduction_table
 
@@ -147,13 +153,14 @@ def _reproduction_tables(device, repeat) -> list[Table]:
 TABLES: dict[str, Callable[..., list[Table]]] = {
     "qp": lambda device, repeat: [qp_table(device=device, repeat=repeat)],
     "aggregate": _aggregate_tables,
+    "pool": _pool_tables,
     "reproduction": _reproduction_tables,
 }
 
 
 def default_tables(device: Optional[str] = None, repeat: int = 3, tables: Optional[Sequence[str]] = None) -> list[Table]:
-    """B = 256 problems of k = 7 methods; ``aggregate`` against its floor and the paper's procedure;
-    the reproduction of the paper's Tables 1–2 (:mod:`fastattr.bench.aggregate`) — all of
+    """B = 256 problems of k = 7 methods; ``aggregate`` against its floor and the paper's procedure; the max
+    pool the explainers' passes run (:func:`fastattr.bench.aggregate.pool_table`); the reproduction of the paper's Tables 1–2 (:mod:`fastattr.bench.aggregate`) — all of
     :data:`TABLES`, or those named in ``tables``."""
     out = []
     for name in tables or TABLES:

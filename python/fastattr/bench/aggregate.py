@@ -8,7 +8,10 @@ VarGrad, guided backprop and DeepLift. The floor is those seven on all ``m·B`` 
 SmoothGrad and VarGrad one set of noisy gradients); a row times them as seven separate calls. The
 paper's procedure, as its released code runs it, handles one image at a time: every explainer on every
 perturbed copy at batch size 1, the infidelity copies one forward each, and one cvxpy problem per image;
-it is timed on a few images and scaled to the batch (its cost is the same for every image).
+it is timed on a few images and scaled to the batch (its cost is the same for every image). A row times the
+floor with the model's max pooling on torch's own kernel (:func:`fastattr.torch_pooling`): fastattr's calls
+run it through :func:`fastattr.ops.max_pool2d` on CPU (:mod:`fastattr.core.pooling`); :func:`pool_table`
+times that op against torch's kernel.
 """
 from __future__ import annotations
 
@@ -19,10 +22,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .. import _backend, torch_pooling
 from ..attribution import aggregate, explain_all
 from ..attribution.shared import MethodSet, method_function
 from ..attribution.aggregate import abs_max, aggregation_matrices
 from ..core import Blur
+from ..ops import max_pool2d
 from ..zoo import load_digits, load_digits_cnn
 from . import Table, machine_info, time_interleaved
 
@@ -117,7 +122,12 @@ def aggregate_table(batch: int = 32, n_samples: int = 50, paper_images: int = 2,
         for f in one_by_one:
             f(model, z, tz)
 
+    def torch_pool_floor():
+        with torch_pooling():
+            explain_all(model, z, tz, methods=SEVEN)
+
     impls = {"floor: 7 explainers on m·B inputs": lambda: explain_all(model, z, tz, methods=SEVEN),
+             "floor with torch's max pool kernel": torch_pool_floor,
              "7 explainers on m·B inputs, one call each": separately,
              "fastattr.aggregate opt": lambda: aggregate(model, x, t, methods=SEVEN, objective="opt",
                                                          n_samples=n_samples)}
@@ -201,3 +211,41 @@ def reproduction_table(batch: int = 64, n_samples: int = 50, n_eval: int = 200, 
 
 def default_tables(device: Optional[str] = None, repeat: int = 3) -> list[Table]:
     return [aggregate_table(device=device, repeat=repeat), reproduction_table(device=device)]
+
+
+#: ``(case, input shape, kernel, stride, padding)`` of :func:`pool_table`: the digits CNN's pool on one IG chunk,
+#: a VGG block's and ResNet's stem
+POOL_SHAPES = (("digits CNN, one IG chunk", (1024, 32, 8, 8), 2, 2, 0),
+               ("VGG block", (32, 64, 56, 56), 2, 2, 0),
+               ("ResNet stem", (8, 64, 112, 112), 3, 2, 1))
+
+
+def pool_table(device: Optional[str] = None, repeat: int = 9, shapes=POOL_SHAPES) -> Table:
+    """``max_pool2d`` without gradients: torch's kernel on contiguous (NCHW) inputs (what a model runs, the
+    first column of ratios), torch's on the same data in channels-last, and :func:`fastattr.ops.max_pool2d` on
+    every backend, each checked to return torch's values and indices first."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    table = Table(name=f"max_pool2d with indices, float32, {device.type}",
+                  columns=["case", "implementation", "ms", "speed-up vs torch NCHW"], machine=machine_info(device),
+                  params={"shapes": [list(c[1:2]) + list(c[2:]) for c in shapes], "repeat": repeat,
+                          "device": str(device)})
+    for case, shape, k, s, p in shapes:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+        xl = x.contiguous(memory_format=torch.channels_last)
+        expected = torch.ops.aten.max_pool2d_with_indices(x, [k, k], [s, s], [p, p])
+        impls = {"torch (NCHW)": lambda x=x: torch.ops.aten.max_pool2d_with_indices(x, [k, k], [s, s], [p, p]),
+                 "torch (channels-last copy)": lambda: torch.ops.aten.max_pool2d_with_indices(xl, [k, k], [s, s],
+                                                                                              [p, p])}
+        for name in _backend.available_backends(device):
+            got = max_pool2d(x, k, s, p, backend=name)
+            if not (torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])):
+                raise AssertionError(f"max_pool2d[{name}] differs from torch on {case}")
+            impls[f"fastattr {name}"] = lambda name=name, x=x: max_pool2d(x, k, s, p, backend=name)
+        with torch.no_grad():
+            times, ratios = time_interleaved(impls, device, repeat=repeat)
+        shape_text = "×".join(map(str, shape)) + f", {k}×{k} / {s}" + (f", pad {p}" if p else "")
+        for name, t in times.items():
+            table.add(f"{case} ({shape_text})", name, t * 1e3, 1.0 / ratios[name])
+    table.notes.append(f"{repeat} round-robin rounds; times are medians, speed-ups medians of per-round ratios; "
+                       f"torch threads = {torch.get_num_threads()}")
+    return table

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .pooling import fast_pooling
+
 Target = Union[None, int, torch.Tensor]
 
 
@@ -180,7 +182,8 @@ def model_guard(model: Callable, inputs=None, *, gradients: bool = False, quiet:
                               "to use the model in its own mode", UserWarning, stacklevel=4)
             for m in modules:
                 m.eval()
-        yield
+        with fast_pooling(modules, inputs):
+            yield
     finally:
         _guarded.reset(token)
         for m, flag in flags:

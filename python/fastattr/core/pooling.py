@@ -1,0 +1,70 @@
+"""Faster max pooling inside fastattr's calls on CPU.
+
+torch 2.13's CPU ``max_pool2d`` on contiguous (NCHW) inputs is 10–15× slower than its channels-last kernel
+(:mod:`fastattr.ops.max_pool`), a fifth of each forward-and-backward pass of a small pooling CNN. For the
+duration of a guarded call (:func:`~fastattr.core.model_guard`) on CPU inputs, every module of exact type
+``nn.MaxPool2d`` runs its forward through :func:`fastattr.ops.max_pool2d` where that op beats torch's
+kernel (:func:`fastattr.ops.max_pool.beats_torch`) and through its own forward otherwise. Values, indices
+and gradients are torch's bit for bit; the module's hooks run as before. The module gets an instance
+``forward`` for the call, removed on exit even when the call raises; a module that already has one, or a
+subclass of ``nn.MaxPool2d`` (its forward may differ), is left alone. Under :func:`torch_pooling` every
+module pools through torch's kernel.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import types
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..ops import max_pool2d
+from ..ops.max_pool import beats_torch
+
+__all__ = ["fast_pooling", "torch_pooling"]
+
+_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_fast_pooling", default=True)
+
+
+def _pool_forward(self: nn.MaxPool2d, input: torch.Tensor):
+    """``nn.MaxPool2d.forward`` through :func:`fastattr.ops.max_pool2d` where it beats torch's kernel."""
+    if not beats_torch(input):
+        return nn.MaxPool2d.forward(self, input)
+    out, idx = max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+    return (out, idx) if self.return_indices else out
+
+
+def _ours(module: nn.Module) -> bool:
+    forward = module.__dict__.get("forward")
+    return isinstance(forward, types.MethodType) and forward.__func__ is _pool_forward
+
+
+@contextlib.contextmanager
+def fast_pooling(modules: list[nn.Module], inputs) -> Iterator[None]:
+    """The ``nn.MaxPool2d`` modules inside ``modules`` pool through :func:`fastattr.ops.max_pool2d` for the
+    block when ``inputs`` is a CPU tensor (module docstring)."""
+    pools = []
+    if _enabled.get() and isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu":
+        pools = [m for root in modules for m in root.modules()
+                 if type(m) is nn.MaxPool2d and "forward" not in m.__dict__]
+    for m in pools:
+        m.forward = types.MethodType(_pool_forward, m)
+    try:
+        yield
+    finally:
+        for m in pools:
+            if _ours(m):
+                del m.forward
+
+
+@contextlib.contextmanager
+def torch_pooling() -> Iterator[None]:
+    """fastattr's calls in the block leave every ``nn.MaxPool2d`` on torch's own kernel (:func:`fast_pooling`
+    off): for a comparison, or a model whose pooling must not be touched."""
+    token = _enabled.set(False)
+    try:
+        yield
+    finally:
+        _enabled.reset(token)
