@@ -1,6 +1,6 @@
 """Faster max pooling inside fastattr's calls on CPU.
 
-torch 2.13's CPU ``max_pool2d`` on contiguous (NCHW) inputs is 10–15× slower than its channels-last kernel
+torch 2.13's CPU ``max_pool2d`` on contiguous (NCHW) inputs is 7–13× slower than its channels-last kernel
 (:mod:`fastattr.ops.max_pool`), a fifth of each forward-and-backward pass of a small pooling CNN. For the
 duration of a guarded call (:func:`~fastattr.core.model_guard`) on CPU inputs, every module of exact type
 ``nn.MaxPool2d`` runs its forward through :func:`fastattr.ops.max_pool2d` where that op beats torch's

@@ -71,18 +71,19 @@ def eager_without_compiler(op):
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
-def eager_cpu(*tensors: torch.Tensor | None) -> bool:
+def eager_cpu(*tensors: torch.Tensor | None, gradients: bool = False) -> bool:
     """True when an eager call may run the C++ kernel itself instead of going through the custom op's
     dispatch (7–10 µs a call, about half of what a kernel takes on SOP's small attention matrices): every
     tensor given (None skipped) a non-empty plain CPU tensor or parameter (``nn.Parameter`` keeps torch
-    function off) that needs no gradient, outside ``torch.compile``, ``torch.jit.trace``, forward-mode AD,
+    function off) that needs no gradient (with ``gradients``: or whose gradient the caller's own
+    ``autograd.Function`` computes), outside ``torch.compile``, ``torch.jit.trace``, forward-mode AD,
     torch function and dispatch modes, and functorch transforms, all of which must see the op."""
     # the modes first: under torch.compile, Dynamo cannot trace the functorch query of the tensors below
     if (torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
             or torch.autograd.forward_ad._current_level >= 0 or torch._C._is_torch_function_mode_enabled()
             or torch._C._len_torch_dispatch_stack() != 0):
         return False
-    grad = torch.is_grad_enabled()
+    grad = torch.is_grad_enabled() and not gradients
     return all(x is None or (type(x) in _PLAIN and x.device.type == "cpu" and x.numel() > 0
                              and not (x.requires_grad and grad)
                              and not torch._C._functorch.is_functorch_wrapped_tensor(x)) for x in tensors)

@@ -2,8 +2,8 @@
 ``max_pool2d_with_indices`` computes it (:mod:`fastattr.reference.max_pool`: the first maximum of each
 window scanned row-major, NaN winning, indices flat in each ``[H, W]`` plane), bit for bit.
 
-Why an op: torch 2.13's CPU kernel for contiguous (NCHW) inputs takes 10–15× longer than its own
-channels-last kernel on the same data (a 2×2 pool of ``[1024, 32, 8, 8]``: ~8 ms against ~0.7 ms on
+Why an op: torch 2.13's CPU kernel for contiguous (NCHW) inputs takes 7–13× longer than its own
+channels-last kernel on the same data (a 2×2 pool of ``[1024, 32, 8, 8]``: ~8 ms against ~1 ms on
 2 threads), a fifth of every forward-and-backward pass of the digits CNN. The C++ kernel here is
 OpenMP over planes; a 2×2 stride-2 window is unrolled, other windows update a row of outputs one tap
 at a time (independent chains in place of one serial chain per output). Backends: reference, C++,
@@ -19,8 +19,8 @@ import torch
 
 from .. import _backend
 from ..reference.max_pool import max_pool2d as reference_max_pool2d, output_size
-from ._utils import check_backend, check_tensor, differentiating_transform, eager_without_compiler, in_compute, \
-    resolve, run_cpp, run_op, triton_kernels
+from ._utils import check_backend, check_tensor, eager_cpu, eager_without_compiler, in_compute, resolve, run_cpp, \
+    run_op, triton_kernels
 
 __all__ = ["beats_torch", "max_pool2d"]
 
@@ -139,27 +139,20 @@ def max_pool2d(x: torch.Tensor, kernel_size: Size, stride: Optional[Size] = None
     out_hw = _sizes(x, k, s, p, d, ceil_mode)
     if backend is not None:
         check_backend(backend)
-    if _eager(x) and resolve(x, backend) == "cpp":
+    if eager_cpu(x, gradients=True) and resolve(x, backend) == "cpp":
         return _EagerPool.apply(x, k, s, p, d, ceil_mode, out_hw)
     return run_op(_max_pool2d_op, x, k, s, p, d, ceil_mode, backend)
-
-
-def _eager(x) -> bool:
-    """A plain CPU tensor outside ``torch.compile``, tracing, torch function and dispatch modes, functorch
-    transforms and forward-mode AD: everything that must see the custom op."""
-    return (type(x) is torch.Tensor and x.device.type == "cpu" and not torch.compiler.is_compiling()
-            and torch._C._get_tracing_state() is None and not torch._C._is_torch_function_mode_enabled()
-            and torch._C._len_torch_dispatch_stack() == 0 and torch.autograd.forward_ad._current_level < 0
-            and not torch._C._functorch.is_functorch_wrapped_tensor(x))
 
 
 def beats_torch(x) -> bool:
     """Whether :func:`max_pool2d` with the C++ kernel is faster than torch's kernel on ``x``: a contiguous
     (NCHW) float32 / float64 tensor ``[N, C, H, W]`` or ``[C, H, W]`` of at least 2¹⁶ elements that
-    :func:`max_pool2d` runs eagerly on the C++ kernel (a plain CPU tensor, no ``torch.compile`` or tracing,
-    torch function or dispatch mode, functorch transform or forward-mode AD; the C++ backend in force).
+    :func:`max_pool2d` runs eagerly on the C++ kernel (a plain CPU tensor or parameter, no ``torch.compile``
+    or tracing, torch function or dispatch mode, functorch transform or forward-mode AD; the C++ backend in
+    force).
     Channels-last inputs keep torch's kernel, which is fast for them."""
-    return (_eager(x) and x.dtype in (torch.float32, torch.float64) and x.dim() in (3, 4)
+    return (isinstance(x, torch.Tensor) and eager_cpu(x, gradients=True) and x.dtype in (torch.float32, torch.float64)
+            and x.dim() in (3, 4)
             and x.numel() >= _MIN_ELEMENTS and x.is_contiguous()
             and _backend.get_backend() in ("auto", "cpp") and _backend.cpp_available())
 
