@@ -73,10 +73,14 @@ def test_the_numbers_are_torchs_and_the_op_runs(counted, name):
 def test_the_model_is_left_as_it_was_and_its_hooks_run(counted):
     model, x = PoolNet(), _inputs()
     seen = []
-    handle = model.p1.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+
+    def record(mod, args, out):
+        seen.append(out.shape)
+
+    handle = model.p1.register_forward_hook(record)
     fastattr.saliency(model, x, 0)
     assert counted and seen and seen[0] == (48, 8, 8, 8)
-    assert list(model.p1._forward_hooks.values())[0] is not None and len(model.p1._forward_hooks) == 1
+    assert list(model.p1._forward_hooks.values()) == [record]
     handle.remove()
 
     def fail(mod, args, out):
@@ -124,3 +128,40 @@ def test_pooling_that_returns_indices():
     with fastattr.torch_pooling():
         theirs = fastattr.saliency(model, x, 2)
     assert torch.equal(ours, theirs) and ours.abs().sum() > 0
+
+
+def test_copies_threads_and_the_switch_inside_a_call(counted):
+    """A deep copy made during a call pools as torch does afterwards and survives pickling; a nested
+    ``torch_pooling()`` and another thread running the same model keep torch's kernel."""
+    import io
+    import threading
+
+    model, x = PoolNet(), _inputs()
+    seen = {}
+
+    def model_fn(t):
+        if "copy" not in seen:
+            seen["copy"] = __import__("copy").deepcopy(model)
+            with fastattr.torch_pooling():
+                before = len(counted)
+                model(t)
+                seen["nested"] = len(counted) - before
+            before = len(counted)
+            thread = threading.Thread(target=lambda: model(t))
+            thread.start()
+            thread.join()
+            seen["thread"] = len(counted) - before
+        return model(t)
+
+    ours = fastattr.saliency(model_fn, x, 0)
+    assert counted and seen["nested"] == 0 and seen["thread"] == 0
+    with fastattr.torch_pooling():
+        assert torch.equal(ours, fastattr.saliency(model, x, 0))
+    copy, before = seen["copy"], len(counted)
+    buffer = io.BytesIO()
+    torch.save(copy, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for m in (copy, loaded):
+        torch.testing.assert_close(m(x), model(x), rtol=0, atol=0)
+    assert len(counted) == before                                         # outside a call: torch's kernel

@@ -7,14 +7,13 @@ duration of a guarded call (:func:`~fastattr.core.model_guard`) on CPU inputs, e
 kernel (:func:`fastattr.ops.max_pool.beats_torch`) and through its own forward otherwise. Values, indices
 and gradients are torch's bit for bit; the module's hooks run as before. The module gets an instance
 ``forward`` for the call, removed on exit even when the call raises; a module that already has one, or a
-subclass of ``nn.MaxPool2d`` (its forward may differ), is left alone. Under :func:`torch_pooling` every
-module pools through torch's kernel.
+subclass of ``nn.MaxPool2d`` (its forward may differ), is left alone. Under :func:`torch_pooling`, and in
+other threads, every module pools through torch's kernel.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import types
 from typing import Iterator
 
 import torch
@@ -26,34 +25,56 @@ from ..ops.max_pool import beats_torch
 __all__ = ["fast_pooling", "torch_pooling"]
 
 _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_fast_pooling", default=True)
+_active: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_pooling_call", default=False)
 
 
 def _pool_forward(self: nn.MaxPool2d, input: torch.Tensor):
-    """``nn.MaxPool2d.forward`` through :func:`fastattr.ops.max_pool2d` where it beats torch's kernel."""
-    if not beats_torch(input):
+    """``nn.MaxPool2d.forward`` through :func:`fastattr.ops.max_pool2d` where it beats torch's kernel, inside
+    a :func:`fast_pooling` block of this thread and outside :func:`torch_pooling`; torch's forward otherwise."""
+    if not (_active.get() and _enabled.get() and beats_torch(input)):
         return nn.MaxPool2d.forward(self, input)
     out, idx = max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
     return (out, idx) if self.return_indices else out
 
 
+class _PoolForward:
+    """The instance ``forward`` a pool carries during a call. A copy of the module made meanwhile
+    (``copy.deepcopy``, pickling) carries one bound to the copy, which pools as torch does outside
+    fastattr's calls and unpickles wherever fastattr is installed."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: nn.MaxPool2d):
+        self.module = module
+
+    def __call__(self, input: torch.Tensor):
+        return _pool_forward(self.module, input)
+
+    def __reduce__(self):
+        return _PoolForward, (self.module,)
+
+
 def _ours(module: nn.Module) -> bool:
     forward = module.__dict__.get("forward")
-    return isinstance(forward, types.MethodType) and forward.__func__ is _pool_forward
+    return isinstance(forward, _PoolForward) and forward.module is module
 
 
 @contextlib.contextmanager
 def fast_pooling(modules: list[nn.Module], inputs) -> Iterator[None]:
     """The ``nn.MaxPool2d`` modules inside ``modules`` pool through :func:`fastattr.ops.max_pool2d` for the
-    block when ``inputs`` is a CPU tensor (module docstring)."""
+    block when ``inputs`` is a CPU tensor (module docstring); other threads' calls of them keep torch's
+    kernel."""
     pools = []
     if _enabled.get() and isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu":
         pools = [m for root in modules for m in root.modules()
                  if type(m) is nn.MaxPool2d and "forward" not in m.__dict__]
     for m in pools:
-        m.forward = types.MethodType(_pool_forward, m)
+        m.forward = _PoolForward(m)
+    token = _active.set(True)
     try:
         yield
     finally:
+        _active.reset(token)
         for m in pools:
             if _ours(m):
                 del m.forward
