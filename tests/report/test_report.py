@@ -272,8 +272,11 @@ def test_report_with_the_stability_and_randomisation_metrics(tmp_path):
     assert all(not math.isnan(s[m]["saliency"]) for m in ("relative_input_stability", "model_randomisation"))
     page = (tmp_path / "r" / "index.html").read_text()
     assert f"over {STABILITY_SAMPLES} uniform perturbations" in page and "model randomisation: the Spearman" in page
-    # none of these methods or metrics calls a fastattr op: nothing is re-timed on the reference backend
-    assert not [k for k in result.seconds if k.startswith("backend:")]
+    # the only fastattr op these methods and metrics call is the digits CNN's max pool (core.fast_pooling), on
+    # the batches of 2^16 elements and more that smoothgrad's noisy copies and kernel_shap's coalitions make:
+    # those two are re-timed on the reference backend, where torch's pool kernel runs
+    timed = {k.split(":")[1] for k in result.seconds if k.startswith("backend:")}
+    assert timed == {"smoothgrad", "kernel_shap"}
     # example 1's values are evaluate's on that example, the methods seeded by its index
     from fastattr.report import running
 
