@@ -165,3 +165,17 @@ def test_copies_threads_and_the_switch_inside_a_call(counted):
     for m in (copy, loaded):
         torch.testing.assert_close(m(x), model(x), rtol=0, atol=0)
     assert len(counted) == before                                         # outside a call: torch's kernel
+
+
+def test_where_fastattr_pools():
+    """``fast_pool_here`` (DeepLift's max-pool rule asks it too): only inside a guarded call on this thread,
+    outside ``torch_pooling()``, on inputs the op beats torch's kernel on."""
+    from fastattr.core import fast_pool_here, model_guard
+
+    model, big = PoolNet(), torch.randn(64, 8, 16, 16)
+    assert not fast_pool_here(big)
+    with model_guard(model, _inputs()):
+        assert fast_pool_here(big) and not fast_pool_here(big[:4])
+        with fastattr.torch_pooling():
+            assert not fast_pool_here(big)
+    assert not fast_pool_here(big)

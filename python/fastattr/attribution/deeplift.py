@@ -26,6 +26,8 @@ from torch import nn
 from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_number, check_output, frozen_parameters,
                     gradient_chunk, model_entry, model_errors, path_baselines, resolve_target, select)
 from ..core.contract import modules_of
+from ..core.pooling import fast_pool_here
+from ..ops import max_pool2d
 
 __all__ = ["DEEPLIFT_RULES", "deeplift"]
 
@@ -78,14 +80,15 @@ _POOLS = {nn.MaxPool1d: (1, F.max_pool1d), nn.MaxPool2d: (2, F.max_pool2d), nn.M
 
 def _maxpool(module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, eps: float,
              examples: int) -> torch.Tensor:
-    """Max pooling: with ``m = max(y, y')`` per window, the input rows' term ``grad · (m − y')`` goes
+    """Max pooling (its indices from :func:`fastattr.ops.max_pool2d` where :func:`~fastattr.core.fast_pool_here`,
+    the same bits): with ``m = max(y, y')`` per window, the input rows' term ``grad · (m − y')`` goes
     to the position of the input's maximum and the baseline rows' term ``grad' · (y − m)`` to the
     position of the baseline's maximum (both sum to ``grad · Δy``); their sum, divided by ``Δx``, is
     the multiplier of every input element (the local gradient where ``|Δx| < eps``)."""
     axes, pool = _POOLS[type(module)]
     n = x.shape[0] // 2
-    _, index = pool(x, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode,
-                    return_indices=True)
+    args = (module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
+    _, index = max_pool2d(x, *args) if axes == 2 and fast_pool_here(x) else pool(x, *args, return_indices=True)
     top = torch.max(y[:n], y[n:])
     lead = tuple(y.shape[:y.dim() - axes])
     spread = (grad * torch.cat([top - y[n:], y[:n] - top])).reshape(lead + (-1,))

@@ -22,7 +22,7 @@ from .contract import (ModelCallError, Target, broadcasts_to, check_count, check
                        check_number, check_output, eval_modes, example_draws, frozen_parameters, get_model_mode,
                        is_integer, make_generator, model_entry, model_errors, model_guard, run_model, use_model_mode)
 from .layers import Layer, hidden_layers, resolve_layers
-from .pooling import fast_pooling, torch_pooling
+from .pooling import fast_pool_here, fast_pooling, torch_pooling
 from .engine import GaussianNoise, MaskBuilder, MaskSet, RankSchedule, Source, perturbed_scores
 from .features import (Features, check_attributions, feature_layout, feature_space, fraction_count, group_masks,
                        group_scores, group_unit_rank, map_shapes, patch_segments, rank_features, step_counts, unit_map)
@@ -33,7 +33,7 @@ __all__ = ["Baseline", "Blur", "ChunkGrid", "ChunkRunner", "CountingModel", "Fea
            "Layer", "MaskSet", "ModelCallError", "READERS", "RankSchedule", "Source", "Target", "Uniform", "all_subsets",
            "broadcasts_to", "check_attributions", "check_count", "check_flag", "check_inputs", "check_model",
            "check_number", "check_output", "check_scalar_reader", "chunk_size", "eval_modes", "example_draws",
-           "fast_pooling", "feature_layout",
+           "fast_pool_here", "fast_pooling", "feature_layout",
            "feature_space", "forward_chunks", "fraction_count", "free_memory", "frozen_parameters", "get_model_mode",
            "gradient_chunk", "group_masks", "hidden_layers", "group_scores", "group_unit_rank", "integer_baseline", "is_integer",
            "make_baseline", "make_generator", "map_shapes", "model_entry", "model_errors", "model_guard",

@@ -22,16 +22,22 @@ from torch import nn
 from ..ops import max_pool2d
 from ..ops.max_pool import beats_torch
 
-__all__ = ["fast_pooling", "torch_pooling"]
+__all__ = ["fast_pool_here", "fast_pooling", "torch_pooling"]
 
 _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_fast_pooling", default=True)
 _active: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_pooling_call", default=False)
 
 
+def fast_pool_here(x) -> bool:
+    """Whether fastattr pools ``x`` with :func:`fastattr.ops.max_pool2d`: inside a :func:`fast_pooling` block
+    of this thread, outside :func:`torch_pooling`, where the op beats torch's kernel (``beats_torch``)."""
+    return _active.get() and _enabled.get() and beats_torch(x)
+
+
 def _pool_forward(self: nn.MaxPool2d, input: torch.Tensor):
-    """``nn.MaxPool2d.forward`` through :func:`fastattr.ops.max_pool2d` where it beats torch's kernel, inside
-    a :func:`fast_pooling` block of this thread and outside :func:`torch_pooling`; torch's forward otherwise."""
-    if not (_active.get() and _enabled.get() and beats_torch(input)):
+    """``nn.MaxPool2d.forward`` through :func:`fastattr.ops.max_pool2d` where :func:`fast_pool_here`; torch's
+    forward otherwise."""
+    if not fast_pool_here(input):
         return nn.MaxPool2d.forward(self, input)
     out, idx = max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
     return (out, idx) if self.return_indices else out
