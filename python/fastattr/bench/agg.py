@@ -160,8 +160,9 @@ TABLES: dict[str, Callable[..., list[Table]]] = {
 
 def default_tables(device: Optional[str] = None, repeat: int = 3, tables: Optional[Sequence[str]] = None) -> list[Table]:
     """B = 256 problems of k = 7 methods; ``aggregate`` against its floor and the paper's procedure; the max
-    pool the explainers' passes run (:func:`fastattr.bench.aggregate.pool_table`); the reproduction of the paper's Tables 1–2 (:mod:`fastattr.bench.aggregate`) — all of
-    :data:`TABLES`, or those named in ``tables``."""
+    pool the explainers' passes run (:func:`fastattr.bench.aggregate.pool_table`); the reproduction of the
+    paper's Tables 1–2 (:mod:`fastattr.bench.aggregate`) — all of :data:`TABLES`, or those named in
+    ``tables``."""
     out = []
     for name in tables or TABLES:
         out += TABLES[name](device, repeat)
