@@ -227,7 +227,7 @@ def pool_table(device: Optional[str] = None, repeat: int = 9, shapes=POOL_SHAPES
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     table = Table(name=f"max_pool2d with indices, float32, {device.type}",
                   columns=["case", "implementation", "ms", "speed-up vs torch NCHW"], machine=machine_info(device),
-                  params={"shapes": [list(c[1:2]) + list(c[2:]) for c in shapes], "repeat": repeat,
+                  params={"shapes": [[list(c[1]), *c[2:]] for c in shapes], "repeat": repeat,
                           "device": str(device)})
     for case, shape, k, s, p in shapes:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)

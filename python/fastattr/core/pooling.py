@@ -70,13 +70,12 @@ def fast_pooling(modules: list[nn.Module], inputs) -> Iterator[None]:
     """The ``nn.MaxPool2d`` modules inside ``modules`` pool through :func:`fastattr.ops.max_pool2d` for the
     block when ``inputs`` is a CPU tensor (module docstring); other threads' calls of them keep torch's
     kernel."""
-    pools = []
-    if _enabled.get() and isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu":
-        pools = [m for root in modules for m in root.modules()
-                 if type(m) is nn.MaxPool2d and "forward" not in m.__dict__]
+    on = _enabled.get() and isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu"
+    pools = [m for root in modules for m in root.modules()
+             if type(m) is nn.MaxPool2d and "forward" not in m.__dict__] if on else []
     for m in pools:
         m.forward = _PoolForward(m)
-    token = _active.set(True)
+    token = _active.set(_active.get() or on)
     try:
         yield
     finally:
