@@ -66,9 +66,9 @@ def test_shared_passes_run_once():
         fastattr.smoothgrad(counted, x, t, variant=variant, **SETTINGS)
     separate = counted.rows
     b, draws = x.shape[0], SETTINGS["n_samples"]
-    # each call checks the target with one forward of the batch; each gradient pass is one forward
-    assert shared == b + (b + b) + (b + draws * b)
-    assert separate == 2 * (b + b) + 2 * (b + draws * b)
+    # each call checks the given target with one forward of two inputs; each gradient pass is one forward
+    assert shared == 2 + (2 + b) + (2 + draws * b)
+    assert separate == 2 * (2 + b) + 2 * (2 + draws * b)
 
 
 def test_only_settings_that_give_the_same_passes_are_shared():
@@ -77,7 +77,7 @@ def test_only_settings_that_give_the_same_passes_are_shared():
     explain_all(counted, x, t, methods={"a": ("smoothgrad", SETTINGS),
                                         "b": ("smoothgrad", {**SETTINGS, "n_samples": 3, "variant": "vargrad"})})
     b = x.shape[0]
-    assert counted.rows == b + (b + 4 * b) + (b + 3 * b)
+    assert counted.rows == 2 + (2 + 4 * b) + (2 + 3 * b)
     # one torch.Generator: separate calls draw in turn, so sharing would change the second map
     gen = torch.Generator().manual_seed(0)
     maps = explain_all(model, x, t, methods={"a": ("smoothgrad", {"n_samples": 2, "generator": gen}),

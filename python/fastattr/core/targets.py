@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .chunks import forward_chunks
-from .contract import Target
+from .contract import Target, check_output, model_errors
 
 READERS = ("probability", "logit", "log_probability", "regression")  # one score per input; plus "logits"
 
@@ -18,11 +18,16 @@ def resolve_target(model: Callable, inputs: torch.Tensor, target: Target,
                    memory_budget: Optional[int] = None) -> torch.Tensor:
     """Per-example target indices ``[B]`` in ``0..C-1``: an int, a ``[B]`` tensor, or None (the argmax of
     f(x)); negative indices count from the end, as in Python (``-1``: the last output). Without
-    ``logits``, one forward of ``inputs`` (chunked under ``max_batch`` / ``memory_budget``) checks the
-    range."""
+    ``logits``, a forward of ``inputs`` (chunked under ``max_batch`` / ``memory_budget``) gives the argmax,
+    or, for a given target, a forward of the first two inputs checks its range (every row of an output has
+    the same classes)."""
     batch = inputs.shape[0]
-    if logits is None:
+    if logits is None and target is None:
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
+    elif logits is None:
+        with torch.no_grad(), model_errors(inputs):
+            out = model(inputs[:2])
+        logits = check_output(out, min(2, batch), any_rank=True)
     if logits.dim() == 1:
         logits = logits[:, None]
     n_classes = logits.shape[-1]
