@@ -323,9 +323,10 @@ def test_pathway_gradient_convention_forward_unchanged_backward_masked():
     with torch.no_grad():
         plain = torch.cat([model(x[:3]), model(x[3:])])   # the same chunks of 3 + 1
     torch.testing.assert_close(torch.cat(seen[-2:]), plain, rtol=0, atol=0)
-    # The thesis's network: every non-pathway neuron is a constant equal to its original value.
+    # The thesis's network: every non-pathway neuron is a constant equal to its original value (the masks of
+    # the first rows for the target check's forward of two inputs).
     handles = [model[int(k)].register_forward_hook(
-        lambda m, i, o, k=k: torch.where(masks[k], o, o.detach())) for k in masks]
+        lambda m, i, o, k=k: torch.where(masks[k][:o.shape[0]], o, o.detach())) for k in masks]
     try:
         expected = A.saliency(model, x, t, abs=False)
     finally:

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .chunks import forward_chunks
+from .chunks import chunk_size, forward_chunks
 from .contract import Target, check_output, model_errors
 
 READERS = ("probability", "logit", "log_probability", "regression")  # one score per input; plus "logits"
@@ -19,15 +19,16 @@ def resolve_target(model: Callable, inputs: torch.Tensor, target: Target,
     """Per-example target indices ``[B]`` in ``0..C-1``: an int, a ``[B]`` tensor, or None (the argmax of
     f(x)); negative indices count from the end, as in Python (``-1``: the last output). Without
     ``logits``, a forward of ``inputs`` (chunked under ``max_batch`` / ``memory_budget``) gives the argmax,
-    or, for a given target, a forward of the first two inputs checks its range (every row of an output has
-    the same classes)."""
+    or, for a given target, a forward of the first two inputs (the first ``max_batch`` when given: a model
+    may need whole batches) checks its range (every row of an output has the same classes)."""
     batch = inputs.shape[0]
     if logits is None and target is None:
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
     elif logits is None:
+        probe = inputs[:2 if max_batch is None else chunk_size(inputs, batch, max_batch, memory_budget)]
         with torch.no_grad(), model_errors(inputs):
-            out = model(inputs[:2])
-        logits = check_output(out, min(2, batch), any_rank=True)
+            out = model(probe)
+        logits = check_output(out, probe.shape[0], any_rank=True)
     if logits.dim() == 1:
         logits = logits[:, None]
     n_classes = logits.shape[-1]

@@ -441,8 +441,9 @@ class _Attribution:
         total = sum(a.reshape(a.shape[0], -1).sum(1) for a in attrs)
         model, t, _ = _bind(pack.model, end, target, additional_forward_args, None, end.shape[0])
         with torch.no_grad():
-            t = resolve_target(model, end, t)
-            gap = select(model(end), t) - select(model(start), t)
+            out = model(end)
+            t = resolve_target(model, end, t, logits=out)
+            gap = select(out, t) - select(model(start), t)
         return total.to(gap.dtype) - gap
 
     @property

@@ -342,7 +342,7 @@ class GradientShap(_Attribution):
         x = pack.x
         batch = x.shape[0]
         model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, None, n_samples * batch)
-        t, x = prepare(model, x, t)
+        t, x = prepare(model, x, t, max_batch)
         if isinstance(generator, str) and generator != "global":
             raise ValueError(f"generator must be a torch.Generator, an int seed or 'global', got {generator!r}")
         if pack.packed is not None:
