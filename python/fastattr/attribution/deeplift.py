@@ -1,14 +1,16 @@
 """DeepLift with the rescale rule (Shrikumar et al. 2017; SPEC §10), as Captum's ``DeepLift`` computes it.
 
-Each chunk of ``n`` examples runs as one batch ``[x; x']`` of ``2n`` rows (the inputs, then their
-baselines) through one forward and one backward of ``Σ_i f_{t_i}(x_i) + f_{t_i}(x'_i)``. Every
-nonlinearity module of a type in :data:`DEEPLIFT_RULES` passes its output on through
-``_Rescale``, an autograd function that is the identity in the forward and whose backward
-replaces the module's local gradient by the multiplier ``Δy/Δx``, where ``Δx = x_i − x'_i`` and
-``Δy = y_i − y'_i`` are the differences between the input and baseline rows of that module's
-input and output (the same multiplier for both rows). Where ``|Δx| < eps`` the module's own
-gradient is kept. Linear layers keep their gradient, so the chain rule carries the multipliers
-down to the inputs (Ancona et al. 2018's gradient formulation). Only the module's own backward is
+The baselines run first, in a forward of their own without gradients (once per call when one baseline
+serves every example, as one row), and every nonlinearity module of a type in :data:`DEEPLIFT_RULES`
+records its input ``x'`` and output ``y'`` of each call. Then each chunk of ``n`` examples runs one
+forward and one backward of ``Σ_i f_{t_i}(x_i)``; the same modules, in the same order of calls, pass
+their output on through ``_Rescale``, an autograd function that is the identity in the forward and
+whose backward replaces the module's local gradient by the multiplier ``Δy/Δx``, where ``Δx = x − x'``
+and ``Δy = y − y'`` pair each call with the baseline's. Where ``|Δx| < eps`` the module's own gradient
+is kept. Linear layers keep their gradient, so the chain rule carries the multipliers down to the inputs
+(Ancona et al. 2018's gradient formulation). This is Captum's computation on ``[x; x']`` in one batch
+without its baseline half: there both halves carry the same gradient at every layer (the same targets,
+the same multipliers), so only the inputs' half is propagated. Only the module's own backward is
 replaced (Captum's tensor hooks replace the whole gradient of the tensor a module reads), so the
 rules compose through adjacent nonlinearities, skip connections and modules called twice.
 """
@@ -32,15 +34,14 @@ from ..ops import max_pool2d
 __all__ = ["DEEPLIFT_RULES", "deeplift"]
 
 
-def _twice(t: torch.Tensor) -> torch.Tensor:
-    """``[t; t]``: one value for the input rows and the same for the baseline rows."""
-    return torch.cat([t, t])
-
-
-def _differences(t: torch.Tensor) -> torch.Tensor:
-    """``[Δ; Δ]`` with ``Δ = t[:n] − t[n:]`` for a ``[2n, ...]`` tensor (inputs' rows, then baselines')."""
-    n = t.shape[0] // 2
-    return _twice(t[:n] - t[n:])
+def _rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """The baseline's ``t`` for ``rows`` rows of the inputs: as it is, broadcast from one row, or tiled
+    (a module that sees each example as ``k`` consecutive rows)."""
+    if t.shape[0] == rows:
+        return t
+    if t.shape[0] == 1:
+        return t.expand((rows,) + tuple(t.shape[1:]))
+    return t.repeat((rows // t.shape[0],) + (1,) * (t.dim() - 1))
 
 
 def _local_gradient(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -60,48 +61,53 @@ def _where_small(dx: torch.Tensor, eps: float, rescaled: torch.Tensor, local: Ca
     return torch.where(small, local(), rescaled) if bool(small.any()) else rescaled
 
 
-def _rescale(module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, eps: float,
-             examples: int) -> torch.Tensor:
+def _rescale(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+             grad: torch.Tensor, eps: float, examples: int) -> torch.Tensor:
     """Elementwise nonlinearities: ``grad · Δy / Δx``, the local gradient where ``|Δx| < eps``."""
-    dx = _differences(x)
-    return _where_small(dx, eps, grad * _differences(y) / dx, lambda: _local_gradient(module, x, grad))
+    dx = x - _rows(xb, x.shape[0])
+    return _where_small(dx, eps, grad * (y - _rows(yb, y.shape[0])) / dx, lambda: _local_gradient(module, x, grad))
 
 
-def _softmax(module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, eps: float,
-             examples: int) -> torch.Tensor:
-    """``nn.Softmax``: the rescaled gradient less its mean over each example's input and baseline rows."""
-    unnormalised = _rescale(module, x, y, grad, eps, examples)
-    rows = unnormalised.reshape(2, examples, -1)
-    return (rows - rows.sum(dim=(0, 2), keepdim=True) / (2 * rows.shape[2])).reshape(x.shape)
+def _softmax(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+             grad: torch.Tensor, eps: float, examples: int) -> torch.Tensor:
+    """``nn.Softmax``: the rescaled gradient less its mean over each example (its input and baseline rows
+    carry the same rescaled gradient, so the mean over both is the mean over the input's)."""
+    rows = _rescale(module, x, y, xb, yb, grad, eps, examples).reshape(examples, -1)
+    return (rows - rows.mean(1, keepdim=True)).reshape(x.shape)
 
 
 _POOLS = {nn.MaxPool1d: (1, F.max_pool1d), nn.MaxPool2d: (2, F.max_pool2d), nn.MaxPool3d: (3, F.max_pool3d)}
 
 
-def _maxpool(module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, eps: float,
-             examples: int) -> torch.Tensor:
+def _maxpool(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+             grad: torch.Tensor, eps: float, examples: int) -> torch.Tensor:
     """Max pooling (its indices from :func:`fastattr.ops.max_pool2d` where :func:`~fastattr.core.fast_pool_here`,
-    the same bits): with ``m = max(y, y')`` per window, the input rows' term ``grad · (m − y')`` goes
-    to the position of the input's maximum and the baseline rows' term ``grad' · (y − m)`` to the
-    position of the baseline's maximum (both sum to ``grad · Δy``); their sum, divided by ``Δx``, is
-    the multiplier of every input element (the local gradient where ``|Δx| < eps``)."""
+    the same bits): with ``m = max(y, y')`` per window, the term ``grad · (m − y')`` goes to the position
+    of the input's maximum and ``grad · (y − m)`` to the position of the baseline's maximum (both sum to
+    ``grad · Δy``); their sum, divided by ``Δx``, is the multiplier of every input element (the local
+    gradient where ``|Δx| < eps``)."""
     axes, pool = _POOLS[type(module)]
-    n = x.shape[0] // 2
     args = (module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
-    _, index = max_pool2d(x, *args) if axes == 2 and fast_pool_here(x) else pool(x, *args, return_indices=True)
-    top = torch.max(y[:n], y[n:])
+
+    def argmax(z: torch.Tensor) -> torch.Tensor:
+        _, index = max_pool2d(z, *args) if axes == 2 and fast_pool_here(z) else pool(z, *args, return_indices=True)
+        return index
+
+    rows = x.shape[0]
     lead = tuple(y.shape[:y.dim() - axes])
-    spread = (grad * torch.cat([top - y[n:], y[:n] - top])).reshape(lead + (-1,))
-    pooled = spread.new_zeros(lead + (math.prod(x.shape[x.dim() - axes:]),))
-    flat_index = index.reshape(lead + (-1,))
-    pooled = pooled.scatter_add_(-1, flat_index, spread).reshape(x.shape)
-    dx = _differences(x)
+    yb = _rows(yb, rows)
+    top = torch.max(y, yb)
+    index = argmax(x).reshape(lead + (-1,))
+    index_b = _rows(argmax(xb), rows).reshape(lead + (-1,))
+    pooled = grad.new_zeros(lead + (math.prod(x.shape[x.dim() - axes:]),))
+    pooled.scatter_add_(-1, index, (grad * (top - yb)).reshape(lead + (-1,)))
+    pooled.scatter_add_(-1, index_b, (grad * (y - top)).reshape(lead + (-1,)))
+    dx = x - _rows(xb, rows)
 
     def local() -> torch.Tensor:  # max pooling's own backward: each window's gradient to its argmax
-        return grad.new_zeros(pooled.shape).reshape(lead + (-1,)).scatter_add_(
-            -1, flat_index, grad.reshape(lead + (-1,))).reshape(x.shape)
+        return grad.new_zeros(pooled.shape).scatter_add_(-1, index, grad.reshape(lead + (-1,))).reshape(x.shape)
 
-    return _where_small(dx, eps, _twice(pooled[:n] + pooled[n:]) / dx, local)
+    return _where_small(dx, eps, pooled.reshape(x.shape) / dx, local)
 
 
 #: the module types whose gradient DeepLift overrides (exact types, as Captum's), and their rules
@@ -114,40 +120,55 @@ DEEPLIFT_RULES: dict[type, Callable] = {
 
 class _Rescale(torch.autograd.Function):
     """``y = module(x)`` passed on unchanged; the backward is the module's DeepLift rule
-    ``rule(module, x, y, grad, eps, examples)``."""
+    ``rule(module, x, y, x', y', grad, eps, examples)``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, module: nn.Module, eps: float, examples: int) -> torch.Tensor:
-        ctx.save_for_backward(x, y)
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, module: nn.Module,
+                eps: float, examples: int) -> torch.Tensor:
+        ctx.save_for_backward(x, y, xb, yb)
         ctx.module, ctx.eps, ctx.examples = module, eps, examples
         return y.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, y = ctx.saved_tensors
+        x, y, xb, yb = ctx.saved_tensors
         rule = DEEPLIFT_RULES[type(ctx.module)]
-        return rule(ctx.module, x, y, grad, ctx.eps, ctx.examples), None, None, None, None
+        return rule(ctx.module, x, y, xb, yb, grad, ctx.eps, ctx.examples), None, None, None, None, None, None
 
 
 class _Rules:
-    """The forward hook every nonlinearity module carries during a call; ``rows`` is the chunk's ``2n``."""
+    """The forward hook every nonlinearity module carries during a call. In the baselines' forward
+    (``recording``) it keeps each call's ``(module, x', y')``; in the inputs' forward of ``rows`` examples
+    it pairs each call with the baseline's call of the same rank (``base_rows`` baseline rows)."""
 
     def __init__(self, eps: float, modules: int):
         self.eps, self.modules = eps, modules
-        self.rows = 0
+        self.rows, self.base_rows, self.recording = 0, 0, False
+        self.calls: list = []
+        self.position = 0
 
     def __call__(self, module: nn.Module, args: tuple, output):
         y = output[0] if isinstance(output, tuple) else output
         x = args[0] if args else None
+        if self.recording:
+            self.calls.append((module, x, y))
+            return None
+        if self.position >= len(self.calls) or self.calls[self.position][0] is not module:
+            raise ValueError(f"DeepLift pairs every call of a nonlinearity module with the baselines' call of the "
+                             f"same rank; the inputs' forward called {type(module).__name__} where the baselines' "
+                             "did not (a forward whose modules depend on the values it is given)")
+        _, xb, yb = self.calls[self.position]
+        self.position += 1
         if isinstance(x, torch.Tensor) and not x.requires_grad:
             return None  # not on a path from the inputs (parameters are frozen): nothing to rescale
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() == 0 or y.dim() == 0 \
-                or x.shape[0] % self.rows or y.shape[0] != x.shape[0]:
+        if not all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in (x, y, xb, yb)) \
+                or x.shape[0] % self.rows or y.shape[0] != x.shape[0] \
+                or xb.shape[0] * self.rows != x.shape[0] * self.base_rows or yb.shape[0] != xb.shape[0]:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"DeepLift runs the inputs and their baselines as one batch of {self.rows} rows and "
+            raise ValueError(f"DeepLift pairs a batch of {self.rows} inputs with their baselines row by row and "
                              f"needs every {type(module).__name__} module to be called with one tensor whose first "
                              f"axis is that batch (or batch-major, {self.rows}·k rows); it got {shape}")
-        out = _Rescale.apply(x, y.detach(), module, self.eps, self.rows // 2)
+        out = _Rescale.apply(x, y.detach(), xb, yb, module, self.eps, self.rows)
         return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
 
 
@@ -190,22 +211,34 @@ def _check_eps(eps) -> float:
     return eps
 
 
-def _deeplift_chunk(model: Callable, x: torch.Tensor, base: torch.Tensor, target: Target,
+def _baseline_pass(model: Callable, base: torch.Tensor, rules: _Rules, inputs: torch.Tensor) -> torch.Tensor:
+    """The baselines' forward without gradients, every nonlinearity's calls recorded: the output (an error
+    from the model names the shape of ``inputs``)."""
+    rules.calls, rules.recording = [], True
+    try:
+        with torch.no_grad(), model_errors(inputs):
+            out = model(base)
+    finally:
+        rules.recording = False
+    rules.base_rows = base.shape[0]
+    return check_output(out, base.shape[0], any_rank=True)
+
+
+def _deeplift_chunk(model: Callable, x: torch.Tensor, base_out: torch.Tensor, target: Target,
                    rules: _Rules) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk under :func:`_rescale_rules`: ``(multipliers [n, ...], f_t(x) − f_t(x') [n])`` from one
-    forward of ``[x; x']`` and one backward."""
+    """One chunk under :func:`_rescale_rules`, after :func:`_baseline_pass` (its output ``base_out``):
+    ``(multipliers [n, ...], f_t(x) − f_t(x') [n])`` from one forward of ``x`` and one backward."""
     n = x.shape[0]
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        rules.rows = 2 * n
+        rules.rows, rules.position = n, 0
         with model_errors(x):  # a model that cannot run the inputs: the error names their shape
-            out = model(torch.cat([x, base.expand_as(x)]))
-        out = check_output(out, 2 * n, any_rank=True)
-        t = resolve_target(model, x, target, logits=out[:n].detach())
-        scores = select(out, torch.cat([t, t]))
+            out = model(x)
+        out = check_output(out, n, any_rank=True)
+        t = resolve_target(model, x, target, logits=out.detach())
+        scores = select(out, t)
         (grad,) = torch.autograd.grad(scores.sum(), x)
-    scores = scores.detach()
-    return grad, scores[:n] - scores[n:]
+    return grad, scores.detach() - select(_rows(base_out, n), t)
 
 
 @model_entry(gradients=True)
@@ -245,9 +278,8 @@ def deeplift(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         return_convergence_delta: also return ``Σ attr − (f_t(x) − f_t(x'))`` per example (Captum's
             sign), ``f_t`` read off the same forward pass.
         eps: ``|Δx|`` below which a nonlinearity keeps its own gradient (Captum's ``eps``), > 0.
-        max_batch, memory_budget: model inputs per forward (each example runs with its baseline, so
-            ``max_batch // 2`` examples, at least one), or bytes for one chunk. Results do not depend
-            on them.
+        max_batch, memory_budget: model inputs per forward (the baselines run in a forward of their own,
+            without gradients), or bytes for one chunk. Results do not depend on them.
 
     Returns:
         a tensor shaped like ``inputs``; with ``return_convergence_delta`` also the ``[B]`` deltas.
@@ -264,7 +296,7 @@ def deeplift(model: Callable, inputs: torch.Tensor, target: Target = None, *,
     base = path_baselines(inputs, baselines)
     batch = inputs.shape[0]
     targets = _chunk_targets(target, batch)
-    per = max(1, gradient_chunk(model, inputs, 2 * batch, max_batch, memory_budget) // 2)
+    per = gradient_chunk(model, inputs, batch, max_batch, memory_budget)
     with contextlib.ExitStack() as stack:
         for module in modules_of(model):
             stack.enter_context(frozen_parameters(module))
@@ -274,8 +306,11 @@ def deeplift(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                           f"({', '.join(t.__name__ for t in DEEPLIFT_RULES)}); functional ones (F.relu, "
                           "torch.sigmoid in forward) keep their plain gradient, so the result is (x − x') ⊙ "
                           "∂f_t/∂x", UserWarning, stacklevel=3)
-        parts = [_deeplift_chunk(model, inputs[e0:e1], base if base.shape[0] == 1 else base[e0:e1],
-                                targets(e0, e1), rules) for e0, e1, _, _ in ChunkGrid(batch, 1, per)]
+        parts = []
+        shared = _baseline_pass(model, base, rules, inputs) if base.shape[0] == 1 else None
+        for e0, e1, _, _ in ChunkGrid(batch, 1, per):
+            base_out = shared if shared is not None else _baseline_pass(model, base[e0:e1], rules, inputs)
+            parts.append(_deeplift_chunk(model, inputs[e0:e1], base_out, targets(e0, e1), rules))
     multipliers = torch.cat([p[0] for p in parts])
     attr = (inputs - base) * multipliers if multiply_by_inputs else multipliers
     if not return_convergence_delta:
