@@ -100,10 +100,28 @@ def map_batch(out, name: str, n: int, shape: Optional[tuple]) -> torch.Tensor:
     return out.detach()
 
 
+#: bytes the robust objective holds per call of the explainers (the perturbed inputs, their noise, maps and
+#: float64 differences) when no ``memory_budget`` is given; the explainers chunk their own model passes
+EXPLAIN_BUDGET = 256 << 20
+
+
+def explain_chunk(inputs: torch.Tensor, total: int, k: int, max_batch: Optional[int],
+                  memory_budget: Optional[int]) -> int:
+    """Perturbed inputs per call of the ``k`` explainers: ``max_batch`` when given, else as many as
+    ``memory_budget`` (default :data:`EXPLAIN_BUDGET`) holds at ``(2·itemsize + 20k)`` bytes per input
+    element, at most ``total``."""
+    if max_batch is not None:
+        return min(max_batch, total)
+    per_input = inputs[0].numel() * (2 * inputs.element_size() + 20 * k)
+    budget = EXPLAIN_BUDGET if memory_budget is None else memory_budget
+    return int(max(1, min(total, budget // per_input)))
+
+
 def _robust_matrix(model, inputs, t, fns: MethodSet, phi, prep, *, n_samples, radius, generator,
                    chunk) -> torch.Tensor:
     """``G_robust [B, k, k] = (1/m) Σ_j (Φ(x) − Φ(x + ε_j))ᵀ(Φ(x) − Φ(x + ε_j))``; ``ε_j`` one full-batch
-    draw of ``U[−r, r]`` per sample, in sample order, on the CPU."""
+    draw of ``U[−r, r]`` per sample, in sample order, on the CPU; ``chunk`` perturbed inputs per call of the
+    explainers."""
     batch, k = phi.shape[:2]
     flat = phi.reshape(batch, k, -1).double()
     g = torch.zeros(batch, k, k, dtype=torch.float64, device=inputs.device)
@@ -151,15 +169,16 @@ def _check_reexplainable(fns: MethodSet, objective: str) -> None:
 
 
 def aggregation_matrices(model, inputs, t, clean, fns, phi, prep, *, objective, n_samples, radius, fraction,
-                         baseline, lam, generator, chunk) -> torch.Tensor:
+                         baseline, lam, generator, chunk, explain: Optional[int] = None) -> torch.Tensor:
     """The objective's ``G [B, k, k]`` (module docstring): robust, faith, or their normalised blend; ``fns`` the
-    methods, a :class:`~fastattr.attribution.shared.MethodSet` or ``{name: fn(model, x, target)}``."""
+    methods, a :class:`~fastattr.attribution.shared.MethodSet` or ``{name: fn(model, x, target)}``; ``chunk``
+    inputs per forward, ``explain`` (default ``chunk``) perturbed inputs per call of the explainers."""
     parts = {}
     if objective in ("robust", "opt"):
         fns = fns if isinstance(fns, MethodSet) else MethodSet(fns)
         _check_reexplainable(fns, objective)
         parts["robust"] = _robust_matrix(model, inputs, t, fns, phi, prep, n_samples=n_samples, radius=radius,
-                                         generator=generator, chunk=chunk)
+                                         generator=generator, chunk=chunk if explain is None else explain)
     if objective in ("faith", "opt"):
         parts["faith"] = _faith_matrix(model, inputs, t, clean, phi, n_samples=n_samples, fraction=fraction,
                                        baseline=baseline, generator=generator, chunk=chunk)
@@ -204,7 +223,8 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
         preprocess: ``"abs_max"`` (``|φ| / max|φ|`` per example, the paper's), None, or a function.
         var_eps: ``ε`` of ``"var"``.
         generator: torch.Generator or int seed (noise, then subsets, then a random baseline's draws).
-        max_batch / memory_budget: perturbed inputs per explainer call and per forward.
+        max_batch / memory_budget: perturbed inputs per explainer call and per forward (without them,
+            a forward is cache-sized and a call of the explainers as large as :data:`EXPLAIN_BUDGET` holds).
         backend: the ``simplex_qp`` backend.
 
     Returns an :class:`Aggregation`. Example::
@@ -245,6 +265,7 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
     chunk = chunk_size(inputs, n_samples * batch, max_batch, memory_budget)
     g = aggregation_matrices(model, inputs, t, read_scores(clean, t, "logit"), fns, phi, prep, objective=objective,
                              n_samples=n_samples, radius=radius, fraction=float(subset_fraction),
-                             baseline=baseline, lam=lam, generator=make_generator(generator), chunk=chunk)
+                             baseline=baseline, lam=lam, generator=make_generator(generator), chunk=chunk,
+                             explain=explain_chunk(inputs, n_samples * batch, k, max_batch, memory_budget))
     weights = simplex_qp(g, backend=backend).to(phi.dtype)
     return Aggregation(combine(weights, phi), weights, names, phi, g, objective)
