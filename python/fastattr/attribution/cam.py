@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import (ChunkGrid, Target, check_flag, check_inputs, chunk_size, frozen_parameters, model_entry,
-                    resolve_target, run_model, select)
+from ..core import (ChunkGrid, Target, check_flag, check_inputs, chunk_size, frozen_parameters, gradient_chunk,
+                    model_entry, resolve_target, run_model, select)
 from ..numerics import accum_dtype
 from .layer import autograd_options, layer_grads
 
@@ -244,21 +244,35 @@ def grad_cam_plus_plus(model: Callable, inputs: torch.Tensor, target: Target = N
                     interpolate_mode=interpolate_mode, attribute_to_layer_input=attribute_to_layer_input)
 
 
-def _guided_hook(module, grad_input, grad_output):
-    return tuple(None if g is None else g.clamp(min=0) for g in grad_input)
+class _Positive(torch.autograd.Function):
+    """The identity, whose backward passes only the positive part of the gradient: ``ReLU(grad)``."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(min=0)
+
+
+def _guided_output(module, args, output):
+    return _Positive.apply(output) if isinstance(output, torch.Tensor) and output.requires_grad else output
 
 
 @contextlib.contextmanager
 def _guided_relus(model: nn.Module) -> Iterator[None]:
     """Every ``nn.ReLU`` in ``model`` passes only positive gradients back (and only where its input
-    was positive) while inside; in-place ReLUs run out of place. Hooks and flags restored on exit."""
+    was positive) while inside: its output runs through :class:`_Positive`, so the ReLU's own backward
+    gets ``ReLU(grad_out)``, and ``ReLU(grad_out) ⊙ 1[x > 0] = ReLU(grad_out ⊙ 1[x > 0])`` is the guided
+    gradient. In-place ReLUs run out of place. Hooks and flags restored on exit."""
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     inplace = [m.inplace for m in relus]
     handles = []
     try:
         for m in relus:
             m.inplace = False
-            handles.append(m.register_full_backward_hook(_guided_hook))
+            handles.append(m.register_forward_hook(_guided_output))
         yield
     finally:
         for h in handles:
@@ -282,10 +296,11 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target = Non
     """Guided Backpropagation (Springenberg et al. 2015): ``∂f_t/∂x`` with every ReLU's backward
     replaced by ``grad_in = ReLU(grad_out) ⊙ 1[x_relu > 0]``.
 
-    Implemented with full backward hooks on every ``nn.ReLU`` module (removed on exit; in-place
-    ReLUs run out of place meanwhile). Functional ReLUs (``F.relu`` / ``torch.relu`` inside
-    ``forward``) are not seen and keep their plain gradient; in-place ops applied to a ReLU
-    module's output are not allowed by torch's full backward hooks.
+    Implemented with a forward hook on every ``nn.ReLU`` module that passes its output through an
+    identity whose backward keeps the positive part of the gradient (removed on exit; in-place ReLUs
+    run out of place meanwhile), Captum's values bit for bit. Functional ReLUs (``F.relu`` /
+    ``torch.relu`` inside ``forward``) are not seen and keep their plain gradient; in-place ops
+    applied to a ReLU module's output are not allowed, as under Captum's backward hooks.
 
     Returns:
         a tensor shaped like ``inputs``.
@@ -300,7 +315,7 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target: Target = Non
     check_inputs(inputs)
     batch = inputs.shape[0]
     targets = _chunk_targets(target, batch)
-    chunk = chunk_size(inputs, batch, max_batch, memory_budget)
+    chunk = gradient_chunk(model, inputs, batch, max_batch, memory_budget)
     with frozen_parameters(model), _guided_relus(model):
         grads = [_guided_chunk(model, inputs[e0:e1], targets(e0, e1))[0] for e0, e1, _, _ in ChunkGrid(batch, 1, chunk)]
     return torch.cat(grads)
