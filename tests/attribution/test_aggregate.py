@@ -115,6 +115,24 @@ def test_chunks_seed_and_untouched():
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
+def test_the_perturbed_inputs_are_explained_in_one_call_unless_max_batch_says_otherwise():
+    model, x, t = _setup()
+    calls = {}
+
+    def counted(name):
+        def fn(m, z, tz):
+            calls.setdefault(name, []).append(z.shape[0])
+            return fastattr.attribution.METHODS[name](m, z, tz)
+        return fn
+
+    methods = {name: counted(name) for name in ("saliency", "input_x_gradient")}
+    fastattr.aggregate(model, x, t, methods=methods, objective="robust", n_samples=5)
+    assert calls == {name: [4, 20] for name in methods}  # the clean inputs, then all m·B perturbed ones
+    calls.clear()
+    fastattr.aggregate(model, x, t, methods=methods, objective="robust", n_samples=5, max_batch=8)
+    assert calls == {name: [4, 8, 8, 4] for name in methods}
+
+
 def test_bad_arguments():
     model, x, t = _setup(2)
     with pytest.raises(ValueError, match="at least two"):

@@ -206,6 +206,43 @@ def test_results_do_not_depend_on_the_chunk_size(make):
         torch.testing.assert_close(one, whole, rtol=0, atol=1e-13)
 
 
+def test_the_baselines_run_without_gradients_once_and_the_inputs_alone_are_differentiated():
+    x, y = digits(6)
+    model = Block().double().eval()
+    rows, graded = [], []
+
+    def record(module, args):
+        rows.append(args[0].shape[0])
+        graded.append(args[0].requires_grad)
+
+    handle = model.register_forward_pre_hook(record)
+    try:
+        A.deeplift(model, x, y, max_batch=4)                       # one baseline for all: one row, once
+        assert (rows, graded) == ([1, 4, 2], [False, True, True])
+        rows.clear(), graded.clear()
+        A.deeplift(model, x, y, baselines=baselines_of(x)[3], max_batch=4)   # one per example: per chunk
+        assert (rows, graded) == ([4, 4, 2, 2], [False, True, False, True])
+    finally:
+        handle.remove()
+
+
+def test_a_forward_that_calls_other_modules_for_the_inputs_gets_a_clear_error():
+    class Branches(nn.Module):
+        """Tanh for the baselines (all zero), ReLU for the inputs: no call to pair with."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc, self.relu, self.tanh, self.head = nn.Linear(64, 8), nn.ReLU(), nn.Tanh(), nn.Linear(8, 3)
+
+        def forward(self, z):
+            h = self.fc(z.flatten(1))
+            return self.head(self.relu(h) if bool(z.abs().sum() > 0) else self.tanh(h))
+
+    x, _ = digits(3)
+    with pytest.raises(ValueError, match="ReLU"):
+        A.deeplift(Branches().double().eval(), x, 0)
+
+
 def test_targets_int_list_tensor_and_none():
     x, y = digits()
     model = Block().double().eval()
