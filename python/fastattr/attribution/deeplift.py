@@ -1,7 +1,7 @@
 """DeepLift with the rescale rule (Shrikumar et al. 2017; SPEC §10), as Captum's ``DeepLift`` computes it.
 
 The baselines run first, in a forward of their own without gradients (once per call when one baseline
-serves every example, as one row), and every nonlinearity module of a type in :data:`DEEPLIFT_RULES`
+serves every example, as one row; per chunk for a model in training mode), and every nonlinearity module of a type in :data:`DEEPLIFT_RULES`
 records its input ``x'`` and output ``y'`` of each call. Then each chunk of ``n`` examples runs one
 forward and one backward of ``Σ_i f_{t_i}(x_i)``; the same modules, in the same order of calls, pass
 their output on through ``_Rescale``, an autograd function that is the identity in the forward and
@@ -307,9 +307,13 @@ def deeplift(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                           "torch.sigmoid in forward) keep their plain gradient, so the result is (x − x') ⊙ "
                           "∂f_t/∂x", UserWarning, stacklevel=3)
         parts = []
-        shared = _baseline_pass(model, base, rules, inputs) if base.shape[0] == 1 else None
+        # a model in training mode (Captum's drop-in runs it as given) sees the baselines in batches of the
+        # chunk's size, not one row: batch statistics need more than one
+        training = any(m.training for root in modules_of(model) for m in root.modules())
+        shared = _baseline_pass(model, base, rules, inputs) if base.shape[0] == 1 and not training else None
         for e0, e1, _, _ in ChunkGrid(batch, 1, per):
-            base_out = shared if shared is not None else _baseline_pass(model, base[e0:e1], rules, inputs)
+            chunk_base = base[e0:e1] if base.shape[0] > 1 else base.expand((e1 - e0,) + tuple(base.shape[1:]))
+            base_out = shared if shared is not None else _baseline_pass(model, chunk_base, rules, inputs)
             parts.append(_deeplift_chunk(model, inputs[e0:e1], base_out, targets(e0, e1), rules))
     multipliers = torch.cat([p[0] for p in parts])
     attr = (inputs - base) * multipliers if multiply_by_inputs else multipliers
