@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_number, check_output, frozen_parameters,
-                    gradient_chunk, model_entry, model_errors, path_baselines, resolve_target, select)
+from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_number, frozen_parameters, gradient_chunk,
+                    model_entry, path_baselines, resolve_target, run_model, select)
 from ..core.contract import modules_of
 from ..core.pooling import fast_pool_here
 from ..ops import max_pool2d
@@ -216,12 +216,12 @@ def _baseline_pass(model: Callable, base: torch.Tensor, rules: _Rules, inputs: t
     from the model names the shape of ``inputs``)."""
     rules.calls, rules.recording = [], True
     try:
-        with torch.no_grad(), model_errors(inputs):
-            out = model(base)
+        with torch.no_grad():
+            out = run_model(model, base, named=inputs)
     finally:
         rules.recording = False
     rules.base_rows = base.shape[0]
-    return check_output(out, base.shape[0], any_rank=True)
+    return out
 
 
 def _deeplift_chunk(model: Callable, x: torch.Tensor, base_out: torch.Tensor, target: Target,
@@ -232,9 +232,7 @@ def _deeplift_chunk(model: Callable, x: torch.Tensor, base_out: torch.Tensor, ta
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         rules.rows, rules.position = n, 0
-        with model_errors(x):  # a model that cannot run the inputs: the error names their shape
-            out = model(x)
-        out = check_output(out, n, any_rank=True)
+        out = run_model(model, x)
         t = resolve_target(model, x, target, logits=out.detach())
         scores = select(out, t)
         (grad,) = torch.autograd.grad(scores.sum(), x)
@@ -312,8 +310,10 @@ def deeplift(model: Callable, inputs: torch.Tensor, target: Target = None, *,
         training = any(m.training for root in modules_of(model) for m in root.modules())
         shared = _baseline_pass(model, base, rules, inputs) if base.shape[0] == 1 and not training else None
         for e0, e1, _, _ in ChunkGrid(batch, 1, per):
-            chunk_base = base[e0:e1] if base.shape[0] > 1 else base.expand((e1 - e0,) + tuple(base.shape[1:]))
-            base_out = shared if shared is not None else _baseline_pass(model, chunk_base, rules, inputs)
+            base_out = shared
+            if shared is None:
+                rows = base[e0:e1] if base.shape[0] > 1 else base.expand((e1 - e0,) + tuple(base.shape[1:]))
+                base_out = _baseline_pass(model, rows, rules, inputs)
             parts.append(_deeplift_chunk(model, inputs[e0:e1], base_out, targets(e0, e1), rules))
     multipliers = torch.cat([p[0] for p in parts])
     attr = (inputs - base) * multipliers if multiply_by_inputs else multipliers

@@ -294,10 +294,12 @@ def model_errors(x: torch.Tensor) -> Iterator[None]:
                              "inputs must be a batch [N, ...] of what the model takes") from e
 
 
-def run_model(model: Callable, x: torch.Tensor, *, any_rank: bool = True) -> torch.Tensor:
-    """``model(x)`` under the contract: errors from inside the model as :func:`model_errors` says, the
+def run_model(model: Callable, x: torch.Tensor, *, any_rank: bool = True,
+              named: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``model(x)`` under the contract: errors from inside the model as :func:`model_errors` says (naming the
+    shape of ``named``, default ``x``: the caller's inputs when ``x`` is a probe or their baselines), the
     output checked by :func:`check_output`."""
-    with model_errors(x):
+    with model_errors(x if named is None else named):
         out = model(x)
     return check_output(out, x.shape[0], any_rank=any_rank)
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .chunks import chunk_size, forward_chunks
-from .contract import Target, check_output, model_errors
+from .contract import Target, run_model
 
 READERS = ("probability", "logit", "log_probability", "regression")  # one score per input; plus "logits"
 
@@ -26,9 +26,8 @@ def resolve_target(model: Callable, inputs: torch.Tensor, target: Target,
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
     elif logits is None:
         probe = inputs[:2 if max_batch is None else chunk_size(inputs, batch, max_batch, memory_budget)]
-        with torch.no_grad(), model_errors(inputs):
-            out = model(probe)
-        logits = check_output(out, probe.shape[0], any_rank=True)
+        with torch.no_grad():
+            logits = run_model(model, probe, named=inputs)
     if logits.dim() == 1:
         logits = logits[:, None]
     n_classes = logits.shape[-1]
