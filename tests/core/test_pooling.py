@@ -178,3 +178,127 @@ def test_where_fastattr_pools():
         with fastattr.torch_pooling():
             assert not fast_pool_here(big)
     assert not fast_pool_here(big)
+
+
+def _sequential(inplace=True, seed=2):
+    """conv → ReLU → 2×2 pool → conv → ReLU (in place) → padded 3×3 stride-2 pool → linear, as one
+    ``nn.Sequential``."""
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(inplace=inplace), nn.MaxPool2d(3, 2, 1),
+                        nn.Flatten(), nn.Linear(16 * 4 * 4, 5))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return net.eval()
+
+
+@pytest.fixture
+def relu_inputs(monkeypatch):
+    """The shape of every tensor an ``nn.ReLU`` module runs on (a class attribute, no hooks)."""
+    shapes, forward = [], nn.ReLU.forward
+
+    def recording(self, input):
+        shapes.append(tuple(input.shape))
+        return forward(self, input)
+
+    monkeypatch.setattr(nn.ReLU, "forward", recording)
+    return shapes
+
+
+SEQUENTIAL_METHODS = dict(METHODS, smoothgrad=lambda m, x: fastattr.smoothgrad(m, x, 1, n_samples=3, generator=0))
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENTIAL_METHODS))
+def test_a_sequential_pools_before_its_relus(relu_inputs, name):
+    """Pool first, ReLU on the pooled tensor, every number torch's in the model's order bit for bit; DeepLift
+    and guided backprop hook their ReLUs, which keeps the model's order."""
+    model, x = _sequential(), _inputs()
+    ours = SEQUENTIAL_METHODS[name](model, x)
+    reordered = set(relu_inputs)
+    relu_inputs.clear()
+    with fastattr.torch_pooling():
+        theirs = SEQUENTIAL_METHODS[name](model, x)
+    assert torch.equal(ours, theirs) and ours.abs().sum() > 0
+    assert {s[1:] for s in relu_inputs} == {(8, 16, 16), (16, 8, 8)}
+    hooked = name in ("deeplift", "guided_backprop")
+    assert {s[1:] for s in reordered} == ({(8, 16, 16), (16, 8, 8)} if hooked else {(8, 8, 8), (16, 4, 4)})
+    assert "forward" not in model.__dict__
+
+
+def test_pooling_first_with_ties_and_windows_without_a_positive_value():
+    """Integer weights and inputs: windows with several equal maxima, all negative or all zero; the gradient
+    goes to the same element as in the model's order."""
+    gen = torch.Generator().manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 4, 2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 2, padding=1),
+                        nn.ReLU(), nn.AdaptiveMaxPool2d(2), nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randint(-1, 2, p.shape, generator=gen).float())
+    net.eval()
+    x = torch.randint(-1, 2, (64, 1, 9, 9), generator=gen).float()
+    for method in (fastattr.saliency, fastattr.input_x_gradient,
+                   lambda m, x, t: fastattr.integrated_gradients(m, x, t, n_steps=4)):
+        ours = method(net, x, 0)
+        with fastattr.torch_pooling():
+            theirs = method(net, x, 0)
+        assert torch.equal(ours, theirs) and ours.abs().sum() > 0
+
+
+def test_sequentials_it_keeps_in_order(relu_inputs):
+    """A hooked ReLU or pool, an in-place ReLU after a hooked child or first in its ``Sequential``, a global
+    module hook and a subclass of ``Sequential`` keep the model's order, and the numbers are the same."""
+    x = _inputs()
+
+    def relus_ran_on(model):
+        relu_inputs.clear()
+        ours = fastattr.saliency(model, x, 0)
+        with fastattr.torch_pooling():
+            assert torch.equal(ours, fastattr.saliency(model, x, 0))
+        return relu_inputs[2][1:], relu_inputs[3][1:]  # after the target check's forward of two inputs
+
+    both, neither = ((8, 8, 8), (16, 4, 4)), ((8, 16, 16), (16, 8, 8))
+    assert relus_ran_on(_sequential()) == both
+    for hooked, order in ((0, both), (1, ((8, 16, 16), (16, 4, 4))), (2, ((8, 16, 16), (16, 4, 4))),
+                          (3, ((8, 8, 8), (16, 8, 8))), (5, ((8, 8, 8), (16, 8, 8)))):
+        model, seen = _sequential(), []
+        model[hooked].register_forward_hook(lambda mod, args, out: seen.append(out))
+        assert relus_ran_on(model) == order and seen
+        if hooked == 3:
+            assert (seen[-1] >= 0).all()          # the in-place ReLU updated the convolution's output, as ever
+    handle = nn.modules.module.register_module_forward_hook(lambda mod, args, out: None)
+    try:
+        assert relus_ran_on(_sequential()) == neither
+    finally:
+        handle.remove()
+
+    class Own(nn.Sequential):
+        pass
+
+    assert relus_ran_on(Own(*_sequential()).eval()) == neither
+    parts = list(_sequential())
+    nested = nn.Sequential(parts[0], nn.Sequential(nn.ReLU(inplace=True), parts[2]), *parts[3:]).eval()
+    assert relus_ran_on(nested) == ((8, 16, 16), (16, 4, 4))
+
+
+def test_a_sequential_copied_during_a_call_runs_in_order_afterwards(relu_inputs):
+    import copy as copying
+    import io
+
+    model, x, seen = _sequential(), _inputs(), {}
+
+    def model_fn(t):
+        seen.setdefault("copy", copying.deepcopy(model))
+        return model(t)
+
+    fastattr.saliency(model_fn, x, 0)
+    copy = seen["copy"]
+    buffer = io.BytesIO()
+    torch.save(copy, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for m in (copy, loaded, model):
+        relu_inputs.clear()
+        torch.testing.assert_close(m(x), _sequential()(x), rtol=0, atol=0)
+        assert relu_inputs[0][1:] == (8, 16, 16)                          # outside a call: the model's order
+    assert "forward" not in model.__dict__

@@ -7,8 +7,18 @@ duration of a guarded call (:func:`~fastattr.core.model_guard`) on CPU inputs, e
 kernel (:func:`fastattr.ops.max_pool.beats_torch`) and through its own forward otherwise. Values, indices
 and gradients are torch's bit for bit; the module's hooks run as before. The module gets an instance
 ``forward`` for the call, removed on exit even when the call raises; a module that already has one, or a
-subclass of ``nn.MaxPool2d`` (its forward may differ), is left alone. Under :func:`torch_pooling`, and in
-other threads, every module pools through torch's kernel.
+subclass of ``nn.MaxPool2d`` (its forward may differ), is left alone.
+
+In the same calls an ``nn.Sequential`` (exact type) pools before its ReLU wherever an ``nn.ReLU`` child is
+followed by a max-pool child (``nn.MaxPool1d/2d/3d``, ``nn.AdaptiveMaxPool1d/2d/3d``, no indices returned):
+``maxpool(ReLU(h)) = ReLU(maxpool(h))``, since a window's first maximum of ``h`` is positive exactly when
+it is the window's first maximum of ``ReLU(h)`` (else both gradients are zero), so values and gradients are
+bit for bit those of the model's order, while the ReLU and its backward touch a pooled tensor (a quarter of
+``h`` for a 2×2 pool) instead of ``h``. The pair is left in order when either module (or, for an in-place
+ReLU, the child that made ``h``) has hooks or a forward of its own, when global module hooks are set, and
+for an in-place ReLU whose input did not come from a convolution, linear or batch-norm child of the same
+``Sequential`` (its in-place update could be seen elsewhere). Under :func:`torch_pooling`, and in other
+threads, every module pools through torch's kernel in the model's order.
 """
 from __future__ import annotations
 
@@ -18,11 +28,19 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from ..ops import max_pool2d
 from ..ops.max_pool import beats_torch
 
 __all__ = ["fast_pool_here", "fast_pooling", "torch_pooling"]
+
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+              nn.AdaptiveMaxPool3d)
+# Children whose output is a tensor of their own, which an in-place ReLU after them may update unseen.
+_FRESH = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_forward_hooks_always_called",
+                 "_global_backward_pre_hooks", "_global_backward_hooks")
 
 _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_fast_pooling", default=True)
 _active: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_pooling_call", default=False)
@@ -62,33 +80,86 @@ class _PoolForward:
 
 def _ours(module: nn.Module) -> bool:
     forward = module.__dict__.get("forward")
-    return isinstance(forward, _PoolForward) and forward.module is module
+    return isinstance(forward, (_PoolForward, _SequentialForward)) and forward.module is module
+
+
+def _plain(module: nn.Module) -> bool:
+    """No hooks on ``module`` and no forward of its own but fastattr's."""
+    return (not (module._forward_pre_hooks or module._forward_hooks or module._backward_pre_hooks
+                 or module._backward_hooks)
+            and ("forward" not in module.__dict__ or _ours(module)))
+
+
+def _pools_first(children: list, i: int) -> bool:
+    """Whether ``children[i]``, ``children[i + 1]`` is a ReLU and a max pool that may run pool first."""
+    relu, pool = children[i], children[i + 1]
+    if not (type(relu) is nn.ReLU and type(pool) in _MAX_POOLS and not pool.return_indices
+            and _plain(relu) and _plain(pool)):
+        return False
+    return not relu.inplace or (i > 0 and type(children[i - 1]) in _FRESH and _plain(children[i - 1]))
+
+
+def _sequential_forward(self: nn.Sequential, input):
+    """``nn.Sequential.forward``, each ReLU child followed by a max-pool child run after it where
+    :func:`_pools_first` (module docstring), during fastattr's calls on this thread."""
+    if not (_active.get() and _enabled.get()) or any(getattr(torch_module, name) for name in _GLOBAL_HOOKS):
+        return nn.Sequential.forward(self, input)
+    children, i = list(self), 0
+    while i < len(children):
+        if i + 1 < len(children) and _pools_first(children, i):
+            input = children[i](children[i + 1](input))
+            i += 2
+        else:
+            input = children[i](input)
+            i += 1
+    return input
+
+
+class _SequentialForward(_PoolForward):
+    """The instance ``forward`` of an ``nn.Sequential`` with a ReLU child before a max-pool child during a
+    call; copies behave as :class:`_PoolForward`'s."""
+
+    __slots__ = ()
+
+    def __call__(self, input):
+        return _sequential_forward(self.module, input)
+
+    def __reduce__(self):
+        return _SequentialForward, (self.module,)
+
+
+def _has_relu_pool(module: nn.Sequential) -> bool:
+    children = list(module)
+    return any(type(a) is nn.ReLU and type(b) in _MAX_POOLS for a, b in zip(children, children[1:]))
 
 
 @contextlib.contextmanager
 def fast_pooling(modules: list[nn.Module], inputs) -> Iterator[None]:
-    """The ``nn.MaxPool2d`` modules inside ``modules`` pool through :func:`fastattr.ops.max_pool2d` for the
-    block when ``inputs`` is a CPU tensor (module docstring); other threads' calls of them keep torch's
-    kernel."""
+    """The ``nn.MaxPool2d`` modules inside ``modules`` pool through :func:`fastattr.ops.max_pool2d`, and their
+    ``nn.Sequential`` modules pool before a ReLU, for the block when ``inputs`` is a CPU tensor (module
+    docstring); other threads' calls of them keep torch's kernel and the model's order."""
     on = _enabled.get() and isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu"
-    pools = [m for root in modules for m in root.modules()
-             if type(m) is nn.MaxPool2d and "forward" not in m.__dict__] if on else []
-    for m in pools:
-        m.forward = _PoolForward(m)
+    patched = [(m, _PoolForward) for root in modules for m in root.modules()
+               if type(m) is nn.MaxPool2d and "forward" not in m.__dict__] if on else []
+    patched += [(m, _SequentialForward) for root in modules for m in root.modules()
+                if type(m) is nn.Sequential and "forward" not in m.__dict__ and _has_relu_pool(m)] if on else []
+    for m, forward in patched:
+        m.forward = forward(m)
     token = _active.set(_active.get() or on)
     try:
         yield
     finally:
         _active.reset(token)
-        for m in pools:
+        for m, _ in patched:
             if _ours(m):
                 del m.forward
 
 
 @contextlib.contextmanager
 def torch_pooling() -> Iterator[None]:
-    """fastattr's calls in the block leave every ``nn.MaxPool2d`` on torch's own kernel (:func:`fast_pooling`
-    off): for a comparison, or a model whose pooling must not be touched."""
+    """fastattr's calls in the block leave every ``nn.MaxPool2d`` on torch's own kernel and every
+    ``nn.Sequential`` in its own order (:func:`fast_pooling` off): for a comparison, or a model whose pooling
+    must not be touched."""
     token = _enabled.set(False)
     try:
         yield
