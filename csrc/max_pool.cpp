@@ -4,6 +4,14 @@
 // and idx[p, oh, ow] = ih·W + iw of that maximum: the first one in row-major window order, a NaN
 // wins over every number and a later NaN over an earlier one (torch's max_pool2d_with_indices,
 // bit for bit). An empty window gives −inf at the window's first in-range corner.
+//
+// The backward writes grad_x[p, i] = Σ grad[p, o] over the outputs o whose maximum is at i, plane by plane:
+// the plane zeroed, then the outputs added in row-major order (torch's max_pool2d_with_indices_backward
+// order, so the same sums bit for bit), without a pass over the whole tensor to zero it first. An index
+// outside its plane (torch's forward gives one for a window with no element in range) is skipped and
+// counted: torch's backward writes it into a neighbouring plane, which its caller leaves to torch.
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -120,6 +128,34 @@ void max_pool2d(std::uintptr_t x, std::uintptr_t out, std::uintptr_t indices, in
       pool_plane(in + p * H * W, o + p * OH * OW, ix + p * OH * OW, H, W, OH, OW, kH, kW, sH, sW, pH, pW, dH, dW);
     });
   });
+}
+
+int64_t max_pool2d_backward(std::uintptr_t grad, std::uintptr_t indices, std::uintptr_t grad_x, int64_t planes,
+                            int64_t H, int64_t W, int64_t OH, int64_t OW, const std::string& dtype, int n_threads) {
+  std::atomic<int64_t> outside{0};
+  dispatch_float(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    const T* g = as_ptr<const T>(grad);
+    const int64_t* ix = as_ptr<const int64_t>(indices);
+    T* gx = as_ptr<T>(grad_x);
+    parallel_rows(planes, H * W + OH * OW, n_threads, [&](int64_t p) {
+      T* dst = gx + p * H * W;
+      const T* src = g + p * OH * OW;
+      const int64_t* at = ix + p * OH * OW;
+      std::fill(dst, dst + H * W, T(0));
+      int64_t skipped = 0;
+      for (int64_t o = 0; o < OH * OW; ++o) {
+        const int64_t i = at[o];
+        if (i < 0 || i >= H * W) {
+          ++skipped;
+          continue;
+        }
+        dst[i] += src[o];
+      }
+      if (skipped) outside.fetch_add(skipped, std::memory_order_relaxed);
+    });
+  });
+  return outside.load();
 }
 
 }  // namespace fastattr

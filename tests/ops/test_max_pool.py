@@ -4,7 +4,7 @@ backward on the op's indices, double backward), the custom op contract, when it 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fastattr import use_backend
 from fastattr.ops import max_pool2d
@@ -109,6 +109,35 @@ def test_gradients_are_torchs(backend_device):
     ours = torch.autograd.grad(max_pool2d(x32, 3, 2, 0, backend=backend)[0], x32, g)[0]
     theirs = torch.autograd.grad(F.max_pool2d(x32, 3, 2, 0), x32, g)[0]
     assert torch.equal(ours, theirs)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=_configs())
+@example(config=((2, 1), (1, 1), (1, 0), (2, 1), False, (1, 2, 1, 1), 0, torch.float32))  # a window out of range
+def test_the_cpp_backward_is_torchs_bit_for_bit(config, monkeypatch):
+    """On CPU the eager C++ path takes its input gradient from its own kernel (each plane zeroed and summed
+    into in torch's order): torch's ``max_pool2d_with_indices_backward`` bit for bit, overlapping windows
+    (sums), padding, dilation, NaN and ties included, and torch's own backward where a window has no element
+    in range; a double backward records torch's op instead."""
+    import fastattr.ops.max_pool as mp
+
+    k, s, p, d, ceil, shape, seed, dtype = config
+    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    x = _data(shape, seed, dtype, "cpu").requires_grad_()
+    try:
+        out, idx = _torch(x.detach(), k, s, p, d, ceil)
+    except RuntimeError:
+        return
+    kernels, run = [], mp.run_cpp
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    theirs = torch.ops.aten.max_pool2d_with_indices_backward(grad, x.detach(), list(k), list(s), list(p), list(d),
+                                                             ceil, idx)
+    with monkeypatch.context() as patch, use_backend("cpp"):
+        patch.setattr(mp, "run_cpp", lambda name, *a, **kw: (kernels.append(name), run(name, *a, **kw))[1])
+        ours = torch.autograd.grad(max_pool2d(x, k, s, p, d, ceil)[0], x, grad)[0]
+        assert kernels == ["max_pool2d", "max_pool2d_backward"] and torch.equal(ours, theirs)
+        first = torch.autograd.grad(max_pool2d(x, k, s, p, d, ceil)[0], x, grad.requires_grad_(), create_graph=True)[0]
+    assert first.grad_fn is not None and kernels[-1] == "max_pool2d" and torch.equal(first.detach(), theirs)
 
 
 def test_the_custom_op_contract_and_compile(backend_device):
