@@ -248,11 +248,16 @@ def test_agg_bench_tables_on_a_small_case():
     timed = aggregate.aggregate_table(batch=2, n_samples=2, paper_images=1, repeat=1, device="cpu")
     assert [r[0] for r in timed.rows][:4] == ["floor: 7 explainers on m·B inputs", "floor with torch's max pool kernel",
                                               "7 explainers on m·B inputs, one call each", "fastattr.aggregate opt"]
+    released = aggregate.aggregate_table(batch=2, n_samples=2, paper_images=1, repeat=1, device="cpu",
+                                         settings="released")
+    assert "released settings" in released.name and "IG 50 steps, SmoothGrad / VarGrad 20 samples" in released.notes[-1]
+    assert aggregate.seven(**aggregate.SETTINGS["released"])["vargrad"] == (
+        "smoothgrad", {"n_samples": 20, "generator": 0, "stdev": 0.5, "variant": "vargrad"})
     pool = aggregate.pool_table("cpu", repeat=1, shapes=(("small", (2, 3, 9, 9), 3, 2, 1),))
     names = [r[1] for r in pool.rows]
     assert names[:2] == ["torch (NCHW)", "torch (channels-last copy)"] and "fastattr reference" in names
     assert pool.rows[0][3] == 1.0 and all(r[2] > 0 for r in pool.rows)
-    assert list(agg.TABLES) == ["qp", "aggregate", "pool", "reproduction"]
+    assert list(agg.TABLES) == ["qp", "aggregate", "aggregate_released", "pool", "reproduction"]
     repro = aggregate.reproduction_table(batch=2, n_samples=2, n_eval=3, device="cpu")
     names = [r[0] for r in repro.rows]
     assert set(aggregate.SEVEN) <= set(names) and {"AGG_opt", "AGG_robust", "AGG_faith", "AGG_var"} <= set(names)

@@ -131,10 +131,10 @@ def qp_table(device: Optional[str] = None, repeat: int = 3, batch: int = 256, k:
     return table
 
 
-def _aggregate_tables(device, repeat) -> list[Table]:
+def _aggregate_tables(device, repeat, settings: str = "bench") -> list[Table]:
     from .aggregate import aggregate_table
 
-    return [aggregate_table(device=device, repeat=repeat)]
+    return [aggregate_table(device=device, repeat=repeat, settings=settings)]
 
 
 def _pool_tables(device, repeat) -> list[Table]:
@@ -153,13 +153,15 @@ def _reproduction_tables(device, repeat) -> list[Table]:
 TABLES: dict[str, Callable[..., list[Table]]] = {
     "qp": lambda device, repeat: [qp_table(device=device, repeat=repeat)],
     "aggregate": _aggregate_tables,
+    "aggregate_released": lambda device, repeat: _aggregate_tables(device, repeat, settings="released"),
     "pool": _pool_tables,
     "reproduction": _reproduction_tables,
 }
 
 
 def default_tables(device: Optional[str] = None, repeat: int = 3, tables: Optional[Sequence[str]] = None) -> list[Table]:
-    """B = 256 problems of k = 7 methods; ``aggregate`` against its floor and the paper's procedure; the max
+    """B = 256 problems of k = 7 methods; ``aggregate`` against its floor and the paper's procedure (with this
+    bench's explainer settings, and with the released code's: :data:`fastattr.bench.aggregate.SETTINGS`); the max
     pool the explainers' passes run (:func:`fastattr.bench.aggregate.pool_table`); the reproduction of the
     paper's Tables 1–2 (:mod:`fastattr.bench.aggregate`) — all of :data:`TABLES`, or those named in
     ``tables``."""

@@ -31,20 +31,28 @@ from ..ops import max_pool2d
 from ..zoo import load_digits, load_digits_cnn
 from . import Table, machine_info, time_interleaved
 
-SEVEN = {
-    "saliency": "saliency",
-    "input_x_gradient": "input_x_gradient",
-    "integrated_gradients": ("integrated_gradients", {"n_steps": 20}),
-    "smoothgrad": ("smoothgrad", {"n_samples": 10, "generator": 0}),
-    "vargrad": ("smoothgrad", {"n_samples": 10, "variant": "vargrad", "generator": 0}),
-    "guided_backprop": "guided_backprop",
-    "deeplift": "deeplift",
-}
+#: the explainers' settings: this bench's (IG 20 steps; SmoothGrad / VarGrad 10 draws of
+#: σ = 0.15 · (max x − min x)) and the released code's (Captum's default 50 IG steps; 20 draws of σ = 0.5 in
+#: its SmoothGrad and VarGrad explainers, which both run ``nt_type="smoothgrad_sq"``, as costly as these)
+SETTINGS = {"bench": {"n_steps": 20, "n_samples": 10, "stdev": None},
+            "released": {"n_steps": 50, "n_samples": 20, "stdev": 0.5}}
 
 
-def _captum_seven(model) -> dict:
-    """The released code's explainers: Captum's, one call per (perturbed) image, with the settings of
-    :data:`SEVEN` (IG 20 steps; SmoothGrad / VarGrad 10 draws of σ = 0.15 · (max x − min x))."""
+def seven(n_steps: int, n_samples: int, stdev: Optional[float]) -> dict:
+    """The seven explainers as :func:`~fastattr.attribution.explain_all` takes them, with these settings."""
+    noisy = {"n_samples": n_samples, "generator": 0, **({} if stdev is None else {"stdev": stdev})}
+    return {"saliency": "saliency", "input_x_gradient": "input_x_gradient",
+            "integrated_gradients": ("integrated_gradients", {"n_steps": n_steps}),
+            "smoothgrad": ("smoothgrad", noisy), "vargrad": ("smoothgrad", {**noisy, "variant": "vargrad"}),
+            "guided_backprop": "guided_backprop", "deeplift": "deeplift"}
+
+
+SEVEN = seven(**SETTINGS["bench"])
+
+
+def _captum_seven(model, n_steps: int, n_samples: int, stdev: Optional[float]) -> dict:
+    """The released code's explainers: Captum's, one call per (perturbed) image, with these settings
+    (:data:`SETTINGS`; ``stdev`` None: σ = 0.15 · (max x − min x))."""
     from captum.attr import (DeepLift, GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel,
                              Saliency)
 
@@ -53,26 +61,26 @@ def _captum_seven(model) -> dict:
 
     def noisy(kind):
         def run(x, t):
-            sigma = 0.15 * (x.max() - x.min()).item()
-            return nt.attribute(x, target=t, nt_type=kind, nt_samples=10, stdevs=sigma, abs=False)
+            sigma = 0.15 * (x.max() - x.min()).item() if stdev is None else stdev
+            return nt.attribute(x, target=t, nt_type=kind, nt_samples=n_samples, stdevs=sigma, abs=False)
         return run
 
     return {"saliency": lambda x, t: sal.attribute(x, target=t, abs=True),
             "input_x_gradient": lambda x, t: ixg.attribute(x, target=t),
-            "integrated_gradients": lambda x, t: ig.attribute(x, target=t, n_steps=20),
+            "integrated_gradients": lambda x, t: ig.attribute(x, target=t, n_steps=n_steps),
             "smoothgrad": noisy("smoothgrad"),
             "vargrad": noisy("vargrad"),
             "guided_backprop": lambda x, t: gbp.attribute(x, target=t),
             "deeplift": lambda x, t: dl.attribute(x, target=t)}
 
 
-def _paper_procedure(model, x, t, n_samples: int, seed: int = 0) -> np.ndarray:
+def _paper_procedure(model, x, t, n_samples: int, settings: dict, seed: int = 0) -> np.ndarray:
     """The released code's loop (github.com/thomdeck/aggopt, ``AGGopt_explainer``) for every image:
     Captum's seven explainers on the image and on each of its ``m`` noisy copies at batch size 1,
     the infidelity copies through the model in batches of 10, one cvxpy problem per image."""
     import cvxpy as cp
 
-    explainers = _captum_seven(model)
+    explainers = _captum_seven(model, **settings)
     gen = torch.Generator().manual_seed(seed)
     weights = []
     for i in range(x.shape[0]):
@@ -105,7 +113,10 @@ def _paper_procedure(model, x, t, n_samples: int, seed: int = 0) -> np.ndarray:
 
 
 def aggregate_table(batch: int = 32, n_samples: int = 50, paper_images: int = 2, repeat: int = 3,
-                    device: Optional[str] = None) -> Table:
+                    device: Optional[str] = None, settings: str = "bench") -> Table:
+    """AGG_opt against its floor and the paper's per-image procedure, the explainers with ``settings``
+    (a key of :data:`SETTINGS`)."""
+    methods = seven(**SETTINGS[settings])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_digits_cnn().to(device)
     x, _ = load_digits("test", batch)
@@ -116,7 +127,7 @@ def aggregate_table(batch: int = 32, n_samples: int = 50, paper_images: int = 2,
          .to(device) * 0.1)
     tz = t.repeat(n_samples)
 
-    one_by_one = [method_function(name, m, {}) for name, m in SEVEN.items()]
+    one_by_one = [method_function(name, m, {}) for name, m in methods.items()]
 
     def separately():
         for f in one_by_one:
@@ -124,28 +135,29 @@ def aggregate_table(batch: int = 32, n_samples: int = 50, paper_images: int = 2,
 
     def torch_pool_floor():
         with torch_pooling():
-            explain_all(model, z, tz, methods=SEVEN)
+            explain_all(model, z, tz, methods=methods)
 
-    impls = {"floor: 7 explainers on m·B inputs": lambda: explain_all(model, z, tz, methods=SEVEN),
+    impls = {"floor: 7 explainers on m·B inputs": lambda: explain_all(model, z, tz, methods=methods),
              "floor with torch's max pool kernel": torch_pool_floor,
              "7 explainers on m·B inputs, one call each": separately,
-             "fastattr.aggregate opt": lambda: aggregate(model, x, t, methods=SEVEN, objective="opt",
+             "fastattr.aggregate opt": lambda: aggregate(model, x, t, methods=methods, objective="opt",
                                                          n_samples=n_samples)}
     if all(importlib.util.find_spec(m) is not None for m in ("cvxpy", "captum")):
         xs, ts = x[:paper_images].cpu(), t[:paper_images].cpu()
         cpu_model = model if device.type == "cpu" else load_digits_cnn()
-        impls[f"paper procedure ({paper_images} images)"] = lambda: _paper_procedure(cpu_model, xs, ts, n_samples)
+        impls[f"paper procedure ({paper_images} images)"] = lambda: _paper_procedure(cpu_model, xs, ts, n_samples,
+                                                                                     SETTINGS[settings])
         impls[f"fastattr.aggregate one image at a time ({paper_images} images)"] = lambda: [
-            aggregate(model, x[i:i + 1], t[i:i + 1], methods=SEVEN, objective="opt", n_samples=n_samples)
+            aggregate(model, x[i:i + 1], t[i:i + 1], methods=methods, objective="opt", n_samples=n_samples)
             for i in range(paper_images)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         times, ratios = time_interleaved(impls, device, repeat=repeat, warmup=1)
-    table = Table(name=f"aggregate(objective='opt'), digits CNN, 7 explainers, B = {batch}, m = {n_samples}, "
-                       f"{device.type}",
+    table = Table(name=f"aggregate(objective='opt'), digits CNN, 7 explainers ({settings} settings), B = {batch}, "
+                       f"m = {n_samples}, {device.type}",
                   columns=["implementation", "ms", "time / floor", "per image ms"], machine=machine_info(device),
                   params={"batch": batch, "n_samples": n_samples, "paper_images": paper_images, "repeat": repeat,
-                          "device": str(device)})
+                          "device": str(device), "settings": settings})
     for name, s in times.items():
         few = f"({paper_images} images)" in name
         table.add(name, s * 1e3, "-" if few else ratios[name], s / (paper_images if few else batch) * 1e3)
@@ -153,8 +165,10 @@ def aggregate_table(batch: int = 32, n_samples: int = 50, paper_images: int = 2,
     if paper:
         speed = times[paper] / paper_images / (times["fastattr.aggregate opt"] / batch)
         table.notes.append(f"speed-up over the paper's per-image procedure (per image): {speed:.1f}×")
-    table.notes.append(f"{repeat} round-robin rounds, medians; torch threads = {torch.get_num_threads()}; IG 20 "
-                       "steps, SmoothGrad / VarGrad 10 samples")
+    spec = SETTINGS[settings]
+    sigma = "0.15 · (max x − min x)" if spec["stdev"] is None else spec["stdev"]
+    table.notes.append(f"{repeat} round-robin rounds, medians; torch threads = {torch.get_num_threads()}; IG "
+                       f"{spec['n_steps']} steps, SmoothGrad / VarGrad {spec['n_samples']} samples of σ = {sigma}")
     return table
 
 
