@@ -59,8 +59,8 @@ int64_t group_select(std::uintptr_t z, std::uintptr_t slot, std::uintptr_t weigh
 void max_pool2d(std::uintptr_t x, std::uintptr_t out, std::uintptr_t indices, int64_t planes, int64_t H, int64_t W,
                 int64_t OH, int64_t OW, int64_t kH, int64_t kW, int64_t sH, int64_t sW, int64_t pH, int64_t pW,
                 int64_t dH, int64_t dW, const std::string& dtype, int n_threads);
-int64_t max_pool2d_backward(std::uintptr_t grad, std::uintptr_t indices, std::uintptr_t grad_x, int64_t planes,
-                            int64_t H, int64_t W, int64_t OH, int64_t OW, const std::string& dtype, int n_threads);
+void max_pool2d_backward(std::uintptr_t grad, std::uintptr_t indices, std::uintptr_t grad_x, int64_t planes,
+                         int64_t H, int64_t W, int64_t OH, int64_t OW, const std::string& dtype, int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -152,8 +152,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("planes"), py::arg("H"), py::arg("W"), py::arg("OH"), py::arg("OW"), py::arg("dtype"),
         py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "The input gradient of max_pool2d from its indices: each [H, W] plane zeroed, then grad[p, o] added at "
-        "indices[p, o] in row-major order (torch's max_pool2d_with_indices_backward, bit for bit); returns the number "
-        "of indices outside their plane, which it skips.");
+        "indices[p, o] in row-major order (torch's max_pool2d_with_indices_backward, bit for bit), an index outside "
+        "its plane skipped.");
   m.def("group_select", &fastattr::group_select, py::arg("z"), py::arg("slot"), py::arg("weight"), py::arg("bias"),
         py::arg("query"), py::arg("p"), py::arg("y"), py::arg("logits"), py::arg("batch"), py::arg("N"), py::arg("G"),
         py::arg("C"), py::arg("h"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),

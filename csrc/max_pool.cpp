@@ -8,10 +8,9 @@
 // The backward writes grad_x[p, i] = Σ grad[p, o] over the outputs o whose maximum is at i, plane by plane:
 // the plane zeroed, then the outputs added in row-major order (torch's max_pool2d_with_indices_backward
 // order, so the same sums bit for bit), without a pass over the whole tensor to zero it first. An index
-// outside its plane (torch's forward gives one for a window with no element in range) is skipped and
-// counted: torch's backward writes it into a neighbouring plane, which its caller leaves to torch.
+// outside its plane (torch's forward gives one for a window with no element in range) is skipped: torch's
+// backward writes it into the next plane or past the end of the tensor.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -130,9 +129,8 @@ void max_pool2d(std::uintptr_t x, std::uintptr_t out, std::uintptr_t indices, in
   });
 }
 
-int64_t max_pool2d_backward(std::uintptr_t grad, std::uintptr_t indices, std::uintptr_t grad_x, int64_t planes,
-                            int64_t H, int64_t W, int64_t OH, int64_t OW, const std::string& dtype, int n_threads) {
-  std::atomic<int64_t> outside{0};
+void max_pool2d_backward(std::uintptr_t grad, std::uintptr_t indices, std::uintptr_t grad_x, int64_t planes,
+                         int64_t H, int64_t W, int64_t OH, int64_t OW, const std::string& dtype, int n_threads) {
   dispatch_float(dtype, [&](auto zero) {
     using T = decltype(zero);
     const T* g = as_ptr<const T>(grad);
@@ -143,19 +141,12 @@ int64_t max_pool2d_backward(std::uintptr_t grad, std::uintptr_t indices, std::ui
       const T* src = g + p * OH * OW;
       const int64_t* at = ix + p * OH * OW;
       std::fill(dst, dst + H * W, T(0));
-      int64_t skipped = 0;
       for (int64_t o = 0; o < OH * OW; ++o) {
         const int64_t i = at[o];
-        if (i < 0 || i >= H * W) {
-          ++skipped;
-          continue;
-        }
-        dst[i] += src[o];
+        if (i >= 0 && i < H * W) dst[i] += src[o];
       }
-      if (skipped) outside.fetch_add(skipped, std::memory_order_relaxed);
     });
   });
-  return outside.load();
 }
 
 }  // namespace fastattr

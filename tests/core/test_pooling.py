@@ -193,13 +193,26 @@ def _sequential(inplace=True, seed=2):
     return net.eval()
 
 
+class _Seen(list):
+    """Shapes, and in ``made_by`` the name of the autograd node that made each tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.made_by = []
+
+    def clear(self):
+        super().clear()
+        self.made_by.clear()
+
+
 @pytest.fixture
 def relu_inputs(monkeypatch):
     """The shape of every tensor an ``nn.ReLU`` module runs on (a class attribute, no hooks)."""
-    shapes, forward = [], nn.ReLU.forward
+    shapes, forward = _Seen(), nn.ReLU.forward
 
     def recording(self, input):
         shapes.append(tuple(input.shape))
+        shapes.made_by.append(type(input.grad_fn).__name__)
         return forward(self, input)
 
     monkeypatch.setattr(nn.ReLU, "forward", recording)
@@ -226,7 +239,7 @@ def test_a_sequential_pools_before_its_relus(relu_inputs, name):
     assert "forward" not in model.__dict__
 
 
-def test_pooling_first_with_ties_and_windows_without_a_positive_value():
+def test_pooling_first_with_ties_and_windows_without_a_positive_value(relu_inputs):
     """Integer weights and inputs: windows with several equal maxima, all negative or all zero; the gradient
     goes to the same element as in the model's order."""
     gen = torch.Generator().manual_seed(3)
@@ -239,7 +252,9 @@ def test_pooling_first_with_ties_and_windows_without_a_positive_value():
     x = torch.randint(-1, 2, (64, 1, 9, 9), generator=gen).float()
     for method in (fastattr.saliency, fastattr.input_x_gradient,
                    lambda m, x, t: fastattr.integrated_gradients(m, x, t, n_steps=4)):
+        relu_inputs.clear()
         ours = method(net, x, 0)
+        assert {s[1:] for s in relu_inputs} == {(4, 4, 4), (4, 2, 2)}                  # pooled first
         with fastattr.torch_pooling():
             theirs = method(net, x, 0)
         assert torch.equal(ours, theirs) and ours.abs().sum() > 0
@@ -302,3 +317,44 @@ def test_a_sequential_copied_during_a_call_runs_in_order_afterwards(relu_inputs)
         torch.testing.assert_close(m(x), _sequential()(x), rtol=0, atol=0)
         assert relu_inputs[0][1:] == (8, 16, 16)                          # outside a call: the model's order
     assert "forward" not in model.__dict__
+
+
+def test_windows_out_of_range_and_tracing_keep_the_models_order(relu_inputs):
+    """A pool with padding and dilation in one axis may have a window with no element in range (``−inf``, which a
+    ReLU after it would make 0): its pair keeps its order, as does a ``Sequential`` that ``torch.fx`` traces
+    inside a call (contextual decomposition walks the traced graph, IBA runs the traced tail after a layer)."""
+    gen = torch.Generator().manual_seed(4)
+    empty = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.MaxPool2d((2, 1), 1, (1, 0), (2, 1)), nn.Hardtanh(),
+                          nn.Flatten(), nn.Linear(6, 3)).eval()
+    dilated = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.MaxPool2d((2, 1), 1, 0, (2, 1)), nn.Flatten(),
+                            nn.Linear(6, 3)).eval()
+    x = torch.randn(4, 1, 3, 3, generator=gen)
+    for model, inputs, made_by in ((empty, x[:, :, :1], "ConvolutionBackward0"),
+                                   (dilated, x, "MaxPool2DWithIndicesBackward0")):
+        relu_inputs.clear()
+        ours = fastattr.saliency(model, inputs, 0)
+        assert relu_inputs.made_by[-1] == made_by
+        with fastattr.torch_pooling():
+            assert torch.equal(ours, fastattr.saliency(model, inputs, 0))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            self.fc = nn.Linear(4 * 2 * 2, 3)
+
+        def forward(self, x):
+            return self.fc(self.features(x).flatten(1))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(4, 1, 8, 8, generator=gen)
+    masks = (torch.rand(3, 1, 8, 8, generator=gen) > 0.5).float()
+    stats = fastattr.iba_statistics(model, "features.1", torch.randn(16, 1, 8, 8, generator=gen))
+    calls = {"cd": lambda: fastattr.contextual_decomposition(model, x, masks, 0)[0],
+             "iba": lambda: fastattr.iba(model, x, 0, layer="features.1", statistics=stats, steps=2, n_noise=2,
+                                         generator=0)}
+    for name, call in calls.items():
+        ours = call()
+        with fastattr.torch_pooling():
+            assert torch.equal(ours, call()), name

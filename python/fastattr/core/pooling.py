@@ -11,14 +11,20 @@ subclass of ``nn.MaxPool2d`` (its forward may differ), is left alone.
 
 In the same calls an ``nn.Sequential`` (exact type) pools before its ReLU wherever an ``nn.ReLU`` child is
 followed by a max-pool child (``nn.MaxPool1d/2d/3d``, ``nn.AdaptiveMaxPool1d/2d/3d``, no indices returned):
-``maxpool(ReLU(h)) = ReLU(maxpool(h))``, since a window's first maximum of ``h`` is positive exactly when
-it is the window's first maximum of ``ReLU(h)`` (else both gradients are zero), so values and gradients are
-bit for bit those of the model's order, while the ReLU and its backward touch a pooled tensor (a quarter of
-``h`` for a 2×2 pool) instead of ``h``. The pair is left in order when either module (or, for an in-place
-ReLU, the child that made ``h``) has hooks or a forward of its own, when global module hooks are set, and
+``maxpool(ReLU(h)) = ReLU(maxpool(h))`` for windows with an element in range, since a window's first
+maximum of ``h`` is positive exactly when it is the window's first maximum of ``ReLU(h)`` (else both
+gradients are zero), so values and gradients are those of the model's order bit for bit — but for the sign
+of a zero (a window whose maximum is ``−0.0`` gives ``−0.0``, where the model's order gives ``+0.0``) and
+NaN payloads — while the ReLU and its backward touch a pooled tensor (a quarter of ``h`` for a 2×2 pool)
+instead of ``h``. The pair is left in order when either module (or, for an in-place ReLU, the child that
+made ``h``) has hooks or a forward of its own, when global module hooks are set, for a pool with padding
+and dilation in one axis (a window may have no element in range: ``−inf``, which the ReLU would make 0),
 for an in-place ReLU whose input did not come from a convolution, linear or batch-norm child of the same
-``Sequential`` (its in-place update could be seen elsewhere). Under :func:`torch_pooling`, and in other
-threads, every module pools through torch's kernel in the model's order.
+``Sequential`` (its in-place update could be seen elsewhere), and for an input that is not a plain CPU
+tensor in an eager call (:func:`fastattr.ops.max_pool.eager_pooling`: ``torch.fx`` tracing, as
+contextual decomposition and IBA do, ``torch.compile``, modes and transforms see the model's own order).
+Under :func:`torch_pooling`, and in other threads, every module pools through torch's kernel in the
+model's order.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from ..ops import max_pool2d
-from ..ops.max_pool import beats_torch
+from ..ops.max_pool import beats_torch, eager_pooling
 
 __all__ = ["fast_pool_here", "fast_pooling", "torch_pooling"]
 
@@ -90,11 +96,23 @@ def _plain(module: nn.Module) -> bool:
             and ("forward" not in module.__dict__ or _ours(module)))
 
 
+def _every_window_in_range(pool: nn.Module) -> bool:
+    """No window of ``pool`` misses the input: an adaptive pool, or in each axis no padding or no dilation."""
+    if not hasattr(pool, "dilation"):
+        return True
+    axes = _MAX_POOLS.index(type(pool)) + 1
+
+    def per_axis(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v,) * axes
+
+    return all(p == 0 or d == 1 for p, d in zip(per_axis(pool.padding), per_axis(pool.dilation)))
+
+
 def _pools_first(children: list, i: int) -> bool:
     """Whether ``children[i]``, ``children[i + 1]`` is a ReLU and a max pool that may run pool first."""
     relu, pool = children[i], children[i + 1]
     if not (type(relu) is nn.ReLU and type(pool) in _MAX_POOLS and not pool.return_indices
-            and _plain(relu) and _plain(pool)):
+            and _plain(relu) and _plain(pool) and _every_window_in_range(pool)):
         return False
     return not relu.inplace or (i > 0 and type(children[i - 1]) in _FRESH and _plain(children[i - 1]))
 
@@ -102,7 +120,8 @@ def _pools_first(children: list, i: int) -> bool:
 def _sequential_forward(self: nn.Sequential, input):
     """``nn.Sequential.forward``, each ReLU child followed by a max-pool child run after it where
     :func:`_pools_first` (module docstring), during fastattr's calls on this thread."""
-    if not (_active.get() and _enabled.get()) or any(getattr(torch_module, name) for name in _GLOBAL_HOOKS):
+    if (not (_active.get() and _enabled.get() and eager_pooling(input))
+            or any(getattr(torch_module, name) for name in _GLOBAL_HOOKS)):
         return nn.Sequential.forward(self, input)
     children, i = list(self), 0
     while i < len(children):

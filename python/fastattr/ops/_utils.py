@@ -77,7 +77,8 @@ def eager_cpu(*tensors: torch.Tensor | None, gradients: bool = False) -> bool:
     tensor given (None skipped) a non-empty plain CPU tensor or parameter (``nn.Parameter`` keeps torch
     function off) that needs no gradient (with ``gradients``: or whose gradient the caller's own
     ``autograd.Function`` computes), outside ``torch.compile``, ``torch.jit.trace``, forward-mode AD,
-    torch function and dispatch modes, and functorch transforms, all of which must see the op."""
+    torch function and dispatch modes, and functorch transforms (the legacy ``vmap`` of ``is_grads_batched``
+    too), all of which must see the op."""
     # the modes first: under torch.compile, Dynamo cannot trace the functorch query of the tensors below
     if (torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
             or torch.autograd.forward_ad._current_level >= 0 or torch._C._is_torch_function_mode_enabled()
@@ -86,7 +87,8 @@ def eager_cpu(*tensors: torch.Tensor | None, gradients: bool = False) -> bool:
     grad = torch.is_grad_enabled() and not gradients
     return all(x is None or (type(x) in _PLAIN and x.device.type == "cpu" and x.numel() > 0
                              and not (x.requires_grad and grad)
-                             and not torch._C._functorch.is_functorch_wrapped_tensor(x)) for x in tensors)
+                             and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+                             and not torch._C._functorch.is_legacy_batchedtensor(x)) for x in tensors)
 
 
 def run_op(op, *args, reference: bool = True):

@@ -10,7 +10,8 @@ at a time (independent chains in place of one serial chain per output). Backends
 Triton. The backward is torch's own ``max_pool2d_with_indices_backward`` on the op's indices, so
 gradients (and double backward) are torch's; called eagerly on CPU, a C++ kernel computes the same sums
 in one pass (each plane zeroed and summed into in torch's order, where torch first zeroes the whole input
-gradient), 3–8 % of the digits CNN's explainers. :func:`fastattr.core.fast_pooling` runs a model's
+gradient; 3–8 % of the digits CNN's explainers), dropping the term of a window with no element in range,
+which torch's kernel writes outside its plane. :func:`fastattr.core.fast_pooling` runs a model's
 ``nn.MaxPool2d`` modules through this op during fastattr's calls on CPU.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..reference.max_pool import max_pool2d as reference_max_pool2d, output_size
 from ._utils import check_backend, check_tensor, eager_cpu, eager_without_compiler, in_compute, resolve, run_cpp, \
     run_op, triton_kernels
 
-__all__ = ["beats_torch", "max_pool2d"]
+__all__ = ["beats_torch", "eager_pooling", "max_pool2d"]
 
 # Below this many input elements torch's own kernel is done before the op's Python (~60 µs) is.
 _MIN_ELEMENTS = 1 << 16
@@ -103,17 +104,19 @@ _max_pool2d_op.register_autograd(_vjp, setup_context=_setup)
 eager_without_compiler(_max_pool2d_op)
 
 
-def _cpp_backward(grad: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> Optional[torch.Tensor]:
+def _cpp_backward(grad: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """torch's ``max_pool2d_with_indices_backward(grad, x, ..., idx)`` from the C++ kernel, bit for bit: each
-    plane zeroed and summed into in one pass, where torch zeroes the whole tensor first. None where a window
-    without an element in range left an index outside its plane (torch writes it into the next plane)."""
+    plane zeroed and summed into in one pass, where torch zeroes the whole tensor first. The one exception: a
+    window with no element in range (padding with dilation) has an index outside its plane, which torch's
+    kernel writes into the next plane or past the tensor's end; this one drops it (the window's −inf depends
+    on no input)."""
     g = grad.contiguous()
     out = torch.empty(x.shape, dtype=g.dtype)
     h, w = x.shape[-2:]
     oh, ow = g.shape[-2:]
-    if out.numel() and run_cpp("max_pool2d_backward", g.data_ptr(), idx.data_ptr(), out.data_ptr(),
-                               out.numel() // (h * w), h, w, oh, ow, dtype=g.dtype):
-        return None
+    if out.numel():
+        run_cpp("max_pool2d_backward", g.data_ptr(), idx.data_ptr(), out.data_ptr(), out.numel() // (h * w), h, w,
+                oh, ow, dtype=g.dtype)
     return out
 
 
@@ -130,11 +133,10 @@ class _EagerPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, grad_indices):
-        if torch.is_grad_enabled() or grad.dtype not in (torch.float32, torch.float64) or grad.device.type != "cpu":
-            return _vjp(ctx, grad, grad_indices)
+        if torch.is_grad_enabled() or grad.dtype not in (torch.float32, torch.float64) or not eager_cpu(grad):
+            return _vjp(ctx, grad, grad_indices)   # a double backward, or a batched or wrapped gradient
         x, idx = ctx.saved_tensors
-        g = _cpp_backward(grad, x, idx)
-        return _vjp(ctx, grad, grad_indices) if g is None else (g, None, None, None, None, None, None)
+        return _cpp_backward(grad, x, idx), None, None, None, None, None, None
 
 
 def max_pool2d(x: torch.Tensor, kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
@@ -163,6 +165,13 @@ def max_pool2d(x: torch.Tensor, kernel_size: Size, stride: Optional[Size] = None
     if eager_cpu(x, gradients=True) and resolve(x, backend) == "cpp":
         return _EagerPool.apply(x, k, s, p, d, ceil_mode, out_hw)
     return run_op(_max_pool2d_op, x, k, s, p, d, ceil_mode, backend)
+
+
+def eager_pooling(x) -> bool:
+    """Whether ``x`` is a plain CPU tensor in an eager call: no ``torch.compile``, tracing (``torch.fx`` passes
+    proxies), torch function or dispatch mode, functorch transform or forward-mode AD, which must all see a
+    model's own modules in its own order (:mod:`fastattr.core.pooling`)."""
+    return isinstance(x, torch.Tensor) and eager_cpu(x, gradients=True)
 
 
 def beats_torch(x) -> bool:
