@@ -11,6 +11,13 @@ import fastattr.core.pooling as pooling
 import fastattr.metrics as M
 
 
+def _randomise(module: nn.Module, gen: torch.Generator) -> None:
+    """Every parameter drawn from N(0, 0.3²)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
 class PoolNet(nn.Module):
     """conv → ReLU → a 2×2 pool → conv → ReLU → a 3×3 stride-2 padded pool → linear; the first pool's input is
     ``[N, 8, 16, 16]``: 2¹⁶ elements and more for N ≥ 32."""
@@ -21,9 +28,7 @@ class PoolNet(nn.Module):
         self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
         self.p1, self.p2 = pool(2), pool(3, 2, 1)
         self.fc = nn.Linear(16 * 4 * 4, 5)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        _randomise(self, gen)
         self.eval()
 
     def forward(self, x):
@@ -187,9 +192,7 @@ def _sequential(inplace=True, seed=2):
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(inplace=inplace), nn.MaxPool2d(3, 2, 1),
                         nn.Flatten(), nn.Linear(16 * 4 * 4, 5))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    _randomise(net, gen)
     return net.eval()
 
 

@@ -96,6 +96,10 @@ def _plain(module: nn.Module) -> bool:
             and ("forward" not in module.__dict__ or _ours(module)))
 
 
+def _relu_then_pool(a: nn.Module, b: nn.Module) -> bool:
+    return type(a) is nn.ReLU and type(b) in _MAX_POOLS
+
+
 def _every_window_in_range(pool: nn.Module) -> bool:
     """No window of ``pool`` misses the input: an adaptive pool, or in each axis no padding or no dilation."""
     if not hasattr(pool, "dilation"):
@@ -111,7 +115,7 @@ def _every_window_in_range(pool: nn.Module) -> bool:
 def _pools_first(children: list, i: int) -> bool:
     """Whether ``children[i]``, ``children[i + 1]`` is a ReLU and a max pool that may run pool first."""
     relu, pool = children[i], children[i + 1]
-    if not (type(relu) is nn.ReLU and type(pool) in _MAX_POOLS and not pool.return_indices
+    if not (_relu_then_pool(relu, pool) and not pool.return_indices
             and _plain(relu) and _plain(pool) and _every_window_in_range(pool)):
         return False
     return not relu.inplace or (i > 0 and type(children[i - 1]) in _FRESH and _plain(children[i - 1]))
@@ -149,7 +153,7 @@ class _SequentialForward(_PoolForward):
 
 def _has_relu_pool(module: nn.Sequential) -> bool:
     children = list(module)
-    return any(type(a) is nn.ReLU and type(b) in _MAX_POOLS for a, b in zip(children, children[1:]))
+    return any(_relu_then_pool(a, b) for a, b in zip(children, children[1:]))
 
 
 @contextlib.contextmanager
