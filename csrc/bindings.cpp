@@ -61,6 +61,17 @@ void max_pool2d(std::uintptr_t x, std::uintptr_t out, std::uintptr_t indices, in
                 int64_t dH, int64_t dW, const std::string& dtype, int n_threads);
 void max_pool2d_backward(std::uintptr_t grad, std::uintptr_t indices, std::uintptr_t grad_x, int64_t planes,
                          int64_t H, int64_t W, int64_t OH, int64_t OW, const std::string& dtype, int n_threads);
+void conv2d_input_grad(std::uintptr_t grad, std::uintptr_t weight, std::uintptr_t grad_x, int64_t N, int64_t Co,
+                       int64_t Ci, int64_t OH, int64_t OW, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sH,
+                       int64_t sW, int64_t pH, int64_t pW, int64_t dH, int64_t dW, const std::string& dtype,
+                       int n_threads);
+int64_t deeplift_rescale(std::uintptr_t grad, std::uintptr_t x, std::uintptr_t y, std::uintptr_t xb,
+                         std::uintptr_t yb, std::uintptr_t out, int64_t rows, int64_t per_row, int64_t base_rows,
+                         double eps, const std::string& dtype, int n_threads);
+int64_t deeplift_maxpool(std::uintptr_t grad, std::uintptr_t y, std::uintptr_t yb, std::uintptr_t index,
+                         std::uintptr_t index_b, std::uintptr_t x, std::uintptr_t xb, std::uintptr_t out,
+                         int64_t planes, int64_t channels, int64_t base_rows, int64_t O, int64_t HW, double eps,
+                         const std::string& dtype, int n_threads);
 }  // namespace fastattr
 
 static bool has_openmp() {
@@ -154,6 +165,24 @@ PYBIND11_MODULE(_C, m) {
         "The input gradient of max_pool2d from its indices: each [H, W] plane zeroed, then grad[p, o] added at "
         "indices[p, o] in row-major order (torch's max_pool2d_with_indices_backward, bit for bit), an index outside "
         "its plane skipped.");
+  m.def("conv2d_input_grad", &fastattr::conv2d_input_grad, py::arg("grad"), py::arg("weight"), py::arg("grad_x"),
+        py::arg("N"), py::arg("Co"), py::arg("Ci"), py::arg("OH"), py::arg("OW"), py::arg("H"), py::arg("W"),
+        py::arg("KH"), py::arg("KW"), py::arg("sH"), py::arg("sW"), py::arg("pH"), py::arg("pW"), py::arg("dH"),
+        py::arg("dW"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "The input gradient [N, Ci, H, W] of a 2-D convolution (groups 1) from grad [N, Co, OH, OW] and weight "
+        "[Co, Ci, KH, KW]: per example and input channel, the channel sums per tap, then each tap's rows added "
+        "into a zeroed buffer that covers the padding.");
+  m.def("deeplift_rescale", &fastattr::deeplift_rescale, py::arg("grad"), py::arg("x"), py::arg("y"), py::arg("xb"),
+        py::arg("yb"), py::arg("out"), py::arg("rows"), py::arg("per_row"), py::arg("base_rows"), py::arg("eps"),
+        py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "DeepLift's rescale multiplier grad * (y - y') / (x - x') per element, row r paired with baseline row "
+        "r % base_rows; returns how many |x - x'| < eps.");
+  m.def("deeplift_maxpool", &fastattr::deeplift_maxpool, py::arg("grad"), py::arg("y"), py::arg("yb"),
+        py::arg("index"), py::arg("index_b"), py::arg("x"), py::arg("xb"), py::arg("out"), py::arg("planes"),
+        py::arg("channels"), py::arg("base_rows"), py::arg("O"), py::arg("HW"), py::arg("eps"), py::arg("dtype"),
+        py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "DeepLift's max-pool multiplier per plane (torch's scatter_add_ order), the pool's own gradient where "
+        "|x - x'| < eps; returns -1 when an index lies outside its plane.");
   m.def("group_select", &fastattr::group_select, py::arg("z"), py::arg("slot"), py::arg("weight"), py::arg("bias"),
         py::arg("query"), py::arg("p"), py::arg("y"), py::arg("logits"), py::arg("batch"), py::arg("N"), py::arg("G"),
         py::arg("C"), py::arg("h"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),

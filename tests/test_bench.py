@@ -246,7 +246,7 @@ def test_agg_bench_tables_on_a_small_case():
     qp = agg.qp_table("cpu", repeat=1, batch=4, block_s=0.0)
     assert qp.rows and all(isinstance(r[2], float) for r in qp.rows)
     timed = aggregate.aggregate_table(batch=2, n_samples=2, paper_images=1, repeat=1, device="cpu")
-    assert [r[0] for r in timed.rows][:4] == ["floor: 7 explainers on m·B inputs", "floor with torch's max pool kernel",
+    assert [r[0] for r in timed.rows][:4] == ["floor: 7 explainers on m·B inputs", "floor on torch's max pool and convolution backward",
                                               "7 explainers on m·B inputs, one call each", "fastattr.aggregate opt"]
     released = aggregate.aggregate_table(batch=2, n_samples=2, paper_images=1, repeat=1, device="cpu",
                                          settings="released")
@@ -257,7 +257,11 @@ def test_agg_bench_tables_on_a_small_case():
     names = [r[1] for r in pool.rows]
     assert names[:2] == ["torch (NCHW)", "torch (channels-last copy)"] and "fastattr reference" in names
     assert pool.rows[0][3] == 1.0 and all(r[2] > 0 for r in pool.rows)
-    assert list(agg.TABLES) == ["qp", "aggregate", "aggregate_released", "pool", "reproduction"]
+    conv = aggregate.conv_table("cpu", repeat=1, shapes=(("small", (3, 1, 9, 7), 4, 3, 2, 1),
+                                                          ("wide", (2, 4, 6, 6), 3, 3, 1, 1)))
+    assert [r[1] for r in conv.rows] == ["torch convolution_backward", "fastattr cpp"] * 2
+    assert "routed" in conv.rows[0][0] and "kept on torch's" in conv.rows[2][0] and all(r[2] > 0 for r in conv.rows)
+    assert list(agg.TABLES) == ["qp", "aggregate", "aggregate_released", "pool", "conv", "reproduction"]
     repro = aggregate.reproduction_table(batch=2, n_samples=2, n_eval=3, device="cpu")
     names = [r[0] for r in repro.rows]
     assert set(aggregate.SEVEN) <= set(names) and {"AGG_opt", "AGG_robust", "AGG_faith", "AGG_var"} <= set(names)

@@ -10,7 +10,7 @@ from .attribution import (DeepSubmodular, aggregate, deeplift, expected_gradient
                           integrated_gradients, kernel_shap, layer_integrated_gradients, lime, multi_layer_iba,
                           noise_tunnel, occlusion, rise, rise_masks, saliency, sea_nn, smoothgrad)
 from .cd import agglomerate_1d, agglomerate_2d, cdep_penalty, contextual_decomposition, trim
-from .core import get_model_mode, torch_pooling, use_model_mode
+from .core import get_model_mode, torch_convolution, torch_pooling, use_model_mode
 from .metrics import evaluate, evaluate_dataset
 from .models import SumOfParts, train_sop
 from .ops import sparsemax
@@ -23,7 +23,7 @@ __all__ = [
     "get_model_mode", "grad_cam", "iba", "iba_statistics", "input_iba", "multi_layer_iba", "gradient_shap",
     "guided_backprop", "input_x_gradient", "integrated_gradients",
     "kernel_shap", "layer_integrated_gradients", "lime", "metrics", "noise_tunnel", "occlusion", "rise",
-    "rise_masks", "saliency", "smoothgrad", "sparsemax", "torch_pooling", "trim", "use_backend", "use_model_mode", "__version__",
+    "rise_masks", "saliency", "smoothgrad", "sparsemax", "torch_convolution", "torch_pooling", "trim", "use_backend", "use_model_mode", "__version__",
     "models", "SumOfParts", "train_sop",
     "DeepSubmodular", "sea_nn", "evaluate_dataset",
 ]

@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="folder for the JSON record (e.g. benchmarks/results)")
     bench.add_argument("--tables", default=None,
                        help="comma-separated tables of the chosen bench, in this order (metrics: flipping, "
-                            "evaluate, stability, impute, road, resnet; agg: qp, aggregate, aggregate_released, pool, "
+                            "evaluate, stability, impute, road, resnet; agg: qp, aggregate, aggregate_released, pool, conv, "
                             "reproduction; sop: forward, throughput (CUDA by default), reproduction; default: all)")
     bench.set_defaults(func=_bench)
     return parser

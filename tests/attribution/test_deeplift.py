@@ -378,3 +378,63 @@ def test_warns_nothing_on_a_model_with_rules():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         A.deeplift(Block().double().eval(), rand(2, 1, 8, 8), 0)
+
+
+class _PoolNet(nn.Module):
+    """conv → ELU → a 3×3 stride-2 padded pool (windows overlap) → conv → ReLU → a 1-D pool over rows → linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(21)
+        self.c1, self.act1, self.p1 = nn.Conv2d(1, 6, 3, padding=1), nn.ELU(), nn.MaxPool2d(3, 2, 1)
+        self.c2, self.act2, self.p2 = nn.Conv2d(6, 4, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2)
+        self.head = nn.Linear(4 * 4 * 2, 10)
+
+    def forward(self, x):
+        h = self.act2(self.c2(self.p1(self.act1(self.c1(x)))))
+        return self.head(self.p2(h.flatten(2)).flatten(1))
+
+
+@pytest.mark.parametrize("make", ["digits_cnn", "pool_net", "sigmoid_mlp"])
+@pytest.mark.parametrize("eps", [1e-10, 0.05])
+def test_the_fused_rules_are_torchs_expressions_bit_for_bit(make, eps, monkeypatch):
+    """The C++ multipliers (``fastattr.ops.deeplift_rules``) against the rules' torch expressions, for every kind
+    of baseline and an ``eps`` that puts many elements on the local gradient."""
+    import sys
+
+    from fastattr.zoo import load_digits_cnn
+
+    D = sys.modules["fastattr.attribution.deeplift"]   # the module (the package's name is the function)
+
+    x, y = digits()
+    model = {"digits_cnn": lambda: load_digits_cnn(), "pool_net": lambda: _PoolNet().eval(),
+             "sigmoid_mlp": lambda: elementwise_mlp(nn.Sigmoid).float()}[make]()
+    x = x.float()
+    ran = []
+    for name in ("rescale_multipliers", "maxpool_multipliers"):
+        def counting(*args, _f=getattr(D, name), _n=name, **kwargs):
+            out = _f(*args, **kwargs)
+            ran.append((_n, out is not None))
+            return out
+        monkeypatch.setattr(D, name, counting)
+    fused = [A.deeplift(model, x, y, baselines=b, eps=eps) for b in baselines_of(x)]
+    assert ran and all(ok for _, ok in ran)
+    assert {n for n, _ in ran} == ({"rescale_multipliers"} if make == "sigmoid_mlp" else
+                                   {"rescale_multipliers", "maxpool_multipliers"})
+    for name in ("rescale_multipliers", "maxpool_multipliers"):
+        monkeypatch.setattr(D, name, lambda *args, **kwargs: None)
+    for b, got in zip(baselines_of(x), fused):
+        assert torch.equal(got, A.deeplift(model, x, y, baselines=b, eps=eps))
+
+
+def test_the_fused_rules_pair_batch_major_rows():
+    """A ReLU on ``[B·2, 32]``: rows ``r`` pair with baseline row ``r mod 2`` in the kernel as in ``_rows``."""
+    from fastattr.ops.deeplift_rules import rescale_multipliers
+
+    g = torch.Generator().manual_seed(3)
+    x, grad = torch.randn(10, 32, generator=g), torch.randn(10, 32, generator=g)
+    xb = torch.randn(2, 32, generator=g)
+    out, small = rescale_multipliers(grad, x, x.relu(), xb, xb.relu(), 1e-10)
+    base = xb.repeat(5, 1)
+    assert small == 0 and torch.equal(out, grad * (x.relu() - base.relu()) / (x - base))
+    assert rescale_multipliers(grad, x, x.relu(), xb[:1].expand(3, 32)[:, :5], xb, 1e-10) is None  # shapes differ

@@ -267,6 +267,7 @@ NO_MODEL = {
     "available_backends": "backend query", "get_backend": "backend query", "use_backend": "backend switch",
     "get_model_mode": "mode query", "use_model_mode": "mode switch", "sparsemax": "an op on a tensor",
     "torch_pooling": "a switch: max pooling on torch's kernel",
+    "torch_convolution": "a switch: convolution gradients on torch's kernel",
     "rise_masks": "builds masks", "quadrature": "path nodes", "select_pathway": "works on contributions",
     "pointing_game": "localisation: attributions against boxes, no model call",
     "iou": "localisation: attributions against boxes, no model call",

@@ -1,4 +1,5 @@
-"""``nn.MaxPool2d`` through ``fastattr.ops.max_pool2d`` during fastattr's calls on CPU (``fastattr.core.pooling``):
+"""``nn.MaxPool2d`` through ``fastattr.ops.max_pool2d`` during fastattr's calls on CPU
+(``fastattr.core.layer_kernels``):
 every method's numbers are those of torch's kernel bit for bit, the op does run, and the model is left as it
 was (no instance ``forward``, its own hooks run and stay), also when the call raises; subclasses, modules with a
 forward of their own, small or half-precision batches and ``fastattr.torch_pooling()`` keep torch's kernel."""
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 import fastattr
-import fastattr.core.pooling as pooling
+import fastattr.core.layer_kernels as pooling
 import fastattr.metrics as M
 
 
@@ -332,7 +333,8 @@ def test_windows_out_of_range_and_tracing_keep_the_models_order(relu_inputs):
     dilated = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.MaxPool2d((2, 1), 1, 0, (2, 1)), nn.Flatten(),
                             nn.Linear(6, 3)).eval()
     x = torch.randn(4, 1, 3, 3, generator=gen)
-    for model, inputs, made_by in ((empty, x[:, :, :1], "ConvolutionBackward0"),
+    # the ReLU's input comes from the one-channel convolution (fastattr.ops.conv.conv2d) or from the pool
+    for model, inputs, made_by in ((empty, x[:, :, :1], "_Conv2dBackward"),
                                    (dilated, x, "MaxPool2DWithIndicesBackward0")):
         relu_inputs.clear()
         ours = fastattr.saliency(model, inputs, 0)

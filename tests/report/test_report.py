@@ -272,7 +272,7 @@ def test_report_with_the_stability_and_randomisation_metrics(tmp_path):
     assert all(not math.isnan(s[m]["saliency"]) for m in ("relative_input_stability", "model_randomisation"))
     page = (tmp_path / "r" / "index.html").read_text()
     assert f"over {STABILITY_SAMPLES} uniform perturbations" in page and "model randomisation: the Spearman" in page
-    # the only fastattr op these methods and metrics call is the digits CNN's max pool (core.fast_pooling), on
+    # the only fastattr op these methods and metrics call is the digits CNN's max pool (core.layer_kernels), on
     # the batches of 2^16 elements and more that smoothgrad's noisy copies and kernel_shap's coalitions make:
     # those two are re-timed on the reference backend, where torch's pool kernel runs
     timed = {k.split(":")[1] for k in result.seconds if k.startswith("backend:")}

@@ -28,8 +28,9 @@ from torch import nn
 from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_number, frozen_parameters, gradient_chunk,
                     model_entry, path_baselines, resolve_target, run_model, select)
 from ..core.contract import modules_of
-from ..core.pooling import fast_pool_here
+from ..core.layer_kernels import fast_pool_here
 from ..ops import max_pool2d
+from ..ops.deeplift_rules import maxpool_multipliers, rescale_multipliers
 
 __all__ = ["DEEPLIFT_RULES", "deeplift"]
 
@@ -63,8 +64,14 @@ def _where_small(dx: torch.Tensor, eps: float, rescaled: torch.Tensor, local: Ca
 
 def _rescale(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
              grad: torch.Tensor, eps: float, examples: int) -> torch.Tensor:
-    """Elementwise nonlinearities: ``grad · Δy / Δx``, the local gradient where ``|Δx| < eps``."""
+    """Elementwise nonlinearities: ``grad · Δy / Δx``, the local gradient where ``|Δx| < eps`` (one C++ pass where
+    :func:`~fastattr.ops.deeplift_rules.rescale_multipliers` runs, the same bits)."""
+    fused = rescale_multipliers(grad, x, y, xb, yb, eps)
+    if fused is not None and not fused[1]:
+        return fused[0]
     dx = x - _rows(xb, x.shape[0])
+    if fused is not None:
+        return torch.where(dx.abs() < eps, _local_gradient(module, x, grad), fused[0])
     return _where_small(dx, eps, grad * (y - _rows(yb, y.shape[0])) / dx, lambda: _local_gradient(module, x, grad))
 
 
@@ -85,7 +92,8 @@ def _maxpool(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tens
     the same bits): with ``m = max(y, y')`` per window, the term ``grad · (m − y')`` goes to the position
     of the input's maximum and ``grad · (y − m)`` to the position of the baseline's maximum (both sum to
     ``grad · Δy``); their sum, divided by ``Δx``, is the multiplier of every input element (the local
-    gradient where ``|Δx| < eps``)."""
+    gradient where ``|Δx| < eps``; one C++ pass where :func:`~fastattr.ops.deeplift_rules.maxpool_multipliers` runs,
+    the same bits)."""
     axes, pool = _POOLS[type(module)]
     args = (module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
 
@@ -95,10 +103,14 @@ def _maxpool(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tens
 
     rows = x.shape[0]
     lead = tuple(y.shape[:y.dim() - axes])
+    index, index_b = argmax(x), argmax(xb)
+    fused = maxpool_multipliers(grad, x, y, xb, yb, index, index_b, axes, eps)
+    if fused is not None:
+        return fused
     yb = _rows(yb, rows)
     top = torch.max(y, yb)
-    index = argmax(x).reshape(lead + (-1,))
-    index_b = _rows(argmax(xb), rows).reshape(lead + (-1,))
+    index = index.reshape(lead + (-1,))
+    index_b = _rows(index_b, rows).reshape(lead + (-1,))
     pooled = grad.new_zeros(lead + (math.prod(x.shape[x.dim() - axes:]),))
     pooled.scatter_add_(-1, index, (grad * (top - yb)).reshape(lead + (-1,)))
     pooled.scatter_add_(-1, index_b, (grad * (y - top)).reshape(lead + (-1,)))

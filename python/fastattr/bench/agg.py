@@ -143,6 +143,12 @@ def _pool_tables(device, repeat) -> list[Table]:
     return [pool_table(device=device, repeat=max(repeat, 9))]
 
 
+def _conv_tables(device, repeat) -> list[Table]:
+    from .aggregate import conv_table
+
+    return [conv_table(device=device, repeat=max(repeat, 9))]
+
+
 def _reproduction_tables(device, repeat) -> list[Table]:
     from .aggregate import reproduction_table
 
@@ -155,6 +161,7 @@ TABLES: dict[str, Callable[..., list[Table]]] = {
     "aggregate": _aggregate_tables,
     "aggregate_released": lambda device, repeat: _aggregate_tables(device, repeat, settings="released"),
     "pool": _pool_tables,
+    "conv": _conv_tables,
     "reproduction": _reproduction_tables,
 }
 
@@ -162,7 +169,8 @@ TABLES: dict[str, Callable[..., list[Table]]] = {
 def default_tables(device: Optional[str] = None, repeat: int = 3, tables: Optional[Sequence[str]] = None) -> list[Table]:
     """B = 256 problems of k = 7 methods; ``aggregate`` against its floor and the paper's procedure (with this
     bench's explainer settings, and with the released code's: :data:`fastattr.bench.aggregate.SETTINGS`); the max
-    pool the explainers' passes run (:func:`fastattr.bench.aggregate.pool_table`); the reproduction of the
+    pool the explainers' passes run (:func:`fastattr.bench.aggregate.pool_table`) and the input gradient of their
+    first convolution (:func:`fastattr.bench.aggregate.conv_table`); the reproduction of the
     paper's Tables 1–2 (:mod:`fastattr.bench.aggregate`) — all of :data:`TABLES`, or those named in
     ``tables``."""
     out = []

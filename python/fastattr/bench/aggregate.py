@@ -9,9 +9,11 @@ SmoothGrad and VarGrad one set of noisy gradients); a row times them as seven se
 paper's procedure, as its released code runs it, handles one image at a time: every explainer on every
 perturbed copy at batch size 1, the infidelity copies one forward each, and one cvxpy problem per image;
 it is timed on a few images and scaled to the batch (its cost is the same for every image). A row times the
-floor with the model's max pooling on torch's own kernel (:func:`fastattr.torch_pooling`): fastattr's calls
-run it through :func:`fastattr.ops.max_pool2d` on CPU (:mod:`fastattr.core.pooling`); :func:`pool_table`
-times that op against torch's kernel.
+floor with the model's max pooling and its first convolution's backward on torch's own kernels
+(:func:`fastattr.torch_pooling`, :func:`fastattr.torch_convolution`): fastattr's calls run them through
+:func:`fastattr.ops.max_pool2d` and :func:`fastattr.ops.conv2d_input_grad` on CPU
+(:mod:`fastattr.core.layer_kernels`); :func:`pool_table` and :func:`conv_table` time those ops against torch's
+kernels.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import _backend, torch_pooling
+from .. import _backend, torch_convolution, torch_pooling
 from ..attribution import aggregate, explain_all
 from ..attribution.shared import MethodSet, method_function
 from ..attribution.aggregate import abs_max, aggregation_matrices
@@ -133,12 +135,12 @@ def aggregate_table(batch: int = 32, n_samples: int = 50, paper_images: int = 2,
         for f in one_by_one:
             f(model, z, tz)
 
-    def torch_pool_floor():
-        with torch_pooling():
+    def torch_kernel_floor():
+        with torch_pooling(), torch_convolution():
             explain_all(model, z, tz, methods=methods)
 
     impls = {"floor: 7 explainers on m·B inputs": lambda: explain_all(model, z, tz, methods=methods),
-             "floor with torch's max pool kernel": torch_pool_floor,
+             "floor on torch's max pool and convolution backward": torch_kernel_floor,
              "7 explainers on m·B inputs, one call each": separately,
              "fastattr.aggregate opt": lambda: aggregate(model, x, t, methods=methods, objective="opt",
                                                          n_samples=n_samples)}
@@ -232,6 +234,57 @@ def default_tables(device: Optional[str] = None, repeat: int = 3) -> list[Table]
 POOL_SHAPES = (("digits CNN, one IG chunk", (1024, 32, 8, 8), 2, 2, 0),
                ("VGG block", (32, 64, 56, 56), 2, 2, 0),
                ("ResNet stem", (8, 64, 112, 112), 3, 2, 1))
+
+
+#: ``(case, input shape, output channels, kernel, stride, padding)`` of :func:`conv_table`: the digits CNN's first
+#: layer on one IG chunk, a LeNet-like first layer on MNIST-sized inputs, a two-channel input, and RGB first layers
+#: (a CIFAR CNN's, ResNet's stem), where the kernel does not win and models keep torch's
+CONV_SHAPES = (("digits CNN conv1, one IG chunk", (442, 1, 8, 8), 16, 3, 1, 1),
+               ("MNIST-sized, 5×5", (128, 1, 28, 28), 32, 5, 1, 2),
+               ("two channels", (32, 2, 16, 16), 8, 3, 1, 1),
+               ("RGB 32×32", (64, 3, 32, 32), 16, 3, 1, 1),
+               ("ResNet stem", (8, 3, 224, 224), 64, 7, 2, 3))
+
+
+def conv_table(device: Optional[str] = None, repeat: int = 9, shapes=CONV_SHAPES) -> Table:
+    """The input gradient of a convolution with few input channels: torch's ``convolution_backward`` (oneDNN on
+    CPU) against :func:`fastattr.ops.conv2d_input_grad` on the C++ backend (checked to agree to 1e-5 first), and
+    whether :func:`fastattr.ops.conv.conv_beats_torch` routes a model's layer of that shape to it."""
+    from ..ops import conv2d_input_grad
+    from ..ops.conv import MAX_CHANNELS
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    table = Table(name=f"conv2d input gradient, float32, {device.type}",
+                  columns=["case", "implementation", "ms", "speed-up vs torch"], machine=machine_info(device),
+                  params={"shapes": [[list(c[1]), *c[2:]] for c in shapes], "repeat": repeat, "device": str(device),
+                          "max_channels": MAX_CHANNELS})
+    if device.type != "cpu":
+        table.notes.append("CUDA keeps torch's (cuDNN) kernel: conv2d_input_grad has no Triton kernel to time")
+        return table
+    for case, shape, co, k, s, p in shapes:
+        gen = torch.Generator().manual_seed(0)
+        x, w = torch.randn(shape, generator=gen), torch.randn(co, shape[1], k, k, generator=gen)
+        g = torch.randn_like(torch.nn.functional.conv2d(x, w, None, s, p))
+        args = (list(x.shape[2:]), [s, s], [p, p])
+
+        def torch_grad(g=g, x=x, w=w, s=s, p=p):
+            return torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                                                       [True, False, False])[0]
+
+        expected, got = torch_grad(), conv2d_input_grad(g, w, *args, backend="cpp")
+        if not torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max())):
+            raise AssertionError(f"conv2d_input_grad differs from torch on {case}")
+        impls = {"torch convolution_backward": torch_grad,
+                 "fastattr cpp": lambda g=g, w=w, args=args: conv2d_input_grad(g, w, *args, backend="cpp")}
+        times, ratios = time_interleaved(impls, device, repeat=repeat)
+        routed = "routed" if shape[1] <= MAX_CHANNELS else "kept on torch's"
+        shape_text = "×".join(map(str, shape)) + f" → {co}, {k}×{k} / {s}, pad {p}; {routed}"
+        for name, t in times.items():
+            table.add(f"{case} ({shape_text})", name, t * 1e3, 1.0 / ratios[name])
+    table.notes.append(f"{repeat} round-robin rounds; times are medians, speed-ups medians of per-round ratios; "
+                       f"torch threads = {torch.get_num_threads()}; a model's Conv2d runs the kernel inside "
+                       f"fastattr's calls when its input has at most {MAX_CHANNELS} channels")
+    return table
 
 
 def pool_table(device: Optional[str] = None, repeat: int = 9, shapes=POOL_SHAPES) -> Table:

@@ -9,7 +9,8 @@
 - :mod:`~fastattr.core.features` and :mod:`~fastattr.core.subsets` — features, segments, groups,
   ranking schedules and random / exhaustive subsets (the mask sources);
 - :mod:`~fastattr.core.engine` — the one perturbed-forward engine (:func:`perturbed_scores`);
-- :mod:`~fastattr.core.pooling` — ``nn.MaxPool2d`` through fastattr's faster CPU kernel during its calls;
+- :mod:`~fastattr.core.layer_kernels` — max pooling and few-channel convolutions through fastattr's faster CPU
+  kernels during its calls;
 - :mod:`~fastattr.core.layers` — layers named by the caller (a module, a dotted name, a list, or every
   hidden layer).
 
@@ -22,7 +23,7 @@ from .contract import (ModelCallError, Target, broadcasts_to, check_count, check
                        check_number, check_output, eval_modes, example_draws, frozen_parameters, get_model_mode,
                        is_integer, make_generator, model_entry, model_errors, model_guard, run_model, use_model_mode)
 from .layers import Layer, hidden_layers, resolve_layers
-from .pooling import fast_pool_here, fast_pooling, torch_pooling
+from .layer_kernels import fast_conv_here, fast_layers, fast_pool_here, torch_convolution, torch_pooling
 from .engine import GaussianNoise, MaskBuilder, MaskSet, RankSchedule, Source, perturbed_scores
 from .features import (Features, check_attributions, feature_layout, feature_space, fraction_count, group_masks,
                        group_scores, group_unit_rank, map_shapes, patch_segments, rank_features, step_counts, unit_map)
@@ -33,10 +34,10 @@ __all__ = ["Baseline", "Blur", "ChunkGrid", "ChunkRunner", "CountingModel", "Fea
            "Layer", "MaskSet", "ModelCallError", "READERS", "RankSchedule", "Source", "Target", "Uniform", "all_subsets",
            "broadcasts_to", "check_attributions", "check_count", "check_flag", "check_inputs", "check_model",
            "check_number", "check_output", "check_scalar_reader", "chunk_size", "eval_modes", "example_draws",
-           "fast_pool_here", "fast_pooling", "feature_layout",
+           "fast_conv_here", "fast_layers", "fast_pool_here", "feature_layout",
            "feature_space", "forward_chunks", "fraction_count", "free_memory", "frozen_parameters", "get_model_mode",
            "gradient_chunk", "group_masks", "hidden_layers", "group_scores", "group_unit_rank", "integer_baseline", "is_integer",
            "make_baseline", "make_generator", "map_shapes", "model_entry", "model_errors", "model_guard",
            "measured_input_factor", "patch_segments", "path_baselines", "perturbed_scores", "random_subsets",
            "rank_features", "read_scores", "reference_inputs", "resolve_clean", "resolve_layers", "resolve_target", "run_model",
-           "saved_activation_bytes", "select", "step_counts", "torch_pooling", "unit_map", "use_model_mode"]
+           "saved_activation_bytes", "select", "step_counts", "torch_convolution", "torch_pooling", "unit_map", "use_model_mode"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .pooling import fast_pooling
+from .layer_kernels import fast_layers
 
 Target = Union[None, int, torch.Tensor]
 
@@ -182,7 +182,7 @@ def model_guard(model: Callable, inputs=None, *, gradients: bool = False, quiet:
                               "to use the model in its own mode", UserWarning, stacklevel=4)
             for m in modules:
                 m.eval()
-        with fast_pooling(modules, inputs):
+        with fast_layers(modules, inputs):
             yield
     finally:
         _guarded.reset(token)

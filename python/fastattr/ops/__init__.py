@@ -9,6 +9,7 @@ from .distinct_copies import distinct_copies
 from .group_gen import group_gen
 from .group_masks import first_equal_group, group_masks
 from .group_select import group_select
+from .conv import conv2d_input_grad
 from .max_pool import max_pool2d
 from .impute import linear_impute, noisy_linear_impute, stencil_solve
 from .path_ops import path_accumulate, path_interpolate
@@ -16,4 +17,4 @@ from .perturb_by_rank import perturb_by_rank
 from .simplex_qp import simplex_qp
 from .sparsemax import sparsemax
 
-__all__ = ["bottleneck", "cd_bias_split", "distinct_copies", "first_equal_group", "greedy_gains", "group_gen", "group_masks", "group_select", "linear_impute", "max_pool2d", "noisy_linear_impute", "path_accumulate", "path_interpolate", "perturb_by_rank", "simplex_qp", "sparsemax", "stencil_solve"]
+__all__ = ["bottleneck", "cd_bias_split", "distinct_copies", "first_equal_group", "greedy_gains", "group_gen", "group_masks", "group_select", "conv2d_input_grad", "linear_impute", "max_pool2d", "noisy_linear_impute", "path_accumulate", "path_interpolate", "perturb_by_rank", "simplex_qp", "sparsemax", "stencil_solve"]

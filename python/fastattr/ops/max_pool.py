@@ -11,7 +11,7 @@ Triton. The backward is torch's own ``max_pool2d_with_indices_backward`` on the 
 gradients (and double backward) are torch's; called eagerly on CPU, a C++ kernel computes the same sums
 in one pass (each plane zeroed and summed into in torch's order, where torch first zeroes the whole input
 gradient; 3–8 % of the digits CNN's explainers), dropping the term of a window with no element in range,
-which torch's kernel writes outside its plane. :func:`fastattr.core.fast_pooling` runs a model's
+which torch's kernel writes outside its plane. :mod:`fastattr.core.layer_kernels` runs a model's
 ``nn.MaxPool2d`` modules through this op during fastattr's calls on CPU.
 """
 from __future__ import annotations
@@ -170,7 +170,7 @@ def max_pool2d(x: torch.Tensor, kernel_size: Size, stride: Optional[Size] = None
 def eager_pooling(x) -> bool:
     """Whether ``x`` is a plain CPU tensor in an eager call: no ``torch.compile``, tracing (``torch.fx`` passes
     proxies), torch function or dispatch mode, functorch transform or forward-mode AD, which must all see a
-    model's own modules in its own order (:mod:`fastattr.core.pooling`)."""
+    model's own modules in its own order (:mod:`fastattr.core.layer_kernels`)."""
     return isinstance(x, torch.Tensor) and eager_cpu(x, gradients=True)
 
 

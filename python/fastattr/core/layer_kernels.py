@@ -1,4 +1,4 @@
-"""Faster max pooling inside fastattr's calls on CPU.
+"""A model's max pooling and first convolutions through fastattr's faster CPU kernels inside its calls.
 
 torch 2.13's CPU ``max_pool2d`` on contiguous (NCHW) inputs is 7–13× slower than its channels-last kernel
 (:mod:`fastattr.ops.max_pool`), a fifth of each forward-and-backward pass of a small pooling CNN. For the
@@ -25,6 +25,13 @@ tensor in an eager call (:func:`fastattr.ops.max_pool.eager_pooling`: ``torch.fx
 contextual decomposition and IBA do, ``torch.compile``, modes and transforms see the model's own order).
 Under :func:`torch_pooling`, and in other threads, every module pools through torch's kernel in the
 model's order.
+
+In the same calls every ``nn.Conv2d`` (exact type, groups 1, zero padding given as numbers, no forward of its
+own) whose input has at most :data:`fastattr.ops.conv.MAX_CHANNELS` channels and needs its gradient runs
+through :func:`fastattr.ops.conv.conv2d`: torch's forward, bit for bit, and the input gradient from the C++
+kernel (oneDNN takes 4–5× longer on a grayscale CNN's first layer), equal to torch's to rounding; weight
+and bias gradients are torch's, computed only where the backward uses them. :func:`torch_convolution` keeps
+torch's own backward.
 """
 from __future__ import annotations
 
@@ -37,9 +44,10 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from ..ops import max_pool2d
+from ..ops.conv import MAX_CHANNELS, conv2d, conv_beats_torch
 from ..ops.max_pool import beats_torch, eager_pooling
 
-__all__ = ["fast_pool_here", "fast_pooling", "torch_pooling"]
+__all__ = ["fast_conv_here", "fast_layers", "fast_pool_here", "torch_convolution", "torch_pooling"]
 
 _MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
               nn.AdaptiveMaxPool3d)
@@ -49,11 +57,12 @@ _GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_
                  "_global_backward_pre_hooks", "_global_backward_hooks")
 
 _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_fast_pooling", default=True)
+_conv_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_fast_convolution", default=True)
 _active: contextvars.ContextVar[bool] = contextvars.ContextVar("fastattr_pooling_call", default=False)
 
 
 def fast_pool_here(x) -> bool:
-    """Whether fastattr pools ``x`` with :func:`fastattr.ops.max_pool2d`: inside a :func:`fast_pooling` block
+    """Whether fastattr pools ``x`` with :func:`fastattr.ops.max_pool2d`: inside a :func:`fast_layers` block
     of this thread, outside :func:`torch_pooling`, where the op beats torch's kernel (``beats_torch``)."""
     return _active.get() and _enabled.get() and beats_torch(x)
 
@@ -84,9 +93,32 @@ class _PoolForward:
         return _PoolForward, (self.module,)
 
 
+def fast_conv_here(x, conv: nn.Conv2d) -> bool:
+    """Whether fastattr runs ``conv`` on ``x`` through :func:`fastattr.ops.conv.conv2d`: inside a
+    :func:`fast_layers` block of this thread, outside :func:`torch_convolution`, for a convolution with groups 1
+    and numeric zero padding where that op beats torch's (:func:`~fastattr.ops.conv.conv_beats_torch`)."""
+    return (_active.get() and _conv_enabled.get() and conv.groups == 1 and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and conv_beats_torch(x, conv.weight))
+
+
+class _ConvForward(_PoolForward):
+    """The instance ``forward`` of an ``nn.Conv2d`` during a call; copies behave as :class:`_PoolForward`'s."""
+
+    __slots__ = ()
+
+    def __call__(self, input):
+        conv = self.module
+        if not fast_conv_here(input, conv):
+            return nn.Conv2d.forward(conv, input)
+        return conv2d(input, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+
+    def __reduce__(self):
+        return _ConvForward, (self.module,)
+
+
 def _ours(module: nn.Module) -> bool:
     forward = module.__dict__.get("forward")
-    return isinstance(forward, (_PoolForward, _SequentialForward)) and forward.module is module
+    return isinstance(forward, (_PoolForward, _SequentialForward, _ConvForward)) and forward.module is module
 
 
 def _plain(module: nn.Module) -> bool:
@@ -157,15 +189,21 @@ def _has_relu_pool(module: nn.Sequential) -> bool:
 
 
 @contextlib.contextmanager
-def fast_pooling(modules: list[nn.Module], inputs) -> Iterator[None]:
-    """The ``nn.MaxPool2d`` modules inside ``modules`` pool through :func:`fastattr.ops.max_pool2d`, and their
-    ``nn.Sequential`` modules pool before a ReLU, for the block when ``inputs`` is a CPU tensor (module
-    docstring); other threads' calls of them keep torch's kernel and the model's order."""
-    on = _enabled.get() and isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu"
+def fast_layers(modules: list[nn.Module], inputs) -> Iterator[None]:
+    """The ``nn.MaxPool2d`` modules inside ``modules`` pool through :func:`fastattr.ops.max_pool2d`, their
+    ``nn.Sequential`` modules pool before a ReLU, and their ``nn.Conv2d`` modules of few input channels take the
+    C++ input gradient, for the block unless ``inputs`` is None or a tensor off the CPU (module docstring;
+    ``inputs`` may be a dataset, as :func:`fastattr.evaluate_dataset` guards its whole loop: each call checks its
+    own tensors);
+    other threads' calls of them keep torch's kernels and the model's order."""
+    off_cpu = inputs is None or (isinstance(inputs, torch.Tensor) and inputs.device.type != "cpu")
+    on = (_enabled.get() or _conv_enabled.get()) and not off_cpu
     patched = [(m, _PoolForward) for root in modules for m in root.modules()
                if type(m) is nn.MaxPool2d and "forward" not in m.__dict__] if on else []
     patched += [(m, _SequentialForward) for root in modules for m in root.modules()
                 if type(m) is nn.Sequential and "forward" not in m.__dict__ and _has_relu_pool(m)] if on else []
+    patched += [(m, _ConvForward) for root in modules for m in root.modules()
+                if type(m) is nn.Conv2d and "forward" not in m.__dict__ and m.in_channels <= MAX_CHANNELS] if on else []
     for m, forward in patched:
         m.forward = forward(m)
     token = _active.set(_active.get() or on)
@@ -181,10 +219,21 @@ def fast_pooling(modules: list[nn.Module], inputs) -> Iterator[None]:
 @contextlib.contextmanager
 def torch_pooling() -> Iterator[None]:
     """fastattr's calls in the block leave every ``nn.MaxPool2d`` on torch's own kernel and every
-    ``nn.Sequential`` in its own order (:func:`fast_pooling` off): for a comparison, or a model whose pooling
-    must not be touched."""
+    ``nn.Sequential`` in its own order (:func:`fast_layers` off for them): for a comparison, or a model whose
+    pooling must not be touched."""
     token = _enabled.set(False)
     try:
         yield
     finally:
         _enabled.reset(token)
+
+
+@contextlib.contextmanager
+def torch_convolution() -> Iterator[None]:
+    """fastattr's calls in the block leave every ``nn.Conv2d`` on torch's own backward (:func:`fast_layers` off
+    for convolutions): for a comparison, or gradients that must be torch's bit for bit."""
+    token = _conv_enabled.set(False)
+    try:
+        yield
+    finally:
+        _conv_enabled.reset(token)
