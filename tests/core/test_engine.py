@@ -49,7 +49,11 @@ def test_fixed_size_subsets_are_thesmallest_keys_with_ties_in_index_order(levels
     assert torch.equal(masks.sum(-1), sizes.expand(3, -1))
 
 
-def test_fixed_size_subsets_draw_one_example_at_a_time_like_one_call():
+@pytest.mark.parametrize("keys_at_a_time", [350, 700, 1 << 20])   # one example, two, all three at a time
+def test_fixed_size_subsets_draw_blocks_of_examples_like_one_call(keys_at_a_time, monkeypatch):
+    import fastattr.core.subsets as subsets
+
+    monkeypatch.setattr(subsets, "_KEYS", keys_at_a_time)
     drawn = random_subsets(3, 7, 50, size=list(range(1, 8)), generator=9)
     keys = torch.rand(3, 7, 50, generator=torch.Generator().manual_seed(9))
     assert torch.equal(drawn, smallest_keys(keys, torch.arange(1, 8)))

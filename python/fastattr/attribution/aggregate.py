@@ -15,8 +15,11 @@ For a generalized L2 metric ``Q(φ) = E‖γ₁φ − γ₂‖²`` and ``φ_ω =
 
 Every explainer runs on all ``m·B`` perturbed inputs in chunks (one call per chunk and method; methods
 named with settings that share model passes, such as saliency and input × gradient, or SmoothGrad and
-VarGrad, run them once: :mod:`fastattr.attribution.shared`), the infidelity copies go through the
-perturbation engine, and ``G`` accumulates chunk by chunk (memory ``O(B·k²)`` beyond one chunk).
+VarGrad, run them once: :mod:`fastattr.attribution.shared`); for ``"robust"`` and ``"opt"`` the ``B`` inputs
+themselves ride in the first chunk, ahead of their perturbed copies (a seeded random method such as SmoothGrad
+draws the noise of both from one stream, so its clean maps are not those of a call on the inputs alone). The
+infidelity copies go through the perturbation engine, and ``G`` accumulates chunk by chunk (memory ``O(B·k²)``
+beyond one chunk).
 """
 from __future__ import annotations
 
@@ -117,28 +120,52 @@ def explain_chunk(inputs: torch.Tensor, total: int, k: int, max_batch: Optional[
     return int(max(1, min(total, budget // per_input)))
 
 
+def clean_maps(fns: MethodSet, outputs: dict, batch: int, prep, device) -> torch.Tensor:
+    """``Φ [B, k, ...]``: the methods' maps of ``batch`` inputs (``{name: output}``), preprocessed, one shape."""
+    shape, maps = None, []
+    for name, out in outputs.items():
+        out = map_batch(out, name, batch, shape)
+        shape = tuple(out.shape[1:])
+        maps.append(prep(out.to(device)))
+    return torch.stack(maps, 1)
+
+
 def _robust_matrix(model, inputs, t, fns: MethodSet, phi, prep, *, n_samples, radius, generator,
-                   chunk) -> torch.Tensor:
-    """``G_robust [B, k, k] = (1/m) Σ_j (Φ(x) − Φ(x + ε_j))ᵀ(Φ(x) − Φ(x + ε_j))``; ``ε_j`` one full-batch
-    draw of ``U[−r, r]`` per sample, in sample order, on the CPU; ``chunk`` perturbed inputs per call of the
-    explainers."""
-    batch, k = phi.shape[:2]
-    flat = phi.reshape(batch, k, -1).double()
-    g = torch.zeros(batch, k, k, dtype=torch.float64, device=inputs.device)
+                   chunk) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Φ, G_robust [B, k, k])``, ``G_robust = (1/m) Σ_j (Φ(x) − Φ(x + ε_j))ᵀ(Φ(x) − Φ(x + ε_j))``; ``ε_j`` one
+    full-batch draw of ``U[−r, r]`` per sample, in sample order, on the CPU; ``chunk`` perturbed inputs per call
+    of the explainers. With ``phi`` None the clean maps ``Φ`` come from the first call, the inputs ahead of
+    their perturbed copies (the explainers' per-call costs paid once; a seeded random method draws for both
+    from one stream)."""
+    batch = inputs.shape[0]
+    g, flat = None, None
     per = max(1, chunk // batch)
+    if phi is None and per == 1:  # no room for a draw beside the inputs
+        phi = clean_maps(fns, fns(model, inputs, t), batch, prep, inputs.device)
     reps = (1,) * (inputs.dim() - 1)
-    for j0 in range(0, n_samples, per):
-        s = min(per, n_samples - j0)
+    j0 = 0
+    while j0 < n_samples:
+        s = min(per - (phi is None), n_samples - j0)
+        j0 += s
         noise = torch.cat([(2 * torch.rand(inputs.shape, generator=generator, dtype=inputs.dtype) - 1) * radius
                            for _ in range(s)]).to(inputs.device)
         z, tz = inputs.repeat(s, *reps) + noise, t.repeat(s)
+        if phi is None:
+            outs = fns(model, torch.cat([inputs, z]), torch.cat([t, tz]))
+            phi = clean_maps(fns, {name: out[:batch] for name, out in outs.items()}, batch, prep, inputs.device)
+            outs = {name: out[batch:] for name, out in outs.items()}
+        else:
+            outs = fns(model, z, tz)
+        if flat is None:
+            flat = phi.reshape(batch, phi.shape[1], -1).double()
+            g = torch.zeros(batch, phi.shape[1], phi.shape[1], dtype=torch.float64, device=inputs.device)
         diffs = []
-        for i, (name, out) in enumerate(fns(model, z, tz).items()):
+        for i, (name, out) in enumerate(outs.items()):
             e = prep(map_batch(out, name, s * batch, tuple(phi.shape[2:])))
             diffs.append(flat[:, i].unsqueeze(0) - e.reshape(s, batch, -1).double())
         d = torch.stack(diffs, -1)  # [s, B, d, k]
         g += torch.einsum("sbdi,sbdl->bil", d, d)
-    return g / n_samples
+    return phi, g / n_samples
 
 
 def _faith_matrix(model, inputs, t, clean, phi, *, n_samples, fraction, baseline, generator, chunk) -> torch.Tensor:
@@ -169,27 +196,32 @@ def _check_reexplainable(fns: MethodSet, objective: str) -> None:
 
 
 def aggregation_matrices(model, inputs, t, clean, fns, phi, prep, *, objective, n_samples, radius, fraction,
-                         baseline, lam, generator, chunk, explain: Optional[int] = None) -> torch.Tensor:
+                         baseline, lam, generator, chunk, explain: Optional[int] = None):
     """The objective's ``G [B, k, k]`` (module docstring): robust, faith, or their normalised blend; ``fns`` the
     methods, a :class:`~fastattr.attribution.shared.MethodSet` or ``{name: fn(model, x, target)}``; ``chunk``
-    inputs per forward, ``explain`` (default ``chunk``) perturbed inputs per call of the explainers."""
-    parts = {}
+    inputs per forward, ``explain`` (default ``chunk``) perturbed inputs per call of the explainers. ``phi`` the
+    clean maps ``[B, k, ...]``; None (robust and opt only) explains the inputs in the first call of the
+    perturbed ones and returns ``(Φ, G)``."""
+    parts, given = {}, phi is not None
     if objective in ("robust", "opt"):
         fns = fns if isinstance(fns, MethodSet) else MethodSet(fns)
         _check_reexplainable(fns, objective)
-        parts["robust"] = _robust_matrix(model, inputs, t, fns, phi, prep, n_samples=n_samples, radius=radius,
-                                         generator=generator, chunk=chunk if explain is None else explain)
+        phi, parts["robust"] = _robust_matrix(model, inputs, t, fns, phi, prep, n_samples=n_samples, radius=radius,
+                                              generator=generator, chunk=chunk if explain is None else explain)
+    elif not given:
+        raise ValueError(f"objective {objective!r} needs the clean maps phi")
     if objective in ("faith", "opt"):
         parts["faith"] = _faith_matrix(model, inputs, t, clean, phi, n_samples=n_samples, fraction=fraction,
                                        baseline=baseline, generator=generator, chunk=chunk)
     if objective != "opt":
-        return parts[objective]
+        g = parts[objective]
+    else:
+        def unit(m):
+            norm = torch.linalg.matrix_norm(m).view(-1, 1, 1)
+            return m / torch.where(norm > 0, norm, torch.ones_like(norm))
 
-    def unit(g):
-        norm = torch.linalg.matrix_norm(g).view(-1, 1, 1)
-        return g / torch.where(norm > 0, norm, torch.ones_like(norm))
-
-    return lam[0] * unit(parts["robust"]) + lam[1] * unit(parts["faith"])
+        g = lam[0] * unit(parts["robust"]) + lam[1] * unit(parts["faith"])
+    return g if given else (phi, g)
 
 
 def _lambdas(lam) -> tuple[float, float]:
@@ -248,14 +280,10 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
     if objective in ("robust", "opt"):
         _check_reexplainable(fns, objective)
     t, clean = resolve_clean(model, inputs, target, max_batch=max_batch, memory_budget=memory_budget)
-    batch, shape, maps = inputs.shape[0], None, []
-    for name, out in fns(model, inputs, t).items():
-        out = map_batch(out, name, batch, shape)
-        shape = tuple(out.shape[1:])
-        maps.append(prep(out.to(inputs.device)))
-    phi = torch.stack(maps, 1)  # [B, k, ...]
-    k = phi.shape[1]
-    names = list(fns.names)
+    batch, names, k = inputs.shape[0], list(fns.names), len(fns.names)
+    # robust and opt explain the inputs in their first call of the explainers
+    phi = None if objective in ("robust", "opt") else clean_maps(fns, fns(model, inputs, t), batch, prep,
+                                                                  inputs.device)
     if objective in ("mean", "var"):
         weights = torch.full((batch, k), 1.0 / k, dtype=phi.dtype, device=phi.device)
         if objective == "mean":
@@ -266,6 +294,9 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
     g = aggregation_matrices(model, inputs, t, read_scores(clean, t, "logit"), fns, phi, prep, objective=objective,
                              n_samples=n_samples, radius=radius, fraction=float(subset_fraction),
                              baseline=baseline, lam=lam, generator=make_generator(generator), chunk=chunk,
-                             explain=explain_chunk(inputs, n_samples * batch, k, max_batch, memory_budget))
+                             explain=explain_chunk(inputs, (n_samples + (phi is None)) * batch, k, max_batch,
+                                                   memory_budget))
+    if phi is None:
+        phi, g = g
     weights = simplex_qp(g, backend=backend).to(phi.dtype)
     return Aggregation(combine(weights, phi), weights, names, phi, g, objective)

@@ -9,6 +9,8 @@ import torch
 
 from .contract import make_generator
 
+_KEYS = 1 << 20  # random keys drawn at a time for fixed-size subsets (4 MiB)
+
 
 def smallest_keys(keys: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     """Bool ``[B, K, F]``: feature j of subset k is in when ``keys[b, k, j]`` is among the
@@ -45,12 +47,13 @@ def random_subsets(batch: int, n_subsets: int, n_features: int, *,
         sizes = [size] * n_subsets if isinstance(size, int) else list(size)
         if len(sizes) != n_subsets or any(not 1 <= s <= n_features for s in sizes):
             raise ValueError(f"subset sizes must be in [1, {n_features}], got {sorted(set(sizes))[:5]}")
-        # one example's keys at a time (the same draws as one [B, K, F] call): memory O(K·F) for the keys
+        # the keys of as many examples at a time as _KEYS holds (the same draws as one [B, K, F] call)
         sizes = torch.tensor(sizes, device=device)
         masks = torch.empty(batch, n_subsets, n_features, dtype=torch.bool, device=device)
-        for b in range(batch):
-            keys = torch.rand(1, n_subsets, n_features, generator=gen).to(device)
-            masks[b] = smallest_keys(keys, sizes)[0]
+        per = max(1, _KEYS // max(1, n_subsets * n_features))
+        for b in range(0, batch, per):
+            keys = torch.rand(min(per, batch - b), n_subsets, n_features, generator=gen).to(device)
+            masks[b:b + per] = smallest_keys(keys, sizes)
         return masks
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
         raise ValueError(f"p must be a probability in (0, 1], got {p!r}")
