@@ -67,7 +67,7 @@ void conv2d_input_grad(std::uintptr_t grad, std::uintptr_t weight, std::uintptr_
                        int n_threads);
 int64_t deeplift_rescale(std::uintptr_t grad, std::uintptr_t x, std::uintptr_t y, std::uintptr_t xb,
                          std::uintptr_t yb, std::uintptr_t out, int64_t rows, int64_t per_row, int64_t base_rows,
-                         double eps, const std::string& dtype, int n_threads);
+                         double eps, bool relu, const std::string& dtype, int n_threads);
 int64_t deeplift_maxpool(std::uintptr_t grad, std::uintptr_t y, std::uintptr_t yb, std::uintptr_t index,
                          std::uintptr_t index_b, std::uintptr_t x, std::uintptr_t xb, std::uintptr_t out,
                          int64_t planes, int64_t channels, int64_t base_rows, int64_t O, int64_t HW, double eps,
@@ -174,9 +174,9 @@ PYBIND11_MODULE(_C, m) {
         "into a zeroed buffer that covers the padding.");
   m.def("deeplift_rescale", &fastattr::deeplift_rescale, py::arg("grad"), py::arg("x"), py::arg("y"), py::arg("xb"),
         py::arg("yb"), py::arg("out"), py::arg("rows"), py::arg("per_row"), py::arg("base_rows"), py::arg("eps"),
-        py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        py::arg("relu"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
         "DeepLift's rescale multiplier grad * (y - y') / (x - x') per element, row r paired with baseline row "
-        "r % base_rows; returns how many |x - x'| < eps.");
+        "r % base_rows; where |x - x'| < eps a ReLU's own gradient (relu) or, returned as a count, the caller's.");
   m.def("deeplift_maxpool", &fastattr::deeplift_maxpool, py::arg("grad"), py::arg("y"), py::arg("yb"),
         py::arg("index"), py::arg("index_b"), py::arg("x"), py::arg("xb"), py::arg("out"), py::arg("planes"),
         py::arg("channels"), py::arg("base_rows"), py::arg("O"), py::arg("HW"), py::arg("eps"), py::arg("dtype"),

@@ -438,3 +438,23 @@ def test_the_fused_rules_pair_batch_major_rows():
     base = xb.repeat(5, 1)
     assert small == 0 and torch.equal(out, grad * (x.relu() - base.relu()) / (x - base))
     assert rescale_multipliers(grad, x, x.relu(), xb[:1].expand(3, 32)[:, :5], xb, 1e-10) is None  # shapes differ
+
+
+def test_the_fused_relu_rule_takes_the_relus_own_gradient_where_the_difference_is_small():
+    """Where ``|Δx| < eps`` the kernel puts ReLU's own gradient (torch's ``threshold_backward``: 0 where ``x ≤ 0``,
+    NaN ``x`` passing the gradient), bit for bit."""
+    from fastattr.ops.deeplift_rules import rescale_multipliers
+
+    g = torch.Generator().manual_seed(5)
+    x, grad = torch.randn(6, 40, generator=g), torch.randn(6, 40, generator=g)
+    xb = x[:1].clone()
+    xb[0, ::3] += 1.0                                   # a third differ; the rest are equal (Δx = 0)
+    x[2, :4] = torch.tensor([0.0, -0.0, float("nan"), 1e-30])
+    xr = x.detach().requires_grad_()
+    (own,) = torch.autograd.grad(torch.relu(xr), xr, grad)
+    dx = x - xb
+    expected = torch.where(dx.abs() < 1e-10, own, grad * (x.relu() - xb.relu()) / dx)
+    out, small = rescale_multipliers(grad, x, x.relu(), xb, xb.relu(), 1e-10, relu=True)
+    assert small == 0
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(out.signbit(), expected.signbit())

@@ -66,7 +66,7 @@ def _rescale(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tens
              grad: torch.Tensor, eps: float, examples: int) -> torch.Tensor:
     """Elementwise nonlinearities: ``grad · Δy / Δx``, the local gradient where ``|Δx| < eps`` (one C++ pass where
     :func:`~fastattr.ops.deeplift_rules.rescale_multipliers` runs, the same bits)."""
-    fused = rescale_multipliers(grad, x, y, xb, yb, eps)
+    fused = rescale_multipliers(grad, x, y, xb, yb, eps, relu=type(module) is nn.ReLU)
     if fused is not None and not fused[1]:
         return fused[0]
     dx = x - _rows(xb, x.shape[0])

@@ -33,15 +33,17 @@ def _paired(x: torch.Tensor, xb: torch.Tensor) -> bool:
 
 
 def rescale_multipliers(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, xb: torch.Tensor,
-                        yb: torch.Tensor, eps: float) -> Optional[tuple[torch.Tensor, int]]:
-    """``(grad · (y − y') / (x − x'), the count of |x − x'| < eps)``, or None where the kernel does not run."""
+                        yb: torch.Tensor, eps: float, relu: bool = False) -> Optional[tuple[torch.Tensor, int]]:
+    """``(grad · (y − y') / (x − x'), the count of |x − x'| < eps)``, or None where the kernel does not run; with
+    ``relu`` (the module is an ``nn.ReLU``) those elements get the ReLU's own gradient (``0`` where ``x ≤ 0``,
+    else ``grad``: torch's ``threshold_backward``) and the count is 0."""
     if not (_runs(grad, x, y, xb, yb) and grad.shape == x.shape == y.shape and _paired(x, xb)
             and yb.shape == xb.shape):
         return None
     g, xc, yc, xbc, ybc = (t.contiguous() for t in (grad, x, y, xb, yb))
     out = torch.empty(x.shape, dtype=x.dtype)
     small = run_cpp("deeplift_rescale", g.data_ptr(), xc.data_ptr(), yc.data_ptr(), xbc.data_ptr(), ybc.data_ptr(),
-                    out.data_ptr(), x.shape[0], x[0].numel(), xb.shape[0], float(eps), dtype=x.dtype)
+                    out.data_ptr(), x.shape[0], x[0].numel(), xb.shape[0], float(eps), bool(relu), dtype=x.dtype)
     return out, small
 
 
