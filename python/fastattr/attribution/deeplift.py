@@ -17,7 +17,6 @@ rules compose through adjacent nonlinearities, skip connections and modules call
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from typing import Callable, Iterator, Optional, Union
 
@@ -30,19 +29,9 @@ from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_number, f
 from ..core.contract import modules_of
 from ..core.layer_kernels import fast_pool_here
 from ..ops import max_pool2d
-from ..ops.deeplift_rules import maxpool_multipliers, rescale_multipliers
+from ..ops.deeplift_rules import baseline_rows, maxpool_multipliers, rescale_multipliers
 
 __all__ = ["DEEPLIFT_RULES", "deeplift"]
-
-
-def _rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """The baseline's ``t`` for ``rows`` rows of the inputs: as it is, broadcast from one row, or tiled
-    (a module that sees each example as ``k`` consecutive rows)."""
-    if t.shape[0] == rows:
-        return t
-    if t.shape[0] == 1:
-        return t.expand((rows,) + tuple(t.shape[1:]))
-    return t.repeat((rows // t.shape[0],) + (1,) * (t.dim() - 1))
 
 
 def _local_gradient(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -56,23 +45,12 @@ def _local_gradient(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> t
     return local
 
 
-def _where_small(dx: torch.Tensor, eps: float, rescaled: torch.Tensor, local: Callable[[], torch.Tensor]):
-    """``rescaled``, with the local gradient ``local()`` where ``|Δx| < eps`` (computed only if there are any)."""
-    small = dx.abs() < eps
-    return torch.where(small, local(), rescaled) if bool(small.any()) else rescaled
-
-
 def _rescale(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
              grad: torch.Tensor, eps: float, examples: int) -> torch.Tensor:
-    """Elementwise nonlinearities: ``grad · Δy / Δx``, the local gradient where ``|Δx| < eps`` (one C++ pass where
-    :func:`~fastattr.ops.deeplift_rules.rescale_multipliers` runs, the same bits)."""
-    fused = rescale_multipliers(grad, x, y, xb, yb, eps, relu=type(module) is nn.ReLU)
-    if fused is not None and not fused[1]:
-        return fused[0]
-    dx = x - _rows(xb, x.shape[0])
-    if fused is not None:
-        return torch.where(dx.abs() < eps, _local_gradient(module, x, grad), fused[0])
-    return _where_small(dx, eps, grad * (y - _rows(yb, y.shape[0])) / dx, lambda: _local_gradient(module, x, grad))
+    """Elementwise nonlinearities: ``grad · Δy / Δx``, the local gradient where ``|Δx| < eps``
+    (:func:`~fastattr.ops.deeplift_rules.rescale_multipliers`; a ReLU's own gradient comes with it)."""
+    out, small = rescale_multipliers(grad, x, y, xb, yb, eps, relu=type(module) is nn.ReLU)
+    return out if small is None else torch.where(small, _local_gradient(module, x, grad), out)
 
 
 def _softmax(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
@@ -92,8 +70,7 @@ def _maxpool(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tens
     the same bits): with ``m = max(y, y')`` per window, the term ``grad · (m − y')`` goes to the position
     of the input's maximum and ``grad · (y − m)`` to the position of the baseline's maximum (both sum to
     ``grad · Δy``); their sum, divided by ``Δx``, is the multiplier of every input element (the local
-    gradient where ``|Δx| < eps``; one C++ pass where :func:`~fastattr.ops.deeplift_rules.maxpool_multipliers` runs,
-    the same bits)."""
+    gradient where ``|Δx| < eps``; :func:`~fastattr.ops.deeplift_rules.maxpool_multipliers`)."""
     axes, pool = _POOLS[type(module)]
     args = (module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
 
@@ -101,25 +78,7 @@ def _maxpool(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tens
         _, index = max_pool2d(z, *args) if axes == 2 and fast_pool_here(z) else pool(z, *args, return_indices=True)
         return index
 
-    rows = x.shape[0]
-    lead = tuple(y.shape[:y.dim() - axes])
-    index, index_b = argmax(x), argmax(xb)
-    fused = maxpool_multipliers(grad, x, y, xb, yb, index, index_b, axes, eps)
-    if fused is not None:
-        return fused
-    yb = _rows(yb, rows)
-    top = torch.max(y, yb)
-    index = index.reshape(lead + (-1,))
-    index_b = _rows(index_b, rows).reshape(lead + (-1,))
-    pooled = grad.new_zeros(lead + (math.prod(x.shape[x.dim() - axes:]),))
-    pooled.scatter_add_(-1, index, (grad * (top - yb)).reshape(lead + (-1,)))
-    pooled.scatter_add_(-1, index_b, (grad * (y - top)).reshape(lead + (-1,)))
-    dx = x - _rows(xb, rows)
-
-    def local() -> torch.Tensor:  # max pooling's own backward: each window's gradient to its argmax
-        return grad.new_zeros(pooled.shape).scatter_add_(-1, index, grad.reshape(lead + (-1,))).reshape(x.shape)
-
-    return _where_small(dx, eps, pooled.reshape(x.shape) / dx, local)
+    return maxpool_multipliers(grad, x, y, xb, yb, argmax(x), argmax(xb), axes, eps)
 
 
 #: the module types whose gradient DeepLift overrides (exact types, as Captum's), and their rules
@@ -248,7 +207,7 @@ def _deeplift_chunk(model: Callable, x: torch.Tensor, base_out: torch.Tensor, ta
         t = resolve_target(model, x, target, logits=out.detach())
         scores = select(out, t)
         (grad,) = torch.autograd.grad(scores.sum(), x)
-    return grad, scores.detach() - select(_rows(base_out, n), t)
+    return grad, scores.detach() - select(baseline_rows(base_out, n), t)
 
 
 @model_entry(gradients=True)
