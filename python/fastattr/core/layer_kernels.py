@@ -29,7 +29,7 @@ model's order.
 In the same calls every ``nn.Conv2d`` (exact type, groups 1, zero padding given as numbers, no forward of its
 own) whose input has at most :data:`fastattr.ops.conv.MAX_CHANNELS` channels and needs its gradient runs
 through :func:`fastattr.ops.conv.conv2d`: torch's forward, bit for bit, and the input gradient from the C++
-kernel (oneDNN takes 4–5× longer on a grayscale CNN's first layer), equal to torch's to rounding; weight
+kernel (oneDNN takes about 3× longer on a grayscale CNN's first layer), equal to torch's to rounding; weight
 and bias gradients are torch's, computed only where the backward uses them. :func:`torch_convolution` keeps
 torch's own backward.
 """

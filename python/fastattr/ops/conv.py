@@ -4,7 +4,7 @@
 Why: oneDNN, torch 2.13's CPU convolution, spends ~2 µs per 8×8 example on the input gradient of the digits
 CNN's first layer (one input channel, 16 outputs, 3×3: 9,216 multiply-adds), a tenth of every gradient
 pass; the C++ kernel (channel sums per tap over register blocks of outputs, then the taps' rows added into a
-padded buffer) takes a quarter of that. It beats oneDNN where the input has few channels
+padded buffer) takes about a third of that. It beats oneDNN where the input has few channels
 (:func:`conv_beats_torch`); with many, oneDNN's blocked kernels win. Backends: reference and C++. A CUDA
 tensor keeps torch's (cuDNN) kernel: the op exists to replace oneDNN's on CPU
 (:mod:`fastattr.core.layer_kernels`), so it has no Triton kernel. The sums run in another order than
