@@ -138,33 +138,31 @@ def _robust_matrix(model, inputs, t, fns: MethodSet, phi, prep, *, n_samples, ra
     their perturbed copies (the explainers' per-call costs paid once; a seeded random method draws for both
     from one stream)."""
     batch = inputs.shape[0]
-    g, flat = None, None
     per = max(1, chunk // batch)
-    if phi is None and per == 1:  # no room for a draw beside the inputs
+    ride = phi is None and per > 1  # the inputs ride in the first call, beside at least one draw
+    if phi is None and not ride:
         phi = clean_maps(fns, fns(model, inputs, t), batch, prep, inputs.device)
     reps = (1,) * (inputs.dim() - 1)
-    j0 = 0
+    g, j0 = 0.0, 0
     while j0 < n_samples:
-        s = min(per - (phi is None), n_samples - j0)
+        s = min(per - ride, n_samples - j0)
         j0 += s
         noise = torch.cat([(2 * torch.rand(inputs.shape, generator=generator, dtype=inputs.dtype) - 1) * radius
                            for _ in range(s)]).to(inputs.device)
         z, tz = inputs.repeat(s, *reps) + noise, t.repeat(s)
-        if phi is None:
+        if ride:
             outs = fns(model, torch.cat([inputs, z]), torch.cat([t, tz]))
             phi = clean_maps(fns, {name: out[:batch] for name, out in outs.items()}, batch, prep, inputs.device)
-            outs = {name: out[batch:] for name, out in outs.items()}
+            outs, ride = {name: out[batch:] for name, out in outs.items()}, False
         else:
             outs = fns(model, z, tz)
-        if flat is None:
-            flat = phi.reshape(batch, phi.shape[1], -1).double()
-            g = torch.zeros(batch, phi.shape[1], phi.shape[1], dtype=torch.float64, device=inputs.device)
+        flat = phi.reshape(batch, phi.shape[1], -1).double()
         diffs = []
         for i, (name, out) in enumerate(outs.items()):
             e = prep(map_batch(out, name, s * batch, tuple(phi.shape[2:])))
             diffs.append(flat[:, i].unsqueeze(0) - e.reshape(s, batch, -1).double())
         d = torch.stack(diffs, -1)  # [s, B, d, k]
-        g += torch.einsum("sbdi,sbdl->bil", d, d)
+        g = g + torch.einsum("sbdi,sbdl->bil", d, d)
     return phi, g / n_samples
 
 
@@ -196,32 +194,32 @@ def _check_reexplainable(fns: MethodSet, objective: str) -> None:
 
 
 def aggregation_matrices(model, inputs, t, clean, fns, phi, prep, *, objective, n_samples, radius, fraction,
-                         baseline, lam, generator, chunk, explain: Optional[int] = None):
-    """The objective's ``G [B, k, k]`` (module docstring): robust, faith, or their normalised blend; ``fns`` the
-    methods, a :class:`~fastattr.attribution.shared.MethodSet` or ``{name: fn(model, x, target)}``; ``chunk``
-    inputs per forward, ``explain`` (default ``chunk``) perturbed inputs per call of the explainers. ``phi`` the
-    clean maps ``[B, k, ...]``; None (robust and opt only) explains the inputs in the first call of the
-    perturbed ones and returns ``(Φ, G)``."""
-    parts, given = {}, phi is not None
+                         baseline, lam, generator, chunk, explain: Optional[int] = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Φ, G [B, k, k])``: the clean maps and the objective's ``G`` (module docstring): robust, faith, or their
+    normalised blend; ``fns`` the methods, a :class:`~fastattr.attribution.shared.MethodSet` or
+    ``{name: fn(model, x, target)}``; ``chunk`` inputs per forward, ``explain`` (default ``chunk``) perturbed
+    inputs per call of the explainers. ``phi`` the clean maps ``[B, k, ...]``, returned as given; None (robust
+    and opt only) explains the inputs in the first call of the perturbed ones."""
+    parts = {}
     if objective in ("robust", "opt"):
         fns = fns if isinstance(fns, MethodSet) else MethodSet(fns)
         _check_reexplainable(fns, objective)
         phi, parts["robust"] = _robust_matrix(model, inputs, t, fns, phi, prep, n_samples=n_samples, radius=radius,
                                               generator=generator, chunk=chunk if explain is None else explain)
-    elif not given:
+    elif phi is None:
         raise ValueError(f"objective {objective!r} needs the clean maps phi")
     if objective in ("faith", "opt"):
         parts["faith"] = _faith_matrix(model, inputs, t, clean, phi, n_samples=n_samples, fraction=fraction,
                                        baseline=baseline, generator=generator, chunk=chunk)
     if objective != "opt":
-        g = parts[objective]
-    else:
-        def unit(m):
-            norm = torch.linalg.matrix_norm(m).view(-1, 1, 1)
-            return m / torch.where(norm > 0, norm, torch.ones_like(norm))
+        return phi, parts[objective]
 
-        g = lam[0] * unit(parts["robust"]) + lam[1] * unit(parts["faith"])
-    return g if given else (phi, g)
+    def unit(g):
+        norm = torch.linalg.matrix_norm(g).view(-1, 1, 1)
+        return g / torch.where(norm > 0, norm, torch.ones_like(norm))
+
+    return phi, lam[0] * unit(parts["robust"]) + lam[1] * unit(parts["faith"])
 
 
 def _lambdas(lam) -> tuple[float, float]:
@@ -291,12 +289,11 @@ def aggregate(model: Callable, inputs: torch.Tensor, target: Target = None, *, m
         sigma = phi.std(1, unbiased=False)
         return Aggregation(phi.mean(1) / (sigma + var_eps), weights, names, phi, None, objective)
     chunk = chunk_size(inputs, n_samples * batch, max_batch, memory_budget)
-    g = aggregation_matrices(model, inputs, t, read_scores(clean, t, "logit"), fns, phi, prep, objective=objective,
-                             n_samples=n_samples, radius=radius, fraction=float(subset_fraction),
-                             baseline=baseline, lam=lam, generator=make_generator(generator), chunk=chunk,
-                             explain=explain_chunk(inputs, (n_samples + (phi is None)) * batch, k, max_batch,
-                                                   memory_budget))
-    if phi is None:
-        phi, g = g
+    phi, g = aggregation_matrices(model, inputs, t, read_scores(clean, t, "logit"), fns, phi, prep,
+                                  objective=objective, n_samples=n_samples, radius=radius,
+                                  fraction=float(subset_fraction), baseline=baseline, lam=lam,
+                                  generator=make_generator(generator), chunk=chunk,
+                                  explain=explain_chunk(inputs, (n_samples + (phi is None)) * batch, k, max_batch,
+                                                        memory_budget))
     weights = simplex_qp(g, backend=backend).to(phi.dtype)
     return Aggregation(combine(weights, phi), weights, names, phi, g, objective)

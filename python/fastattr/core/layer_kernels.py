@@ -76,21 +76,27 @@ def _pool_forward(self: nn.MaxPool2d, input: torch.Tensor):
     return (out, idx) if self.return_indices else out
 
 
-class _PoolForward:
-    """The instance ``forward`` a pool carries during a call. A copy of the module made meanwhile
-    (``copy.deepcopy``, pickling) carries one bound to the copy, which pools as torch does outside
-    fastattr's calls and unpickles wherever fastattr is installed."""
+class _InstanceForward:
+    """The instance ``forward`` a module carries during a call. A copy of the module made meanwhile
+    (``copy.deepcopy``, pickling) carries one bound to the copy, which runs as torch does outside fastattr's
+    calls and unpickles wherever fastattr is installed."""
 
     __slots__ = ("module",)
 
-    def __init__(self, module: nn.MaxPool2d):
+    def __init__(self, module: nn.Module):
         self.module = module
+
+    def __reduce__(self):
+        return type(self), (self.module,)
+
+
+class _PoolForward(_InstanceForward):
+    """An ``nn.MaxPool2d``'s: :func:`_pool_forward`."""
+
+    __slots__ = ()
 
     def __call__(self, input: torch.Tensor):
         return _pool_forward(self.module, input)
-
-    def __reduce__(self):
-        return _PoolForward, (self.module,)
 
 
 def fast_conv_here(x, conv: nn.Conv2d) -> bool:
@@ -101,8 +107,9 @@ def fast_conv_here(x, conv: nn.Conv2d) -> bool:
             and not isinstance(conv.padding, str) and conv_beats_torch(x, conv.weight))
 
 
-class _ConvForward(_PoolForward):
-    """The instance ``forward`` of an ``nn.Conv2d`` during a call; copies behave as :class:`_PoolForward`'s."""
+class _ConvForward(_InstanceForward):
+    """An ``nn.Conv2d``'s: :func:`fastattr.ops.conv.conv2d` where :func:`fast_conv_here`, torch's forward
+    otherwise."""
 
     __slots__ = ()
 
@@ -112,13 +119,10 @@ class _ConvForward(_PoolForward):
             return nn.Conv2d.forward(conv, input)
         return conv2d(input, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
 
-    def __reduce__(self):
-        return _ConvForward, (self.module,)
-
 
 def _ours(module: nn.Module) -> bool:
     forward = module.__dict__.get("forward")
-    return isinstance(forward, (_PoolForward, _SequentialForward, _ConvForward)) and forward.module is module
+    return isinstance(forward, _InstanceForward) and forward.module is module
 
 
 def _plain(module: nn.Module) -> bool:
@@ -170,22 +174,31 @@ def _sequential_forward(self: nn.Sequential, input):
     return input
 
 
-class _SequentialForward(_PoolForward):
-    """The instance ``forward`` of an ``nn.Sequential`` with a ReLU child before a max-pool child during a
-    call; copies behave as :class:`_PoolForward`'s."""
+class _SequentialForward(_InstanceForward):
+    """An ``nn.Sequential``'s with a ReLU child before a max-pool child: :func:`_sequential_forward`."""
 
     __slots__ = ()
 
     def __call__(self, input):
         return _sequential_forward(self.module, input)
 
-    def __reduce__(self):
-        return _SequentialForward, (self.module,)
-
 
 def _has_relu_pool(module: nn.Sequential) -> bool:
     children = list(module)
     return any(_relu_then_pool(a, b) for a, b in zip(children, children[1:]))
+
+
+def _forward_class(m: nn.Module):
+    """The instance forward :func:`fast_layers` gives ``m`` (exact types without a forward of their own), or None."""
+    if "forward" in m.__dict__:
+        return None
+    if type(m) is nn.MaxPool2d:
+        return _PoolForward
+    if type(m) is nn.Sequential and _has_relu_pool(m):
+        return _SequentialForward
+    if type(m) is nn.Conv2d and m.in_channels <= MAX_CHANNELS:
+        return _ConvForward
+    return None
 
 
 @contextlib.contextmanager
@@ -198,20 +211,15 @@ def fast_layers(modules: list[nn.Module], inputs) -> Iterator[None]:
     other threads' calls of them keep torch's kernels and the model's order."""
     off_cpu = inputs is None or (isinstance(inputs, torch.Tensor) and inputs.device.type != "cpu")
     on = (_enabled.get() or _conv_enabled.get()) and not off_cpu
-    patched = [(m, _PoolForward) for root in modules for m in root.modules()
-               if type(m) is nn.MaxPool2d and "forward" not in m.__dict__] if on else []
-    patched += [(m, _SequentialForward) for root in modules for m in root.modules()
-                if type(m) is nn.Sequential and "forward" not in m.__dict__ and _has_relu_pool(m)] if on else []
-    patched += [(m, _ConvForward) for root in modules for m in root.modules()
-                if type(m) is nn.Conv2d and "forward" not in m.__dict__ and m.in_channels <= MAX_CHANNELS] if on else []
-    for m, forward in patched:
-        m.forward = forward(m)
+    patched = [m for root in modules for m in root.modules() if _forward_class(m) is not None] if on else []
+    for m in patched:
+        m.forward = _forward_class(m)(m)
     token = _active.set(_active.get() or on)
     try:
         yield
     finally:
         _active.reset(token)
-        for m, _ in patched:
+        for m in patched:
             if _ours(m):
                 del m.forward
 

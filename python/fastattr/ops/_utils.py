@@ -91,6 +91,19 @@ def eager_cpu(*tensors: torch.Tensor | None, gradients: bool = False) -> bool:
                              and not torch._C._functorch.is_legacy_batchedtensor(x)) for x in tensors)
 
 
+def cpp_eager(*tensors, backend: str | None = None) -> bool:
+    """Whether an op may call its C++ kernel directly on ``tensors``: ``backend`` (None:
+    :func:`fastattr.get_backend`) auto or cpp with the extension built, and every tensor a plain eager CPU
+    tensor (:func:`eager_cpu`, its gradient the caller's own) of one dtype, float32 or float64."""
+    name = _backend.get_backend() if backend is None else check_backend(backend)
+    if name not in ("auto", "cpp") or not _backend.cpp_available() \
+            or not all(isinstance(t, torch.Tensor) for t in tensors):
+        return False
+    dtype = tensors[0].dtype
+    return (dtype in (torch.float32, torch.float64) and all(t.dtype == dtype for t in tensors)
+            and eager_cpu(*tensors, gradients=True))
+
+
 def run_op(op, *args, reference: bool = True):
     """``op(*args)`` for a custom op whose last argument is the backend; under
     :func:`differentiating_transform`, the op's own body with the reference backend, called directly: plain

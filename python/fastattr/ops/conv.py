@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..reference.conv import conv2d_input_grad as reference_input_grad
-from ._utils import check_backend, check_tensor, eager_cpu, resolve, run_cpp
+from ._utils import check_backend, check_tensor, cpp_eager, eager_cpu, resolve, run_cpp
 
 __all__ = ["conv2d", "conv2d_input_grad", "conv_beats_torch"]
 
@@ -137,11 +137,8 @@ def conv_beats_torch(x, weight) -> bool:
     tensor that needs its gradient, in an eager call (no ``torch.compile``, tracing, torch function or dispatch
     mode, functorch transform or forward-mode AD) with the C++ backend in force, ``Ci ≤`` :data:`MAX_CHANNELS`,
     and ``weight`` of its dtype."""
-    return (isinstance(x, torch.Tensor) and torch.is_grad_enabled() and x.requires_grad
-            and eager_cpu(x, gradients=True) and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
-            and isinstance(weight, torch.Tensor) and weight.dtype == x.dtype and weight.dim() == 4
-            and x.shape[1] == weight.shape[1] <= MAX_CHANNELS
-            and _backend.get_backend() in ("auto", "cpp") and _backend.cpp_available())
+    return (cpp_eager(x, weight) and torch.is_grad_enabled() and x.requires_grad and x.dim() == weight.dim() == 4
+            and x.shape[1] == weight.shape[1] <= MAX_CHANNELS)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride=1, padding=0,

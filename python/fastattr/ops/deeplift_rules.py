@@ -13,21 +13,11 @@ from typing import Optional
 
 import torch
 
-from .. import _backend
 from ..reference import deeplift_rules as reference
 from ..reference.deeplift_rules import baseline_rows
-from ._utils import check_backend, eager_cpu, run_cpp
+from ._utils import cpp_eager, run_cpp
 
 __all__ = ["baseline_rows", "maxpool_multipliers", "rescale_multipliers"]
-
-
-def _runs(backend: Optional[str], *tensors: torch.Tensor) -> bool:
-    """Whether the C++ kernel runs: ``backend`` (None: :func:`fastattr.get_backend`) auto or cpp with the
-    extension built, and plain eager CPU tensors of one float32 / float64 dtype."""
-    name = _backend.get_backend() if backend is None else check_backend(backend)
-    x = tensors[0]
-    return (name in ("auto", "cpp") and _backend.cpp_available() and eager_cpu(*tensors, gradients=True)
-            and x.dtype in (torch.float32, torch.float64) and all(t.dtype == x.dtype for t in tensors))
 
 
 def _paired(x: torch.Tensor, xb: torch.Tensor) -> bool:
@@ -42,7 +32,7 @@ def rescale_multipliers(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, xb
     """``(grad · (y − y') / (x − x'), mask)``: ``mask`` (None when empty) marks ``|x − x'| < eps``, where the
     module's own gradient belongs; with ``relu`` (an ``nn.ReLU``) those elements already hold the ReLU's own
     gradient (``0`` where ``x ≤ 0``, else ``grad``: torch's ``threshold_backward``) and the mask is None."""
-    if not (_runs(backend, grad, x, y, xb, yb) and grad.shape == x.shape == y.shape and _paired(x, xb)
+    if not (cpp_eager(grad, x, y, xb, yb, backend=backend) and grad.shape == x.shape == y.shape and _paired(x, xb)
             and yb.shape == xb.shape):
         return reference.rescale_multipliers(grad, x, y, xb, yb, eps, relu)
     g, xc, yc, xbc, ybc = (t.contiguous() for t in (grad, x, y, xb, yb))
@@ -59,7 +49,7 @@ def maxpool_multipliers(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, xb
                         backend: Optional[str] = None) -> torch.Tensor:
     """DeepLift's max-pool multipliers of every element of ``x`` (``axes`` pooled trailing axes; ``index`` and
     ``index_b`` the flat argmax of each window of ``x`` and of ``x'``; :mod:`fastattr.reference.deeplift_rules`)."""
-    if (_runs(backend, grad, x, y, xb, yb) and index.dtype == index_b.dtype == torch.int64
+    if (cpp_eager(grad, x, y, xb, yb, backend=backend) and index.dtype == index_b.dtype == torch.int64
             and grad.shape == y.shape == index.shape and _paired(x, xb) and _paired(y, yb)
             and yb.shape == index_b.shape and yb.shape[0] == xb.shape[0] and x.dim() > axes
             and y.shape[:-axes] == x.shape[:-axes] and math.prod(x.shape[:-axes]) > 0):

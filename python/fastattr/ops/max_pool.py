@@ -20,10 +20,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .. import _backend
 from ..reference.max_pool import max_pool2d as reference_max_pool2d, output_size
-from ._utils import check_backend, check_tensor, eager_cpu, eager_without_compiler, in_compute, resolve, run_cpp, \
-    run_op, triton_kernels
+from ._utils import check_backend, check_tensor, cpp_eager, eager_cpu, eager_without_compiler, in_compute, resolve, \
+    run_cpp, run_op, triton_kernels
 
 __all__ = ["beats_torch", "eager_pooling", "max_pool2d"]
 
@@ -181,8 +180,5 @@ def beats_torch(x) -> bool:
     or tracing, torch function or dispatch mode, functorch transform or forward-mode AD; the C++ backend in
     force).
     Channels-last inputs keep torch's kernel, which is fast for them."""
-    return (isinstance(x, torch.Tensor) and eager_cpu(x, gradients=True) and x.dtype in (torch.float32, torch.float64)
-            and x.dim() in (3, 4)
-            and x.numel() >= _MIN_ELEMENTS and x.is_contiguous()
-            and _backend.get_backend() in ("auto", "cpp") and _backend.cpp_available())
+    return cpp_eager(x) and x.dim() in (3, 4) and x.numel() >= _MIN_ELEMENTS and x.is_contiguous()
 
