@@ -65,6 +65,10 @@ void conv2d_input_grad(std::uintptr_t grad, std::uintptr_t weight, std::uintptr_
                        int64_t Ci, int64_t OH, int64_t OW, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sH,
                        int64_t sW, int64_t pH, int64_t pW, int64_t dH, int64_t dW, const std::string& dtype,
                        int n_threads);
+bool conv2d_input_grad_sparse(std::uintptr_t grad, std::uintptr_t weight, std::uintptr_t grad_x, int64_t N,
+                              int64_t Co, int64_t Ci, int64_t OH, int64_t OW, int64_t H, int64_t W, int64_t KH,
+                              int64_t KW, int64_t sH, int64_t sW, int64_t pH, int64_t pW, int64_t dH, int64_t dW,
+                              const std::string& dtype, int n_threads);
 int64_t deeplift_rescale(std::uintptr_t grad, std::uintptr_t x, std::uintptr_t y, std::uintptr_t xb,
                          std::uintptr_t yb, std::uintptr_t out, int64_t rows, int64_t per_row, int64_t base_rows,
                          double eps, bool relu, const std::string& dtype, int n_threads);
@@ -172,6 +176,14 @@ PYBIND11_MODULE(_C, m) {
         "The input gradient [N, Ci, H, W] of a 2-D convolution (groups 1) from grad [N, Co, OH, OW] and weight "
         "[Co, Ci, KH, KW]: per example and input channel, the channel sums per tap, then each tap's rows added "
         "into a zeroed buffer that covers the padding.");
+  m.def("conv2d_input_grad_sparse", &fastattr::conv2d_input_grad_sparse, py::arg("grad"), py::arg("weight"),
+        py::arg("grad_x"), py::arg("N"), py::arg("Co"), py::arg("Ci"), py::arg("OH"), py::arg("OW"), py::arg("H"),
+        py::arg("W"), py::arg("KH"), py::arg("KW"), py::arg("sH"), py::arg("sW"), py::arg("pH"), py::arg("pW"),
+        py::arg("dH"), py::arg("dW"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),
+        "The input gradient of conv2d_input_grad from the nonzero entries of grad only: per example and output "
+        "position, the weights of the channels whose gradient is nonzero summed in registers and added at each "
+        "tap (work in proportion to the nonzeros). Returns false, writing nothing, where a weight is not finite "
+        "(a skipped zero times it would be NaN).");
   m.def("deeplift_rescale", &fastattr::deeplift_rescale, py::arg("grad"), py::arg("x"), py::arg("y"), py::arg("xb"),
         py::arg("yb"), py::arg("out"), py::arg("rows"), py::arg("per_row"), py::arg("base_rows"), py::arg("eps"),
         py::arg("relu"), py::arg("dtype"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>(),

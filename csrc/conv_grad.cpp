@@ -1,4 +1,5 @@
-// The input gradient of a 2-D convolution with few input channels, CPU kernel.
+// The input gradient of a 2-D convolution, CPU kernels: a dense one for few input channels (first), and one
+// for an output gradient that is mostly zero, as behind a max pool (conv2d_input_grad_sparse, below).
 //
 // For grad [N, Co, OH, OW] and weight [Co, Ci, KH, KW] (groups 1), per example n and input channel ci:
 //   cols[k, o] = Σ_co weight[co, ci, k] · grad[n, co, o]                     (k = kh·KW + kw, o = oh·OW + ow)
@@ -9,9 +10,17 @@
 // column-to-image step adds whole rows without bounds checks. oneDNN's kernel for a one-channel input (the
 // first layer of a grayscale CNN) spends about 3× longer on the same sums (`fastattr bench agg --tables conv`).
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
+#include "tile_matmul.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__APPLE__)
+#include <immintrin.h>
+#endif
 
 namespace fastattr {
 
@@ -88,6 +97,244 @@ void conv2d_input_grad(std::uintptr_t grad, std::uintptr_t weight, std::uintptr_
       input_grad_plane(g + n * Co * s.P, w + ci * s.K, gx + row * H * W, cols.data(), pad.data(), s);
     });
   });
+}
+
+// The sparse-gradient algorithm. After a max pool's backward at most one output in each window has a gradient,
+// and a ReLU's backward zeroes more, so most of grad is zero. Per example n and output position o:
+//   the channels co with grad[n, co, o] != 0 (a compacted list), then
+//   buf[oh·sH + kh·dH, ow·sW + kw·dW, ci] += Σ_{listed co} grad[n, co, o] · weight[co, ci, kh, kw]
+// over a zeroed channels-last buffer that covers every tap's reach; its in-range part, transposed, is
+// grad_x[n]. The sums for one o run over blocks of kBlock vectors of the flattened (tap, ci) axis held in
+// registers, so the work is (nonzeros · Ci · K) multiply-adds instead of oneDNN's (Co · P · Ci · K).
+namespace {
+
+constexpr int kBlock = 9;
+
+// acc[j] = Σ_t grad[list[t]] · wt[list[t], j0 + j] for kBlock (or fewer) vectors j, added into buf at dst[j].
+template <typename T, int R>
+__attribute__((always_inline)) inline void vector_block(const T* gq, int64_t P, const int32_t* list, int nz,
+                                                        const T* wt, int64_t L, int64_t j0, T* base,
+                                                        const int64_t* dst) {
+  constexpr int kLanes = 32 / static_cast<int>(sizeof(T));
+  typedef T V __attribute__((vector_size(32)));  // an alias template would drop the attribute
+  V acc[R] = {};
+  for (int t = 0; t < nz; ++t) {
+    const V v = V{} + gq[list[t] * P];
+    const T* w = wt + list[t] * L + j0 * kLanes;
+#pragma GCC unroll 16
+    for (int j = 0; j < R; ++j) {
+      V wv;
+      std::memcpy(&wv, w + j * kLanes, sizeof(wv));
+      acc[j] += v * wv;
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < R; ++j) {
+    T* d = base + dst[j0 + j];
+    V dv;
+    std::memcpy(&dv, d, sizeof(dv));
+    dv += acc[j];
+    std::memcpy(d, &dv, sizeof(dv));
+  }
+}
+
+struct SparseGeometry {
+  int64_t Co, Ci, K, KW, P, OW, H, W, sH, sW, pH, pW, dH, dW, padW, L;
+  bool vectors;
+};
+
+// One example: g [Co, P], wt [Co, K·Ci] (channels last), gx [Ci, H, W]; buf [padH·padW·Ci] and list [Co] scratch;
+// dst[j] the buffer offset of vector j of the flattened (tap, ci) axis (vector path) or of tap j (scalar path).
+template <typename T>
+FASTATTR_FMA_CLONES void sparse_image(const T* g, const T* wt, T* gx, T* buf, int64_t buf_size, int32_t* list,
+                                      const int64_t* dst, const SparseGeometry& s) {
+  constexpr int kLanes = 32 / static_cast<int>(sizeof(T));
+  std::fill(buf, buf + buf_size, T(0));
+  for (int64_t o = 0; o < s.P; ++o) {
+    const T* gq = g + o;
+    int nz = 0;
+    for (int32_t co = 0; co < s.Co; ++co) {
+      list[nz] = co;
+      nz += gq[co * s.P] != T(0);
+    }
+    if (nz == 0) continue;
+    T* base = buf + ((o / s.OW) * s.sH * s.padW + (o % s.OW) * s.sW) * s.Ci;
+    if (s.vectors) {
+      const int64_t n_vec = s.L / kLanes;
+      int64_t j0 = 0;
+      for (; j0 + kBlock <= n_vec; j0 += kBlock) vector_block<T, kBlock>(gq, s.P, list, nz, wt, s.L, j0, base, dst);
+      for (; j0 + 3 <= n_vec; j0 += 3) vector_block<T, 3>(gq, s.P, list, nz, wt, s.L, j0, base, dst);
+      for (; j0 < n_vec; ++j0) vector_block<T, 1>(gq, s.P, list, nz, wt, s.L, j0, base, dst);
+    } else {
+      for (int64_t k = 0; k < s.K; ++k) {
+        T* d = base + dst[k];
+        for (int64_t ci = 0; ci < s.Ci; ++ci) {
+          T acc = T(0);
+          for (int t = 0; t < nz; ++t) acc += gq[list[t] * s.P] * wt[list[t] * s.L + k * s.Ci + ci];
+          d[ci] += acc;
+        }
+      }
+    }
+  }
+  for (int64_t ih = 0; ih < s.H; ++ih)
+    for (int64_t iw = 0; iw < s.W; ++iw) {
+      const T* src = buf + ((ih + s.pH) * s.padW + iw + s.pW) * s.Ci;
+      T* out = gx + ih * s.W + iw;
+      for (int64_t ci = 0; ci < s.Ci; ++ci) out[ci * s.H * s.W] = src[ci];
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__APPLE__)
+#define FASTATTR_CONV_AVX2 1
+// The float32 path on AVX2 + FMA CPUs, for Co and Ci multiples of 8: the example's gradient transposed to
+// [P, Co] in 8×8 blocks, each position's nonzero channels as bit masks (compare and movemask), the output
+// transposed back in 8×8 blocks; the sums as in sparse_image.
+
+// dst row j (stride dst_stride) = column j of the 8×8 block at src (row stride src_stride).
+__attribute__((target("avx2,fma"))) inline void transpose8(const float* src, int64_t src_stride, float* dst,
+                                                           int64_t dst_stride) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+template <int R>
+__attribute__((target("avx2,fma"), always_inline)) inline void mask_block(const float* gq, const uint64_t* masks,
+                                                                          int64_t words, const float* wt, int64_t L,
+                                                                          int64_t j0, float* base,
+                                                                          const int64_t* dst) {
+  __m256 acc[R];
+  for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t word = 0; word < words; ++word)
+    for (uint64_t mask = masks[word]; mask; mask &= mask - 1) {
+      const int64_t co = word * 64 + __builtin_ctzll(mask);
+      const __m256 v = _mm256_broadcast_ss(gq + co);
+      const float* w = wt + co * L + j0 * 8;
+#pragma GCC unroll 16
+      for (int j = 0; j < R; ++j) acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(w + 8 * j), acc[j]);
+    }
+#pragma GCC unroll 16
+  for (int j = 0; j < R; ++j) {
+    float* d = base + dst[j0 + j];
+    _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), acc[j]));
+  }
+}
+
+__attribute__((target("avx2,fma"))) void sparse_image_avx2(const float* g, const float* wt, float* gx, float* buf,
+                                                           int64_t buf_size, float* gT, uint64_t* masks,
+                                                           const int64_t* dst, const SparseGeometry& s) {
+  std::fill(buf, buf + buf_size, 0.f);
+  const int64_t P8 = s.P - s.P % 8;
+  for (int64_t co = 0; co < s.Co; co += 8) {
+    for (int64_t o = 0; o < P8; o += 8) transpose8(g + co * s.P + o, s.P, gT + o * s.Co + co, s.Co);
+    for (int64_t o = P8; o < s.P; ++o)
+      for (int64_t c = co; c < co + 8; ++c) gT[o * s.Co + c] = g[c * s.P + o];
+  }
+  const int64_t n_vec = s.L / 8;
+  for (int64_t o = 0; o < s.P; ++o) {
+    const float* gq = gT + o * s.Co;
+    uint64_t any = 0;
+    const int64_t words = (s.Co + 63) / 64;
+    std::fill(masks, masks + words, uint64_t(0));
+    for (int64_t co = 0; co < s.Co; co += 8) {
+      const __m256 nz = _mm256_cmp_ps(_mm256_loadu_ps(gq + co), _mm256_setzero_ps(), _CMP_NEQ_UQ);
+      const uint64_t bits = static_cast<uint64_t>(static_cast<uint32_t>(_mm256_movemask_ps(nz))) << (co % 64);
+      masks[co / 64] |= bits;
+      any |= bits;
+    }
+    if (any == 0) continue;
+    float* base = buf + ((o / s.OW) * s.sH * s.padW + (o % s.OW) * s.sW) * s.Ci;
+    int64_t j0 = 0;
+    for (; j0 + kBlock <= n_vec; j0 += kBlock) mask_block<kBlock>(gq, masks, words, wt, s.L, j0, base, dst);
+    for (; j0 + 3 <= n_vec; j0 += 3) mask_block<3>(gq, masks, words, wt, s.L, j0, base, dst);
+    for (; j0 < n_vec; ++j0) mask_block<1>(gq, masks, words, wt, s.L, j0, base, dst);
+  }
+  const int64_t W8 = s.W - s.W % 8;
+  for (int64_t ih = 0; ih < s.H; ++ih) {
+    const float* row = buf + ((ih + s.pH) * s.padW + s.pW) * s.Ci;
+    for (int64_t ci = 0; ci < s.Ci; ci += 8) {
+      for (int64_t iw = 0; iw < W8; iw += 8)
+        transpose8(row + iw * s.Ci + ci, s.Ci, gx + ci * s.H * s.W + ih * s.W + iw, s.H * s.W);
+      for (int64_t iw = W8; iw < s.W; ++iw)
+        for (int64_t c = ci; c < ci + 8; ++c) gx[(c * s.H + ih) * s.W + iw] = row[iw * s.Ci + c];
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+bool conv2d_input_grad_sparse(std::uintptr_t grad, std::uintptr_t weight, std::uintptr_t grad_x, int64_t N,
+                              int64_t Co, int64_t Ci, int64_t OH, int64_t OW, int64_t H, int64_t W, int64_t KH,
+                              int64_t KW, int64_t sH, int64_t sW, int64_t pH, int64_t pW, int64_t dH, int64_t dW,
+                              const std::string& dtype, int n_threads) {
+  bool finite = true;
+  const int64_t K = KH * KW, P = OH * OW, padH = std::max((OH - 1) * sH + (KH - 1) * dH + 1, pH + H),
+                padW = std::max((OW - 1) * sW + (KW - 1) * dW + 1, pW + W);
+  dispatch_float(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    constexpr int64_t kLanes = 32 / static_cast<int64_t>(sizeof(T));
+    const T* g = as_ptr<const T>(grad);
+    const T* w = as_ptr<const T>(weight);
+    T* gx = as_ptr<T>(grad_x);
+    // A skipped zero times an infinite or NaN weight would be NaN in the dense sum.
+    for (int64_t i = 0; i < Co * Ci * K; ++i) finite &= std::isfinite(w[i]);
+    if (!finite) return;
+    const SparseGeometry s{Co, Ci, K, KW, P, OW, H, W, sH, sW, pH, pW, dH, dW, padW, K * Ci, Ci % kLanes == 0};
+    std::vector<T> wt(Co * K * Ci);
+    for (int64_t co = 0; co < Co; ++co)
+      for (int64_t ci = 0; ci < Ci; ++ci)
+        for (int64_t k = 0; k < K; ++k) wt[(co * K + k) * Ci + ci] = w[(co * Ci + ci) * K + k];
+    std::vector<int64_t> dst;
+    if (s.vectors) {
+      for (int64_t j = 0; j < s.L / kLanes; ++j) {
+        const int64_t k = j * kLanes / Ci, ci0 = j * kLanes % Ci;
+        dst.push_back(((k / KW) * dH * padW + (k % KW) * dW) * Ci + ci0);
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) dst.push_back(((k / KW) * dH * padW + (k % KW) * dW) * Ci);
+    }
+    const int64_t buf_size = padH * padW * Ci;
+    bool avx2 = false;
+#ifdef FASTATTR_CONV_AVX2
+    avx2 = std::is_same<T, float>::value && Ci % 8 == 0 && Co % 8 == 0 &&
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    parallel_rows(N, Co * P * Ci * K / 8, n_threads, [&](int64_t n) {
+      thread_local std::vector<T> buf, scratch;
+      thread_local std::vector<int32_t> list;
+      thread_local std::vector<uint64_t> masks;
+      buf.resize(buf_size);
+#ifdef FASTATTR_CONV_AVX2
+      if constexpr (std::is_same<T, float>::value) {
+        if (avx2) {
+          scratch.resize(Co * P);
+          masks.resize((Co + 63) / 64);
+          sparse_image_avx2(g + n * Co * P, wt.data(), gx + n * Ci * H * W, buf.data(), buf_size, scratch.data(),
+                            masks.data(), dst.data(), s);
+          return;
+        }
+      }
+#endif
+      list.resize(Co);
+      sparse_image<T>(g + n * Co * P, wt.data(), gx + n * Ci * H * W, buf.data(), buf_size, list.data(), dst.data(),
+                      s);
+    });
+  });
+  return finite;
 }
 
 }  // namespace fastattr

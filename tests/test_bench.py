@@ -257,10 +257,14 @@ def test_agg_bench_tables_on_a_small_case():
     names = [r[1] for r in pool.rows]
     assert names[:2] == ["torch (NCHW)", "torch (channels-last copy)"] and "fastattr reference" in names
     assert pool.rows[0][3] == 1.0 and all(r[2] > 0 for r in pool.rows)
-    conv = aggregate.conv_table("cpu", repeat=1, shapes=(("small", (3, 1, 9, 7), 4, 3, 2, 1),
-                                                          ("wide", (2, 4, 6, 6), 3, 3, 1, 1)))
-    assert [r[1] for r in conv.rows] == ["torch convolution_backward", "fastattr cpp"] * 2
-    assert "routed" in conv.rows[0][0] and "kept on torch's" in conv.rows[2][0] and all(r[2] > 0 for r in conv.rows)
+    conv = aggregate.conv_table("cpu", repeat=1, shapes=(("small", (3, 1, 9, 7), 4, 3, 2, 1, "dense"),
+                                                          ("wide", (2, 4, 6, 6), 3, 3, 1, 1, "dense"),
+                                                          ("pooled", (2, 8, 6, 6), 8, 3, 1, 1, "pooled"),
+                                                          ("dense", (2, 8, 6, 6), 8, 3, 1, 1, "dense")))
+    assert [r[1] for r in conv.rows] == ["torch convolution_backward", "fastattr cpp"] * 4
+    assert "routed (dense kernel)" in conv.rows[0][0] and "kept on torch's" in conv.rows[2][0]
+    assert "routed (sparse kernel)" in conv.rows[4][0] and "100% nonzero; kept on torch's" in conv.rows[6][0]
+    assert all(r[2] > 0 for r in conv.rows)
     assert list(agg.TABLES) == ["qp", "aggregate", "aggregate_released", "pool", "conv", "reproduction"]
     repro = aggregate.reproduction_table(batch=2, n_samples=2, n_eval=3, device="cpu")
     names = [r[0] for r in repro.rows]

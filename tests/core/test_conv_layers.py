@@ -1,5 +1,5 @@
-"""A model's ``nn.Conv2d`` of one or two input channels through ``fastattr.ops.conv.conv2d`` during fastattr's calls
-on CPU (``fastattr.core.layer_kernels``): the kernel does run, every gradient method's map equals the one with torch's
+"""A model's ``nn.Conv2d`` of one or two input channels, or of channel counts the sparse kernel fits, through
+``fastattr.ops.conv.conv2d`` during fastattr's calls on CPU (``fastattr.core.layer_kernels``): the kernels do run, every gradient method's map equals the one with torch's
 backward (``fastattr.torch_convolution()``) to rounding and the model's outputs bit for bit, the model is left as it
 was (no instance ``forward``, hooks run and stay), and convolutions the kernel does not serve keep torch's call."""
 import copy
@@ -54,9 +54,45 @@ def test_maps_equal_torchs_backward_to_rounding(method, digits, counted):
     assert counted
     counted.clear()
     got = METHODS[method](model, x, t)
-    assert counted and all(shape[1] == 1 for shape in counted)        # the first layer, and only it
+    assert counted and {shape[1] for shape in counted} == {1, 16}     # the first layer and the second
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     assert "forward" not in model.net[0].__dict__
+
+
+def test_the_second_layer_takes_the_sparse_kernel(digits, monkeypatch):
+    """Behind the digits CNN's max pool most of the second convolution's output gradient is zero: its input gradient
+    comes from the sparse kernel, and the map is torch's to rounding."""
+    import fastattr.ops.conv as conv_module
+
+    model, x = digits
+    kernels = []
+    run = conv_module.run_cpp
+    monkeypatch.setattr(conv_module, "run_cpp", lambda name, *a, **k: (kernels.append(name), run(name, *a, **k))[1])
+    got = fastattr.saliency(model, x, 3)
+    assert kernels.count("conv2d_input_grad_sparse") == 1 and kernels.count("conv2d_input_grad") == 1
+    with fastattr.torch_convolution():
+        expected = fastattr.saliency(model, x, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_only_a_layer_that_feeds_a_max_pool_takes_the_sparse_kernel(monkeypatch):
+    """Two 8-channel convolutions in a row: the first feeds a ReLU and a convolution (its gradient is not sparse),
+    so it keeps torch's backward; the second feeds a ReLU and a max pool, so it takes the sparse kernel."""
+    import fastattr.ops.conv as conv_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 3 * 3, 4)).eval()
+    x = torch.randn(6, 8, 6, 6, generator=torch.Generator().manual_seed(1))
+    kernels = []
+    run = conv_module.run_cpp
+    monkeypatch.setattr(conv_module, "run_cpp", lambda name, *a, **k: (kernels.append(name), run(name, *a, **k))[1])
+    got = fastattr.saliency(model, x, 2, abs=False)
+    assert kernels == ["conv2d_input_grad_sparse"]
+    with fastattr.torch_convolution():
+        expected = fastattr.saliency(model, x, 2, abs=False)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert all("forward" not in m.__dict__ for m in model)
 
 
 def test_outputs_are_the_models_bit_for_bit(digits):

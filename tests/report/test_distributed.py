@@ -46,9 +46,13 @@ def test_torchrun_two_cpu_processes_match_single_process(tmp_path, chosen):
         for method, values in by_method.items():
             assert len(b["per_example"][metric][method]) == 5
             # every map and metric is computed per example (perturbation maps one example at a time, see
-            # report.running._attribute) on one thread in both runs; the few values still a rounding apart
-            # (SEA-NN's, by 2e-8 relative on an AMD EPYC) sit well inside the tolerance
+            # report.running._attribute) on one thread in both runs; the few values still a rounding apart are
+            # SEA-NN's: it trains a network per example on maps of a metric's copies, explained in one call per
+            # batch, where a one-row GEMM (MKL's GEMV path) and a many-row one differ in the last bit, and the
+            # training amplifies that (2e-8 relative on an AMD EPYC with oneDNN's convolution backward, 1.1e-6
+            # since the sparse kernel's sums round otherwise; each kernel itself is bit for bit batch-invariant)
+            rel = 1e-5 if method == "sea_nn" else 1e-6
             nan = lambda vs: [math.nan if v is None else v for v in vs]  # noqa: E731 - NaN is null in JSON
-            assert nan(b["per_example"][metric][method]) == pytest.approx(nan(values), rel=1e-6, abs=1e-9,
+            assert nan(b["per_example"][metric][method]) == pytest.approx(nan(values), rel=rel, abs=1e-9,
                                                                           nan_ok=True), (metric, method)
     assert (sharded / "index.html").exists()

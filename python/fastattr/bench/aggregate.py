@@ -236,22 +236,41 @@ POOL_SHAPES = (("digits CNN, one IG chunk", (1024, 32, 8, 8), 2, 2, 0),
                ("ResNet stem", (8, 64, 112, 112), 3, 2, 1))
 
 
-#: ``(case, input shape, output channels, kernel, stride, padding)`` of :func:`conv_table`: the digits CNN's first
-#: layer on one IG chunk, a LeNet-like first layer on MNIST-sized inputs, a two-channel input, and RGB first layers
-#: (a CIFAR CNN's, ResNet's stem), where the kernel does not win and models keep torch's
-CONV_SHAPES = (("digits CNN conv1, one IG chunk", (442, 1, 8, 8), 16, 3, 1, 1),
-               ("MNIST-sized, 5×5", (128, 1, 28, 28), 32, 5, 1, 2),
-               ("two channels", (32, 2, 16, 16), 8, 3, 1, 1),
-               ("RGB 32×32", (64, 3, 32, 32), 16, 3, 1, 1),
-               ("ResNet stem", (8, 3, 224, 224), 64, 7, 2, 3))
+#: ``(case, input shape, output channels, kernel, stride, padding, gradient)`` of :func:`conv_table`: the digits CNN's
+#: first layer on one IG chunk, a LeNet-like first layer on MNIST-sized inputs, a two-channel input, and RGB first
+#: layers (a CIFAR CNN's, ResNet's stem), where the dense kernel does not win and models keep torch's, all with dense
+#: gradients (``"dense"``); then wide layers whose output gradient comes through a 2×2 max pool and a ReLU
+#: (``"pooled"``: mostly zero), as the digits CNN's second layer's and a VGG block's do, where the sparse kernel runs,
+#: and the digits CNN's second layer with a dense gradient (a layer no max pool follows keeps torch's)
+CONV_SHAPES = (("digits CNN conv1, one IG chunk", (442, 1, 8, 8), 16, 3, 1, 1, "dense"),
+               ("MNIST-sized, 5×5", (128, 1, 28, 28), 32, 5, 1, 2, "dense"),
+               ("two channels", (32, 2, 16, 16), 8, 3, 1, 1, "dense"),
+               ("RGB 32×32", (64, 3, 32, 32), 16, 3, 1, 1, "dense"),
+               ("ResNet stem", (8, 3, 224, 224), 64, 7, 2, 3, "dense"),
+               ("digits CNN conv2 behind its max pool, one IG chunk", (442, 16, 8, 8), 32, 3, 1, 1, "pooled"),
+               ("VGG block behind its max pool", (16, 64, 56, 56), 64, 3, 1, 1, "pooled"),
+               ("digits CNN conv2, dense gradient", (442, 16, 8, 8), 32, 3, 1, 1, "dense"))
+
+
+def _conv_case(shape, co, k, s, p, gradient, gen):
+    """Input, weight and output gradient of a :data:`CONV_SHAPES` case: a ``"pooled"`` gradient is the one a
+    random upstream gradient gets through ``relu(max_pool2d(·, 2))``."""
+    x = torch.randn(shape, generator=gen)
+    w = torch.randn(co, shape[1], k, k, generator=gen) / (shape[1] * k * k) ** 0.5
+    y = torch.nn.functional.conv2d(x, w, None, s, p).requires_grad_()
+    if gradient == "dense":
+        return x, w, torch.randn(y.shape, generator=gen)
+    out = torch.nn.functional.max_pool2d(y, 2).relu()
+    return x, w, torch.autograd.grad(out, y, torch.randn(out.shape, generator=gen))[0]
 
 
 def conv_table(device: Optional[str] = None, repeat: int = 9, shapes=CONV_SHAPES) -> Table:
-    """The input gradient of a convolution with few input channels: torch's ``convolution_backward`` (oneDNN on
-    CPU) against :func:`fastattr.ops.conv2d_input_grad` on the C++ backend (checked to agree to 1e-5 first), and
-    whether :func:`fastattr.ops.conv.conv_beats_torch` routes a model's layer of that shape to it."""
+    """The input gradient of a convolution: torch's ``convolution_backward`` (oneDNN on CPU) against
+    :func:`fastattr.ops.conv2d_input_grad` on the C++ backend (checked to agree to 1e-5 first; the dense kernel for
+    at most ``MAX_CHANNELS`` input channels, the sparse one for more), and whether
+    :func:`fastattr.ops.conv.conv_beats_torch` routes a model's layer of that shape to it."""
     from ..ops import conv2d_input_grad
-    from ..ops.conv import MAX_CHANNELS
+    from ..ops.conv import MAX_CHANNELS, sparse_kernel_fits
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     table = Table(name=f"conv2d input gradient, float32, {device.type}",
@@ -261,10 +280,8 @@ def conv_table(device: Optional[str] = None, repeat: int = 9, shapes=CONV_SHAPES
     if device.type != "cpu":
         table.notes.append("CUDA keeps torch's (cuDNN) kernel: conv2d_input_grad has no Triton kernel to time")
         return table
-    for case, shape, co, k, s, p in shapes:
-        gen = torch.Generator().manual_seed(0)
-        x, w = torch.randn(shape, generator=gen), torch.randn(co, shape[1], k, k, generator=gen)
-        g = torch.randn_like(torch.nn.functional.conv2d(x, w, None, s, p))
+    for case, shape, co, k, s, p, gradient in shapes:
+        x, w, g = _conv_case(shape, co, k, s, p, gradient, torch.Generator().manual_seed(0))
         args = (list(x.shape[2:]), [s, s], [p, p])
 
         def torch_grad(g=g, x=x, w=w, s=s, p=p):
@@ -277,13 +294,20 @@ def conv_table(device: Optional[str] = None, repeat: int = 9, shapes=CONV_SHAPES
         impls = {"torch convolution_backward": torch_grad,
                  "fastattr cpp": lambda g=g, w=w, args=args: conv2d_input_grad(g, w, *args, backend="cpp")}
         times, ratios = time_interleaved(impls, device, repeat=repeat)
-        routed = "routed" if shape[1] <= MAX_CHANNELS else "kept on torch's"
-        shape_text = "×".join(map(str, shape)) + f" → {co}, {k}×{k} / {s}, pad {p}; {routed}"
+        density = float((g != 0).float().mean())
+        if shape[1] <= MAX_CHANNELS:
+            routed = "routed (dense kernel)"
+        elif sparse_kernel_fits(shape[1], co) and gradient == "pooled":
+            routed = "routed (sparse kernel)"
+        else:
+            routed = "kept on torch's"
+        shape_text = "×".join(map(str, shape)) + f" → {co}, {k}×{k} / {s}, pad {p}; {density:.0%} nonzero; {routed}"
         for name, t in times.items():
             table.add(f"{case} ({shape_text})", name, t * 1e3, 1.0 / ratios[name])
     table.notes.append(f"{repeat} round-robin rounds; times are medians, speed-ups medians of per-round ratios; "
-                       f"torch threads = {torch.get_num_threads()}; a model's Conv2d runs the kernel inside "
-                       f"fastattr's calls when its input has at most {MAX_CHANNELS} channels")
+                       f"torch threads = {torch.get_num_threads()}; a model's Conv2d runs the dense kernel inside "
+                       f"fastattr's calls when its input has at most {MAX_CHANNELS} channels, the sparse one (float32, "
+                       "channel counts multiples of 8) when it feeds a max pool in an nn.Sequential")
     return table
 
 

@@ -27,11 +27,14 @@ Under :func:`torch_pooling`, and in other threads, every module pools through to
 model's order.
 
 In the same calls every ``nn.Conv2d`` (exact type, groups 1, zero padding given as numbers, no forward of its
-own) whose input has at most :data:`fastattr.ops.conv.MAX_CHANNELS` channels and needs its gradient runs
-through :func:`fastattr.ops.conv.conv2d`: torch's forward, bit for bit, and the input gradient from the C++
-kernel (oneDNN takes about 3× longer on a grayscale CNN's first layer), equal to torch's to rounding; weight
-and bias gradients are torch's, computed only where the backward uses them. :func:`torch_convolution` keeps
-torch's own backward.
+own) whose input needs its gradient runs through :func:`fastattr.ops.conv.conv2d` where one of its C++ input
+gradients fits: the dense kernel for at most :data:`fastattr.ops.conv.MAX_CHANNELS` input channels (oneDNN takes
+about 3× longer on a grayscale CNN's first layer), the sparse one for a float32 layer of channel counts that
+:func:`fastattr.ops.conv.sparse_kernel_fits` whose next sibling in an ``nn.Sequential`` (exact type) is a 2-D max
+pool, or a ReLU and then one (at most one output in each window gets a gradient; about 2× faster than oneDNN on
+the digits CNN's second layer). The forward is torch's, bit for bit; the input gradient equals torch's to
+rounding; weight and bias gradients are torch's, computed only where the backward uses them.
+:func:`torch_convolution` keeps torch's own backward.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from ..ops import max_pool2d
-from ..ops.conv import MAX_CHANNELS, conv2d, conv_beats_torch
+from ..ops.conv import MAX_CHANNELS, conv2d, conv_beats_torch, sparse_kernel_fits
 from ..ops.max_pool import beats_torch, eager_pooling
 
 __all__ = ["fast_conv_here", "fast_layers", "fast_pool_here", "torch_convolution", "torch_pooling"]
@@ -99,12 +102,12 @@ class _PoolForward(_InstanceForward):
         return _pool_forward(self.module, input)
 
 
-def fast_conv_here(x, conv: nn.Conv2d) -> bool:
+def fast_conv_here(x, conv: nn.Conv2d, sparse_gradient: bool = False) -> bool:
     """Whether fastattr runs ``conv`` on ``x`` through :func:`fastattr.ops.conv.conv2d`: inside a
     :func:`fast_layers` block of this thread, outside :func:`torch_convolution`, for a convolution with groups 1
     and numeric zero padding where that op beats torch's (:func:`~fastattr.ops.conv.conv_beats_torch`)."""
     return (_active.get() and _conv_enabled.get() and conv.groups == 1 and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str) and conv_beats_torch(x, conv.weight))
+            and not isinstance(conv.padding, str) and conv_beats_torch(x, conv.weight, sparse_gradient))
 
 
 class _ConvForward(_InstanceForward):
@@ -112,12 +115,41 @@ class _ConvForward(_InstanceForward):
     otherwise."""
 
     __slots__ = ()
+    sparse_gradient = False
 
     def __call__(self, input):
         conv = self.module
-        if not fast_conv_here(input, conv):
+        if not fast_conv_here(input, conv, self.sparse_gradient):
             return nn.Conv2d.forward(conv, input)
-        return conv2d(input, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+        return conv2d(input, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                      sparse_gradient=self.sparse_gradient)
+
+
+class _PooledConvForward(_ConvForward):
+    """An ``nn.Conv2d``'s that feeds a max pool: its output gradient is mostly zero (the sparse kernel)."""
+
+    __slots__ = ()
+    sparse_gradient = True
+
+
+_POOLS_2D = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _pooled_convs(modules: list[nn.Module]) -> set[int]:
+    """The ids of the ``nn.Conv2d`` children of exact ``nn.Sequential`` modules under ``modules`` whose next
+    sibling is a 2-D max pool, or a ReLU followed by one."""
+    out = set()
+    for root in modules:
+        for seq in root.modules():
+            if type(seq) is not nn.Sequential:
+                continue
+            children = list(seq)
+            for i, child in enumerate(children[:-1]):
+                after = children[i + 1:i + 3]
+                if type(child) is nn.Conv2d and (type(after[0]) in _POOLS_2D or (
+                        type(after[0]) is nn.ReLU and len(after) == 2 and type(after[1]) in _POOLS_2D)):
+                    out.add(id(child))
+    return out
 
 
 def _ours(module: nn.Module) -> bool:
@@ -188,8 +220,9 @@ def _has_relu_pool(module: nn.Sequential) -> bool:
     return any(_relu_then_pool(a, b) for a, b in zip(children, children[1:]))
 
 
-def _forward_class(m: nn.Module):
-    """The instance forward :func:`fast_layers` gives ``m`` (exact types without a forward of their own), or None."""
+def _forward_class(m: nn.Module, pooled: set[int]):
+    """The instance forward :func:`fast_layers` gives ``m`` (exact types without a forward of their own), or None;
+    ``pooled``: the ids of the convolutions that feed a max pool (:func:`_pooled_convs`)."""
     if "forward" in m.__dict__:
         return None
     if type(m) is nn.MaxPool2d:
@@ -198,28 +231,32 @@ def _forward_class(m: nn.Module):
         return _SequentialForward
     if type(m) is nn.Conv2d and m.in_channels <= MAX_CHANNELS:
         return _ConvForward
+    if type(m) is nn.Conv2d and id(m) in pooled and sparse_kernel_fits(m.in_channels, m.out_channels):
+        return _PooledConvForward
     return None
 
 
 @contextlib.contextmanager
 def fast_layers(modules: list[nn.Module], inputs) -> Iterator[None]:
     """The ``nn.MaxPool2d`` modules inside ``modules`` pool through :func:`fastattr.ops.max_pool2d`, their
-    ``nn.Sequential`` modules pool before a ReLU, and their ``nn.Conv2d`` modules of few input channels take the
-    C++ input gradient, for the block unless ``inputs`` is None or a tensor off the CPU (module docstring;
+    ``nn.Sequential`` modules pool before a ReLU, and their ``nn.Conv2d`` modules take a C++ input gradient
+    where one fits (few input channels, or a max pool next), for the block unless ``inputs`` is None or a tensor off the CPU (module docstring;
     ``inputs`` may be a dataset, as :func:`fastattr.evaluate_dataset` guards its whole loop: each call checks its
     own tensors);
     other threads' calls of them keep torch's kernels and the model's order."""
     off_cpu = inputs is None or (isinstance(inputs, torch.Tensor) and inputs.device.type != "cpu")
     on = (_enabled.get() or _conv_enabled.get()) and not off_cpu
-    patched = [m for root in modules for m in root.modules() if _forward_class(m) is not None] if on else []
-    for m in patched:
-        m.forward = _forward_class(m)(m)
+    pooled = _pooled_convs(modules) if on else set()
+    patched = [(m, _forward_class(m, pooled)) for root in modules for m in root.modules()] if on else []
+    patched = [(m, cls) for m, cls in patched if cls is not None]
+    for m, cls in patched:
+        m.forward = cls(m)
     token = _active.set(_active.get() or on)
     try:
         yield
     finally:
         _active.reset(token)
-        for m in patched:
+        for m, _ in patched:
             if _ours(m):
                 del m.forward
 

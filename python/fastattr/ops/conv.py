@@ -1,13 +1,20 @@
-"""A 2-D convolution whose input gradient comes from fastattr's C++ kernel: :func:`conv2d_input_grad`
+"""A 2-D convolution whose input gradient comes from fastattr's C++ kernels: :func:`conv2d_input_grad`
 (:mod:`fastattr.reference.conv`), and :func:`conv2d`, torch's own forward with that backward.
 
 Why: oneDNN, torch 2.13's CPU convolution, spends ~2 µs per 8×8 example on the input gradient of the digits
 CNN's first layer (one input channel, 16 outputs, 3×3: 9,216 multiply-adds), a tenth of every gradient
-pass; the C++ kernel (channel sums per tap over register blocks of outputs, then the taps' rows added into a
-padded buffer) takes about a third of that. It beats oneDNN where the input has few channels
-(:func:`conv_beats_torch`); with many, oneDNN's blocked kernels win. Backends: reference and C++. A CUDA
-tensor keeps torch's (cuDNN) kernel: the op exists to replace oneDNN's on CPU
-(:mod:`fastattr.core.layer_kernels`), so it has no Triton kernel. The sums run in another order than
+pass; the dense C++ kernel (channel sums per tap over register blocks of outputs, then the taps' rows added
+into a padded buffer) takes about a third of that where the input has at most :data:`MAX_CHANNELS` channels;
+with more, oneDNN's blocked kernels win on a dense gradient. But behind a max pool (and a ReLU) most of a
+convolution's output gradient is zero: at most one output in each pooling window has one. The sparse C++
+kernel sums, per example and output position, the weights of the channels whose gradient is nonzero
+(``Σ_{co: g[co, o] ≠ 0} g[co, o] · weight[co, :, k]`` in registers, added at each tap ``k`` into a
+channels-last buffer), work in proportion to the nonzeros; on the digits CNN's second layer (16 → 32 channels,
+~16 % nonzero) it takes about half of oneDNN's time (``fastattr bench agg --tables conv``). :func:`conv2d` uses it
+for a layer that its caller knows feeds a max pool (``sparse_gradient``): the choice rests on the model's
+structure, not on the data, so an example's gradient does not depend on the batch it came in.
+Backends: reference and C++. A CUDA tensor keeps torch's (cuDNN) kernel: the op exists to replace oneDNN's on
+CPU (:mod:`fastattr.core.layer_kernels`), so it has no Triton kernel. The sums run in another order than
 oneDNN's, so gradients agree with torch's to rounding (~1e-7 relative in float32), not bit for bit; the
 forward is torch's own call, bit for bit.
 """
@@ -22,9 +29,9 @@ from .. import _backend
 from ..reference.conv import conv2d_input_grad as reference_input_grad
 from ._utils import check_backend, check_tensor, cpp_eager, eager_cpu, resolve, run_cpp
 
-__all__ = ["conv2d", "conv2d_input_grad", "conv_beats_torch"]
+__all__ = ["conv2d", "conv2d_input_grad", "conv_beats_torch", "sparse_kernel_fits"]
 
-# Input channels up to which the kernel beats oneDNN's on the shapes measured (`fastattr bench agg
+# Input channels up to which the dense kernel beats oneDNN's on the shapes measured (`fastattr bench agg
 # --tables conv`).
 MAX_CHANNELS = 2
 
@@ -82,13 +89,17 @@ def _torch_input_grad(grad, weight, input_size, s, p, d) -> torch.Tensor:
 
 
 def _cpp(grad, weight, input_size, s, p, d) -> torch.Tensor:
+    """The C++ input gradient: the sparse kernel for more than :data:`MAX_CHANNELS` input channels where
+    :func:`sparse_kernel_fits` and every weight is finite (a skipped zero times one that is not would be NaN),
+    the dense kernel otherwise."""
     g, w = grad.contiguous(), weight.contiguous()
     n, co, oh, ow = g.shape
     ci, kh, kw = w.shape[1:]
     out = torch.empty((n, ci) + tuple(input_size), dtype=g.dtype)
-    if out.numel():
-        run_cpp("conv2d_input_grad", g.data_ptr(), w.data_ptr(), out.data_ptr(), n, co, ci, oh, ow, *input_size,
-                kh, kw, *s, *p, *d, dtype=g.dtype)
+    args = (g.data_ptr(), w.data_ptr(), out.data_ptr(), n, co, ci, oh, ow, *input_size, kh, kw, *s, *p, *d)
+    sparse = ci > MAX_CHANNELS and sparse_kernel_fits(ci, co)
+    if out.numel() and not (sparse and run_cpp("conv2d_input_grad_sparse", *args, dtype=g.dtype)):
+        run_cpp("conv2d_input_grad", *args, dtype=g.dtype)
     return out
 
 
@@ -132,26 +143,36 @@ class _Conv2d(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
-def conv_beats_torch(x, weight) -> bool:
+def sparse_kernel_fits(in_channels: int, out_channels: int) -> bool:
+    """Whether the sparse kernel's fast path (float32, AVX2) takes a convolution of these channel counts:
+    multiples of 8 both."""
+    return in_channels % 8 == 0 and out_channels % 8 == 0
+
+
+def conv_beats_torch(x, weight, sparse_gradient: bool = False) -> bool:
     """Whether :func:`conv2d` beats torch's ``conv2d`` on ``x``: a plain CPU float32 / float64 ``[N, Ci, H, W]``
     tensor that needs its gradient, in an eager call (no ``torch.compile``, tracing, torch function or dispatch
-    mode, functorch transform or forward-mode AD) with the C++ backend in force, ``Ci ≤`` :data:`MAX_CHANNELS`,
-    and ``weight`` of its dtype."""
-    return (cpp_eager(x, weight) and torch.is_grad_enabled() and x.requires_grad and x.dim() == weight.dim() == 4
-            and x.shape[1] == weight.shape[1] <= MAX_CHANNELS)
+    mode, functorch transform or forward-mode AD) with the C++ backend in force, and ``weight`` of its dtype,
+    with ``Ci ≤`` :data:`MAX_CHANNELS` (the dense kernel) or, for a layer whose output gradient is mostly zero
+    (``sparse_gradient``: it feeds a max pool), in float32 with channel counts that :func:`sparse_kernel_fits`."""
+    if not (cpp_eager(x, weight) and torch.is_grad_enabled() and x.requires_grad and x.dim() == weight.dim() == 4
+            and x.shape[1] == weight.shape[1]):
+        return False
+    return x.shape[1] <= MAX_CHANNELS or (sparse_gradient and x.dtype == torch.float32
+                                          and sparse_kernel_fits(weight.shape[1], weight.shape[0]))
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride=1, padding=0,
-           dilation=1) -> torch.Tensor:
+           dilation=1, *, sparse_gradient: bool = False) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride, padding, dilation)`` (groups 1, numeric padding), bit for bit, whose
-    input gradient comes from :func:`conv2d_input_grad`'s C++ kernel where :func:`conv_beats_torch`; torch's
-    call otherwise.
+    input gradient comes from :func:`conv2d_input_grad`'s C++ kernels where :func:`conv_beats_torch` (the sparse
+    one for ``sparse_gradient``: a layer that feeds a max pool); torch's call otherwise.
 
     Example::
 
         >>> y = fastattr.ops.conv.conv2d(x.requires_grad_(), conv.weight, conv.bias, padding=1)
     """
-    if not conv_beats_torch(x, weight):
+    if not conv_beats_torch(x, weight, sparse_gradient):
         return F.conv2d(x, weight, bias, stride, padding, dilation)
     return _Conv2d.apply(x, weight.view_as(weight) if weight.requires_grad else weight,
                          None if bias is None else bias.view_as(bias) if bias.requires_grad else bias,

@@ -6,9 +6,10 @@ For ``grad [N, Co, OH, OW]`` of ``y = conv2d(x, weight, stride s, padding p, dil
     ``∂L/∂x[n, ci, ih, iw] = Σ_{co, kh, kw, oh, ow} weight[co, ci, kh, kw] · grad[n, co, oh, ow]``
     over ``ih = oh·sH − pH + kh·dH``, ``iw = ow·sW − pW + kw·dW``.
 
-Computed as the C++ kernel computes it: per tap ``k = (kh, kw)`` the channel sums
+Computed as the dense C++ kernel computes it: per tap ``k = (kh, kw)`` the channel sums
 ``cols[n, ci, k] = Σ_co weight[co, ci, k] · grad[n, co]``, each added at its tap's offset into a zeroed
-buffer covering the padding, whose in-range part is the gradient.
+buffer covering the padding, whose in-range part is the gradient. The sparse C++ kernel sums the same terms,
+the zero ones of ``grad`` left out, per output position over its nonzero channels.
 """
 from __future__ import annotations
 
