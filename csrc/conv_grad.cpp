@@ -42,6 +42,15 @@ struct Geometry {
   int64_t Co, Ci, K, KW, P, OH, OW, H, W, sH, sW, pH, pW, dH, dW, padH, padW;
 };
 
+// The buffer reaches every tap of every output and the whole input: rows [0, padH) stand for input rows
+// [−pH, padH − pH).
+Geometry geometry(int64_t Co, int64_t Ci, int64_t OH, int64_t OW, int64_t H, int64_t W, int64_t KH, int64_t KW,
+                  int64_t sH, int64_t sW, int64_t pH, int64_t pW, int64_t dH, int64_t dW) {
+  return Geometry{Co, Ci, KH * KW, KW, OH * OW, OH, OW, H, W, sH, sW, pH, pW, dH, dW,
+                  std::max((OH - 1) * sH + (KH - 1) * dH + 1, pH + H), std::max((OW - 1) * sW + (KW - 1) * dW + 1,
+                                                                                pW + W)};
+}
+
 // One example's gradient for one input channel; cols [K, P] and pad [padH, padW] are scratch.
 template <typename T>
 FASTATTR_MULTIVERSION void input_grad_plane(const T* g, const T* w, T* gx, T* cols, T* pad, const Geometry& s) {
@@ -79,11 +88,7 @@ void conv2d_input_grad(std::uintptr_t grad, std::uintptr_t weight, std::uintptr_
                        int64_t Ci, int64_t OH, int64_t OW, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sH,
                        int64_t sW, int64_t pH, int64_t pW, int64_t dH, int64_t dW, const std::string& dtype,
                        int n_threads) {
-  // The buffer reaches every tap of every output and the whole input: rows [0, padH) stand for input rows
-  // [−pH, padH − pH).
-  const Geometry s{Co, Ci, KH * KW, KW, OH * OW, OH, OW, H, W, sH, sW, pH, pW, dH, dW,
-                   std::max((OH - 1) * sH + (KH - 1) * dH + 1, pH + H), std::max((OW - 1) * sW + (KW - 1) * dW + 1,
-                                                                                 pW + W)};
+  const Geometry s = geometry(Co, Ci, OH, OW, H, W, KH, KW, sH, sW, pH, pW, dH, dW);
   dispatch_float(dtype, [&](auto zero) {
     using T = decltype(zero);
     const T* g = as_ptr<const T>(grad);
@@ -138,18 +143,29 @@ __attribute__((always_inline)) inline void vector_block(const T* gq, int64_t P, 
   }
 }
 
-struct SparseGeometry {
-  int64_t Co, Ci, K, KW, P, OW, H, W, sH, sW, pH, pW, dH, dW, padW, L;
-  bool vectors;
-};
+// The blocks of vectors 0..n_vec of the flattened (tap, ci) axis: kBlock at a time, then 3, then 1.
+template <typename Block>
+__attribute__((always_inline)) inline void vector_blocks(int64_t n_vec, Block&& block) {
+  int64_t j0 = 0;
+  for (; j0 + kBlock <= n_vec; j0 += kBlock) block(std::integral_constant<int, kBlock>{}, j0);
+  for (; j0 + 3 <= n_vec; j0 += 3) block(std::integral_constant<int, 3>{}, j0);
+  for (; j0 < n_vec; ++j0) block(std::integral_constant<int, 1>{}, j0);
+}
+
+// The buffer offset of output position o's origin (tap 0, channel 0).
+inline int64_t origin(int64_t o, const Geometry& s) {
+  return ((o / s.OW) * s.sH * s.padW + (o % s.OW) * s.sW) * s.Ci;
+}
 
 // One example: g [Co, P], wt [Co, K·Ci] (channels last), gx [Ci, H, W]; buf [padH·padW·Ci] and list [Co] scratch;
-// dst[j] the buffer offset of vector j of the flattened (tap, ci) axis (vector path) or of tap j (scalar path).
+// dst[j] the buffer offset of vector j of the flattened (tap, ci) axis where Ci is a multiple of the vector's
+// lanes, else of tap j.
 template <typename T>
-FASTATTR_FMA_CLONES void sparse_image(const T* g, const T* wt, T* gx, T* buf, int64_t buf_size, int32_t* list,
-                                      const int64_t* dst, const SparseGeometry& s) {
+FASTATTR_FMA_CLONES void sparse_image(const T* g, const T* wt, T* gx, T* buf, int32_t* list, const int64_t* dst,
+                                      const Geometry& s) {
   constexpr int kLanes = 32 / static_cast<int>(sizeof(T));
-  std::fill(buf, buf + buf_size, T(0));
+  const int64_t L = s.K * s.Ci;
+  std::fill(buf, buf + s.padH * s.padW * s.Ci, T(0));
   for (int64_t o = 0; o < s.P; ++o) {
     const T* gq = g + o;
     int nz = 0;
@@ -158,19 +174,17 @@ FASTATTR_FMA_CLONES void sparse_image(const T* g, const T* wt, T* gx, T* buf, in
       nz += gq[co * s.P] != T(0);
     }
     if (nz == 0) continue;
-    T* base = buf + ((o / s.OW) * s.sH * s.padW + (o % s.OW) * s.sW) * s.Ci;
-    if (s.vectors) {
-      const int64_t n_vec = s.L / kLanes;
-      int64_t j0 = 0;
-      for (; j0 + kBlock <= n_vec; j0 += kBlock) vector_block<T, kBlock>(gq, s.P, list, nz, wt, s.L, j0, base, dst);
-      for (; j0 + 3 <= n_vec; j0 += 3) vector_block<T, 3>(gq, s.P, list, nz, wt, s.L, j0, base, dst);
-      for (; j0 < n_vec; ++j0) vector_block<T, 1>(gq, s.P, list, nz, wt, s.L, j0, base, dst);
+    T* base = buf + origin(o, s);
+    if (s.Ci % kLanes == 0) {
+      vector_blocks(L / kLanes, [&](auto r, int64_t j0) {
+        vector_block<T, decltype(r)::value>(gq, s.P, list, nz, wt, L, j0, base, dst);
+      });
     } else {
       for (int64_t k = 0; k < s.K; ++k) {
         T* d = base + dst[k];
         for (int64_t ci = 0; ci < s.Ci; ++ci) {
           T acc = T(0);
-          for (int t = 0; t < nz; ++t) acc += gq[list[t] * s.P] * wt[list[t] * s.L + k * s.Ci + ci];
+          for (int t = 0; t < nz; ++t) acc += gq[list[t] * s.P] * wt[list[t] * L + k * s.Ci + ci];
           d[ci] += acc;
         }
       }
@@ -234,16 +248,16 @@ __attribute__((target("avx2,fma"), always_inline)) inline void mask_block(const 
 }
 
 __attribute__((target("avx2,fma"))) void sparse_image_avx2(const float* g, const float* wt, float* gx, float* buf,
-                                                           int64_t buf_size, float* gT, uint64_t* masks,
-                                                           const int64_t* dst, const SparseGeometry& s) {
-  std::fill(buf, buf + buf_size, 0.f);
+                                                           float* gT, uint64_t* masks, const int64_t* dst,
+                                                           const Geometry& s) {
+  const int64_t L = s.K * s.Ci;
+  std::fill(buf, buf + s.padH * s.padW * s.Ci, 0.f);
   const int64_t P8 = s.P - s.P % 8;
   for (int64_t co = 0; co < s.Co; co += 8) {
     for (int64_t o = 0; o < P8; o += 8) transpose8(g + co * s.P + o, s.P, gT + o * s.Co + co, s.Co);
     for (int64_t o = P8; o < s.P; ++o)
       for (int64_t c = co; c < co + 8; ++c) gT[o * s.Co + c] = g[c * s.P + o];
   }
-  const int64_t n_vec = s.L / 8;
   for (int64_t o = 0; o < s.P; ++o) {
     const float* gq = gT + o * s.Co;
     uint64_t any = 0;
@@ -256,11 +270,10 @@ __attribute__((target("avx2,fma"))) void sparse_image_avx2(const float* g, const
       any |= bits;
     }
     if (any == 0) continue;
-    float* base = buf + ((o / s.OW) * s.sH * s.padW + (o % s.OW) * s.sW) * s.Ci;
-    int64_t j0 = 0;
-    for (; j0 + kBlock <= n_vec; j0 += kBlock) mask_block<kBlock>(gq, masks, words, wt, s.L, j0, base, dst);
-    for (; j0 + 3 <= n_vec; j0 += 3) mask_block<3>(gq, masks, words, wt, s.L, j0, base, dst);
-    for (; j0 < n_vec; ++j0) mask_block<1>(gq, masks, words, wt, s.L, j0, base, dst);
+    float* base = buf + origin(o, s);
+    vector_blocks(L / 8, [&](auto r, int64_t j0) __attribute__((target("avx2,fma"))) {
+      mask_block<decltype(r)::value>(gq, masks, words, wt, L, j0, base, dst);
+    });
   }
   const int64_t W8 = s.W - s.W % 8;
   for (int64_t ih = 0; ih < s.H; ++ih) {
@@ -282,8 +295,8 @@ bool conv2d_input_grad_sparse(std::uintptr_t grad, std::uintptr_t weight, std::u
                               int64_t KW, int64_t sH, int64_t sW, int64_t pH, int64_t pW, int64_t dH, int64_t dW,
                               const std::string& dtype, int n_threads) {
   bool finite = true;
-  const int64_t K = KH * KW, P = OH * OW, padH = std::max((OH - 1) * sH + (KH - 1) * dH + 1, pH + H),
-                padW = std::max((OW - 1) * sW + (KW - 1) * dW + 1, pW + W);
+  const Geometry s = geometry(Co, Ci, OH, OW, H, W, KH, KW, sH, sW, pH, pW, dH, dW);
+  const int64_t K = s.K, P = s.P;
   dispatch_float(dtype, [&](auto zero) {
     using T = decltype(zero);
     constexpr int64_t kLanes = 32 / static_cast<int64_t>(sizeof(T));
@@ -293,21 +306,17 @@ bool conv2d_input_grad_sparse(std::uintptr_t grad, std::uintptr_t weight, std::u
     // A skipped zero times an infinite or NaN weight would be NaN in the dense sum.
     for (int64_t i = 0; i < Co * Ci * K; ++i) finite &= std::isfinite(w[i]);
     if (!finite) return;
-    const SparseGeometry s{Co, Ci, K, KW, P, OW, H, W, sH, sW, pH, pW, dH, dW, padW, K * Ci, Ci % kLanes == 0};
     std::vector<T> wt(Co * K * Ci);
     for (int64_t co = 0; co < Co; ++co)
       for (int64_t ci = 0; ci < Ci; ++ci)
         for (int64_t k = 0; k < K; ++k) wt[(co * K + k) * Ci + ci] = w[(co * Ci + ci) * K + k];
+    // Whole vectors of the (tap, ci) axis where Ci is a multiple of the lanes, else whole taps.
+    const int64_t step = Ci % kLanes == 0 ? kLanes : Ci;
     std::vector<int64_t> dst;
-    if (s.vectors) {
-      for (int64_t j = 0; j < s.L / kLanes; ++j) {
-        const int64_t k = j * kLanes / Ci, ci0 = j * kLanes % Ci;
-        dst.push_back(((k / KW) * dH * padW + (k % KW) * dW) * Ci + ci0);
-      }
-    } else {
-      for (int64_t k = 0; k < K; ++k) dst.push_back(((k / KW) * dH * padW + (k % KW) * dW) * Ci);
+    for (int64_t e = 0; e < K * Ci; e += step) {
+      const int64_t k = e / Ci;
+      dst.push_back(((k / KW) * dH * s.padW + (k % KW) * dW) * Ci + e % Ci);
     }
-    const int64_t buf_size = padH * padW * Ci;
     bool avx2 = false;
 #ifdef FASTATTR_CONV_AVX2
     avx2 = std::is_same<T, float>::value && Ci % 8 == 0 && Co % 8 == 0 &&
@@ -317,21 +326,20 @@ bool conv2d_input_grad_sparse(std::uintptr_t grad, std::uintptr_t weight, std::u
       thread_local std::vector<T> buf, scratch;
       thread_local std::vector<int32_t> list;
       thread_local std::vector<uint64_t> masks;
-      buf.resize(buf_size);
+      buf.resize(s.padH * s.padW * Ci);
 #ifdef FASTATTR_CONV_AVX2
       if constexpr (std::is_same<T, float>::value) {
         if (avx2) {
           scratch.resize(Co * P);
           masks.resize((Co + 63) / 64);
-          sparse_image_avx2(g + n * Co * P, wt.data(), gx + n * Ci * H * W, buf.data(), buf_size, scratch.data(),
-                            masks.data(), dst.data(), s);
+          sparse_image_avx2(g + n * Co * P, wt.data(), gx + n * Ci * H * W, buf.data(), scratch.data(), masks.data(),
+                            dst.data(), s);
           return;
         }
       }
 #endif
       list.resize(Co);
-      sparse_image<T>(g + n * Co * P, wt.data(), gx + n * Ci * H * W, buf.data(), buf_size, list.data(), dst.data(),
-                      s);
+      sparse_image<T>(g + n * Co * P, wt.data(), gx + n * Ci * H * W, buf.data(), list.data(), dst.data(), s);
     });
   });
   return finite;

@@ -21,14 +21,20 @@ def _torch(g, x, w, s, p, d, mask=(True, False, False)):
                                                list(mask))
 
 
+def _geometry(draw, kernel: int, stride: int, dilation: int, padding: int, side: int):
+    """Kernel, stride, dilation, padding pairs up to these bounds, and an input size (h, w) they fit."""
+    k = (draw(st.integers(1, kernel)), draw(st.integers(1, kernel)))
+    s = (draw(st.integers(1, stride)), draw(st.integers(1, stride)))
+    d = (draw(st.integers(1, dilation)), draw(st.integers(1, dilation)))
+    p = (draw(st.integers(0, padding)), draw(st.integers(0, padding)))
+    h = draw(st.integers(max(1, d[0] * (k[0] - 1) + 1 - 2 * p[0]), side))
+    w = draw(st.integers(max(1, d[1] * (k[1] - 1) + 1 - 2 * p[1]), side))
+    return k, s, d, p, h, w
+
+
 @st.composite
 def _configs(draw):
-    k = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
-    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    d = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    p = (draw(st.integers(0, 4)), draw(st.integers(0, 4)))
-    h = draw(st.integers(max(1, d[0] * (k[0] - 1) + 1 - 2 * p[0]), 14))
-    w = draw(st.integers(max(1, d[1] * (k[1] - 1) + 1 - 2 * p[1]), 14))
+    k, s, d, p, h, w = _geometry(draw, 5, 3, 3, 4, 14)
     return (draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 20)), h, w), k, s, p, d, \
         draw(st.integers(0, 2 ** 16)), draw(st.sampled_from([torch.float32, torch.float64]))
 
@@ -51,12 +57,7 @@ def test_equals_torchs_input_gradient(backend, config):
 
 @st.composite
 def _sparse_configs(draw):
-    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    s = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    p = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    h = draw(st.integers(max(1, d[0] * (k[0] - 1) + 1 - 2 * p[0]), 13))
-    w = draw(st.integers(max(1, d[1] * (k[1] - 1) + 1 - 2 * p[1]), 13))
+    k, s, d, p, h, w = _geometry(draw, 4, 2, 2, 2, 13)
     ci = draw(st.sampled_from([8, 16, 24]))
     co = draw(st.sampled_from([8, 32, 72]))             # 72: more than one 64-channel mask word
     return (draw(st.integers(1, 5)), ci, co, h, w), k, s, p, d, draw(st.floats(0.0, 1.0)), \

@@ -143,11 +143,9 @@ def _pooled_convs(modules: list[nn.Module]) -> set[int]:
         for seq in root.modules():
             if type(seq) is not nn.Sequential:
                 continue
-            children = list(seq)
-            for i, child in enumerate(children[:-1]):
-                after = children[i + 1:i + 3]
-                if type(child) is nn.Conv2d and (type(after[0]) in _POOLS_2D or (
-                        type(after[0]) is nn.ReLU and len(after) == 2 and type(after[1]) in _POOLS_2D)):
+            kinds = [type(child) for child in seq] + [None]
+            for child, nxt, after in zip(seq, kinds[1:], kinds[2:] + [None]):
+                if type(child) is nn.Conv2d and (nxt in _POOLS_2D or (nxt is nn.ReLU and after in _POOLS_2D)):
                     out.add(id(child))
     return out
 
@@ -247,16 +245,15 @@ def fast_layers(modules: list[nn.Module], inputs) -> Iterator[None]:
     off_cpu = inputs is None or (isinstance(inputs, torch.Tensor) and inputs.device.type != "cpu")
     on = (_enabled.get() or _conv_enabled.get()) and not off_cpu
     pooled = _pooled_convs(modules) if on else set()
-    patched = [(m, _forward_class(m, pooled)) for root in modules for m in root.modules()] if on else []
-    patched = [(m, cls) for m, cls in patched if cls is not None]
-    for m, cls in patched:
-        m.forward = cls(m)
+    patched = [m for root in modules for m in root.modules() if on and _forward_class(m, pooled) is not None]
+    for m in patched:
+        m.forward = _forward_class(m, pooled)(m)
     token = _active.set(_active.get() or on)
     try:
         yield
     finally:
         _active.reset(token)
-        for m, _ in patched:
+        for m in patched:
             if _ours(m):
                 del m.forward
 

@@ -89,16 +89,15 @@ def _torch_input_grad(grad, weight, input_size, s, p, d) -> torch.Tensor:
 
 
 def _cpp(grad, weight, input_size, s, p, d) -> torch.Tensor:
-    """The C++ input gradient: the sparse kernel for more than :data:`MAX_CHANNELS` input channels where
-    :func:`sparse_kernel_fits` and every weight is finite (a skipped zero times one that is not would be NaN),
+    """The C++ input gradient: the sparse kernel where :func:`sparse_kernel_fits` (never for the few input channels
+    of the dense kernel's layers) and every weight is finite (a skipped zero times one that is not would be NaN),
     the dense kernel otherwise."""
     g, w = grad.contiguous(), weight.contiguous()
     n, co, oh, ow = g.shape
     ci, kh, kw = w.shape[1:]
     out = torch.empty((n, ci) + tuple(input_size), dtype=g.dtype)
     args = (g.data_ptr(), w.data_ptr(), out.data_ptr(), n, co, ci, oh, ow, *input_size, kh, kw, *s, *p, *d)
-    sparse = ci > MAX_CHANNELS and sparse_kernel_fits(ci, co)
-    if out.numel() and not (sparse and run_cpp("conv2d_input_grad_sparse", *args, dtype=g.dtype)):
+    if out.numel() and not (sparse_kernel_fits(ci, co) and run_cpp("conv2d_input_grad_sparse", *args, dtype=g.dtype)):
         run_cpp("conv2d_input_grad", *args, dtype=g.dtype)
     return out
 
