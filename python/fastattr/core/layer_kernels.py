@@ -31,7 +31,7 @@ own) whose input needs its gradient runs through :func:`fastattr.ops.conv.conv2d
 gradients fits: the dense kernel for at most :data:`fastattr.ops.conv.MAX_CHANNELS` input channels (oneDNN takes
 about 3× longer on a grayscale CNN's first layer), the sparse one for a float32 layer of channel counts that
 :func:`fastattr.ops.conv.sparse_kernel_fits` whose next sibling in an ``nn.Sequential`` (exact type) is a 2-D max
-pool, or a ReLU and then one (at most one output in each window gets a gradient; about 2× faster than oneDNN on
+pool, or a ReLU and then one (at most one output in each window gets a gradient; about 1.7× faster than oneDNN on
 the digits CNN's second layer). The forward is torch's, bit for bit; the input gradient equals torch's to
 rounding; weight and bias gradients are torch's, computed only where the backward uses them.
 :func:`torch_convolution` keeps torch's own backward.

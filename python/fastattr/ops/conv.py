@@ -10,7 +10,7 @@ convolution's output gradient is zero: at most one output in each pooling window
 kernel sums, per example and output position, the weights of the channels whose gradient is nonzero
 (``Σ_{co: g[co, o] ≠ 0} g[co, o] · weight[co, :, k]`` in registers, added at each tap ``k`` into a
 channels-last buffer), work in proportion to the nonzeros; on the digits CNN's second layer (16 → 32 channels,
-~16 % nonzero) it takes about half of oneDNN's time (``fastattr bench agg --tables conv``). :func:`conv2d` uses it
+~16 % nonzero) it is about 1.7× faster than oneDNN (``fastattr bench agg --tables conv``). :func:`conv2d` uses it
 for a layer that its caller knows feeds a max pool (``sparse_gradient``): the choice rests on the model's
 structure, not on the data, so an example's gradient does not depend on the batch it came in.
 Backends: reference and C++. A CUDA tensor keeps torch's (cuDNN) kernel: the op exists to replace oneDNN's on
