@@ -101,16 +101,16 @@ def test_gradients(backend_device):
     leaves = [t.clone().requires_grad_(True) for t in (z, w, bias, q)]
     assert torch.autograd.gradcheck(lambda a, b, c, d: group_select(a, slot, b, c, d, backend=backend), leaves)
     weights = torch.randn(3, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
-    for fn in (lambda *a: group_select(*a, backend=backend), reference_select):
+
+    def grads(fn):
         for t in leaves:
             t.grad = None
         p, y, logits = fn(leaves[0], slot, *leaves[1:])
         ((logits ** 2).sum() + (p * 0.3).sum() + (y.sum(1) * weights).sum()).backward()
-        grads = [t.grad.clone() for t in leaves]
-        if fn is reference_select:
-            for a, e in zip(grads, expected):
-                torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
-        expected = grads
+        return [t.grad.clone() for t in leaves]
+
+    for got, expected in zip(grads(lambda *a: group_select(*a, backend=backend)), grads(reference_select)):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
     no_bias = [t.clone().requires_grad_(True) for t in (z, w, q)]
     assert torch.autograd.gradcheck(lambda a, b, c: group_select(a, slot, b, None, c, backend=backend), no_bias)
 

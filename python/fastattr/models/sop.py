@@ -238,7 +238,7 @@ class SumOfParts(nn.Module):
     def _make_unit_patch(self, token_dim: int, device) -> torch.Tensor:
         p = self.patch_size
         if self.kind == "image":
-            (gh, gw), (h, w) = self.grid, self.input_shape[1:]
+            gw, (h, w) = self.grid[1], self.input_shape[1:]
             rows = torch.arange(h, device=device).div(p, rounding_mode="floor")
             cols = torch.arange(w, device=device).div(p, rounding_mode="floor")
             return (rows.view(-1, 1) * gw + cols.view(1, -1)).reshape(-1)
