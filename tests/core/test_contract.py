@@ -86,3 +86,17 @@ def test_empty_batches_and_silently_accepted_options_are_refused():
         fastattr.smoothgrad(model, x, 0, n_samples=2, stdev_spread=-1.0)
     with pytest.raises(ValueError, match="references must be a tensor"):
         fastattr.expected_gradients(model, x, 0, references=torch.zeros(3, 3, 4, 4, dtype=x.dtype))
+
+
+def test_batch_coupled_names_the_modules_that_couple_a_forwards_rows():
+    """Batch statistics (training mode, or no running statistics) and dropout in training mode couple the
+    examples of a forward; a model merely left in training mode does not."""
+    assert not fastattr.core.batch_coupled(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    assert fastattr.core.batch_coupled(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    assert not fastattr.core.batch_coupled(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).eval())
+    assert fastattr.core.batch_coupled(nn.BatchNorm1d(2, track_running_stats=False).eval())
+    assert fastattr.core.batch_coupled(nn.Dropout(0.1)) and not fastattr.core.batch_coupled(nn.Dropout(0.0))
+    assert not fastattr.core.batch_coupled(nn.Dropout(0.1).eval())
+    assert fastattr.core.batch_coupled(nn.LSTM(3, 3, 2, dropout=0.2)) and not fastattr.core.batch_coupled(nn.LSTM(3, 3))
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    assert fastattr.core.batch_coupled(lambda z: net(z)[:, 0])   # the modules a function closes over

@@ -182,6 +182,44 @@ def test_skip_connections_reused_modules_and_overlapping_pools_keep_summation_to
                 assert reference(model, x, 0.1, y)[1].abs().max() > 1e-3
 
 
+def coupled(kind: str) -> nn.Module:
+    """Models whose forward couples its rows: BatchNorm with batch statistics after a ReLU and before a Tanh
+    (``train``), dropout in training mode (``dropout``), and a BatchNorm1d without running statistics, which
+    uses batch statistics in eval mode too (``untracked``)."""
+    torch.manual_seed(21)
+    if kind == "train":
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1),
+                             nn.BatchNorm2d(4), nn.Tanh(), nn.Flatten(), nn.Linear(256, 10)).double().train()
+    if kind == "dropout":
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 10)
+                             ).double().train()
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16, track_running_stats=False), nn.Sigmoid(),
+                         nn.Linear(16, 10)).double().eval()
+
+
+@pytest.mark.parametrize("kind", ["train", "dropout", "untracked"])
+def test_a_model_that_couples_its_rows_gives_captums_values(kind):
+    """Captum runs inputs and baselines in one forward ``[x; x']`` and takes the delta from two more (the
+    baselines', then the inputs'): with batch statistics (their gradient included) or dropout, the drop-in
+    does the same, draw for draw, and leaves the model's buffers as they were (Captum's forwards update them)."""
+    model = coupled(kind)
+    x, y = digits(7)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for base in baselines(x):
+        torch.manual_seed(5)
+        ours, delta = fa.DeepLift(model).attribute(x, base, target=y.tolist(), return_convergence_delta=True)
+        after = model.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in state.items())
+        torch.manual_seed(5)
+        ref, ref_delta = reference(model, x, base, y)
+        close(ours, ref)
+        close(delta, ref_delta)
+        model.load_state_dict(state)
+        if kind != "dropout":  # one forward of every input and baseline, whatever the chunk size
+            with fastattr.use_model_mode("as_given"):
+                close(fastattr.deeplift(model, x, y, baselines=base, max_batch=2), ours)
+
+
 def test_drop_in_api():
     model, x, y = case("mlp")
     dl = fa.DeepLift(model)

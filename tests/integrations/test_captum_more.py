@@ -361,3 +361,22 @@ def test_attributions_carry_no_graph_of_the_inputs():
             *fa.IntegratedGradients(model).attribute(x, refs[:1], y, n_steps=4, return_convergence_delta=True),
             fa.NoiseTunnel(fa.IntegratedGradients(model)).attribute(x, nt_samples=2, target=y, n_steps=4)]
     assert all(not o.requires_grad for o in outs) and x.grad is None
+
+
+def test_batch_statistics_see_captums_one_forward():
+    """A BatchNorm in training mode normalises over the forward it is in: without ``internal_batch_size``
+    Captum runs all ``n_steps · B`` path points in one, and so do the drop-ins (2,000 rows here, above the
+    chunk fastattr would choose), with the model's buffers left as they were."""
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(256, 10)).double().train()
+    x = torch.cat([digits()[0]] * 5)[:40]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for ours_of, ref_of in [(fa.IntegratedGradients, cattr.IntegratedGradients),
+                            (lambda m: fa.LayerIntegratedGradients(m, m[0]),
+                             lambda m: cattr.LayerIntegratedGradients(m, m[0]))]:
+        ours = ours_of(model).attribute(x, target=3)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+        ref = ref_of(model).attribute(x, target=3)
+        model.load_state_dict(state)
+        assert rel_err(ours, ref) < 1e-8, rel_err(ours, ref)

@@ -329,3 +329,39 @@ def test_empty_batch_and_missing_window():
         fa.FeatureAblation(model).attribute(x[:0])
     with pytest.raises(TypeError, match="sliding_window_shapes must be a tuple"):
         fa.Occlusion(model).attribute(x, sliding_window_shapes=None, target=y)
+
+
+class Coupled(nn.Module):
+    """An image through a convolution, BatchNorm and ReLU, and a vector, into dropout and a linear layer: in
+    training mode its outputs depend on which inputs share a forward."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv, self.norm = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.drop, self.fc = nn.Dropout(0.2), nn.Linear(4 * 64 + 5, 4)
+
+    def forward(self, image, vector):
+        return self.fc(self.drop(torch.cat([self.norm(self.conv(image)).relu().flatten(1), vector], 1)))
+
+
+@pytest.mark.parametrize("per_eval", [1, 3, 7])
+def test_a_model_in_training_mode_gets_captums_forwards(per_eval):
+    """Batch statistics and dropout make the values depend on which perturbations share a forward: for such a
+    model the drop-ins run Captum's forwards (``perturbations_per_eval`` perturbations each, Captum's order of
+    windows and of feature ids across the inputs) and give Captum's values, draw for draw, with the model's
+    buffers as they were."""
+    model = Coupled().double().train()
+    x = (digits()[0][:5], torch.randn(5, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    interleaved = (torch.arange(64).reshape(1, 1, 8, 8) // 9 * 2, torch.tensor([[1, 3, 5, 5, 0]]))
+    runs = [("Occlusion", {"sliding_window_shapes": ((1, 2, 2), (2,)), "strides": ((1, 2, 1), 1)}),
+            ("FeatureAblation", {}), ("FeatureAblation", {"feature_mask": interleaved})]
+    for name, kwargs in runs:
+        torch.manual_seed(3)
+        ours = getattr(fa, name)(model).attribute(x, target=1, perturbations_per_eval=per_eval, **kwargs)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+        torch.manual_seed(3)
+        ref = getattr(cattr, name)(model).attribute(x, target=1, perturbations_per_eval=per_eval, **kwargs)
+        model.load_state_dict(state)  # Captum's forwards update the running statistics
+        close(ours, ref, x)

@@ -1,8 +1,8 @@
 """DeepLift with the rescale rule (Shrikumar et al. 2017; SPEC §10), as Captum's ``DeepLift`` computes it.
 
 The baselines run first, in a forward of their own without gradients (once per call when one baseline
-serves every example, as one row; per chunk for a model in training mode), and every nonlinearity module of a type in :data:`DEEPLIFT_RULES`
-records its input ``x'`` and output ``y'`` of each call. Then each chunk of ``n`` examples runs one
+serves every example, as one row; otherwise per chunk), and every nonlinearity module of a type in
+:data:`DEEPLIFT_RULES` records its input ``x'`` and output ``y'`` of each call. Then each chunk of ``n`` examples runs one
 forward and one backward of ``Σ_i f_{t_i}(x_i)``; the same modules, in the same order of calls, pass
 their output on through ``_Rescale``, an autograd function that is the identity in the forward and
 whose backward replaces the module's local gradient by the multiplier ``Δy/Δx``, where ``Δx = x − x'``
@@ -13,6 +13,11 @@ without its baseline half: there both halves carry the same gradient at every la
 the same multipliers), so only the inputs' half is propagated. Only the module's own backward is
 replaced (Captum's tensor hooks replace the whole gradient of the tensor a module reads), so the
 rules compose through adjacent nonlinearities, skip connections and modules called twice.
+
+A model whose forward couples its rows (:func:`~fastattr.core.batch_coupled`: BatchNorm with batch statistics,
+dropout in training mode) runs as Captum runs it instead: one forward of all inputs and baselines ``[x; x']``,
+each rule pairing the two halves (``_RescaleJoint``), and one backward of ``Σ f_t`` over both halves, so the
+batch statistics and their gradient are Captum's.
 """
 from __future__ import annotations
 
@@ -24,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import (ChunkGrid, Target, check_flag, check_inputs, check_number, frozen_parameters, gradient_chunk,
-                    model_entry, path_baselines, resolve_target, run_model, select)
+from ..core import (ChunkGrid, Target, batch_coupled, check_flag, check_inputs, check_number, frozen_parameters,
+                    gradient_chunk, model_entry, path_baselines, resolve_target, run_model, select)
 from ..core.contract import modules_of
 from ..core.layer_kernels import fast_pool_here
 from ..ops import max_pool2d
@@ -107,6 +112,26 @@ class _Rescale(torch.autograd.Function):
         return rule(ctx.module, x, y, xb, yb, grad, ctx.eps, ctx.examples), None, None, None, None, None, None
 
 
+class _RescaleJoint(torch.autograd.Function):
+    """``y = module(x)`` for ``x = [x_in; x_base]``, passed on unchanged; the backward applies the module's rule
+    to each half's gradient with the same pairing (Captum's: both halves get the multiplier ``Δy/Δx``, each its
+    own local gradient where ``|Δx| < eps``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, module: nn.Module, eps: float, examples: int) -> torch.Tensor:
+        ctx.save_for_backward(x, y)
+        ctx.module, ctx.eps, ctx.examples = module, eps, examples
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, y = ctx.saved_tensors
+        n, rule = ctx.examples, DEEPLIFT_RULES[type(ctx.module)]
+        inputs = rule(ctx.module, x[:n], y[:n], x[n:], y[n:], grad[:n], ctx.eps, n)
+        bases = rule(ctx.module, x[n:], y[n:], x[:n], y[:n], grad[n:], ctx.eps, n)
+        return torch.cat([inputs, bases]), None, None, None, None
+
+
 class _Rules:
     """The forward hook every nonlinearity module carries during a call. In the baselines' forward
     (``recording``) it keeps each call's ``(module, x', y')``; in the inputs' forward of ``rows`` examples
@@ -114,7 +139,7 @@ class _Rules:
 
     def __init__(self, eps: float, modules: int):
         self.eps, self.modules = eps, modules
-        self.rows, self.base_rows, self.recording = 0, 0, False
+        self.rows, self.base_rows, self.recording, self.joint = 0, 0, False, False
         self.calls: list = []
         self.position = 0
 
@@ -124,6 +149,8 @@ class _Rules:
         if self.recording:
             self.calls.append((module, x, y))
             return None
+        if self.joint:
+            return self._joint(module, x, y, output)
         if self.position >= len(self.calls) or self.calls[self.position][0] is not module:
             raise ValueError(f"DeepLift pairs every call of a nonlinearity module with the baselines' call of the "
                              f"same rank; the inputs' forward called {type(module).__name__} where the baselines' "
@@ -140,6 +167,19 @@ class _Rules:
                              f"needs every {type(module).__name__} module to be called with one tensor whose first "
                              f"axis is that batch (or batch-major, {self.rows}·k rows); it got {shape}")
         out = _Rescale.apply(x, y.detach(), xb, yb, module, self.eps, self.rows)
+        return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
+
+    def _joint(self, module: nn.Module, x, y, output):
+        """A call in the forward of ``[x; x']`` (:func:`_joint_chunk`): the halves of each tensor pair up."""
+        if isinstance(x, torch.Tensor) and not x.requires_grad:
+            return None
+        if not all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in (x, y)) \
+                or x.shape[0] != 2 * self.rows or y.shape[0] != x.shape[0]:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"DeepLift runs a batch of {self.rows} inputs and their baselines in one forward of "
+                             f"{2 * self.rows} rows and needs every {type(module).__name__} module to be called "
+                             f"with one tensor whose first axis is those rows; it got {shape}")
+        out = _RescaleJoint.apply(x, y.detach(), module, self.eps, self.rows)
         return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
 
 
@@ -210,6 +250,26 @@ def _deeplift_chunk(model: Callable, x: torch.Tensor, base_out: torch.Tensor, ta
     return grad, scores.detach() - select(baseline_rows(base_out, n), t)
 
 
+def _joint_chunk(model: Callable, x: torch.Tensor, xb: torch.Tensor, target: Target, named: torch.Tensor,
+                 rules: _Rules) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a model that couples the rows of a forward (:func:`~fastattr.core.batch_coupled`: batch statistics in
+    training mode): Captum's one forward of ``[x; x']`` under :func:`_rescale_rules` and the backward of
+    ``Σ f_t`` over both halves (each carries the other's rules, so the batch statistics' gradient is Captum's);
+    ``(multipliers [n, ...], f_t(x) − f_t(x') [n])``."""
+    n = x.shape[0]
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        rules.rows, rules.joint = n, True
+        try:
+            out = run_model(model, torch.cat([x, xb.to(x.dtype)]), named=named)
+        finally:
+            rules.joint = False
+        t = resolve_target(model, x, target, logits=out[:n].detach())
+        scores, base_scores = select(out[:n], t), select(out[n:], t)
+        (grad,) = torch.autograd.grad(scores.sum() + base_scores.sum(), x)
+    return grad, (scores - base_scores).detach()
+
+
 @model_entry(gradients=True)
 def deeplift(model: Callable, inputs: torch.Tensor, target: Target = None, *,
              baselines: Union[None, float, torch.Tensor] = None, multiply_by_inputs: bool = True,
@@ -248,7 +308,8 @@ def deeplift(model: Callable, inputs: torch.Tensor, target: Target = None, *,
             sign), ``f_t`` read off the same forward pass.
         eps: ``|Δx|`` below which a nonlinearity keeps its own gradient (Captum's ``eps``), > 0.
         max_batch, memory_budget: model inputs per forward (the baselines run in a forward of their own,
-            without gradients), or bytes for one chunk. Results do not depend on them.
+            without gradients), or bytes for one chunk. Results do not depend on them: a model that couples
+            the rows of a forward (batch statistics) runs all inputs and baselines in one, as Captum does.
 
     Returns:
         a tensor shaped like ``inputs``; with ``return_convergence_delta`` also the ``[B]`` deltas.
@@ -276,15 +337,14 @@ def deeplift(model: Callable, inputs: torch.Tensor, target: Target = None, *,
                           "torch.sigmoid in forward) keep their plain gradient, so the result is (x − x') ⊙ "
                           "∂f_t/∂x", UserWarning, stacklevel=3)
         parts = []
-        # a model in training mode (Captum's drop-in runs it as given) sees the baselines in batches of the
-        # chunk's size, not one row: batch statistics need more than one
-        training = any(m.training for root in modules_of(model) for m in root.modules())
-        shared = _baseline_pass(model, base, rules, inputs) if base.shape[0] == 1 and not training else None
-        for e0, e1, _, _ in ChunkGrid(batch, 1, per):
-            base_out = shared
-            if shared is None:
-                rows = base[e0:e1] if base.shape[0] > 1 else base.expand((e1 - e0,) + tuple(base.shape[1:]))
-                base_out = _baseline_pass(model, rows, rules, inputs)
+        coupled = batch_coupled(model)
+        shared = _baseline_pass(model, base, rules, inputs) if base.shape[0] == 1 and not coupled else None
+        for e0, e1, _, _ in ChunkGrid(batch, 1, batch if coupled else per):
+            rows = base[e0:e1] if base.shape[0] > 1 else base.expand((e1 - e0,) + tuple(base.shape[1:]))
+            if coupled:
+                parts.append(_joint_chunk(model, inputs[e0:e1], rows, targets(e0, e1), inputs, rules))
+                continue
+            base_out = shared if shared is not None else _baseline_pass(model, rows, rules, inputs)
             parts.append(_deeplift_chunk(model, inputs[e0:e1], base_out, targets(e0, e1), rules))
     multipliers = torch.cat([p[0] for p in parts])
     attr = (inputs - base) * multipliers if multiply_by_inputs else multipliers

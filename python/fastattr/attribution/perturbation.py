@@ -106,19 +106,22 @@ class Windows:
         self.count = math.prod(self.positions)
 
     def masks(self, p0: int, p1: int) -> torch.Tensor:
-        """Window masks of positions ``p0..p1-1`` (row-major over the position grid), ``[k, size]``."""
+        """Window masks of positions ``p0..p1-1``, ``[k, size]``, numbered as Captum numbers them (the first
+        dimension's position varies fastest), so that a forward of consecutive windows holds Captum's."""
         k = p1 - p0
         index = torch.arange(p0, p1, device=self.device)
         m = torch.ones(k, dtype=torch.bool, device=self.device)
         for d, a in enumerate(self.cover):
-            p = (index // math.prod(self.positions[d + 1:])) % self.positions[d]
+            p = (index // math.prod(self.positions[:d])) % self.positions[d]
             m = m.unsqueeze(-1) & a[:, p].T.reshape((k,) + (1,) * d + (a.shape[0],))
         return m.reshape(k, self.size)
 
     def spread(self, delta: torch.Tensor) -> torch.Tensor:
-        """``attr[b, i] = Σ_{p covers i} Δ[b, p] / #{p covers i}`` for ``delta`` ``[B, count]``:
-        a product of one small matrix per dimension (no window masks); ``[B, size]``."""
-        out = delta.reshape((delta.shape[0],) + self.positions)
+        """``attr[b, i] = Σ_{p covers i} Δ[b, p] / #{p covers i}`` for ``delta`` ``[B, count]`` (positions
+        numbered as in :meth:`masks`): a product of one small matrix per dimension (no window masks);
+        ``[B, size]``."""
+        n = len(self.positions)
+        out = delta.reshape((delta.shape[0],) + self.positions[::-1]).permute(0, *range(n, 0, -1))
         counts = torch.ones((), dtype=delta.dtype, device=delta.device)
         for d, a in enumerate(self.cover):
             a = a.to(delta.dtype)

@@ -19,8 +19,8 @@ Imports go down only: ``core`` uses ``ops`` and nothing above it.
 from .baselines import Baseline, Blur, Uniform, integer_baseline, make_baseline, path_baselines, reference_inputs
 from .chunks import (ChunkGrid, ChunkRunner, CountingModel, chunk_size, forward_chunks, free_memory, gradient_chunk,
                      measured_input_factor, saved_activation_bytes)
-from .contract import (ModelCallError, Target, broadcasts_to, check_count, check_flag, check_inputs, check_model,
-                       check_number, check_output, eval_modes, example_draws, frozen_parameters, get_model_mode,
+from .contract import (ModelCallError, Target, batch_coupled, broadcasts_to, check_count, check_flag, check_inputs,
+                       check_model, check_number, check_output, eval_modes, example_draws, frozen_parameters, get_model_mode,
                        is_integer, make_generator, model_entry, model_errors, model_guard, run_model, use_model_mode)
 from .layers import Layer, hidden_layers, resolve_layers
 from .layer_kernels import fast_conv_here, fast_layers, fast_pool_here, torch_convolution, torch_pooling
@@ -32,7 +32,8 @@ from .targets import READERS, check_scalar_reader, read_scores, resolve_clean, r
 
 __all__ = ["Baseline", "Blur", "ChunkGrid", "ChunkRunner", "CountingModel", "Features", "GaussianNoise", "MaskBuilder",
            "Layer", "MaskSet", "ModelCallError", "READERS", "RankSchedule", "Source", "Target", "Uniform", "all_subsets",
-           "broadcasts_to", "check_attributions", "check_count", "check_flag", "check_inputs", "check_model",
+           "batch_coupled", "broadcasts_to", "check_attributions", "check_count", "check_flag", "check_inputs",
+           "check_model",
            "check_number", "check_output", "check_scalar_reader", "chunk_size", "eval_modes", "example_draws",
            "fast_conv_here", "fast_layers", "fast_pool_here", "feature_layout",
            "feature_space", "forward_chunks", "fraction_count", "free_memory", "frozen_parameters", "get_model_mode",

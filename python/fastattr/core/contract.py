@@ -134,6 +134,22 @@ def modules_of(model) -> list[nn.Module]:
     return list(found.values())
 
 
+def batch_coupled(model) -> bool:
+    """Whether the model, in its current mode, couples the examples that share a forward: a BatchNorm that
+    normalises with the batch's statistics (in training mode, or without running statistics), or dropout in
+    training mode (a dropout module, or a module's own dropout probability, as ``nn.MultiheadAttention``'s
+    or an RNN's). Its outputs then depend on which inputs run together, so a method that must give another
+    library's numbers (the Captum drop-ins) forms that library's forwards exactly. A model merely left in
+    training mode, without such modules, is not coupled."""
+    def coupled(m: nn.Module) -> bool:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return m.training or not m.track_running_stats
+        p = m.p if isinstance(m, nn.modules.dropout._DropoutNd) else getattr(m, "dropout", None)
+        return m.training and isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0
+
+    return any(coupled(m) for root in modules_of(model) for m in root.modules())
+
+
 def _snapshot_buffers(modules: list[nn.Module]) -> list:
     """``(module, name, buffer, copy)`` of every materialised buffer (lazy ones are skipped)."""
     return [(m, name, b, b.detach().clone()) for root in modules for m in root.modules()

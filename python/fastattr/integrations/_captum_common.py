@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import broadcasts_to, chunk_size, model_guard, resolve_target, select, use_model_mode
+from ..core import batch_coupled, broadcasts_to, chunk_size, model_guard, resolve_target, select, use_model_mode
 
 
 class CaptumAssertionError(ValueError, AssertionError):
@@ -343,9 +343,13 @@ def _bind(forward_func: Callable, x: torch.Tensor, target, additional_forward_ar
           total: int, strict: bool = True):
     """The model, target and ``max_batch`` to hand to fastattr for Captum-style arguments.
 
-    ``total`` is the number of model inputs the method runs (e.g. ``n_steps * batch``). With ``strict``
-    (Captum's gradient methods), ``target=None`` needs a model with one output per example.
+    ``total`` is the number of model inputs the method runs (e.g. ``n_steps * batch``). Without ``max_batch``
+    (Captum's one forward of them all) a model that couples the rows of a forward (batch statistics,
+    :func:`~fastattr.core.batch_coupled`) runs them in one forward, as in Captum. With ``strict`` (Captum's
+    gradient methods), ``target=None`` needs a model with one output per example.
     """
+    if max_batch is None and batch_coupled(forward_func):
+        max_batch = total
     args = _as_args(additional_forward_args)
     if isinstance(target, torch.Tensor) and target.numel() == 1:
         target = int(target.item())
@@ -440,10 +444,11 @@ class _Attribution:
                                        f"{end.shape[0]} rows of end_point")
         total = sum(a.reshape(a.shape[0], -1).sum(1) for a in attrs)
         model, t, _ = _bind(pack.model, end, target, additional_forward_args, None, end.shape[0])
-        with torch.no_grad():
+        with torch.no_grad():  # Captum's order: the start point's forward, then the end point's
+            start_out = model(start)
             out = model(end)
             t = resolve_target(model, end, t, logits=out)
-            gap = select(out, t) - select(model(start), t)
+            gap = select(out, t) - select(start_out, t)
         return total.to(gap.dtype) - gap
 
     @property

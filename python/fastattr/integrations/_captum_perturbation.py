@@ -13,7 +13,11 @@ What differs from Captum:
 - Batching. ``perturbations_per_eval`` is the least number of perturbations per forward pass, not
   the most: fastattr packs as many perturbed copies into one pass as its memory-sized chunk allows
   (at most a quarter of free memory; on CPU a cache-sized working set), so Captum's default of one
-  perturbation per pass does not make a call slow. Values do not depend on it.
+  perturbation per pass does not make a call slow. Values do not depend on it, except for a model
+  whose forward couples its rows (:func:`fastattr.core.batch_coupled`: BatchNorm with batch statistics,
+  dropout in training mode): that model runs Captum's forwards, exactly ``perturbations_per_eval``
+  perturbations each, in Captum's order (windows with the first dimension's position varying fastest,
+  feature ids input by input), and gives Captum's values — as slowly as Captum.
 - Precision. Attributions come back in the inputs' dtype (Captum's ``Occlusion`` always returns
   float32, also for float64 models); for integer inputs (token ids, with a whole-number baseline
   such as the padding id), in the scores' floating dtype.
@@ -59,7 +63,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..core import check_count, check_flag, chunk_size
+from ..core import batch_coupled, check_count, check_flag, chunk_size
 from ..attribution.perturbation import Windows, broadcast_mask, like_inputs, occlude
 from ..attribution.perturbation import feature_ablation as _feature_ablation
 from ..attribution.perturbation import occlusion as _occlusion
@@ -78,7 +82,12 @@ def _count(value, name: str) -> int:
         raise CaptumAssertionError(str(error)) from None
 
 
-def _max_batch(x: torch.Tensor, perturbations_per_eval: int) -> int:
+def _max_batch(x: torch.Tensor, perturbations_per_eval: int, forward_func: Callable) -> int:
+    """Model inputs per forward: at least ``perturbations_per_eval`` perturbations of every example, exactly
+    that many for a model that couples the rows of a forward (:func:`~fastattr.core.batch_coupled`), whose
+    values then depend on which perturbations share one: Captum's forwards."""
+    if batch_coupled(forward_func):
+        return perturbations_per_eval * x.shape[0]
     total = x.shape[0] * max(1, x[0].numel())
     return max(perturbations_per_eval * x.shape[0], chunk_size(x, total, None, None))
 
@@ -212,8 +221,8 @@ class FeatureAblation(_Attribution):
             x = pack.x
             mask = _single_of(feature_mask, "feature_mask") if pack.packed is None else \
                 _packed_mask(pack, feature_mask)
-            model, t, max_batch = _bind(pack.model, x, target, additional_forward_args,
-                                        _max_batch(x, perturbations_per_eval), x.shape[0] * x[0].numel(),
+            per = _max_batch(x, perturbations_per_eval, self.forward_func)
+            model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, per, x.shape[0] * x[0].numel(),
                                         strict=False)
             base = pack.baselines(baselines)
             attr = _feature_ablation(_counted(model, bar, x.shape[0], _feature_count(x, mask)), x, t,
@@ -307,8 +316,8 @@ class Occlusion(FeatureAblation):
         bar = _progress_bar(show_progress, self)
         try:
             x = pack.x
-            model, t, max_batch = _bind(pack.model, x, target, additional_forward_args,
-                                        _max_batch(x, perturbations_per_eval), x.shape[0] * x[0].numel(),
+            per = _max_batch(x, perturbations_per_eval, self.forward_func)
+            model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, per, x.shape[0] * x[0].numel(),
                                         strict=False)
             if pack.packed is None:
                 count = math.prod(Windows(tuple(x.shape[1:]), windows[0], strides[0], "cpu").positions)
@@ -347,7 +356,15 @@ def _packed_mask(pack: _Pack, feature_mask) -> Optional[torch.Tensor]:
     masks = [broadcast_mask(x, m, f"feature_mask[{i}]")
              for i, (x, m) in enumerate(zip(pack.xs, pack.per_input(feature_mask, "feature_mask")))]
     rows = max(m.shape[0] for m in masks)
-    return torch.cat([m.expand((rows,) + tuple(m.shape[1:])).reshape(rows, -1) for m in masks], 1)
+    mask = torch.cat([m.expand((rows,) + tuple(m.shape[1:])).reshape(rows, -1) for m in masks], 1)
+    # renumbered in Captum's order (each input's ids in increasing order, the first input's first), so that
+    # a forward of consecutive groups holds Captum's
+    ids = torch.unique(mask)
+    order = list(dict.fromkeys(v for m in masks for v in torch.unique(m).tolist()))
+    rank = torch.empty_like(ids)
+    rank[torch.searchsorted(ids, torch.tensor(order, dtype=ids.dtype, device=ids.device))] = \
+        torch.arange(len(order), dtype=ids.dtype, device=ids.device)
+    return rank[torch.searchsorted(ids, mask)]
 
 
 def _global_generator() -> torch.Generator:
@@ -368,8 +385,9 @@ class _Surrogate(_Attribution):
             base, mask = _single_base(baselines), _single_of(feature_mask, "feature_mask")
         else:
             base, mask = pack.baselines(baselines), _packed_mask(pack, feature_mask)
-        model, t, max_batch = _bind(pack.model, x, target, additional_forward_args,
-                                    _max_batch(x, perturbations_per_eval), x.shape[0] * copies, strict=False)
+        per = _max_batch(x, perturbations_per_eval, self.forward_func)
+        model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, per, x.shape[0] * copies,
+                                    strict=False)
         attr = method(model, x, t, feature_mask=mask, baselines=0.0 if base is None else base, max_batch=max_batch,
                       return_input_shape=return_input_shape, generator=_global_generator(), **options)
         return pack.out(attr) if return_input_shape else attr

@@ -40,7 +40,10 @@ What differs from Captum:
   ``attribute_future`` raises ``NotImplementedError`` except on ``FeatureAblation``, as in Captum.
 - ``internal_batch_size`` bounds the inputs per forward pass, as in Captum (fastattr's
   ``max_batch``); when it is None, fastattr sizes the chunks from free memory. The other methods
-  (Captum runs them in one batch) are chunked from free memory as well.
+  (Captum runs them in one batch) are chunked from free memory as well. A model whose forward couples
+  its rows (:func:`fastattr.core.batch_coupled`: BatchNorm with batch statistics, dropout in training
+  mode) runs Captum's forwards instead, all inputs in one where Captum does, so its values are Captum's;
+  DeepLift then runs inputs and baselines in one forward and its delta from two more, as Captum does.
 - ``GuidedGradCam`` raises when the Grad-CAM map cannot be interpolated to the input (Captum warns
   and returns an empty tensor).
 - ``NoiseTunnel`` wraps any object with Captum's interface (``forward_func`` and ``attribute``), a
@@ -75,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import check_count, check_flag, make_generator, path_baselines, reference_inputs
+from ..core import batch_coupled, check_count, check_flag, make_generator, path_baselines, reference_inputs
 from ..attribution.cam import cam_maps
 from ..attribution.cam import guided_backprop as _guided_backprop
 from ..attribution.cam import guided_grad_cam as _guided_grad_cam
@@ -602,18 +605,22 @@ class DeepLift(_Attribution):
         if _has_batch_tensor(_as_args(additional_forward_args), batch):
             max_batch = max(max_batch, 2 * batch)  # the whole batch and its baselines in one forward
         multiply = self._multiply_by_inputs and custom_attribution_func is None
+        # a model that couples a forward's rows (training mode) gets Captum's delta: separate forwards
+        own_delta = return_convergence_delta and custom_attribution_func is None and not batch_coupled(model)
         out = _deeplift(model, x, t, baselines=baselines, multiply_by_inputs=multiply,
-                        return_convergence_delta=return_convergence_delta and custom_attribution_func is None,
-                        eps=self.eps, max_batch=max_batch)
-        if custom_attribution_func is None:
-            return (pack.out(out[0]), out[1]) if return_convergence_delta else pack.out(out)
+                        return_convergence_delta=own_delta, eps=self.eps, max_batch=max_batch)
+        if own_delta:
+            return pack.out(out[0]), out[1]
         base = pack.out(path_baselines(x, baselines).expand_as(x))
-        bases = base if isinstance(base, tuple) else (base,)
-        multipliers = pack.out(out)
-        attr = _custom_attributions(custom_attribution_func,
-                                    multipliers if isinstance(multipliers, tuple) else (multipliers,),
-                                    tuple(v.detach() for v in pack.xs), bases)
-        attr = attr if pack.is_tuple else attr[0]
+        if custom_attribution_func is None:
+            attr = pack.out(out)
+        else:
+            bases = base if isinstance(base, tuple) else (base,)
+            multipliers = pack.out(out)
+            attr = _custom_attributions(custom_attribution_func,
+                                        multipliers if isinstance(multipliers, tuple) else (multipliers,),
+                                        tuple(v.detach() for v in pack.xs), bases)
+            attr = attr if pack.is_tuple else attr[0]
         if not return_convergence_delta:
             return attr
         return attr, self.compute_convergence_delta(attr, base, inputs, target, additional_forward_args)
