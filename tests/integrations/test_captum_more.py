@@ -380,3 +380,19 @@ def test_batch_statistics_see_captums_one_forward():
         ref = ref_of(model).attribute(x, target=3)
         model.load_state_dict(state)
         assert rel_err(ours, ref) < 1e-8, rel_err(ours, ref)
+
+
+def test_dropout_in_training_mode_draws_captums_masks():
+    """Under the same seed the gradient drop-ins run Captum's forwards on a model with dropout in training
+    mode, and the forward that checks a given target's range leaves the global RNG where it was, so every
+    dropout mask, and every value, is Captum's."""
+    torch.manual_seed(13)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 10)
+                          ).double().train()
+    x = digits()[0]
+    for name in ("Saliency", "InputXGradient", "IntegratedGradients"):
+        torch.manual_seed(4)
+        ours = getattr(fa, name)(model).attribute(x, target=2)
+        torch.manual_seed(4)
+        ref = getattr(cattr, name)(model).attribute(x, target=2)
+        assert rel_err(ours, ref) < 1e-8, (name, rel_err(ours, ref))
