@@ -116,11 +116,28 @@ def test_target_forms(target):
         close(ours, ref, x)
 
 
-def test_target_none_explains_the_predicted_class():
+def test_occlusion_without_a_target_gives_captums_per_output_attributions():
+    """``target=None``: a model with several outputs per example (or one for the whole batch) gets one row per
+    output element, ``[n_outputs, ...]``, averaged over the windows that cover each element; one output per
+    example is explained as it is. Captum's values and shapes, for one input and a tuple."""
     model, x, _ = case("cnn")
-    pred = model(x).argmax(1)
-    ref = cattr.Occlusion(model).attribute(x, sliding_window_shapes=(1, 2, 2), target=pred)
-    close(fa.Occlusion(model).attribute(x, sliding_window_shapes=(1, 2, 2)), ref, x)
+    for forward, kwargs in [(model, {"sliding_window_shapes": (1, 2, 2)}),
+                            (model, {"sliding_window_shapes": (1, 3, 2), "strides": (1, 1, 2), "baselines": 0.3}),
+                            (lambda z: model(z).sum(), {"sliding_window_shapes": (1, 4, 4), "strides": 2}),
+                            (lambda z: model(z)[:, 4], {"sliding_window_shapes": (1, 2, 2)})]:
+        ref = cattr.Occlusion(forward).attribute(x, **kwargs)
+        assert ref.shape[0] in (1, x.shape[0], x.shape[0] * 10)
+        close(fa.Occlusion(forward).attribute(x, **kwargs), ref, x)
+    net = TwoInputs().double().eval()
+    pair = (x, torch.randn(x.shape[0], 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64))
+    scale = torch.full((x.shape[0], 1), 0.5, dtype=torch.float64)
+    kwargs = {"sliding_window_shapes": ((1, 2, 2), (2,)), "additional_forward_args": (scale,)}
+    close(fa.Occlusion(net).attribute(pair, **kwargs), cattr.Occlusion(net).attribute(pair, **kwargs), pair)
+    counts = lambda z: (model(z).sum() * 100).long()  # noqa: E731 - an integer for the whole batch
+    mask = torch.arange(64).reshape(1, 1, 8, 8) // 16
+    ours, ref = fa.FeatureAblation(counts).attribute(x, feature_mask=mask), \
+        cattr.FeatureAblation(counts).attribute(x, feature_mask=mask)
+    assert ours.dtype == ref.dtype == torch.int64 and torch.equal(ours, ref) and ref.abs().sum() > 0
 
 
 def test_tuple_target_on_a_model_with_a_3d_output():

@@ -38,11 +38,10 @@ What differs from Captum:
   must hold the ids ``0..M-1`` without gaps.
 - Targets select one scalar per example (as in :mod:`fastattr.integrations.captum`): an int, a list of
   ints or a 1-D tensor, or a tuple / list of tuples indexing every non-batch dimension of the output;
-  ``target=None`` on a model with several outputs per example: ``Occlusion`` explains the arg-max
-  class; ``FeatureAblation`` gives Captum's per-output attributions ``[n_outputs, ...]``, as it does
-  for a model returning one output for the whole batch (a scalar, a Python number, ``[1]``,
-  ``[1, C]``; inputs may then have different batch sizes), run one feature per forward as Captum
-  does. ``FeatureAblation`` takes bool and integer inputs (attributions in the model output's dtype
+  ``target=None`` on a model with several outputs per example, or one returning one output for the
+  whole batch (a scalar, a Python number, ``[1]``, ``[1, C]``; inputs may then have different batch
+  sizes): Captum's per-output attributions ``[n_outputs, ...]`` (``Occlusion``'s averaged over the
+  windows covering each element), run one feature or window per forward as Captum does. ``FeatureAblation`` takes bool and integer inputs (attributions in the model output's dtype
   when that is an integer one) and ``attribute_future`` for a ``forward_func`` returning
   ``torch.futures.Future`` (computed at once, returned as a completed Future).
 - Several input tensors (a tuple) share one device; they are packed into one tensor of their common
@@ -59,7 +58,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -131,18 +130,50 @@ def _default_masks(xs) -> tuple:
     return tuple(masks)
 
 
-def _per_output_ablation(forward_func: Callable, xs, additional_forward_args, initial: torch.Tensor, baselines,
-                         feature_mask, perturbations_per_eval: int, bar) -> tuple:
+def _per_output(forward_func: Callable, xs, additional_forward_args, initial: torch.Tensor, baselines,
+                perturbations: Iterator[tuple], count: int, perturbations_per_eval: int, bar,
+                average: bool = False) -> tuple:
     """Captum's attributions for a model whose output is not one number per example (an output for the
     whole batch, or several per example without a target): each of the ``n`` output elements gets its
-    own row, ``[n, *x.shape[1:]]`` per input, holding ``f(x) − f(x̃_g)`` for each feature g, ablated in
-    every example at once (one forward per feature)."""
+    own row, ``[n, *x.shape[1:]]`` per input, holding ``Σ_p (f(x) − f(x̃_p)) · m_p`` over the ``count``
+    perturbations ``p``, each a tuple of one mask ``m_p`` ``[*x.shape[1:]]`` per input (``x̃_p``: ``x`` set to
+    the baseline where the mask holds, in every example at once; one forward each); with ``average``,
+    divided by how many perturbations cover each element."""
     batch = xs[0].shape[0]
     if perturbations_per_eval > 1 and not (initial.dim() >= 1 and initial.shape[0] == batch):
         raise CaptumAssertionError(
             f"perturbations_per_eval = {perturbations_per_eval} needs a forward_func whose output grows with the "
             f"batch; it returned shape {tuple(initial.shape)} for a batch of {batch}: use perturbations_per_eval=1")
     args = _as_args(additional_forward_args) or ()
+    bases = tuple(torch.as_tensor(0 if b is None else b, device=x.device).to(x.dtype) for x, b in zip(xs, baselines))
+    flat = initial.reshape(-1)
+    n = flat.numel()
+    attrs = [torch.zeros((n,) + tuple(x.shape[1:]), dtype=initial.dtype, device=x.device) for x in xs]
+    covers = [torch.zeros(tuple(x.shape[1:]), dtype=initial.dtype, device=x.device) for x in xs]
+    if bar is not None:
+        bar.total = count + 1
+        bar.update(1)
+    with torch.no_grad():
+        for masks in perturbations:
+            ablated = tuple(torch.where(m, b, x) for x, m, b in zip(xs, masks, bases))
+            out = _as_output(forward_func(*ablated, *args)).reshape(-1)
+            if out.numel() != n:
+                raise CaptumAssertionError(f"forward_func returned {out.numel()} values for an ablated batch but "
+                                           f"{n} for the original one")
+            diff = (flat - out).to(initial.dtype)
+            for attr, cover, m in zip(attrs, covers, masks):
+                if m.any():
+                    attr += diff.reshape((n,) + (1,) * m.dim()) * m.to(initial.dtype)
+                    cover += m.to(initial.dtype)
+            if bar is not None:
+                bar.update(1)
+    return tuple(attr / cover.clamp(min=1) for attr, cover in zip(attrs, covers)) if average else tuple(attrs)
+
+
+def _per_output_ablation(forward_func: Callable, xs, additional_forward_args, initial: torch.Tensor, baselines,
+                         feature_mask, perturbations_per_eval: int, bar) -> tuple:
+    """:func:`_per_output` over the features of ``feature_mask`` (Captum's default: every element its own),
+    one feature per forward."""
     masks = _default_masks(xs) if feature_mask is None else tuple(
         broadcast_mask(x, m, f"feature_mask[{i}]") if isinstance(m, torch.Tensor) and x.dim() > 1 else
         torch.as_tensor(m, device=x.device).reshape((1,) + tuple(x.shape[1:]))
@@ -151,30 +182,24 @@ def _per_output_ablation(forward_func: Callable, xs, additional_forward_args, in
         if m.shape[0] != 1 and not (m == m[:1]).all():
             raise CaptumAssertionError(f"feature_mask[{i}] differs between examples, which needs an output per "
                                        "example; give one mask for all examples")
-    masks = tuple(m[:1] for m in masks)
-    bases = tuple(torch.as_tensor(0 if b is None else b, device=x.device).to(x.dtype) for x, b in zip(xs, baselines))
-    flat = initial.reshape(-1)
-    n = flat.numel()
-    attrs = [torch.zeros((n,) + tuple(x.shape[1:]), dtype=initial.dtype, device=x.device) for x in xs]
-    ids = torch.unique(torch.cat([m.reshape(-1) for m in masks])).tolist()
-    if bar is not None:
-        bar.total = len(ids) + 1
-        bar.update(1)
-    with torch.no_grad():
-        for g in ids:
-            ablated = tuple(torch.where(m == g, b, x) for x, m, b in zip(xs, masks, bases))
-            out = _as_output(forward_func(*ablated, *args)).reshape(-1)
-            if out.numel() != n:
-                raise CaptumAssertionError(f"forward_func returned {out.numel()} values for an ablated batch but "
-                                           f"{n} for the original one")
-            diff = (flat - out).to(initial.dtype)
-            for attr, m in zip(attrs, masks):
-                hit = (m[0] == g)
-                if hit.any():
-                    attr += diff.reshape((n,) + (1,) * hit.dim()) * hit.to(initial.dtype)
-            if bar is not None:
-                bar.update(1)
-    return tuple(attrs)
+    masks = tuple(m[0] for m in masks)
+    ids = list(dict.fromkeys(v for m in masks for v in torch.unique(m).tolist()))
+    return _per_output(forward_func, xs, additional_forward_args, initial, baselines,
+                       (tuple(m == g for m in masks) for g in ids), len(ids), perturbations_per_eval, bar)
+
+
+def _per_output_occlusion(forward_func: Callable, xs, additional_forward_args, initial: torch.Tensor, baselines,
+                          windows: list, perturbations_per_eval: int, bar) -> tuple:
+    """:func:`_per_output` over every input's sliding windows (:class:`~fastattr.attribution.perturbation.Windows`,
+    in Captum's order, the first input's first), one window per forward; each element gets the mean over the
+    windows that cover it."""
+    def perturbations():
+        for i, w in enumerate(windows):
+            for j in range(w.count):
+                yield tuple(w.masks(j, j + 1).reshape(w.shape) if k == i else
+                            torch.zeros(x.shape[1:], dtype=torch.bool, device=x.device) for k, x in enumerate(xs))
+    return _per_output(forward_func, xs, additional_forward_args, initial, baselines, perturbations(),
+                       sum(w.count for w in windows), perturbations_per_eval, bar, average=True)
 
 
 def _progress_bar(show_progress: bool, method: _Attribution):
@@ -315,6 +340,14 @@ class Occlusion(FeatureAblation):
         windows, strides = _window_args(xs, sliding_window_shapes, strides)
         bar = _progress_bar(show_progress, self)
         try:
+            if target is None:  # Captum's per-output attributions unless the model gives one number per example
+                initial = _probe(self.forward_func, xs, additional_forward_args)
+                if not _one_per_example(initial, xs[0].shape[0], self.forward_func, xs, additional_forward_args):
+                    attrs = _per_output_occlusion(
+                        self.forward_func, xs, additional_forward_args, initial, _each(baselines, len(xs), "baselines"),
+                        [Windows(tuple(x.shape[1:]), w, s, x.device) for x, w, s in zip(xs, windows, strides)],
+                        perturbations_per_eval, bar)
+                    return attrs if pack.is_tuple else attrs[0]
             x = pack.x
             per = _max_batch(x, perturbations_per_eval, self.forward_func)
             model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, per, x.shape[0] * x[0].numel(),
