@@ -144,8 +144,11 @@ def batch_coupled(model) -> bool:
     def coupled(m: nn.Module) -> bool:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             return m.training or not m.track_running_stats
-        p = m.p if isinstance(m, nn.modules.dropout._DropoutNd) else getattr(m, "dropout", None)
-        return m.training and isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0
+        if not m.training:
+            return False
+        # a plain attribute (nn.MultiheadAttention's, an RNN's): read without nn.Module's __getattr__
+        p = m.p if isinstance(m, nn.modules.dropout._DropoutNd) else m.__dict__.get("dropout")
+        return isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0
 
     return any(coupled(m) for root in modules_of(model) for m in root.modules())
 
