@@ -396,3 +396,30 @@ def test_dropout_in_training_mode_draws_captums_masks():
         torch.manual_seed(4)
         ref = getattr(cattr, name)(model).attribute(x, target=2)
         assert rel_err(ours, ref) < 1e-8, (name, rel_err(ours, ref))
+
+
+@pytest.mark.parametrize("inner, kwargs", [
+    ("Saliency", {"nt_samples": 7, "stdevs": 0.2}),
+    ("Saliency", {"nt_samples": 7, "nt_samples_batch_size": 3, "stdevs": 0.2, "nt_type": "vargrad"}),
+    ("IntegratedGradients", {"nt_samples": 5, "nt_samples_batch_size": 2, "stdevs": 0.1, "n_steps": 8,
+                             "nt_type": "smoothgrad_sq"}),
+    ("InputXGradient", {"nt_samples": 4, "stdevs": 0.3}),
+    ("GradientShap", {"nt_samples": 5, "nt_samples_batch_size": 2, "stdevs": 0.1, "draw_baseline_from_distrib": True,
+                      "baselines": "distribution"})])
+def test_noise_tunnel_global_draws_are_captums(inner, kwargs):
+    """``generator="global"``: the noise from ``torch.normal`` on the global RNG, per partition and input, and
+    ``draw_baseline_from_distrib``'s rows (and an inner GradientShap's draws) from ``np.random``, in Captum's
+    calls: after the same seeds, Captum's values."""
+    model, x, y = case("cnn")
+    if kwargs.get("baselines") == "distribution":
+        kwargs = {**kwargs, "baselines": torch.rand((4,) + x.shape[1:], generator=torch.Generator().manual_seed(9),
+                                                    dtype=x.dtype)}
+    out = []
+    for lib, extra in ((cattr, {}), (fa, {"generator": "global"})):
+        torch.manual_seed(3)
+        np.random.seed(3)
+        out.append(lib.NoiseTunnel(getattr(lib, inner)(model)).attribute(x, target=y, **kwargs, **extra))
+    assert out[0].abs().sum() > 0
+    assert rel_err(out[1], out[0]) < 1e-7, rel_err(out[1], out[0])
+    with pytest.raises(ValueError, match="generator"):
+        fa.NoiseTunnel(fa.Saliency(model)).attribute(x, target=y, generator="numpy")

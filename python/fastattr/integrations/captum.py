@@ -16,9 +16,11 @@ What differs from Captum:
   fastattr's own seeded generator, not from the global torch RNG, so a call is reproducible (seed 0
   by default) and agrees with Captum in distribution, not draw for draw. Pass ``generator=`` (a
   ``torch.Generator`` or an int seed) as an extra keyword to ``NoiseTunnel.attribute`` to choose
-  the stream. ``GradientShap.attribute`` takes the same extra keyword, and also
-  ``generator="global"``: draw from the global NumPy and torch RNGs in Captum's order (baseline
-  indices, noise, then the α's), so that after the same ``np.random.seed`` / ``torch.manual_seed``
+  the stream. ``GradientShap.attribute`` takes the same extra keyword. Both also take
+  ``generator="global"``: draw from the global NumPy and torch RNGs in Captum's calls and order
+  (GradientShap: baseline indices, noise, then the α's; NoiseTunnel: ``torch.normal`` per partition
+  and input, ``draw_baseline_from_distrib``'s rows once for the full partitions and once for the rest,
+  an inner GradientShap's own draws), so that after the same ``np.random.seed`` / ``torch.manual_seed``
   the result equals Captum's draw for draw.
 - Several input tensors. ``inputs`` may be a tuple of tensors (each with its own baselines, and
   ``stdevs`` in ``NoiseTunnel`` / ``GradientShap``), returned as a tuple in the same order: they are
@@ -179,15 +181,18 @@ def _stdevs(stdevs, n: int) -> tuple:
     return tuple(float(v) for v in values)
 
 
-def _expand_baselines(baselines, batch: int, k: int, draw: bool, generator: torch.Generator):
+def _expand_baselines(baselines, batch: int, k: int, draw: bool, generator: Optional[torch.Generator]):
     """Baselines for ``k`` noisy copies of each example (example-major): rows drawn from the given ones
-    with ``draw`` (the same rows for every input), per-example rows repeated, others as they are."""
+    with ``draw`` (from ``generator``, the same rows for every input; without one, Captum's
+    ``np.random.choice`` per input), per-example rows repeated, others as they are."""
     rows = None
 
     def one(b):
         nonlocal rows
         if not isinstance(b, torch.Tensor) or b.dim() == 0:
             return b
+        if draw and generator is None:
+            return b[np.random.choice(b.shape[0], batch * k).tolist()]
         if draw:
             if rows is None:
                 rows = torch.randint(b.shape[0], (batch * k,), generator=generator)
@@ -234,9 +239,14 @@ class NoiseTunnel(_Attribution):
         ``return_convergence_delta=True`` (methods that have one) also the deltas of all
         ``batch × nt_samples`` noisy copies, in Captum's order.
 
-        Extra keyword: ``generator`` (torch.Generator or int seed; default seed 0) for the noise.
+        Extra keyword: ``generator`` (torch.Generator or int seed; default seed 0) for the noise, or
+        ``"global"`` for Captum's draws: ``torch.normal`` noise from the global torch RNG and
+        ``draw_baseline_from_distrib``'s rows from ``np.random``, in Captum's calls and order.
         """
-        generator = make_generator(kwargs.pop("generator", None))
+        generator = kwargs.pop("generator", None)
+        if isinstance(generator, str) and generator != "global":
+            raise ValueError(f"generator must be a torch.Generator, an int seed or 'global', got {generator!r}")
+        generator = None if isinstance(generator, str) else make_generator(generator)
         if nt_type not in VARIANTS:
             raise CaptumAssertionError(f"nt_type must be one of {VARIANTS}, got {nt_type!r}")
         nt_samples = check_count(nt_samples, "nt_samples")
@@ -246,7 +256,8 @@ class NoiseTunnel(_Attribution):
         values = _stdevs(stdevs, n)
         k = nt_samples if nt_samples_batch_size is None else min(nt_samples, nt_samples_batch_size)
         method = self.attribution_method
-        if isinstance(method, Saliency) and n == 1 and set(kwargs) <= {"target", "abs", "additional_forward_args"}:
+        if isinstance(method, Saliency) and n == 1 and set(kwargs) <= {"target", "abs", "additional_forward_args"} \
+                and generator is not None:
             x = xs[0]
             model, t, max_batch = _bind(method.forward_func, x, kwargs.get("target"),
                                         kwargs.get("additional_forward_args"), k * x.shape[0],
@@ -267,24 +278,33 @@ class NoiseTunnel(_Attribution):
         total = total_sq = dtypes = None
         out_tuple = is_tuple
         deltas = []
+        drawn = {}  # Captum draws the baselines once for its full partitions, once for the rest
         for j0 in range(0, nt_samples, k):
             kk = min(k, nt_samples - j0)
-            # One full-batch draw per sample and input, in order: the same noise as fastattr.smoothgrad.
-            draws = [[torch.randn(x.shape, generator=generator, dtype=x.dtype if x.is_floating_point()
-                                  else torch.get_default_dtype()) for x in xs] for _ in range(kk)]
-            noisy = tuple(x.repeat_interleave(kk, dim=0)
-                          + float(sd) * torch.stack([d[i] for d in draws], 1).to(x.device).reshape(
-                              (batch * kk,) + tuple(x.shape[1:]))
-                          for i, (x, sd) in enumerate(zip(xs, stdevs)))
+            if generator is None:  # Captum's: one torch.normal per input of the partition
+                noisy = tuple(x.repeat_interleave(kk, dim=0) + torch.normal(
+                    0, torch.tensor(sd, device=x.device).repeat((batch * kk,) + tuple(x.shape[1:])))
+                    for x, sd in zip(xs, stdevs))
+            else:
+                # One full-batch draw per sample and input, in order: the same noise as fastattr.smoothgrad.
+                draws = [[torch.randn(x.shape, generator=generator, dtype=x.dtype if x.is_floating_point()
+                                      else torch.get_default_dtype()) for x in xs] for _ in range(kk)]
+                noisy = tuple(x.repeat_interleave(kk, dim=0)
+                              + float(sd) * torch.stack([d[i] for d in draws], 1).to(x.device).reshape(
+                                  (batch * kk,) + tuple(x.shape[1:]))
+                              for i, (x, sd) in enumerate(zip(xs, stdevs)))
             part = dict(kwargs)
             if "target" in part:
                 part["target"] = _repeat_target(part["target"], kk)
             if "additional_forward_args" in part:
                 part["additional_forward_args"] = _repeat_args(part["additional_forward_args"], kk, batch)
             if isinstance(method, GradientShap):
-                part.setdefault("generator", generator)  # one stream: the noise, then each call's draws
+                # one stream: the noise, then each call's draws ("global" for Captum's)
+                part.setdefault("generator", "global" if generator is None else generator)
             if baselines is not None:
-                part["baselines"] = _expand_baselines(baselines, batch, kk, draw_baseline_from_distrib, generator)
+                if generator is not None or kk not in drawn:
+                    drawn[kk] = _expand_baselines(baselines, batch, kk, draw_baseline_from_distrib, generator)
+                part["baselines"] = drawn[kk]
             if part.get("feature_mask") is not None:
                 part["feature_mask"] = _expand_baselines(part["feature_mask"], batch, kk, False, generator)
             out = method.attribute(noisy if is_tuple else noisy[0], **part)
