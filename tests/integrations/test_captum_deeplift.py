@@ -184,12 +184,15 @@ def test_skip_connections_reused_modules_and_overlapping_pools_keep_summation_to
 
 def coupled(kind: str) -> nn.Module:
     """Models whose forward couples its rows: BatchNorm with batch statistics after a ReLU and before a Tanh
-    (``train``), dropout in training mode (``dropout``), and a BatchNorm1d without running statistics, which
+    (``train``) or after a max pool (``pool``), dropout in training mode (``dropout``), and a BatchNorm1d without running statistics, which
     uses batch statistics in eval mode too (``untracked``)."""
     torch.manual_seed(21)
     if kind == "train":
         return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1),
                              nn.BatchNorm2d(4), nn.Tanh(), nn.Flatten(), nn.Linear(256, 10)).double().train()
+    if kind == "pool":  # a max pool before the batch statistics: Captum's pool rule mixes the halves' gradients
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(4), nn.Tanh(), nn.Flatten(),
+                             nn.Linear(64, 10)).double().train()
     if kind == "dropout":
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 10)
                              ).double().train()
@@ -197,7 +200,7 @@ def coupled(kind: str) -> nn.Module:
                          nn.Linear(16, 10)).double().eval()
 
 
-@pytest.mark.parametrize("kind", ["train", "dropout", "untracked"])
+@pytest.mark.parametrize("kind", ["train", "pool", "dropout", "untracked"])
 def test_a_model_that_couples_its_rows_gives_captums_values(kind):
     """Captum runs inputs and baselines in one forward ``[x; x']`` and takes the delta from two more (the
     baselines', then the inputs'): with batch statistics (their gradient included) or dropout, the drop-in

@@ -22,6 +22,7 @@ batch statistics and their gradient are Captum's.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Callable, Iterator, Optional, Union
 
@@ -76,14 +77,40 @@ def _maxpool(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tens
     of the input's maximum and ``grad · (y − m)`` to the position of the baseline's maximum (both sum to
     ``grad · Δy``); their sum, divided by ``Δx``, is the multiplier of every input element (the local
     gradient where ``|Δx| < eps``; :func:`~fastattr.ops.deeplift_rules.maxpool_multipliers`)."""
+    axes = _POOLS[type(module)][0]
+    return maxpool_multipliers(grad, x, y, xb, yb, _pool_index(module, x), _pool_index(module, xb), axes, eps)
+
+
+def _pool_index(module: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The flat argmax of each window of the max-pool ``module`` over ``z``."""
     axes, pool = _POOLS[type(module)]
     args = (module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
+    _, index = max_pool2d(z, *args) if axes == 2 and fast_pool_here(z) else pool(z, *args, return_indices=True)
+    return index
 
-    def argmax(z: torch.Tensor) -> torch.Tensor:
-        _, index = max_pool2d(z, *args) if axes == 2 and fast_pool_here(z) else pool(z, *args, return_indices=True)
-        return index
 
-    return maxpool_multipliers(grad, x, y, xb, yb, argmax(x), argmax(xb), axes, eps)
+def _maxpool_joint(module: nn.Module, x: torch.Tensor, y: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+                   grad: torch.Tensor, grad_b: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max pooling in the forward of ``[x; x']`` (Captum's rule on its joint batch): with ``m = max(y, y')``, the
+    inputs' gradient times ``m − y'`` goes to the input's maxima and the baselines' gradient times ``y − m`` to
+    the baseline's; their sum over ``Δx`` is the multiplier of both halves (each half's own local gradient where
+    ``|Δx| < eps``)."""
+    axes = _POOLS[type(module)][0]
+    index, index_b = _pool_index(module, x).flatten(-axes), _pool_index(module, xb).flatten(-axes)
+    top = torch.maximum(y, yb)
+
+    def spread(values: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        out = values.new_zeros(x.shape[:-axes] + (math.prod(x.shape[-axes:]),))
+        return out.scatter_add_(-1, at, values.flatten(-axes))
+
+    dx = x - xb
+    small = dx.abs() < eps
+    both = ((spread(grad * (top - yb), index) + spread(grad_b * (y - top), index_b)).reshape(x.shape)
+            / torch.where(small, torch.ones_like(dx), dx))
+    if not bool(small.any()):
+        return both, both
+    return (torch.where(small, spread(grad, index).reshape(x.shape), both),
+            torch.where(small, spread(grad_b, index_b).reshape(x.shape), both))
 
 
 #: the module types whose gradient DeepLift overrides (exact types, as Captum's), and their rules
@@ -115,7 +142,8 @@ class _Rescale(torch.autograd.Function):
 class _RescaleJoint(torch.autograd.Function):
     """``y = module(x)`` for ``x = [x_in; x_base]``, passed on unchanged; the backward applies the module's rule
     to each half's gradient with the same pairing (Captum's: both halves get the multiplier ``Δy/Δx``, each its
-    own local gradient where ``|Δx| < eps``)."""
+    own local gradient where ``|Δx| < eps``; a max pool's multiplier mixes the halves' gradients,
+    :func:`_maxpool_joint`)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, module: nn.Module, eps: float, examples: int) -> torch.Tensor:
@@ -127,8 +155,11 @@ class _RescaleJoint(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, y = ctx.saved_tensors
         n, rule = ctx.examples, DEEPLIFT_RULES[type(ctx.module)]
-        inputs = rule(ctx.module, x[:n], y[:n], x[n:], y[n:], grad[:n], ctx.eps, n)
-        bases = rule(ctx.module, x[n:], y[n:], x[:n], y[:n], grad[n:], ctx.eps, n)
+        if type(ctx.module) in _POOLS:
+            inputs, bases = _maxpool_joint(ctx.module, x[:n], y[:n], x[n:], y[n:], grad[:n], grad[n:], ctx.eps)
+        else:
+            inputs = rule(ctx.module, x[:n], y[:n], x[n:], y[n:], grad[:n], ctx.eps, n)
+            bases = rule(ctx.module, x[n:], y[n:], x[:n], y[:n], grad[n:], ctx.eps, n)
         return torch.cat([inputs, bases]), None, None, None, None
 
 
