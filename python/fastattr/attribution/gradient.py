@@ -229,8 +229,9 @@ def integrated_gradients(model: Callable, inputs: torch.Tensor, target: Target =
     attr = attr.to(inputs.dtype)
     if not return_convergence_delta:
         return attr
-    with torch.no_grad():
-        gap = select(run_model(model, inputs), t) - select(run_model(model, base.expand_as(inputs)), t)
+    with torch.no_grad():  # the baselines' forward first, as Captum's (a model with dropout draws in that order)
+        start = select(run_model(model, base.expand_as(inputs)), t)
+        gap = select(run_model(model, inputs), t) - start
     delta = attr.reshape(batch, -1).sum(1) - gap
     return attr, delta
 

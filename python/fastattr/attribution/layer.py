@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import (ChunkGrid, Target, check_flag, check_inputs, chunk_size, frozen_parameters, model_entry,
-                    path_baselines, resolve_target, run_model, select)
+from ..core import (ChunkGrid, Target, batch_coupled, check_flag, check_inputs, chunk_size, frozen_parameters,
+                    model_entry, path_baselines, resolve_target, run_model, select)
 from ..numerics import accum_dtype
 from ..ops.path_ops import path_accumulate
 from .gradient import path_integral, quadrature, target_gradients
@@ -364,6 +364,10 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
     result = out if several else out[0]
     if not return_convergence_delta:
         return result
+    if batch_coupled(model):  # the first forwards' rows differ from Captum's two at the end: run those
+        with torch.no_grad():
+            logits_b = run_model(model, base.expand_as(inputs))
+            logits_x = run_model(model, inputs)
     if logits_b.shape[0] == 1 and batch > 1:
         logits_b = logits_b.expand((batch,) + tuple(logits_b.shape[1:]))
     gap = select(logits_x, t) - select(logits_b, t)
