@@ -382,3 +382,28 @@ def test_a_model_in_training_mode_gets_captums_forwards(per_eval):
         ref = getattr(cattr, name)(model).attribute(x, target=1, perturbations_per_eval=per_eval, **kwargs)
         model.load_state_dict(state)  # Captum's forwards update the running statistics
         close(ours, ref, x)
+
+
+def test_the_forwards_fastattr_adds_take_no_dropout_draws():
+    """The forwards the drop-ins add to Captum's own (the output probe without a target, the dtype probe of
+    integer inputs, the target flattening of a tuple target) leave the global RNG as it was, so on a model with
+    dropout in training mode the values are Captum's, draw for draw."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Dropout(0.3), nn.Linear(5, 6)).double().train()
+    embed = nn.Embedding(10, 7).double()
+    v = torch.randn(4, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ids = torch.randint(0, 10, (4, 5), generator=torch.Generator().manual_seed(2))
+    first = lambda z: net(z)[:, 0]  # noqa: E731 - one output per example, no target
+    pooled = lambda t: net(embed(t).mean(1))  # noqa: E731 - token ids in
+    grid = lambda z: net(z).reshape(-1, 2, 3)  # noqa: E731 - a tuple target indexes [B, 2, 3]
+    runs = [("Occlusion", first, v, {"sliding_window_shapes": (2,)}), ("FeatureAblation", first, v, {}),
+            ("FeatureAblation", pooled, ids, {"target": 1}), ("Occlusion", pooled, ids, {"sliding_window_shapes": (2,),
+                                                                                         "target": 1}),
+            ("FeatureAblation", grid, v, {"target": (1, 2)})]
+    for name, forward, x, kwargs in runs:
+        out = []
+        for lib in (fa, cattr):
+            torch.manual_seed(5)
+            out.append(getattr(lib, name)(forward).attribute(x, **kwargs))
+        assert out[1].abs().sum() > 0
+        assert rel_err(out[0], out[1]) < 1e-6, (name, kwargs, rel_err(out[0], out[1]))

@@ -153,6 +153,16 @@ def batch_coupled(model) -> bool:
     return any(coupled(m) for root in modules_of(model) for m in root.modules())
 
 
+def rng_kept(model, device: torch.device):
+    """A context that leaves the global RNG as it found it (``torch.random.fork_rng``, the CPU's and ``device``'s)
+    for a model whose forward draws from it (:func:`batch_coupled`), so that a forward fastattr adds for its own
+    checks (a target's range, an output's shape) takes no dropout draws from the ones that follow; a null
+    context otherwise."""
+    if not batch_coupled(model):
+        return contextlib.nullcontext()
+    return torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else [])
+
+
 def _snapshot_buffers(modules: list[nn.Module]) -> list:
     """``(module, name, buffer, copy)`` of every materialised buffer (lazy ones are skipped)."""
     return [(m, name, b, b.detach().clone()) for root in modules for m in root.modules()

@@ -2,14 +2,13 @@
 row) read off the model output (SPEC §3.1)."""
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from .chunks import chunk_size, forward_chunks
-from .contract import Target, batch_coupled, run_model
+from .contract import Target, rng_kept, run_model
 
 READERS = ("probability", "logit", "log_probability", "regression")  # one score per input; plus "logits"
 
@@ -27,10 +26,7 @@ def resolve_target(model: Callable, inputs: torch.Tensor, target: Target,
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
     elif logits is None:
         probe = inputs[:2 if max_batch is None else chunk_size(inputs, batch, max_batch, memory_budget)]
-        # a model with dropout draws from the global RNG: the probe leaves it where it was
-        devices = [inputs.device] if inputs.device.type == "cuda" else []
-        kept = torch.random.fork_rng(devices=devices) if batch_coupled(model) else contextlib.nullcontext()
-        with torch.no_grad(), kept:
+        with torch.no_grad(), rng_kept(model, inputs.device):  # a model with dropout: no draws taken
             logits = run_model(model, probe, named=inputs)
     if logits.dim() == 1:
         logits = logits[:, None]

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import batch_coupled, broadcasts_to, chunk_size, model_guard, resolve_target, select, use_model_mode
+from ..core import (batch_coupled, broadcasts_to, chunk_size, model_guard, resolve_target, rng_kept, select,
+                    use_model_mode)
 
 
 class CaptumAssertionError(ValueError, AssertionError):
@@ -360,7 +361,7 @@ def _bind(forward_func: Callable, x: torch.Tensor, target, additional_forward_ar
         return forward_func, target, max_batch
     model = _Bound(forward_func, args, x.shape[0], flatten=False, one_output=one_output)
     if flatten:
-        with torch.no_grad():
+        with torch.no_grad(), rng_kept(forward_func, x.device):
             target = _flat_target(tuple(model(x).shape), target)
         model.flatten = True
     if _has_batch_tensor(args, x.shape[0]):

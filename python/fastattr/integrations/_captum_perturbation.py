@@ -62,7 +62,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from ..core import batch_coupled, check_count, check_flag, chunk_size
+from ..core import batch_coupled, check_count, check_flag, chunk_size, rng_kept
 from ..attribution.perturbation import Windows, broadcast_mask, like_inputs, occlude
 from ..attribution.perturbation import feature_ablation as _feature_ablation
 from ..attribution.perturbation import occlusion as _occlusion
@@ -104,9 +104,9 @@ def _as_output(out, name: str = "forward_func") -> torch.Tensor:
 
 
 def _probe(forward_func: Callable, xs, additional_forward_args) -> torch.Tensor:
-    """One forward of the unperturbed inputs, as Captum's first evaluation."""
+    """One forward of the unperturbed inputs (what the model returns; no dropout draws taken)."""
     args = _as_args(additional_forward_args) or ()
-    with torch.no_grad():
+    with torch.no_grad(), rng_kept(forward_func, xs[0].device):
         return _as_output(forward_func(*xs, *args))
 
 
