@@ -98,5 +98,8 @@ def test_batch_coupled_names_the_modules_that_couple_a_forwards_rows():
     assert fastattr.core.batch_coupled(nn.Dropout(0.1)) and not fastattr.core.batch_coupled(nn.Dropout(0.0))
     assert not fastattr.core.batch_coupled(nn.Dropout(0.1).eval())
     assert fastattr.core.batch_coupled(nn.LSTM(3, 3, 2, dropout=0.2)) and not fastattr.core.batch_coupled(nn.LSTM(3, 3))
+    with pytest.warns(UserWarning, match="dropout"):
+        one_layer = nn.LSTM(3, 3, 1, dropout=0.2)   # torch applies an RNN's dropout between layers only
+    assert not fastattr.core.batch_coupled(one_layer)
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     assert fastattr.core.batch_coupled(lambda z: net(z)[:, 0])   # the modules a function closes over

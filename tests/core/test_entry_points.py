@@ -11,6 +11,7 @@ cannot be added without being swept."""
 import copy
 import inspect
 import math
+import sys
 import types
 import warnings
 
@@ -479,17 +480,36 @@ def test_non_contiguous_and_channels_last_inputs_give_the_same_result(name):
         _close(ENTRY_POINTS[name](model, layout, TARGET), expected)
 
 
+GLOBAL_NET = None  # the model a module-level function reads as a global
+
+
+def _through_a_global(z):
+    return GLOBAL_NET(z)
+
+
+class _Wrapper:
+    """A callable object holding the model as an attribute."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, z):
+        return self.model(z)
+
+
 @pytest.mark.parametrize("name", ["saliency", "integrated_gradients", "occlusion", "kernel_shap", "deletion",
                                   "infidelity", "evaluate", "captum.Saliency", "captum.FeatureAblation"])
-def test_a_model_wrapped_in_a_function_is_guarded_too(name):
-    """``lambda x: net(x)``, a bound ``forward`` and a ``functools.partial`` reach the same rule: the
-    modules they wrap run in eval mode and keep their buffers and flags."""
+def test_a_model_wrapped_in_a_function_is_guarded_too(name, monkeypatch):
+    """``lambda x: net(x)``, a bound ``forward``, a ``functools.partial``, a module-level function that reads
+    the model as a global and a callable object holding it reach the same rule: the modules they wrap run
+    in eval mode and keep their buffers and flags."""
     import functools
 
     net = cnn().train()
+    monkeypatch.setattr(sys.modules[__name__], "GLOBAL_NET", net)
     x = _inputs(name)
     expected = ENTRY_POINTS[name](cnn(), x, TARGET)
-    for wrapped in (lambda z: net(z), net.forward, functools.partial(net.__call__)):
+    for wrapped in (lambda z: net(z), net.forward, functools.partial(net.__call__), _through_a_global, _Wrapper(net)):
         before = _state(net)
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")

@@ -267,10 +267,11 @@ def test_custom_attribution_func_and_additional_forward_args():
 
     shifted = Shifted().double().eval()
     shift = torch.randn(6, 16, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = cattr.DeepLift(shifted).attribute(x, base, target=y, additional_forward_args=(shift, 2.0)).detach()
-    close(fa.DeepLift(shifted).attribute(x, base, target=y, additional_forward_args=(shift, 2.0)), ref)
+    for b in (base, None, baselines(x)[2]):  # per example, zeros, one row for all (the tiled shift needs whole batches)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = cattr.DeepLift(shifted).attribute(x, b, target=y, additional_forward_args=(shift, 2.0)).detach()
+        close(fa.DeepLift(shifted).attribute(x, b, target=y, additional_forward_args=(shift, 2.0)), ref)
 
 
 def test_hooks_and_flags_restored_after_an_error():

@@ -382,6 +382,17 @@ def test_batch_statistics_see_captums_one_forward():
         assert rel_err(ours, ref) < 1e-8, rel_err(ours, ref)
 
 
+def test_one_example_through_batch_statistics():
+    """One example: Captum's forward of its ``n_steps`` path points normalises over them, and the forward that
+    checks the target's range runs two copies of it (batch statistics need two rows)."""
+    torch.manual_seed(14)
+    model = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 10)).double().train()
+    x = digits()[0][:1].flatten(1)
+    ours, ref = fa.IntegratedGradients(model).attribute(x, target=3, n_steps=10), \
+        cattr.IntegratedGradients(model).attribute(x, target=3, n_steps=10)
+    assert ref.abs().sum() > 0 and rel_err(ours, ref) < 1e-7
+
+
 def test_dropout_in_training_mode_draws_captums_masks():
     """Under the same seed the gradient drop-ins run Captum's forwards on a model with dropout in training
     mode, and the forward that checks a given target's range leaves the global RNG where it was, so every
@@ -405,6 +416,14 @@ def test_dropout_in_training_mode_draws_captums_masks():
         ref = ref_of(model).attribute(x, target=2, n_steps=8, return_convergence_delta=True)
         # Captum takes its quadrature in float32: ~1e-8 apart
         assert rel_err(ours[0], ref[0]) < 1e-7 and rel_err(ours[1], ref[1]) < 1e-6, rel_err(ours[1], ref[1])
+    refs = torch.rand((4,) + x.shape[1:], generator=torch.Generator().manual_seed(6), dtype=x.dtype)
+    out = []
+    for shap, extra in ((fa.GradientShap, {"generator": "global"}), (cattr.GradientShap, {})):
+        torch.manual_seed(4)
+        np.random.seed(4)   # Captum's rows, example-major: each draws its own mask
+        out.append(shap(model).attribute(x, refs, target=2, n_samples=3, stdevs=0.05, return_convergence_delta=True,
+                                         **extra))
+    assert rel_err(out[0][0], out[1][0]) < 1e-8 and rel_err(out[0][1], out[1][1]) < 1e-8
 
 
 @pytest.mark.parametrize("inner, kwargs", [

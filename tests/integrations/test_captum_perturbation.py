@@ -367,19 +367,21 @@ def test_a_model_in_training_mode_gets_captums_forwards(per_eval):
     """Batch statistics and dropout make the values depend on which perturbations share a forward: for such a
     model the drop-ins run Captum's forwards (``perturbations_per_eval`` perturbations each, Captum's order of
     windows and of feature ids across the inputs) and give Captum's values, draw for draw, with the model's
-    buffers as they were."""
+    buffers as they were; without a target, Captum's per-output attributions from the same forwards."""
     model = Coupled().double().train()
     x = (digits()[0][:5], torch.randn(5, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     interleaved = (torch.arange(64).reshape(1, 1, 8, 8) // 9 * 2, torch.tensor([[1, 3, 5, 5, 0]]))
-    runs = [("Occlusion", {"sliding_window_shapes": ((1, 2, 2), (2,)), "strides": ((1, 2, 1), 1)}),
-            ("FeatureAblation", {}), ("FeatureAblation", {"feature_mask": interleaved})]
+    runs = [("Occlusion", {"sliding_window_shapes": ((1, 2, 2), (2,)), "strides": ((1, 2, 1), 1), "target": 1}),
+            ("FeatureAblation", {"target": 1}), ("FeatureAblation", {"feature_mask": interleaved, "target": 1}),
+            ("Occlusion", {"sliding_window_shapes": ((1, 4, 4), (5,)), "strides": ((1, 2, 2), 1)}),  # per output
+            ("FeatureAblation", {"feature_mask": interleaved})]
     for name, kwargs in runs:
         torch.manual_seed(3)
-        ours = getattr(fa, name)(model).attribute(x, target=1, perturbations_per_eval=per_eval, **kwargs)
+        ours = getattr(fa, name)(model).attribute(x, perturbations_per_eval=per_eval, **kwargs)
         assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
         torch.manual_seed(3)
-        ref = getattr(cattr, name)(model).attribute(x, target=1, perturbations_per_eval=per_eval, **kwargs)
+        ref = getattr(cattr, name)(model).attribute(x, perturbations_per_eval=per_eval, **kwargs)
         model.load_state_dict(state)  # Captum's forwards update the running statistics
         close(ours, ref, x)
 

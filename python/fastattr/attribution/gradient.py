@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..core import (ChunkGrid, Target, check_count, check_flag, check_inputs, check_number, example_draws,
+from ..core import (ChunkGrid, Target, batch_coupled, check_count, check_flag, check_inputs, check_number, example_draws,
                     frozen_parameters, gradient_chunk, make_generator, model_entry, path_baselines, reference_inputs,
                     resolve_target, run_model, select)
 from ..numerics import accum_dtype
@@ -346,6 +346,7 @@ def shap_from_draws(model: Callable, inputs: torch.Tensor, t: torch.Tensor, refs
     acc_dtype = accum_dtype(inputs.dtype)
     total = torch.zeros(inputs.shape, dtype=acc_dtype, device=inputs.device)
     deltas = torch.zeros((n_samples, batch), dtype=inputs.dtype, device=inputs.device)
+    coupled = batch_coupled(model)
     with frozen_parameters(model):
         for e0, e1, j0, j1 in ChunkGrid(batch, n_samples, chunk):
             rows = (j1 - j0) * (e1 - e0)
@@ -355,13 +356,21 @@ def shap_from_draws(model: Callable, inputs: torch.Tensor, t: torch.Tensor, refs
             noisy = x if noise is None else x + noise[j0:j1, e0:e1].reshape((rows,) + shape).to(x.device)
             a = alpha[j0:j1, e0:e1].reshape((rows,) + (1,) * len(shape)).to(x.device, x.dtype)
             tt = t[e0:e1].repeat(j1 - j0)
-            g, _ = target_gradients(model, b + a * (noisy - b), tt)
+            # a model with dropout sees Captum's rows, example-major, and draws their masks in that order
+            order = torch.arange(rows, device=x.device).view(j1 - j0, e1 - e0).T.reshape(-1) if coupled else None
+            back = None if order is None else torch.argsort(order)
+
+            def rows_of(fn, z: torch.Tensor) -> torch.Tensor:
+                return fn(z, tt) if order is None else fn(z[order], tt[order])[back]
+
+            g = rows_of(lambda z, u: target_gradients(model, z, u)[0], b + a * (noisy - b))
             end = noisy if noisy_difference else x
             part = g.to(acc_dtype) * (end - b).to(acc_dtype) if multiply_by_inputs else g.to(acc_dtype)
             total[e0:e1] += part.view((j1 - j0, e1 - e0) + shape).sum(0)
             if return_convergence_delta:
-                with torch.no_grad():
-                    gap = select(run_model(model, end), tt) - select(run_model(model, b), tt)
+                with torch.no_grad():  # the baselines' forward first, as Captum's
+                    start = rows_of(lambda z, u: select(run_model(model, z), u), b)
+                    gap = rows_of(lambda z, u: select(run_model(model, z), u), end) - start
                 deltas[j0:j1, e0:e1] = (part.reshape(rows, -1).sum(1) - gap).view(j1 - j0, e1 - e0)
     attr = (total / n_samples).to(inputs.dtype)
     return (attr, deltas.T.contiguous()) if return_convergence_delta else attr

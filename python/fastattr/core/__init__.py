@@ -21,8 +21,8 @@ from .chunks import (ChunkGrid, ChunkRunner, CountingModel, chunk_size, forward_
                      measured_input_factor, saved_activation_bytes)
 from .contract import (ModelCallError, Target, batch_coupled, broadcasts_to, check_count, check_flag, check_inputs,
                        check_model, check_number, check_output, eval_modes, example_draws, frozen_parameters, get_model_mode,
-                       is_integer, make_generator, model_entry, model_errors, model_guard, rng_kept, run_model,
-                       use_model_mode)
+                       is_integer, make_generator, model_entry, model_errors, model_guard, restore_rng, rng_kept,
+                       rng_state, run_model, use_model_mode)
 from .layers import Layer, hidden_layers, resolve_layers
 from .layer_kernels import fast_conv_here, fast_layers, fast_pool_here, torch_convolution, torch_pooling
 from .engine import GaussianNoise, MaskBuilder, MaskSet, RankSchedule, Source, perturbed_scores
@@ -41,5 +41,5 @@ __all__ = ["Baseline", "Blur", "ChunkGrid", "ChunkRunner", "CountingModel", "Fea
            "gradient_chunk", "group_masks", "hidden_layers", "group_scores", "group_unit_rank", "integer_baseline", "is_integer",
            "make_baseline", "make_generator", "map_shapes", "model_entry", "model_errors", "model_guard",
            "measured_input_factor", "patch_segments", "path_baselines", "perturbed_scores", "random_subsets",
-           "rank_features", "read_scores", "reference_inputs", "resolve_clean", "resolve_layers", "resolve_target", "rng_kept",
-           "run_model", "saved_activation_bytes", "select", "step_counts", "torch_convolution", "torch_pooling", "unit_map", "use_model_mode"]
+           "rank_features", "read_scores", "reference_inputs", "resolve_clean", "resolve_layers", "resolve_target", "restore_rng",
+           "rng_kept", "rng_state", "run_model", "saved_activation_bytes", "select", "step_counts", "torch_convolution", "torch_pooling", "unit_map", "use_model_mode"]

@@ -112,26 +112,44 @@ def use_model_mode(mode: str) -> Iterator[str]:
 def modules_of(model) -> list[nn.Module]:
     """The ``nn.Module`` objects a model runs: the model itself, or what a callable wraps — a bound
     method's object, a ``functools.partial``'s function and arguments, the modules a function or
-    lambda closes over (``lambda x: net(x)[0]``)."""
+    lambda closes over (``lambda x: net(x)[0]``) or names as globals (``def f(x): return net(x)`` at a
+    module's top level), the attributes of a callable object (``self.model`` of a wrapper class), up to
+    three levels deep."""
     found: dict[int, nn.Module] = {}
 
     def visit(obj, depth: int) -> None:
         if isinstance(obj, nn.Module):
             found.setdefault(id(obj), obj)
-        elif depth > 0 and isinstance(obj, functools.partial):
+        elif depth <= 0 or isinstance(obj, type):
+            return
+        elif isinstance(obj, functools.partial):
             for o in (obj.func, *obj.args, *obj.keywords.values()):
                 visit(o, depth - 1)
-        elif depth > 0 and inspect.ismethod(obj):
+        elif inspect.ismethod(obj):
             visit(obj.__self__, depth - 1)
-        elif depth > 0 and inspect.isfunction(obj) and obj.__closure__:
-            for cell in obj.__closure__:
+            visit(obj.__func__, depth - 1)
+        elif inspect.isfunction(obj):
+            for cell in obj.__closure__ or ():
                 try:
                     visit(cell.cell_contents, depth - 1)
                 except ValueError:  # an empty cell
                     pass
+            for name in _global_names(obj.__code__):
+                visit(obj.__globals__.get(name), depth - 1)
+        elif callable(obj) and isinstance(getattr(obj, "__dict__", None), dict):
+            for value in vars(obj).values():
+                visit(value, depth - 1)
 
     visit(model, 3)
     return list(found.values())
+
+
+def _global_names(code) -> Iterator[str]:
+    """The names a code object (and the functions and lambdas defined in it) reads as globals or attributes."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            yield from _global_names(const)
 
 
 def batch_coupled(model) -> bool:
@@ -146,21 +164,42 @@ def batch_coupled(model) -> bool:
             return m.training or not m.track_running_stats
         if not m.training:
             return False
-        # a plain attribute (nn.MultiheadAttention's, an RNN's): read without nn.Module's __getattr__
+        # a plain attribute (nn.MultiheadAttention's, an RNN's: between its layers, so only with two or more)
         p = m.p if isinstance(m, nn.modules.dropout._DropoutNd) else m.__dict__.get("dropout")
+        if isinstance(m, nn.RNNBase) and m.num_layers < 2:
+            return False
         return isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0
 
     return any(coupled(m) for root in modules_of(model) for m in root.modules())
 
 
-def rng_kept(model, device: torch.device):
-    """A context that leaves the global RNG as it found it (``torch.random.fork_rng``, the CPU's and ``device``'s)
-    for a model whose forward draws from it (:func:`batch_coupled`), so that a forward fastattr adds for its own
-    checks (a target's range, an output's shape) takes no dropout draws from the ones that follow; a null
-    context otherwise."""
+def rng_state(model, device: torch.device) -> Optional[tuple]:
+    """The global RNG's state (the CPU's, and ``device``'s for CUDA) for a model whose forward draws from it
+    (:func:`batch_coupled`: dropout), to put back with :func:`restore_rng` after a forward fastattr adds for its
+    own checks (a target's range, an output's shape), so that it takes no draws from the ones that follow;
+    None for any other model."""
     if not batch_coupled(model):
-        return contextlib.nullcontext()
-    return torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else [])
+        return None
+    device = torch.device(device)
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None), device
+
+
+def restore_rng(state: Optional[tuple]) -> None:
+    """Puts back a state from :func:`rng_state` (nothing for None)."""
+    if state is not None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], state[2])
+
+
+@contextlib.contextmanager
+def rng_kept(model, device: torch.device) -> Iterator[None]:
+    """The global RNG as it was on entry once the block ends, for a model that draws from it (:func:`rng_state`)."""
+    state = rng_state(model, device)
+    try:
+        yield
+    finally:
+        restore_rng(state)
 
 
 def _snapshot_buffers(modules: list[nn.Module]) -> list:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .chunks import chunk_size, forward_chunks
-from .contract import Target, rng_kept, run_model
+from .contract import Target, batch_coupled, rng_kept, run_model
 
 READERS = ("probability", "logit", "log_probability", "regression")  # one score per input; plus "logits"
 
@@ -26,6 +26,8 @@ def resolve_target(model: Callable, inputs: torch.Tensor, target: Target,
         logits = forward_chunks(model, inputs, max_batch, memory_budget)
     elif logits is None:
         probe = inputs[:2 if max_batch is None else chunk_size(inputs, batch, max_batch, memory_budget)]
+        if probe.shape[0] == 1 and batch_coupled(model):  # batch statistics need two rows
+            probe = torch.cat([probe, probe])
         with torch.no_grad(), rng_kept(model, inputs.device):  # a model with dropout: no draws taken
             logits = run_model(model, probe, named=inputs)
     if logits.dim() == 1:

@@ -57,12 +57,13 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import math
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from ..core import batch_coupled, check_count, check_flag, chunk_size, rng_kept
+from ..core import batch_coupled, check_count, check_flag, chunk_size, restore_rng, rng_kept, rng_state
 from ..attribution.perturbation import Windows, broadcast_mask, like_inputs, occlude
 from ..attribution.perturbation import feature_ablation as _feature_ablation
 from ..attribution.perturbation import occlusion as _occlusion
@@ -104,20 +105,36 @@ def _as_output(out, name: str = "forward_func") -> torch.Tensor:
 
 
 def _probe(forward_func: Callable, xs, additional_forward_args) -> torch.Tensor:
-    """One forward of the unperturbed inputs (what the model returns; no dropout draws taken)."""
+    """One forward of the unperturbed inputs, as Captum's first evaluation."""
     args = _as_args(additional_forward_args) or ()
-    with torch.no_grad(), rng_kept(forward_func, xs[0].device):
+    with torch.no_grad():
         return _as_output(forward_func(*xs, *args))
 
 
 def _one_per_example(out: torch.Tensor, batch: int, forward_func: Callable, xs, additional_forward_args) -> bool:
-    """Whether the model gives one number per example (for one example: checked on two copies of it)."""
+    """Whether the model gives one number per example (for one example: checked on two copies of it, a
+    forward that takes no dropout draws)."""
     if not (out.dim() >= 1 and out.shape[0] == batch and out.numel() == batch):
         return False
     if batch > 1:
         return True
     args = _tiled(_as_args(additional_forward_args) or (), 2, 1)
-    return _probe(forward_func, tuple(torch.cat([x, x]) for x in xs), args).numel() == 2
+    with rng_kept(forward_func, xs[0].device):
+        return _probe(forward_func, tuple(torch.cat([x, x]) for x in xs), args).numel() == 2
+
+
+def _first_eval(forward_func: Callable, xs, additional_forward_args, target) -> tuple[torch.Tensor, bool]:
+    """Captum's first evaluation of the unperturbed inputs and whether, without a target, the output asks for
+    Captum's per-output attributions (an output for the whole batch, or several per example). Only there is it
+    Captum's first forward; otherwise the regular path runs its own, so a model with dropout gets the global
+    RNG back as it was (:func:`~fastattr.core.rng_state`)."""
+    state = rng_state(forward_func, xs[0].device)
+    initial = _probe(forward_func, xs, additional_forward_args)
+    per_output = target is None and not _one_per_example(initial, xs[0].shape[0], forward_func, xs,
+                                                         additional_forward_args)
+    if not per_output:
+        restore_rng(state)
+    return initial, per_output
 
 
 def _default_masks(xs) -> tuple:
@@ -137,14 +154,15 @@ def _per_output(forward_func: Callable, xs, additional_forward_args, initial: to
     whole batch, or several per example without a target): each of the ``n`` output elements gets its
     own row, ``[n, *x.shape[1:]]`` per input, holding ``Σ_p (f(x) − f(x̃_p)) · m_p`` over the ``count``
     perturbations ``p``, each a tuple of one mask ``m_p`` ``[*x.shape[1:]]`` per input (``x̃_p``: ``x`` set to
-    the baseline where the mask holds, in every example at once; one forward each); with ``average``,
-    divided by how many perturbations cover each element."""
+    the baseline where the mask holds, in every example at once); with ``average``, divided by how many
+    perturbations cover each element; ``perturbations_per_eval`` perturbations per forward, as Captum runs
+    them (more than one only for an output per example: a forward may close over tensors of the batch)."""
     batch = xs[0].shape[0]
     if perturbations_per_eval > 1 and not (initial.dim() >= 1 and initial.shape[0] == batch):
         raise CaptumAssertionError(
             f"perturbations_per_eval = {perturbations_per_eval} needs a forward_func whose output grows with the "
             f"batch; it returned shape {tuple(initial.shape)} for a batch of {batch}: use perturbations_per_eval=1")
-    args = _as_args(additional_forward_args) or ()
+    args, perturbations = _as_args(additional_forward_args) or (), iter(perturbations)
     bases = tuple(torch.as_tensor(0 if b is None else b, device=x.device).to(x.dtype) for x, b in zip(xs, baselines))
     flat = initial.reshape(-1)
     n = flat.numel()
@@ -154,26 +172,28 @@ def _per_output(forward_func: Callable, xs, additional_forward_args, initial: to
         bar.total = count + 1
         bar.update(1)
     with torch.no_grad():
-        for masks in perturbations:
-            ablated = tuple(torch.where(m, b, x) for x, m, b in zip(xs, masks, bases))
-            out = _as_output(forward_func(*ablated, *args)).reshape(-1)
-            if out.numel() != n:
-                raise CaptumAssertionError(f"forward_func returned {out.numel()} values for an ablated batch but "
+        while group := list(itertools.islice(perturbations, perturbations_per_eval)):
+            k = len(group)
+            ablated = tuple(torch.cat([torch.where(masks[i], b, x) for masks in group])
+                            for i, (x, b) in enumerate(zip(xs, bases)))
+            out = _as_output(forward_func(*ablated, *(_tiled(args, k, batch) if k > 1 else args))).reshape(-1)
+            if out.numel() != k * n:
+                raise CaptumAssertionError(f"forward_func returned {out.numel()} values for {k} ablated batches but "
                                            f"{n} for the original one")
-            diff = (flat - out).to(initial.dtype)
-            for attr, cover, m in zip(attrs, covers, masks):
-                if m.any():
-                    attr += diff.reshape((n,) + (1,) * m.dim()) * m.to(initial.dtype)
-                    cover += m.to(initial.dtype)
+            diffs = (flat - out.view(k, n)).to(initial.dtype)
+            for diff, masks in zip(diffs, group):
+                for attr, cover, m in zip(attrs, covers, masks):
+                    if m.any():
+                        attr += diff.reshape((n,) + (1,) * m.dim()) * m.to(initial.dtype)
+                        cover += m.to(initial.dtype)
             if bar is not None:
-                bar.update(1)
+                bar.update(k)
     return tuple(attr / cover.clamp(min=1) for attr, cover in zip(attrs, covers)) if average else tuple(attrs)
 
 
 def _per_output_ablation(forward_func: Callable, xs, additional_forward_args, initial: torch.Tensor, baselines,
                          feature_mask, perturbations_per_eval: int, bar) -> tuple:
-    """:func:`_per_output` over the features of ``feature_mask`` (Captum's default: every element its own),
-    one feature per forward."""
+    """:func:`_per_output` over the features of ``feature_mask`` (Captum's default: every element its own)."""
     masks = _default_masks(xs) if feature_mask is None else tuple(
         broadcast_mask(x, m, f"feature_mask[{i}]") if isinstance(m, torch.Tensor) and x.dim() > 1 else
         torch.as_tensor(m, device=x.device).reshape((1,) + tuple(x.shape[1:]))
@@ -191,8 +211,7 @@ def _per_output_ablation(forward_func: Callable, xs, additional_forward_args, in
 def _per_output_occlusion(forward_func: Callable, xs, additional_forward_args, initial: torch.Tensor, baselines,
                           windows: list, perturbations_per_eval: int, bar) -> tuple:
     """:func:`_per_output` over every input's sliding windows (:class:`~fastattr.attribution.perturbation.Windows`,
-    in Captum's order, the first input's first), one window per forward; each element gets the mean over the
-    windows that cover it."""
+    in Captum's order, the first input's first); each element gets the mean over the windows that cover it."""
     def perturbations():
         for i, w in enumerate(windows):
             for j in range(w.count):
@@ -228,11 +247,9 @@ class FeatureAblation(_Attribution):
         try:
             # Without a target, Captum's output may be batch-level or per output; for integer inputs, the
             # attributions take the output's dtype: one forward tells.
-            probe = target is None or not all(x.is_floating_point() for x in xs)
-            initial = _probe(self.forward_func, xs, additional_forward_args) if probe else None
-            batch = xs[0].shape[0]
-            if target is None and not _one_per_example(initial, batch, self.forward_func, xs,
-                                                       additional_forward_args):
+            initial, per_output = _first_eval(self.forward_func, xs, additional_forward_args, target) \
+                if target is None or not all(x.is_floating_point() for x in xs) else (None, False)
+            if per_output:
                 attrs = _per_output_ablation(self.forward_func, xs, additional_forward_args, initial,
                                              _each(baselines, len(xs), "baselines"),
                                              None if feature_mask is None else _each(feature_mask, len(xs),
@@ -341,8 +358,8 @@ class Occlusion(FeatureAblation):
         bar = _progress_bar(show_progress, self)
         try:
             if target is None:  # Captum's per-output attributions unless the model gives one number per example
-                initial = _probe(self.forward_func, xs, additional_forward_args)
-                if not _one_per_example(initial, xs[0].shape[0], self.forward_func, xs, additional_forward_args):
+                initial, per_output = _first_eval(self.forward_func, xs, additional_forward_args, target)
+                if per_output:
                     attrs = _per_output_occlusion(
                         self.forward_func, xs, additional_forward_args, initial, _each(baselines, len(xs), "baselines"),
                         [Windows(tuple(x.shape[1:]), w, s, x.device) for x, w, s in zip(xs, windows, strides)],

@@ -624,6 +624,8 @@ class DeepLift(_Attribution):
         model, t, max_batch = _bind(pack.model, x, target, additional_forward_args, None, 2 * batch)
         if _has_batch_tensor(_as_args(additional_forward_args), batch):
             max_batch = max(max_batch, 2 * batch)  # the whole batch and its baselines in one forward
+            # whole batches for the tiled arguments: one baseline row per example, not one shared row
+            baselines = path_baselines(x, baselines).expand_as(x)
         multiply = self._multiply_by_inputs and custom_attribution_func is None
         # a model that couples a forward's rows (training mode) gets Captum's delta: separate forwards
         own_delta = return_convergence_delta and custom_attribution_func is None and not batch_coupled(model)
