@@ -158,7 +158,8 @@ def batch_coupled(model) -> bool:
     training mode (a dropout module, or a module's own dropout probability, as ``nn.MultiheadAttention``'s
     or an RNN's). Its outputs then depend on which inputs run together, so a method that must give another
     library's numbers (the Captum drop-ins) forms that library's forwards exactly. A model merely left in
-    training mode, without such modules, is not coupled."""
+    training mode, without such modules, is not coupled; nor is one whose forward calls ``F.dropout`` or
+    ``F.batch_norm`` itself (no module says so)."""
     def coupled(m: nn.Module) -> bool:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             return m.training or not m.track_running_stats

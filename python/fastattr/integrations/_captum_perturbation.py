@@ -41,7 +41,8 @@ What differs from Captum:
   ``target=None`` on a model with several outputs per example, or one returning one output for the
   whole batch (a scalar, a Python number, ``[1]``, ``[1, C]``; inputs may then have different batch
   sizes): Captum's per-output attributions ``[n_outputs, ...]`` (``Occlusion``'s averaged over the
-  windows covering each element), run one feature or window per forward as Captum does. ``FeatureAblation`` takes bool and integer inputs (attributions in the model output's dtype
+  windows covering each element), ``perturbations_per_eval`` features or windows per forward as Captum
+  runs them. ``FeatureAblation`` takes bool and integer inputs (attributions in the model output's dtype
   when that is an integer one) and ``attribute_future`` for a ``forward_func`` returning
   ``torch.futures.Future`` (computed at once, returned as a completed Future).
 - Several input tensors (a tuple) share one device; they are packed into one tensor of their common
@@ -203,7 +204,7 @@ def _per_output_ablation(forward_func: Callable, xs, additional_forward_args, in
             raise CaptumAssertionError(f"feature_mask[{i}] differs between examples, which needs an output per "
                                        "example; give one mask for all examples")
     masks = tuple(m[0] for m in masks)
-    ids = list(dict.fromkeys(v for m in masks for v in torch.unique(m).tolist()))
+    ids = _captum_ids(masks)
     return _per_output(forward_func, xs, additional_forward_args, initial, baselines,
                        (tuple(m == g for m in masks) for g in ids), len(ids), perturbations_per_eval, bar)
 
@@ -407,14 +408,18 @@ def _packed_mask(pack: _Pack, feature_mask) -> Optional[torch.Tensor]:
              for i, (x, m) in enumerate(zip(pack.xs, pack.per_input(feature_mask, "feature_mask")))]
     rows = max(m.shape[0] for m in masks)
     mask = torch.cat([m.expand((rows,) + tuple(m.shape[1:])).reshape(rows, -1) for m in masks], 1)
-    # renumbered in Captum's order (each input's ids in increasing order, the first input's first), so that
-    # a forward of consecutive groups holds Captum's
-    ids = torch.unique(mask)
-    order = list(dict.fromkeys(v for m in masks for v in torch.unique(m).tolist()))
+    # renumbered in Captum's order, so that a forward of consecutive groups holds Captum's
+    ids, order = torch.unique(mask), _captum_ids(masks)
     rank = torch.empty_like(ids)
     rank[torch.searchsorted(ids, torch.tensor(order, dtype=ids.dtype, device=ids.device))] = \
         torch.arange(len(order), dtype=ids.dtype, device=ids.device)
     return rank[torch.searchsorted(ids, mask)]
+
+
+def _captum_ids(masks) -> list:
+    """The feature ids of per-input masks in the order Captum ablates them: each input's in increasing
+    order, the first input's first, an id shared with an earlier input where it first appears."""
+    return list(dict.fromkeys(v for m in masks for v in torch.unique(m).tolist()))
 
 
 def _global_generator() -> torch.Generator:
