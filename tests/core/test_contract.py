@@ -103,3 +103,32 @@ def test_batch_coupled_names_the_modules_that_couple_a_forwards_rows():
     assert not fastattr.core.batch_coupled(one_layer)
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     assert fastattr.core.batch_coupled(lambda z: net(z)[:, 0])   # the modules a function closes over
+
+
+def test_modules_of_reads_what_a_function_loads_as_globals_not_attribute_names():
+    """A function's globals are the names it loads as globals: ``net.fc`` names ``fc`` as an attribute, so an
+    unrelated global ``fc`` is not the model's; a bound method of a holder that is not a module reaches the
+    holder's attributes; an object that cannot be read (a dead weak proxy) is skipped."""
+    import weakref
+
+    from fastattr.core.contract import modules_of
+
+    net = nn.Sequential(nn.Linear(2, 2))
+    net.fc = nn.Linear(2, 2)
+    gone = nn.Linear(2, 2)
+    namespace = {"net": net, "fc": nn.Linear(2, 2), "dead": weakref.proxy(gone), "flag": False}
+    exec("def through_attribute(x):\n    return net.fc(x)\n"
+         "def with_dead(x):\n    return dead(x) if flag else net(x)\n", namespace)
+    del gone
+    assert modules_of(namespace["through_attribute"]) == [net]
+    assert modules_of(namespace["with_dead"]) == [net]
+
+    class Holder:
+        def __init__(self, model):
+            self.model = model
+
+        def predict(self, x):
+            return self.model(x)
+
+    assert modules_of(Holder(net).predict) == [net]
+    assert modules_of(net.forward) == [net]

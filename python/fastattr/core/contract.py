@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dis
 import functools
 import inspect
 import math
@@ -110,46 +111,58 @@ def use_model_mode(mode: str) -> Iterator[str]:
 
 
 def modules_of(model) -> list[nn.Module]:
-    """The ``nn.Module`` objects a model runs: the model itself, or what a callable wraps — a bound
-    method's object, a ``functools.partial``'s function and arguments, the modules a function or
-    lambda closes over (``lambda x: net(x)[0]``) or names as globals (``def f(x): return net(x)`` at a
-    module's top level), the attributes of a callable object (``self.model`` of a wrapper class), up to
-    three levels deep."""
+    """The ``nn.Module`` objects a model runs: the model itself, or what a callable wraps — a
+    ``functools.partial``'s function and arguments, the modules a function or lambda closes over
+    (``lambda x: net(x)[0]``) or loads as globals (``def f(x): return net(x)`` at a module's top level;
+    attribute names are not globals), a bound method's object, and the attributes of a callable object
+    or of a bound method's object that is not a module (``self.model`` of a wrapper), up to three levels
+    deep. What cannot be read is skipped."""
     found: dict[int, nn.Module] = {}
 
     def visit(obj, depth: int) -> None:
-        if isinstance(obj, nn.Module):
-            found.setdefault(id(obj), obj)
-        elif depth <= 0 or isinstance(obj, type):
+        try:
+            if isinstance(obj, nn.Module):
+                found.setdefault(id(obj), obj)
+            elif depth <= 0 or isinstance(obj, type):
+                return
+            elif isinstance(obj, functools.partial):
+                for o in (obj.func, *obj.args, *obj.keywords.values()):
+                    visit(o, depth - 1)
+            elif inspect.ismethod(obj):
+                visit(obj.__self__, depth - 1)
+                if not isinstance(obj.__self__, nn.Module):
+                    attributes(obj.__self__, depth - 1)
+                    visit(obj.__func__, depth - 1)
+            elif inspect.isfunction(obj):
+                for cell in obj.__closure__ or ():
+                    try:
+                        visit(cell.cell_contents, depth - 1)
+                    except ValueError:  # an empty cell
+                        pass
+                for name in _loaded_globals(obj.__code__):
+                    visit(obj.__globals__.get(name), depth - 1)
+            elif callable(obj):
+                attributes(obj, depth)
+        except Exception:  # noqa: BLE001 - an object that cannot be read (a dead weak proxy, ...) runs no module
             return
-        elif isinstance(obj, functools.partial):
-            for o in (obj.func, *obj.args, *obj.keywords.values()):
-                visit(o, depth - 1)
-        elif inspect.ismethod(obj):
-            visit(obj.__self__, depth - 1)
-            visit(obj.__func__, depth - 1)
-        elif inspect.isfunction(obj):
-            for cell in obj.__closure__ or ():
-                try:
-                    visit(cell.cell_contents, depth - 1)
-                except ValueError:  # an empty cell
-                    pass
-            for name in _global_names(obj.__code__):
-                visit(obj.__globals__.get(name), depth - 1)
-        elif callable(obj) and isinstance(getattr(obj, "__dict__", None), dict):
-            for value in vars(obj).values():
-                visit(value, depth - 1)
+
+    def attributes(obj, depth: int) -> None:
+        values = obj.__dict__ if isinstance(obj.__dict__, dict) else {}
+        for value in list(values.values()):
+            visit(value, depth - 1)
 
     visit(model, 3)
     return list(found.values())
 
 
-def _global_names(code) -> Iterator[str]:
-    """The names a code object (and the functions and lambdas defined in it) reads as globals or attributes."""
-    yield from code.co_names
+@functools.lru_cache(maxsize=4096)
+def _loaded_globals(code) -> tuple[str, ...]:
+    """The global names a code object (and the functions and lambdas defined in it) loads."""
+    names = [i.argval for i in dis.get_instructions(code) if i.opname == "LOAD_GLOBAL"]
     for const in code.co_consts:
         if inspect.iscode(const):
-            yield from _global_names(const)
+            names.extend(_loaded_globals(const))
+    return tuple(dict.fromkeys(names))
 
 
 def batch_coupled(model) -> bool:
