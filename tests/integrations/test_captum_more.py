@@ -451,3 +451,25 @@ def test_noise_tunnel_global_draws_are_captums(inner, kwargs):
     assert rel_err(out[1], out[0]) < 1e-7, rel_err(out[1], out[0])
     with pytest.raises(ValueError, match="generator"):
         fa.NoiseTunnel(fa.Saliency(model)).attribute(x, target=y, generator="numpy")
+
+
+def test_guided_grad_cam_on_two_inputs_runs_captums_forwards_in_order():
+    """Several inputs: Grad-CAM's forward, then guided backprop's, as Captum runs them, so a model with dropout
+    in training mode draws the same masks."""
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(15)
+            self.conv, self.drop = nn.Conv2d(1, 3, 3), nn.Dropout(0.5)
+            self.side, self.out = nn.Linear(4, 108), nn.Linear(108, 3)
+
+        def forward(self, image, vector):
+            return self.out(self.drop(torch.relu(self.conv(image)).flatten(1) + self.side(vector)))
+
+    model = Two().double().train()
+    pair = (digits()[0][:4], torch.randn(4, 4, generator=torch.Generator().manual_seed(16), dtype=torch.float64))
+    out = []
+    for lib in (fa, cattr):
+        torch.manual_seed(7)
+        out.append(lib.GuidedGradCam(model, model.conv).attribute(pair, target=1)[0])
+    assert out[1].abs().sum() > 0 and rel_err(out[0], out[1]) < 1e-8

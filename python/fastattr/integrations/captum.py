@@ -558,9 +558,10 @@ class GuidedGradCam(_Attribution):
         """Several input tensors: guided backprop of each times the ReLU'd Grad-CAM map upsampled to it;
         an input the map cannot be upsampled to (another number of dimensions) gets an empty tensor and a
         warning, as in Captum."""
-        guided = self.guided_backprop.attribute(inputs, target, additional_forward_args)
+        # Captum's order of forwards (Grad-CAM's, then guided backprop's): the same dropout draws
         cam = self.grad_cam.attribute(inputs, target, additional_forward_args,
                                       attribute_to_layer_input=attribute_to_layer_input, relu_attributions=True)
+        guided = self.guided_backprop.attribute(inputs, target, additional_forward_args)
         out = []
         for i, g in enumerate(guided):
             try:
