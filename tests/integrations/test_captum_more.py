@@ -15,6 +15,7 @@ from torch import nn
 captum = pytest.importorskip("captum")
 from captum import attr as cattr  # noqa: E402
 
+import fastattr  # noqa: E402
 from fastattr.attribution import gradient_shap, smoothgrad  # noqa: E402
 from fastattr.integrations import captum as fa  # noqa: E402
 from tests.attribution.test_layer import text_model, token_ids  # noqa: E402
@@ -380,6 +381,12 @@ def test_batch_statistics_see_captums_one_forward():
         ref = ref_of(model).attribute(x, target=3)
         model.load_state_dict(state)
         assert rel_err(ours, ref) < 1e-8, rel_err(ours, ref)
+    mlp = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 10)).double().train()
+    flat = x[:6].flatten(1)
+    ref = cattr.LayerIntegratedGradients(mlp, mlp[0]).attribute(flat, target=3, n_steps=4)
+    with fastattr.use_model_mode("as_given"):  # fastattr's own: one baseline row per example, as Captum's
+        own = fastattr.layer_integrated_gradients(mlp, flat, target=3, layer=mlp[0], n_steps=4)
+    assert rel_err(own, ref) < 1e-7  # Captum's quadrature in float32
 
 
 def test_one_example_through_batch_statistics():
