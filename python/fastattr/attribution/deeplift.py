@@ -2,8 +2,8 @@
 
 The baselines run first, in a forward of their own without gradients (once per call when one baseline
 serves every example, as one row; otherwise per chunk), and every nonlinearity module of a type in
-:data:`DEEPLIFT_RULES` records its input ``x'`` and output ``y'`` of each call. Then each chunk of ``n`` examples runs one
-forward and one backward of ``Σ_i f_{t_i}(x_i)``; the same modules, in the same order of calls, pass
+:data:`DEEPLIFT_RULES` records its input ``x'`` and output ``y'`` of each call. Then each chunk of ``n``
+examples runs one forward and one backward of ``Σ_i f_{t_i}(x_i)``; the same modules, in the same order of calls, pass
 their output on through ``_Rescale``, an autograd function that is the identity in the forward and
 whose backward replaces the module's local gradient by the multiplier ``Δy/Δx``, where ``Δx = x − x'``
 and ``Δy = y − y'`` pair each call with the baseline's. Where ``|Δx| < eps`` the module's own gradient

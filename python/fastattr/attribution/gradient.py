@@ -363,14 +363,17 @@ def shap_from_draws(model: Callable, inputs: torch.Tensor, t: torch.Tensor, refs
             def rows_of(fn, z: torch.Tensor) -> torch.Tensor:
                 return fn(z, tt) if order is None else fn(z[order], tt[order])[back]
 
+            def scores(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+                return select(run_model(model, z), u)
+
             g = rows_of(lambda z, u: target_gradients(model, z, u)[0], b + a * (noisy - b))
             end = noisy if noisy_difference else x
             part = g.to(acc_dtype) * (end - b).to(acc_dtype) if multiply_by_inputs else g.to(acc_dtype)
             total[e0:e1] += part.view((j1 - j0, e1 - e0) + shape).sum(0)
             if return_convergence_delta:
                 with torch.no_grad():  # the baselines' forward first, as Captum's
-                    start = rows_of(lambda z, u: select(run_model(model, z), u), b)
-                    gap = rows_of(lambda z, u: select(run_model(model, z), u), end) - start
+                    start = rows_of(scores, b)
+                    gap = rows_of(scores, end) - start
                 deltas[j0:j1, e0:e1] = (part.reshape(rows, -1).sum(1) - gap).view(j1 - j0, e1 - e0)
     attr = (total / n_samples).to(inputs.dtype)
     return (attr, deltas.T.contiguous()) if return_convergence_delta else attr

@@ -308,7 +308,8 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
     options = autograd_options(grad_kwargs)
     alphas, weights = quadrature(method, n_steps)
     base = path_baselines(inputs, baselines)
-    if batch_coupled(model):  # batch statistics: one baseline row per example, as the inputs' forward has
+    coupled = batch_coupled(model)
+    if coupled:  # batch statistics: one baseline row per example, as the inputs' forward has
         base = base.expand_as(inputs)
     batch = inputs.shape[0]
     what = "input" if attribute_to_layer_input else "output"
@@ -366,7 +367,7 @@ def layer_integrated_gradients(model: Callable, inputs: torch.Tensor, target: Ta
     result = out if several else out[0]
     if not return_convergence_delta:
         return result
-    if batch_coupled(model):  # the first forwards' rows differ from Captum's two at the end: run those
+    if coupled:  # the first forwards' rows differ from Captum's two at the end: run those
         with torch.no_grad():
             logits_b = run_model(model, base)
             logits_x = run_model(model, inputs)

@@ -186,7 +186,8 @@ def _per_output(forward_func: Callable, xs, additional_forward_args, initial: to
                 for attr, cover, m in zip(attrs, covers, masks):
                     if m.any():
                         attr += diff.reshape((n,) + (1,) * m.dim()) * m.to(initial.dtype)
-                        cover += m.to(initial.dtype)
+                        if average:
+                            cover += m.to(initial.dtype)
             if bar is not None:
                 bar.update(k)
     return tuple(attr / cover.clamp(min=1) for attr, cover in zip(attrs, covers)) if average else tuple(attrs)
